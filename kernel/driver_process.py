@@ -1,0 +1,426 @@
+"""One running driver version, seen from the kernel: start, call, watch, stop.
+
+``start`` spawns the child and returns once it has said ``Hello`` (protocol
+agreed) and ``Ready`` (driver class loaded), within a deadline; otherwise the
+child is killed and reaped and ``DriverStartError`` says why. Calls are
+multiplexed on the channel, each with an id, a deadline and cancellation. A
+watcher task pings the child and notices its exit; on exit every call in
+flight fails at once with ``DriverCrashed`` (or ``DriverHung``). ``stop`` is
+staged (Drain, then SIGTERM, then SIGKILL to the process group) and always
+ends with the child reaped, even when the stopping task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.codec import MessageCodec
+from protocol.errors import (
+    CallTimeout,
+    DriverCrashed,
+    DriverError,
+    DriverHung,
+    DriverStartError,
+    OperationFailed,
+    ProtocolError,
+)
+from protocol.messages import (
+    Attach,
+    Call,
+    Cancel,
+    Detach,
+    Drain,
+    Error,
+    Event,
+    Health,
+    Hello,
+    Log,
+    Ping,
+    Pong,
+    Ready,
+    Refuse,
+    Result,
+    ToKernel,
+    Welcome,
+)
+from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN, describe_mismatch, negotiate
+from sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
+
+log = logging.getLogger("drivebay.driver")
+
+EventHandler = Callable[[str, str, Any], None]
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Deadlines for one driver process, in seconds."""
+
+    start: float = 10.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 10.0
+    call: float = 30.0
+    drain: float = 10.0
+    term: float = 5.0
+    kill: float = 5.0
+
+
+class DriverProcess:
+    """A driver child and the kernel's conversation with it."""
+
+    def __init__(
+        self,
+        spec: SpawnSpec,
+        timeouts: Timeouts | None = None,
+        on_event: EventHandler | None = None,
+    ) -> None:
+        self.spec = spec
+        self.name = f"{spec.driver}@{spec.version}"
+        self.timeouts = timeouts or Timeouts()
+        self._on_event = on_event
+        self._loop = asyncio.get_running_loop()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._hello: asyncio.Future[Hello] = self._loop.create_future()
+        self._ready: asyncio.Future[Ready] = self._loop.create_future()
+        self._pongs: dict[int, asyncio.Future[None]] = {}
+        self._child: ChildProcess | None = None
+        self._channel: Any = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._death: str | None = None  # why the kernel ended the child, if it did
+        self._stopping = False
+        self.hello: Hello | None = None
+        self.ready: Ready | None = None
+
+    # -- facts ---------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._child.returncode if self._child else None
+
+    @property
+    def alive(self) -> bool:
+        return self._child is not None and not self._child.exited.done()
+
+    @property
+    def exited(self) -> asyncio.Future[int]:
+        assert self._child is not None, "not started"
+        return self._child.exited
+
+    def stderr_tail(self, lines: int = 10) -> str:
+        return self._child.stderr_tail(lines) if self._child else ""
+
+    # -- start ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn the child and complete the handshake.
+
+        Raises DriverStartError (child killed and reaped) when the interpreter
+        cannot run, the child exits or stays silent past the start deadline,
+        speaks no common protocol version, or fails to load the driver class.
+        """
+        from kernel.channel import KernelChannel
+
+        try:
+            self._child = await spawn_child(self.spec)
+        except OSError as exc:
+            raise DriverStartError(
+                f"{self.name}: cannot run {self.spec.python}: {exc.strerror or exc}"
+            ) from exc
+        codec: MessageCodec[ToKernel] = MessageCodec(
+            ToKernel, f"driver {self.name}", self.spec.max_frame
+        )
+        self._channel = KernelChannel(codec, self._on_message, self._on_violation)
+        try:
+            await self._loop.connect_accepted_socket(lambda: self._channel, self._child.channel)
+            async with asyncio.timeout(self.timeouts.start):
+                await self._handshake()
+        except BaseException as exc:
+            if isinstance(exc, DriverStartError) and self.alive:
+                # It was told (refusal) or knows (load error) that it must exit:
+                # let it, so its exit status and last words are its own.
+                await asyncio.wait([self._child.exited], timeout=self.timeouts.term)
+            await self._kill_and_reap()
+            if isinstance(exc, TimeoutError):
+                raise self._start_error(
+                    f"did not finish its handshake within {self.timeouts.start:g}s"
+                ) from exc
+            raise
+        self._watcher = self._loop.create_task(self._watch(), name=f"watch {self.name}")
+        log.info("spawned: %s pid %d (codec %s)", self.name, self.pid, self.hello_codec)
+
+    @property
+    def hello_codec(self) -> str:
+        return self.hello.codec if self.hello else ""
+
+    async def _handshake(self) -> None:
+        self.hello = await self._before_exit(self._hello, "saying hello")
+        theirs = (self.hello.min_version, self.hello.max_version)
+        version = negotiate((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
+        if version is None:
+            reason = describe_mismatch((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
+            self._channel.send(Refuse(reason))
+            raise self._start_error(reason)
+        self._channel.send(Welcome(version, self.spec.driver))
+        self.ready = await self._before_exit(self._ready, "loading the driver")
+
+    async def _before_exit(self, step: asyncio.Future[Any], doing: str) -> Any:
+        assert self._child is not None
+        await asyncio.wait([step, self._child.exited], return_when=asyncio.FIRST_COMPLETED)
+        if step.done():
+            return step.result()  # may raise the load error set by _on_message
+        await self._child.output_closed(self.timeouts.kill)
+        raise self._start_error(
+            f"exited ({describe_exit(self._child.exited.result())}) before {doing}"
+        )
+
+    def _start_error(self, what: str) -> DriverStartError:
+        tail = self.stderr_tail()
+        return DriverStartError(f"{self.name} {what}" + (f"; stderr: {tail}" if tail else ""))
+
+    # -- requests ------------------------------------------------------------------
+
+    async def call(
+        self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> Any:
+        """Run ``op`` on the instance for ``resource_id``; return its result.
+
+        Raises OperationFailed (the driver raised), CallTimeout, DriverCrashed
+        or DriverHung (the process died with the call in flight).
+        """
+        limit = self.timeouts.call if timeout is None else timeout
+        request_id = next(self._ids)
+        return await self._request(
+            request_id,
+            Call(request_id, resource_id, op, args, limit),
+            limit,
+            f"{op} on {resource_id}",
+        )
+
+    async def attach(self, resource_id: str, properties: dict[str, Any]) -> None:
+        request_id = next(self._ids)
+        await self._request(
+            request_id,
+            Attach(request_id, resource_id, properties),
+            self.timeouts.call,
+            f"attach of {resource_id}",
+        )
+
+    async def detach(self, resource_id: str) -> None:
+        request_id = next(self._ids)
+        await self._request(
+            request_id,
+            Detach(request_id, resource_id),
+            self.timeouts.call,
+            f"detach of {resource_id}",
+        )
+
+    async def health(self) -> dict[str, Any]:
+        """The driver's own health report; raises OperationFailed when it says not ok."""
+        request_id = next(self._ids)
+        value = await self._request(request_id, Health(request_id), self.timeouts.call, "health")
+        report = value if isinstance(value, dict) else {"ok": bool(value)}
+        if report.get("ok", True) is False:
+            detail = report.get("reason") or report.get("message") or report
+            raise OperationFailed("HealthCheckFailed", f"{self.name} reports not ok: {detail}")
+        return report
+
+    async def _request(self, request_id: int, message: Any, limit: float, what: str) -> Any:
+        if self._death is not None or not self.alive:
+            raise DriverCrashed(f"{self.name} is not running; {what} was not sent")
+        future = self._loop.create_future()
+        self._pending[request_id] = future
+        channel = self._channel
+        channel.send(message)
+        timer = (
+            self._loop.call_later(limit, self._expire, request_id, what, limit)
+            if limit > 0
+            else None
+        )
+        try:
+            if channel.outbox.full:
+                await channel.outbox.wait_writable()
+            return await future
+        except asyncio.CancelledError:
+            if self._pending.get(request_id) is future and self.alive:
+                channel.send(Cancel(request_id))
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self, request_id: int, what: str, limit: float) -> None:
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                CallTimeout(f"{self.name}: {what} took longer than {limit:g}s and was cancelled")
+            )
+            if self.alive:
+                self._channel.send(Cancel(request_id))
+
+    # -- messages from the child -------------------------------------------------
+
+    def _on_message(self, message: ToKernel) -> None:
+        match message:
+            case Result(request_id, value):
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(value)
+            case Error(request_id, type_name, text, trace):
+                if request_id == 0 and not self._ready.done():
+                    error = self._start_error(
+                        f"failed to load {self.spec.entrypoint}: {type_name}: {text}"
+                    )
+                    self._ready.set_exception(error)
+                    return
+                future = self._pending.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(OperationFailed(type_name, text, trace))
+            case Pong(seq):
+                pong = self._pongs.pop(seq, None)
+                if pong is not None and not pong.done():
+                    pong.set_result(None)
+            case Log(level, logger, text):
+                log.log(level, "%s: %s: %s", self.name, logger, text)
+            case Event(resource_id, name, data):
+                if self._on_event is not None:
+                    self._on_event(resource_id, name, data)
+            case Hello():
+                if not self._hello.done():
+                    self._hello.set_result(message)
+            case Ready():
+                if not self._ready.done():
+                    self._ready.set_result(message)
+
+    def _on_violation(self, error: ProtocolError) -> None:
+        self._end(f"protocol error: {error}", signal.SIGKILL)
+
+    def _end(self, reason: str, signum: int) -> None:
+        """The kernel gives up on the child: remember why and kill it."""
+        if self._death is None:
+            self._death = reason
+            log.warning("%s: %s; killing pid %s", self.name, reason, self.pid)
+        if self._child is not None:
+            self._child.signal_group(signum)
+
+    # -- the watcher ---------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Ping the child until it exits, then fail every call in flight."""
+        assert self._child is not None
+        exited = self._child.exited
+        seq = 0
+        while not exited.done():
+            await asyncio.wait([exited], timeout=self.timeouts.ping_interval)
+            if exited.done():
+                break
+            seq += 1
+            pong: asyncio.Future[None] = self._loop.create_future()
+            self._pongs[seq] = pong
+            self._channel.send(Ping(seq))
+            await asyncio.wait(
+                [pong, exited],  # type: ignore[type-var]  # Future[None] and Future[int]
+                timeout=self.timeouts.ping_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            self._pongs.pop(seq, None)
+            if not pong.done() and not exited.done():
+                self._end(
+                    f"hung: no answer to ping within {self.timeouts.ping_timeout:g}s",
+                    signal.SIGKILL,
+                )
+                await asyncio.wait([exited], timeout=self.timeouts.kill)
+        await self._child.output_closed(self.timeouts.kill)
+        self._channel.close()
+        self._fail_pending(self._exit_error())
+
+    def exit_reason(self) -> str:
+        """Why the child ended, for the log and for errors."""
+        assert self._child is not None and self._child.exited.done()
+        status = describe_exit(self._child.exited.result())
+        reason = f"exited ({status})"
+        if self._death is not None:
+            reason = f"{self._death} ({status})"
+        tail = self.stderr_tail()
+        return reason + (f"; stderr: {tail}" if tail and not self._stopping else "")
+
+    def _exit_error(self) -> DriverError:
+        reason = self.exit_reason()
+        if self._death is not None and self._death.startswith("hung"):
+            return DriverHung(f"{self.name} {reason}")
+        return DriverCrashed(f"{self.name} {reason}")
+
+    def _fail_pending(self, error: DriverError) -> None:
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+    # -- stop ----------------------------------------------------------------------
+
+    async def wait(self) -> int:
+        """Wait until the child has exited and the watcher has failed its calls."""
+        assert self._child is not None
+        await asyncio.shield(self._child.exited)
+        if self._watcher is not None:
+            await asyncio.shield(self._watcher)
+        return self._child.exited.result()
+
+    async def stop(self, drain: float | None = None) -> int:
+        """Drain, then SIGTERM, then SIGKILL; return the exit code, always reaped."""
+        assert self._child is not None, "not started"
+        self._stopping = True
+        exited = self._child.exited
+        stages: list[tuple[Callable[[], None], float]] = [
+            (
+                lambda: self._channel.send(Drain(self.timeouts.drain if drain is None else drain)),
+                self.timeouts.drain if drain is None else drain,
+            ),
+            (lambda: self._end_quietly(signal.SIGTERM), self.timeouts.term),
+            (lambda: self._end_quietly(signal.SIGKILL), self.timeouts.kill),
+        ]
+        try:
+            for begin, deadline in stages:
+                if exited.done():
+                    break
+                begin()
+                await asyncio.wait([exited], timeout=deadline)
+        finally:
+            await self._kill_and_reap()
+        return exited.result()
+
+    def _end_quietly(self, signum: int) -> None:
+        log.info("%s: sending %s to pid %s", self.name, signal.Signals(signum).name, self.pid)
+        if self._child is not None:
+            self._child.signal_group(signum)
+
+    async def _kill_and_reap(self) -> None:
+        """SIGKILL if still alive and wait for the reaping, whatever happens."""
+        child = self._child
+        if child is None:
+            return
+        if not child.exited.done():
+            child.signal_group(signal.SIGKILL)
+        waits: list[asyncio.Future[Any]] = [child.exited]  # the watcher too, once it exists
+        if self._watcher is not None:
+            waits.append(self._watcher)
+        try:
+            await asyncio.wait(waits, timeout=self.timeouts.kill * 4)
+        except asyncio.CancelledError:
+            # Cancelled while reaping: finish reaping, then let the cancel through.
+            await asyncio.wait(waits, timeout=self.timeouts.kill * 4)
+            raise
+        finally:
+            if self._channel is not None:
+                self._channel.close()
+            child.close()

@@ -1,0 +1,76 @@
+"""The driver child's codec: the same wire format, with or without msgspec.
+
+The child sees messages as plain lists ``[tag, field, ...]`` (the kernel's
+``array_like`` Structs encode to exactly that), so it needs no Struct classes.
+When the driver's environment has msgspec >= 0.18 it encodes and decodes with
+msgspec; otherwise with ``msgpack_lite``, which writes the same bytes.
+``DRIVEBAY_CODEC=stdlib`` forces the fallback (tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from protocol.errors import ProtocolError
+from protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameSplitter
+
+Encode = Callable[[Any], bytes]
+Decode = Callable[[bytes], Any]
+
+
+def _msgspec_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]] | None:
+    try:
+        import msgspec
+    except ImportError:
+        return None
+    major, minor = (int(part) for part in msgspec.__version__.split(".")[:2])
+    if (major, minor) < (0, 18):
+        return None
+    decoder = msgspec.msgpack.Decoder()
+    return (
+        f"msgspec {msgspec.__version__}",
+        msgspec.msgpack.Encoder().encode,
+        decoder.decode,
+        (msgspec.DecodeError,),
+    )
+
+
+def _stdlib_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]]:
+    from protocol import msgpack_lite
+
+    return "stdlib", msgpack_lite.packb, msgpack_lite.unpackb, (msgpack_lite.MsgpackError,)
+
+
+class ChildCodec:
+    """Frames and (de)serialises ``[tag, ...]`` lists for the driver runtime."""
+
+    __slots__ = ("_decode", "_encode", "_errors", "_peer", "_splitter", "name")
+
+    def __init__(
+        self, peer: str = "kernel", max_frame: int = DEFAULT_MAX_FRAME, force: str = ""
+    ) -> None:
+        force = force or os.environ.get("DRIVEBAY_CODEC", "")
+        chosen = None if force == "stdlib" else _msgspec_codec()
+        self.name, self._encode, self._decode, self._errors = chosen or _stdlib_codec()
+        self._peer = peer
+        self._splitter = FrameSplitter(peer, max_frame)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[list[Any]]:
+        """Every message completed by ``data``; ProtocolError on bad input."""
+        messages: list[list[Any]] = []
+        for payload in self._splitter.feed(data):
+            try:
+                message = self._decode(payload)
+            except self._errors as exc:
+                raise ProtocolError(f"{self._peer} sent an invalid message: {exc}") from exc
+            if not isinstance(message, list) or not message or not isinstance(message[0], str):
+                raise ProtocolError(f"{self._peer} sent a message that is not [tag, ...]")
+            messages.append(message)
+        return messages
+
+    def encode(self, message: list[Any]) -> bytes:
+        """One whole frame holding ``message``."""
+        payload = self._encode(message)
+        return HEADER.pack(len(payload)) + payload

@@ -1,0 +1,96 @@
+"""The one exception hierarchy of drivebay.
+
+Every error says who is at fault, through its base class:
+
+- ``BundleError``: the operator gave a bad bundle; the message names the
+  bundle, the field and the fix.
+- ``RequestError``: the operator or a client asked for something impossible.
+- ``DriverError``: a driver process misbehaved (crashed, hung, broke the
+  protocol, raised); the kernel and every other driver keep running.
+- ``KernelError``: the daemon itself cannot go on (state dir, lock, bug).
+
+``str(error)`` is always one line fit to show an operator. Lives in
+``protocol`` because every other package may import it (dependencies point
+kernel -> sandbox -> protocol).
+"""
+
+from __future__ import annotations
+
+
+class DrivebayError(Exception):
+    """Base of every error drivebay raises on purpose."""
+
+
+# -- the operator's input ---------------------------------------------------
+
+
+class BundleError(DrivebayError):
+    """A bundle was rejected: unsafe, malformed or inconsistent.
+
+    The message is one line: ``<bundle>: <file>: <field path>: <problem and fix>``.
+    Nothing of the bundle was loaded; fix the bundle and drop it again.
+    """
+
+
+class ConfigError(DrivebayError):
+    """The daemon's configuration file or flags are invalid; fix and reload."""
+
+
+class RequestError(DrivebayError):
+    """A client asked for something that cannot be done (unknown name, bad
+    argument, wrong state). Nothing changed; the message says what to ask."""
+
+
+# -- a driver's behaviour ----------------------------------------------------
+
+
+class DriverError(DrivebayError):
+    """A driver process misbehaved; only that driver is affected."""
+
+
+class ProtocolError(DriverError):
+    """A peer sent bytes that are not a valid frame or message, a frame over
+    the size limit, or speaks no common protocol version. The channel is
+    closed; the kernel restarts that driver."""
+
+
+class DriverStartError(DriverError):
+    """A driver child did not complete its handshake: it exited, or said
+    nothing within the deadline (it has been killed and reaped). The message
+    carries the exit status and the last lines of its stderr."""
+
+
+class DriverCrashed(DriverError):
+    """The driver process died while a call was in flight. The call may or may
+    not have taken effect; the caller decides whether to retry."""
+
+
+class DriverHung(DriverError):
+    """The driver stopped answering pings and was killed."""
+
+
+class CallTimeout(DriverError):
+    """A call passed its deadline; it was cancelled in the driver."""
+
+
+class OperationFailed(DriverError):
+    """The driver's operation raised. ``type`` and ``traceback`` are the
+    driver's; the driver process is still healthy."""
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+
+class EnvBuildError(DriverError):
+    """Building a driver's virtualenv failed; the message carries uv's own
+    words. The previous version of the driver, if any, keeps running."""
+
+
+# -- the daemon itself ---------------------------------------------------------
+
+
+class KernelError(DrivebayError):
+    """The daemon cannot go on: state dir unusable, already running, or a bug."""

@@ -1,0 +1,147 @@
+"""The kernel's typed view of the wire protocol: one tagged union per direction.
+
+Every message is a frozen, ``array_like`` msgspec Struct, so on the wire it is
+the MessagePack array ``[tag, field1, field2, ...]``. The driver child reads and
+writes the same arrays without these classes (see ``child_codec``), so it
+needs no msgspec. Field order is the contract: append new fields at the end,
+with a default (rules in ``versions``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class _Message(msgspec.Struct, frozen=True, array_like=True, tag_field="t"):
+    pass
+
+
+# -- kernel -> driver ----------------------------------------------------------
+
+
+class Welcome(_Message, tag="welcome", frozen=True):
+    """Handshake accepted; ``version`` is the protocol version both will speak."""
+
+    version: int
+    driver: str = ""
+
+
+class Refuse(_Message, tag="refuse", frozen=True):
+    """Handshake refused; the child prints ``reason`` to stderr and exits."""
+
+    reason: str
+
+
+class Attach(_Message, tag="attach", frozen=True):
+    """Create the driver instance for ``resource_id``; answered by Result/Error."""
+
+    id: int
+    resource_id: str
+    properties: dict[str, Any]
+
+
+class Detach(_Message, tag="detach", frozen=True):
+    """Let the instance for ``resource_id`` go; answered by Result/Error."""
+
+    id: int
+    resource_id: str
+
+
+class Call(_Message, tag="call", frozen=True):
+    """Run ``op(**args)`` on the instance for ``resource_id``.
+
+    ``timeout_s`` is how long the driver may take (0: no limit); past it the
+    kernel sends ``Cancel`` and fails the call with ``CallTimeout``.
+    """
+
+    id: int
+    resource_id: str
+    op: str
+    args: dict[str, Any]
+    timeout_s: float = 0.0
+
+
+class Health(_Message, tag="health", frozen=True):
+    """Run the driver class's ``health()``; answered by Result/Error."""
+
+    id: int
+
+
+class Cancel(_Message, tag="cancel", frozen=True):
+    """Cancel call ``id`` if it is still running (async operations only)."""
+
+    id: int
+
+
+class Ping(_Message, tag="ping", frozen=True):
+    seq: int
+
+
+class Drain(_Message, tag="drain", frozen=True):
+    """Finish in-flight calls, detach every instance, then exit 0."""
+
+    timeout_s: float
+
+
+ToDriver = Welcome | Refuse | Attach | Detach | Call | Health | Cancel | Ping | Drain
+
+
+# -- driver -> kernel ----------------------------------------------------------
+
+
+class Hello(_Message, tag="hello", frozen=True):
+    """First message of a child, sent before any driver code is imported."""
+
+    min_version: int
+    max_version: int
+    driver: str
+    version: str
+    pid: int
+    codec: str = ""
+    python: str = ""
+
+
+class Ready(_Message, tag="ready", frozen=True):
+    """The driver class is loaded; the child now takes requests."""
+
+    operations: list[str]
+    has_health: bool = False
+
+
+class Result(_Message, tag="result", frozen=True):
+    id: int
+    value: Any = None
+
+
+class Error(_Message, tag="error", frozen=True):
+    """Request ``id`` failed (id 0: loading the driver failed)."""
+
+    id: int
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Pong(_Message, tag="pong", frozen=True):
+    seq: int
+
+
+class Event(_Message, tag="event", frozen=True):
+    """A notification the driver raised on its own."""
+
+    resource_id: str
+    name: str
+    data: Any = None
+
+
+class Log(_Message, tag="log", frozen=True):
+    """A log record of the driver runtime or of the driver's ``logging``."""
+
+    level: int
+    logger: str
+    message: str
+
+
+ToKernel = Hello | Ready | Result | Error | Pong | Event | Log

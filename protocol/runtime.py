@@ -1,0 +1,453 @@
+"""The driver runtime: the program every driver child runs.
+
+Started by the kernel as ``python -I -c <bootstrap>`` with the channel socket
+inherited as fd ``DRIVEBAY_CHANNEL_FD`` and stdout/stderr already sent to the
+driver's logs. Before any driver code is imported it ties its life to the
+kernel (parent-death signal), applies its limits and says ``Hello``; then it
+loads the driver class, says ``Ready`` and serves requests until ``Drain`` or
+until the channel closes.
+
+One driver instance per attached resource. Async operations run on the loop;
+sync ones in a worker thread so that pings are answered while they run. An
+exception in an operation becomes an ``error`` reply, never a dead process.
+Standard library only (msgspec is used through ``child_codec`` when present).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+from protocol.child_codec import ChildCodec
+from protocol.errors import ProtocolError
+from protocol.outbox import Outbox
+from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
+
+LIFECYCLE_METHODS = frozenset({"health", "attach", "detach"})
+EXIT_REFUSED = 2
+EXIT_LOAD_FAILED = 3
+EXIT_PROTOCOL = 4
+
+log = logging.getLogger("drivebay.runtime")
+
+
+class Settings:
+    """What the kernel told the child through its environment."""
+
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.channel_fd = int(environ["DRIVEBAY_CHANNEL_FD"])
+        self.entrypoint = environ["DRIVEBAY_ENTRYPOINT"]
+        self.src = environ.get("DRIVEBAY_SRC", "")
+        self.driver = environ.get("DRIVEBAY_DRIVER", "driver")
+        self.version = environ.get("DRIVEBAY_VERSION", "0")
+        self.parent_pid = int(environ.get("DRIVEBAY_PARENT_PID", "0"))
+        self.max_frame = int(environ.get("DRIVEBAY_MAX_FRAME", str(16 * 1024 * 1024)))
+        self.log_level = environ.get("DRIVEBAY_LOG_LEVEL", "INFO")
+        self.limits = environ.get("DRIVEBAY_RLIMITS", "")
+
+
+def error_reply(request_id: int, exc: BaseException) -> list[Any]:
+    kind = type(exc)
+    name = (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+    text = "".join(traceback.format_exception(exc))
+    return ["error", request_id, name, str(exc), text]
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the kernel dies; exit if it already has."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)  # the kernel died before we could tie ourselves to it
+
+
+class ChannelLogHandler(logging.Handler):
+    """Sends the driver's log records to the kernel as ``log`` messages."""
+
+    def __init__(self, outbox: Outbox, codec: ChildCodec, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._outbox = outbox
+        self._codec = codec
+        self._loop = loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            frame = self._codec.encode(["log", record.levelno, record.name, self.format(record)])
+            if self._in_loop_thread():
+                self._outbox.send(frame)
+            else:
+                self._outbox.send_threadsafe(frame)
+        except Exception:  # logging must never take the driver down
+            self.handleError(record)
+
+    def _in_loop_thread(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+
+class Operations:
+    """The driver class's operations, resolved once: name -> is it a coroutine."""
+
+    def __init__(self, driver_class: type) -> None:
+        self.driver_class = driver_class
+        self.is_async: dict[str, bool] = {}
+        for name, member in inspect.getmembers(driver_class):
+            if name.startswith("_") or name in LIFECYCLE_METHODS or not callable(member):
+                continue
+            if isinstance(inspect.getattr_static(driver_class, name), (classmethod, staticmethod)):
+                continue
+            self.is_async[name] = inspect.iscoroutinefunction(member)
+        self.has_health = callable(getattr(driver_class, "health", None))
+
+
+class DriverServer(asyncio.Protocol):
+    """Serves the kernel's requests on the channel."""
+
+    def __init__(
+        self,
+        codec: ChildCodec,
+        outbox: Outbox,
+        operations: Operations,
+        pool: concurrent.futures.Executor,
+        done: asyncio.Future[int],
+    ) -> None:
+        self._codec = codec
+        self._out = outbox
+        self._ops = operations
+        self._pool = pool
+        self._done = done
+        self._loop = asyncio.get_running_loop()
+        self._instances: dict[str, Any] = {}
+        self._running: dict[int, asyncio.Future[Any]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # attach, detach, drain: ours to cancel
+        self._draining = False
+
+    # -- channel events ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._out.attach(transport)
+
+    def pause_writing(self) -> None:
+        self._out.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._out.resume_writing()
+
+    def _send(self, message: list[Any]) -> None:
+        self._out.send(self._codec.encode(message))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self._codec.feed(data)
+        except ProtocolError as exc:
+            print(f"drivebay runtime: {exc}", file=sys.stderr)
+            self._finish(EXIT_PROTOCOL)
+            return
+        for message in messages:
+            self._dispatch(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The kernel is gone or closed the channel: nothing more to serve.
+        self._finish(0 if self._draining else 1)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel_all(self) -> None:
+        """At exit: stop whatever still runs on the loop."""
+        for future in [*self._tasks, *self._running.values()]:
+            future.cancel()
+
+    def _finish(self, code: int) -> None:
+        if not self._done.done():
+            self._done.set_result(code)
+
+    # -- requests ----------------------------------------------------------------
+
+    def _dispatch(self, message: list[Any]) -> None:
+        match message:
+            case ["call", int(request_id), str(resource_id), str(op), dict(args), *_]:
+                self._call(request_id, resource_id, op, args)
+            case ["ping", seq, *_]:
+                self._send(["pong", seq])
+            case ["cancel", int(request_id), *_]:
+                running = self._running.get(request_id)
+                if running is not None:
+                    running.cancel()
+            case ["attach", int(request_id), str(resource_id), dict(properties), *_]:
+                self._attach(request_id, resource_id, properties)
+            case ["detach", int(request_id), str(resource_id), *_]:
+                self._detach(request_id, resource_id)
+            case ["health", int(request_id), *_]:
+                self._health(request_id)
+            case ["drain", timeout_s, *_]:
+                self._spawn(self._drain(float(timeout_s)))
+            case [tag, *_]:
+                log.warning("ignoring unknown message %r from the kernel", tag)
+
+    def _call(self, request_id: int, resource_id: str, op: str, args: dict[str, Any]) -> None:
+        if self._draining:
+            self._send(["error", request_id, "Draining", "driver is draining", ""])
+            return
+        instance = self._instances.get(resource_id)
+        is_async = self._ops.is_async.get(op)
+        if instance is None:
+            message = f"resource {resource_id!r} is not attached to this driver"
+            self._send(["error", request_id, "NotAttached", message, ""])
+        elif is_async is None:
+            known = ", ".join(sorted(self._ops.is_async)) or "none"
+            message = f"driver has no operation {op!r} (operations: {known})"
+            self._send(["error", request_id, "UnknownOperation", message, ""])
+        else:
+            method = getattr(instance, op)
+            self._run(request_id, method, args, is_async)
+
+    def _run(
+        self,
+        request_id: int,
+        function: Callable[..., Any],
+        args: dict[str, Any],
+        is_async: bool,
+    ) -> None:
+        """Run an operation; reply when it ends. Async on the loop, sync in a thread."""
+        future: asyncio.Future[Any]
+        if is_async:
+            try:
+                coro: Coroutine[Any, Any, Any] = function(**args)
+            except Exception as exc:  # bad arguments for the signature
+                self._send(error_reply(request_id, exc))
+                return
+            future = self._loop.create_task(coro)
+        else:
+            future = self._loop.run_in_executor(self._pool, functools.partial(function, **args))
+        self._running[request_id] = future
+        future.add_done_callback(functools.partial(self._reply, request_id))
+
+    def _reply(self, request_id: int, future: asyncio.Future[Any]) -> None:
+        self._running.pop(request_id, None)
+        if future.cancelled():
+            self._send(["error", request_id, "Cancelled", "cancelled by the kernel", ""])
+            return
+        exc = future.exception()
+        if exc is not None:
+            self._send(error_reply(request_id, exc))
+        else:
+            self._send(["result", request_id, future.result()])
+
+    def _attach(self, request_id: int, resource_id: str, properties: dict[str, Any]) -> None:
+        if resource_id in self._instances:
+            message = f"resource {resource_id!r} is already attached"
+            self._send(["error", request_id, "AlreadyAttached", message, ""])
+            return
+        self._spawn(self._attach_instance(request_id, resource_id, properties))
+
+    async def _attach_instance(
+        self, request_id: int, resource_id: str, properties: dict[str, Any]
+    ) -> None:
+        try:
+            instance = self._ops.driver_class(resource_id, properties)
+            attach = getattr(instance, "attach", None)
+            if attach is not None:
+                await self._maybe_in_thread(attach)
+        except Exception as exc:
+            self._send(error_reply(request_id, exc))
+            return
+        self._instances[resource_id] = instance
+        self._send(["result", request_id, None])
+
+    def _detach(self, request_id: int, resource_id: str) -> None:
+        instance = self._instances.pop(resource_id, None)
+        if instance is None:
+            self._send(["result", request_id, None])  # detaching is idempotent
+            return
+        self._spawn(self._detach_instance(request_id, instance))
+
+    async def _detach_instance(self, request_id: int, instance: Any) -> None:
+        try:
+            detach = getattr(instance, "detach", None)
+            if detach is not None:
+                await self._maybe_in_thread(detach)
+        except Exception as exc:
+            self._send(error_reply(request_id, exc))
+            return
+        self._send(["result", request_id, None])
+
+    def _health(self, request_id: int) -> None:
+        health = getattr(self._ops.driver_class, "health", None)
+        if health is None:
+            self._send(["result", request_id, {"ok": True}])
+            return
+        self._run(request_id, health, {}, inspect.iscoroutinefunction(health))
+
+    async def _maybe_in_thread(self, function: Callable[[], Any]) -> Any:
+        if inspect.iscoroutinefunction(function):
+            return await function()
+        return await self._loop.run_in_executor(self._pool, function)
+
+    async def _drain(self, timeout_s: float) -> None:
+        """Let in-flight calls end, detach every instance, then exit 0."""
+        self._draining = True
+        running = list(self._running.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=timeout_s or None)
+            for future in pending:
+                future.cancel()
+        for resource_id in list(self._instances):
+            instance = self._instances.pop(resource_id)
+            detach = getattr(instance, "detach", None)
+            if detach is not None:
+                try:
+                    await asyncio.wait_for(self._maybe_in_thread(detach), timeout_s or None)
+                except Exception:
+                    log.exception("detach of %s failed while draining", resource_id)
+        self._finish(0)
+
+
+def _load_driver_class(settings: Settings) -> type:
+    module_name, _, class_name = settings.entrypoint.partition(":")
+    if settings.src:
+        sys.path.insert(0, settings.src)
+    module = importlib.import_module(module_name)
+    driver_class = getattr(module, class_name)
+    if not isinstance(driver_class, type):
+        raise TypeError(f"entrypoint {settings.entrypoint!r} is not a class")
+    return driver_class
+
+
+def _handshake(sock: socket.socket, codec: ChildCodec, settings: Settings) -> list[list[Any]]:
+    """Say Hello and wait for Welcome; return any messages that came after it."""
+    hello = [
+        "hello",
+        PROTOCOL_MIN,
+        PROTOCOL_MAX,
+        settings.driver,
+        settings.version,
+        os.getpid(),
+        codec.name,
+        sys.version.split()[0],
+    ]
+    sock.sendall(codec.encode(hello))
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            os._exit(EXIT_PROTOCOL)
+        messages = codec.feed(data)
+        if not messages:
+            continue
+        first, rest = messages[0], messages[1:]
+        match first:
+            case ["welcome", int(_), *_]:
+                return rest
+            case ["refuse", str(reason), *_]:
+                print(f"drivebay runtime: the kernel refused us: {reason}", file=sys.stderr)
+                os._exit(EXIT_REFUSED)
+            case _:
+                print(f"drivebay runtime: expected welcome, got {first[0]!r}", file=sys.stderr)
+                os._exit(EXIT_PROTOCOL)
+
+
+def _apply_limits(spec: str) -> None:
+    """``DRIVEBAY_RLIMITS`` is ``NAME=VALUE,...`` with resource.RLIMIT_* names."""
+    if not spec:
+        return
+    import resource
+
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        limit = int(value)
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, limit))
+
+
+async def _serve(
+    sock: socket.socket,
+    codec: ChildCodec,
+    operations: Operations,
+    early: list[list[Any]],
+    settings: Settings,
+) -> int:
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    outbox = Outbox(loop)
+    handler = ChannelLogHandler(outbox, codec, loop)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger().addHandler(handler)
+    with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="driver-op") as pool:
+        server = DriverServer(codec, outbox, operations, pool, done)
+        transport, _ = await loop.connect_accepted_socket(lambda: server, sock)
+        try:
+            for message in early:
+                server._dispatch(message)
+            return await done
+        finally:
+            server.cancel_all()
+            transport.close()
+            # Worker threads stuck in a sync call must not hold the exit up.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def main() -> None:
+    settings = Settings(dict(os.environ))
+    die_with_parent(settings.parent_pid)
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr)
+    _apply_limits(settings.limits)
+    sock = socket.socket(fileno=settings.channel_fd)
+    codec = ChildCodec(max_frame=settings.max_frame)
+    try:
+        early = _handshake(sock, codec, settings)
+    except ProtocolError as exc:
+        print(f"drivebay runtime: {exc}", file=sys.stderr)
+        os._exit(EXIT_PROTOCOL)
+    try:
+        operations = Operations(_load_driver_class(settings))
+    except BaseException as exc:
+        sock.sendall(codec.encode(error_reply(0, exc)))
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(EXIT_LOAD_FAILED)
+    ready = ["ready", sorted(operations.is_async), operations.has_health]
+    sock.sendall(codec.encode(ready))
+    sock.setblocking(False)
+    runner = _event_loop_runner()
+    code = runner(_serve(sock, codec, operations, early, settings))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run  # type: ignore[no-any-return,unused-ignore]
+
+
+if __name__ == "__main__":
+    main()

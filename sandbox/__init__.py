@@ -1,0 +1,1 @@
+"""How a driver gets a safe home: bundles, virtualenvs, spawning with limits, logs."""

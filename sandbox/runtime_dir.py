@@ -1,0 +1,69 @@
+"""The private directory that carries the driver runtime into a child.
+
+A child must see the runtime and nothing else of the kernel: not ``kernel``,
+not ``sandbox``, not the kernel's site-packages. So the few standard-library
+modules of ``protocol`` that the child runs are copied into
+``<state>/runtime/<digest>/protocol/`` and only that directory goes on the
+child's ``sys.path`` (ahead of the driver's ``src/``). The digest covers the
+files' contents, so a kernel upgrade never mixes runtimes, and concurrent
+kernels on one state dir agree on the same copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import protocol
+
+CHILD_MODULES = (
+    "__init__.py",
+    "errors.py",
+    "versions.py",
+    "frames.py",
+    "msgpack_lite.py",
+    "child_codec.py",
+    "outbox.py",
+    "runtime.py",
+)
+
+
+def ensure_runtime_dir(state_dir: Path) -> Path:
+    """The directory to put first on a child's ``sys.path``; created once."""
+    source = Path(protocol.__file__).parent
+    contents = {name: (source / name).read_bytes() for name in CHILD_MODULES}
+    digest = hashlib.sha256()
+    for name, data in contents.items():
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+    target = state_dir / "runtime" / digest.hexdigest()[:16]
+    if (target / "protocol" / "runtime.py").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        package = staging / "protocol"
+        package.mkdir()
+        for name, data in contents.items():
+            (package / name).write_bytes(data)
+            os.chmod(package / name, 0o444)
+        os.chmod(package, 0o555)
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / "protocol" / "runtime.py").exists():
+                raise
+            # Another kernel put the same copy there first: use theirs.
+    finally:
+        if staging.exists():
+            for path in (staging, staging / "protocol"):
+                if path.exists():
+                    os.chmod(path, 0o755)
+            shutil.rmtree(staging)
+    return target
+
+
+BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from protocol.runtime import main; main()"

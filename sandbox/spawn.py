@@ -1,0 +1,191 @@
+"""Starting a driver child: its interpreter, environment, fds and exit watch.
+
+The child gets a fresh interpreter in isolated mode (``-I``), a minimal
+environment, its own session and process group (so the kernel can signal the
+driver and everything it started as one), stdin from /dev/null, stdout and
+stderr on pipes the kernel reads, and exactly one inherited fd: its end of the
+channel ``socketpair``. Its exit is seen through a pidfd the event loop
+watches, as it happens, with no polling and no SIGCHLD handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sandbox.output import OutputCapture, RotatingFile
+from sandbox.runtime_dir import BOOTSTRAP
+
+PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """Everything needed to start one driver child."""
+
+    python: Path
+    runtime_dir: Path
+    entrypoint: str
+    driver: str
+    version: str
+    cwd: Path
+    src: Path | None = None
+    stdout_log: Path | None = None
+    stderr_log: Path | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 3
+    max_frame: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+    rlimits: Mapping[str, int] = field(default_factory=dict)
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
+    """The child's whole environment: a few basics and its DRIVEBAY_* settings."""
+    env = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(
+        DRIVEBAY_CHANNEL_FD=str(channel_fd),
+        DRIVEBAY_ENTRYPOINT=spec.entrypoint,
+        DRIVEBAY_SRC=str(spec.src or ""),
+        DRIVEBAY_DRIVER=spec.driver,
+        DRIVEBAY_VERSION=spec.version,
+        DRIVEBAY_PARENT_PID=str(os.getpid()),
+        DRIVEBAY_MAX_FRAME=str(spec.max_frame),
+        DRIVEBAY_LOG_LEVEL=spec.log_level,
+        DRIVEBAY_RLIMITS=",".join(f"{name}={value}" for name, value in spec.rlimits.items()),
+    )
+    env.update(spec.extra_env)
+    return env
+
+
+def describe_exit(returncode: int) -> str:
+    """``exit status 3`` or ``signal 9 (SIGKILL)``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            return f"signal {-returncode}"
+        return f"signal {-returncode} ({name})"
+    return f"exit status {returncode}"
+
+
+class ChildProcess:
+    """A running driver child. ``exited`` resolves to its return code once it
+    has been reaped; until then its process group may be signalled."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        channel: socket.socket,
+        stdout: OutputCapture,
+        stderr: OutputCapture,
+        pipes: list[asyncio.BaseTransport],
+    ) -> None:
+        self.popen = popen
+        self._pipes = pipes
+        self.pid = popen.pid
+        self.channel = channel
+        self.stdout = stdout
+        self.stderr = stderr
+        self._loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exited.result() if self.exited.done() else None
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the child's whole process group, unless it was reaped (its
+        pid could then belong to someone else)."""
+        if self.exited.done():
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def _on_exit(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        # The leader is a zombie, so its pid (= the group id) cannot be reused
+        # yet: end whatever the driver started, then reap.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        returncode = self.popen.wait()
+        self.exited.set_result(returncode)
+
+    async def output_closed(self, timeout: float) -> None:
+        """Wait (bounded) until both pipes reached EOF, so tails are complete."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(self.stdout.closed, self.stderr.closed)
+
+    def close(self) -> None:
+        """Release the kernel's ends (channel, pipes) once the child is reaped."""
+        self.channel.close()
+        for pipe in self._pipes:
+            pipe.close()
+
+    def stderr_tail(self, lines: int = 10) -> str:
+        tail = self.stderr.tail(lines)
+        return " | ".join(line for line in tail if line.strip())
+
+
+def _same(capture: OutputCapture) -> OutputCapture:
+    return capture
+
+
+async def spawn_child(spec: SpawnSpec) -> ChildProcess:
+    """Start the child. Raises OSError when the interpreter cannot be run."""
+    kernel_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        # Popen (vfork + exec) returns within a millisecond and, unlike the
+        # loop's subprocess API, lets us own the reaping through a pidfd.
+        popen = subprocess.Popen(  # noqa: ASYNC220
+            [str(spec.python), "-I", "-c", BOOTSTRAP, str(spec.runtime_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(child_end.fileno(),),
+            start_new_session=True,
+            cwd=spec.cwd,
+            env=child_environment(spec, child_end.fileno()),
+        )
+    except BaseException:
+        kernel_end.close()
+        raise
+    finally:
+        child_end.close()
+    try:
+        loop = asyncio.get_running_loop()
+        assert popen.stdout is not None and popen.stderr is not None
+        pipes: list[asyncio.BaseTransport] = []
+        captures = []
+        for stream, path in ((popen.stdout, spec.stdout_log), (popen.stderr, spec.stderr_log)):
+            capture = OutputCapture(
+                RotatingFile(path, spec.log_max_bytes, spec.log_backups) if path else None
+            )
+            transport, _ = await loop.connect_read_pipe(functools.partial(_same, capture), stream)
+            pipes.append(transport)
+            captures.append(capture)
+        kernel_end.setblocking(False)
+        return ChildProcess(popen, kernel_end, captures[0], captures[1], pipes)
+    except BaseException:
+        # Never leave a child we cannot watch: kill and reap it right here.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait()
+        kernel_end.close()
+        for pipe in (popen.stdout, popen.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise

@@ -1,0 +1,43 @@
+"""Suite-wide guards: no test may leak file descriptors or child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvloop
+
+
+def _open_fds() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+def _children() -> set[int]:
+    found: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with open(task / "children") as handle:
+            found.update(int(pid) for pid in handle.read().split())
+    return found
+
+
+@pytest.fixture(scope="session")
+def loop_globals_ready() -> None:
+    """libuv opens a process-wide pipe the first time a loop runs: open it
+    before the first leak check, so it is not blamed on that test."""
+    uvloop.run(asyncio.sleep(0))
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(loop_globals_ready: None) -> Iterator[None]:
+    fds_before = _open_fds()
+    children_before = _children()
+    yield
+    leaked_children = _children() - children_before
+    assert not leaked_children, f"test left child processes running: {sorted(leaked_children)}"
+    # The fd listing itself opens one fd; compare what remains open after it.
+    leaked_fds = {fd for fd in _open_fds() - fds_before if os.path.exists(f"/proc/self/fd/{fd}")}
+    details = {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked_fds}
+    assert not leaked_fds, f"test leaked file descriptors: {details}"

@@ -1,0 +1,61 @@
+"""Shared helpers for tests: run a coroutine on uvloop, start fixture drivers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvloop
+
+from kernel.driver_process import DriverProcess, Timeouts
+from sandbox.runtime_dir import ensure_runtime_dir
+from sandbox.spawn import SpawnSpec
+
+FIXTURES = Path(__file__).parent / "fixtures"
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return uvloop.run(coro)
+
+
+def fixture_spec(
+    tmp_path: Path, name: str = "misbehave", entrypoint: str = "misbehave:Misbehave", **kw: Any
+) -> SpawnSpec:
+    return SpawnSpec(
+        python=Path(kw.pop("python", sys.executable)),
+        runtime_dir=ensure_runtime_dir(tmp_path / "state"),
+        entrypoint=entrypoint,
+        driver=name,
+        version=kw.pop("version", "1.0.0"),
+        cwd=tmp_path,
+        src=FIXTURES / name / "src",
+        **kw,
+    )
+
+
+FAST = Timeouts(start=20, ping_interval=0.2, ping_timeout=1.0, call=20, drain=2, term=2, kill=5)
+
+
+@contextlib.asynccontextmanager
+async def started(spec: SpawnSpec, timeouts: Timeouts = FAST) -> AsyncIterator[DriverProcess]:
+    proc = DriverProcess(spec, timeouts)
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        await proc.stop()
+
+
+async def eventually(check: Callable[[], bool], deadline: float = 10.0) -> None:
+    """Wait until ``check()`` is true, yielding to the loop; fail past the deadline."""
+    end = time.monotonic() + deadline
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {deadline}s")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,314 @@
+"""The kernel's side of one driver process, against real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import signal
+
+import pytest
+
+from kernel.driver_process import DriverProcess
+from protocol.errors import (
+    CallTimeout,
+    DriverCrashed,
+    DriverHung,
+    DriverStartError,
+    OperationFailed,
+)
+from tests.helpers import FAST, eventually, fixture_spec, run, started
+
+
+def test_round_trip_and_handshake_facts(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            assert proc.hello is not None and proc.hello.pid == proc.pid
+            assert proc.hello.codec.startswith("msgspec")
+            assert proc.ready is not None and "echo" in proc.ready.operations
+            assert "health" not in proc.ready.operations and proc.ready.has_health
+            await proc.attach("r1", {"size": 3})
+            assert await proc.call("r1", "echo", {"value": {"a": [1, 2.5, "x", None]}}) == {
+                "a": [1, 2.5, "x", None]
+            }
+            described = await proc.call("r1", "describe", {})
+            assert described == {"resource": "r1", "properties": {"size": 3}, "pid": proc.pid}
+            assert (await proc.health())["ok"] is True
+
+    run(main())
+
+
+@pytest.mark.parametrize("codec", ["msgspec", "stdlib"])
+def test_thousand_concurrent_calls(tmp_path, codec):
+    async def main():
+        spec = fixture_spec(tmp_path, extra_env={"DRIVEBAY_CODEC": codec})
+        async with started(spec) as proc:
+            assert proc.hello_codec.startswith(codec)
+            for index in range(10):
+                await proc.attach(f"r{index}", {})
+            results = await asyncio.gather(
+                *(proc.call(f"r{n % 10}", "echo", {"value": n}) for n in range(1000))
+            )
+            assert results == list(range(1000))
+            blob = os.urandom(200_000)
+            assert await proc.call("r0", "echo", {"value": blob}) == blob
+
+    run(main())
+
+
+def test_operation_error_keeps_process(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("r", {})
+            with pytest.raises(OperationFailed) as caught:
+                await proc.call("r", "fail", {"message": "disk on fire"})
+            assert caught.value.type_name == "ValueError"
+            assert str(caught.value) == "ValueError: disk on fire"
+            assert "raise ValueError(message)" in caught.value.traceback
+            with pytest.raises(OperationFailed, match="UnknownOperation: driver has no operation"):
+                await proc.call("r", "nope", {})
+            with pytest.raises(OperationFailed, match="NotAttached"):
+                await proc.call("other", "echo", {})
+            with pytest.raises(OperationFailed, match="TypeError"):
+                await proc.call("r", "echo", {"bogus": 1})
+            assert await proc.call("r", "echo", {"value": 1}) == 1
+
+    run(main())
+
+
+def test_exit_mid_call_fails_in_flight_calls(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            await proc.attach("b", {})
+            slow = asyncio.ensure_future(proc.call("b", "sleep", {"seconds": 60}))
+            with pytest.raises(DriverCrashed, match=r"misbehave@1.0.0 exited \(exit status 7\)"):
+                await proc.call("a", "exit_now", {"code": 7})
+            with pytest.raises(DriverCrashed, match="exit status 7"):
+                await slow
+            assert await proc.wait() == 7
+            with pytest.raises(DriverCrashed, match="is not running"):
+                await proc.call("a", "echo", {})
+
+    run(main())
+
+
+def test_hung_driver_is_killed(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(DriverHung, match=r"hung: no answer to ping within 1s \(signal 9"):
+                await proc.call("a", "block_loop", {"seconds": 120})
+            assert proc.returncode == -signal.SIGKILL
+
+    run(main())
+
+
+def test_slow_sync_call_keeps_answering_pings(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            # Five ping timeouts long: a blocked loop would be killed as hung.
+            thread = await proc.call("a", "slow_sync", {"seconds": 5 * FAST.ping_timeout})
+            assert thread.startswith("driver-op")
+            assert proc.alive
+
+    run(main())
+
+
+def test_prints_do_not_touch_the_channel(tmp_path):
+    async def main():
+        spec = fixture_spec(
+            tmp_path, stdout_log=tmp_path / "out.log", stderr_log=tmp_path / "err.log"
+        )
+        async with started(spec) as proc:
+            await proc.attach("a", {})
+            assert await proc.call("a", "say", {"text": "hello\x00\xff world"}) is True
+            assert await proc.call("a", "echo", {"value": 5}) == 5
+            await eventually(
+                lambda: "hello" in (tmp_path / "out.log").read_text("utf-8", "replace")
+            )
+        assert "hello" in (tmp_path / "err.log").read_text("utf-8", "replace")
+
+    run(main())
+
+
+def test_import_failure_is_a_clear_start_error(tmp_path):
+    async def main():
+        spec = fixture_spec(tmp_path, name="broken", entrypoint="broken:Broken")
+        proc = DriverProcess(spec, FAST)
+        with pytest.raises(DriverStartError) as caught:
+            await proc.start()
+        message = str(caught.value)
+        assert message.startswith(
+            "broken@1.0.0 failed to load broken:Broken: ImportError: this driver needs a module"
+        )
+        assert not proc.alive and proc.returncode == 3
+
+    run(main())
+
+
+def test_missing_interpreter_is_a_clear_start_error(tmp_path):
+    async def main():
+        spec = fixture_spec(tmp_path, python=tmp_path / "no-such-python")
+        with pytest.raises(DriverStartError, match="cannot run .*no-such-python: No such file"):
+            await DriverProcess(spec, FAST).start()
+
+    run(main())
+
+
+def test_child_that_dies_before_hello(tmp_path):
+    async def main():
+        fake = tmp_path / "fake-python"
+        fake.write_text("#!/bin/sh\necho 'interpreter exploded' >&2\nexit 9\n")
+        fake.chmod(0o755)
+        spec = fixture_spec(tmp_path, python=fake)
+        with pytest.raises(
+            DriverStartError,
+            match=r"exited \(exit status 9\) before saying hello; stderr: interpreter exploded",
+        ):
+            await DriverProcess(spec, FAST).start()
+
+    run(main())
+
+
+def test_silent_child_is_killed_at_the_start_deadline(tmp_path):
+    async def main():
+        fake = tmp_path / "fake-python"
+        fake.write_text("#!/bin/sh\nexec sleep 600\n")
+        fake.chmod(0o755)
+        spec = fixture_spec(tmp_path, python=fake)
+        proc = DriverProcess(spec, dataclasses.replace(FAST, start=0.5))
+        with pytest.raises(DriverStartError, match="did not finish its handshake within 0.5s"):
+            await proc.start()
+        assert proc.returncode == -signal.SIGKILL
+
+    run(main())
+
+
+def test_protocol_version_mismatch_is_refused(tmp_path):
+    async def main():
+        runtime = fixture_spec(tmp_path).runtime_dir
+        # A runtime from the future: copy it and make it speak only version 99.
+        future = tmp_path / "future-runtime"
+        shutil.copytree(runtime, future)
+        versions = future / "protocol" / "versions.py"
+        versions.chmod(0o644)
+        text = versions.read_text().replace("PROTOCOL_MIN = 1", "PROTOCOL_MIN = 99")
+        versions.write_text(text.replace("PROTOCOL_MAX = 1", "PROTOCOL_MAX = 99"))
+        spec = dataclasses.replace(fixture_spec(tmp_path), runtime_dir=future)
+        proc = DriverProcess(spec, FAST)
+        with pytest.raises(
+            DriverStartError,
+            match=r"no common protocol version: kernel speaks 1\.\.1, driver runtime speaks 99\.\.99",
+        ):
+            await proc.start()
+        assert proc.returncode == 2  # the child read the refusal and exited
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("data_hex", "reason"),
+    [
+        ("7fffffff", "over the limit"),  # announces a 2 GiB frame
+        ("00000003c1c1c1", "invalid message"),  # 0xc1 is never valid MessagePack
+        ("0000000192", "invalid message"),  # a 2-element array cut short
+    ],
+)
+def test_bad_frames_from_the_child(tmp_path, data_hex, reason):
+    async def main():
+        async with started(fixture_spec(tmp_path, max_frame=1 << 20)) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(DriverCrashed, match=f"protocol error: .*{reason}"):
+                await proc.call("a", "raw_channel_write", {"data_hex": data_hex})
+            assert proc.returncode == -signal.SIGKILL
+
+    run(main())
+
+
+def test_staged_stop_of_driver_ignoring_sigterm(tmp_path):
+    async def main():
+        # Pings far apart, so the stages (not the hang detector) end it.
+        patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
+        proc = DriverProcess(fixture_spec(tmp_path), patient)
+        await proc.start()
+        await proc.attach("a", {})
+        assert await proc.call("a", "ignore_sigterm", {}) is True
+        blocked = asyncio.ensure_future(proc.call("a", "block_loop", {"seconds": 600}))
+        await asyncio.sleep(0)  # let the call go out
+        code = await proc.stop(drain=0.2)
+        assert code == -signal.SIGKILL
+        with pytest.raises(DriverCrashed):
+            await blocked
+
+    run(main())
+
+
+def test_drain_exits_zero_after_in_flight_calls(tmp_path):
+    async def main():
+        proc = DriverProcess(fixture_spec(tmp_path), FAST)
+        await proc.start()
+        await proc.attach("a", {})
+        running = asyncio.ensure_future(proc.call("a", "sleep", {"seconds": 0.3}))
+        await asyncio.sleep(0)
+        assert await proc.stop() == 0
+        assert await running == 0.3
+
+    run(main())
+
+
+def test_stop_when_cancelled_still_reaps(tmp_path):
+    async def main():
+        patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
+        proc = DriverProcess(fixture_spec(tmp_path), patient)
+        await proc.start()
+        await proc.attach("a", {})
+        await proc.call("a", "ignore_sigterm", {})
+        blocked = asyncio.ensure_future(proc.call("a", "block_loop", {"seconds": 600}))
+        await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(proc.stop(drain=30))
+        await eventually(lambda: proc._stopping)
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert not proc.alive and proc.returncode == -signal.SIGKILL
+        with pytest.raises(DriverCrashed):
+            await blocked
+
+    run(main())
+
+
+def test_call_timeout_cancels_in_driver(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(CallTimeout, match="sleep on a took longer than 0.2s"):
+                await proc.call("a", "sleep", {"seconds": 60}, timeout=0.2)
+            assert await proc.call("a", "echo", {"value": 2}) == 2
+
+    run(main())
+
+
+def test_attach_failure_and_health_failure(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            with pytest.raises(OperationFailed, match="RuntimeError: refusing to attach"):
+                await proc.attach("bad", {"fail_attach": True})
+            with pytest.raises(OperationFailed, match="NotAttached"):
+                await proc.call("bad", "echo", {})
+
+    run(main())
+
+
+def test_driver_logging_reaches_kernel_log(tmp_path, caplog):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            await proc.call("a", "say", {"text": "via logging"})
+            await eventually(lambda: "logged: via logging" in caplog.text)
+
+    with caplog.at_level("INFO", logger="drivebay.driver"):
+        run(main())
+    assert "misbehave@1.0.0: misbehave: logged: via logging" in caplog.text
