@@ -152,7 +152,7 @@ def test_import_failure_is_a_clear_start_error(tmp_path):
 def test_missing_interpreter_is_a_clear_start_error(tmp_path):
     async def main():
         spec = fixture_spec(tmp_path, python=tmp_path / "no-such-python")
-        with pytest.raises(DriverStartError, match="cannot run .*no-such-python: No such file"):
+        with pytest.raises(DriverStartError, match=r"cannot run .*no-such-python: No such file"):
             await DriverProcess(spec, FAST).start()
 
     run(main())
@@ -180,7 +180,7 @@ def test_silent_child_is_killed_at_the_start_deadline(tmp_path):
         fake.chmod(0o755)
         spec = fixture_spec(tmp_path, python=fake)
         proc = DriverProcess(spec, dataclasses.replace(FAST, start=0.5))
-        with pytest.raises(DriverStartError, match="did not finish its handshake within 0.5s"):
+        with pytest.raises(DriverStartError, match=r"did not finish its handshake within 0\.5s"):
             await proc.start()
         assert proc.returncode == -signal.SIGKILL
 
@@ -201,7 +201,8 @@ def test_protocol_version_mismatch_is_refused(tmp_path):
         proc = DriverProcess(spec, FAST)
         with pytest.raises(
             DriverStartError,
-            match=r"no common protocol version: kernel speaks 1\.\.1, driver runtime speaks 99\.\.99",
+            match=r"no common protocol version: kernel speaks 1\.\.1, "
+            r"driver runtime speaks 99\.\.99",
         ):
             await proc.start()
         assert proc.returncode == 2  # the child read the refusal and exited
@@ -284,7 +285,7 @@ def test_call_timeout_cancels_in_driver(tmp_path):
     async def main():
         async with started(fixture_spec(tmp_path)) as proc:
             await proc.attach("a", {})
-            with pytest.raises(CallTimeout, match="sleep on a took longer than 0.2s"):
+            with pytest.raises(CallTimeout, match=r"sleep on a took longer than 0\.2s"):
                 await proc.call("a", "sleep", {"seconds": 60}, timeout=0.2)
             assert await proc.call("a", "echo", {"value": 2}) == 2
 
