@@ -1,0 +1,37 @@
+"""The kernel's one door to bundles: ``load_bundle``.
+
+Reading (``bundle_reader``), layout and manifest checks (``bundle_layout``,
+``manifest``) and the store (``bundle_store``) are separate steps; the kernel
+only needs the composition and the names re-exported here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sandbox.bundle_reader import ReadLimits, read_bundle
+from sandbox.bundle_store import StoredBundle, remove_staging, store_bundle
+from sandbox.manifest import Limits, Manifest, PropertySpec
+from sandbox.pep440 import version_key
+
+__all__ = [
+    "Limits",
+    "Manifest",
+    "PropertySpec",
+    "ReadLimits",
+    "StoredBundle",
+    "load_bundle",
+    "remove_staging",
+    "version_key",
+]
+
+
+def load_bundle(path: Path, state_dir: Path, limits: ReadLimits | None = None) -> StoredBundle:
+    """Verify the bundle dropped at ``path`` and store it under ``state_dir``.
+
+    The returned bundle's ``path`` is the read-only copy the driver must run
+    from. Raises ``BundleError`` (one line: bundle, file, field, fix) when the
+    bundle is rejected; nothing is stored then. Raises ``KernelError`` when the
+    state directory cannot be written.
+    """
+    return store_bundle(read_bundle(path, limits), state_dir)
