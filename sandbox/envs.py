@@ -1,0 +1,473 @@
+"""Drivers' virtualenvs: built with uv, shared by content address, collected when unused.
+
+``ensure_env`` returns the environment an ``EnvRequest`` names (see
+``env_key``), building it first if it does not exist yet:
+
+1. ``uv venv --relocatable`` from the requested interpreter, in a staging
+   directory ``.staging-<key>-<random>`` beside the final one; no system
+   site-packages, so nothing of the kernel's environment is visible;
+2. ``uv pip compile`` resolves the dependencies (from ``lib/`` alone when the
+   bundle ships one: ``--no-index --find-links --offline --no-build``);
+3. ``uv pip install --compile-bytecode`` installs the pins; from ``lib/``
+   in hash-checking mode (``--require-hashes``, every pin carrying the
+   sha256 the kernel computed), so only the shipped files can be installed;
+4. metadata (``drivebay-env.json``) is written, the tree made read-only and
+   renamed to ``<envs_dir>/<key>`` in one step.
+
+A directory named by a key is therefore always complete: a build killed at
+any point leaves only a staging directory, removed by the next build of that
+key or by ``collect_garbage``. Builds of one key are serialized across
+processes by ``fcntl.flock`` on ``.locks/<key>.lock``; uv inherits that lock,
+so even when the kernel is killed, nobody removes a staging directory while
+an orphaned uv still writes into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.parser
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protocol.errors import EnvBuildError
+from sandbox.env_key import (
+    EnvRequest,
+    canonical_name,
+    check_lib_covers,
+    dependency_name,
+    env_key,
+    hashed_pins,
+    msgspec_addable,
+    requirements,
+)
+
+__all__ = ["Env", "EnvRequest", "collect_garbage", "ensure_env", "env_key"]
+
+log = logging.getLogger(__name__)
+
+META = "drivebay-env.json"
+LOCKS = ".locks"
+_KEY = re.compile(r"(?:\.staging-)?([0-9a-f]{64})(?:-.*)?")
+# uv settings the operator may give the daemon (index, TLS); any other UV_*
+# or Python variable of the kernel's own environment must not shape a driver's.
+_UV_VARS = {
+    "UV_INDEX",
+    "UV_DEFAULT_INDEX",
+    "UV_INDEX_URL",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INSECURE_HOST",
+    "UV_NATIVE_TLS",
+    "UV_HTTP_TIMEOUT",
+    "UV_KEYRING_PROVIDER",
+    "UV_CACHE_DIR",
+}
+_NOISE = ("Using ", "Resolved ", "Prepared ", "Installed ", "Audited ", "Bytecode compiled ")
+
+
+@dataclass(frozen=True)
+class Env:
+    """A finished, read-only environment."""
+
+    path: Path
+    python: Path  # the venv's bin/python
+    key: str
+    codec: str  # "msgspec" (msgspec >= 0.18 installed) or "stdlib"
+    packages: dict[str, str] = field(default_factory=dict)  # canonical name -> version
+
+
+async def ensure_env(
+    req: EnvRequest,
+    envs_dir: Path,
+    *,
+    uv_cache: Path | None = None,
+    timeout_s: float = 600,
+) -> Env:
+    """The environment ``req`` names: the existing one, or a new build.
+
+    Waiting for another process's build of the same key and the build itself
+    each get ``timeout_s``. Raises EnvBuildError with uv's own message when
+    the build fails or times out (nothing is left behind; calling again
+    retries once), or at once when ``lib/`` lacks a wheel a dependency names.
+    """
+    key = await asyncio.to_thread(env_key, req)
+    final = envs_dir / key
+    env = _load(final)
+    if env is not None:
+        return env
+    check_lib_covers(req)
+    (envs_dir / LOCKS).mkdir(parents=True, exist_ok=True)
+    lock_fd = await _lock(envs_dir / LOCKS / f"{key}.lock", timeout_s)
+    try:
+        env = _load(final)
+        if env is not None:
+            return env
+        _discard_leftovers(envs_dir, key)
+        return await _build(req, key, envs_dir, _Uv(uv_cache, lock_fd, envs_dir), timeout_s)
+    finally:
+        os.close(lock_fd)
+
+
+def collect_garbage(envs_dir: Path, keep: Iterable[str]) -> list[str]:
+    """Remove every environment whose key is not in ``keep``; return their keys.
+
+    Also removes staging directories of builds that are no longer running and
+    half-removed trees. An environment whose build lock is held (a build of
+    that key is running) is left for the next collection.
+    """
+    kept = set(keep)
+    removed: list[str] = []
+    if not envs_dir.is_dir():
+        return removed
+    for entry in sorted(envs_dir.iterdir()):
+        match = _KEY.fullmatch(entry.name)
+        if entry.name.startswith(".trash-"):
+            _remove_tree(entry)
+        elif match is None or entry.name in kept:
+            continue
+        else:
+            with _try_lock(envs_dir / LOCKS / f"{match.group(1)}.lock") as locked:
+                if locked and entry.name == match.group(1):
+                    _discard(entry)
+                    removed.append(entry.name)
+                elif locked:
+                    _remove_tree(entry)
+    return removed
+
+
+# -- building ------------------------------------------------------------------
+
+
+async def _build(req: EnvRequest, key: str, envs_dir: Path, uv: _Uv, timeout_s: float) -> Env:
+    """Build ``key`` in a staging directory and rename it into place; clean up on failure."""
+    started = time.monotonic()
+    log.info("env %s: building (%s)", key[:12], req.wheel_dir or "package index")
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{key}-", dir=envs_dir))
+    try:
+        os.chmod(staging, 0o755)
+        try:
+            async with asyncio.timeout(timeout_s):
+                meta = await _populate(req, key, staging, uv)
+        except TimeoutError as exc:
+            raise EnvBuildError(
+                f"env {key[:12]}: build timed out after {timeout_s:g} s (uv was killed); "
+                "check the package index or raise the timeout"
+            ) from exc
+        (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        _make_read_only(staging)
+        os.rename(staging, envs_dir / key)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    log.info(
+        "env %s: built in %.2f s, codec %s", key[:12], time.monotonic() - started, meta["codec"]
+    )
+    return _env(envs_dir / key, meta)
+
+
+async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> dict[str, object]:
+    """Create the venv in ``staging`` and install ``req``; return its metadata."""
+    python = _absolute(req.python)
+    await uv.run(
+        "creating the virtualenv",
+        ["venv", "--python", python, "--relocatable", "--no-python-downloads", str(staging)],
+    )
+    venv_python = str(staging / "bin" / "python")
+    pins, msgspec_note = await _resolve(req, staging, venv_python, uv)
+    if pins:
+        lock = staging / "drivebay-lock.txt"
+        lines = pins if req.wheel_dir is None else hashed_pins(pins, req.wheels)
+        lock.write_text("".join(f"{line}\n" for line in lines))
+        hashes = [] if req.wheel_dir is None else ["--require-hashes"]
+        args = ["pip", "install", "--python", venv_python, "-r", str(lock), *hashes]
+        args += ["--link-mode", "copy", "--compile-bytecode", *_sources(req)]
+        await uv.run("installing dependencies", args)
+    packages = _installed(staging)
+    return {
+        "key": key,
+        "codec": _codec(packages),
+        "msgspec": msgspec_note,
+        "packages": packages,
+        "python": python,
+        "dependencies": list(req.dependencies),
+        "wheels": dict(sorted(req.wheels.items())),
+        "protocol_version": req.protocol_version,
+    }
+
+
+async def _resolve(
+    req: EnvRequest, staging: Path, venv_python: str, uv: _Uv
+) -> tuple[list[str], str]:
+    """Pin the whole dependency tree; say how msgspec came in (or why not).
+
+    With ``lib/``, a shipped msgspec wheel the interpreter cannot use (wrong
+    Python or platform) leaves the driver on the stdlib codec instead of
+    failing it: one more resolution without msgspec, never more.
+    """
+    plain = requirements(req, with_msgspec=False)
+    if not msgspec_addable(req):
+        declared = any(dependency_name(dep) == "msgspec" for dep in req.dependencies)
+        note = "declared by the driver" if declared else "none in lib/"
+        return await _compile(req, plain, staging, venv_python, uv), note
+    wanted = requirements(req, with_msgspec=True)
+    try:
+        return await _compile(req, wanted, staging, venv_python, uv), "added by the builder"
+    except EnvBuildError as exc:
+        if req.wheel_dir is None:
+            raise
+        log.warning("env: lib/ msgspec unusable, using the stdlib codec: %s", exc)
+        return await _compile(req, plain, staging, venv_python, uv), f"unusable: {exc}"
+
+
+async def _compile(
+    req: EnvRequest, wanted: list[str], staging: Path, venv_python: str, uv: _Uv
+) -> list[str]:
+    """``name==version`` for every distribution ``wanted`` needs."""
+    if not wanted:
+        return []
+    source = staging / "drivebay-requirements.in"
+    pinned = staging / "drivebay-pins.txt"
+    source.write_text("".join(f"{line}\n" for line in wanted))
+    where = req.wheel_dir or "the package index"
+    args = ["pip", "compile", "--python", venv_python, "--no-header", "--no-annotate"]
+    args += ["--quiet", "-o", str(pinned), str(source), *_sources(req)]
+    await uv.run(f"resolving {', '.join(wanted)} from {where}", args)
+    lines = (line.strip() for line in pinned.read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def _sources(req: EnvRequest) -> list[str]:
+    if req.wheel_dir is None:
+        return []
+    wheel_dir = _absolute(req.wheel_dir)
+    return ["--no-index", "--find-links", wheel_dir, "--offline", "--no-build"]
+
+
+def _absolute(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def _installed(root: Path) -> dict[str, str]:
+    """{canonical name: version} of every distribution in ``root``'s site-packages."""
+    packages = {}
+    for metadata in sorted(root.glob("lib/python*/site-packages/*.dist-info/METADATA")):
+        with metadata.open(encoding="utf-8", errors="replace") as file:
+            headers = email.parser.HeaderParser().parse(file)
+        packages[canonical_name(headers["Name"] or "")] = headers["Version"] or ""
+    return packages
+
+
+def _codec(packages: dict[str, str]) -> str:
+    """The codec the child's runtime will pick (``protocol.child_codec``'s rule)."""
+    release = re.match(r"(\d+)\.(\d+)", packages.get("msgspec", ""))
+    usable = release is not None and (int(release[1]), int(release[2])) >= (0, 18)
+    return "msgspec" if usable else "stdlib"
+
+
+# -- running uv ----------------------------------------------------------------
+
+
+class _Uv:
+    """Runs uv for one build: its own settings only, the build lock inherited."""
+
+    def __init__(self, cache: Path | None, lock_fd: int, cwd: Path) -> None:
+        from uv import find_uv_bin  # the wheel's binary, not whatever PATH holds
+
+        self.binary = str(find_uv_bin())
+        self.common = ["--no-config", "--no-progress", "--color", "never"]
+        if cache is not None:
+            self.common += ["--cache-dir", str(cache)]
+        self.lock_fd = lock_fd
+        self.cwd = cwd
+        self.env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("UV_", "PYTHON", "VIRTUAL_ENV", "CONDA_")) or name in _UV_VARS
+        }
+
+    async def run(self, step: str, args: list[str]) -> None:
+        """Run ``uv args``; raise EnvBuildError with uv's message when it fails.
+
+        uv runs in its own session: on timeout or cancellation its whole
+        process group is killed, and always reaped before this returns.
+        """
+        proc = await asyncio.create_subprocess_exec(
+            self.binary,
+            *args,
+            *self.common,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=self.cwd,
+            env=self.env,
+            pass_fds=(self.lock_fd,),
+            start_new_session=True,
+        )
+        try:
+            _, stderr = await proc.communicate()
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.shield(proc.wait())
+            raise
+        if proc.returncode != 0:
+            detail = uv_message(stderr.decode(errors="replace"))
+            raise EnvBuildError(f"{step} failed (uv exit {proc.returncode}): {detail}")
+
+
+def uv_message(stderr: str) -> str:
+    """uv's own error on one line: from its ``error:`` line on, else its last lines."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
+    if starts:
+        lines = lines[starts[0] :]
+    else:
+        lines = [line for line in lines if not line.startswith(_NOISE)][-6:]
+    text = " ".join(lines).removeprefix("error: ")
+    return text[:2000] or "uv printed no error message"
+
+
+# -- the tree on disk ----------------------------------------------------------
+
+
+def _load(path: Path) -> Env | None:
+    """The environment at ``path`` if it is complete (its metadata readable)."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return _env(path, meta)
+
+
+def _env(path: Path, meta: dict[str, object]) -> Env:
+    packages = meta["packages"]
+    assert isinstance(packages, dict)
+    return Env(path, path / "bin" / "python", str(meta["key"]), str(meta["codec"]), packages)
+
+
+def _discard_leftovers(envs_dir: Path, key: str) -> None:
+    """Under ``key``'s lock: drop staging dirs of dead builds and a corrupt final dir."""
+    for stale in envs_dir.glob(f".staging-{key}-*"):
+        log.info("env %s: removing %s left by an interrupted build", key[:12], stale.name)
+        _remove_tree(stale)
+    if (envs_dir / key).exists():
+        _discard(envs_dir / key)
+
+
+def _discard(path: Path) -> None:
+    """Remove a tree, first renaming it so no half-removed tree keeps its name.
+
+    The new name is a sibling: moving a read-only directory to another parent
+    would need its write bit.
+    """
+    trash = path.with_name(f".trash-{path.name}-{secrets.token_hex(4)}")
+    os.rename(path, trash)
+    _remove_tree(trash)
+
+
+def _make_read_only(root: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in (*dirnames, *filenames):
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) & ~0o222)
+    os.chmod(root, 0o555)
+
+
+def _remove_tree(root: Path) -> None:
+    """Remove ``root`` even where ``_make_read_only`` took the write bits.
+
+    Never raises (it also runs while another error propagates); what cannot
+    be removed is logged, and ``collect_garbage`` tries again later.
+    """
+    for dirpath, _, _ in os.walk(root):
+        with contextlib.suppress(OSError):
+            os.chmod(dirpath, 0o700)
+    shutil.rmtree(root, ignore_errors=True)
+    if os.path.lexists(root):
+        log.warning("could not remove %s entirely", root)
+
+
+# -- the per-key build lock ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    """Hold ``path``'s flock if it is free right now; yield whether it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
+class _Handoff:
+    """The lock a waiting thread acquired, or the caller's word that it gave up."""
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.fd: int | None = None
+        self.abandoned = False
+
+
+def _wait_for_lock(path: Path, handoff: _Handoff) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    with handoff.mutex:
+        if handoff.abandoned:
+            os.close(fd)  # the caller timed out or was cancelled: release at once
+        else:
+            handoff.fd = fd
+
+
+async def _lock(path: Path, timeout_s: float) -> int:
+    """An fd holding ``path``'s exclusive flock (close it to release).
+
+    A blocking flock runs in a thread, which owns its own open file until it
+    hands it over, so a caller that gives up never leaves the lock held.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+    handoff = _Handoff()
+    try:
+        async with asyncio.timeout(timeout_s):
+            await asyncio.to_thread(_wait_for_lock, path, handoff)
+    except BaseException as exc:
+        with handoff.mutex:
+            handoff.abandoned = True
+            if handoff.fd is not None:
+                os.close(handoff.fd)
+        if isinstance(exc, TimeoutError):
+            raise EnvBuildError(
+                f"env {path.stem[:12]}: waited over {timeout_s:g} s for another build of it"
+            ) from exc
+        raise
+    assert handoff.fd is not None
+    return handoff.fd
