@@ -7,6 +7,7 @@ only, and ``resources/``. Other files are carried along untouched.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -54,8 +55,8 @@ def check_layout(bundle: str, source: Path, files: dict[str, bytes], dirs: set[s
     if SRC_DIR not in dirs and not any(path.startswith(f"{SRC_DIR}/") for path in files):
         reject(bundle, f"{SRC_DIR}/", "missing at the bundle root; put the driver's code in src/")
     for path in sorted(files.keys() | dirs):
-        if path.startswith(f"{LIB_DIR}/") and not _is_wheel_path(path, files):
-            reject(bundle, path, "lib/ holds only wheel files (*.whl), no folders; remove it")
+        if path.startswith(f"{LIB_DIR}/"):
+            _check_lib_entry(bundle, path, path in files)
     manifest = parse_manifest(files[MANIFEST_FILE], bundle)
     module = manifest.module.replace(".", "/")
     candidates = (f"{SRC_DIR}/{module}.py", f"{SRC_DIR}/{module}/__init__.py")
@@ -84,9 +85,20 @@ def _check_tree(bundle: str, files: dict[str, bytes], dirs: set[str]) -> None:
             reject(bundle, path, "is both a file and a directory; keep one")
 
 
-def _is_wheel_path(path: str, files: dict[str, bytes]) -> bool:
+_WHEEL_NAME = re.compile(r"[^-/]+-[^-/]+(?:-[0-9][^-/]*)?-[^-/]+-[^-/]+-[^-/]+\.whl")
+
+
+def _check_lib_entry(bundle: str, path: str, is_file: bool) -> None:
     name = path.removeprefix(f"{LIB_DIR}/")
-    return path in files and "/" not in name and name.endswith(".whl")
+    if not is_file or "/" in name or not name.endswith(".whl"):
+        reject(bundle, path, "lib/ holds only wheel files (*.whl), no folders; remove it")
+    if not _WHEEL_NAME.fullmatch(name):
+        reject(
+            bundle,
+            path,
+            "not a wheel file name (name-version-python-abi-platform.whl); "
+            "keep the name pip or uv gave it",
+        )
 
 
 def _missing_manifest(files: dict[str, bytes]) -> str:

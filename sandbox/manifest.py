@@ -146,26 +146,28 @@ _FIXES: Final = {
     "array": "write a list, for example [a, b]",
     "object": "write a mapping, for example {key: value}",
 }
-_AT = re.compile(r"^(?P<message>.*?)(?: - at `(?P<key>key` in `)?\$(?P<path>[^`]*)`)?$")
-_EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`(?:, got `(?P<got>[^`]+)`)?(?P<rest>.*)$")
+_AT = re.compile(r"(?P<message>.*?)(?: - at `(?P<key>key` in `)?\$(?P<path>[^`]*)`)?", re.DOTALL)
+_EXPECTED = re.compile(
+    r"Expected `(?P<want>[^`]+)`(?:, got `(?P<got>[^`]+)`)?(?P<rest>.*)", re.DOTALL
+)
 
 
 def _explain(error: str) -> tuple[str, str]:
     """``(field path, problem; fix)`` for one ``msgspec.ValidationError`` text."""
-    at = _AT.match(error)
+    at = _AT.fullmatch(error)
     assert at is not None  # the pattern matches any string
     message, path = at["message"], (at["path"] or "").removeprefix(".")
     generic = re.sub(r"\[\d+\]", "[]", path)
     if at["key"] is not None:
         return path, "field names must be strings; quote the key"
-    if match := re.fullmatch(r"Object missing required field `(.+)`", message):
+    if match := re.fullmatch(r"Object missing required field `(.+)`", message, re.DOTALL):
         field = f"{path}.{match[1]}" if path else match[1]
         example = _EXAMPLES.get(f"{generic}.{match[1]}" if generic else match[1])
         hint = f", for example '{example}'" if example else ""
         return field, f"missing required field; add it{hint}"
-    if match := re.fullmatch(r"Object contains unknown field `(.+)`", message):
+    if match := re.fullmatch(r"Object contains unknown field `(.+)`", message, re.DOTALL):
         return path, _unknown_field(match[1], _STRUCTS.get(generic, Manifest))
-    if match := re.fullmatch(r"Invalid enum value (.+)", message):
+    if match := re.fullmatch(r"Invalid enum value (.+)", message, re.DOTALL):
         choices = ", ".join(_CHOICES.get(generic, ()))
         return path, f"{match[1]} is not one of {choices}"
     if match := _EXPECTED.fullmatch(message):

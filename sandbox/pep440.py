@@ -144,6 +144,11 @@ _REQUIREMENT = re.compile(
 )
 
 
+_OPTION = re.compile(r"(?:^|\s)-")
+_MARKER_TOKEN = r"""'[^']*'|"[^"]*"|[A-Za-z_][A-Za-z0-9_.]*|===|==|!=|<=|>=|~=|<|>|\(|\)"""
+_MARKER = re.compile(rf"\s*(?:{_MARKER_TOKEN})(?:\s*(?:{_MARKER_TOKEN}))*\s*")
+
+
 def requirement_problem(text: str) -> str | None:
     """None when ``text`` reads as a PEP 508 requirement such as
     ``pyyaml[c]>=5,<7; python_version >= '3.11'``, else what is wrong with it.
@@ -151,6 +156,9 @@ def requirement_problem(text: str) -> str | None:
     Direct references (``name @ url``) are refused: a bundle's dependencies
     come from the package index or from its own ``lib/`` wheels only.
     """
+    if not text.isprintable() or _OPTION.search(text):
+        # It becomes a line of a requirements file: no new lines, no options.
+        return "it holds a control character or a word starting with '-'"
     match = _REQUIREMENT.fullmatch(text)
     if match is None:
         return "not PEP 508 syntax"
@@ -161,6 +169,7 @@ def requirement_problem(text: str) -> str | None:
         problem = specifier_problem(spec)
         if problem is not None:
             return problem
-    if match["marker"] is not None and not match["marker"].strip():
-        return "the marker after ';' is empty"
+    marker = match["marker"]
+    if marker is not None and not _MARKER.fullmatch(marker):
+        return f"{quoted(marker.strip())} is not an environment marker"
     return None
