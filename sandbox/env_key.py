@@ -74,7 +74,7 @@ def _probe_version(python: str, stamp: tuple[int, int, int]) -> str:
     """``sys.version`` of ``python``; ``stamp`` (inode, mtime, size) re-probes a replaced file."""
     try:
         done = subprocess.run(
-            [python, "-I", "-c", "import sys; print(sys.version)"],
+            [python, "-I", "-S", "-c", "import sys; print(sys.version)"],
             capture_output=True,
             text=True,
             timeout=30,

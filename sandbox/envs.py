@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import email.parser
 import fcntl
-import json
 import logging
 import os
 import re
@@ -42,6 +41,8 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
 
 from protocol.errors import EnvBuildError
 from sandbox.env_key import (
@@ -78,6 +79,19 @@ _UV_VARS = {
 _NOISE = ("Using ", "Resolved ", "Prepared ", "Installed ", "Audited ", "Bytecode compiled ")
 
 
+class EnvMeta(msgspec.Struct, frozen=True, kw_only=True):
+    """``drivebay-env.json``: what was built and why (for ``describe`` and debugging)."""
+
+    key: str
+    codec: str  # "msgspec" or "stdlib"
+    msgspec: str  # how msgspec came in, or why it did not
+    packages: dict[str, str]
+    python: str  # the interpreter the venv is based on
+    dependencies: list[str]
+    wheels: dict[str, str]
+    protocol_version: int
+
+
 @dataclass(frozen=True)
 class Env:
     """A finished, read-only environment."""
@@ -100,8 +114,8 @@ async def ensure_env(
 
     Waiting for another process's build of the same key and the build itself
     each get ``timeout_s``. Raises EnvBuildError with uv's own message when
-    the build fails or times out (nothing is left behind; calling again
-    retries once), or at once when ``lib/`` lacks a wheel a dependency names.
+    the build fails or times out (nothing is left behind, nothing is retried),
+    or at once when ``lib/`` lacks a wheel a dependency names.
     """
     key = await asyncio.to_thread(env_key, req)
     final = envs_dir / key
@@ -166,21 +180,22 @@ async def _build(req: EnvRequest, key: str, envs_dir: Path, uv: _Uv, timeout_s: 
                 f"env {key[:12]}: build timed out after {timeout_s:g} s (uv was killed); "
                 "check the package index or raise the timeout"
             ) from exc
-        (staging / META).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        (staging / META).write_bytes(msgspec.json.format(msgspec.json.encode(meta)) + b"\n")
         _make_read_only(staging)
         os.rename(staging, envs_dir / key)
     except BaseException:
         _remove_tree(staging)
         raise
-    log.info(
-        "env %s: built in %.2f s, codec %s", key[:12], time.monotonic() - started, meta["codec"]
-    )
+    log.info("env %s: built in %.2f s, codec %s", key[:12], time.monotonic() - started, meta.codec)
     return _env(envs_dir / key, meta)
 
 
-async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> dict[str, object]:
+async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> EnvMeta:
     """Create the venv in ``staging`` and install ``req``; return its metadata."""
     python = _absolute(req.python)
+    # Built under a temporary name, used under another: --relocatable makes
+    # scripts and activation relative, pyvenv.cfg names only the base
+    # interpreter, and importlib corrects a .pyc's recorded source path on load.
     await uv.run(
         "creating the virtualenv",
         ["venv", "--python", python, "--relocatable", "--no-python-downloads", str(staging)],
@@ -193,19 +208,21 @@ async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> dict[s
         lock.write_text("".join(f"{line}\n" for line in lines))
         hashes = [] if req.wheel_dir is None else ["--require-hashes"]
         args = ["pip", "install", "--python", venv_python, "-r", str(lock), *hashes]
+        # Copies, not hard links into uv's cache: making the env read-only must
+        # not touch the cache's files, and cleaning the cache must not touch envs.
         args += ["--link-mode", "copy", "--compile-bytecode", *_sources(req)]
         await uv.run("installing dependencies", args)
     packages = _installed(staging)
-    return {
-        "key": key,
-        "codec": _codec(packages),
-        "msgspec": msgspec_note,
-        "packages": packages,
-        "python": python,
-        "dependencies": list(req.dependencies),
-        "wheels": dict(sorted(req.wheels.items())),
-        "protocol_version": req.protocol_version,
-    }
+    return EnvMeta(
+        key=key,
+        codec=_codec(packages),
+        msgspec=msgspec_note,
+        packages=packages,
+        python=python,
+        dependencies=list(req.dependencies),
+        wheels=dict(sorted(req.wheels.items())),
+        protocol_version=req.protocol_version,
+    )
 
 
 async def _resolve(
@@ -346,16 +363,14 @@ def uv_message(stderr: str) -> str:
 def _load(path: Path) -> Env | None:
     """The environment at ``path`` if it is complete (its metadata readable)."""
     try:
-        meta = json.loads((path / META).read_text())
-    except (OSError, ValueError):
+        meta = msgspec.json.decode((path / META).read_bytes(), type=EnvMeta)
+    except (OSError, msgspec.DecodeError):
         return None
     return _env(path, meta)
 
 
-def _env(path: Path, meta: dict[str, object]) -> Env:
-    packages = meta["packages"]
-    assert isinstance(packages, dict)
-    return Env(path, path / "bin" / "python", str(meta["key"]), str(meta["codec"]), packages)
+def _env(path: Path, meta: EnvMeta) -> Env:
+    return Env(path, path / "bin" / "python", meta.key, meta.codec, dict(meta.packages))
 
 
 def _discard_leftovers(envs_dir: Path, key: str) -> None:

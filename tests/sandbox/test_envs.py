@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -33,13 +34,25 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
+SITE = f"lib/python{sys.version_info[0]}.{sys.version_info[1]}/site-packages"
 
 
 def run(coro: Awaitable[T]) -> T:
+    """Run ``coro`` on uvloop, returning once every thread it started has ended.
+
+    The loop's executor-shutdown thread may outlive the loop by a moment; it
+    is joined so the suite's leak check does not catch it on its way out.
+    """
+
     async def main() -> T:
         return await coro
 
-    return uvloop.run(main())
+    before = set(threading.enumerate())
+    try:
+        return uvloop.run(main())
+    finally:
+        for thread in set(threading.enumerate()) - before:
+            thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +66,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     house = tmp_path_factory.mktemp("wheelhouse")
     for version in ("1.0", "2.0"):
         requires = ["dep-b>=1"] if version == "2.0" else []
-        files = {"pkg_a/__init__.py": f"VERSION = {version!r}\n"}
+        files = {"pkg_a/__init__.py": f"VERSION = {version!r}\n\ndef where(): pass\n"}
         build_wheel(house / version, "pkg-a", version, files, requires=requires)
     build_wheel(house / "dep-b", "dep-b", "1.0", {"dep_b/__init__.py": "NAME = 'dep-b'\n"})
     wheel_of_installed(house / "msgspec", "msgspec")
@@ -112,6 +125,10 @@ def test_two_drivers_pinning_different_versions_each_see_their_own(
     one, two = run(both())
     assert one.key != two.key
     assert in_env(one, "import pkg_a; print(pkg_a.VERSION)").stdout == "1.0\n"
+    where = in_env(
+        one, "import pkg_a; print(pkg_a.__file__); print(pkg_a.where.__code__.co_filename)"
+    )
+    assert where.stdout.splitlines() == [str(one.path / SITE / "pkg_a" / "__init__.py")] * 2
     assert in_env(two, "import pkg_a, dep_b; print(pkg_a.VERSION)").stdout == "2.0\n"
     assert one.packages == {"pkg-a": "1.0"}
     assert two.packages == {"pkg-a": "2.0", "dep-b": "1.0"}
