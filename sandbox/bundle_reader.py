@@ -193,7 +193,7 @@ def _read_zip(path: Path, bundle: str, limits: ReadLimits) -> tuple[dict[str, by
                     reject(
                         bundle, info.filename, "appears twice in the zip; keep one entry per path"
                     )
-                if info.is_dir() or stat.S_ISDIR(info.external_attr >> 16):
+                if info.filename.endswith("/") or stat.S_ISDIR(info.external_attr >> 16):
                     dirs.add(rel)
                 elif not rel:
                     reject(bundle, info.filename, "is not a file name; rename the entry")
@@ -202,7 +202,14 @@ def _read_zip(path: Path, bundle: str, limits: ReadLimits) -> tuple[dict[str, by
                     wanted.append((rel, info))
             for rel, info in wanted:
                 files[rel] = _inflate(archive, info)
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OverflowError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        ValueError,
+        OverflowError,
+        NotImplementedError,  # zipfile's word for a damaged version or flags field
+    ) as exc:
         reject(bundle, f"incomplete or corrupt zip ({exc}); copy the whole file again")
     dirs.discard("")
     return files, dirs
@@ -213,6 +220,8 @@ _METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile
 
 def _check_entry(info: zipfile.ZipInfo, budget: _Budget) -> str:
     bundle, limits, raw = budget.bundle, budget.limits, info.filename
+    if not raw:  # zipfile cuts names at a NUL byte
+        reject(bundle, "an entry has an empty name; rename or remove it")
     rel = member_path(raw, bundle)
     kind = stat.S_IFMT(info.external_attr >> 16)
     if kind == stat.S_IFLNK:

@@ -15,6 +15,7 @@ line names the bundle, the file and the YAML line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from typing import Any, cast
 
@@ -25,6 +26,7 @@ from sandbox.bundle_errors import reject
 MAX_DEPTH = 32
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -57,6 +59,16 @@ class _StrictLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def construct_scalar(self, node: yaml.ScalarNode | yaml.MappingNode) -> str:
+        value = super().construct_scalar(node)
+        if isinstance(value, str) and _SURROGATE.search(value):
+            raise _Refused(
+                "a \\u escape makes a lone surrogate, which is not a character; "
+                "write the character itself",
+                node.start_mark,
+            )
+        return value
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         if not isinstance(node, yaml.MappingNode):

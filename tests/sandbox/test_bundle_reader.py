@@ -124,6 +124,13 @@ def test_zip_name_with_control_character(tmp_path: Path) -> None:
     )
 
 
+def test_zip_entry_with_an_empty_name(tmp_path: Path) -> None:
+    evil = write_zip(
+        tmp_path / "evil.zip", [*valid_entries(tmp_path), (zipfile.ZipInfo("\x00hidden"), b"x")]
+    )
+    assert rejection(evil) == "evil.zip: an entry has an empty name; rename or remove it"
+
+
 def test_zip_duplicate_entry(tmp_path: Path) -> None:
     entries = valid_entries(tmp_path)
     with pytest.warns(UserWarning, match="Duplicate name"):

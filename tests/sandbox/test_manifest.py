@@ -254,6 +254,11 @@ def test_rejected_field(fields: dict[str, Any], line: str) -> None:
             "x: driver.yaml: line 2: not valid YAML (expected a single document in the stream, "
             "but found another document); fix the syntax",
         ),
+        (
+            b'description: "\\ud800"\n',
+            "x: driver.yaml: line 1: a \\u escape makes a lone surrogate, which is not a "
+            "character; write the character itself",
+        ),
         (b"", "x: driver.yaml: is empty; write the fields name, version, category and entrypoint"),
         (b"- name\n", "x: driver.yaml: must be a mapping of fields (name: ..., version: ...)"),
         (b"1: one\n", "x: driver.yaml: field names must be strings; quote the key"),
