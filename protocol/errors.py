@@ -37,8 +37,26 @@ class ConfigError(DrivebayError):
 
 
 class RequestError(DrivebayError):
-    """A client asked for something that cannot be done (unknown name, bad
-    argument, wrong state). Nothing changed; the message says what to ask."""
+    """A client asked for something that cannot be done (bad argument, wrong
+    state). Nothing changed; the message says what to ask instead."""
+
+    exit_code = 1
+
+
+class NoSuchName(RequestError):
+    """A command named a driver or resource the daemon does not know."""
+
+    exit_code = 4
+
+
+class NotRunning(RequestError):
+    """The command needs a running target; start it first."""
+
+    exit_code = 7
+
+
+class Busy(RequestError):
+    """A resource's mailbox is full; retry later (backpressure, nothing queued)."""
 
 
 # -- a driver's behaviour ----------------------------------------------------

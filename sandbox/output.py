@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -55,8 +56,14 @@ class RotatingFile:
 class OutputCapture(asyncio.Protocol):
     """Reads one pipe of the child: into the log file and a tail of lines."""
 
-    def __init__(self, log_file: RotatingFile | None, keep_lines: int = 100) -> None:
+    def __init__(
+        self,
+        log_file: RotatingFile | None,
+        keep_lines: int = 100,
+        listener: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._file = log_file
+        self._listener = listener
         self._lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self._partial = b""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -64,6 +71,8 @@ class OutputCapture(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._file is not None:
             self._file.write(data)
+        if self._listener is not None:
+            self._listener(data)
         *complete, self._partial = (self._partial + data).split(b"\n")
         for line in complete:
             self._lines.append(line.decode("utf-8", "replace"))

@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,7 @@ class SpawnSpec:
     log_level: str = "INFO"
     rlimits: Mapping[str, int] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    on_output: Callable[[str, bytes], None] | None = None  # ("stdout"|"stderr", chunk)
 
 
 def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
@@ -170,9 +171,15 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         assert popen.stdout is not None and popen.stderr is not None
         pipes: list[asyncio.BaseTransport] = []
         captures = []
-        for stream, path in ((popen.stdout, spec.stdout_log), (popen.stderr, spec.stderr_log)):
+        streams = (
+            ("stdout", popen.stdout, spec.stdout_log),
+            ("stderr", popen.stderr, spec.stderr_log),
+        )
+        for name, stream, path in streams:
+            listener = functools.partial(spec.on_output, name) if spec.on_output else None
             capture = OutputCapture(
-                RotatingFile(path, spec.log_max_bytes, spec.log_backups) if path else None
+                RotatingFile(path, spec.log_max_bytes, spec.log_backups) if path else None,
+                listener=listener,
             )
             transport, _ = await loop.connect_read_pipe(functools.partial(_same, capture), stream)
             pipes.append(transport)

@@ -1,0 +1,313 @@
+"""What each control command does, as data in and data out.
+
+Every handler takes the kernel and the request's arguments and returns
+``(result, exit code)``, or raises a ``RequestError`` whose message is the
+one line drivebayctl prints (and whose ``exit_code`` it exits with).
+Formatting for humans is drivebayctl's job; ``--json`` prints ``result``.
+Streaming commands (``tail -f``) are async generators of results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import kernel
+from kernel.states import NOT_RUNNING, State
+from protocol.control_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_NOT_RUNNING_STATE, EXIT_OK
+from protocol.errors import RequestError
+from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
+
+if TYPE_CHECKING:
+    from kernel.daemon import Kernel
+    from kernel.supervisor import DriverSlot
+
+Args = dict[str, Any]
+Outcome = tuple[Any, int]
+Handler = Callable[["Kernel", Args], Awaitable[Outcome]]
+Stream = Callable[["Kernel", Args], AsyncIterator[Any]]
+
+HANDLERS: dict[str, Handler] = {}
+STREAMS: dict[str, Stream] = {}
+
+
+def command(name: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+def status_row(slot: DriverSlot) -> dict[str, Any]:
+    uptime = slot.uptime
+    return {
+        "name": slot.manifest.name,
+        "version": slot.manifest.version,
+        "state": str(slot.state),
+        "pid": slot.pid,
+        "uptime_s": None if uptime is None else round(uptime, 3),
+        "restarts": slot.restarts.total,
+        "resources": 0,
+        "message": slot.lifecycle.reason,
+    }
+
+
+@command("status")
+async def status(k: Kernel, args: Args) -> Outcome:
+    rows = [status_row(slot) for slot in k.slots.values()]
+    for entry in k.registry.invalid():
+        rows.append(
+            {
+                "name": entry.path.name,
+                "version": None,
+                "state": str(State.INVALID),
+                "pid": None,
+                "uptime_s": None,
+                "restarts": 0,
+                "resources": 0,
+                "message": entry.error,
+            }
+        )
+    names = args.get("names") or []
+    if names:
+        rows = [row for row in rows if _matches(row, names)]
+        missing = [n for n in names if not any(_matches(row, [n]) for row in rows)]
+        if missing:
+            k.slot(missing[0])  # raises NoSuchName with the known names
+    rows.sort(key=lambda row: (row["name"], row["version"] or ""))
+    code = EXIT_NOT_RUNNING_STATE if any(State(r["state"]) in NOT_RUNNING for r in rows) else 0
+    return rows, code
+
+
+def _matches(row: dict[str, Any], names: list[str]) -> bool:
+    full = f"{row['name']}@{row['version']}" if row["version"] else row["name"]
+    return row["name"] in names or full in names
+
+
+@command("describe")
+async def describe(k: Kernel, args: Args) -> Outcome:
+    slot = k.slot(args["name"])
+    manifest = slot.manifest
+    return {
+        **status_row(slot),
+        "description": manifest.description,
+        "category": manifest.category,
+        "entrypoint": manifest.entrypoint,
+        "requires": list(manifest.requires),
+        "dependencies": list(manifest.dependencies),
+        "bundle": str(slot.bundle.source),
+        "bundle_digest": slot.bundle.digest,
+        "stored_at": str(slot.bundle.path),
+        "env_key": slot.env_key,
+        "codec": slot.process.hello_codec if slot.process else "",
+        "operations": list(slot.process.ready.operations)
+        if slot.process and slot.process.ready
+        else [],
+        "limits": slot.rlimits(),
+        "logs": {stream: str(path) for stream, path in slot.log_paths().items()},
+        "properties": [
+            {
+                "key": prop.key,
+                "type": prop.type,
+                "required": prop.required,
+                "max_length": prop.max_length,
+                "label": prop.label,
+                "description": prop.description,
+            }
+            for prop in manifest.properties
+        ],
+        "history": [
+            {"at": t.at, "from": str(t.source), "to": str(t.target), "reason": t.reason}
+            for t in slot.lifecycle.history
+        ],
+    }, EXIT_OK
+
+
+@command("avail")
+async def avail(k: Kernel, args: Args) -> Outcome:
+    rows = []
+    for path, entry in sorted(k.registry.entries.items()):
+        bundle = entry.bundle
+        if bundle is None:
+            rows.append(
+                {
+                    "file": path.name,
+                    "name": None,
+                    "version": None,
+                    "verdict": "INVALID",
+                    "message": entry.error,
+                }
+            )
+            continue
+        slot = k.slots.get(bundle.manifest.name)
+        active = slot is not None and slot.bundle.digest == bundle.digest
+        rows.append(
+            {
+                "file": path.name,
+                "name": bundle.manifest.name,
+                "version": bundle.manifest.version,
+                "verdict": "active" if active else "available",
+                "message": bundle.manifest.description,
+            }
+        )
+    return rows, EXIT_OK
+
+
+@command("pid")
+async def pid(k: Kernel, args: Args) -> Outcome:
+    name = args.get("name")
+    if not name:
+        return os.getpid(), EXIT_OK
+    slot = k.slot(name)
+    if slot.pid is None:
+        return None, EXIT_NOT_RUNNING
+    return slot.pid, EXIT_OK
+
+
+@command("version")
+async def version(k: Kernel, args: Args) -> Outcome:
+    return {"version": kernel.__version__, "protocol": [PROTOCOL_MIN, PROTOCOL_MAX]}, EXIT_OK
+
+
+@command("tail")
+async def tail(k: Kernel, args: Args) -> Outcome:
+    slot = k.slot(args["name"])
+    path = slot.log_paths()[args.get("stream", "stdout")]
+    return read_tail(path, int(args.get("lines", 20))), EXIT_OK
+
+
+def read_tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - 256 * 1024))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    kept = text.splitlines(keepends=True)[-lines:] if lines else []
+    return "".join(kept)
+
+
+async def tail_follow(k: Kernel, args: Args) -> AsyncIterator[Any]:
+    """The tail, then every new chunk the driver writes to that stream."""
+    slot = k.slot(args["name"])
+    wanted = args.get("stream", "stdout")
+    queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
+
+    def listener(stream: str, data: bytes) -> None:
+        if stream == wanted and not queue.full():
+            queue.put_nowait(data.decode("utf-8", "replace"))
+
+    slot.output_listeners.add(listener)
+    try:
+        yield read_tail(slot.log_paths()[wanted], int(args.get("lines", 20)))
+        while True:
+            yield await queue.get()
+    finally:
+        slot.output_listeners.discard(listener)
+
+
+STREAMS["tail-follow"] = tail_follow
+
+
+# -- acting --------------------------------------------------------------------------
+
+
+def _targets(k: Kernel, args: Args) -> list[DriverSlot]:
+    names = args.get("names") or []
+    if not names:
+        raise RequestError("name a driver, or say all")
+    if "all" in names:
+        return list(k.slots.values())
+    return [k.slot(name) for name in names]
+
+
+@command("start")
+async def start(k: Kernel, args: Args) -> Outcome:
+    async def one(slot: DriverSlot) -> dict[str, Any]:
+        if slot.state is State.RUNNING:
+            return {"name": slot.name, "ok": True, "message": "already started"}
+        slot.held = False
+        unmet = [
+            n
+            for n in slot.manifest.requires
+            if n not in k.slots or k.slots[n].state is not State.RUNNING
+        ]
+        if unmet:
+            return {
+                "name": slot.name,
+                "ok": False,
+                "message": f"requires {', '.join(unmet)}, which is not running",
+            }
+        slot.want_running(reset=True)
+        await asyncio.sleep(0)
+        state = await slot.wait_settled(
+            _budget(k), frozenset({State.RUNNING, State.FATAL, State.FAILED, State.BACKOFF})
+        )
+        if state is State.RUNNING:
+            return {"name": slot.name, "ok": True, "message": "started"}
+        return {"name": slot.name, "ok": False, "message": f"{state}: {slot.lifecycle.reason}"}
+
+    results = await asyncio.gather(*(one(slot) for slot in _targets(k, args)))
+    k.kick()
+    return results, EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILURE
+
+
+@command("stop")
+async def stop(k: Kernel, args: Args) -> Outcome:
+    async def one(slot: DriverSlot) -> dict[str, Any]:
+        slot.held = True
+        if slot.process is None or not slot.process.alive:
+            if slot.state in (State.BACKOFF, State.FATAL, State.BLOCKED, State.FAILED):
+                slot.want_stopped()
+                await slot.wait_settled(_budget(k), frozenset({State.STOPPED}))
+                return {"name": slot.name, "ok": True, "message": "stopped"}
+            return {
+                "name": slot.name,
+                "ok": False,
+                "message": "not running",
+                "code": EXIT_NOT_RUNNING,
+            }
+        slot.want_stopped()
+        await slot.wait_settled(_budget(k), frozenset({State.STOPPED}))
+        return {"name": slot.name, "ok": True, "message": "stopped"}
+
+    targets = _targets(k, args)
+    # Dependents first, as at shutdown.
+    order = [n for wave in k.plan.stop_waves() for n in wave]
+    targets.sort(key=lambda s: order.index(s.manifest.name) if s.manifest.name in order else -1)
+    results = [await one(slot) for slot in targets]
+    codes = [r.get("code", EXIT_OK if r["ok"] else EXIT_FAILURE) for r in results]
+    return results, max(codes, default=EXIT_OK)
+
+
+@command("restart")
+async def restart(k: Kernel, args: Args) -> Outcome:
+    stopped, _ = await stop(k, args)
+    started, code = await start(k, args)
+    return [*stopped, *started], code
+
+
+@command("reload")
+async def reload(k: Kernel, args: Args) -> Outcome:
+    changes = await k.reload_config()
+    return {"reloaded": True, "changed_drivers": changes}, EXIT_OK
+
+
+@command("shutdown")
+async def shutdown(k: Kernel, args: Args) -> Outcome:
+    k.shutdown()
+    return {"shutting_down": True}, EXIT_OK
+
+
+def _budget(k: Kernel) -> float:
+    t = k.config.timeouts
+    return t.start_s + t.drain_s + t.term_s + t.kill_s + 600

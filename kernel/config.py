@@ -1,0 +1,148 @@
+"""The daemon's configuration: one YAML file, validated into Structs.
+
+Looked for, when ``--config`` is absent, at ``$DRIVEBAY_CONFIG``, then
+``./drivebay.yaml``, then ``/etc/drivebay/drivebay.yaml``; everything not
+given has a built-in default. Unknown keys are refused with the nearest known
+name. Command-line flags override the file. ``drivebayctl`` resolves the same
+file to find the same socket.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
+from kernel.restarts import RestartPolicy
+from protocol.errors import BundleError, ConfigError
+
+
+class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    start_s: float = 30.0
+    ping_interval_s: float = 5.0
+    ping_timeout_s: float = 10.0
+    call_s: float = 30.0
+    drain_s: float = 10.0
+    term_s: float = 5.0
+    kill_s: float = 5.0
+    health_interval_s: float = 30.0
+
+
+class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Defaults for a driver's ``limits`` (its manifest may lower or raise them)."""
+
+    memory_mb: int | None = 1024
+    open_files: int | None = 1024
+    cpu_s: int | None = None
+    processes: int | None = None
+
+
+class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 3
+
+
+class DriverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-driver settings under ``drivers: {NAME: ...}``."""
+
+    user: str | None = None
+    python: str | None = None
+    log_level: str | None = None
+    env: dict[str, str] = {}
+    limits: LimitSettings | None = None
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    state_dir: str = DEFAULT_STATE_DIR
+    drivers_dir: str | None = None  # default <state_dir>/drivers
+    socket: str | None = None  # default <state_dir>/drivebayd.sock
+    socket_group: str | None = None
+    log_level: str = "INFO"
+    python: str | None = None  # interpreter driver envs are built on; default the kernel's
+    user: str | None = None  # run drivers as this user (root daemon only)
+    category_order: tuple[str, ...] = ("network", "storage", "hypervisor")
+    settle_s: float = 1.0  # a dropped directory must be unchanged this long
+    same_version_change: str = "error"  # or "reload": a changed bundle of the same version
+    max_frame_bytes: int = 16 * 1024 * 1024
+    mailbox_size: int = 1000
+    restart: RestartPolicy = RestartPolicy()
+    timeouts: TimeoutSettings = TimeoutSettings()
+    limits: LimitSettings = LimitSettings()
+    logs: LogSettings = LogSettings()
+    drivers: dict[str, DriverSettings] = {}
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir).expanduser()
+
+    @property
+    def drivers_path(self) -> Path:
+        return (
+            Path(self.drivers_dir).expanduser() if self.drivers_dir else self.state_path / "drivers"
+        )
+
+    @property
+    def socket_path(self) -> Path:
+        return Path(self.socket).expanduser() if self.socket else self.state_path / SOCKET_NAME
+
+    def for_driver(self, name: str) -> DriverSettings:
+        return self.drivers.get(name, DriverSettings())
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (None: defaults), apply ``overrides``; ConfigError says what to fix."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}; check --config") from exc
+        from sandbox.safe_yaml import load_yaml
+
+        try:
+            loaded = load_yaml(data, str(path), "")
+        except BundleError as exc:
+            raise ConfigError(str(exc)) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: must be a mapping of settings (state_dir: ..., ...)")
+        raw = loaded or {}
+    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    try:
+        config = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path or 'configuration'}: {explain(str(exc))}") from exc
+    if config.same_version_change not in ("error", "reload"):
+        raise ConfigError(
+            f"{path or 'configuration'}: same_version_change: must be 'error' or 'reload'"
+        )
+    return config
+
+
+_STRUCTS: dict[str, type[msgspec.Struct]] = {
+    "": Config,
+    "restart": RestartPolicy,
+    "timeouts": TimeoutSettings,
+    "limits": LimitSettings,
+    "logs": LogSettings,
+    "drivers.*": DriverSettings,
+    "drivers.*.limits": LimitSettings,
+}
+
+
+def explain(error: str) -> str:
+    """A msgspec validation message as ``path: problem; fix``."""
+    found = re.fullmatch(r"(.*?)(?: - at `\$(.*)`)?", error)
+    assert found is not None
+    message, path = found[1], (found[2] or "").lstrip(".")
+    unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        generic = re.sub(r"^drivers\.[^.]+", "drivers.*", path)
+        known = _STRUCTS.get(generic, Config).__struct_fields__
+        close = difflib.get_close_matches(unknown[1], known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(known)
+        return f"{path + ': ' if path else ''}unknown key '{unknown[1]}'; {hint}"
+    return f"{path + ': ' if path else ''}{message}"

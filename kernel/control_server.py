@@ -1,0 +1,193 @@
+"""The control socket: drivebayctl's (and any program's) way into the daemon.
+
+A Unix socket created mode 0600 (0660 with ``socket_group``) in the state
+dir, speaking the same framed msgspec protocol as the drivers. Each
+connection checks its peer's credentials (SO_PEERCRED): the daemon's own
+user, root, and members of ``socket_group`` are served; anyone else gets one
+refusal reply. Requests on a connection run concurrently, each in a task the
+connection owns and cancels when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from kernel.commands import HANDLERS, STREAMS
+from protocol.codec import MessageCodec
+from protocol.control import Reply, Request
+from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
+from protocol.errors import DrivebayError, KernelError, ProtocolError, RequestError
+from protocol.outbox import Outbox
+
+if TYPE_CHECKING:
+    from kernel.daemon import Kernel
+
+log = logging.getLogger("drivebay.control")
+
+REFUSED = "permission denied: this daemon serves its own user, root and socket_group"
+
+
+def peer_allowed(sock: socket.socket, group: str | None) -> tuple[bool, str]:
+    """May the process at the other end talk to us? (and who it is)"""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    who = f"pid {pid} uid {uid}"
+    if uid in (0, os.geteuid()):
+        return True, who
+    if group:
+        try:
+            entry = grp.getgrnam(group)
+        except KeyError:
+            return False, who
+        if gid == entry.gr_gid or _user_name(uid) in entry.gr_mem:
+            return True, who
+    return False, who
+
+
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+class ControlConnection(asyncio.Protocol):
+    def __init__(self, kernel: Kernel) -> None:
+        self._kernel = kernel
+        self._codec: MessageCodec[Request] = MessageCodec(Request, "control client")
+        self._outbox = Outbox(asyncio.get_running_loop())
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._outbox.attach(self._transport)
+        sock = transport.get_extra_info("socket")
+        allowed, who = peer_allowed(sock, self._kernel.config.socket_group)
+        if not allowed:
+            log.warning("refused control connection from %s", who)
+            self._send(
+                Reply(
+                    0,
+                    False,
+                    error=REFUSED,
+                    code=EXIT_FAILURE,
+                )
+            )
+            self._transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            requests = self._codec.feed(data)
+        except ProtocolError as exc:
+            self._send(Reply(0, False, error=str(exc), code=EXIT_USAGE))
+            if self._transport is not None:
+                self._transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        for request in requests:
+            task = loop.create_task(self._serve(request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    def _send(self, reply: Reply) -> None:
+        self._outbox.send(self._codec.encode(reply))
+
+    async def _serve(self, request: Request) -> None:
+        try:
+            if request.command in STREAMS:
+                async for chunk in STREAMS[request.command](self._kernel, request.args):
+                    self._send(Reply(request.id, True, chunk, more=True))
+                self._send(Reply(request.id, True))
+                return
+            handler = HANDLERS.get(request.command)
+            if handler is None:
+                known = ", ".join(sorted([*HANDLERS, *STREAMS]))
+                raise RequestError(f"unknown command {request.command!r} (known: {known})")
+            result, code = await handler(self._kernel, request.args)
+            self._send(Reply(request.id, True, result, code=code))
+        except RequestError as exc:
+            self._send(Reply(request.id, False, error=str(exc), code=exc.exit_code))
+        except DrivebayError as exc:
+            self._send(Reply(request.id, False, error=str(exc), code=EXIT_FAILURE))
+        except (KeyError, TypeError, ValueError) as exc:
+            self._send(
+                Reply(
+                    request.id,
+                    False,
+                    error=f"bad arguments for {request.command}: {exc}",
+                    code=EXIT_USAGE,
+                )
+            )
+        except Exception as exc:
+            log.exception("control command %s failed", request.command)
+            self._send(
+                Reply(
+                    request.id,
+                    False,
+                    error=f"internal error (a bug; see the daemon log): {exc!r}",
+                    code=EXIT_FAILURE,
+                )
+            )
+
+
+@contextlib.asynccontextmanager
+async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
+    """Listen on the control socket for as long as the context lasts."""
+    path = kernel.config.socket_path
+    _clear_stale_socket(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    mode = 0o660 if kernel.config.socket_group else 0o600
+    old_umask = os.umask(0o777 & ~mode)  # the socket is born with its final mode
+    try:
+        server = await loop.create_unix_server(lambda: ControlConnection(kernel), str(path))
+    finally:
+        os.umask(old_umask)
+    if kernel.config.socket_group:
+        with contextlib.suppress(KeyError, PermissionError):
+            os.chown(path, -1, grp.getgrnam(kernel.config.socket_group).gr_gid)
+    log.info("control socket: %s", path)
+    try:
+        yield
+    finally:
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await server.wait_closed()
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket left by a dead daemon; refuse to remove anything else."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_socket():
+        raise KernelError(
+            f"{path} exists and is not a socket; remove it or choose another --socket"
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: stale
+        return
+    finally:
+        probe.close()
+    raise KernelError(f"a daemon already listens on {path}; stop it or choose another --socket")

@@ -1,0 +1,257 @@
+"""``drivebayctl``: the operator's client, in the manner of supervisorctl.
+
+It resolves the same config as the daemon to find the control socket, sends
+one request, prints the reply for humans (or as JSON with ``--json``), and
+exits with supervisorctl's codes. Imports are kept light: ``status`` must
+answer in well under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
+from protocol.frames import HEADER, FrameSplitter
+from protocol.msgpack_lite import packb, unpackb
+
+READING = {"status", "describe", "avail", "pid", "version", "tail", "resources"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drivebayctl", description="Control a running drivebayd.")
+    parser.add_argument("-c", "--config", help="config file, to find the daemon's socket")
+    parser.add_argument("-s", "--socket", help="control socket path")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def reading(name: str, help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--json", action="store_true", help="print JSON")
+        return command
+
+    reading("status", "state of every driver version, or of NAME...").add_argument(
+        "names", nargs="*", metavar="NAME"
+    )
+    for verb in ("start", "stop", "restart"):
+        sub.add_parser(verb, help=f"{verb} NAME... or all").add_argument(
+            "names", nargs="+", metavar="NAME"
+        )
+    tail = reading("tail", "last lines of a driver's output")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("name", metavar="NAME")
+    tail.add_argument("stream", nargs="?", choices=["stdout", "stderr"], default="stdout")
+    reading("describe", "everything about one driver").add_argument("name", metavar="NAME")
+    reading("avail", "every bundle in the drivers dir and its verdict")
+    reading("pid", "the daemon's pid, or a driver's").add_argument(
+        "name", nargs="?", metavar="NAME"
+    )
+    reading("version", "the daemon's version")
+    sub.add_parser("reload", help="re-read the config and rescan the drivers dir")
+    sub.add_parser("shutdown", help="stop the daemon and all drivers")
+    return parser
+
+
+class Reply:
+    """A ``protocol.control.Reply`` read without msgspec (it costs 30 ms to import)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.ok = bool(fields.get("ok"))
+        self.result = fields.get("result")
+        self.error = str(fields.get("error", ""))
+        self.code = int(fields.get("code", 0))
+        self.more = bool(fields.get("more", False))
+
+
+class Client:
+    """One blocking connection to the control socket.
+
+    Speaks ``protocol.control`` through the standard-library codec, which
+    writes the same bytes as msgspec (as a driver child without msgspec does).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.connect(path)
+        self._frames = FrameSplitter("drivebayd")
+        self._pending: list[Reply] = []
+
+    def request(self, command: str, args: dict[str, Any]) -> Iterator[Reply]:
+        payload = packb({"type": "request", "id": 1, "command": command, "args": args})
+        self._sock.sendall(HEADER.pack(len(payload)) + payload)
+        while True:
+            while self._pending:
+                reply = self._pending.pop(0)
+                yield reply
+                if not reply.more:
+                    return
+            data = self._sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("drivebayd closed the connection")
+            self._pending.extend(Reply(unpackb(frame)) for frame in self._frames.feed(data))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    """-s, else the config's socket (the same file the daemon reads), else the default."""
+    if args.socket:
+        return str(args.socket)
+    from kernel.config_search import find_config
+
+    path = find_config(args.config)
+    if path is None:
+        from kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
+
+        return os.path.join(os.path.expanduser(DEFAULT_STATE_DIR), SOCKET_NAME)
+    from kernel.config import load_config
+
+    return str(load_config(path).socket_path)
+
+
+def request_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    command = args.command
+    if command in ("status", "start", "stop", "restart"):
+        return command, {"names": args.names}
+    if command == "tail":
+        name = "tail-follow" if args.follow else "tail"
+        return name, {"name": args.name, "stream": args.stream, "lines": args.lines}
+    if command in ("describe", "pid"):
+        return command, {"name": args.name}
+    return command, {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        path = socket_path(args)
+    except Exception as exc:  # a ConfigError: one line, no traceback
+        print(f"drivebayctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        client = Client(path)
+    except OSError:
+        print(f"drivebayd is not running at {path}", file=sys.stderr)
+        return EXIT_NO_SUCH
+    command, payload = request_args(args)
+    try:
+        return run(client, command, payload, args)
+    except KeyboardInterrupt:
+        return 0
+    except (ConnectionError, OSError) as exc:
+        print(f"drivebayctl: lost the connection to drivebayd at {path}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def run(client: Client, command: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
+    as_json = getattr(args, "json", False)
+    code = 0
+    for reply in client.request(command, payload):
+        if not reply.ok:
+            print(
+                f"drivebayctl: {reply.error}" if reply.error else "drivebayctl: failed",
+                file=sys.stderr,
+            )
+            return reply.code or 1
+        code = reply.code
+        if reply.result is None and not reply.more:
+            continue
+        if as_json:
+            print(json.dumps(reply.result, indent=None if reply.more else 2, default=str))
+        else:
+            print_human(args.command, reply.result, follow=reply.more)
+    return code
+
+
+def print_human(command: str, result: Any, follow: bool = False) -> None:
+    if command == "status":
+        print_status(result)
+    elif command in ("start", "stop", "restart"):
+        for row in result:
+            outcome = row["message"] if row["ok"] else f"ERROR ({row['message']})"
+            print(f"{row['name']}: {outcome}")
+    elif command == "tail":
+        sys.stdout.write(result)
+        sys.stdout.flush()
+    elif command == "describe":
+        print_describe(result)
+    elif command == "avail":
+        for row in result:
+            label = f"{row['name']}@{row['version']}" if row["name"] else "-"
+            print(f"{row['file']:<32} {label:<32} {row['verdict']:<10} {row['message'] or ''}")
+    elif command == "version":
+        low, high = result["protocol"]
+        print(f"drivebayd {result['version']} (protocol {low}..{high})")
+    elif command in ("pid",):
+        print(result)
+    elif isinstance(result, (dict, list)):
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(result)
+
+
+def print_status(rows: list[dict[str, Any]]) -> None:
+    names = [f"{r['name']}@{r['version']}" if r["version"] else r["name"] for r in rows]
+    width = max([32, *(len(n) for n in names)]) + 1
+    for name, row in zip(names, rows, strict=True):
+        print(f"{name:<{width}}{row['state']:<10} {status_description(row)}")
+
+
+def status_description(row: dict[str, Any]) -> str:
+    if row["state"] == "RUNNING":
+        uptime = int(row["uptime_s"] or 0)
+        hours, rest = divmod(uptime, 3600)
+        minutes, seconds = divmod(rest, 60)
+        count = row["resources"]
+        plural = "" if count == 1 else "s"
+        uptime_text = f"{hours}:{minutes:02d}:{seconds:02d}"
+        return f"pid {row['pid']}, uptime {uptime_text}, {count} resource{plural}"
+    return str(row["message"] or "Not started")
+
+
+def print_describe(info: dict[str, Any]) -> None:
+    print(f"{info['name']}@{info['version']}  {info['state']}  {info['message']}")
+    for key in (
+        "description",
+        "category",
+        "entrypoint",
+        "pid",
+        "restarts",
+        "codec",
+        "bundle",
+        "stored_at",
+        "env_key",
+    ):
+        print(f"  {key + ':':<14}{info.get(key)}")
+    print(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
+    print(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
+    print(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+    print(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
+    for stream, path in info["logs"].items():
+        print(f"  {stream + ' log:':<14}{path}")
+    if info["properties"]:
+        print("  properties:")
+        for prop in info["properties"]:
+            need = "required" if prop["required"] else "optional"
+            label = prop.get("label_text") or prop.get("label") or ""
+            print(f"    {prop['key']:<16}{prop['type']:<9}{need:<9}{label}")
+    print("  history:")
+    import time
+
+    for move in info["history"]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move["at"]))
+        reason = f"  ({move['reason']})" if move["reason"] else ""
+        print(f"    {at}  {move['from']} -> {move['to']}{reason}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""``drivebayd``: run the kernel in the foreground until a signal says stop.
+
+Logs go to stderr (systemd and supervisord collect them). SIGTERM and SIGINT
+stop cleanly (drivers in reverse start order); a second one cancels the
+stop, which still kills and reaps every child. SIGHUP re-reads the config.
+Operator mistakes (bad config, another daemon running) print one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import kernel
+from protocol.errors import DrivebayError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="drivebayd",
+        description="Host plug-in drivers, each in its own process and virtualenv.",
+    )
+    parser.add_argument(
+        "--config",
+        "-c",
+        help="config file (default: $DRIVEBAY_CONFIG, ./drivebay.yaml, /etc/drivebay/...)",
+    )
+    parser.add_argument(
+        "--drivers", help="watched drop directory for bundles (default: <state>/drivers)"
+    )
+    parser.add_argument("--state", help="state directory (default: ~/.local/state/drivebay)")
+    parser.add_argument("--socket", help="control socket path (default: <state>/drivebayd.sock)")
+    parser.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log level (default: INFO)",
+    )
+    parser.add_argument("--version", action="version", version=f"drivebayd {kernel.__version__}")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from kernel.config import load_config
+    from kernel.config_search import find_config
+
+    overrides: dict[str, Any] = {
+        "state_dir": args.state,
+        "drivers_dir": args.drivers,
+        "socket": args.socket,
+        "log_level": args.log_level,
+    }
+    try:
+        path = find_config(args.config)
+        config = load_config(path, overrides)
+    except DrivebayError as exc:
+        print(f"drivebayd: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(message)s",
+    )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"
+    import uvloop
+
+    from kernel.daemon import Kernel
+
+    daemon = Kernel(config, path, overrides)
+    try:
+        uvloop.run(_run(daemon))
+    except DrivebayError as exc:
+        print(f"drivebayd: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _run(daemon: Any) -> None:
+    from kernel.control_server import serve_control
+
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    log = logging.getLogger("drivebay")
+
+    def stop(signum: int) -> None:
+        if daemon.stopping:
+            log.warning(
+                "second %s: forcing the stop (drivers are killed)", signal.Signals(signum).name
+            )
+            main_task.cancel()
+            return
+        log.info("%s: stopping", signal.Signals(signum).name)
+        daemon.shutdown()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    try:
+        await daemon.run(serve_control)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+    log.info("drivebayd stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Default locations, importable without msgspec (drivebayctl starts fast)."""
+
+from __future__ import annotations
+
+DEFAULT_STATE_DIR = "~/.local/state/drivebay"
+SOCKET_NAME = "drivebayd.sock"
+DRIVERS_NAME = "drivers"

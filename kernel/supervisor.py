@@ -1,0 +1,358 @@
+"""Supervision of one driver version: build, start, check, restart, stop.
+
+A ``DriverSlot`` owns one driver version's lifecycle and, while it runs, its
+``DriverProcess``. Its task (owned by the kernel) loops: bring the process up
+(BUILDING -> STARTING -> first health check -> RUNNING), serve until the
+process exits or an operator command arrives, and on an unexpected exit apply
+the restart rules (immediate restart after a good run, exponential BACKOFF
+after a failed start, FATAL after a crash loop). Operators reach it through
+``start``/``stop``/``restart``, which return once the target state is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernel.config import Config
+from kernel.driver_process import DriverProcess, Timeouts
+from kernel.restarts import RestartTracker
+from kernel.states import Lifecycle, State
+from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
+from sandbox.bundles import StoredBundle
+from sandbox.spawn import SpawnSpec
+
+log = logging.getLogger("drivebay.supervisor")
+
+SETTLED = frozenset(
+    {State.RUNNING, State.FATAL, State.FAILED, State.BLOCKED, State.INVALID, State.STOPPED}
+)
+
+
+class Goal(enum.Enum):
+    RUN = "run"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class SlotContext:
+    """What every slot needs from the kernel."""
+
+    config: Config
+    runtime_dir: Path
+    prepare: Callable[[StoredBundle], Awaitable[tuple[Path, str]]]  # -> (python, env key)
+    on_spawn: Callable[[str, int], None]  # (slot name, pid): record for stale cleanup
+    on_reap: Callable[[str], None]
+
+
+class DriverSlot:
+    """One driver version under supervision."""
+
+    def __init__(self, bundle: StoredBundle, context: SlotContext) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.name = f"{self.manifest.name}@{self.manifest.version}"
+        self.lifecycle = Lifecycle(self.name)
+        self.process: DriverProcess | None = None
+        self.env_key = ""
+        self._ctx = context
+        self._goal = Goal.STOP
+        self._command = asyncio.Event()
+        self.restarts = RestartTracker(context.config.restart)
+        self._started_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.output_listeners: set[Callable[[str, bytes], None]] = set()
+        self.held = False  # an operator stopped it: reconciling must not start it
+
+    # -- facts for status and describe -------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    @property
+    def uptime(self) -> float | None:
+        if self.state is State.RUNNING and self._started_at is not None:
+            return time.monotonic() - self._started_at
+        return None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.alive else None
+
+    def log_paths(self) -> dict[str, Path]:
+        logs = self._ctx.config.state_path / "logs"
+        return {
+            "stdout": logs / f"{self.name}.stdout.log",
+            "stderr": logs / f"{self.name}.stderr.log",
+        }
+
+    # -- the task ------------------------------------------------------------------
+
+    def launch(self) -> None:
+        """Start the supervision task; ``close`` ends it."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"slot {self.name}")
+
+    async def close(self) -> None:
+        """Stop the process (staged) and end the task."""
+        self._closed = True
+        self._goal = Goal.STOP
+        self._command.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                if self._goal is Goal.STOP:
+                    await self._down()
+                    if self._closed:
+                        return
+                    await self._wait_command()
+                elif self.state in (State.FATAL, State.FAILED, State.BLOCKED, State.INVALID):
+                    await self._wait_command()
+                else:
+                    await self._up_and_serve()
+        finally:
+            if self.process is not None and self.process.alive:
+                await self.process.stop()
+
+    async def _wait_command(self, timeout: float | None = None) -> bool:
+        """Wait for an operator command (True) or the timeout (False)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._command.wait()
+        except TimeoutError:
+            return False
+        self._command.clear()
+        return True
+
+    async def _up_and_serve(self) -> None:
+        try:
+            await self._bring_up()
+        except EnvBuildError as exc:
+            self._move(State.FAILED, str(exc))
+            return
+        except DriverError as exc:
+            await self._after_exit(None, str(exc))
+            return
+        await self._serve()
+
+    async def _bring_up(self) -> None:
+        self._command.clear()
+        if not self.env_key:
+            self._move(State.BUILDING, "building its virtualenv")
+        python, self.env_key = await self._ctx.prepare(self.bundle)
+        self._move(State.STARTING, "")
+        process = DriverProcess(self._spec(python), self._timeouts())
+        self.process = process
+        await process.start()
+        assert process.pid is not None
+        self._ctx.on_spawn(self.name, process.pid)
+        try:
+            await process.health()
+        except DriverError as exc:
+            await process.stop()
+            self._reaped()
+            raise DriverStartError(f"{self.name} failed its first health check: {exc}") from exc
+        self._started_at = time.monotonic()
+        self._move(State.RUNNING, f"pid {process.pid}")
+
+    async def _serve(self) -> None:
+        """Until the process exits or a command arrives; checks health meanwhile."""
+        process = self.process
+        assert process is not None
+        interval = self._ctx.config.timeouts.health_interval_s
+        while True:
+            command = asyncio.ensure_future(self._command.wait())
+            waits: list[asyncio.Future[Any]] = [process.exited, command]
+            try:
+                done, _ = await asyncio.wait(
+                    waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                command.cancel()
+            if process.exited.done():
+                await process.wait()
+                self._reaped()
+                ran_for = time.monotonic() - (self._started_at or time.monotonic())
+                log.warning("exited: %s (%s; not expected)", self.name, process.exit_reason())
+                await self._after_exit(ran_for, process.exit_reason())
+                return
+            if done:  # a command: the loop decides what it means
+                self._command.clear()
+                if self._goal is Goal.STOP:
+                    return
+                continue
+            try:
+                await process.health()
+            except DriverError as exc:
+                log.warning("%s failed a health check: %s; restarting it", self.name, exc)
+                await process.stop()
+
+    async def _after_exit(self, ran_for: float | None, reason: str) -> None:
+        delay = self.restarts.next_delay(ran_for)
+        if delay is None:
+            policy = self.restarts.policy
+            self._move(
+                State.FATAL,
+                f"{reason}; gave up after {policy.max_restarts} restarts within "
+                f"{policy.window_s:g}s (drivebayctl start {self.manifest.name} retries)",
+            )
+            log.error("gave up: %s entered FATAL", self.name)
+            return
+        if delay == 0:
+            return  # ran long enough: the loop starts it again at once
+        self._move(State.BACKOFF, f"{reason}; retrying in {delay:.1f}s")
+        if await self._wait_command(delay):
+            self._command.set()  # let the loop see the command
+
+    async def _down(self) -> None:
+        process = self.process
+        if process is not None and process.alive:
+            self._move(State.STOPPING, "")
+            await process.stop()
+            self._reaped()
+        if self.state is not State.STOPPED and State.STOPPED in _allowed(self.state):
+            self._move(State.STOPPED, "Stopped")
+
+    def _reaped(self) -> None:
+        self._ctx.on_reap(self.name)
+
+    def _move(self, target: State, reason: str) -> None:
+        if self.state is target and target is not State.BLOCKED:
+            return
+        self.lifecycle.move(target, reason)
+
+    # -- commands ------------------------------------------------------------------
+
+    def want_running(self, reset: bool = False) -> None:
+        """Ask for RUNNING; ``reset`` clears FATAL/FAILED/BLOCKED and past failures."""
+        if reset:
+            self.restarts.reset()
+            if self.state in (State.FATAL, State.FAILED, State.BLOCKED):
+                self._move(State.STOPPED, "start requested")
+        self._goal = Goal.RUN
+        self._command.set()
+
+    def want_stopped(self) -> None:
+        self._goal = Goal.STOP
+        self._command.set()
+
+    def block(self, reason: str) -> None:
+        """Its requirements are not met: stay (or go) down, BLOCKED."""
+        if self.state is State.BLOCKED and self.lifecycle.reason == reason:
+            return
+        if self.process is not None and self.process.alive:
+            self.want_stopped()
+        if State.BLOCKED in _allowed(self.state):
+            self._move(State.BLOCKED, reason)
+
+    async def wait_settled(self, timeout: float, accept: frozenset[State] = SETTLED) -> State:
+        """Wait until the state is in ``accept`` (and the loop is idle there)."""
+        if self.state in accept:
+            return self.state
+        loop = asyncio.get_running_loop()
+        reached: asyncio.Future[State] = loop.create_future()
+
+        def listener(state: State) -> None:
+            if state in accept and not reached.done():
+                reached.set_result(state)
+
+        unsubscribe = self.lifecycle.listen(listener)
+        try:
+            async with asyncio.timeout(timeout):
+                return await reached
+        except TimeoutError:
+            raise RequestError(
+                f"{self.name} did not settle within {timeout:g}s (now {self.state})"
+            ) from None
+        finally:
+            unsubscribe()
+
+    # -- building blocks -----------------------------------------------------------
+
+    def _timeouts(self) -> Timeouts:
+        settings = self._ctx.config.timeouts
+        call = self.manifest.limits.call_timeout_s or settings.call_s
+        return Timeouts(
+            start=settings.start_s,
+            ping_interval=settings.ping_interval_s,
+            ping_timeout=settings.ping_timeout_s,
+            call=float(call),
+            drain=settings.drain_s,
+            term=settings.term_s,
+            kill=settings.kill_s,
+        )
+
+    def _spec(self, python: Path) -> SpawnSpec:
+        config = self._ctx.config
+        settings = config.for_driver(self.manifest.name)
+        work = config.state_path / "work" / self.manifest.name
+        work.mkdir(parents=True, exist_ok=True)
+        logs = self.log_paths()
+        return SpawnSpec(
+            python=python,
+            runtime_dir=self._ctx.runtime_dir,
+            entrypoint=self.manifest.entrypoint,
+            driver=self.manifest.name,
+            version=self.manifest.version,
+            cwd=work,
+            src=self.bundle.path / "src",
+            stdout_log=logs["stdout"],
+            stderr_log=logs["stderr"],
+            log_max_bytes=config.logs.max_bytes,
+            log_backups=config.logs.backups,
+            max_frame=config.max_frame_bytes,
+            log_level=settings.log_level or config.log_level,
+            rlimits=self.rlimits(),
+            extra_env=settings.env,
+            on_output=self._on_output,
+        )
+
+    def _on_output(self, stream: str, data: bytes) -> None:
+        for listener in list(self.output_listeners):
+            listener(stream, data)
+
+    def rlimits(self) -> dict[str, int]:
+        """The manifest's limits over the config's defaults, as RLIMIT_* values."""
+        config = self._ctx.config
+        defaults = config.for_driver(self.manifest.name).limits or config.limits
+        own = self.manifest.limits
+        memory = own.memory_mb or defaults.memory_mb
+        files = own.open_files or defaults.open_files
+        cpu = own.cpu_s or defaults.cpu_s
+        processes = own.processes or defaults.processes
+        limits: dict[str, int] = {}
+        if memory:
+            limits["as"] = memory * 1024 * 1024
+        if files:
+            limits["nofile"] = files
+        if cpu:
+            limits["cpu"] = cpu
+        if processes:
+            limits["nproc"] = processes
+        return limits
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "state": str(self.state),
+            "message": self.lifecycle.reason,
+            "pid": self.pid,
+            "restarts": self.restarts.total,
+        }
+
+
+def _allowed(state: State) -> frozenset[State]:
+    from kernel.states import TRANSITIONS
+
+    return TRANSITIONS[state]

@@ -1,0 +1,29 @@
+"""The control socket's messages: drivebayctl (or any program) <-> drivebayd.
+
+Same framing and codec as the driver channel. A client sends ``Request``s;
+each gets one ``Reply`` with the same id, or, for streaming commands
+(``tail -f``), several with ``more=True`` and a last one with ``more=False``.
+``code`` is the exit status drivebayctl should use (supervisorctl's where it
+has one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Request(msgspec.Struct, frozen=True, tag="request"):
+    id: int
+    command: str
+    args: dict[str, Any] = {}
+
+
+class Reply(msgspec.Struct, frozen=True, tag="reply"):
+    id: int
+    ok: bool
+    result: Any = None
+    error: str = ""
+    code: int = 0
+    more: bool = False

@@ -1,0 +1,67 @@
+"""Records of running driver processes, so a new daemon can end stale ones.
+
+Children die with the daemon through the parent-death signal; this is the
+second line of defence (for example a child that was between fork and
+``prctl`` when the daemon was killed). Each record holds the pid and the
+process start time from ``/proc/<pid>/stat``: a record is acted on only if
+both still match, so an unrelated process that reused the pid is never hurt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+log = logging.getLogger("drivebay.pidfiles")
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after it.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+class PidRecords:
+    """One file per running driver version under ``<state>/run``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def record(self, name: str, pid: int) -> None:
+        started = start_time(pid)
+        if started is not None:
+            (self.directory / f"{name}.pid").write_text(f"{pid} {started}\n")
+
+    def forget(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / f"{name}.pid").unlink()
+
+    def end_stale(self) -> list[int]:
+        """Kill the process group of every recorded process that is still the
+        one recorded; remove all records. Returns the pids killed."""
+        killed: list[int] = []
+        for path in sorted(self.directory.glob("*.pid")):
+            try:
+                pid_text, started_text = path.read_text().split()
+                pid, started = int(pid_text), int(started_text)
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+                continue
+            if start_time(pid) == started:
+                log.warning(
+                    "killing stale driver %s (pid %d) left by a previous daemon", path.stem, pid
+                )
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+                killed.append(pid)
+            path.unlink(missing_ok=True)
+        return killed

@@ -1,0 +1,464 @@
+"""RPC benchmark: drivebay's kernel <-> driver channel against what else exists.
+
+Run with the project venv, from the repository root::
+
+    .venv/bin/python scripts/bench/rpc.py [--quick] [--pin] [--json]
+
+Side by side, in one run, same payloads (a 100-byte value, and 64 KiB):
+
+- drivebay: ``DriverProcess.call`` of an async ``echo`` in a bench driver,
+  kernel side on uvloop; the child with msgspec, then with the stdlib codec
+  (``DRIVEBAY_CODEC=stdlib``);
+- the floor: blocking ``os.write``/``os.read`` ping-pong over two pipes;
+- ``multiprocessing.Pipe`` + pickle: a helper doing ``send(recv())``;
+- grpcio unary calls over a Unix socket (generic handlers, bytes in and out,
+  a ``grpc.aio`` server).
+
+Figures: sequential round trip (median, p99); calls/s with 64 calls in flight
+(64 concurrent callers, or 64 outstanding sends for multiprocessing); MB/s of
+64 KiB payloads with 64 in flight (payload bytes one way; the echo sends as
+much back). The floor has no "in flight": its MB/s is sequential. Every
+variant is warmed up before it is measured; every helper process is started
+and reaped here (also on Ctrl-C). ``--pin`` puts every process of every
+variant on one CPU; ``--json`` adds one JSON object as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import multiprocessing
+import multiprocessing.connection
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import _common
+
+SMALL = os.urandom(100)
+LARGE = os.urandom(64 * 1024)
+IN_FLIGHT = 64
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "bench" / "src"
+GRPC_METHOD = "/bench.Echo/Echo"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Seconds per measurement, and of warm-up before each."""
+
+    seconds: float
+    warmup: float
+
+
+FULL = Budget(seconds=3.0, warmup=1.0)
+QUICK = Budget(seconds=0.6, warmup=0.2)
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One variant's results."""
+
+    rtt_median_us: float
+    rtt_p99_us: float
+    calls_per_s: float | None  # SMALL payloads, IN_FLIGHT at once
+    mb_per_s_64k: float
+
+
+def _latency(call: Callable[[], Any], budget: Budget) -> tuple[float, float]:
+    _common.sample_latency(call, budget.warmup)
+    return _common.latency_us(_common.sample_latency(call, budget.seconds))
+
+
+async def _latency_async(call: Callable[[], Awaitable[Any]], budget: Budget) -> tuple[float, float]:
+    await _common.sample_latency_async(call, budget.warmup)
+    return _common.latency_us(await _common.sample_latency_async(call, budget.seconds))
+
+
+async def _rate_async(call: Callable[[], Awaitable[Any]], budget: Budget) -> float:
+    await _common.concurrent_rate(call, IN_FLIGHT, budget.warmup)
+    return await _common.concurrent_rate(call, IN_FLIGHT, budget.seconds)
+
+
+# -- the floor: raw pipes ------------------------------------------------------------
+
+
+def _serve_floor(request_fd: str, reply_fd: str, control_fd: str) -> None:
+    read_fd, write_fd = int(request_fd), int(reply_fd)
+    _common.signal_ready(int(control_fd))
+    while chunk := os.read(read_fd, 1 << 16):
+        os.write(write_fd, chunk)
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    data = os.read(fd, size)
+    while len(data) < size:
+        more = os.read(fd, size - len(data))
+        if not more:
+            raise EOFError("the floor's echo process went away")
+        data += more
+    return data
+
+
+def bench_floor(budget: Budget) -> Figures:
+    request_r, request_w = os.pipe()
+    reply_r, reply_w = os.pipe()
+    with contextlib.ExitStack() as stack:
+        for fd in (request_w, reply_r):
+            stack.callback(os.close, fd)
+        argv = [sys.executable, __file__, "--serve", "floor", str(request_r), str(reply_w)]
+        try:
+            stack.enter_context(_common.child_process(argv, pass_fds=(request_r, reply_w)))
+        finally:
+            os.close(request_r)  # the child's ends: it holds its own copies now
+            os.close(reply_w)
+
+        def ping(payload: bytes) -> None:
+            os.write(request_w, payload)
+            _read_exact(reply_r, len(payload))
+
+        median, p99 = _latency(functools.partial(ping, SMALL), budget)
+        large = functools.partial(ping, LARGE)
+        _common.call_rate(large, budget.warmup)
+        mb_per_s = _common.call_rate(large, budget.seconds) * len(LARGE) / 1e6
+        return Figures(median, p99, None, mb_per_s)
+
+
+# -- multiprocessing.Pipe + pickle ---------------------------------------------------
+
+
+def _serve_mp(channel_fd: str, control_fd: str) -> None:
+    conn = multiprocessing.connection.Connection(int(channel_fd))
+    _common.signal_ready(int(control_fd))
+    with contextlib.suppress(EOFError):
+        while True:
+            conn.send(conn.recv())
+
+
+def _mp_window(conn: multiprocessing.connection.Connection, payload: bytes, count: int) -> float:
+    """Send IN_FLIGHT, then one more per reply; seconds for ``count`` calls."""
+    start = time.perf_counter()
+    primed = min(IN_FLIGHT, count)
+    for _ in range(primed):
+        conn.send(payload)
+    for _ in range(count - primed):
+        conn.recv()
+        conn.send(payload)
+    for _ in range(primed):
+        conn.recv()
+    return time.perf_counter() - start
+
+
+def _mp_window_threaded(
+    conn: multiprocessing.connection.Connection, payload: bytes, count: int
+) -> float:
+    """``_mp_window`` with the sends in a thread: IN_FLIGHT large payloads do
+    not fit in the socket buffers, and a single thread blocked in ``send``
+    while the echo blocks sending back would deadlock."""
+    slots = threading.Semaphore(IN_FLIGHT)
+
+    def send_all() -> None:
+        for _ in range(count):
+            slots.acquire()
+            conn.send(payload)
+
+    start = time.perf_counter()
+    # A daemon: if receiving fails, the sender dies with the closed socket.
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    for _ in range(count):
+        conn.recv()
+        slots.release()
+    sender.join()
+    return time.perf_counter() - start
+
+
+def bench_mp(budget: Budget) -> Figures:
+    ours, theirs = multiprocessing.Pipe()
+    with contextlib.closing(ours), contextlib.closing(theirs):
+        argv = [sys.executable, __file__, "--serve", "mp", str(theirs.fileno())]
+        with _common.child_process(argv, pass_fds=(theirs.fileno(),)):
+            theirs.close()
+
+            def call() -> None:
+                ours.send(SMALL)
+                ours.recv()
+
+            median, p99 = _latency(call, budget)
+            small = functools.partial(_mp_window, ours, SMALL)
+            calls_per_s = _common.calibrated_rate(small, budget.seconds, budget.warmup)
+            large = functools.partial(_mp_window_threaded, ours, LARGE)
+            large_rate = _common.calibrated_rate(large, budget.seconds, budget.warmup)
+            return Figures(median, p99, calls_per_s, large_rate * len(LARGE) / 1e6)
+
+
+# -- grpcio over a Unix socket -------------------------------------------------------
+
+
+def _serve_grpc(address: str, control_fd: str) -> None:
+    asyncio.run(_grpc_server(address, int(control_fd)))
+
+
+async def _grpc_server(address: str, control_fd: int) -> None:
+    import grpc
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(echo)  # no serializers: bytes as they are
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),)
+    )
+    server.add_insecure_port(address)
+    await server.start()
+    _common.signal_ready(control_fd)
+    with socket.socket(fileno=control_fd) as lifeline:
+        lifeline.setblocking(False)
+        await asyncio.get_running_loop().sock_recv(lifeline, 1)  # EOF: the parent is done
+    await server.stop(grace=None)
+
+
+def bench_grpc(budget: Budget, workdir: Path) -> Figures:
+    import grpc
+
+    address = f"unix:{workdir / 'grpc.sock'}"
+    argv = [sys.executable, __file__, "--serve", "grpc", address]
+    with _common.child_process(argv):
+        with grpc.insecure_channel(address) as channel:
+            echo = channel.unary_unary(GRPC_METHOD)
+            median, p99 = _latency(functools.partial(echo, SMALL), budget)
+        calls_per_s, mb_per_s = asyncio.run(_grpc_pipelined(address, budget))
+    return Figures(median, p99, calls_per_s, mb_per_s)
+
+
+async def _grpc_pipelined(address: str, budget: Budget) -> tuple[float, float]:
+    import grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        echo = channel.unary_unary(GRPC_METHOD)
+        calls_per_s = await _rate_async(functools.partial(echo, SMALL), budget)
+        large_rate = await _rate_async(functools.partial(echo, LARGE), budget)
+    return calls_per_s, large_rate * len(LARGE) / 1e6
+
+
+# -- drivebay ------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _driver(codec: str, workdir: Path) -> AsyncIterator[Any]:
+    from kernel.driver_process import DriverProcess, Timeouts
+    from sandbox.runtime_dir import ensure_runtime_dir
+    from sandbox.spawn import SpawnSpec
+
+    spec = SpawnSpec(
+        python=Path(sys.executable),
+        runtime_dir=ensure_runtime_dir(workdir / "state"),
+        entrypoint="benchdriver:Bench",
+        driver="bench",
+        version="1.0.0",
+        cwd=workdir,
+        src=FIXTURE,
+        extra_env={"DRIVEBAY_CODEC": "stdlib"} if codec == "stdlib" else {},
+    )
+    proc = DriverProcess(spec, Timeouts())
+    await proc.start()
+    try:
+        if not proc.hello_codec.startswith(codec):
+            raise RuntimeError(f"wanted a {codec} child, got {proc.hello_codec!r}")
+        await proc.attach("r", {})
+        yield proc
+    finally:
+        await proc.stop()
+
+
+async def bench_drivebay(codec: str, budget: Budget, workdir: Path) -> Figures:
+    async with _driver(codec, workdir) as proc:
+        small = functools.partial(proc.call, "r", "echo", {"value": SMALL})
+        large = functools.partial(proc.call, "r", "echo", {"value": LARGE})
+        median, p99 = await _latency_async(small, budget)
+        calls_per_s = await _rate_async(small, budget)
+        mb_per_s = await _rate_async(large, budget) * len(LARGE) / 1e6
+    return Figures(median, p99, calls_per_s, mb_per_s)
+
+
+async def _bench_drivebay_both(budget: Budget, workdir: Path) -> dict[str, Figures]:
+    results = {}
+    for codec, key in (("msgspec", "drivebay"), ("stdlib", "stdlib")):
+        _common.progress(f"rpc: drivebay, {codec} child ...")
+        results[key] = await bench_drivebay(codec, budget, workdir)
+    return results
+
+
+# -- report --------------------------------------------------------------------------
+
+COLUMNS = {
+    "drivebay": "drivebay",
+    "stdlib": "drivebay stdlib",
+    "floor": "raw pipe",
+    "mp": "mp.Pipe+pickle",
+    "grpc": "grpcio unix",
+}
+PEERS = ("floor", "mp", "grpc")
+
+
+def _rtt_vs_floor(ours: Figures, results: dict[str, Figures]) -> float:
+    return ours.rtt_median_us / results["floor"].rtt_median_us
+
+
+def _calls_vs_mp(ours: Figures, results: dict[str, Figures]) -> float:
+    return (ours.calls_per_s or 0) / (results["mp"].calls_per_s or 1)
+
+
+def _rtt_vs_grpc(ours: Figures, results: dict[str, Figures]) -> float:
+    return results["grpc"].rtt_median_us / ours.rtt_median_us
+
+
+def _calls_vs_grpc(ours: Figures, results: dict[str, Figures]) -> float:
+    return (ours.calls_per_s or 0) / (results["grpc"].calls_per_s or 1)
+
+
+# The issue's targets, each as (label, measure, comparison, goal).
+TARGETS = (
+    ("RTT median / raw pipe RTT", _rtt_vs_floor, "<=", 2.0),
+    ("calls/s / mp+pickle calls/s", _calls_vs_mp, ">=", 1.3),
+    ("grpc RTT / RTT median", _rtt_vs_grpc, ">=", 4.0),
+    ("calls/s / grpc calls/s", _calls_vs_grpc, ">=", 20.0),
+)
+
+
+def _speedups(ours: Figures, peer: Figures) -> list[float | None]:
+    """How many times better ours is, per figure (> 1: ours is better)."""
+    calls = None
+    if ours.calls_per_s and peer.calls_per_s:
+        calls = ours.calls_per_s / peer.calls_per_s
+    return [
+        peer.rtt_median_us / ours.rtt_median_us,
+        peer.rtt_p99_us / ours.rtt_p99_us,
+        calls,
+        ours.mb_per_s_64k / peer.mb_per_s_64k,
+    ]
+
+
+def _met(value: float, comparison: str, goal: float) -> bool:
+    return value <= goal if comparison == "<=" else value >= goal
+
+
+def report(results: dict[str, Figures]) -> str:
+    headers = ["", *COLUMNS.values()]
+    labels = ["RTT median µs", "RTT p99 µs", "calls/s, 64 in flight", "MB/s 64 KiB, 64 in flight*"]
+    figures = [list(asdict(results[key]).values()) for key in COLUMNS]
+    rows = [[label, *(_common.number(f[i]) for f in figures)] for i, label in enumerate(labels)]
+    parts = [_common.format_table(headers, rows), "* raw pipe: sequential ping-pong", ""]
+    ratio_rows = []
+    for key in ("drivebay", "stdlib"):
+        for peer in PEERS:
+            cells = _speedups(results[key], results[peer])
+            label = f"{COLUMNS[key]} vs {COLUMNS[peer]}"
+            ratio_rows.append([label, *(_ratio(cell) for cell in cells)])
+    ratio_headers = ["times better", "RTT median", "RTT p99", "calls/s", "MB/s 64 KiB"]
+    parts += [_common.format_table(ratio_headers, ratio_rows), ""]
+    target_rows = []
+    for label, measure, comparison, goal in TARGETS:
+        cells = [label, f"{comparison} {goal:g}x"]
+        for key in ("drivebay", "stdlib"):
+            value = measure(results[key], results)
+            cells += [_ratio(value), "met" if _met(value, comparison, goal) else "NOT met"]
+        target_rows.append(cells)
+    target_headers = ["target", "goal", "drivebay", "", "drivebay stdlib", ""]
+    parts.append(_common.format_table(target_headers, target_rows))
+    return "\n".join(parts)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    prefixes = {"drivebay": "", "stdlib": "stdlib_", "floor": "floor_", "mp": "mp_pickle_"}
+    for key, figures in results.items():
+        prefix = prefixes.get(key, f"{key}_")
+        for name, value in asdict(figures).items():
+            name = "pipelined_calls_per_s" if name == "calls_per_s" else name
+            if value is not None:
+                flat[prefix + name] = round(value, 2)
+    for label, measure, comparison, goal in TARGETS:
+        for key, prefix in (("drivebay", ""), ("stdlib", "stdlib_")):
+            value = measure(results[key], results)
+            flat.setdefault(f"{prefix}targets", {})[label] = {
+                "value": round(value, 3),
+                "goal": f"{comparison} {goal:g}",
+                "met": _met(value, comparison, goal),
+            }
+    flat.update(mode="quick" if quick else "full", pinned_cpu=pinned, in_flight=IN_FLIGHT)
+    flat["machine"] = _common.machine()
+    return flat
+
+
+# -- main ----------------------------------------------------------------------------
+
+
+def run_all(budget: Budget) -> dict[str, Figures]:
+    import uvloop
+
+    with tempfile.TemporaryDirectory(prefix="drivebay-bench-") as tmp:
+        workdir = Path(tmp)
+        results: dict[str, Figures] = {}
+        _common.progress("rpc: raw pipe floor ...")
+        results["floor"] = bench_floor(budget)
+        _common.progress("rpc: multiprocessing.Pipe + pickle ...")
+        results["mp"] = bench_mp(budget)
+        _common.progress("rpc: grpcio over a Unix socket ...")
+        results["grpc"] = bench_grpc(budget, workdir)
+        results.update(uvloop.run(_bench_drivebay_both(budget, workdir)))
+        return results
+
+
+def _footer(info: dict[str, Any], pinned: int | None, quick: bool, took: float) -> str:
+    placement = "unpinned" if pinned is None else f"pinned to CPU {pinned}"
+    return (
+        f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
+        f"load {info['loadavg_1m']}, {placement}, {'quick' if quick else 'full'} run, {took:.1f} s"
+    )
+
+
+def serve(kind: str, args: list[str]) -> None:
+    """Entry point of the helper processes (``--serve KIND ARGS... CONTROL_FD``)."""
+    servers: dict[str, Callable[..., None]] = {
+        "floor": _serve_floor,
+        "mp": _serve_mp,
+        "grpc": _serve_grpc,
+    }
+    servers[kind](*args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under 30 s in all)")
+    parser.add_argument("--pin", action="store_true", help="pin every process to one CPU")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
+    options = parser.parse_args(argv)
+    if options.serve:
+        serve(options.serve[0], options.serve[1:])
+        return
+    pinned = _common.pin_to_one_cpu() if options.pin else None
+    started = time.monotonic()
+    results = run_all(QUICK if options.quick else FULL)
+    print(report(results))
+    print(_footer(_common.machine(), pinned, options.quick, time.monotonic() - started))
+    if options.json:
+        _common.print_json_last(as_json(results, options.quick, pinned))
+
+
+if __name__ == "__main__":
+    main()
