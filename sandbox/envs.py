@@ -419,70 +419,118 @@ def _remove_tree(root: Path) -> None:
 # -- the per-key build lock ----------------------------------------------------
 
 
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+def _flock_now(path: Path) -> int | None:
+    """An fd holding ``path``'s exclusive flock if it is free right now, else None."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            return None
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def _try_lock(path: Path) -> Iterator[bool]:
     """Hold ``path``'s flock if it is free right now; yield whether it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _flock_now(path)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-        else:
-            yield True
+        yield fd is not None
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-class _Handoff:
-    """The lock a waiting thread acquired, or the caller's word that it gave up."""
+class _LockWaiter:
+    """A daemon thread blocking in flock on behalf of the event loop.
 
-    def __init__(self) -> None:
+    The thread opens its own file, so the lock is the thread's until handed
+    over; if the caller gives up first (timeout, cancellation) the thread
+    releases the lock the moment it gets it. A daemon thread rather than the
+    loop's executor: a wait as long as someone else's build must neither hold
+    an executor worker nor delay the loop's shutdown.
+    """
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+        self.path = path
+        self.loop = loop
+        self.acquired: asyncio.Future[None] = loop.create_future()
         self.mutex = threading.Lock()
         self.fd: int | None = None
         self.abandoned = False
 
+    def run(self) -> None:
+        try:
+            fd = _open_lock(self.path)
+        except OSError as exc:
+            self._deliver(exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            os.close(fd)
+            self._deliver(exc)
+            return
+        with self.mutex:
+            if self.abandoned:
+                os.close(fd)
+                return
+            self.fd = fd
+        self._deliver(None)
 
-def _wait_for_lock(path: Path, handoff: _Handoff) -> None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-    except BaseException:
-        os.close(fd)
-        raise
-    with handoff.mutex:
-        if handoff.abandoned:
-            os.close(fd)  # the caller timed out or was cancelled: release at once
+    def _deliver(self, error: OSError | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._settle, error)
+        except RuntimeError:  # the loop is closed: nobody will take the lock
+            self.abandon()
+
+    def _settle(self, error: OSError | None) -> None:
+        if self.acquired.done():
+            return
+        if error is None:
+            self.acquired.set_result(None)
         else:
-            handoff.fd = fd
+            self.acquired.set_exception(error)
+
+    def abandon(self) -> None:
+        with self.mutex:
+            self.abandoned = True
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    def take(self) -> int:
+        with self.mutex:
+            fd, self.fd = self.fd, None
+        assert fd is not None, "the lock is taken once, after it was acquired"
+        return fd
 
 
 async def _lock(path: Path, timeout_s: float) -> int:
     """An fd holding ``path``'s exclusive flock (close it to release).
 
-    A blocking flock runs in a thread, which owns its own open file until it
-    hands it over, so a caller that gives up never leaves the lock held.
+    Raises EnvBuildError when another holder keeps it past ``timeout_s``.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fd = _flock_now(path)
+    if fd is not None:
         return fd
-    except BlockingIOError:
-        os.close(fd)
-    handoff = _Handoff()
+    waiter = _LockWaiter(path, asyncio.get_running_loop())
+    threading.Thread(target=waiter.run, name=f"flock {path.stem[:12]}", daemon=True).start()
     try:
         async with asyncio.timeout(timeout_s):
-            await asyncio.to_thread(_wait_for_lock, path, handoff)
+            await waiter.acquired
     except BaseException as exc:
-        with handoff.mutex:
-            handoff.abandoned = True
-            if handoff.fd is not None:
-                os.close(handoff.fd)
+        waiter.abandon()
         if isinstance(exc, TimeoutError):
             raise EnvBuildError(
                 f"env {path.stem[:12]}: waited over {timeout_s:g} s for another build of it"
             ) from exc
         raise
-    assert handoff.fd is not None
-    return handoff.fd
+    return waiter.take()

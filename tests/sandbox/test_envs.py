@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import json
+import logging
 import os
 import select
 import shutil
@@ -481,6 +482,39 @@ def test_kernel_killed_mid_build_leaves_nothing_that_is_used(
     env = build(req, envs_dir, uv_cache)  # waits for the orphaned uv: it holds the lock
     assert in_env(env, "import pkg_a, msgspec; print(pkg_a.VERSION)").stdout == "1.0\n"
     assert sorted(p.name for p in envs_dir.iterdir()) == [".locks", env.key]
+
+
+def test_one_process_asking_twice_at_once_builds_once(
+    tmp_path: Path, wheelhouse: Path, uv_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sandbox.envs")
+    req = request(make_lib(tmp_path, whl(wheelhouse, "1.0")), "pkg-a")
+
+    async def twice() -> list[Env]:
+        calls = (ensure_env(req, tmp_path / "envs", uv_cache=uv_cache) for _ in range(2))
+        return list(await asyncio.gather(*calls))
+
+    first, second = run(twice())
+    assert first == second
+    assert sum(": building (" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_waiting_for_a_stuck_build_times_out_and_leaves_the_lock_free(
+    tmp_path: Path, wheelhouse: Path, uv_cache: Path
+) -> None:
+    req, envs_dir = request(make_lib(tmp_path, whl(wheelhouse, "1.0")), "pkg-a"), tmp_path / "envs"
+    (envs_dir / envs.LOCKS).mkdir(parents=True)
+    key = env_key(req)
+
+    async def blocked_then_free() -> Env:
+        with (envs_dir / envs.LOCKS / f"{key}.lock").open("w") as other_build:
+            fcntl.flock(other_build, fcntl.LOCK_EX)
+            with pytest.raises(EnvBuildError) as caught:
+                await ensure_env(req, envs_dir, uv_cache=uv_cache, timeout_s=0.2)
+            assert str(caught.value) == f"env {key[:12]}: waited over 0.2 s for another build of it"
+        return await ensure_env(req, envs_dir, uv_cache=uv_cache, timeout_s=30)
+
+    assert run(blocked_then_free()).key == key
 
 
 # -- garbage collection and the fast path ---------------------------------------
