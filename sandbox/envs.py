@@ -321,33 +321,36 @@ class _Uv:
         uv runs in its own session: on timeout or cancellation its whole
         process group is killed, and always reaped before this returns.
         """
-        proc = await asyncio.create_subprocess_exec(
-            self.binary,
-            *args,
-            *self.common,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=self.cwd,
-            env=self.env,
-            pass_fds=(self.lock_fd,),
-            start_new_session=True,
-        )
         try:
-            _, stderr = await proc.communicate()
+            proc = await asyncio.create_subprocess_exec(
+                self.binary,
+                *args,
+                *self.common,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=self.cwd,
+                env=self.env,
+                pass_fds=(self.lock_fd,),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise EnvBuildError(f"{step} failed: cannot run uv ({exc})") from exc
+        try:
+            output, _ = await proc.communicate()
         except BaseException:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await asyncio.shield(proc.wait())
             raise
         if proc.returncode != 0:
-            detail = uv_message(stderr.decode(errors="replace"))
+            detail = uv_message(output.decode(errors="replace"))
             raise EnvBuildError(f"{step} failed (uv exit {proc.returncode}): {detail}")
 
 
-def uv_message(stderr: str) -> str:
+def uv_message(output: str) -> str:
     """uv's own error on one line: from its ``error:`` line on, else its last lines."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
     starts = [i for i, line in enumerate(lines) if line.startswith("error:")]
     if starts:
         lines = lines[starts[0] :]

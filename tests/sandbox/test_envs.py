@@ -337,6 +337,17 @@ def test_uv_failure_is_reported_with_its_words(
     assert leftovers(tmp_path / "envs") == []
 
 
+def test_missing_uv_binary_is_a_build_error(
+    tmp_path: Path, uv_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uv
+
+    monkeypatch.setattr(uv, "find_uv_bin", lambda: str(tmp_path / "no-uv"))
+    with pytest.raises(EnvBuildError, match=r"^creating the virtualenv failed: cannot run uv \("):
+        build(request(None), tmp_path / "envs", uv_cache)
+    assert leftovers(tmp_path / "envs") == []
+
+
 def test_timeout_kills_and_reaps_uv(
     tmp_path: Path,
     uv_cache: Path,
