@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from protocol.errors import BundleError
-from sandbox.bundle_reader import ReadLimits, human_bytes, read_bundle
+from sandbox.bundle_limits import human_bytes
+from sandbox.bundle_reader import ReadLimits, read_bundle
 from tests.sandbox.bundles import LICENSE_TEXT, make_bundle, zip_bundle
 
 
@@ -409,4 +410,81 @@ def test_manifest_errors_name_the_bundle(tmp_path: Path) -> None:
     assert (
         rejection(directory)
         == "x: driver.yaml: line 6: duplicate key 'version' (first at line 2); keep only one"
+    )
+
+
+# -- depth and races ---------------------------------------------------------------------
+
+
+def test_directory_nested_too_deep(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, src={"demo.py": "", "a/b/c.py": "", "a/b/c/d.py": ""})
+    assert rejection(bundle, ReadLimits(max_depth=3)) == (
+        "demo-1.0.0: src/a/b/c/d.py: nested deeper than 3 folders; flatten the bundle"
+    )
+
+
+def test_zip_nested_too_deep(tmp_path: Path) -> None:
+    evil = write_zip(tmp_path / "evil.zip", [*valid_entries(tmp_path), ("a/" * 70 + "x", b"")])
+    assert rejection(evil) == (
+        f"evil.zip: {'a/' * 70}x: nested deeper than 64 folders; flatten the bundle"
+    )
+
+
+def test_many_folders_do_not_exhaust_file_descriptors(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, src={"demo.py": ""} | {f"p{i}/m.py": "" for i in range(1200)})
+    assert len(read_bundle(bundle).files) == 1203
+
+
+def _stat_lying_about(name: str) -> object:
+    """An ``os.stat`` that calls ``name`` a regular file, as it was before a swap."""
+    real_stat = os.stat
+
+    def lying_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if path == name:
+            return real_stat(__file__)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    return lying_stat
+
+
+def test_file_swapped_for_a_link_after_its_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = make_bundle(tmp_path)
+    (bundle / "src" / "passwd").symlink_to("/etc/passwd")
+    monkeypatch.setattr(os, "stat", _stat_lying_about("passwd"))
+    assert rejection(bundle) == (
+        "demo-1.0.0: src/passwd: is a symbolic link; bundles may not contain links, "
+        "put the file itself there (Too many levels of symbolic links)"
+    )
+
+
+def test_file_swapped_for_a_fifo_after_its_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = make_bundle(tmp_path)
+    os.mkfifo(bundle / "src" / "pipe")
+    monkeypatch.setattr(os, "stat", _stat_lying_about("pipe"))
+    assert rejection(bundle) == (
+        "demo-1.0.0: src/pipe: is a device, fifo or socket; bundles hold only regular files "
+        "and directories"
+    )
+
+
+def test_folder_swapped_for_a_link_after_its_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = make_bundle(tmp_path)
+    (bundle / "resources").symlink_to(tmp_path, target_is_directory=True)
+    real_stat = os.stat
+
+    def lying_stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        if path == "resources":
+            return real_stat(tmp_path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", lying_stat)
+    assert rejection(bundle) == (
+        "demo-1.0.0: resources: is a symbolic link; bundles may not contain links, "
+        "put the file itself there (Not a directory)"
     )
