@@ -61,6 +61,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drivers_dir: str | None = None  # default <state_dir>/drivers
     socket: str | None = None  # default <state_dir>/drivebayd.sock
     socket_group: str | None = None
+    envs_dir: str | None = None  # default <state_dir>/envs; may be shared by daemons
+    uv_cache_dir: str | None = None  # default: uv's own cache
     log_level: str = "INFO"
     python: str | None = None  # interpreter driver envs are built on; default the kernel's
     user: str | None = None  # run drivers as this user (root daemon only)
@@ -88,6 +90,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def socket_path(self) -> Path:
         return Path(self.socket).expanduser() if self.socket else self.state_path / SOCKET_NAME
+
+    @property
+    def envs_path(self) -> Path:
+        return Path(self.envs_dir).expanduser() if self.envs_dir else self.state_path / "envs"
 
     def for_driver(self, name: str) -> DriverSettings:
         return self.drivers.get(name, DriverSettings())

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         client = Client(path)
+    except PermissionError:
+        print(f"drivebayctl: permission denied on {path}; run as the daemon's user", file=sys.stderr)
+        return EXIT_NO_SUCH
     except OSError:
         print(f"drivebayd is not running at {path}", file=sys.stderr)
         return EXIT_NO_SUCH

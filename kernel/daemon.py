@@ -250,7 +250,8 @@ class Kernel:
             wheel_dir=lib if bundle.wheels else None,
             protocol_version=PROTOCOL_MAX,
         )
-        env = await ensure_env(request, self.state_dir / "envs")
+        cache = Path(self.config.uv_cache_dir).expanduser() if self.config.uv_cache_dir else None
+        env = await ensure_env(request, self.config.envs_path, uv_cache=cache)
         return env.python, env.key
 
     async def reload_config(self) -> list[str]:

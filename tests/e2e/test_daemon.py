@@ -1,0 +1,271 @@
+"""drivebayd and drivebayctl end to end: real daemon, real drivers, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import BIN, pid_alive, wait_for
+from tests.sandbox.bundles import make_bundle, zip_bundle
+
+FLAKY_DRIVER = """
+import os, pathlib
+FLAG = pathlib.Path(__file__).resolve().parents[3] / "crash-flag"
+
+
+class CrashyDriver:
+    def __init__(self, resource_id, properties):
+        pass
+
+    async def ping(self):
+        return "pong"
+
+
+if os.environ.get("CRASH_FLAG") and pathlib.Path(os.environ["CRASH_FLAG"]).exists():
+    raise RuntimeError("crash flag is set")
+"""
+
+
+def build(tmp_path: Path, name: str, **extra) -> Path:
+    staging = tmp_path / "staging"
+    staging.mkdir(exist_ok=True)
+    return make_bundle(staging, name=name, **extra)
+
+
+def test_drop_status_stop_start(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    row = daemon.wait_state("alpha", "RUNNING")
+    assert row["version"] == "1.0.0" and row["pid"] and row["restarts"] == 0
+    text = daemon.ctl("status")
+    assert text.returncode == 0
+    line = text.stdout.splitlines()[0]
+    assert line.startswith("alpha@1.0.0".ljust(33) + "RUNNING    pid ")
+    assert ", uptime 0:00:0" in line and line.endswith(", 0 resources")
+
+    stopped = daemon.ctl("stop", "alpha")
+    assert (stopped.returncode, stopped.stdout) == (0, "alpha@1.0.0: stopped\n")
+    assert not pid_alive(row["pid"])
+    assert daemon.ctl("status").returncode == 3
+    again = daemon.ctl("stop", "alpha")
+    assert (again.returncode, again.stdout) == (7, "alpha@1.0.0: ERROR (not running)\n")
+    started = daemon.ctl("start", "alpha")
+    assert (started.returncode, started.stdout) == (0, "alpha@1.0.0: started\n")
+    assert daemon.status()["alpha"]["state"] == "RUNNING"
+    restarted = daemon.ctl("restart", "all")
+    assert restarted.stdout == "alpha@1.0.0: stopped\nalpha@1.0.0: started\n"
+
+
+def test_kill_9_of_a_driver_restarts_it(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    first = daemon.wait_state("alpha", "RUNNING")["pid"]
+    os.kill(first, signal.SIGKILL)
+    row = wait_for(
+        lambda: (r := daemon.status()["alpha"])["state"] == "RUNNING" and r["pid"] != first and r,
+        what="restart",
+    )
+    assert row["restarts"] == 1
+    assert "exited: alpha@1.0.0 (exited (signal 9 (SIGKILL)); not expected)" in daemon.log()
+
+
+def test_crash_loop_ends_fatal_and_start_clears_it(daemon_factory, tmp_path):
+    flag = tmp_path / "crash-flag"
+    flag.write_text("on")
+    config = {
+        "restart": {"backoff_initial_s": 0.05, "max_restarts": 3, "window_s": 60},
+        "drivers": {"crashy": {"env": {"CRASH_FLAG": str(flag)}}},
+    }
+    daemon = daemon_factory(config=config)
+    daemon.start()
+    daemon.drop(build(tmp_path, "crashy", src={"crashy.py": FLAKY_DRIVER}))
+    row = daemon.wait_state("crashy", "FATAL")
+    assert "RuntimeError: crash flag is set" in row["message"]
+    assert "gave up after 3 restarts" in row["message"]
+    assert "gave up: crashy@1.0.0 entered FATAL" in daemon.log()
+    assert daemon.ctl("status", "crashy").returncode == 3
+    flag.unlink()
+    started = daemon.ctl("start", "crashy")
+    assert (started.returncode, started.stdout) == (0, "crashy@1.0.0: started\n")
+
+
+def test_start_order_categories_requires_and_cycle(daemon_factory, tmp_path):
+    daemon = daemon_factory()
+    for name, category, requires in [
+        ("hv", "hypervisor", []),
+        ("store-b", "storage", ["store-a"]),
+        ("store-a", "storage", []),
+        ("net", "network", []),
+        ("loop-x", "other", ["loop-y"]),
+        ("loop-y", "other", ["loop-x"]),
+        ("needs-ghost", "other", ["ghost"]),
+        ("plain", "other", []),
+    ]:
+        daemon.drop(
+            build(tmp_path, name, manifest_extra={"category": category, "requires": requires})
+        )
+    daemon.start()
+    for name in ("hv", "store-a", "store-b", "net", "plain"):
+        daemon.wait_state(name, "RUNNING")
+    status = daemon.status()
+    assert status["loop-x"]["state"] == "BLOCKED"
+    assert status["loop-x"]["message"] == "requires cycle: loop-x -> loop-y -> loop-x"
+    assert status["needs-ghost"]["message"] == "requires ghost, which is not installed"
+    started = [
+        line.split()[3] for line in daemon.log().splitlines() if line.endswith("entered STARTING")
+    ]
+    assert started.index("net@1.0.0") < started.index("store-a@1.0.0")
+    assert started.index("store-a@1.0.0") < started.index("store-b@1.0.0")
+    assert started.index("store-b@1.0.0") < started.index("hv@1.0.0") < started.index("plain@1.0.0")
+    assert daemon.stop() == 0
+    stopped = [line.split()[3] for line in daemon.log().splitlines() if "entered STOPPING" in line]
+    assert stopped.index("plain@1.0.0") < stopped.index("hv@1.0.0") < stopped.index("store-b@1.0.0")
+    assert (
+        stopped.index("store-b@1.0.0") < stopped.index("store-a@1.0.0") < stopped.index("net@1.0.0")
+    )
+
+
+def test_removal_stops_the_driver(daemon, tmp_path):
+    dropped = daemon.drop(build(tmp_path, "alpha"))
+    pid = daemon.wait_state("alpha", "RUNNING")["pid"]
+    import shutil
+
+    shutil.rmtree(dropped)
+    wait_for(lambda: "alpha" not in daemon.status(), what="alpha gone")
+    assert not pid_alive(pid)
+
+
+def test_half_written_zip_then_complete(daemon, tmp_path):
+    archive = zip_bundle(build(tmp_path, "zippy"))
+    data = archive.read_bytes()
+    target = daemon.drivers / "zippy.zip"
+    target.write_bytes(data[: len(data) // 2])
+    row = daemon.wait_state("zippy.zip", "INVALID")
+    assert "zip" in row["message"]
+    assert daemon.ctl("status").returncode == 3
+    target.write_bytes(data)
+    daemon.wait_state("zippy", "RUNNING")
+    assert "zippy.zip" not in daemon.status()
+
+
+def test_invalid_bundle_is_reported_and_retried(daemon, tmp_path):
+    bundle = build(tmp_path, "bad", manifest_extra={"entrypiont": "x:Y"})
+    dropped = daemon.drop(bundle)
+    row = daemon.wait_state("bad-1.0.0", "INVALID")
+    assert (
+        row["message"]
+        == "bad-1.0.0: driver.yaml: unknown field 'entrypiont'; did you mean 'entrypoint'?"
+    )
+    manifest = (dropped / "driver.yaml").read_text().replace("entrypiont: x:Y\n", "")
+    (dropped / "driver.yaml").write_text(manifest)
+    daemon.wait_state("bad", "RUNNING")
+
+
+def test_second_daemon_is_refused(daemon, daemon_factory):
+    other = daemon_factory("other")
+    other.config_path.write_text(daemon.config_path.read_text())
+    other.start(wait=False)
+    assert other.process is not None
+    assert other.process.wait(timeout=60) == 1
+    assert "is already running on" in other.log()
+    assert other.log().count("\n") == 1  # one line, no traceback
+
+
+def test_kill_9_of_the_daemon_takes_the_drivers_along(daemon, daemon_factory, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    daemon.drop(build(tmp_path, "beta"))
+    pids = [daemon.wait_state(name, "RUNNING")["pid"] for name in ("alpha", "beta")]
+    assert daemon.process is not None
+    daemon.process.kill()
+    daemon.process.wait()
+    wait_for(lambda: not any(pid_alive(pid) for pid in pids), deadline=5, what="drivers gone")
+    # A new daemon replaces the stale socket and runs the drivers again.
+    daemon.start()
+    daemon.wait_state("alpha", "RUNNING")
+
+
+def test_socket_is_private(daemon):
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert mode == 0o600
+    if os.geteuid() == 0:
+        refused = subprocess.run(
+            [
+                "setpriv",
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                str(BIN / "python"),
+                "-I",
+                "-c",
+                f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(daemon.socket)!r})",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert refused.returncode != 0 and "PermissionError" in refused.stderr
+
+
+def test_exit_codes_and_json(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    daemon.wait_state("alpha", "RUNNING")
+    unknown = daemon.ctl("status", "nope")
+    assert unknown.returncode == 4 and "no such driver: nope" in unknown.stderr
+    assert daemon.ctl("stop", "nope").returncode == 4
+    assert daemon.ctl("describe", "nope").returncode == 4
+    assert daemon.ctl("bogus").returncode == 2
+    assert daemon.ctl("start").returncode == 2
+    pid = json.loads(daemon.ctl("pid", "alpha", "--json").stdout)
+    assert pid == daemon.status()["alpha"]["pid"]
+    assert int(daemon.ctl("pid").stdout) == daemon.process.pid
+    described = json.loads(daemon.ctl("describe", "alpha", "--json").stdout)
+    assert described["state"] == "RUNNING" and described["history"][-1]["to"] == "RUNNING"
+    assert described["operations"] == ["echo"]
+    assert daemon.ctl("describe", "alpha").returncode == 0
+    avail = json.loads(daemon.ctl("avail", "--json").stdout)
+    assert [(r["name"], r["verdict"]) for r in avail] == [("alpha", "active")]
+    assert daemon.ctl("tail", "alpha", "stderr").returncode == 0
+    assert daemon.ctl("version").stdout.startswith("drivebayd 0.1.0")
+    assert daemon.ctl("reload").returncode == 0
+    daemon.stop()
+    gone = daemon.ctl("status")
+    assert gone.returncode == 4
+    assert gone.stderr == f"drivebayd is not running at {daemon.socket}\n"
+    assert daemon.ctl("stop", "alpha").returncode == 4
+
+
+def test_bad_config_is_one_line(tmp_path):
+    config = tmp_path / "drivebay.yaml"
+    config.write_text("state_dri: /tmp/x\n")
+    result = subprocess.run(
+        [str(BIN / "drivebayd"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == f"drivebayd: {config}: unknown key 'state_dri'; did you mean 'state_dir'?\n"
+    )
+
+
+def test_shutdown_command_stops_everything(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    pid = daemon.wait_state("alpha", "RUNNING")["pid"]
+    assert daemon.ctl("shutdown").returncode == 0
+    assert daemon.process.wait(timeout=60) == 0
+    assert not pid_alive(pid)
+    assert not daemon.socket.exists()
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_zip_and_dir_bundles_run(daemon, tmp_path, as_zip):
+    bundle = build(tmp_path, "gamma")
+    daemon.drop(zip_bundle(bundle) if as_zip else bundle)
+    daemon.wait_state("gamma", "RUNNING")
+    assert zipfile  # noqa: B018
