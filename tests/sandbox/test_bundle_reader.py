@@ -488,3 +488,10 @@ def test_folder_swapped_for_a_link_after_its_stat(
         "demo-1.0.0: resources: is a symbolic link; bundles may not contain links, "
         "put the file itself there (Not a directory)"
     )
+
+
+def test_manifest_error_in_a_directory_bundle(tmp_path: Path) -> None:
+    bundle = make_bundle(tmp_path, manifest_extra={"version": "1.2.x"}).rename(tmp_path / "x")
+    assert rejection(bundle) == (
+        "x: driver.yaml: version: '1.2.x' is not a PEP 440 version (for example 1.2.0)"
+    )
