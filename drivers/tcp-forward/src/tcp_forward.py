@@ -98,7 +98,7 @@ class TcpForward:
         (port in use, or not allowed below 1024 without privileges)."""
         try:
             self._server = await asyncio.start_server(
-                self._relay, self.listen_host, self.listen_port, reuse_address=True
+                self._accept, self.listen_host, self.listen_port, reuse_address=True
             )
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -151,18 +151,30 @@ class TcpForward:
 
     # -- relaying ---------------------------------------------------------------
 
-    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Serve one client connection (a task started by the server per client)."""
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called by the server for each client: start the relay task that we own.
+
+        Not a coroutine on purpose: the server would wrap it in a task of its
+        own, and Python 3.11 logs a spurious error when such a task is cancelled.
+        """
         self._accepted += 1
         peer = writer.get_extra_info("peername")
         connection = Connection(self._accepted, f"{peer[0]}:{peer[1]}" if peer else "?")
+        task = asyncio.get_running_loop().create_task(self._relay(connection, reader, writer))
         self._open[task] = connection
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        del self._open[task]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: relay failed", self.resource_id, exc_info=task.exception())
+
+    async def _relay(
+        self, connection: Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         try:
             await self._connect_and_pump(connection, reader, writer)
         finally:
-            del self._open[task]
             writer.close()
 
     async def _connect_and_pump(
