@@ -30,7 +30,7 @@ from kernel.states import SETTLED_OK, State
 from kernel.supervisor import DriverSlot, SlotContext
 from protocol.errors import DrivebayError, NoSuchName, RequestError
 from protocol.versions import PROTOCOL_MAX
-from sandbox.bundles import StoredBundle
+from sandbox.bundles import StoredBundle, remove_staging
 from sandbox.env_key import EnvRequest
 from sandbox.envs import ensure_env
 from sandbox.pidfiles import PidRecords
@@ -72,6 +72,7 @@ class Kernel:
         try:
             for pid in self._pids.end_stale():
                 log.info("ended stale driver process %d", pid)
+            remove_staging(self.state_dir)  # half-written bundle copies of a crash
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
             if os.geteuid() == 0 and not self.config.user:

@@ -33,7 +33,7 @@ def _msgspec_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]] 
         f"msgspec {msgspec.__version__}",
         msgspec.msgpack.Encoder().encode,
         decoder.decode,
-        (msgspec.DecodeError,),
+        (msgspec.DecodeError, UnicodeDecodeError, RecursionError),
     )
 
 

@@ -38,7 +38,13 @@ class MessageCodec(Generic[In]):
         decode = self._decode
         try:
             return [decode(payload) for payload in self._splitter.feed(data)]
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        # Hostile bytes can also surface as bad UTF-8 or too-deep nesting.
+        except (
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            UnicodeDecodeError,
+            RecursionError,
+        ) as exc:
             raise ProtocolError(f"{self._peer} sent an invalid message: {exc}") from exc
 
     def encode(self, message: object) -> bytearray:

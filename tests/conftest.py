@@ -18,8 +18,11 @@ def _open_fds() -> set[int]:
 def _children() -> set[int]:
     found: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
-        with open(task / "children") as handle:
-            found.update(int(pid) for pid in handle.read().split())
+        try:
+            with open(task / "children") as handle:
+                found.update(int(pid) for pid in handle.read().split())
+        except FileNotFoundError:  # a thread that ended while we looked
+            continue
     return found
 
 
