@@ -6,6 +6,7 @@ or a zombie left to whoever adopted it once the driver died.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -169,6 +170,27 @@ def test_exit_code_output_and_memory_limit(tmp_path):
             assert instance["exit_code"] == 1
             with pytest.raises(OperationFailed, match="LookupError: no instance 'z'"):
                 await proc.call("q", "instance_output", {"name": "z"})
+
+    run(main())
+
+
+def test_workers_inherit_no_fds_and_a_clean_environment(tmp_path):
+    probe = "import json, os; print(json.dumps([os.listdir('/proc/self/fd'), sorted(os.environ)]))"
+
+    async def main():
+        async with started(bundle_spec(tmp_path, "worker-vms")) as proc:
+            await proc.attach("p", {"command": command(code=probe), "max_instances": 1})
+            await proc.call("p", "start_instance", {"name": "i"})
+
+            async def printed():
+                return bool(await proc.call("p", "instance_output", {"name": "i"}))
+
+            await until(printed)
+            [line] = await proc.call("p", "instance_output", {"name": "i"})
+            fds, names = json.loads(line)
+            assert sorted(fds) == ["0", "1", "2", "3"]  # 3: the listing's own descriptor
+            assert {"WORKER_NAME", "WORKER_RESOURCE", "PATH"} <= set(names)
+            assert not [name for name in names if name.startswith("DRIVEBAY_")]
 
     run(main())
 

@@ -50,14 +50,15 @@ def _command(properties: dict[str, Any]) -> list[str]:
 
 
 def _number(properties: dict[str, Any], key: str, whole: bool) -> float | None:
+    """The optional positive number ``key``; ValueError says what is wrong with it."""
     value = properties.get(key)
     if value is None:
         return None
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    if not ok or (whole and not float(value).is_integer()):
-        kind = "a whole number" if whole else "a number"
-        raise ValueError(f"{key} must be {kind} above 0, got {value!r}")
-    return value
+    positive = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    if positive and (not whole or float(value).is_integer()):
+        return float(value)
+    kind = "a whole number" if whole else "a number"
+    raise ValueError(f"{key} must be {kind} above 0, got {value!r}")
 
 
 class WorkerVms:
