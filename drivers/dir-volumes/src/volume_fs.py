@@ -42,7 +42,9 @@ def tree_size(top: Path) -> tuple[int, int]:
 
 def split_path(path: str) -> list[str]:
     """The components of a path inside a volume; PathRefused if it would leave it."""
-    parts = [part for part in path.split("/") if part not in ("", ".")] if path else []
+    if not isinstance(path, str):
+        raise TypeError(f"path must be text, not {type(path).__name__}")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
     if path.startswith("/") or "\0" in path or ".." in parts or not parts:
         raise PathRefused(
             f"path {path!r} is not inside the volume; give a relative path "

@@ -78,6 +78,7 @@ class TcpForward:
 
     @classmethod
     async def health(cls) -> dict[str, Any]:
+        """Always ok: a forwarder depends on nothing outside its own process."""
         return {"ok": True}
 
     def __init__(self, resource_id: str, properties: dict[str, Any]) -> None:
@@ -87,7 +88,7 @@ class TcpForward:
         self.target_host = _host(properties, "target_host")
         self.target_port = _port(properties, "target_port", 1)
         self._server: asyncio.Server | None = None
-        self._open: dict[asyncio.Task[Any], Connection] = {}
+        self._open: dict[asyncio.Task[None], Connection] = {}
         self._accepted = 0
         self._failed = 0
         self._bytes_in = 0
@@ -190,7 +191,7 @@ class TcpForward:
                 self.resource_id,
                 self.target_host,
                 self.target_port,
-                exc or "timed out",
+                str(exc) or "timed out",
             )
             return
         target_reader, target_writer = target
