@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kernel.messages_catalog import load_catalog
 from sandbox.bundle_reader import read_bundle
 from tests.drivers.bundles import DRIVERS
 
@@ -77,6 +78,8 @@ def test_every_property_has_english_messages(bundle):
         wanted |= {spec.label, spec.description}
     assert set(messages) == wanted
     assert all(isinstance(text, str) and text.strip() for text in messages.values())
+    catalog = load_catalog(bundle, "en_US.UTF-8")  # what describe and the CLI show
+    assert all(catalog.text(key) == messages[key] for key in wanted)
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda path: path.name)
