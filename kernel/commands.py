@@ -45,8 +45,9 @@ def command(name: str) -> Callable[[Handler], Handler]:
 # -- reading -------------------------------------------------------------------------
 
 
-def status_row(slot: DriverSlot) -> dict[str, Any]:
+def status_row(k: Kernel, slot: DriverSlot) -> dict[str, Any]:
     uptime = slot.uptime
+    resources = len(k.book.bound_to(slot)) if k.book is not None else 0
     return {
         "name": slot.manifest.name,
         "version": slot.manifest.version,
@@ -54,14 +55,14 @@ def status_row(slot: DriverSlot) -> dict[str, Any]:
         "pid": slot.pid,
         "uptime_s": None if uptime is None else round(uptime, 3),
         "restarts": slot.restarts.total,
-        "resources": 0,
+        "resources": resources,
         "message": slot.lifecycle.reason,
     }
 
 
 @command("status")
 async def status(k: Kernel, args: Args) -> Outcome:
-    rows = [status_row(slot) for slot in k.slots.values()]
+    rows = [status_row(k, slot) for slot in k.all_slots()]
     for entry in k.registry.invalid():
         rows.append(
             {
@@ -96,7 +97,8 @@ async def describe(k: Kernel, args: Args) -> Outcome:
     slot = k.slot(args["name"])
     manifest = slot.manifest
     return {
-        **status_row(slot),
+        **status_row(k, slot),
+        "resource_ids": [a.resource_id for a in k.book.bound_to(slot)] if k.book else [],
         "description": manifest.description,
         "category": manifest.category,
         "entrypoint": manifest.entrypoint,
@@ -146,7 +148,7 @@ async def avail(k: Kernel, args: Args) -> Outcome:
                 }
             )
             continue
-        slot = k.slots.get(bundle.manifest.name)
+        slot = k.slots.get(f"{bundle.manifest.name}@{bundle.manifest.version}")
         active = slot is not None and slot.bundle.digest == bundle.digest
         rows.append(
             {
@@ -311,3 +313,65 @@ async def shutdown(k: Kernel, args: Args) -> Outcome:
 def _budget(k: Kernel) -> float:
     t = k.config.timeouts
     return t.start_s + t.drain_s + t.term_s + t.kill_s + 600
+
+
+# -- resources -------------------------------------------------------------------------
+
+
+def _book(k: Kernel) -> Any:
+    if k.book is None:
+        raise RequestError("the daemon is still starting; retry in a moment")
+    return k.book
+
+
+@command("resources")
+async def resources(k: Kernel, args: Args) -> Outcome:
+    return _book(k).rows(), EXIT_OK
+
+
+@command("resource-add")
+async def resource_add(k: Kernel, args: Args) -> Outcome:
+    resource = await _book(k).add(
+        args["id"], args["driver"], args.get("version"), args.get("assignments", [])
+    )
+    k.kick()
+    return {
+        "id": resource.id,
+        "driver": resource.driver,
+        "pinned": resource.pinned,
+        "properties": resource.properties,
+    }, EXIT_OK
+
+
+@command("resource-set")
+async def resource_set(k: Kernel, args: Args) -> Outcome:
+    resource = await _book(k).set(args["id"], args.get("assignments", []))
+    return {"id": resource.id, "properties": resource.properties}, EXIT_OK
+
+
+@command("resource-rm")
+async def resource_rm(k: Kernel, args: Args) -> Outcome:
+    await _book(k).remove(args["id"])
+    return {"id": args["id"], "removed": True}, EXIT_OK
+
+
+@command("resource-pin")
+async def resource_pin(k: Kernel, args: Args) -> Outcome:
+    version = args.get("version")
+    await k.ensure_version(_book(k).actor(args["id"]).driver, version)
+    resource = await _book(k).pin(args["id"], version)
+    k.kick()
+    return {"id": resource.id, "pinned": resource.pinned}, EXIT_OK
+
+
+@command("call")
+async def call(k: Kernel, args: Args) -> Outcome:
+    from protocol.errors import OperationFailed
+
+    try:
+        result = await _book(k).call(
+            args["resource"], args["op"], args.get("args", {}), args.get("timeout")
+        )
+    except OperationFailed as exc:
+        raise RequestError(f"{exc.type_name}: {exc.message}") from exc
+    return result, EXIT_OK

@@ -20,8 +20,6 @@ from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
 from protocol.frames import HEADER, FrameSplitter
 from protocol.msgpack_lite import packb, unpackb
 
-READING = {"status", "describe", "avail", "pid", "version", "tail", "resources"}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drivebayctl", description="Control a running drivebayd.")
@@ -52,6 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
         "name", nargs="?", metavar="NAME"
     )
     reading("version", "the daemon's version")
+    reading("resources", "every resource, its driver, version and state")
+    resource = sub.add_parser("resource", help="add, set, rm or pin a resource")
+    verbs = resource.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add = verbs.add_parser("add", help="add ID --driver NAME [--version V] [key=value...]")
+    add.add_argument("id", metavar="ID")
+    add.add_argument("--driver", required=True)
+    add.add_argument("--version", help="pin this version")
+    add.add_argument("assignments", nargs="*", metavar="key=value|key:=JSON")
+    change = verbs.add_parser("set", help="set ID key=value...")
+    change.add_argument("id", metavar="ID")
+    change.add_argument("assignments", nargs="+", metavar="key=value|key:=JSON")
+    verbs.add_parser("rm", help="rm ID").add_argument("id", metavar="ID")
+    pin = verbs.add_parser("pin", help="pin ID VERSION, or pin ID --unpin")
+    pin.add_argument("id", metavar="ID")
+    pin.add_argument("version", nargs="?", metavar="VERSION")
+    pin.add_argument("--unpin", action="store_true")
+    call = sub.add_parser("call", help="call RESOURCE OP [key=value...] [key:=JSON...]")
+    call.add_argument("resource", metavar="RESOURCE")
+    call.add_argument("op", metavar="OP")
+    call.add_argument("assignments", nargs="*", metavar="key=value|key:=JSON")
+    call.add_argument("--timeout", type=float, help="seconds the operation may take")
     sub.add_parser("reload", help="re-read the config and rescan the drivers dir")
     sub.add_parser("shutdown", help="stop the daemon and all drivers")
     return parser
@@ -125,7 +144,56 @@ def request_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         return name, {"name": args.name, "stream": args.stream, "lines": args.lines}
     if command in ("describe", "pid"):
         return command, {"name": args.name}
+    if command == "resource":
+        verb = args.verb
+        if verb == "add":
+            return "resource-add", {
+                "id": args.id,
+                "driver": args.driver,
+                "version": args.version,
+                "assignments": args.assignments,
+            }
+        if verb == "set":
+            return "resource-set", {"id": args.id, "assignments": args.assignments}
+        if verb == "pin":
+            if args.unpin == bool(args.version):
+                raise UsageError("give either VERSION or --unpin")
+            return "resource-pin", {"id": args.id, "version": None if args.unpin else args.version}
+        return "resource-rm", {"id": args.id}
+    if command == "call":
+        payload: dict[str, Any] = {
+            "resource": args.resource,
+            "op": args.op,
+            "args": call_arguments(args.assignments),
+        }
+        if args.timeout is not None:
+            payload["timeout"] = args.timeout
+        return "call", payload
     return command, {}
+
+
+class UsageError(Exception):
+    """The command line is wrong; exit 2 with the message."""
+
+
+def call_arguments(assignments: list[str]) -> dict[str, Any]:
+    """``key=value`` gives a string; ``key:=JSON`` a JSON value."""
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError(f"{item!r}: expected key=value or key:=JSON")
+        if key.endswith(":"):
+            key = key[:-1]
+            try:
+                values[key] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{key}: not valid JSON ({exc.msg})") from None
+        else:
+            values[key] = text
+        if not key.isidentifier():
+            raise UsageError(f"{key!r}: argument names are Python identifiers")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,12 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         client = Client(path)
     except PermissionError:
-        print(f"drivebayctl: permission denied on {path}; run as the daemon's user", file=sys.stderr)
+        print(
+            f"drivebayctl: permission denied on {path}; run as the daemon's user", file=sys.stderr
+        )
         return EXIT_NO_SUCH
     except OSError:
         print(f"drivebayd is not running at {path}", file=sys.stderr)
         return EXIT_NO_SUCH
-    command, payload = request_args(args)
+    try:
+        command, payload = request_args(args)
+    except UsageError as exc:
+        client.close()
+        print(f"drivebayctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return run(client, command, payload, args)
     except KeyboardInterrupt:
@@ -196,6 +271,13 @@ def print_human(command: str, result: Any, follow: bool = False) -> None:
         print(f"drivebayd {result['version']} (protocol {low}..{high})")
     elif command in ("pid",):
         print(result)
+    elif command == "resources":
+        for row in result:
+            version = row["version"] or "-"
+            pin = f" (pinned {row['pinned']})" if row["pinned"] else ""
+            print(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
+    elif command == "call":
+        print(json.dumps(result, default=str))
     elif isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     else:

@@ -22,15 +22,19 @@ from typing import Any
 import msgspec
 import watchfiles
 
+from kernel.actor import DriverAbsent, ResourceActor
 from kernel.config import Config
+from kernel.handover import hand_over
 from kernel.ordering import Node, Plan, plan
 from kernel.registry import Registry
+from kernel.resource_store import ResourceStore
+from kernel.resources import ResourceBook
 from kernel.state_lock import StateLock
 from kernel.states import SETTLED_OK, State
 from kernel.supervisor import DriverSlot, SlotContext
 from protocol.errors import DrivebayError, NoSuchName, RequestError
 from protocol.versions import PROTOCOL_MAX
-from sandbox.bundles import StoredBundle, remove_staging
+from sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from sandbox.env_key import EnvRequest
 from sandbox.envs import ensure_env
 from sandbox.pidfiles import PidRecords
@@ -53,7 +57,13 @@ class Kernel:
         self._overrides = overrides or {}
         self.state_dir = config.state_path
         self.registry = Registry(config.drivers_path, self.state_dir, config.settle_s)
-        self.slots: dict[str, DriverSlot] = {}  # by driver name (one version each, for now)
+        self.slots: dict[str, DriverSlot] = {}  # by name@version: what runs or should run
+        self.retiring: list[DriverSlot] = []  # being drained after a handover
+        self.active: dict[str, str] = {}  # driver -> the version unpinned resources use
+        self._failed: dict[str, str] = {}  # name@version -> digest that failed: not retried
+        self._replacements: dict[str, StoredBundle] = {}  # same version, new content
+        self.book: ResourceBook | None = None
+        self.last_switch_s = 0.0
         self.plan = Plan()
         self.ready = asyncio.Event()  # the first reconcile is done
         self._kick = asyncio.Event()
@@ -79,6 +89,14 @@ class Kernel:
                 log.warning(
                     "drivers run as root: set `user:` in the config to run them unprivileged"
                 )
+            self.book = ResourceBook(
+                ResourceStore.open(self.state_dir / "resources.db"),
+                self._route,
+                self.schema_for,
+                self.config.mailbox_size,
+                self._stop_budget(),
+            )
+            log.info("restored %d resources", self.book.restore())
             if serve is not None:
                 async with serve(self):
                     await self._main()
@@ -146,41 +164,87 @@ class Kernel:
     # -- reconciling -----------------------------------------------------------
 
     async def reconcile(self) -> None:
-        """Make the running drivers match the drivers directory and the plan."""
+        """Make the running driver versions match the drivers dir, the pins and
+        the plan; hand resources over where a newer version became healthy."""
         await self.registry.rescan()
-        wanted = self.registry.newest()
-        for name in list(self.slots):
-            slot = self.slots[name]
-            bundle = wanted.get(name)
-            if bundle is None or bundle.manifest.version != slot.manifest.version:
-                reason = (
-                    "bundle removed"
-                    if bundle is None
-                    else f"superseded by {bundle.manifest.version}"
-                )
-                log.info("stopping %s: %s", slot.name, reason)
-                await self._remove_slot(name)
-            elif bundle.digest != slot.bundle.digest:
-                if self.config.same_version_change == "reload":
-                    log.info("%s changed in place; restarting it", slot.name)
-                    await self._remove_slot(name)
-                else:
-                    self._reject_same_version(bundle, slot)
-                    wanted[name] = slot.bundle
-        for name, bundle in wanted.items():
-            if name not in self.slots:
-                slot = DriverSlot(bundle, self._slot_context())
-                slot.lifecycle.listen(lambda _state: self.kick())
-                self.slots[name] = slot
-                slot.launch()
-        self.plan = plan(
-            {
-                name: Node(name, s.manifest.category, s.manifest.requires)
-                for name, s in self.slots.items()
-            },
-            self.config.category_order,
-        )
+        available = self.registry.versions()
+        self._guard_same_version(available)
+        wanted = self._wanted_versions(available)
+        for key in [k for k in self.slots if k not in wanted]:
+            slot = self.slots.pop(key)
+            gone = slot.manifest.name not in available
+            if self.active.get(slot.manifest.name) == slot.manifest.version:
+                del self.active[slot.manifest.name]
+            log.info("stopping %s: %s", slot.name, "bundle removed" if gone else "not needed")
+            await self._retire(slot)
+        for key, bundle in wanted.items():
+            if key not in self.slots:
+                self._add_slot(bundle, candidate=self._is_upgrade(bundle))
+        self.plan = plan(self._nodes(), self.config.category_order)
         await self._start_by_plan()
+        await self._promote_candidates()
+        self._attach_idle_resources()
+
+    def _guard_same_version(self, available: dict[str, dict[str, StoredBundle]]) -> None:
+        """A running version whose bundle changed in place: an error, or a
+        handover to the new content when ``same_version_change: reload``."""
+        for key, slot in list(self.slots.items()):
+            bundle = available.get(slot.manifest.name, {}).get(slot.manifest.version)
+            if bundle is None or bundle.digest == slot.bundle.digest:
+                continue
+            if self.config.same_version_change == "reload":
+                self._replacements[key] = bundle
+            else:
+                self._reject_same_version(bundle, slot)
+                available[slot.manifest.name][slot.manifest.version] = slot.bundle
+
+    def _wanted_versions(
+        self, available: dict[str, dict[str, StoredBundle]]
+    ) -> dict[str, StoredBundle]:
+        """Per driver: its newest version that has not failed, plus pinned ones."""
+        wanted: dict[str, StoredBundle] = {}
+        for name, versions in available.items():
+            for version in sorted(versions, key=version_key, reverse=True):
+                bundle = versions[version]
+                if self._failed.get(f"{name}@{version}") != bundle.digest:
+                    wanted[f"{name}@{version}"] = bundle
+                    break
+                # A failed newest version keeps its row (FAILED) in status.
+                wanted.setdefault(f"{name}@{version}", bundle)
+        if self.book is not None:
+            for actor in self.book.actors.values():
+                if actor.pinned:
+                    pinned = available.get(actor.driver, {}).get(actor.pinned)
+                    if pinned is not None:
+                        wanted[f"{actor.driver}@{actor.pinned}"] = pinned
+        for name, version in self.active.items():
+            key = f"{name}@{version}"
+            if key in self.slots and name in available and version in available[name]:
+                wanted.setdefault(key, self.slots[key].bundle)
+        return wanted
+
+    def _is_upgrade(self, bundle: StoredBundle) -> bool:
+        active = self.active.get(bundle.manifest.name)
+        if active is None:
+            return False
+        return version_key(bundle.manifest.version) > version_key(active)
+
+    def _add_slot(self, bundle: StoredBundle, candidate: bool = False) -> DriverSlot:
+        slot = DriverSlot(bundle, self._slot_context())
+        slot.candidate = candidate
+        slot.lifecycle.listen(lambda _state: self.kick())
+        self.slots[slot.name] = slot
+        slot.launch()
+        return slot
+
+    def _nodes(self) -> dict[str, Node]:
+        nodes: dict[str, Node] = {}
+        for slot in self.slots.values():
+            name = slot.manifest.name
+            known = nodes.get(name)
+            if known is None or self.active.get(name) == slot.manifest.version:
+                nodes[name] = Node(name, slot.manifest.category, slot.manifest.requires)
+        return nodes
 
     def _reject_same_version(self, bundle: StoredBundle, slot: DriverSlot) -> None:
         for entry in self.registry.entries.values():
@@ -193,24 +257,142 @@ class Kernel:
                 entry.bundle = None
                 log.warning("rejected bundle: %s", entry.error)
 
+    def running(self, driver: str) -> bool:
+        return self._running(driver)
+
+    async def ensure_version(self, driver: str, version: str | None) -> None:
+        """Make sure ``driver`` ``version`` runs (for a pin); raises when it cannot."""
+        if version is None:
+            return
+        self.schema_for(driver, version)
+        key = f"{driver}@{version}"
+        if key not in self.slots:
+            bundle = self.registry.versions()[driver][version]
+            self._add_slot(bundle).want_running()
+        slot = self.slots[key]
+        state = await slot.wait_settled(self._stop_budget())
+        if state is not State.RUNNING:
+            raise RequestError(f"{key} did not start: {slot.state} ({slot.lifecycle.reason})")
+
+    def _running(self, driver: str) -> bool:
+        return any(
+            s.manifest.name == driver and s.state is State.RUNNING for s in self.slots.values()
+        )
+
     async def _start_by_plan(self) -> None:
+        by_driver: dict[str, list[DriverSlot]] = {}
+        for slot in self.slots.values():
+            by_driver.setdefault(slot.manifest.name, []).append(slot)
         for name, reason in self.plan.blocked.items():
-            self.slots[name].block(reason)
+            for slot in by_driver.get(name, []):
+                slot.block(reason)
         for wave in self.plan.waves:
             starting = []
             for name in wave:
-                slot = self.slots[name]
-                unmet = [
-                    need
-                    for need in slot.manifest.requires
-                    if self.slots[need].state is not State.RUNNING
-                ]
-                if unmet:
-                    slot.block(f"requires {', '.join(unmet)}, which is not running")
-                elif not slot.held and slot.state in (State.STOPPED, State.BLOCKED):
-                    slot.want_running(reset=slot.state is State.BLOCKED)
-                    starting.append(slot)
+                for slot in by_driver.get(name, []):
+                    unmet = [need for need in slot.manifest.requires if not self._running(need)]
+                    if unmet:
+                        slot.block(f"requires {', '.join(unmet)}, which is not running")
+                    elif not slot.held and slot.state in (State.STOPPED, State.BLOCKED):
+                        slot.want_running(reset=slot.state is State.BLOCKED)
+                        starting.append(slot)
             await asyncio.gather(*(self._settle(slot) for slot in starting))
+            for slot in starting:
+                if slot.state is State.RUNNING and slot.manifest.name not in self.active:
+                    self.active[slot.manifest.name] = slot.manifest.version
+
+    async def _promote_candidates(self) -> None:
+        """Hand resources over to every newer version that became healthy, and
+        settle the ones that failed (their predecessor keeps serving)."""
+        for key, slot in list(self.slots.items()):
+            name = slot.manifest.name
+            if not slot.candidate or slot.state not in (State.RUNNING, State.FAILED):
+                continue
+            old = self.slots.get(f"{name}@{self.active.get(name)}")
+            if slot.state is State.FAILED:
+                self._failed[key] = slot.bundle.digest
+                continue
+            if old is None or old is slot:
+                slot.candidate = False
+                self.active[name] = slot.manifest.version
+                continue
+            await self._hand_over(old, slot)
+        for key, bundle in list(self._replacements.items()):
+            del self._replacements[key]
+            old = self.slots.pop(key, None)
+            if old is not None:
+                await self._replace(old, bundle)
+
+    async def _hand_over(self, old: DriverSlot, new: DriverSlot) -> None:
+        name = new.manifest.name
+        assert self.book is not None
+        actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
+        self.active[name] = new.manifest.version
+        result = await hand_over(old, new, actors, self.config.timeouts.call_s * 2 + 30)
+        self.last_switch_s = result.switch_s
+        if not result.ok:
+            self.active[name] = old.manifest.version
+            self._failed[new.name] = new.bundle.digest
+            new.fail(f"rolled back: {result.reason}")
+            await new.wait_settled(self._stop_budget(), frozenset({State.FAILED, State.STOPPED}))
+            return
+        new.candidate = False
+        pinned_here = any(
+            a.pinned == old.manifest.version and a.driver == name for a in self.book.actors.values()
+        )
+        if not pinned_here:
+            del self.slots[old.name]
+            await self._retire(old)
+
+    async def _replace(self, old: DriverSlot, bundle: StoredBundle) -> None:
+        """Same version, new content or settings: a fresh process, then a handover."""
+        self.retiring.append(old)
+        new = self._add_slot(bundle, candidate=True)
+        new.want_running()
+        await new.wait_settled(self._stop_budget())
+        if new.state is not State.RUNNING:
+            log.warning(
+                "replacement of %s failed (%s); the old process keeps serving",
+                old.name,
+                new.lifecycle.reason,
+            )
+            self.slots[old.name] = old
+            self.retiring.remove(old)
+            await new.close()
+            return
+        self.retiring.remove(old)
+        self.slots[new.name] = new
+        assert self.book is not None
+        actors = [a for a in self.book.actors.values() if a.bound is old]
+        result = await hand_over(old, new, actors, self.config.timeouts.call_s * 2 + 30)
+        if not result.ok:
+            self.slots[old.name] = old
+            await new.close()
+            return
+        new.candidate = False
+        await self._retire(old)
+
+    async def _retire(self, slot: DriverSlot) -> None:
+        """Drain and stop a version nobody uses any more; status shows it meanwhile."""
+        self.retiring.append(slot)
+        try:
+            if slot.state is State.RUNNING:
+                slot.lifecycle.move(State.DRAINING, "superseded; draining")
+            await slot.close()
+        finally:
+            self.retiring.remove(slot)
+
+    def _attach_idle_resources(self) -> None:
+        """Resources are live as soon as their version runs, not at their first call."""
+        if self.book is None:
+            return
+        for actor in self.book.actors.values():
+            try:
+                slot = actor.bound or self._route(actor)
+            except DrivebayError:
+                continue
+            if actor.needs_attach(slot):
+                actor.rebind(slot)
 
     async def _settle(self, slot: DriverSlot) -> None:
         budget = self.config.timeouts.start_s * 2 + 600  # a first env build may download
@@ -219,15 +401,54 @@ class Kernel:
         except RequestError as exc:
             log.warning("%s", exc)
 
-    async def _remove_slot(self, name: str) -> None:
-        slot = self.slots.pop(name)
-        await slot.close()
+    def _stop_budget(self) -> float:
+        t = self.config.timeouts
+        return t.start_s * 2 + t.drain_s + t.term_s + t.kill_s + 600
 
     async def _stop_all(self) -> None:
         """Stop every driver, dependents before what they depend on."""
+        if self.book is not None:
+            await self.book.close()
         for wave in self.plan.stop_waves():
-            await asyncio.gather(*(self.slots[n].close() for n in wave if n in self.slots))
+            await asyncio.gather(
+                *(s.close() for s in list(self.slots.values()) if s.manifest.name in wave)
+            )
         await asyncio.gather(*(slot.close() for slot in self.slots.values()))
+
+    # -- routing resources -------------------------------------------------------
+
+    def _route(self, actor: ResourceActor) -> DriverSlot:
+        """The slot ``actor`` must use: its pinned version, else the active one."""
+        version = actor.pinned or self.active.get(actor.driver)
+        if version is None:
+            first = next((s for s in self.slots.values() if s.manifest.name == actor.driver), None)
+            if first is not None:
+                return first
+            raise DriverAbsent(
+                f"driver {actor.driver} is not installed; drop its bundle into "
+                f"{self.config.drivers_path} (resource {actor.resource_id} is kept)"
+            )
+        found = self.slots.get(f"{actor.driver}@{version}")
+        if found is None:
+            raise DriverAbsent(
+                f"{actor.driver} {version} is not installed; drop that bundle, or "
+                f"drivebayctl resource pin {actor.resource_id} --unpin"
+            )
+        return found
+
+    def schema_for(self, driver: str, version: str | None) -> Manifest:
+        versions = self.registry.versions().get(driver)
+        if not versions:
+            raise DriverAbsent(
+                f"driver {driver} is not installed; drop its bundle into {self.config.drivers_path}"
+            )
+        if version is None:
+            version = self.active.get(driver) or max(versions, key=version_key)
+        bundle = versions.get(version)
+        if bundle is None:
+            known = ", ".join(sorted(versions, key=version_key))
+            raise DriverAbsent(f"{driver} has no version {version} (installed: {known})")
+        return bundle.manifest
 
     # -- what slots need -------------------------------------------------------
 
@@ -272,17 +493,19 @@ class Kernel:
             drivers_dir=self.config.drivers_dir,
             socket=self.config.socket,
         )
-        changed = [
+        drivers = {slot.manifest.name for slot in self.slots.values()}
+        changed = sorted(
             name
-            for name in self.slots
+            for name in drivers
             if fresh.for_driver(name) != self.config.for_driver(name)
             or fresh.limits != self.config.limits
-        ]
+        )
         self.config = fresh
         self.registry.settle_s = fresh.settle_s
-        for name in changed:
-            log.info("settings of %s changed; restarting it", name)
-            await self._remove_slot(name)
+        for key, slot in self.slots.items():
+            if slot.manifest.name in changed:
+                log.info("settings of %s changed; handing it over to a new process", slot.name)
+                self._replacements[key] = slot.bundle
         self.kick()
         log.info("configuration reloaded from %s", self.config_path or "defaults")
         return changed
@@ -290,10 +513,17 @@ class Kernel:
     # -- lookups for commands --------------------------------------------------
 
     def slot(self, name: str) -> DriverSlot:
-        """The slot for ``name`` or ``name@version``; RequestError when unknown."""
+        """The slot for ``name@version``, or for ``name`` (its active version)."""
         driver, _, version = name.partition("@")
-        slot = self.slots.get(driver)
-        if slot is None or (version and slot.manifest.version != version):
-            known = ", ".join(sorted(s.name for s in self.slots.values())) or "none"
+        version = version or self.active.get(driver, "")
+        slot = self.slots.get(f"{driver}@{version}")
+        if slot is None and not version:
+            slot = next((s for s in self.slots.values() if s.manifest.name == driver), None)
+        if slot is None:
+            known = ", ".join(sorted(self.slots)) or "none"
             raise NoSuchName(f"no such driver: {name} (known: {known})")
         return slot
+
+    def all_slots(self) -> list[DriverSlot]:
+        """Every slot status shows: serving ones and ones being drained."""
+        return [*self.slots.values(), *self.retiring]

@@ -68,8 +68,12 @@ class DriverSlot:
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._failure = ""
         self.output_listeners: set[Callable[[str, bytes], None]] = set()
         self.held = False  # an operator stopped it: reconciling must not start it
+        # A new version on probation: a failed start is final (FAILED), so the
+        # version before it keeps serving and nobody retries a broken bundle.
+        self.candidate = False
 
     # -- facts for status and describe -------------------------------------------
 
@@ -141,6 +145,9 @@ class DriverSlot:
             self._move(State.FAILED, str(exc))
             return
         except DriverError as exc:
+            if self.candidate:
+                self._move(State.FAILED, str(exc))
+                return
             await self._after_exit(None, str(exc))
             return
         await self._serve()
@@ -220,6 +227,12 @@ class DriverSlot:
             self._move(State.STOPPING, "")
             await process.stop()
             self._reaped()
+        if self._failure:
+            reason, self._failure = self._failure, ""
+            if self.state is not State.FAILED:
+                self._move(State.STOPPED, "Stopped")
+                self._move(State.FAILED, reason)
+            return
         if self.state is not State.STOPPED and State.STOPPED in _allowed(self.state):
             self._move(State.STOPPED, "Stopped")
 
@@ -240,6 +253,12 @@ class DriverSlot:
             if self.state in (State.FATAL, State.FAILED, State.BLOCKED):
                 self._move(State.STOPPED, "start requested")
         self._goal = Goal.RUN
+        self._command.set()
+
+    def fail(self, reason: str) -> None:
+        """The kernel gives up on this version (e.g. a resource refused to attach)."""
+        self._goal = Goal.STOP
+        self._failure = reason
         self._command.set()
 
     def want_stopped(self) -> None:

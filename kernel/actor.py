@@ -1,0 +1,280 @@
+"""The actor of one resource: a task and a bounded mailbox.
+
+Operations for a resource are delivered one at a time, in arrival order, to
+the driver instance for that resource in the driver version the resource is
+bound to. Between two operations the actor carries out *control steps*:
+binding to another version (an upgrade or a pin: detach from the old
+instance, attach on the new one), or re-attaching with changed properties.
+The mailbox keeps accepting meanwhile; a full mailbox refuses at once
+(``Busy``), it never blocks the caller.
+
+A driver crash: the operation in flight fails with ``DriverCrashed``; the
+ones still queued wait for the restarted process (and the resource is
+attached there first). A FATAL, stopped or absent driver fails operations at
+once with an error that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kernel.states import State
+from protocol.errors import Busy, DriverCrashed, DriverError, NotRunning, RequestError
+
+if TYPE_CHECKING:
+    from kernel.driver_process import DriverProcess
+    from kernel.supervisor import DriverSlot
+
+log = logging.getLogger("drivebay.actor")
+
+
+class DriverFatal(DriverError):
+    """The resource's driver is FATAL (crash loop); start it or drop a fixed bundle."""
+
+
+class DriverAbsent(RequestError):
+    """The resource's driver (or pinned version) is not installed; drop its bundle."""
+
+    exit_code = 1
+
+
+@dataclass
+class Operation:
+    op: str
+    args: dict[str, Any]
+    timeout: float | None
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class Rebind:
+    """Move to ``slot`` (None: stay) and/or attach with new ``properties``."""
+
+    slot: DriverSlot | None
+    properties: dict[str, Any] | None
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+Router = Callable[["ResourceActor"], "DriverSlot"]  # raises DriverAbsent
+
+
+class ResourceActor:
+    def __init__(
+        self,
+        resource_id: str,
+        driver: str,
+        properties: dict[str, Any],
+        router: Router,
+        mailbox_size: int,
+        wait_running_s: float = 60.0,
+    ) -> None:
+        self.resource_id = resource_id
+        self.driver = driver
+        self.properties = properties
+        self.pinned: str | None = None
+        self.bound: DriverSlot | None = None  # the version it is attached to (or will be)
+        self._attached: DriverProcess | None = None  # the process holding its instance
+        self._router = router
+        self._mailbox: collections.deque[Operation] = collections.deque()
+        self._control: collections.deque[Rebind] = collections.deque()
+        self._size = mailbox_size
+        self._wait_running_s = wait_running_s
+        self._wake = asyncio.Event()
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.last_error = ""
+
+    # -- callers -------------------------------------------------------------------
+
+    def submit(
+        self, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue an operation; its future gets the result. Raises Busy when full."""
+        if self._closed:
+            raise RequestError(f"resource {self.resource_id} was removed")
+        if len(self._mailbox) >= self._size:
+            raise Busy(
+                f"resource {self.resource_id} is busy: {self._size} operations already "
+                "queued; retry later"
+            )
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._mailbox.append(Operation(op, args, timeout, future))
+        self._wake.set()
+        return future
+
+    def rebind(
+        self, slot: DriverSlot | None, properties: dict[str, Any] | None = None
+    ) -> asyncio.Future[None]:
+        """Between two operations: move to ``slot`` and/or re-attach with
+        ``properties``. The future fails if the new attach fails (the actor is
+        then back on its previous binding)."""
+        step = Rebind(slot, properties)
+        self._control.append(step)
+        self._wake.set()
+        return step.done
+
+    @property
+    def attached(self) -> bool:
+        return self._attached is not None and self._attached.alive
+
+    @property
+    def state_text(self) -> str:
+        if self.attached:
+            return "attached"
+        return f"detached: {self.last_error}" if self.last_error else "detached"
+
+    def needs_attach(self, slot: DriverSlot) -> bool:
+        """Is ``slot`` running a process that does not hold our instance yet?"""
+        process = slot.process
+        return (
+            slot.state is State.RUNNING
+            and process is not None
+            and process.alive
+            and self._attached is not process
+        )
+
+    @property
+    def queued(self) -> int:
+        return len(self._mailbox) + (1 if self._busy else 0)
+
+    # -- the task ------------------------------------------------------------------
+
+    def launch(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"actor {self.resource_id}"
+        )
+
+    async def close(self, detach: bool = True) -> None:
+        """Stop taking operations, fail the queued ones, detach, end the task."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._mailbox:
+            if not item.future.done():
+                item.future.set_exception(RequestError(f"resource {self.resource_id} was removed"))
+        self._mailbox.clear()
+        if detach:
+            await self._detach()
+
+    async def _run(self) -> None:
+        while True:
+            if not self._mailbox and not self._control:
+                self._wake.clear()
+                await self._wake.wait()
+            while self._control:
+                await self._apply(self._control.popleft())
+            if self._mailbox:
+                item = self._mailbox.popleft()
+                if item.future.done():  # the caller gave up before delivery
+                    continue
+                self._busy = True
+                try:
+                    await self._deliver(item)
+                finally:
+                    self._busy = False
+
+    async def _deliver(self, item: Operation) -> None:
+        try:
+            process = await self._ready()
+            result = await process.call(self.resource_id, item.op, item.args, item.timeout)
+        except DriverCrashed as exc:
+            self._attached = None  # its instance died with the process
+            _fail(item.future, exc)
+        except Exception as exc:
+            _fail(item.future, exc)
+        else:
+            if not item.future.done():
+                item.future.set_result(result)
+
+    async def _ready(self) -> DriverProcess:
+        """The running process of the bound version, with our instance attached."""
+        slot = self.bound
+        if slot is None:
+            slot = self.bound = self._router(self)
+        process = slot.process
+        if slot.state is not State.RUNNING or process is None or not process.alive:
+            process = await self._wait_running(slot)
+        if self._attached is not process:
+            try:
+                await process.attach(self.resource_id, self.properties)
+            except Exception as exc:
+                self.last_error = f"attach on {slot.name} failed: {exc}"
+                raise
+            self._attached = process
+            self.last_error = ""
+        return process
+
+    async def _wait_running(self, slot: DriverSlot) -> DriverProcess:
+        if slot.state is State.FATAL:
+            raise DriverFatal(
+                f"{slot.name} is FATAL ({slot.lifecycle.reason}); drivebayctl start {slot.manifest.name}"
+            )
+        if slot.state in (State.STOPPED, State.STOPPING) and slot.held:
+            raise NotRunning(f"{slot.name} is stopped; drivebayctl start {slot.manifest.name}")
+        waiting = frozenset(
+            {State.RUNNING, State.FATAL, State.FAILED, State.STOPPED, State.INVALID}
+        )
+        state = await slot.wait_settled(self._wait_running_s, waiting)
+        process = slot.process
+        if state is not State.RUNNING or process is None or not process.alive:
+            raise NotRunning(
+                f"{slot.name} is {slot.state} ({slot.lifecycle.reason}); the operation was not sent"
+            )
+        return process
+
+    async def _apply(self, step: Rebind) -> None:
+        previous = self.bound
+        old_properties = self.properties
+        target = step.slot or previous
+        try:
+            if step.properties is not None:
+                self.properties = step.properties
+            if target is not previous or step.properties is not None:
+                await self._detach()
+                self.bound = target
+                if target is not None and target.state is State.RUNNING:
+                    await self._ready()
+        except Exception as exc:
+            log.warning(
+                "%s: could not attach on %s: %s; staying on %s",
+                self.resource_id,
+                target.name if target else "-",
+                exc,
+                previous.name if previous else "-",
+            )
+            self.properties = old_properties
+            await self._detach()
+            self.bound = previous
+            try:
+                if previous is not None and previous.state is State.RUNNING:
+                    await self._ready()
+            except Exception as again:  # the old binding is gone too: next op retries
+                log.warning("%s: re-attach on %s failed too: %s", self.resource_id, previous, again)
+            _fail(step.done, exc)
+        else:
+            if not step.done.done():
+                step.done.set_result(None)
+
+    async def _detach(self) -> None:
+        process, self._attached = self._attached, None
+        if process is not None and process.alive:
+            try:
+                await process.detach(self.resource_id)
+            except DriverError as exc:
+                log.warning("%s: detach from %s failed: %s", self.resource_id, process.name, exc)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

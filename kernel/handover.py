@@ -1,0 +1,66 @@
+"""Zero-loss handover of resources from one driver process to another.
+
+Used for upgrades (a newer version), for config changes (same version, new
+settings) and for pins. Preconditions: the new slot is RUNNING, which means
+it passed its handshake and health check, so no operation can reach a
+version that is not healthy. Then every actor bound to the old slot is asked
+to rebind between two of its operations (detach on old, attach on new). If
+any attach fails, every actor already moved is moved back, the new slot is
+failed and stopped, and the old one keeps serving: nobody notices but the
+log. Otherwise the old slot is drained (in-flight calls finish, instances
+detach, the process exits 0) and stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kernel.actor import ResourceActor
+from kernel.supervisor import DriverSlot
+
+log = logging.getLogger("drivebay.handover")
+
+
+@dataclass
+class HandoverResult:
+    ok: bool
+    moved: int
+    switch_s: float
+    reason: str = ""
+
+
+async def hand_over(
+    old: DriverSlot, new: DriverSlot, actors: Iterable[ResourceActor], timeout: float
+) -> HandoverResult:
+    """Move ``actors`` from ``old`` to ``new``; roll back all of them on any failure."""
+    moving = [actor for actor in actors if actor.bound is old or actor.bound is None]
+    started = time.monotonic()
+    log.info("handing %d resources over from %s to %s", len(moving), old.name, new.name)
+    pending = {actor: actor.rebind(new) for actor in moving}
+    failure = ""
+    try:
+        async with asyncio.timeout(timeout):
+            results = await asyncio.gather(*pending.values(), return_exceptions=True)
+    except TimeoutError:
+        results = [
+            future.exception() if future.done() else TimeoutError("handover timed out")
+            for future in pending.values()
+        ]
+    for actor, outcome in zip(pending, results, strict=True):
+        if isinstance(outcome, BaseException):
+            failure = f"attach of {actor.resource_id} failed: {outcome}"
+            break
+    switch_s = time.monotonic() - started
+    if not failure:
+        log.info("%s: all %d resources switched in %.1f ms", new.name, len(moving), switch_s * 1e3)
+        return HandoverResult(True, len(moving), switch_s)
+    log.warning(
+        "handover to %s failed (%s); moving every resource back to %s", new.name, failure, old.name
+    )
+    back = [actor.rebind(old) for actor in moving if actor.bound is new]
+    await asyncio.gather(*back, return_exceptions=True)
+    return HandoverResult(False, 0, switch_s, failure)
