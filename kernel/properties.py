@@ -33,7 +33,10 @@ INT_MAX: Final = 2**63 - 1  # drivers receive properties as MessagePack: int64
 
 _INT_TEXT: Final = re.compile(r"[+-]?[0-9]+")
 _FLOAT_TEXT: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-_DATE_TEXT: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?P<time>[T ].+)?", re.DOTALL)
+_DATE_TEXT: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?P<time>[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?"
+)
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _BOOLEANS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _MAX_SHOWN: Final = 40
@@ -188,8 +191,10 @@ _CHECKS: Final[dict[str, Callable[[PropertySpec, Any], tuple[Any, str | None]]]]
 def _iso_date(text: str) -> str | None:
     """``text`` as a normalized ISO 8601 date or date and time, else None.
 
-    Only the extended forms starting ``YYYY-MM-DD`` are dates here (Python
-    would also take ``20251231`` and week dates, which no operator means).
+    The forms taken are ``YYYY-MM-DD`` and ``YYYY-MM-DDTHH:MM[:SS[.ffffff]]``
+    with an optional ``Z`` or ``+HH:MM``; ``T`` may be a space. Python alone
+    would also take ``20251231``, week dates and offsets with seconds, which
+    no operator means and which do not all survive a round trip.
     """
     match = _DATE_TEXT.fullmatch(text)
     if match is None:
