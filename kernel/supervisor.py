@@ -26,7 +26,7 @@ from kernel.restarts import RestartTracker
 from kernel.states import Lifecycle, State
 from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from sandbox.bundles import StoredBundle
-from sandbox.spawn import SpawnSpec
+from sandbox.spawn import SpawnSpec, describe_exit
 
 log = logging.getLogger("drivebay.supervisor")
 
@@ -225,8 +225,9 @@ class DriverSlot:
         process = self.process
         if process is not None and process.alive:
             self._move(State.STOPPING, "")
-            await process.stop()
+            code = await process.stop()
             self._reaped()
+            log.info("stopped: %s (%s)", self.name, describe_exit(code))
         if self._failure:
             reason, self._failure = self._failure, ""
             if self.state is not State.FAILED:
