@@ -11,8 +11,10 @@ kernels on one state dir agree on the same copy.
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import os
+import py_compile
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,7 +50,13 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
         package.mkdir()
         for name, data in contents.items():
             (package / name).write_bytes(data)
-            os.chmod(package / name, 0o444)
+        # Children import these on every start and cannot write bytecode here
+        # (read-only): compile it now, for the kernel's interpreter (the default).
+        compileall.compile_dir(
+            package, quiet=1, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH
+        )
+        for path in package.rglob("*"):
+            os.chmod(path, 0o555 if path.is_dir() else 0o444)
         os.chmod(package, 0o555)
         os.chmod(staging, 0o755)
         try:
@@ -59,8 +67,8 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
             # Another kernel put the same copy there first: use theirs.
     finally:
         if staging.exists():
-            for path in (staging, staging / "protocol"):
-                if path.exists():
+            for path in [staging, *staging.rglob("*")]:
+                if path.is_dir():
                     os.chmod(path, 0o755)
             shutil.rmtree(staging)
     return target
