@@ -250,9 +250,14 @@ def _create_private(path: Path) -> None:
 def _check_readonly(path: Path) -> None:
     """Raises ``KernelError`` when the file at ``path`` is not a resource
     database this code can use; never writes to it."""
-    with closing(_connect(path, f"file:{_uri_path(path)}?mode=ro")) as db:
+    # A read-only connection to a WAL file still creates its -wal and -shm
+    # files. A file with neither a WAL nor a rollback journal beside it has
+    # nothing to recover: it is read as immutable, and nothing appears beside it.
+    pending = any(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-journal"))
+    immutable = "" if pending else "&immutable=1"
+    with closing(_connect(path, f"file:{_uri_path(path)}?mode=ro{immutable}")) as db:
         try:
-            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            verdict = _one_line(db.execute("PRAGMA quick_check").fetchall())
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         except sqlite3.DatabaseError as exc:
@@ -275,6 +280,19 @@ def _check_readonly(path: Path) -> None:
             f"{path}: a database of something else (it has tables but no drivebay schema "
             "version); move it aside or choose another --state"
         )
+
+
+def _one_line(rows: list[tuple[str]]) -> str:
+    """``quick_check``'s answer as one line: ``ok``, or its first problem."""
+    problems = [
+        line
+        for (text,) in rows
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("*** in database")
+    ]
+    if len(problems) > 1:
+        return f"{problems[0]}, and {len(problems) - 1} more problems"
+    return problems[0] if problems else "no answer"
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
