@@ -107,6 +107,9 @@ class ResourceStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
+        except sqlite3.Error as exc:
+            db.close()
+            raise _unwritable(path, exc) from exc
         except BaseException:
             db.close()
             raise
@@ -183,13 +186,20 @@ class ResourceStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction; a failing disk (full, read-only, locked by
+        another program) is a ``KernelError``, a constraint error passes."""
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise _unwritable(self.path, exc) from exc
 
     def _resource(self, resource_id: str, driver: str, pinned: str | None, text: str) -> Resource:
         try:
@@ -212,6 +222,13 @@ def _json(resource: Resource) -> str:
         ) from exc
 
 
+def _unwritable(path: Path, exc: sqlite3.Error) -> KernelError:
+    return KernelError(
+        f"{path}: cannot write the resource database ({exc}); check the free space and "
+        "that the file and the state dir are writable, and stop other programs using it"
+    )
+
+
 def _no_such(resource_id: str) -> NoSuchName:
     return NoSuchName(f"no resource {resource_id}; 'drivebayctl resources' lists them")
 
@@ -227,7 +244,9 @@ def _uri_path(path: Path) -> str:
 
 def _connect(path: Path, uri: str) -> sqlite3.Connection:
     try:
-        return sqlite3.connect(uri, uri=True, isolation_level=None)
+        # Autocommit: transactions are explicit. The timeout bounds how long
+        # the event loop waits for a lock another program (sqlite3) holds.
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=1.0)
     except sqlite3.Error as exc:
         raise KernelError(
             f"{path}: cannot open the resource database ({exc}); "

@@ -272,6 +272,33 @@ def test_a_directory_in_place_of_the_file(db_path: Path) -> None:
     assert str(caught.value).startswith(f"{db_path}: cannot open the resource database (")
 
 
+def test_a_file_locked_by_another_program_is_a_kernel_error(
+    db_path: Path, store: ResourceStore
+) -> None:
+    with closing(sqlite3.connect(db_path, timeout=0, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(KernelError) as caught:
+            store.add(VOL)
+        other.execute("ROLLBACK")
+    assert str(caught.value) == (
+        f"{db_path}: cannot write the resource database (database is locked); check the free "
+        "space and that the file and the state dir are writable, and stop other programs "
+        "using it"
+    )
+    store.add(VOL)  # usable again once the lock is gone
+    assert store.all() == [VOL]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def test_a_read_only_file_is_a_kernel_error(db_path: Path) -> None:
+    with ResourceStore.open(db_path) as store:
+        store.add(VOL)
+    db_path.chmod(0o400)
+    with pytest.raises(KernelError) as caught:
+        ResourceStore.open(db_path)
+    assert str(caught.value).startswith(f"{db_path}: cannot write the resource database (")
+
+
 def test_a_corrupt_properties_column_is_a_kernel_error(db_path: Path) -> None:
     with ResourceStore.open(db_path) as store:
         store.add(VOL)
