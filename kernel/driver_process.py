@@ -352,6 +352,9 @@ class DriverProcess:
         if self._death is not None:
             reason = f"{self._death} ({status})"
         tail = self.stderr_tail()
+        limit = self.spec.rlimits.get("as")
+        if limit and "MemoryError" in tail:
+            reason += f"; exceeded memory limit {limit // (1024 * 1024)} MiB"
         return reason + (f"; stderr: {tail}" if tail and not self._stopping else "")
 
     def _exit_error(self) -> DriverError:

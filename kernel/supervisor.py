@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from kernel.restarts import RestartTracker
 from kernel.states import Lifecycle, State
 from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from sandbox.bundles import StoredBundle
+from sandbox.privileges import RunAs, preflight
 from sandbox.spawn import SpawnSpec, describe_exit
 
 log = logging.getLogger("drivebay.supervisor")
@@ -158,7 +160,11 @@ class DriverSlot:
             self._move(State.BUILDING, "building its virtualenv")
         python, self.env_key = await self._ctx.prepare(self.bundle)
         self._move(State.STARTING, "")
-        process = DriverProcess(self._spec(python), self._timeouts())
+        spec = self._spec(python)
+        if spec.run_as is not None:
+            readable = [self._ctx.runtime_dir, self.bundle.path, spec.cwd]
+            preflight(spec.run_as, python, readable)
+        process = DriverProcess(spec, self._timeouts())
         self.process = process
         await process.start()
         assert process.pid is not None
@@ -317,6 +323,10 @@ class DriverSlot:
         settings = config.for_driver(self.manifest.name)
         work = config.state_path / "work" / self.manifest.name
         work.mkdir(parents=True, exist_ok=True)
+        user = settings.user or config.user
+        run_as = RunAs.lookup(user) if user else None
+        if run_as is not None:
+            os.chown(work, run_as.uid, run_as.gid)
         logs = self.log_paths()
         return SpawnSpec(
             python=python,
@@ -335,6 +345,7 @@ class DriverSlot:
             rlimits=self.rlimits(),
             extra_env=settings.env,
             on_output=self._on_output,
+            run_as=run_as,
         )
 
     def _on_output(self, stream: str, data: bytes) -> None:

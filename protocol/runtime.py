@@ -66,7 +66,19 @@ def error_reply(request_id: int, exc: BaseException) -> list[Any]:
         else f"{kind.__module__}.{kind.__qualname__}"
     )
     text = "".join(traceback.format_exception(exc))
-    return ["error", request_id, name, str(exc), text]
+    message = str(exc)
+    if isinstance(exc, MemoryError):
+        message = memory_verdict() or message or "out of memory"
+    return ["error", request_id, name, message, text]
+
+
+def memory_verdict() -> str:
+    """``exceeded memory limit 512 MiB`` when the kernel set one (RLIMIT_AS)."""
+    for item in os.environ.get("DRIVEBAY_RLIMITS", "").split(","):
+        name, _, value = item.partition("=")
+        if name == "as" and value.isdigit():
+            return f"exceeded memory limit {int(value) // (1024 * 1024)} MiB"
+    return ""
 
 
 def die_with_parent(parent_pid: int) -> None:

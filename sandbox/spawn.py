@@ -20,8 +20,10 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandbox.output import OutputCapture, RotatingFile
+from sandbox.privileges import RunAs
 from sandbox.runtime_dir import BOOTSTRAP
 
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
@@ -47,12 +49,18 @@ class SpawnSpec:
     rlimits: Mapping[str, int] = field(default_factory=dict)
     extra_env: Mapping[str, str] = field(default_factory=dict)
     on_output: Callable[[str, bytes], None] | None = None  # ("stdout"|"stderr", chunk)
+    run_as: RunAs | None = None  # switch to this user before exec (root daemon only)
 
 
 def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
     """The child's whole environment: a few basics and its DRIVEBAY_* settings."""
     env = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    if spec.run_as is not None:
+        import pwd
+
+        entry = pwd.getpwuid(spec.run_as.uid)
+        env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     env.update(
         DRIVEBAY_CHANNEL_FD=str(channel_fd),
         DRIVEBAY_ENTRYPOINT=spec.entrypoint,
@@ -141,6 +149,12 @@ class ChildProcess:
         return " | ".join(line for line in tail if line.strip())
 
 
+def _identity(run_as: RunAs | None) -> dict[str, Any]:
+    if run_as is None:
+        return {}
+    return {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
+
+
 def _same(capture: OutputCapture) -> OutputCapture:
     return capture
 
@@ -160,6 +174,7 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
             start_new_session=True,
             cwd=spec.cwd,
             env=child_environment(spec, child_end.fileno()),
+            **_identity(spec.run_as),
         )
     except BaseException:
         kernel_end.close()

@@ -1,0 +1,130 @@
+"""Limits and privilege drop, against real child processes."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from kernel.driver_process import DriverProcess
+from protocol.errors import DriverStartError, OperationFailed
+from sandbox.privileges import RunAs, preflight
+from sandbox.runtime_dir import ensure_runtime_dir
+from sandbox.spawn import SpawnSpec
+from tests.helpers import FAST, FIXTURES, fixture_spec, run, started
+
+IS_ROOT = os.geteuid() == 0
+
+
+def test_memory_limit_gives_a_clear_verdict_and_the_driver_lives(tmp_path):
+    async def main():
+        spec = fixture_spec(tmp_path, rlimits={"as": 400 * 1024 * 1024})
+        async with started(spec) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(OperationFailed) as caught:
+                await proc.call("a", "hog", {"megabytes": 1024})
+            assert str(caught.value) == "MemoryError: exceeded memory limit 400 MiB"
+            assert await proc.call("a", "hog", {"megabytes": 10}) == 10 * 1024 * 1024
+            assert proc.alive
+
+    run(main())
+
+
+def test_open_files_limit_applies(tmp_path):
+    async def main():
+        spec = fixture_spec(tmp_path, rlimits={"nofile": 64})
+        async with started(spec) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(OperationFailed, match="Too many open files"):
+                await proc.call("a", "open_many", {"count": 200})
+            assert await proc.call("a", "open_many", {"count": 10}) == 10
+
+    run(main())
+
+
+@pytest.fixture
+def public_dir():
+    """A directory any user can traverse (pytest's tmp dirs are private)."""
+    path = Path(tempfile.mkdtemp(prefix="drivebay-public-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def public_spec(root: Path, python: Path, run_as: RunAs) -> SpawnSpec:
+    src = root / "src"
+    shutil.copytree(FIXTURES / "misbehave" / "src", src)
+    work = root / "work"
+    work.mkdir()
+    os.chown(work, run_as.uid, run_as.gid)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return SpawnSpec(
+        python=python,
+        runtime_dir=ensure_runtime_dir(root / "state"),
+        entrypoint="misbehave:Misbehave",
+        driver="misbehave",
+        version="1.0.0",
+        cwd=work,
+        src=src,
+        run_as=run_as,
+    )
+
+
+def test_root_daemon_runs_driver_as_nobody(public_dir):
+    if not IS_ROOT:  # an ordinary user's daemon must refuse, with the reason
+        with pytest.raises(DriverStartError, match="drivebayd is not root"):
+            RunAs.lookup("nobody")
+        return
+    system_python = Path("/usr/bin/python3")
+    assert system_python.exists(), "Debian's python3 is part of the machine"
+    nobody = RunAs.lookup("nobody")
+    spec = public_spec(public_dir, system_python, nobody)
+    preflight(nobody, system_python, [spec.runtime_dir, spec.src or public_dir, spec.cwd])
+
+    async def main():
+        async with started(spec, FAST) as proc:
+            await proc.attach("a", {})
+            who = await proc.call("a", "whoami", {})
+            assert who["uid"] == nobody.uid and who["gid"] == nobody.gid
+            assert 0 not in who["groups"]
+
+    run(main())
+
+
+def test_preflight_names_the_unreachable_interpreter(tmp_path):
+    if IS_ROOT:
+        who = RunAs.lookup("nobody")
+        private = tmp_path / "private"
+        private.mkdir(mode=0o700)
+        python = private / "python3"
+        shutil.copy("/bin/true", python)
+        with pytest.raises(DriverStartError) as caught:
+            preflight(who, python, [])
+        assert str(caught.value) == (
+            f"cannot run the driver as nobody: {_first_blocked(python)} is not searchable by nobody; choose another `user:`, or set `python:` to an "
+            f"interpreter nobody can run (such as /usr/bin/python3)"
+        )
+    else:
+        other = next(p.pw_name for p in pwd.getpwall() if p.pw_uid not in (0, os.geteuid()))
+        with pytest.raises(DriverStartError, match="drivebayd is not root"):
+            RunAs.lookup(other)
+
+
+def _first_blocked(path: Path) -> Path:
+    for parent in reversed(path.parents):
+        info = parent.stat()
+        if not (info.st_mode & 0o001):
+            return parent
+    raise AssertionError("no blocked parent")
+
+
+def test_unknown_user_is_one_line():
+    with pytest.raises(
+        DriverStartError, match=r"^user 'no-such-user-x' does not exist; fix `user:`"
+    ):
+        RunAs.lookup("no-such-user-x")
