@@ -200,7 +200,8 @@ class ResourceActor:
     async def _ready(self) -> DriverProcess:
         """The running process of the bound version, with our instance attached."""
         slot = self.bound
-        if slot is None:
+        if slot is None or slot.closed:  # never bound, or its version went away
+            self._attached = None
             slot = self.bound = self._router(self)
         process = slot.process
         if slot.state is not State.RUNNING or process is None or not process.alive:
@@ -216,22 +217,29 @@ class ResourceActor:
         return process
 
     async def _wait_running(self, slot: DriverSlot) -> DriverProcess:
-        if slot.state is State.FATAL:
-            raise DriverFatal(
-                f"{slot.name} is FATAL ({slot.lifecycle.reason}); drivebayctl start {slot.manifest.name}"
-            )
-        if slot.state in (State.STOPPED, State.STOPPING) and slot.held:
-            raise NotRunning(f"{slot.name} is stopped; drivebayctl start {slot.manifest.name}")
-        waiting = frozenset(
-            {State.RUNNING, State.FATAL, State.FAILED, State.STOPPED, State.INVALID}
-        )
-        state = await slot.wait_settled(self._wait_running_s, waiting)
-        process = slot.process
-        if state is not State.RUNNING or process is None or not process.alive:
-            raise NotRunning(
-                f"{slot.name} is {slot.state} ({slot.lifecycle.reason}); the operation was not sent"
-            )
-        return process
+        """Wait (bounded) for the slot to run a live process; fail at once when
+        it will not by itself (FATAL, FAILED, stopped by an operator)."""
+        async with asyncio.timeout(self._wait_running_s):
+            while True:
+                process = slot.process
+                state = slot.state
+                if state is State.RUNNING and process is not None and process.alive:
+                    return process
+                name = slot.manifest.name
+                if state is State.FATAL:
+                    raise DriverFatal(
+                        f"{slot.name} is FATAL ({slot.lifecycle.reason}); drivebayctl start {name}"
+                    )
+                if state in (State.FAILED, State.INVALID) or (
+                    state in (State.STOPPED, State.STOPPING) and slot.held
+                ):
+                    raise NotRunning(
+                        f"{slot.name} is {state} ({slot.lifecycle.reason}); "
+                        f"the operation was not sent; drivebayctl start {name}"
+                    )
+                # Restarting, or RUNNING with a process that just died and whose
+                # exit the supervisor is about to see: wait for its next move.
+                await slot.next_move()
 
     async def _apply(self, step: Rebind) -> None:
         previous = self.bound

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import kernel
+from kernel.messages_catalog import load_catalog
 from kernel.states import NOT_RUNNING, State
 from protocol.control_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_NOT_RUNNING_STATE, EXIT_OK
 from protocol.errors import RequestError
@@ -96,6 +97,7 @@ def _matches(row: dict[str, Any], names: list[str]) -> bool:
 async def describe(k: Kernel, args: Args) -> Outcome:
     slot = k.slot(args["name"])
     manifest = slot.manifest
+    catalog = load_catalog(slot.bundle.path, args.get("lang") or None)
     return {
         **status_row(k, slot),
         "resource_ids": [a.resource_id for a in k.book.bound_to(slot)] if k.book else [],
@@ -122,6 +124,8 @@ async def describe(k: Kernel, args: Args) -> Outcome:
                 "max_length": prop.max_length,
                 "label": prop.label,
                 "description": prop.description,
+                "label_text": catalog.text(prop.label),
+                "description_text": catalog.text(prop.description),
             }
             for prop in manifest.properties
         ],
@@ -366,12 +370,16 @@ async def resource_pin(k: Kernel, args: Args) -> Outcome:
 
 @command("call")
 async def call(k: Kernel, args: Args) -> Outcome:
-    from protocol.errors import OperationFailed
+    from protocol.errors import DrivebayError, OperationFailed
 
+    book = _book(k)
+    book.actor(args["resource"])  # an unknown resource: exit 4, not an operation error
     try:
-        result = await _book(k).call(
+        result = await book.call(
             args["resource"], args["op"], args.get("args", {}), args.get("timeout")
         )
     except OperationFailed as exc:
         raise RequestError(f"{exc.type_name}: {exc.message}") from exc
+    except DrivebayError as exc:  # Busy, DriverCrashed, DriverFatal, NotRunning, ...
+        raise RequestError(f"{type(exc).__name__}: {exc}") from exc
     return result, EXIT_OK

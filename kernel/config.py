@@ -95,6 +95,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def envs_path(self) -> Path:
         return Path(self.envs_dir).expanduser() if self.envs_dir else self.state_path / "envs"
 
+    @property
+    def uv_cache_path(self) -> Path | None:
+        return Path(self.uv_cache_dir).expanduser() if self.uv_cache_dir else None
+
     def for_driver(self, name: str) -> DriverSettings:
         return self.drivers.get(name, DriverSettings())
 

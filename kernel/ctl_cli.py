@@ -142,7 +142,11 @@ def request_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if command == "tail":
         name = "tail-follow" if args.follow else "tail"
         return name, {"name": args.name, "stream": args.stream, "lines": args.lines}
-    if command in ("describe", "pid"):
+    if command == "describe":
+        from kernel.messages_catalog import language_from_environment
+
+        return command, {"name": args.name, "lang": language_from_environment(os.environ)}
+    if command == "pid":
         return command, {"name": args.name}
     if command == "resource":
         verb = args.verb
@@ -196,8 +200,20 @@ def call_arguments(assignments: list[str]) -> dict[str, Any]:
     return values
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Assignments may follow options (``add ID --driver X a=1 b=2``), which
+    argparse alone cannot mix with subcommands: collect them here."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "assignments") or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.assignments = [*args.assignments, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         path = socket_path(args)
     except Exception as exc:  # a ConfigError: one line, no traceback
@@ -235,8 +251,11 @@ def run(client: Client, command: str, payload: dict[str, Any], args: argparse.Na
     code = 0
     for reply in client.request(command, payload):
         if not reply.ok:
+            # An operation's own failure reads "error: TYPE: message" (callers
+            # parse it); everything else is drivebayctl's own complaint.
+            prefix = "error" if command == "call" else "drivebayctl"
             print(
-                f"drivebayctl: {reply.error}" if reply.error else "drivebayctl: failed",
+                f"{prefix}: {reply.error or 'failed'}",
                 file=sys.stderr,
             )
             return reply.code or 1
@@ -329,6 +348,9 @@ def print_describe(info: dict[str, Any]) -> None:
             need = "required" if prop["required"] else "optional"
             label = prop.get("label_text") or prop.get("label") or ""
             print(f"    {prop['key']:<16}{prop['type']:<9}{need:<9}{label}")
+            help_text = prop.get("description_text") or ""
+            if help_text:
+                print(f"    {'':<34}{help_text}")
     print("  history:")
     import time
 

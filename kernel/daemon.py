@@ -175,8 +175,9 @@ class Kernel:
             gone = slot.manifest.name not in available
             if self.active.get(slot.manifest.name) == slot.manifest.version:
                 del self.active[slot.manifest.name]
-            log.info("stopping %s: %s", slot.name, "bundle removed" if gone else "not needed")
-            await self._retire(slot)
+            reason = "bundle removed" if gone else "not needed"
+            log.info("stopping %s: %s", slot.name, reason)
+            await self._retire(slot, reason)
         for key, bundle in wanted.items():
             if key not in self.slots:
                 self._add_slot(bundle, candidate=self._is_upgrade(bundle))
@@ -349,7 +350,8 @@ class Kernel:
         self.retiring.append(old)
         new = self._add_slot(bundle, candidate=True)
         new.want_running()
-        await new.wait_settled(self._stop_budget())
+        ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
+        await new.wait_settled(self._stop_budget(), ended)
         if new.state is not State.RUNNING:
             log.warning(
                 "replacement of %s failed (%s); the old process keeps serving",
@@ -372,12 +374,12 @@ class Kernel:
         new.candidate = False
         await self._retire(old)
 
-    async def _retire(self, slot: DriverSlot) -> None:
+    async def _retire(self, slot: DriverSlot, reason: str = "superseded") -> None:
         """Drain and stop a version nobody uses any more; status shows it meanwhile."""
         self.retiring.append(slot)
         try:
             if slot.state is State.RUNNING:
-                slot.lifecycle.move(State.DRAINING, "superseded; draining")
+                slot.lifecycle.move(State.DRAINING, f"{reason}; draining")
             await slot.close()
         finally:
             self.retiring.remove(slot)
@@ -472,8 +474,7 @@ class Kernel:
             wheel_dir=lib if bundle.wheels else None,
             protocol_version=PROTOCOL_MAX,
         )
-        cache = Path(self.config.uv_cache_dir).expanduser() if self.config.uv_cache_dir else None
-        env = await ensure_env(request, self.config.envs_path, uv_cache=cache)
+        env = await ensure_env(request, self.config.envs_path, uv_cache=self.config.uv_cache_path)
         return env.python, env.key
 
     async def reload_config(self) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from kernel.actor import ResourceActor, Router
-from kernel.properties import convert_cli, merge, validate
+from kernel.properties import PropertyErrors, convert_cli, merge, validate
 from kernel.resource_store import Resource, ResourceStore, check_resource_id
 from protocol.errors import NoSuchName, RequestError
 from sandbox.bundles import Manifest
@@ -26,6 +26,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("drivebay.resources")
 
 SchemaLookup = Callable[[str, str | None], Manifest]  # (driver, pinned version) -> manifest
+
+
+def checked_properties(
+    manifest: Manifest, base: dict[str, Any], assignments: Sequence[str], resource_id: str
+) -> dict[str, Any]:
+    """``base`` changed by command-line ``assignments``, validated against the
+    schema; RequestError listing every problem, one line each, otherwise."""
+    problems: list[str] = []
+    changes: dict[str, Any] = {}
+    unconverted: set[str] = set()
+    for assignment in assignments:
+        try:
+            changes.update(convert_cli(manifest.properties, [assignment]))
+        except PropertyErrors as exc:
+            problems.extend(exc.problems)
+            unconverted.add(assignment.partition("=")[0].removesuffix(":"))
+    try:
+        return_value = validate(manifest.properties, merge(base, changes), driver=manifest.name)
+    except PropertyErrors as exc:
+        # A key that failed to convert is not also "required".
+        problems.extend(p for p in exc.problems if p.partition(":")[0] not in unconverted)
+    if problems:
+        lines = "\n  ".join(problems)
+        raise RequestError(f"invalid properties for {resource_id} ({manifest.name}):\n  {lines}")
+    return return_value
 
 
 class ResourceBook:
@@ -92,11 +117,9 @@ class ResourceBook:
                 f"resource {resource_id} already exists; use 'resource set' to change it"
             )
         manifest = self._schema(driver, pinned)
-        properties = validate(
-            manifest.properties, convert_cli(manifest.properties, assignments), driver=driver
-        )
-        resource = Resource(id=resource_id, driver=driver, pinned=pinned, properties=properties)
         check_resource_id(resource_id)
+        properties = checked_properties(manifest, {}, assignments, resource_id)
+        resource = Resource(id=resource_id, driver=driver, pinned=pinned, properties=properties)
         actor = self._spawn_actor(resource)
         try:
             await actor.rebind(self._router(actor))
@@ -111,10 +134,7 @@ class ResourceBook:
         """Change properties; applied between two operations by re-attaching."""
         actor = self.actor(resource_id)
         manifest = self._schema(actor.driver, actor.pinned)
-        changes = convert_cli(manifest.properties, assignments)
-        properties = validate(
-            manifest.properties, merge(actor.properties, changes), driver=actor.driver
-        )
+        properties = checked_properties(manifest, actor.properties, assignments, resource_id)
         try:
             await actor.rebind(None, properties)
         except Exception as exc:

@@ -84,6 +84,11 @@ class DriverSlot:
         return self.lifecycle.state
 
     @property
+    def closed(self) -> bool:
+        """Removed from service (superseded, bundle gone): route elsewhere."""
+        return self._closed
+
+    @property
     def uptime(self) -> float | None:
         if self.state is State.RUNNING and self._started_at is not None:
             return time.monotonic() - self._started_at
@@ -280,6 +285,20 @@ class DriverSlot:
             self.want_stopped()
         if State.BLOCKED in _allowed(self.state):
             self._move(State.BLOCKED, reason)
+
+    async def next_move(self) -> State:
+        """The state this slot enters next (callers bound the wait)."""
+        moved: asyncio.Future[State] = asyncio.get_running_loop().create_future()
+
+        def listener(state: State) -> None:
+            if not moved.done():
+                moved.set_result(state)
+
+        unsubscribe = self.lifecycle.listen(listener)
+        try:
+            return await moved
+        finally:
+            unsubscribe()
 
     async def wait_settled(self, timeout: float, accept: frozenset[State] = SETTLED) -> State:
         """Wait until the state is in ``accept`` (and the loop is idle there)."""

@@ -202,7 +202,8 @@ def test_socket_is_private(daemon):
                 str(BIN / "python"),
                 "-I",
                 "-c",
-                f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(daemon.socket)!r})",
+                "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])",
+                str(daemon.socket),
             ],
             capture_output=True,
             text=True,
@@ -268,4 +269,4 @@ def test_zip_and_dir_bundles_run(daemon, tmp_path, as_zip):
     bundle = build(tmp_path, "gamma")
     daemon.drop(zip_bundle(bundle) if as_zip else bundle)
     daemon.wait_state("gamma", "RUNNING")
-    assert zipfile  # noqa: B018
+    assert zipfile

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from kernel.driver_process import DriverProcess
 from protocol.errors import DriverStartError, OperationFailed
 from sandbox.privileges import RunAs, preflight
 from sandbox.runtime_dir import ensure_runtime_dir
@@ -106,7 +105,8 @@ def test_preflight_names_the_unreachable_interpreter(tmp_path):
         with pytest.raises(DriverStartError) as caught:
             preflight(who, python, [])
         assert str(caught.value) == (
-            f"cannot run the driver as nobody: {_first_blocked(python)} is not searchable by nobody; choose another `user:`, or set `python:` to an "
+            f"cannot run the driver as nobody: {_first_blocked(python)} "
+            f"is not searchable by nobody; choose another `user:`, or set `python:` to an "
             f"interpreter nobody can run (such as /usr/bin/python3)"
         )
     else:
