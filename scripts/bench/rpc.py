@@ -353,29 +353,37 @@ def _met(value: float, comparison: str, goal: float) -> bool:
 
 
 def report(results: dict[str, Figures]) -> str:
-    headers = ["", *COLUMNS.values()]
+    """The figures, drivebay against each peer, and the issue's targets."""
+    return "\n\n".join([_figures_table(results), _speedups_table(results), _targets_table(results)])
+
+
+def _figures_table(results: dict[str, Figures]) -> str:
     labels = ["RTT median µs", "RTT p99 µs", "calls/s, 64 in flight", "MB/s 64 KiB, 64 in flight*"]
-    figures = [list(asdict(results[key]).values()) for key in COLUMNS]
-    rows = [[label, *(_common.number(f[i]) for f in figures)] for i, label in enumerate(labels)]
-    parts = [_common.format_table(headers, rows), "* raw pipe: sequential ping-pong", ""]
-    ratio_rows = []
+    columns = [list(asdict(results[key]).values()) for key in COLUMNS]
+    rows = [[label, *(_common.number(col[i]) for col in columns)] for i, label in enumerate(labels)]
+    table = _common.format_table(["", *COLUMNS.values()], rows)
+    return table + "\n* raw pipe: sequential ping-pong"
+
+
+def _speedups_table(results: dict[str, Figures]) -> str:
+    rows = []
     for key in ("drivebay", "stdlib"):
         for peer in PEERS:
             cells = _speedups(results[key], results[peer])
-            label = f"{COLUMNS[key]} vs {COLUMNS[peer]}"
-            ratio_rows.append([label, *(_ratio(cell) for cell in cells)])
-    ratio_headers = ["times better", "RTT median", "RTT p99", "calls/s", "MB/s 64 KiB"]
-    parts += [_common.format_table(ratio_headers, ratio_rows), ""]
-    target_rows = []
+            rows.append([f"{COLUMNS[key]} vs {COLUMNS[peer]}", *(_ratio(c) for c in cells)])
+    headers = ["times better", "RTT median", "RTT p99", "calls/s", "MB/s 64 KiB"]
+    return _common.format_table(headers, rows)
+
+
+def _targets_table(results: dict[str, Figures]) -> str:
+    rows = []
     for label, measure, comparison, goal in TARGETS:
         cells = [label, f"{comparison} {goal:g}x"]
         for key in ("drivebay", "stdlib"):
             value = measure(results[key], results)
             cells += [_ratio(value), "met" if _met(value, comparison, goal) else "NOT met"]
-        target_rows.append(cells)
-    target_headers = ["target", "goal", "drivebay", "", "drivebay stdlib", ""]
-    parts.append(_common.format_table(target_headers, target_rows))
-    return "\n".join(parts)
+        rows.append(cells)
+    return _common.format_table(["target", "goal", "drivebay", "", "drivebay stdlib", ""], rows)
 
 
 def _ratio(value: float | None) -> str:
@@ -461,4 +469,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # helpers are reaped by then; spare the traceback
+        sys.exit(130)
