@@ -17,7 +17,7 @@ from protocol.errors import ProtocolError
 from protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameSplitter
 
 Encode = Callable[[Any], bytes]
-Decode = Callable[[bytes], Any]
+Decode = Callable[[memoryview], Any]  # msgspec and msgpack_lite both take buffers
 
 
 def _msgspec_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]] | None:
@@ -59,15 +59,13 @@ class ChildCodec:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[list[Any]]:
         """Every message completed by ``data``; ProtocolError on bad input."""
-        messages: list[list[Any]] = []
-        for payload in self._splitter.feed(data):
-            try:
-                message = self._decode(payload)
-            except self._errors as exc:
-                raise ProtocolError(f"{self._peer} sent an invalid message: {exc}") from exc
-            if not isinstance(message, list) or not message or not isinstance(message[0], str):
+        try:
+            messages: list[Any] = self._splitter.feed_decoded(data, self._decode)
+        except self._errors as exc:
+            raise ProtocolError(f"{self._peer} sent an invalid message: {exc}") from exc
+        for message in messages:
+            if type(message) is not list or not message or type(message[0]) is not str:
                 raise ProtocolError(f"{self._peer} sent a message that is not [tag, ...]")
-            messages.append(message)
         return messages
 
     def encode(self, message: list[Any]) -> bytes:

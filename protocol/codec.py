@@ -35,9 +35,8 @@ class MessageCodec(Generic[In]):
         Raises ProtocolError, naming the peer, for an oversized frame or a
         payload that is not a valid message; the caller must close the channel.
         """
-        decode = self._decode
         try:
-            return [decode(payload) for payload in self._splitter.feed(data)]
+            return self._splitter.feed_decoded(data, self._decode)
         # Hostile bytes can also surface as bad UTF-8 or too-deep nesting.
         except (
             msgspec.DecodeError,

@@ -9,11 +9,14 @@ Standard library only: the driver child loads it.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 from protocol.errors import ProtocolError
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+T = TypeVar("T")
 
 
 class FrameSplitter:
@@ -32,17 +35,25 @@ class FrameSplitter:
         Raises ProtocolError when a frame announces more than the maximum; the
         stream cannot be resynchronised after that, so the caller closes it.
         """
+        return self.feed_decoded(data, bytes)
+
+    def feed_decoded(
+        self, data: bytes | bytearray | memoryview, decode: Callable[[memoryview], T]
+    ) -> list[T]:
+        """``feed``, handing each payload to ``decode`` as a memoryview slice:
+        a decoder that copies what it keeps (msgspec, msgpack_lite) then reads
+        the frame where it lies, with no copy of the payload."""
         buffer = self._buffer
         if buffer:
             buffer += data
-            source: bytes | bytearray | memoryview = buffer
+            view = memoryview(buffer)
         else:
-            source = data  # common case: parse the read in place, no copy in
-        payloads: list[bytes] = []
-        end = len(source)
+            view = memoryview(data)  # common case: parse the read in place
+        decoded: list[T] = []
+        end = len(view)
         pos = 0
         while end - pos >= 4:
-            (size,) = HEADER.unpack_from(source, pos)
+            (size,) = HEADER.unpack_from(view, pos)
             if size > self._max_frame:
                 raise ProtocolError(
                     f"{self._peer} sent a frame of {size} bytes, over the limit of "
@@ -50,13 +61,14 @@ class FrameSplitter:
                 )
             if end - pos - 4 < size:
                 break
-            payloads.append(bytes(source[pos + 4 : pos + 4 + size]))
+            decoded.append(decode(view[pos + 4 : pos + 4 + size]))
             pos += 4 + size
-        if source is buffer:
+        if buffer:
+            del view  # no export may outlive this before the buffer shrinks
             del buffer[:pos]
         elif pos < end:
-            buffer += source[pos:]
-        return payloads
+            buffer += view[pos:]
+        return decoded
 
     @property
     def pending(self) -> int:

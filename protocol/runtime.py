@@ -202,25 +202,33 @@ class DriverServer(asyncio.Protocol):
     # -- requests ----------------------------------------------------------------
 
     def _dispatch(self, message: list[Any]) -> None:
-        match message:
-            case ["call", int(request_id), str(resource_id), str(op), dict(args), *_]:
+        # Plain tag tests and indexing: structural pattern matching with class
+        # patterns cost ~7 us per call here, most of a hot call's budget.
+        tag = message[0]
+        try:
+            if tag == "call":
+                request_id, resource_id, op, args = message[1], message[2], message[3], message[4]
+                if type(args) is not dict or type(op) is not str:
+                    raise TypeError("call needs op: str and args: dict")
                 self._call(request_id, resource_id, op, args)
-            case ["ping", seq, *_]:
-                self._send(["pong", seq])
-            case ["cancel", int(request_id), *_]:
-                running = self._running.get(request_id)
+            elif tag == "ping":
+                self._send(["pong", message[1]])
+            elif tag == "cancel":
+                running = self._running.get(message[1])
                 if running is not None:
                     running.cancel()
-            case ["attach", int(request_id), str(resource_id), dict(properties), *_]:
-                self._attach(request_id, resource_id, properties)
-            case ["detach", int(request_id), str(resource_id), *_]:
-                self._detach(request_id, resource_id)
-            case ["health", int(request_id), *_]:
-                self._health(request_id)
-            case ["drain", timeout_s, *_]:
-                self._spawn(self._drain(float(timeout_s)))
-            case [tag, *_]:
+            elif tag == "attach":
+                self._attach(message[1], message[2], dict(message[3]))
+            elif tag == "detach":
+                self._detach(message[1], message[2])
+            elif tag == "health":
+                self._health(message[1])
+            elif tag == "drain":
+                self._spawn(self._drain(float(message[1])))
+            else:
                 log.warning("ignoring unknown message %r from the kernel", tag)
+        except (IndexError, TypeError, ValueError) as exc:
+            log.error("ignoring malformed %r message from the kernel: %s", tag, exc)
 
     def _call(self, request_id: int, resource_id: str, op: str, args: dict[str, Any]) -> None:
         if self._draining:
@@ -247,18 +255,33 @@ class DriverServer(asyncio.Protocol):
         is_async: bool,
     ) -> None:
         """Run an operation; reply when it ends. Async on the loop, sync in a thread."""
-        future: asyncio.Future[Any]
         if is_async:
             try:
                 coro: Coroutine[Any, Any, Any] = function(**args)
             except Exception as exc:  # bad arguments for the signature
                 self._send(error_reply(request_id, exc))
                 return
-            future = self._loop.create_task(coro)
-        else:
-            future = self._loop.run_in_executor(self._pool, functools.partial(function, **args))
+            # One task per call, which replies itself (no done-callback pass);
+            # started eagerly where the loop allows it (Python >= 3.12).
+            task = _start_task(self._loop, self._serve(request_id, coro))
+            if not task.done():
+                self._running[request_id] = task
+            return
+        future = self._loop.run_in_executor(self._pool, functools.partial(function, **args))
         self._running[request_id] = future
         future.add_done_callback(functools.partial(self._reply, request_id))
+
+    async def _serve(self, request_id: int, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            result = await coro
+        except asyncio.CancelledError:
+            self._send(["error", request_id, "Cancelled", "cancelled by the kernel", ""])
+        except Exception as exc:
+            self._send(error_reply(request_id, exc))
+        else:
+            self._send(["result", request_id, result])
+        finally:
+            self._running.pop(request_id, None)
 
     def _reply(self, request_id: int, future: asyncio.Future[Any]) -> None:
         self._running.pop(request_id, None)
@@ -338,6 +361,17 @@ class DriverServer(asyncio.Protocol):
                 except Exception:
                     log.exception("detach of %s failed while draining", resource_id)
         self._finish(0)
+
+
+def _start_task(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+) -> asyncio.Future[None]:
+    """A task for ``coro``, run up to its first suspension at once when the
+    interpreter supports eager tasks (3.12+): a call that never waits then
+    costs no loop pass, and still runs inside a real task (asyncio.timeout works)."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    return loop.create_task(coro)
 
 
 def _load_driver_class(settings: Settings) -> type:
