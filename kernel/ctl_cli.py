@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from kernel import __version__
 from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
 from protocol.frames import HEADER, FrameSplitter
 from protocol.msgpack_lite import packb, unpackb
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="drivebayctl", description="Control a running drivebayd.")
     parser.add_argument("-c", "--config", help="config file, to find the daemon's socket")
     parser.add_argument("-s", "--socket", help="control socket path")
+    parser.add_argument("--version", action="version", version=f"drivebayctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def reading(name: str, help_text: str) -> argparse.ArgumentParser:

@@ -35,8 +35,8 @@ from kernel.supervisor import DriverSlot, SlotContext
 from protocol.errors import DrivebayError, NoSuchName, RequestError
 from protocol.versions import PROTOCOL_MAX
 from sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
-from sandbox.env_key import EnvRequest
-from sandbox.envs import ensure_env
+from sandbox.env_key import EnvRequest, env_key
+from sandbox.envs import collect_garbage, ensure_env
 from sandbox.pidfiles import PidRecords
 from sandbox.runtime_dir import ensure_runtime_dir
 
@@ -157,6 +157,8 @@ class Kernel:
                     log.error("reload failed, keeping the old configuration: %s", exc)
             await self.reconcile()
             self.ready.set()
+            if not self.registry.unsettled:
+                await self.collect_envs()
             if self.registry.unsettled:
                 # A directory still being copied: look again once it may have settled.
                 asyncio.get_running_loop().call_later(self.config.settle_s, self.kick)
@@ -464,16 +466,32 @@ class Kernel:
             on_reap=self._pids.forget,
         )
 
-    async def _prepare_env(self, bundle: StoredBundle) -> tuple[Path, str]:
+    def _env_request(self, bundle: StoredBundle) -> EnvRequest:
         settings = self.config.for_driver(bundle.manifest.name)
         lib = bundle.path / "lib"
-        request = EnvRequest(
+        return EnvRequest(
             python=Path(settings.python or self.config.python or sys.executable),
             dependencies=tuple(bundle.manifest.dependencies),
             wheels=bundle.wheels,
             wheel_dir=lib if bundle.wheels else None,
             protocol_version=PROTOCOL_MAX,
         )
+
+    async def collect_envs(self) -> list[str]:
+        """Remove environments no known bundle version needs. Only for a private
+        envs dir: a shared one (``envs_dir:``) may serve other daemons."""
+        if self.config.envs_dir is not None:
+            return []
+        bundles = [b for versions in self.registry.versions().values() for b in versions.values()]
+        keep = await asyncio.to_thread(lambda: {env_key(self._env_request(b)) for b in bundles})
+        keep.update(slot.env_key for slot in self.all_slots() if slot.env_key)
+        removed = await asyncio.to_thread(collect_garbage, self.config.envs_path, keep)
+        for key in removed:
+            log.info("removed unused environment %s", key[:12])
+        return removed
+
+    async def _prepare_env(self, bundle: StoredBundle) -> tuple[Path, str]:
+        request = self._env_request(bundle)
         env = await ensure_env(request, self.config.envs_path, uv_cache=self.config.uv_cache_path)
         return env.python, env.key
 

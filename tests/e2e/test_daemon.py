@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -270,3 +271,88 @@ def test_zip_and_dir_bundles_run(daemon, tmp_path, as_zip):
     daemon.drop(zip_bundle(bundle) if as_zip else bundle)
     daemon.wait_state("gamma", "RUNNING")
     assert zipfile
+
+
+SAYER = """
+import sys
+
+
+class SayerDriver:
+    def __init__(self, resource_id, properties):
+        pass
+
+    async def say(self, text):
+        print(text, flush=True)
+        print("err:" + text, file=sys.stderr, flush=True)
+        return True
+"""
+
+
+def test_tail_and_tail_follow(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "sayer", src={"sayer.py": SAYER}))
+    daemon.wait_state("sayer", "RUNNING")
+    assert daemon.ctl("resource", "add", "s1", "--driver", "sayer").returncode == 0
+    assert daemon.ctl("call", "s1", "say", "text=first").returncode == 0
+    wait_for(lambda: daemon.ctl("tail", "sayer").stdout == "first\n", what="stdout tail")
+    assert daemon.ctl("tail", "sayer", "stderr").stdout == "err:first\n"
+    follower = subprocess.Popen(
+        [str(BIN / "drivebayctl"), "-s", str(daemon.socket), "tail", "-f", "sayer"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "first\n"
+        assert daemon.ctl("call", "s1", "say", "text=second").returncode == 0
+        assert follower.stdout.readline() == "second\n"
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(timeout=30)
+        follower.stdout.close()
+    assert follower.returncode == 0
+
+
+def test_sighup_reloads_the_config(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    first = daemon.wait_state("alpha", "RUNNING")["pid"]
+    text = daemon.config_path.read_text() + "drivers:\n  alpha:\n    env: {COLOUR: blue}\n"
+    daemon.config_path.write_text(text)
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: daemon.status()["alpha"]["pid"] not in (None, first), what="restart by reload")
+    assert "configuration reloaded from" in daemon.log()
+    daemon.config_path.write_text("state_dri: broken\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed, keeping the old configuration" in daemon.log(), what="refusal")
+    assert daemon.status()["alpha"]["state"] == "RUNNING"
+
+
+def test_version_flags():
+    for program in ("drivebayd", "drivebayctl"):
+        result = subprocess.run([str(BIN / program), "--version"], capture_output=True, text=True)
+        assert (result.returncode, result.stdout) == (0, f"{program} 0.1.0\n")
+
+
+def test_unused_environments_are_collected(daemon_factory, tmp_path):
+    from tests.wheels import build_wheel
+
+    daemon = daemon_factory(config={"envs_dir": None})  # private: <state>/envs
+    daemon.start()
+    alpha = daemon.drop(build(tmp_path, "alpha"))
+    daemon.wait_state("alpha", "RUNNING")
+    envs = daemon.state / "envs"
+    first = {p.name for p in envs.iterdir() if not p.name.startswith(".")}
+    assert len(first) == 1
+    beta = build(tmp_path, "beta", manifest_extra={"dependencies": ["tinydep==1.0"]})
+    (beta / "lib").mkdir()
+    build_wheel(beta / "lib", "tinydep", "1.0", {"tinydep.py": "VALUE = 1\n"})
+    daemon.drop(beta)
+    daemon.wait_state("beta", "RUNNING")
+    shutil.rmtree(alpha)
+    wait_for(
+        lambda: (
+            {p.name for p in envs.iterdir() if not p.name.startswith(".")} - first
+            and not first & {p.name for p in envs.iterdir()}
+        ),
+        what="alpha's env collected",
+    )
+    assert f"removed unused environment {next(iter(first))[:12]}" in daemon.log()
