@@ -120,6 +120,12 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: must be a mapping of settings (state_dir: ..., ...)")
         raw = loaded or {}
+    if path is not None:
+        # Relative paths in a file mean "next to this file", wherever we run from.
+        for key in PATH_KEYS:
+            value = raw.get(key)
+            if isinstance(value, str) and not value.startswith(("/", "~")):
+                raw[key] = str((path.parent / value).absolute())
     raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
     try:
         config = msgspec.convert(raw, Config)
@@ -131,6 +137,8 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         )
     return config
 
+
+PATH_KEYS = ("state_dir", "drivers_dir", "socket", "envs_dir", "uv_cache_dir")
 
 _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "": Config,

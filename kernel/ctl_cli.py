@@ -299,10 +299,27 @@ def print_human(command: str, result: Any, follow: bool = False) -> None:
             print(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
     elif command == "call":
         print(json.dumps(result, default=str))
+    elif command == "resource":
+        print_resource_change(result)
     elif isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     else:
         print(result)
+
+
+def print_resource_change(result: dict[str, Any]) -> None:
+    if result.get("removed"):
+        print(f"{result['id']}: removed")
+    elif "driver" in result:
+        print(
+            f"{result['id']}: added ({result['driver']}{'@' + result['pinned'] if result['pinned'] else ''})"
+        )
+    elif "pinned" in result:
+        print(
+            f"{result['id']}: {'pinned to ' + result['pinned'] if result['pinned'] else 'unpinned'}"
+        )
+    else:
+        print(f"{result['id']}: properties set")
 
 
 def print_status(rows: list[dict[str, Any]]) -> None:

@@ -11,17 +11,31 @@ ensure_venv() {
         "$PY" -m venv "$VENV"
     fi
     local stamp="$VENV/.drivebay-installed"
-    local want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras"
-    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-        if [ -n "$extras" ]; then
-            "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT[$extras]"
-        else
-            "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT"
-        fi
-        echo "$want" > "$stamp"
+    local hash
+    hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && covers "$(cat "$stamp")" "$hash" "$extras"; then
+        return 0
     fi
+    local want="$hash $extras"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    if [ -n "$extras" ]; then
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT[$extras]"
+    else
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT"
+    fi
+    echo "$want" > "$stamp"
+}
+
+# covers STAMP HASH EXTRAS: was the project installed from this pyproject.toml
+# with at least these extras? (scripts/run after scripts/test reinstalls nothing)
+covers() {
+    local stamp_hash="${1%% *}" stamp_extras="${1#* }" extra
+    [ "$stamp_hash" = "$2" ] || return 1
+    [ "$1" = "$stamp_hash" ] && stamp_extras=""
+    for extra in ${3//,/ }; do
+        case ",$stamp_extras," in *",$extra,"*) ;; *) return 1 ;; esac
+    done
+    return 0
 }
 
 # Compile our bytecode ahead of time: imports stay fast (drivebayctl status is
