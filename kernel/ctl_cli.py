@@ -311,9 +311,8 @@ def print_resource_change(result: dict[str, Any]) -> None:
     if result.get("removed"):
         print(f"{result['id']}: removed")
     elif "driver" in result:
-        print(
-            f"{result['id']}: added ({result['driver']}{'@' + result['pinned'] if result['pinned'] else ''})"
-        )
+        pin = f"@{result['pinned']}" if result["pinned"] else ""
+        print(f"{result['id']}: added ({result['driver']}{pin})")
     elif "pinned" in result:
         print(
             f"{result['id']}: {'pinned to ' + result['pinned'] if result['pinned'] else 'unpinned'}"
