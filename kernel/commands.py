@@ -253,6 +253,7 @@ async def start(k: Kernel, args: Args) -> Outcome:
                 "ok": False,
                 "message": f"requires {', '.join(unmet)}, which is not running",
             }
+        k.forget_failure(slot)
         slot.want_running(reset=True)
         await asyncio.sleep(0)
         state = await slot.wait_settled(

@@ -260,6 +260,10 @@ class Kernel:
                 entry.bundle = None
                 log.warning("rejected bundle: %s", entry.error)
 
+    def forget_failure(self, slot: DriverSlot) -> None:
+        """An operator starts a FAILED version: give it a new chance."""
+        self._failed.pop(slot.name, None)
+
     def running(self, driver: str) -> bool:
         return self._running(driver)
 
