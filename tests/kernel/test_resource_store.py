@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
+import shutil
 import sqlite3
 import stat
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -289,14 +292,54 @@ def test_a_file_locked_by_another_program_is_a_kernel_error(
     assert store.all() == [VOL]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
 def test_a_read_only_file_is_a_kernel_error(db_path: Path) -> None:
-    with ResourceStore.open(db_path) as store:
-        store.add(VOL)
-    db_path.chmod(0o400)
-    with pytest.raises(KernelError) as caught:
-        ResourceStore.open(db_path)
-    assert str(caught.value).startswith(f"{db_path}: cannot write the resource database (")
+    if os.geteuid() != 0:
+        with ResourceStore.open(db_path) as store:
+            store.add(VOL)
+        db_path.chmod(0o400)
+        with pytest.raises(KernelError) as caught:
+            ResourceStore.open(db_path)
+        assert str(caught.value).startswith(f"{db_path}: cannot write the resource database (")
+        return
+    # Root writes any file: check as nobody, in a forked child, on a file nobody
+    # may read but not write, in a directory nobody can reach.
+    public = Path(tempfile.mkdtemp(prefix="drivebay-ro-"))
+    try:
+        public.chmod(0o755)
+        path = public / "resources.db"
+        with ResourceStore.open(path) as store:
+            store.add(VOL)
+        path.chmod(0o644)
+        message = _open_as_nobody(path)
+        assert message.startswith(f"{path}: cannot write the resource database ("), message
+    finally:
+        shutil.rmtree(public)
+
+
+def _open_as_nobody(path: Path) -> str:
+    """Open the store as nobody in a forked child; its KernelError text, or a failure."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                ResourceStore.open(path).close()
+                text = "opened without error"
+            except KernelError as exc:
+                text = str(exc)
+            os.write(write_end, text.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        text = reader.read().decode()
+    os.waitpid(pid, 0)
+    return text
 
 
 def test_a_corrupt_properties_column_is_a_kernel_error(db_path: Path) -> None:
