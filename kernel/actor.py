@@ -92,6 +92,7 @@ class ResourceActor:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error = ""
+        self.last_event: dict[str, Any] | None = None  # the driver's latest event for it
 
     # -- callers -------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -468,7 +469,14 @@ class Kernel:
             prepare=self._prepare_env,
             on_spawn=self._pids.record,
             on_reap=self._pids.forget,
+            on_event=self._on_event,
         )
+
+    def _on_event(self, slot: str, resource_id: str, name: str, data: Any) -> None:
+        log.info("event from %s: %s %s %s", slot, resource_id, name, data)
+        actor = self.book.actors.get(resource_id) if self.book is not None else None
+        if actor is not None:
+            actor.last_event = {"name": name, "data": data, "at": time.time(), "from": slot}
 
     def _env_request(self, bundle: StoredBundle) -> EnvRequest:
         settings = self.config.for_driver(bundle.manifest.name)

@@ -187,6 +187,7 @@ class ResourceBook:
                     "properties": actor.properties,
                     "state": actor.state_text,
                     "queued": actor.queued,
+                    "last_event": actor.last_event,
                 }
             )
         return rows

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import os
 import time
@@ -51,6 +52,7 @@ class SlotContext:
     prepare: Callable[[StoredBundle], Awaitable[tuple[Path, str]]]  # -> (python, env key)
     on_spawn: Callable[[str, int], None]  # (slot name, pid): record for stale cleanup
     on_reap: Callable[[str], None]
+    on_event: Callable[[str, str, str, Any], None]  # (slot, resource, event, data)
 
 
 class DriverSlot:
@@ -169,7 +171,9 @@ class DriverSlot:
         if spec.run_as is not None:
             readable = [self._ctx.runtime_dir, self.bundle.path, spec.cwd]
             preflight(spec.run_as, python, readable)
-        process = DriverProcess(spec, self._timeouts())
+        process = DriverProcess(
+            spec, self._timeouts(), functools.partial(self._ctx.on_event, self.name)
+        )
         self.process = process
         await process.start()
         assert process.pid is not None

@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
@@ -132,6 +133,11 @@ class Operations:
                 continue
             self.is_async[name] = inspect.iscoroutinefunction(member)
         self.has_health = callable(getattr(driver_class, "health", None))
+        # A driver that wants to raise events names an ``emit`` parameter.
+        try:
+            self.takes_emit = "emit" in inspect.signature(driver_class).parameters
+        except (TypeError, ValueError):
+            self.takes_emit = False
 
 
 class DriverServer(asyncio.Protocol):
@@ -155,6 +161,7 @@ class DriverServer(asyncio.Protocol):
         self._running: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # attach, detach, drain: ours to cancel
         self._draining = False
+        self._loop_thread = threading.get_ident()
 
     # -- channel events ---------------------------------------------------------
 
@@ -194,6 +201,14 @@ class DriverServer(asyncio.Protocol):
         """At exit: stop whatever still runs on the loop."""
         for future in [*self._tasks, *self._running.values()]:
             future.cancel()
+
+    def emit(self, resource_id: str, name: str, data: Any = None) -> None:
+        """What a driver instance calls as ``emit(name, data)``; from any thread."""
+        frame = self._codec.encode(["event", resource_id, name, data])
+        if threading.get_ident() == self._loop_thread:
+            self._out.send(frame)
+        else:
+            self._out.send_threadsafe(frame)
 
     def _finish(self, code: int) -> None:
         if not self._done.done():
@@ -305,7 +320,11 @@ class DriverServer(asyncio.Protocol):
         self, request_id: int, resource_id: str, properties: dict[str, Any]
     ) -> None:
         try:
-            instance = self._ops.driver_class(resource_id, properties)
+            if self._ops.takes_emit:
+                emit = functools.partial(self.emit, resource_id)
+                instance = self._ops.driver_class(resource_id, properties, emit=emit)
+            else:
+                instance = self._ops.driver_class(resource_id, properties)
             attach = getattr(instance, "attach", None)
             if attach is not None:
                 await self._maybe_in_thread(attach)

@@ -107,8 +107,15 @@ def test_add_validates_converts_and_calls(mis):
             "properties": {"host": "alpha", "size_gb": 10, "thin": True, "expires": "2027-01-31"},
             "state": "attached",
             "queued": 0,
+            "last_event": None,
         }
     ]
+    announced = mis.ctl("call", "v1", "announce", "name=low-space", 'data:={"free": 3}')
+    assert json.loads(ok(announced).stdout) is True
+    wait_for(lambda: json.loads(mis.ctl("resources", "--json").stdout)[0]["last_event"])
+    event = json.loads(mis.ctl("resources", "--json").stdout)[0]["last_event"]
+    assert (event["name"], event["data"], event["from"]) == ("low-space", {"free": 3}, "mis@1.0.0")
+    assert "event from mis@1.0.0: v1 low-space {'free': 3}" in mis.log()
     described = json.loads(ok(mis.ctl("call", "v1", "describe")).stdout)
     assert described["properties"]["size_gb"] == 10 and described["resource"] == "v1"
     echoed = json.loads(ok(mis.ctl("call", "v1", "echo", 'value:={"n": [1, 2]}')).stdout)
