@@ -1,50 +1,58 @@
-"""The kernel's end of one driver channel, as an asyncio Protocol.
+"""One framed msgspec connection, as an asyncio Protocol.
 
-Bytes from the child go through the sans-I/O codec and come out as typed
-messages handed to ``on_message``; a protocol violation (garbage, an oversized
-frame) is reported once to ``on_violation`` and the channel closes. Writing
-goes through the shared coalescing ``Outbox``.
+The same plumbing serves the kernel's end of every driver channel, the control
+server's connections and the control client: bytes go through the sans-I/O
+codec and come out as typed messages handed to ``on_message``; a protocol
+violation (garbage, an oversized frame) is reported once to ``on_violation``
+and the connection closes. Writing goes through the shared coalescing
+``Outbox``, which also carries the transport's flow control.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import Generic, TypeVar, cast
 
 from protocol.codec import MessageCodec
 from protocol.errors import ProtocolError
-from protocol.messages import ToKernel
 from protocol.outbox import Outbox
 
+In = TypeVar("In")
 
-class KernelChannel(asyncio.Protocol):
-    """Reads ``ToKernel`` messages and writes ``ToDriver`` ones."""
+
+class FramedChannel(asyncio.Protocol, Generic[In]):
+    """Reads messages of one type, writes any message msgspec can encode."""
 
     def __init__(
         self,
-        codec: MessageCodec[ToKernel],
-        on_message: Callable[[ToKernel], None],
+        codec: MessageCodec[In],
+        on_message: Callable[[In], None],
         on_violation: Callable[[ProtocolError], None],
+        on_made: Callable[[asyncio.Transport], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.codec = codec
         self.outbox = Outbox(asyncio.get_running_loop())
         self._on_message = on_message
         self._on_violation = on_violation
-        self._transport: asyncio.Transport | None = None
+        self._on_made = on_made
+        self._on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self._transport = transport
-        self.outbox.attach(transport)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.outbox.attach(self.transport)
+        if self._on_made is not None:
+            self._on_made(self.transport)
 
     def data_received(self, data: bytes) -> None:
         try:
             messages = self.codec.feed(data)
         except ProtocolError as exc:
-            self.close()
             self._on_violation(exc)
+            self.close()
             return
         on_message = self._on_message
         for message in messages:
@@ -63,7 +71,13 @@ class KernelChannel(asyncio.Protocol):
         self.outbox.release()
         if not self.lost.done():
             self.lost.set_result(None)
+        if self._on_lost is not None:
+            self._on_lost()
+
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self.transport is not None:
+            self.transport.close()

@@ -19,14 +19,14 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
+from kernel.channel import FramedChannel
 from kernel.commands import HANDLERS, STREAMS
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
 from protocol.errors import DrivebayError, KernelError, ProtocolError, RequestError
-from protocol.outbox import Outbox
 
 if TYPE_CHECKING:
     from kernel.daemon import Kernel
@@ -62,51 +62,39 @@ def _user_name(uid: int) -> str:
         return ""
 
 
-class ControlConnection(asyncio.Protocol):
+class ControlConnection:
+    """One client: its requests run concurrently, in tasks it owns."""
+
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
-        self._codec: MessageCodec[Request] = MessageCodec(Request, "control client")
-        self._outbox = Outbox(asyncio.get_running_loop())
         self._tasks: set[asyncio.Task[None]] = set()
-        self._transport: asyncio.Transport | None = None
+        codec: MessageCodec[Request] = MessageCodec(Request, "control client")
+        self.channel = FramedChannel(
+            codec, self._dispatch, self._violation, self._check_peer, self._lost
+        )
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._outbox.attach(self._transport)
+    def _check_peer(self, transport: asyncio.Transport) -> None:
         sock = transport.get_extra_info("socket")
         allowed, who = peer_allowed(sock, self._kernel.config.socket_group)
         if not allowed:
             log.warning("refused control connection from %s", who)
-            self._send(
-                Reply(
-                    0,
-                    False,
-                    error=REFUSED,
-                    code=EXIT_FAILURE,
-                )
-            )
-            self._transport.close()
+            self._send(Reply(0, False, error=REFUSED, code=EXIT_FAILURE))
+            transport.close()
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            requests = self._codec.feed(data)
-        except ProtocolError as exc:
-            self._send(Reply(0, False, error=str(exc), code=EXIT_USAGE))
-            if self._transport is not None:
-                self._transport.close()
-            return
-        loop = asyncio.get_running_loop()
-        for request in requests:
-            task = loop.create_task(self._serve(request))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _violation(self, error: ProtocolError) -> None:
+        self._send(Reply(0, False, error=str(error), code=EXIT_USAGE))
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _dispatch(self, request: Request) -> None:
+        task = asyncio.get_running_loop().create_task(self._serve(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lost(self) -> None:
         for task in self._tasks:
             task.cancel()
 
     def _send(self, reply: Reply) -> None:
-        self._outbox.send(self._codec.encode(reply))
+        self.channel.send(reply)
 
     async def _serve(self, request: Request) -> None:
         try:
@@ -156,7 +144,7 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
     mode = 0o660 if kernel.config.socket_group else 0o600
     old_umask = os.umask(0o777 & ~mode)  # the socket is born with its final mode
     try:
-        server = await loop.create_unix_server(lambda: ControlConnection(kernel), str(path))
+        server = await loop.create_unix_server(lambda: ControlConnection(kernel).channel, str(path))
     finally:
         os.umask(old_umask)
     if kernel.config.socket_group:

@@ -130,7 +130,7 @@ class DriverProcess:
         cannot run, the child exits or stays silent past the start deadline,
         speaks no common protocol version, or fails to load the driver class.
         """
-        from kernel.channel import KernelChannel
+        from kernel.channel import FramedChannel
 
         try:
             self._child = await spawn_child(self.spec)
@@ -141,7 +141,7 @@ class DriverProcess:
         codec: MessageCodec[ToKernel] = MessageCodec(
             ToKernel, f"driver {self.name}", self.spec.max_frame
         )
-        self._channel = KernelChannel(codec, self._on_message, self._on_violation)
+        self._channel = FramedChannel(codec, self._on_message, self._on_violation)
         try:
             await self._loop.connect_accepted_socket(lambda: self._channel, self._child.channel)
             async with asyncio.timeout(self.timeouts.start):
