@@ -25,13 +25,16 @@ def _msgspec_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]] 
         import msgspec
     except ImportError:
         return None
-    major, minor = (int(part) for part in msgspec.__version__.split(".")[:2])
-    if (major, minor) < (0, 18):
+    try:  # a driver may pin any msgspec, old or odd: only >= 0.18 is used
+        major, minor = (int(part) for part in msgspec.__version__.split(".")[:2])
+        if (major, minor) < (0, 18):
+            return None
+        decoder = msgspec.msgpack.Decoder()
+    except (AttributeError, ValueError, TypeError):
         return None
-    decoder = msgspec.msgpack.Decoder()
     return (
         f"msgspec {msgspec.__version__}",
-        msgspec.msgpack.Encoder().encode,
+        msgspec.msgpack.Encoder().encode,  # msgspec >= 0.18 has both
         decoder.decode,
         (msgspec.DecodeError, UnicodeDecodeError, RecursionError),
     )

@@ -573,3 +573,50 @@ def test_a_built_env_is_found_fast(tmp_path: Path, wheelhouse: Path, uv_cache: P
     elapsed, again = run(timed_hit())
     assert again == first
     assert elapsed < 0.05
+
+
+# -- a driver in a built env talks to the kernel, whatever msgspec it pinned ---
+
+
+async def _talk(env: Env, tmp_path: Path) -> tuple[str, object]:
+    from kernel.driver_process import DriverProcess
+    from sandbox.runtime_dir import ensure_runtime_dir
+    from sandbox.spawn import SpawnSpec
+    from tests.helpers import FAST, FIXTURES
+
+    spec = SpawnSpec(
+        python=env.python,
+        runtime_dir=ensure_runtime_dir(tmp_path / "state"),
+        entrypoint="misbehave:Misbehave",
+        driver="misbehave",
+        version="1.0.0",
+        cwd=tmp_path,
+        src=FIXTURES / "misbehave" / "src",
+    )
+    proc = DriverProcess(spec, FAST)
+    await proc.start()
+    try:
+        await proc.attach("r", {})
+        return proc.hello_codec, await proc.call("r", "echo", {"value": {"n": [1, 2.5, b"x"]}})
+    finally:
+        await proc.stop()
+
+
+@pytest.mark.parametrize("pin", ["old-stub", "current"])
+def test_a_driver_pinning_its_own_msgspec_still_talks(
+    tmp_path: Path, wheelhouse: Path, uv_cache: Path, pin: str
+) -> None:
+    if pin == "old-stub":  # an old msgspec the runtime must not use (no usable API)
+        files = {"msgspec/__init__.py": "__version__ = '0.17.0'\n"}
+        wheel = build_wheel(tmp_path / "w", "msgspec", "0.17.0", files)
+        lib, dependency, codec = make_lib(tmp_path, wheel), "msgspec==0.17.0", "stdlib"
+    else:
+        lib, dependency, codec = (
+            make_lib(tmp_path, whl(wheelhouse, "msgspec")),
+            "msgspec",
+            "msgspec",
+        )
+    env = build(request(lib, dependency), tmp_path / "envs", uv_cache)
+    hello_codec, echoed = run(_talk(env, tmp_path))
+    assert hello_codec.startswith(codec)
+    assert echoed == {"n": [1, 2.5, b"x"]}
