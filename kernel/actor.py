@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kernel.states import State
-from protocol.errors import Busy, DriverCrashed, DriverError, NotRunning, RequestError
+from protocol.errors import (
+    Busy,
+    DriverCrashed,
+    DriverError,
+    NotRunning,
+    OperationFailed,
+    RequestError,
+)
 
 if TYPE_CHECKING:
     from kernel.driver_process import DriverProcess
@@ -58,6 +65,7 @@ class Rebind:
 
     slot: DriverSlot | None
     properties: dict[str, Any] | None
+    withdrawn: bool = False  # a handover gave up on it: it must not move the actor any more
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -83,12 +91,15 @@ class ResourceActor:
         self.bound: DriverSlot | None = None  # the version it is attached to (or will be)
         self._attached: DriverProcess | None = None  # the process holding its instance
         self._router = router
-        self._mailbox: collections.deque[Operation] = collections.deque()
+        # Operations and property changes, in arrival order (a change applies
+        # after the operations queued before it); binding switches jump ahead.
+        self._mailbox: collections.deque[Operation | Rebind] = collections.deque()
         self._control: collections.deque[Rebind] = collections.deque()
         self._size = mailbox_size
         self._wait_running_s = wait_running_s
         self._wake = asyncio.Event()
         self._busy = False
+        self._current: Operation | Rebind | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error = ""
@@ -117,11 +128,20 @@ class ResourceActor:
     ) -> asyncio.Future[None]:
         """Between two operations: move to ``slot`` and/or re-attach with
         ``properties``. The future fails if the new attach fails (the actor is
-        then back on its previous binding)."""
+        then back on its previous binding). A property change waits for the
+        operations queued before it; a move to another slot does not."""
+        return self.rebind_step(slot, properties).done
+
+    def rebind_step(
+        self, slot: DriverSlot | None, properties: dict[str, Any] | None = None
+    ) -> Rebind:
+        """``rebind``, returning the step itself (a handover may withdraw it)."""
+        if self._closed:
+            raise RequestError(f"resource {self.resource_id} was removed")
         step = Rebind(slot, properties)
-        self._control.append(step)
+        (self._mailbox if properties is not None else self._control).append(step)
         self._wake.set()
-        return step.done
+        return step
 
     @property
     def attached(self) -> bool:
@@ -154,17 +174,22 @@ class ResourceActor:
             self._run(), name=f"actor {self.resource_id}"
         )
 
-    async def close(self, detach: bool = True) -> None:
-        """Stop taking operations, fail the queued ones, detach, end the task."""
+    async def close(self, detach: bool = True, reason: str = "was removed") -> None:
+        """Stop taking operations; fail the one in flight and the queued ones
+        (their callers get an answer, never silence); detach; end the task."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for item in self._mailbox:
-            if not item.future.done():
-                item.future.set_exception(RequestError(f"resource {self.resource_id} was removed"))
+        gone = RequestError(f"resource {self.resource_id} {reason}")
+        pending = [*self._mailbox, *self._control]
+        if self._current is not None:
+            pending.append(self._current)
+        for item in pending:
+            _fail(item.future if isinstance(item, Operation) else item.done, gone)
         self._mailbox.clear()
+        self._control.clear()
         if detach:
             await self._detach()
 
@@ -174,16 +199,22 @@ class ResourceActor:
                 self._wake.clear()
                 await self._wake.wait()
             while self._control:
-                await self._apply(self._control.popleft())
+                step = self._control.popleft()
+                self._current = step
+                await self._apply(step)
+                self._current = None
             if self._mailbox:
                 item = self._mailbox.popleft()
-                if item.future.done():  # the caller gave up before delivery
-                    continue
+                self._current = item
                 self._busy = True
                 try:
-                    await self._deliver(item)
+                    if isinstance(item, Rebind):
+                        await self._apply(item)
+                    elif not item.future.done():  # else the caller gave up before delivery
+                        await self._deliver(item)
                 finally:
                     self._busy = False
+                    self._current = None
 
     async def _deliver(self, item: Operation) -> None:
         try:
@@ -206,10 +237,16 @@ class ResourceActor:
             slot = self.bound = self._router(self)
         process = slot.process
         if slot.state is not State.RUNNING or process is None or not process.alive:
-            process = await self._wait_running(slot)
+            try:
+                process = await self._wait_running(slot)
+            except TimeoutError:
+                raise NotRunning(
+                    f"{slot.name} did not come back within {self._wait_running_s:g}s "
+                    f"({slot.state}: {slot.lifecycle.reason}); the operation was not sent"
+                ) from None
         if self._attached is not process:
             try:
-                await process.attach(self.resource_id, self.properties)
+                await self._attach(process)
             except Exception as exc:
                 self.last_error = f"attach on {slot.name} failed: {exc}"
                 raise
@@ -231,7 +268,9 @@ class ResourceActor:
                     raise DriverFatal(
                         f"{slot.name} is FATAL ({slot.lifecycle.reason}); drivebayctl start {name}"
                     )
-                if state in (State.FAILED, State.INVALID) or (
+                if slot.closed:
+                    raise NotRunning(f"{slot.name} was removed; retry to reach its successor")
+                if state in (State.FAILED, State.INVALID, State.BLOCKED) or (
                     state in (State.STOPPED, State.STOPPING) and slot.held
                 ):
                     raise NotRunning(
@@ -243,6 +282,8 @@ class ResourceActor:
                 await slot.next_move()
 
     async def _apply(self, step: Rebind) -> None:
+        if step.withdrawn or step.done.done():
+            return
         previous = self.bound
         old_properties = self.properties
         target = step.slot or previous
@@ -252,8 +293,8 @@ class ResourceActor:
             if target is not previous or step.properties is not None:
                 await self._detach()
                 self.bound = target
-                if target is not None and target.state is State.RUNNING:
-                    await self._ready()
+            if target is not None and self.needs_attach(target):
+                await self._ready()  # also after a restart: attach-time work resumes
         except Exception as exc:
             log.warning(
                 "%s: could not attach on %s: %s; staying on %s",
@@ -275,6 +316,17 @@ class ResourceActor:
             if not step.done.done():
                 step.done.set_result(None)
 
+    async def _attach(self, process: DriverProcess) -> None:
+        try:
+            await process.attach(self.resource_id, self.properties)
+        except OperationFailed as exc:
+            if exc.type_name != "AlreadyAttached":
+                raise
+            # An earlier attach we gave up on (its deadline passed) finished
+            # anyway: replace that instance with one of the current properties.
+            await process.detach(self.resource_id)
+            await process.attach(self.resource_id, self.properties)
+
     async def _detach(self) -> None:
         process, self._attached = self._attached, None
         if process is not None and process.alive:
@@ -285,5 +337,12 @@ class ResourceActor:
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    """Fail ``future`` unless answered; an unawaited one must not log a traceback."""
     if not future.done():
         future.set_exception(exc)
+        future.add_done_callback(_consume)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -19,11 +19,12 @@ import kernel
 from kernel.messages_catalog import load_catalog
 from kernel.states import NOT_RUNNING, State
 from protocol.control_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_NOT_RUNNING_STATE, EXIT_OK
-from protocol.errors import RequestError
+from protocol.errors import DrivebayError, OperationFailed, RequestError
 from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 
 if TYPE_CHECKING:
     from kernel.daemon import Kernel
+    from kernel.resources import ResourceBook
     from kernel.supervisor import DriverSlot
 
 Args = dict[str, Any]
@@ -323,7 +324,7 @@ def _budget(k: Kernel) -> float:
 # -- resources -------------------------------------------------------------------------
 
 
-def _book(k: Kernel) -> Any:
+def _book(k: Kernel) -> ResourceBook:
     if k.book is None:
         raise RequestError("the daemon is still starting; retry in a moment")
     return k.book
@@ -369,18 +370,30 @@ async def resource_pin(k: Kernel, args: Args) -> Outcome:
     return {"id": resource.id, "pinned": resource.pinned}, EXIT_OK
 
 
+def call_error(exc: BaseException) -> RequestError:
+    """An operation's failure as the one line ``call`` prints: ``TYPE: message``."""
+    if isinstance(exc, OperationFailed):
+        return RequestError(f"{exc.type_name}: {exc.message}")
+    if isinstance(exc, DrivebayError):  # Busy, DriverCrashed, DriverFatal, NotRunning, ...
+        return RequestError(f"{type(exc).__name__}: {exc}")
+    raise exc
+
+
+def submit_call(k: Kernel, args: Args) -> asyncio.Future[Any]:
+    """Queue the operation; raises at once for an unknown resource (exit 4) or a
+    full mailbox. The control server replies from the future's callback: a call,
+    the hot path, costs no task of its own in the daemon."""
+    actor = _book(k).actor(args["resource"])
+    try:
+        return actor.submit(args["op"], args.get("args", {}), args.get("timeout"))
+    except DrivebayError as exc:
+        raise call_error(exc) from exc
+
+
 @command("call")
 async def call(k: Kernel, args: Args) -> Outcome:
-    from protocol.errors import DrivebayError, OperationFailed
-
-    book = _book(k)
-    book.actor(args["resource"])  # an unknown resource: exit 4, not an operation error
     try:
-        result = await book.call(
-            args["resource"], args["op"], args.get("args", {}), args.get("timeout")
-        )
-    except OperationFailed as exc:
-        raise RequestError(f"{exc.type_name}: {exc.message}") from exc
-    except DrivebayError as exc:  # Busy, DriverCrashed, DriverFatal, NotRunning, ...
-        raise RequestError(f"{type(exc).__name__}: {exc}") from exc
+        result = await submit_call(k, args)
+    except DrivebayError as exc:
+        raise call_error(exc) from exc
     return result, EXIT_OK

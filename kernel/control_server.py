@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import logging
 import os
@@ -19,10 +20,10 @@ import socket
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kernel.channel import FramedChannel
-from kernel.commands import HANDLERS, STREAMS
+from kernel.commands import HANDLERS, STREAMS, call_error, submit_call
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
@@ -68,6 +69,7 @@ class ControlConnection:
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
         self._tasks: set[asyncio.Task[None]] = set()
+        self._calls: set[asyncio.Future[Any]] = set()
         codec: MessageCodec[Request] = MessageCodec(Request, "control client")
         self.channel = FramedChannel(
             codec, self._dispatch, self._violation, self._check_peer, self._lost
@@ -85,11 +87,54 @@ class ControlConnection:
         self._send(Reply(0, False, error=str(error), code=EXIT_USAGE))
 
     def _dispatch(self, request: Request) -> None:
+        if request.command == "call":
+            self._call(request)
+            return
         task = asyncio.get_running_loop().create_task(self._serve(request))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _call(self, request: Request) -> None:
+        """The hot path: queue on the actor, reply when its future is done."""
+        try:
+            future = submit_call(self._kernel, request.args)
+        except RequestError as exc:
+            self._send(Reply(request.id, False, error=str(exc), code=exc.exit_code))
+            return
+        except (KeyError, TypeError, ValueError) as exc:
+            self._send(
+                Reply(request.id, False, error=f"bad arguments for call: {exc}", code=EXIT_USAGE)
+            )
+            return
+        self._calls.add(future)
+        future.add_done_callback(functools.partial(self._call_done, request.id))
+
+    def _call_done(self, request_id: int, future: asyncio.Future[Any]) -> None:
+        self._calls.discard(future)
+        if future.cancelled():
+            return  # the client went away
+        exc = future.exception()
+        if exc is None:
+            self._send(Reply(request_id, True, future.result()))
+            return
+        try:
+            error = call_error(exc)
+        except BaseException:
+            log.error("call failed inside the kernel", exc_info=exc)
+            self._send(
+                Reply(
+                    request_id,
+                    False,
+                    error=f"internal error (a bug; see the daemon log): {exc!r}",
+                    code=EXIT_FAILURE,
+                )
+            )
+            return
+        self._send(Reply(request_id, False, error=str(error), code=error.exit_code))
+
     def _lost(self) -> None:
+        for future in self._calls:
+            future.cancel()  # the actor skips operations nobody waits for
         for task in self._tasks:
             task.cancel()
 

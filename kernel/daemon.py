@@ -385,9 +385,7 @@ class Kernel:
         """Drain and stop a version nobody uses any more; status shows it meanwhile."""
         self.retiring.append(slot)
         try:
-            if slot.state is State.RUNNING:
-                slot.lifecycle.move(State.DRAINING, f"{reason}; draining")
-            await slot.close()
+            await slot.close(retire=reason)
         finally:
             self.retiring.remove(slot)
 

@@ -12,6 +12,7 @@ after a failed start, FATAL after a crash loop). Operators reach it through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
 import logging
@@ -72,6 +73,7 @@ class DriverSlot:
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._retiring = ""
         self._failure = ""
         self.output_listeners: set[Callable[[str, bytes], None]] = set()
         self.held = False  # an operator stopped it: reconciling must not start it
@@ -113,29 +115,56 @@ class DriverSlot:
         """Start the supervision task; ``close`` ends it."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"slot {self.name}")
 
-    async def close(self) -> None:
-        """Stop the process (staged) and end the task."""
+    async def close(self, retire: str = "") -> None:
+        """Stop the process (staged: a RUNNING one drains first, shown as
+        DRAINING with ``retire`` as the reason) and end the task. A build or
+        start in progress is abandoned (cancelled, its child reaped)."""
         self._closed = True
+        self._retiring = retire
         self._goal = Goal.STOP
         self._command.set()
-        if self._task is not None:
-            await self._task
+        task = self._task
+        if task is None:
+            return
+        if self.state in (State.BUILDING, State.STARTING) and not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def _run(self) -> None:
         try:
             while True:
-                if self._goal is Goal.STOP:
-                    await self._down()
-                    if self._closed:
-                        return
-                    await self._wait_command()
-                elif self.state in (State.FATAL, State.FAILED, State.BLOCKED, State.INVALID):
-                    await self._wait_command()
-                else:
-                    await self._up_and_serve()
+                try:
+                    if self._goal is Goal.STOP:
+                        await self._down()
+                        if self._closed:
+                            return
+                        await self._wait_command()
+                    elif self.state in (State.FATAL, State.FAILED, State.BLOCKED, State.INVALID):
+                        await self._wait_command()
+                    else:
+                        await self._up_and_serve()
+                except Exception as exc:  # a kernel bug or a host problem, not the driver's
+                    log.exception("supervision of %s failed", self.name)
+                    await self._give_up(f"internal error: {type(exc).__name__}: {exc}")
         finally:
             if self.process is not None and self.process.alive:
                 await self.process.stop()
+
+    def _stop_wanted(self) -> bool:
+        """Read anew after every await: a command may have changed it meanwhile."""
+        return self._goal is Goal.STOP
+
+    async def _give_up(self, reason: str) -> None:
+        """After an unexpected error: stop the process, show FAILED with the reason."""
+        if self.process is not None and self.process.alive:
+            await self.process.stop()
+            self._reaped()
+        for target in (State.STOPPED, State.FAILED):
+            if target in _allowed(self.state):
+                self.lifecycle.move(target, reason)
+        if self._closed:
+            self._goal = Goal.STOP
 
     async def _wait_command(self, timeout: float | None = None) -> bool:
         """Wait for an operator command (True) or the timeout (False)."""
@@ -150,6 +179,8 @@ class DriverSlot:
     async def _up_and_serve(self) -> None:
         try:
             await self._bring_up()
+            if self.state is not State.RUNNING:
+                return
         except EnvBuildError as exc:
             self._move(State.FAILED, str(exc))
             return
@@ -166,6 +197,8 @@ class DriverSlot:
         if not self.env_key:
             self._move(State.BUILDING, "building its virtualenv")
         python, self.env_key = await self._ctx.prepare(self.bundle)
+        if self._stop_wanted():
+            return  # stopped while building: the loop takes it down
         self._move(State.STARTING, "")
         spec = self._spec(python)
         if spec.run_as is not None:
@@ -186,6 +219,8 @@ class DriverSlot:
             raise DriverStartError(f"{self.name} failed its first health check: {exc}") from exc
         self._started_at = time.monotonic()
         self._move(State.RUNNING, f"pid {process.pid}")
+        if self._stop_wanted():
+            self._command.set()  # stopped while starting: _serve returns at once
 
     async def _serve(self) -> None:
         """Until the process exits or a command arrives; checks health meanwhile."""
@@ -239,6 +274,8 @@ class DriverSlot:
     async def _down(self) -> None:
         process = self.process
         if process is not None and process.alive:
+            if self._retiring and self.state is State.RUNNING:
+                self._move(State.DRAINING, f"{self._retiring}; draining")
             self._move(State.STOPPING, "")
             code = await process.stop()
             self._reaped()

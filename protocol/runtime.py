@@ -178,6 +178,25 @@ class DriverServer(asyncio.Protocol):
     def _send(self, message: list[Any]) -> None:
         self._out.send(self._codec.encode(message))
 
+    def _send_result(self, request_id: int, value: Any) -> None:
+        """The reply to a request, or an error saying its value cannot travel."""
+        try:
+            frame = self._codec.encode(["result", request_id, value])
+        except Exception as exc:  # a driver returned something MessagePack cannot carry
+            kind = type(value).__name__
+            self._send(
+                [
+                    "error",
+                    request_id,
+                    "UnencodableResult",
+                    f"the result ({kind}) cannot be sent: {exc}; return plain values "
+                    "(None, bool, int, float, str, bytes, list, dict)",
+                    "",
+                ]
+            )
+            return
+        self._out.send(frame)
+
     def data_received(self, data: bytes) -> None:
         try:
             messages = self._codec.feed(data)
@@ -294,7 +313,7 @@ class DriverServer(asyncio.Protocol):
         except Exception as exc:
             self._send(error_reply(request_id, exc))
         else:
-            self._send(["result", request_id, result])
+            self._send_result(request_id, result)
         finally:
             self._running.pop(request_id, None)
 
@@ -307,14 +326,18 @@ class DriverServer(asyncio.Protocol):
         if exc is not None:
             self._send(error_reply(request_id, exc))
         else:
-            self._send(["result", request_id, future.result()])
+            self._send_result(request_id, future.result())
 
     def _attach(self, request_id: int, resource_id: str, properties: dict[str, Any]) -> None:
         if resource_id in self._instances:
             message = f"resource {resource_id!r} is already attached"
             self._send(["error", request_id, "AlreadyAttached", message, ""])
             return
-        self._spawn(self._attach_instance(request_id, resource_id, properties))
+        # Tracked like a call, so the kernel's Cancel (after its deadline) stops
+        # it and a late finish cannot leave an instance the kernel gave up on.
+        task = self._loop.create_task(self._attach_instance(request_id, resource_id, properties))
+        self._running[request_id] = task
+        task.add_done_callback(lambda _: self._running.pop(request_id, None))
 
     async def _attach_instance(
         self, request_id: int, resource_id: str, properties: dict[str, Any]
@@ -328,6 +351,9 @@ class DriverServer(asyncio.Protocol):
             attach = getattr(instance, "attach", None)
             if attach is not None:
                 await self._maybe_in_thread(attach)
+        except asyncio.CancelledError:
+            self._send(["error", request_id, "Cancelled", "attach cancelled by the kernel", ""])
+            return
         except Exception as exc:
             self._send(error_reply(request_id, exc))
             return
