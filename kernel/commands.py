@@ -213,12 +213,18 @@ async def tail_follow(k: Kernel, args: Args) -> AsyncIterator[Any]:
         if stream == wanted and not queue.full():
             queue.put_nowait(data.decode("utf-8", "replace"))
 
+    def on_move(state: State) -> None:
+        if slot.closed and state is State.STOPPED:
+            queue.put_nowait("")  # retired or removed: end the stream
+
     slot.output_listeners.add(listener)
+    unsubscribe = slot.lifecycle.listen(on_move)
     try:
         yield read_tail(slot.log_paths()[wanted], int(args.get("lines", 20)))
-        while True:
-            yield await queue.get()
+        while chunk := await queue.get():
+            yield chunk
     finally:
+        unsubscribe()
         slot.output_listeners.discard(listener)
 
 
@@ -242,23 +248,20 @@ async def start(k: Kernel, args: Args) -> Outcome:
     async def one(slot: DriverSlot) -> dict[str, Any]:
         if slot.state is State.RUNNING:
             return {"name": slot.name, "ok": True, "message": "already started"}
-        slot.held = False
-        unmet = [
-            n
-            for n in slot.manifest.requires
-            if n not in k.slots or k.slots[n].state is not State.RUNNING
-        ]
+        unmet = [n for n in slot.manifest.requires if not k.running(n)]
         if unmet:
             return {
                 "name": slot.name,
                 "ok": False,
                 "message": f"requires {', '.join(unmet)}, which is not running",
             }
+        slot.held = False
         k.forget_failure(slot)
         slot.want_running(reset=True)
         await asyncio.sleep(0)
+        # BACKOFF is not an answer: the slot retries until RUNNING or FATAL.
         state = await slot.wait_settled(
-            _budget(k), frozenset({State.RUNNING, State.FATAL, State.FAILED, State.BACKOFF})
+            _budget(k), frozenset({State.RUNNING, State.FATAL, State.FAILED, State.BLOCKED})
         )
         if state is State.RUNNING:
             return {"name": slot.name, "ok": True, "message": "started"}
@@ -273,17 +276,15 @@ async def start(k: Kernel, args: Args) -> Outcome:
 async def stop(k: Kernel, args: Args) -> Outcome:
     async def one(slot: DriverSlot) -> dict[str, Any]:
         slot.held = True
-        if slot.process is None or not slot.process.alive:
-            if slot.state in (State.BACKOFF, State.FATAL, State.BLOCKED, State.FAILED):
-                slot.want_stopped()
-                await slot.wait_settled(_budget(k), frozenset({State.STOPPED}))
-                return {"name": slot.name, "ok": True, "message": "stopped"}
+        if slot.state in (State.STOPPED, State.INVALID):
             return {
                 "name": slot.name,
                 "ok": False,
                 "message": "not running",
                 "code": EXIT_NOT_RUNNING,
             }
+        # Running, or on its way (building, starting, backing off) or stuck
+        # (FATAL, FAILED, BLOCKED): in every case it ends STOPPED.
         slot.want_stopped()
         await slot.wait_settled(_budget(k), frozenset({State.STOPPED}))
         return {"name": slot.name, "ok": True, "message": "stopped"}

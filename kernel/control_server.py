@@ -159,14 +159,10 @@ class ControlConnection:
         except DrivebayError as exc:
             self._send(Reply(request.id, False, error=str(exc), code=EXIT_FAILURE))
         except (KeyError, TypeError, ValueError) as exc:
-            self._send(
-                Reply(
-                    request.id,
-                    False,
-                    error=f"bad arguments for {request.command}: {exc}",
-                    code=EXIT_USAGE,
-                )
-            )
+            # Usually a malformed request; logged in full in case it is a bug.
+            log.warning("request %s with bad arguments", request.command, exc_info=True)
+            message = f"bad arguments for {request.command}: {exc}"
+            self._send(Reply(request.id, False, error=message, code=EXIT_USAGE))
         except Exception as exc:
             log.exception("control command %s failed", request.command)
             self._send(

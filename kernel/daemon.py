@@ -64,6 +64,7 @@ class Kernel:
         self._failed: dict[str, str] = {}  # name@version -> digest that failed: not retried
         self._replacements: dict[str, StoredBundle] = {}  # same version, new content
         self.book: ResourceBook | None = None
+        self._requested: set[str] = set()  # name@version a pin is about to need
         self.last_switch_s = 0.0
         self.plan = Plan()
         self.ready = asyncio.Event()  # the first reconcile is done
@@ -156,10 +157,14 @@ class Kernel:
                     await self.reload_config()
                 except DrivebayError as exc:
                     log.error("reload failed, keeping the old configuration: %s", exc)
-            await self.reconcile()
+            try:
+                await self.reconcile()
+                if not self.registry.unsettled:
+                    await self.collect_envs()
+            except Exception:  # a kernel bug or a host problem: log it, keep serving
+                log.exception("reconciling failed; retrying in 5 s")
+                asyncio.get_running_loop().call_later(5, self.kick)
             self.ready.set()
-            if not self.registry.unsettled:
-                await self.collect_envs()
             if self.registry.unsettled:
                 # A directory still being copied: look again once it may have settled.
                 asyncio.get_running_loop().call_later(self.config.settle_s, self.kick)
@@ -178,6 +183,7 @@ class Kernel:
             gone = slot.manifest.name not in available
             if self.active.get(slot.manifest.name) == slot.manifest.version:
                 del self.active[slot.manifest.name]
+                self._choose_active(slot.manifest.name, excluding=slot)
             reason = "bundle removed" if gone else "not needed"
             log.info("stopping %s: %s", slot.name, reason)
             await self._retire(slot, reason)
@@ -215,6 +221,11 @@ class Kernel:
                     break
                 # A failed newest version keeps its row (FAILED) in status.
                 wanted.setdefault(f"{name}@{version}", bundle)
+        for key in self._requested:
+            driver, _, version = key.partition("@")
+            requested = available.get(driver, {}).get(version)
+            if requested is not None:
+                wanted[key] = requested
         if self.book is not None:
             for actor in self.book.actors.values():
                 if actor.pinned:
@@ -227,6 +238,18 @@ class Kernel:
                 wanted.setdefault(key, self.slots[key].bundle)
         return wanted
 
+    def _choose_active(self, name: str, excluding: DriverSlot) -> None:
+        """The active version went away: the newest other RUNNING one serves."""
+        running = [
+            s
+            for s in self.slots.values()
+            if s.manifest.name == name and s is not excluding and s.state is State.RUNNING
+        ]
+        if running:
+            best = max(running, key=lambda s: version_key(s.manifest.version))
+            best.candidate = False
+            self.active[name] = best.manifest.version
+
     def _is_upgrade(self, bundle: StoredBundle) -> bool:
         active = self.active.get(bundle.manifest.name)
         if active is None:
@@ -236,10 +259,16 @@ class Kernel:
     def _add_slot(self, bundle: StoredBundle, candidate: bool = False) -> DriverSlot:
         slot = DriverSlot(bundle, self._slot_context())
         slot.candidate = candidate
-        slot.lifecycle.listen(lambda _state: self.kick())
+        slot.lifecycle.listen(lambda state: self._on_slot_state(slot, state))
         self.slots[slot.name] = slot
         slot.launch()
         return slot
+
+    def _on_slot_state(self, slot: DriverSlot, state: State) -> None:
+        name = slot.manifest.name
+        if state is State.RUNNING and not slot.candidate and name not in self.active:
+            self.active[name] = slot.manifest.version  # its first good start, however late
+        self.kick()
 
     def _nodes(self) -> dict[str, Node]:
         nodes: dict[str, Node] = {}
@@ -274,11 +303,16 @@ class Kernel:
             return
         self.schema_for(driver, version)
         key = f"{driver}@{version}"
-        if key not in self.slots:
-            bundle = self.registry.versions()[driver][version]
-            self._add_slot(bundle).want_running()
-        slot = self.slots[key]
-        state = await slot.wait_settled(self._stop_budget())
+        self._requested.add(key)  # wanted from now on: no reconcile may retire it
+        try:
+            if key not in self.slots:
+                bundle = self.registry.versions()[driver][version]
+                self._add_slot(bundle).want_running()
+            slot = self.slots[key]
+            ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
+            state = await slot.wait_settled(self._stop_budget(), ended)
+        finally:
+            self._requested.discard(key)
         if state is not State.RUNNING:
             raise RequestError(f"{key} did not start: {slot.state} ({slot.lifecycle.reason})")
 
@@ -336,7 +370,8 @@ class Kernel:
         assert self.book is not None
         actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
         self.active[name] = new.manifest.version
-        result = await hand_over(old, new, actors, self.config.timeouts.call_s * 2 + 30)
+        budget = max(old.call_timeout, new.call_timeout) * 2 + 30
+        result = await hand_over(old, new, actors, budget)
         self.last_switch_s = result.switch_s
         if not result.ok:
             self.active[name] = old.manifest.version
@@ -373,7 +408,8 @@ class Kernel:
         self.slots[new.name] = new
         assert self.book is not None
         actors = [a for a in self.book.actors.values() if a.bound is old]
-        result = await hand_over(old, new, actors, self.config.timeouts.call_s * 2 + 30)
+        budget = max(old.call_timeout, new.call_timeout) * 2 + 30
+        result = await hand_over(old, new, actors, budget)
         if not result.ok:
             self.slots[old.name] = old
             await new.close()
@@ -395,11 +431,16 @@ class Kernel:
             return
         for actor in self.book.actors.values():
             try:
-                slot = actor.bound or self._route(actor)
+                route = self._route(actor)
             except DrivebayError:
                 continue
-            if actor.needs_attach(slot):
-                actor.rebind(slot)
+            bound = actor.bound
+            if route is not bound and route.state is State.RUNNING and not route.candidate:
+                actor.rebind(route)  # misrouted (a pin changed, its version went away)
+            elif bound is not None and actor.needs_attach(bound):
+                actor.rebind(bound)  # its version restarted: attach-time work resumes
+            elif bound is None and actor.needs_attach(route):
+                actor.rebind(route)
 
     async def _settle(self, slot: DriverSlot) -> None:
         budget = self.config.timeouts.start_s * 2 + 600  # a first env build may download
@@ -420,7 +461,10 @@ class Kernel:
             await asyncio.gather(
                 *(s.close() for s in list(self.slots.values()) if s.manifest.name in wave)
             )
-        await asyncio.gather(*(slot.close() for slot in self.slots.values()))
+        await asyncio.gather(
+            *(slot.close() for slot in [*self.slots.values(), *self.retiring]),
+            return_exceptions=True,
+        )
 
     # -- routing resources -------------------------------------------------------
 
@@ -462,7 +506,7 @@ class Kernel:
     def _slot_context(self) -> SlotContext:
         assert self._runtime_dir is not None
         return SlotContext(
-            config=self.config,
+            current_config=lambda: self.config,
             runtime_dir=self._runtime_dir,
             prepare=self._prepare_env,
             on_spawn=self._pids.record,
@@ -532,7 +576,9 @@ class Kernel:
         self.config = fresh
         self.registry.settle_s = fresh.settle_s
         for key, slot in self.slots.items():
-            if slot.manifest.name in changed:
+            # Only running versions are replaced; the others (stopped by an
+            # operator, FATAL, FAILED) take the new settings at their next start.
+            if slot.manifest.name in changed and slot.state is State.RUNNING and not slot.held:
                 log.info("settings of %s changed; handing it over to a new process", slot.name)
                 self._replacements[key] = slot.bundle
         self.kick()

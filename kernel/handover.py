@@ -40,20 +40,16 @@ async def hand_over(
     moving = [actor for actor in actors if actor.bound is old or actor.bound is None]
     started = time.monotonic()
     log.info("handing %d resources over from %s to %s", len(moving), old.name, new.name)
-    pending = {actor: actor.rebind(new) for actor in moving}
+    steps = {actor: actor.rebind_step(new) for actor in moving}
     failure = ""
-    try:
-        async with asyncio.timeout(timeout):
-            results = await asyncio.gather(*pending.values(), return_exceptions=True)
-    except TimeoutError:
-        results = [
-            future.exception() if future.done() else TimeoutError("handover timed out")
-            for future in pending.values()
-        ]
-    for actor, outcome in zip(pending, results, strict=True):
-        if isinstance(outcome, BaseException):
-            failure = f"attach of {actor.resource_id} failed: {outcome}"
-            break
+    if steps:
+        _, pending = await asyncio.wait([s.done for s in steps.values()], timeout=timeout)
+        if pending:
+            failure = f"{len(pending)} resources did not switch within {timeout:g}s"
+    for actor, step in steps.items():
+        step.withdrawn = True  # a step not yet run must never move its actor later
+        if not failure and step.done.done() and step.done.exception() is not None:
+            failure = f"attach of {actor.resource_id} failed: {step.done.exception()}"
     switch_s = time.monotonic() - started
     if not failure:
         log.info("%s: all %d resources switched in %.1f ms", new.name, len(moving), switch_s * 1e3)
@@ -62,5 +58,6 @@ async def hand_over(
         "handover to %s failed (%s); moving every resource back to %s", new.name, failure, old.name
     )
     back = [actor.rebind(old) for actor in moving if actor.bound is new]
-    await asyncio.gather(*back, return_exceptions=True)
+    if back:
+        await asyncio.wait(back, timeout=timeout)
     return HandoverResult(False, 0, switch_s, failure)

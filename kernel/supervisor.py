@@ -48,7 +48,7 @@ class Goal(enum.Enum):
 class SlotContext:
     """What every slot needs from the kernel."""
 
-    config: Config
+    current_config: Callable[[], Config]  # the kernel's config now (reloads change it)
     runtime_dir: Path
     prepare: Callable[[StoredBundle], Awaitable[tuple[Path, str]]]  # -> (python, env key)
     on_spawn: Callable[[str, int], None]  # (slot name, pid): record for stale cleanup
@@ -69,7 +69,7 @@ class DriverSlot:
         self._ctx = context
         self._goal = Goal.STOP
         self._command = asyncio.Event()
-        self.restarts = RestartTracker(context.config.restart)
+        self.restarts = RestartTracker(context.current_config().restart)
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -103,7 +103,7 @@ class DriverSlot:
         return self.process.pid if self.process and self.process.alive else None
 
     def log_paths(self) -> dict[str, Path]:
-        logs = self._ctx.config.state_path / "logs"
+        logs = self._ctx.current_config().state_path / "logs"
         return {
             "stdout": logs / f"{self.name}.stdout.log",
             "stderr": logs / f"{self.name}.stderr.log",
@@ -226,7 +226,7 @@ class DriverSlot:
         """Until the process exits or a command arrives; checks health meanwhile."""
         process = self.process
         assert process is not None
-        interval = self._ctx.config.timeouts.health_interval_s
+        interval = self._ctx.current_config().timeouts.health_interval_s
         while True:
             command = asyncio.ensure_future(self._command.wait())
             waits: list[asyncio.Future[Any]] = [process.exited, command]
@@ -365,8 +365,13 @@ class DriverSlot:
 
     # -- building blocks -----------------------------------------------------------
 
+    @property
+    def call_timeout(self) -> float:
+        """The default deadline of this version's operations."""
+        return self._timeouts().call
+
     def _timeouts(self) -> Timeouts:
-        settings = self._ctx.config.timeouts
+        settings = self._ctx.current_config().timeouts
         call = self.manifest.limits.call_timeout_s or settings.call_s
         return Timeouts(
             start=settings.start_s,
@@ -379,7 +384,7 @@ class DriverSlot:
         )
 
     def _spec(self, python: Path) -> SpawnSpec:
-        config = self._ctx.config
+        config = self._ctx.current_config()
         settings = config.for_driver(self.manifest.name)
         work = config.state_path / "work" / self.manifest.name
         work.mkdir(parents=True, exist_ok=True)
@@ -414,7 +419,7 @@ class DriverSlot:
 
     def rlimits(self) -> dict[str, int]:
         """The manifest's limits over the config's defaults, as RLIMIT_* values."""
-        config = self._ctx.config
+        config = self._ctx.current_config()
         defaults = config.for_driver(self.manifest.name).limits or config.limits
         own = self.manifest.limits
         memory = own.memory_mb or defaults.memory_mb

@@ -16,10 +16,12 @@ always holds a complete copy.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import errno
 import hashlib
 import os
+import py_compile
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -149,9 +151,27 @@ def _write_tree(files: Mapping[str, bytes], root: Path) -> None:
             stream.flush()
             os.fchmod(fd, 0o444)
             os.fsync(fd)
+    dirs.update(_compile_sources(root / "src"))
     for directory in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
         _fsync_dir(directory)
         directory.chmod(0o555)
+
+
+def _compile_sources(src: Path) -> set[Path]:
+    """Compile the driver's code once, here: children run with ``-B`` from a
+    read-only copy and could never cache it. Compiling runs none of it; a
+    syntax error is left for the driver's start to report. Returns the
+    ``__pycache__`` directories made (read-only like the rest)."""
+    if not src.is_dir():
+        return set()
+    compileall.compile_dir(
+        src, quiet=2, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH
+    )
+    caches = set(src.rglob("__pycache__"))
+    for cache in caches:
+        for compiled in cache.iterdir():
+            compiled.chmod(0o444)
+    return caches
 
 
 def _fsync_dir(directory: Path) -> None:

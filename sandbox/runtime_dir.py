@@ -21,6 +21,10 @@ from pathlib import Path
 
 import protocol
 
+# Part of the digest: a new layout (e.g. shipping bytecode) makes a new copy
+# instead of reusing an old one that lacks it.
+LAYOUT = b"drivebay-runtime-2 (with bytecode)"
+
 CHILD_MODULES = (
     "__init__.py",
     "errors.py",
@@ -37,7 +41,7 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
     """The directory to put first on a child's ``sys.path``; created once."""
     source = Path(protocol.__file__).parent
     contents = {name: (source / name).read_bytes() for name in CHILD_MODULES}
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(LAYOUT)
     for name, data in contents.items():
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     target = state_dir / "runtime" / digest.hexdigest()[:16]

@@ -166,7 +166,9 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         # Popen (vfork + exec) returns within a millisecond and, unlike the
         # loop's subprocess API, lets us own the reaping through a pidfd.
         popen = subprocess.Popen(  # noqa: ASYNC220
-            [str(spec.python), "-I", "-c", BOOTSTRAP, str(spec.runtime_dir)],
+            # -B: the child writes no bytecode anywhere; the store and the
+            # runtime dir ship theirs, and must stay read-only even for root.
+            [str(spec.python), "-I", "-B", "-c", BOOTSTRAP, str(spec.runtime_dir)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -313,3 +313,27 @@ def test_driver_logging_reaches_kernel_log(tmp_path, caplog):
     with caplog.at_level("INFO", logger="drivebay.driver"):
         run(main())
     assert "misbehave@1.0.0: misbehave: logged: via logging" in caplog.text
+
+
+def test_attach_past_its_deadline_is_cancelled_in_the_child(tmp_path):
+    async def main():
+        quick = dataclasses.replace(FAST, call=0.3)
+        async with started(fixture_spec(tmp_path), quick) as proc:
+            with pytest.raises(CallTimeout, match=r"attach of a took longer than 0\.3s"):
+                await proc.attach("a", {"attach_delay": 5})
+            # The child dropped that instance: a new attach is not "already attached".
+            await proc.attach("a", {})
+            assert (await proc.call("a", "describe", {}))["properties"] == {}
+
+    run(main())
+
+
+def test_unencodable_result_is_an_error_not_a_timeout(tmp_path):
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(OperationFailed, match=r"UnencodableResult: the result \(object\)"):
+                await proc.call("a", "unencodable", {})
+            assert await proc.call("a", "echo", {"value": 1}) == 1
+
+    run(main())

@@ -28,11 +28,15 @@ def store_entries(state: Path) -> list[str]:
     return sorted(path.name for path in (state / "bundles").iterdir())
 
 
+TAG = sys.implementation.cache_tag
+
+
 def tree(root: Path) -> dict[str, bytes]:
+    """The files under ``root``, less the bytecode the store derives from src/."""
     return {
         path.relative_to(root).as_posix(): path.read_bytes()
         for path in sorted(root.rglob("*"))
-        if path.is_file()
+        if path.is_file() and "__pycache__" not in path.parts
     }
 
 
@@ -46,6 +50,8 @@ def test_load_directory_then_zip_stores_one_copy(tmp_path: Path) -> None:
     assert (from_dir.source, from_zip.source) == (bundle, tmp_path / "demo-1.0.0.zip")
     assert store_entries(state) == [from_dir.digest]
     assert tree(from_dir.path) == tree(bundle)
+    tag = sys.implementation.cache_tag
+    assert (from_dir.path / "src" / "__pycache__" / f"demo.{tag}.pyc").is_file()  # compiled once
     assert from_dir.manifest.name == "demo" and from_dir.src_dir == from_dir.path / "src"
     assert from_dir.wheels == {} and from_dir.lib_dir is None
 
@@ -65,6 +71,11 @@ def test_store_is_read_only(tmp_path: Path) -> None:
         "src/pkg": 0o555,
         "src/pkg/deep": 0o555,
         "src/pkg/deep/x.py": 0o444,
+        # bytecode compiled at store time, read-only like the sources
+        "src/__pycache__": 0o555,
+        f"src/__pycache__/demo.{TAG}.pyc": 0o444,
+        "src/pkg/deep/__pycache__": 0o555,
+        f"src/pkg/deep/__pycache__/x.{TAG}.pyc": 0o444,
     }
 
 
