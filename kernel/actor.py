@@ -178,14 +178,15 @@ class ResourceActor:
         """Stop taking operations; fail the one in flight and the queued ones
         (their callers get an answer, never silence); detach; end the task."""
         self._closed = True
+        current = self._current  # read before the task's own cleanup forgets it
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         gone = RequestError(f"resource {self.resource_id} {reason}")
         pending = [*self._mailbox, *self._control]
-        if self._current is not None:
-            pending.append(self._current)
+        if current is not None:
+            pending.append(current)
         for item in pending:
             _fail(item.future if isinstance(item, Operation) else item.done, gone)
         self._mailbox.clear()

@@ -352,3 +352,25 @@ def test_unused_environments_are_collected(daemon_factory, tmp_path):
     wait_for(lambda: line in daemon.log(), what="alpha's env collected")
     left = {p.name for p in envs.iterdir() if not p.name.startswith(".")}
     assert not first & left and len(left) == 1  # beta's env stays
+
+
+def test_start_of_a_driver_with_requires_and_reload_spares_held(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "base"))
+    daemon.drop(build(tmp_path, "dep", manifest_extra={"requires": ["base"]}))
+    daemon.wait_state("dep", "RUNNING")
+    assert daemon.ctl("stop", "dep", "base").stdout == "dep@1.0.0: stopped\nbase@1.0.0: stopped\n"
+    refused = daemon.ctl("start", "dep")
+    assert (refused.returncode, refused.stdout) == (
+        1,
+        "dep@1.0.0: ERROR (requires base, which is not running)\n",
+    )
+    assert daemon.ctl("start", "base").returncode == 0
+    started = daemon.ctl("start", "dep")
+    assert (started.returncode, started.stdout) == (0, "dep@1.0.0: started\n")
+    # A reload with changed settings replaces running drivers, not held ones.
+    assert daemon.ctl("stop", "dep").returncode == 0
+    text = daemon.config_path.read_text() + "drivers:\n  dep:\n    env: {MODE: two}\n"
+    daemon.config_path.write_text(text)
+    assert daemon.ctl("reload").returncode == 0
+    assert daemon.status()["dep"]["state"] == "STOPPED"
+    assert daemon.ctl("start", "dep").returncode == 0

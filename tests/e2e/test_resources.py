@@ -277,3 +277,52 @@ def test_config_change_hands_over_without_losing_resources(daemon_factory, tmp_p
     described = json.loads(ok(daemon.ctl("call", "v1", "describe")).stdout)
     assert described["pid"] != first
     assert not pid_alive(first) or wait_for(lambda: not pid_alive(first), what="old process gone")
+
+
+def test_rm_answers_the_call_in_flight_and_the_queued_change(mis):
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+
+    async def main():
+        client = await ControlClient.connect(str(mis.socket))
+        admin = await ControlClient.connect(str(mis.socket))
+        try:
+            in_flight = asyncio.ensure_future(client.call("v1", "sleep", {"seconds": 30}))
+            await queued(client, 1)
+            change = asyncio.ensure_future(
+                admin.request("resource-set", {"id": "v1", "assignments": ["host=b"]})
+            )
+            await queued(client, 2)
+            await admin.request("resource-rm", {"id": "v1"})
+            for answer in (in_flight, change):
+                with pytest.raises(OperationError, match="resource v1 was removed"):
+                    await answer
+        finally:
+            await client.close()
+            await admin.close()
+
+    uvloop.run(main())
+
+
+def test_pin_to_an_installed_version_that_is_not_running(mis):
+    mis.drop(misbehave_bundle(mis.staging, "1.1.0"))
+    wait_for(lambda: only_running(mis, "1.1.0"), what="1.0.0 retired")
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    assert json.loads(ok(mis.ctl("call", "v1", "version")).stdout) == "1.1.0"
+    ok(mis.ctl("resource", "pin", "v1", "1.0.0"))
+    assert json.loads(ok(mis.ctl("call", "v1", "version")).stdout) == "1.0.0"
+
+
+def only_running(daemon, version):
+    rows = json.loads(daemon.ctl("status", "--json").stdout)
+    return [(r["version"], r["state"]) for r in rows] == [(version, "RUNNING")]
+
+
+def test_resources_reattach_after_a_restart_without_a_call(mis):
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    first = mis.status()["mis"]["pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: (r := mis.status()["mis"])["state"] == "RUNNING" and r["pid"] != first)
+    wait_for(
+        lambda: json.loads(mis.ctl("resources", "--json").stdout)[0]["state"] == "attached",
+        what="re-attached",
+    )
