@@ -12,13 +12,16 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
 from kernel.restarts import RestartPolicy
 from protocol.errors import BundleError, ConfigError
+
+if TYPE_CHECKING:
+    from sandbox.bundle_reader import ReadLimits
 
 
 class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -44,6 +47,26 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_bytes: int = 10 * 1024 * 1024
     backups: int = 3
+
+
+class BundleLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How much a dropped bundle may hold before it is refused unread."""
+
+    max_members: int = 10_000
+    max_total_mb: int = 200
+    max_file_mb: int = 100
+    max_ratio: int = 100  # compression ratio of a zip member (zip bombs)
+
+    def read_limits(self) -> ReadLimits:
+        from sandbox.bundle_reader import ReadLimits  # zipfile and friends: not for drivebayctl
+
+        mib = 1024 * 1024
+        return ReadLimits(
+            max_members=self.max_members,
+            max_total_bytes=self.max_total_mb * mib,
+            max_member_bytes=self.max_file_mb * mib,
+            max_ratio=self.max_ratio,
+        )
 
 
 class DriverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,6 +98,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeouts: TimeoutSettings = TimeoutSettings()
     limits: LimitSettings = LimitSettings()
     logs: LogSettings = LogSettings()
+    bundles: BundleLimitSettings = BundleLimitSettings()
     drivers: dict[str, DriverSettings] = {}
 
     @property
@@ -146,6 +170,7 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "timeouts": TimeoutSettings,
     "limits": LimitSettings,
     "logs": LogSettings,
+    "bundles": BundleLimitSettings,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,
 }

@@ -57,7 +57,9 @@ class Kernel:
         self.config_path = config_path
         self._overrides = overrides or {}
         self.state_dir = config.state_path
-        self.registry = Registry(config.drivers_path, self.state_dir, config.settle_s)
+        self.registry = Registry(
+            config.drivers_path, self.state_dir, config.settle_s, config.bundles.read_limits()
+        )
         self.slots: dict[str, DriverSlot] = {}  # by name@version: what runs or should run
         self.retiring: list[DriverSlot] = []  # being drained after a handover
         self.active: dict[str, str] = {}  # driver -> the version unpinned resources use
@@ -575,6 +577,7 @@ class Kernel:
         )
         self.config = fresh
         self.registry.settle_s = fresh.settle_s
+        self.registry.limits = fresh.bundles.read_limits()
         for key, slot in self.slots.items():
             # Only running versions are replaced; the others (stopped by an
             # operator, FATAL, FAILED) take the new settings at their next start.

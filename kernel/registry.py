@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protocol.errors import BundleError, KernelError
-from sandbox.bundles import StoredBundle, load_bundle, version_key
+from sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
 
 log = logging.getLogger("drivebay.registry")
 
@@ -72,7 +72,14 @@ def is_candidate(path: Path) -> bool:
 class Registry:
     """The verified contents of the drivers directory."""
 
-    def __init__(self, drivers_dir: Path, state_dir: Path, settle_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        drivers_dir: Path,
+        state_dir: Path,
+        settle_s: float = 1.0,
+        limits: ReadLimits | None = None,
+    ) -> None:
+        self.limits = limits or ReadLimits()
         self.drivers_dir = drivers_dir
         self.state_dir = state_dir
         self.settle_s = settle_s
@@ -124,7 +131,7 @@ class Registry:
     async def _load(self, path: Path, print_: Fingerprint) -> Entry:
         entry = Entry(path, print_, seen_at=time.time())
         try:
-            entry.bundle = await asyncio.to_thread(load_bundle, path, self.state_dir)
+            entry.bundle = await asyncio.to_thread(load_bundle, path, self.state_dir, self.limits)
         except BundleError as exc:
             entry.error = str(exc)
             log.warning("rejected bundle: %s", exc)

@@ -374,3 +374,11 @@ def test_start_of_a_driver_with_requires_and_reload_spares_held(daemon, tmp_path
     assert daemon.ctl("reload").returncode == 0
     assert daemon.status()["dep"]["state"] == "STOPPED"
     assert daemon.ctl("start", "dep").returncode == 0
+
+
+def test_bundle_limits_come_from_the_config(daemon_factory, tmp_path):
+    daemon = daemon_factory(config={"bundles": {"max_members": 3}})
+    daemon.start()
+    daemon.drop(build(tmp_path, "big"))
+    row = daemon.wait_state("big-1.0.0", "INVALID")
+    assert row["message"] == "big-1.0.0: more than 3 entries; a bundle may hold at most 3"
