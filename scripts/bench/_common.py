@@ -8,6 +8,7 @@ object on the last line of stdout). Standard library only.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 # -- measuring -------------------------------------------------------------------
@@ -248,3 +250,24 @@ def print_json_last(result: dict[str, Any]) -> None:
 def progress(message: str) -> None:
     """A progress note on stderr (stdout carries only the results)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def default_envs_dir() -> Path:
+    """Where benchmarks keep drivebay's virtualenvs between runs."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "drivebay-bench" / "envs"
+
+
+def bench_parser(description: str, quick_help: str, envs: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --quick, --json (and --envs-dir)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--json", action="store_true", help="end with one JSON line")
+    if envs:
+        parser.add_argument(
+            "--envs-dir",
+            type=Path,
+            default=default_envs_dir(),
+            help="drivebay's virtualenv store, kept between runs (default: %(default)s)",
+        )
+    return parser

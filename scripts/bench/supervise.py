@@ -42,7 +42,6 @@ this script is the subreaper of their children, and reaps any orphan.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -555,21 +554,8 @@ def _footer(info: dict[str, Any], quick: bool, took: float) -> str:
     )
 
 
-def default_envs_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "drivebay-bench" / "envs"
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="10 children, fewer samples")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument(
-        "--envs-dir",
-        type=Path,
-        default=default_envs_dir(),
-        help="drivebay's virtualenv store, kept between runs (default: %(default)s)",
-    )
+    parser = _common.bench_parser(__doc__.split("\n\n")[0], "10 children, fewer samples")
     options = parser.parse_args(argv)
     plan = QUICK if options.quick else FULL
     started = time.monotonic()

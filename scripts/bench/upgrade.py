@@ -41,7 +41,6 @@ and reaped, also on Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import array
 import asyncio
 import contextlib
@@ -923,11 +922,6 @@ async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     return Results(load, await many_resources(plan, root / "many", envs_dir))
 
 
-def default_envs_dir() -> Path:
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "drivebay-bench" / "envs"
-
-
 def _footer(info: dict[str, Any], quick: bool, took: float) -> str:
     return (
         f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
@@ -939,15 +933,7 @@ def _footer(info: dict[str, Any], quick: bool, took: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     import uvloop
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shorter windows, 3 upgrades")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
-    parser.add_argument(
-        "--envs-dir",
-        type=Path,
-        default=default_envs_dir(),
-        help="drivebay's virtualenv store, kept between runs (default: %(default)s)",
-    )
+    parser = _common.bench_parser(__doc__.split("\n\n")[0], "shorter windows, 3 upgrades")
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="in-process kernel: %(message)s")
     plan = QUICK if options.quick else FULL
