@@ -59,6 +59,7 @@ def status_row(k: Kernel, slot: DriverSlot) -> dict[str, Any]:
         "restarts": slot.restarts.total,
         "resources": resources,
         "message": slot.lifecycle.reason,
+        "spare_pid": slot.spare_pid,
     }
 
 

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,13 @@ class DriverProcess:
         cannot run, the child exits or stays silent past the start deadline,
         speaks no common protocol version, or fails to load the driver class.
         """
+        await self.launch()
+        await self.finish_start()
+
+    async def launch(self) -> None:
+        """Spawn the child and wait for its Hello: the interpreter is up and the
+        runtime imported, but no driver code is loaded yet. A *spare* waits
+        here until ``finish_start``; errors as for ``start``."""
         from kernel.channel import FramedChannel
 
         try:
@@ -142,14 +149,28 @@ class DriverProcess:
             ToKernel, f"driver {self.name}", self.spec.max_frame
         )
         self._channel = FramedChannel(codec, self._on_message, self._on_violation)
+        await self._starting(self._connect_and_hello())
+
+    async def finish_start(self) -> None:
+        """Welcome the launched child, wait until it has loaded the driver
+        (Ready), and start watching it."""
+        if not self.alive:
+            raise self._start_error("exited while waiting to be started")
+        await self._starting(self._welcome_and_ready())
+        self._watcher = self._loop.create_task(self._watch(), name=f"watch {self.name}")
+        log.info("spawned: %s pid %d (codec %s)", self.name, self.pid, self.hello_codec)
+
+    async def _starting(self, step: Coroutine[Any, Any, None]) -> None:
+        """Run a start step under the start deadline; on any failure the child
+        is killed and reaped before the error goes up."""
         try:
-            await self._loop.connect_accepted_socket(lambda: self._channel, self._child.channel)
             async with asyncio.timeout(self.timeouts.start):
-                await self._handshake()
+                await step
         except BaseException as exc:
             if isinstance(exc, DriverStartError) and self.alive:
                 # It was told (refusal) or knows (load error) that it must exit:
                 # let it, so its exit status and last words are its own.
+                assert self._child is not None
                 await asyncio.wait([self._child.exited], timeout=self.timeouts.term)
             await self._kill_and_reap()
             if isinstance(exc, TimeoutError):
@@ -157,23 +178,28 @@ class DriverProcess:
                     f"did not finish its handshake within {self.timeouts.start:g}s"
                 ) from exc
             raise
-        self._watcher = self._loop.create_task(self._watch(), name=f"watch {self.name}")
-        log.info("spawned: %s pid %d (codec %s)", self.name, self.pid, self.hello_codec)
+
+    async def _connect_and_hello(self) -> None:
+        assert self._child is not None
+        await self._loop.connect_accepted_socket(lambda: self._channel, self._child.channel)
+        self.hello = await self._before_exit(self._hello, "saying hello")
+        theirs = (self.hello.min_version, self.hello.max_version)
+        if negotiate((PROTOCOL_MIN, PROTOCOL_MAX), theirs) is None:
+            reason = describe_mismatch((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
+            self._channel.send(Refuse(reason))
+            raise self._start_error(reason)
+
+    async def _welcome_and_ready(self) -> None:
+        assert self.hello is not None
+        theirs = (self.hello.min_version, self.hello.max_version)
+        version = negotiate((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
+        assert version is not None
+        self._channel.send(Welcome(version, self.spec.driver))
+        self.ready = await self._before_exit(self._ready, "loading the driver")
 
     @property
     def hello_codec(self) -> str:
         return self.hello.codec if self.hello else ""
-
-    async def _handshake(self) -> None:
-        self.hello = await self._before_exit(self._hello, "saying hello")
-        theirs = (self.hello.min_version, self.hello.max_version)
-        version = negotiate((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
-        if version is None:
-            reason = describe_mismatch((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
-            self._channel.send(Refuse(reason))
-            raise self._start_error(reason)
-        self._channel.send(Welcome(version, self.spec.driver))
-        self.ready = await self._before_exit(self._ready, "loading the driver")
 
     async def _before_exit(self, step: asyncio.Future[Any], doing: str) -> Any:
         assert self._child is not None
@@ -370,6 +396,15 @@ class DriverProcess:
                 future.set_exception(error)
 
     # -- stop ----------------------------------------------------------------------
+
+    async def discard(self) -> None:
+        """End a child that was launched but never started (a spare): closing
+        its channel makes it exit quietly; it is killed if it does not."""
+        if self._channel is not None:
+            self._channel.close()
+        if self._child is not None and not self._child.exited.done():
+            await asyncio.wait([self._child.exited], timeout=self.timeouts.kill)
+        await self._kill_and_reap()
 
     async def wait(self) -> int:
         """Wait until the child has exited and the watcher has failed its calls."""

@@ -73,6 +73,8 @@ class DriverSlot:
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._spare: DriverProcess | None = None
+        self._spare_task: asyncio.Task[None] | None = None
         self._retiring = ""
         self._failure = ""
         self.output_listeners: set[Callable[[str, bytes], None]] = set()
@@ -148,8 +150,59 @@ class DriverSlot:
                     log.exception("supervision of %s failed", self.name)
                     await self._give_up(f"internal error: {type(exc).__name__}: {exc}")
         finally:
+            await self._drop_spare()
             if self.process is not None and self.process.alive:
                 await self.process.stop()
+
+    def _new_process(self, spec: SpawnSpec) -> DriverProcess:
+        return DriverProcess(
+            spec, self._timeouts(), functools.partial(self._ctx.on_event, self.name)
+        )
+
+    def _prepare_spare(self, spec: SpawnSpec) -> None:
+        """Launch the next process now (to its Hello), in a task the slot owns."""
+        policy = self._ctx.current_config().restart
+        if not policy.spare or self._closed or self._spare_task is not None:
+            return
+        self._spare_task = asyncio.get_running_loop().create_task(
+            self._launch_spare(spec), name=f"spare {self.name}"
+        )
+
+    async def _launch_spare(self, spec: SpawnSpec) -> None:
+        spare = self._new_process(spec)
+        try:
+            await spare.launch()
+        except DriverError as exc:
+            log.info("%s: no spare process (%s)", self.name, exc)
+            return
+        assert spare.pid is not None
+        self._spare = spare
+        self._ctx.on_spawn(f"{self.name}.spare", spare.pid)
+
+    async def _take_spare(self) -> DriverProcess | None:
+        """The launched spare, if one is ready and alive; else None."""
+        task, self._spare_task = self._spare_task, None
+        if task is not None and not task.done():
+            task.cancel()  # still launching: a fresh start is as quick
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        self._ctx.on_reap(f"{self.name}.spare")
+        if not spare.alive:
+            await spare.discard()
+            return None
+        return spare
+
+    async def _drop_spare(self) -> None:
+        spare = await self._take_spare()
+        if spare is not None:
+            await spare.discard()
+
+    @property
+    def spare_pid(self) -> int | None:
+        return self._spare.pid if self._spare is not None and self._spare.alive else None
 
     def _stop_wanted(self) -> bool:
         """Read anew after every await: a command may have changed it meanwhile."""
@@ -204,11 +257,14 @@ class DriverSlot:
         if spec.run_as is not None:
             readable = [self._ctx.runtime_dir, self.bundle.path, spec.cwd]
             preflight(spec.run_as, python, readable)
-        process = DriverProcess(
-            spec, self._timeouts(), functools.partial(self._ctx.on_event, self.name)
-        )
-        self.process = process
-        await process.start()
+        process = await self._take_spare()
+        if process is None:
+            process = self._new_process(spec)
+            self.process = process
+            await process.start()
+        else:
+            self.process = process
+            await process.finish_start()
         assert process.pid is not None
         self._ctx.on_spawn(self.name, process.pid)
         try:
@@ -219,6 +275,7 @@ class DriverSlot:
             raise DriverStartError(f"{self.name} failed its first health check: {exc}") from exc
         self._started_at = time.monotonic()
         self._move(State.RUNNING, f"pid {process.pid}")
+        self._prepare_spare(spec)
         if self._stop_wanted():
             self._command.set()  # stopped while starting: _serve returns at once
 
@@ -257,6 +314,7 @@ class DriverSlot:
     async def _after_exit(self, ran_for: float | None, reason: str) -> None:
         delay = self.restarts.next_delay(ran_for)
         if delay is None:
+            await self._drop_spare()  # a FATAL driver keeps nothing running
             policy = self.restarts.policy
             self._move(
                 State.FATAL,
@@ -272,6 +330,7 @@ class DriverSlot:
             self._command.set()  # let the loop see the command
 
     async def _down(self) -> None:
+        await self._drop_spare()
         process = self.process
         if process is not None and process.alive:
             if self._retiring and self.state is State.RUNNING:

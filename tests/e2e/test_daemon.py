@@ -382,3 +382,25 @@ def test_bundle_limits_come_from_the_config(daemon_factory, tmp_path):
     daemon.drop(build(tmp_path, "big"))
     row = daemon.wait_state("big-1.0.0", "INVALID")
     assert row["message"] == "big-1.0.0: more than 3 entries; a bundle may hold at most 3"
+
+
+def test_a_crash_promotes_the_spare(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    daemon.wait_state("alpha", "RUNNING")
+    row = wait_for(lambda: (r := daemon.status()["alpha"])["spare_pid"] and r, what="spare")
+    first, spare = row["pid"], row["spare_pid"]
+    os.kill(first, signal.SIGKILL)
+    again = wait_for(
+        lambda: (r := daemon.status()["alpha"])["state"] == "RUNNING" and r["pid"] != first and r,
+        what="restart",
+    )
+    assert again["pid"] == spare  # the spare became the driver
+    fresh = wait_for(lambda: daemon.status()["alpha"]["spare_pid"], what="a new spare")
+    assert fresh not in (first, spare)
+    assert daemon.ctl("stop", "alpha").returncode == 0
+    assert not pid_alive(spare) and not pid_alive(fresh)
+    assert daemon.ctl("start", "alpha").returncode == 0
+    spare = wait_for(lambda: daemon.status()["alpha"]["spare_pid"], what="spare after start")
+    daemon.process.kill()
+    daemon.process.wait()
+    wait_for(lambda: not pid_alive(spare), deadline=5, what="spare died with the daemon")
