@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import DriverStartError, OperationFailed
+from protocol.errors import DriverCrashed, DriverStartError, OperationFailed
 from sandbox.privileges import RunAs, preflight
 from sandbox.runtime_dir import ensure_runtime_dir
 from sandbox.spawn import SpawnSpec
@@ -128,3 +128,17 @@ def test_unknown_user_is_one_line():
         DriverStartError, match=r"^user 'no-such-user-x' does not exist; fix `user:`"
     ):
         RunAs.lookup("no-such-user-x")
+
+
+def test_a_driver_killed_by_its_memory_limit_gets_the_verdict(tmp_path):
+    async def main():
+        spec = fixture_spec(tmp_path, rlimits={"as": 400 * 1024 * 1024})
+        async with started(spec) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(DriverCrashed) as caught:
+                await proc.call("a", "hog_and_abort", {})
+            message = str(caught.value)
+            assert "exited (signal 6 (SIGABRT)); exceeded memory limit 400 MiB" in message
+            assert "MemoryError" in message  # the stderr tail says what happened
+
+    run(main())
