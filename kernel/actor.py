@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class ResourceActor:
         self._wake = asyncio.Event()
         self._busy = False
         self._current: Operation | Rebind | None = None
+        self._in_flight: int | None = None  # the request id of the operation in the driver
+        self._run_done: asyncio.Future[None] | None = None  # see _deliver
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error = ""
@@ -218,17 +221,82 @@ class ResourceActor:
                     self._current = None
 
     async def _deliver(self, item: Operation) -> None:
+        """Deliver ``item``, then the operations queued behind it for as long
+        as nothing else needs the task (see ``_replied``)."""
         try:
             process = await self._ready()
-            result = await process.call(self.resource_id, item.op, item.args, item.timeout)
-        except DriverCrashed as exc:
-            self._attached = None  # its instance died with the process
-            _fail(item.future, exc)
+            if process.send_blocked:
+                await process.writable()
         except Exception as exc:
             _fail(item.future, exc)
-        else:
+            return
+        self._run_done = asyncio.get_running_loop().create_future()
+        self._send(process, item)
+        try:
+            await self._run_done
+        except asyncio.CancelledError:  # close(): give up on the call in flight
+            if self._in_flight is not None:
+                process.cancel_call(self._in_flight)
+            raise
+        finally:
+            self._in_flight = None
+
+    def _send(self, process: DriverProcess, item: Operation) -> None:
+        try:
+            request_id, reply = process.start_call(
+                self.resource_id, item.op, item.args, item.timeout
+            )
+        except DriverCrashed as exc:
+            self._attached = None
+            _fail(item.future, exc)
+            _settle(self._run_done)
+            return
+        self._in_flight = request_id
+        reply.add_done_callback(functools.partial(self._replied, process, item))
+
+    def _replied(self, process: DriverProcess, item: Operation, reply: asyncio.Future[Any]) -> None:
+        """An operation is answered: pass the answer on and send the next
+        operation from here, without a task switch, when it may go to the same
+        process as it is; else hand back to the task (a control step, a
+        property change, a crash, an empty mailbox)."""
+        self._in_flight = None
+        if reply.cancelled():  # cancel_call: the task is being cancelled
+            return
+        exc = reply.exception()
+        if exc is None:
             if not item.future.done():
-                item.future.set_result(result)
+                item.future.set_result(reply.result())
+        else:
+            if isinstance(exc, DriverCrashed):
+                self._attached = None  # its instance died with the process
+            _fail(item.future, exc)
+        following = self._next_for(process)
+        if following is None:
+            _settle(self._run_done)
+            return
+        self._current = following
+        self._send(process, following)
+
+    def _next_for(self, process: DriverProcess) -> Operation | None:
+        """The next operation, if it may be sent to ``process`` straight away."""
+        while self._mailbox and not self._control and not self._closed:
+            item = self._mailbox[0]
+            slot = self.bound
+            if (
+                type(item) is not Operation
+                or self._attached is not process
+                or slot is None
+                or slot.closed
+                or slot.state is not State.RUNNING
+                or slot.process is not process
+                or not process.alive
+                or process.send_blocked
+            ):
+                return None
+            self._mailbox.popleft()
+            if not item.future.done():  # else the caller gave up before delivery
+                return item
+        return None
 
     async def _ready(self) -> DriverProcess:
         """The running process of the bound version, with our instance attached."""
@@ -342,6 +410,11 @@ def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
         future.add_done_callback(_consume)
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -230,6 +230,40 @@ class DriverProcess:
         message = Call(request_id, resource_id, op, args, limit)
         return await self._request(request_id, message, limit, (op, resource_id))
 
+    def start_call(
+        self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None = None
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """``call`` without a task: send now, return the request id and the
+        future of its result (the errors ``call`` raises, set on the future).
+
+        For callers that chain calls from callbacks (the resource actors) or
+        keep a window of calls in flight. Nobody awaits the future for you:
+        give it a done callback, and ``cancel_call`` the id to give up on it.
+        Raises DriverCrashed at once when the process is not running.
+        """
+        limit = self.timeouts.call if timeout is None else timeout
+        request_id = next(self._ids)
+        message = Call(request_id, resource_id, op, args, limit)
+        return request_id, self._send_request(request_id, message, limit, (op, resource_id))
+
+    def cancel_call(self, request_id: int) -> None:
+        """Give up on a call of ``start_call``: its future is cancelled and
+        the driver asked to cancel it (a no-op once it has been answered)."""
+        future = self._pending.pop(request_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+            if self.alive:
+                self._channel.send(Cancel(request_id))
+
+    @property
+    def send_blocked(self) -> bool:
+        """The channel's write buffer is full: wait for ``writable`` before sending more."""
+        return self._channel is not None and bool(self._channel.outbox.full)
+
+    async def writable(self) -> None:
+        """Return when the channel takes writes again (callers add a deadline)."""
+        await self._channel.outbox.wait_writable()
+
     async def attach(self, resource_id: str, properties: dict[str, Any]) -> None:
         request_id = next(self._ids)
         await self._request(
@@ -261,24 +295,29 @@ class DriverProcess:
     async def _request(
         self, request_id: int, message: Any, limit: float, what: str | tuple[str, str]
     ) -> Any:
+        future = self._send_request(request_id, message, limit, what)
+        try:
+            if self._channel.outbox.full:
+                await self._channel.outbox.wait_writable()
+            return await future
+        except asyncio.CancelledError:
+            if self._pending.get(request_id) is future and self.alive:
+                self._channel.send(Cancel(request_id))
+            raise
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _send_request(
+        self, request_id: int, message: Any, limit: float, what: str | tuple[str, str]
+    ) -> asyncio.Future[Any]:
         if self._death is not None or not self.alive:
             raise DriverCrashed(f"{self.name} is not running; {_what(what)} was not sent")
         future = self._loop.create_future()
         self._pending[request_id] = future
-        channel = self._channel
-        channel.send(message)
+        self._channel.send(message)
         if limit > 0:
             self._deadlines.add(limit, request_id, (what, limit))
-        try:
-            if channel.outbox.full:
-                await channel.outbox.wait_writable()
-            return await future
-        except asyncio.CancelledError:
-            if self._pending.get(request_id) is future and self.alive:
-                channel.send(Cancel(request_id))
-            raise
-        finally:
-            self._pending.pop(request_id, None)
+        return future
 
     def _expire(self, request_id: int, detail: tuple[str | tuple[str, str], float]) -> None:
         what, limit = detail

@@ -337,3 +337,24 @@ def test_unencodable_result_is_an_error_not_a_timeout(tmp_path):
             assert await proc.call("a", "echo", {"value": 1}) == 1
 
     run(main())
+
+
+def test_calls_without_a_task_each(tmp_path):
+    """start_call: a window of futures, answered in full; cancel_call reaches the driver."""
+
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            calls = [proc.start_call("a", "echo", {"value": n}) for n in range(200)]
+            assert len({request_id for request_id, _ in calls}) == 200
+            assert await asyncio.gather(*(future for _, future in calls)) == list(range(200))
+            request_id, sleeping = proc.start_call("a", "sleep", {"seconds": 60})
+            proc.cancel_call(request_id)
+            assert sleeping.cancelled()
+            proc.cancel_call(request_id)  # a second time: nothing left to cancel
+            # Drain waits for calls in flight: it ends at once only if the sleep was cancelled.
+            assert await proc.stop(drain=15) == 0
+            with pytest.raises(DriverCrashed, match="not running"):
+                proc.start_call("a", "echo", {})
+
+    run(main())
