@@ -12,8 +12,9 @@ driver ``fixtures/upgrade/ledger.py`` (it appends a line to an in-memory
 ledger), on 100 resources with 3 callers each (300 calls in flight), from
 this process, on uvloop:
 
-- *bare RPC*: ``DriverProcess.call`` on a driver process started here, with
-  the 100 resources attached; no kernel;
+- *bare RPC*: ``DriverProcess.call`` straight to the driver process of the
+  kernel below (the same process, environment and attached instances); no
+  actors in between;
 - *kernel in process*: a ``kernel.daemon.Kernel`` run in this process (no
   control server), called with ``kernel.book.call``: the actor path without
   the control-socket hop;
@@ -75,7 +76,7 @@ STOP_S = 60.0
 CHECKED = 10  # resources called after the 10,000 are added
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 LABELS = (
-    "bare RPC (DriverProcess.call)",
+    "bare RPC (DriverProcess.call)",  # to the in-process kernel's driver process
     "kernel in process (book.call)",
     "drivebayd (control socket)",
 )
@@ -252,43 +253,6 @@ def record_calls(invoke: Callable[..., Awaitable[Any]], resources: list[str]) ->
     return {resource: functools.partial(_record, invoke, resource) for resource in resources}
 
 
-# -- bare RPC ------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def driver_process(workdir: Path, resources: list[str]) -> AsyncIterator[Any]:
-    """The ledger driver on ``DriverProcess``, ``resources`` attached; always stopped."""
-    from kernel.driver_process import DriverProcess, Timeouts
-    from sandbox.runtime_dir import ensure_runtime_dir
-    from sandbox.spawn import SpawnSpec
-
-    spec = SpawnSpec(
-        python=Path(sys.executable),
-        runtime_dir=ensure_runtime_dir(workdir / "state"),
-        entrypoint="ledger:LedgerDriver",
-        driver=DRIVER,
-        version=FIRST,
-        cwd=workdir,
-        src=FIXTURE,
-        extra_env={"LEDGER_PATH": str(workdir / "ledger.txt")},  # the same work as the others
-    )
-    proc = DriverProcess(spec, Timeouts())
-    await proc.start()
-    try:
-        for resource in resources:
-            await proc.attach(resource, {})
-        yield proc
-    finally:
-        await proc.stop()
-
-
-async def bare_target(stack: contextlib.AsyncExitStack, root: Path, plan: Plan) -> Target:
-    resources = resource_ids("r", plan.resources)
-    proc = await stack.enter_async_context(driver_process(root, resources))
-    pids = {"here": os.getpid(), "driver": proc.pid}
-    return Target(LABELS[0], record_calls(proc.call, resources), pids)
-
-
 # -- the kernel in this process ----------------------------------------------------------------
 
 
@@ -357,16 +321,24 @@ async def in_process_kernel(root: Path, envs_dir: Path) -> AsyncIterator[Any]:
             kernel.shutdown()
 
 
-async def kernel_target(
+async def kernel_targets(
     stack: contextlib.AsyncExitStack, root: Path, envs_dir: Path, plan: Plan
-) -> Target:
+) -> tuple[Target, Target]:
+    """The in-process kernel's actors, and a bare RPC to its own driver process:
+    the bare figure is then the same process, interpreter and environment the
+    kernel uses (a process started apart from the kernel would run in the
+    bench's venv, with other packages, e.g. uvloop, than a driver's env)."""
     resources = resource_ids("r", plan.resources)
     kernel = await stack.enter_async_context(in_process_kernel(root, envs_dir))
     book = kernel.book
     await asyncio.gather(*(book.add(r, DRIVER, None, []) for r in resources))
-    pids = {"here": os.getpid(), "driver": kernel.slot(DRIVER).pid}
+    # A call each: every instance is attached before the bare RPC reaches it.
+    await asyncio.gather(*(book.call(r, "whoami", {}, None) for r in resources))
+    slot = kernel.slot(DRIVER)
+    pids = {"here": os.getpid(), "driver": slot.pid}
     invoke = functools.partial(_book_call, book)
-    return Target(LABELS[1], record_calls(invoke, resources), pids)
+    bare = Target(LABELS[0], record_calls(slot.process.call, resources), pids)
+    return bare, Target(LABELS[1], record_calls(invoke, resources), pids)
 
 
 def _book_call(book: Any, resource: str, op: str, args: dict[str, Any]) -> Any:
@@ -674,11 +646,7 @@ async def under_load(plan: Plan, root: Path, envs_dir: Path) -> LoadResults:
     ):
         ours = await daemon_target(daemon, clients, plan)
         async with contextlib.AsyncExitStack() as stack:
-            targets = [
-                await bare_target(stack, root / "bare", plan),
-                await kernel_target(stack, root / "in-process", envs_dir, plan),
-                ours,
-            ]
+            targets = [*await kernel_targets(stack, root / "in-process", envs_dir, plan), ours]
             steady = {label: summarise(s) for label, s in (await rounds(targets, plan)).items()}
         before, during, done = await upgrades_under_load(daemon, ours, plan)
         await flush_ledger(clients[0], list(ours.calls))
