@@ -10,6 +10,9 @@ Side by side, in one run, same payloads (a 100-byte value, and 64 KiB):
   kernel side on uvloop; the child with msgspec, then with the stdlib codec
   (``DRIVEBAY_CODEC=stdlib``);
 - the floor: blocking ``os.write``/``os.read`` ping-pong over two pipes;
+- the asyncio floor: a bare uvloop echo Protocol in a child, called from a
+  uvloop Protocol here over a socketpair; no drivebay code, no codec: what
+  any design with an event loop on both ends pays at least;
 - ``multiprocessing.Pipe`` + pickle: a helper doing ``send(recv())``;
 - grpcio unary calls over a Unix socket (generic handlers, bytes in and out,
   a ``grpc.aio`` server).
@@ -204,6 +207,93 @@ def bench_mp(budget: Budget) -> Figures:
             return Figures(median, p99, calls_per_s, large_rate * len(LARGE) / 1e6)
 
 
+# -- the asyncio floor: a bare uvloop echo --------------------------------------------
+
+
+def _serve_uvloop_echo(sock_fd: str, control_fd: str) -> None:
+    import uvloop
+
+    uvloop.run(_uvloop_echo(int(sock_fd), int(control_fd)))
+
+
+class _Echo(asyncio.Protocol):
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self._closed = closed
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+async def _uvloop_echo(sock_fd: int, control_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    await loop.connect_accepted_socket(lambda: _Echo(closed), socket.socket(fileno=sock_fd))
+    _common.signal_ready(control_fd)
+    await closed  # EOF: the parent is done
+
+
+class _EchoCaller(asyncio.Protocol):
+    """Sends a payload, waits until as many bytes came back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._missing = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._missing -= len(data)
+        if self._missing <= 0 and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(EOFError("the uvloop echo process went away"))
+
+    async def ping(self, payload: bytes) -> None:
+        assert self.transport is not None
+        self._missing = len(payload)
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(payload)
+        await self._waiter
+
+
+async def _bench_uvloop_echo(budget: Budget, sock: socket.socket) -> Figures:
+    _, caller = await asyncio.get_running_loop().create_connection(_EchoCaller, sock=sock)
+    try:
+        median, p99 = await _latency_async(functools.partial(caller.ping, SMALL), budget)
+        large = functools.partial(caller.ping, LARGE)
+        await _common.sample_latency_async(large, budget.warmup)
+        took = await _common.sample_latency_async(large, budget.seconds)
+        mb_per_s = len(took) * len(LARGE) / (sum(took) / 1e9) / 1e6
+    finally:
+        assert caller.transport is not None
+        caller.transport.close()
+    return Figures(median, p99, None, mb_per_s)
+
+
+def bench_uvloop_echo(budget: Budget) -> Figures:
+    import uvloop
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        argv = [sys.executable, __file__, "--serve", "uvloop", str(theirs.fileno())]
+        with _common.child_process(argv, pass_fds=(theirs.fileno(),)):
+            theirs.close()
+            return uvloop.run(_bench_uvloop_echo(budget, ours))
+
+
 # -- grpcio over a Unix socket -------------------------------------------------------
 
 
@@ -351,10 +441,11 @@ COLUMNS = {
     "drivebay": "drivebay",
     "stdlib": "drivebay stdlib",
     "floor": "raw pipe",
+    "uvloop": "uvloop echo",
     "mp": "mp.Pipe+pickle",
     "grpc": "grpcio unix",
 }
-PEERS = ("floor", "mp", "grpc")
+PEERS = ("floor", "uvloop", "mp", "grpc")
 
 
 def _rtt_vs_floor(ours: Figures, results: dict[str, Figures]) -> float:
@@ -406,7 +497,13 @@ def _met(value: float, comparison: str, goal: float) -> bool:
 
 def report(results: dict[str, Figures]) -> str:
     """The figures, drivebay against each peer, and the issue's targets."""
-    return "\n\n".join([_figures_table(results), _speedups_table(results), _targets_table(results)])
+    floor = results["uvloop"].rtt_median_us / results["floor"].rtt_median_us
+    note = (
+        f"The asyncio floor: a bare uvloop echo (no drivebay code) takes {floor:.2f}x "
+        "the raw pipe's RTT median."
+    )
+    tables = [_figures_table(results), _speedups_table(results), _targets_table(results)]
+    return "\n\n".join([*tables, note])
 
 
 def _figures_table(results: dict[str, Figures]) -> str:
@@ -420,7 +517,7 @@ def _figures_table(results: dict[str, Figures]) -> str:
     columns = [list(asdict(results[key]).values()) for key in COLUMNS]
     rows = [[label, *(_common.number(col[i]) for col in columns)] for i, label in enumerate(labels)]
     table = _common.format_table(["", *COLUMNS.values()], rows)
-    return table + "\n* raw pipe: sequential ping-pong"
+    return table + "\n* raw pipe, uvloop echo: sequential ping-pong"
 
 
 def _speedups_table(results: dict[str, Figures]) -> str:
@@ -450,7 +547,13 @@ def _ratio(value: float | None) -> str:
 
 def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dict[str, Any]:
     flat: dict[str, Any] = {}
-    prefixes = {"drivebay": "", "stdlib": "stdlib_", "floor": "floor_", "mp": "mp_pickle_"}
+    prefixes = {
+        "drivebay": "",
+        "stdlib": "stdlib_",
+        "floor": "floor_",
+        "uvloop": "uvloop_echo_",
+        "mp": "mp_pickle_",
+    }
     for key, figures in results.items():
         prefix = prefixes.get(key, f"{key}_")
         for name, value in asdict(figures).items():
@@ -484,6 +587,8 @@ def run_all(budget: Budget) -> dict[str, Figures]:
         results: dict[str, Figures] = {}
         _common.progress("rpc: raw pipe floor ...")
         results["floor"] = bench_floor(budget)
+        _common.progress("rpc: bare uvloop echo ...")
+        results["uvloop"] = bench_uvloop_echo(budget)
         _common.progress("rpc: multiprocessing.Pipe + pickle ...")
         results["mp"] = bench_mp(budget)
         _common.progress("rpc: grpcio over a Unix socket ...")
@@ -504,6 +609,7 @@ def serve(kind: str, args: list[str]) -> None:
     """Entry point of the helper processes (``--serve KIND ARGS... CONTROL_FD``)."""
     servers: dict[str, Callable[..., None]] = {
         "floor": _serve_floor,
+        "uvloop": _serve_uvloop_echo,
         "mp": _serve_mp,
         "grpc": _serve_grpc,
     }
