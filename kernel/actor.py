@@ -246,10 +246,11 @@ class ResourceActor:
             request_id, reply = process.start_call(
                 self.resource_id, item.op, item.args, item.timeout
             )
-        except DriverCrashed as exc:
-            self._attached = None
+        except Exception as exc:  # the process is gone, or a value it cannot take
+            if isinstance(exc, DriverCrashed):
+                self._attached = None
             _fail(item.future, exc)
-            _settle(self._run_done)
+            _settle(self._run_done)  # the task goes on with the next one
             return
         self._in_flight = request_id
         reply.add_done_callback(functools.partial(self._replied, process, item))

@@ -385,9 +385,18 @@ def submit_call(k: Kernel, args: Args) -> asyncio.Future[Any]:
     """Queue the operation; raises at once for an unknown resource (exit 4) or a
     full mailbox. The control server replies from the future's callback: a call,
     the hot path, costs no task of its own in the daemon."""
+    op, op_args, timeout = args["op"], args.get("args", {}), args.get("timeout")
+    if type(op) is not str:
+        raise TypeError(f"op must be a string, got {op!r}")
+    if type(op_args) is not dict:
+        raise TypeError(f"args must be a map of argument names to values, got {op_args!r}")
+    if timeout is not None and (
+        type(timeout) not in (int, float) or not 0 < timeout < float("inf")
+    ):
+        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
     actor = _book(k).actor(args["resource"])
     try:
-        return actor.submit(args["op"], args.get("args", {}), args.get("timeout"))
+        return actor.submit(op, op_args, timeout)
     except DrivebayError as exc:
         raise call_error(exc) from exc
 

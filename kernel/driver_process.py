@@ -312,9 +312,9 @@ class DriverProcess:
     ) -> asyncio.Future[Any]:
         if self._death is not None or not self.alive:
             raise DriverCrashed(f"{self.name} is not running; {_what(what)} was not sent")
+        self._channel.send(message)  # first: a message that cannot be encoded leaves no trace
         future = self._loop.create_future()
         self._pending[request_id] = future
-        self._channel.send(message)
         if limit > 0:
             self._deadlines.add(limit, request_id, (what, limit))
         return future

@@ -326,3 +326,28 @@ def test_resources_reattach_after_a_restart_without_a_call(mis):
         lambda: json.loads(mis.ctl("resources", "--json").stdout)[0]["state"] == "attached",
         what="re-attached",
     )
+
+
+def test_a_bad_call_request_fails_alone(mis):
+    """Requests a program can send but drivebayctl never would: each fails with
+    one line, and the resource's actor keeps serving the next operations."""
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+
+    async def main():
+        client = await ControlClient.connect(str(mis.socket))
+        try:
+            for payload, error in [
+                ({"timeout": "soon"}, "timeout must be a number of seconds"),
+                ({"timeout": -1}, "timeout must be a number of seconds"),
+                ({"args": [1, 2]}, "args must be a map"),
+                ({"op": 7}, "op must be a string"),
+            ]:
+                request = {"resource": "v1", "op": "echo", "args": {"value": 1}, **payload}
+                with pytest.raises(OperationError, match=error) as caught:
+                    await client.request("call", request)
+                assert caught.value.code == 2
+            assert await client.call("v1", "echo", {"value": "still"}) == "still"
+        finally:
+            await client.close()
+
+    uvloop.run(main())
