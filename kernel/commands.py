@@ -113,6 +113,7 @@ async def describe(k: Kernel, args: Args) -> Outcome:
         "stored_at": str(slot.bundle.path),
         "env_key": slot.env_key,
         "codec": slot.process.hello_codec if slot.process else "",
+        "loop": slot.process.hello_loop if slot.process else "",
         "operations": list(slot.process.ready.operations)
         if slot.process and slot.process.ready
         else [],

@@ -444,6 +444,7 @@ def print_describe(info: dict[str, Any]) -> None:
         "pid",
         "restarts",
         "codec",
+        "loop",
         "bundle",
         "stored_at",
         "env_key",

@@ -201,6 +201,10 @@ class DriverProcess:
     def hello_codec(self) -> str:
         return self.hello.codec if self.hello else ""
 
+    @property
+    def hello_loop(self) -> str:
+        return self.hello.loop if self.hello else ""
+
     async def _before_exit(self, step: asyncio.Future[Any], doing: str) -> Any:
         assert self._child is not None
         await asyncio.wait([step, self._child.exited], return_when=asyncio.FIRST_COMPLETED)

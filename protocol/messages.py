@@ -101,6 +101,7 @@ class Hello(_Message, tag="hello", frozen=True):
     pid: int
     codec: str = ""
     python: str = ""
+    loop: str = ""  # "uvloop" or "asyncio": the event loop the runtime serves on
 
 
 class Ready(_Message, tag="ready", frozen=True):

@@ -430,7 +430,9 @@ def _load_driver_class(settings: Settings) -> type:
     return driver_class
 
 
-def _handshake(sock: socket.socket, codec: ChildCodec, settings: Settings) -> list[list[Any]]:
+def _handshake(
+    sock: socket.socket, codec: ChildCodec, settings: Settings, loop_name: str
+) -> list[list[Any]]:
     """Say Hello and wait for Welcome; return any messages that came after it."""
     hello = [
         "hello",
@@ -441,6 +443,7 @@ def _handshake(sock: socket.socket, codec: ChildCodec, settings: Settings) -> li
         os.getpid(),
         codec.name,
         sys.version.split()[0],
+        loop_name,
     ]
     sock.sendall(codec.encode(hello))
     while True:
@@ -510,8 +513,10 @@ def main() -> None:
     _apply_limits(settings.limits)
     sock = socket.socket(fileno=settings.channel_fd)
     codec = ChildCodec(max_frame=settings.max_frame)
+    # Chosen (and uvloop imported) before Hello: a warm spare has it loaded.
+    runner, loop_name = _event_loop_runner()
     try:
-        early = _handshake(sock, codec, settings)
+        early = _handshake(sock, codec, settings, loop_name)
     except ProtocolError as exc:
         print(f"drivebay runtime: {exc}", file=sys.stderr)
         os._exit(EXIT_PROTOCOL)
@@ -525,19 +530,19 @@ def main() -> None:
     ready = ["ready", sorted(operations.is_async), operations.has_health]
     sock.sendall(codec.encode(ready))
     sock.setblocking(False)
-    runner = _event_loop_runner()
     code = runner(_serve(sock, codec, operations, early, settings))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def _event_loop_runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+def _event_loop_runner() -> tuple[Callable[[Coroutine[Any, Any, int]], int], str]:
+    """uvloop when the driver's environment has it (the builder adds it), else asyncio's."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run
-    return uvloop.run  # type: ignore[no-any-return,unused-ignore]
+        return asyncio.run, "asyncio"
+    return uvloop.run, "uvloop"
 
 
 if __name__ == "__main__":

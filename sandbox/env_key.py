@@ -24,8 +24,13 @@ from pathlib import Path
 from protocol.errors import EnvBuildError
 
 # Bump when the builder changes what goes into an environment: every key changes.
-ENV_LAYOUT = 1
+ENV_LAYOUT = 2  # 2: uvloop added beside msgspec
 MSGSPEC_MIN = "msgspec>=0.18"
+# What the builder adds to a driver's own dependencies, for the runtime's
+# sake: msgspec (the fast codec) and uvloop (the fast event loop). Each is
+# optional for the runtime, which falls back to the stdlib codec or loop.
+# Project name -> the requirement used with the package index.
+ACCELERATORS = {"msgspec": MSGSPEC_MIN, "uvloop": "uvloop"}
 
 _NAME = re.compile(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -128,24 +133,34 @@ def env_key(req: EnvRequest) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def requirements(req: EnvRequest, *, with_msgspec: bool) -> list[str]:
-    """The requirement lines to resolve: the driver's, plus msgspec when asked.
-
-    msgspec is added only when the driver names no msgspec itself (its pin is
-    never overridden) and, with ``lib/``, only when ``lib/`` ships a msgspec
-    wheel (nothing may come from elsewhere).
-    """
+def requirements(req: EnvRequest, *, with_accelerators: bool) -> list[str]:
+    """The requirement lines to resolve: the driver's, plus the accelerators
+    the builder may add when asked (``addable_accelerators``)."""
     lines = list(req.dependencies)
-    if with_msgspec and msgspec_addable(req):
-        lines.append(MSGSPEC_MIN if req.wheel_dir is None else "msgspec")
+    if with_accelerators:
+        for name in addable_accelerators(req):
+            lines.append(ACCELERATORS[name] if req.wheel_dir is None else name)
     return lines
 
 
-def msgspec_addable(req: EnvRequest) -> bool:
-    """Whether the builder may add msgspec to what the driver asked for."""
-    if any(dependency_name(dep) == "msgspec" for dep in req.dependencies):
-        return False
-    return req.wheel_dir is None or "msgspec" in _projects(req.wheels)
+def addable_accelerators(req: EnvRequest) -> list[str]:
+    """The ``ACCELERATORS`` the builder may add to what the driver asked for:
+    those the driver names no version of itself (its pin is never overridden)
+    and, with ``lib/``, only those ``lib/`` ships a wheel of (nothing may come
+    from elsewhere)."""
+    declared = {dependency_name(dep) for dep in req.dependencies}
+    shipped = _projects(req.wheels)
+    return [
+        name
+        for name in ACCELERATORS
+        if name not in declared and (req.wheel_dir is None or name in shipped)
+    ]
+
+
+def accelerator_note(req: EnvRequest, name: str) -> str:
+    """Why the builder did not add accelerator ``name``."""
+    declared = any(dependency_name(dep) == name for dep in req.dependencies)
+    return "declared by the driver" if declared else "none in lib/"
 
 
 def _projects(wheels: Iterable[str]) -> set[str]:

@@ -46,13 +46,14 @@ import msgspec
 
 from protocol.errors import EnvBuildError
 from sandbox.env_key import (
+    ACCELERATORS,
     EnvRequest,
+    accelerator_note,
+    addable_accelerators,
     canonical_name,
     check_lib_covers,
-    dependency_name,
     env_key,
     hashed_pins,
-    msgspec_addable,
     requirements,
 )
 
@@ -85,6 +86,8 @@ class EnvMeta(msgspec.Struct, frozen=True, kw_only=True):
     key: str
     codec: str  # "msgspec" or "stdlib"
     msgspec: str  # how msgspec came in, or why it did not
+    uvloop: str  # how uvloop came in, or why it did not
+    loop: str  # "uvloop" (uvloop installed) or "asyncio"
     packages: dict[str, str]
     python: str  # the interpreter the venv is based on
     dependencies: list[str]
@@ -100,6 +103,7 @@ class Env:
     python: Path  # the venv's bin/python
     key: str
     codec: str  # "msgspec" (msgspec >= 0.18 installed) or "stdlib"
+    loop: str  # "uvloop" (uvloop installed) or "asyncio": the child's event loop
     packages: dict[str, str] = field(default_factory=dict)  # canonical name -> version
 
 
@@ -186,7 +190,13 @@ async def _build(req: EnvRequest, key: str, envs_dir: Path, uv: _Uv, timeout_s: 
     except BaseException:
         _remove_tree(staging)
         raise
-    log.info("env %s: built in %.2f s, codec %s", key[:12], time.monotonic() - started, meta.codec)
+    log.info(
+        "env %s: built in %.2f s, codec %s, loop %s",
+        key[:12],
+        time.monotonic() - started,
+        meta.codec,
+        meta.loop,
+    )
     return _env(envs_dir / key, meta)
 
 
@@ -201,7 +211,7 @@ async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> EnvMet
         ["venv", "--python", python, "--relocatable", "--no-python-downloads", str(staging)],
     )
     venv_python = str(staging / "bin" / "python")
-    pins, msgspec_note = await _resolve(req, staging, venv_python, uv)
+    pins, notes = await _resolve(req, staging, venv_python, uv)
     if pins:
         lock = staging / "drivebay-lock.txt"
         lines = pins if req.wheel_dir is None else hashed_pins(pins, req.wheels)
@@ -216,7 +226,9 @@ async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> EnvMet
     return EnvMeta(
         key=key,
         codec=_codec(packages),
-        msgspec=msgspec_note,
+        msgspec=notes["msgspec"],
+        uvloop=notes["uvloop"],
+        loop="uvloop" if "uvloop" in packages else "asyncio",
         packages=packages,
         python=python,
         dependencies=list(req.dependencies),
@@ -227,26 +239,28 @@ async def _populate(req: EnvRequest, key: str, staging: Path, uv: _Uv) -> EnvMet
 
 async def _resolve(
     req: EnvRequest, staging: Path, venv_python: str, uv: _Uv
-) -> tuple[list[str], str]:
-    """Pin the whole dependency tree; say how msgspec came in (or why not).
+) -> tuple[list[str], dict[str, str]]:
+    """Pin the whole dependency tree; say how each accelerator came in (or why not).
 
-    With ``lib/``, a shipped msgspec wheel the interpreter cannot use (wrong
-    Python or platform) leaves the driver on the stdlib codec instead of
-    failing it: one more resolution without msgspec, never more.
+    An accelerator the interpreter cannot use (a shipped wheel for another
+    Python or platform, no wheel on the index for this interpreter) leaves the
+    driver on the stdlib codec and loop instead of failing it: one more
+    resolution without the accelerators, never more. When that one fails too,
+    the driver's own dependencies are at fault, and its error is raised.
     """
-    plain = requirements(req, with_msgspec=False)
-    if not msgspec_addable(req):
-        declared = any(dependency_name(dep) == "msgspec" for dep in req.dependencies)
-        note = "declared by the driver" if declared else "none in lib/"
-        return await _compile(req, plain, staging, venv_python, uv), note
-    wanted = requirements(req, with_msgspec=True)
+    addable = addable_accelerators(req)
+    notes = {name: accelerator_note(req, name) for name in ACCELERATORS if name not in addable}
+    plain = requirements(req, with_accelerators=False)
+    if not addable:
+        return await _compile(req, plain, staging, venv_python, uv), notes
+    wanted = requirements(req, with_accelerators=True)
     try:
-        return await _compile(req, wanted, staging, venv_python, uv), "added by the builder"
+        pins = await _compile(req, wanted, staging, venv_python, uv)
     except EnvBuildError as exc:
-        if req.wheel_dir is None:
-            raise
-        log.warning("env: lib/ msgspec unusable, using the stdlib codec: %s", exc)
-        return await _compile(req, plain, staging, venv_python, uv), f"unusable: {exc}"
+        log.warning("env: %s unusable, using the stdlib: %s", " and ".join(addable), exc)
+        pins = await _compile(req, plain, staging, venv_python, uv)
+        return pins, {**notes, **{name: f"unusable: {exc}" for name in addable}}
+    return pins, {**notes, **{name: "added by the builder" for name in addable}}
 
 
 async def _compile(
@@ -373,7 +387,7 @@ def _load(path: Path) -> Env | None:
 
 
 def _env(path: Path, meta: EnvMeta) -> Env:
-    return Env(path, path / "bin" / "python", meta.key, meta.codec, dict(meta.packages))
+    return Env(path, path / "bin" / "python", meta.key, meta.codec, meta.loop, dict(meta.packages))
 
 
 def _discard_leftovers(envs_dir: Path, key: str) -> None:

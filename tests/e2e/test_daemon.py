@@ -227,6 +227,8 @@ def test_exit_codes_and_json(daemon, tmp_path):
     described = json.loads(daemon.ctl("describe", "alpha", "--json").stdout)
     assert described["state"] == "RUNNING" and described["history"][-1]["to"] == "RUNNING"
     assert described["operations"] == ["echo"]
+    # Built from the index: the builder added msgspec and uvloop to the driver's env.
+    assert described["codec"].startswith("msgspec") and described["loop"] == "uvloop"
     assert daemon.ctl("describe", "alpha").returncode == 0
     avail = json.loads(daemon.ctl("avail", "--json").stdout)
     assert [(r["name"], r["verdict"]) for r in avail] == [("alpha", "active")]

@@ -26,6 +26,7 @@ def test_round_trip_and_handshake_facts(tmp_path):
         async with started(fixture_spec(tmp_path)) as proc:
             assert proc.hello is not None and proc.hello.pid == proc.pid
             assert proc.hello.codec.startswith("msgspec")
+            assert proc.hello_loop == "uvloop"  # the test venv has uvloop
             assert proc.ready is not None and "echo" in proc.ready.operations
             assert "health" not in proc.ready.operations and proc.ready.has_health
             await proc.attach("r1", {"size": 3})

@@ -63,7 +63,7 @@ def uv_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """pkg-a 1.0 and 2.0 (2.0 needs dep-b), dep-b, and a real msgspec wheel."""
+    """pkg-a 1.0 and 2.0 (2.0 needs dep-b), dep-b, and real msgspec and uvloop wheels."""
     house = tmp_path_factory.mktemp("wheelhouse")
     for version in ("1.0", "2.0"):
         requires = ["dep-b>=1"] if version == "2.0" else []
@@ -71,6 +71,7 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         build_wheel(house / version, "pkg-a", version, files, requires=requires)
     build_wheel(house / "dep-b", "dep-b", "1.0", {"dep_b/__init__.py": "NAME = 'dep-b'\n"})
     wheel_of_installed(house / "msgspec", "msgspec")
+    wheel_of_installed(house / "uvloop", "uvloop")
     return house
 
 
@@ -140,13 +141,13 @@ def test_two_drivers_pinning_different_versions_each_see_their_own(
 
 
 def test_kernel_packages_are_invisible(tmp_path: Path, wheelhouse: Path, uv_cache: Path) -> None:
-    import uvloop as kernel_has_it  # noqa: F401  # the kernel's venv has uvloop
+    import watchfiles as kernel_has_it  # noqa: F401  # the kernel's venv has watchfiles
 
     env = build(
         request(make_lib(tmp_path, whl(wheelhouse, "1.0")), "pkg-a"), tmp_path / "e", uv_cache
     )
-    probe = in_env(env, "import sys; print(sys.prefix); import uvloop")
-    assert "No module named 'uvloop'" in probe.stderr
+    probe = in_env(env, "import sys; print(sys.prefix); import watchfiles")
+    assert "No module named 'watchfiles'" in probe.stderr
     assert probe.stdout == f"{env.path}\n"
     kernel_site = next(Path(sys.prefix).glob("lib/python*/site-packages"))
     assert str(kernel_site) not in in_env(env, "import sys; print(sys.path)").stdout
@@ -162,6 +163,30 @@ def test_msgspec_from_lib_gives_the_fast_codec(
     assert in_env(env, "import msgspec; print(msgspec.msgpack.encode(1))").stdout == "b'\\x01'\n"
     meta = json.loads((env.path / envs.META).read_text())
     assert (meta["codec"], meta["msgspec"]) == ("msgspec", "added by the builder")
+    assert (env.loop, meta["uvloop"]) == ("asyncio", "none in lib/")
+
+
+def test_uvloop_from_lib_gives_the_fast_loop(
+    tmp_path: Path, wheelhouse: Path, uv_cache: Path
+) -> None:
+    lib = make_lib(tmp_path, whl(wheelhouse, "1.0"), whl(wheelhouse, "uvloop"))
+    env = build(request(lib, "pkg-a"), tmp_path / "envs", uv_cache)
+    assert (env.loop, env.codec) == ("uvloop", "stdlib")
+    assert sorted(env.packages) == ["pkg-a", "uvloop"]
+    assert in_env(env, "import uvloop").returncode == 0
+    meta = json.loads((env.path / envs.META).read_text())
+    assert (meta["uvloop"], meta["msgspec"]) == ("added by the builder", "none in lib/")
+
+
+def test_drivers_uvloop_pin_is_never_overridden(
+    tmp_path: Path, wheelhouse: Path, uv_cache: Path
+) -> None:
+    mine = build_wheel(tmp_path / "w", "uvloop", "0.1.0", {"uvloop/__init__.py": "MINE = 1\n"})
+    lib = make_lib(tmp_path, mine, whl(wheelhouse, "uvloop"), whl(wheelhouse, "msgspec"))
+    env = build(request(lib, "uvloop==0.1.0"), tmp_path / "envs", uv_cache)
+    assert env.packages == {"uvloop": "0.1.0", "msgspec": env.packages["msgspec"]}
+    meta = json.loads((env.path / envs.META).read_text())
+    assert (meta["uvloop"], meta["msgspec"]) == ("declared by the driver", "added by the builder")
 
 
 def test_drivers_msgspec_pin_is_never_overridden(
@@ -183,19 +208,21 @@ def test_unusable_msgspec_wheel_in_lib_falls_back_to_stdlib(
     shutil.copy(
         whl(wheelhouse, "msgspec"), lib / "msgspec-0.22.0-cp30-cp30-manylinux_2_17_x86_64.whl"
     )
+    shutil.copy(whl(wheelhouse, "uvloop"), lib)  # usable, but resolved with msgspec
     env = build(request(lib, "pkg-a"), tmp_path / "envs", uv_cache)
-    assert (env.codec, env.packages) == ("stdlib", {"pkg-a": "1.0"})
+    assert (env.codec, env.loop, env.packages) == ("stdlib", "asyncio", {"pkg-a": "1.0"})
     meta = json.loads((env.path / envs.META).read_text())
     assert meta["msgspec"].startswith("unusable: ")
+    assert meta["uvloop"].startswith("unusable: ")
 
 
-def test_without_lib_installs_from_the_index_and_adds_msgspec(
+def test_without_lib_installs_from_the_index_and_adds_msgspec_and_uvloop(
     tmp_path: Path, uv_cache: Path
 ) -> None:
     env = build(request(None), tmp_path / "envs", uv_cache)
-    assert env.codec == "msgspec"
-    assert list(env.packages) == ["msgspec"]
-    assert in_env(env, "import msgspec").returncode == 0
+    assert (env.codec, env.loop) == ("msgspec", "uvloop")
+    assert sorted(env.packages) == ["msgspec", "uvloop"]
+    assert in_env(env, "import msgspec, uvloop").returncode == 0
 
 
 # -- keys and hash checking ------------------------------------------------------
@@ -578,7 +605,7 @@ def test_a_built_env_is_found_fast(tmp_path: Path, wheelhouse: Path, uv_cache: P
 # -- a driver in a built env talks to the kernel, whatever msgspec it pinned ---
 
 
-async def _talk(env: Env, tmp_path: Path) -> tuple[str, object]:
+async def _talk(env: Env, tmp_path: Path) -> tuple[str, object, str]:
     from kernel.driver_process import DriverProcess
     from sandbox.runtime_dir import ensure_runtime_dir
     from sandbox.spawn import SpawnSpec
@@ -597,7 +624,8 @@ async def _talk(env: Env, tmp_path: Path) -> tuple[str, object]:
     await proc.start()
     try:
         await proc.attach("r", {})
-        return proc.hello_codec, await proc.call("r", "echo", {"value": {"n": [1, 2.5, b"x"]}})
+        echoed = await proc.call("r", "echo", {"value": {"n": [1, 2.5, b"x"]}})
+        return proc.hello_codec, echoed, await proc.call("r", "loop_name", {})
     finally:
         await proc.stop()
 
@@ -617,6 +645,15 @@ def test_a_driver_pinning_its_own_msgspec_still_talks(
             "msgspec",
         )
     env = build(request(lib, dependency), tmp_path / "envs", uv_cache)
-    hello_codec, echoed = run(_talk(env, tmp_path))
+    hello_codec, echoed, loop = run(_talk(env, tmp_path))
     assert hello_codec.startswith(codec)
     assert echoed == {"n": [1, 2.5, b"x"]}
+    assert loop == "asyncio"  # no uvloop in lib/: the stdlib loop
+
+
+def test_a_driver_in_an_index_built_env_runs_on_uvloop(tmp_path: Path, uv_cache: Path) -> None:
+    env = build(request(None), tmp_path / "envs", uv_cache)
+    hello_codec, echoed, loop = run(_talk(env, tmp_path))
+    assert hello_codec.startswith("msgspec")
+    assert echoed == {"n": [1, 2.5, b"x"]}
+    assert loop == "uvloop"
