@@ -7,7 +7,10 @@ Run with the project venv, from the repository root::
 Side by side, in one run, same payloads (a 100-byte value, and 64 KiB):
 
 - drivebay: ``DriverProcess.call`` of an async ``echo`` in a bench driver,
-  kernel side on uvloop; the child with msgspec, then with the stdlib codec
+  kernel side on uvloop; the child in a driver environment built the way
+  the kernel builds one for a bundle without ``lib/`` (``sandbox.envs``:
+  the interpreter running this script, msgspec and uvloop added; kept in
+  ``--envs-dir``); with msgspec, then with the stdlib codec
   (``DRIVEBAY_CODEC=stdlib``);
 - the floor: blocking ``os.write``/``os.read`` ping-pong over two pipes;
 - the asyncio floor: a bare uvloop echo Protocol in a child, called from a
@@ -348,13 +351,17 @@ async def _grpc_pipelined(address: str, budget: Budget) -> tuple[float, float]:
 
 
 @contextlib.asynccontextmanager
-async def _driver(codec: str, workdir: Path) -> AsyncIterator[Any]:
+async def _driver(codec: str, workdir: Path, envs_dir: Path) -> AsyncIterator[Any]:
     from kernel.driver_process import DriverProcess, Timeouts
+    from protocol.versions import PROTOCOL_MAX
+    from sandbox.envs import EnvRequest, ensure_env
     from sandbox.runtime_dir import ensure_runtime_dir
     from sandbox.spawn import SpawnSpec
 
+    request = EnvRequest(Path(sys.executable), (), {}, None, PROTOCOL_MAX)
+    env = await ensure_env(request, envs_dir)
     spec = SpawnSpec(
-        python=Path(sys.executable),
+        python=env.python,
         runtime_dir=ensure_runtime_dir(workdir / "state"),
         entrypoint="benchdriver:Bench",
         driver="bench",
@@ -366,16 +373,17 @@ async def _driver(codec: str, workdir: Path) -> AsyncIterator[Any]:
     proc = DriverProcess(spec, Timeouts())
     await proc.start()
     try:
-        if not proc.hello_codec.startswith(codec):
-            raise RuntimeError(f"wanted a {codec} child, got {proc.hello_codec!r}")
+        if not proc.hello_codec.startswith(codec) or proc.hello_loop != "uvloop":
+            got = f"{proc.hello_codec!r} on {proc.hello_loop!r}"
+            raise RuntimeError(f"wanted a {codec} child on uvloop, got {got}")
         await proc.attach("r", {})
         yield proc
     finally:
         await proc.stop()
 
 
-async def bench_drivebay(codec: str, budget: Budget, workdir: Path) -> Figures:
-    async with _driver(codec, workdir) as proc:
+async def bench_drivebay(codec: str, budget: Budget, workdir: Path, envs_dir: Path) -> Figures:
+    async with _driver(codec, workdir, envs_dir) as proc:
         small = functools.partial(proc.call, "r", "echo", {"value": SMALL})
         median, p99 = await _latency_async(small, budget)
         calls_per_s = await _window_rate(proc, SMALL, budget)
@@ -427,11 +435,11 @@ async def _window(proc: Any, payload: bytes, seconds: float) -> float:
     return count / (clock() - start)
 
 
-async def _bench_drivebay_both(budget: Budget, workdir: Path) -> dict[str, Figures]:
+async def _bench_drivebay_both(budget: Budget, workdir: Path, envs_dir: Path) -> dict[str, Figures]:
     results = {}
     for codec, key in (("msgspec", "drivebay"), ("stdlib", "stdlib")):
         _common.progress(f"rpc: drivebay, {codec} child ...")
-        results[key] = await bench_drivebay(codec, budget, workdir)
+        results[key] = await bench_drivebay(codec, budget, workdir, envs_dir)
     return results
 
 
@@ -579,7 +587,7 @@ def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dic
 # -- main ----------------------------------------------------------------------------
 
 
-def run_all(budget: Budget) -> dict[str, Figures]:
+def run_all(budget: Budget, envs_dir: Path) -> dict[str, Figures]:
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="drivebay-bench-") as tmp:
@@ -593,7 +601,7 @@ def run_all(budget: Budget) -> dict[str, Figures]:
         results["mp"] = bench_mp(budget)
         _common.progress("rpc: grpcio over a Unix socket ...")
         results["grpc"] = bench_grpc(budget, workdir)
-        results.update(uvloop.run(_bench_drivebay_both(budget, workdir)))
+        results.update(uvloop.run(_bench_drivebay_both(budget, workdir, envs_dir)))
         return results
 
 
@@ -617,10 +625,8 @@ def serve(kind: str, args: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (under 30 s in all)")
+    parser = _common.bench_parser(__doc__.split("\n\n")[0], "short runs (under 30 s in all)")
     parser.add_argument("--pin", action="store_true", help="pin every process to one CPU")
-    parser.add_argument("--json", action="store_true", help="end with one JSON line")
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.serve:
@@ -628,7 +634,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     pinned = _common.pin_to_one_cpu() if options.pin else None
     started = time.monotonic()
-    results = run_all(QUICK if options.quick else FULL)
+    options.envs_dir.mkdir(parents=True, exist_ok=True)
+    results = run_all(QUICK if options.quick else FULL, options.envs_dir)
     print(report(results))
     print(_footer(_common.machine(), pinned, options.quick, time.monotonic() - started))
     if options.json:
