@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,10 +97,13 @@ class ResourceActor:
         self._control: collections.deque[Rebind] = collections.deque()
         self._size = mailbox_size
         self._wait_running_s = wait_running_s
+        self._loop = asyncio.get_running_loop()  # actors live on the kernel's loop
         self._wake = asyncio.Event()
         self._busy = False
         self._current: Operation | Rebind | None = None
         self._in_flight: int | None = None  # the request id of the operation in the driver
+        self._in_flight_op: Operation | None = None  # ... and the operation
+        self._in_flight_to: DriverProcess | None = None  # ... and where it went
         self._run_done: asyncio.Future[None] | None = None  # see _deliver
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -121,9 +123,10 @@ class ResourceActor:
                 f"resource {self.resource_id} is busy: {self._size} operations already "
                 "queued; retry later"
             )
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._mailbox.append(Operation(op, args, timeout, future))
-        self._wake.set()
+        if not self._busy:  # a busy actor looks at its mailbox before it waits
+            self._wake.set()
         return future
 
     def rebind(
@@ -173,9 +176,7 @@ class ResourceActor:
     # -- the task ------------------------------------------------------------------
 
     def launch(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(
-            self._run(), name=f"actor {self.resource_id}"
-        )
+        self._task = self._loop.create_task(self._run(), name=f"actor {self.resource_id}")
 
     async def close(self, detach: bool = True, reason: str = "was removed") -> None:
         """Stop taking operations; fail the one in flight and the queued ones
@@ -230,7 +231,7 @@ class ResourceActor:
         except Exception as exc:
             _fail(item.future, exc)
             return
-        self._run_done = asyncio.get_running_loop().create_future()
+        self._run_done = self._loop.create_future()
         self._send(process, item)
         try:
             await self._run_done
@@ -239,7 +240,7 @@ class ResourceActor:
                 process.cancel_call(self._in_flight)
             raise
         finally:
-            self._in_flight = None
+            self._in_flight = self._in_flight_op = self._in_flight_to = None
 
     def _send(self, process: DriverProcess, item: Operation) -> None:
         try:
@@ -252,16 +253,17 @@ class ResourceActor:
             _fail(item.future, exc)
             _settle(self._run_done)  # the task goes on with the next one
             return
-        self._in_flight = request_id
-        reply.add_done_callback(functools.partial(self._replied, process, item))
+        self._in_flight, self._in_flight_op, self._in_flight_to = request_id, item, process
+        reply.add_done_callback(self._replied)
 
-    def _replied(self, process: DriverProcess, item: Operation, reply: asyncio.Future[Any]) -> None:
+    def _replied(self, reply: asyncio.Future[Any]) -> None:
         """An operation is answered: pass the answer on and send the next
         operation from here, without a task switch, when it may go to the same
         process as it is; else hand back to the task (a control step, a
         property change, a crash, an empty mailbox)."""
-        self._in_flight = None
-        if reply.cancelled():  # cancel_call: the task is being cancelled
+        item, process = self._in_flight_op, self._in_flight_to
+        self._in_flight = self._in_flight_op = self._in_flight_to = None
+        if reply.cancelled() or item is None or process is None:  # cancel_call: closing
             return
         exc = reply.exception()
         if exc is None:

@@ -168,10 +168,12 @@ class ResourceBook:
         await actor.close(detach=True)
         self.store.remove(resource_id)
 
-    async def call(
+    def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
-    ) -> Any:
-        return await self.actor(resource_id).submit(op, args, timeout)
+    ) -> asyncio.Future[Any]:
+        """Queue an operation; await the future for its result (no coroutine
+        of its own: this is the in-process hot path)."""
+        return self.actor(resource_id).submit(op, args, timeout)
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
