@@ -221,18 +221,20 @@ class DriverProcess:
 
     # -- requests ------------------------------------------------------------------
 
-    async def call(
+    def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None = None
-    ) -> Any:
-        """Run ``op`` on the instance for ``resource_id``; return its result.
+    ) -> Coroutine[Any, Any, Any]:
+        """Run ``op`` on the instance for ``resource_id``; await it for its result.
 
         Raises OperationFailed (the driver raised), CallTimeout, DriverCrashed
-        or DriverHung (the process died with the call in flight).
+        or DriverHung (the process died with the call in flight). A plain
+        function returning the request's coroutine: one coroutine per call,
+        not two (this is the hot path of every caller that awaits).
         """
         limit = self.timeouts.call if timeout is None else timeout
         request_id = next(self._ids)
         message = Call(request_id, resource_id, op, args, limit)
-        return await self._request(request_id, message, limit, (op, resource_id))
+        return self._request(request_id, message, limit, (op, resource_id))
 
     def start_call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None = None
