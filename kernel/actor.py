@@ -263,7 +263,11 @@ class ResourceActor:
         property change, a crash, an empty mailbox)."""
         item, process = self._in_flight_op, self._in_flight_to
         self._in_flight = self._in_flight_op = self._in_flight_to = None
-        if reply.cancelled() or item is None or process is None:  # cancel_call: closing
+        if item is None or process is None:  # _deliver was cancelled: closing
+            return
+        if reply.cancelled():  # only cancel_call does that; never leave the task waiting
+            _fail(item.future, RequestError(f"resource {self.resource_id}: operation cancelled"))
+            _settle(self._run_done)
             return
         exc = reply.exception()
         if exc is None:
