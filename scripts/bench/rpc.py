@@ -42,6 +42,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -351,14 +352,16 @@ async def _grpc_pipelined(address: str, budget: Budget) -> tuple[float, float]:
 
 
 @contextlib.asynccontextmanager
-async def _driver(codec: str, workdir: Path, envs_dir: Path) -> AsyncIterator[Any]:
+async def _driver(
+    codec: str, workdir: Path, envs_dir: Path, python: Path | None = None
+) -> AsyncIterator[Any]:
     from kernel.driver_process import DriverProcess, Timeouts
     from protocol.versions import PROTOCOL_MAX
     from sandbox.envs import EnvRequest, ensure_env
     from sandbox.runtime_dir import ensure_runtime_dir
     from sandbox.spawn import SpawnSpec
 
-    request = EnvRequest(Path(sys.executable), (), {}, None, PROTOCOL_MAX)
+    request = EnvRequest(python or Path(sys.executable), (), {}, None, PROTOCOL_MAX)
     env = await ensure_env(request, envs_dir)
     spec = SpawnSpec(
         python=env.python,
@@ -382,8 +385,10 @@ async def _driver(codec: str, workdir: Path, envs_dir: Path) -> AsyncIterator[An
         await proc.stop()
 
 
-async def bench_drivebay(codec: str, budget: Budget, workdir: Path, envs_dir: Path) -> Figures:
-    async with _driver(codec, workdir, envs_dir) as proc:
+async def bench_drivebay(
+    codec: str, budget: Budget, workdir: Path, envs_dir: Path, python: Path | None = None
+) -> Figures:
+    async with _driver(codec, workdir, envs_dir, python) as proc:
         small = functools.partial(proc.call, "r", "echo", {"value": SMALL})
         median, p99 = await _latency_async(small, budget)
         calls_per_s = await _window_rate(proc, SMALL, budget)
@@ -435,11 +440,16 @@ async def _window(proc: Any, payload: bytes, seconds: float) -> float:
     return count / (clock() - start)
 
 
-async def _bench_drivebay_both(budget: Budget, workdir: Path, envs_dir: Path) -> dict[str, Figures]:
+async def _bench_drivebay_all(
+    budget: Budget, workdir: Path, envs_dir: Path, child_python: Path | None
+) -> dict[str, Figures]:
     results = {}
     for codec, key in (("msgspec", "drivebay"), ("stdlib", "stdlib")):
         _common.progress(f"rpc: drivebay, {codec} child ...")
         results[key] = await bench_drivebay(codec, budget, workdir, envs_dir)
+    if child_python is not None:
+        _common.progress(f"rpc: drivebay, msgspec child on {child_python} ...")
+        results["child"] = await bench_drivebay("msgspec", budget, workdir, envs_dir, child_python)
     return results
 
 
@@ -448,6 +458,7 @@ async def _bench_drivebay_both(budget: Budget, workdir: Path, envs_dir: Path) ->
 COLUMNS = {
     "drivebay": "drivebay",
     "stdlib": "drivebay stdlib",
+    "child": "drivebay --child-python",
     "floor": "raw pipe",
     "uvloop": "uvloop echo",
     "mp": "mp.Pipe+pickle",
@@ -522,15 +533,18 @@ def _figures_table(results: dict[str, Figures]) -> str:
         "MB/s 64 KiB, 64 in flight*",
         "calls/s, 64 caller tasks",
     ]
-    columns = [list(asdict(results[key]).values()) for key in COLUMNS]
+    keys = [key for key in COLUMNS if key in results]
+    columns = [list(asdict(results[key]).values()) for key in keys]
     rows = [[label, *(_common.number(col[i]) for col in columns)] for i, label in enumerate(labels)]
-    table = _common.format_table(["", *COLUMNS.values()], rows)
+    table = _common.format_table(["", *(COLUMNS[key] for key in keys)], rows)
     return table + "\n* raw pipe, uvloop echo: sequential ping-pong"
 
 
 def _speedups_table(results: dict[str, Figures]) -> str:
     rows = []
-    for key in ("drivebay", "stdlib"):
+    for key in ("drivebay", "stdlib", "child"):
+        if key not in results:
+            continue
         for peer in PEERS:
             cells = _speedups(results[key], results[peer])
             rows.append([f"{COLUMNS[key]} vs {COLUMNS[peer]}", *(_ratio(c) for c in cells)])
@@ -560,6 +574,7 @@ def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dic
         "stdlib": "stdlib_",
         "floor": "floor_",
         "uvloop": "uvloop_echo_",
+        "child": "child_python_",
         "mp": "mp_pickle_",
     }
     for key, figures in results.items():
@@ -587,7 +602,7 @@ def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dic
 # -- main ----------------------------------------------------------------------------
 
 
-def run_all(budget: Budget, envs_dir: Path) -> dict[str, Figures]:
+def run_all(budget: Budget, envs_dir: Path, child_python: Path | None) -> dict[str, Figures]:
     import uvloop
 
     with tempfile.TemporaryDirectory(prefix="drivebay-bench-") as tmp:
@@ -601,7 +616,7 @@ def run_all(budget: Budget, envs_dir: Path) -> dict[str, Figures]:
         results["mp"] = bench_mp(budget)
         _common.progress("rpc: grpcio over a Unix socket ...")
         results["grpc"] = bench_grpc(budget, workdir)
-        results.update(uvloop.run(_bench_drivebay_both(budget, workdir, envs_dir)))
+        results.update(uvloop.run(_bench_drivebay_all(budget, workdir, envs_dir, child_python)))
         return results
 
 
@@ -627,6 +642,11 @@ def serve(kind: str, args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = _common.bench_parser(__doc__.split("\n\n")[0], "short runs (under 30 s in all)")
     parser.add_argument("--pin", action="store_true", help="pin every process to one CPU")
+    parser.add_argument(
+        "--child-python",
+        type=Path,
+        help="also measure a msgspec child on this interpreter (e.g. a Python 3.12)",
+    )
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.serve:
@@ -635,11 +655,21 @@ def main(argv: list[str] | None = None) -> None:
     pinned = _common.pin_to_one_cpu() if options.pin else None
     started = time.monotonic()
     options.envs_dir.mkdir(parents=True, exist_ok=True)
-    results = run_all(QUICK if options.quick else FULL, options.envs_dir)
+    results = run_all(QUICK if options.quick else FULL, options.envs_dir, options.child_python)
     print(report(results))
     print(_footer(_common.machine(), pinned, options.quick, time.monotonic() - started))
+    child = _interpreter(options.child_python) if options.child_python else None
+    if child:
+        print(f"--child-python: {child}")
     if options.json:
-        _common.print_json_last(as_json(results, options.quick, pinned))
+        _common.print_json_last({**as_json(results, options.quick, pinned), "child_python": child})
+
+
+def _interpreter(python: Path) -> str:
+    """``python``'s path and version, as the report names it."""
+    probe = [str(python), "-c", "import platform; print(platform.python_version())"]
+    version = subprocess.run(probe, capture_output=True, text=True, check=True).stdout.strip()
+    return f"{python} (Python {version})"
 
 
 if __name__ == "__main__":
