@@ -242,11 +242,13 @@ async def _resolve(
 ) -> tuple[list[str], dict[str, str]]:
     """Pin the whole dependency tree; say how each accelerator came in (or why not).
 
-    An accelerator the interpreter cannot use (a shipped wheel for another
-    Python or platform, no wheel on the index for this interpreter) leaves the
-    driver on the stdlib codec and loop instead of failing it: one more
-    resolution without the accelerators, never more. When that one fails too,
-    the driver's own dependencies are at fault, and its error is raised.
+    With ``lib/``, a shipped accelerator wheel the interpreter cannot use
+    (another Python or platform) leaves the driver on the stdlib codec and
+    loop instead of failing it: one more resolution without the accelerators,
+    never more; when that one fails too, the driver's own dependencies are at
+    fault, and its error is raised. From the index a failure is raised as it
+    is: it may be the network, and an env built without the accelerators
+    would be kept under the same key for good.
     """
     addable = addable_accelerators(req)
     notes = {name: accelerator_note(req, name) for name in ACCELERATORS if name not in addable}
@@ -257,7 +259,9 @@ async def _resolve(
     try:
         pins = await _compile(req, wanted, staging, venv_python, uv)
     except EnvBuildError as exc:
-        log.warning("env: %s unusable, using the stdlib: %s", " and ".join(addable), exc)
+        if req.wheel_dir is None:
+            raise
+        log.warning("env: lib/ %s unusable, using the stdlib: %s", " and ".join(addable), exc)
         pins = await _compile(req, plain, staging, venv_python, uv)
         return pins, {**notes, **{name: f"unusable: {exc}" for name in addable}}
     return pins, {**notes, **{name: "added by the builder" for name in addable}}
