@@ -107,6 +107,7 @@ class ResourceStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
+            _probe_writable(db)
         except sqlite3.Error as exc:
             db.close()
             raise _unwritable(path, exc) from exc
@@ -264,6 +265,14 @@ def _create_private(path: Path) -> None:
             f"{path}: cannot create the resource database ({exc.strerror}); "
             "check that the state dir exists and is writable"
         ) from exc
+
+
+def _probe_writable(db: sqlite3.Connection) -> None:
+    """Raise sqlite3.Error now if ``db`` cannot be written: ``mode=rw`` quietly
+    opens a write-protected file read-only, and the first ``add`` would fail
+    instead. Rewriting ``user_version`` with its own value changes nothing."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    db.execute(f"PRAGMA user_version = {version}")
 
 
 def _check_readonly(path: Path) -> None:
