@@ -4,8 +4,10 @@ Run with the project venv, from the repository root::
 
     .venv/bin/python scripts/bench/envs.py [--quick] [--json] [--work-dir DIR]
 
-Side by side, in one run, with the same real wheels (msgspec and pyyaml,
-downloaded once with pip into ``<work-dir>/wheels`` and reused after):
+Side by side, in one run, with the same real wheels (msgspec and pyyaml, the
+driver's dependencies, and uvloop, which ``lib/`` ships so that the builder
+adds it as it does for every driver; downloaded once with pip into
+``<work-dir>/wheels`` and reused after):
 
 - environment build: ``sandbox.envs.ensure_env`` from a ``lib/`` of those
   wheels with a cold uv cache (a fresh empty cache dir each time) and with a
@@ -56,11 +58,12 @@ from sandbox.env_key import EnvRequest, env_key
 from sandbox.runtime_dir import CHILD_MODULES, ensure_runtime_dir
 from sandbox.spawn import PASSED_ENVIRONMENT, SpawnSpec
 
-PACKAGES = ("msgspec", "pyyaml")
+PACKAGES = ("msgspec", "pyyaml")  # the bench driver's dependencies
+SHIPPED = (*PACKAGES, "uvloop")  # lib/: also the accelerator the builder adds
 BASELINE = "import msgspec, asyncio"
 # What a child imports before Ready, beyond the stdlib that asyncio already
 # brings; in this order, -X importtime charges each module to one of them.
-CHILD_IMPORTS = "import asyncio, msgspec.msgpack, ctypes, protocol.runtime"
+CHILD_IMPORTS = "import asyncio, msgspec.msgpack, uvloop, ctypes, protocol.runtime"
 # A start is timed up to Ready, not to the child's exit: leave out the
 # interpreter's teardown to compare imports with it.
 QUIT = "import os; os._exit(0)"
@@ -107,12 +110,12 @@ def elapsed_ms(start: float) -> float:
 
 
 def ensure_wheels(wheel_dir: Path) -> Path:
-    """``wheel_dir`` holding one wheel of each of PACKAGES; downloaded if missing."""
-    if all(_wheels_of(wheel_dir, name) for name in PACKAGES):
+    """``wheel_dir`` holding one wheel of each of SHIPPED; downloaded if missing."""
+    if all(_wheels_of(wheel_dir, name) for name in SHIPPED):
         return wheel_dir
-    _common.progress(f"envs: downloading {', '.join(PACKAGES)} wheels into {wheel_dir} ...")
+    _common.progress(f"envs: downloading {', '.join(SHIPPED)} wheels into {wheel_dir} ...")
     wheel_dir.mkdir(parents=True, exist_ok=True)
-    pip = [sys.executable, "-m", "pip", "download", *PACKAGES, "--only-binary=:all:"]
+    pip = [sys.executable, "-m", "pip", "download", *SHIPPED, "--only-binary=:all:"]
     subprocess.run([*pip, "-q", "-d", str(wheel_dir)], check=True)
     return wheel_dir
 
@@ -125,7 +128,7 @@ def make_lib(wheel_dir: Path, lib: Path) -> dict[str, str]:
     """Copy the wheels into a bundle's ``lib/``; their {file name: sha256}."""
     lib.mkdir(parents=True)
     wheels = {}
-    for name in PACKAGES:
+    for name in SHIPPED:
         source = _wheels_of(wheel_dir, name)[-1]
         shutil.copyfile(source, lib / source.name)
         wheels[source.name] = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -265,7 +268,7 @@ def venv_pip(lib: Path, target: Path) -> float:
     """``python -m venv`` + offline ``pip install`` of the same wheels, in ms."""
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     pip = [str(target / "bin" / "python"), "-m", "pip", "install", "--isolated", "-q"]
-    pip += ["--disable-pip-version-check", "--no-index", "--find-links", str(lib), *PACKAGES]
+    pip += ["--disable-pip-version-check", "--no-index", "--find-links", str(lib), *SHIPPED]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "venv", str(target)], check=True, env=environ)
     subprocess.run(pip, check=True, env=environ)
@@ -327,8 +330,9 @@ async def one_start(spec: SpawnSpec) -> float:
     await proc.start()
     took = elapsed_ms(start)
     await proc.stop()
-    if proc.hello_codec.split()[0] != "msgspec":
-        raise RuntimeError(f"the child should use msgspec, it said {proc.hello_codec!r}")
+    if proc.hello_codec.split()[0] != "msgspec" or proc.hello_loop != "uvloop":
+        said = f"{proc.hello_codec!r} on {proc.hello_loop!r}"
+        raise RuntimeError(f"the child should use msgspec on uvloop, it said {said}")
     return took
 
 
