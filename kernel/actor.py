@@ -12,6 +12,11 @@ A driver crash: the operation in flight fails with ``DriverCrashed``; the
 ones still queued wait for the restarted process (and the resource is
 attached there first). A FATAL, stopped or absent driver fails operations at
 once with an error that says so.
+
+The task decides where each operation goes; a steady stream costs it no
+wake-up per operation: the reply callback of one operation sends the next
+when it is a plain operation for the same live process (``_replied``), and
+hands back to the task for anything else.
 """
 
 from __future__ import annotations
