@@ -136,7 +136,10 @@ def latency_us(samples_ns: Sequence[int]) -> tuple[float, float]:
 
 @contextlib.contextmanager
 def child_process(
-    argv: Sequence[str], pass_fds: Sequence[int] = (), ready_timeout: float = 30.0
+    argv: Sequence[str],
+    pass_fds: Sequence[int] = (),
+    ready_timeout: float = 30.0,
+    cpu: int | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a helper process, wait until it is ready, and always reap it.
 
@@ -145,16 +148,18 @@ def child_process(
     that fd as "the parent is gone". It runs in its own process group, so a
     Ctrl-C reaches only the parent, whose exit from this block ends the child
     (SIGTERM, then SIGKILL) and reaps it. Raises RuntimeError when the child
-    exits or stays silent instead of getting ready.
+    exits or stays silent instead of getting ready. ``cpu``: the child runs
+    on that CPU only (see ``spawning_on``).
     """
     ours, theirs = socket.socketpair()
     with ours:
         try:
-            child = subprocess.Popen(
-                [*argv, str(theirs.fileno())],
-                pass_fds=(*pass_fds, theirs.fileno()),
-                process_group=0,
-            )
+            with spawning_on(cpu):
+                child = subprocess.Popen(
+                    [*argv, str(theirs.fileno())],
+                    pass_fds=(*pass_fds, theirs.fileno()),
+                    process_group=0,
+                )
         finally:
             theirs.close()
         try:
@@ -193,6 +198,33 @@ def pin_to_one_cpu() -> int:
     cpu = min(os.sched_getaffinity(0))
     os.sched_setaffinity(0, {cpu})
     return cpu
+
+
+def split_cpus() -> tuple[int, int]:
+    """Pin this process to one CPU and return it with another one, for the
+    helpers (``spawning_on``): caller and callee then always run on different
+    CPUs, and every wake-up crosses between them."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        raise SystemExit("placing helpers on another CPU needs two CPUs; this process has one")
+    os.sched_setaffinity(0, {allowed[0]})
+    return allowed[0], allowed[1]
+
+
+@contextlib.contextmanager
+def spawning_on(cpu: int | None) -> Iterator[None]:
+    """Processes started in this block run on ``cpu`` only (None: where they
+    like). A child inherits its parent's affinity, threads included, so this
+    process moves there for the block and moves back after it."""
+    if cpu is None:
+        yield
+        return
+    home = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, home)
 
 
 def machine() -> dict[str, Any]:

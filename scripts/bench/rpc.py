@@ -2,7 +2,7 @@
 
 Run with the project venv, from the repository root::
 
-    .venv/bin/python scripts/bench/rpc.py [--quick] [--pin] [--json]
+    .venv/bin/python scripts/bench/rpc.py [--quick] [--pin | --cross] [--json]
 
 Side by side, in one run, same payloads (a 100-byte value, and 64 KiB):
 
@@ -28,8 +28,11 @@ callers for grpc); MB/s of 64 KiB payloads with 64 in flight, the same way
 measured with 64 caller tasks each awaiting ``DriverProcess.call``, the way
 the kernel's own code calls. The floor has no "in flight": its MB/s is sequential. Every
 variant is warmed up before it is measured; every helper process is started
-and reaped here (also on Ctrl-C). ``--pin`` puts every process of every
-variant on one CPU; ``--json`` adds one JSON object as the last stdout line.
+and reaped here (also on Ctrl-C). Placement: by default the scheduler places
+every process; ``--pin`` puts every process of every variant on one CPU;
+``--cross`` keeps this process on one CPU and every helper (the drivebay
+child included) on another, so every wake-up crosses CPUs (the placement
+under which the issue's targets were set); ``--json`` adds one JSON object as the last stdout line.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import multiprocessing
 import multiprocessing.connection
@@ -63,10 +67,12 @@ GRPC_METHOD = "/bench.Echo/Echo"
 
 @dataclass(frozen=True)
 class Budget:
-    """Seconds per measurement, and of warm-up before each."""
+    """Seconds per measurement, and of warm-up before each; the CPU helper
+    processes run on (None: wherever the scheduler puts them)."""
 
     seconds: float
     warmup: float
+    child_cpu: int | None = None
 
 
 FULL = Budget(seconds=3.0, warmup=1.0)
@@ -127,7 +133,9 @@ def bench_floor(budget: Budget) -> Figures:
             stack.callback(os.close, fd)
         argv = [sys.executable, __file__, "--serve", "floor", str(request_r), str(reply_w)]
         try:
-            stack.enter_context(_common.child_process(argv, pass_fds=(request_r, reply_w)))
+            stack.enter_context(
+                _common.child_process(argv, (request_r, reply_w), cpu=budget.child_cpu)
+            )
         finally:
             os.close(request_r)  # the child's ends: it holds its own copies now
             os.close(reply_w)
@@ -196,7 +204,7 @@ def bench_mp(budget: Budget) -> Figures:
     ours, theirs = multiprocessing.Pipe()
     with contextlib.closing(ours), contextlib.closing(theirs):
         argv = [sys.executable, __file__, "--serve", "mp", str(theirs.fileno())]
-        with _common.child_process(argv, pass_fds=(theirs.fileno(),)):
+        with _common.child_process(argv, (theirs.fileno(),), cpu=budget.child_cpu):
             theirs.close()
 
             def call() -> None:
@@ -293,7 +301,7 @@ def bench_uvloop_echo(budget: Budget) -> Figures:
     ours, theirs = socket.socketpair()
     with ours, theirs:
         argv = [sys.executable, __file__, "--serve", "uvloop", str(theirs.fileno())]
-        with _common.child_process(argv, pass_fds=(theirs.fileno(),)):
+        with _common.child_process(argv, (theirs.fileno(),), cpu=budget.child_cpu):
             theirs.close()
             return uvloop.run(_bench_uvloop_echo(budget, ours))
 
@@ -330,7 +338,7 @@ def bench_grpc(budget: Budget, workdir: Path) -> Figures:
 
     address = f"unix:{workdir / 'grpc.sock'}"
     argv = [sys.executable, __file__, "--serve", "grpc", address]
-    with _common.child_process(argv):
+    with _common.child_process(argv, cpu=budget.child_cpu):
         with grpc.insecure_channel(address) as channel:
             echo = channel.unary_unary(GRPC_METHOD)
             median, p99 = _latency(functools.partial(echo, SMALL), budget)
@@ -353,7 +361,7 @@ async def _grpc_pipelined(address: str, budget: Budget) -> tuple[float, float]:
 
 @contextlib.asynccontextmanager
 async def _driver(
-    codec: str, workdir: Path, envs_dir: Path, python: Path | None = None
+    codec: str, workdir: Path, envs_dir: Path, python: Path | None, cpu: int | None
 ) -> AsyncIterator[Any]:
     from kernel.driver_process import DriverProcess, Timeouts
     from protocol.versions import PROTOCOL_MAX
@@ -374,7 +382,8 @@ async def _driver(
         extra_env={"DRIVEBAY_CODEC": "stdlib"} if codec == "stdlib" else {},
     )
     proc = DriverProcess(spec, Timeouts())
-    await proc.start()
+    with _common.spawning_on(cpu):
+        await proc.start()
     try:
         if not proc.hello_codec.startswith(codec) or proc.hello_loop != "uvloop":
             got = f"{proc.hello_codec!r} on {proc.hello_loop!r}"
@@ -388,7 +397,7 @@ async def _driver(
 async def bench_drivebay(
     codec: str, budget: Budget, workdir: Path, envs_dir: Path, python: Path | None = None
 ) -> Figures:
-    async with _driver(codec, workdir, envs_dir, python) as proc:
+    async with _driver(codec, workdir, envs_dir, python, budget.child_cpu) as proc:
         small = functools.partial(proc.call, "r", "echo", {"value": SMALL})
         median, p99 = await _latency_async(small, budget)
         calls_per_s = await _window_rate(proc, SMALL, budget)
@@ -567,7 +576,7 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
-def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dict[str, Any]:
+def as_json(results: dict[str, Figures], quick: bool, placement: Placement) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     prefixes = {
         "drivebay": "",
@@ -594,7 +603,12 @@ def as_json(results: dict[str, Figures], quick: bool, pinned: int | None) -> dic
                 "goal": f"{comparison} {goal:g}",
                 "met": _met(value, comparison, goal),
             }
-    flat.update(mode="quick" if quick else "full", pinned_cpu=pinned, in_flight=IN_FLIGHT)
+    flat.update(
+        mode="quick" if quick else "full",
+        placement=placement.name,
+        pinned_cpu=placement.caller_cpu if placement.name == "pinned" else None,
+        in_flight=IN_FLIGHT,
+    )
     flat["machine"] = _common.machine()
     return flat
 
@@ -620,8 +634,32 @@ def run_all(budget: Budget, envs_dir: Path, child_python: Path | None) -> dict[s
         return results
 
 
-def _footer(info: dict[str, Any], pinned: int | None, quick: bool, took: float) -> str:
-    placement = "unpinned" if pinned is None else f"pinned to CPU {pinned}"
+@dataclass(frozen=True)
+class Placement:
+    """Where the processes run: ``unpinned``, ``pinned`` (all on one CPU) or
+    ``cross`` (this process on one CPU, every helper on another)."""
+
+    name: str
+    caller_cpu: int | None = None
+    child_cpu: int | None = None
+
+    @classmethod
+    def choose(cls, pin: bool, cross: bool) -> Placement:
+        if pin:
+            return cls("pinned", _common.pin_to_one_cpu())
+        if cross:
+            return cls("cross", *_common.split_cpus())
+        return cls("unpinned")
+
+    def __str__(self) -> str:
+        if self.name == "pinned":
+            return f"pinned to CPU {self.caller_cpu}"
+        if self.name == "cross":
+            return f"this process on CPU {self.caller_cpu}, helpers on CPU {self.child_cpu}"
+        return "unpinned"
+
+
+def _footer(info: dict[str, Any], placement: Placement, quick: bool, took: float) -> str:
     return (
         f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
         f"load {info['loadavg_1m']}, {placement}, {'quick' if quick else 'full'} run, {took:.1f} s"
@@ -641,7 +679,13 @@ def serve(kind: str, args: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = _common.bench_parser(__doc__.split("\n\n")[0], "short runs (under 30 s in all)")
-    parser.add_argument("--pin", action="store_true", help="pin every process to one CPU")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--pin", action="store_true", help="pin every process to one CPU")
+    where.add_argument(
+        "--cross",
+        action="store_true",
+        help="this process on one CPU, every helper process on another",
+    )
     parser.add_argument(
         "--child-python",
         type=Path,
@@ -652,17 +696,19 @@ def main(argv: list[str] | None = None) -> None:
     if options.serve:
         serve(options.serve[0], options.serve[1:])
         return
-    pinned = _common.pin_to_one_cpu() if options.pin else None
+    placement = Placement.choose(options.pin, options.cross)
     started = time.monotonic()
     options.envs_dir.mkdir(parents=True, exist_ok=True)
-    results = run_all(QUICK if options.quick else FULL, options.envs_dir, options.child_python)
+    budget = dataclasses.replace(QUICK if options.quick else FULL, child_cpu=placement.child_cpu)
+    results = run_all(budget, options.envs_dir, options.child_python)
     print(report(results))
-    print(_footer(_common.machine(), pinned, options.quick, time.monotonic() - started))
+    print(_footer(_common.machine(), placement, options.quick, time.monotonic() - started))
     child = _interpreter(options.child_python) if options.child_python else None
     if child:
         print(f"--child-python: {child}")
     if options.json:
-        _common.print_json_last({**as_json(results, options.quick, pinned), "child_python": child})
+        flat = as_json(results, options.quick, placement)
+        _common.print_json_last({**flat, "child_python": child})
 
 
 def _interpreter(python: Path) -> str:
