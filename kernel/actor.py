@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from kernel.states import State
 from protocol.errors import (
     Busy,
+    CallTimeout,
     DriverCrashed,
     DriverError,
     NotRunning,
@@ -110,6 +111,10 @@ class ResourceActor:
         self._in_flight_op: Operation | None = None  # ... and the operation
         self._in_flight_to: DriverProcess | None = None  # ... and where it went
         self._run_done: asyncio.Future[None] | None = None  # see _deliver
+        # An operation answered to its caller (timed out, cancelled) that may
+        # still run in the driver; nothing else is sent before it ends.
+        self._unfinished: tuple[DriverProcess, int] | None = None
+        self._attaching: DriverProcess | None = None  # an attach that may be in the driver
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error = ""
@@ -230,6 +235,7 @@ class ResourceActor:
         """Deliver ``item``, then the operations queued behind it for as long
         as nothing else needs the task (see ``_replied``)."""
         try:
+            await self._quiesce()
             process = await self._ready()
             if process.send_blocked:
                 await process.writable()
@@ -243,6 +249,7 @@ class ResourceActor:
         except asyncio.CancelledError:  # close(): give up on the call in flight
             if self._in_flight is not None:
                 process.cancel_call(self._in_flight)
+                self._unfinished = (process, self._in_flight)  # close() waits before detaching
             raise
         finally:
             self._in_flight = self._in_flight_op = self._in_flight_to = None
@@ -266,15 +273,21 @@ class ResourceActor:
         operation from here, without a task switch, when it may go to the same
         process as it is; else hand back to the task (a control step, a
         property change, a crash, an empty mailbox)."""
-        item, process = self._in_flight_op, self._in_flight_to
+        item, process, request_id = self._in_flight_op, self._in_flight_to, self._in_flight
         self._in_flight = self._in_flight_op = self._in_flight_to = None
-        if item is None or process is None:  # _deliver was cancelled: closing
+        if item is None or process is None or request_id is None:  # _deliver was cancelled
             return
         if reply.cancelled():  # only cancel_call does that; never leave the task waiting
+            self._unfinished = (process, request_id)
             _fail(item.future, RequestError(f"resource {self.resource_id}: operation cancelled"))
             _settle(self._run_done)
             return
         exc = reply.exception()
+        if isinstance(exc, CallTimeout):  # answered, but it may still run: the task waits
+            self._unfinished = (process, request_id)
+            _fail(item.future, exc)
+            _settle(self._run_done)
+            return
         if exc is None:
             if not item.future.done():
                 item.future.set_result(reply.result())
@@ -326,11 +339,14 @@ class ResourceActor:
                     f"({slot.state}: {slot.lifecycle.reason}); the operation was not sent"
                 ) from None
         if self._attached is not process:
+            self._attaching = process  # stays set if we are cancelled: close() detaches there
             try:
                 await self._attach(process)
             except Exception as exc:
+                self._attaching = None
                 self.last_error = f"attach on {slot.name} failed: {exc}"
                 raise
+            self._attaching = None
             self._attached = process
             self.last_error = ""
         return process
@@ -362,7 +378,30 @@ class ResourceActor:
                 # exit the supervisor is about to see: wait for its next move.
                 await slot.next_move()
 
+    async def _quiesce(self) -> None:
+        """Wait until the driver has ended the operation given up on last (a
+        timed-out or cancelled one): the next must not run beside it. A driver
+        that has not ended it within its call timeout is killed as hung (the
+        supervisor restarts it) rather than leave the resource stuck."""
+        if self._unfinished is None:
+            return
+        process, request_id = self._unfinished
+        ended = process.finished(request_id)
+        if ended is not None:
+            grace = process.timeouts.call
+            try:
+                await asyncio.wait_for(asyncio.shield(ended), grace)
+            except TimeoutError:
+                process.kill_hung(
+                    f"an operation on {self.resource_id} did not end within {grace:g}s "
+                    "of its cancellation"
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), process.timeouts.kill + 5)
+        self._unfinished = None
+
     async def _apply(self, step: Rebind) -> None:
+        await self._quiesce()
         if step.withdrawn or step.done.done():
             return
         previous = self.bound
@@ -409,7 +448,12 @@ class ResourceActor:
             await process.attach(self.resource_id, self.properties)
 
     async def _detach(self) -> None:
+        await self._quiesce()
         process, self._attached = self._attached, None
+        attaching, self._attaching = self._attaching, None
+        # An attach given up on may have finished in the driver anyway: detach
+        # there too (the driver's detach is idempotent).
+        process = process or attaching
         if process is not None and process.alive:
             try:
                 await process.detach(self.resource_id)

@@ -64,11 +64,19 @@ def _user_name(uid: int) -> str:
 
 
 class ControlConnection:
-    """One client: its requests run concurrently, in tasks it owns."""
+    """One client: its requests run concurrently, in tasks it owns.
+
+    When the client goes away, only what nobody else needs stops: its
+    streams (``tail -f``) and its queued calls. A command that changes
+    something (``resource add``, ``stop``, ...) runs to its end, so that
+    memory, the drivers and the state store stay in step; its reply is
+    dropped.
+    """
 
     def __init__(self, kernel: Kernel) -> None:
         self._kernel = kernel
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
         codec: MessageCodec[Request] = MessageCodec(Request, "control client")
         self.channel = FramedChannel(
@@ -91,8 +99,9 @@ class ControlConnection:
             self._call(request)
             return
         task = asyncio.get_running_loop().create_task(self._serve(request))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        tasks = self._streams if request.command in STREAMS else self._tasks
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _call(self, request: Request) -> None:
         """The hot path: queue on the actor, reply when its future is done."""
@@ -135,7 +144,7 @@ class ControlConnection:
     def _lost(self) -> None:
         for future in self._calls:
             future.cancel()  # the actor skips operations nobody waits for
-        for task in self._tasks:
+        for task in self._streams:
             task.cancel()
 
     def _send(self, reply: Reply) -> None:

@@ -87,6 +87,9 @@ class DriverProcess:
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        # Calls given up on (deadline passed, or cancelled) that the child has
+        # not ended yet, with a waiter once somebody asks (see ``finished``).
+        self._unfinished: dict[int, asyncio.Future[None] | None] = {}
         self._deadlines = Deadlines(self._loop, self._pending, self._expire)
         self._hello: asyncio.Future[Hello] = self._loop.create_future()
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
@@ -257,9 +260,40 @@ class DriverProcess:
         the driver asked to cancel it (a no-op once it has been answered)."""
         future = self._pending.pop(request_id, None)
         if future is not None and not future.done():
+            self._give_up(request_id)
             future.cancel()
-            if self.alive:
-                self._channel.send(Cancel(request_id))
+
+    def finished(self, request_id: int) -> asyncio.Future[None] | None:
+        """None when the child has ended the call ``request_id`` (or is gone);
+        else a future that resolves when it does. A call given up on (its
+        deadline passed, or it was cancelled) has been answered to its caller
+        at once, but may still be running in the child: a sync operation's
+        thread cannot be stopped. Whoever sends the next operation for the
+        same resource waits for this first (the resource actors do)."""
+        if request_id not in self._unfinished:
+            return None
+        waiter = self._unfinished[request_id]
+        if waiter is None:
+            waiter = self._unfinished[request_id] = self._loop.create_future()
+        return waiter
+
+    def kill_hung(self, reason: str) -> None:
+        """Kill the child as hung (its calls fail with DriverHung; the
+        supervisor restarts it): for a call that would not end when asked."""
+        if self.alive:
+            self._end(f"hung: {reason}", signal.SIGKILL)
+
+    def _give_up(self, request_id: int) -> None:
+        """Ask the child to cancel a call whose caller got its answer already."""
+        if self.alive:
+            self._unfinished[request_id] = None
+            self._channel.send(Cancel(request_id))
+
+    def _ended(self, request_id: int) -> None:
+        """The child's final reply to a call given up on: it is over now."""
+        waiter = self._unfinished.pop(request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def send_blocked(self) -> bool:
@@ -307,8 +341,8 @@ class DriverProcess:
                 await self._channel.outbox.wait_writable()
             return await future
         except asyncio.CancelledError:
-            if self._pending.get(request_id) is future and self.alive:
-                self._channel.send(Cancel(request_id))
+            if self._pending.get(request_id) is future:
+                self._give_up(request_id)
             raise
         finally:
             self._pending.pop(request_id, None)
@@ -329,13 +363,12 @@ class DriverProcess:
         what, limit = detail
         future = self._pending.pop(request_id, None)
         if future is not None and not future.done():
+            self._give_up(request_id)  # first: the answer may start the next call
             future.set_exception(
                 CallTimeout(
                     f"{self.name}: {_what(what)} took longer than {limit:g}s and was cancelled"
                 )
             )
-            if self.alive:
-                self._channel.send(Cancel(request_id))
 
     # -- messages from the child -------------------------------------------------
 
@@ -343,7 +376,9 @@ class DriverProcess:
         # The hot path first, by exact type: class patterns cost microseconds.
         if type(message) is Result:
             future = self._pending.pop(message.id, None)
-            if future is not None and not future.done():
+            if future is None:
+                self._ended(message.id)
+            elif not future.done():
                 future.set_result(message.value)
             return
         match message:
@@ -355,7 +390,9 @@ class DriverProcess:
                     self._ready.set_exception(error)
                     return
                 future = self._pending.pop(request_id, None)
-                if future is not None and not future.done():
+                if future is None:
+                    self._ended(request_id)
+                elif not future.done():
                     future.set_exception(OperationFailed(type_name, text, trace))
             case Pong(seq):
                 pong = self._pongs.pop(seq, None)
@@ -439,6 +476,10 @@ class DriverProcess:
         for future in pending.values():
             if not future.done():
                 future.set_exception(error)
+        unfinished, self._unfinished = self._unfinished, {}
+        for waiter in unfinished.values():  # nothing runs in a dead child
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # -- stop ----------------------------------------------------------------------
 

@@ -123,9 +123,11 @@ class ResourceBook:
         actor = self._spawn_actor(resource)
         try:
             await actor.rebind(self._router(actor))
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: keep memory and the store in step
             self.actors.pop(resource_id, None)
             await actor.close()
+            if not isinstance(exc, Exception):
+                raise
             raise RequestError(f"{driver} refused resource {resource_id}: {exc}") from exc
         self.store.add(resource)
         return resource
@@ -153,8 +155,10 @@ class ResourceBook:
         actor.pinned = version
         try:
             await actor.rebind(self._router(actor))
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too: the pin did not happen
             actor.pinned = previous
+            if not isinstance(exc, Exception):
+                raise
             raise RequestError(
                 f"could not move {resource_id} to {version or 'the newest version'}: {exc}"
             ) from exc
@@ -165,8 +169,8 @@ class ResourceBook:
     async def remove(self, resource_id: str) -> None:
         actor = self.actor(resource_id)
         del self.actors[resource_id]
+        self.store.remove(resource_id)  # first: whatever happens next, it is gone
         await actor.close(detach=True)
-        self.store.remove(resource_id)
 
     def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None

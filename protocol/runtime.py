@@ -159,6 +159,10 @@ class DriverServer(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._instances: dict[str, Any] = {}
         self._running: dict[int, asyncio.Future[Any]] = {}
+        # Sync calls by request id: a thread cannot be stopped, so a Cancel for
+        # one that has started is answered when it returns (see _cancel).
+        self._threads: dict[int, concurrent.futures.Future[Any]] = {}
+        self._given_up: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # attach, detach, drain: ours to cancel
         self._draining = False
         self._loop_thread = threading.get_ident()
@@ -248,9 +252,7 @@ class DriverServer(asyncio.Protocol):
             elif tag == "ping":
                 self._send(["pong", message[1]])
             elif tag == "cancel":
-                running = self._running.get(message[1])
-                if running is not None:
-                    running.cancel()
+                self._cancel(message[1])
             elif tag == "attach":
                 self._attach(message[1], message[2], dict(message[3]))
             elif tag == "detach":
@@ -301,9 +303,26 @@ class DriverServer(asyncio.Protocol):
             if not task.done():
                 self._running[request_id] = task
             return
-        future = self._loop.run_in_executor(self._pool, functools.partial(function, **args))
+        work = self._pool.submit(functools.partial(function, **args))
+        future = asyncio.wrap_future(work, loop=self._loop)
+        self._threads[request_id] = work
         self._running[request_id] = future
         future.add_done_callback(functools.partial(self._reply, request_id))
+
+    def _cancel(self, request_id: int) -> None:
+        """The kernel gives up on a call. An async one is cancelled and answers
+        when its coroutine has ended; a sync one not started yet never starts;
+        a sync one already running in its thread cannot be stopped, and is
+        answered "Cancelled" only when it returns: until then the kernel sends
+        nothing else for its resource, so no two operations overlap."""
+        running = self._running.get(request_id)
+        if running is None:
+            return
+        work = self._threads.get(request_id)
+        if work is not None and not work.cancel():
+            self._given_up.add(request_id)
+            return
+        running.cancel()
 
     async def _serve(self, request_id: int, coro: Coroutine[Any, Any, Any]) -> None:
         try:
@@ -319,8 +338,14 @@ class DriverServer(asyncio.Protocol):
 
     def _reply(self, request_id: int, future: asyncio.Future[Any]) -> None:
         self._running.pop(request_id, None)
+        self._threads.pop(request_id, None)
         if future.cancelled():
             self._send(["error", request_id, "Cancelled", "cancelled by the kernel", ""])
+            return
+        if request_id in self._given_up:
+            self._given_up.discard(request_id)
+            message = "cancelled by the kernel; it ran to its end in its thread"
+            self._send(["error", request_id, "Cancelled", message, ""])
             return
         exc = future.exception()
         if exc is not None:
@@ -357,6 +382,13 @@ class DriverServer(asyncio.Protocol):
         except Exception as exc:
             self._send(error_reply(request_id, exc))
             return
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # The kernel gave up on this attach, and the driver finished it
+            # anyway (it swallowed the cancellation): nobody will detach an
+            # instance the kernel does not know of, so do it here.
+            await self._detach_instance(request_id, instance, "attach cancelled by the kernel")
+            return
         self._instances[resource_id] = instance
         self._send(["result", request_id, None])
 
@@ -367,13 +399,20 @@ class DriverServer(asyncio.Protocol):
             return
         self._spawn(self._detach_instance(request_id, instance))
 
-    async def _detach_instance(self, request_id: int, instance: Any) -> None:
+    async def _detach_instance(
+        self, request_id: int, instance: Any, cancelled: str | None = None
+    ) -> None:
+        """Detach ``instance``; answer with its result, or with "Cancelled"
+        and ``cancelled`` as the message when it is an attach given up on."""
         try:
             detach = getattr(instance, "detach", None)
             if detach is not None:
                 await self._maybe_in_thread(detach)
         except Exception as exc:
             self._send(error_reply(request_id, exc))
+            return
+        if cancelled is not None:
+            self._send(["error", request_id, "Cancelled", cancelled, ""])
             return
         self._send(["result", request_id, None])
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -30,10 +31,17 @@ PROPERTIES = [
     {"key": "size_gb", "type": "number"},
     {"key": "thin", "type": "boolean"},
     {"key": "expires", "type": "date"},
+    {"key": "attach_delay", "type": "number"},  # seconds the driver's attach takes
+    {"key": "stubborn", "type": "boolean"},  # its attach ignores a cancellation
 ]
 
 
-def misbehave_bundle(root: Path, version: str = "1.0.0", category: str = "storage") -> Path:
+def misbehave_bundle(
+    root: Path,
+    version: str = "1.0.0",
+    category: str = "storage",
+    limits: dict[str, Any] | None = None,
+) -> Path:
     source = (FIXTURES / "misbehave" / "src" / "misbehave.py").read_text()
     source += f"\nVERSION = {version!r}\n"
     source += "\nasync def _version(self):\n    return VERSION\nMisbehave.version = _version\n"
@@ -45,6 +53,7 @@ def misbehave_bundle(root: Path, version: str = "1.0.0", category: str = "storag
             "category": category,
             "entrypoint": "misbehave:Misbehave",
             "properties": PROPERTIES,
+            **({"limits": limits} if limits else {}),
         },
         src={"misbehave.py": source},
     )
@@ -351,3 +360,128 @@ def test_a_bad_call_request_fails_alone(mis):
             await client.close()
 
     uvloop.run(main())
+
+
+async def journal_has(client: ControlClient, event: list[str], reader: str = "v2") -> None:
+    """Wait until the driver's journal (shared by its instances) shows ``event``."""
+    async with asyncio.timeout(30):
+        while event not in await client.call(reader, "read_journal"):
+            await asyncio.sleep(0.01)
+
+
+def test_the_next_operation_waits_for_one_that_timed_out(mis):
+    """A sync operation past its deadline keeps running in its thread: its
+    caller gets CallTimeout at once, and the resource's next operation starts
+    only when it has really ended (never two at once on one resource)."""
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    ok(mis.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))
+
+    async def main():
+        client = await ControlClient.connect(str(mis.socket))
+        try:
+            with pytest.raises(OperationError, match=r"CallTimeout: .*hold on v1 took longer"):
+                await client.call("v1", "hold", {"gate": "g"}, timeout=0.3)
+            after = asyncio.ensure_future(client.call("v1", "note", {"tag": "after"}))
+            await queued(client, 1)  # waiting behind the operation that still runs
+            await client.call("v2", "release", {"gate": "g"})
+            assert await after == "after"
+            journal = await client.call("v2", "read_journal")
+            assert [e for e in journal if e[0] in ("start", "release", "end", "note")] == [
+                ["start", "v1", "g"],
+                ["release", "g"],
+                ["end", "v1", "g"],
+                ["note", "v1", "after"],
+            ]
+        finally:
+            await client.close()
+
+    uvloop.run(main())
+
+
+def test_an_operation_that_never_ends_gets_its_driver_restarted_as_hung(daemon, tmp_path):
+    """Past the driver's call timeout after its cancellation, an operation that
+    still runs makes its driver hung: killed, restarted, and the resource's
+    next operation runs on the new process."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon.drop(misbehave_bundle(staging, limits={"call_timeout_s": 2}))
+    daemon.wait_state("mis", "RUNNING")
+    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    first = daemon.status()["mis"]["pid"]
+
+    async def main():
+        client = await ControlClient.connect(str(daemon.socket))
+        try:
+            with pytest.raises(OperationError, match="CallTimeout"):
+                await client.call("v1", "hold", {"gate": "never"}, timeout=0.3)
+            async with asyncio.timeout(60):
+                assert await client.call("v1", "note", {"tag": "after"}) == "after"
+        finally:
+            await client.close()
+
+    uvloop.run(main())
+    assert daemon.status()["mis"]["pid"] != first
+    assert "hung: an operation on v1 did not end within 2s of its cancellation" in daemon.log()
+
+
+def test_a_client_gone_mid_add_leaves_the_resource_added_and_stored(mis):
+    """A change runs to its end when its client goes away: memory, the driver
+    and the state store agree, also after a restart of the daemon."""
+    ok(mis.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))
+
+    async def main():
+        client = await ControlClient.connect(str(mis.socket))
+        watcher = await ControlClient.connect(str(mis.socket))
+        try:
+            request = {"id": "v1", "driver": "mis", "assignments": ["host=a", "attach_delay=1"]}
+            adding = asyncio.ensure_future(client.request("resource-add", request))
+            await journal_has(watcher, ["attach-start", "v1"])
+            await client.close()  # the client goes away while the driver attaches
+            with pytest.raises(ConnectionError):
+                await adding
+            await journal_has(watcher, ["attach-end", "v1"])
+        finally:
+            await watcher.close()
+
+    uvloop.run(main())
+    wait_for(
+        lambda: (
+            [r["state"] for r in json.loads(mis.ctl("resources", "--json").stdout)]
+            == ["attached", "attached"]
+        ),
+        what="v1 attached",
+    )
+    mis.stop()
+    mis.start()
+    mis.wait_state("mis", "RUNNING")
+    rows = json.loads(ok(mis.ctl("resources", "--json")).stdout)
+    assert [r["id"] for r in rows] == ["v1", "v2"]
+
+
+def test_rm_during_an_attach_leaves_no_instance_behind(mis):
+    """Even when the driver completes an attach the kernel gave up on."""
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    ok(mis.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))
+
+    async def main():
+        client = await ControlClient.connect(str(mis.socket))
+        admin = await ControlClient.connect(str(mis.socket))
+        try:
+            # A property change re-attaches v1, and this attach takes long.
+            request = {"id": "v1", "assignments": ["attach_delay=60", "stubborn=true"]}
+            changing = asyncio.ensure_future(client.request("resource-set", request))
+            await journal_has(admin, ["detach", "v1"])  # the old instance left
+            await admin.request("resource-rm", {"id": "v1"})
+            with pytest.raises(OperationError, match="resource v1 was removed"):
+                await changing
+            await journal_has(admin, ["attach-end", "v1"])  # it ignored the cancel
+            async with asyncio.timeout(30):
+                while (await admin.call("v2", "read_journal"))[-1] != ["detach", "v1"]:
+                    await asyncio.sleep(0.01)  # the runtime detaches what it finished
+            assert await admin.call("v2", "attached_here") == ["v2"]
+        finally:
+            await client.close()
+            await admin.close()
+
+    uvloop.run(main())
+    assert [r["id"] for r in json.loads(ok(mis.ctl("resources", "--json")).stdout)] == ["v2"]

@@ -293,6 +293,62 @@ def test_call_timeout_cancels_in_driver(tmp_path):
     run(main())
 
 
+def test_a_sync_call_given_up_on_is_over_only_when_its_thread_returns(tmp_path):
+    """A thread cannot be cancelled: the caller gets CallTimeout at once, but
+    ``finished`` resolves only when the child has really ended the call."""
+
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            await proc.attach("b", {})
+            request_id, reply = proc.start_call("a", "hold", {"gate": "g"}, timeout=0.3)
+            with pytest.raises(CallTimeout, match=r"hold on a took longer than 0\.3s"):
+                await reply
+            ended = proc.finished(request_id)
+            assert ended is not None  # still running in its thread
+            assert ["start", "a", "g"] in await proc.call("b", "read_journal", {})
+            assert not ended.done()
+            await proc.call("b", "release", {"gate": "g"})
+            await asyncio.wait_for(ended, 10)
+            assert proc.finished(request_id) is None
+            journal = await proc.call("b", "read_journal", {})
+            assert [e for e in journal if e[0] in ("start", "release", "end")] == [
+                ["start", "a", "g"],
+                ["release", "g"],
+                ["end", "a", "g"],
+            ]
+
+    run(main())
+
+
+def test_an_attach_finished_after_its_cancel_is_detached_by_the_child(tmp_path):
+    """A driver that swallows the cancellation of its attach: the child
+    detaches that instance itself, as the kernel no longer knows of it."""
+
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("b", {})
+            attach = asyncio.ensure_future(proc.attach("a", {"attach_delay": 60, "stubborn": True}))
+
+            async def journal() -> list[list[str]]:
+                return await proc.call("b", "read_journal", {})
+
+            async with asyncio.timeout(10):
+                while ["attach-start", "a"] not in await journal():
+                    await asyncio.sleep(0.01)
+            attach.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await attach
+            async with asyncio.timeout(10):
+                while ["detach", "a"] not in await journal():
+                    await asyncio.sleep(0.01)
+            assert await proc.call("b", "attached_here", {}) == ["b"]
+            with pytest.raises(OperationFailed, match="NotAttached"):
+                await proc.call("a", "echo", {})
+
+    run(main())
+
+
 def test_attach_failure_and_health_failure(tmp_path):
     async def main():
         async with started(fixture_spec(tmp_path)) as proc:
