@@ -375,7 +375,7 @@ class DriverServer(asyncio.Protocol):
                 instance = self._ops.driver_class(resource_id, properties)
             attach = getattr(instance, "attach", None)
             if attach is not None:
-                await self._maybe_in_thread(attach)
+                await self._maybe_in_thread(attach, to_the_end=True)
         except asyncio.CancelledError:
             self._send(["error", request_id, "Cancelled", "attach cancelled by the kernel", ""])
             return
@@ -423,10 +423,19 @@ class DriverServer(asyncio.Protocol):
             return
         self._run(request_id, health, {}, inspect.iscoroutinefunction(health))
 
-    async def _maybe_in_thread(self, function: Callable[[], Any]) -> Any:
+    async def _maybe_in_thread(self, function: Callable[[], Any], to_the_end: bool = False) -> Any:
+        """Await ``function``, in a worker thread when it is sync. A thread
+        cannot be stopped: with ``to_the_end``, a cancellation waits for it
+        to return (the caller then sees ``cancelling()`` and undoes it)."""
         if inspect.iscoroutinefunction(function):
             return await function()
-        return await self._loop.run_in_executor(self._pool, function)
+        work = self._loop.run_in_executor(self._pool, function)
+        if not to_the_end:
+            return await work
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            return await work
 
     async def _drain(self, timeout_s: float) -> None:
         """Let in-flight calls end, detach every instance, then exit 0."""

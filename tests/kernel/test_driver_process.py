@@ -349,6 +349,33 @@ def test_an_attach_finished_after_its_cancel_is_detached_by_the_child(tmp_path):
     run(main())
 
 
+def test_a_sync_attach_finished_after_its_cancel_is_detached_by_the_child(tmp_path):
+    """A sync attach cannot be stopped: the child waits for its thread, then
+    detaches that instance, as the kernel no longer knows of it."""
+
+    async def main():
+        async with started(fixture_spec(tmp_path, entrypoint="misbehave:SyncAttach")) as proc:
+            await proc.attach("b", {})
+            attach = asyncio.ensure_future(proc.attach("a", {"gate": "ga"}))
+
+            async def journal() -> list[list[str]]:
+                return await proc.call("b", "read_journal", {})
+
+            async with asyncio.timeout(10):
+                while ["attach-start", "a"] not in await journal():
+                    await asyncio.sleep(0.01)
+            attach.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await attach
+            await proc.call("b", "release", {"gate": "ga"})
+            async with asyncio.timeout(10):
+                while ["detach", "a"] not in await journal():
+                    await asyncio.sleep(0.01)
+            assert await proc.call("b", "attached_here", {}) == ["b"]
+
+    run(main())
+
+
 def test_attach_failure_and_health_failure(tmp_path):
     async def main():
         async with started(fixture_spec(tmp_path)) as proc:
