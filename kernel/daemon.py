@@ -63,7 +63,10 @@ class Kernel:
         self.slots: dict[str, DriverSlot] = {}  # by name@version: what runs or should run
         self.retiring: list[DriverSlot] = []  # being drained after a handover
         self.active: dict[str, str] = {}  # driver -> the version unpinned resources use
-        self._failed: dict[str, str] = {}  # name@version -> digest that failed: not retried
+        # name@version -> (digest, reason) of a bundle that failed: not started
+        # again, also after a restart (kept in the state store), until a new
+        # bundle or an operator's start.
+        self._failed: dict[str, tuple[str, str]] = {}
         self._replacements: dict[str, StoredBundle] = {}  # same version, new content
         self.book: ResourceBook | None = None
         self._requested: set[str] = set()  # name@version a pin is about to need
@@ -101,6 +104,7 @@ class Kernel:
                 self._stop_budget(),
             )
             log.info("restored %d resources", self.book.restore())
+            self._failed = self.book.store.failed_versions()
             if serve is not None:
                 async with serve(self):
                     await self._main()
@@ -218,7 +222,7 @@ class Kernel:
         for name, versions in available.items():
             for version in sorted(versions, key=version_key, reverse=True):
                 bundle = versions[version]
-                if self._failed.get(f"{name}@{version}") != bundle.digest:
+                if not self._failed_bundle(f"{name}@{version}", bundle):
                     wanted[f"{name}@{version}"] = bundle
                     break
                 # A failed newest version keeps its row (FAILED) in status.
@@ -261,6 +265,13 @@ class Kernel:
     def _add_slot(self, bundle: StoredBundle, candidate: bool = False) -> DriverSlot:
         slot = DriverSlot(bundle, self._slot_context())
         slot.candidate = candidate
+        failed = self._failed.get(slot.name)
+        if failed is not None and failed[0] == bundle.digest:  # in an earlier run
+            slot.candidate = True  # on probation again if an operator starts it
+            slot.stay_failed(
+                f"{failed[1]} (kept from before drivebayd restarted; "
+                f"drivebayctl start {slot.name} retries it)"
+            )
         slot.lifecycle.listen(lambda state: self._on_slot_state(slot, state))
         self.slots[slot.name] = slot
         slot.launch()
@@ -292,9 +303,23 @@ class Kernel:
                 entry.bundle = None
                 log.warning("rejected bundle: %s", entry.error)
 
+    def _failed_bundle(self, key: str, bundle: StoredBundle) -> bool:
+        failed = self._failed.get(key)
+        return failed is not None and failed[0] == bundle.digest
+
+    def _mark_failed(self, slot: DriverSlot, reason: str) -> None:
+        """Version ``slot`` failed: the version before it serves, and this
+        bundle is not started again (by this daemon or the next one)."""
+        if self._failed.get(slot.name) == (slot.bundle.digest, reason):
+            return  # every reconcile sees it again
+        self._failed[slot.name] = (slot.bundle.digest, reason)
+        if self.book is not None:
+            self.book.store.record_failure(slot.name, slot.bundle.digest, reason)
+
     def forget_failure(self, slot: DriverSlot) -> None:
         """An operator starts a FAILED version: give it a new chance."""
-        self._failed.pop(slot.name, None)
+        if self._failed.pop(slot.name, None) is not None and self.book is not None:
+            self.book.store.forget_failure(slot.name)
 
     def running(self, driver: str) -> bool:
         return self._running(driver)
@@ -348,13 +373,13 @@ class Kernel:
     async def _promote_candidates(self) -> None:
         """Hand resources over to every newer version that became healthy, and
         settle the ones that failed (their predecessor keeps serving)."""
-        for key, slot in list(self.slots.items()):
+        for slot in list(self.slots.values()):
             name = slot.manifest.name
             if not slot.candidate or slot.state not in (State.RUNNING, State.FAILED):
                 continue
             old = self.slots.get(f"{name}@{self.active.get(name)}")
             if slot.state is State.FAILED:
-                self._failed[key] = slot.bundle.digest
+                self._mark_failed(slot, slot.lifecycle.reason)
                 continue
             if old is None or old is slot:
                 slot.candidate = False
@@ -377,7 +402,7 @@ class Kernel:
         self.last_switch_s = result.switch_s
         if not result.ok:
             self.active[name] = old.manifest.version
-            self._failed[new.name] = new.bundle.digest
+            self._mark_failed(new, f"rolled back: {result.reason}")
             new.fail(f"rolled back: {result.reason}")
             await new.wait_settled(self._stop_budget(), frozenset({State.FAILED, State.STOPPED}))
             return

@@ -1,8 +1,10 @@
 """The resources, kept in SQLite in the state dir (``<state>/resources.db``).
 
 A restart of ``drivebayd`` restores every resource and its binding from here
-(ARCHITECTURE.md, section 6). The store is used from the event loop's thread
-only and every call is a short local query, so it is synchronous. The file
+(ARCHITECTURE.md, section 6), and which driver versions failed (so that a
+restart does not bring back a version the previous run had rolled back). The
+store is used from the event loop's thread only and every call is a short
+local query, so it is synchronous. The file
 is in WAL mode with ``synchronous=NORMAL``: a commit does not wait for the
 disk, a crash of the machine may lose the last commits but never corrupts.
 
@@ -71,7 +73,23 @@ def _create_resources(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX resources_by_driver ON resources (driver)")
 
 
-MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (_create_resources,)
+def _create_failed_versions(db: sqlite3.Connection) -> None:
+    # Driver versions that failed (build, start, health, attach) with the
+    # digest of the bundle that did: not started again until a new bundle or
+    # an operator's start, also after a restart of the daemon.
+    db.execute(
+        "CREATE TABLE failed_versions ("
+        " key TEXT PRIMARY KEY,"  # name@version
+        " digest TEXT NOT NULL,"
+        " reason TEXT NOT NULL,"
+        " at REAL NOT NULL)"
+    )
+
+
+MIGRATIONS: Final[tuple[Callable[[sqlite3.Connection], None], ...]] = (
+    _create_resources,
+    _create_failed_versions,
+)
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
@@ -184,6 +202,25 @@ class ResourceStore:
             cursor = self._db.execute("DELETE FROM resources WHERE id = ?", (resource_id,))
         if cursor.rowcount == 0:
             raise _no_such(resource_id)
+
+    def failed_versions(self) -> dict[str, tuple[str, str]]:
+        """name@version -> (bundle digest, reason) of every version that failed."""
+        rows = self._db.execute("SELECT key, digest, reason FROM failed_versions").fetchall()
+        return {key: (digest, reason) for key, digest, reason in rows}
+
+    def record_failure(self, key: str, digest: str, reason: str) -> None:
+        """Remember that version ``key`` (name@version) failed with this bundle."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO failed_versions (key, digest, reason, at)"
+                " VALUES (?, ?, ?, ?)",
+                (key, digest, reason, self._clock()),
+            )
+
+    def forget_failure(self, key: str) -> None:
+        """An operator gives version ``key`` a new chance."""
+        with self._transaction():
+            self._db.execute("DELETE FROM failed_versions WHERE key = ?", (key,))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:

@@ -367,6 +367,12 @@ class DriverSlot:
         self._goal = Goal.RUN
         self._command.set()
 
+    def stay_failed(self, reason: str) -> None:
+        """Before ``launch``: this version failed before the daemon restarted.
+        It shows FAILED and waits for an operator's start, as after a failure."""
+        self._move(State.FAILED, reason)
+        self._goal = Goal.RUN
+
     def fail(self, reason: str) -> None:
         """The kernel gives up on this version (e.g. a resource refused to attach)."""
         self._goal = Goal.STOP

@@ -41,10 +41,12 @@ def misbehave_bundle(
     version: str = "1.0.0",
     category: str = "storage",
     limits: dict[str, Any] | None = None,
+    healthy: bool = True,
 ) -> Path:
     source = (FIXTURES / "misbehave" / "src" / "misbehave.py").read_text()
     source += f"\nVERSION = {version!r}\n"
     source += "\nasync def _version(self):\n    return VERSION\nMisbehave.version = _version\n"
+    source += f"\nMisbehave.healthy = {healthy!r}\n"
     bundle = make_bundle(
         root,
         name="mis",
@@ -485,3 +487,24 @@ def test_rm_during_an_attach_leaves_no_instance_behind(mis):
 
     uvloop.run(main())
     assert [r["id"] for r in json.loads(ok(mis.ctl("resources", "--json")).stdout)] == ["v2"]
+
+
+def test_a_version_that_failed_stays_failed_after_a_restart(mis):
+    """A new version that failed its health check is not brought back by a
+    restart of the daemon: the version before it keeps serving."""
+    ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    mis.drop(misbehave_bundle(mis.staging, "1.1.0", healthy=False))
+    wait_for(lambda: version_states(mis) == [("1.0.0", "RUNNING"), ("1.1.0", "FAILED")])
+    mis.stop()
+    restarted_at = len(mis.log())
+    mis.start()
+    wait_for(lambda: version_states(mis) == [("1.0.0", "RUNNING"), ("1.1.0", "FAILED")])
+    rows = json.loads(mis.ctl("status", "--json").stdout)  # exit 3: one is not running
+    assert "kept from before drivebayd restarted" in rows[1]["message"]
+    assert json.loads(ok(mis.ctl("call", "v1", "version")).stdout) == "1.0.0"
+    assert "spawned: mis@1.1.0" not in mis.log()[restarted_at:]
+
+
+def version_states(daemon):
+    rows = json.loads(daemon.ctl("status", "--json").stdout)
+    return sorted((r["version"], r["state"]) for r in rows)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kernel.resource_store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     STORE_FILE,
     Resource,
@@ -165,7 +166,7 @@ def test_an_empty_file_is_migrated_from_version_0(db_path: Path) -> None:
     db_path.touch()
     with ResourceStore.open(db_path) as store:
         store.add(VOL)
-    assert raw(db_path, "PRAGMA user_version") == [(1,)]
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     with ResourceStore.open(db_path) as store:
         assert store.all() == [VOL]
 
@@ -214,7 +215,8 @@ def test_a_newer_schema_is_refused_and_left_as_it_was(db_path: Path) -> None:
         store.add(VOL)
     make_database(db_path, "PRAGMA user_version = 7")
     assert refusal(db_path) == (
-        f"{db_path}: schema version 7 is newer than this drivebayd understands (1); "
+        f"{db_path}: schema version 7 is newer than this drivebayd understands "
+        f"({SCHEMA_VERSION}); "
         "upgrade drivebayd or restore a backup"
     )
 
@@ -376,3 +378,24 @@ def test_ten_thousand_resources(db_path: Path, capsys: pytest.CaptureFixture[str
             f"\n10,000 resources: add {added * 1e6 / 10_000:.0f} µs each, "
             f"all() {listed * 1e3:.0f} ms"
         )
+
+
+def test_a_version_1_file_gains_failed_versions_and_keeps_its_resources(db_path: Path) -> None:
+    db_path.touch()
+    with closing(sqlite3.connect(db_path)) as db:
+        MIGRATIONS[0](db)
+        db.execute("PRAGMA user_version = 1")
+        db.execute(
+            "INSERT INTO resources (id, driver, pinned, properties, created, updated)"
+            " VALUES ('vol-1', 'nfs', NULL, '{}', 0, 0)"
+        )
+        db.commit()
+    with ResourceStore.open(db_path) as store:
+        assert [r.id for r in store.all()] == ["vol-1"]
+        assert store.failed_versions() == {}
+        store.record_failure("nfs@1.3.0", "sha256:ab", "failed its health check")
+    assert raw(db_path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    with ResourceStore.open(db_path) as store:
+        assert store.failed_versions() == {"nfs@1.3.0": ("sha256:ab", "failed its health check")}
+        store.forget_failure("nfs@1.3.0")
+        assert store.failed_versions() == {}
