@@ -281,7 +281,33 @@ class Kernel:
         name = slot.manifest.name
         if state is State.RUNNING and not slot.candidate and name not in self.active:
             self.active[name] = slot.manifest.version  # its first good start, however late
+        if state is State.FATAL and self.active.get(name) == slot.manifest.version:
+            self._roll_back_on_probation(slot)
         self.kick()
+
+    def _roll_back_on_probation(self, slot: DriverSlot) -> None:
+        """A version that took over in an upgrade and crash-looped soon after
+        failed as a new version does: it shows FAILED (kept across restarts)
+        and the newest older version that has not failed serves again. Later
+        crash loops end in FATAL, as for any driver."""
+        name, version = slot.manifest.name, slot.manifest.version
+        older = [
+            v
+            for v, bundle in self.registry.versions().get(name, {}).items()
+            if version_key(v) < version_key(version)
+            and not self._failed_bundle(f"{name}@{v}", bundle)
+        ]
+        if not older or not slot.crash_loop_on_probation():
+            return
+        window = slot.restarts.policy.window_s
+        reason = (
+            f"rolled back: crash loop within {window:g}s of taking over ({slot.lifecycle.reason})"
+        )
+        successor = f"{name}@{max(older, key=version_key)}"
+        log.warning("%s %s; %s serves again", slot.name, reason, successor)
+        self._mark_failed(slot, reason)
+        del self.active[name]  # the older version takes over once RUNNING
+        slot.fail(reason)
 
     def _nodes(self) -> dict[str, Node]:
         nodes: dict[str, Node] = {}
@@ -407,6 +433,7 @@ class Kernel:
             await new.wait_settled(self._stop_budget(), frozenset({State.FAILED, State.STOPPED}))
             return
         new.candidate = False
+        new.took_over_at = time.monotonic()
         pinned_here = any(
             a.pinned == old.manifest.version and a.driver == name for a in self.book.actors.values()
         )

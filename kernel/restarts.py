@@ -69,6 +69,10 @@ class RestartTracker:
         spread = delay * self.policy.jitter
         return max(0.0, delay + spread * (2 * self._rng() - 1))
 
+    def loop_began(self) -> float | None:
+        """When the oldest restart still inside the window happened (None: none)."""
+        return self._restarts[0] if self._restarts else None
+
     def reset(self) -> None:
         """An operator started it, or a new bundle arrived: forget past failures."""
         self._restarts.clear()

@@ -82,6 +82,9 @@ class DriverSlot:
         # A new version on probation: a failed start is final (FAILED), so the
         # version before it keeps serving and nobody retries a broken bundle.
         self.candidate = False
+        # When it took over from the version before it (monotonic): the
+        # restart window after that is its probation (see on_probation).
+        self.took_over_at: float | None = None
 
     # -- facts for status and describe -------------------------------------------
 
@@ -344,6 +347,9 @@ class DriverSlot:
             if self.state is not State.FAILED:
                 self._move(State.STOPPED, "Stopped")
                 self._move(State.FAILED, reason)
+            # The fail() that asked for this is served: waiting for the next
+            # command must not wake on it and stop the FAILED slot again.
+            self._command.clear()
             return
         if self.state is not State.STOPPED and State.STOPPED in _allowed(self.state):
             self._move(State.STOPPED, "Stopped")
@@ -366,6 +372,17 @@ class DriverSlot:
                 self._move(State.STOPPED, "start requested")
         self._goal = Goal.RUN
         self._command.set()
+
+    def crash_loop_on_probation(self) -> bool:
+        """Did the crash loop that ended in FATAL begin within one restart
+        window of this version taking over from the one before it?"""
+        began = self.restarts.loop_began()
+        took_over = self.took_over_at
+        return (
+            took_over is not None
+            and began is not None
+            and began - took_over <= self.restarts.policy.window_s
+        )
 
     def stay_failed(self, reason: str) -> None:
         """Before ``launch``: this version failed before the daemon restarted.

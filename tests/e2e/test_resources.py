@@ -47,6 +47,16 @@ def misbehave_bundle(
     source += f"\nVERSION = {version!r}\n"
     source += "\nasync def _version(self):\n    return VERSION\nMisbehave.version = _version\n"
     source += f"\nMisbehave.healthy = {healthy!r}\n"
+    # A file crash-VERSION in the working dir makes this version die in its
+    # health check: every start of it then fails (a crash loop on demand).
+    source += (
+        "\n_health = Misbehave.health.__func__\n"
+        "async def _checked_health(cls):\n"
+        "    if os.path.exists(f'crash-{VERSION}'):\n"
+        "        os._exit(3)\n"
+        "    return await _health(cls)\n"
+        "Misbehave.health = classmethod(_checked_health)\n"
+    )
     bundle = make_bundle(
         root,
         name="mis",
@@ -508,3 +518,33 @@ def test_a_version_that_failed_stays_failed_after_a_restart(mis):
 def version_states(daemon):
     rows = json.loads(daemon.ctl("status", "--json").stdout)
     return sorted((r["version"], r["state"]) for r in rows)
+
+
+def test_a_new_version_that_crash_loops_after_taking_over_is_rolled_back(daemon_factory, tmp_path):
+    """Healthy at first, then a crash loop soon after it took over: the new
+    version ends FAILED and the one before it serves again."""
+    daemon = daemon_factory(
+        config={"restart": {"backoff_initial_s": 0.05, "max_restarts": 2, "spare": False}}
+    )
+    daemon.start()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon.drop(misbehave_bundle(staging))
+    daemon.wait_state("mis", "RUNNING")
+    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    daemon.drop(misbehave_bundle(staging, "1.1.0"))
+    wait_for(lambda: only_running(daemon, "1.1.0"), what="1.1.0 took over")
+    assert json.loads(ok(daemon.ctl("call", "v1", "version")).stdout) == "1.1.0"
+    (daemon.state / "work" / "mis" / "crash-1.1.0").touch()
+    daemon.ctl("call", "v1", "exit_now")  # from now on every start of 1.1.0 dies
+    wait_for(
+        lambda: version_states(daemon) == [("1.0.0", "RUNNING"), ("1.1.0", "FAILED")],
+        deadline=60,
+        what="1.0.0 back, 1.1.0 FAILED",
+    )
+    wait_for(
+        lambda: daemon.ctl("call", "v1", "version").stdout.strip() == '"1.0.0"',
+        what="v1 served by 1.0.0",
+    )
+    rows = json.loads(daemon.ctl("status", "--json").stdout)
+    assert "rolled back: crash loop within 60s of taking over" in rows[1]["message"]
