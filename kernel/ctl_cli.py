@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from kernel import __version__
 from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
+from protocol.errors import ProtocolError
 from protocol.frames import HEADER, FrameSplitter
-from protocol.msgpack_lite import packb, unpackb
+from protocol.msgpack_lite import MsgpackError, packb, unpackb
 
 if TYPE_CHECKING:
     import argparse
@@ -43,10 +44,23 @@ def _verb(verb: str) -> Callable[[Any], None]:
     return build
 
 
+def _line_count(text: str) -> int:
+    """argparse type of ``tail -n``: a whole number, 0 or more."""
+    import argparse
+
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more), got {text!r}")
+    return count
+
+
 def _tail(sub: Any) -> None:
     tail = _reading(sub, "tail", "last lines of a driver's output")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
-    tail.add_argument("-n", "--lines", type=int, default=20)
+    tail.add_argument("-n", "--lines", type=_line_count, default=20)
     tail.add_argument("name", metavar="NAME")
     tail.add_argument("stream", nargs="?", choices=["stdout", "stderr"], default="stdout")
 
@@ -167,9 +181,12 @@ class Client:
         self._frames = FrameSplitter("drivebayd")
         self._pending: list[Reply] = []
 
-    def request(self, command: str, args: dict[str, Any]) -> Iterator[Reply]:
-        payload = packb({"type": "request", "id": 1, "command": command, "args": args})
-        self._sock.sendall(HEADER.pack(len(payload)) + payload)
+    def request(self, frame: bytes) -> Iterator[Reply]:
+        """Send one request (see ``encode_request``) and yield its replies.
+
+        Raises ProtocolError when the peer answers something that is not
+        drivebayd's protocol (``-s`` names another program's socket)."""
+        self._sock.sendall(frame)
         while True:
             while self._pending:
                 reply = self._pending.pop(0)
@@ -179,10 +196,23 @@ class Client:
             data = self._sock.recv(1 << 16)
             if not data:
                 raise ConnectionError("drivebayd closed the connection")
-            self._pending.extend(Reply(unpackb(frame)) for frame in self._frames.feed(data))
+            try:
+                self._pending.extend(Reply(unpackb(raw)) for raw in self._frames.feed(data))
+            except (MsgpackError, AttributeError, TypeError, ValueError) as exc:
+                raise ProtocolError(f"{self.path} does not answer as drivebayd: {exc}") from exc
 
     def close(self) -> None:
         self._sock.close()
+
+
+def encode_request(command: str, args: dict[str, Any]) -> bytes:
+    """The request as a frame; raises UsageError for a value MessagePack
+    cannot carry (an int beyond 64 bits, say)."""
+    try:
+        payload = packb({"type": "request", "id": 1, "command": command, "args": args})
+    except MsgpackError as exc:
+        raise UsageError(f"cannot send that request: {exc}") from exc
+    return HEADER.pack(len(payload)) + payload
 
 
 def socket_path(args: argparse.Namespace) -> str:
@@ -313,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drivebayctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        command, payload = request_args(args)
+        frame = encode_request(command, payload)
+    except UsageError as exc:
+        print(f"drivebayctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         client = Client(path)
     except PermissionError:
         print(
@@ -323,28 +359,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drivebayd is not running at {path}", file=sys.stderr)
         return EXIT_NO_SUCH
     try:
-        command, payload = request_args(args)
-    except UsageError as exc:
-        client.close()
-        print(f"drivebayctl: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return run(client, command, payload, args)
+        return run(client, command, frame, args)
     except KeyboardInterrupt:
         return 0
     except (ConnectionError, OSError) as exc:
         print(f"drivebayctl: lost the connection to drivebayd at {path}: {exc}", file=sys.stderr)
         return 1
+    except ProtocolError as exc:
+        print(f"drivebayctl: {exc}; check -s or the config's socket", file=sys.stderr)
+        return 1
     finally:
         client.close()
 
 
-def run(client: Client, command: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
+def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) -> int:
     import json
 
     as_json = getattr(args, "json", False)
     code = 0
-    for reply in client.request(command, payload):
+    for reply in client.request(frame):
         if not reply.ok:
             # An operation's own failure reads "error: TYPE: message" (callers
             # parse it); everything else is drivebayctl's own complaint.

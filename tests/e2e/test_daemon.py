@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
+import threading
 import zipfile
 from pathlib import Path
 
@@ -240,6 +242,49 @@ def test_exit_codes_and_json(daemon, tmp_path):
     assert gone.returncode == 4
     assert gone.stderr == f"drivebayd is not running at {daemon.socket}\n"
     assert daemon.ctl("stop", "alpha").returncode == 4
+
+
+def test_requests_that_cannot_be_sent_or_answered_are_one_line(daemon, tmp_path):
+    def ctl(*args: str, socket_path: Path = daemon.socket) -> subprocess.CompletedProcess[str]:
+        argv = [str(BIN / "drivebayctl"), "-s", str(socket_path), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    too_big = ctl("call", "v1", "echo", "n:=100000000000000000000000000")
+    assert (too_big.returncode, too_big.stderr) == (
+        2,
+        "drivebayctl: cannot send that request: int too large to encode: "
+        "100000000000000000000000000 > 2**64 - 1\n",
+    )
+    # A usage error is one, whether a daemon runs or not.
+    no_daemon = ctl("call", "v1", "echo", "x:={bad", socket_path=tmp_path / "none.sock")
+    assert no_daemon.returncode == 2 and no_daemon.stderr.count("\n") == 1
+    negative = ctl("tail", "-n", "-5", "alpha")
+    assert negative.returncode == 2
+    assert "expected a number of lines (0 or more), got '-5'" in negative.stderr
+
+    # -s naming another program's socket: it answers, but not in our protocol.
+    other = tmp_path / "other.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(other))
+    server.listen(1)
+
+    def answer_garbage() -> None:
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(1 << 16)
+            peer.sendall(b"\x00\x00\x00\x05hello")
+
+    thread = threading.Thread(target=answer_garbage)
+    thread.start()
+    try:
+        garbage = ctl("status", socket_path=other)
+    finally:
+        thread.join(30)
+        server.close()
+    assert garbage.returncode == 1
+    assert garbage.stderr.startswith(f"drivebayctl: {other} does not answer as drivebayd: ")
+    assert garbage.stderr.endswith("; check -s or the config's socket\n")
+    assert garbage.stderr.count("\n") == 1
 
 
 def test_bad_config_is_one_line(tmp_path):
