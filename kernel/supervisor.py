@@ -52,7 +52,7 @@ class SlotContext:
     runtime_dir: Path
     prepare: Callable[[StoredBundle], Awaitable[tuple[Path, str]]]  # -> (python, env key)
     on_spawn: Callable[[str, int], None]  # (slot name, pid): record for stale cleanup
-    on_reap: Callable[[str], None]
+    on_reap: Callable[[str, int | None], None]  # (slot name, pid): forget that record
     on_event: Callable[[str, str, str, Any], None]  # (slot, resource, event, data)
 
 
@@ -192,7 +192,7 @@ class DriverSlot:
         spare, self._spare = self._spare, None
         if spare is None:
             return None
-        self._ctx.on_reap(f"{self.name}.spare")
+        self._ctx.on_reap(f"{self.name}.spare", spare.pid)
         if not spare.alive:
             await spare.discard()
             return None
@@ -355,7 +355,7 @@ class DriverSlot:
             self._move(State.STOPPED, "Stopped")
 
     def _reaped(self) -> None:
-        self._ctx.on_reap(self.name)
+        self._ctx.on_reap(self.name, self.process.pid if self.process is not None else None)
 
     def _move(self, target: State, reason: str) -> None:
         if self.state is target and target is not State.BLOCKED:

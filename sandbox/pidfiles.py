@@ -41,13 +41,30 @@ class PidRecords:
         if started is not None:
             (self.directory / f"{name}.pid").write_text(f"{pid} {started}\n")
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, pid: int | None = None) -> None:
+        """Remove the record of ``name``; with ``pid``, only if it is still
+        that process's (a same-version handover records its new process
+        under the same name before the old one is reaped)."""
+        path = self.directory / f"{name}.pid"
+        if pid is not None:
+            try:
+                recorded = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return
+            if recorded != pid:
+                return
         with contextlib.suppress(FileNotFoundError):
-            (self.directory / f"{name}.pid").unlink()
+            path.unlink()
 
     def end_stale(self) -> list[int]:
         """Kill the process group of every recorded process that is still the
-        one recorded; remove all records. Returns the pids killed."""
+        one recorded, or that is gone while members of its group live on
+        (processes a driver started, which outlived it); remove all records.
+        Returns the pids (group ids) killed.
+
+        Linux never hands out a pid that is still some process group's id,
+        so when the recorded process is gone, a group with its pid as id can
+        only be the one it led."""
         killed: list[int] = []
         for path in sorted(self.directory.glob("*.pid")):
             try:
@@ -56,12 +73,29 @@ class PidRecords:
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)
                 continue
-            if start_time(pid) == started:
+            now = start_time(pid)
+            if now == started:
                 log.warning(
                     "killing stale driver %s (pid %d) left by a previous daemon", path.stem, pid
                 )
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
                 killed.append(pid)
+            elif now is None and _kill_group(pid):
+                log.warning(
+                    "killed what stale driver %s (pid %d) left running in its process group",
+                    path.stem,
+                    pid,
+                )
+                killed.append(pid)
             path.unlink(missing_ok=True)
         return killed
+
+
+def _kill_group(pgid: int) -> bool:
+    """SIGKILL process group ``pgid``; False when it has no process left."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

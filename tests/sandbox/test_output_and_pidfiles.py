@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from sandbox.output import RotatingFile
 from sandbox.pidfiles import PidRecords, start_time
@@ -55,3 +56,60 @@ def test_stale_records_kill_only_the_recorded_process(tmp_path):
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_forget_with_a_pid_keeps_a_newer_record_under_the_same_name(tmp_path):
+    records = PidRecords(tmp_path / "run")
+    records.record("drv@1", os.getpid())  # the new process of a same-version handover
+    records.forget("drv@1", os.getpid() + 1)  # the old one is reaped later
+    assert (tmp_path / "run" / "drv@1.pid").exists()
+    records.forget("drv@1", os.getpid())
+    assert not (tmp_path / "run" / "drv@1.pid").exists()
+
+
+# Run in a child of its own that is a subreaper, so that it can reap the
+# orphan whose end it checks: a driver (the group leader) started a process,
+# and died; the record's leader is gone, its group is not.
+ORPHANED_GROUP = """
+import ctypes, os, signal, subprocess, sys
+from pathlib import Path
+from sandbox.pidfiles import PidRecords, start_time
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+leader = subprocess.Popen(
+    [sys.executable, "-c",
+     "import subprocess, sys, time; "
+     "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+     "print(p.pid, flush=True); time.sleep(600)"],
+    start_new_session=True, stdout=subprocess.PIPE, text=True,
+)
+orphan = int(leader.stdout.readline())
+records = PidRecords(Path(sys.argv[1]))
+records.record("drv@1", leader.pid)
+os.kill(leader.pid, signal.SIGKILL)
+leader.wait()
+leader.stdout.close()
+assert start_time(orphan) is not None, "the orphan should still run"
+killed = records.end_stale()
+for _ in range(1000):  # up to 10 s; on failure end the orphan ourselves
+    pid, status = os.waitpid(orphan, os.WNOHANG)
+    if pid:
+        break
+    signal.sigtimedwait([signal.SIGCHLD], 0.01)
+else:
+    os.kill(orphan, signal.SIGKILL)
+    os.waitpid(orphan, 0)
+    status = 0
+print(killed == [leader.pid], os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL)
+"""
+
+
+def test_stale_records_end_the_group_a_dead_driver_left_behind(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", ORPHANED_GROUP, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
