@@ -412,11 +412,30 @@ class Kernel:
                 self.active[name] = slot.manifest.version
                 continue
             await self._hand_over(old, slot)
+        self._replace_stale_settings()
         for key, bundle in list(self._replacements.items()):
             del self._replacements[key]
             old = self.slots.pop(key, None)
             if old is not None:
                 await self._replace(old, bundle)
+
+    def _replace_stale_settings(self) -> None:
+        """A running version whose process was spawned with settings the
+        config no longer has is handed over to a new process. Checked on
+        every pass, so a version that was starting (or restarting from a
+        spare) during a reload is caught once it runs. The others (stopped
+        by an operator, FATAL, FAILED) take the new settings at their next
+        start."""
+        for key, slot in self.slots.items():
+            if (
+                slot.state is State.RUNNING
+                and not slot.held
+                and not slot.candidate
+                and key not in self._replacements
+                and slot.settings_used != slot.settings_now()
+            ):
+                log.info("settings of %s changed; handing it over to a new process", slot.name)
+                self._replacements[key] = slot.bundle
 
     async def _hand_over(self, old: DriverSlot, new: DriverSlot) -> None:
         name = new.manifest.name
@@ -630,12 +649,7 @@ class Kernel:
         self.config = fresh
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()
-        for key, slot in self.slots.items():
-            # Only running versions are replaced; the others (stopped by an
-            # operator, FATAL, FAILED) take the new settings at their next start.
-            if slot.manifest.name in changed and slot.state is State.RUNNING and not slot.held:
-                log.info("settings of %s changed; handing it over to a new process", slot.name)
-                self._replacements[key] = slot.bundle
+        self._replace_stale_settings()
         self.kick()
         log.info("configuration reloaded from %s", self.config_path or "defaults")
         return changed

@@ -85,6 +85,10 @@ class DriverSlot:
         # When it took over from the version before it (monotonic): the
         # restart window after that is its probation (see on_probation).
         self.took_over_at: float | None = None
+        # The config settings its process was spawned with (see
+        # ``settings_now``): a reload compares them to hand over to a new one.
+        self.settings_used: object = None
+        self._spare_settings: object = None
 
     # -- facts for status and describe -------------------------------------------
 
@@ -167,6 +171,7 @@ class DriverSlot:
         policy = self._ctx.current_config().restart
         if not policy.spare or self._closed or self._spare_task is not None:
             return
+        self._spare_settings = self.settings_now()
         self._spare_task = asyncio.get_running_loop().create_task(
             self._launch_spare(spec), name=f"spare {self.name}"
         )
@@ -260,13 +265,16 @@ class DriverSlot:
         if spec.run_as is not None:
             readable = [self._ctx.runtime_dir, self.bundle.path, spec.cwd]
             preflight(spec.run_as, python, readable)
+        settings = self.settings_now()
         process = await self._take_spare()
         if process is None:
             process = self._new_process(spec)
             self.process = process
+            self.settings_used = settings
             await process.start()
         else:
             self.process = process
+            self.settings_used = self._spare_settings  # launched before, maybe under other settings
             await process.finish_start()
         assert process.pid is not None
         self._ctx.on_spawn(self.name, process.pid)
@@ -372,6 +380,12 @@ class DriverSlot:
                 self._move(State.STOPPED, "start requested")
         self._goal = Goal.RUN
         self._command.set()
+
+    def settings_now(self) -> object:
+        """What of the config a process of this version is spawned with
+        (its driver's settings and the default limits), to compare."""
+        config = self._ctx.current_config()
+        return (config.for_driver(self.manifest.name), config.limits)
 
     def crash_loop_on_probation(self) -> bool:
         """Did the crash loop that ended in FATAL begin within one restart

@@ -48,12 +48,15 @@ def misbehave_bundle(
     source += "\nasync def _version(self):\n    return VERSION\nMisbehave.version = _version\n"
     source += f"\nMisbehave.healthy = {healthy!r}\n"
     # A file crash-VERSION in the working dir makes this version die in its
-    # health check: every start of it then fails (a crash loop on demand).
+    # health check: every start of it then fails (a crash loop on demand);
+    # while a file hold-health-VERSION is there, its health check waits.
     source += (
         "\n_health = Misbehave.health.__func__\n"
         "async def _checked_health(cls):\n"
         "    if os.path.exists(f'crash-{VERSION}'):\n"
         "        os._exit(3)\n"
+        "    while os.path.exists(f'hold-health-{VERSION}'):\n"
+        "        await asyncio.sleep(0.05)\n"
         "    return await _health(cls)\n"
         "Misbehave.health = classmethod(_checked_health)\n"
     )
@@ -548,3 +551,32 @@ def test_a_new_version_that_crash_loops_after_taking_over_is_rolled_back(daemon_
     )
     rows = json.loads(daemon.ctl("status", "--json").stdout)
     assert "rolled back: crash loop within 60s of taking over" in rows[1]["message"]
+
+
+def test_a_reload_while_a_version_starts_reaches_that_version(daemon_factory, tmp_path):
+    """The new settings reach a version that was starting (spawned under the
+    old ones) during the reload: once it runs, it is handed over to a process
+    with the new settings."""
+    settings = {"drivers": {"mis": {"env": {"XK": "old"}}}}
+    daemon = daemon_factory(config=settings)
+    daemon.start()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon.drop(misbehave_bundle(staging))
+    daemon.wait_state("mis", "RUNNING")
+    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    hold = daemon.state / "work" / "mis" / "hold-health-1.1.0"
+    hold.touch()
+    daemon.drop(misbehave_bundle(staging, "1.1.0"))
+    wait_for(lambda: ("1.1.0", "STARTING") in version_states(daemon), what="1.1.0 starting")
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["drivers"]["mis"]["env"]["XK"] = "new"
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    ok(daemon.ctl("reload"))
+    hold.unlink()  # 1.1.0 passes its health check, spawned with XK=old
+    wait_for(
+        lambda: daemon.ctl("call", "v1", "env", "key=XK").stdout.strip() == '"new"',
+        deadline=60,
+        what="v1 served by a process with the new settings",
+    )
+    assert json.loads(ok(daemon.ctl("call", "v1", "version")).stdout) == "1.1.0"
