@@ -367,7 +367,12 @@ class ResourceActor:
                     )
                 if slot.closed:
                     raise NotRunning(f"{slot.name} was removed; retry to reach its successor")
-                if state in (State.FAILED, State.INVALID, State.BLOCKED) or (
+                if state is State.BLOCKED:  # starting it would not help: its requirement first
+                    raise NotRunning(
+                        f"{slot.name} is BLOCKED ({slot.lifecycle.reason}); the operation was "
+                        "not sent; start what it requires, and it follows"
+                    )
+                if state in (State.FAILED, State.INVALID) or (
                     state in (State.STOPPED, State.STOPPING) and slot.held
                 ):
                     raise NotRunning(

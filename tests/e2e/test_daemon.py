@@ -119,6 +119,13 @@ def test_start_order_categories_requires_and_cycle(daemon_factory, tmp_path):
     assert status["loop-x"]["state"] == "BLOCKED"
     assert status["loop-x"]["message"] == "requires cycle: loop-x -> loop-y -> loop-x"
     assert status["needs-ghost"]["message"] == "requires ghost, which is not installed"
+    assert daemon.ctl("resource", "add", "g1", "--driver", "needs-ghost").returncode == 0
+    refused = daemon.ctl("call", "g1", "echo", "text=hi")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "error: NotRunning: needs-ghost@1.0.0 is BLOCKED (requires ghost, which is not "
+        "installed); the operation was not sent; start what it requires, and it follows\n"
+    )
     started = [
         line.split()[3] for line in daemon.log().splitlines() if line.endswith("entered STARTING")
     ]
