@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import BundleError, KernelError
+from protocol.errors import BundleError, DrivebayError, KernelError
 from sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
 
 log = logging.getLogger("drivebay.registry")
@@ -135,6 +135,9 @@ class Registry:
         except BundleError as exc:
             entry.error = str(exc)
             log.warning("rejected bundle: %s", exc)
+        except DrivebayError as exc:  # storing it failed (disk full, ...): this bundle only
+            entry.error = f"{path.name}: {exc}"
+            log.error("could not take bundle %s: %s", path.name, exc)
         else:
             log.info("verified bundle %s: %s", path.name, entry.label)
         return entry

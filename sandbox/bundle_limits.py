@@ -77,6 +77,10 @@ class Budget:
 _DRIVE = re.compile(r"[A-Za-z]:")
 
 
+MAX_NAME_BYTES = 255  # a file name on Linux file systems
+MAX_PATH_BYTES = 1024  # of PATH_MAX's 4096, the rest for the state dir and the store
+
+
 def member_path(raw: str, bundle: str) -> str:
     """``raw``, a path inside the bundle, normalized (``./a//b`` is ``a/b``).
 
@@ -91,4 +95,10 @@ def member_path(raw: str, bundle: str) -> str:
         )
     if "\\" in raw or not raw.isprintable():
         reject(bundle, raw, "name has a backslash, a control character or invalid UTF-8; rename it")
-    return "/".join(part for part in raw.split("/") if part not in ("", "."))
+    path = "/".join(part for part in raw.split("/") if part not in ("", "."))
+    # Stored under <state>/bundles/<digest>/: leave room for that prefix.
+    if any(len(part.encode()) > MAX_NAME_BYTES for part in path.split("/")):
+        reject(bundle, raw[:80] + "...", f"a name over {MAX_NAME_BYTES} bytes; shorten it")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        reject(bundle, raw[:80] + "...", f"a path over {MAX_PATH_BYTES} bytes; shorten it")
+    return path

@@ -294,6 +294,18 @@ def test_requests_that_cannot_be_sent_or_answered_are_one_line(daemon, tmp_path)
     assert garbage.stderr.count("\n") == 1
 
 
+def test_a_bundle_that_cannot_be_stored_does_not_stop_the_others(daemon, tmp_path):
+    bad = zip_bundle(build(tmp_path, "bad"))
+    with zipfile.ZipFile(bad, "a") as zipped:  # a name no file system takes
+        zipped.writestr("src/" + "a" * 300 + ".py", "")
+    daemon.drop(bad)
+    daemon.drop(build(tmp_path, "good"))
+    daemon.wait_state("good", "RUNNING")
+    rows = json.loads(daemon.ctl("status", "--json").stdout)
+    invalid = [r for r in rows if r["state"] == "INVALID"]
+    assert len(invalid) == 1 and "a name over 255 bytes; shorten it" in invalid[0]["message"]
+
+
 def test_bad_config_is_one_line(tmp_path):
     config = tmp_path / "drivebay.yaml"
     config.write_text("state_dri: /tmp/x\n")

@@ -117,6 +117,18 @@ def test_zip_path_escaping_the_root(tmp_path: Path, name: str) -> None:
     )
 
 
+def test_zip_name_too_long_to_store(tmp_path: Path) -> None:
+    name = "src/" + "a" * 300 + ".py"
+    evil = write_zip(tmp_path / "evil.zip", [*valid_entries(tmp_path), (name, b"")])
+    assert rejection(evil) == f"evil.zip: {name[:80]}...: a name over 255 bytes; shorten it"
+
+
+def test_zip_path_too_long_to_store(tmp_path: Path) -> None:
+    name = "src/" + "/".join(["d" * 200] * 6) + "/x.py"
+    evil = write_zip(tmp_path / "evil.zip", [*valid_entries(tmp_path), (name, b"")])
+    assert rejection(evil) == f"evil.zip: {name[:80]}...: a path over 1024 bytes; shorten it"
+
+
 def test_zip_name_with_control_character(tmp_path: Path) -> None:
     evil = write_zip(tmp_path / "evil.zip", [*valid_entries(tmp_path), ("src/a\nb.py", b"")])
     assert rejection(evil) == (
