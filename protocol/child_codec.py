@@ -49,7 +49,7 @@ def _stdlib_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]]:
 class ChildCodec:
     """Frames and (de)serialises ``[tag, ...]`` lists for the driver runtime."""
 
-    __slots__ = ("_decode", "_encode", "_errors", "_peer", "_splitter", "name")
+    __slots__ = ("_decode", "_encode", "_errors", "_peer", "_splitter", "max_frame", "name")
 
     def __init__(
         self, peer: str = "kernel", max_frame: int = DEFAULT_MAX_FRAME, force: str = ""
@@ -58,6 +58,7 @@ class ChildCodec:
         chosen = None if force == "stdlib" else _msgspec_codec()
         self.name, self._encode, self._decode, self._errors = chosen or _stdlib_codec()
         self._peer = peer
+        self.max_frame = max_frame  # what the peer accepts too: a bigger frame ends the channel
         self._splitter = FrameSplitter(peer, max_frame)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[list[Any]]:

@@ -60,17 +60,32 @@ class Settings:
 
 
 def error_reply(request_id: int, exc: BaseException) -> list[Any]:
+    """The ``error`` message for ``exc``. Whatever the exception holds, the
+    reply can be encoded: a ``__str__`` that raises, or text with lone
+    surrogates (a file name decoded with ``os.fsdecode``), must not leave the
+    call without an answer."""
     kind = type(exc)
     name = (
         kind.__qualname__
         if kind.__module__ == "builtins"
         else f"{kind.__module__}.{kind.__qualname__}"
     )
-    text = "".join(traceback.format_exception(exc))
-    message = str(exc)
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # a broken exception still gets its reply
+        text = ""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"(its message could not be read: str() of this {name} failed)"
     if isinstance(exc, MemoryError):
         message = memory_verdict() or message or "out of memory"
-    return ["error", request_id, name, message, text]
+    return ["error", request_id, _sendable(name), _sendable(message), _sendable(text)]
+
+
+def _sendable(text: str) -> str:
+    """``text`` as valid UTF-8: lone surrogates become backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def memory_verdict() -> str:
@@ -129,6 +144,8 @@ class Operations:
         for name, member in inspect.getmembers(driver_class):
             if name.startswith("_") or name in LIFECYCLE_METHODS or not callable(member):
                 continue
+            if inspect.isclass(member):  # a nested class is not an operation
+                continue
             if isinstance(inspect.getattr_static(driver_class, name), (classmethod, staticmethod)):
                 continue
             self.is_async[name] = inspect.iscoroutinefunction(member)
@@ -186,6 +203,19 @@ class DriverServer(asyncio.Protocol):
         """The reply to a request, or an error saying its value cannot travel."""
         try:
             frame = self._codec.encode(["result", request_id, value])
+            if len(frame) - 4 > self._codec.max_frame:  # the kernel would end the channel
+                self._send(
+                    [
+                        "error",
+                        request_id,
+                        "ResultTooLarge",
+                        f"the result takes {len(frame) - 4} bytes, over the channel's limit of "
+                        f"{self._codec.max_frame}; return less (in pages), or raise "
+                        "max_frame_bytes in the daemon's config",
+                        "",
+                    ]
+                )
+                return
         except Exception as exc:  # a driver returned something MessagePack cannot carry
             kind = type(value).__name__
             self._send(
@@ -228,6 +258,11 @@ class DriverServer(asyncio.Protocol):
     def emit(self, resource_id: str, name: str, data: Any = None) -> None:
         """What a driver instance calls as ``emit(name, data)``; from any thread."""
         frame = self._codec.encode(["event", resource_id, name, data])
+        if len(frame) - 4 > self._codec.max_frame:
+            raise ValueError(
+                f"event {name!r} takes {len(frame) - 4} bytes, over the channel's limit of "
+                f"{self._codec.max_frame}; send less"
+            )
         if threading.get_ident() == self._loop_thread:
             self._out.send(frame)
         else:
@@ -560,6 +595,7 @@ def main() -> None:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     _apply_limits(settings.limits)
     sock = socket.socket(fileno=settings.channel_fd)
+    sock.set_inheritable(False)  # the driver's own subprocesses must not hold the channel
     codec = ChildCodec(max_frame=settings.max_frame)
     # Chosen (and uvloop imported) before Hello: a warm spare has it loaded.
     runner, loop_name = _event_loop_runner()

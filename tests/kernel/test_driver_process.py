@@ -376,6 +376,25 @@ def test_a_sync_attach_finished_after_its_cancel_is_detached_by_the_child(tmp_pa
     run(main())
 
 
+def test_errors_and_results_that_cannot_travel_as_they_are(tmp_path):
+    """Each call still gets its one answer, and the driver keeps serving."""
+
+    async def main():
+        async with started(fixture_spec(tmp_path, max_frame=1 << 20)) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(OperationFailed, match=r"could not be read: str\(\) of this"):
+                await proc.call("a", "broken_error", {})
+            with pytest.raises(OperationFailed, match=r"FileNotFoundError: /data/caf\\udce9"):
+                await proc.call("a", "undecodable_error", {})
+            with pytest.raises(OperationFailed, match=r"ResultTooLarge: the result takes 2097"):
+                await proc.call("a", "huge", {"megabytes": 2})
+            assert await proc.call("a", "channel_inheritable", {}) is False
+            assert "Settings" not in proc.ready.operations
+            assert await proc.call("a", "echo", {"value": 1}) == 1
+
+    run(main())
+
+
 def test_attach_failure_and_health_failure(tmp_path):
     async def main():
         async with started(fixture_spec(tmp_path)) as proc:
