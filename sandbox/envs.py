@@ -285,8 +285,11 @@ async def _compile(
 
 
 def _sources(req: EnvRequest) -> list[str]:
+    # Wheels only, from lib/ and from the index alike: building a source
+    # distribution runs its setup code, which would run as the daemon's user,
+    # outside the driver's limits.
     if req.wheel_dir is None:
-        return []
+        return ["--no-build"]
     wheel_dir = _absolute(req.wheel_dir)
     return ["--no-index", "--find-links", wheel_dir, "--offline", "--no-build"]
 

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -223,6 +224,29 @@ def test_without_lib_installs_from_the_index_and_adds_msgspec_and_uvloop(
     assert (env.codec, env.loop) == ("msgspec", "uvloop")
     assert sorted(env.packages) == ["msgspec", "uvloop"]
     assert in_env(env, "import msgspec, uvloop").returncode == 0
+
+
+def test_a_source_distribution_is_never_built(
+    tmp_path: Path, uv_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its setup code would run as the daemon's user: only wheels are installed."""
+    marker = tmp_path / "setup-ran"
+    package = tmp_path / "sdist" / "sdistonly-1.0"
+    package.mkdir(parents=True)
+    (package / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: sdistonly\nVersion: 1.0\n")
+    (package / "setup.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "from setuptools import setup\nsetup(name='sdistonly', version='1.0')\n"
+    )
+    index = tmp_path / "index" / "sdistonly"
+    index.mkdir(parents=True)
+    with tarfile.open(index / "sdistonly-1.0.tar.gz", "w:gz") as archive:
+        archive.add(package, arcname=package.name)
+    (index / "index.html").write_text('<a href="sdistonly-1.0.tar.gz">sdistonly-1.0.tar.gz</a>')
+    monkeypatch.setenv("UV_EXTRA_INDEX_URL", (tmp_path / "index").as_uri())
+    with pytest.raises(EnvBuildError, match="sdistonly"):
+        build(request(None, "sdistonly"), tmp_path / "envs", uv_cache)
+    assert not marker.exists()
 
 
 # -- keys and hash checking ------------------------------------------------------
