@@ -179,6 +179,7 @@ class DriverServer(asyncio.Protocol):
         # Sync calls by request id: a thread cannot be stopped, so a Cancel for
         # one that has started is answered when it returns (see _cancel).
         self._threads: dict[int, concurrent.futures.Future[Any]] = {}
+        self._thread_resources: dict[int, str] = {}  # ... and the resource each is for
         self._given_up: set[int] = set()
         self._tasks: set[asyncio.Task[None]] = set()  # attach, detach, drain: ours to cancel
         self._draining = False
@@ -316,7 +317,7 @@ class DriverServer(asyncio.Protocol):
             self._send(["error", request_id, "UnknownOperation", message, ""])
         else:
             method = getattr(instance, op)
-            self._run(request_id, method, args, is_async)
+            self._run(request_id, method, args, is_async, resource_id)
 
     def _run(
         self,
@@ -324,6 +325,7 @@ class DriverServer(asyncio.Protocol):
         function: Callable[..., Any],
         args: dict[str, Any],
         is_async: bool,
+        resource_id: str = "",
     ) -> None:
         """Run an operation; reply when it ends. Async on the loop, sync in a thread."""
         if is_async:
@@ -341,6 +343,8 @@ class DriverServer(asyncio.Protocol):
         work = self._pool.submit(functools.partial(function, **args))
         future = asyncio.wrap_future(work, loop=self._loop)
         self._threads[request_id] = work
+        if resource_id:
+            self._thread_resources[request_id] = resource_id
         self._running[request_id] = future
         future.add_done_callback(functools.partial(self._reply, request_id))
 
@@ -374,6 +378,7 @@ class DriverServer(asyncio.Protocol):
     def _reply(self, request_id: int, future: asyncio.Future[Any]) -> None:
         self._running.pop(request_id, None)
         self._threads.pop(request_id, None)
+        self._thread_resources.pop(request_id, None)
         if future.cancelled():
             self._send(["error", request_id, "Cancelled", "cancelled by the kernel", ""])
             return
@@ -475,17 +480,33 @@ class DriverServer(asyncio.Protocol):
     async def _drain(self, timeout_s: float) -> None:
         """Let in-flight calls end, detach every instance, then exit 0."""
         self._draining = True
-        running = list(self._running.values())
+        # The kernel escalates to SIGTERM when timeout_s has passed: half of it
+        # for the calls in flight, the rest (less a margin) for the detaches.
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s * 0.9 if timeout_s else None
+
+        def left() -> float | None:
+            return None if end is None else max(0.0, end - loop.time())
+
+        running = dict(self._running)
         if running:
-            _, pending = await asyncio.wait(running, timeout=timeout_s or None)
-            for future in pending:
-                future.cancel()
+            calls_s = timeout_s / 2 if timeout_s else None
+            _, pending = await asyncio.wait(running.values(), timeout=calls_s)
+            for request_id, future in running.items():
+                if future in pending:
+                    self._cancel(request_id)  # a sync one runs on in its thread
+        # A resource whose sync operation still runs is not detached beside it:
+        # the process exits without waiting for that thread.
+        busy = set(self._thread_resources.values())
         for resource_id in list(self._instances):
             instance = self._instances.pop(resource_id)
+            if resource_id in busy:
+                log.warning("%s runs a sync operation still; exit without detach", resource_id)
+                continue
             detach = getattr(instance, "detach", None)
             if detach is not None:
                 try:
-                    await asyncio.wait_for(self._maybe_in_thread(detach), timeout_s or None)
+                    await asyncio.wait_for(self._maybe_in_thread(detach), left())
                 except Exception:
                     log.exception("detach of %s failed while draining", resource_id)
         self._finish(0)
@@ -573,7 +594,11 @@ async def _serve(
     handler = ChannelLogHandler(outbox, codec, loop)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.getLogger().addHandler(handler)
-    with concurrent.futures.ThreadPoolExecutor(thread_name_prefix="driver-op") as pool:
+    # Not a ``with`` block: its exit waits for every worker thread, and one
+    # stuck in a sync call must not hold the exit up (the process ends with
+    # os._exit, threads and all).
+    pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="driver-op")
+    try:
         server = DriverServer(codec, outbox, operations, pool, done)
         transport, _ = await loop.connect_accepted_socket(lambda: server, sock)
         try:
@@ -583,8 +608,8 @@ async def _serve(
         finally:
             server.cancel_all()
             transport.close()
-            # Worker threads stuck in a sync call must not hold the exit up.
-            pool.shutdown(wait=False, cancel_futures=True)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main() -> None:

@@ -261,6 +261,28 @@ def test_drain_exits_zero_after_in_flight_calls(tmp_path):
     run(main())
 
 
+def test_drain_does_not_wait_for_a_stuck_sync_call(tmp_path):
+    """Past the drain deadline the child exits 0, without waiting for the
+    thread of a sync call that will not end and without detaching its
+    resource beside it; the call gets its answer."""
+
+    async def main():
+        patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
+        proc = DriverProcess(fixture_spec(tmp_path), patient)
+        await proc.start()
+        await proc.attach("a", {})
+        await proc.attach("b", {})
+        stuck = asyncio.ensure_future(proc.call("a", "hold", {"gate": "never"}))
+        async with asyncio.timeout(10):
+            while ["start", "a", "never"] not in await proc.call("b", "read_journal", {}):
+                await asyncio.sleep(0.01)
+        assert await proc.stop(drain=4) == 0  # 2 s for calls, the rest to spare
+        with pytest.raises((OperationFailed, DriverCrashed)):
+            await stuck
+
+    run(main())
+
+
 def test_stop_when_cancelled_still_reaps(tmp_path):
     async def main():
         patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
