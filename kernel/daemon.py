@@ -336,8 +336,8 @@ class Kernel:
     def _mark_failed(self, slot: DriverSlot, reason: str) -> None:
         """Version ``slot`` failed: the version before it serves, and this
         bundle is not started again (by this daemon or the next one)."""
-        if self._failed.get(slot.name) == (slot.bundle.digest, reason):
-            return  # every reconcile sees it again
+        if self._failed_bundle(slot.name, slot.bundle):
+            return  # every reconcile sees it again; the first reason stands
         self._failed[slot.name] = (slot.bundle.digest, reason)
         if self.book is not None:
             self.book.store.record_failure(slot.name, slot.bundle.digest, reason)

@@ -513,9 +513,14 @@ def test_a_version_that_failed_stays_failed_after_a_restart(mis):
     mis.start()
     wait_for(lambda: version_states(mis) == [("1.0.0", "RUNNING"), ("1.1.0", "FAILED")])
     rows = json.loads(mis.ctl("status", "--json").stdout)  # exit 3: one is not running
-    assert "kept from before drivebayd restarted" in rows[1]["message"]
+    assert rows[1]["message"].count("kept from before drivebayd restarted") == 1
     assert json.loads(ok(mis.ctl("call", "v1", "version")).stdout) == "1.0.0"
     assert "spawned: mis@1.1.0" not in mis.log()[restarted_at:]
+    mis.stop()  # and once more: the reason is not wrapped a second time
+    mis.start()
+    wait_for(lambda: version_states(mis) == [("1.0.0", "RUNNING"), ("1.1.0", "FAILED")])
+    rows = json.loads(mis.ctl("status", "--json").stdout)
+    assert rows[1]["message"].count("kept from before drivebayd restarted") == 1
 
 
 def version_states(daemon):
