@@ -96,6 +96,18 @@ def ok(result):
     return result
 
 
+def mis_daemon(daemon_factory, tmp_path, config=None):
+    """A daemon with ``config``, the misbehave driver RUNNING and resource v1."""
+    daemon = daemon_factory(config=config)
+    daemon.start()
+    daemon.staging = tmp_path / "staging"
+    daemon.staging.mkdir()
+    daemon.drop(misbehave_bundle(daemon.staging))
+    daemon.wait_state("mis", "RUNNING")
+    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    return daemon
+
+
 def test_add_validates_converts_and_calls(mis):
     bad = mis.ctl(
         "resource", "add", "v1", "--driver", "mis", "size_gb=ten", "thin=maybe", "hostname=x"
@@ -168,13 +180,7 @@ def test_set_rm_and_describe_labels(mis):
 
 
 def test_busy_mailbox_refuses_at_once(daemon_factory, tmp_path):
-    daemon = daemon_factory(config={"mailbox_size": 2})
-    daemon.start()
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    daemon.drop(misbehave_bundle(staging))
-    daemon.wait_state("mis", "RUNNING")
-    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    daemon = mis_daemon(daemon_factory, tmp_path, {"mailbox_size": 2})
 
     async def main():
         client = await ControlClient.connect(str(daemon.socket))
@@ -531,16 +537,9 @@ def version_states(daemon):
 def test_a_new_version_that_crash_loops_after_taking_over_is_rolled_back(daemon_factory, tmp_path):
     """Healthy at first, then a crash loop soon after it took over: the new
     version ends FAILED and the one before it serves again."""
-    daemon = daemon_factory(
-        config={"restart": {"backoff_initial_s": 0.05, "max_restarts": 2, "spare": False}}
-    )
-    daemon.start()
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    daemon.drop(misbehave_bundle(staging))
-    daemon.wait_state("mis", "RUNNING")
-    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
-    daemon.drop(misbehave_bundle(staging, "1.1.0"))
+    restart = {"backoff_initial_s": 0.05, "max_restarts": 2, "spare": False}
+    daemon = mis_daemon(daemon_factory, tmp_path, {"restart": restart})
+    daemon.drop(misbehave_bundle(daemon.staging, "1.1.0"))
     wait_for(lambda: only_running(daemon, "1.1.0"), what="1.1.0 took over")
     assert json.loads(ok(daemon.ctl("call", "v1", "version")).stdout) == "1.1.0"
     (daemon.state / "work" / "mis" / "crash-1.1.0").touch()
@@ -562,17 +561,10 @@ def test_a_reload_while_a_version_starts_reaches_that_version(daemon_factory, tm
     """The new settings reach a version that was starting (spawned under the
     old ones) during the reload: once it runs, it is handed over to a process
     with the new settings."""
-    settings = {"drivers": {"mis": {"env": {"XK": "old"}}}}
-    daemon = daemon_factory(config=settings)
-    daemon.start()
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    daemon.drop(misbehave_bundle(staging))
-    daemon.wait_state("mis", "RUNNING")
-    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    daemon = mis_daemon(daemon_factory, tmp_path, {"drivers": {"mis": {"env": {"XK": "old"}}}})
     hold = daemon.state / "work" / "mis" / "hold-health-1.1.0"
     hold.touch()
-    daemon.drop(misbehave_bundle(staging, "1.1.0"))
+    daemon.drop(misbehave_bundle(daemon.staging, "1.1.0"))
     wait_for(lambda: ("1.1.0", "STARTING") in version_states(daemon), what="1.1.0 starting")
     config = yaml.safe_load(daemon.config_path.read_text())
     config["drivers"]["mis"]["env"]["XK"] = "new"

@@ -21,6 +21,13 @@ from protocol.errors import (
 from tests.helpers import FAST, eventually, fixture_spec, run, started
 
 
+async def journal_shows(proc: DriverProcess, event: list[str], reader: str = "b") -> None:
+    """Wait until the misbehave driver's journal (shared by its instances) has ``event``."""
+    async with asyncio.timeout(10):
+        while event not in await proc.call(reader, "read_journal", {}):
+            await asyncio.sleep(0.01)
+
+
 def test_round_trip_and_handshake_facts(tmp_path):
     async def main():
         async with started(fixture_spec(tmp_path)) as proc:
@@ -273,9 +280,7 @@ def test_drain_does_not_wait_for_a_stuck_sync_call(tmp_path):
         await proc.attach("a", {})
         await proc.attach("b", {})
         stuck = asyncio.ensure_future(proc.call("a", "hold", {"gate": "never"}))
-        async with asyncio.timeout(10):
-            while ["start", "a", "never"] not in await proc.call("b", "read_journal", {}):
-                await asyncio.sleep(0.01)
+        await journal_shows(proc, ["start", "a", "never"])
         assert await proc.stop(drain=4) == 0  # 2 s for calls, the rest to spare
         with pytest.raises((OperationFailed, DriverCrashed)):
             await stuck
@@ -352,18 +357,11 @@ def test_an_attach_finished_after_its_cancel_is_detached_by_the_child(tmp_path):
             await proc.attach("b", {})
             attach = asyncio.ensure_future(proc.attach("a", {"attach_delay": 60, "stubborn": True}))
 
-            async def journal() -> list[list[str]]:
-                return await proc.call("b", "read_journal", {})
-
-            async with asyncio.timeout(10):
-                while ["attach-start", "a"] not in await journal():
-                    await asyncio.sleep(0.01)
+            await journal_shows(proc, ["attach-start", "a"])
             attach.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await attach
-            async with asyncio.timeout(10):
-                while ["detach", "a"] not in await journal():
-                    await asyncio.sleep(0.01)
+            await journal_shows(proc, ["detach", "a"])
             assert await proc.call("b", "attached_here", {}) == ["b"]
             with pytest.raises(OperationFailed, match="NotAttached"):
                 await proc.call("a", "echo", {})
@@ -380,19 +378,12 @@ def test_a_sync_attach_finished_after_its_cancel_is_detached_by_the_child(tmp_pa
             await proc.attach("b", {})
             attach = asyncio.ensure_future(proc.attach("a", {"gate": "ga"}))
 
-            async def journal() -> list[list[str]]:
-                return await proc.call("b", "read_journal", {})
-
-            async with asyncio.timeout(10):
-                while ["attach-start", "a"] not in await journal():
-                    await asyncio.sleep(0.01)
+            await journal_shows(proc, ["attach-start", "a"])
             attach.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await attach
             await proc.call("b", "release", {"gate": "ga"})
-            async with asyncio.timeout(10):
-                while ["detach", "a"] not in await journal():
-                    await asyncio.sleep(0.01)
+            await journal_shows(proc, ["detach", "a"])
             assert await proc.call("b", "attached_here", {}) == ["b"]
 
     run(main())
