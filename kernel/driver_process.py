@@ -30,6 +30,7 @@ from protocol.errors import (
     DriverStartError,
     OperationFailed,
     ProtocolError,
+    RequestError,
 )
 from protocol.messages import (
     Attach,
@@ -50,6 +51,7 @@ from protocol.messages import (
     ToKernel,
     Welcome,
 )
+from protocol.msgpack_lite import MAX_DEPTH
 from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN, describe_mismatch, negotiate
 from sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
 
@@ -90,6 +92,7 @@ class DriverProcess:
         # Calls given up on (deadline passed, or cancelled) that the child has
         # not ended yet, with a waiter once somebody asks (see ``finished``).
         self._unfinished: dict[int, asyncio.Future[None] | None] = {}
+        self._max_depth = 0  # nesting the child's codec takes in a call (0: no check)
         self._deadlines = Deadlines(self._loop, self._pending, self._expire)
         self._hello: asyncio.Future[Hello] = self._loop.create_future()
         self._ready: asyncio.Future[Ready] = self._loop.create_future()
@@ -186,6 +189,9 @@ class DriverProcess:
         assert self._child is not None
         await self._loop.connect_accepted_socket(lambda: self._channel, self._child.channel)
         self.hello = await self._before_exit(self._hello, "saying hello")
+        # The stdlib codec stops at a nesting depth msgspec (here) goes past:
+        # a call nested deeper would end that child's channel.
+        self._max_depth = MAX_DEPTH if self.hello.codec.startswith("stdlib") else 0
         theirs = (self.hello.min_version, self.hello.max_version)
         if negotiate((PROTOCOL_MIN, PROTOCOL_MAX), theirs) is None:
             reason = describe_mismatch((PROTOCOL_MIN, PROTOCOL_MAX), theirs)
@@ -235,6 +241,8 @@ class DriverProcess:
         not two (this is the hot path of every caller that awaits).
         """
         limit = self.timeouts.call if timeout is None else timeout
+        if self._max_depth:
+            self._check_depth(args, op)
         request_id = next(self._ids)
         message = Call(request_id, resource_id, op, args, limit)
         return self._request(request_id, message, limit, (op, resource_id))
@@ -251,9 +259,30 @@ class DriverProcess:
         Raises DriverCrashed at once when the process is not running.
         """
         limit = self.timeouts.call if timeout is None else timeout
+        if self._max_depth:
+            self._check_depth(args, op)
         request_id = next(self._ids)
         message = Call(request_id, resource_id, op, args, limit)
         return request_id, self._send_request(request_id, message, limit, (op, resource_id))
+
+    def _check_depth(self, args: dict[str, Any], op: str) -> None:
+        """Raises RequestError when ``args`` nest deeper than the child's codec takes."""
+        level = 1
+        stack: list[dict[Any, Any] | list[Any] | tuple[Any, ...]] = [args]
+        while stack:
+            if level >= self._max_depth - 4:  # the Call message wraps args in two levels
+                raise RequestError(
+                    f"the arguments of {op} nest deeper than {self._max_depth - 4} levels, "
+                    f"more than {self.name} can read (its environment has no msgspec); "
+                    "send flatter arguments"
+                )
+            stack = [
+                child
+                for value in stack
+                for child in (value.values() if isinstance(value, dict) else value)
+                if isinstance(child, (dict, list, tuple))
+            ]
+            level += 1
 
     def cancel_call(self, request_id: int) -> None:
         """Give up on a call of ``start_call``: its future is cancelled and

@@ -17,6 +17,7 @@ from protocol.errors import (
     DriverHung,
     DriverStartError,
     OperationFailed,
+    RequestError,
 )
 from tests.helpers import FAST, eventually, fixture_spec, run, started
 
@@ -404,6 +405,29 @@ def test_errors_and_results_that_cannot_travel_as_they_are(tmp_path):
             assert await proc.call("a", "channel_inheritable", {}) is False
             assert "Settings" not in proc.ready.operations
             assert await proc.call("a", "echo", {"value": 1}) == 1
+
+    run(main())
+
+
+def test_arguments_nested_deeper_than_a_stdlib_child_reads_fail_alone(tmp_path):
+    """A child without msgspec reads 256 levels; the kernel refuses deeper
+    arguments itself instead of sending a frame that would end the channel."""
+
+    async def main():
+        spec = fixture_spec(tmp_path, extra_env={"DRIVEBAY_CODEC": "stdlib"})
+        async with started(spec) as proc:
+            await proc.attach("a", {})
+            deep: object = 1
+            for _ in range(300):
+                deep = [deep]
+            with pytest.raises(RequestError, match="nest deeper than 252 levels"):
+                await proc.call("a", "echo", {"value": deep})
+            with pytest.raises(RequestError, match="nest deeper"):
+                proc.start_call("a", "echo", {"value": deep})
+            shallow: object = 1
+            for _ in range(200):
+                shallow = [shallow]
+            assert await proc.call("a", "echo", {"value": shallow}) == shallow
 
     run(main())
 
