@@ -235,7 +235,8 @@ class ResourceActor:
         """Deliver ``item``, then the operations queued behind it for as long
         as nothing else needs the task (see ``_replied``)."""
         try:
-            await self._quiesce()
+            if self._unfinished is not None:  # no coroutine when there is nothing to wait for
+                await self._quiesce()
             process = await self._ready()
             if process.send_blocked:
                 await process.writable()
