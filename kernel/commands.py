@@ -76,7 +76,7 @@ async def status(k: Kernel, args: Args) -> Outcome:
                 "uptime_s": None,
                 "restarts": 0,
                 "resources": 0,
-                "message": entry.error,
+                "message": k.registry.verdict(entry),
             }
         )
     names = args.get("names") or []
@@ -144,14 +144,14 @@ async def avail(k: Kernel, args: Args) -> Outcome:
     rows = []
     for path, entry in sorted(k.registry.entries.items()):
         bundle = entry.bundle
-        if bundle is None:
+        if bundle is None or k.registry.verdict(entry) is not None:
             rows.append(
                 {
                     "file": path.name,
                     "name": None,
                     "version": None,
                     "verdict": "INVALID",
-                    "message": entry.error,
+                    "message": k.registry.verdict(entry),
                 }
             )
             continue

@@ -181,7 +181,7 @@ class Kernel:
         """Make the running driver versions match the drivers dir, the pins and
         the plan; hand resources over where a newer version became healthy."""
         await self.registry.rescan()
-        available = self.registry.versions()
+        available = self.registry.versions(keep={s.bundle.digest for s in self.slots.values()})
         self._guard_same_version(available)
         wanted = self._wanted_versions(available)
         for key in [k for k in self.slots if k not in wanted]:
@@ -319,15 +319,14 @@ class Kernel:
         return nodes
 
     def _reject_same_version(self, bundle: StoredBundle, slot: DriverSlot) -> None:
-        for entry in self.registry.entries.values():
-            if entry.bundle is bundle:
-                entry.error = (
-                    f"{entry.path.name}: driver.yaml: version: content changed but the version "
-                    f"is still {bundle.manifest.version} (running: {slot.bundle.source.name}); "
-                    "raise the version, or set same_version_change: reload"
-                )
-                entry.bundle = None
-                log.warning("rejected bundle: %s", entry.error)
+        """The running version keeps serving; the changed file shows INVALID
+        (worked out on every pass: once it goes, or is fixed, it is forgotten)."""
+        self.registry.hold(
+            bundle,
+            f"{bundle.source.name}: driver.yaml: version: content changed but the version "
+            f"is still {bundle.manifest.version} (running: {slot.bundle.source.name}); "
+            "raise the version, or set same_version_change: reload",
+        )
 
     def _failed_bundle(self, key: str, bundle: StoredBundle) -> bool:
         failed = self._failed.get(key)

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,9 +86,17 @@ class Registry:
         self.settle_s = settle_s
         self.entries: dict[Path, Entry] = {}
         self.unsettled: set[Path] = set()
+        # Verdicts worked out anew on every pass, which leave the entry's
+        # bundle alone: a twin of a version another file provides, and a
+        # same-version change the kernel holds back (``hold``). Once the
+        # cause is gone, the bundle is usable again.
+        self._twins: dict[Path, str] = {}
+        self._held: dict[Path, str] = {}
+        self._logged: set[str] = set()
 
     async def rescan(self) -> bool:
         """Bring entries up to date; True when anything changed."""
+        self._held.clear()
         try:
             present = sorted(p for p in self.drivers_dir.iterdir() if is_candidate(p))
         except FileNotFoundError:
@@ -124,8 +133,8 @@ class Registry:
         """Unchanged for ``settle_s``? (A copy in progress keeps changing.)"""
         newest = max((mtime for _, _, mtime in first), default=0) / 1e9
         quiet_for = time.time() - newest
-        if quiet_for < self.settle_s:
-            await asyncio.sleep(self.settle_s - quiet_for)
+        if quiet_for < self.settle_s:  # a future mtime (a fast clock elsewhere) waits settle_s
+            await asyncio.sleep(min(self.settle_s, self.settle_s - quiet_for))
         return self._fingerprint(path) == first
 
     async def _load(self, path: Path, print_: Fingerprint) -> Entry:
@@ -144,27 +153,48 @@ class Registry:
 
     # -- derived views -----------------------------------------------------------
 
-    def versions(self) -> dict[str, dict[str, StoredBundle]]:
+    def versions(self, keep: Collection[str] = ()) -> dict[str, dict[str, StoredBundle]]:
         """{driver name: {version: bundle}}; a version given twice with different
-        content keeps the first file (by name) and rejects the others."""
+        content keeps the file whose digest is in ``keep`` (the running one),
+        else the first by name, and shows the others INVALID for as long as
+        both are there."""
         found: dict[str, dict[str, StoredBundle]] = {}
-        for path in sorted(self.entries):
-            entry = self.entries[path]
-            bundle = entry.bundle
+        twins: dict[Path, str] = {}
+        order = sorted(self.entries, key=lambda p: (self._digest(p) not in keep, p))
+        for path in order:
+            bundle = self.entries[path].bundle
             if bundle is None:
                 continue
             known = found.setdefault(bundle.manifest.name, {})
             twin = known.get(bundle.manifest.version)
             if twin is not None and twin.digest != bundle.digest:
-                entry.error = (
+                twins[path] = (
                     f"{path.name}: driver.yaml: version: {bundle.manifest.name} "
                     f"{bundle.manifest.version} is already provided by {twin.source.name} with "
                     "different content; raise the version to ship a change"
                 )
-                entry.bundle = None
                 continue
             known.setdefault(bundle.manifest.version, bundle)
+        self._twins = twins
         return found
+
+    def _digest(self, path: Path) -> str:
+        bundle = self.entries[path].bundle
+        return bundle.digest if bundle is not None else ""
+
+    def hold(self, bundle: StoredBundle, reason: str) -> None:
+        """Show ``bundle``'s file INVALID for this pass (the kernel keeps
+        running the version it replaces); logged once."""
+        for path, entry in self.entries.items():
+            if entry.bundle is bundle:
+                self._held[path] = reason
+                if reason not in self._logged:
+                    self._logged.add(reason)
+                    log.warning("rejected bundle: %s", reason)
+
+    def verdict(self, entry: Entry) -> str | None:
+        """Why ``entry`` is not usable now, or None."""
+        return entry.error or self._held.get(entry.path) or self._twins.get(entry.path)
 
     def newest(self) -> dict[str, StoredBundle]:
         """The newest version of each driver."""
@@ -174,4 +204,4 @@ class Registry:
         }
 
     def invalid(self) -> list[Entry]:
-        return [entry for entry in self.entries.values() if entry.error is not None]
+        return [entry for entry in self.entries.values() if self.verdict(entry) is not None]

@@ -306,6 +306,40 @@ def test_a_bundle_that_cannot_be_stored_does_not_stop_the_others(daemon, tmp_pat
     assert len(invalid) == 1 and "a name over 255 bytes; shorten it" in invalid[0]["message"]
 
 
+def test_a_changed_bundle_of_the_running_version_never_stops_it(daemon, tmp_path):
+    """Refused (INVALID) for as long as it is there, in place or beside the
+    running file; the running version keeps serving through later passes."""
+
+    def zipped(folder: str, description: str) -> Path:
+        staging = tmp_path / folder
+        staging.mkdir()
+        bundle = make_bundle(staging, "demo", manifest_extra={"description": description})
+        return zip_bundle(bundle)
+
+    def invalid_files() -> list[str]:
+        rows = json.loads(daemon.ctl("avail", "--json").stdout)
+        return sorted(r["file"] for r in rows if r["verdict"] == "INVALID")
+
+    def other_driver_running(name: str) -> None:  # a later reconcile pass has run
+        daemon.drop(build(tmp_path, name))
+        daemon.wait_state(name, "RUNNING")
+
+    os.replace(zipped("one", "first"), daemon.drivers / "m-demo.zip")
+    pid = daemon.wait_state("demo", "RUNNING")["pid"]
+    os.replace(zipped("two", "changed in place"), daemon.drivers / "m-demo.zip")
+    wait_for(lambda: invalid_files() == ["m-demo.zip"], what="the change refused")
+    other_driver_running("other-a")
+    os.replace(zipped("three", "a twin, sorting first"), daemon.drivers / "a-demo.zip")
+    wait_for(lambda: invalid_files() == ["a-demo.zip", "m-demo.zip"], what="the twin refused")
+    other_driver_running("other-b")
+    row = daemon.status()["demo"]
+    assert (row["state"], row["pid"]) == ("RUNNING", pid)
+    os.remove(daemon.drivers / "a-demo.zip")
+    os.replace(zipped("four", "first"), daemon.drivers / "m-demo.zip")  # the running content
+    wait_for(lambda: invalid_files() == [], what="nothing refused any more")
+    assert daemon.status()["demo"]["pid"] == pid
+
+
 def test_bad_config_is_one_line(tmp_path):
     config = tmp_path / "drivebay.yaml"
     config.write_text("state_dri: /tmp/x\n")
