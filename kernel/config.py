@@ -10,6 +10,7 @@ file to find the same socket.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,7 +151,12 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             value = raw.get(key)
             if isinstance(value, str) and not value.startswith(("/", "~")):
                 raw[key] = str((path.parent / value).absolute())
-    raw.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if key in PATH_KEYS and isinstance(value, str) and not value.startswith("~"):
+            value = os.path.abspath(value)  # a flag's relative path: from where we run
+        raw[key] = value
     try:
         config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as exc:
@@ -159,7 +165,21 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         raise ConfigError(
             f"{path or 'configuration'}: same_version_change: must be 'error' or 'reload'"
         )
+    _check_log_levels(config, f"{path or 'configuration'}")
     return config
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _check_log_levels(config: Config, where: str) -> None:
+    """A level ``logging`` does not know would fail only when used, with a traceback."""
+    levels: dict[str, str | None] = {"log_level": config.log_level}
+    levels.update({f"drivers.{name}.log_level": s.log_level for name, s in config.drivers.items()})
+    for key, level in levels.items():
+        if level is not None and level not in LOG_LEVELS:
+            known = ", ".join(LOG_LEVELS)
+            raise ConfigError(f"{where}: {key}: {level!r} is not a level; use one of {known}")
 
 
 PATH_KEYS = ("state_dir", "drivers_dir", "socket", "envs_dir", "uv_cache_dir")

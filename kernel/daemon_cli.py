@@ -70,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from kernel.daemon import Kernel
 
-    daemon = Kernel(config, path, overrides)
+    try:
+        daemon = Kernel(config, path, overrides)
+    except OSError as exc:  # the state dir: a file in the way, read-only, not ours
+        print(
+            f"drivebayd: cannot use state dir {config.state_path}: {exc.strerror} "
+            f"({exc.filename}); make it writable for this user, or choose another --state",
+            file=sys.stderr,
+        )
+        return 1
     try:
         uvloop.run(_run(daemon))
     except DrivebayError as exc:

@@ -20,9 +20,16 @@ class StateLock:
         self._fd = -1
 
     def acquire(self) -> None:
-        """Raises KernelError when another daemon holds the lock."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Raises KernelError when another daemon holds the lock, or the state
+        dir cannot be written."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise KernelError(
+                f"cannot use state dir {self.path.parent}: {exc.strerror}; "
+                "make it writable for this user, or choose another --state"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -14,8 +14,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.e2e.harness import BIN, pid_alive, wait_for
+from tests.e2e.harness import BIN, FAST_CONFIG, pid_alive, wait_for
 from tests.sandbox.bundles import make_bundle, zip_bundle
 
 FLAKY_DRIVER = """
@@ -354,6 +355,59 @@ def test_bad_config_is_one_line(tmp_path):
         result.stderr
         == f"drivebayd: {config}: unknown key 'state_dri'; did you mean 'state_dir'?\n"
     )
+
+
+def test_a_bad_log_level_or_an_unusable_state_dir_is_one_line(tmp_path):
+    def drivebayd(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(BIN / "drivebayd"), *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    config = tmp_path / "drivebay.yaml"
+    config.write_text("log_level: debug\n")
+    bad_level = drivebayd("--config", str(config))
+    assert (bad_level.returncode, bad_level.stderr) == (
+        2,
+        f"drivebayd: {config}: log_level: 'debug' is not a level; use one of DEBUG, INFO, "
+        "WARNING, ERROR, CRITICAL\n",
+    )
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unusable = drivebayd("--state", str(blocker / "state"), "--socket", str(tmp_path / "s"))
+    assert unusable.returncode != 0
+    assert unusable.stderr.count("\n") == 1
+    assert f"cannot use state dir {blocker / 'state'}: " in unusable.stderr
+    assert "make it writable for this user, or choose another --state" in unusable.stderr
+
+
+def test_relative_state_and_drivers_flags_are_from_where_it_runs(tmp_path, envs_dir):
+    config = tmp_path / "conf" / "drivebay.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump({**FAST_CONFIG, "envs_dir": str(envs_dir)}))
+    (tmp_path / "drv").mkdir()
+    os.rename(build(tmp_path, "alpha"), tmp_path / "drv" / "alpha")
+    daemon = subprocess.Popen(
+        [str(BIN / "drivebayd"), "--config", str(config), "--state", "st", "--drivers", "drv"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    socket_path = tmp_path / "st" / "drivebayd.sock"
+
+    def alpha_state() -> str:
+        result = subprocess.run(
+            [str(BIN / "drivebayctl"), "-s", str(socket_path), "status", "--json", "alpha"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        rows = json.loads(result.stdout or "[]")
+        return rows[0]["state"] if rows else ""
+
+    try:
+        wait_for(lambda: alpha_state() == "RUNNING", what="alpha running")
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
 
 
 def test_shutdown_command_stops_everything(daemon, tmp_path):
