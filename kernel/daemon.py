@@ -12,6 +12,7 @@ TaskGroup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -141,17 +142,41 @@ class Kernel:
         self._kick.set()
 
     async def _watch(self) -> None:
-        """Wake the reconciler whenever the drivers directory changes."""
+        """Wake the reconciler whenever the drivers directory changes. A
+        directory removed and made again (``rm -rf drivers; mkdir drivers``)
+        is a new one to the kernel's watch: seen within WATCH_CHECK_S, the
+        watch starts over on it."""
         self.kick()
-        async for _ in watchfiles.awatch(
-            self.config.drivers_path,
-            stop_event=self._stop,
-            debounce=200,
-            step=50,
-            recursive=True,
-            ignore_permission_denied=True,
-        ):
-            self.kick()
+        path = self.config.drivers_path
+        root = str(path.absolute())
+        while not self._stop.is_set():
+            watched = _inode(path)
+            if watched is None:  # gone: look again soon, as for a bundle being copied
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), WATCH_CHECK_S)
+                continue
+            try:
+                async for changes in watchfiles.awatch(
+                    path,
+                    stop_event=self._stop,
+                    debounce=200,
+                    step=50,
+                    recursive=True,
+                    ignore_permission_denied=True,
+                    rust_timeout=int(WATCH_CHECK_S * 1000),
+                    yield_on_timeout=True,
+                ):
+                    if changes:
+                        self.kick()
+                    # The watch dies with its directory; a new one may even
+                    # get the same inode number, so the deletion event counts.
+                    if _inode(path) != watched or (watchfiles.Change.deleted, root) in changes:
+                        break
+            except FileNotFoundError:
+                pass
+            if not self._stop.is_set():
+                log.info("drivers dir %s was removed or replaced; watching it anew", path)
+            self.kick()  # whatever is in the new directory
 
     async def _reconciler(self) -> None:
         while True:
@@ -670,3 +695,13 @@ class Kernel:
     def all_slots(self) -> list[DriverSlot]:
         """Every slot status shows: serving ones and ones being drained."""
         return [*self.slots.values(), *self.retiring]
+
+
+WATCH_CHECK_S = 2.0  # how often the watch checks that its directory is still the same
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None

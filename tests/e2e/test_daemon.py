@@ -341,6 +341,18 @@ def test_a_changed_bundle_of_the_running_version_never_stops_it(daemon, tmp_path
     assert daemon.status()["demo"]["pid"] == pid
 
 
+def test_a_drivers_dir_removed_and_made_again_is_watched(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    daemon.wait_state("alpha", "RUNNING")
+    shutil.rmtree(daemon.drivers)
+    daemon.drivers.mkdir()
+    daemon.drop(build(tmp_path, "beta"))
+    daemon.wait_state("beta", "RUNNING")
+    wait_for(lambda: "alpha" not in daemon.status(), what="alpha gone with its bundle")
+    # Without a fresh watch, beta is seen only if another pass happens to run.
+    wait_for(lambda: "was removed or replaced; watching it anew" in daemon.log())
+
+
 def test_bad_config_is_one_line(tmp_path):
     config = tmp_path / "drivebay.yaml"
     config.write_text("state_dri: /tmp/x\n")
