@@ -18,6 +18,7 @@ from kernel.actor import ResourceActor, Router
 from kernel.properties import PropertyErrors, convert_cli, merge, validate
 from kernel.resource_store import Resource, ResourceStore, check_resource_id
 from protocol.errors import NoSuchName, RequestError
+from sandbox.bundle_errors import shown
 from sandbox.bundles import Manifest
 
 if TYPE_CHECKING:
@@ -36,7 +37,13 @@ def checked_properties(
     problems: list[str] = []
     changes: dict[str, Any] = {}
     unconverted: set[str] = set()
+    given: set[str] = set()
     for assignment in assignments:
+        key = assignment.partition("=")[0].removesuffix(":")
+        if key in given:  # converted one word at a time: convert_cli cannot see it
+            problems.append(f"{shown(key)}: given more than once; give each key once")
+            continue
+        given.add(key)
         try:
             changes.update(convert_cli(manifest.properties, [assignment]))
         except PropertyErrors as exc:

@@ -120,6 +120,9 @@ def test_add_validates_converts_and_calls(mis):
         "  hostname: unknown property of mis; did you mean 'host'?",
         "  host: required; add host=VALUE",
     ]
+    twice = mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a", "host=b")
+    assert twice.returncode == 1
+    assert "  host: given more than once; give each key once" in twice.stderr.splitlines()
     ok(
         mis.ctl(
             "resource",
