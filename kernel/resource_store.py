@@ -228,12 +228,24 @@ class ResourceStore:
         return {key: (digest, reason) for key, digest, reason in rows}
 
     def record_failure(self, key: str, digest: str, reason: str) -> None:
-        """Remember that version ``key`` (name@version) failed with this bundle."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO failed_versions (key, digest, reason, at)"
-                " VALUES (?, ?, ?, ?)",
-                (key, digest, reason, self._clock()),
+        """Remember that version ``key`` (name@version) failed with this bundle.
+
+        Never raises: this is the daemon's own note, made while it handles
+        the failure (nobody is told it was stored). When it cannot be
+        written, the log says so and that a restart may try the version again."""
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO failed_versions (key, digest, reason, at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (key, digest, reason, self._clock()),
+                )
+        except KernelError as exc:
+            log.warning(
+                "%s failed, and that cannot be stored (%s); after a restart of drivebayd "
+                "it may be started again",
+                key,
+                exc,
             )
 
     def forget_failure(self, key: str) -> None:

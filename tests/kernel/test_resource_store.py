@@ -411,7 +411,6 @@ def _every_write_is_refused(store: ResourceStore, db_path: Path) -> None:
         lambda: store.add(Resource("vol-2", "nfs-storage")),
         lambda: store.update(Resource("vol-1", "nfs-storage", None, {"host": "other"})),
         lambda: store.remove("vol-1"),
-        lambda: store.record_failure("nfs@1.0.0", "sha256:ab", "failed"),
         lambda: store.forget_failure("nfs@1.0.0"),
     ]
     for write in writes:
@@ -419,6 +418,8 @@ def _every_write_is_refused(store: ResourceStore, db_path: Path) -> None:
             write()
         assert str(caught.value) == expected
         assert isinstance(caught.value, KernelError)  # drivebayctl: one line, exit 1
+    store.record_failure("nfs@1.0.0", "sha256:ab", "failed")  # logged, not raised
+    assert store.failed_versions() == {}
 
 
 def test_a_deleted_file_refuses_every_write_and_says_so_once(
@@ -426,15 +427,23 @@ def test_a_deleted_file_refuses_every_write_and_says_so_once(
 ) -> None:
     store.add(VOL)
     db_path.unlink()  # SQLite would go on writing to the unlinked file
-    with caplog.at_level(logging.ERROR, logger="drivebay.store"):
+    with caplog.at_level(logging.WARNING, logger="drivebay.store"):
         _every_write_is_refused(store, db_path)
     assert store.all() == [VOL]  # reads go on from the open file
     assert store.get("vol-1") == VOL
-    said = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert [r.getMessage() for r in said] == [
-        f"state store {db_path} was deleted or replaced while drivebayd ran: every change is "
-        "refused from now on (resources keep serving, reads work); restart drivebayd to use "
-        "the file now at that path"
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"state store {db_path} was deleted or replaced while drivebayd ran: every change "
+            "is refused from now on (resources keep serving, reads work); restart drivebayd "
+            "to use the file now at that path",
+        ),
+        (
+            logging.WARNING,
+            f"nfs@1.0.0 failed, and that cannot be stored (state store {db_path} was deleted "
+            "or replaced; restart drivebayd); after a restart of drivebayd it may be started "
+            "again",
+        ),
     ]
 
 
