@@ -11,7 +11,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import Daemon
+from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
 from tests.e2e.test_resources import mis_daemon, ok
 
 CHANGES = (
@@ -109,3 +109,16 @@ def test_a_store_that_cannot_be_written_changes_nothing(daemon_factory, tmp_path
     ok(daemon.ctl("resource", "set", "v1", "host=c"))
     assert call(daemon, "v2", "attached_here") == ["v1", "v2"]
     assert rows(restarted(daemon)) == [("v1", {"host": "c"}, None), ("v2", {"host": "b"}, None)]
+
+
+def test_a_change_the_driver_refuses_is_stored_back(daemon_factory, tmp_path):
+    """set and pin are stored before they are applied: one the driver does
+    not take (here its attach passes the call timeout) is stored back."""
+    config = {"timeouts": {**FAST_CONFIG["timeouts"], "call_s": 2}}
+    daemon = mis_daemon(daemon_factory, tmp_path, config)
+    refused = daemon.ctl("resource", "set", "v1", "host=b", "attach_delay=30")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("drivebayctl: mis refused the new properties of v1: ")
+    wait_for(lambda: rows(daemon) == [("v1", {"host": "a"}, None)], what="v1 as it was")
+    wait_for(lambda: call(daemon, "v1", "attached_here") == ["v1"], what="v1 attached again")
+    assert rows(restarted(daemon)) == [("v1", {"host": "a"}, None)]
