@@ -145,13 +145,17 @@ class ResourceStore:
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
             _probe_writable(db)
+            identity = _identity(path)
         except sqlite3.Error as exc:
             db.close()
             raise _unwritable(path, exc) from exc
+        except OSError as exc:
+            db.close()
+            raise _uncheckable(path, exc) from exc
         except BaseException:
             db.close()
             raise
-        return cls(path, db, clock, _identity(path))
+        return cls(path, db, clock, identity)
 
     def close(self) -> None:
         """Close the file; the store cannot be used afterwards."""
@@ -281,10 +285,7 @@ class ResourceStore:
         try:
             now = _identity(self.path)
         except OSError as exc:
-            raise KernelError(
-                f"{self.path}: cannot check the resource database ({exc.strerror}); "
-                "check that the state dir is readable"
-            ) from exc
+            raise _uncheckable(self.path, exc) from exc
         if now is not None and now == self._identity:
             if self._lost:
                 log.warning("state store %s is back in place; changes are stored again", self.path)
@@ -335,6 +336,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
             return None
         raise
     return status.st_dev, status.st_ino
+
+
+def _uncheckable(path: Path, exc: OSError) -> KernelError:
+    return KernelError(
+        f"{path}: cannot check the resource database ({exc.strerror}); "
+        "check that the state dir is readable"
+    )
 
 
 def _unwritable(path: Path, exc: sqlite3.Error) -> KernelError:
