@@ -190,13 +190,13 @@ class ResourceActor:
 
     async def close(self, detach: bool = True, reason: str = "was removed") -> None:
         """Stop taking operations; fail the one in flight and the queued ones
-        (their callers get an answer, never silence); detach; end the task."""
+        (their callers get an answer, never silence); detach; end the task.
+
+        A cancellation of the caller while the task ends is held until the
+        actor is closed (answered, detached), then raised."""
         self._closed = True
         current = self._current  # read before the task's own cleanup forgets it
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        cancelled = await self._end_task()
         gone = RequestError(f"resource {self.resource_id} {reason}")
         pending = [*self._mailbox, *self._control]
         if current is not None:
@@ -207,6 +207,25 @@ class ResourceActor:
         self._control.clear()
         if detach:
             await self._detach()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _end_task(self) -> bool:
+        """Cancel the task and wait for its end; True if the caller was
+        cancelled meanwhile."""
+        task = self._task
+        if task is None:
+            return False
+        task.cancel()
+        cancelled = False
+        while not task.done():
+            try:
+                await asyncio.wait([task])
+            except asyncio.CancelledError:
+                cancelled = True
+        if not task.cancelled() and task.exception() is not None:
+            log.error("actor %s had failed", self.resource_id, exc_info=task.exception())
+        return cancelled
 
     async def _run(self) -> None:
         while True:

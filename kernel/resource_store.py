@@ -15,10 +15,20 @@ through a read-only connection: a file that is not a database, fails
 ``quick_check``, or has a newer schema than this code knows is refused with a
 ``KernelError`` and left exactly as it was, for the operator to restore or
 to hand to a newer ``drivebayd``.
+
+The file must stay the one the store opened: SQLite keeps writing to a file
+that was deleted or renamed over, and a restart would not find what it
+acknowledged. Every write checks the path's device and inode before it
+begins and after it commits; a file deleted or replaced meanwhile makes
+every write fail with ``StateStoreLost`` (logged once, as an error) while
+reads go on from the open file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
 import re
 import sqlite3
@@ -31,8 +41,9 @@ from typing import Any, Final, Self
 
 import msgspec
 
-from protocol.errors import KernelError, NoSuchName, RequestError
+from protocol.errors import KernelError, NoSuchName, RequestError, StateStoreLost
 
+log = logging.getLogger("drivebay.store")
 STORE_FILE: Final = "resources.db"
 RESOURCE_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
@@ -102,10 +113,18 @@ _decode_properties = msgspec.json.Decoder(dict[str, Any]).decode
 class ResourceStore:
     """The resources of one state dir; open with ``ResourceStore.open``."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        db: sqlite3.Connection,
+        clock: Callable[[], float],
+        identity: tuple[int, int] | None,
+    ) -> None:
         self.path = path
         self._db = db
         self._clock = clock
+        self._identity = identity  # (st_dev, st_ino) of the file opened
+        self._lost = False  # said so in the log
 
     @classmethod
     def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> Self:
@@ -126,13 +145,17 @@ class ResourceStore:
             db.execute("PRAGMA synchronous=NORMAL")
             _migrate(db, path)
             _probe_writable(db)
+            identity = _identity(path)
         except sqlite3.Error as exc:
             db.close()
             raise _unwritable(path, exc) from exc
+        except OSError as exc:
+            db.close()
+            raise _uncheckable(path, exc) from exc
         except BaseException:
             db.close()
             raise
-        return cls(path, db, clock)
+        return cls(path, db, clock, identity)
 
     def close(self) -> None:
         """Close the file; the store cannot be used afterwards."""
@@ -209,12 +232,24 @@ class ResourceStore:
         return {key: (digest, reason) for key, digest, reason in rows}
 
     def record_failure(self, key: str, digest: str, reason: str) -> None:
-        """Remember that version ``key`` (name@version) failed with this bundle."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT OR REPLACE INTO failed_versions (key, digest, reason, at)"
-                " VALUES (?, ?, ?, ?)",
-                (key, digest, reason, self._clock()),
+        """Remember that version ``key`` (name@version) failed with this bundle.
+
+        Never raises: this is the daemon's own note, made while it handles
+        the failure (nobody is told it was stored). When it cannot be
+        written, the log says so and that a restart may try the version again."""
+        try:
+            with self._transaction():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO failed_versions (key, digest, reason, at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (key, digest, reason, self._clock()),
+                )
+        except KernelError as exc:
+            log.warning(
+                "%s failed, and that cannot be stored (%s); after a restart of drivebayd "
+                "it may be started again",
+                key,
+                exc,
             )
 
     def forget_failure(self, key: str) -> None:
@@ -225,7 +260,12 @@ class ResourceStore:
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         """One write transaction; a failing disk (full, read-only, locked by
-        another program) is a ``KernelError``, a constraint error passes."""
+        another program) is a ``KernelError``, a constraint error passes.
+
+        Raises ``StateStoreLost`` when the file was deleted or replaced, before
+        the transaction or during it (then what it wrote is in a file that is
+        no longer at ``path``: it does not count)."""
+        self._check_identity()
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -238,6 +278,32 @@ class ResourceStore:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise _unwritable(self.path, exc) from exc
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        """Raises ``StateStoreLost`` unless ``path`` is still the file opened."""
+        try:
+            now = _identity(self.path)
+        except OSError as exc:
+            raise _uncheckable(self.path, exc) from exc
+        if now is not None and now == self._identity:
+            if self._lost:
+                log.warning("state store %s is back in place; changes are stored again", self.path)
+                self._lost = False
+            return
+        if not self._lost:
+            self._lost = True
+            # Empty our WAL into the file we hold: left beside a replacement
+            # after a kill -9, its frames would be laid over that file.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.error(
+                "state store %s was deleted or replaced while drivebayd ran: every change "
+                "is refused from now on (resources keep serving, reads work); restart "
+                "drivebayd to use the file now at that path",
+                self.path,
+            )
+        raise StateStoreLost(f"state store {self.path} was deleted or replaced; restart drivebayd")
 
     def _resource(self, resource_id: str, driver: str, pinned: str | None, text: str) -> Resource:
         try:
@@ -258,6 +324,25 @@ def _json(resource: Resource) -> str:
             f"the properties of resource {resource.id} cannot be stored as JSON ({exc}); "
             "use strings, numbers, booleans, lists and mappings"
         ) from exc
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at ``path``, None when there is none;
+    raises OSError when it cannot be known."""
+    try:
+        status = os.stat(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return None
+        raise
+    return status.st_dev, status.st_ino
+
+
+def _uncheckable(path: Path, exc: OSError) -> KernelError:
+    return KernelError(
+        f"{path}: cannot check the resource database ({exc.strerror}); "
+        "check that the state dir is readable"
+    )
 
 
 def _unwritable(path: Path, exc: sqlite3.Error) -> KernelError:

@@ -2,22 +2,32 @@
 
 ``ResourceBook`` is the kernel's door for everything about resources: it
 validates property bags against the schema of the version a resource is
-bound to, keeps the SQLite store and the actors in step (a definition is
-written only once its driver accepted it), and routes operations to actors.
-Which slot an actor is bound to is the kernel's decision (its router).
+bound to, keeps the SQLite store and the actors in step, and routes
+operations to actors. Which slot an actor is bound to is the kernel's
+decision (its router).
+
+Each change is one unit, whose answer is the truth now and after a restart:
+a change (``set``, ``pin``, ``rm``) is stored first and then applied, and
+stored back as it was when the driver refuses it; a new resource is
+attached first (the driver may refuse it) and then stored, and detached
+and forgotten when it cannot be stored. A resource being added takes no
+operations before it is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from kernel.actor import ResourceActor, Router
 from kernel.properties import PropertyErrors, convert_cli, merge, validate
 from kernel.resource_store import Resource, ResourceStore, check_resource_id
-from protocol.errors import NoSuchName, RequestError
+from protocol.errors import DrivebayError, NoSuchName, RequestError
 from sandbox.bundle_errors import shown
 from sandbox.bundles import Manifest
 
@@ -71,6 +81,10 @@ class ResourceBook:
     ) -> None:
         self.store = store
         self.actors: dict[str, ResourceActor] = {}
+        # Ids being added: their actor attaches, but is not stored yet.
+        self._adding: set[str] = set()
+        # One change at a time per resource (rm excepted: it ends the others).
+        self._changing: dict[str, asyncio.Lock] = {}
         self._router = router
         self._schema = schema
         self._mailbox_size = mailbox_size
@@ -105,20 +119,31 @@ class ResourceBook:
         self.store.close()
 
     def actor(self, resource_id: str) -> ResourceActor:
+        """The actor of a stored resource; raises ``NoSuchName`` otherwise."""
         actor = self.actors.get(resource_id)
-        if actor is None:
+        if actor is None or resource_id in self._adding:
             raise NoSuchName(f"no such resource: {resource_id} (drivebayctl resources lists them)")
         return actor
 
     def bound_to(self, slot: DriverSlot) -> list[ResourceActor]:
-        return [actor for actor in self.actors.values() if actor.bound is slot]
+        return [actor for actor in self._stored() if actor.bound is slot]
+
+    def _stored(self) -> list[ResourceActor]:
+        return [a for a in self.actors.values() if a.resource_id not in self._adding]
 
     # -- commands --------------------------------------------------------------------
 
     async def add(
         self, resource_id: str, driver: str, pinned: str | None, assignments: Sequence[str]
     ) -> Resource:
-        """Validate, attach, then store. Nothing is kept when the driver refuses."""
+        """Validate, attach, then store. Nothing is kept when the driver
+        refuses or the store fails: the actor is closed and its instance
+        detached, and a retry starts afresh."""
+        if resource_id in self._adding:
+            raise RequestError(
+                f"resource {resource_id} is being added by another request; "
+                "'drivebayctl resources' lists it once that is done"
+            )
         if resource_id in self.actors:
             raise RequestError(
                 f"resource {resource_id} already exists; use 'resource set' to change it"
@@ -127,57 +152,100 @@ class ResourceBook:
         check_resource_id(resource_id)
         properties = checked_properties(manifest, {}, assignments, resource_id)
         resource = Resource(id=resource_id, driver=driver, pinned=pinned, properties=properties)
+        self._adding.add(resource_id)
+        # In the book while it attaches, so that an upgrade moves it too.
         actor = self._spawn_actor(resource)
         try:
-            await actor.rebind(self._router(actor))
-        except BaseException as exc:  # cancelled too: keep memory and the store in step
+            try:
+                await actor.rebind(self._router(actor))
+            except Exception as exc:
+                raise RequestError(f"{driver} refused resource {resource_id}: {exc}") from exc
+            self.store.add(resource)
+        except BaseException:  # cancelled too: keep memory, driver and store in step
             self.actors.pop(resource_id, None)
             await actor.close()
-            if not isinstance(exc, Exception):
-                raise
-            raise RequestError(f"{driver} refused resource {resource_id}: {exc}") from exc
-        self.store.add(resource)
+            raise
+        finally:
+            self._adding.discard(resource_id)
         return resource
 
     async def set(self, resource_id: str, assignments: Sequence[str]) -> Resource:
-        """Change properties; applied between two operations by re-attaching."""
-        actor = self.actor(resource_id)
-        manifest = self._schema(actor.driver, actor.pinned)
-        properties = checked_properties(manifest, actor.properties, assignments, resource_id)
-        try:
-            await actor.rebind(None, properties)
-        except Exception as exc:
-            raise RequestError(
-                f"{actor.driver} refused the new properties of {resource_id}: {exc}"
-            ) from exc
-        resource = self._definition(actor)
-        self.store.update(resource)
-        return resource
+        """Change properties: stored, then applied between two operations by
+        re-attaching; stored back as they were when the driver refuses."""
+        async with self._change(resource_id) as actor:
+            manifest = self._schema(actor.driver, actor.pinned)
+            properties = checked_properties(manifest, actor.properties, assignments, resource_id)
+            before = self._definition(actor)
+            resource = msgspec.structs.replace(before, properties=properties)
+            self.store.update(resource)
+            try:
+                await actor.rebind(None, properties)
+            except BaseException as exc:  # cancelled too: the change did not happen
+                self._store_back(before)
+                if not isinstance(exc, Exception):
+                    raise
+                raise RequestError(
+                    f"{actor.driver} refused the new properties of {resource_id}: {exc}"
+                ) from exc
+            return resource
 
     async def pin(self, resource_id: str, version: str | None) -> Resource:
-        actor = self.actor(resource_id)
-        if version is not None:
-            self._schema(actor.driver, version)  # raises when that version is not installed
-        previous = actor.pinned
-        actor.pinned = version
-        try:
-            await actor.rebind(self._router(actor))
-        except BaseException as exc:  # cancelled too: the pin did not happen
-            actor.pinned = previous
-            if not isinstance(exc, Exception):
-                raise
-            raise RequestError(
-                f"could not move {resource_id} to {version or 'the newest version'}: {exc}"
-            ) from exc
-        resource = self._definition(actor)
-        self.store.update(resource)
-        return resource
+        """Pin to ``version`` (None: follow the newest): stored, then moved;
+        stored back when the move fails."""
+        async with self._change(resource_id) as actor:
+            if version is not None:
+                self._schema(actor.driver, version)  # raises when that version is not installed
+            before = self._definition(actor)
+            resource = msgspec.structs.replace(before, pinned=version)
+            self.store.update(resource)
+            actor.pinned = version
+            try:
+                await actor.rebind(self._router(actor))
+            except BaseException as exc:  # cancelled too: the pin did not happen
+                actor.pinned = before.pinned
+                self._store_back(before)
+                if not isinstance(exc, Exception):
+                    raise
+                raise RequestError(
+                    f"could not move {resource_id} to {version or 'the newest version'}: {exc}"
+                ) from exc
+            return resource
 
     async def remove(self, resource_id: str) -> None:
+        """Forget the resource: stored first (when that fails it stays, and
+        serves), then its actor is closed and its instance detached."""
         actor = self.actor(resource_id)
-        del self.actors[resource_id]
-        self.store.remove(resource_id)  # first: whatever happens next, it is gone
+        try:
+            self.store.remove(resource_id)
+        except NoSuchName:
+            log.warning("%s was not in the state store; removing it from memory", resource_id)
+        if self.actors.get(resource_id) is actor:
+            del self.actors[resource_id]
+        self._changing.pop(resource_id, None)
         await actor.close(detach=True)
+
+    @contextlib.asynccontextmanager
+    async def _change(self, resource_id: str) -> AsyncIterator[ResourceActor]:
+        """The resource's actor, changed by one request at a time."""
+        self.actor(resource_id)  # raises NoSuchName before any wait
+        async with self._changing.setdefault(resource_id, asyncio.Lock()):
+            yield self.actor(resource_id)  # removed meanwhile: NoSuchName
+
+    def _store_back(self, before: Resource) -> None:
+        """Undo a stored change the driver did not take; a resource removed
+        meanwhile stays removed."""
+        try:
+            self.store.update(before)
+        except NoSuchName:
+            pass
+        except DrivebayError as exc:
+            log.error(
+                "%s: the driver refused a change that is stored, and the previous "
+                "definition cannot be stored back (%s); after a restart the resource "
+                "has the refused definition",
+                before.id,
+                exc,
+            )
 
     def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
@@ -188,7 +256,7 @@ class ResourceBook:
 
     def rows(self) -> list[dict[str, Any]]:
         rows = []
-        for actor in sorted(self.actors.values(), key=lambda a: a.resource_id):
+        for actor in sorted(self._stored(), key=lambda a: a.resource_id):
             rows.append(
                 {
                     "id": actor.resource_id,

@@ -112,3 +112,10 @@ class EnvBuildError(DriverError):
 
 class KernelError(DrivebayError):
     """The daemon cannot go on: state dir unusable, already running, or a bug."""
+
+
+class StateStoreLost(KernelError):
+    """The state store file (``resources.db``) was deleted or replaced while
+    the daemon ran. What the daemon holds in memory still serves and reads
+    still work, but every change is refused: it would go to a file nobody
+    will read again. Restart ``drivebayd`` to use the file now at that path."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import re
@@ -24,7 +25,7 @@ from kernel.resource_store import (
     ResourceStore,
     check_resource_id,
 )
-from protocol.errors import KernelError, NoSuchName, RequestError
+from protocol.errors import KernelError, NoSuchName, RequestError, StateStoreLost
 
 VOL = Resource("vol-1", "nfs-storage", None, {"host": "nas", "size_gb": 10, "thin": True})
 
@@ -399,3 +400,95 @@ def test_a_version_1_file_gains_failed_versions_and_keeps_its_resources(db_path:
         assert store.failed_versions() == {"nfs@1.3.0": ("sha256:ab", "failed its health check")}
         store.forget_failure("nfs@1.3.0")
         assert store.failed_versions() == {}
+
+
+# -- the file deleted or replaced under the store ---------------------------------
+
+
+def _every_write_is_refused(store: ResourceStore, db_path: Path) -> None:
+    expected = f"state store {db_path} was deleted or replaced; restart drivebayd"
+    writes = [
+        lambda: store.add(Resource("vol-2", "nfs-storage")),
+        lambda: store.update(Resource("vol-1", "nfs-storage", None, {"host": "other"})),
+        lambda: store.remove("vol-1"),
+        lambda: store.forget_failure("nfs@1.0.0"),
+    ]
+    for write in writes:
+        with pytest.raises(StateStoreLost) as caught:
+            write()
+        assert str(caught.value) == expected
+        assert isinstance(caught.value, KernelError)  # drivebayctl: one line, exit 1
+    store.record_failure("nfs@1.0.0", "sha256:ab", "failed")  # logged, not raised
+    assert store.failed_versions() == {}
+
+
+def test_a_deleted_file_refuses_every_write_and_says_so_once(
+    db_path: Path, store: ResourceStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.add(VOL)
+    db_path.unlink()  # SQLite would go on writing to the unlinked file
+    with caplog.at_level(logging.WARNING, logger="drivebay.store"):
+        _every_write_is_refused(store, db_path)
+    assert store.all() == [VOL]  # reads go on from the open file
+    assert store.get("vol-1") == VOL
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            f"state store {db_path} was deleted or replaced while drivebayd ran: every change "
+            "is refused from now on (resources keep serving, reads work); restart drivebayd "
+            "to use the file now at that path",
+        ),
+        (
+            logging.WARNING,
+            f"nfs@1.0.0 failed, and that cannot be stored (state store {db_path} was deleted "
+            "or replaced; restart drivebayd); after a restart of drivebayd it may be started "
+            "again",
+        ),
+    ]
+
+
+def test_a_file_renamed_over_it_refuses_every_write(db_path: Path, store: ResourceStore) -> None:
+    store.add(VOL)
+    other = db_path.with_name("other.db")
+    with ResourceStore.open(other) as replacement:
+        replacement.add(Resource("vol-9", "dir-volumes"))
+    os.rename(other, db_path)
+    _every_write_is_refused(store, db_path)
+    assert store.all() == [VOL]
+    # Its WAL is emptied into the old file: a kill -9 now would not leave
+    # frames of the old file beside the new one.
+    assert Path(f"{db_path}-wal").stat().st_size == 0
+    store.close()
+    with ResourceStore.open(db_path) as reopened:  # what a restart finds there
+        assert [r.id for r in reopened.all()] == ["vol-9"]
+
+
+def test_a_file_moved_away_and_back_is_written_again(db_path: Path, store: ResourceStore) -> None:
+    store.add(VOL)
+    aside = db_path.with_name("aside.db")
+    os.rename(db_path, aside)
+    with pytest.raises(StateStoreLost):
+        store.remove("vol-1")
+    os.rename(aside, db_path)  # the very file the store opened: nothing is lost
+    store.remove("vol-1")
+    assert store.all() == []
+
+
+def test_a_file_replaced_during_a_write_does_not_count_it(db_path: Path) -> None:
+    """Checked after the commit too: what went to the old file is not acknowledged."""
+    other = db_path.with_name("other.db")
+    ResourceStore.open(other).close()
+    armed = [False]
+
+    def clock() -> float:  # called inside update's transaction
+        if armed[0]:
+            armed[0] = False
+            os.rename(other, db_path)
+        return 0.0
+
+    with ResourceStore.open(db_path, clock=clock) as store:
+        store.add(VOL)
+        armed[0] = True
+        with pytest.raises(StateStoreLost):
+            store.update(Resource("vol-1", "nfs-storage", None, {"host": "other"}))
+        assert not armed[0]

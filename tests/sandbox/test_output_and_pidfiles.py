@@ -1,15 +1,21 @@
-"""Driver log files (rotation, long lines) and stale process records."""
+"""Driver log files (rotation, long lines, a disk that cannot take them)
+and stale process records."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from sandbox.output import RotatingFile
+import pytest
+
+from sandbox.output import RETRY_S, OutputCapture, RotatingFile
 from sandbox.pidfiles import PidRecords, start_time
+from tests.helpers import eventually, run
 
 
 def test_rotation_keeps_backups_and_no_line_cap(tmp_path):
@@ -30,6 +36,103 @@ def test_rotation_keeps_backups_and_no_line_cap(tmp_path):
     assert (tmp_path / "d.log.2").read_bytes() == b"second\nthird\n"
     assert (tmp_path / "d.log.1").read_bytes() == b"0123456789ab\n"
     assert (tmp_path / "d.log").read_bytes() == b"next\n"
+
+
+# Echoes each line of its stdin on stdout, flushed; says how it ended.
+ECHO = """
+import sys
+try:
+    for line in sys.stdin:
+        print(line, end="", flush=True)
+except BrokenPipeError:
+    sys.exit(3)
+"""
+
+
+def test_a_log_file_that_cannot_be_written_drops_output_and_keeps_the_pipe(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk (writes to /dev/full fail with ENOSPC, for root too): the
+    child's prints keep working, the bytes are counted and said once, and the
+    file is written again, at the first chunk past the retry delay, once it can."""
+    path = tmp_path / "d.log"
+    path.symlink_to("/dev/full")
+    now = [0.0]
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", ECHO], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert child.stdin is not None and child.stdout is not None
+
+    async def main() -> int:
+        log_file = RotatingFile(path, clock=lambda: now[0])
+        capture = OutputCapture(log_file)
+        transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+            lambda: capture, child.stdout
+        )
+
+        async def echo(line: str) -> None:
+            child.stdin.write(f"{line}\n".encode())
+            child.stdin.flush()
+            await eventually(lambda: capture.tail(1) == [line])
+
+        try:
+            await echo("one")
+            await echo("two")
+            path.unlink()  # space is back, but the retry waits for its delay
+            await echo("three")
+            assert log_file.dropped == len("one\ntwo\nthree\n")
+            now[0] += RETRY_S
+            await echo("four")
+            assert log_file.dropped == 0
+            await echo("five")
+        finally:
+            child.stdin.close()
+            code = await asyncio.to_thread(child.wait, 30)
+            await capture.closed
+            transport.close()
+        return code
+
+    with caplog.at_level(logging.WARNING, logger="drivebay.output"):
+        code = run(main())
+    assert code == 0  # the child never saw a broken pipe
+    assert path.read_bytes() == b"four\nfive\n"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: cannot write this driver's output (No space left on device); dropping it "
+        "until the file can be written again",
+        f"{path}: writing again; 14 bytes of driver output were dropped (No space left on device)",
+    ]
+
+
+def test_a_log_file_whose_directory_went_away_is_made_again(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    now = [0.0]
+    log_file = RotatingFile(logs / "d.log", max_bytes=10, clock=lambda: now[0])
+    log_file.write(b"first\n")
+    logs.rename(tmp_path / "aside")
+    logs.write_text("")  # a file where the directory was: rotating fails
+    log_file.write(b"rotates now\n")
+    assert log_file.dropped == len(b"rotates now\n")
+    logs.unlink()
+    now[0] += RETRY_S
+    log_file.write(b"back\n")
+    log_file.close()
+    assert (logs / "d.log").read_bytes() == b"back\n"
+    assert (tmp_path / "aside" / "d.log").read_bytes() == b"first\n"
+
+
+def test_an_outage_that_lasts_to_the_end_is_counted_at_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "logs").write_text("")  # the log dir cannot be made
+    with caplog.at_level(logging.WARNING, logger="drivebay.output"):
+        log_file = RotatingFile(tmp_path / "logs" / "d.log")  # no exception: dropping
+        log_file.write(b"lost\n")
+        log_file.close()
+    assert [r.getMessage().split("; ")[0] for r in caplog.records] == [
+        f"{tmp_path / 'logs' / 'd.log'}: cannot write this driver's output (File exists)",
+        f"{tmp_path / 'logs' / 'd.log'}: 5 bytes of driver output were dropped (File exists)",
+    ]
 
 
 def test_stale_records_kill_only_the_recorded_process(tmp_path):

@@ -1,0 +1,124 @@
+"""The state store under a real daemon: a file deleted, replaced or that
+cannot be written never leaves an answer that is not the truth, now and
+after a restart."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
+from tests.e2e.test_resources import mis_daemon, ok
+
+CHANGES = (
+    ("resource", "add", "v2", "--driver", "mis", "host=b"),
+    ("resource", "set", "v1", "host=c"),
+    ("resource", "rm", "v1"),
+    ("resource", "pin", "v1", "1.0.0"),
+)
+
+
+def rows(daemon: Daemon) -> list[tuple[str, dict[str, Any], str | None]]:
+    listed = json.loads(ok(daemon.ctl("resources", "--json")).stdout)
+    return [(row["id"], row["properties"], row["pinned"]) for row in listed]
+
+
+def call(daemon: Daemon, resource: str, op: str, *args: str) -> Any:
+    return json.loads(ok(daemon.ctl("call", resource, op, *args)).stdout)
+
+
+def unchanged_and_serving(daemon: Daemon) -> None:
+    """v1 as it was before the refused changes, attached and serving; no v2."""
+    assert rows(daemon) == [("v1", {"host": "a"}, None)]
+    assert call(daemon, "v1", "describe")["properties"] == {"host": "a"}
+    assert call(daemon, "v1", "attached_here") == ["v1"]  # no instance of v2 left behind
+    assert daemon.ctl("call", "v2", "echo").returncode == 4
+
+
+def restarted(daemon: Daemon) -> Daemon:
+    assert daemon.stop() == 0
+    assert "Task was destroyed but it is pending" not in daemon.log()
+    daemon.start()
+    daemon.wait_state("mis", "RUNNING")
+    return daemon
+
+
+def test_a_deleted_state_store_refuses_every_change(daemon_factory, tmp_path):
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    store = daemon.state / "resources.db"
+    store.unlink()
+    refusal = f"drivebayctl: state store {store} was deleted or replaced; restart drivebayd"
+    for change in CHANGES:
+        refused = daemon.ctl(*change)
+        assert (refused.returncode, refused.stderr.splitlines()) == (1, [refusal]), change
+    unchanged_and_serving(daemon)
+    said = [line for line in daemon.log().splitlines() if "was deleted or replaced" in line]
+    assert len(said) == 1 and " ERROR " in said[0], said
+    # Nothing was acknowledged, so nothing acknowledged is lost: the new
+    # daemon starts on an empty store, as the operator's deletion asked.
+    assert rows(restarted(daemon)) == []
+
+
+def test_a_state_store_renamed_over_refuses_every_change(daemon_factory, tmp_path):
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    store = daemon.state / "resources.db"
+    backup = daemon.state / "backup.db"
+    with closing(sqlite3.connect(store)) as live, closing(sqlite3.connect(backup)) as copy:
+        live.backup(copy)  # a backup with v1, as an operator restores it
+    backup.rename(store)
+    refusal = f"drivebayctl: state store {store} was deleted or replaced; restart drivebayd"
+    for change in CHANGES:
+        refused = daemon.ctl(*change)
+        assert (refused.returncode, refused.stderr.splitlines()) == (1, [refusal]), change
+    unchanged_and_serving(daemon)
+    assert rows(restarted(daemon)) == [("v1", {"host": "a"}, None)]  # the restored file
+
+
+@contextmanager
+def locked(store: Path) -> Iterator[None]:
+    """Another program holds the write lock: every write of the daemon fails
+    (after its busy timeout), for root as for anyone, and reads go on."""
+    with closing(sqlite3.connect(store, timeout=0, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+
+
+def test_a_store_that_cannot_be_written_changes_nothing(daemon_factory, tmp_path):
+    """Each change is one unit: refused by the store, it is not live, not
+    half-done in the driver, and a retry starts afresh."""
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    store = daemon.state / "resources.db"
+    with locked(store):
+        for change in CHANGES:
+            refused = daemon.ctl(*change)
+            assert refused.returncode == 1, change
+            assert refused.stderr.splitlines() == [
+                f"drivebayctl: {store}: cannot write the resource database (database is "
+                "locked); check the free space and that the file and the state dir are "
+                "writable, and stop other programs using it"
+            ], change
+            unchanged_and_serving(daemon)
+    ok(daemon.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))  # not "already exists"
+    ok(daemon.ctl("resource", "set", "v1", "host=c"))
+    assert call(daemon, "v2", "attached_here") == ["v1", "v2"]
+    assert rows(restarted(daemon)) == [("v1", {"host": "c"}, None), ("v2", {"host": "b"}, None)]
+
+
+def test_a_change_the_driver_refuses_is_stored_back(daemon_factory, tmp_path):
+    """set and pin are stored before they are applied: one the driver does
+    not take (here its attach passes the call timeout) is stored back."""
+    config = {"timeouts": {**FAST_CONFIG["timeouts"], "call_s": 2}}
+    daemon = mis_daemon(daemon_factory, tmp_path, config)
+    refused = daemon.ctl("resource", "set", "v1", "host=b", "attach_delay=30")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("drivebayctl: mis refused the new properties of v1: ")
+    wait_for(lambda: rows(daemon) == [("v1", {"host": "a"}, None)], what="v1 as it was")
+    wait_for(lambda: call(daemon, "v1", "attached_here") == ["v1"], what="v1 attached again")
+    assert rows(restarted(daemon)) == [("v1", {"host": "a"}, None)]
