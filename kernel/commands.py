@@ -19,7 +19,7 @@ import kernel
 from kernel.messages_catalog import load_catalog
 from kernel.states import NOT_RUNNING, State
 from protocol.control_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_NOT_RUNNING_STATE, EXIT_OK
-from protocol.errors import DrivebayError, OperationFailed, RequestError
+from protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
 from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 
 if TYPE_CHECKING:
@@ -257,8 +257,11 @@ async def start(k: Kernel, args: Args) -> Outcome:
                 "ok": False,
                 "message": f"requires {', '.join(unmet)}, which is not running",
             }
+        try:
+            k.forget_failure(slot)
+        except KernelError as exc:  # the state store refused: it stays FAILED
+            return {"name": slot.name, "ok": False, "message": str(exc)}
         slot.held = False
-        k.forget_failure(slot)
         slot.want_running(reset=True)
         await asyncio.sleep(0)
         # BACKOFF is not an answer: the slot retries until RUNNING or FATAL.

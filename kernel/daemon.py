@@ -367,9 +367,15 @@ class Kernel:
             self.book.store.record_failure(slot.name, slot.bundle.digest, reason)
 
     def forget_failure(self, slot: DriverSlot) -> None:
-        """An operator starts a FAILED version: give it a new chance."""
-        if self._failed.pop(slot.name, None) is not None and self.book is not None:
+        """An operator starts a FAILED version: give it a new chance.
+
+        Stored first: when the store refuses, the version stays FAILED in
+        memory too, and the operator's ``start`` gets the store's error."""
+        if slot.name not in self._failed:
+            return
+        if self.book is not None:
             self.book.store.forget_failure(slot.name)
+        del self._failed[slot.name]
 
     def running(self, driver: str) -> bool:
         return self._running(driver)

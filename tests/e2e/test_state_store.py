@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
-from tests.e2e.test_resources import mis_daemon, ok
+from tests.e2e.test_resources import misbehave_bundle, mis_daemon, ok, version_states
 
 CHANGES = (
     ("resource", "add", "v2", "--driver", "mis", "host=b"),
@@ -122,3 +122,23 @@ def test_a_change_the_driver_refuses_is_stored_back(daemon_factory, tmp_path):
     wait_for(lambda: rows(daemon) == [("v1", {"host": "a"}, None)], what="v1 as it was")
     wait_for(lambda: call(daemon, "v1", "attached_here") == ["v1"], what="v1 attached again")
     assert rows(restarted(daemon)) == [("v1", {"host": "a"}, None)]
+
+
+def test_start_of_a_failed_version_the_store_refuses_leaves_it_failed(daemon_factory, tmp_path):
+    """``start`` gives a FAILED version a new chance only once the store has
+    forgotten the failure: refused, it stays FAILED now and after a restart."""
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    daemon.drop(misbehave_bundle(daemon.staging, "1.1.0", healthy=False))
+    failed = [("1.0.0", "RUNNING"), ("1.1.0", "FAILED")]
+    wait_for(lambda: version_states(daemon) == failed, what="1.1.0 FAILED")
+    with locked(daemon.state / "resources.db"):
+        since = len(daemon.log())
+        refused = daemon.ctl("start", "mis@1.1.0")
+        assert refused.returncode == 1, refused
+        assert "cannot write the resource database" in refused.stdout + refused.stderr, refused
+        ok(daemon.ctl("reload"))  # a reconcile must not take it for a new chance either
+        assert version_states(daemon) == failed
+        assert "spawned: mis@1.1.0" not in daemon.log()[since:]
+    daemon.stop()
+    daemon.start()
+    wait_for(lambda: version_states(daemon) == failed, what="still FAILED after a restart")
