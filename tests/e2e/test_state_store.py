@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
-from tests.e2e.test_resources import misbehave_bundle, mis_daemon, ok, version_states
+from tests.e2e.test_resources import mis_daemon, misbehave_bundle, ok, version_states
 
 CHANGES = (
     ("resource", "add", "v2", "--driver", "mis", "host=b"),
