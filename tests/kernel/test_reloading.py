@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,34 @@ def test_every_setting_says_what_a_reload_does_with_it():
     assert set(EFFECTS) == set(Config.__struct_fields__) == set(CHANGED)
 
 
+def slot_under(tmp_path: Path, config: Callable[[], Config]) -> DriverSlot:
+    """A slot of driver alpha reading ``config()`` as the kernel's config now
+    (nothing is built or spawned)."""
+    bundle = load_bundle(make_bundle(tmp_path / "drop", name="alpha"), tmp_path / "state")
+
+    async def prepare(_: Any) -> tuple[Path, str]:
+        raise AssertionError("not started here")
+
+    context = SlotContext(
+        current_config=config,
+        runtime_dir=tmp_path,
+        prepare=prepare,
+        on_spawn=lambda *_: None,
+        on_reap=lambda *_: None,
+        on_event=lambda *_: None,
+    )
+    return DriverSlot(bundle, context)
+
+
 @pytest.mark.parametrize("key", sorted(EFFECTS))
-def test_a_new_process_exactly_for_the_settings_spawned_into_it(key):
-    new = msgspec.convert({key: CHANGED[key]}, Config)
-    differs = spawn_settings(new, "alpha") != spawn_settings(Config(), "alpha")
-    assert differs is (EFFECTS[key] is Effect.RESPAWN)
-    assert spawn_settings(new, "beta") == spawn_settings(Config(), "beta") or key != "drivers"
+def test_a_new_process_exactly_for_the_settings_spawned_into_it(tmp_path, key):
+    config = Config()
+    slot = slot_under(tmp_path, lambda: config)
+    before = slot.settings_now()
+    config = msgspec.convert({key: CHANGED[key]}, Config)
+    assert (slot.settings_now() != before) is (EFFECTS[key] is Effect.RESPAWN)
+    if key == "drivers":
+        assert spawn_settings(config, "beta") == spawn_settings(Config(), "beta")
 
 
 @pytest.mark.parametrize("key", [k for k, e in EFFECTS.items() if e is Effect.RESTART])
@@ -95,24 +118,11 @@ TIMEOUTS = {
 
 @pytest.mark.parametrize(("setting", "field"), sorted(TIMEOUTS.items()))
 def test_a_reloaded_timeout_reaches_the_running_process(tmp_path, setting, field):
-    bundle = load_bundle(make_bundle(tmp_path / "drop", name="alpha"), tmp_path / "state")
     config = Config(state_dir=str(tmp_path / "state"))
 
     async def main() -> None:
         nonlocal config
-
-        async def prepare(_: Any) -> tuple[Path, str]:
-            raise AssertionError("not started here")
-
-        context = SlotContext(
-            current_config=lambda: config,
-            runtime_dir=tmp_path,
-            prepare=prepare,
-            on_spawn=lambda *_: None,
-            on_reap=lambda *_: None,
-            on_event=lambda *_: None,
-        )
-        slot = DriverSlot(bundle, context)
+        slot = slot_under(tmp_path, lambda: config)
         # A process as the slot holds it while it runs (not spawned: only its
         # deadlines are looked at).
         slot.process = DriverProcess(fixture_spec(tmp_path), slot._timeouts())
