@@ -364,7 +364,7 @@ class DriverProcess:
     async def answers(self, timeout: float) -> bool:
         """Does the child answer a ping within ``timeout``? For a spare
         (launched, not started: no watcher pings it); False once it exited."""
-        if not self.alive or self._channel is None:
+        if not self.alive or self._channel is None or self._death is not None:
             return False
         seq = -next(self._ids)  # negative: never one of the watcher's
         pong: asyncio.Future[None] = self._loop.create_future()

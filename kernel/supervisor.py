@@ -233,8 +233,9 @@ class DriverSlot:
         return spare
 
     async def _discard_spare(self, spare: DriverProcess, spare_s: float) -> None:
-        """Kill and reap a spare that died or did not answer in time."""
-        self._spare = None
+        """Kill and reap a spare that died or did not answer in time. It stays
+        the slot's spare until reaped: should this be cancelled halfway, whoever
+        takes or drops the spare next finishes the job."""
         self._ctx.on_reap(f"{self.name}.spare", spare.pid)
         if spare.alive:
             log.warning(
@@ -247,6 +248,7 @@ class DriverSlot:
         else:
             log.warning("%s: spare pid %s exited; discarded", self.name, spare.pid)
         await spare.discard()
+        self._spare = None
 
     async def _stop_keeping_spare(self) -> None:
         task, self._spare_task = self._spare_task, None
