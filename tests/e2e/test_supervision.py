@@ -212,3 +212,58 @@ def test_stop_all_stops_wave_by_wave_each_wave_at_once(daemon_factory, tmp_path)
     ]
     order = [line.split()[3] for line in daemon.log().splitlines() if "entered STOPPED" in line]
     assert order.index("base@1.0.0") > max(order.index("slow-a@1.0.0"), order.index("slow-b@1.0.0"))
+
+
+def reload_with(daemon: Daemon, **sections: dict[str, Any]) -> None:
+    config = yaml.safe_load(daemon.config_path.read_text())
+    for key, values in sections.items():
+        config[key] = {**config.get(key, {}), **values}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    reloaded = daemon.ctl("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert json.loads(reloaded.stdout)["changed_drivers"] == []  # no new process for these
+
+
+CHECKED = """
+import os
+
+
+class CheckedDriver:
+    @classmethod
+    async def health(cls):
+        with open(os.environ["CHECKS"], "a") as checks:
+            checks.write("x")
+        return {"ok": True}
+
+    def __init__(self, resource_id, properties):
+        pass
+"""
+
+
+def test_a_reloaded_health_interval_reaches_a_running_driver(daemon_factory, tmp_path):
+    checks = tmp_path / "checks"
+    config = {
+        "timeouts": {"health_interval_s": 3600},
+        "drivers": {"checked": {"env": {"CHECKS": str(checks)}}},
+    }
+    daemon = daemon_factory(config=config)
+    daemon.start()
+    daemon.drop(build(tmp_path, "checked", src={"checked.py": CHECKED}))
+    pid = daemon.wait_state("checked", "RUNNING")["pid"]
+    assert checks.read_text() == "x"  # the first check, at start
+    reload_with(daemon, timeouts={"health_interval_s": 0.1})
+    wait_for(lambda: len(checks.read_text()) >= 4, what="checks at the new interval")
+    assert daemon.status()["checked"]["pid"] == pid
+
+
+def test_a_reload_turns_the_spare_of_a_running_driver_off_and_on(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    pid = daemon.wait_state("alpha", "RUNNING")["pid"]
+    _, spare = spare_of(daemon, "alpha")
+    reload_with(daemon, restart={"spare": False})
+    wait_for(lambda: daemon.status()["alpha"]["spare_pid"] is None, what="the spare gone")
+    wait_for(lambda: not pid_alive(spare), what="the spare reaped")
+    reload_with(daemon, restart={"spare": True})
+    _, fresh = spare_of(daemon, "alpha")
+    assert fresh != spare
+    assert daemon.status()["alpha"]["pid"] == pid
