@@ -208,8 +208,14 @@ class DriverSlot:
                 except (DriverError, OSError) as exc:
                     delay = self.restarts.policy.backoff(failures)
                     failures += 1
-                    log.warning(
-                        "%s: no spare process (%s); trying again in %.1fs", self.name, exc, delay
+                    # Loud once; a lasting cause would repeat it every backoff_max_s.
+                    level = logging.WARNING if failures == 1 else logging.INFO
+                    log.log(
+                        level,
+                        "%s: no spare process (%s); trying again in %.1fs",
+                        self.name,
+                        exc,
+                        delay,
                     )
                     await asyncio.sleep(delay)
                     continue

@@ -267,3 +267,24 @@ def test_a_reload_turns_the_spare_of_a_running_driver_off_and_on(daemon, tmp_pat
     _, fresh = spare_of(daemon, "alpha")
     assert fresh != spare
     assert daemon.status()["alpha"]["pid"] == pid
+
+
+def test_a_reloaded_log_setting_hands_a_running_driver_to_a_new_process(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha"))
+    pid = daemon.wait_state("alpha", "RUNNING")["pid"]
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["logs"] = {"max_bytes": 4096}
+    config["mailbox_size"] = 5  # fixed at start: kept, and said so
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    reloaded = daemon.ctl("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert json.loads(reloaded.stdout) == {
+        "reloaded": True,
+        "changed_drivers": ["alpha"],
+        "restart_needed": ["mailbox_size"],
+    }
+    wait_for(
+        lambda: (r := daemon.status()["alpha"])["state"] == "RUNNING" and r["pid"] != pid,
+        what="alpha handed over to a process with the new log settings",
+    )
+    assert "reload: mailbox_size changed; it takes effect when drivebayd restarts" in daemon.log()
