@@ -224,10 +224,11 @@ class DriverSlot:
             await asyncio.wait([spare.exited], timeout=timeouts.ping_interval_s)
             if not await spare.answers(timeouts.spare_s):
                 await self._discard_spare(spare, timeouts.spare_s)
-        spare, self._spare = self._spare, None  # restart.spare turned off by a reload
+        spare = self._spare  # restart.spare turned off by a reload
         if spare is not None:
             self._ctx.on_reap(f"{self.name}.spare", spare.pid)
             await spare.discard()
+            self._spare = None  # only now: a cancel halfway leaves it to _drop_spare
 
     async def _launch_spare(self, spec: SpawnSpec) -> DriverProcess:
         spare = self._new_process(spec)
@@ -282,10 +283,11 @@ class DriverSlot:
 
     async def _drop_spare(self) -> None:
         await self._stop_keeping_spare()
-        spare, self._spare = self._spare, None
+        spare = self._spare
         if spare is not None:
             self._ctx.on_reap(f"{self.name}.spare", spare.pid)
             await spare.discard()
+            self._spare = None
 
     @property
     def spare_pid(self) -> int | None:
