@@ -135,3 +135,31 @@ def test_a_reloaded_timeout_reaches_the_running_process(tmp_path, setting, field
         assert getattr(slot.process.timeouts, field) == 123.0
 
     run(main())
+
+
+@pytest.mark.parametrize("key", sorted(EFFECTS))
+def test_a_reload_takes_each_setting_as_the_table_says(tmp_path, key):
+    import logging
+
+    from kernel.config import load_config
+
+    config_path = tmp_path / "drivebay.yaml"
+    base = {"state_dir": str(tmp_path / "state")}
+    config_path.write_text(yaml.safe_dump(base))
+    kernel = Kernel(load_config(config_path), config_path)
+    before = kernel.config
+    config_path.write_text(yaml.safe_dump({**base, key: msgspec.to_builtins(CHANGED[key])}))
+    level = logging.getLogger().level
+    try:
+        _, fixed = run(kernel.reload_config())
+        daemon_level = logging.getLevelName(logging.getLogger().level)
+    finally:
+        logging.getLogger().setLevel(level)
+    assert daemon_level == kernel.config.log_level  # the daemon's own level follows at once
+    new = getattr(load_config(config_path), key)
+    if EFFECTS[key] is Effect.RESTART:
+        assert (fixed, getattr(kernel.config, key)) == ([key], getattr(before, key))
+    else:
+        # Read from the kernel's config where used, pushed to slots and
+        # registry by the reload, or compared with each running process.
+        assert (fixed, getattr(kernel.config, key)) == ([], new)
