@@ -78,6 +78,7 @@ async def status(k: Kernel, args: Args) -> Outcome:
                 "restarts": 0,
                 "resources": 0,
                 "message": k.registry.verdict(entry),
+                "next_retry_at": None,
             }
         )
     names = args.get("names") or []
