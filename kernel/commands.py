@@ -60,6 +60,7 @@ def status_row(k: Kernel, slot: DriverSlot) -> dict[str, Any]:
         "resources": resources,
         "message": slot.lifecycle.reason,
         "spare_pid": slot.spare_pid,
+        "next_retry_at": slot.next_retry_at,  # FATAL: when it is tried again (epoch seconds)
     }
 
 
@@ -77,6 +78,7 @@ async def status(k: Kernel, args: Args) -> Outcome:
                 "restarts": 0,
                 "resources": 0,
                 "message": k.registry.verdict(entry),
+                "next_retry_at": None,
             }
         )
     names = args.get("names") or []
@@ -294,11 +296,8 @@ async def stop(k: Kernel, args: Args) -> Outcome:
         await slot.wait_settled(_budget(k), frozenset({State.STOPPED}))
         return {"name": slot.name, "ok": True, "message": "stopped"}
 
-    targets = _targets(k, args)
-    # Dependents first, as at shutdown.
-    order = [n for wave in k.plan.stop_waves() for n in wave]
-    targets.sort(key=lambda s: order.index(s.manifest.name) if s.manifest.name in order else -1)
-    results = [await one(slot) for slot in targets]
+    # Dependents first, each wave concurrently, as at shutdown.
+    results = await k.stop_in_waves(_targets(k, args), one)
     codes = [r.get("code", EXIT_OK if r["ok"] else EXIT_FAILURE) for r in results]
     return results, max(codes, default=EXIT_OK)
 
@@ -312,8 +311,8 @@ async def restart(k: Kernel, args: Args) -> Outcome:
 
 @command("reload")
 async def reload(k: Kernel, args: Args) -> Outcome:
-    changes = await k.reload_config()
-    return {"reloaded": True, "changed_drivers": changes}, EXIT_OK
+    changes, fixed = await k.reload_config()
+    return {"reloaded": True, "changed_drivers": changes, "restart_needed": fixed}, EXIT_OK
 
 
 @command("shutdown")

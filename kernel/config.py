@@ -34,6 +34,8 @@ class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     term_s: float = 5.0
     kill_s: float = 5.0
     health_interval_s: float = 30.0
+    # A warm spare must answer a ping this fast, or it is discarded (frozen, dead).
+    spare_s: float = 0.5
 
 
 class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

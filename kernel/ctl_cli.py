@@ -453,7 +453,17 @@ def print_status(rows: list[dict[str, Any]]) -> None:
     names = [f"{r['name']}@{r['version']}" if r["version"] else r["name"] for r in rows]
     width = max([32, *(len(n) for n in names)]) + 1
     for name, row in zip(names, rows, strict=True):
-        print(f"{name:<{width}}{row['state']:<10} {status_description(row)}")
+        print(f"{name:<{width}}{status_state(row):<10} {status_description(row)}")
+
+
+def status_state(row: dict[str, Any]) -> str:
+    """The state, and for a FATAL driver that is retried, when (local time)."""
+    retry = row.get("next_retry_at")
+    if row["state"] != "FATAL" or retry is None:
+        return str(row["state"])
+    import time
+
+    return f"FATAL, retry at {time.strftime('%H:%M:%S', time.localtime(retry))}"
 
 
 def status_description(row: dict[str, Any]) -> str:

@@ -17,18 +17,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import msgspec
 import watchfiles
 
 from kernel.actor import DriverAbsent, ResourceActor
 from kernel.config import Config
 from kernel.handover import hand_over
-from kernel.ordering import Node, Plan, plan
+from kernel.ordering import Node, Plan, plan, stop_order
 from kernel.registry import Registry
+from kernel.reloading import keep_fixed, spawn_settings
 from kernel.resource_store import ResourceStore
 from kernel.resources import ResourceBook
 from kernel.state_lock import StateLock
@@ -43,6 +43,8 @@ from sandbox.pidfiles import PidRecords
 from sandbox.runtime_dir import ensure_runtime_dir
 
 log = logging.getLogger("drivebay.kernel")
+
+R = TypeVar("R")
 
 
 class Kernel:
@@ -556,14 +558,22 @@ class Kernel:
         t = self.config.timeouts
         return t.start_s * 2 + t.drain_s + t.term_s + t.kill_s + 600
 
+    async def stop_in_waves(
+        self, slots: list[DriverSlot], stop: Callable[[DriverSlot], Awaitable[R]]
+    ) -> list[R]:
+        """Run ``stop`` on ``slots`` in the reverse of the start waves, each
+        wave concurrently (dependents before what they depend on); the
+        results in that order. Shutdown and ``drivebayctl stop`` use it."""
+        results: list[R] = []
+        for group in stop_order(self.plan, slots, lambda slot: slot.manifest.name):
+            results.extend(await asyncio.gather(*(stop(slot) for slot in group)))
+        return results
+
     async def _stop_all(self) -> None:
         """Stop every driver, dependents before what they depend on."""
         if self.book is not None:
             await self.book.close()
-        for wave in self.plan.stop_waves():
-            await asyncio.gather(
-                *(s.close() for s in list(self.slots.values()) if s.manifest.name in wave)
-            )
+        await self.stop_in_waves(list(self.slots.values()), lambda slot: slot.close())
         await asyncio.gather(
             *(slot.close() for slot in [*self.slots.values(), *self.retiring]),
             return_exceptions=True,
@@ -652,37 +662,39 @@ class Kernel:
         env = await ensure_env(request, self.config.envs_path, uv_cache=self.config.uv_cache_path)
         return env.python, env.key
 
-    async def reload_config(self) -> list[str]:
+    async def reload_config(self) -> tuple[list[str], list[str]]:
         """Re-read the config file (SIGHUP, ``drivebayctl reload``) and rescan.
 
-        Drivers whose settings changed are restarted with the new settings;
-        returns their names. Raises ConfigError (nothing changed) when the
-        new file is invalid. State dir, socket and drivers dir keep the values
-        the daemon started with.
+        Every setting reaches what runs as ``kernel.reloading.EFFECTS`` says:
+        live ones at once (also in running slots), drivers whose spawned
+        settings changed are handed over to a fresh process (returned first),
+        settings fixed at start keep their old value (returned second, and
+        logged). Raises ConfigError (nothing changed) when the new file is
+        invalid.
         """
         from kernel.config import load_config
 
-        fresh = load_config(self.config_path, self._overrides)
-        fresh = msgspec.structs.replace(
-            fresh,
-            state_dir=self.config.state_dir,
-            drivers_dir=self.config.drivers_dir,
-            socket=self.config.socket,
-        )
-        drivers = {slot.manifest.name for slot in self.slots.values()}
+        fresh, fixed = keep_fixed(self.config, load_config(self.config_path, self._overrides))
         changed = sorted(
-            name
-            for name in drivers
-            if fresh.for_driver(name) != self.config.for_driver(name)
-            or fresh.limits != self.config.limits
+            {
+                slot.manifest.name
+                for slot in self.slots.values()
+                if spawn_settings(fresh, slot.manifest.name)
+                != spawn_settings(self.config, slot.manifest.name)
+            }
         )
         self.config = fresh
+        logging.getLogger().setLevel(fresh.log_level)
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()
+        for slot in self.all_slots():
+            slot.reconfigure()
         self._replace_stale_settings()
         self.kick()
         log.info("configuration reloaded from %s", self.config_path or "defaults")
-        return changed
+        for key in fixed:
+            log.warning("reload: %s changed; it takes effect when drivebayd restarts", key)
+        return changed, fixed
 
     # -- lookups for commands --------------------------------------------------
 

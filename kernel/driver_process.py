@@ -361,6 +361,25 @@ class DriverProcess:
             raise OperationFailed("HealthCheckFailed", f"{self.name} reports not ok: {detail}")
         return report
 
+    async def answers(self, timeout: float) -> bool:
+        """Does the child answer a ping within ``timeout``? For a spare
+        (launched, not started: no watcher pings it); False once it exited."""
+        if not self.alive or self._channel is None or self._death is not None:
+            return False
+        seq = -next(self._ids)  # negative: never one of the watcher's
+        pong: asyncio.Future[None] = self._loop.create_future()
+        self._pongs[seq] = pong
+        try:
+            self._channel.send(Ping(seq))
+            await asyncio.wait(
+                [pong, self.exited],  # type: ignore[type-var]  # Future[None] and Future[int]
+                timeout=timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            self._pongs.pop(seq, None)
+        return pong.done()
+
     async def _request(
         self, request_id: int, message: Any, limit: float, what: str | tuple[str, str]
     ) -> Any:

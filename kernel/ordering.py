@@ -5,13 +5,17 @@ a wave may start concurrently once the previous wave has settled. Categories
 come in the configured order, unknown ones after, alphabetically. A driver
 whose requirement is absent, of another category, or in a cycle is BLOCKED
 with the reason, and so is everything that depends on it; the rest still
-start. Stopping walks the waves backwards.
+start. Stopping walks the waves backwards (``stop_order``), each wave
+concurrently: shutdown and ``drivebayctl stop`` both use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
+
+T = TypeVar("T")
 
 DEFAULT_CATEGORY_ORDER = ("network", "storage", "hypervisor")
 
@@ -30,6 +34,19 @@ class Plan:
 
     def stop_waves(self) -> list[list[str]]:
         return [list(wave) for wave in reversed(self.waves)]
+
+
+def stop_order(plan: Plan, items: Iterable[T], name: Callable[[T], str]) -> list[list[T]]:
+    """``items`` (named by ``name``) in the groups they stop in, one group
+    after the other and each group's members concurrently: first those outside
+    the plan (blocked, so not running, and nothing running needs them), then
+    the plan's waves backwards, dependents before what they require. Empty
+    groups are left out; inside a group the order of ``items`` is kept."""
+    rank = {member: index for index, wave in enumerate(plan.stop_waves()) for member in wave}
+    groups: dict[int, list[T]] = {}
+    for item in items:
+        groups.setdefault(rank.get(name(item), -1), []).append(item)
+    return [groups[index] for index in sorted(groups)]
 
 
 def category_rank(category: str, order: Sequence[str]) -> tuple[int, str]:

@@ -27,7 +27,7 @@ class State(enum.StrEnum):
     DRAINING = "DRAINING"  # superseded: its resources are moving to a newer version
     STOPPING = "STOPPING"
     BACKOFF = "BACKOFF"  # failed to start or crashed; waiting before a retry
-    FATAL = "FATAL"  # crash loop: left by `drivebayctl start` or a new bundle
+    FATAL = "FATAL"  # crash loop: left by its retry, `drivebayctl start` or a new bundle
     BLOCKED = "BLOCKED"  # a `requires` is missing, not running, or in a cycle
     INVALID = "INVALID"  # its bundle was rejected
     FAILED = "FAILED"  # failed to build, start, pass health or attach

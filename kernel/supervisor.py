@@ -5,8 +5,11 @@ A ``DriverSlot`` owns one driver version's lifecycle and, while it runs, its
 (BUILDING -> STARTING -> first health check -> RUNNING), serve until the
 process exits or an operator command arrives, and on an unexpected exit apply
 the restart rules (immediate restart after a good run, exponential BACKOFF
-after a failed start, FATAL after a crash loop). Operators reach it through
-``start``/``stop``/``restart``, which return once the target state is reached.
+after a failed start, FATAL after a crash loop, a retry out of FATAL after a
+growing delay). While it runs it keeps a warm spare child, pinged while idle
+and replaced when it dies, freezes or cannot be made. Operators reach it
+through ``start``/``stop``/``restart``, which return once the target state is
+reached; a reload reaches it through ``reconfigure``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from kernel.config import Config
 from kernel.driver_process import DriverProcess, Timeouts
+from kernel.reloading import spawn_settings
 from kernel.restarts import RestartTracker
 from kernel.states import Lifecycle, State
 from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
@@ -69,12 +73,18 @@ class DriverSlot:
         self._ctx = context
         self._goal = Goal.STOP
         self._command = asyncio.Event()
-        self.restarts = RestartTracker(context.current_config().restart)
+        self.restarts = RestartTracker(lambda: context.current_config().restart)
+        # When a FATAL slot is tried again: monotonic (for the wait) and
+        # wall-clock (for status); None: it stays FATAL.
+        self._retry_due: float | None = None
+        self._retry_at: float | None = None
+        self._reconfigured = asyncio.Event()  # a reload: re-read the health interval
         self._started_at: float | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._spare: DriverProcess | None = None
-        self._spare_task: asyncio.Task[None] | None = None
+        self._spare_task: asyncio.Task[None] | None = None  # _keep_spare
+        self._spec: SpawnSpec | None = None  # of the running process (for its spares)
         self._retiring = ""
         self._failure = ""
         self.output_listeners: set[Callable[[str, bytes], None]] = set()
@@ -106,6 +116,12 @@ class DriverSlot:
         if self.state is State.RUNNING and self._started_at is not None:
             return time.monotonic() - self._started_at
         return None
+
+    @property
+    def next_retry_at(self) -> float | None:
+        """When this FATAL slot is tried again (epoch seconds); None when it is
+        not FATAL or stays FATAL (``restart.fatal_retry_initial_s: null``)."""
+        return self._retry_at if self.state is State.FATAL else None
 
     @property
     def pid(self) -> int | None:
@@ -149,7 +165,9 @@ class DriverSlot:
                         if self._closed:
                             return
                         await self._wait_command()
-                    elif self.state in (State.FATAL, State.FAILED, State.BLOCKED, State.INVALID):
+                    elif self.state is State.FATAL:
+                        await self._wait_fatal()
+                    elif self.state in (State.FAILED, State.BLOCKED, State.INVALID):
                         await self._wait_command()
                     else:
                         await self._up_and_serve()
@@ -167,46 +185,109 @@ class DriverSlot:
         )
 
     def _prepare_spare(self, spec: SpawnSpec) -> None:
-        """Launch the next process now (to its Hello), in a task the slot owns."""
+        """Keep a spare from now on (``_keep_spare``, a task the slot owns)."""
         policy = self._ctx.current_config().restart
-        if not policy.spare or self._closed or self._spare_task is not None:
+        keeping = self._spare_task is not None and not self._spare_task.done()
+        if not policy.spare or self._closed or keeping:
             return
-        self._spare_settings = self.settings_now()
         self._spare_task = asyncio.get_running_loop().create_task(
-            self._launch_spare(spec), name=f"spare {self.name}"
+            self._keep_spare(spec), name=f"spare {self.name}"
         )
 
-    async def _launch_spare(self, spec: SpawnSpec) -> None:
-        spare = self._new_process(spec)
-        try:
-            await spare.launch()
-        except DriverError as exc:
-            log.info("%s: no spare process (%s)", self.name, exc)
-            return
-        assert spare.pid is not None
-        self._spare = spare
-        self._ctx.on_spawn(f"{self.name}.spare", spare.pid)
+    async def _keep_spare(self, spec: SpawnSpec) -> None:
+        """Keep one spare launched and answering until cancelled. A spare that
+        exits, or does not answer a ping within ``timeouts.spare_s`` (frozen),
+        is discarded and replaced; one that cannot be launched (no descriptors
+        left, say) is tried again after the restart backoff."""
+        failures = 0
+        while self._ctx.current_config().restart.spare:
+            spare = self._spare
+            if spare is None:
+                try:
+                    spare = await self._launch_spare(spec)
+                except (DriverError, OSError) as exc:
+                    delay = self.restarts.policy.backoff(failures)
+                    failures += 1
+                    # Loud once; a lasting cause would repeat it every backoff_max_s.
+                    level = logging.WARNING if failures == 1 else logging.INFO
+                    log.log(
+                        level,
+                        "%s: no spare process (%s); trying again in %.1fs",
+                        self.name,
+                        exc,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    continue
+                failures = 0
+            timeouts = self._ctx.current_config().timeouts
+            await asyncio.wait([spare.exited], timeout=timeouts.ping_interval_s)
+            if not await spare.answers(timeouts.spare_s):
+                await self._discard_spare(spare, timeouts.spare_s)
+        spare = self._spare  # restart.spare turned off by a reload
+        if spare is not None:
+            self._ctx.on_reap(f"{self.name}.spare", spare.pid)
+            await spare.discard()
+            self._spare = None  # only now: a cancel halfway leaves it to _drop_spare
 
-    async def _take_spare(self) -> DriverProcess | None:
-        """The launched spare, if one is ready and alive; else None."""
+    async def _launch_spare(self, spec: SpawnSpec) -> DriverProcess:
+        spare = self._new_process(spec)
+        settings = self.settings_now()
+        await spare.launch()
+        assert spare.pid is not None
+        self._spare, self._spare_settings = spare, settings
+        self._ctx.on_spawn(f"{self.name}.spare", spare.pid)
+        return spare
+
+    async def _discard_spare(self, spare: DriverProcess, spare_s: float) -> None:
+        """Kill and reap a spare that died or did not answer in time. It stays
+        the slot's spare until reaped: should this be cancelled halfway, whoever
+        takes or drops the spare next finishes the job."""
+        self._ctx.on_reap(f"{self.name}.spare", spare.pid)
+        if spare.alive:
+            log.warning(
+                "%s: spare pid %s did not answer a ping within %gs; discarded",
+                self.name,
+                spare.pid,
+                spare_s,
+            )
+            spare.kill_hung(f"spare did not answer a ping within {spare_s:g}s")
+        else:
+            log.warning("%s: spare pid %s exited; discarded", self.name, spare.pid)
+        await spare.discard()
+        self._spare = None
+
+    async def _stop_keeping_spare(self) -> None:
         task, self._spare_task = self._spare_task, None
-        if task is not None and not task.done():
-            task.cancel()  # still launching: a fresh start is as quick
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        spare, self._spare = self._spare, None
+
+    async def _take_spare(self) -> DriverProcess | None:
+        """The spare, if there is one and it answers within ``timeouts.spare_s``
+        (a frozen one would hold the restart up for the whole start deadline:
+        it is discarded, and the caller starts a fresh child at once)."""
+        await self._stop_keeping_spare()
+        spare = self._spare
         if spare is None:
             return None
-        self._ctx.on_reap(f"{self.name}.spare", spare.pid)
-        if not spare.alive:
-            await spare.discard()
+        spare_s = self._ctx.current_config().timeouts.spare_s
+        if not await spare.answers(spare_s):
+            await self._discard_spare(spare, spare_s)
             return None
+        self._spare = None
+        self._ctx.on_reap(f"{self.name}.spare", spare.pid)
+        spare.timeouts = self._timeouts()  # launched before, maybe under other timeouts
         return spare
 
     async def _drop_spare(self) -> None:
-        spare = await self._take_spare()
+        await self._stop_keeping_spare()
+        spare = self._spare
         if spare is not None:
+            self._ctx.on_reap(f"{self.name}.spare", spare.pid)
             await spare.discard()
+            self._spare = None
 
     @property
     def spare_pid(self) -> int | None:
@@ -226,6 +307,17 @@ class DriverSlot:
                 self.lifecycle.move(target, reason)
         if self._closed:
             self._goal = Goal.STOP
+
+    async def _wait_fatal(self) -> None:
+        """FATAL: wait for a command, or until the retry is due; then a fresh
+        round of restarts (the next FATAL waits twice as long)."""
+        due = self._retry_due
+        if await self._wait_command(None if due is None else max(0.0, due - time.monotonic())):
+            return  # the loop sees what the command means
+        self._retry_due = self._retry_at = None
+        self.restarts.retry_fatal()
+        log.info("retrying %s after FATAL", self.name)
+        await self._up_and_serve()
 
     async def _wait_command(self, timeout: float | None = None) -> bool:
         """Wait for an operator command (True) or the timeout (False)."""
@@ -261,7 +353,7 @@ class DriverSlot:
         if self._stop_wanted():
             return  # stopped while building: the loop takes it down
         self._move(State.STARTING, "")
-        spec = self._spec(python)
+        spec = self._spec = self._spec_for(python)
         if spec.run_as is not None:
             readable = [self._ctx.runtime_dir, self.bundle.path, spec.cwd]
             preflight(spec.run_as, python, readable)
@@ -294,16 +386,19 @@ class DriverSlot:
         """Until the process exits or a command arrives; checks health meanwhile."""
         process = self.process
         assert process is not None
-        interval = self._ctx.current_config().timeouts.health_interval_s
         while True:
+            interval = self._ctx.current_config().timeouts.health_interval_s
+            self._reconfigured.clear()
             command = asyncio.ensure_future(self._command.wait())
-            waits: list[asyncio.Future[Any]] = [process.exited, command]
+            reloaded = asyncio.ensure_future(self._reconfigured.wait())
+            waits: list[asyncio.Future[Any]] = [process.exited, command, reloaded]
             try:
                 done, _ = await asyncio.wait(
                     waits, timeout=interval, return_when=asyncio.FIRST_COMPLETED
                 )
             finally:
                 command.cancel()
+                reloaded.cancel()
             if process.exited.done():
                 await process.wait()
                 self._reaped()
@@ -311,6 +406,8 @@ class DriverSlot:
                 log.warning("exited: %s (%s; not expected)", self.name, process.exit_reason())
                 await self._after_exit(ran_for, process.exit_reason())
                 return
+            if done == {reloaded}:
+                continue  # the new health interval counts from now
             if done:  # a command: the loop decides what it means
                 self._command.clear()
                 if self._goal is Goal.STOP:
@@ -327,6 +424,9 @@ class DriverSlot:
         if delay is None:
             await self._drop_spare()  # a FATAL driver keeps nothing running
             policy = self.restarts.policy
+            retry = self.restarts.fatal_retry_delay()
+            if retry is not None:
+                self._retry_due, self._retry_at = time.monotonic() + retry, time.time() + retry
             self._move(
                 State.FATAL,
                 f"{reason}; gave up after {policy.max_restarts} restarts within "
@@ -376,16 +476,28 @@ class DriverSlot:
         """Ask for RUNNING; ``reset`` clears FATAL/FAILED/BLOCKED and past failures."""
         if reset:
             self.restarts.reset()
+            self._retry_due = self._retry_at = None
             if self.state in (State.FATAL, State.FAILED, State.BLOCKED):
                 self._move(State.STOPPED, "start requested")
         self._goal = Goal.RUN
         self._command.set()
 
+    def reconfigure(self) -> None:
+        """A reload: the new timeouts reach the running process and its spare
+        now, the health interval from now; the restart policy is read at each
+        decision anyway. ``restart.spare`` turned on starts a spare."""
+        timeouts = self._timeouts()
+        for process in (self.process, self._spare):
+            if process is not None:
+                process.timeouts = timeouts
+        self._reconfigured.set()
+        if self.state is State.RUNNING and self._spec is not None:
+            self._prepare_spare(self._spec)
+
     def settings_now(self) -> object:
-        """What of the config a process of this version is spawned with
-        (its driver's settings and the default limits), to compare."""
-        config = self._ctx.current_config()
-        return (config.for_driver(self.manifest.name), config.limits)
+        """What of the config a process of this version is spawned with, to
+        compare (``kernel.reloading.spawn_settings``)."""
+        return spawn_settings(self._ctx.current_config(), self.manifest.name)
 
     def crash_loop_on_probation(self) -> bool:
         """Did the crash loop that ended in FATAL begin within one restart
@@ -479,7 +591,7 @@ class DriverSlot:
             kill=settings.kill_s,
         )
 
-    def _spec(self, python: Path) -> SpawnSpec:
+    def _spec_for(self, python: Path) -> SpawnSpec:
         config = self._ctx.current_config()
         settings = config.for_driver(self.manifest.name)
         work = config.state_path / "work" / self.manifest.name

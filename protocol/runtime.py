@@ -555,18 +555,20 @@ def _handshake(
         if not data:
             os._exit(EXIT_PROTOCOL)
         messages = codec.feed(data)
-        if not messages:
-            continue
-        first, rest = messages[0], messages[1:]
-        match first:
-            case ["welcome", int(_), *_]:
-                return rest
-            case ["refuse", str(reason), *_]:
-                print(f"drivebay runtime: the kernel refused us: {reason}", file=sys.stderr)
-                os._exit(EXIT_REFUSED)
-            case _:
-                print(f"drivebay runtime: expected welcome, got {first[0]!r}", file=sys.stderr)
-                os._exit(EXIT_PROTOCOL)
+        for index, message in enumerate(messages):
+            match message:
+                case ["ping", int(seq), *_]:  # a spare waiting for its Welcome is pinged
+                    sock.sendall(codec.encode(["pong", seq]))
+                case ["welcome", int(_), *_]:
+                    return messages[index + 1 :]
+                case ["refuse", str(reason), *_]:
+                    print(f"drivebay runtime: the kernel refused us: {reason}", file=sys.stderr)
+                    os._exit(EXIT_REFUSED)
+                case _:
+                    print(
+                        f"drivebay runtime: expected welcome, got {message[0]!r}", file=sys.stderr
+                    )
+                    os._exit(EXIT_PROTOCOL)
 
 
 def _apply_limits(spec: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.ordering import Node, plan
+from kernel.ordering import Node, plan, stop_order
 from kernel.restarts import RestartPolicy, RestartTracker
 from kernel.states import TRANSITIONS, IllegalTransition, Lifecycle, State
 
@@ -47,20 +47,20 @@ def test_illegal_transition_raises_and_history_is_kept():
 def test_failed_starts_back_off_exponentially_with_jitter_then_fatal():
     clock = Clock()
     policy = RestartPolicy(backoff_initial_s=0.5, backoff_max_s=3, max_restarts=5, window_s=60)
-    tracker = RestartTracker(policy, clock, rng=lambda: 0.5)  # 0.5: no jitter
+    tracker = RestartTracker(lambda: policy, clock, rng=lambda: 0.5)  # 0.5: no jitter
     delays = []
     for _ in range(5):
         delays.append(tracker.next_delay(ran_for=None))
         clock.now += 1
     assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert tracker.next_delay(ran_for=None) is None  # the sixth within the window: FATAL
-    jittery = RestartTracker(policy, clock, rng=lambda: 1.0)
+    jittery = RestartTracker(lambda: policy, clock, rng=lambda: 1.0)
     assert jittery.next_delay(None) == pytest.approx(0.55)
 
 
 def test_a_good_run_restarts_at_once_and_old_failures_age_out():
     clock = Clock()
-    tracker = RestartTracker(RestartPolicy(max_restarts=2, window_s=10, startsecs=1), clock)
+    tracker = RestartTracker(lambda: RestartPolicy(max_restarts=2, window_s=10, startsecs=1), clock)
     assert tracker.next_delay(ran_for=30.0) == 0.0
     assert tracker.next_delay(ran_for=30.0) == 0.0
     assert tracker.next_delay(ran_for=30.0) is None
@@ -68,6 +68,52 @@ def test_a_good_run_restarts_at_once_and_old_failures_age_out():
     assert tracker.next_delay(ran_for=30.0) == 0.0
     tracker.reset()
     assert tracker.next_delay(ran_for=None) is not None
+
+
+def test_a_reloaded_policy_reaches_a_tracker_that_is_counting():
+    clock = Clock()
+    policy = RestartPolicy(max_restarts=2, window_s=60, startsecs=1)
+    tracker = RestartTracker(lambda: policy, clock)
+    assert tracker.next_delay(ran_for=30.0) == 0.0
+    assert tracker.next_delay(ran_for=30.0) == 0.0
+    policy = RestartPolicy(max_restarts=4, window_s=60, startsecs=1, backoff_initial_s=7, jitter=0)
+    assert tracker.policy.max_restarts == 4
+    assert tracker.next_delay(ran_for=30.0) == 0.0  # the old policy said FATAL here
+    assert tracker.next_delay(ran_for=None) == 7.0  # its backoff too
+    assert tracker.next_delay(ran_for=None) is None
+    policy = RestartPolicy(max_restarts=4, window_s=1, startsecs=1)
+    clock.now += 2  # its window too: the old restarts aged out
+    assert tracker.next_delay(ran_for=30.0) == 0.0
+
+
+def test_fatal_is_retried_after_a_delay_that_doubles_up_to_a_cap():
+    clock = Clock()
+    policy = RestartPolicy(fatal_retry_initial_s=10, fatal_retry_max_s=300)
+    tracker = RestartTracker(lambda: policy, clock)
+    delays = []
+    for _ in range(7):
+        delays.append(tracker.fatal_retry_delay())
+        clock.now += 5
+        tracker.retry_fatal()
+        clock.now += 1  # FATAL again one second after the retry
+    assert delays == [10, 20, 40, 80, 160, 300, 300]
+    clock.now += 300  # a retry that held for fatal_retry_max_s: start over
+    assert tracker.fatal_retry_delay() == 10
+    tracker.reset()  # an operator's start, a new bundle
+    assert tracker.fatal_retry_delay() == 10
+    policy = RestartPolicy(fatal_retry_initial_s=None)
+    assert tracker.fatal_retry_delay() is None  # stays FATAL, as configured
+
+
+def test_a_fatal_retry_is_a_fresh_round_of_restarts():
+    clock = Clock()
+    tracker = RestartTracker(lambda: RestartPolicy(max_restarts=1, window_s=600), clock)
+    assert tracker.next_delay(ran_for=30.0) == 0.0
+    assert tracker.next_delay(ran_for=30.0) is None
+    tracker.fatal_retry_delay()
+    tracker.retry_fatal()
+    assert tracker.next_delay(ran_for=30.0) == 0.0
+    assert tracker.next_delay(ran_for=30.0) is None
 
 
 def test_plan_orders_categories_then_requires():
@@ -105,3 +151,22 @@ def test_plan_blocks_cycles_missing_and_cross_category_and_their_dependents():
         "own category (storage)",
     }
     assert result.waves == [["net"], ["fine"]]
+
+
+def test_stop_order_groups_by_reverse_waves_with_the_unplanned_first():
+    nodes = {
+        "base": Node("base", "storage"),
+        "left": Node("left", "storage", ("base",)),
+        "right": Node("right", "storage", ("base",)),
+        "net": Node("net", "network"),
+        "ghostly": Node("ghostly", "storage", ("ghost",)),
+    }
+    result = plan(nodes)
+    items = [("net", 1), ("base", 1), ("left", 1), ("ghostly", 1), ("right", 1), ("left", 2)]
+    assert stop_order(result, items, lambda item: item[0]) == [
+        [("ghostly", 1)],  # blocked: not running, nothing waits for it
+        [("left", 1), ("right", 1), ("left", 2)],  # one wave: stopped together
+        [("base", 1)],
+        [("net", 1)],
+    ]
+    assert stop_order(result, [("base", 1)], lambda item: item[0]) == [[("base", 1)]]

@@ -1,0 +1,71 @@
+"""What a reload (``drivebayctl reload``, SIGHUP) does with each setting.
+
+One table, ``EFFECTS``, says for every top-level key of the config how a new
+value takes effect:
+
+- ``LIVE``: read where it is used, or pushed to the running slots by the
+  reload (``DriverSlot.reconfigure``): the next decision, deadline, check or
+  build uses it, in running drivers too.
+- ``RESPAWN``: spawned into a driver process (its environment, rlimits, log
+  files, channel): running versions are handed over to a fresh process with
+  the new value, as in an upgrade (``spawn_settings`` is what is compared).
+- ``RESTART``: fixed when the daemon starts; a reload keeps the old value and
+  says so (``keep_fixed``).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+from kernel.config import Config
+
+
+class Effect(enum.Enum):
+    LIVE = "live"
+    RESPAWN = "respawn"
+    RESTART = "restart"
+
+
+EFFECTS: dict[str, Effect] = {
+    "state_dir": Effect.RESTART,  # the lock, the database, the pid records live there
+    "drivers_dir": Effect.RESTART,  # watched from the start
+    "socket": Effect.RESTART,  # bound at start
+    "socket_group": Effect.RESTART,  # the socket's mode and group are set when it is made
+    "envs_dir": Effect.RESTART,  # running envs live there; collecting would remove them
+    "mailbox_size": Effect.RESTART,  # every resource's mailbox is sized when it is made
+    "uv_cache_dir": Effect.LIVE,
+    "category_order": Effect.LIVE,
+    "settle_s": Effect.LIVE,
+    "same_version_change": Effect.LIVE,
+    "restart": Effect.LIVE,
+    "timeouts": Effect.LIVE,
+    "bundles": Effect.LIVE,
+    "log_level": Effect.RESPAWN,  # the daemon's own level at once, drivers' by a new process
+    "python": Effect.RESPAWN,
+    "user": Effect.RESPAWN,
+    "max_frame_bytes": Effect.RESPAWN,
+    "limits": Effect.RESPAWN,
+    "logs": Effect.RESPAWN,
+    "drivers": Effect.RESPAWN,
+}
+
+
+def spawn_settings(config: Config, driver: str) -> tuple[Any, ...]:
+    """What of ``config`` a process of ``driver`` is spawned with: a running
+    process whose value differs is handed over to a new one."""
+    return tuple(
+        config.for_driver(driver) if key == "drivers" else getattr(config, key)
+        for key, effect in EFFECTS.items()
+        if effect is Effect.RESPAWN
+    )
+
+
+def keep_fixed(old: Config, new: Config) -> tuple[Config, list[str]]:
+    """``new`` with the RESTART settings of ``old``, and the names of those
+    that differed (a restart of drivebayd applies them)."""
+    fixed = [key for key, effect in EFFECTS.items() if effect is Effect.RESTART]
+    changed = [key for key in fixed if getattr(old, key) != getattr(new, key)]
+    return msgspec.structs.replace(new, **{key: getattr(old, key) for key in fixed}), changed
