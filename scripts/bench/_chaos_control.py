@@ -183,7 +183,8 @@ async def _kill_driver(scene: Scene) -> None:
     await scene.wait_running({row["pid"]}, killed)
 
 
-async def _fresh_client_answered(path: str) -> bool:
+async def _fresh_client(path: str) -> str:
+    """What a new client's ``version`` request gets."""
     try:
         async with asyncio.timeout(5.0):
             client = await ControlClient.connect(path)
@@ -191,9 +192,9 @@ async def _fresh_client_answered(path: str) -> bool:
                 await client.request("version")
             finally:
                 await client.close()
-    except Exception:  # refused, reset, timed out: not answered
-        return False
-    return True
+    except Exception as exc:  # refused, reset, timed out: not answered
+        return f"NOT answered ({type(exc).__name__}: {str(exc)[:80]})"
+    return "answered"
 
 
 async def control_abuse(scene: Scene, plan: AbusePlan) -> None:
@@ -213,8 +214,7 @@ async def control_abuse(scene: Scene, plan: AbusePlan) -> None:
         answered = await slow
         scene.note(f"slow senders ({plan.slow_byte_s:g} s a byte): {answered}/{plan.slow} answered")
         scene.after = (daemon.rss_kb(), daemon.fds())
-        fresh = await _fresh_client_answered(str(daemon.socket))
-        scene.note(f"a new client while all are held: {'answered' if fresh else 'NOT answered'}")
+        scene.note(f"a new client while all are held: {await _fresh_client(str(daemon.socket))}")
         await _kill_driver(scene)
         scene.note(f"driver killed while held: RUNNING after {scene.recoveries_ms[-1]:,.0f} ms")
     finally:
@@ -222,6 +222,5 @@ async def control_abuse(scene: Scene, plan: AbusePlan) -> None:
     await asyncio.sleep(plan.warm_s)
     await _kill_driver(scene)
     scene.note(f"driver killed after: RUNNING after {scene.recoveries_ms[-1]:,.0f} ms")
-    fresh = await _fresh_client_answered(str(daemon.socket))
-    scene.note(f"a new client after: {'answered' if fresh else 'NOT answered'}")
+    scene.note(f"a new client after: {await _fresh_client(str(daemon.socket))}")
     await asyncio.sleep(plan.tail_s)

@@ -7,8 +7,8 @@ and find its state. From outside, the tmpfs is reached through
 ``/proc/HOLDER/root``; mounts inside are made with ``nsenter``.
 
 Under a load whose every call prints a line (the driver's log is in the
-state dir), the disk is filled, then made read-only, then given its space
-back, then (as root) the database is made immutable. In each phase
+state dir), the disk is filled, then given its space back, then made
+read-only, then (as root) the database is made immutable. In each phase
 resources are added, changed and removed; each answer is compared with the
 daemon's resources at once and after a restart: an OK whose change is not
 there after the restart counts as *OK but not executed*. A bundle dropped
@@ -131,6 +131,7 @@ class Change:
     resource: str
     value: str
     answer: str = ""  # OK or the error type
+    message: str = ""  # the error's, if any
     live_agrees: bool | None = None
 
 
@@ -161,6 +162,7 @@ async def _change(client: ControlClient, driver: str, change: Change) -> None:
         change.answer = "OK"
     except OperationError as exc:
         change.answer = error_type(str(exc), exc.code)
+        change.message = str(exc)
     except TimeoutError:
         change.answer = "no answer"
     change.live_agrees = _agrees(change, await _resources(client))
@@ -203,6 +205,9 @@ async def disk_full(scene: Scene, ns: MountNamespace, plan: DiskPlan) -> None:
     scene.note(f"disk full: {written / 2**20:.1f} MiB written to fill it")
     daemon.drop(LATE)
     changes = await _phase(scene, "full", plan)
+    filler.unlink()
+    back, errors_then = time.perf_counter(), dict(scene.load.tally.errors)
+    await _late_bundle(scene, back, plan.late_wait_s)
     # The tmpfs cannot be remounted read-only while the daemon has files open
     # for writing (EBUSY): a read-only bind mount goes over it instead. Files
     # open before stay writable; every new one is refused (EROFS).
@@ -213,9 +218,6 @@ async def disk_full(scene: Scene, ns: MountNamespace, plan: DiskPlan) -> None:
         changes += await _phase(scene, "readonly", plan)
     finally:
         await ns.run("umount", "-l", state)
-    filler.unlink()
-    back, errors_then = time.perf_counter(), dict(scene.load.tally.errors)
-    scene.note("space back")
     if "immutable" in phases():
         db = [ns.inside(daemon.state / name) for name in ("resources.db", "resources.db-wal")]
         db = [path for path in db if path.exists()]
@@ -224,7 +226,6 @@ async def disk_full(scene: Scene, ns: MountNamespace, plan: DiskPlan) -> None:
             changes += await _phase(scene, "immutable", plan)
         finally:
             await _chattr("-i", db)
-    await _late_bundle(scene, back, plan.late_wait_s)
     await asyncio.sleep(plan.tail_s)
     later = {k: v - errors_then.get(k, 0) for k, v in scene.load.tally.errors.items()}
     later = {k: v for k, v in later.items() if v}
@@ -261,9 +262,11 @@ async def _late_bundle(scene: Scene, back: float, deadline: float) -> None:
 async def _after_restart(scene: Scene, changes: list[Change]) -> None:
     """Restart the daemon; compare what it holds with every answer."""
     daemon = scene.daemon
+    scene.probe.paused = True
     await daemon.stop()
     await daemon.start()
     scene.probe.client = daemon.admin
+    scene.probe.paused = False
     stored = await _resources(daemon.admin)
     lost = sum(1 for c in changes if c.answer == "OK" and not _agrees(c, stored))
     done_anyway = sum(1 for c in changes if c.answer != "OK" and not _agrees(c, stored))
@@ -272,6 +275,10 @@ async def _after_restart(scene: Scene, changes: list[Change]) -> None:
     for change in changes:
         answers[change.answer] = answers.get(change.answer, 0) + 1
     scene.note(f"{len(changes)} resource changes ({', '.join(phases())}): answers {answers}")
+    for phase in phases():
+        said = sorted({c.message for c in changes if c.phase == phase and c.message})
+        for message in said[:2]:
+            scene.note(f"  {phase}: {message[:110]!r}")
     scene.note(f"  answered OK but lost after a restart: {lost}")
     scene.note(f"  answered with an error but in effect after a restart: {done_anyway}")
     scene.note(f"  answer and the daemon's resources disagreeing at once: {live_wrong}")

@@ -27,13 +27,14 @@ GRACE_S = 5.0  # past a call's own deadline, before it counts as never answered
 
 
 def error_type(message: str, code: int | None = None) -> str:
-    """The type an error answer names (``DriverCrashed: ...``), else a short tag."""
+    """The type an error answer names (``DriverCrashed: ...``), else ``Error`` and
+    drivebayctl's exit code."""
     head = message.split(":", 1)[0]
     if head.isidentifier():
         return head
     if code == 4:
         return "NoSuchName"
-    return "Other"
+    return f"Error{code}"
 
 
 class Tally:

@@ -156,6 +156,7 @@ SHARED = {  # attack -> its driver, on the shared daemon, in this order
     "control_abuse": "chaos-abuse",
     "daemon_kill": "chaos-reboot",
 }
+ATTACKS = (*SHARED, "disk_full")
 DISK_DRIVER = "chaos-disk"
 HOSTILE_LIMITS = {"memory_mb": 256, "open_files": 256}
 
@@ -197,16 +198,19 @@ async def attack(
     return figures
 
 
-async def shared_attacks(plan: Plan, root: Path, envs_dir: Path, mark: str) -> dict[str, Figures]:
+async def shared_attacks(
+    plan: Plan, root: Path, envs_dir: Path, mark: str, only: set[str]
+) -> dict[str, Figures]:
+    chosen = {name: body for name, body in bodies(plan).items() if name in only}
     daemon = Chaosd(root, envs_dir, mark, daemon_settings())
-    for driver in SHARED.values():
-        daemon.add_driver(driver, HOSTILE_LIMITS if driver == "chaos-hostile" else None)
+    for name in chosen:
+        daemon.add_driver(SHARED[name], HOSTILE_LIMITS if name == "hostile_driver" else None)
     results: dict[str, Figures] = {}
     try:
         await daemon.start()
-        for driver in SHARED.values():
-            await daemon.wait_state(driver, "RUNNING")
-        for name, body in bodies(plan).items():
+        for name in chosen:
+            await daemon.wait_state(SHARED[name], "RUNNING")
+        for name, body in chosen.items():
             results[name] = await attack(daemon, name, SHARED[name], body, plan)
     finally:
         await daemon.stop()
@@ -253,10 +257,13 @@ async def _count_left(daemon: Chaosd, results: dict[str, Figures], attacks: dict
     reap_orphans(set())
 
 
-async def run_all(plan: Plan, root: Path, envs_dir: Path) -> dict[str, Figures]:
+async def run_all(plan: Plan, root: Path, envs_dir: Path, only: set[str]) -> dict[str, Figures]:
     mark = f"chaos{os.getpid()}x{time.monotonic_ns()}"
-    results = await shared_attacks(plan, root / "shared", envs_dir, mark)
-    results["disk_full"] = await disk_attack(plan, root / "disk", envs_dir, mark)
+    results: dict[str, Figures] = {}
+    if only & set(SHARED):
+        results = await shared_attacks(plan, root / "shared", envs_dir, mark, only)
+    if "disk_full" in only:
+        results["disk_full"] = await disk_attack(plan, root / "disk", envs_dir, mark)
     return results
 
 
@@ -336,7 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = _common.bench_parser(
         __doc__.split("\n\n")[0], "the short form: under 90 s, 50 kills under 50,000 calls"
     )
+    parser.add_argument(
+        "--attacks",
+        default=",".join(ATTACKS),
+        help="a comma-separated subset of the attacks (default: all of them)",
+    )
     options = parser.parse_args(argv)
+    only = set(options.attacks.split(","))
+    unknown = sorted(only - set(ATTACKS))
+    if unknown:
+        parser.error(f"unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
     plan = QUICK if options.quick else FULL
     options.envs_dir.mkdir(parents=True, exist_ok=True)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -345,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = _common.machine()["loadavg_1m"]
     with tempfile.TemporaryDirectory(prefix="drivebay-chaos-") as tmp:
-        results = uvloop.run(run_all(plan, Path(tmp), options.envs_dir))
+        results = uvloop.run(run_all(plan, Path(tmp), options.envs_dir, only))
     info = _common.machine()
     for name, figures in results.items():
         print(attack_table(name, figures), end="\n\n")
