@@ -28,7 +28,7 @@ from protocol.control import Reply, Request
 from protocol.frames import DEFAULT_MAX_FRAME
 
 CONNECT_S = 5.0
-SEND_S = 5.0
+SEND_S = 3.0
 
 
 @dataclass(frozen=True)

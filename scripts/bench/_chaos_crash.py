@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import _common
+from _chaos_daemon import signal_tree, tree
 from _chaos_scene import Scene
 
 
@@ -58,17 +59,19 @@ async def kill_storm(scene: Scene, plan: CrashPlan) -> None:
 
 
 async def sigstop_driver(scene: Scene, plan: CrashPlan) -> None:
-    """SIGSTOP of the driver: its pings go unanswered, it must be replaced."""
+    """SIGSTOP of the driver (and whatever runs under it): its pings go
+    unanswered, it must be replaced."""
     await asyncio.sleep(plan.warm_s)
     for _ in range(plan.stops):
         row = await scene.wait_spare(plan.spare_wait_s) or await scene.running_row()
         pid = row["pid"]
+        frozen = tree(pid)
         stopped = time.perf_counter()
-        _signal(pid, signal.SIGSTOP)
+        signal_tree(frozen, signal.SIGSTOP)
         try:
             await scene.wait_running({pid}, stopped)
         finally:
-            _signal(pid, signal.SIGCONT)
+            signal_tree(frozen, signal.SIGCONT)
         await asyncio.sleep(plan.gap_s)
     await asyncio.sleep(plan.tail_s)
 
@@ -82,13 +85,14 @@ async def sigstop_spare(scene: Scene, plan: CrashPlan) -> None:
         if row is None:
             raise RuntimeError(f"{scene.driver}: no spare within 30 s")
         pid, spare = row["pid"], row["spare_pid"]
-        _signal(spare, signal.SIGSTOP)
+        frozen = tree(spare)
+        signal_tree(frozen, signal.SIGSTOP)
         killed = time.perf_counter()
         _signal(pid, signal.SIGKILL)
         try:
             await scene.wait_running({pid, spare}, killed)
         finally:
-            _signal(spare, signal.SIGCONT)
+            signal_tree(frozen, signal.SIGCONT)
         await asyncio.sleep(plan.gap_s)
     await asyncio.sleep(plan.tail_s)
 

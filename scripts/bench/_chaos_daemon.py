@@ -238,6 +238,26 @@ def alive(pid: int) -> bool:
         return False
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a driver that runs under an init of its own
+    is frozen whole only so)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    todo += [int(child) for child in handle.read().split()]
+    return found
+
+
+def signal_tree(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
 def marked(marks: set[str]) -> dict[int, str]:
     """Live processes whose environment holds ``CHAOS_MARK=m`` for an ``m`` of
     ``marks``: pid -> m."""
