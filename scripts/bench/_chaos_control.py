@@ -27,7 +27,7 @@ from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.frames import DEFAULT_MAX_FRAME
 
-CONNECT_S = 5.0
+CONNECT_S = 2.0
 SEND_S = 3.0
 
 
@@ -75,7 +75,7 @@ class Crowd:
             self.failed[kind] = self.failed.get(kind, 0) + 1
             return None
 
-    async def idle(self, count: int, give_up_after: int = 20) -> int:
+    async def idle(self, count: int, give_up_after: int = 3) -> int:
         """Open ``count`` connections that say nothing (stop after ``give_up_after`` failures)."""
         opened, failed_before = 0, sum(self.failed.values())
         for _ in range(count):
