@@ -10,11 +10,13 @@ machine's speed (recovery times, RSS) are the benchmark's business.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -102,3 +104,44 @@ def test_the_kill_storm_is_a_storm(chaos: tuple[dict[str, Any], str]) -> None:
     assert storm is not None, report
     assert int(storm[1]) >= 50, report
     assert found["attacks"]["kill_storm"]["accepted"] >= 50_000, report
+
+
+def load_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The suite's load and ledger module, imported from its file (for this test only)."""
+    spec = importlib.util.spec_from_file_location("_chaos_load", SCRIPT.parent / "_chaos_load.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ledger_check_sees_every_kind_of_violation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checker the suite's verdicts rest on: fed a ledger with one of each
+    violation, it counts each once (and a clean ledger as clean)."""
+    chaos_load = load_module(monkeypatch)
+    tally = chaos_load.Tally(["a", "b"])
+    ops = [tally.next(resource) for resource in ("a", "a", "a", "b", "b")]
+    assert ops == [(0, 1), (1, 2), (2, 3), (3, 1), (4, 2)]
+    for op_id in range(5):
+        tally.answered(op_id, None if op_id != 3 else "DriverCrashed")
+    ledger = tmp_path / "ledger.txt"
+    clean = ["0 1 a 10", "1 2 a 10", "2 3 a 11", "4 2 b 11"]
+    ledger.write_text("".join(f"{line}\n" for line in clean))
+    check = chaos_load.check_ledger(ledger, tally)
+    assert (check.duplicated, check.reordered, check.ok_not_executed, check.unknown) == (0,) * 4
+    # op 1 ran again, op 0 ran after op 2 of its resource, op 4 (OK) is missing,
+    # and a line names an op never made.
+    broken = ["1 2 a 10", "2 3 a 10", "0 1 a 11", "1 2 a 11", "9 1 a 11"]
+    ledger.write_text("".join(f"{line}\n" for line in broken))
+    check = chaos_load.check_ledger(ledger, tally)
+    assert (check.duplicated, check.reordered, check.ok_not_executed, check.unknown) == (
+        1,
+        2,
+        1,
+        1,
+    )
+    assert tally.count(chaos_load.PENDING) == 0
+    assert dict(tally.errors) == {"DriverCrashed": 1}
