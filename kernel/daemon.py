@@ -80,6 +80,7 @@ class Kernel:
         self._lock = StateLock(self.state_dir)
         self._runtime_dir: Path | None = None
         self._reload_wanted = False
+        self._look_again: asyncio.TimerHandle | None = None
 
     # -- running ---------------------------------------------------------------
 
@@ -142,10 +143,17 @@ class Kernel:
         self._kick.set()
 
     async def _watch(self) -> None:
-        """Wake the reconciler whenever the drivers directory changes. A
-        directory removed and made again (``rm -rf drivers; mkdir drivers``)
-        is a new one to the kernel's watch: seen within WATCH_CHECK_S, the
-        watch starts over on it."""
+        """Wake the reconciler whenever the drivers directory changes.
+
+        The watch is not recursive: it covers the drivers dir and the folders
+        the registry's walks entered, so it never follows a link (a recursive
+        watch walks, on the loop, whatever a link points to) and never enters
+        more of a bundle than its limits allow. Each change marks its entry
+        for the next rescan. When the set of folders changes, or the drivers
+        dir is removed and made again (``rm -rf drivers; mkdir drivers``),
+        the watch starts over, seen within WATCH_CHECK_S, and every entry is
+        looked at again (what changed in between is not missed).
+        """
         self.kick()
         path = self.config.drivers_path
         root = str(path.absolute())
@@ -155,28 +163,34 @@ class Kernel:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), WATCH_CHECK_S)
                 continue
+            folders = self.registry.watch_dirs()
+            self.registry.touch_all()
+            self.kick()
             try:
                 async for changes in watchfiles.awatch(
                     path,
+                    *sorted(folders),
                     stop_event=self._stop,
                     debounce=200,
                     step=50,
-                    recursive=True,
+                    recursive=False,
                     ignore_permission_denied=True,
                     rust_timeout=int(WATCH_CHECK_S * 1000),
                     yield_on_timeout=True,
                 ):
                     if changes:
+                        self.registry.touched(changed for _, changed in changes)
                         self.kick()
                     # The watch dies with its directory; a new one may even
                     # get the same inode number, so the deletion event counts.
                     if _inode(path) != watched or (watchfiles.Change.deleted, root) in changes:
+                        log.info("drivers dir %s was removed or replaced; watching it anew", path)
                         break
-            except FileNotFoundError:
-                pass
-            if not self._stop.is_set():
-                log.info("drivers dir %s was removed or replaced; watching it anew", path)
-            self.kick()  # whatever is in the new directory
+                    if self.registry.watch_dirs() != folders:
+                        break
+            except FileNotFoundError:  # a folder went before its watch began: soon rescanned
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), WATCH_CHECK_S)
 
     async def _reconciler(self) -> None:
         while True:
@@ -196,9 +210,13 @@ class Kernel:
                 log.exception("reconciling failed; retrying in 5 s")
                 asyncio.get_running_loop().call_later(5, self.kick)
             self.ready.set()
-            if self.registry.unsettled:
-                # A directory still being copied: look again once it may have settled.
-                asyncio.get_running_loop().call_later(self.config.settle_s, self.kick)
+            if self._look_again is not None:
+                self._look_again.cancel()
+            # A directory still being copied, or a bundle to retry: look again
+            # then, although nothing changed.
+            wait = self.registry.look_again_in()
+            if wait is not None:
+                self._look_again = asyncio.get_running_loop().call_later(wait, self.kick)
 
     # -- reconciling -----------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import BundleError
+from protocol.errors import BundleError, KernelError
 from sandbox.bundle_limits import human_bytes
-from sandbox.bundle_reader import ReadLimits, read_bundle
+from sandbox.bundle_reader import ReadLimits, read_bundle, read_failure
 from tests.sandbox.bundles import LICENSE_TEXT, make_bundle, zip_bundle
 
 
@@ -509,3 +510,17 @@ def test_manifest_error_in_a_directory_bundle(tmp_path: Path) -> None:
     assert rejection(bundle) == (
         "x: driver.yaml: version: '1.2.x' is not a PEP 440 version (for example 1.2.0)"
     )
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EBUSY, errno.EAGAIN, errno.ENOMEM, errno.ENOSPC])
+def test_a_read_failure_of_the_host_is_retried_not_final(code):
+    error = read_failure("b.zip", OSError(code, os.strerror(code)))
+    assert type(error) is KernelError
+    assert str(error) == f"b.zip: cannot read it now ({os.strerror(code)})"
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOENT, errno.ELOOP])
+def test_a_read_failure_of_the_bundle_is_final(code):
+    error = read_failure("b.zip", OSError(code, os.strerror(code)))
+    assert type(error) is BundleError
+    assert str(error) == f"b.zip: cannot read it ({os.strerror(code)}); check it and drop it again"
