@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kernel.config import BundleLimitSettings
 from kernel.drivers_dir import list_candidates, walk
 from kernel.load_retry import LoadRetries, RetryPolicy
 from kernel.registry import Registry, settled
@@ -52,7 +53,7 @@ def test_a_walk_stops_at_the_depth_limit(tmp_path):
     drivers = tmp_path / "drivers"
     deep = drivers / "deep"
     (deep / "/".join(f"n{i}" for i in range(100))).mkdir(parents=True)
-    seen = walk(only(drivers, "deep"), ReadLimits(max_depth=5))
+    seen = walk(only(drivers, "deep"), BundleLimitSettings(max_depth=5).read_limits())
     assert seen.refused is not None and "nested deeper than 5 folders" in seen.refused
     assert seen.visited <= 6
 
