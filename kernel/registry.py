@@ -42,6 +42,7 @@ class Entry:
     bundle: StoredBundle | None = None
     error: str | None = None
     seen_at: float = 0.0
+    limits: ReadLimits | None = None  # the limits it was judged under
 
     @property
     def label(self) -> str:
@@ -69,7 +70,7 @@ class Registry:
         limits: ReadLimits | None = None,
         retries: LoadRetries[Path] | None = None,
     ) -> None:
-        self.limits = limits or ReadLimits()
+        self._limits = limits or ReadLimits()
         self.drivers_dir = drivers_dir
         self.state_dir = state_dir
         self.settle_s = settle_s
@@ -86,6 +87,18 @@ class Registry:
         self._twins: dict[Path, str] = {}
         self._held: dict[Path, str] = {}
         self._logged: set[str] = set()
+
+    @property
+    def limits(self) -> ReadLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: ReadLimits) -> None:
+        """New limits (a reload): every entry refused under the old ones is
+        judged again at the next rescan."""
+        if limits != self._limits:
+            self._limits = limits
+            self._touched = None
 
     # -- what to look at -----------------------------------------------------------
 
@@ -174,7 +187,12 @@ class Registry:
     def _decide(self, path: Path, top: Top, seen: Walk, due: bool) -> bool:
         """Record what a fresh walk of ``path`` means; True: load the bundle."""
         entry = self.entries.get(path)
-        if entry is not None and entry.walk.fingerprint == seen.fingerprint and not due:
+        if (
+            entry is not None
+            and entry.walk.fingerprint == seen.fingerprint
+            and not due
+            and (entry.error is None or entry.limits == self.limits)
+        ):
             entry.top, entry.walk = top, seen
             self.unsettled.pop(path, None)
             return False
@@ -182,7 +200,9 @@ class Registry:
             self.retries.forget(path)  # a changed bundle is tried at once
         if seen.refused is not None:
             self.unsettled.pop(path, None)
-            self.entries[path] = Entry(path, top, seen, error=seen.refused, seen_at=time.time())
+            self.entries[path] = Entry(
+                path, top, seen, error=seen.refused, seen_at=time.time(), limits=self.limits
+            )
             log.warning("rejected bundle: %s", seen.refused)
             return False
         if top.is_dir and top.link is None:
@@ -196,7 +216,7 @@ class Registry:
         return True
 
     async def _load(self, path: Path, top: Top, seen: Walk) -> Entry:
-        entry = Entry(path, top, seen, seen_at=time.time())
+        entry = Entry(path, top, seen, seen_at=time.time(), limits=self.limits)
         try:
             entry.bundle = await asyncio.to_thread(load_bundle, path, self.state_dir, self.limits)
         except BundleError as exc:

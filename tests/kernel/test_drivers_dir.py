@@ -190,3 +190,17 @@ def test_temporary_hidden_and_plain_files_are_not_candidates(tmp_path, name):
     (drivers / name).write_text("")
     os.mkdir(drivers / "real")
     assert list(list_candidates(drivers)) == [drivers / "real"]
+
+
+def test_new_limits_judge_again_what_the_old_ones_refused(tmp_path):
+    drivers = tmp_path / "drivers"
+    wide_tree(drivers / "huge", folders=2, files=30)
+    registry = Registry(drivers, tmp_path / "state", settle_s=0, limits=ReadLimits(max_members=50))
+    run(registry.rescan())
+    assert registry.verdict(registry.entries[drivers / "huge"]) == (
+        "huge: more than 50 entries; a bundle may hold at most 50"
+    )
+    registry.limits = ReadLimits(max_members=100)  # a reload
+    assert run(registry.rescan())
+    verdict = registry.verdict(registry.entries[drivers / "huge"])
+    assert verdict is not None and verdict.startswith("huge: driver.yaml: missing")
