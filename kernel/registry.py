@@ -18,6 +18,7 @@ name, the versions available and the newest one.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Collection, Iterable
@@ -27,9 +28,12 @@ from pathlib import Path
 from kernel.drivers_dir import Top, Walk, list_candidates, walk
 from kernel.load_retry import LoadRetries
 from protocol.errors import BundleError, DrivebayError, KernelError
+from sandbox.bundle_errors import shown
 from sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
 
 log = logging.getLogger("drivebay.registry")
+
+WATCH_MAX_DIRS = 1000
 
 
 @dataclass
@@ -122,10 +126,16 @@ class Registry:
         self._touched = None
 
     def watch_dirs(self) -> frozenset[Path]:
-        """The directories the walks entered: what the watcher must watch."""
-        walks = [entry.walk for entry in self.entries.values()]
-        walks += [pending for pending, _ in self.unsettled.values()]
-        return frozenset(d for w in walks for d in w.dirs)
+        """The directories the walks met: what the watcher must watch. At most
+        WATCH_MAX_DIRS (each costs the watch's start on the loop about 10 µs),
+        those of usable bundles and of directories being copied first; a
+        change in a folder beyond them is seen once its entry changes at the
+        top or is walked again."""
+        usable = sorted(self.entries.items(), key=lambda item: (item[1].bundle is None, item[0]))
+        walks = [pending for pending, _ in self.unsettled.values()]
+        walks += [entry.walk for _, entry in usable]
+        folders = (folder for w in walks for folder in w.dirs)
+        return frozenset(itertools.islice(dict.fromkeys(folders), WATCH_MAX_DIRS))
 
     def look_again_in(self) -> float | None:
         """Seconds until a rescan is needed without any change (an entry to
@@ -226,7 +236,9 @@ class Registry:
         except DrivebayError as exc:  # the host's fault (disk full, ...): tried again
             delay = self.retries.failed(path)
             at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
-            entry.error = f"{path.name}: {exc}; trying again at {at}"
+            name = shown(path.name)
+            reason = str(exc).removeprefix(f"{name}: ")  # the reader names the bundle
+            entry.error = f"{name}: {reason}; trying again at {at}"
             log.error("could not take bundle %s (trying again in %g s): %s", path.name, delay, exc)
         else:
             self.retries.forget(path)

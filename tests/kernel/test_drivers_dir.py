@@ -13,7 +13,7 @@ import pytest
 from kernel.config import BundleLimitSettings
 from kernel.drivers_dir import list_candidates, walk
 from kernel.load_retry import LoadRetries, RetryPolicy
-from kernel.registry import Registry, settled
+from kernel.registry import WATCH_MAX_DIRS, Registry, settled
 from sandbox.bundle_limits import ReadLimits
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
@@ -204,3 +204,14 @@ def test_new_limits_judge_again_what_the_old_ones_refused(tmp_path):
     assert run(registry.rescan())
     verdict = registry.verdict(registry.entries[drivers / "huge"])
     assert verdict is not None and verdict.startswith("huge: driver.yaml: missing")
+
+
+def test_the_folders_to_watch_are_bounded_usable_bundles_first(tmp_path):
+    drivers = tmp_path / "drivers"
+    good = make_bundle(drivers, "good")
+    wide_tree(drivers / "a-huge", folders=1500, files=0)
+    registry = Registry(drivers, tmp_path / "state", settle_s=0)
+    run(registry.rescan())
+    folders = registry.watch_dirs()
+    assert len(folders) == WATCH_MAX_DIRS
+    assert {good, good / "src"} <= folders
