@@ -12,7 +12,6 @@ TaskGroup.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -22,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import watchfiles
 
 from kernel.actor import DriverAbsent, ResourceActor
 from kernel.config import Config
+from kernel.drivers_watch import watch_drivers
 from kernel.handover import hand_over
 from kernel.ordering import Node, Plan, plan
 from kernel.registry import Registry
@@ -143,54 +142,8 @@ class Kernel:
         self._kick.set()
 
     async def _watch(self) -> None:
-        """Wake the reconciler whenever the drivers directory changes.
-
-        The watch is not recursive: it covers the drivers dir and the folders
-        the registry's walks entered, so it never follows a link (a recursive
-        watch walks, on the loop, whatever a link points to) and never enters
-        more of a bundle than its limits allow. Each change marks its entry
-        for the next rescan. When the set of folders changes, or the drivers
-        dir is removed and made again (``rm -rf drivers; mkdir drivers``),
-        the watch starts over, seen within WATCH_CHECK_S, and every entry is
-        looked at again (what changed in between is not missed).
-        """
-        self.kick()
-        path = self.config.drivers_path
-        root = str(path.absolute())
-        while not self._stop.is_set():
-            watched = _inode(path)
-            if watched is None:  # gone: look again soon, as for a bundle being copied
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), WATCH_CHECK_S)
-                continue
-            folders = self.registry.watch_dirs()
-            self.registry.touch_all()
-            self.kick()
-            try:
-                async for changes in watchfiles.awatch(
-                    path,
-                    *sorted(folders),
-                    stop_event=self._stop,
-                    debounce=200,
-                    step=50,
-                    recursive=False,
-                    ignore_permission_denied=True,
-                    rust_timeout=int(WATCH_CHECK_S * 1000),
-                    yield_on_timeout=True,
-                ):
-                    if changes:
-                        self.registry.touched(changed for _, changed in changes)
-                        self.kick()
-                    # The watch dies with its directory; a new one may even
-                    # get the same inode number, so the deletion event counts.
-                    if _inode(path) != watched or (watchfiles.Change.deleted, root) in changes:
-                        log.info("drivers dir %s was removed or replaced; watching it anew", path)
-                        break
-                    if self.registry.watch_dirs() != folders:
-                        break
-            except FileNotFoundError:  # a folder went before its watch began: soon rescanned
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), WATCH_CHECK_S)
+        """Wake the reconciler whenever the drivers directory changes."""
+        await watch_drivers(self.config.drivers_path, self.registry, self.kick, self._stop)
 
     async def _reconciler(self) -> None:
         while True:
@@ -713,13 +666,3 @@ class Kernel:
     def all_slots(self) -> list[DriverSlot]:
         """Every slot status shows: serving ones and ones being drained."""
         return [*self.slots.values(), *self.retiring]
-
-
-WATCH_CHECK_S = 2.0  # how often the watch checks that its directory is still the same
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
