@@ -127,8 +127,8 @@ class Registry:
 
     def watch_dirs(self) -> frozenset[Path]:
         """The directories the walks met: what the watcher must watch. At most
-        WATCH_MAX_DIRS (each costs the watch's start on the loop about 10 µs),
-        those of usable bundles and of directories being copied first; a
+        WATCH_MAX_DIRS (each is an inotify watch, which the whole system
+        shares), those of directories being copied and usable bundles first; a
         change in a folder beyond them is seen once its entry changes at the
         top or is walked again."""
         usable = sorted(self.entries.items(), key=lambda item: (item[1].bundle is None, item[0]))

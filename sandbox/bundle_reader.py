@@ -12,7 +12,8 @@ dropped file meanwhile. The reader trusts nothing in the bundle:
   while it is read does not escape either;
 - entry count, folder depth, bytes per file, bytes in total and (for zips)
   the compression ratio are bounded by ``ReadLimits`` before anything is
-  decompressed;
+  decompressed; a zip declaring too many entries is refused before its
+  central directory is parsed (``sandbox.zip_end``);
 - a zip's CRCs are verified, so a half-written zip fails with one line.
 
 The layout (``driver.yaml``, ``LICENSE``, ``src/``, optional ``lib/*.whl``)
@@ -32,6 +33,7 @@ from protocol.errors import BundleError, DrivebayError, KernelError
 from sandbox.bundle_errors import reject, shown
 from sandbox.bundle_layout import BundleFiles, check_layout
 from sandbox.bundle_limits import Budget, ReadLimits
+from sandbox.zip_end import declared_entries
 
 __all__ = ["TRANSIENT_ERRNOS", "ReadLimits", "read_bundle", "read_failure"]
 
@@ -159,6 +161,9 @@ def _read_zip(path: Path, bundle: str, limits: ReadLimits) -> tuple[dict[str, by
     budget = Budget(bundle, limits)
     files: dict[str, bytes] = {}
     dirs: set[str] = set()
+    declared = declared_entries(path)
+    if declared is not None and declared > limits.max_members:
+        Budget(bundle, limits).add_member(declared)  # refused before zipfile parses them all
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()
