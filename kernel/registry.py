@@ -213,7 +213,8 @@ class Registry:
             self.entries[path] = Entry(
                 path, top, seen, error=seen.refused, seen_at=time.time(), limits=self.limits
             )
-            log.warning("rejected bundle: %s", seen.refused)
+            if entry is None or entry.error != seen.refused:  # once, not at every change of a copy
+                log.warning("rejected bundle: %s", seen.refused)
             return False
         if top.is_dir and top.link is None:
             pending = self.unsettled.get(path)

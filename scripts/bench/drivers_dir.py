@@ -10,10 +10,11 @@ drivebayd (default settings) runs 3 idle drivers. Then a directory of
 100,000 files in 100 folders (20,000 with ``--quick``), a link to ``/`` and a
 link to ``/usr`` are moved into its drivers dir (all three end INVALID). One
 connected client sends ``status`` requests back to back for 20 s (5 s);
-meanwhile a file is added to the big directory every 100 ms, so the daemon
-walks it again (up to ``bundles.max_members`` entries) about ten times a
-second. Figures: status latency p50, p99 and max (ms), the requests timed,
-and the walks of the big directory while timing (counted from the log).
+meanwhile a badly named file appears in or goes from the big directory
+every 100 ms, so the daemon walks it again (up to ``bundles.max_members``
+entries) and its verdict changes, several times a second. Figures: status
+latency p50, p99 and max (ms), the requests timed, and the walks of the big
+directory while timing (its verdicts logged).
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ def sample(fleet: Drivebay, huge: Path, seconds: float) -> tuple[list[int], int]
     """Status latencies (ns) while ``huge`` keeps changing; and the walks meanwhile."""
     stop = threading.Event()
 
-    def poke() -> None:
-        count = 0
+    def poke() -> None:  # a badly named file, there or not: the verdict changes each time
+        bad = huge / "back\\slash"
         while not stop.wait(POKE_S):
-            (huge / f"poke{count}").touch()
-            count += 1
+            if bad.exists():
+                bad.unlink()
+            else:
+                bad.touch()
 
     walks_before = fleet.log_path.read_text().count(WALKED)
     poker = threading.Thread(target=poke, name="poker")

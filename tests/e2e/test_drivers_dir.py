@@ -32,9 +32,17 @@ def huge_tree(root: Path, folders: int = 100, files: int = 1000) -> Path:
     return root
 
 
+def flip(path: Path) -> None:
+    if path.exists():
+        path.unlink()
+    else:
+        path.touch()
+
+
 async def status_latencies(daemon: Daemon, huge: Path, walks: int) -> list[float]:
     """Status requests on one connection until the daemon has walked ``huge``
-    ``walks`` times more: every 20th request adds a file to it."""
+    ``walks`` times more: every 20th request adds or removes a badly named
+    file in it, which changes its verdict."""
     client = await ControlClient.connect(str(daemon.socket))
     base = daemon.log().count("rejected bundle: huge:")
     end = time.monotonic() + 60
@@ -43,7 +51,7 @@ async def status_latencies(daemon: Daemon, huge: Path, walks: int) -> list[float
         while daemon.log().count("rejected bundle: huge:") < base + walks:
             assert time.monotonic() < end, f"huge walked fewer than {walks} times in 60 s"
             if len(took) % 20 == 0:
-                (huge / f"poke{len(took)}").touch()
+                flip(huge / "back\\slash")
             start = time.perf_counter()
             rows = await client.request("status")
             took.append(time.perf_counter() - start)
