@@ -7,6 +7,7 @@ refuses it), and a walk looks at links inside a bundle without entering
 them (the reader refuses those). A walk stops at the first bundle limit it
 meets (entries, folder depth, bytes): a tree of a million files costs what
 ``max_members`` entries cost, and the limit it hit is the bundle's verdict.
+``settled`` is the pure rule for a directory still being copied.
 """
 
 from __future__ import annotations
@@ -91,6 +92,29 @@ def _candidate(entry: os.DirEntry[str]) -> Top | None:
         return None
     top_stat = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
     return Top(Path(entry.path), top_stat, is_dir, link)
+
+
+def look(
+    drivers_dir: Path, limits: ReadLimits, known: dict[Path, Top], again: set[Path], wide: bool
+) -> tuple[dict[Path, Top], dict[Path, Walk]]:
+    """The entries of ``drivers_dir`` now, and a walk of each one that is new,
+    changed at the top (``known`` is the last look), or asked for (``again``;
+    every one if ``wide``)."""
+    tops = list_candidates(drivers_dir)
+    walks = {
+        path: walk(top, limits)
+        for path, top in tops.items()
+        if wide or path in again or known.get(path) != top
+    }
+    return tops, walks
+
+
+def settled(seen: Walk, unchanged_for: float, now: float, settle_s: float) -> bool:
+    """Has a directory stopped changing? Yes when nothing in it was modified
+    within ``settle_s`` (by the wall clock ``now``), or when the walk has seen
+    the same fingerprint for ``settle_s`` (a future mtime, from a fast clock
+    elsewhere, waits no longer than that)."""
+    return now - seen.newest_ns / 1e9 >= settle_s or unchanged_for >= settle_s
 
 
 def walk(top: Top, limits: ReadLimits) -> Walk:

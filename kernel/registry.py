@@ -25,7 +25,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel.drivers_dir import Top, Walk, list_candidates, walk
+from kernel.drivers_dir import Top, Walk, look, settled
 from kernel.load_retry import LoadRetries
 from protocol.errors import BundleError, DrivebayError, KernelError
 from sandbox.bundle_errors import shown
@@ -53,14 +53,6 @@ class Entry:
         if self.bundle is not None:
             return f"{self.bundle.manifest.name}@{self.bundle.manifest.version}"
         return self.path.name
-
-
-def settled(walk: Walk, unchanged_for: float, now: float, settle_s: float) -> bool:
-    """Has a directory stopped changing? Yes when nothing in it was modified
-    within ``settle_s`` (by the wall clock ``now``), or when the walk has seen
-    the same fingerprint for ``settle_s`` (a future mtime, from a fast clock
-    elsewhere, waits no longer than that)."""
-    return now - walk.newest_ns / 1e9 >= settle_s or unchanged_for >= settle_s
 
 
 class Registry:
@@ -161,7 +153,9 @@ class Registry:
         known = {path: entry.top for path, entry in self.entries.items()}
         wide = touched is None
         try:
-            tops, walks = await asyncio.to_thread(self._look, known, again, wide)
+            tops, walks = await asyncio.to_thread(
+                look, self.drivers_dir, self.limits, known, again, wide
+            )
         except OSError as exc:
             raise KernelError(
                 f"cannot read drivers dir {self.drivers_dir}: {exc.strerror}"
@@ -180,19 +174,6 @@ class Registry:
                 self.entries[path] = await self._load(path, tops[path], seen)
             changed = changed or self.entries.get(path) is not before
         return changed
-
-    def _look(
-        self, known: dict[Path, Top], again: set[Path], wide: bool
-    ) -> tuple[dict[Path, Top], dict[Path, Walk]]:
-        """(In a worker thread.) The entries now, and a walk of each one that
-        is new, changed at the top, or asked for (``again``; all if ``wide``)."""
-        tops = list_candidates(self.drivers_dir)
-        walks = {
-            path: walk(top, self.limits)
-            for path, top in tops.items()
-            if wide or path in again or known.get(path) != top
-        }
-        return tops, walks
 
     def _decide(self, path: Path, top: Top, seen: Walk, due: bool) -> bool:
         """Record what a fresh walk of ``path`` means; True: load the bundle."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kernel.config import BundleLimitSettings
-from kernel.drivers_dir import list_candidates, walk
+from kernel.drivers_dir import list_candidates, settled, walk
 from kernel.load_retry import LoadRetries, RetryPolicy
-from kernel.registry import WATCH_MAX_DIRS, Registry, settled
+from kernel.registry import WATCH_MAX_DIRS, Registry
 from sandbox.bundle_limits import ReadLimits
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
