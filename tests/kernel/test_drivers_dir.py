@@ -215,3 +215,17 @@ def test_the_folders_to_watch_are_bounded_usable_bundles_first(tmp_path):
     folders = registry.watch_dirs()
     assert len(folders) == WATCH_MAX_DIRS
     assert {good, good / "src"} <= folders
+
+
+def test_a_directory_being_copied_waits_until_it_settles(tmp_path):
+    drivers = tmp_path / "drivers"
+    bundle = make_bundle(drivers, "fresh")  # just written: it may still be being copied
+    registry = Registry(drivers, tmp_path / "state", settle_s=3600)
+    assert not run(registry.rescan())
+    assert registry.entries == {} and list(registry.unsettled) == [bundle]
+    assert registry.look_again_in() == 3600
+    assert bundle / "src" in registry.watch_dirs()  # its changes are watched meanwhile
+    for path in [bundle, *bundle.rglob("*")]:
+        os.utime(path, (1, 1), follow_symlinks=False)  # quiet for long: settled
+    assert run(registry.rescan())
+    assert registry.entries[bundle].bundle is not None and registry.unsettled == {}
