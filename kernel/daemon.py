@@ -157,19 +157,23 @@ class Kernel:
                     log.error("reload failed, keeping the old configuration: %s", exc)
             try:
                 await self.reconcile()
+                self._look_again_later()
                 if not self.registry.unsettled:
                     await self.collect_envs()
             except Exception:  # a kernel bug or a host problem: log it, keep serving
                 log.exception("reconciling failed; retrying in 5 s")
                 asyncio.get_running_loop().call_later(5, self.kick)
             self.ready.set()
-            if self._look_again is not None:
-                self._look_again.cancel()
-            # A directory still being copied, or a bundle to retry: look again
-            # then, although nothing changed.
-            wait = self.registry.look_again_in()
-            if wait is not None:
-                self._look_again = asyncio.get_running_loop().call_later(wait, self.kick)
+
+    def _look_again_later(self) -> None:
+        """A directory still being copied, or a bundle to retry: reconcile
+        again when the registry needs it, although nothing changed."""
+        if self._look_again is not None:
+            self._look_again.cancel()
+            self._look_again = None
+        wait = self.registry.look_again_in()
+        if wait is not None:
+            self._look_again = asyncio.get_running_loop().call_later(wait, self.kick)
 
     # -- reconciling -----------------------------------------------------------
 

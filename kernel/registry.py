@@ -178,16 +178,17 @@ class Registry:
     def _decide(self, path: Path, top: Top, seen: Walk, due: bool) -> bool:
         """Record what a fresh walk of ``path`` means; True: load the bundle."""
         entry = self.entries.get(path)
+        judged = entry is not None and entry.walk.fingerprint == seen.fingerprint
         if (
             entry is not None
-            and entry.walk.fingerprint == seen.fingerprint
+            and judged
             and not due
             and (entry.error is None or entry.limits == self.limits)
         ):
             entry.top, entry.walk = top, seen
             self.unsettled.pop(path, None)
             return False
-        if entry is None or entry.walk.fingerprint != seen.fingerprint:
+        if not judged:
             self.retries.forget(path)  # a changed bundle is tried at once
         if seen.refused is not None:
             self.unsettled.pop(path, None)
@@ -197,7 +198,7 @@ class Registry:
             if entry is None or entry.error != seen.refused:  # once, not at every change of a copy
                 log.warning("rejected bundle: %s", seen.refused)
             return False
-        if top.is_dir and top.link is None:
+        if top.is_dir and top.link is None and not judged:  # judged: it had settled
             pending = self.unsettled.get(path)
             since = pending[1] if pending and pending[0].fingerprint == seen.fingerprint else None
             now = time.monotonic()

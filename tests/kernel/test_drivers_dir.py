@@ -229,3 +229,20 @@ def test_a_directory_being_copied_waits_until_it_settles(tmp_path):
         os.utime(path, (1, 1), follow_symlinks=False)  # quiet for long: settled
     assert run(registry.rescan())
     assert registry.entries[bundle].bundle is not None and registry.unsettled == {}
+
+
+def test_a_retry_does_not_wait_for_a_settled_directory_to_settle_again(tmp_path):
+    drivers, state = tmp_path / "drivers", tmp_path / "state"
+    bundle = make_bundle(drivers, "alpha")
+    state.mkdir()
+    (state / "bundles").write_text("in the way")
+    clock = Clock()
+    registry = Registry(drivers, state, settle_s=0, retries=LoadRetries(clock=clock))
+    run(registry.rescan())  # settled at once, not stored
+    assert registry.entries[bundle].bundle is None
+    registry.settle_s = 3600  # its files now look as fresh as ever
+    (state / "bundles").unlink()
+    clock.now += 1
+    assert run(registry.rescan())  # the retry loads the same content, already settled
+    assert registry.entries[bundle].bundle is not None
+    assert registry.unsettled == {} and registry.look_again_in() is None
