@@ -59,6 +59,7 @@ class BundleLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     max_total_mb: int = 200
     max_file_mb: int = 100
     max_ratio: int = 100  # compression ratio of a zip member (zip bombs)
+    max_depth: int = 64  # folders nested inside one bundle
 
     def read_limits(self) -> ReadLimits:
         from sandbox.bundle_reader import ReadLimits  # zipfile and friends: not for drivebayctl
@@ -69,6 +70,7 @@ class BundleLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
             max_total_bytes=self.max_total_mb * mib,
             max_member_bytes=self.max_file_mb * mib,
             max_ratio=self.max_ratio,
+            max_depth=self.max_depth,
         )
 
 

@@ -12,7 +12,6 @@ TaskGroup.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -21,10 +20,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import watchfiles
-
 from kernel.actor import DriverAbsent, ResourceActor
 from kernel.config import Config
+from kernel.drivers_watch import watch_drivers
 from kernel.handover import hand_over
 from kernel.ordering import Node, Plan, plan, stop_order
 from kernel.registry import Registry
@@ -82,6 +80,7 @@ class Kernel:
         self._lock = StateLock(self.state_dir)
         self._runtime_dir: Path | None = None
         self._reload_wanted = False
+        self._look_again: asyncio.TimerHandle | None = None
 
     # -- running ---------------------------------------------------------------
 
@@ -144,41 +143,8 @@ class Kernel:
         self._kick.set()
 
     async def _watch(self) -> None:
-        """Wake the reconciler whenever the drivers directory changes. A
-        directory removed and made again (``rm -rf drivers; mkdir drivers``)
-        is a new one to the kernel's watch: seen within WATCH_CHECK_S, the
-        watch starts over on it."""
-        self.kick()
-        path = self.config.drivers_path
-        root = str(path.absolute())
-        while not self._stop.is_set():
-            watched = _inode(path)
-            if watched is None:  # gone: look again soon, as for a bundle being copied
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), WATCH_CHECK_S)
-                continue
-            try:
-                async for changes in watchfiles.awatch(
-                    path,
-                    stop_event=self._stop,
-                    debounce=200,
-                    step=50,
-                    recursive=True,
-                    ignore_permission_denied=True,
-                    rust_timeout=int(WATCH_CHECK_S * 1000),
-                    yield_on_timeout=True,
-                ):
-                    if changes:
-                        self.kick()
-                    # The watch dies with its directory; a new one may even
-                    # get the same inode number, so the deletion event counts.
-                    if _inode(path) != watched or (watchfiles.Change.deleted, root) in changes:
-                        break
-            except FileNotFoundError:
-                pass
-            if not self._stop.is_set():
-                log.info("drivers dir %s was removed or replaced; watching it anew", path)
-            self.kick()  # whatever is in the new directory
+        """Wake the reconciler whenever the drivers directory changes."""
+        await watch_drivers(self.config.drivers_path, self.registry, self.kick, self._stop)
 
     async def _reconciler(self) -> None:
         while True:
@@ -192,15 +158,23 @@ class Kernel:
                     log.error("reload failed, keeping the old configuration: %s", exc)
             try:
                 await self.reconcile()
+                self._look_again_later()
                 if not self.registry.unsettled:
                     await self.collect_envs()
             except Exception:  # a kernel bug or a host problem: log it, keep serving
                 log.exception("reconciling failed; retrying in 5 s")
                 asyncio.get_running_loop().call_later(5, self.kick)
             self.ready.set()
-            if self.registry.unsettled:
-                # A directory still being copied: look again once it may have settled.
-                asyncio.get_running_loop().call_later(self.config.settle_s, self.kick)
+
+    def _look_again_later(self) -> None:
+        """A directory still being copied, or a bundle to retry: reconcile
+        again when the registry needs it, although nothing changed."""
+        if self._look_again is not None:
+            self._look_again.cancel()
+            self._look_again = None
+        wait = self.registry.look_again_in()
+        if wait is not None:
+            self._look_again = asyncio.get_running_loop().call_later(wait, self.kick)
 
     # -- reconciling -----------------------------------------------------------
 
@@ -713,13 +687,3 @@ class Kernel:
     def all_slots(self) -> list[DriverSlot]:
         """Every slot status shows: serving ones and ones being drained."""
         return [*self.slots.values(), *self.retiring]
-
-
-WATCH_CHECK_S = 2.0  # how often the watch checks that its directory is still the same
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None

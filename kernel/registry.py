@@ -1,30 +1,39 @@
 """What the drivers directory holds: every bundle file, verified or rejected.
 
-``rescan`` compares each entry's fingerprint (size and mtime of every file
-in it) with the last scan and loads only what changed, so a rescan after a
-watch event is cheap. A directory must keep the same fingerprint for
-``settle_s`` before it is loaded (still being copied otherwise); a zip must
-read completely with good CRCs (a half-written one is rejected and retried
-when it changes again). From the entries it derives, per driver name, the
-versions available and the newest one.
+``rescan`` never touches the file system on the event loop: listing the
+drivers dir, walking entries (``kernel.drivers_dir``) and reading bundles
+run in a worker thread, and only their results are applied on the loop, so
+the control socket keeps answering whatever the drivers dir holds. An entry
+is walked again only when its own ``lstat`` changed, the watcher saw a
+change inside it (``touched``), or it is waiting (to settle, or for a retry);
+so an INVALID tree of a million files costs nothing until it changes. A
+directory must look quiet (no mtime within ``settle_s``, or the same
+fingerprint for ``settle_s``) before it is loaded (still being copied
+otherwise); a zip must read completely with good CRCs. A bundle that could
+not be taken for a reason not its own (full disk, I/O error) is tried again
+with backoff (``kernel.load_retry``). From the entries it derives, per driver
+name, the versions available and the newest one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import os
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernel.drivers_dir import Top, Walk, look, settled
+from kernel.load_retry import LoadRetries
 from protocol.errors import BundleError, DrivebayError, KernelError
+from sandbox.bundle_errors import shown
 from sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
 
 log = logging.getLogger("drivebay.registry")
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+WATCH_MAX_DIRS = 1000
 
 
 @dataclass
@@ -32,42 +41,18 @@ class Entry:
     """One file or directory in the drivers dir and its verdict."""
 
     path: Path
-    fingerprint: Fingerprint
+    top: Top
+    walk: Walk
     bundle: StoredBundle | None = None
     error: str | None = None
     seen_at: float = 0.0
+    limits: ReadLimits | None = None  # the limits it was judged under
 
     @property
     def label(self) -> str:
         if self.bundle is not None:
             return f"{self.bundle.manifest.name}@{self.bundle.manifest.version}"
         return self.path.name
-
-
-def fingerprint(path: Path) -> Fingerprint:
-    """Size and mtime of every file under ``path`` (or of ``path`` itself)."""
-    if path.is_file():
-        info = path.stat()
-        return (("", info.st_size, info.st_mtime_ns),)
-    items: list[tuple[str, int, int]] = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            try:
-                info = os.lstat(full)
-            except FileNotFoundError:
-                continue
-            items.append((os.path.relpath(full, path), info.st_size, info.st_mtime_ns))
-    return tuple(items)
-
-
-def is_candidate(path: Path) -> bool:
-    """Bundles are directories and .zip files; hidden and temporary names are not."""
-    name = path.name
-    if name.startswith(".") or name.endswith(("~", ".tmp", ".part", ".swp")):
-        return False
-    return path.is_dir() or name.endswith(".zip")
 
 
 class Registry:
@@ -79,13 +64,18 @@ class Registry:
         state_dir: Path,
         settle_s: float = 1.0,
         limits: ReadLimits | None = None,
+        retries: LoadRetries[Path] | None = None,
     ) -> None:
-        self.limits = limits or ReadLimits()
+        self._limits = limits or ReadLimits()
         self.drivers_dir = drivers_dir
         self.state_dir = state_dir
         self.settle_s = settle_s
         self.entries: dict[Path, Entry] = {}
-        self.unsettled: set[Path] = set()
+        # Directories still changing: their last walk and since when (monotonic)
+        # it has been the same.
+        self.unsettled: dict[Path, tuple[Walk, float]] = {}
+        self.retries: LoadRetries[Path] = retries or LoadRetries()
+        self._touched: set[Path] | None = None  # None: look at every entry
         # Verdicts worked out anew on every pass, which leave the entry's
         # bundle alone: a twin of a version another file provides, and a
         # same-version change the kernel holds back (``hold``). Once the
@@ -94,60 +84,147 @@ class Registry:
         self._held: dict[Path, str] = {}
         self._logged: set[str] = set()
 
+    @property
+    def limits(self) -> ReadLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: ReadLimits) -> None:
+        """New limits (a reload): every entry refused under the old ones is
+        judged again at the next rescan."""
+        if limits != self._limits:
+            self._limits = limits
+            self._touched = None
+
+    # -- what to look at -----------------------------------------------------------
+
+    def touched(self, paths: Iterable[str]) -> None:
+        """The watcher saw ``paths`` change: walk their entries at the next rescan."""
+        if self._touched is None:
+            return
+        root = self.drivers_dir.absolute()
+        for changed in paths:
+            try:
+                parts = Path(changed).relative_to(root).parts
+            except ValueError:
+                continue
+            if not parts:  # the drivers dir itself
+                self._touched = None
+                return
+            self._touched.add(self.drivers_dir / parts[0])
+
+    def touch_all(self) -> None:
+        """Walk every entry at the next rescan (the watch was (re)started)."""
+        self._touched = None
+
+    def watch_dirs(self) -> frozenset[Path]:
+        """The directories the walks met: what the watcher must watch. At most
+        WATCH_MAX_DIRS (each is an inotify watch, which the whole system
+        shares), those of directories being copied and usable bundles first; a
+        change in a folder beyond them is seen once its entry changes at the
+        top or is walked again."""
+        usable = sorted(self.entries.items(), key=lambda item: (item[1].bundle is None, item[0]))
+        walks = [pending for pending, _ in self.unsettled.values()]
+        walks += [entry.walk for _, entry in usable]
+        folders = (folder for w in walks for folder in w.dirs)
+        return frozenset(itertools.islice(dict.fromkeys(folders), WATCH_MAX_DIRS))
+
+    def look_again_in(self) -> float | None:
+        """Seconds until a rescan is needed without any change (an entry to
+        settle or to retry), or None."""
+        waits = [self.retries.next_in(), self.settle_s if self.unsettled else None]
+        return min((w for w in waits if w is not None), default=None)
+
+    # -- rescanning ----------------------------------------------------------------
+
     async def rescan(self) -> bool:
         """Bring entries up to date; True when anything changed."""
         self._held.clear()
+        touched, self._touched = self._touched, set()
         try:
-            present = sorted(p for p in self.drivers_dir.iterdir() if is_candidate(p))
-        except FileNotFoundError:
-            present = []
+            return await self._rescan(touched)
+        except BaseException:
+            self._touched = None  # what was touched may not have been seen
+            raise
+
+    async def _rescan(self, touched: set[Path] | None) -> bool:
+        due = self.retries.due()
+        again = {*due, *self.unsettled} if touched is None else {*touched, *due, *self.unsettled}
+        known = {path: entry.top for path, entry in self.entries.items()}
+        wide = touched is None
+        try:
+            tops, walks = await asyncio.to_thread(
+                look, self.drivers_dir, self.limits, known, again, wide
+            )
         except OSError as exc:
             raise KernelError(
                 f"cannot read drivers dir {self.drivers_dir}: {exc.strerror}"
             ) from exc
         changed = False
-        for gone in set(self.entries) - set(present):
+        for gone in set(self.entries) - set(tops):
             log.info("bundle removed: %s", gone.name)
             del self.entries[gone]
+            self.retries.forget(gone)
             changed = True
-        self.unsettled.clear()
-        for path in present:
-            print_ = self._fingerprint(path)
-            known = self.entries.get(path)
-            if known is not None and known.fingerprint == print_:
-                continue
-            if path.is_dir() and not await self._settled(path, print_):
-                self.unsettled.add(path)
-                continue
-            self.entries[path] = await self._load(path, print_)
-            changed = True
+        for gone in set(self.unsettled) - set(tops):
+            del self.unsettled[gone]
+        for path, seen in walks.items():
+            before = self.entries.get(path)
+            if self._decide(path, tops[path], seen, path in due):
+                self.entries[path] = await self._load(path, tops[path], seen)
+            changed = changed or self.entries.get(path) is not before
         return changed
 
-    def _fingerprint(self, path: Path) -> Fingerprint:
-        try:
-            return fingerprint(path)
-        except OSError:
-            return ()
+    def _decide(self, path: Path, top: Top, seen: Walk, due: bool) -> bool:
+        """Record what a fresh walk of ``path`` means; True: load the bundle."""
+        entry = self.entries.get(path)
+        judged = entry is not None and entry.walk.fingerprint == seen.fingerprint
+        if (
+            entry is not None
+            and judged
+            and not due
+            and (entry.error is None or entry.limits == self.limits)
+        ):
+            entry.top, entry.walk = top, seen
+            self.unsettled.pop(path, None)
+            return False
+        if not judged:
+            self.retries.forget(path)  # a changed bundle is tried at once
+        if seen.refused is not None:
+            self.unsettled.pop(path, None)
+            self.entries[path] = Entry(
+                path, top, seen, error=seen.refused, seen_at=time.time(), limits=self.limits
+            )
+            if entry is None or entry.error != seen.refused:  # once, not at every change of a copy
+                log.warning("rejected bundle: %s", seen.refused)
+            return False
+        if top.is_dir and top.link is None and not judged:  # judged: it had settled
+            pending = self.unsettled.get(path)
+            since = pending[1] if pending and pending[0].fingerprint == seen.fingerprint else None
+            now = time.monotonic()
+            if not settled(seen, now - (since or now), time.time(), self.settle_s):
+                self.unsettled[path] = (seen, since or now)
+                return False
+        self.unsettled.pop(path, None)
+        return True
 
-    async def _settled(self, path: Path, first: Fingerprint) -> bool:
-        """Unchanged for ``settle_s``? (A copy in progress keeps changing.)"""
-        newest = max((mtime for _, _, mtime in first), default=0) / 1e9
-        quiet_for = time.time() - newest
-        if quiet_for < self.settle_s:  # a future mtime (a fast clock elsewhere) waits settle_s
-            await asyncio.sleep(min(self.settle_s, self.settle_s - quiet_for))
-        return self._fingerprint(path) == first
-
-    async def _load(self, path: Path, print_: Fingerprint) -> Entry:
-        entry = Entry(path, print_, seen_at=time.time())
+    async def _load(self, path: Path, top: Top, seen: Walk) -> Entry:
+        entry = Entry(path, top, seen, seen_at=time.time(), limits=self.limits)
         try:
             entry.bundle = await asyncio.to_thread(load_bundle, path, self.state_dir, self.limits)
         except BundleError as exc:
+            self.retries.forget(path)
             entry.error = str(exc)
             log.warning("rejected bundle: %s", exc)
-        except DrivebayError as exc:  # storing it failed (disk full, ...): this bundle only
-            entry.error = f"{path.name}: {exc}"
-            log.error("could not take bundle %s: %s", path.name, exc)
+        except DrivebayError as exc:  # the host's fault (disk full, ...): tried again
+            delay = self.retries.failed(path)
+            at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+            name = shown(path.name)
+            reason = str(exc).removeprefix(f"{name}: ")  # the reader names the bundle
+            entry.error = f"{name}: {reason}; trying again at {at}"
+            log.error("could not take bundle %s (trying again in %g s): %s", path.name, delay, exc)
         else:
+            self.retries.forget(path)
             log.info("verified bundle %s: %s", path.name, entry.label)
         return entry
 

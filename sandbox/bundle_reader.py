@@ -12,7 +12,8 @@ dropped file meanwhile. The reader trusts nothing in the bundle:
   while it is read does not escape either;
 - entry count, folder depth, bytes per file, bytes in total and (for zips)
   the compression ratio are bounded by ``ReadLimits`` before anything is
-  decompressed;
+  decompressed; a zip declaring too many entries is refused before its
+  central directory is parsed (``sandbox.zip_end``);
 - a zip's CRCs are verified, so a half-written zip fails with one line.
 
 The layout (``driver.yaml``, ``LICENSE``, ``src/``, optional ``lib/*.whl``)
@@ -28,11 +29,13 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from sandbox.bundle_errors import reject
+from protocol.errors import BundleError, DrivebayError, KernelError
+from sandbox.bundle_errors import reject, shown
 from sandbox.bundle_layout import BundleFiles, check_layout
 from sandbox.bundle_limits import Budget, ReadLimits
+from sandbox.zip_end import declared_entries
 
-__all__ = ["ReadLimits", "read_bundle"]
+__all__ = ["TRANSIENT_ERRNOS", "ReadLimits", "read_bundle", "read_failure"]
 
 
 def read_bundle(path: Path, limits: ReadLimits | None = None) -> BundleFiles:
@@ -40,6 +43,8 @@ def read_bundle(path: Path, limits: ReadLimits | None = None) -> BundleFiles:
 
     Raises ``BundleError`` (one line starting with ``path.name``) when the
     bundle is unreadable, unsafe or invalid; nothing outside it is touched.
+    Raises ``KernelError`` when reading failed for a reason of the host's
+    (``read_failure``): the same bundle may read fine later.
     """
     limits = limits or ReadLimits()
     bundle = path.name
@@ -52,8 +57,38 @@ def read_bundle(path: Path, limits: ReadLimits | None = None) -> BundleFiles:
         else:
             reject(bundle, "not a bundle; a bundle is a directory or a .zip file")
     except OSError as exc:
-        reject(bundle, f"cannot read it ({exc.strerror or exc}); check it and drop it again")
+        raise read_failure(bundle, exc) from exc
     return check_layout(bundle, path, files, dirs)
+
+
+# Failures of the host, not of the bundle: reading it again later may work.
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.EBUSY,
+        errno.EAGAIN,
+        errno.EINTR,
+        errno.ENOMEM,
+        errno.ENOBUFS,
+        errno.ENFILE,
+        errno.EMFILE,
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.ETIMEDOUT,
+        errno.ESTALE,
+    }
+)
+
+
+def read_failure(bundle: str, exc: OSError) -> DrivebayError:
+    """The error for a bundle that could not be read: ``KernelError`` when the
+    host is at fault (``TRANSIENT_ERRNOS``: the kernel reads it again later),
+    else ``BundleError`` (permissions, a part that vanished: final until the
+    bundle changes)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in TRANSIENT_ERRNOS:
+        return KernelError(f"{shown(bundle)}: cannot read it now ({reason})")
+    return BundleError(f"{shown(bundle)}: cannot read it ({reason}); check it and drop it again")
 
 
 _LINK = "is a symbolic link; bundles may not contain links, put the file itself there"
@@ -126,6 +161,9 @@ def _read_zip(path: Path, bundle: str, limits: ReadLimits) -> tuple[dict[str, by
     budget = Budget(bundle, limits)
     files: dict[str, bytes] = {}
     dirs: set[str] = set()
+    declared = declared_entries(path)
+    if declared is not None and declared > limits.max_members:
+        Budget(bundle, limits).add_member(declared)  # refused before zipfile parses them all
     try:
         with zipfile.ZipFile(path) as archive:
             infos = archive.infolist()

@@ -32,6 +32,7 @@ def load_bundle(path: Path, state_dir: Path, limits: ReadLimits | None = None) -
     The returned bundle's ``path`` is the read-only copy the driver must run
     from. Raises ``BundleError`` (one line: bundle, file, field, fix) when the
     bundle is rejected; nothing is stored then. Raises ``KernelError`` when the
-    state directory cannot be written.
+    host is at fault (the state directory cannot be written, reading failed
+    with an I/O error...): the same bundle may be taken later.
     """
     return store_bundle(read_bundle(path, limits), state_dir)

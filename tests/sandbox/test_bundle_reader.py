@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -10,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import BundleError
+from protocol.errors import BundleError, KernelError
 from sandbox.bundle_limits import human_bytes
-from sandbox.bundle_reader import ReadLimits, read_bundle
+from sandbox.bundle_reader import ReadLimits, read_bundle, read_failure
+from sandbox.zip_end import declared_entries
 from tests.sandbox.bundles import LICENSE_TEXT, make_bundle, zip_bundle
 
 
@@ -508,4 +510,41 @@ def test_manifest_error_in_a_directory_bundle(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, manifest_extra={"version": "1.2.x"}).rename(tmp_path / "x")
     assert rejection(bundle) == (
         "x: driver.yaml: version: '1.2.x' is not a PEP 440 version (for example 1.2.0)"
+    )
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.EBUSY, errno.EAGAIN, errno.ENOMEM, errno.ENOSPC])
+def test_a_read_failure_of_the_host_is_retried_not_final(code):
+    error = read_failure("b.zip", OSError(code, os.strerror(code)))
+    assert type(error) is KernelError
+    assert str(error) == f"b.zip: cannot read it now ({os.strerror(code)})"
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOENT, errno.ELOOP])
+def test_a_read_failure_of_the_bundle_is_final(code):
+    error = read_failure("b.zip", OSError(code, os.strerror(code)))
+    assert type(error) is BundleError
+    assert str(error) == f"b.zip: cannot read it ({os.strerror(code)}); check it and drop it again"
+
+
+def test_a_zip_declaring_too_many_entries_is_refused_before_they_are_parsed(tmp_path):
+    archive = zip_bundle(make_bundle(tmp_path))
+    data = bytearray(archive.read_bytes())
+    end = data.rfind(b"PK\x05\x06")
+    data[end + 8 : end + 12] = (60_000).to_bytes(2, "little") * 2  # entries declared
+    archive.write_bytes(bytes(data))
+    assert declared_entries(archive) == 60_000
+    assert rejection(archive, ReadLimits(max_members=100)) == (
+        "demo-1.0.0.zip: more than 100 entries; a bundle may hold at most 100"
+    )
+
+
+def test_a_zip64_declares_its_entries_in_its_zip64_end_record(tmp_path):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for i in range(70_000):  # over 65,535: only a zip64 end record can say it
+            zipped.writestr(f"f{i}", b"")
+    assert declared_entries(archive) == 70_000
+    assert rejection(archive) == (
+        "many.zip: more than 10000 entries; a bundle may hold at most 10000"
     )
