@@ -30,6 +30,7 @@ class ControlClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         self._connection: FramedChannel[Reply] | None = None
+        self._refusal: OperationError | None = None  # the daemon's word on closing
 
     @classmethod
     async def connect(cls, path: str) -> ControlClient:
@@ -42,6 +43,10 @@ class ControlClient:
         return client
 
     def _reply(self, reply: Reply) -> None:
+        if reply.id == 0 and not reply.ok:  # about the connection: refused, or closing
+            self._refusal = OperationError(reply.error, reply.code)
+            self._fail_all(self._refusal)
+            return
         future = self._waiting.pop(reply.id, None)
         if future is not None and not future.done():
             future.set_result(reply)
@@ -62,7 +67,7 @@ class ControlClient:
         """Send one request and return its result; OperationError on an error reply."""
         connection = self._connection
         if connection is None or connection.closing:
-            raise ConnectionError("not connected to drivebayd")
+            raise self._refusal or ConnectionError("not connected to drivebayd")
         request_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future

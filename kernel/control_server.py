@@ -5,7 +5,10 @@ dir, speaking the same framed msgspec protocol as the drivers. Each
 connection checks its peer's credentials (SO_PEERCRED): the daemon's own
 user, root, and members of ``socket_group`` are served; anyone else gets one
 refusal reply. Requests on a connection run concurrently, each in a task the
-connection owns and cancels when the client goes away.
+connection owns and cancels when the client goes away. What clients may hold
+(connections, bytes of requests being received, time to send one) is bounded
+as ``kernel/control_limits.py`` says; a client over a bound gets one line and
+is disconnected.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel.channel import FramedChannel
 from kernel.commands import HANDLERS, STREAMS, call_error, submit_call
+from kernel.control_limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
@@ -63,6 +68,52 @@ def _user_name(uid: int) -> str:
         return ""
 
 
+@dataclass
+class ServerLimits:
+    """The bounds all connections of one server share."""
+
+    gate: ConnectionGate
+    budget: RequestBudget
+    refused: int = 0  # connections refused since the gate last admitted one
+
+
+class ControlChannel(FramedChannel[Request]):
+    """A connection's channel that reports each read, and stops reading from a
+    client while it does not read its replies (they would pile up here)."""
+
+    def __init__(
+        self,
+        connection: ControlConnection,
+        codec: MessageCodec[Request],
+        on_read: Callable[[], None],
+    ) -> None:
+        super().__init__(
+            codec,
+            connection.dispatch,
+            connection.violation,
+            connection.made,
+            connection.lost,
+        )
+        self._on_read = on_read
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if not self.closing:
+            self._on_read()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self.closing:
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.closing:
+            assert self.transport is not None
+            self.transport.resume_reading()
+
+
 class ControlConnection:
     """One client: its requests run concurrently, in tasks it owns.
 
@@ -73,28 +124,88 @@ class ControlConnection:
     dropped.
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, limits: ServerLimits) -> None:
         self._kernel = kernel
+        self._limits = limits
+        self._admitted = False  # counted by the gate
+        self._held = 0  # bytes the request being received reserved in the budget
+        self._deadline: asyncio.TimerHandle | None = None  # for the request being received
+        self._progress = False  # a request completed since the last read
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
-        codec: MessageCodec[Request] = MessageCodec(Request, "control client")
-        self.channel = FramedChannel(
-            codec, self._dispatch, self._violation, self._check_peer, self._lost
-        )
+        max_frame = kernel.config.max_frame_bytes
+        codec: MessageCodec[Request] = MessageCodec(Request, "control client", max_frame)
+        self.channel = ControlChannel(self, codec, self._after_read)
 
-    def _check_peer(self, transport: asyncio.Transport) -> None:
+    def made(self, transport: asyncio.Transport) -> None:
+        limits = self._limits
+        if not limits.gate.enter():
+            if limits.refused == 0:
+                log.warning("control connections at the limit: %s", limits.gate.refusal)
+            limits.refused += 1
+            self._refuse(limits.gate.refusal)
+            return
+        self._admitted = True
+        if limits.refused:
+            log.info("accepting control connections again (%d refused)", limits.refused)
+            limits.refused = 0
         sock = transport.get_extra_info("socket")
         allowed, who = peer_allowed(sock, self._kernel.config.socket_group)
         if not allowed:
             log.warning("refused control connection from %s", who)
-            self._send(Reply(0, False, error=REFUSED, code=EXIT_FAILURE))
-            transport.close()
+            self._refuse(REFUSED)
 
-    def _violation(self, error: ProtocolError) -> None:
+    def _refuse(self, line: str) -> None:
+        """Say why in one line, and close (after the line is written)."""
+        self._send(Reply(0, False, error=line, code=EXIT_FAILURE))
+        self.channel.close()
+
+    def _after_read(self) -> None:
+        """Bound what the request being received holds: its size, from its
+        length prefix, against the shared budget; its time against
+        ``timeouts.request_s``."""
+        codec = self.channel.codec
+        if not self._reserve(codec.announced):
+            return
+        if codec.pending == 0:
+            self._end_deadline()
+        elif self._progress or self._deadline is None:  # a new request began
+            self._end_deadline()
+            request_s = self._kernel.config.timeouts.request_s
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(request_s, self._stalled, request_s)
+        self._progress = False
+
+    def _reserve(self, announced: int) -> bool:
+        need = wanted(announced)
+        if need == self._held:
+            return True
+        budget = self._limits.budget
+        budget.give(self._held)
+        self._held = 0
+        if need and not budget.take(need):
+            log.warning("control request refused: %s", budget.refusal(need))
+            self._refuse(budget.refusal(need))
+            return False
+        self._held = need
+        return True
+
+    def _stalled(self, request_s: float) -> None:
+        self._deadline = None
+        log.info("closing a control connection: %s", stalled(request_s))
+        self._refuse(stalled(request_s))
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def violation(self, error: ProtocolError) -> None:
         self._send(Reply(0, False, error=str(error), code=EXIT_USAGE))
 
-    def _dispatch(self, request: Request) -> None:
+    def dispatch(self, request: Request) -> None:
+        self._progress = True
         if request.command == "call":
             self._call(request)
             return
@@ -141,7 +252,13 @@ class ControlConnection:
             return
         self._send(Reply(request_id, False, error=str(error), code=error.exit_code))
 
-    def _lost(self) -> None:
+    def lost(self) -> None:
+        self._end_deadline()
+        self._limits.budget.give(self._held)
+        self._held = 0
+        if self._admitted:
+            self._admitted = False
+            self._limits.gate.leave()
         for future in self._calls:
             future.cancel()  # the actor skips operations nobody waits for
         for task in self._streams:
@@ -191,10 +308,13 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
     _clear_stale_socket(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
+    limits = server_limits(kernel)
     mode = 0o660 if kernel.config.socket_group else 0o600
     old_umask = os.umask(0o777 & ~mode)  # the socket is born with its final mode
     try:
-        server = await loop.create_unix_server(lambda: ControlConnection(kernel).channel, str(path))
+        server = await loop.create_unix_server(
+            lambda: ControlConnection(kernel, limits).channel, str(path)
+        )
     finally:
         os.umask(old_umask)
     if kernel.config.socket_group:
@@ -210,6 +330,14 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await server.wait_closed()
+
+
+def server_limits(kernel: Kernel) -> ServerLimits:
+    """The bounds of the control server, from the config and the descriptor budget."""
+    control = kernel.config.control
+    fds = kernel.descriptors
+    gate = ConnectionGate(fds.connections, fds.limit if fds.connections_capped else None)
+    return ServerLimits(gate, RequestBudget(control.request_buffer_mb * MIB))
 
 
 def _clear_stale_socket(path: Path) -> None:

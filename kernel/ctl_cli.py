@@ -187,16 +187,27 @@ class Client:
 
         Raises ProtocolError when the peer answers something that is not
         drivebayd's protocol (``-s`` names another program's socket)."""
-        self._sock.sendall(frame)
+        try:
+            self._sock.sendall(frame)
+        except OSError as exc:
+            # Refused at once (too many connections): its one line may be here.
+            unsent: OSError | None = exc
+        else:
+            unsent = None
         while True:
             while self._pending:
                 reply = self._pending.pop(0)
                 yield reply
                 if not reply.more:
                     return
-            data = self._sock.recv(1 << 16)
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError:
+                if unsent is None:
+                    raise
+                data = b""
             if not data:
-                raise ConnectionError("drivebayd closed the connection")
+                raise unsent or ConnectionError("drivebayd closed the connection")
             try:
                 self._pending.extend(Reply(unpackb(raw)) for raw in self._frames.feed(data))
             except (MsgpackError, AttributeError, TypeError, ValueError) as exc:

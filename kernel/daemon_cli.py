@@ -13,10 +13,13 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kernel
 from protocol.errors import DrivebayError
+
+if TYPE_CHECKING:
+    from kernel.descriptors import DescriptorBudget
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"
+    _raise_descriptor_limit()
     import uvloop
 
     from kernel.daemon import Kernel
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    _log_descriptor_budget(daemon.descriptors)
     try:
         uvloop.run(_run(daemon))
     except DrivebayError as exc:
@@ -87,6 +92,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _raise_descriptor_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one, before the kernel sizes itself on it."""
+    from kernel.descriptors import raise_soft_limit
+
+    before, after, hard = raise_soft_limit()
+    log = logging.getLogger("drivebay")
+    if after != before:
+        log.info("raised the soft descriptor limit (RLIMIT_NOFILE) from %d to %d", before, after)
+    elif after < hard:
+        log.warning("could not raise the soft descriptor limit %d to the hard %d", after, hard)
+
+
+def _log_descriptor_budget(budget: DescriptorBudget) -> None:
+    log = logging.getLogger("drivebay")
+    if budget.connections_capped:
+        log.warning("%s; raise LimitNOFILE for more", budget.summary())
+    else:
+        log.info("%s", budget.summary())
 
 
 async def _run(daemon: Any) -> None:
