@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import kernel
@@ -69,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"
-    _raise_descriptor_limit()
+    from kernel.descriptors import raise_soft_limit
+
+    # Before the kernel sizes itself on the limit; said once the state dir is ours.
+    nofile = raise_soft_limit()
     import uvloop
 
     from kernel.daemon import Kernel
@@ -83,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    _log_descriptor_budget(daemon.descriptors)
     try:
-        uvloop.run(_run(daemon))
+        uvloop.run(_run(daemon, nofile))
     except DrivebayError as exc:
         print(f"drivebayd: {exc}", file=sys.stderr)
         return 1
@@ -94,28 +98,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _raise_descriptor_limit() -> None:
-    """Soft RLIMIT_NOFILE up to the hard one, before the kernel sizes itself on it."""
-    from kernel.descriptors import raise_soft_limit
-
-    before, after, hard = raise_soft_limit()
+def _log_descriptors(nofile: tuple[int, int, int], budget: DescriptorBudget) -> None:
+    """What ``raise_soft_limit`` did (``nofile``: before, after, hard), and what it allows."""
+    before, after, hard = nofile
     log = logging.getLogger("drivebay")
     if after != before:
         log.info("raised the soft descriptor limit (RLIMIT_NOFILE) from %d to %d", before, after)
     elif after < hard:
         log.warning("could not raise the soft descriptor limit %d to the hard %d", after, hard)
-
-
-def _log_descriptor_budget(budget: DescriptorBudget) -> None:
-    log = logging.getLogger("drivebay")
     if budget.connections_capped:
         log.warning("%s; raise LimitNOFILE for more", budget.summary())
     else:
         log.info("%s", budget.summary())
 
 
-async def _run(daemon: Any) -> None:
+async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
     from kernel.control_server import serve_control
+
+    @contextlib.asynccontextmanager
+    async def serve(kernel: Any) -> AsyncIterator[None]:
+        _log_descriptors(nofile, kernel.descriptors)  # the state dir is locked: ours
+        async with serve_control(kernel):
+            yield
 
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -136,7 +140,7 @@ async def _run(daemon: Any) -> None:
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     try:
-        await daemon.run(serve_control)
+        await daemon.run(serve)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
