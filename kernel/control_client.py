@@ -55,7 +55,7 @@ class ControlClient:
         self._fail_all(ConnectionError(f"drivebayd sent garbage: {error}"))
 
     def _lost(self) -> None:
-        self._fail_all(ConnectionError("drivebayd closed the connection"))
+        self._fail_all(self._refusal or ConnectionError("drivebayd closed the connection"))
 
     def _fail_all(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -66,8 +66,10 @@ class ControlClient:
     async def request(self, command: str, args: dict[str, Any] | None = None) -> Any:
         """Send one request and return its result; OperationError on an error reply."""
         connection = self._connection
+        if self._refusal is not None:
+            raise self._refusal
         if connection is None or connection.closing:
-            raise self._refusal or ConnectionError("not connected to drivebayd")
+            raise ConnectionError("not connected to drivebayd")
         request_id = next(self._ids)
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future

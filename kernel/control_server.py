@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("drivebay.control")
 
 REFUSED = "permission denied: this daemon serves its own user, root and socket_group"
+LINGER_S = 1.0  # a refused client has this long to read why, and close
+LINGER_MAX = 64  # refused connections kept that long at once; more close at once
 
 
 def peer_allowed(sock: socket.socket, group: str | None) -> tuple[bool, str]:
@@ -75,6 +77,7 @@ class ServerLimits:
     gate: ConnectionGate
     budget: RequestBudget
     refused: int = 0  # connections refused since the gate last admitted one
+    lingering: int = 0  # refused connections waiting for their client to read why
 
 
 class ControlChannel(FramedChannel[Request]):
@@ -95,8 +98,11 @@ class ControlChannel(FramedChannel[Request]):
             connection.lost,
         )
         self._on_read = on_read
+        self.discarding = False  # refused: what the client still sends is dropped
 
     def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
         super().data_received(data)
         if not self.closing:
             self._on_read()
@@ -131,6 +137,7 @@ class ControlConnection:
         self._held = 0  # bytes the request being received reserved in the budget
         self._deadline: asyncio.TimerHandle | None = None  # for the request being received
         self._progress = False  # a request completed since the last read
+        self._lingering = False  # refused, waiting for the client to close
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
@@ -157,9 +164,26 @@ class ControlConnection:
             self._refuse(REFUSED)
 
     def _refuse(self, line: str) -> None:
-        """Say why in one line, and close (after the line is written)."""
+        """Say why in one line, and close.
+
+        Closing at once, with the client's request unread, would make its
+        write fail and its read report a reset, and many clients would never
+        see the line. So the daemon ends its side, drops what the client
+        still sends, and closes when the client does, or after LINGER_S
+        (at once beyond LINGER_MAX such connections).
+        """
         self._send(Reply(0, False, error=line, code=EXIT_FAILURE))
-        self.channel.close()
+        self._end_deadline()
+        channel, limits = self.channel, self._limits
+        channel.discarding = True
+        transport = channel.transport
+        if transport is None or limits.lingering >= LINGER_MAX or not transport.can_write_eof():
+            channel.close()
+            return
+        transport.write_eof()
+        limits.lingering += 1
+        self._lingering = True
+        self._deadline = asyncio.get_running_loop().call_later(LINGER_S, channel.close)
 
     def _after_read(self) -> None:
         """Bound what the request being received holds: its size, from its
@@ -254,6 +278,9 @@ class ControlConnection:
 
     def lost(self) -> None:
         self._end_deadline()
+        if self._lingering:
+            self._lingering = False
+            self._limits.lingering -= 1
         self._limits.budget.give(self._held)
         self._held = 0
         if self._admitted:

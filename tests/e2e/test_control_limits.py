@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kernel.control_client import ControlClient, OperationError
 from kernel.ctl_cli import encode_request
 from protocol.frames import HEADER, FrameSplitter
 from protocol.msgpack_lite import unpackb
 from tests.e2e.harness import BIN, Daemon, wait_for
+from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
 
 MIB = 1024 * 1024
@@ -154,12 +156,30 @@ def test_connections_beyond_the_cap_are_refused_with_one_line(daemon_factory):
             "close idle clients or raise the limit\n",
         )
         assert daemon.ctl("version").returncode == 1
+        assert refused_to_a_program(daemon.socket) == refused.stderr[len("drivebayctl: ") : -1]
         assert clients[0].status()["ok"]  # the open ones still work
         clients.pop().close()
         wait_for(lambda: status_answers(daemon), what="a connection freed")
     log = daemon.log()
     assert log.count("control connections at the limit") == 1
-    assert "accepting control connections again (2 refused)" in log
+    assert "accepting control connections again (3 refused)" in log
+
+
+def refused_to_a_program(path: Path) -> str:
+    """What ``ControlClient`` raises when its connection is refused."""
+
+    async def attempt() -> str:
+        client = await ControlClient.connect(str(path))
+        try:
+            await client.request("status")
+        except OperationError as exc:
+            assert exc.code == 1
+            return str(exc)
+        finally:
+            await client.close()
+        raise AssertionError("a connection over the cap was served")
+
+    return run(attempt())
 
 
 def start_limited(daemon: Daemon, soft: int, hard: int) -> None:
