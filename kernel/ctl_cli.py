@@ -394,7 +394,8 @@ def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) ->
             # An operation's own failure reads "error: TYPE: message" (callers
             # parse it); everything else is drivebayctl's own complaint.
             prefix = "error" if command == "call" else "drivebayctl"
-            say(f"{prefix}: {reply.error or 'failed'}", file=sys.stderr)
+            # Some are several lines by design (each bad property on its own).
+            print(shown_lines(f"{prefix}: {reply.error or 'failed'}"), file=sys.stderr)
             return reply.code or 1
         code = reply.code
         if reply.result is None and not reply.more:
@@ -414,7 +415,8 @@ def say(line: str, file: TextIO | None = None) -> None:
 
 
 def shown_lines(text: str) -> str:
-    """``text`` (a log tail) with each line escaped as ``say`` does, newlines kept."""
+    """``text`` (a log tail, an error) with each line escaped as ``say`` does,
+    newlines kept."""
     return "\n".join(shown(line) for line in text.split("\n"))
 
 
