@@ -81,8 +81,10 @@ class ServerLimits:
 
 
 class ControlChannel(FramedChannel[Request]):
-    """A connection's channel that reports each read, and stops reading from a
-    client while it does not read its replies (they would pile up here)."""
+    """A connection's channel that reports each read, leaves a protocol
+    violation to its connection to close, goes deaf and mute once the
+    connection refused its client, and stops reading from a client while it
+    does not read its replies (they would pile up here)."""
 
     def __init__(
         self,
@@ -103,9 +105,19 @@ class ControlChannel(FramedChannel[Request]):
     def data_received(self, data: bytes) -> None:
         if self.discarding:
             return
-        super().data_received(data)
+        try:
+            messages = self.codec.feed(data)
+        except ProtocolError as exc:
+            self._on_violation(exc)  # the connection refuses the client
+            return
+        for message in messages:
+            self._on_message(message)
         if not self.closing:
             self._on_read()
+
+    def send(self, message: object) -> None:
+        if not self.discarding:  # the refusal was the last word
+            super().send(message)
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -163,7 +175,7 @@ class ControlConnection:
             log.warning("refused control connection from %s", who)
             self._refuse(REFUSED)
 
-    def _refuse(self, line: str) -> None:
+    def _refuse(self, line: str, code: int = EXIT_FAILURE) -> None:
         """Say why in one line, and close.
 
         Closing at once, with the client's request unread, would make its
@@ -172,7 +184,7 @@ class ControlConnection:
         still sends, and closes when the client does, or after LINGER_S
         (at once beyond LINGER_MAX such connections).
         """
-        self._send(Reply(0, False, error=line, code=EXIT_FAILURE))
+        self._send(Reply(0, False, error=line, code=code))
         self._end_deadline()
         channel, limits = self.channel, self._limits
         channel.discarding = True
@@ -226,7 +238,8 @@ class ControlConnection:
             self._deadline = None
 
     def violation(self, error: ProtocolError) -> None:
-        self._send(Reply(0, False, error=str(error), code=EXIT_USAGE))
+        """Garbage, or a request over ``max_frame_bytes`` (from its prefix)."""
+        self._refuse(str(error), EXIT_USAGE)
 
     def dispatch(self, request: Request) -> None:
         self._progress = True

@@ -120,6 +120,7 @@ def test_big_incomplete_requests_are_refused_from_their_length_prefix(daemon):
         huge.close()
     assert "over the limit of 16777216 bytes" in reply["error"]
     assert status_answers(daemon)
+    assert "Traceback" not in daemon.log()
 
 
 def test_a_stalled_request_is_disconnected(daemon_factory):
@@ -139,6 +140,7 @@ def test_a_stalled_request_is_disconnected(daemon_factory):
         # An idle connection is not a stalled one: it still works afterwards.
         assert idle.status()["ok"]
     assert status_answers(daemon)
+    assert "Traceback" not in daemon.log()
 
 
 def test_connections_beyond_the_cap_are_refused_with_one_line(daemon_factory):
