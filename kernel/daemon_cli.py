@@ -21,6 +21,7 @@ import kernel
 from protocol.errors import DrivebayError
 
 if TYPE_CHECKING:
+    from kernel.config import Config
     from kernel.descriptors import DescriptorBudget
 
 
@@ -98,8 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _log_descriptors(nofile: tuple[int, int, int], budget: DescriptorBudget) -> None:
+def _log_descriptors(
+    nofile: tuple[int, int, int], budget: DescriptorBudget, config: Config
+) -> None:
     """What ``raise_soft_limit`` did (``nofile``: before, after, hard), and what it allows."""
+    from kernel.descriptors import open_files_over
+
     before, after, hard = nofile
     log = logging.getLogger("drivebay")
     if after != before:
@@ -110,6 +115,8 @@ def _log_descriptors(nofile: tuple[int, int, int], budget: DescriptorBudget) -> 
         log.warning("%s; raise LimitNOFILE for more", budget.summary())
     else:
         log.info("%s", budget.summary())
+    for warning in open_files_over(config, hard):
+        log.warning("%s", warning)
 
 
 async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
@@ -117,7 +124,7 @@ async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
 
     @contextlib.asynccontextmanager
     async def serve(kernel: Any) -> AsyncIterator[None]:
-        _log_descriptors(nofile, kernel.descriptors)  # the state dir is locked: ours
+        _log_descriptors(nofile, kernel.descriptors, kernel.config)  # the state dir is ours
         async with serve_control(kernel):
             yield
 

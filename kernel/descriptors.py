@@ -20,8 +20,12 @@ import contextlib
 import resource
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kernel.states import State
+
+if TYPE_CHECKING:
+    from kernel.config import Config
 
 FDS_PER_PROCESS = 6  # socket, stdout and stderr pipes, pidfd, two log files
 RESERVED_FDS = 64  # the daemon's own (21 when idle) and transient ones (builds, starts)
@@ -83,6 +87,21 @@ def descriptor_budget(limit: int, max_connections: int, spare: bool) -> Descript
         connections=connections,
         connections_capped=for_clients < max_connections,
     )
+
+
+def open_files_over(config: Config, hard: int) -> list[str]:
+    """Warnings for ``open_files`` settings above the daemon's ``hard`` limit:
+    a driver cannot raise its hard limit, so those drivers would fail to start."""
+    settings = {"limits.open_files": config.limits.open_files}
+    for name, driver in config.drivers.items():
+        if driver.limits is not None:
+            settings[f"drivers.{name}.limits.open_files"] = driver.limits.open_files
+    return [
+        f"{key}: {value} is above drivebayd's hard descriptor limit {hard}, which a driver "
+        f"cannot raise: its drivers fail to start; lower it, or raise LimitNOFILE"
+        for key, value in settings.items()
+        if value is not None and value > hard
+    ]
 
 
 def current_limit() -> int:

@@ -7,12 +7,14 @@ import resource
 
 import pytest
 
+from kernel.config import load_config
 from kernel.control_limits import SMALL_REQUEST, ConnectionGate, RequestBudget, wanted
 from kernel.descriptors import (
     FDS_PER_PROCESS,
     RESERVED_FDS,
     current_limit,
     descriptor_budget,
+    open_files_over,
     places_held,
     raise_soft_limit,
 )
@@ -113,3 +115,17 @@ def test_the_announced_size_is_known_from_the_prefix_a_byte_at_a_time():
     assert seen[:3] == [0, 0, 0] and seen[3:7] == [3, 3, 3, 0]
     assert seen[7:10] == [0, 0, 0] and seen[10:] == [100_000] * 3
     assert splitter.pending == 6
+
+
+def test_open_files_settings_above_the_hard_limit_are_named():
+    config = load_config(
+        None,
+        {"drivers": {"a": {"limits": {"open_files": 100}}, "b": {"limits": {"open_files": 300}}}},
+    )
+    assert open_files_over(config, 256) == [
+        "limits.open_files: 1024 is above drivebayd's hard descriptor limit 256, which a "
+        "driver cannot raise: its drivers fail to start; lower it, or raise LimitNOFILE",
+        "drivers.b.limits.open_files: 300 is above drivebayd's hard descriptor limit 256, "
+        "which a driver cannot raise: its drivers fail to start; lower it, or raise LimitNOFILE",
+    ]
+    assert open_files_over(config, 1024) == []
