@@ -113,8 +113,8 @@ def current_limit() -> int:
 def raise_soft_limit() -> tuple[int, int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard one; returns (before, after, hard).
 
-    Children get their own ``limits.open_files`` (1,024 by default) at spawn,
-    so this raises nothing for driver code.
+    Children get their own ``limits.open_files`` (1,024 by default) at spawn;
+    only with ``open_files: null`` do they inherit the raised limit.
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
