@@ -2,7 +2,9 @@
 
 Many callers may share one ``ControlClient``: requests are multiplexed by id
 on the one connection, and each caller awaits its own reply. ``call`` raises
-``OperationError`` with the driver's error type when the operation failed.
+``OperationError`` with the driver's error type when the operation failed; a
+connection the daemon refused (too many connections, a request over a bound)
+raises ``OperationError`` with the daemon's line from every request.
 """
 
 from __future__ import annotations
