@@ -188,6 +188,7 @@ class ControlConnection:
         self._end_deadline()
         channel, limits = self.channel, self._limits
         channel.discarding = True
+        self._abandon()
         transport = channel.transport
         if transport is None or limits.lingering >= LINGER_MAX or not transport.can_write_eof():
             channel.close()
@@ -299,9 +300,13 @@ class ControlConnection:
         if self._admitted:
             self._admitted = False
             self._limits.gate.leave()
-        for future in self._calls:
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Nobody will read what the queued calls and the streams would send."""
+        for future in list(self._calls):
             future.cancel()  # the actor skips operations nobody waits for
-        for task in self._streams:
+        for task in list(self._streams):
             task.cancel()
 
     def _send(self, reply: Reply) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.control_client import ControlClient, OperationError
+from kernel.control_limits import stalled
 from kernel.ctl_cli import encode_request
 from protocol.frames import HEADER, FrameSplitter
 from protocol.msgpack_lite import unpackb
@@ -63,6 +64,12 @@ class Raw:
             if not data:
                 return got
             got.extend(unpackb(raw) for raw in self.frames.feed(data))
+
+    def some_replies(self) -> list[dict[str, Any]]:
+        """The replies of one read (at least one byte)."""
+        data = self.sock.recv(1 << 16)
+        assert data, "the daemon closed a connection it had accepted"
+        return [unpackb(raw) for raw in self.frames.feed(data)]
 
     def status(self) -> dict[str, Any]:
         """Ask for status on this connection; its reply."""
@@ -281,3 +288,41 @@ def test_drivers_beyond_a_hard_limit_stay_stopped_saying_why(daemon_factory, tmp
         what="a waiting driver started in the freed place",
     )
     assert "internal error" not in daemon.log()
+
+
+SAYER = """
+class SayerDriver:
+    def __init__(self, resource_id, properties):
+        pass
+
+    async def say(self, text):
+        print(text, flush=True)
+"""
+
+
+def test_a_refused_client_is_sent_nothing_after_its_line(daemon_factory, tmp_path):
+    """A client refused (here: for a stalled request) while it follows a log
+    gets the line and the end of the stream; what the driver writes later
+    goes nowhere, and nothing fails in the daemon."""
+    daemon = daemon_factory(config={"timeouts": {"request_s": 0.2}})
+    daemon.start()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon.drop(make_bundle(staging, name="sayer", src={"sayer.py": SAYER}))
+    daemon.wait_state("sayer", "RUNNING")
+    assert daemon.ctl("resource", "add", "s1", "--driver", "sayer").returncode == 0
+    with raw_connections(daemon.socket) as clients:
+        follower = Raw(daemon.socket)
+        clients.append(follower)
+        follow = {"name": "sayer", "stream": "stdout", "lines": 0}
+        follower.sock.sendall(encode_request("tail-follow", follow))
+        assert daemon.ctl("call", "s1", "say", "text=before").returncode == 0
+        wait_for(
+            lambda: any(reply["result"] == "before\n" for reply in follower.some_replies()),
+            what="the followed line",
+        )
+        follower.send(HEADER.pack(100) + b"\x92part")
+        assert [reply["error"] for reply in follower.replies()] == [stalled(0.2)]
+        assert daemon.ctl("call", "s1", "say", "text=after").returncode == 0
+    log = daemon.log()
+    assert "Traceback" not in log and "failed" not in log, log
