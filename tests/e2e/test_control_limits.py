@@ -326,3 +326,25 @@ def test_a_refused_client_is_sent_nothing_after_its_line(daemon_factory, tmp_pat
         assert daemon.ctl("call", "s1", "say", "text=after").returncode == 0
     log = daemon.log()
     assert "Traceback" not in log and "failed" not in log, log
+
+
+def test_a_client_that_does_not_read_its_replies_is_not_read_from(daemon):
+    """Replies it leaves unread stop the daemon reading its requests (they
+    would pile up in the daemon); everyone else is served meanwhile."""
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    before = rss_kb(pid)
+    request = encode_request("version", {}) * 1000
+    with raw_connections(daemon.socket) as clients:
+        greedy = Raw(daemon.socket)
+        clients.append(greedy)
+        greedy.sock.settimeout(2)  # blocked that long: the daemon stopped reading
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            while sent < 32 * MIB:
+                greedy.sock.sendall(request)
+                sent += len(request)
+        assert sent < 32 * MIB, "the daemon kept reading requests whose replies nobody read"
+        assert status_answers(daemon)
+        grown_mib = (rss_kb(pid) - before) / 1024
+        assert grown_mib < 64, f"the daemon grew by {grown_mib:.0f} MiB"
