@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import kernel
+from kernel.descriptors import HOLDS_PLACE, places_held
 from kernel.messages_catalog import load_catalog
 from kernel.states import NOT_RUNNING, State
 from protocol.control_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_NOT_RUNNING_STATE, EXIT_OK
@@ -249,9 +250,14 @@ def _targets(k: Kernel, args: Args) -> list[DriverSlot]:
 
 @command("start")
 async def start(k: Kernel, args: Args) -> Outcome:
+    targets = _targets(k, args)
+    refused = _beyond_descriptor_limit(k, targets)
+
     async def one(slot: DriverSlot) -> dict[str, Any]:
         if slot.state is State.RUNNING:
             return {"name": slot.name, "ok": True, "message": "already started"}
+        if slot in refused:
+            return {"name": slot.name, "ok": False, "message": k.descriptors.refusal()}
         unmet = [n for n in slot.manifest.requires if not k.running(n)]
         if unmet:
             return {
@@ -274,9 +280,23 @@ async def start(k: Kernel, args: Args) -> Outcome:
             return {"name": slot.name, "ok": True, "message": "started"}
         return {"name": slot.name, "ok": False, "message": f"{state}: {slot.lifecycle.reason}"}
 
-    results = await asyncio.gather(*(one(slot) for slot in _targets(k, args)))
+    results = await asyncio.gather(*(one(slot) for slot in targets))
     k.kick()
     return results, EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILURE
+
+
+def _beyond_descriptor_limit(k: Kernel, targets: list[DriverSlot]) -> list[DriverSlot]:
+    """The ``targets`` a start would take past what the descriptor limit allows."""
+    holding = places_held(slot.state for slot in k.all_slots())
+    refused = []
+    for slot in targets:
+        if slot.state in HOLDS_PLACE:
+            continue
+        if k.descriptors.admits(holding):
+            holding += 1
+        else:
+            refused.append(slot)
+    return refused
 
 
 @command("stop")

@@ -13,7 +13,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
@@ -36,6 +36,7 @@ class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     health_interval_s: float = 30.0
     # A warm spare must answer a ping this fast, or it is discarded (frozen, dead).
     spare_s: float = 0.5
+    request_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # a control request arrives whole
 
 
 class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -74,6 +75,13 @@ class BundleLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
         )
 
 
+class ControlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The control socket's bounds (see kernel/control_limits.py)."""
+
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+    request_buffer_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # shared by large requests
+
+
 class DriverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per-driver settings under ``drivers: {NAME: ...}``."""
 
@@ -104,6 +112,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: LimitSettings = LimitSettings()
     logs: LogSettings = LogSettings()
     bundles: BundleLimitSettings = BundleLimitSettings()
+    control: ControlSettings = ControlSettings()
     drivers: dict[str, DriverSettings] = {}
 
     @property
@@ -195,6 +204,7 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "limits": LimitSettings,
     "logs": LogSettings,
     "bundles": BundleLimitSettings,
+    "control": ControlSettings,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,
 }

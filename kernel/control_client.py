@@ -2,7 +2,9 @@
 
 Many callers may share one ``ControlClient``: requests are multiplexed by id
 on the one connection, and each caller awaits its own reply. ``call`` raises
-``OperationError`` with the driver's error type when the operation failed.
+``OperationError`` with the driver's error type when the operation failed; a
+connection the daemon refused (too many connections, a request over a bound)
+raises ``OperationError`` with the daemon's line from every request.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class ControlClient:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Reply]] = {}
         self._connection: FramedChannel[Reply] | None = None
+        self._refusal: OperationError | None = None  # the daemon's word on closing
 
     @classmethod
     async def connect(cls, path: str) -> ControlClient:
@@ -42,6 +45,10 @@ class ControlClient:
         return client
 
     def _reply(self, reply: Reply) -> None:
+        if reply.id == 0 and not reply.ok:  # about the connection: refused, or closing
+            self._refusal = OperationError(reply.error, reply.code)
+            self._fail_all(self._refusal)
+            return
         future = self._waiting.pop(reply.id, None)
         if future is not None and not future.done():
             future.set_result(reply)
@@ -50,7 +57,7 @@ class ControlClient:
         self._fail_all(ConnectionError(f"drivebayd sent garbage: {error}"))
 
     def _lost(self) -> None:
-        self._fail_all(ConnectionError("drivebayd closed the connection"))
+        self._fail_all(self._refusal or ConnectionError("drivebayd closed the connection"))
 
     def _fail_all(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
@@ -61,6 +68,8 @@ class ControlClient:
     async def request(self, command: str, args: dict[str, Any] | None = None) -> Any:
         """Send one request and return its result; OperationError on an error reply."""
         connection = self._connection
+        if self._refusal is not None:
+            raise self._refusal
         if connection is None or connection.closing:
             raise ConnectionError("not connected to drivebayd")
         request_id = next(self._ids)

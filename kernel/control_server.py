@@ -5,7 +5,10 @@ dir, speaking the same framed msgspec protocol as the drivers. Each
 connection checks its peer's credentials (SO_PEERCRED): the daemon's own
 user, root, and members of ``socket_group`` are served; anyone else gets one
 refusal reply. Requests on a connection run concurrently, each in a task the
-connection owns and cancels when the client goes away.
+connection owns and cancels when the client goes away. What clients may hold
+(connections, bytes of requests being received, time to send one) is bounded
+as ``kernel/control_limits.py`` says; a client over a bound gets one line and
+is disconnected.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel.channel import FramedChannel
 from kernel.commands import HANDLERS, STREAMS, call_error, submit_call
+from kernel.control_limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
@@ -35,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("drivebay.control")
 
 REFUSED = "permission denied: this daemon serves its own user, root and socket_group"
+LINGER_S = 1.0  # a refused client has this long to read why, and close
+LINGER_MAX = 64  # refused connections kept that long at once; more close at once
 
 
 def peer_allowed(sock: socket.socket, group: str | None) -> tuple[bool, str]:
@@ -63,6 +70,68 @@ def _user_name(uid: int) -> str:
         return ""
 
 
+@dataclass
+class ServerLimits:
+    """The bounds all connections of one server share."""
+
+    gate: ConnectionGate
+    budget: RequestBudget
+    refused: int = 0  # connections refused since the gate last admitted one
+    lingering: int = 0  # refused connections waiting for their client to read why
+
+
+class ControlChannel(FramedChannel[Request]):
+    """A connection's channel that reports each read, leaves a protocol
+    violation to its connection to close, goes deaf and mute once the
+    connection refused its client, and stops reading from a client while it
+    does not read its replies (they would pile up here)."""
+
+    def __init__(
+        self,
+        connection: ControlConnection,
+        codec: MessageCodec[Request],
+        on_read: Callable[[], None],
+    ) -> None:
+        super().__init__(
+            codec,
+            connection.dispatch,
+            connection.violation,
+            connection.made,
+            connection.lost,
+        )
+        self._on_read = on_read
+        self.discarding = False  # refused: what the client still sends is dropped
+
+    def data_received(self, data: bytes) -> None:
+        if self.discarding:
+            return
+        try:
+            messages = self.codec.feed(data)
+        except ProtocolError as exc:
+            self._on_violation(exc)  # the connection refuses the client
+            return
+        for message in messages:
+            self._on_message(message)
+        if not self.closing:
+            self._on_read()
+
+    def send(self, message: object) -> None:
+        if not self.discarding:  # the refusal was the last word
+            super().send(message)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if not self.closing:
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if not self.closing:
+            assert self.transport is not None
+            self.transport.resume_reading()
+
+
 class ControlConnection:
     """One client: its requests run concurrently, in tasks it owns.
 
@@ -73,28 +142,108 @@ class ControlConnection:
     dropped.
     """
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, limits: ServerLimits) -> None:
         self._kernel = kernel
+        self._limits = limits
+        self._admitted = False  # counted by the gate
+        self._held = 0  # bytes the request being received reserved in the budget
+        self._deadline: asyncio.TimerHandle | None = None  # for the request being received
+        self._progress = False  # a request completed since the last read
+        self._lingering = False  # refused, waiting for the client to close
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
-        codec: MessageCodec[Request] = MessageCodec(Request, "control client")
-        self.channel = FramedChannel(
-            codec, self._dispatch, self._violation, self._check_peer, self._lost
-        )
+        max_frame = kernel.config.max_frame_bytes
+        codec: MessageCodec[Request] = MessageCodec(Request, "control client", max_frame)
+        self.channel = ControlChannel(self, codec, self._after_read)
 
-    def _check_peer(self, transport: asyncio.Transport) -> None:
+    def made(self, transport: asyncio.Transport) -> None:
+        limits = self._limits
+        if not limits.gate.enter():
+            if limits.refused == 0:
+                log.warning("control connections at the limit: %s", limits.gate.refusal)
+            limits.refused += 1
+            self._refuse(limits.gate.refusal)
+            return
+        self._admitted = True
+        if limits.refused:
+            log.info("accepting control connections again (%d refused)", limits.refused)
+            limits.refused = 0
         sock = transport.get_extra_info("socket")
         allowed, who = peer_allowed(sock, self._kernel.config.socket_group)
         if not allowed:
             log.warning("refused control connection from %s", who)
-            self._send(Reply(0, False, error=REFUSED, code=EXIT_FAILURE))
-            transport.close()
+            self._refuse(REFUSED)
 
-    def _violation(self, error: ProtocolError) -> None:
-        self._send(Reply(0, False, error=str(error), code=EXIT_USAGE))
+    def _refuse(self, line: str, code: int = EXIT_FAILURE) -> None:
+        """Say why in one line, and close.
 
-    def _dispatch(self, request: Request) -> None:
+        Closing at once, with the client's request unread, would make its
+        write fail and its read report a reset, and many clients would never
+        see the line. So the daemon ends its side, drops what the client
+        still sends, and closes when the client does, or after LINGER_S
+        (at once beyond LINGER_MAX such connections).
+        """
+        self._send(Reply(0, False, error=line, code=code))
+        self._end_deadline()
+        channel, limits = self.channel, self._limits
+        channel.discarding = True
+        self._abandon()
+        transport = channel.transport
+        if transport is None or limits.lingering >= LINGER_MAX or not transport.can_write_eof():
+            channel.close()
+            return
+        transport.write_eof()
+        limits.lingering += 1
+        self._lingering = True
+        self._deadline = asyncio.get_running_loop().call_later(LINGER_S, channel.close)
+
+    def _after_read(self) -> None:
+        """Bound what the request being received holds: its size, from its
+        length prefix, against the shared budget; its time against
+        ``timeouts.request_s``."""
+        codec = self.channel.codec
+        if not self._reserve(codec.announced):
+            return
+        if codec.pending == 0:
+            self._end_deadline()
+        elif self._progress or self._deadline is None:  # a new request began
+            self._end_deadline()
+            request_s = self._kernel.config.timeouts.request_s
+            loop = asyncio.get_running_loop()
+            self._deadline = loop.call_later(request_s, self._stalled, request_s)
+        self._progress = False
+
+    def _reserve(self, announced: int) -> bool:
+        need = wanted(announced)
+        if need == self._held:
+            return True
+        budget = self._limits.budget
+        budget.give(self._held)
+        self._held = 0
+        if need and not budget.take(need):
+            log.warning("control request refused: %s", budget.refusal(need))
+            self._refuse(budget.refusal(need))
+            return False
+        self._held = need
+        return True
+
+    def _stalled(self, request_s: float) -> None:
+        self._deadline = None
+        log.info("closing a control connection: %s", stalled(request_s))
+        self._refuse(stalled(request_s))
+
+    def _end_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def violation(self, error: ProtocolError) -> None:
+        """Garbage, or a request over ``max_frame_bytes`` (from its prefix)."""
+        self._refuse(str(error), EXIT_USAGE)
+
+    def dispatch(self, request: Request) -> None:
+        self._progress = True
         if request.command == "call":
             self._call(request)
             return
@@ -141,10 +290,23 @@ class ControlConnection:
             return
         self._send(Reply(request_id, False, error=str(error), code=error.exit_code))
 
-    def _lost(self) -> None:
-        for future in self._calls:
+    def lost(self) -> None:
+        self._end_deadline()
+        if self._lingering:
+            self._lingering = False
+            self._limits.lingering -= 1
+        self._limits.budget.give(self._held)
+        self._held = 0
+        if self._admitted:
+            self._admitted = False
+            self._limits.gate.leave()
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """Nobody will read what the queued calls and the streams would send."""
+        for future in list(self._calls):
             future.cancel()  # the actor skips operations nobody waits for
-        for task in self._streams:
+        for task in list(self._streams):
             task.cancel()
 
     def _send(self, reply: Reply) -> None:
@@ -191,10 +353,13 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
     _clear_stale_socket(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
+    limits = server_limits(kernel)
     mode = 0o660 if kernel.config.socket_group else 0o600
     old_umask = os.umask(0o777 & ~mode)  # the socket is born with its final mode
     try:
-        server = await loop.create_unix_server(lambda: ControlConnection(kernel).channel, str(path))
+        server = await loop.create_unix_server(
+            lambda: ControlConnection(kernel, limits).channel, str(path)
+        )
     finally:
         os.umask(old_umask)
     if kernel.config.socket_group:
@@ -210,6 +375,14 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await server.wait_closed()
+
+
+def server_limits(kernel: Kernel) -> ServerLimits:
+    """The bounds of the control server, from the config and the descriptor budget."""
+    control = kernel.config.control
+    fds = kernel.descriptors
+    gate = ConnectionGate(fds.connections, fds.limit if fds.connections_capped else None)
+    return ServerLimits(gate, RequestBudget(control.request_buffer_mb * MIB))
 
 
 def _clear_stale_socket(path: Path) -> None:

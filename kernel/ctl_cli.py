@@ -19,10 +19,11 @@ from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
 from protocol.errors import ProtocolError
 from protocol.frames import HEADER, FrameSplitter
 from protocol.msgpack_lite import MsgpackError, packb, unpackb
+from sandbox.bundle_errors import shown
 
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
+    from typing import Any, TextIO
 
 
 def _reading(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -186,16 +187,27 @@ class Client:
 
         Raises ProtocolError when the peer answers something that is not
         drivebayd's protocol (``-s`` names another program's socket)."""
-        self._sock.sendall(frame)
+        try:
+            self._sock.sendall(frame)
+        except OSError as exc:
+            # Refused at once (too many connections): its one line may be here.
+            unsent: OSError | None = exc
+        else:
+            unsent = None
         while True:
             while self._pending:
                 reply = self._pending.pop(0)
                 yield reply
                 if not reply.more:
                     return
-            data = self._sock.recv(1 << 16)
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError:
+                if unsent is None:
+                    raise
+                data = b""
             if not data:
-                raise ConnectionError("drivebayd closed the connection")
+                raise unsent or ConnectionError("drivebayd closed the connection")
             try:
                 self._pending.extend(Reply(unpackb(raw)) for raw in self._frames.feed(data))
             except (MsgpackError, AttributeError, TypeError, ValueError) as exc:
@@ -382,10 +394,8 @@ def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) ->
             # An operation's own failure reads "error: TYPE: message" (callers
             # parse it); everything else is drivebayctl's own complaint.
             prefix = "error" if command == "call" else "drivebayctl"
-            print(
-                f"{prefix}: {reply.error or 'failed'}",
-                file=sys.stderr,
-            )
+            # Some are several lines by design (each bad property on its own).
+            print(shown_lines(f"{prefix}: {reply.error or 'failed'}"), file=sys.stderr)
             return reply.code or 1
         code = reply.code
         if reply.result is None and not reply.more:
@@ -397,6 +407,19 @@ def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) ->
     return code
 
 
+def say(line: str, file: TextIO | None = None) -> None:
+    """Print one line for a human. Names, messages, paths and values come from
+    bundles and drivers: their control characters (ESC, BEL, CR, C1 ...) are
+    shown escaped, so nothing they hold can drive the operator's terminal."""
+    print(shown(line), file=file)
+
+
+def shown_lines(text: str) -> str:
+    """``text`` (a log tail, an error) with each line escaped as ``say`` does,
+    newlines kept."""
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
 def print_human(command: str, result: Any, follow: bool = False) -> None:
     import json
 
@@ -405,55 +428,57 @@ def print_human(command: str, result: Any, follow: bool = False) -> None:
     elif command in ("start", "stop", "restart"):
         for row in result:
             outcome = row["message"] if row["ok"] else f"ERROR ({row['message']})"
-            print(f"{row['name']}: {outcome}")
+            say(f"{row['name']}: {outcome}")
     elif command == "tail":
-        sys.stdout.write(result)
+        # The driver's own bytes for a pipe (grep, less -R); escaped for a terminal.
+        sys.stdout.write(shown_lines(result) if sys.stdout.isatty() else result)
         sys.stdout.flush()
     elif command == "describe":
         print_describe(result)
     elif command == "avail":
         for row in result:
-            label = f"{row['name']}@{row['version']}" if row["name"] else "-"
-            print(f"{row['file']:<32} {label:<32} {row['verdict']:<10} {row['message'] or ''}")
+            label = shown(f"{row['name']}@{row['version']}" if row["name"] else "-")
+            file = shown(row["file"])
+            say(f"{file:<32} {label:<32} {row['verdict']:<10} {row['message'] or ''}")
     elif command == "version":
         low, high = result["protocol"]
-        print(f"drivebayd {result['version']} (protocol {low}..{high})")
+        say(f"drivebayd {result['version']} (protocol {low}..{high})")
     elif command in ("pid",):
-        print(result)
+        say(str(result))
     elif command == "resources":
         for row in result:
             version = row["version"] or "-"
             pin = f" (pinned {row['pinned']})" if row["pinned"] else ""
-            print(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
+            say(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
     elif command == "call":
-        print(json.dumps(result, default=str))
+        print(json.dumps(result, default=str))  # JSON escapes control characters
     elif command == "resource":
         print_resource_change(result)
     elif isinstance(result, (dict, list)):
         print(json.dumps(result, indent=2, default=str))
     else:
-        print(result)
+        say(str(result))
 
 
 def print_resource_change(result: dict[str, Any]) -> None:
     if result.get("removed"):
-        print(f"{result['id']}: removed")
+        say(f"{result['id']}: removed")
     elif "driver" in result:
         pin = f"@{result['pinned']}" if result["pinned"] else ""
-        print(f"{result['id']}: added ({result['driver']}{pin})")
+        say(f"{result['id']}: added ({result['driver']}{pin})")
     elif "pinned" in result:
-        print(
+        say(
             f"{result['id']}: {'pinned to ' + result['pinned'] if result['pinned'] else 'unpinned'}"
         )
     else:
-        print(f"{result['id']}: properties set")
+        say(f"{result['id']}: properties set")
 
 
 def print_status(rows: list[dict[str, Any]]) -> None:
-    names = [f"{r['name']}@{r['version']}" if r["version"] else r["name"] for r in rows]
+    names = [shown(f"{r['name']}@{r['version']}" if r["version"] else r["name"]) for r in rows]
     width = max([32, *(len(n) for n in names)]) + 1
     for name, row in zip(names, rows, strict=True):
-        print(f"{name:<{width}}{status_state(row):<10} {status_description(row)}")
+        say(f"{name:<{width}}{status_state(row):<10} {status_description(row)}")
 
 
 def status_state(row: dict[str, Any]) -> str:
@@ -479,7 +504,7 @@ def status_description(row: dict[str, Any]) -> str:
 
 
 def print_describe(info: dict[str, Any]) -> None:
-    print(f"{info['name']}@{info['version']}  {info['state']}  {info['message']}")
+    say(f"{info['name']}@{info['version']}  {info['state']}  {info['message']}")
     for key in (
         "description",
         "category",
@@ -492,29 +517,29 @@ def print_describe(info: dict[str, Any]) -> None:
         "stored_at",
         "env_key",
     ):
-        print(f"  {key + ':':<14}{info.get(key)}")
-    print(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
-    print(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
-    print(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
-    print(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
+        say(f"  {key + ':':<14}{info.get(key)}")
+    say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
+    say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
+    say(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+    say(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
     for stream, path in info["logs"].items():
-        print(f"  {stream + ' log:':<14}{path}")
+        say(f"  {stream + ' log:':<14}{path}")
     if info["properties"]:
-        print("  properties:")
+        say("  properties:")
         for prop in info["properties"]:
             need = "required" if prop["required"] else "optional"
             label = prop.get("label_text") or prop.get("label") or ""
-            print(f"    {prop['key']:<16}{prop['type']:<9}{need:<9}{label}")
+            say(f"    {prop['key']:<16}{prop['type']:<9}{need:<9}{label}")
             help_text = prop.get("description_text") or ""
             if help_text:
-                print(f"    {'':<34}{help_text}")
-    print("  history:")
+                say(f"    {'':<34}{help_text}")
+    say("  history:")
     import time
 
     for move in info["history"]:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move["at"]))
         reason = f"  ({move['reason']})" if move["reason"] else ""
-        print(f"    {at}  {move['from']} -> {move['to']}{reason}")
+        say(f"    {at}  {move['from']} -> {move['to']}{reason}")
 
 
 if __name__ == "__main__":

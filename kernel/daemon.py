@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from kernel.actor import DriverAbsent, ResourceActor
 from kernel.config import Config
+from kernel.descriptors import current_limit, descriptor_budget, places_held
 from kernel.drivers_watch import watch_drivers
 from kernel.handover import hand_over
 from kernel.ordering import Node, Plan, plan, stop_order
@@ -81,6 +82,10 @@ class Kernel:
         self._runtime_dir: Path | None = None
         self._reload_wanted = False
         self._look_again: asyncio.TimerHandle | None = None
+        # What the descriptor limit (raised at start) allows; read once.
+        self.descriptors = descriptor_budget(
+            current_limit(), config.control.max_connections, config.restart.spare
+        )
 
     # -- running ---------------------------------------------------------------
 
@@ -387,6 +392,7 @@ class Kernel:
         for name, reason in self.plan.blocked.items():
             for slot in by_driver.get(name, []):
                 slot.block(reason)
+        holding = places_held(slot.state for slot in self.all_slots())
         for wave in self.plan.waves:
             starting = []
             for name in wave:
@@ -395,12 +401,25 @@ class Kernel:
                     if unmet:
                         slot.block(f"requires {', '.join(unmet)}, which is not running")
                     elif not slot.held and slot.state in (State.STOPPED, State.BLOCKED):
+                        if not self.descriptors.admits(holding):
+                            self._refuse_start(slot)
+                            continue
+                        holding += 1
                         slot.want_running(reset=slot.state is State.BLOCKED)
                         starting.append(slot)
             await asyncio.gather(*(self._settle(slot) for slot in starting))
             for slot in starting:
                 if slot.state is State.RUNNING and slot.manifest.name not in self.active:
                     self.active[slot.manifest.name] = slot.manifest.version
+
+    def _refuse_start(self, slot: DriverSlot) -> None:
+        """No descriptors for one more version: it stays STOPPED, saying why."""
+        reason = self.descriptors.refusal()
+        if slot.state is State.BLOCKED:
+            slot.lifecycle.move(State.STOPPED, reason)
+        elif slot.lifecycle.reason != reason:
+            slot.lifecycle.reason = reason  # STOPPED already: no move, a new reason
+            log.warning("%s %s", slot.name, reason)
 
     async def _promote_candidates(self) -> None:
         """Hand resources over to every newer version that became healthy, and

@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import kernel
 from protocol.errors import DrivebayError
+
+if TYPE_CHECKING:
+    from kernel.config import Config
+    from kernel.descriptors import DescriptorBudget
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -66,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"
+    from kernel.descriptors import raise_soft_limit
+
+    # Before the kernel sizes itself on the limit; said once the state dir is ours.
+    nofile = raise_soft_limit()
     import uvloop
 
     from kernel.daemon import Kernel
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     try:
-        uvloop.run(_run(daemon))
+        uvloop.run(_run(daemon, nofile))
     except DrivebayError as exc:
         print(f"drivebayd: {exc}", file=sys.stderr)
         return 1
@@ -89,8 +99,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-async def _run(daemon: Any) -> None:
+def _log_descriptors(
+    nofile: tuple[int, int, int], budget: DescriptorBudget, config: Config
+) -> None:
+    """What ``raise_soft_limit`` did (``nofile``: before, after, hard), and what it allows."""
+    from kernel.descriptors import open_files_over
+
+    before, after, hard = nofile
+    log = logging.getLogger("drivebay")
+    if after != before:
+        log.info("raised the soft descriptor limit (RLIMIT_NOFILE) from %d to %d", before, after)
+    elif after < hard:
+        log.warning("could not raise the soft descriptor limit %d to the hard %d", after, hard)
+    if budget.connections_capped:
+        log.warning("%s; raise LimitNOFILE for more", budget.summary())
+    else:
+        log.info("%s", budget.summary())
+    for warning in open_files_over(config, hard):
+        log.warning("%s", warning)
+
+
+async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
     from kernel.control_server import serve_control
+
+    @contextlib.asynccontextmanager
+    async def serve(kernel: Any) -> AsyncIterator[None]:
+        _log_descriptors(nofile, kernel.descriptors, kernel.config)  # the state dir is ours
+        async with serve_control(kernel):
+            yield
 
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -111,7 +147,7 @@ async def _run(daemon: Any) -> None:
         loop.add_signal_handler(signum, stop, signum)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     try:
-        await daemon.run(serve_control)
+        await daemon.run(serve)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)

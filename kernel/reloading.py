@@ -36,6 +36,7 @@ EFFECTS: dict[str, Effect] = {
     "socket_group": Effect.RESTART,  # the socket's mode and group are set when it is made
     "envs_dir": Effect.RESTART,  # running envs live there; collecting would remove them
     "mailbox_size": Effect.RESTART,  # every resource's mailbox is sized when it is made
+    "control": Effect.RESTART,  # client bounds are worked out from the fd limit at start
     "uv_cache_dir": Effect.LIVE,
     "category_order": Effect.LIVE,
     "settle_s": Effect.LIVE,

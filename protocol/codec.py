@@ -46,6 +46,16 @@ class MessageCodec(Generic[In]):
         ) as exc:
             raise ProtocolError(f"{self._peer} sent an invalid message: {exc}") from exc
 
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return self._splitter.pending
+
+    @property
+    def announced(self) -> int:
+        """The size announced by the frame being received (0: none yet)."""
+        return self._splitter.announced
+
     def encode(self, message: object) -> bytearray:
         """One whole frame holding ``message``."""
         out = bytearray(4)

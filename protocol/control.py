@@ -4,7 +4,9 @@ Same framing and codec as the driver channel. A client sends ``Request``s;
 each gets one ``Reply`` with the same id, or, for streaming commands
 (``tail -f``), several with ``more=True`` and a last one with ``more=False``.
 ``code`` is the exit status drivebayctl should use (supervisorctl's where it
-has one).
+has one). A ``Reply`` with id 0 and ``ok=False`` is about the connection (a
+refusal, a request over a bound): its ``error`` says why, then the daemon ends
+the connection.
 """
 
 from __future__ import annotations

@@ -75,6 +75,16 @@ class FrameSplitter:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buffer)
 
+    @property
+    def announced(self) -> int:
+        """The size the partly received frame announced (0: none, or its length
+        prefix is not complete yet): lets a server refuse what it would buffer."""
+        buffer = self._buffer
+        if len(buffer) < HEADER.size:
+            return 0
+        size: int = HEADER.unpack_from(buffer, 0)[0]
+        return size
+
 
 def frame(payload: bytes) -> bytes:
     """Prefix ``payload`` with its length."""

@@ -3,7 +3,8 @@
 Every rejection in ``sandbox`` reads ``<bundle>: <file>: <field path>: <problem;
 fix>``, with the parts that do not apply left out. The parts may come from a
 hostile bundle (file names in a zip, keys in YAML), so each is shown with
-control characters escaped: the line stays one line whatever the input.
+control characters escaped (``shown``): the line stays one line whatever the
+input.
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ from protocol.errors import BundleError
 
 
 def shown(text: str) -> str:
-    """``text`` as it is when printable, else escaped like ``repr`` (unquoted)."""
+    """``text`` with each character that is not printable (ESC, BEL, CR, newline,
+    C1 controls, bidi overrides ...) escaped as ``repr`` writes it (``\\x1b``).
+
+    The one escaping of strings from bundles and drivers for a terminal or a
+    log line: ``drivebayctl`` passes its human output through it too. Printable
+    text, escaped text included, comes back unchanged, so escaping twice is
+    harmless.
+    """
     if text.isprintable():
         return text
-    return repr(text)[1:-1]
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def quoted(text: str) -> str:

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 import yaml
 
-from kernel.config import Config, LimitSettings, LogSettings, TimeoutSettings
+from kernel.config import Config, ControlSettings, LimitSettings, LogSettings, TimeoutSettings
 from kernel.daemon import Kernel
 from kernel.driver_process import DriverProcess
 from kernel.reloading import EFFECTS, Effect, keep_fixed, spawn_settings
@@ -28,6 +28,7 @@ CHANGED: dict[str, Any] = {
     "socket_group": "ops",
     "envs_dir": "/elsewhere/envs",
     "mailbox_size": 7,
+    "control": ControlSettings(max_connections=9),
     "uv_cache_dir": "/elsewhere/uv",
     "category_order": ("storage",),
     "settle_s": 9.0,
