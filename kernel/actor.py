@@ -25,7 +25,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,7 @@ class Rebind:
     )
 
 
-Router = Callable[["ResourceActor"], "DriverSlot"]  # raises DriverAbsent
+Router = Callable[["ResourceActor"], Awaitable["DriverSlot"]]  # raises DriverAbsent
 
 
 class ResourceActor:
@@ -348,7 +348,7 @@ class ResourceActor:
         slot = self.bound
         if slot is None or slot.closed:  # never bound, or its version went away
             self._attached = None
-            slot = self.bound = self._router(self)
+            slot = self.bound = await self._router(self)
         process = slot.process
         if slot.state is not State.RUNNING or process is None or not process.alive:
             try:

@@ -12,6 +12,7 @@ TaskGroup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -105,7 +106,7 @@ class Kernel:
                 )
             self.book = ResourceBook(
                 ResourceStore.open(self.state_dir / "resources.db"),
-                self._route,
+                self._route_when_known,
                 self.schema_for,
                 self.config.mailbox_size,
                 self._stop_budget(),
@@ -573,6 +574,15 @@ class Kernel:
         )
 
     # -- routing resources -------------------------------------------------------
+
+    async def _route_when_known(self, actor: ResourceActor) -> DriverSlot:
+        """``_route`` once the drivers dir has been read: a call that comes
+        while the daemon starts waits for its driver (bounded), instead of
+        being told that a driver it has not looked for yet is not installed."""
+        if not self.ready.is_set():
+            with contextlib.suppress(TimeoutError):  # still not read: _route says what it knows
+                await asyncio.wait_for(self.ready.wait(), self.config.timeouts.start_s)
+        return self._route(actor)
 
     def _route(self, actor: ResourceActor) -> DriverSlot:
         """The slot ``actor`` must use: its pinned version, else the active one."""

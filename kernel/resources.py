@@ -157,7 +157,7 @@ class ResourceBook:
         actor = self._spawn_actor(resource)
         try:
             try:
-                await actor.rebind(self._router(actor))
+                await actor.rebind(await self._router(actor))
             except Exception as exc:
                 raise RequestError(f"{driver} refused resource {resource_id}: {exc}") from exc
             self.store.add(resource)
@@ -200,7 +200,7 @@ class ResourceBook:
             self.store.update(resource)
             actor.pinned = version
             try:
-                await actor.rebind(self._router(actor))
+                await actor.rebind(await self._router(actor))
             except BaseException as exc:  # cancelled too: the pin did not happen
                 actor.pinned = before.pinned
                 self._store_back(before)

@@ -580,3 +580,32 @@ def test_a_reload_while_a_version_starts_reaches_that_version(daemon_factory, tm
         what="v1 served by a process with the new settings",
     )
     assert json.loads(ok(daemon.ctl("call", "v1", "version")).stdout) == "1.1.0"
+
+
+def test_a_call_made_while_the_daemon_starts_waits_for_its_driver(daemon_factory, tmp_path):
+    """A call that reaches a restarted daemon before it has read its drivers
+    dir waits for the driver, instead of being told it is not installed."""
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    assert daemon.stop() == 0
+    slow = daemon.drivers / "many-files"  # makes the first read of the drivers dir take a while
+    for folder in range(20):
+        (slow / str(folder)).mkdir(parents=True)
+        for name in range(500):
+            (slow / str(folder) / str(name)).touch()
+    daemon.start(wait=False)
+
+    async def first_call() -> Any:
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    client = await ControlClient.connect(str(daemon.socket))
+                    break
+                except OSError:  # not listening yet
+                    await asyncio.sleep(0.001)
+        try:
+            return await client.call("v1", "echo", {"value": "first"})
+        finally:
+            await client.close()
+
+    assert uvloop.run(first_call()) == "first"
+    assert "is not installed" not in daemon.log()

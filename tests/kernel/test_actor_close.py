@@ -12,7 +12,7 @@ from protocol.errors import RequestError
 from tests.helpers import run
 
 
-def no_driver(actor: ResourceActor) -> object:
+async def no_driver(actor: ResourceActor) -> object:
     raise DriverAbsent(f"no driver for {actor.resource_id}")
 
 
