@@ -2,7 +2,8 @@
 
 Started by the kernel as ``python -I -c <bootstrap>`` with the channel socket
 inherited as fd ``DRIVEBAY_CHANNEL_FD`` and stdout/stderr already sent to the
-driver's logs. Before any driver code is imported it ties its life to the
+driver's logs. Before any driver code is imported it gives the driver's future
+children a PID namespace of their own (``init_shim``), ties its life to the
 kernel (parent-death signal), applies its limits and says ``Hello``; then it
 loads the driver class, says ``Ready`` and serves requests until ``Drain`` or
 until the channel closes.
@@ -33,6 +34,7 @@ from typing import Any, cast
 
 from protocol.child_codec import ChildCodec
 from protocol.errors import ProtocolError
+from protocol.init_shim import EXIT_CONTAINMENT, contain
 from protocol.outbox import Outbox
 from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 
@@ -40,6 +42,7 @@ LIFECYCLE_METHODS = frozenset({"health", "attach", "detach"})
 EXIT_REFUSED = 2
 EXIT_LOAD_FAILED = 3
 EXIT_PROTOCOL = 4
+CPU_GRACE_S = 2  # hard RLIMIT_CPU = the limit + this
 
 log = logging.getLogger("drivebay.runtime")
 
@@ -57,6 +60,7 @@ class Settings:
         self.max_frame = int(environ.get("DRIVEBAY_MAX_FRAME", str(16 * 1024 * 1024)))
         self.log_level = environ.get("DRIVEBAY_LOG_LEVEL", "INFO")
         self.limits = environ.get("DRIVEBAY_RLIMITS", "")
+        self.containment = environ.get("DRIVEBAY_CONTAINMENT", "auto")
 
 
 def error_reply(request_id: int, exc: BaseException) -> list[Any]:
@@ -578,7 +582,10 @@ def _apply_limits(spec: str) -> None:
     for item in spec.split(","):
         name, _, value = item.partition("=")
         limit = int(value)
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, limit))
+        # CPU: SIGXCPU at the soft limit says why; SIGKILL at the hard one ends
+        # a driver that ignores it.
+        hard = limit + CPU_GRACE_S if name == "cpu" else limit
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, hard))
 
 
 async def _serve(
@@ -615,6 +622,15 @@ async def _serve(
 def main() -> None:
     settings = Settings(dict(os.environ))
     die_with_parent(settings.parent_pid)
+    try:
+        contain(settings.containment)  # while we are one thread; we go on as PID 2
+    except OSError as exc:
+        print(
+            f"drivebay runtime: cannot give the driver a PID namespace: {exc.strerror or exc}; "
+            "set `containment: auto` in the config to fall back to a process group",
+            file=sys.stderr,
+        )
+        os._exit(EXIT_CONTAINMENT)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)

@@ -33,6 +33,7 @@ CHILD_MODULES = (
     "msgpack_lite.py",
     "child_codec.py",
     "outbox.py",
+    "init_shim.py",
     "runtime.py",
 )
 
