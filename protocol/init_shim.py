@@ -37,10 +37,10 @@ import sys
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 EXIT_CONTAINMENT = 5  # the runtime could not contain the driver as it was told to
 
-MODES = ("auto", "pid_namespace", "process_group")
 GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -212,6 +212,9 @@ def probe() -> None:
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
+        # As after an exec: a process that changed its uid may not write its own
+        # /proc/self files (uid_map) until it is dumpable again.
+        _libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     try:
         kind = contain("pid_namespace")
     except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from kernel.config import load_config
 from kernel.driver_process import DriverProcess, Timeouts
-from protocol.errors import DriverCrashed
+from protocol.errors import ConfigError, DriverCrashed
 from protocol.init_shim import contain
+from sandbox.containment import start_line, summarize
+from sandbox.runtime_dir import ensure_runtime_dir
 from tests.helpers import FAST, eventually, fixture_spec, run, started
 
 ROOT = Path(__file__).parents[2]
@@ -172,3 +176,53 @@ async def _kill(proc: DriverProcess) -> None:
     assert proc.pid is not None
     os.kill(proc.pid, signal.SIGKILL)
     await call
+
+
+@pytest.mark.parametrize(
+    ("mode", "found", "level", "line"),
+    [
+        (
+            "auto",
+            {"root": "PID namespace", "nobody": "user and PID namespace"},
+            logging.INFO,
+            "containment: each driver in a PID namespace of its own "
+            "(as root: PID namespace, as nobody: user and PID namespace)",
+        ),
+        (
+            "auto",
+            {"alice": "none: Operation not permitted"},
+            logging.WARNING,
+            "containment: no PID namespace for drivers (as alice: Operation not permitted), "
+            "so drivers' their descendants are ended with their process group only",
+        ),
+        (
+            "pid_namespace",
+            {"alice": "none: Operation not permitted"},
+            logging.ERROR,
+            "containment: pid_namespace is required but the kernel refuses it "
+            "(as alice: Operation not permitted): those drivers will not start",
+        ),
+        (
+            "process_group",
+            {},
+            logging.WARNING,
+            "containment: process_group (from the config): drivers' their descendants",
+        ),
+    ],
+)
+def test_the_start_line_says_which_mechanism_runs(mode, found, level, line):
+    got_level, got_line = summarize(mode, found)
+    assert (got_level, got_line[: len(line)]) == (level, line)
+
+
+def test_the_start_probe_finds_what_the_drivers_get(tmp_path):
+    users = {"nobody"} if os.geteuid() == 0 else set()
+    level, line = run(start_line("auto", ensure_runtime_dir(tmp_path / "state"), users))
+    assert level == logging.INFO, line
+    if users:
+        assert "as root: PID namespace, as nobody: user and PID namespace" in line
+
+
+def test_an_unknown_containment_is_refused():
+    with pytest.raises(ConfigError, match="containment"):
+        load_config(None, {"containment": "cgroups"})
