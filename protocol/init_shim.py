@@ -1,11 +1,12 @@
 """A PID namespace per driver, with our init as its PID 1: nothing the driver
 starts outlives it.
 
-The runtime calls ``contain`` first thing, while it is still one thread. The
-process the daemon started (the *keeper*) makes a new PID namespace for its
-children (with a user namespace when it lacks CAP_SYS_ADMIN, as an ordinary
-user or a ``user:`` driver does) and forks the *init*, PID 1 there, which
-forks the runtime, which returns from ``contain`` and goes on as the driver.
+The child's bootstrap calls ``start`` first thing, while it is one thread
+and has imported next to nothing. The process the daemon started (the
+*keeper*) makes a new PID namespace for its children (with a user namespace
+when it lacks CAP_SYS_ADMIN, as an ordinary user or a ``user:`` driver does)
+and forks the *init*, PID 1 there, which forks the runtime, which returns
+from ``start`` and goes on as the driver.
 Whatever the driver starts lives in the namespace, whatever it does
 (``setsid``, a double fork): an orphan is re-parented to the init, which reaps
 it, and when the init dies the Linux kernel kills every process left in the
@@ -42,6 +43,32 @@ PR_SET_NAME = 15
 EXIT_CONTAINMENT = 5  # the runtime could not contain the driver as it was told to
 
 GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+def start() -> None:
+    """The bootstrap's first step, before the runtime is imported (so the
+    keeper and the init, copies of this process, stay small): tie our life to
+    the daemon's, then contain as ``DRIVEBAY_CONTAINMENT`` says. Exits with
+    EXIT_CONTAINMENT, saying why on stderr, when a required namespace cannot
+    be made."""
+    die_with_parent(int(os.environ.get("DRIVEBAY_PARENT_PID", "0")))
+    try:
+        contain(os.environ.get("DRIVEBAY_CONTAINMENT", "auto"))
+    except OSError as exc:
+        print(
+            f"drivebay runtime: cannot give the driver a PID namespace: {exc.strerror or exc}; "
+            "set `containment: auto` in the config to fall back to a process group",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(EXIT_CONTAINMENT)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us when the daemon dies; exit if it already has."""
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(1)  # the daemon died before we could tie ourselves to it
 
 
 def contain(mode: str) -> str:
