@@ -45,6 +45,10 @@ EXIT_CONTAINMENT = 5  # the runtime could not contain the driver as it was told 
 GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
+class ContainmentError(Exception):
+    """The namespace was made but could not be set up: the child cannot go on."""
+
+
 def start() -> None:
     """The bootstrap's first step, before the runtime is imported (so the
     keeper and the init, copies of this process, stay small): tie our life to
@@ -52,12 +56,15 @@ def start() -> None:
     EXIT_CONTAINMENT, saying why on stderr, when a required namespace cannot
     be made."""
     die_with_parent(int(os.environ.get("DRIVEBAY_PARENT_PID", "0")))
+    mode = os.environ.get("DRIVEBAY_CONTAINMENT", "auto")
     try:
-        contain(os.environ.get("DRIVEBAY_CONTAINMENT", "auto"))
-    except OSError as exc:
+        contain(mode)
+    except (OSError, ContainmentError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        other = "auto" if mode == "pid_namespace" else "process_group"
         print(
-            f"drivebay runtime: cannot give the driver a PID namespace: {exc.strerror or exc}; "
-            "set `containment: auto` in the config to fall back to a process group",
+            f"drivebay runtime: cannot give the driver a PID namespace: {reason}; "
+            f"set `containment: {other}` in the config to run it without one",
             file=sys.stderr,
             flush=True,
         )
@@ -77,7 +84,10 @@ def contain(mode: str) -> str:
     ``mode`` is ``auto`` (a namespace where the kernel allows one, else
     nothing), ``pid_namespace`` (required) or ``process_group`` (nothing).
     Returns what was done, or ``""`` when the driver stays where it is.
-    Raises OSError when a required namespace cannot be made.
+    Raises OSError when a required namespace cannot be made, and, whatever
+    the mode, OSError or ContainmentError when one was made but the init
+    could not be started in it (the child must not go on then: its next
+    fork would be the namespace's PID 1).
     """
     if mode == "process_group":
         return ""
@@ -113,9 +123,13 @@ def _new_namespace() -> str:
     # namespaces only. Our ids map to themselves: the driver sees no change.
     uid, gid = os.geteuid(), os.getegid()
     _unshare(CLONE_NEWUSER | CLONE_NEWPID)
-    _write("/proc/self/setgroups", "deny")
-    _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
-    _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    try:
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+        _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    except OSError as exc:
+        # Past unshare there is no way back to an uncontained start.
+        raise ContainmentError(f"cannot map our ids in the user namespace: {exc}") from exc
     return "user and PID namespace"
 
 
@@ -246,6 +260,9 @@ def probe() -> None:
         kind = contain("pid_namespace")
     except OSError as exc:
         print(f"none: {exc.strerror or exc}", flush=True)
+        os._exit(0)
+    except ContainmentError as exc:
+        print(f"none: {exc}", flush=True)
         os._exit(0)
     print(kind if os.getpid() == 2 else "none: the driver is not PID 2 inside", flush=True)
     os._exit(0)
