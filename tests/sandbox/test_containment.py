@@ -31,8 +31,9 @@ ROOT = Path(__file__).parents[2]
 PATIENT = Timeouts(start=20, ping_interval=0.2, ping_timeout=5, call=20, drain=2, term=2, kill=600)
 
 
-def marked(marker: str) -> list[int]:
-    """Pids of the processes with ``marker`` as an argument."""
+def marked(marker: str, prefix: bool = False) -> list[int]:
+    """Pids of the processes with ``marker`` as an argument (or as the start
+    of one)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -41,17 +42,19 @@ def marked(marker: str) -> list[int]:
                     argv = handle.read().split(b"\0")
             except OSError:
                 continue
-            if marker.encode() in argv:
+            wanted = marker.encode()
+            if any(arg == wanted or (prefix and arg.startswith(wanted)) for arg in argv):
                 found.append(int(entry))
     return found
 
 
 @pytest.fixture
 def marker() -> Iterator[str]:
-    """A unique argv marker; whatever still carries it at the end is killed."""
+    """A unique argv marker; whatever still carries it (or a marker made from
+    it) at the end is killed."""
     value = f"drivebay-escapee-{uuid.uuid4().hex}"
     yield value
-    for pid in marked(value):
+    for pid in marked(value, prefix=True):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
@@ -162,11 +165,7 @@ def test_process_group_fallback_ends_the_group_and_never_waits_for_escapees(tmp_
             assert "last words" in proc.stderr_tail()
             await eventually(lambda: not marked(member))  # the group was killed
 
-    try:
-        run(main())
-    finally:
-        for pid in marked(member):
-            os.kill(pid, signal.SIGKILL)
+    run(main())
 
 
 async def _kill(proc: DriverProcess) -> None:
