@@ -13,7 +13,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
@@ -102,6 +102,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     log_level: str = "INFO"
     python: str | None = None  # interpreter driver envs are built on; default the kernel's
     user: str | None = None  # run drivers as this user (root daemon only)
+    # What keeps a driver's descendants from outliving it (sandbox/containment.py).
+    containment: Literal["auto", "pid_namespace", "process_group"] = "auto"
     category_order: tuple[str, ...] = ("network", "storage", "hypervisor")
     settle_s: float = 1.0  # a dropped directory must be unchanged this long
     same_version_change: str = "error"  # or "reload": a changed bundle of the same version

@@ -36,6 +36,7 @@ from kernel.states import SETTLED_OK, State
 from kernel.supervisor import DriverSlot, SlotContext
 from protocol.errors import DrivebayError, NoSuchName, RequestError
 from protocol.versions import PROTOCOL_MAX
+from sandbox import containment
 from sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from sandbox.env_key import EnvRequest, env_key
 from sandbox.envs import collect_garbage, ensure_env
@@ -100,6 +101,7 @@ class Kernel:
             remove_staging(self.state_dir)  # half-written bundle copies of a crash
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
+            await self._say_containment()
             if os.geteuid() == 0 and not self.config.user:
                 log.warning(
                     "drivers run as root: set `user:` in the config to run them unprivileged"
@@ -120,6 +122,15 @@ class Kernel:
                 await self._main()
         finally:
             self._lock.release()
+
+    async def _say_containment(self) -> None:
+        """One line at start: what keeps drivers' descendants from outliving them."""
+        assert self._runtime_dir is not None
+        users = {
+            u for u in [self.config.user, *(d.user for d in self.config.drivers.values())] if u
+        }
+        found = await containment.probe(self._runtime_dir, sorted(users))
+        log.log(*containment.summarize(self.config.containment, found))
 
     async def _main(self) -> None:
         try:

@@ -16,7 +16,7 @@ import asyncio
 import itertools
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +101,7 @@ class DriverProcess:
         self._channel: Any = None
         self._watcher: asyncio.Task[None] | None = None
         self._death: str | None = None  # why the kernel ended the child, if it did
+        self._driver_pid = 0  # known from Hello
         self._stopping = False
         self.hello: Hello | None = None
         self.ready: Ready | None = None
@@ -109,6 +110,12 @@ class DriverProcess:
 
     @property
     def pid(self) -> int | None:
+        """The driver's pid (outside its PID namespace); its process group,
+        which the kernel signals, is ``group``."""
+        return self._driver_pid or self.group
+
+    @property
+    def group(self) -> int | None:
         return self._child.pid if self._child else None
 
     @property
@@ -189,6 +196,7 @@ class DriverProcess:
         assert self._child is not None
         await self._loop.connect_accepted_socket(lambda: self._channel, self._child.channel)
         self.hello = await self._before_exit(self._hello, "saying hello")
+        self._driver_pid = self._child.driver_pid(self.hello.pid)
         # The stdlib codec stops at a nesting depth msgspec (here) goes past:
         # a call nested deeper would end that child's channel.
         self._max_depth = MAX_DEPTH if self.hello.codec.startswith("stdlib") else 0
@@ -219,7 +227,7 @@ class DriverProcess:
         await asyncio.wait([step, self._child.exited], return_when=asyncio.FIRST_COMPLETED)
         if step.done():
             return step.result()  # may raise the load error set by _on_message
-        await self._child.output_closed(self.timeouts.kill)
+        await self._child.output_drained(self.timeouts.kill)
         raise self._start_error(
             f"exited ({describe_exit(self._child.exited.result())}) before {doing}"
         )
@@ -496,8 +504,11 @@ class DriverProcess:
                     signal.SIGKILL,
                 )
                 await asyncio.wait([exited], timeout=self.timeouts.kill)
-        await self._child.output_closed(self.timeouts.kill)
+        # What the child left in its pipes, not their end-of-file: a
+        # descendant holding them must not hold up the recovery.
+        await self._child.output_drained(self.timeouts.kill)
         self._channel.close()
+        self._child.close()
         self._fail_pending(self._exit_error())
 
     def exit_reason(self) -> str:
@@ -508,9 +519,11 @@ class DriverProcess:
         if self._death is not None:
             reason = f"{self._death} ({status})"
         tail = self.stderr_tail()
-        limit = self.spec.rlimits.get("as")
-        if limit and "MemoryError" in tail:
-            reason += f"; exceeded memory limit {limit // (1024 * 1024)} MiB"
+        verdict = limit_verdict(
+            self.spec.rlimits, self._child.exited.result(), self._child.cpu_s, tail
+        )
+        if verdict:
+            reason += f"; {verdict}"
         return reason + (f"; stderr: {tail}" if tail and not self._stopping else "")
 
     def _exit_error(self) -> DriverError:
@@ -597,6 +610,20 @@ class DriverProcess:
                 self._channel.close()
             self._deadlines.close()
             child.close()
+
+
+def limit_verdict(rlimits: Mapping[str, int], returncode: int, cpu_s: float, tail: str) -> str:
+    """Which limit ended the child, if one did: ``exceeded CPU limit 3 s`` or
+    ``exceeded memory limit 512 MiB``, else ``""``. The CPU limit's soft
+    value sends SIGXCPU, its hard value (a little higher, for a driver that
+    ignores SIGXCPU) SIGKILL."""
+    cpu = rlimits.get("cpu")
+    if cpu and (returncode == -signal.SIGXCPU or (returncode == -signal.SIGKILL and cpu_s >= cpu)):
+        return f"exceeded CPU limit {cpu} s"
+    memory = rlimits.get("as")
+    if memory and "MemoryError" in tail:
+        return f"exceeded memory limit {memory // (1024 * 1024)} MiB"
+    return ""
 
 
 def _what(what: str | tuple[str, str]) -> str:

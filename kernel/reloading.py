@@ -50,6 +50,7 @@ EFFECTS: dict[str, Effect] = {
     "max_frame_bytes": Effect.RESPAWN,
     "limits": Effect.RESPAWN,
     "logs": Effect.RESPAWN,
+    "containment": Effect.RESPAWN,  # how a driver's process tree is held is set at its spawn
     "drivers": Effect.RESPAWN,
 }
 

@@ -619,6 +619,7 @@ class DriverSlot:
             extra_env=settings.env,
             on_output=self._on_output,
             run_as=run_as,
+            containment=config.containment,
         )
 
     def _on_output(self, stream: str, data: bytes) -> None:

@@ -2,8 +2,9 @@
 
 Started by the kernel as ``python -I -c <bootstrap>`` with the channel socket
 inherited as fd ``DRIVEBAY_CHANNEL_FD`` and stdout/stderr already sent to the
-driver's logs. Before any driver code is imported it ties its life to the
-kernel (parent-death signal), applies its limits and says ``Hello``; then it
+driver's logs. The bootstrap has already tied the child's life to the kernel
+and put it in a PID namespace of its own (``init_shim.start``). Before any
+driver code is imported it applies its limits and says ``Hello``; then it
 loads the driver class, says ``Ready`` and serves requests until ``Drain`` or
 until the channel closes.
 
@@ -23,7 +24,6 @@ import importlib
 import inspect
 import logging
 import os
-import signal
 import socket
 import sys
 import threading
@@ -40,6 +40,7 @@ LIFECYCLE_METHODS = frozenset({"health", "attach", "detach"})
 EXIT_REFUSED = 2
 EXIT_LOAD_FAILED = 3
 EXIT_PROTOCOL = 4
+CPU_GRACE_S = 2  # hard RLIMIT_CPU = the limit + this
 
 log = logging.getLogger("drivebay.runtime")
 
@@ -53,10 +54,10 @@ class Settings:
         self.src = environ.get("DRIVEBAY_SRC", "")
         self.driver = environ.get("DRIVEBAY_DRIVER", "driver")
         self.version = environ.get("DRIVEBAY_VERSION", "0")
-        self.parent_pid = int(environ.get("DRIVEBAY_PARENT_PID", "0"))
         self.max_frame = int(environ.get("DRIVEBAY_MAX_FRAME", str(16 * 1024 * 1024)))
         self.log_level = environ.get("DRIVEBAY_LOG_LEVEL", "INFO")
         self.limits = environ.get("DRIVEBAY_RLIMITS", "")
+        self.containment = environ.get("DRIVEBAY_CONTAINMENT", "auto")
 
 
 def error_reply(request_id: int, exc: BaseException) -> list[Any]:
@@ -95,18 +96,6 @@ def memory_verdict() -> str:
         if name == "as" and value.isdigit():
             return f"exceeded memory limit {int(value) // (1024 * 1024)} MiB"
     return ""
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL us when the kernel dies; exit if it already has."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if parent_pid and os.getppid() != parent_pid:
-        os._exit(1)  # the kernel died before we could tie ourselves to it
 
 
 class ChannelLogHandler(logging.Handler):
@@ -580,7 +569,10 @@ def _apply_limits(spec: str) -> None:
     for item in spec.split(","):
         name, _, value = item.partition("=")
         limit = int(value)
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, limit))
+        # CPU: SIGXCPU at the soft limit says why; SIGKILL at the hard one ends
+        # a driver that ignores it.
+        hard = limit + CPU_GRACE_S if name == "cpu" else limit
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, hard))
 
 
 async def _serve(
@@ -616,7 +608,6 @@ async def _serve(
 
 def main() -> None:
     settings = Settings(dict(os.environ))
-    die_with_parent(settings.parent_pid)
     with contextlib.suppress(AttributeError, ValueError):
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)

@@ -2,9 +2,11 @@
 
 Children die with the daemon through the parent-death signal; this is the
 second line of defence (for example a child that was between fork and
-``prctl`` when the daemon was killed). Each record holds the pid and the
-process start time from ``/proc/<pid>/stat``: a record is acted on only if
-both still match, so an unrelated process that reused the pid is never hurt.
+``prctl`` when the daemon was killed). Each record holds the pid, the
+process start time from ``/proc/<pid>/stat`` and the process group the kernel
+signals (the driver's own pid, or the process that keeps its PID namespace):
+a record is acted on only if pid and start time still match, so an unrelated
+process that reused the pid is never hurt.
 """
 
 from __future__ import annotations
@@ -38,8 +40,12 @@ class PidRecords:
 
     def record(self, name: str, pid: int) -> None:
         started = start_time(pid)
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            return
         if started is not None:
-            (self.directory / f"{name}.pid").write_text(f"{pid} {started}\n")
+            (self.directory / f"{name}.pid").write_text(f"{pid} {started} {group}\n")
 
     def forget(self, name: str, pid: int | None = None) -> None:
         """Remove the record of ``name``; with ``pid``, only if it is still
@@ -68,8 +74,8 @@ class PidRecords:
         killed: list[int] = []
         for path in sorted(self.directory.glob("*.pid")):
             try:
-                pid_text, started_text = path.read_text().split()
-                pid, started = int(pid_text), int(started_text)
+                pid, started, *rest = (int(field) for field in path.read_text().split())
+                group = rest[0] if rest else pid  # records of older daemons: pid and time
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)
                 continue
@@ -79,9 +85,9 @@ class PidRecords:
                     "killing stale driver %s (pid %d) left by a previous daemon", path.stem, pid
                 )
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(group, signal.SIGKILL)
                 killed.append(pid)
-            elif now is None and _kill_group(pid):
+            elif now is None and _kill_group(group):
                 log.warning(
                     "killed what stale driver %s (pid %d) left running in its process group",
                     path.stem,

@@ -33,6 +33,7 @@ CHILD_MODULES = (
     "msgpack_lite.py",
     "child_codec.py",
     "outbox.py",
+    "init_shim.py",
     "runtime.py",
 )
 
@@ -78,4 +79,7 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
     return target
 
 
-BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv[1]); from protocol.runtime import main; main()"
+BOOTSTRAP = (
+    "import sys; sys.path.insert(0, sys.argv[1]); from protocol.init_shim import start; start(); "
+    "from protocol.runtime import main; main()"
+)

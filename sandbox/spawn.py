@@ -5,7 +5,14 @@ environment, its own session and process group (so the kernel can signal the
 driver and everything it started as one), stdin from /dev/null, stdout and
 stderr on pipes the kernel reads, and exactly one inherited fd: its end of the
 channel ``socketpair``. Its exit is seen through a pidfd the event loop
-watches, as it happens, with no polling and no SIGCHLD handler.
+watches, as it happens, with no polling and no SIGCHLD handler. The child puts
+what the driver starts in a PID namespace of its own (``containment``, see
+``protocol.init_shim``); the process group is the fallback and, in both
+cases, what the kernel signals.
+
+Every descriptor has one owner: a pipe belongs to its transport from the
+moment the transport exists (only the transport closes it), the pidfd to the
+exit watch (closed only after its reader is removed).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.output import OutputCapture, RotatingFile
+from sandbox.pipe_reader import PipeReader
 from sandbox.privileges import RunAs
 from sandbox.runtime_dir import BOOTSTRAP
 
@@ -50,6 +58,7 @@ class SpawnSpec:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     on_output: Callable[[str, bytes], None] | None = None  # ("stdout"|"stderr", chunk)
     run_as: RunAs | None = None  # switch to this user before exec (root daemon only)
+    containment: str = "auto"  # see protocol.init_shim.contain
 
 
 def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
@@ -71,6 +80,7 @@ def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
         DRIVEBAY_MAX_FRAME=str(spec.max_frame),
         DRIVEBAY_LOG_LEVEL=spec.log_level,
         DRIVEBAY_RLIMITS=",".join(f"{name}={value}" for name, value in spec.rlimits.items()),
+        DRIVEBAY_CONTAINMENT=spec.containment,
     )
     env.update(spec.extra_env)
     return env
@@ -87,6 +97,15 @@ def describe_exit(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
+def _only_child(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            children = listing.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if len(children) == 1 else None
+
+
 class ChildProcess:
     """A running driver child. ``exited`` resolves to its return code once it
     has been reaped; until then its process group may be signalled."""
@@ -94,21 +113,24 @@ class ChildProcess:
     def __init__(
         self,
         popen: subprocess.Popen[bytes],
+        pidfd: int,
         channel: socket.socket,
-        stdout: OutputCapture,
-        stderr: OutputCapture,
+        readers: tuple[PipeReader, PipeReader],
         pipes: list[asyncio.BaseTransport],
     ) -> None:
         self.popen = popen
         self._pipes = pipes
+        self._readers = readers
         self.pid = popen.pid
         self.channel = channel
-        self.stdout = stdout
-        self.stderr = stderr
+        self.stdout = readers[0].capture
+        self.stderr = readers[1].capture
         self._loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[int] = self._loop.create_future()
-        self._pidfd = os.pidfd_open(self.pid)
-        self._loop.add_reader(self._pidfd, self._on_exit)
+        self.cpu_s = 0.0  # CPU time the child used, once reaped
+        # Owned from here: closed in _on_exit, after its reader is removed.
+        self._pidfd = pidfd
+        self._loop.add_reader(pidfd, self._on_exit)
 
     @property
     def returncode(self) -> int | None:
@@ -122,24 +144,42 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
 
+    def driver_pid(self, reported: int) -> int:
+        """The driver's pid as the daemon sees it, given the pid it reported
+        (its ``getpid()``): the process we started when it is not contained;
+        in its PID namespace it is 2, and our child's grandchild (our child
+        keeps, its child is PID 1, whose child is the driver)."""
+        if reported == self.pid:
+            return self.pid
+        init = _only_child(self.pid)
+        driver = _only_child(init) if init is not None else None
+        return driver if driver is not None else self.pid
+
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
+        self._pidfd = -1
         # The leader is a zombie, so its pid (= the group id) cannot be reused
         # yet: end whatever the driver started, then reap.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        returncode = self.popen.wait()
+        # wait4, not Popen.wait: its CPU time tells a CPU-limit death apart.
+        _, status, usage = os.wait4(self.pid, 0)
+        self.cpu_s = usage.ru_utime + usage.ru_stime
+        returncode = self.popen.returncode = os.waitstatus_to_exitcode(status)
         self.exited.set_result(returncode)
 
-    async def output_closed(self, timeout: float) -> None:
-        """Wait (bounded) until both pipes reached EOF, so tails are complete."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await asyncio.gather(self.stdout.closed, self.stderr.closed)
+    async def output_drained(self, timeout: float) -> None:
+        """Once the child has exited: wait (bounded) until what it left in its
+        pipes is read, so tails are complete. Not for end-of-file: a
+        descendant holding a pipe must not hold up the crash recovery."""
+        waits = [w for w in (r.wait_pending() for r in self._readers) if w is not None]
+        if waits:
+            await asyncio.wait(waits, timeout=timeout)
 
     def close(self) -> None:
-        """Release the kernel's ends (channel, pipes) once the child is reaped."""
+        """Release the kernel's ends (channel, pipes) once the child is reaped.
+        Each pipe is closed by its transport, which owns it."""
         self.channel.close()
         for pipe in self._pipes:
             pipe.close()
@@ -155,61 +195,73 @@ def _identity(run_as: RunAs | None) -> dict[str, Any]:
     return {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups)}
 
 
-def _same(capture: OutputCapture) -> OutputCapture:
-    return capture
-
-
 async def spawn_child(spec: SpawnSpec) -> ChildProcess:
-    """Start the child. Raises OSError when the interpreter cannot be run."""
+    """Start the child. Raises OSError when the interpreter cannot be run (or
+    a descriptor cannot be had); then nothing is left behind: no process, no
+    descriptor, no transport."""
     kernel_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        # Popen (vfork + exec) returns within a millisecond and, unlike the
-        # loop's subprocess API, lets us own the reaping through a pidfd.
-        popen = subprocess.Popen(  # noqa: ASYNC220
-            # -B: the child writes no bytecode anywhere; the store and the
-            # runtime dir ship theirs, and must stay read-only even for root.
-            [str(spec.python), "-I", "-B", "-c", BOOTSTRAP, str(spec.runtime_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(child_end.fileno(),),
-            start_new_session=True,
-            cwd=spec.cwd,
-            env=child_environment(spec, child_end.fileno()),
-            **_identity(spec.run_as),
-        )
+        popen = _popen(spec, child_end.fileno())
     except BaseException:
         kernel_end.close()
         raise
     finally:
         child_end.close()
+    assert popen.stdout is not None and popen.stderr is not None
+    loose: list[Any] = [kernel_end, popen.stdout, popen.stderr]  # ours to close on failure
+    transports: list[asyncio.BaseTransport] = []
+    pidfd = -1
     try:
+        pidfd = os.pidfd_open(popen.pid)
         loop = asyncio.get_running_loop()
-        assert popen.stdout is not None and popen.stderr is not None
-        pipes: list[asyncio.BaseTransport] = []
-        captures = []
-        streams = (
+        readers = []
+        for name, stream, path in (
             ("stdout", popen.stdout, spec.stdout_log),
             ("stderr", popen.stderr, spec.stderr_log),
-        )
-        for name, stream, path in streams:
+        ):
             listener = functools.partial(spec.on_output, name) if spec.on_output else None
             capture = OutputCapture(
                 RotatingFile(path, spec.log_max_bytes, spec.log_backups) if path else None,
                 listener=listener,
             )
-            transport, _ = await loop.connect_read_pipe(functools.partial(_same, capture), stream)
-            pipes.append(transport)
-            captures.append(capture)
+            reader = PipeReader(capture)
+            transport, _ = await loop.connect_read_pipe(functools.partial(_same, reader), stream)
+            loose.remove(stream)  # the transport owns it now, and closes it
+            transports.append(transport)
+            readers.append(reader)
         kernel_end.setblocking(False)
-        return ChildProcess(popen, kernel_end, captures[0], captures[1], pipes)
+        return ChildProcess(popen, pidfd, kernel_end, (readers[0], readers[1]), transports)
     except BaseException:
         # Never leave a child we cannot watch: kill and reap it right here.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(popen.pid, signal.SIGKILL)
         popen.wait()
-        kernel_end.close()
-        for pipe in (popen.stdout, popen.stderr):
-            if pipe is not None:
-                pipe.close()
+        if pidfd >= 0:
+            os.close(pidfd)
+        for pipe in transports:
+            pipe.close()
+        for item in loose:
+            item.close()
         raise
+
+
+def _same(reader: PipeReader) -> PipeReader:
+    return reader
+
+
+def _popen(spec: SpawnSpec, child_fd: int) -> subprocess.Popen[bytes]:
+    # Popen (vfork + exec) returns within a millisecond and, unlike the
+    # loop's subprocess API, lets us own the reaping through a pidfd.
+    return subprocess.Popen(
+        # -B: the child writes no bytecode anywhere; the store and the
+        # runtime dir ship theirs, and must stay read-only even for root.
+        [str(spec.python), "-I", "-B", "-c", BOOTSTRAP, str(spec.runtime_dir)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(child_fd,),
+        start_new_session=True,
+        cwd=spec.cwd,
+        env=child_environment(spec, child_fd),
+        **_identity(spec.run_as),
+    )

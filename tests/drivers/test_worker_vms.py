@@ -38,6 +38,28 @@ def command(*flags: str, code: str = WORKER) -> str:
     return shlex.join([sys.executable, "-c", code, *flags])
 
 
+def host_pid(proc, pid: int) -> int:  # type: ignore[no-untyped-def]
+    """The pid seen here of the driver's live descendant ``pid``, a pid as the
+    driver sees it (in its PID namespace, where it is pid 2)."""
+    todo = [proc.group]
+    while todo:
+        candidate = todo.pop()
+        try:
+            status = Path(f"/proc/{candidate}/status").read_text()
+            tasks = os.listdir(f"/proc/{candidate}/task")
+            for task in tasks:
+                todo.extend(
+                    int(child)
+                    for child in Path(f"/proc/{candidate}/task/{task}/children").read_text().split()
+                )
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        nspids = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+        if int(nspids.split()[-1]) == pid:
+            return candidate
+    raise AssertionError(f"no descendant of the driver is pid {pid} in its namespace")
+
+
 def gone(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -62,6 +84,7 @@ def test_start_list_stop_and_limits(tmp_path):
             a = await proc.call("w", "start_instance", {"name": "a"})
             b = await proc.call("w", "start_instance", {"name": "b"})
             assert a["state"] == "running" and a["exit_code"] is None and a["pid"] != b["pid"]
+            seen = {name: host_pid(proc, i["pid"]) for name, i in (("a", a), ("b", b))}
             with pytest.raises(OperationFailed, match=r"max_instances \(2\) are running"):
                 await proc.call("w", "start_instance", {"name": "c"})
             with pytest.raises(OperationFailed, match="instance 'a' is already running"):
@@ -73,16 +96,18 @@ def test_start_list_stop_and_limits(tmp_path):
             stopped = await proc.call("w", "stop_instance", {"name": "a"})
             assert stopped["state"] == "exited" and stopped["exit_code"] == -signal.SIGTERM
             assert stopped["exit"] == "signal 15 (SIGTERM)"
-            assert gone(a["pid"])  # reaped before stop_instance returned
+            assert gone(seen["a"])  # reaped before stop_instance returned
             c = await proc.call("w", "start_instance", {"name": "c"})
+            seen["c"] = host_pid(proc, c["pid"])
             with pytest.raises(OperationFailed, match=r"max_instances \(2\)"):
                 await proc.call("w", "start_instance", {"name": "a"})
             await proc.call("w", "stop_instance", {"name": "c"})
             again = await proc.call("w", "start_instance", {"name": "a"})
             assert again["pid"] != a["pid"] and again["state"] == "running"
+            seen["again"] = host_pid(proc, again["pid"])
 
             await proc.detach("w")  # returns once every instance is reaped
-            assert all(gone(i["pid"]) for i in (a, b, c, again))
+            assert all(gone(pid) for pid in seen.values())
 
     run(main())
 
@@ -95,11 +120,12 @@ def test_stop_escalates_and_takes_the_process_group(tmp_path):
             worker = await proc.call("w", "start_instance", {"name": "s"})
             await ready(proc, "w", "s")
             output = await proc.call("w", "instance_output", {"name": "s", "lines": 2})
-            grandchild = int(output[0].split()[1])
+            grandchild = host_pid(proc, int(output[0].split()[1]))
             assert not gone(grandchild)
+            worker_pid = host_pid(proc, worker["pid"])
             stopped = await proc.call("w", "stop_instance", {"name": "s", "timeout_s": 0.2})
             assert stopped["exit_code"] == -signal.SIGKILL  # SIGTERM was ignored
-            assert gone(worker["pid"])
+            assert gone(worker_pid)
             await eventually(lambda: gone(grandchild))
 
     run(main())
@@ -111,7 +137,8 @@ def test_workers_die_with_a_killed_driver(tmp_path):
             await proc.attach("w", {"command": command(), "max_instances": 3})
             pids = []
             for name in ("a", "b", "c"):
-                pids.append((await proc.call("w", "start_instance", {"name": name}))["pid"])
+                pid = (await proc.call("w", "start_instance", {"name": name}))["pid"]
+                pids.append(host_pid(proc, pid))
             await ready(proc, "w", "c")
             # No detach, no drain: only the parent-death signal can end them.
             os.kill(proc.pid, signal.SIGKILL)
@@ -128,7 +155,7 @@ def test_workers_stop_when_the_driver_stops(tmp_path):
             # Ignores SIGTERM: detach escalates to SIGKILL, within the drain deadline.
             await proc.attach("x", {"command": command("stubborn"), "max_instances": 1})
             pids = [
-                (await proc.call(resource, "start_instance", {"name": "i"}))["pid"]
+                host_pid(proc, (await proc.call(resource, "start_instance", {"name": "i"}))["pid"])
                 for resource in ("w", "x")
             ]
             await ready(proc, "x", "i")  # SIGTERM is ignored from now on

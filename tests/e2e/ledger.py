@@ -26,6 +26,18 @@ HEALTHY = {healthy!r}
 LEDGER = os.environ["LEDGER_PATH"]
 
 
+def _pid():
+    # Our pid as the daemon sees it: in our PID namespace we are 2.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("NSpid:"):
+                return int(line.split()[1])
+    return os.getpid()
+
+
+PID = _pid()
+
+
 def _write(record):
     line = (json.dumps(record) + "\\n").encode()
     fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -38,7 +50,7 @@ def _write(record):
 class LedgerDriver:
     @classmethod
     async def health(cls):
-        _write({{"kind": "health", "version": VERSION, "pid": os.getpid(),
+        _write({{"kind": "health", "version": VERSION, "pid": PID,
                  "at": time.monotonic(), "ok": HEALTHY}})
         return {{"ok": HEALTHY, "reason": "configured to fail" if not HEALTHY else ""}}
 
@@ -51,9 +63,9 @@ class LedgerDriver:
         await asyncio.sleep(0)
         end = time.monotonic()
         _write({{"kind": "op", "op_id": op_id, "resource": self.resource_id, "seq": seq,
-                 "version": VERSION, "pid": os.getpid(), "start": start, "end": end,
+                 "version": VERSION, "pid": PID, "start": start, "end": end,
                  "colour": self.properties.get("colour")}})
-        return {{"version": VERSION, "pid": os.getpid()}}
+        return {{"version": VERSION, "pid": PID}}
 """
 
 PROPERTIES = [{"key": "colour", "type": "string", "required": False, "max_length": 20}]

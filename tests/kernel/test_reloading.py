@@ -42,6 +42,7 @@ CHANGED: dict[str, Any] = {
     "max_frame_bytes": 9999,
     "limits": LimitSettings(memory_mb=9),
     "logs": LogSettings(max_bytes=9),
+    "containment": "process_group",
     "drivers": {"alpha": {"env": {"A": "1"}}},
 }
 

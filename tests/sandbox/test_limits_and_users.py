@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from kernel.driver_process import limit_verdict
 from protocol.errors import DriverCrashed, DriverStartError, OperationFailed
 from sandbox.privileges import RunAs, preflight
 from sandbox.runtime_dir import ensure_runtime_dir
@@ -142,3 +145,33 @@ def test_a_driver_killed_by_its_memory_limit_gets_the_verdict(tmp_path):
             assert "MemoryError" in message  # the stderr tail says what happened
 
     run(main())
+
+
+def test_a_driver_past_its_cpu_limit_is_told_so(tmp_path):
+    """SIGXCPU at the soft limit, not SIGKILL: the verdict names the limit."""
+    patient = dataclasses.replace(FAST, ping_timeout=60, call=100)
+
+    async def main():
+        spec = fixture_spec(tmp_path, rlimits={"cpu": 1})
+        async with started(spec, patient) as proc:
+            await proc.attach("a", {})
+            with pytest.raises(DriverCrashed) as caught:
+                await proc.call("a", "spin", {})
+            assert "exited (signal 24 (SIGXCPU)); exceeded CPU limit 1 s" in str(caught.value)
+
+    run(main())
+
+
+@pytest.mark.parametrize(
+    ("rlimits", "returncode", "cpu_s", "tail", "verdict"),
+    [
+        ({"cpu": 3}, -signal.SIGXCPU, 3.0, "", "exceeded CPU limit 3 s"),
+        ({"cpu": 3}, -signal.SIGKILL, 5.1, "", "exceeded CPU limit 3 s"),  # ignored SIGXCPU
+        ({"cpu": 3}, -signal.SIGKILL, 0.2, "", ""),  # killed by someone else
+        ({}, -signal.SIGXCPU, 3.0, "", ""),
+        ({"as": 512 << 20}, -signal.SIGABRT, 0.1, "MemoryError", "exceeded memory limit 512 MiB"),
+        ({"as": 512 << 20}, 1, 0.1, "ValueError", ""),
+    ],
+)
+def test_limit_verdicts(rlimits, returncode, cpu_s, tail, verdict):
+    assert limit_verdict(rlimits, returncode, cpu_s, tail) == verdict

@@ -216,3 +216,34 @@ def test_stale_records_end_the_group_a_dead_driver_left_behind(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["True", "True"]
+
+
+def test_a_stale_driver_in_its_namespace_is_ended_by_the_group_recorded(tmp_path):
+    """In its PID namespace the driver is not its group's leader (the keeper
+    is): the record holds the group, and the stale driver's group is killed."""
+    records = PidRecords(tmp_path / "run")
+    keeper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+            "print(p.pid, flush=True); p.wait()",
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert keeper.stdout is not None
+        driver = int(keeper.stdout.readline())
+        records.record("drv@1", driver)
+        assert (tmp_path / "run" / "drv@1.pid").read_text().split()[2] == str(keeper.pid)
+        assert records.end_stale() == [driver]
+        assert keeper.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if keeper.poll() is None:
+            os.kill(keeper.pid, signal.SIGKILL)
+        keeper.wait()
+        if keeper.stdout is not None:
+            keeper.stdout.close()

@@ -1,0 +1,46 @@
+"""Starting a child: nothing is left behind when a step fails, and no
+descriptor is closed behind the back of the transport that owns it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+
+import pytest
+
+from sandbox.spawn import spawn_child
+from tests.helpers import fixture_spec, run
+
+
+def test_a_spawn_that_runs_out_of_descriptors_leaves_no_transport_behind(tmp_path, monkeypatch):
+    """With the descriptor limit reached after the child started (other tasks
+    open descriptors while the pipes are being connected), the start fails
+    cleanly: the child is reaped and each pipe closed by its transport. A
+    pipe closed behind its transport's back freed its number for the next
+    descriptor, and registering that one failed with ``File descriptor N is
+    used by transport``."""
+
+    def no_more_descriptors(pid: int) -> int:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "pidfd_open", no_more_descriptors)
+            with pytest.raises(OSError, match="Too many open files"):
+                await spawn_child(fixture_spec(tmp_path))
+        # The numbers the failed start freed come first: each must be usable.
+        pairs = [socket.socketpair() for _ in range(3)]
+        try:
+            for pair in pairs:
+                for end in pair:
+                    loop.add_reader(end.fileno(), lambda: None)
+                    loop.remove_reader(end.fileno())
+        finally:
+            for pair in pairs:
+                for end in pair:
+                    end.close()
+
+    run(main())
