@@ -13,6 +13,7 @@ ends with the child reaped, even when the stopping task is cancelled.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import signal
@@ -155,9 +156,7 @@ class DriverProcess:
         try:
             self._child = await spawn_child(self.spec)
         except OSError as exc:
-            raise DriverStartError(
-                f"{self.name}: cannot run {self.spec.python}: {exc.strerror or exc}"
-            ) from exc
+            raise DriverStartError(_spawn_failure(self.name, self.spec.python, exc)) from exc
         codec: MessageCodec[ToKernel] = MessageCodec(
             ToKernel, f"driver {self.name}", self.spec.max_frame
         )
@@ -629,3 +628,20 @@ def limit_verdict(rlimits: Mapping[str, int], returncode: int, cpu_s: float, tai
 def _what(what: str | tuple[str, str]) -> str:
     """A request's description; calls carry (op, resource) and format it only when needed."""
     return what if isinstance(what, str) else f"{what[0]} on {what[1]}"
+
+
+def _spawn_failure(name: str, python: object, exc: OSError) -> str:
+    """Why a child could not be spawned, blaming the right party: when the
+    daemon is out of descriptors (or the host of processes or memory), the
+    interpreter is not at fault."""
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return (
+            f"{name}: drivebayd has no descriptor left to start it ({exc.strerror}); "
+            "raise LimitNOFILE (the hard RLIMIT_NOFILE) or run fewer drivers"
+        )
+    if exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        return (
+            f"{name}: the host refused a new process ({exc.strerror}); check the memory "
+            "and the process limits of drivebayd's user"
+        )
+    return f"{name}: cannot run {python}: {exc.strerror or exc}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import shutil
 import signal
@@ -498,3 +499,18 @@ def test_calls_without_a_task_each(tmp_path):
                 proc.start_call("a", "echo", {})
 
     run(main())
+
+
+def test_a_spawn_failure_blames_the_party_at_fault():
+    """Out of descriptors is the daemon's limit, not the interpreter's fault."""
+    from kernel.driver_process import _spawn_failure
+
+    def said(code: int) -> str:
+        return _spawn_failure("d@1", "/env/bin/python", OSError(code, os.strerror(code)))
+
+    assert said(errno.EMFILE) == (
+        "d@1: drivebayd has no descriptor left to start it (Too many open files); "
+        "raise LimitNOFILE (the hard RLIMIT_NOFILE) or run fewer drivers"
+    )
+    assert "the host refused a new process" in said(errno.EAGAIN)
+    assert said(errno.ENOENT) == "d@1: cannot run /env/bin/python: No such file or directory"
