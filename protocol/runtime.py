@@ -572,7 +572,18 @@ def _apply_limits(spec: str) -> None:
         # CPU: SIGXCPU at the soft limit says why; SIGKILL at the hard one ends
         # a driver that ignores it.
         hard = limit + CPU_GRACE_S if name == "cpu" else limit
-        resource.setrlimit(getattr(resource, f"RLIMIT_{name.upper()}"), (limit, hard))
+        which = f"RLIMIT_{name.upper()}"
+        try:
+            resource.setrlimit(getattr(resource, which), (limit, hard))
+        except (ValueError, OSError) as exc:  # above the hard limit drivebayd passed on
+            inherited = resource.getrlimit(getattr(resource, which))[1]
+            print(
+                f"drivebay runtime: cannot set {which} to {limit} ({exc}); the hard limit "
+                f"this driver inherits from drivebayd is {inherited}: lower the driver's "
+                "limits, or raise drivebayd's (LimitNOFILE= for open_files)",
+                file=sys.stderr,
+            )
+            os._exit(EXIT_REFUSED)
 
 
 async def _serve(

@@ -175,3 +175,20 @@ def test_a_driver_past_its_cpu_limit_is_told_so(tmp_path):
 )
 def test_limit_verdicts(rlimits, returncode, cpu_s, tail, verdict):
     assert limit_verdict(rlimits, returncode, cpu_s, tail) == verdict
+
+
+def test_a_limit_above_what_the_driver_may_set_is_one_line(tmp_path):
+    """Above the hard limit it inherits (and, for root, above the kernel's
+    nr_open) the driver cannot take the limit: it says so, no traceback."""
+
+    async def main():
+        spec = fixture_spec(tmp_path, rlimits={"nofile": 1 << 40})
+        with pytest.raises(DriverStartError) as caught:
+            async with started(spec):
+                pass
+        said = str(caught.value)
+        assert f"cannot set RLIMIT_NOFILE to {1 << 40}" in said, said
+        assert "raise drivebayd's (LimitNOFILE= for open_files)" in said, said
+        assert "Traceback" not in said
+
+    run(main())
