@@ -3,7 +3,8 @@
 Everything the daemon holds open counts against its ``RLIMIT_NOFILE``: per
 driver process (measured with ``/proc/PID/fd``, 10 and 30 drivers alike) its
 channel socket, the pipes of its stdout and stderr, its pidfd and its two log
-files; a driver version with its warm spare holds twice that. At start
+files (opened at its first output: a spare holds 4); a driver version with its
+warm spare holds at most twice that, and the budget counts that worst case. At start
 drivebayd raises its soft limit to the hard one (systemd's default soft limit
 of 1,024 exists for programs that use ``select``; the daemon uses epoll), then
 works out from the limit how many driver versions fit beside a reserve for

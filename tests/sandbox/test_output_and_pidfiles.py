@@ -247,3 +247,16 @@ def test_a_stale_driver_in_its_namespace_is_ended_by_the_group_recorded(tmp_path
         keeper.wait()
         if keeper.stdout is not None:
             keeper.stdout.close()
+
+
+def test_a_log_file_is_opened_at_the_first_output(tmp_path):
+    """A quiet driver, and every warm spare, holds no log descriptor."""
+    before = len(os.listdir("/proc/self/fd"))
+    log_file = RotatingFile(tmp_path / "logs" / "stdout.log")
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not (tmp_path / "logs" / "stdout.log").exists()
+    log_file.write(b"hello\n")
+    assert (tmp_path / "logs" / "stdout.log").read_bytes() == b"hello\n"
+    assert len(os.listdir("/proc/self/fd")) == before + 1
+    log_file.close()
+    assert len(os.listdir("/proc/self/fd")) == before
