@@ -108,7 +108,7 @@ async def daemon_kill(scene: Scene, plan: CrashPlan) -> None:
     await asyncio.sleep(plan.warm_s)
     row = await scene.running_row()
     old = {row["pid"], row.get("spare_pid")} - {None}
-    scene.probe.paused = True
+    await scene.probe.pause()
     killed = time.perf_counter()
     daemon.kill()
     await daemon.wait_exit()

@@ -262,7 +262,7 @@ async def _late_bundle(scene: Scene, back: float, deadline: float) -> None:
 async def _after_restart(scene: Scene, changes: list[Change]) -> None:
     """Restart the daemon; compare what it holds with every answer."""
     daemon = scene.daemon
-    scene.probe.paused = True
+    await scene.probe.pause()
     await daemon.stop()
     await daemon.start()
     scene.probe.client = daemon.admin

@@ -61,6 +61,14 @@ class StatusProbe:
         self.samples_ms: list[float] = []
         self.unanswered = 0
         self.paused = False
+        self._between = asyncio.Event()  # set while no probe is in flight
+        self._between.set()
+
+    async def pause(self) -> None:
+        """Stop probing, once the probe in flight (if any) has its answer: a
+        daemon killed on purpose right after must not count against it."""
+        self.paused = True
+        await self._between.wait()
 
     async def ask(self, name: str | None = None) -> list[dict[str, Any]] | None:
         """The status rows (of driver ``name`` only), or None when unanswered."""
@@ -78,7 +86,11 @@ class StatusProbe:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             if not self.paused:
-                await self.ask()
+                self._between.clear()
+                try:
+                    await self.ask()
+                finally:
+                    self._between.set()
             await asyncio.sleep(PROBE_EVERY_S)
 
 

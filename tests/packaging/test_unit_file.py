@@ -13,7 +13,7 @@ UNIT = ROOT / "packaging" / "drivebayd.service"
 
 def test_the_unit_file_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
-    assert analyze, "systemd-analyze is missing: apt-get install systemd (scripts/test does as root)"
+    assert analyze, "systemd-analyze is missing: apt-get install systemd (scripts/test does so)"
     text = UNIT.read_text()
     assert "Delegate=yes" in text
     # ExecStart must name an executable that exists: the one this checkout runs.
