@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -176,18 +176,12 @@ class ResourceBook:
             manifest = self._schema(actor.driver, actor.pinned)
             properties = checked_properties(manifest, actor.properties, assignments, resource_id)
             before = self._definition(actor)
-            resource = msgspec.structs.replace(before, properties=properties)
-            self.store.update(resource)
-            try:
-                await actor.rebind(None, properties)
-            except BaseException as exc:  # cancelled too: the change did not happen
-                self._store_back(before)
-                if not isinstance(exc, Exception):
-                    raise
-                raise RequestError(
-                    f"{actor.driver} refused the new properties of {resource_id}: {exc}"
-                ) from exc
-            return resource
+            return await self._stored_then_applied(
+                before,
+                msgspec.structs.replace(before, properties=properties),
+                lambda: actor.rebind(None, properties),
+                f"{actor.driver} refused the new properties of {resource_id}",
+            )
 
     async def pin(self, resource_id: str, version: str | None) -> Resource:
         """Pin to ``version`` (None: follow the newest): stored, then moved;
@@ -196,20 +190,40 @@ class ResourceBook:
             if version is not None:
                 self._schema(actor.driver, version)  # raises when that version is not installed
             before = self._definition(actor)
-            resource = msgspec.structs.replace(before, pinned=version)
-            self.store.update(resource)
-            actor.pinned = version
-            try:
-                await actor.rebind(await self._router(actor))
-            except BaseException as exc:  # cancelled too: the pin did not happen
-                actor.pinned = before.pinned
-                self._store_back(before)
-                if not isinstance(exc, Exception):
+
+            async def move() -> None:
+                actor.pinned = version
+                try:
+                    await actor.rebind(await self._router(actor))
+                except BaseException:
+                    actor.pinned = before.pinned
                     raise
-                raise RequestError(
-                    f"could not move {resource_id} to {version or 'the newest version'}: {exc}"
-                ) from exc
-            return resource
+
+            return await self._stored_then_applied(
+                before,
+                msgspec.structs.replace(before, pinned=version),
+                move,
+                f"could not move {resource_id} to {version or 'the newest version'}",
+            )
+
+    async def _stored_then_applied(
+        self,
+        before: Resource,
+        after: Resource,
+        apply: Callable[[], Awaitable[None]],
+        refused: str,
+    ) -> Resource:
+        """Store ``after``, then ``apply`` it; when that fails (or is
+        cancelled), store ``before`` back: the change did not happen."""
+        self.store.update(after)
+        try:
+            await apply()
+        except BaseException as exc:
+            self._store_back(before)
+            if not isinstance(exc, Exception):
+                raise
+            raise RequestError(f"{refused}: {exc}") from exc
+        return after
 
     async def remove(self, resource_id: str) -> None:
         """Forget the resource: stored first (when that fails it stays, and
