@@ -31,10 +31,10 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from protocol.child_codec import ChildCodec
-from protocol.errors import ProtocolError
-from protocol.outbox import Outbox
-from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
+from .child_codec import ChildCodec
+from .errors import ProtocolError
+from .outbox import Outbox
+from .versions import PROTOCOL_MAX, PROTOCOL_MIN
 
 LIFECYCLE_METHODS = frozenset({"health", "attach", "detach"})
 EXIT_REFUSED = 2
