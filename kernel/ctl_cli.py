@@ -503,6 +503,20 @@ def status_description(row: dict[str, Any]) -> str:
     return str(row["message"] or "Not started")
 
 
+def print_operations(info: dict[str, Any]) -> None:
+    """One line per operation (``async resize(name: str) -> dict``) and its
+    summary below it; the names alone from a daemon that sends no details."""
+    details = info.get("operation_details") or []
+    if not details:
+        say(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+        return
+    say("  operations:")
+    for op in details:
+        say(f"    {'async ' if op['async'] else ''}{op['name']}{op['signature']}")
+        if op["summary"]:
+            say(f"        {op['summary']}")
+
+
 def print_describe(info: dict[str, Any]) -> None:
     say(f"{info['name']}@{info['version']}  {info['state']}  {info['message']}")
     for key in (
@@ -520,7 +534,7 @@ def print_describe(info: dict[str, Any]) -> None:
         say(f"  {key + ':':<14}{info.get(key)}")
     say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
     say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
-    say(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+    print_operations(info)
     say(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
     for stream, path in info["logs"].items():
         say(f"  {stream + ' log:':<14}{path}")
