@@ -421,6 +421,11 @@ def call_error(exc: BaseException) -> RequestError:
     raise exc
 
 
+def call_traceback(exc: BaseException) -> str:
+    """The driver's traceback of a failed call, for ``call --verbose`` ("" when none)."""
+    return exc.traceback if isinstance(exc, OperationFailed) else ""
+
+
 def submit_call(k: Kernel, args: Args) -> asyncio.Future[Any]:
     """Queue the operation; raises at once for an unknown resource (exit 4) or a
     full mailbox. The control server replies from the future's callback: a call,

@@ -108,6 +108,9 @@ def _call(sub: Any) -> None:
     call.add_argument("op", metavar="OP")
     call.add_argument("assignments", nargs="*", metavar="key=value|key:=JSON")
     call.add_argument("--timeout", type=float, help="seconds the operation may take")
+    call.add_argument(
+        "-v", "--verbose", action="store_true", help="on failure, print the driver's traceback"
+    )
 
 
 COMMANDS: dict[str, Callable[[Any], None]] = {
@@ -166,6 +169,7 @@ class Reply:
         self.error = str(fields.get("error", ""))
         self.code = int(fields.get("code", 0))
         self.more = bool(fields.get("more", False))
+        self.traceback = str(fields.get("traceback", ""))
 
 
 class Client:
@@ -396,6 +400,8 @@ def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) ->
             prefix = "error" if command == "call" else "drivebayctl"
             # Some are several lines by design (each bad property on its own).
             print(shown_lines(f"{prefix}: {reply.error or 'failed'}"), file=sys.stderr)
+            if reply.traceback and getattr(args, "verbose", False):
+                print(shown_lines(reply.traceback.rstrip("\n")), file=sys.stderr)
             return reply.code or 1
         code = reply.code
         if reply.result is None and not reply.more:
