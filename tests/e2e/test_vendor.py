@@ -35,3 +35,16 @@ def test_an_operation_that_raises_is_logged_with_its_traceback(daemon, tmp_path)
     log = daemon.log()
     assert "    Traceback (most recent call last):" in log
     assert "raise ValueError(message)" in log and ESC not in log
+
+
+def test_an_unknown_driver_in_resource_add_gets_the_nearest_name(daemon, tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon.drop(misbehave_bundle(staging))
+    daemon.wait_state("mis", "RUNNING")
+    typo = daemon.ctl("resource", "add", "v1", "--driver", "miss", "host=a")
+    assert typo.returncode == 1
+    assert typo.stderr.startswith("drivebayctl: driver miss is not installed (did you mean 'mis'?)")
+    far = daemon.ctl("resource", "add", "v1", "--driver", "zzzz", "host=a")
+    assert far.returncode == 1 and "did you mean" not in far.stderr
+    assert far.stderr.startswith("drivebayctl: driver zzzz is not installed; drop its bundle")
