@@ -39,6 +39,7 @@ from protocol.errors import (
     OperationFailed,
     RequestError,
 )
+from sandbox.bundle_errors import shown
 
 if TYPE_CHECKING:
     from kernel.driver_process import DriverProcess
@@ -314,6 +315,8 @@ class ResourceActor:
         else:
             if isinstance(exc, DriverCrashed):
                 self._attached = None  # its instance died with the process
+            elif isinstance(exc, OperationFailed):
+                log_failure(process.name, self.resource_id, item.op, exc)
             _fail(item.future, exc)
         following = self._next_for(process)
         if following is None:
@@ -484,6 +487,21 @@ class ResourceActor:
                 await process.detach(self.resource_id)
             except DriverError as exc:
                 log.warning("%s: detach from %s failed: %s", self.resource_id, process.name, exc)
+
+
+def log_failure(driver: str, resource_id: str, op: str, exc: OperationFailed) -> None:
+    """An operation raised: one line naming who and what, then the driver's
+    traceback, each of its lines escaped and indented, so that nothing the
+    driver wrote can pass for a line of the daemon's own."""
+    trace = "".join(f"\n    {shown(line)}" for line in exc.traceback.rstrip("\n").split("\n"))
+    log.warning(
+        "%s: %s on %s raised %s%s",
+        driver,
+        shown(op),
+        resource_id,
+        shown(str(exc)),
+        trace if exc.traceback else " (no traceback)",
+    )
 
 
 def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:

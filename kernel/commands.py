@@ -120,6 +120,7 @@ async def describe(k: Kernel, args: Args) -> Outcome:
         "operations": list(slot.process.ready.operations)
         if slot.process and slot.process.ready
         else [],
+        "operation_details": operation_details(slot),
         "limits": slot.rlimits(),
         "logs": {stream: str(path) for stream, path in slot.log_paths().items()},
         "properties": [
@@ -140,6 +141,22 @@ async def describe(k: Kernel, args: Args) -> Outcome:
             for t in slot.lifecycle.history
         ],
     }, EXIT_OK
+
+
+def operation_details(slot: DriverSlot) -> list[dict[str, Any]]:
+    """Each operation's signature and summary, as its running process read them."""
+    ready = slot.process.ready if slot.process else None
+    if ready is None:
+        return []
+    return [
+        {
+            "name": name,
+            "signature": info.signature,
+            "summary": info.summary,
+            "async": info.is_async,
+        }
+        for name, info in sorted(ready.details.items())
+    ]
 
 
 @command("avail")
@@ -402,6 +419,11 @@ def call_error(exc: BaseException) -> RequestError:
     if isinstance(exc, DrivebayError):  # Busy, DriverCrashed, DriverFatal, NotRunning, ...
         return RequestError(f"{type(exc).__name__}: {exc}")
     raise exc
+
+
+def call_traceback(exc: BaseException) -> str:
+    """The driver's traceback of a failed call, for ``call --verbose`` ("" when none)."""
+    return exc.traceback if isinstance(exc, OperationFailed) else ""
 
 
 def submit_call(k: Kernel, args: Args) -> asyncio.Future[Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kernel.channel import FramedChannel
-from kernel.commands import HANDLERS, STREAMS, call_error, submit_call
+from kernel.commands import HANDLERS, STREAMS, call_error, call_traceback, submit_call
 from kernel.control_limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
@@ -288,7 +288,10 @@ class ControlConnection:
                 )
             )
             return
-        self._send(Reply(request_id, False, error=str(error), code=error.exit_code))
+        trace = call_traceback(exc)
+        self._send(
+            Reply(request_id, False, error=str(error), code=error.exit_code, traceback=trace)
+        )
 
     def lost(self) -> None:
         self._end_deadline()

@@ -108,6 +108,9 @@ def _call(sub: Any) -> None:
     call.add_argument("op", metavar="OP")
     call.add_argument("assignments", nargs="*", metavar="key=value|key:=JSON")
     call.add_argument("--timeout", type=float, help="seconds the operation may take")
+    call.add_argument(
+        "-v", "--verbose", action="store_true", help="on failure, print the driver's traceback"
+    )
 
 
 COMMANDS: dict[str, Callable[[Any], None]] = {
@@ -166,6 +169,7 @@ class Reply:
         self.error = str(fields.get("error", ""))
         self.code = int(fields.get("code", 0))
         self.more = bool(fields.get("more", False))
+        self.traceback = str(fields.get("traceback", ""))
 
 
 class Client:
@@ -396,6 +400,8 @@ def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) ->
             prefix = "error" if command == "call" else "drivebayctl"
             # Some are several lines by design (each bad property on its own).
             print(shown_lines(f"{prefix}: {reply.error or 'failed'}"), file=sys.stderr)
+            if reply.traceback and getattr(args, "verbose", False):
+                print(shown_lines(reply.traceback.rstrip("\n")), file=sys.stderr)
             return reply.code or 1
         code = reply.code
         if reply.result is None and not reply.more:
@@ -503,6 +509,20 @@ def status_description(row: dict[str, Any]) -> str:
     return str(row["message"] or "Not started")
 
 
+def print_operations(info: dict[str, Any]) -> None:
+    """One line per operation (``async resize(name: str) -> dict``) and its
+    summary below it; the names alone from a daemon that sends no details."""
+    details = info.get("operation_details") or []
+    if not details:
+        say(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+        return
+    say("  operations:")
+    for op in details:
+        say(f"    {'async ' if op['async'] else ''}{op['name']}{op['signature']}")
+        if op["summary"]:
+            say(f"        {op['summary']}")
+
+
 def print_describe(info: dict[str, Any]) -> None:
     say(f"{info['name']}@{info['version']}  {info['state']}  {info['message']}")
     for key in (
@@ -520,7 +540,7 @@ def print_describe(info: dict[str, Any]) -> None:
         say(f"  {key + ':':<14}{info.get(key)}")
     say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
     say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
-    say(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+    print_operations(info)
     say(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
     for stream, path in info["logs"].items():
         say(f"  {stream + ' log:':<14}{path}")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from kernel.supervisor import DriverSlot, SlotContext
 from protocol.errors import DrivebayError, NoSuchName, RequestError
 from protocol.versions import PROTOCOL_MAX
 from sandbox import containment
+from sandbox.bundle_errors import quoted
 from sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from sandbox.env_key import EnvRequest, env_key
 from sandbox.envs import collect_garbage, ensure_env
@@ -615,10 +617,12 @@ class Kernel:
         return found
 
     def schema_for(self, driver: str, version: str | None) -> Manifest:
-        versions = self.registry.versions().get(driver)
+        installed = self.registry.versions()
+        versions = installed.get(driver)
         if not versions:
             raise DriverAbsent(
-                f"driver {driver} is not installed; drop its bundle into {self.config.drivers_path}"
+                f"driver {driver} is not installed{nearest_name(driver, installed)}; "
+                f"drop its bundle into {self.config.drivers_path}"
             )
         if version is None:
             version = self.active.get(driver) or max(versions, key=version_key)
@@ -727,3 +731,10 @@ class Kernel:
     def all_slots(self) -> list[DriverSlot]:
         """Every slot status shows: serving ones and ones being drained."""
         return [*self.slots.values(), *self.retiring]
+
+
+def nearest_name(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'mis'?)`` for the name of ``known`` closest to
+    ``name`` (as difflib sees it, as for manifest fields), else ``""``."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {quoted(close[0])}?)" if close else ""

@@ -419,11 +419,20 @@ class DriverProcess:
         future = self._pending.pop(request_id, None)
         if future is not None and not future.done():
             self._give_up(request_id)  # first: the answer may start the next call
-            future.set_exception(
-                CallTimeout(
-                    f"{self.name}: {_what(what)} took longer than {limit:g}s and was cancelled"
-                )
-            )
+            future.set_exception(CallTimeout(self._timeout_message(what, limit)))
+
+    def _timeout_message(self, what: str | tuple[str, str], limit: float) -> str:
+        """An async operation is cancelled; a sync one cannot be: say so, and the cure."""
+        head = f"{self.name}: {_what(what)} took longer than {limit:g}s"
+        details = self.ready.details if self.ready is not None else {}
+        info = details.get(what[0]) if isinstance(what, tuple) else None
+        if info is None or info.is_async:
+            return f"{head} and was cancelled"
+        return (
+            f"{head}; it is a sync operation and still runs in its thread (a thread cannot "
+            f"be stopped), and {what[1]} takes no other operation until it returns; "
+            "make it async so that a deadline cancels it"
+        )
 
     # -- messages from the child -------------------------------------------------
 

@@ -13,8 +13,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from protocol.errors import ProtocolError
-from protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameSplitter
+from .errors import ProtocolError
+from .frames import DEFAULT_MAX_FRAME, HEADER, FrameSplitter
 
 Encode = Callable[[Any], bytes]
 Decode = Callable[[memoryview], Any]  # msgspec and msgpack_lite both take buffers
@@ -41,7 +41,7 @@ def _msgspec_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]] 
 
 
 def _stdlib_codec() -> tuple[str, Encode, Decode, tuple[type[Exception], ...]]:
-    from protocol import msgpack_lite
+    from . import msgpack_lite
 
     return "stdlib", msgpack_lite.packb, msgpack_lite.unpackb, (msgpack_lite.MsgpackError,)
 

@@ -29,3 +29,4 @@ class Reply(msgspec.Struct, frozen=True, tag="reply"):
     error: str = ""
     code: int = 0
     more: bool = False
+    traceback: str = ""  # a failed call: the driver's traceback (drivebayctl call --verbose)

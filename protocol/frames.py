@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable
 from typing import TypeVar
 
-from protocol.errors import ProtocolError
+from .errors import ProtocolError
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024

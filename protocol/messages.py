@@ -104,11 +104,20 @@ class Hello(_Message, tag="hello", frozen=True):
     loop: str = ""  # "uvloop" or "asyncio": the event loop the runtime serves on
 
 
+class OperationInfo(msgspec.Struct, frozen=True, array_like=True):
+    """One operation as ``describe`` shows it, read by the runtime with ``inspect``."""
+
+    signature: str  # its parameters without ``self``: "(name: str, size_gb: int) -> dict"
+    summary: str = ""  # the first line of its docstring
+    is_async: bool = True  # False: it runs in a thread, and a deadline cannot stop it
+
+
 class Ready(_Message, tag="ready", frozen=True):
     """The driver class is loaded; the child now takes requests."""
 
     operations: list[str]
     has_health: bool = False
+    details: dict[str, OperationInfo] = {}  # by operation name
 
 
 class Result(_Message, tag="result", frozen=True):

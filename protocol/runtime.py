@@ -31,10 +31,10 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from protocol.child_codec import ChildCodec
-from protocol.errors import ProtocolError
-from protocol.outbox import Outbox
-from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
+from .child_codec import ChildCodec
+from .errors import ProtocolError
+from .outbox import Outbox
+from .versions import PROTOCOL_MAX, PROTOCOL_MIN
 
 LIFECYCLE_METHODS = frozenset({"health", "attach", "detach"})
 EXIT_REFUSED = 2
@@ -139,11 +139,61 @@ class Operations:
                 continue
             self.is_async[name] = inspect.iscoroutinefunction(member)
         self.has_health = callable(getattr(driver_class, "health", None))
+        # What ``describe`` shows of each: [signature, summary, is_async].
+        self.details = {
+            name: [*_described(getattr(driver_class, name)), is_async]
+            for name, is_async in self.is_async.items()
+        }
         # A driver that wants to raise events names an ``emit`` parameter.
         try:
             self.takes_emit = "emit" in inspect.signature(driver_class).parameters
         except (TypeError, ValueError):
             self.takes_emit = False
+
+
+DESCRIBED_MAX = 200  # characters of a signature or summary sent in Ready
+
+
+class _Shown(str):
+    """An annotation written as a string (``from __future__ import annotations``),
+    shown without quotes: ``size: int``, not ``size: 'int'``."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _described(member: Any) -> tuple[str, str]:
+    """``member``'s signature without ``self``, and its docstring's first line;
+    ``(...)`` for what ``inspect`` cannot read (describing never fails a load)."""
+    try:
+        signature = inspect.signature(member)
+        parameters = list(signature.parameters.values())
+        if inspect.isfunction(member) and parameters:
+            parameters = parameters[1:]  # self
+        signature = signature.replace(
+            parameters=[_unquoted(p) for p in parameters],
+            return_annotation=_shown(signature.return_annotation),
+        )
+        text = str(signature)
+    except Exception:  # a builtin, a broken __signature__, an odd default's repr
+        text = "(...)"
+    try:
+        summary = (inspect.getdoc(member) or "").strip().split("\n")[0].strip()
+    except Exception:
+        summary = ""
+    return _cut(text), _cut(summary)
+
+
+def _unquoted(parameter: inspect.Parameter) -> inspect.Parameter:
+    return parameter.replace(annotation=_shown(parameter.annotation))
+
+
+def _shown(annotation: Any) -> Any:
+    return _Shown(annotation) if isinstance(annotation, str) else annotation
+
+
+def _cut(text: str) -> str:
+    return _sendable(text if len(text) <= DESCRIBED_MAX else text[: DESCRIBED_MAX - 1] + "…")
 
 
 class DriverServer(asyncio.Protocol):
@@ -640,7 +690,7 @@ def main() -> None:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
-    ready = ["ready", sorted(operations.is_async), operations.has_health]
+    ready = ["ready", sorted(operations.is_async), operations.has_health, operations.details]
     sock.sendall(codec.encode(ready))
     sock.setblocking(False)
     code = runner(_serve(sock, codec, operations, early, settings))

@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sandbox.runtime_dir import PACKAGE
+
 PROBE_TIMEOUT_S = 10.0
 FALLBACK = (
     "their descendants are ended with their process group only, and one that calls setsid() "
@@ -78,7 +80,7 @@ def _me() -> str:
 def _probe_one(runtime_dir: Path, ids: tuple[int, int] | None) -> str:
     code = (
         f"import sys; sys.path.insert(0, {str(runtime_dir)!r}); "
-        "from protocol.init_shim import probe; probe()"
+        f"from {PACKAGE}.init_shim import probe; probe()"
     )
     extra = [str(ids[0]), str(ids[1])] if ids else []
     try:

@@ -3,10 +3,12 @@
 A child must see the runtime and nothing else of the kernel: not ``kernel``,
 not ``sandbox``, not the kernel's site-packages. So the few standard-library
 modules of ``protocol`` that the child runs are copied into
-``<state>/runtime/<digest>/protocol/`` and only that directory goes on the
-child's ``sys.path`` (ahead of the driver's ``src/``). The digest covers the
-files' contents, so a kernel upgrade never mixes runtimes, and concurrent
-kernels on one state dir agree on the same copy.
+``<state>/runtime/<digest>/_drivebay_runtime/`` and only that directory goes
+on the child's ``sys.path``, beside the driver's ``src/``. The copy is a
+package of a private name whose modules import each other relatively, so a
+driver's own modules may be called ``protocol``, ``kernel`` or ``sandbox``.
+The digest covers the files' contents, so a kernel upgrade never mixes
+runtimes, and concurrent kernels on one state dir agree on the same copy.
 """
 
 from __future__ import annotations
@@ -23,7 +25,10 @@ import protocol
 
 # Part of the digest: a new layout (e.g. shipping bytecode) makes a new copy
 # instead of reusing an old one that lacks it.
-LAYOUT = b"drivebay-runtime-2 (with bytecode)"
+LAYOUT = b"drivebay-runtime-3 (_drivebay_runtime, with bytecode)"
+
+PACKAGE = "_drivebay_runtime"
+"""The import name of the runtime in a child: private, so no driver module has it."""
 
 CHILD_MODULES = (
     "__init__.py",
@@ -46,12 +51,12 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
     for name, data in contents.items():
         digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
     target = state_dir / "runtime" / digest.hexdigest()[:16]
-    if (target / "protocol" / "runtime.py").exists():
+    if (target / PACKAGE / "runtime.py").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
     try:
-        package = staging / "protocol"
+        package = staging / PACKAGE
         package.mkdir()
         for name, data in contents.items():
             (package / name).write_bytes(data)
@@ -67,7 +72,7 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
         try:
             os.rename(staging, target)
         except OSError:
-            if not (target / "protocol" / "runtime.py").exists():
+            if not (target / PACKAGE / "runtime.py").exists():
                 raise
             # Another kernel put the same copy there first: use theirs.
     finally:
@@ -80,6 +85,6 @@ def ensure_runtime_dir(state_dir: Path) -> Path:
 
 
 BOOTSTRAP = (
-    "import sys; sys.path.insert(0, sys.argv[1]); from protocol.init_shim import start; start(); "
-    "from protocol.runtime import main; main()"
+    f"import sys; sys.path.insert(0, sys.argv[1]); from {PACKAGE}.init_shim import start; "
+    f"start(); from {PACKAGE}.runtime import main; main()"
 )

@@ -120,14 +120,40 @@ def load_yaml(data: bytes, bundle: str, file: str) -> Any:
     except _Refused as exc:
         reject(bundle, file, _line(exc), exc.problem or "refused")
     except yaml.MarkedYAMLError as exc:
-        problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "syntax error"
-        reject(bundle, file, _line(exc), f"not valid YAML ({problem}); fix the syntax")
+        line, problem = _where(exc)
+        reject(bundle, file, line, f"not valid YAML ({problem}); fix the syntax")
     except yaml.YAMLError as exc:  # ReaderError: a control character in the text
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         reject(bundle, file, f"not valid YAML ({detail}); remove control characters")
     finally:
         if loader is not None:
             loader.dispose()
+
+
+# What the parser was in when it failed that began earlier and was never
+# closed: the problem is where it opens, not where its end was looked for.
+_UNCLOSED = (
+    "while parsing a flow mapping",
+    "while parsing a flow sequence",
+    "while scanning a quoted",
+)
+
+
+def _where(exc: yaml.MarkedYAMLError) -> tuple[str, str]:
+    """``("line N", problem)`` of a syntax error. PyYAML marks the token where
+    it noticed the error; for something left unclosed (``{``, ``[``, a quote)
+    that is the line after it or the end of the file, so the line named is the
+    one that opens it, and the problem says where it was noticed."""
+    problem = ", ".join(part for part in (exc.context, exc.problem) if part) or "syntax error"
+    opened, noticed = exc.context_mark, exc.problem_mark
+    if (
+        opened is not None
+        and noticed is not None
+        and (exc.context or "").startswith(_UNCLOSED)
+        and opened.line < noticed.line
+    ):
+        return f"line {opened.line + 1}", f"{problem} at line {noticed.line + 1}"
+    return _line(exc), problem
 
 
 def _line(exc: yaml.MarkedYAMLError) -> str:

@@ -55,7 +55,7 @@ import protocol
 from kernel.driver_process import DriverProcess, Timeouts
 from sandbox import envs
 from sandbox.env_key import EnvRequest, env_key
-from sandbox.runtime_dir import CHILD_MODULES, ensure_runtime_dir
+from sandbox.runtime_dir import CHILD_MODULES, PACKAGE, ensure_runtime_dir
 from sandbox.spawn import PASSED_ENVIRONMENT, SpawnSpec
 
 PACKAGES = ("msgspec", "pyyaml")  # the bench driver's dependencies
@@ -63,7 +63,7 @@ SHIPPED = (*PACKAGES, "uvloop")  # lib/: also the accelerator the builder adds
 BASELINE = "import msgspec, asyncio"
 # What a child imports before Ready, beyond the stdlib that asyncio already
 # brings; in this order, -X importtime charges each module to one of them.
-CHILD_IMPORTS = "import asyncio, msgspec.msgpack, uvloop, ctypes, protocol.runtime"
+CHILD_IMPORTS = f"import asyncio, msgspec.msgpack, uvloop, ctypes, {PACKAGE}.runtime"
 # A start is timed up to Ready, not to the child's exit: leave out the
 # interpreter's teardown to compare imports with it.
 QUIT = "import os; os._exit(0)"
@@ -289,7 +289,7 @@ def measure_venv_pip(lib: Path, scratch: Path, runs: int) -> dict[str, Any]:
 def runtime_copy(target: Path, *, compiled: bool) -> Path:
     """A read-only runtime dir like ``ensure_runtime_dir``'s, with or without .pyc."""
     source = Path(protocol.__file__).parent
-    package = target / "protocol"
+    package = target / PACKAGE
     package.mkdir(parents=True)
     for name in CHILD_MODULES:
         shutil.copyfile(source / name, package / name)
@@ -396,7 +396,7 @@ def import_breakdown(python: Path, code: str, cwd: Path, runs: int) -> dict[str,
 
 def runtime_compile_ms(runtime_dir: Path, runs: int) -> float:
     """What compiling the runtime's modules from source costs (each start without .pyc)."""
-    sources = {name: (runtime_dir / "protocol" / name).read_text() for name in CHILD_MODULES}
+    sources = {name: (runtime_dir / PACKAGE / name).read_text() for name in CHILD_MODULES}
     samples = []
     for _ in range(runs):
         start = time.perf_counter()

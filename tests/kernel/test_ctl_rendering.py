@@ -139,3 +139,28 @@ def test_json_is_exact(capsys):
     ctl_cli.run(Replies(), "status", b"", args)  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert json.loads(out) == status_rows() and clean(out)
+
+
+def test_describe_shows_each_operation_with_its_signature_and_summary(capsys):
+    info = describe_info()
+    info["operations"] = ["resize", "wait_gate"]
+    info["operation_details"] = [
+        {
+            "name": "resize",
+            "signature": "(name: str) -> dict",
+            "summary": "Grow it.",
+            "async": True,
+        },
+        {"name": "wait_gate", "signature": "(seconds: float)", "summary": "", "async": False},
+        {"name": EVIL, "signature": EVIL, "summary": EVIL, "async": False},
+    ]
+    ctl_cli.print_describe(info)
+    out = capsys.readouterr().out
+    assert clean(out)
+    lines = out.splitlines()
+    start = lines.index("  operations:")
+    assert lines[start + 1 : start + 4] == [
+        "    async resize(name: str) -> dict",
+        "        Grow it.",
+        "    wait_gate(seconds: float)",
+    ]

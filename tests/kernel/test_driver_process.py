@@ -20,6 +20,7 @@ from protocol.errors import (
     OperationFailed,
     RequestError,
 )
+from sandbox.runtime_dir import PACKAGE
 from tests.helpers import FAST, eventually, fixture_spec, run, started
 
 
@@ -203,7 +204,7 @@ def test_protocol_version_mismatch_is_refused(tmp_path):
         # A runtime from the future: copy it and make it speak only version 99.
         future = tmp_path / "future-runtime"
         shutil.copytree(runtime, future)
-        versions = future / "protocol" / "versions.py"
+        versions = future / PACKAGE / "versions.py"
         versions.chmod(0o644)
         text = versions.read_text().replace("PROTOCOL_MIN = 1", "PROTOCOL_MIN = 99")
         versions.write_text(text.replace("PROTOCOL_MAX = 1", "PROTOCOL_MAX = 99"))

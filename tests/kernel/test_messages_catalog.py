@@ -110,7 +110,7 @@ def test_a_bundle_without_message_files_shows_keys(tmp_path: Path) -> None:
     [
         (
             "host.label: [unclosed\n",
-            "nfs-storage: resources/messages.de.yaml: line 2: not valid YAML",
+            "nfs-storage: resources/messages.de.yaml: line 1: not valid YAML",
         ),
         (b"host.label: \xff\n", "nfs-storage: resources/messages.de.yaml: not UTF-8 text"),
         (
