@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_USAGE
 from protocol.errors import RequestError
 
@@ -344,12 +345,13 @@ def _description(kind: msgspec.inspect.Type) -> str | None:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of every request and result: ``{"requests": {command:
-    ref}, "results": {command: schema}, "$defs": {...}}``."""
+    """The JSON Schema of every request and result: ``{"envelope": {request,
+    reply}, "requests": {command: ref}, "results": {command: schema}, "$defs":
+    {...}}``."""
     kinds = list(RESULTS)
     results = [RESULTS[kind] for kind in kinds]
-    schemas, components = msgspec.json.schema_components(
-        [*kinds, *results], ref_template="#/$defs/{name}"
+    (request, reply, *schemas), components = msgspec.json.schema_components(
+        [Request, Reply, *kinds, *results], ref_template="#/$defs/{name}"
     )
     names = list(REQUESTS)
     return {
@@ -360,6 +362,7 @@ def json_schema() -> dict[str, Any]:
             "(its 'command' tag is the command word, and may be left out); each reply's result "
             "is the command's result."
         ),
+        "envelope": {"request": request, "reply": reply},
         "requests": dict(zip(names, schemas[: len(kinds)], strict=True)),
         "results": dict(zip(names, schemas[len(kinds) :], strict=True)),
         "$defs": components,
