@@ -62,3 +62,33 @@ def test_the_client_library_names_the_error_too(mis):  # noqa: F811
     error = uvloop.run(main())
     assert (error.code, error.type) == (2, "RequestError")
     assert "unknown field `nme`" in str(error)
+
+
+def test_every_result_is_what_the_schema_says(mis):  # noqa: F811
+    """Each command's --json output of a real daemon decodes as the result
+    type kernel/control_schema.py declares (and docs/control-schema.json shows)."""
+    import msgspec
+
+    from kernel.control_schema import REQUESTS, RESULTS
+
+    def conforms(wire: str, *argv: str) -> None:
+        ran = mis.ctl(*argv, "--json")
+        assert ran.returncode in (0, 3), (argv, ran.stderr)
+        msgspec.convert(json.loads(ran.stdout), RESULTS[REQUESTS[wire]])
+
+    conforms("resource-add", "resource", "add", "v1", "--driver", "mis", "host=a")
+    conforms("resource-set", "resource", "set", "v1", "host=b")
+    conforms("resource-pin", "resource", "pin", "v1", "1.0.0")
+    conforms("resource-pin", "resource", "pin", "v1", "--unpin")
+    conforms("resources", "resources")
+    conforms("status", "status")
+    conforms("describe", "describe", "mis")
+    conforms("avail", "avail")
+    conforms("pid", "pid")
+    conforms("pid", "pid", "mis")
+    conforms("version", "version")
+    conforms("tail", "tail", "mis")
+    conforms("call", "call", "v1", "echo", "value=x")
+    conforms("resource-rm", "resource", "rm", "v1")
+    conforms("restart", "restart", "mis")
+    conforms("reload", "reload")
