@@ -289,8 +289,7 @@ RESULTS: dict[type[ControlRequest], Any] = {
 """Each request type's result type."""
 
 REQUESTS: dict[str, type[ControlRequest]] = {
-    msgspec.inspect.type_info(kind).tag: kind  # type: ignore[attr-defined]
-    for kind in RESULTS
+    str(kind.__struct_config__.tag): kind for kind in RESULTS
 }
 """Each command's request type, by the command's name on the wire."""
 

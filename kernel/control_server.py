@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from kernel import control_schema as schema
 from kernel.channel import FramedChannel
 from kernel.commands import HANDLERS, STREAMS, CallFailed, submit_call
@@ -354,7 +352,7 @@ class ControlConnection:
             result, code = await HANDLERS[kind](self._kernel, request)
             self._send(Reply(request_id, True, result, code=code))
         except Exception as exc:
-            command = msgspec.inspect.type_info(kind).tag  # type: ignore[attr-defined]
+            command = str(kind.__struct_config__.tag)
             self._send(error_reply(request_id, command, exc))
 
 

@@ -26,7 +26,7 @@ from kernel.ctl_commands import (
     command_of,
 )
 from kernel.ctl_render import print_json, print_resource_change, say, shown_lines
-from kernel.ctl_render import print_status as print_status  # drivebayctl's face, for tests
+from kernel.ctl_render import print_status as print_status  # re-exported: how a status row reads
 from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
 from protocol.errors import ProtocolError
 from protocol.frames import HEADER, FrameSplitter
