@@ -300,7 +300,7 @@ def json_text(value: Any, indent: int | None) -> str:
     return json.dumps(value, indent=indent, default=str)
 
 
-def print_human(command: str, result: Any, follow: bool = False) -> None:
+def print_human(command: str, result: Any) -> None:
     """``result`` as the command line's ``command`` shows it to a human."""
     table = BY_WORDS.get((command,))
     if command == "resource":

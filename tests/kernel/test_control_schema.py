@@ -145,3 +145,10 @@ def test_status_imports_neither_msgspec_nor_asyncio(tmp_path):
     )
     assert ran.stdout.strip() == "4 []", (ran.stdout, ran.stderr)
     assert "drivebayd is not running" in ran.stderr
+
+
+def test_every_request_has_one_handler():
+    from kernel.commands import HANDLERS, STREAMS
+
+    assert set(HANDLERS) | set(STREAMS) == set(REQUESTS.values())
+    assert not set(HANDLERS) & set(STREAMS)
