@@ -152,3 +152,38 @@ def test_every_request_has_one_handler():
 
     assert set(HANDLERS) | set(STREAMS) == set(REQUESTS.values())
     assert not set(HANDLERS) & set(STREAMS)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status"],
+        ["status", "a", "b@1.0.0", "--json"],
+        ["start", "all"],
+        ["stop", "a", "--json"],
+        ["restart", "a"],
+        ["tail", "-n", "5", "a", "stderr"],
+        ["tail", "-f", "a"],
+        ["describe", "a"],
+        ["avail"],
+        ["pid"],
+        ["pid", "a"],
+        ["version"],
+        ["resources"],
+        ["resource", "add", "r", "--driver", "d", "--version", "1.0", "k=v", "n:=3"],
+        ["resource", "set", "r", "k=v"],
+        ["resource", "rm", "r"],
+        ["resource", "pin", "r", "1.0"],
+        ["resource", "pin", "r", "--unpin"],
+        ["call", "r", "op", "a=1", "b:=[1]", "--timeout", "2.5", "--json"],
+        ["reload"],
+        ["shutdown"],
+    ],
+)
+def test_what_drivebayctl_sends_is_what_the_daemon_decodes(argv):
+    from kernel.ctl_cli import request_args
+
+    wire, payload = request_args(parse(argv))
+    decoded = msgspec.to_builtins(decode_request(wire, payload))
+    assert decoded["command"] == wire
+    assert {key: decoded[key] for key in payload} == payload
