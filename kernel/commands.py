@@ -1,9 +1,11 @@
-"""What each control command does, as data in and data out.
+"""What each control command does, as typed data in and data out.
 
-Every handler takes the kernel and the request's arguments and returns
-``(result, exit code)``, or raises a ``RequestError`` whose message is the
-one line drivebayctl prints (and whose ``exit_code`` it exits with).
-Formatting for humans is drivebayctl's job; ``--json`` prints ``result``.
+Every handler takes the kernel and the command's request Struct
+(``kernel/control_schema.py``) and returns ``(result, exit code)``, the
+result of the command's result type, or raises a ``RequestError`` whose
+message is the one line drivebayctl prints (and whose ``exit_code`` it exits
+with). Any other exception is a bug in the daemon. Formatting for humans is
+drivebayctl's job (``kernel/ctl_commands.py``); ``--json`` prints ``result``.
 Streaming commands (``tail -f``) are async generators of results.
 """
 
@@ -15,7 +17,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 import kernel
+from kernel import control_schema as schema
 from kernel.descriptors import HOLDS_PLACE, places_held
 from kernel.messages_catalog import load_catalog
 from kernel.states import NOT_RUNNING, State
@@ -28,18 +33,19 @@ if TYPE_CHECKING:
     from kernel.resources import ResourceBook
     from kernel.supervisor import DriverSlot
 
-Args = dict[str, Any]
 Outcome = tuple[Any, int]
-Handler = Callable[["Kernel", Args], Awaitable[Outcome]]
-Stream = Callable[["Kernel", Args], AsyncIterator[Any]]
+Handler = Callable[["Kernel", Any], Awaitable[Outcome]]
+Stream = Callable[["Kernel", Any], AsyncIterator[str]]
 
-HANDLERS: dict[str, Handler] = {}
-STREAMS: dict[str, Stream] = {}
+HANDLERS: dict[type[schema.ControlRequest], Handler] = {}
+STREAMS: dict[type[schema.ControlRequest], Stream] = {}
 
 
-def command(name: str) -> Callable[[Handler], Handler]:
+def command(kind: type[schema.ControlRequest]) -> Callable[[Handler], Handler]:
+    """Register the handler of requests of type ``kind``."""
+
     def register(handler: Handler) -> Handler:
-        HANDLERS[name] = handler
+        HANDLERS[kind] = handler
         return handler
 
     return register
@@ -48,168 +54,150 @@ def command(name: str) -> Callable[[Handler], Handler]:
 # -- reading -------------------------------------------------------------------------
 
 
-def status_row(k: Kernel, slot: DriverSlot) -> dict[str, Any]:
+def status_row(k: Kernel, slot: DriverSlot) -> schema.StatusRow:
     uptime = slot.uptime
-    resources = len(k.book.bound_to(slot)) if k.book is not None else 0
-    return {
-        "name": slot.manifest.name,
-        "version": slot.manifest.version,
-        "state": str(slot.state),
-        "pid": slot.pid,
-        "uptime_s": None if uptime is None else round(uptime, 3),
-        "restarts": slot.restarts.total,
-        "resources": resources,
-        "message": slot.lifecycle.reason,
-        "spare_pid": slot.spare_pid,
-        "next_retry_at": slot.next_retry_at,  # FATAL: when it is tried again (epoch seconds)
-    }
+    return schema.StatusRow(
+        name=slot.manifest.name,
+        version=slot.manifest.version,
+        state=str(slot.state),
+        pid=slot.pid,
+        uptime_s=None if uptime is None else round(uptime, 3),
+        restarts=slot.restarts.total,
+        resources=len(k.book.bound_to(slot)) if k.book is not None else 0,
+        message=slot.lifecycle.reason,
+        spare_pid=slot.spare_pid,
+        next_retry_at=slot.next_retry_at,
+    )
 
 
-@command("status")
-async def status(k: Kernel, args: Args) -> Outcome:
+@command(schema.StatusRequest)
+async def status(k: Kernel, request: schema.StatusRequest) -> Outcome:
     rows = [status_row(k, slot) for slot in k.all_slots()]
     for entry in k.registry.invalid():
         rows.append(
-            {
-                "name": entry.path.name,
-                "version": None,
-                "state": str(State.INVALID),
-                "pid": None,
-                "uptime_s": None,
-                "restarts": 0,
-                "resources": 0,
-                "message": k.registry.verdict(entry),
-                "next_retry_at": None,
-            }
+            schema.StatusRow(
+                name=entry.path.name,
+                version=None,
+                state=str(State.INVALID),
+                message=k.registry.verdict(entry),
+            )
         )
-    names = args.get("names") or []
+    names = request.names
     if names:
         rows = [row for row in rows if _matches(row, names)]
         missing = [n for n in names if not any(_matches(row, [n]) for row in rows)]
         if missing:
             k.slot(missing[0])  # raises NoSuchName with the known names
-    rows.sort(key=lambda row: (row["name"], row["version"] or ""))
-    code = EXIT_NOT_RUNNING_STATE if any(State(r["state"]) in NOT_RUNNING for r in rows) else 0
+    rows.sort(key=lambda row: (row.name, row.version or ""))
+    code = EXIT_NOT_RUNNING_STATE if any(State(r.state) in NOT_RUNNING for r in rows) else 0
     return rows, code
 
 
-def _matches(row: dict[str, Any], names: list[str]) -> bool:
-    full = f"{row['name']}@{row['version']}" if row["version"] else row["name"]
-    return row["name"] in names or full in names
+def _matches(row: schema.StatusRow, names: list[str]) -> bool:
+    full = f"{row.name}@{row.version}" if row.version else row.name
+    return row.name in names or full in names
 
 
-@command("describe")
-async def describe(k: Kernel, args: Args) -> Outcome:
-    slot = k.slot(args["name"])
+@command(schema.DescribeRequest)
+async def describe(k: Kernel, request: schema.DescribeRequest) -> Outcome:
+    slot = k.slot(request.name)
     manifest = slot.manifest
-    catalog = load_catalog(slot.bundle.path, args.get("lang") or None)
-    return {
-        **status_row(k, slot),
-        "resource_ids": [a.resource_id for a in k.book.bound_to(slot)] if k.book else [],
-        "description": manifest.description,
-        "category": manifest.category,
-        "entrypoint": manifest.entrypoint,
-        "requires": list(manifest.requires),
-        "dependencies": list(manifest.dependencies),
-        "bundle": str(slot.bundle.source),
-        "bundle_digest": slot.bundle.digest,
-        "stored_at": str(slot.bundle.path),
-        "env_key": slot.env_key,
-        "codec": slot.process.hello_codec if slot.process else "",
-        "loop": slot.process.hello_loop if slot.process else "",
-        "operations": list(slot.process.ready.operations)
-        if slot.process and slot.process.ready
-        else [],
-        "operation_details": operation_details(slot),
-        "limits": slot.rlimits(),
-        "logs": {stream: str(path) for stream, path in slot.log_paths().items()},
-        "properties": [
-            {
-                "key": prop.key,
-                "type": prop.type,
-                "required": prop.required,
-                "max_length": prop.max_length,
-                "label": prop.label,
-                "description": prop.description,
-                "label_text": catalog.text(prop.label),
-                "description_text": catalog.text(prop.description),
-            }
+    catalog = load_catalog(slot.bundle.path, request.lang or None)
+    process = slot.process
+    return schema.Description(
+        **msgspec.structs.asdict(status_row(k, slot)),
+        resource_ids=[a.resource_id for a in k.book.bound_to(slot)] if k.book else [],
+        description=manifest.description,
+        category=manifest.category,
+        entrypoint=manifest.entrypoint,
+        requires=list(manifest.requires),
+        dependencies=list(manifest.dependencies),
+        bundle=str(slot.bundle.source),
+        bundle_digest=slot.bundle.digest,
+        stored_at=str(slot.bundle.path),
+        env_key=slot.env_key,
+        codec=process.hello_codec if process else "",
+        loop=process.hello_loop if process else "",
+        operations=list(process.ready.operations) if process and process.ready else [],
+        operation_details=operation_details(slot),
+        limits=slot.rlimits(),
+        logs={stream: str(path) for stream, path in slot.log_paths().items()},
+        properties=[
+            schema.PropertyInfo(
+                key=prop.key,
+                type=prop.type,
+                required=prop.required,
+                max_length=prop.max_length,
+                label=prop.label,
+                description=prop.description,
+                label_text=catalog.text(prop.label),
+                description_text=catalog.text(prop.description),
+            )
             for prop in manifest.properties
         ],
-        "history": [
-            {"at": t.at, "from": str(t.source), "to": str(t.target), "reason": t.reason}
+        history=[
+            schema.Move(at=t.at, source=str(t.source), target=str(t.target), reason=t.reason)
             for t in slot.lifecycle.history
         ],
-    }, EXIT_OK
+    ), EXIT_OK
 
 
-def operation_details(slot: DriverSlot) -> list[dict[str, Any]]:
+def operation_details(slot: DriverSlot) -> list[schema.OperationDetail]:
     """Each operation's signature and summary, as its running process read them."""
     ready = slot.process.ready if slot.process else None
     if ready is None:
         return []
     return [
-        {
-            "name": name,
-            "signature": info.signature,
-            "summary": info.summary,
-            "async": info.is_async,
-        }
+        schema.OperationDetail(
+            name=name, signature=info.signature, summary=info.summary, is_async=info.is_async
+        )
         for name, info in sorted(ready.details.items())
     ]
 
 
-@command("avail")
-async def avail(k: Kernel, args: Args) -> Outcome:
+@command(schema.AvailRequest)
+async def avail(k: Kernel, request: schema.AvailRequest) -> Outcome:
     rows = []
     for path, entry in sorted(k.registry.entries.items()):
         bundle = entry.bundle
-        if bundle is None or k.registry.verdict(entry) is not None:
-            rows.append(
-                {
-                    "file": path.name,
-                    "name": None,
-                    "version": None,
-                    "verdict": "INVALID",
-                    "message": k.registry.verdict(entry),
-                }
-            )
+        verdict = k.registry.verdict(entry)
+        if bundle is None or verdict is not None:
+            rows.append(schema.AvailRow(path.name, None, None, "INVALID", verdict))
             continue
-        slot = k.slots.get(f"{bundle.manifest.name}@{bundle.manifest.version}")
+        manifest = bundle.manifest
+        slot = k.slots.get(f"{manifest.name}@{manifest.version}")
         active = slot is not None and slot.bundle.digest == bundle.digest
         rows.append(
-            {
-                "file": path.name,
-                "name": bundle.manifest.name,
-                "version": bundle.manifest.version,
-                "verdict": "active" if active else "available",
-                "message": bundle.manifest.description,
-            }
+            schema.AvailRow(
+                path.name,
+                manifest.name,
+                manifest.version,
+                "active" if active else "available",
+                manifest.description,
+            )
         )
     return rows, EXIT_OK
 
 
-@command("pid")
-async def pid(k: Kernel, args: Args) -> Outcome:
-    name = args.get("name")
-    if not name:
+@command(schema.PidRequest)
+async def pid(k: Kernel, request: schema.PidRequest) -> Outcome:
+    if not request.name:
         return os.getpid(), EXIT_OK
-    slot = k.slot(name)
+    slot = k.slot(request.name)
     if slot.pid is None:
         return None, EXIT_NOT_RUNNING
     return slot.pid, EXIT_OK
 
 
-@command("version")
-async def version(k: Kernel, args: Args) -> Outcome:
-    return {"version": kernel.__version__, "protocol": [PROTOCOL_MIN, PROTOCOL_MAX]}, EXIT_OK
+@command(schema.VersionRequest)
+async def version(k: Kernel, request: schema.VersionRequest) -> Outcome:
+    return schema.VersionInfo(kernel.__version__, (PROTOCOL_MIN, PROTOCOL_MAX)), EXIT_OK
 
 
-@command("tail")
-async def tail(k: Kernel, args: Args) -> Outcome:
-    slot = k.slot(args["name"])
-    path = slot.log_paths()[args.get("stream", "stdout")]
-    return read_tail(path, int(args.get("lines", 20))), EXIT_OK
+@command(schema.TailRequest)
+async def tail(k: Kernel, request: schema.TailRequest) -> Outcome:
+    slot = k.slot(request.name)
+    return read_tail(slot.log_paths()[request.stream], request.lines), EXIT_OK
 
 
 def read_tail(path: Path, lines: int) -> str:
@@ -225,10 +213,10 @@ def read_tail(path: Path, lines: int) -> str:
     return "".join(kept)
 
 
-async def tail_follow(k: Kernel, args: Args) -> AsyncIterator[Any]:
+async def tail_follow(k: Kernel, request: schema.TailFollowRequest) -> AsyncIterator[str]:
     """The tail, then every new chunk the driver writes to that stream."""
-    slot = k.slot(args["name"])
-    wanted = args.get("stream", "stdout")
+    slot = k.slot(request.name)
+    wanted = request.stream
     queue: asyncio.Queue[str] = asyncio.Queue(maxsize=1000)
 
     def listener(stream: str, data: bytes) -> None:
@@ -242,7 +230,7 @@ async def tail_follow(k: Kernel, args: Args) -> AsyncIterator[Any]:
     slot.output_listeners.add(listener)
     unsubscribe = slot.lifecycle.listen(on_move)
     try:
-        yield read_tail(slot.log_paths()[wanted], int(args.get("lines", 20)))
+        yield read_tail(slot.log_paths()[wanted], request.lines)
         while chunk := await queue.get():
             yield chunk
     finally:
@@ -250,14 +238,13 @@ async def tail_follow(k: Kernel, args: Args) -> AsyncIterator[Any]:
         slot.output_listeners.discard(listener)
 
 
-STREAMS["tail-follow"] = tail_follow
+STREAMS[schema.TailFollowRequest] = tail_follow
 
 
 # -- acting --------------------------------------------------------------------------
 
 
-def _targets(k: Kernel, args: Args) -> list[DriverSlot]:
-    names = args.get("names") or []
+def _targets(k: Kernel, names: list[str]) -> list[DriverSlot]:
     if not names:
         raise RequestError("name a driver, or say all")
     if "all" in names:
@@ -265,27 +252,24 @@ def _targets(k: Kernel, args: Args) -> list[DriverSlot]:
     return [k.slot(name) for name in names]
 
 
-@command("start")
-async def start(k: Kernel, args: Args) -> Outcome:
-    targets = _targets(k, args)
+@command(schema.StartRequest)
+async def start(k: Kernel, request: schema.StartRequest | schema.RestartRequest) -> Outcome:
+    targets = _targets(k, request.names)
     refused = _beyond_descriptor_limit(k, targets)
 
-    async def one(slot: DriverSlot) -> dict[str, Any]:
+    async def one(slot: DriverSlot) -> schema.Outcome:
         if slot.state is State.RUNNING:
-            return {"name": slot.name, "ok": True, "message": "already started"}
+            return schema.Outcome(slot.name, True, "already started")
         if slot in refused:
-            return {"name": slot.name, "ok": False, "message": k.descriptors.refusal()}
+            return schema.Outcome(slot.name, False, k.descriptors.refusal(), EXIT_FAILURE)
         unmet = [n for n in slot.manifest.requires if not k.running(n)]
         if unmet:
-            return {
-                "name": slot.name,
-                "ok": False,
-                "message": f"requires {', '.join(unmet)}, which is not running",
-            }
+            message = f"requires {', '.join(unmet)}, which is not running"
+            return schema.Outcome(slot.name, False, message, EXIT_FAILURE)
         try:
             k.forget_failure(slot)
         except KernelError as exc:  # the state store refused: it stays FAILED
-            return {"name": slot.name, "ok": False, "message": str(exc)}
+            return schema.Outcome(slot.name, False, str(exc), EXIT_FAILURE)
         slot.held = False
         slot.want_running(reset=True)
         await asyncio.sleep(0)
@@ -294,12 +278,13 @@ async def start(k: Kernel, args: Args) -> Outcome:
             _budget(k), frozenset({State.RUNNING, State.FATAL, State.FAILED, State.BLOCKED})
         )
         if state is State.RUNNING:
-            return {"name": slot.name, "ok": True, "message": "started"}
-        return {"name": slot.name, "ok": False, "message": f"{state}: {slot.lifecycle.reason}"}
+            return schema.Outcome(slot.name, True, "started")
+        message = f"{state}: {slot.lifecycle.reason}"
+        return schema.Outcome(slot.name, False, message, EXIT_FAILURE)
 
     results = await asyncio.gather(*(one(slot) for slot in targets))
     k.kick()
-    return results, EXIT_OK if all(r["ok"] for r in results) else EXIT_FAILURE
+    return results, max((r.code for r in results), default=EXIT_OK)
 
 
 def _beyond_descriptor_limit(k: Kernel, targets: list[DriverSlot]) -> list[DriverSlot]:
@@ -316,46 +301,40 @@ def _beyond_descriptor_limit(k: Kernel, targets: list[DriverSlot]) -> list[Drive
     return refused
 
 
-@command("stop")
-async def stop(k: Kernel, args: Args) -> Outcome:
-    async def one(slot: DriverSlot) -> dict[str, Any]:
+@command(schema.StopRequest)
+async def stop(k: Kernel, request: schema.StopRequest | schema.RestartRequest) -> Outcome:
+    async def one(slot: DriverSlot) -> schema.Outcome:
         slot.held = True
         if slot.state in (State.STOPPED, State.INVALID):
-            return {
-                "name": slot.name,
-                "ok": False,
-                "message": "not running",
-                "code": EXIT_NOT_RUNNING,
-            }
+            return schema.Outcome(slot.name, False, "not running", EXIT_NOT_RUNNING)
         # Running, or on its way (building, starting, backing off) or stuck
         # (FATAL, FAILED, BLOCKED): in every case it ends STOPPED.
         slot.want_stopped()
         await slot.wait_settled(_budget(k), frozenset({State.STOPPED}))
-        return {"name": slot.name, "ok": True, "message": "stopped"}
+        return schema.Outcome(slot.name, True, "stopped")
 
     # Dependents first, each wave concurrently, as at shutdown.
-    results = await k.stop_in_waves(_targets(k, args), one)
-    codes = [r.get("code", EXIT_OK if r["ok"] else EXIT_FAILURE) for r in results]
-    return results, max(codes, default=EXIT_OK)
+    results = await k.stop_in_waves(_targets(k, request.names), one)
+    return results, max((r.code for r in results), default=EXIT_OK)
 
 
-@command("restart")
-async def restart(k: Kernel, args: Args) -> Outcome:
-    stopped, _ = await stop(k, args)
-    started, code = await start(k, args)
+@command(schema.RestartRequest)
+async def restart(k: Kernel, request: schema.RestartRequest) -> Outcome:
+    stopped, _ = await stop(k, request)
+    started, code = await start(k, request)
     return [*stopped, *started], code
 
 
-@command("reload")
-async def reload(k: Kernel, args: Args) -> Outcome:
+@command(schema.ReloadRequest)
+async def reload(k: Kernel, request: schema.ReloadRequest) -> Outcome:
     changes, fixed = await k.reload_config()
-    return {"reloaded": True, "changed_drivers": changes, "restart_needed": fixed}, EXIT_OK
+    return schema.Reloaded(changed_drivers=changes, restart_needed=fixed), EXIT_OK
 
 
-@command("shutdown")
-async def shutdown(k: Kernel, args: Args) -> Outcome:
+@command(schema.ShutdownRequest)
+async def shutdown(k: Kernel, request: schema.ShutdownRequest) -> Outcome:
     k.shutdown()
-    return {"shutting_down": True}, EXIT_OK
+    return schema.ShuttingDown(), EXIT_OK
 
 
 def _budget(k: Kernel) -> float:
@@ -372,84 +351,72 @@ def _book(k: Kernel) -> ResourceBook:
     return k.book
 
 
-@command("resources")
-async def resources(k: Kernel, args: Args) -> Outcome:
+@command(schema.ResourcesRequest)
+async def resources(k: Kernel, request: schema.ResourcesRequest) -> Outcome:
     return _book(k).rows(), EXIT_OK
 
 
-@command("resource-add")
-async def resource_add(k: Kernel, args: Args) -> Outcome:
-    resource = await _book(k).add(
-        args["id"], args["driver"], args.get("version"), args.get("assignments", [])
-    )
+@command(schema.ResourceAddRequest)
+async def resource_add(k: Kernel, request: schema.ResourceAddRequest) -> Outcome:
+    book = _book(k)
+    resource = await book.add(request.id, request.driver, request.version, request.assignments)
     k.kick()
-    return {
-        "id": resource.id,
-        "driver": resource.driver,
-        "pinned": resource.pinned,
-        "properties": resource.properties,
-    }, EXIT_OK
+    return schema.ResourceAdded(
+        resource.id, resource.driver, resource.pinned, resource.properties
+    ), EXIT_OK
 
 
-@command("resource-set")
-async def resource_set(k: Kernel, args: Args) -> Outcome:
-    resource = await _book(k).set(args["id"], args.get("assignments", []))
-    return {"id": resource.id, "properties": resource.properties}, EXIT_OK
+@command(schema.ResourceSetRequest)
+async def resource_set(k: Kernel, request: schema.ResourceSetRequest) -> Outcome:
+    resource = await _book(k).set(request.id, request.assignments)
+    return schema.PropertiesSet(resource.id, resource.properties), EXIT_OK
 
 
-@command("resource-rm")
-async def resource_rm(k: Kernel, args: Args) -> Outcome:
-    await _book(k).remove(args["id"])
-    return {"id": args["id"], "removed": True}, EXIT_OK
+@command(schema.ResourceRmRequest)
+async def resource_rm(k: Kernel, request: schema.ResourceRmRequest) -> Outcome:
+    await _book(k).remove(request.id)
+    return schema.ResourceRemoved(request.id), EXIT_OK
 
 
-@command("resource-pin")
-async def resource_pin(k: Kernel, args: Args) -> Outcome:
-    version = args.get("version")
-    await k.ensure_version(_book(k).actor(args["id"]).driver, version)
-    resource = await _book(k).pin(args["id"], version)
+@command(schema.ResourcePinRequest)
+async def resource_pin(k: Kernel, request: schema.ResourcePinRequest) -> Outcome:
+    await k.ensure_version(_book(k).actor(request.id).driver, request.version)
+    resource = await _book(k).pin(request.id, request.version)
     k.kick()
-    return {"id": resource.id, "pinned": resource.pinned}, EXIT_OK
+    return schema.ResourcePinned(resource.id, resource.pinned), EXIT_OK
 
 
-def call_error(exc: BaseException) -> RequestError:
-    """An operation's failure as the one line ``call`` prints: ``TYPE: message``."""
-    if isinstance(exc, OperationFailed):
-        return RequestError(f"{exc.type_name}: {exc.message}")
-    if isinstance(exc, DrivebayError):  # Busy, DriverCrashed, DriverFatal, NotRunning, ...
-        return RequestError(f"{type(exc).__name__}: {exc}")
-    raise exc
+class CallFailed(RequestError):
+    """An operation's failure as the one line ``call`` prints, ``TYPE: message``;
+    ``error`` is the drivebay error (``OperationFailed``, ``CallTimeout``,
+    ``Busy``, ``DriverCrashed``, ...)."""
+
+    def __init__(self, error: DrivebayError) -> None:
+        if isinstance(error, OperationFailed):
+            line = f"{error.type_name}: {error.message}"
+        else:
+            line = f"{type(error).__name__}: {error}"
+        super().__init__(line)
+        self.error = error
 
 
-def call_traceback(exc: BaseException) -> str:
-    """The driver's traceback of a failed call, for ``call --verbose`` ("" when none)."""
-    return exc.traceback if isinstance(exc, OperationFailed) else ""
-
-
-def submit_call(k: Kernel, args: Args) -> asyncio.Future[Any]:
+def submit_call(k: Kernel, request: schema.CallRequest) -> asyncio.Future[Any]:
     """Queue the operation; raises at once for an unknown resource (exit 4) or a
     full mailbox. The control server replies from the future's callback: a call,
     the hot path, costs no task of its own in the daemon."""
-    op, op_args, timeout = args["op"], args.get("args", {}), args.get("timeout")
-    if type(op) is not str:
-        raise TypeError(f"op must be a string, got {op!r}")
-    if type(op_args) is not dict:
-        raise TypeError(f"args must be a map of argument names to values, got {op_args!r}")
-    if timeout is not None and (
-        type(timeout) not in (int, float) or not 0 < timeout < float("inf")
-    ):
-        raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
-    actor = _book(k).actor(args["resource"])
+    actor = _book(k).actor(request.resource)
     try:
-        return actor.submit(op, op_args, timeout)
+        return actor.submit(request.op, request.args, request.timeout)
     except DrivebayError as exc:
-        raise call_error(exc) from exc
+        raise CallFailed(exc) from exc
 
 
-@command("call")
-async def call(k: Kernel, args: Args) -> Outcome:
+@command(schema.CallRequest)
+async def call(k: Kernel, request: schema.CallRequest) -> Outcome:
     try:
-        result = await submit_call(k, args)
+        result = await submit_call(k, request)
+    except CallFailed:
+        raise
     except DrivebayError as exc:
-        raise call_error(exc) from exc
+        raise CallFailed(exc) from exc
     return result, EXIT_OK

@@ -1,7 +1,9 @@
 """An asyncio client of the control socket, for programs (and tests, benchmarks).
 
 Many callers may share one ``ControlClient``: requests are multiplexed by id
-on the one connection, and each caller awaits its own reply. ``call`` raises
+on the one connection, and each caller awaits its own reply. What each
+command's ``args`` and result hold is ``kernel/control_schema.py``
+(``docs/control-schema.json``). ``call`` raises
 ``OperationError`` with the driver's error type when the operation failed; a
 connection the daemon refused (too many connections, a request over a bound)
 raises ``OperationError`` with the daemon's line from every request.
@@ -20,11 +22,16 @@ from protocol.errors import DrivebayError
 
 
 class OperationError(DrivebayError):
-    """The daemon answered a request with an error; ``code`` is drivebayctl's exit code."""
+    """The daemon answered a request with an error; ``code`` is drivebayctl's
+    exit code, ``type`` the drivebay error's name (``OperationFailed``,
+    ``CallTimeout``, ``NoSuchName``, ``RequestError`` for a malformed request,
+    ...; empty for a refused connection), ``traceback`` an operation's own."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, type: str = "", traceback: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.type = type
+        self.traceback = traceback
 
 
 class ControlClient:
@@ -81,7 +88,7 @@ class ControlClient:
         finally:
             self._waiting.pop(request_id, None)
         if not reply.ok:
-            raise OperationError(reply.error, reply.code)
+            raise OperationError(reply.error, reply.code, reply.error_type, reply.traceback)
         return reply.result
 
     async def call(

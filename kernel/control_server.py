@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kernel import control_schema as schema
 from kernel.channel import FramedChannel
-from kernel.commands import HANDLERS, STREAMS, call_error, call_traceback, submit_call
+from kernel.commands import HANDLERS, STREAMS, CallFailed, submit_call
 from kernel.control_limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
-from protocol.errors import DrivebayError, KernelError, ProtocolError, RequestError
+from protocol.errors import DrivebayError, KernelError, OperationFailed, ProtocolError, RequestError
 
 if TYPE_CHECKING:
     from kernel.daemon import Kernel
@@ -42,6 +43,44 @@ log = logging.getLogger("drivebay.control")
 REFUSED = "permission denied: this daemon serves its own user, root and socket_group"
 LINGER_S = 1.0  # a refused client has this long to read why, and close
 LINGER_MAX = 64  # refused connections kept that long at once; more close at once
+
+
+def error_reply(request_id: int, command: str, exc: BaseException) -> Reply:
+    """The reply to a request that failed with ``exc``.
+
+    A drivebay error is the client's (a bad request, an unknown name) or the
+    driver's (an operation that raised, timed out, crashed): its line and
+    exit code, named by its type. Anything else is a bug in the daemon: logged
+    with its traceback, answered ``internal error``, exit 1.
+    """
+    if isinstance(exc, CallFailed):
+        cause = exc.error
+        trace = cause.traceback if isinstance(cause, OperationFailed) else ""
+        return Reply(
+            request_id,
+            False,
+            error=str(exc),
+            code=exc.exit_code,
+            error_type=type(cause).__name__,
+            traceback=trace,
+        )
+    if isinstance(exc, RequestError):
+        return Reply(request_id, False, error=str(exc), code=exc.exit_code, error_type=_name(exc))
+    if isinstance(exc, DrivebayError):
+        return Reply(request_id, False, error=str(exc), code=EXIT_FAILURE, error_type=_name(exc))
+    log.error("control command %s failed inside the daemon", command, exc_info=exc)
+    return Reply(
+        request_id,
+        False,
+        error=f"internal error (a bug; see the daemon log): {exc!r}",
+        code=EXIT_FAILURE,
+        error_type=KernelError.__name__,
+    )
+
+
+def _name(exc: DrivebayError) -> str:
+    """The drivebay error's name (a malformed request is a ``RequestError``)."""
+    return RequestError.__name__ if isinstance(exc, schema.BadRequest) else type(exc).__name__
 
 
 def peer_allowed(sock: socket.socket, group: str | None) -> tuple[bool, str]:
@@ -244,28 +283,28 @@ class ControlConnection:
 
     def dispatch(self, request: Request) -> None:
         self._progress = True
-        if request.command == "call":
-            self._call(request)
+        try:
+            typed = schema.decode_request(request.command, request.args)
+        except schema.BadRequest as exc:
+            self._send(error_reply(request.id, request.command, exc))
             return
-        task = asyncio.get_running_loop().create_task(self._serve(request))
-        tasks = self._streams if request.command in STREAMS else self._tasks
+        if type(typed) is schema.CallRequest:
+            self._call(request.id, typed)
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(request.id, typed))
+        tasks = self._streams if type(typed) in STREAMS else self._tasks
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    def _call(self, request: Request) -> None:
+    def _call(self, request_id: int, request: schema.CallRequest) -> None:
         """The hot path: queue on the actor, reply when its future is done."""
         try:
-            future = submit_call(self._kernel, request.args)
-        except RequestError as exc:
-            self._send(Reply(request.id, False, error=str(exc), code=exc.exit_code))
-            return
-        except (KeyError, TypeError, ValueError) as exc:
-            self._send(
-                Reply(request.id, False, error=f"bad arguments for call: {exc}", code=EXIT_USAGE)
-            )
+            future = submit_call(self._kernel, request)
+        except Exception as exc:
+            self._send(error_reply(request_id, "call", exc))
             return
         self._calls.add(future)
-        future.add_done_callback(functools.partial(self._call_done, request.id))
+        future.add_done_callback(functools.partial(self._call_done, request_id))
 
     def _call_done(self, request_id: int, future: asyncio.Future[Any]) -> None:
         self._calls.discard(future)
@@ -275,23 +314,9 @@ class ControlConnection:
         if exc is None:
             self._send(Reply(request_id, True, future.result()))
             return
-        try:
-            error = call_error(exc)
-        except BaseException:
-            log.error("call failed inside the kernel", exc_info=exc)
-            self._send(
-                Reply(
-                    request_id,
-                    False,
-                    error=f"internal error (a bug; see the daemon log): {exc!r}",
-                    code=EXIT_FAILURE,
-                )
-            )
-            return
-        trace = call_traceback(exc)
-        self._send(
-            Reply(request_id, False, error=str(error), code=error.exit_code, traceback=trace)
-        )
+        if isinstance(exc, DrivebayError):
+            exc = CallFailed(exc)
+        self._send(error_reply(request_id, "call", exc))
 
     def lost(self) -> None:
         self._end_deadline()
@@ -315,38 +340,20 @@ class ControlConnection:
     def _send(self, reply: Reply) -> None:
         self.channel.send(reply)
 
-    async def _serve(self, request: Request) -> None:
+    async def _serve(self, request_id: int, request: schema.ControlRequest) -> None:
+        kind = type(request)
         try:
-            if request.command in STREAMS:
-                async for chunk in STREAMS[request.command](self._kernel, request.args):
-                    self._send(Reply(request.id, True, chunk, more=True))
-                self._send(Reply(request.id, True))
+            stream = STREAMS.get(kind)
+            if stream is not None:
+                async for chunk in stream(self._kernel, request):
+                    self._send(Reply(request_id, True, chunk, more=True))
+                self._send(Reply(request_id, True))
                 return
-            handler = HANDLERS.get(request.command)
-            if handler is None:
-                known = ", ".join(sorted([*HANDLERS, *STREAMS]))
-                raise RequestError(f"unknown command {request.command!r} (known: {known})")
-            result, code = await handler(self._kernel, request.args)
-            self._send(Reply(request.id, True, result, code=code))
-        except RequestError as exc:
-            self._send(Reply(request.id, False, error=str(exc), code=exc.exit_code))
-        except DrivebayError as exc:
-            self._send(Reply(request.id, False, error=str(exc), code=EXIT_FAILURE))
-        except (KeyError, TypeError, ValueError) as exc:
-            # Usually a malformed request; logged in full in case it is a bug.
-            log.warning("request %s with bad arguments", request.command, exc_info=True)
-            message = f"bad arguments for {request.command}: {exc}"
-            self._send(Reply(request.id, False, error=message, code=EXIT_USAGE))
+            result, code = await HANDLERS[kind](self._kernel, request)
+            self._send(Reply(request_id, True, result, code=code))
         except Exception as exc:
-            log.exception("control command %s failed", request.command)
-            self._send(
-                Reply(
-                    request.id,
-                    False,
-                    error=f"internal error (a bug; see the daemon log): {exc!r}",
-                    code=EXIT_FAILURE,
-                )
-            )
+            command = str(kind.__struct_config__.tag)
+            self._send(error_reply(request_id, command, exc))
 
 
 @contextlib.asynccontextmanager

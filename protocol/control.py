@@ -7,6 +7,12 @@ each gets one ``Reply`` with the same id, or, for streaming commands
 has one). A ``Reply`` with id 0 and ``ok=False`` is about the connection (a
 refusal, a request over a bound): its ``error`` says why, then the daemon ends
 the connection.
+
+An error reply names its kind in ``error_type``: the drivebay error's name
+(``NoSuchName``, ``OperationFailed``, ``CallTimeout``, ``RequestError`` for a
+malformed request, ``KernelError`` for a bug in the daemon), and for an
+operation that raised, the driver's ``traceback``. What each command's
+``args`` and ``result`` hold is ``kernel/control_schema.py``.
 """
 
 from __future__ import annotations
@@ -29,4 +35,5 @@ class Reply(msgspec.Struct, frozen=True, tag="reply"):
     error: str = ""
     code: int = 0
     more: bool = False
-    traceback: str = ""  # a failed call: the driver's traceback (drivebayctl call --verbose)
+    error_type: str = ""
+    traceback: str = ""  # a failed call: the driver's traceback (call --verbose, --json)

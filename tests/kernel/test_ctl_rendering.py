@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from kernel import ctl_cli
+from kernel import ctl_cli, ctl_render
 
 EVIL = "x\x1b[2J\x1b]0;title\x07\x9b1m\r\u202eend\n"
 CONTROL = ("\x1b", "\x07", "\x9b", "\r", "\u202e")
@@ -154,7 +154,7 @@ def test_describe_shows_each_operation_with_its_signature_and_summary(capsys):
         {"name": "wait_gate", "signature": "(seconds: float)", "summary": "", "async": False},
         {"name": EVIL, "signature": EVIL, "summary": EVIL, "async": False},
     ]
-    ctl_cli.print_describe(info)
+    ctl_render.print_describe(info)
     out = capsys.readouterr().out
     assert clean(out)
     lines = out.splitlines()

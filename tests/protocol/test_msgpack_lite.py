@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Any, get_origin
+from typing import Any, get_args, get_origin
 
 import msgspec
 import pytest
@@ -539,6 +539,10 @@ def sample(field_type: Any) -> Any:
     if field_type in FIELD_SAMPLES:
         return FIELD_SAMPLES[field_type]
     if get_origin(field_type) is dict:
+        value_type = get_args(field_type)[1]
+        if isinstance(value_type, type) and issubclass(value_type, msgspec.Struct):
+            fields = msgspec.structs.fields(value_type)
+            return {"op": value_type(**{f.name: sample(f.type) for f in fields})}
         return {"a": 1, "b": [True, "x"], "c": {"d": -40000}}
     if get_origin(field_type) is list:
         return ["x", "y"]
@@ -554,7 +558,13 @@ def test_call_matches_its_array() -> None:
 def test_message_is_its_tagged_array(cls: type[msgspec.Struct]) -> None:
     fields = msgspec.structs.fields(cls)
     message = cls(**{field.name: sample(field.type) for field in fields})
-    wire = [cls.__struct_config__.tag, *(getattr(message, field.name) for field in fields)]
+    tag = cls.__struct_config__.tag  # None: a part of a message (OperationInfo)
+    # A nested Struct travels as its array (array_like), as the child sends it.
+    values = [
+        msgspec.to_builtins(getattr(message, field.name), builtin_types=(bytes,))
+        for field in fields
+    ]
+    wire = values if tag is None else [tag, *values]
     assert encode(message) == packb(wire)
     assert unpackb(encode(message)) == wire
     assert decode(packb(wire), type=cls) == message

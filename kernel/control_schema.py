@@ -1,0 +1,378 @@
+"""Every control command's request and result, as msgspec Structs.
+
+A request on the control socket is ``protocol.control.Request(command,
+args)``; ``decode_request`` turns its ``args`` into the command's request
+Struct (one of the tagged union ``ControlRequest``, tagged by the command's
+name), so a handler in ``kernel/commands.py`` receives typed fields and a
+malformed request is a ``BadRequest`` naming the field. A handler returns the
+command's result type. ``docs/control-schema.json`` is generated from these
+types (``scripts/gen_control_schema.py``); drivebayctl's command table
+(``kernel/ctl_commands.py``) declares the same request fields, and a test
+checks that the two agree field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from protocol.control import Reply, Request
+from protocol.control_codes import EXIT_USAGE
+from protocol.errors import RequestError
+
+Names = Annotated[list[str], msgspec.Meta(description="driver names (NAME or NAME@VERSION)")]
+Stream = Annotated[Literal["stdout", "stderr"], msgspec.Meta(description="stdout or stderr")]
+Lines = Annotated[int, msgspec.Meta(ge=0, description="a number of lines (0 or more)")]
+Assignments = Annotated[list[str], msgspec.Meta(description="key=value or key:=JSON items")]
+
+
+class _Request(msgspec.Struct, frozen=True, tag_field="command", forbid_unknown_fields=True):
+    """What every request shares: its tag is the command's name."""
+
+
+# -- requests ----------------------------------------------------------------------------
+
+
+class StatusRequest(_Request, frozen=True, tag="status"):
+    names: Names = []
+
+
+class StartRequest(_Request, frozen=True, tag="start"):
+    names: Names = []
+
+
+class StopRequest(_Request, frozen=True, tag="stop"):
+    names: Names = []
+
+
+class RestartRequest(_Request, frozen=True, tag="restart"):
+    names: Names = []
+
+
+class TailRequest(_Request, frozen=True, tag="tail"):
+    name: str
+    stream: Stream = "stdout"
+    lines: Lines = 20
+
+
+class TailFollowRequest(_Request, frozen=True, tag="tail-follow"):
+    name: str
+    stream: Stream = "stdout"
+    lines: Lines = 20
+
+
+class DescribeRequest(_Request, frozen=True, tag="describe"):
+    name: str
+    lang: str | None = None
+
+
+class AvailRequest(_Request, frozen=True, tag="avail"):
+    pass
+
+
+class PidRequest(_Request, frozen=True, tag="pid"):
+    name: str | None = None
+
+
+class VersionRequest(_Request, frozen=True, tag="version"):
+    pass
+
+
+class ResourcesRequest(_Request, frozen=True, tag="resources"):
+    pass
+
+
+class ResourceAddRequest(_Request, frozen=True, tag="resource-add"):
+    id: str
+    driver: str
+    version: str | None = None
+    assignments: Assignments = []
+
+
+class ResourceSetRequest(_Request, frozen=True, tag="resource-set"):
+    id: str
+    assignments: Assignments = []
+
+
+class ResourceRmRequest(_Request, frozen=True, tag="resource-rm"):
+    id: str
+
+
+class ResourcePinRequest(_Request, frozen=True, tag="resource-pin"):
+    id: str
+    version: str | None = None
+
+
+class CallRequest(_Request, frozen=True, tag="call"):
+    resource: str
+    op: Annotated[str, msgspec.Meta(description="a string")]
+    args: Annotated[
+        dict[str, Any], msgspec.Meta(description="a map of argument names to values")
+    ] = {}
+    timeout: (
+        Annotated[float, msgspec.Meta(gt=0, le=1e9, description="a number of seconds above 0")]
+        | None
+    ) = None
+
+
+class ReloadRequest(_Request, frozen=True, tag="reload"):
+    pass
+
+
+class ShutdownRequest(_Request, frozen=True, tag="shutdown"):
+    pass
+
+
+ControlRequest = (
+    StatusRequest
+    | StartRequest
+    | StopRequest
+    | RestartRequest
+    | TailRequest
+    | TailFollowRequest
+    | DescribeRequest
+    | AvailRequest
+    | PidRequest
+    | VersionRequest
+    | ResourcesRequest
+    | ResourceAddRequest
+    | ResourceSetRequest
+    | ResourceRmRequest
+    | ResourcePinRequest
+    | CallRequest
+    | ReloadRequest
+    | ShutdownRequest
+)
+
+# -- results -----------------------------------------------------------------------------
+
+
+class StatusRow(msgspec.Struct, frozen=True):
+    name: str
+    version: str | None
+    state: str
+    pid: int | None = None
+    uptime_s: float | None = None
+    restarts: int = 0
+    resources: int = 0
+    message: str | None = None
+    spare_pid: int | None = None
+    next_retry_at: float | None = None  # FATAL: when it is tried again (epoch seconds)
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What start, stop or restart did to one driver; ``code`` is its exit status."""
+
+    name: str
+    ok: bool
+    message: str
+    code: int = 0
+
+
+class PropertyInfo(msgspec.Struct, frozen=True):
+    key: str
+    type: str
+    required: bool
+    max_length: int | None
+    label: str | None
+    description: str | None
+    label_text: str | None
+    description_text: str | None
+
+
+class OperationDetail(msgspec.Struct, frozen=True):
+    """An operation as the driver's process read it with ``inspect``."""
+
+    name: str
+    signature: str  # "(name: str, size_gb: int) -> dict"
+    summary: str  # the first line of its docstring
+    is_async: bool = msgspec.field(name="async")
+
+
+class Move(msgspec.Struct, frozen=True):
+    at: float
+    source: str = msgspec.field(name="from")
+    target: str = msgspec.field(name="to")
+    reason: str | None = None
+
+
+class Description(StatusRow, frozen=True):
+    resource_ids: list[str] = []
+    description: str | None = None
+    category: str | None = None
+    entrypoint: str = ""
+    requires: list[str] = []
+    dependencies: list[str] = []
+    bundle: str = ""
+    bundle_digest: str = ""
+    stored_at: str = ""
+    env_key: str = ""
+    codec: str = ""
+    loop: str = ""
+    operations: list[str] = []
+    operation_details: list[OperationDetail] = []
+    limits: dict[str, int] = {}
+    logs: dict[str, str] = {}
+    properties: list[PropertyInfo] = []
+    history: list[Move] = []
+
+
+class AvailRow(msgspec.Struct, frozen=True):
+    file: str
+    name: str | None
+    version: str | None
+    verdict: Literal["active", "available", "INVALID"]
+    message: str | None
+
+
+class VersionInfo(msgspec.Struct, frozen=True):
+    version: str
+    protocol: tuple[int, int]
+
+
+class ResourceRow(msgspec.Struct, frozen=True):
+    id: str
+    driver: str
+    version: str | None
+    pinned: str | None
+    properties: dict[str, Any]
+    state: str
+    queued: int
+    last_event: dict[str, Any] | None
+
+
+class ResourceAdded(msgspec.Struct, frozen=True):
+    id: str
+    driver: str
+    pinned: str | None
+    properties: dict[str, Any]
+
+
+class PropertiesSet(msgspec.Struct, frozen=True):
+    id: str
+    properties: dict[str, Any]
+
+
+class ResourceRemoved(msgspec.Struct, frozen=True):
+    id: str
+    removed: bool = True
+
+
+class ResourcePinned(msgspec.Struct, frozen=True):
+    id: str
+    pinned: str | None
+
+
+class Reloaded(msgspec.Struct, frozen=True):
+    changed_drivers: list[str]
+    restart_needed: list[str]
+    reloaded: bool = True
+
+
+class ShuttingDown(msgspec.Struct, frozen=True):
+    shutting_down: bool = True
+
+
+RESULTS: dict[type[ControlRequest], Any] = {
+    StatusRequest: list[StatusRow],
+    StartRequest: list[Outcome],
+    StopRequest: list[Outcome],
+    RestartRequest: list[Outcome],
+    TailRequest: Annotated[str, msgspec.Meta(description="the last lines of the stream")],
+    TailFollowRequest: Annotated[
+        str, msgspec.Meta(description="one chunk of the stream (replies with more=true)")
+    ],
+    DescribeRequest: Description,
+    AvailRequest: list[AvailRow],
+    PidRequest: Annotated[int | None, msgspec.Meta(description="a pid, null: not running")],
+    VersionRequest: VersionInfo,
+    ResourcesRequest: list[ResourceRow],
+    ResourceAddRequest: ResourceAdded,
+    ResourceSetRequest: PropertiesSet,
+    ResourceRmRequest: ResourceRemoved,
+    ResourcePinRequest: ResourcePinned,
+    CallRequest: Annotated[Any, msgspec.Meta(description="what the operation returned")],
+    ReloadRequest: Reloaded,
+    ShutdownRequest: ShuttingDown,
+}
+"""Each request type's result type."""
+
+REQUESTS: dict[str, type[ControlRequest]] = {
+    str(kind.__struct_config__.tag): kind for kind in RESULTS
+}
+"""Each command's request type, by the command's name on the wire."""
+
+
+class BadRequest(RequestError):
+    """A request drivebayctl never sends: an unknown command, a field missing,
+    unknown or of the wrong type. The client's fault; exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+def decode_request(command: str, args: object) -> ControlRequest:
+    """The request Struct of ``command`` from its ``args``; BadRequest naming
+    the field that is wrong."""
+    kind = REQUESTS.get(command)
+    if kind is None:
+        raise BadRequest(f"unknown command {command!r} (known: {', '.join(sorted(REQUESTS))})")
+    try:
+        return msgspec.convert(args, kind)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"bad request for {command}: {_explained(kind, str(exc))}") from None
+
+
+def _explained(kind: type[ControlRequest], error: str) -> str:
+    """msgspec's ``Expected `float | null`, got `str` - at `$.timeout```, said as
+    what the field must be (its description) and msgspec's words."""
+    _, at, path = error.rpartition(" - at `$.")
+    if not at:
+        return error
+    field = path.rstrip("`").split(".", 1)[0].split("[", 1)[0]
+    must = _descriptions(kind).get(field)
+    return f"{field} must be {must} ({error})" if must else error
+
+
+def _descriptions(kind: type[ControlRequest]) -> dict[str, str]:
+    info = msgspec.inspect.type_info(kind)
+    found: dict[str, str] = {}
+    for field in info.fields:  # type: ignore[attr-defined]
+        described = _description(field.type)
+        if described:
+            found[field.encode_name] = described
+    return found
+
+
+def _description(kind: msgspec.inspect.Type) -> str | None:
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return next(filter(None, map(_description, kind.types)), None)
+    if isinstance(kind, msgspec.inspect.Metadata):
+        extra = kind.extra_json_schema or {}
+        return str(extra["description"]) if "description" in extra else None
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every request and result: ``{"envelope": {request,
+    reply}, "requests": {command: ref}, "results": {command: schema}, "$defs":
+    {...}}``."""
+    kinds = list(RESULTS)
+    results = [RESULTS[kind] for kind in kinds]
+    (request, reply, *schemas), components = msgspec.json.schema_components(
+        [Request, Reply, *kinds, *results], ref_template="#/$defs/{name}"
+    )
+    names = list(REQUESTS)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "drivebay control commands",
+        "description": (
+            "A request is {type: request, id, command, args}; args is the command's request "
+            "(its 'command' tag is the command word, and may be left out); each reply's result "
+            "is the command's result."
+        ),
+        "envelope": {"request": request, "reply": reply},
+        "requests": dict(zip(names, schemas[: len(kinds)], strict=True)),
+        "results": dict(zip(names, schemas[len(kinds) :], strict=True)),
+        "$defs": components,
+    }

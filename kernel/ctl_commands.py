@@ -1,0 +1,316 @@
+"""drivebayctl's command table: each command once, with its arguments, its
+request and its human rendering.
+
+A ``Command`` says how the command line reads (``arguments``), which fields
+its request carries on the socket (``fields``: the same as the command's
+request Struct in ``kernel/control_schema.py``, which a test checks field by
+field), how the request is built from the parsed line (``request``), and how
+its result is shown (``render``; a command that prints takes ``--json``).
+No msgspec, no asyncio here: ``drivebayctl status`` starts fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from kernel import ctl_render as show
+
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
+
+    Payload = dict[str, Any]
+
+
+class UsageError(Exception):
+    """The command line is wrong; exit 2 with the message."""
+
+
+REQUIRED = object()
+"""A request field without a default."""
+
+
+class Field:
+    """One field of a request: its name on the wire, its type as written in
+    the request Struct, and its default (``REQUIRED``: none)."""
+
+    __slots__ = ("default", "name", "type")
+
+    def __init__(self, name: str, type: str, default: object = REQUIRED) -> None:
+        self.name = name
+        self.type = type
+        self.default = default
+
+
+class Command:
+    """One control command; ``words`` is how the command line names it (empty
+    for a request drivebayctl sends for another command, as ``tail -f`` sends
+    ``tail-follow``)."""
+
+    __slots__ = ("arguments", "build", "fields", "help", "render", "wire", "words")
+
+    def __init__(
+        self,
+        wire: str,
+        help: str,
+        fields: tuple[Field, ...] = (),
+        arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        render: Callable[[Any], None] | None = None,
+        request: Callable[[argparse.Namespace], tuple[str, Payload]] | None = None,
+        words: tuple[str, ...] | None = None,
+    ) -> None:
+        self.wire = wire
+        self.help = help
+        self.fields = fields
+        self.arguments = arguments
+        self.render = render
+        self.build = request
+        self.words = tuple(wire.split("-", 1)) if words is None else words
+
+    def request(self, args: argparse.Namespace) -> tuple[str, Payload]:
+        """The command's name on the wire and its request's fields."""
+        if self.build is not None:
+            return self.build(args)
+        return self.wire, {field.name: getattr(args, field.name) for field in self.fields}
+
+
+# -- arguments and requests that are more than their fields ----------------------------
+
+
+def _names(required: bool) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("names", nargs="+" if required else "*", metavar="NAME")
+
+    return add
+
+
+def _name(optional: bool = False) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("name", nargs="?" if optional else None, metavar="NAME")
+
+    return add
+
+
+def _line_count(text: str) -> int:
+    """argparse type of ``tail -n``: a whole number, 0 or more."""
+    import argparse
+
+    try:
+        count = int(text)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more), got {text!r}")
+    return count
+
+
+def _tail_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    parser.add_argument("-n", "--lines", type=_line_count, default=20)
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("stream", nargs="?", choices=["stdout", "stderr"], default="stdout")
+
+
+def _tail_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    wire = "tail-follow" if args.follow else "tail"
+    return wire, {"name": args.name, "stream": args.stream, "lines": args.lines}
+
+
+def _describe_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    from kernel.messages_catalog import language_from_environment
+
+    return "describe", {"name": args.name, "lang": language_from_environment(os.environ)}
+
+
+def _assignments(required: bool) -> Callable[[argparse.ArgumentParser], None]:
+    def add(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "assignments", nargs="+" if required else "*", metavar="key=value|key:=JSON"
+        )
+
+    return add
+
+
+def _resource_add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID")
+    parser.add_argument("--driver", required=True)
+    parser.add_argument("--version", help="pin this version")
+    _assignments(False)(parser)
+
+
+def _resource_set_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID")
+    _assignments(True)(parser)
+
+
+def _resource_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID")
+
+
+def _pin_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID")
+    parser.add_argument("version", nargs="?", metavar="VERSION")
+    parser.add_argument("--unpin", action="store_true")
+
+
+def _pin_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    if args.unpin == bool(args.version):
+        raise UsageError("give either VERSION or --unpin")
+    return "resource-pin", {"id": args.id, "version": None if args.unpin else args.version}
+
+
+def _call_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("resource", metavar="RESOURCE")
+    parser.add_argument("op", metavar="OP")
+    _assignments(False)(parser)
+    parser.add_argument("--timeout", type=float, help="seconds the operation may take")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="on failure, print the driver's traceback"
+    )
+
+
+def _call_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    payload: Payload = {
+        "resource": args.resource,
+        "op": args.op,
+        "args": call_arguments(args.assignments),
+    }
+    if args.timeout is not None:
+        payload["timeout"] = args.timeout
+    return "call", payload
+
+
+def call_arguments(assignments: list[str]) -> dict[str, Any]:
+    """``key=value`` gives a string; ``key:=JSON`` a JSON value."""
+    import json
+
+    values: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise UsageError(f"{item!r}: expected key=value or key:=JSON")
+        if key.endswith(":"):
+            key = key[:-1]
+            try:
+                values[key] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{key}: not valid JSON ({exc.msg})") from None
+        else:
+            values[key] = text
+        if not key.isidentifier():
+            raise UsageError(f"{key!r}: argument names are Python identifiers")
+    return values
+
+
+# -- the table -----------------------------------------------------------------------
+
+NAMES = (Field("names", "list[str]", []),)
+TAIL = (Field("name", "str"), Field("stream", "str", "stdout"), Field("lines", "int", 20))
+ASSIGNMENTS = Field("assignments", "list[str]", [])
+
+
+def _verb(verb: str) -> Command:
+    return Command(verb, f"{verb} NAME... or all", NAMES, _names(True), show.print_outcomes)
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command(
+        "status",
+        "state of every driver version, or of NAME...",
+        NAMES,
+        _names(False),
+        show.print_status,
+    ),
+    _verb("start"),
+    _verb("stop"),
+    _verb("restart"),
+    Command(
+        "tail",
+        "last lines of a driver's output",
+        TAIL,
+        _tail_arguments,
+        show.print_tail,
+        _tail_request,
+    ),
+    Command("tail-follow", "tail -f", TAIL, render=show.print_tail, words=()),
+    Command(
+        "describe",
+        "everything about one driver",
+        (Field("name", "str"), Field("lang", "str | None", None)),
+        _name(),
+        show.print_describe,
+        _describe_request,
+    ),
+    Command("avail", "every bundle in the drivers dir and its verdict", render=show.print_avail),
+    Command(
+        "pid",
+        "the daemon's pid, or a driver's",
+        (Field("name", "str | None", None),),
+        _name(optional=True),
+        show.print_value,
+    ),
+    Command("version", "the daemon's version", render=show.print_version),
+    Command(
+        "resources",
+        "every resource, its driver, version and state",
+        render=show.print_resources,
+    ),
+    Command(
+        "resource-add",
+        "add ID --driver NAME [--version V] [key=value...]",
+        (
+            Field("id", "str"),
+            Field("driver", "str"),
+            Field("version", "str | None", None),
+            ASSIGNMENTS,
+        ),
+        _resource_add_arguments,
+        show.print_resource_change,
+    ),
+    Command(
+        "resource-set",
+        "set ID key=value...",
+        (Field("id", "str"), ASSIGNMENTS),
+        _resource_set_arguments,
+        show.print_resource_change,
+    ),
+    Command(
+        "resource-rm", "rm ID", (Field("id", "str"),), _resource_id, show.print_resource_change
+    ),
+    Command(
+        "resource-pin",
+        "pin ID VERSION, or pin ID --unpin",
+        (Field("id", "str"), Field("version", "str | None", None)),
+        _pin_arguments,
+        show.print_resource_change,
+        _pin_request,
+    ),
+    Command(
+        "call",
+        "call RESOURCE OP [key=value...] [key:=JSON...]",
+        (
+            Field("resource", "str"),
+            Field("op", "str"),
+            Field("args", "dict", {}),
+            Field("timeout", "float | None", None),
+        ),
+        _call_arguments,
+        show.print_call_result,
+        _call_request,
+    ),
+    Command("reload", "re-read the config and rescan the drivers dir", render=show.print_json),
+    Command("shutdown", "stop the daemon and all drivers", render=show.print_json),
+)
+GROUPS = {"resource": "add, set, rm or pin a resource"}
+"""Help of the command words that are followed by a verb."""
+
+BY_WIRE = {command.wire: command for command in COMMANDS}
+BY_WORDS = {command.words: command for command in COMMANDS if command.words}
+
+
+def command_of(args: argparse.Namespace) -> Command:
+    """The table's command that the parsed line names."""
+    verb = getattr(args, "verb", None)
+    return BY_WORDS[(args.command, verb) if verb else (args.command,)]

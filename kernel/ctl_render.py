@@ -1,0 +1,175 @@
+"""drivebayctl's human output of each command's result (the ``render`` of
+``kernel/ctl_commands.py``'s table).
+
+Results arrive as the standard-library codec decodes them (dicts, lists,
+strings). Names, messages, paths and values come from bundles and drivers:
+every line goes through ``say``, which escapes their control characters.
+Imports are kept light: ``status`` must answer in well under 100 ms.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+from sandbox.bundle_errors import shown
+
+if TYPE_CHECKING:
+    from typing import Any, TextIO
+
+
+def say(line: str, file: TextIO | None = None) -> None:
+    """Print one line for a human. Names, messages, paths and values come from
+    bundles and drivers: their control characters (ESC, BEL, CR, C1 ...) are
+    shown escaped, so nothing they hold can drive the operator's terminal."""
+    print(shown(line), file=file)
+
+
+def shown_lines(text: str) -> str:
+    """``text`` (a log tail, an error) with each line escaped as ``say`` does,
+    newlines kept."""
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
+def print_json(result: Any) -> None:
+    """What is not meant for a terminal as such (JSON escapes control characters)."""
+    import json
+
+    print(json.dumps(result, indent=2, default=str))
+
+
+def print_value(result: Any) -> None:
+    say(str(result))
+
+
+def print_call_result(result: Any) -> None:
+    import json
+
+    print(json.dumps(result, default=str))  # JSON escapes control characters
+
+
+def print_outcomes(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        outcome = row["message"] if row["ok"] else f"ERROR ({row['message']})"
+        say(f"{row['name']}: {outcome}")
+
+
+def print_tail(text: str) -> None:
+    # The driver's own bytes for a pipe (grep, less -R); escaped for a terminal.
+    sys.stdout.write(shown_lines(text) if sys.stdout.isatty() else text)
+    sys.stdout.flush()
+
+
+def print_avail(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        label = shown(f"{row['name']}@{row['version']}" if row["name"] else "-")
+        file = shown(row["file"])
+        say(f"{file:<32} {label:<32} {row['verdict']:<10} {row['message'] or ''}")
+
+
+def print_version(result: dict[str, Any]) -> None:
+    low, high = result["protocol"]
+    say(f"drivebayd {result['version']} (protocol {low}..{high})")
+
+
+def print_resources(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        version = row["version"] or "-"
+        pin = f" (pinned {row['pinned']})" if row["pinned"] else ""
+        say(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
+
+
+def print_resource_change(result: dict[str, Any]) -> None:
+    if result.get("removed"):
+        say(f"{result['id']}: removed")
+    elif "driver" in result:
+        pin = f"@{result['pinned']}" if result["pinned"] else ""
+        say(f"{result['id']}: added ({result['driver']}{pin})")
+    elif "pinned" in result:
+        say(
+            f"{result['id']}: {'pinned to ' + result['pinned'] if result['pinned'] else 'unpinned'}"
+        )
+    else:
+        say(f"{result['id']}: properties set")
+
+
+def print_status(rows: list[dict[str, Any]]) -> None:
+    names = [shown(f"{r['name']}@{r['version']}" if r["version"] else r["name"]) for r in rows]
+    width = max([32, *(len(n) for n in names)]) + 1
+    for name, row in zip(names, rows, strict=True):
+        say(f"{name:<{width}}{status_state(row):<10} {status_description(row)}")
+
+
+def status_state(row: dict[str, Any]) -> str:
+    """The state, and for a FATAL driver that is retried, when (local time)."""
+    retry = row.get("next_retry_at")
+    if row["state"] != "FATAL" or retry is None:
+        return str(row["state"])
+    import time
+
+    return f"FATAL, retry at {time.strftime('%H:%M:%S', time.localtime(retry))}"
+
+
+def status_description(row: dict[str, Any]) -> str:
+    if row["state"] == "RUNNING":
+        uptime = int(row["uptime_s"] or 0)
+        hours, rest = divmod(uptime, 3600)
+        minutes, seconds = divmod(rest, 60)
+        count = row["resources"]
+        plural = "" if count == 1 else "s"
+        uptime_text = f"{hours}:{minutes:02d}:{seconds:02d}"
+        return f"pid {row['pid']}, uptime {uptime_text}, {count} resource{plural}"
+    return str(row["message"] or "Not started")
+
+
+def print_operations(info: dict[str, Any]) -> None:
+    """One line per operation (``async resize(name: str) -> dict``) and its
+    summary below it; the names alone from a daemon that sends no details."""
+    details = info.get("operation_details") or []
+    if not details:
+        say(f"  {'operations:':<14}{', '.join(info['operations']) or '-'}")
+        return
+    say("  operations:")
+    for op in details:
+        say(f"    {'async ' if op['async'] else ''}{op['name']}{op['signature']}")
+        if op["summary"]:
+            say(f"        {op['summary']}")
+
+
+def print_describe(info: dict[str, Any]) -> None:
+    say(f"{info['name']}@{info['version']}  {info['state']}  {info['message']}")
+    for key in (
+        "description",
+        "category",
+        "entrypoint",
+        "pid",
+        "restarts",
+        "codec",
+        "loop",
+        "bundle",
+        "stored_at",
+        "env_key",
+    ):
+        say(f"  {key + ':':<14}{info.get(key)}")
+    say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
+    say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
+    print_operations(info)
+    say(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
+    for stream, path in info["logs"].items():
+        say(f"  {stream + ' log:':<14}{path}")
+    if info["properties"]:
+        say("  properties:")
+        for prop in info["properties"]:
+            need = "required" if prop["required"] else "optional"
+            label = prop.get("label_text") or prop.get("label") or ""
+            say(f"    {prop['key']:<16}{prop['type']:<9}{need:<9}{label}")
+            help_text = prop.get("description_text") or ""
+            if help_text:
+                say(f"    {'':<34}{help_text}")
+    say("  history:")
+    import time
+
+    for move in info["history"]:
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move["at"]))
+        reason = f"  ({move['reason']})" if move["reason"] else ""
+        say(f"    {at}  {move['from']} -> {move['to']}{reason}")
