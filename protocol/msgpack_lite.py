@@ -14,8 +14,8 @@ subclasses) as maps. The standard library's other value types are written as
 msgspec writes them: an aware ``datetime`` as the MessagePack timestamp
 (ext type -1, the 32-, 64- or 96-bit form), a naive one, a ``date``, a
 ``time`` and a ``timedelta`` as ISO 8601 text, a ``uuid.UUID`` and a
-``decimal.Decimal`` as text, an ``Enum`` member as its value, a dataclass as
-a map of its set fields. ``docs/protocol.md`` lists each encoding.
+``decimal.Decimal`` as text, an ``Enum`` member as its value, a dataclass
+(or an attrs instance) as a map of its set fields. ``docs/protocol.md`` lists each encoding.
 
 Decoding gives None, bool, int, float, str, bytes, list, dict and, for a
 timestamp, an aware ``datetime`` in UTC (rounded to the microsecond), as
@@ -27,11 +27,13 @@ both ways.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import sys
 from collections.abc import Callable
 from datetime import UTC
 from enum import EnumMeta
+from types import MemberDescriptorType
 from typing import Any
 
 __all__ = ["MAX_DEPTH", "MsgpackError", "packb", "unpackb"]
@@ -225,6 +227,8 @@ def _pack_other(obj: object, append: _Append, depth: int) -> None:
         _pack_array(obj, append, depth)  # type: ignore[arg-type]  # sets only need len/iter
     elif not isinstance(obj, type) and (fields := _dataclass_fields(obj)) is not None:
         _pack_dataclass(obj, fields, append, depth)
+    elif not isinstance(obj, type) and "__attrs_attrs__" in type(obj).__dict__:
+        _pack_fields(*_object_values(obj), append, depth)
     else:
         cls = type(obj)
         raise MsgpackError(f"cannot encode objects of type {cls.__module__}.{cls.__qualname__}")
@@ -364,8 +368,13 @@ def _pack_dataclass(obj: object, fields: Any, append: _Append, depth: int) -> No
     pseudo-fields included), its count is of those written."""
     if type(fields) is not dict:
         raise MsgpackError(f"{obj!r}.__dataclass_fields__ is not a dict")
-    items = _dataclass_values(obj, fields)
-    declared, n = len(fields), len(items)
+    _pack_fields(_dataclass_values(obj, fields), len(fields), append, depth)
+
+
+def _pack_fields(items: list[tuple[str, Any]], declared: int, append: _Append, depth: int) -> None:
+    """An object's fields as a map whose header has the size class of
+    ``declared`` fields and the count of those written, as msgspec writes it."""
+    n = len(items)
     if declared < 0x10:
         append(_BYTE[0x80 | n])
     elif declared <= 0xFFFF:
@@ -416,6 +425,40 @@ def _read_field(obj: object, cls: type, name: str, plain: bool) -> Any:
     except Exception:
         pass
     return _MISSING
+
+
+_HEAP_TYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement
+
+
+def _object_values(obj: object) -> tuple[list[tuple[str, Any]], int]:
+    """An attrs instance as msgspec reads any object: the public entries of its
+    ``__dict__``, then its set public slots, class by class up the base chain;
+    and how many there could have been (for the header's size class)."""
+    instance = getattr(obj, "__dict__", None)
+    declared = 0
+    items = []
+    if type(instance) is dict:
+        declared = len(instance)
+        items = [
+            (name, value)
+            for name, value in instance.items()
+            if type(name) is str and not name.startswith("_")
+        ]
+    klass: type | None = type(obj)
+    while klass is not None:
+        slots = [  # a heap type's members are its __slots__ (sorted); others count none
+            (name, member)
+            for name, member in vars(klass).items()
+            if type(member) is MemberDescriptorType and klass.__flags__ & _HEAP_TYPE
+        ]
+        declared += len(slots)
+        for name, member in slots:
+            if name.startswith("_"):
+                continue
+            with contextlib.suppress(AttributeError):  # an unset slot is left out
+                items.append((name, member.__get__(obj, klass)))
+        klass = klass.__base__
+    return items, declared
 
 
 def _class_attribute(cls: type, name: str) -> Any:

@@ -3,7 +3,7 @@
 The child encodes with msgspec when its environment has it and with
 ``msgpack_lite`` otherwise (``child_codec``). Over every value type a driver
 may return (the standard library's too: datetimes, UUIDs, decimals, enums,
-sets, dataclasses), both codecs either write the same bytes or both refuse
+sets, dataclasses, attrs instances), both codecs either write the same bytes or both refuse
 the value; the kernel reads those bytes into the same ``Result``; and each
 codec reads back what the other wrote, as the same values.
 """
@@ -75,6 +75,34 @@ class Frozen:
     value: Any
 
 
+class Record:
+    """What msgspec takes for an attrs class: ``__attrs_attrs__`` in its own dict."""
+
+    __attrs_attrs__ = ()
+
+    def __init__(self, name: Any, value: Any) -> None:
+        self.name = name
+        self._private = value  # left out
+        self.value = value
+
+
+class SlottedRecord:
+    __attrs_attrs__ = ()
+    __slots__ = ("b", "a", "_private", "unset")  # noqa: RUF023 -- Python sorts them
+
+    def __init__(self, b: Any, a: Any) -> None:
+        self.b, self.a, self._private = b, a, 0
+
+
+class Wider(SlottedRecord):
+    __attrs_attrs__ = ()
+    __slots__ = ("c",)
+
+    def __init__(self, b: Any, a: Any) -> None:
+        super().__init__(b, a)
+        self.c = 3
+
+
 def offsets() -> st.SearchStrategy[dt.tzinfo]:
     """UTC, whole minutes, and seconds that msgspec rounds to a minute."""
     span = dt.timedelta(hours=23, minutes=59, seconds=59)
@@ -121,6 +149,9 @@ values = st.recursive(
         | st.builds(Point, inner, inner, inner)
         | st.builds(Slotted, inner, inner)
         | st.builds(Frozen, inner)
+        | st.builds(Record, inner, inner)
+        | st.builds(SlottedRecord, inner, inner)
+        | st.builds(Wider, inner, inner)
     ),
     max_leaves=20,
 )
@@ -215,6 +246,8 @@ def test_the_kernel_reads_the_same_result_from_either(value: Any) -> None:
         (frozenset({"a"}), "91a161"),
         (Point(1), "83a17801a179c0a75f68696464656e00"),
         (Slotted(2), "82a16202a16101"),
+        (Record("n", 1), "82a46e616d65a16ea576616c756501"),
+        (Wider(1, 2), "83a16303a16102a16201"),
         (b"\x00", "c40100"),
     ],
     ids=repr,
