@@ -31,7 +31,6 @@ import contextlib
 import struct
 import sys
 from collections.abc import Callable
-from datetime import UTC
 from enum import EnumMeta
 from types import MemberDescriptorType
 from typing import Any
@@ -276,6 +275,7 @@ def _pack_datetime(obj: Any, append: _Append, depth: int) -> None:
     if obj.tzinfo is None:
         _pack_isoformat(obj, append, depth)
         return
+    from datetime import UTC  # not at the top: drivebayctl and most children never need it
 
     if obj.tzinfo is not UTC:
         try:
@@ -300,7 +300,7 @@ def _pack_time(obj: Any, append: _Append, depth: int) -> None:
     text = obj.replace(tzinfo=None).isoformat()
     tzinfo = obj.tzinfo
     if tzinfo is not None:
-        from datetime import timedelta
+        from datetime import UTC, timedelta
 
         offset = timedelta(0) if tzinfo is UTC else tzinfo.utcoffset(None)
         if offset is not None:
@@ -657,7 +657,7 @@ def _timestamp(payload: bytes, start: int) -> Any:
         seconds += 1
     if not _EPOCH_SECONDS_MIN <= seconds < _EPOCH_SECONDS_END:
         raise MsgpackError(f"timestamp at byte {start} is out of range for a datetime")
-    from datetime import datetime, timedelta
+    from datetime import UTC, datetime, timedelta
 
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return epoch + timedelta(seconds=seconds, microseconds=micros)
