@@ -172,11 +172,14 @@ def _pack_array(obj: list[Any] | tuple[Any, ...], append: _Append, depth: int) -
         get(type(item), _pack_other)(item, append, depth)
 
 
-def _pack_map(obj: dict[Any, Any], append: _Append, depth: int) -> None:
+def _pack_map(obj: dict[Any, Any], append: _Append, depth: int, declared: int = -1) -> None:
+    """``declared``: the size class of the header, when it is not the count's
+    (msgspec sizes an object's header for all the fields it declares)."""
     n = len(obj)
-    if n < 0x10:
+    size = n if declared < 0 else declared
+    if size < 0x10:
         append(_BYTE[0x80 | n])
-    elif n <= 0xFFFF:
+    elif size <= 0xFFFF:
         append(_B_U16.pack(0xDE, n))
     else:
         _pack_long_header(append, n, 0xDF, "map")
@@ -227,7 +230,8 @@ def _pack_other(obj: object, append: _Append, depth: int) -> None:
     elif not isinstance(obj, type) and (fields := _dataclass_fields(obj)) is not None:
         _pack_dataclass(obj, fields, append, depth)
     elif not isinstance(obj, type) and "__attrs_attrs__" in type(obj).__dict__:
-        _pack_fields(*_object_values(obj), append, depth)
+        items, declared = _object_values(obj)
+        _pack_map(dict(items), append, depth, declared)
     else:
         cls = type(obj)
         raise MsgpackError(f"cannot encode objects of type {cls.__module__}.{cls.__qualname__}")
@@ -368,26 +372,7 @@ def _pack_dataclass(obj: object, fields: Any, append: _Append, depth: int) -> No
     pseudo-fields included), its count is of those written."""
     if type(fields) is not dict:
         raise MsgpackError(f"{obj!r}.__dataclass_fields__ is not a dict")
-    _pack_fields(_dataclass_values(obj, fields), len(fields), append, depth)
-
-
-def _pack_fields(items: list[tuple[str, Any]], declared: int, append: _Append, depth: int) -> None:
-    """An object's fields as a map whose header has the size class of
-    ``declared`` fields and the count of those written, as msgspec writes it."""
-    n = len(items)
-    if declared < 0x10:
-        append(_BYTE[0x80 | n])
-    elif declared <= 0xFFFF:
-        append(_B_U16.pack(0xDE, n))
-    else:
-        _pack_long_header(append, n, 0xDF, "map")
-    if depth >= MAX_DEPTH:
-        raise MsgpackError(f"containers nested more than {MAX_DEPTH} deep (a cycle?)")
-    depth += 1
-    get = _PACKERS.get
-    for name, value in items:
-        _pack_str(name, append, depth)
-        get(type(value), _pack_other)(value, append, depth)
+    _pack_map(dict(_dataclass_values(obj, fields)), append, depth, len(fields))
 
 
 def _dataclass_values(obj: object, fields: dict[Any, Any]) -> list[tuple[str, Any]]:

@@ -28,6 +28,8 @@ from protocol.child_codec import ChildCodec
 from protocol.codec import MessageCodec
 from protocol.messages import Result, ToKernel
 from protocol.msgpack_lite import MsgpackError, packb, unpackb
+from tests.protocol.test_msgpack_lite import ints
+from tests.protocol.test_msgpack_lite import scalars as builtin_scalars
 
 fuzz = settings(deadline=None, database=None, max_examples=300)
 
@@ -109,7 +111,6 @@ def offsets() -> st.SearchStrategy[dt.tzinfo]:
     return st.just(dt.UTC) | st.timedeltas(-span, span).map(dt.timezone)
 
 
-ints = st.integers(-(2**63), 2**64 - 1)
 hashable_stdlib: st.SearchStrategy[Any] = (
     st.datetimes(timezones=st.none() | offsets())
     | st.datetimes(
@@ -128,18 +129,8 @@ hashable = st.recursive(
     lambda inner: st.lists(inner, max_size=3).map(tuple) | st.frozensets(inner, max_size=3),
     max_leaves=6,
 )
-scalars = (
-    st.none()
-    | st.booleans()
-    | ints
-    | st.floats()
-    | st.text()
-    | st.binary()
-    | st.binary().map(bytearray)
-    | stdlib_scalars
-)
 values = st.recursive(
-    scalars,
+    builtin_scalars | stdlib_scalars,
     lambda inner: (
         st.lists(inner, max_size=5)
         | st.lists(inner, max_size=5).map(tuple)
