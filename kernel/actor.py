@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel.states import State
 from protocol.errors import (
+    ALREADY_ATTACHED,
     Busy,
     CallTimeout,
     DriverCrashed,
@@ -468,7 +469,7 @@ class ResourceActor:
         try:
             await process.attach(self.resource_id, self.properties)
         except OperationFailed as exc:
-            if exc.type_name != "AlreadyAttached":
+            if exc.type_name != ALREADY_ATTACHED:
                 raise
             # An earlier attach we gave up on (its deadline passed) finished
             # anyway: replace that instance with one of the current properties.

@@ -3,7 +3,9 @@
 The child sees messages as plain lists ``[tag, field, ...]`` (the kernel's
 ``array_like`` Structs encode to exactly that), so it needs no Struct classes.
 When the driver's environment has msgspec >= 0.18 it encodes and decodes with
-msgspec; otherwise with ``msgpack_lite``, which writes the same bytes.
+msgspec; otherwise with ``msgpack_lite``, which accepts the same value types
+(datetimes, UUIDs, decimals, enums, sets, dataclasses...) and writes the same
+bytes, so a driver's result means the same either way.
 ``DRIVEBAY_CODEC=stdlib`` forces the fallback (tests and benchmarks).
 """
 

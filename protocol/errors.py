@@ -11,7 +11,8 @@ Every error says who is at fault, through its base class:
 
 ``str(error)`` is always one line fit to show an operator. Lives in
 ``protocol`` because every other package may import it (dependencies point
-kernel -> sandbox -> protocol).
+kernel -> sandbox -> protocol), and the driver runtime too (standard library
+only): the names an ``error`` reply carries are defined here, once.
 """
 
 from __future__ import annotations
@@ -119,3 +120,49 @@ class StateStoreLost(KernelError):
     the daemon ran. What the daemon holds in memory still serves and reads
     still work, but every change is refused: it would go to a file nobody
     will read again. Restart ``drivebayd`` to use the file now at that path."""
+
+
+# -- names on the wire ----------------------------------------------------------
+# An ``error`` reply's ``type`` says what failed: a driver's own exception is
+# sent under its class's name (``module.Class``, a builtin bare); the driver
+# runtime's own refusals use these names. The kernel raises each as
+# ``OperationFailed`` with that ``type_name``; its own errors are named by their
+# class (``CallTimeout``, ``DriverCrashed``...): ``error_name`` gives either.
+
+CANCELLED = "Cancelled"
+"""The kernel gave up on the request (its deadline passed, or it is stopping);
+the operation has ended, or never started."""
+DRAINING = "Draining"
+"""The driver is finishing its work before it exits; the kernel retries elsewhere."""
+NOT_ATTACHED = "NotAttached"
+"""The call names a resource the driver process holds no instance for."""
+ALREADY_ATTACHED = "AlreadyAttached"
+"""The attach names a resource the driver process already holds an instance for."""
+UNKNOWN_OPERATION = "UnknownOperation"
+"""The driver class has no operation of that name."""
+RESULT_TOO_LARGE = "ResultTooLarge"
+"""The operation's result would not fit in one frame (``max_frame_bytes``)."""
+UNENCODABLE_RESULT = "UnencodableResult"
+"""The operation returned a value of a type the wire cannot carry."""
+
+RUNTIME_ERRORS = frozenset(
+    {
+        CANCELLED,
+        DRAINING,
+        NOT_ATTACHED,
+        ALREADY_ATTACHED,
+        UNKNOWN_OPERATION,
+        RESULT_TOO_LARGE,
+        UNENCODABLE_RESULT,
+    }
+)
+"""Every name the driver runtime itself puts in an ``error`` reply."""
+
+
+def error_name(exc: BaseException) -> str:
+    """The name of what failed, as clients see it: the ``type`` of an
+    ``OperationFailed`` (a driver's exception or a runtime refusal), else the
+    class name of a drivebay error (``CallTimeout``, ``DriverCrashed``...)."""
+    if isinstance(exc, OperationFailed):
+        return exc.type_name
+    return type(exc).__name__

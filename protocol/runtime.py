@@ -28,9 +28,10 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
+from . import errors
 from .child_codec import ChildCodec
 from .errors import ProtocolError
 from .outbox import Outbox
@@ -60,6 +61,55 @@ class Settings:
         self.containment = environ.get("DRIVEBAY_CONTAINMENT", "auto")
 
 
+# -- error replies: each ``error`` the runtime sends is built here, by one function
+
+
+def error_message(request_id: int, name: str, message: str, trace: str = "") -> list[Any]:
+    """The ``error`` message (the kernel's ``messages.Error``)."""
+    return ["error", request_id, name, message, trace]
+
+
+def cancelled(request_id: int, message: str = "cancelled by the kernel") -> list[Any]:
+    return error_message(request_id, errors.CANCELLED, message)
+
+
+def draining(request_id: int) -> list[Any]:
+    return error_message(request_id, errors.DRAINING, "driver is draining")
+
+
+def not_attached(request_id: int, resource_id: str) -> list[Any]:
+    message = f"resource {resource_id!r} is not attached to this driver"
+    return error_message(request_id, errors.NOT_ATTACHED, message)
+
+
+def already_attached(request_id: int, resource_id: str) -> list[Any]:
+    message = f"resource {resource_id!r} is already attached"
+    return error_message(request_id, errors.ALREADY_ATTACHED, message)
+
+
+def unknown_operation(request_id: int, op: str, known: Iterable[str]) -> list[Any]:
+    listed = ", ".join(sorted(known)) or "none"
+    message = f"driver has no operation {op!r} (operations: {listed})"
+    return error_message(request_id, errors.UNKNOWN_OPERATION, message)
+
+
+def result_too_large(request_id: int, size: int, limit: int) -> list[Any]:
+    message = (
+        f"the result takes {size} bytes, over the channel's limit of {limit}; return less "
+        "(in pages), or raise max_frame_bytes in the daemon's config"
+    )
+    return error_message(request_id, errors.RESULT_TOO_LARGE, message)
+
+
+def unencodable_result(request_id: int, value: object, exc: Exception) -> list[Any]:
+    message = (
+        f"the result ({type(value).__name__}) cannot be sent: {_sendable(str(exc))}; return "
+        "plain values (None, bool, int, float, str, bytes, list, dict) or the types "
+        "docs/protocol.md lists (datetime, UUID, Decimal, Enum, set, dataclass...)"
+    )
+    return error_message(request_id, errors.UNENCODABLE_RESULT, message)
+
+
 def error_reply(request_id: int, exc: BaseException) -> list[Any]:
     """The ``error`` message for ``exc``. Whatever the exception holds, the
     reply can be encoded: a ``__str__`` that raises, or text with lone
@@ -81,7 +131,7 @@ def error_reply(request_id: int, exc: BaseException) -> list[Any]:
         message = f"(its message could not be read: str() of this {name} failed)"
     if isinstance(exc, MemoryError):
         message = memory_verdict() or message or "out of memory"
-    return ["error", request_id, _sendable(name), _sendable(message), _sendable(text)]
+    return error_message(request_id, _sendable(name), _sendable(message), _sendable(text))
 
 
 def _sendable(text: str) -> str:
@@ -244,30 +294,10 @@ class DriverServer(asyncio.Protocol):
         try:
             frame = self._codec.encode(["result", request_id, value])
             if len(frame) - 4 > self._codec.max_frame:  # the kernel would end the channel
-                self._send(
-                    [
-                        "error",
-                        request_id,
-                        "ResultTooLarge",
-                        f"the result takes {len(frame) - 4} bytes, over the channel's limit of "
-                        f"{self._codec.max_frame}; return less (in pages), or raise "
-                        "max_frame_bytes in the daemon's config",
-                        "",
-                    ]
-                )
+                self._send(result_too_large(request_id, len(frame) - 4, self._codec.max_frame))
                 return
-        except Exception as exc:  # a driver returned something MessagePack cannot carry
-            kind = type(value).__name__
-            self._send(
-                [
-                    "error",
-                    request_id,
-                    "UnencodableResult",
-                    f"the result ({kind}) cannot be sent: {exc}; return plain values "
-                    "(None, bool, int, float, str, bytes, list, dict)",
-                    "",
-                ]
-            )
+        except Exception as exc:  # a driver returned something the wire cannot carry
+            self._send(unencodable_result(request_id, value, exc))
             return
         self._out.send(frame)
 
@@ -343,17 +373,14 @@ class DriverServer(asyncio.Protocol):
 
     def _call(self, request_id: int, resource_id: str, op: str, args: dict[str, Any]) -> None:
         if self._draining:
-            self._send(["error", request_id, "Draining", "driver is draining", ""])
+            self._send(draining(request_id))
             return
         instance = self._instances.get(resource_id)
         is_async = self._ops.is_async.get(op)
         if instance is None:
-            message = f"resource {resource_id!r} is not attached to this driver"
-            self._send(["error", request_id, "NotAttached", message, ""])
+            self._send(not_attached(request_id, resource_id))
         elif is_async is None:
-            known = ", ".join(sorted(self._ops.is_async)) or "none"
-            message = f"driver has no operation {op!r} (operations: {known})"
-            self._send(["error", request_id, "UnknownOperation", message, ""])
+            self._send(unknown_operation(request_id, op, self._ops.is_async))
         else:
             method = getattr(instance, op)
             self._run(request_id, method, args, is_async, resource_id)
@@ -406,7 +433,7 @@ class DriverServer(asyncio.Protocol):
         try:
             result = await coro
         except asyncio.CancelledError:
-            self._send(["error", request_id, "Cancelled", "cancelled by the kernel", ""])
+            self._send(cancelled(request_id))
         except Exception as exc:
             self._send(error_reply(request_id, exc))
         else:
@@ -419,12 +446,13 @@ class DriverServer(asyncio.Protocol):
         self._threads.pop(request_id, None)
         self._thread_resources.pop(request_id, None)
         if future.cancelled():
-            self._send(["error", request_id, "Cancelled", "cancelled by the kernel", ""])
+            self._send(cancelled(request_id))
             return
         if request_id in self._given_up:
             self._given_up.discard(request_id)
-            message = "cancelled by the kernel; it ran to its end in its thread"
-            self._send(["error", request_id, "Cancelled", message, ""])
+            self._send(
+                cancelled(request_id, "cancelled by the kernel; it ran to its end in its thread")
+            )
             return
         exc = future.exception()
         if exc is not None:
@@ -434,8 +462,7 @@ class DriverServer(asyncio.Protocol):
 
     def _attach(self, request_id: int, resource_id: str, properties: dict[str, Any]) -> None:
         if resource_id in self._instances:
-            message = f"resource {resource_id!r} is already attached"
-            self._send(["error", request_id, "AlreadyAttached", message, ""])
+            self._send(already_attached(request_id, resource_id))
             return
         # Tracked like a call, so the kernel's Cancel (after its deadline) stops
         # it and a late finish cannot leave an instance the kernel gave up on.
@@ -456,7 +483,7 @@ class DriverServer(asyncio.Protocol):
             if attach is not None:
                 await self._maybe_in_thread(attach, to_the_end=True)
         except asyncio.CancelledError:
-            self._send(["error", request_id, "Cancelled", "attach cancelled by the kernel", ""])
+            self._send(cancelled(request_id, "attach cancelled by the kernel"))
             return
         except Exception as exc:
             self._send(error_reply(request_id, exc))
@@ -479,10 +506,10 @@ class DriverServer(asyncio.Protocol):
         self._spawn(self._detach_instance(request_id, instance))
 
     async def _detach_instance(
-        self, request_id: int, instance: Any, cancelled: str | None = None
+        self, request_id: int, instance: Any, given_up: str | None = None
     ) -> None:
         """Detach ``instance``; answer with its result, or with "Cancelled"
-        and ``cancelled`` as the message when it is an attach given up on."""
+        and ``given_up`` as the message when it is an attach given up on."""
         try:
             detach = getattr(instance, "detach", None)
             if detach is not None:
@@ -490,8 +517,8 @@ class DriverServer(asyncio.Protocol):
         except Exception as exc:
             self._send(error_reply(request_id, exc))
             return
-        if cancelled is not None:
-            self._send(["error", request_id, "Cancelled", cancelled, ""])
+        if given_up is not None:
+            self._send(cancelled(request_id, given_up))
             return
         self._send(["result", request_id, None])
 
