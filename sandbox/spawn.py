@@ -27,7 +27,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from sandbox.output import OutputCapture, RotatingFile
 from sandbox.pipe_reader import PipeReader
@@ -225,9 +225,8 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
                 listener=listener,
             )
             reader = PipeReader(capture)
-            transport, _ = await loop.connect_read_pipe(functools.partial(_same, reader), stream)
-            loose.remove(stream)  # the transport owns it now, and closes it
-            transports.append(transport)
+            loose.remove(stream)  # from the call on the loop owns it, and closes it on failure
+            transports.append(await _connect_read_pipe(loop, reader, stream))
             readers.append(reader)
         kernel_end.setblocking(False)
         return ChildProcess(popen, pidfd, kernel_end, (readers[0], readers[1]), transports)
@@ -243,6 +242,27 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         for item in loose:
             item.close()
         raise
+
+
+async def _connect_read_pipe(
+    loop: asyncio.AbstractEventLoop, reader: PipeReader, stream: IO[bytes]
+) -> asyncio.BaseTransport:
+    """``loop.connect_read_pipe``, never given up halfway. Once called, the
+    loop's transport owns the pipe (uvloop closes its descriptor when the
+    connection fails or is cancelled, and the file object does not know):
+    a cancel lets the connection finish and closes it through its transport,
+    then stays a cancel."""
+    connecting = asyncio.ensure_future(
+        loop.connect_read_pipe(functools.partial(_same, reader), stream)
+    )
+    try:
+        transport, _ = await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            transport, _ = await connecting  # within a loop pass
+            transport.close()
+        raise
+    return transport
 
 
 def _same(reader: PipeReader) -> PipeReader:

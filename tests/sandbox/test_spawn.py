@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import signal
 import socket
 
 import pytest
@@ -42,5 +43,38 @@ def test_a_spawn_that_runs_out_of_descriptors_leaves_no_transport_behind(tmp_pat
             for pair in pairs:
                 for end in pair:
                     end.close()
+
+    run(main())
+
+
+def test_a_spawn_cancelled_while_its_pipes_are_connected_stays_cancelled(tmp_path):
+    """Cancelled inside ``connect_read_pipe`` (a slot stopped while its spare
+    starts), the start is cancelled: the loop's transport already owns the
+    pipe and closes it, so closing it again failed with EBADF (or closed a
+    reused number), and that OSError replaced the cancellation, which the
+    spare's keeper then took for a failed launch and never ended."""
+
+    async def stop(child):
+        child.signal_group(signal.SIGKILL)
+        await child.exited
+        child.close()
+
+    async def main():
+        await stop(await spawn_child(fixture_spec(tmp_path)))  # what a first start keeps open
+        await asyncio.sleep(0.05)
+        before = set(os.listdir("/proc/self/fd"))
+        for turns in range(4):  # cancelled at each await the start makes
+            starting = asyncio.ensure_future(spawn_child(fixture_spec(tmp_path)))
+            for _ in range(turns + 1):
+                await asyncio.sleep(0)
+            starting.cancel()
+            try:
+                child = await starting
+            except asyncio.CancelledError:
+                pass  # what a cancelled start must raise
+            else:  # finished before the cancel reached it: stop it ourselves
+                await stop(child)
+        await asyncio.sleep(0.05)  # transports close on the next loop passes
+        assert set(os.listdir("/proc/self/fd")) <= before
 
     run(main())
