@@ -426,12 +426,7 @@ class Kernel:
 
     def _refuse_start(self, slot: DriverSlot) -> None:
         """No descriptors for one more version: it stays STOPPED, saying why."""
-        reason = self.descriptors.refusal()
-        if slot.state is State.BLOCKED:
-            slot.lifecycle.move(State.STOPPED, reason)
-        elif slot.lifecycle.reason != reason:
-            slot.lifecycle.reason = reason  # STOPPED already: no move, a new reason
-            log.warning("%s %s", slot.name, reason)
+        slot.refuse_start(self.descriptors.refusal())
 
     async def _promote_candidates(self) -> None:
         """Hand resources over to every newer version that became healthy, and
@@ -489,7 +484,7 @@ class Kernel:
             await new.wait_settled(self._stop_budget(), frozenset({State.FAILED, State.STOPPED}))
             return
         new.candidate = False
-        new.took_over_at = time.monotonic()
+        new.took_over()
         pinned_here = any(
             a.pinned == old.manifest.version and a.driver == name for a in self.book.actors.values()
         )
