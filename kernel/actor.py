@@ -413,7 +413,7 @@ class ResourceActor:
         process, request_id = self._unfinished
         ended = process.finished(request_id)
         if ended is not None:
-            grace = process.timeouts.call
+            grace = process.timeouts.call_s
             try:
                 await asyncio.wait_for(asyncio.shield(ended), grace)
             except TimeoutError:
@@ -422,7 +422,7 @@ class ResourceActor:
                     "of its cancellation"
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ended), process.timeouts.kill + 5)
+                    await asyncio.wait_for(asyncio.shield(ended), process.timeouts.kill_s + 5)
         self._unfinished = None
 
     async def _apply(self, step: Rebind) -> None:

@@ -128,7 +128,7 @@ class Kernel:
                 self._route_when_known,
                 self.schema_for,
                 self.config.mailbox_size,
-                self._stop_budget(),
+                self.config.timeouts.settle_budget(),
             )
             log.info("restored %d resources", self.book.restore())
             self._failed = self.book.store.failed_versions()
@@ -385,7 +385,7 @@ class Kernel:
                 self._add_slot(bundle).want_running()
             slot = self.slots[key]
             ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
-            state = await slot.wait_settled(self._stop_budget(), ended)
+            state = await slot.wait_settled(self.config.timeouts.settle_budget(), ended)
         finally:
             self._requested.discard(key)
         if state is not State.RUNNING:
@@ -451,14 +451,16 @@ class Kernel:
         assert self.book is not None
         actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
         self.active[name] = new.manifest.version
-        budget = max(old.call_timeout, new.call_timeout) * 2 + 30
+        budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
         result = await hand_over(old, new, actors, budget)
         self.last_switch_s = result.switch_s
         if not result.ok:
             self.active[name] = old.manifest.version
             self._mark_failed(new, f"rolled back: {result.reason}")
             new.fail(f"rolled back: {result.reason}")
-            await new.wait_settled(self._stop_budget(), frozenset({State.FAILED, State.STOPPED}))
+            await new.wait_settled(
+                self.config.timeouts.settle_budget(), frozenset({State.FAILED, State.STOPPED})
+            )
             return
         new.candidate = False
         new.took_over()
@@ -475,7 +477,7 @@ class Kernel:
         new = self._add_slot(bundle, candidate=True)
         new.want_running()
         ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
-        await new.wait_settled(self._stop_budget(), ended)
+        await new.wait_settled(self.config.timeouts.settle_budget(), ended)
         if new.state is not State.RUNNING:
             log.warning(
                 "replacement of %s failed (%s); the old process keeps serving",
@@ -490,7 +492,7 @@ class Kernel:
         self.slots[new.name] = new
         assert self.book is not None
         actors = [a for a in self.book.actors.values() if a.bound is old]
-        budget = max(old.call_timeout, new.call_timeout) * 2 + 30
+        budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
         result = await hand_over(old, new, actors, budget)
         if not result.ok:
             self.slots[old.name] = old
@@ -525,15 +527,10 @@ class Kernel:
                 actor.rebind(route)
 
     async def _settle(self, slot: DriverSlot) -> None:
-        budget = self.config.timeouts.start_s * 2 + 600  # a first env build may download
         try:
-            await slot.wait_settled(budget, SETTLED_OK)
+            await slot.wait_settled(self.config.timeouts.settle_budget(), SETTLED_OK)
         except RequestError as exc:
             log.warning("%s", exc)
-
-    def _stop_budget(self) -> float:
-        t = self.config.timeouts
-        return t.start_s * 2 + t.drain_s + t.term_s + t.kill_s + 600
 
     async def stop_in_waves(
         self, slots: list[DriverSlot], stop: Callable[[DriverSlot], Awaitable[R]]

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernel.config import Config
-from kernel.driver_process import DriverProcess, Timeouts
+import msgspec
+
+from kernel.config import Config, TimeoutSettings
+from kernel.driver_process import DriverProcess
 from kernel.reloading import spawn_settings
 from kernel.restarts import RestartTracker
 from kernel.states import IDLE, STUCK, Event, Lifecycle, State
@@ -591,20 +593,13 @@ class DriverSlot:
     @property
     def call_timeout(self) -> float:
         """The default deadline of this version's operations."""
-        return self._timeouts().call
+        return self._timeouts().call_s
 
-    def _timeouts(self) -> Timeouts:
+    def _timeouts(self) -> TimeoutSettings:
+        """The config's timeouts, with the manifest's own call deadline if it has one."""
         settings = self._ctx.current_config().timeouts
-        call = self.manifest.limits.call_timeout_s or settings.call_s
-        return Timeouts(
-            start=settings.start_s,
-            ping_interval=settings.ping_interval_s,
-            ping_timeout=settings.ping_timeout_s,
-            call=float(call),
-            drain=settings.drain_s,
-            term=settings.term_s,
-            kill=settings.kill_s,
-        )
+        own = self.manifest.limits.call_timeout_s
+        return msgspec.structs.replace(settings, call_s=float(own)) if own else settings
 
     def _spec_for(self, python: Path) -> SpawnSpec:
         config = self._ctx.current_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kernel.config import Config
+from kernel.config import Config, TimeoutSettings
 from kernel.restarts import RestartPolicy
 from kernel.states import State
 from kernel.supervisor import DriverSlot, SlotContext
@@ -88,3 +88,16 @@ def test_a_start_resets_a_stuck_slot_and_leaves_a_stopped_one_be(tmp_path):
         (State.STOPPED, State.FAILED),
         (State.FAILED, State.STOPPED),
     ]
+
+
+def test_a_process_gets_the_configs_timeouts_with_the_manifests_call_deadline(tmp_path):
+    timeouts = TimeoutSettings(start_s=7, call_s=9)
+    slot = slot_on(tmp_path, Clock(), Config(timeouts=timeouts))
+    assert slot._timeouts() is timeouts  # one type: the config's, passed as it is
+    assert slot.call_timeout == 9
+
+
+def test_one_rule_bounds_every_wait_on_a_version():
+    timeouts = TimeoutSettings(start_s=30, drain_s=10, term_s=5, kill_s=5, call_s=30)
+    assert timeouts.settle_budget() == 2 * 30 + 10 + 5 + 5 + 600
+    assert timeouts.handover_budget(30, 120) == 2 * 120 + 30
