@@ -31,18 +31,23 @@ from kernel.reconcile import (
     Action,
     Activate,
     Add,
+    Block,
     Facts,
     HandOver,
     Hold,
     MarkFailed,
+    Refuse,
     Replace,
     Retire,
     RollBack,
     SlotFacts,
+    Start,
     arrange,
+    block,
     promote,
     roll_back,
     stale,
+    start_wave,
 )
 from kernel.registry import Registry
 from kernel.reloading import keep_fixed, spawn_settings
@@ -230,13 +235,15 @@ class Kernel:
                 await self._replace(old, bundle)
         self._attach_idle_resources()
 
-    def _facts(self, available: dict[str, dict[str, StoredBundle]]) -> Facts:
+    def _facts(self, available: dict[str, dict[str, StoredBundle]] | None = None) -> Facts:
         """What reconciling decides from (``kernel.reconcile``), as plain data."""
         pins = tuple(self._requested)
         if self.book is not None:
             pins += tuple(f"{a.driver}@{a.pinned}" for a in self.book.actors.values() if a.pinned)
         return Facts(
-            available={d: {v: b.digest for v, b in vs.items()} for d, vs in available.items()},
+            available={
+                d: {v: b.digest for v, b in vs.items()} for d, vs in (available or {}).items()
+            },
             slots={key: self._slot_facts(slot) for key, slot in self.slots.items()},
             active=dict(self.active),
             failed={key: digest for key, (digest, _) in self._failed.items()},
@@ -257,6 +264,7 @@ class Kernel:
             reason=slot.lifecycle.reason,
             candidate=slot.candidate,
             held=slot.held,
+            requires=tuple(slot.manifest.requires),
             stale_settings=running and slot.settings_used != slot.settings_now(),
             crash_loop_on_probation=slot.crash_loop_on_probation(),
         )
@@ -397,26 +405,22 @@ class Kernel:
         )
 
     async def _start_by_plan(self) -> None:
-        by_driver: dict[str, list[DriverSlot]] = {}
-        for slot in self.slots.values():
-            by_driver.setdefault(slot.manifest.name, []).append(slot)
-        for name, reason in self.plan.blocked.items():
-            for slot in by_driver.get(name, []):
-                slot.block(reason)
+        """Start the plan's waves in order, each once the one before has settled."""
+        for blocked in block(self._facts(), self.plan.blocked):
+            self.slots[blocked.key].block(blocked.reason)
         holding = places_held(slot.state for slot in self.all_slots())
         for wave in self.plan.waves:
-            starting = []
-            for name in wave:
-                for slot in by_driver.get(name, []):
-                    unmet = [need for need in slot.manifest.requires if not self._running(need)]
-                    if unmet:
-                        slot.block(f"requires {', '.join(unmet)}, which is not running")
-                    elif not slot.held and slot.state in (State.STOPPED, State.BLOCKED):
-                        if not self.descriptors.admits(holding):
-                            self._refuse_start(slot)
-                            continue
+            starting: list[DriverSlot] = []
+            for action in start_wave(self._facts(), wave, holding, self.descriptors.drivers):
+                slot = self.slots[action.key]
+                match action:
+                    case Block(_, reason):
+                        slot.block(reason)
+                    case Refuse():
+                        self._refuse_start(slot)
+                    case Start(_, reset):
                         holding += 1
-                        slot.want_running(reset=slot.state is State.BLOCKED)
+                        slot.want_running(reset=reset)
                         starting.append(slot)
             await asyncio.gather(*(self._settle(slot) for slot in starting))
             for slot in starting:

@@ -4,9 +4,11 @@ The kernel gathers ``Facts`` (the bundles of the drivers directory, its slots
 and their states, the active versions, pins, recorded failures, a few
 settings); the functions here return the ``Action`` list that brings the
 slots toward what should run, and the kernel's executor (``Kernel._apply``)
-applies them in order. Starting takes time, so there are two passes around
-the start plan (``kernel/ordering.py``): ``arrange`` before it (which
-versions have a slot), ``promote`` after it (who serves now). ``roll_back``
+applies them in order. Starting takes time, so there are passes around the
+start plan (``kernel/ordering.py``): ``arrange`` before it (which versions
+have a slot), ``block`` and ``start_wave`` for each of its waves (which
+versions start, which wait for a requirement or a free place), ``promote``
+after it (who serves now). ``roll_back``
 decides whether a version that crash-looped soon after taking over fails, and
 ``stale`` which running processes were spawned with settings the config no
 longer has. Nothing here does I/O or reads a clock.
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kernel.states import State
+from kernel.states import IDLE, State
 from sandbox.pep440 import version_key
 
 
@@ -32,6 +34,7 @@ class SlotFacts:
     reason: str = ""  # of its state
     candidate: bool = False  # a new version on probation, not serving yet
     held: bool = False  # an operator stopped it
+    requires: tuple[str, ...] = ()  # drivers that must run before it starts
     stale_settings: bool = False  # its process was spawned with settings since changed
     crash_loop_on_probation: bool = False  # its crash loop began soon after taking over
 
@@ -118,7 +121,42 @@ class RollBack:
     successor: str
 
 
-Action = Hold | Replace | Activate | Retire | Add | MarkFailed | HandOver | RollBack
+@dataclass(frozen=True)
+class Block:
+    """Its requirements are not met: it stays (or goes) down, BLOCKED, saying ``reason``."""
+
+    key: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """No descriptors for one more version: it stays STOPPED, saying why."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start it (``reset``: out of BLOCKED, forgetting past failures)."""
+
+    key: str
+    reset: bool
+
+
+Action = (
+    Hold
+    | Replace
+    | Activate
+    | Retire
+    | Add
+    | MarkFailed
+    | HandOver
+    | RollBack
+    | Block
+    | Refuse
+    | Start
+)
 
 
 def arrange(facts: Facts) -> list[Action]:
@@ -185,6 +223,41 @@ def _wanted(facts: Facts, available: Mapping[str, Mapping[str, str]]) -> dict[st
 def _newest_running(slots: Iterable[SlotFacts], driver: str) -> str | None:
     running = [s.version for s in slots if s.driver == driver and s.state is State.RUNNING]
     return max(running, key=version_key) if running else None
+
+
+def block(facts: Facts, blocked: Mapping[str, str]) -> list[Block]:
+    """Every slot of a driver the plan blocked (``ordering.Plan.blocked``)."""
+    return [
+        Block(key, reason)
+        for driver, reason in blocked.items()
+        for key, slot in facts.slots.items()
+        if slot.driver == driver
+    ]
+
+
+def start_wave(
+    facts: Facts, wave: Iterable[str], holding: int, places: int
+) -> list[Block | Refuse | Start]:
+    """One wave of the start plan, its drivers in order: a slot whose
+    requirement is not running is blocked; one that is down and not stopped by
+    an operator starts while fewer than ``places`` versions hold a place
+    (``holding`` do now), else it is refused."""
+    running = {s.driver for s in facts.slots.values() if s.state is State.RUNNING}
+    actions: list[Block | Refuse | Start] = []
+    for driver in wave:
+        for key, slot in facts.slots.items():
+            if slot.driver != driver:
+                continue
+            unmet = [need for need in slot.requires if need not in running]
+            if unmet:
+                actions.append(Block(key, f"requires {', '.join(unmet)}, which is not running"))
+            elif not slot.held and slot.state in IDLE:
+                if holding >= places:
+                    actions.append(Refuse(key))
+                    continue
+                holding += 1
+                actions.append(Start(key, reset=slot.state is State.BLOCKED))
+    return actions
 
 
 def promote(facts: Facts) -> list[Action]:

@@ -7,17 +7,22 @@ from dataclasses import replace
 from kernel.reconcile import (
     Activate,
     Add,
+    Block,
     Facts,
     HandOver,
     Hold,
     MarkFailed,
+    Refuse,
     Replace,
     Retire,
     RollBack,
     SlotFacts,
+    Start,
     arrange,
+    block,
     promote,
     roll_back,
+    start_wave,
 )
 from kernel.states import State
 
@@ -154,3 +159,41 @@ def test_running_versions_with_stale_settings_are_replaced_unless_stopped_or_on_
     )
     assert promote(facts) == [Replace("a@1.0", fresh=False)]
     assert promote(replace(facts, replacing=frozenset({"a@1.0"}))) == []
+
+
+def test_a_wave_starts_what_is_down_blocks_what_lacks_a_requirement_and_refuses_past_the_limit():
+    S = State
+    facts = Facts(
+        {},
+        slots(
+            slot("net@1", S.RUNNING),
+            slot("a@1", S.STOPPED, requires=("net",)),
+            slot("b@1", S.BLOCKED),
+            slot("c@1", S.STOPPED, requires=("db",)),
+            slot("d@1", S.STOPPED, held=True),
+            slot("e@1", S.FATAL),
+            slot("f@1", S.STOPPED),
+        ),
+    )
+    wave = ["a", "b", "c", "d", "e", "f"]
+    assert start_wave(facts, wave, holding=1, places=10) == [
+        Start("a@1", reset=False),
+        Start("b@1", reset=True),  # out of BLOCKED, forgetting past failures
+        Block("c@1", "requires db, which is not running"),
+        Start("f@1", reset=False),
+    ]
+    # Three places, one held by net: a and b start, f is refused (c is blocked anyway).
+    assert start_wave(facts, wave, holding=1, places=3) == [
+        Start("a@1", reset=False),
+        Start("b@1", reset=True),
+        Block("c@1", "requires db, which is not running"),
+        Refuse("f@1"),
+    ]
+
+
+def test_the_plans_blocked_drivers_block_each_of_their_versions():
+    facts = Facts({}, slots(slot("a@1"), slot("a@2"), slot("b@1")))
+    assert block(facts, {"a": "requires cycle: a -> a"}) == [
+        Block("a@1", "requires cycle: a -> a"),
+        Block("a@2", "requires cycle: a -> a"),
+    ]
