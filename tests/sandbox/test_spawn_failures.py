@@ -17,7 +17,7 @@ import pytest
 
 from sandbox import spawn
 from sandbox.spawn import spawn_child
-from tests.helpers import fixture_spec, run
+from tests.helpers import eventually, fixture_spec, run
 
 
 class Broken(OSError):
@@ -68,6 +68,45 @@ STEPS = {
 }
 
 
+def open_fds() -> set[int]:
+    """The descriptors open now (not the one the listing itself used)."""
+    listed = {int(name) for name in os.listdir("/proc/self/fd")}
+    return {fd for fd in listed if os.path.exists(f"/proc/self/fd/{fd}")}
+
+
+async def fds_before() -> set[int]:
+    """The descriptors open before the start, once the loop holds what it
+    keeps for its lifetime (uvloop opens /dev/null the first time one of its
+    pipe transports is closed)."""
+    start = open_fds()
+    read, write = os.pipe()
+    os.close(write)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_read_pipe(asyncio.Protocol, os.fdopen(read, "rb"))
+    transport.close()
+    await eventually(lambda: not any(target(fd).startswith("pipe:") for fd in open_fds() - start))
+    return open_fds()
+
+
+def target(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        return ""
+
+
+async def assert_released(before: set[int]) -> None:
+    """Every descriptor the failed start opened is closed while the loop still
+    runs (a transport nobody closed would hold its pipe until the loop ends).
+    A transport closes its pipe on the loop's next turns: wait for that."""
+    try:
+        await eventually(lambda: open_fds() <= before, deadline=5)
+    except AssertionError:
+        left = {fd: target(fd) for fd in open_fds() - before}
+        raise AssertionError(f"left open: {left}") from None
+    assert_numbers_reusable(asyncio.get_running_loop())
+
+
 def assert_numbers_reusable(loop: asyncio.AbstractEventLoop) -> None:
     """The numbers a failed start freed come first: each must be usable."""
     pairs = [socket.socketpair() for _ in range(4)]
@@ -87,11 +126,13 @@ def test_a_failed_step_leaves_nothing_behind(tmp_path, monkeypatch, step):
     async def main() -> None:
         name, replacement = STEPS[step]()
         target = os if name.startswith("os.") else spawn
+        spec = fixture_spec(tmp_path)
+        before = await fds_before()
         with monkeypatch.context() as patch:
             patch.setattr(target, name.removeprefix("os."), replacement)
             with pytest.raises(Broken):
-                await spawn_child(fixture_spec(tmp_path))
-        assert_numbers_reusable(asyncio.get_running_loop())
+                await spawn_child(spec)
+        await assert_released(before)
 
     run(main())
 
@@ -100,12 +141,13 @@ def test_a_failed_step_leaves_nothing_behind(tmp_path, monkeypatch, step):
 @pytest.mark.parametrize("error", [Broken, asyncio.CancelledError])
 def test_a_pipe_that_cannot_be_connected_leaves_nothing_behind(tmp_path, monkeypatch, call, error):
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        failing = LoopFailing(loop, call, error())
+        failing = LoopFailing(asyncio.get_running_loop(), call, error())
+        spec = fixture_spec(tmp_path)
+        before = await fds_before()
         with monkeypatch.context() as patch:
             patch.setattr(spawn.asyncio, "get_running_loop", lambda: failing)
             with pytest.raises(error):
-                await spawn_child(fixture_spec(tmp_path))
-        assert_numbers_reusable(loop)
+                await spawn_child(spec)
+        await assert_released(before)
 
     run(main())
