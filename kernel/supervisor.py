@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 
 from kernel.config import Config, TimeoutSettings
-from kernel.driver_process import DriverProcess
+from kernel.driver_process import DriverProcess, EventHandler
 from kernel.reloading import spawn_settings
 from kernel.restarts import RestartTracker
 from kernel.states import IDLE, STUCK, Event, Lifecycle, State
@@ -63,6 +63,8 @@ class SlotContext:
     # Monotonic seconds: uptime, retry deadlines, probation and the restart
     # rules all read this one clock (tests pass their own).
     clock: Callable[[], float] = time.monotonic
+    # Makes the slot's processes (tests pass an in-memory one with the same interface).
+    new_process: Callable[[SpawnSpec, TimeoutSettings, EventHandler], DriverProcess] = DriverProcess
 
 
 class DriverSlot:
@@ -186,9 +188,8 @@ class DriverSlot:
                 await self.process.stop()
 
     def _new_process(self, spec: SpawnSpec) -> DriverProcess:
-        return DriverProcess(
-            spec, self._timeouts(), functools.partial(self._ctx.on_event, self.name)
-        )
+        on_event = functools.partial(self._ctx.on_event, self.name)
+        return self._ctx.new_process(spec, self._timeouts(), on_event)
 
     def _prepare_spare(self, spec: SpawnSpec) -> None:
         """Keep a spare from now on (``_keep_spare``, a task the slot owns)."""
