@@ -79,6 +79,17 @@ class Rebind:
     )
 
 
+@dataclass(slots=True)
+class InFlight:
+    """An operation sent to a driver process: what, where, under which id.
+    The actor holds the one in flight, and the one given up on (timed out,
+    cancelled) until the driver has ended it."""
+
+    operation: Operation
+    process: DriverProcess
+    request_id: int
+
+
 Router = Callable[["ResourceActor"], Awaitable["DriverSlot"]]  # raises DriverAbsent
 
 
@@ -109,13 +120,11 @@ class ResourceActor:
         self._wake = asyncio.Event()
         self._busy = False
         self._current: Operation | Rebind | None = None
-        self._in_flight: int | None = None  # the request id of the operation in the driver
-        self._in_flight_op: Operation | None = None  # ... and the operation
-        self._in_flight_to: DriverProcess | None = None  # ... and where it went
+        self._in_flight: InFlight | None = None  # the operation in the driver
         self._run_done: asyncio.Future[None] | None = None  # see _deliver
         # An operation answered to its caller (timed out, cancelled) that may
         # still run in the driver; nothing else is sent before it ends.
-        self._unfinished: tuple[DriverProcess, int] | None = None
+        self._unfinished: InFlight | None = None
         self._attaching: DriverProcess | None = None  # an attach that may be in the driver
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -269,12 +278,13 @@ class ResourceActor:
         try:
             await self._run_done
         except asyncio.CancelledError:  # close(): give up on the call in flight
-            if self._in_flight is not None:
-                process.cancel_call(self._in_flight)
-                self._unfinished = (process, self._in_flight)  # close() waits before detaching
+            flight = self._in_flight
+            if flight is not None:
+                flight.process.cancel_call(flight.request_id)
+                self._unfinished = flight  # close() waits for its end before detaching
             raise
         finally:
-            self._in_flight = self._in_flight_op = self._in_flight_to = None
+            self._in_flight = None
 
     def _send(self, process: DriverProcess, item: Operation) -> None:
         try:
@@ -287,7 +297,7 @@ class ResourceActor:
             _fail(item.future, exc)
             _settle(self._run_done)  # the task goes on with the next one
             return
-        self._in_flight, self._in_flight_op, self._in_flight_to = request_id, item, process
+        self._in_flight = InFlight(item, process, request_id)
         reply.add_done_callback(self._replied)
 
     def _replied(self, reply: asyncio.Future[Any]) -> None:
@@ -295,18 +305,18 @@ class ResourceActor:
         operation from here, without a task switch, when it may go to the same
         process as it is; else hand back to the task (a control step, a
         property change, a crash, an empty mailbox)."""
-        item, process, request_id = self._in_flight_op, self._in_flight_to, self._in_flight
-        self._in_flight = self._in_flight_op = self._in_flight_to = None
-        if item is None or process is None or request_id is None:  # _deliver was cancelled
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:  # _deliver was cancelled
             return
+        item, process = flight.operation, flight.process
         if reply.cancelled():  # only cancel_call does that; never leave the task waiting
-            self._unfinished = (process, request_id)
+            self._unfinished = flight
             _fail(item.future, RequestError(f"resource {self.resource_id}: operation cancelled"))
             _settle(self._run_done)
             return
         exc = reply.exception()
         if isinstance(exc, CallTimeout):  # answered, but it may still run: the task waits
-            self._unfinished = (process, request_id)
+            self._unfinished = flight
             _fail(item.future, exc)
             _settle(self._run_done)
             return
@@ -414,10 +424,10 @@ class ResourceActor:
         supervisor restarts it) rather than leave the resource stuck."""
         if self._unfinished is None:
             return
-        process, request_id = self._unfinished
-        ended = process.finished(request_id)
+        process = self._unfinished.process
+        ended = process.finished(self._unfinished.request_id)
         if ended is not None:
-            grace = process.timeouts.call
+            grace = process.timeouts.call_s
             try:
                 await asyncio.wait_for(asyncio.shield(ended), grace)
             except TimeoutError:
@@ -426,7 +436,7 @@ class ResourceActor:
                     "of its cancellation"
                 )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ended), process.timeouts.kill + 5)
+                    await asyncio.wait_for(asyncio.shield(ended), process.timeouts.kill_s + 5)
         self._unfinished = None
 
     async def _apply(self, step: Rebind) -> None:

@@ -338,8 +338,7 @@ async def shutdown(k: Kernel, request: schema.ShutdownRequest) -> Outcome:
 
 
 def _budget(k: Kernel) -> float:
-    t = k.config.timeouts
-    return t.start_s + t.drain_s + t.term_s + t.kill_s + 600
+    return k.config.timeouts.settle_budget()
 
 
 # -- resources -------------------------------------------------------------------------

@@ -38,6 +38,19 @@ class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     spare_s: float = 0.5
     request_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0  # a control request arrives whole
 
+    def settle_budget(self) -> float:
+        """The one rule for how long the kernel waits on a driver version (a
+        command, a start wave, a pin, a replacement, a call for a version
+        coming back): a failed start and its retry, a staged stop, and a
+        first virtualenv build, which may download. It bounds a wait that
+        normally ends as soon as the state settles."""
+        return self.start_s * 2 + self.drain_s + self.term_s + self.kill_s + 600
+
+    def handover_budget(self, *call_s: float) -> float:
+        """How long resources may take to switch versions: each waits for the
+        call in flight (the longest deadline), detaches and attaches."""
+        return max(call_s, default=self.call_s) * 2 + 30
+
 
 class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Defaults for a driver's ``limits`` (its manifest may lower or raise them)."""

@@ -28,6 +28,28 @@ from kernel.descriptors import current_limit, descriptor_budget, places_held
 from kernel.drivers_watch import watch_drivers
 from kernel.handover import hand_over
 from kernel.ordering import Node, Plan, plan, stop_order
+from kernel.reconcile import (
+    Action,
+    Activate,
+    Add,
+    Block,
+    Facts,
+    HandOver,
+    Hold,
+    MarkFailed,
+    Refuse,
+    Replace,
+    Retire,
+    RollBack,
+    SlotFacts,
+    Start,
+    arrange,
+    block,
+    promote,
+    roll_back,
+    stale,
+    start_wave,
+)
 from kernel.registry import Registry
 from kernel.reloading import keep_fixed, spawn_settings
 from kernel.resource_store import ResourceStore
@@ -113,7 +135,7 @@ class Kernel:
                 self._route_when_known,
                 self.schema_for,
                 self.config.mailbox_size,
-                self._stop_budget(),
+                self.config.timeouts.settle_budget(),
             )
             log.info("restored %d resources", self.book.restore())
             self._failed = self.book.store.failed_versions()
@@ -202,85 +224,82 @@ class Kernel:
         the plan; hand resources over where a newer version became healthy."""
         await self.registry.rescan()
         available = self.registry.versions(keep={s.bundle.digest for s in self.slots.values()})
-        self._guard_same_version(available)
-        wanted = self._wanted_versions(available)
-        for key in [k for k in self.slots if k not in wanted]:
-            slot = self.slots.pop(key)
-            gone = slot.manifest.name not in available
-            if self.active.get(slot.manifest.name) == slot.manifest.version:
-                del self.active[slot.manifest.name]
-                self._choose_active(slot.manifest.name, excluding=slot)
-            reason = "bundle removed" if gone else "not needed"
-            log.info("stopping %s: %s", slot.name, reason)
-            await self._retire(slot, reason)
-        for key, bundle in wanted.items():
-            if key not in self.slots:
-                self._add_slot(bundle, candidate=self._is_upgrade(bundle))
+        for action in arrange(self._facts(available)):
+            await self._apply(action, available)
         self.plan = plan(self._nodes(), self.config.category_order)
         await self._start_by_plan()
-        await self._promote_candidates()
+        for action in promote(self._facts(available)):
+            await self._apply(action, available)
+        for key, bundle in list(self._replacements.items()):
+            del self._replacements[key]
+            old = self.slots.pop(key, None)
+            if old is not None:
+                await self._replace(old, bundle)
         self._attach_idle_resources()
 
-    def _guard_same_version(self, available: dict[str, dict[str, StoredBundle]]) -> None:
-        """A running version whose bundle changed in place: an error, or a
-        handover to the new content when ``same_version_change: reload``."""
-        for key, slot in list(self.slots.items()):
-            bundle = available.get(slot.manifest.name, {}).get(slot.manifest.version)
-            if bundle is None or bundle.digest == slot.bundle.digest:
-                continue
-            if self.config.same_version_change == "reload":
-                self._replacements[key] = bundle
-            else:
-                self._reject_same_version(bundle, slot)
-                available[slot.manifest.name][slot.manifest.version] = slot.bundle
-
-    def _wanted_versions(
-        self, available: dict[str, dict[str, StoredBundle]]
-    ) -> dict[str, StoredBundle]:
-        """Per driver: its newest version that has not failed, plus pinned ones."""
-        wanted: dict[str, StoredBundle] = {}
-        for name, versions in available.items():
-            for version in sorted(versions, key=version_key, reverse=True):
-                bundle = versions[version]
-                if not self._failed_bundle(f"{name}@{version}", bundle):
-                    wanted[f"{name}@{version}"] = bundle
-                    break
-                # A failed newest version keeps its row (FAILED) in status.
-                wanted.setdefault(f"{name}@{version}", bundle)
-        for key in self._requested:
-            driver, _, version = key.partition("@")
-            requested = available.get(driver, {}).get(version)
-            if requested is not None:
-                wanted[key] = requested
+    def _facts(self, available: dict[str, dict[str, StoredBundle]] | None = None) -> Facts:
+        """What reconciling decides from (``kernel.reconcile``), as plain data."""
+        pins = tuple(self._requested)
         if self.book is not None:
-            for actor in self.book.actors.values():
-                if actor.pinned:
-                    pinned = available.get(actor.driver, {}).get(actor.pinned)
-                    if pinned is not None:
-                        wanted[f"{actor.driver}@{actor.pinned}"] = pinned
-        for name, version in self.active.items():
-            key = f"{name}@{version}"
-            if key in self.slots and name in available and version in available[name]:
-                wanted.setdefault(key, self.slots[key].bundle)
-        return wanted
+            pins += tuple(f"{a.driver}@{a.pinned}" for a in self.book.actors.values() if a.pinned)
+        return Facts(
+            available={
+                d: {v: b.digest for v, b in vs.items()} for d, vs in (available or {}).items()
+            },
+            slots={key: self._slot_facts(slot) for key, slot in self.slots.items()},
+            active=dict(self.active),
+            failed={key: digest for key, (digest, _) in self._failed.items()},
+            pinned=pins,
+            replacing=frozenset(self._replacements),
+            reload_same_version=self.config.same_version_change == "reload",
+            window_s=self.config.restart.window_s,
+        )
 
-    def _choose_active(self, name: str, excluding: DriverSlot) -> None:
-        """The active version went away: the newest other RUNNING one serves."""
-        running = [
-            s
-            for s in self.slots.values()
-            if s.manifest.name == name and s is not excluding and s.state is State.RUNNING
-        ]
-        if running:
-            best = max(running, key=lambda s: version_key(s.manifest.version))
-            best.candidate = False
-            self.active[name] = best.manifest.version
+    @staticmethod
+    def _slot_facts(slot: DriverSlot) -> SlotFacts:
+        running = slot.state is State.RUNNING
+        return SlotFacts(
+            driver=slot.manifest.name,
+            version=slot.manifest.version,
+            digest=slot.bundle.digest,
+            state=slot.state,
+            reason=slot.lifecycle.reason,
+            candidate=slot.candidate,
+            held=slot.held,
+            requires=tuple(slot.manifest.requires),
+            stale_settings=running and slot.settings_used != slot.settings_now(),
+            crash_loop_on_probation=slot.crash_loop_on_probation(),
+        )
 
-    def _is_upgrade(self, bundle: StoredBundle) -> bool:
-        active = self.active.get(bundle.manifest.name)
-        if active is None:
-            return False
-        return version_key(bundle.manifest.version) > version_key(active)
+    async def _apply(self, action: Action, available: dict[str, dict[str, StoredBundle]]) -> None:
+        """Carry out one decision of ``kernel.reconcile``."""
+        match action:
+            case Hold(key):
+                slot = self.slots[key]
+                name, version = slot.manifest.name, slot.manifest.version
+                self._reject_same_version(available[name][version], slot)
+                available[name][version] = slot.bundle
+            case Replace():
+                self._replace_later(action, available)
+            case Activate(driver, None):
+                self.active.pop(driver, None)
+            case Activate(driver, str(version)):
+                self.slots[f"{driver}@{version}"].candidate = False
+                self.active[driver] = version
+            case Retire(key, reason):
+                slot = self.slots.pop(key)
+                log.info("stopping %s: %s", slot.name, reason)
+                await self._retire(slot, reason)
+            case Add(key, candidate):
+                driver, _, version = key.partition("@")
+                self._add_slot(available[driver][version], candidate=candidate)
+            case MarkFailed(key, reason):
+                self._mark_failed(self.slots[key], reason)
+            case HandOver(old, new):
+                if old in self.slots and new in self.slots:
+                    await self._hand_over(self.slots[old], self.slots[new])
+            case RollBack():
+                self._apply_now(action)
 
     def _add_slot(self, bundle: StoredBundle, candidate: bool = False) -> DriverSlot:
         slot = DriverSlot(bundle, self._slot_context())
@@ -301,33 +320,21 @@ class Kernel:
         name = slot.manifest.name
         if state is State.RUNNING and not slot.candidate and name not in self.active:
             self.active[name] = slot.manifest.version  # its first good start, however late
-        if state is State.FATAL and self.active.get(name) == slot.manifest.version:
-            self._roll_back_on_probation(slot)
+        if state is State.FATAL and self.slots.get(slot.name) is slot:
+            # A version that crash-looped soon after taking over fails as a
+            # new version does (kept across restarts); see reconcile.roll_back.
+            rollback = roll_back(self._facts(self.registry.versions()), slot.name)
+            if rollback is not None:
+                self._apply_now(rollback)
         self.kick()
 
-    def _roll_back_on_probation(self, slot: DriverSlot) -> None:
-        """A version that took over in an upgrade and crash-looped soon after
-        failed as a new version does: it shows FAILED (kept across restarts)
-        and the newest older version that has not failed serves again. Later
-        crash loops end in FATAL, as for any driver."""
-        name, version = slot.manifest.name, slot.manifest.version
-        older = [
-            v
-            for v, bundle in self.registry.versions().get(name, {}).items()
-            if version_key(v) < version_key(version)
-            and not self._failed_bundle(f"{name}@{v}", bundle)
-        ]
-        if not older or not slot.crash_loop_on_probation():
-            return
-        window = slot.restarts.policy.window_s
-        reason = (
-            f"rolled back: crash loop within {window:g}s of taking over ({slot.lifecycle.reason})"
-        )
-        successor = f"{name}@{max(older, key=version_key)}"
-        log.warning("%s %s; %s serves again", slot.name, reason, successor)
-        self._mark_failed(slot, reason)
-        del self.active[name]  # the older version takes over once RUNNING
-        slot.fail(reason)
+    def _apply_now(self, action: RollBack) -> None:
+        """The one decision taken in a listener, where nothing may be awaited."""
+        slot = self.slots[action.key]
+        log.warning("%s %s; %s serves again", slot.name, action.reason, action.successor)
+        self._mark_failed(slot, action.reason)
+        del self.active[slot.manifest.name]  # the older version takes over once RUNNING
+        slot.fail(action.reason)
 
     def _nodes(self) -> dict[str, Node]:
         nodes: dict[str, Node] = {}
@@ -388,7 +395,7 @@ class Kernel:
                 self._add_slot(bundle).want_running()
             slot = self.slots[key]
             ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
-            state = await slot.wait_settled(self._stop_budget(), ended)
+            state = await slot.wait_settled(self.config.timeouts.settle_budget(), ended)
         finally:
             self._requested.discard(key)
         if state is not State.RUNNING:
@@ -400,26 +407,22 @@ class Kernel:
         )
 
     async def _start_by_plan(self) -> None:
-        by_driver: dict[str, list[DriverSlot]] = {}
-        for slot in self.slots.values():
-            by_driver.setdefault(slot.manifest.name, []).append(slot)
-        for name, reason in self.plan.blocked.items():
-            for slot in by_driver.get(name, []):
-                slot.block(reason)
+        """Start the plan's waves in order, each once the one before has settled."""
+        for blocked in block(self._facts(), self.plan.blocked):
+            self.slots[blocked.key].block(blocked.reason)
         holding = places_held(slot.state for slot in self.all_slots())
         for wave in self.plan.waves:
-            starting = []
-            for name in wave:
-                for slot in by_driver.get(name, []):
-                    unmet = [need for need in slot.manifest.requires if not self._running(need)]
-                    if unmet:
-                        slot.block(f"requires {', '.join(unmet)}, which is not running")
-                    elif not slot.held and slot.state in (State.STOPPED, State.BLOCKED):
-                        if not self.descriptors.admits(holding):
-                            self._refuse_start(slot)
-                            continue
+            starting: list[DriverSlot] = []
+            for action in start_wave(self._facts(), wave, holding, self.descriptors.drivers):
+                slot = self.slots[action.key]
+                match action:
+                    case Block(_, reason):
+                        slot.block(reason)
+                    case Refuse():
+                        self._refuse_start(slot)
+                    case Start(_, reset):
                         holding += 1
-                        slot.want_running(reset=slot.state is State.BLOCKED)
+                        slot.want_running(reset=reset)
                         starting.append(slot)
             await asyncio.gather(*(self._settle(slot) for slot in starting))
             for slot in starting:
@@ -428,70 +431,45 @@ class Kernel:
 
     def _refuse_start(self, slot: DriverSlot) -> None:
         """No descriptors for one more version: it stays STOPPED, saying why."""
-        reason = self.descriptors.refusal()
-        if slot.state is State.BLOCKED:
-            slot.lifecycle.move(State.STOPPED, reason)
-        elif slot.lifecycle.reason != reason:
-            slot.lifecycle.reason = reason  # STOPPED already: no move, a new reason
-            log.warning("%s %s", slot.name, reason)
-
-    async def _promote_candidates(self) -> None:
-        """Hand resources over to every newer version that became healthy, and
-        settle the ones that failed (their predecessor keeps serving)."""
-        for slot in list(self.slots.values()):
-            name = slot.manifest.name
-            if not slot.candidate or slot.state not in (State.RUNNING, State.FAILED):
-                continue
-            old = self.slots.get(f"{name}@{self.active.get(name)}")
-            if slot.state is State.FAILED:
-                self._mark_failed(slot, slot.lifecycle.reason)
-                continue
-            if old is None or old is slot:
-                slot.candidate = False
-                self.active[name] = slot.manifest.version
-                continue
-            await self._hand_over(old, slot)
-        self._replace_stale_settings()
-        for key, bundle in list(self._replacements.items()):
-            del self._replacements[key]
-            old = self.slots.pop(key, None)
-            if old is not None:
-                await self._replace(old, bundle)
+        slot.refuse_start(self.descriptors.refusal())
 
     def _replace_stale_settings(self) -> None:
-        """A running version whose process was spawned with settings the
-        config no longer has is handed over to a new process. Checked on
-        every pass, so a version that was starting (or restarting from a
-        spare) during a reload is caught once it runs. The others (stopped
-        by an operator, FATAL, FAILED) take the new settings at their next
-        start."""
-        for key, slot in self.slots.items():
-            if (
-                slot.state is State.RUNNING
-                and not slot.held
-                and not slot.candidate
-                and key not in self._replacements
-                and slot.settings_used != slot.settings_now()
-            ):
-                log.info("settings of %s changed; handing it over to a new process", slot.name)
-                self._replacements[key] = slot.bundle
+        """Running versions spawned with settings the config no longer has are
+        handed over to a new process (``reconcile.stale``). Checked on every
+        pass, so a version that was starting (or restarting from a spare)
+        during a reload is caught once it runs."""
+        for action in stale(self._facts(self.registry.versions())):
+            self._replace_later(action, {})
+
+    def _replace_later(
+        self, action: Replace, available: dict[str, dict[str, StoredBundle]]
+    ) -> None:
+        slot = self.slots[action.key]
+        if action.fresh:
+            bundle = available[slot.manifest.name][slot.manifest.version]
+        else:
+            log.info("settings of %s changed; handing it over to a new process", slot.name)
+            bundle = slot.bundle
+        self._replacements[action.key] = bundle
 
     async def _hand_over(self, old: DriverSlot, new: DriverSlot) -> None:
         name = new.manifest.name
         assert self.book is not None
         actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
         self.active[name] = new.manifest.version
-        budget = max(old.call_timeout, new.call_timeout) * 2 + 30
+        budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
         result = await hand_over(old, new, actors, budget)
         self.last_switch_s = result.switch_s
         if not result.ok:
             self.active[name] = old.manifest.version
             self._mark_failed(new, f"rolled back: {result.reason}")
             new.fail(f"rolled back: {result.reason}")
-            await new.wait_settled(self._stop_budget(), frozenset({State.FAILED, State.STOPPED}))
+            await new.wait_settled(
+                self.config.timeouts.settle_budget(), frozenset({State.FAILED, State.STOPPED})
+            )
             return
         new.candidate = False
-        new.took_over_at = time.monotonic()
+        new.took_over()
         pinned_here = any(
             a.pinned == old.manifest.version and a.driver == name for a in self.book.actors.values()
         )
@@ -505,7 +483,7 @@ class Kernel:
         new = self._add_slot(bundle, candidate=True)
         new.want_running()
         ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
-        await new.wait_settled(self._stop_budget(), ended)
+        await new.wait_settled(self.config.timeouts.settle_budget(), ended)
         if new.state is not State.RUNNING:
             log.warning(
                 "replacement of %s failed (%s); the old process keeps serving",
@@ -520,7 +498,7 @@ class Kernel:
         self.slots[new.name] = new
         assert self.book is not None
         actors = [a for a in self.book.actors.values() if a.bound is old]
-        budget = max(old.call_timeout, new.call_timeout) * 2 + 30
+        budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
         result = await hand_over(old, new, actors, budget)
         if not result.ok:
             self.slots[old.name] = old
@@ -555,15 +533,10 @@ class Kernel:
                 actor.rebind(route)
 
     async def _settle(self, slot: DriverSlot) -> None:
-        budget = self.config.timeouts.start_s * 2 + 600  # a first env build may download
         try:
-            await slot.wait_settled(budget, SETTLED_OK)
+            await slot.wait_settled(self.config.timeouts.settle_budget(), SETTLED_OK)
         except RequestError as exc:
             log.warning("%s", exc)
-
-    def _stop_budget(self) -> float:
-        t = self.config.timeouts
-        return t.start_s * 2 + t.drain_s + t.term_s + t.kill_s + 600
 
     async def stop_in_waves(
         self, slots: list[DriverSlot], stop: Callable[[DriverSlot], Awaitable[R]]

@@ -18,9 +18,9 @@ import itertools
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from kernel.config import TimeoutSettings
 from kernel.deadlines import Deadlines
 from protocol.codec import MessageCodec
 from protocol.errors import (
@@ -61,31 +61,18 @@ log = logging.getLogger("drivebay.driver")
 EventHandler = Callable[[str, str, Any], None]
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Deadlines for one driver process, in seconds."""
-
-    start: float = 10.0
-    ping_interval: float = 5.0
-    ping_timeout: float = 10.0
-    call: float = 30.0
-    drain: float = 10.0
-    term: float = 5.0
-    kill: float = 5.0
-
-
 class DriverProcess:
     """A driver child and the kernel's conversation with it."""
 
     def __init__(
         self,
         spec: SpawnSpec,
-        timeouts: Timeouts | None = None,
+        timeouts: TimeoutSettings | None = None,
         on_event: EventHandler | None = None,
     ) -> None:
         self.spec = spec
         self.name = f"{spec.driver}@{spec.version}"
-        self.timeouts = timeouts or Timeouts()
+        self.timeouts = timeouts or TimeoutSettings()
         self._on_event = on_event
         self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
@@ -176,18 +163,18 @@ class DriverProcess:
         """Run a start step under the start deadline; on any failure the child
         is killed and reaped before the error goes up."""
         try:
-            async with asyncio.timeout(self.timeouts.start):
+            async with asyncio.timeout(self.timeouts.start_s):
                 await step
         except BaseException as exc:
             if isinstance(exc, DriverStartError) and self.alive:
                 # It was told (refusal) or knows (load error) that it must exit:
                 # let it, so its exit status and last words are its own.
                 assert self._child is not None
-                await asyncio.wait([self._child.exited], timeout=self.timeouts.term)
+                await asyncio.wait([self._child.exited], timeout=self.timeouts.term_s)
             await self._kill_and_reap()
             if isinstance(exc, TimeoutError):
                 raise self._start_error(
-                    f"did not finish its handshake within {self.timeouts.start:g}s"
+                    f"did not finish its handshake within {self.timeouts.start_s:g}s"
                 ) from exc
             raise
 
@@ -226,7 +213,7 @@ class DriverProcess:
         await asyncio.wait([step, self._child.exited], return_when=asyncio.FIRST_COMPLETED)
         if step.done():
             return step.result()  # may raise the load error set by _on_message
-        await self._child.output_drained(self.timeouts.kill)
+        await self._child.output_drained(self.timeouts.kill_s)
         raise self._start_error(
             f"exited ({describe_exit(self._child.exited.result())}) before {doing}"
         )
@@ -247,7 +234,7 @@ class DriverProcess:
         function returning the request's coroutine: one coroutine per call,
         not two (this is the hot path of every caller that awaits).
         """
-        limit = self.timeouts.call if timeout is None else timeout
+        limit = self.timeouts.call_s if timeout is None else timeout
         if self._max_depth:
             self._check_depth(args, op)
         request_id = next(self._ids)
@@ -265,7 +252,7 @@ class DriverProcess:
         give it a done callback, and ``cancel_call`` the id to give up on it.
         Raises DriverCrashed at once when the process is not running.
         """
-        limit = self.timeouts.call if timeout is None else timeout
+        limit = self.timeouts.call_s if timeout is None else timeout
         if self._max_depth:
             self._check_depth(args, op)
         request_id = next(self._ids)
@@ -345,7 +332,7 @@ class DriverProcess:
         await self._request(
             request_id,
             Attach(request_id, resource_id, properties),
-            self.timeouts.call,
+            self.timeouts.call_s,
             f"attach of {resource_id}",
         )
 
@@ -354,14 +341,14 @@ class DriverProcess:
         await self._request(
             request_id,
             Detach(request_id, resource_id),
-            self.timeouts.call,
+            self.timeouts.call_s,
             f"detach of {resource_id}",
         )
 
     async def health(self) -> dict[str, Any]:
         """The driver's own health report; raises OperationFailed when it says not ok."""
         request_id = next(self._ids)
-        value = await self._request(request_id, Health(request_id), self.timeouts.call, "health")
+        value = await self._request(request_id, Health(request_id), self.timeouts.call_s, "health")
         report = value if isinstance(value, dict) else {"ok": bool(value)}
         if report.get("ok", True) is False:
             detail = report.get("reason") or report.get("message") or report
@@ -493,7 +480,7 @@ class DriverProcess:
         exited = self._child.exited
         seq = 0
         while not exited.done():
-            await asyncio.wait([exited], timeout=self.timeouts.ping_interval)
+            await asyncio.wait([exited], timeout=self.timeouts.ping_interval_s)
             if exited.done():
                 break
             seq += 1
@@ -502,19 +489,19 @@ class DriverProcess:
             self._channel.send(Ping(seq))
             await asyncio.wait(
                 [pong, exited],  # type: ignore[type-var]  # Future[None] and Future[int]
-                timeout=self.timeouts.ping_timeout,
+                timeout=self.timeouts.ping_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
             self._pongs.pop(seq, None)
             if not pong.done() and not exited.done():
                 self._end(
-                    f"hung: no answer to ping within {self.timeouts.ping_timeout:g}s",
+                    f"hung: no answer to ping within {self.timeouts.ping_timeout_s:g}s",
                     signal.SIGKILL,
                 )
-                await asyncio.wait([exited], timeout=self.timeouts.kill)
+                await asyncio.wait([exited], timeout=self.timeouts.kill_s)
         # What the child left in its pipes, not their end-of-file: a
         # descendant holding them must not hold up the recovery.
-        await self._child.output_drained(self.timeouts.kill)
+        await self._child.output_drained(self.timeouts.kill_s)
         self._channel.close()
         self._child.close()
         self._fail_pending(self._exit_error())
@@ -558,7 +545,7 @@ class DriverProcess:
         if self._channel is not None:
             self._channel.close()
         if self._child is not None and not self._child.exited.done():
-            await asyncio.wait([self._child.exited], timeout=self.timeouts.kill)
+            await asyncio.wait([self._child.exited], timeout=self.timeouts.kill_s)
         await self._kill_and_reap()
 
     async def wait(self) -> int:
@@ -576,11 +563,13 @@ class DriverProcess:
         exited = self._child.exited
         stages: list[tuple[Callable[[], None], float]] = [
             (
-                lambda: self._channel.send(Drain(self.timeouts.drain if drain is None else drain)),
-                self.timeouts.drain if drain is None else drain,
+                lambda: self._channel.send(
+                    Drain(self.timeouts.drain_s if drain is None else drain)
+                ),
+                self.timeouts.drain_s if drain is None else drain,
             ),
-            (lambda: self._end_quietly(signal.SIGTERM), self.timeouts.term),
-            (lambda: self._end_quietly(signal.SIGKILL), self.timeouts.kill),
+            (lambda: self._end_quietly(signal.SIGTERM), self.timeouts.term_s),
+            (lambda: self._end_quietly(signal.SIGKILL), self.timeouts.kill_s),
         ]
         try:
             for begin, deadline in stages:
@@ -608,10 +597,10 @@ class DriverProcess:
         if self._watcher is not None:
             waits.append(self._watcher)
         try:
-            await asyncio.wait(waits, timeout=self.timeouts.kill * 4)
+            await asyncio.wait(waits, timeout=self.timeouts.kill_s * 4)
         except asyncio.CancelledError:
             # Cancelled while reaping: finish reaping, then let the cancel through.
-            await asyncio.wait(waits, timeout=self.timeouts.kill * 4)
+            await asyncio.wait(waits, timeout=self.timeouts.kill_s * 4)
             raise
         finally:
             if self._channel is not None:

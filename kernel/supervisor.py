@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernel.config import Config
-from kernel.driver_process import DriverProcess, Timeouts
+import msgspec
+
+from kernel.config import Config, TimeoutSettings
+from kernel.driver_process import DriverProcess, EventHandler
 from kernel.reloading import spawn_settings
 from kernel.restarts import RestartTracker
-from kernel.states import Lifecycle, State
+from kernel.states import IDLE, STUCK, Event, Lifecycle, State
 from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from sandbox.bundles import StoredBundle
 from sandbox.privileges import RunAs, preflight
@@ -58,6 +60,11 @@ class SlotContext:
     on_spawn: Callable[[str, int], None]  # (slot name, pid): record for stale cleanup
     on_reap: Callable[[str, int | None], None]  # (slot name, pid): forget that record
     on_event: Callable[[str, str, str, Any], None]  # (slot, resource, event, data)
+    # Monotonic seconds: uptime, retry deadlines, probation and the restart
+    # rules all read this one clock (tests pass their own).
+    clock: Callable[[], float] = time.monotonic
+    # Makes the slot's processes (tests pass an in-memory one with the same interface).
+    new_process: Callable[[SpawnSpec, TimeoutSettings, EventHandler], DriverProcess] = DriverProcess
 
 
 class DriverSlot:
@@ -73,7 +80,8 @@ class DriverSlot:
         self._ctx = context
         self._goal = Goal.STOP
         self._command = asyncio.Event()
-        self.restarts = RestartTracker(lambda: context.current_config().restart)
+        self._clock = context.clock
+        self.restarts = RestartTracker(lambda: context.current_config().restart, self._clock)
         # When a FATAL slot is tried again: monotonic (for the wait) and
         # wall-clock (for status); None: it stays FATAL.
         self._retry_due: float | None = None
@@ -92,8 +100,8 @@ class DriverSlot:
         # A new version on probation: a failed start is final (FAILED), so the
         # version before it keeps serving and nobody retries a broken bundle.
         self.candidate = False
-        # When it took over from the version before it (monotonic): the
-        # restart window after that is its probation (see on_probation).
+        # When it took over from the version before it (the slot's clock):
+        # the restart window after that is its probation (see took_over).
         self.took_over_at: float | None = None
         # The config settings its process was spawned with (see
         # ``settings_now``): a reload compares them to hand over to a new one.
@@ -114,7 +122,7 @@ class DriverSlot:
     @property
     def uptime(self) -> float | None:
         if self.state is State.RUNNING and self._started_at is not None:
-            return time.monotonic() - self._started_at
+            return self._clock() - self._started_at
         return None
 
     @property
@@ -180,9 +188,8 @@ class DriverSlot:
                 await self.process.stop()
 
     def _new_process(self, spec: SpawnSpec) -> DriverProcess:
-        return DriverProcess(
-            spec, self._timeouts(), functools.partial(self._ctx.on_event, self.name)
-        )
+        on_event = functools.partial(self._ctx.on_event, self.name)
+        return self._ctx.new_process(spec, self._timeouts(), on_event)
 
     def _prepare_spare(self, spec: SpawnSpec) -> None:
         """Keep a spare from now on (``_keep_spare``, a task the slot owns)."""
@@ -302,9 +309,9 @@ class DriverSlot:
         if self.process is not None and self.process.alive:
             await self.process.stop()
             self._reaped()
-        for target in (State.STOPPED, State.FAILED):
-            if target in _allowed(self.state):
-                self.lifecycle.move(target, reason)
+        if self.state is not State.STOPPED:
+            self._fire(Event.DOWN, reason)
+        self._fire(Event.FAIL, reason)
         if self._closed:
             self._goal = Goal.STOP
 
@@ -312,7 +319,7 @@ class DriverSlot:
         """FATAL: wait for a command, or until the retry is due; then a fresh
         round of restarts (the next FATAL waits twice as long)."""
         due = self._retry_due
-        if await self._wait_command(None if due is None else max(0.0, due - time.monotonic())):
+        if await self._wait_command(None if due is None else max(0.0, due - self._clock())):
             return  # the loop sees what the command means
         self._retry_due = self._retry_at = None
         self.restarts.retry_fatal()
@@ -335,11 +342,11 @@ class DriverSlot:
             if self.state is not State.RUNNING:
                 return
         except EnvBuildError as exc:
-            self._move(State.FAILED, str(exc))
+            self._fire(Event.FAIL, str(exc))
             return
         except DriverError as exc:
             if self.candidate:
-                self._move(State.FAILED, str(exc))
+                self._fire(Event.FAIL, str(exc))
                 return
             await self._after_exit(None, str(exc))
             return
@@ -348,11 +355,11 @@ class DriverSlot:
     async def _bring_up(self) -> None:
         self._command.clear()
         if not self.env_key:
-            self._move(State.BUILDING, "building its virtualenv")
+            self._fire(Event.BUILD, "building its virtualenv")
         python, self.env_key = await self._ctx.prepare(self.bundle)
         if self._stop_wanted():
             return  # stopped while building: the loop takes it down
-        self._move(State.STARTING, "")
+        self._fire(Event.SPAWN, "")
         spec = self._spec = self._spec_for(python)
         if spec.run_as is not None:
             readable = [self._ctx.runtime_dir, self.bundle.path, spec.cwd]
@@ -376,8 +383,8 @@ class DriverSlot:
             await process.stop()
             self._reaped()
             raise DriverStartError(f"{self.name} failed its first health check: {exc}") from exc
-        self._started_at = time.monotonic()
-        self._move(State.RUNNING, f"pid {process.pid}")
+        self._started_at = self._clock()
+        self._fire(Event.UP, f"pid {process.pid}")
         self._prepare_spare(spec)
         if self._stop_wanted():
             self._command.set()  # stopped while starting: _serve returns at once
@@ -402,7 +409,8 @@ class DriverSlot:
             if process.exited.done():
                 await process.wait()
                 self._reaped()
-                ran_for = time.monotonic() - (self._started_at or time.monotonic())
+                now = self._clock()
+                ran_for = now - (self._started_at or now)
                 log.warning("exited: %s (%s; not expected)", self.name, process.exit_reason())
                 await self._after_exit(ran_for, process.exit_reason())
                 return
@@ -426,9 +434,9 @@ class DriverSlot:
             policy = self.restarts.policy
             retry = self.restarts.fatal_retry_delay()
             if retry is not None:
-                self._retry_due, self._retry_at = time.monotonic() + retry, time.time() + retry
-            self._move(
-                State.FATAL,
+                self._retry_due, self._retry_at = self._clock() + retry, time.time() + retry
+            self._fire(
+                Event.GIVE_UP,
                 f"{reason}; gave up after {policy.max_restarts} restarts within "
                 f"{policy.window_s:g}s (drivebayctl start {self.manifest.name} retries)",
             )
@@ -436,7 +444,7 @@ class DriverSlot:
             return
         if delay == 0:
             return  # ran long enough: the loop starts it again at once
-        self._move(State.BACKOFF, f"{reason}; retrying in {delay:.1f}s")
+        self._fire(Event.BACK_OFF, f"{reason}; retrying in {delay:.1f}s")
         if await self._wait_command(delay):
             self._command.set()  # let the loop see the command
 
@@ -445,30 +453,29 @@ class DriverSlot:
         process = self.process
         if process is not None and process.alive:
             if self._retiring and self.state is State.RUNNING:
-                self._move(State.DRAINING, f"{self._retiring}; draining")
-            self._move(State.STOPPING, "")
+                self._fire(Event.RETIRE, f"{self._retiring}; draining")
+            self._fire(Event.STOP, "")
             code = await process.stop()
             self._reaped()
             log.info("stopped: %s (%s)", self.name, describe_exit(code))
         if self._failure:
             reason, self._failure = self._failure, ""
             if self.state is not State.FAILED:
-                self._move(State.STOPPED, "Stopped")
-                self._move(State.FAILED, reason)
+                if self.state is not State.STOPPED:
+                    self._fire(Event.DOWN, "Stopped")
+                self._fire(Event.FAIL, reason)
             # The fail() that asked for this is served: waiting for the next
             # command must not wake on it and stop the FAILED slot again.
             self._command.clear()
             return
-        if self.state is not State.STOPPED and State.STOPPED in _allowed(self.state):
-            self._move(State.STOPPED, "Stopped")
+        if self.state is not State.STOPPED:
+            self._fire(Event.DOWN, "Stopped")
 
     def _reaped(self) -> None:
         self._ctx.on_reap(self.name, self.process.pid if self.process is not None else None)
 
-    def _move(self, target: State, reason: str) -> None:
-        if self.state is target and target is not State.BLOCKED:
-            return
-        self.lifecycle.move(target, reason)
+    def _fire(self, event: Event, reason: str) -> None:
+        self.lifecycle.fire(event, reason)
 
     # -- commands ------------------------------------------------------------------
 
@@ -477,8 +484,8 @@ class DriverSlot:
         if reset:
             self.restarts.reset()
             self._retry_due = self._retry_at = None
-            if self.state in (State.FATAL, State.FAILED, State.BLOCKED):
-                self._move(State.STOPPED, "start requested")
+            if self.state in STUCK:
+                self._fire(Event.RESET, "start requested")
         self._goal = Goal.RUN
         self._command.set()
 
@@ -499,6 +506,17 @@ class DriverSlot:
         compare (``kernel.reloading.spawn_settings``)."""
         return spawn_settings(self._ctx.current_config(), self.manifest.name)
 
+    def took_over(self) -> None:
+        """It has just taken over from the version before it: on probation from now."""
+        self.took_over_at = self._clock()
+
+    def refuse_start(self, reason: str) -> None:
+        """No descriptors for one more version: it stays (or goes) STOPPED,
+        saying why; the same reason again is no news."""
+        if self.state is State.STOPPED and self.lifecycle.reason == reason:
+            return
+        self._fire(Event.REFUSE, reason)
+
     def crash_loop_on_probation(self) -> bool:
         """Did the crash loop that ended in FATAL begin within one restart
         window of this version taking over from the one before it?"""
@@ -513,7 +531,7 @@ class DriverSlot:
     def stay_failed(self, reason: str) -> None:
         """Before ``launch``: this version failed before the daemon restarted.
         It shows FAILED and waits for an operator's start, as after a failure."""
-        self._move(State.FAILED, reason)
+        self._fire(Event.FAIL, reason)
         self._goal = Goal.RUN
 
     def fail(self, reason: str) -> None:
@@ -532,8 +550,8 @@ class DriverSlot:
             return
         if self.process is not None and self.process.alive:
             self.want_stopped()
-        if State.BLOCKED in _allowed(self.state):
-            self._move(State.BLOCKED, reason)
+        if self.state in IDLE:  # one that is up shows BLOCKED once it is down
+            self._fire(Event.BLOCK, reason)
 
     async def next_move(self) -> State:
         """The state this slot enters next (callers bound the wait)."""
@@ -576,20 +594,13 @@ class DriverSlot:
     @property
     def call_timeout(self) -> float:
         """The default deadline of this version's operations."""
-        return self._timeouts().call
+        return self._timeouts().call_s
 
-    def _timeouts(self) -> Timeouts:
+    def _timeouts(self) -> TimeoutSettings:
+        """The config's timeouts, with the manifest's own call deadline if it has one."""
         settings = self._ctx.current_config().timeouts
-        call = self.manifest.limits.call_timeout_s or settings.call_s
-        return Timeouts(
-            start=settings.start_s,
-            ping_interval=settings.ping_interval_s,
-            ping_timeout=settings.ping_timeout_s,
-            call=float(call),
-            drain=settings.drain_s,
-            term=settings.term_s,
-            kill=settings.kill_s,
-        )
+        own = self.manifest.limits.call_timeout_s
+        return msgspec.structs.replace(settings, call_s=float(own)) if own else settings
 
     def _spec_for(self, python: Path) -> SpawnSpec:
         config = self._ctx.current_config()
@@ -655,9 +666,3 @@ class DriverSlot:
             "pid": self.pid,
             "restarts": self.restarts.total,
         }
-
-
-def _allowed(state: State) -> frozenset[State]:
-    from kernel.states import TRANSITIONS
-
-    return TRANSITIONS[state]

@@ -24,7 +24,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -198,71 +198,79 @@ def _identity(run_as: RunAs | None) -> dict[str, Any]:
 async def spawn_child(spec: SpawnSpec) -> ChildProcess:
     """Start the child. Raises OSError when the interpreter cannot be run (or
     a descriptor cannot be had); then nothing is left behind: no process, no
-    descriptor, no transport."""
-    kernel_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        popen = _popen(spec, child_end.fileno())
-    except BaseException:
-        kernel_end.close()
-        raise
-    finally:
-        child_end.close()
-    assert popen.stdout is not None and popen.stderr is not None
-    loose: list[Any] = [kernel_end, popen.stdout, popen.stderr]  # ours to close on failure
-    transports: list[asyncio.BaseTransport] = []
-    pidfd = -1
-    try:
+    descriptor, no transport. Each thing made is put on ``on_failure`` as it
+    is made, with what releases it (as trio's ``_open_process`` does), and
+    the stack is let go only once the ``ChildProcess`` owns everything."""
+    with contextlib.ExitStack() as on_failure:
+        kernel_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        on_failure.callback(kernel_end.close)
+        with child_end:  # the child's copy is all it needs once it runs
+            popen = _popen(spec, child_end.fileno())
+        assert popen.stdout is not None and popen.stderr is not None
+        # A pipe is closed here only until its transport owns it (and closes it).
+        unowned = {"stdout": popen.stdout, "stderr": popen.stderr}
+        on_failure.callback(_close_each, unowned.values())
+        on_failure.callback(_kill_and_reap, popen)  # first: never leave a child unwatched
         pidfd = os.pidfd_open(popen.pid)
+        on_failure.callback(os.close, pidfd)
+        transports: list[asyncio.BaseTransport] = []
+        on_failure.callback(_close_each, transports)
         loop = asyncio.get_running_loop()
         readers = []
-        for name, stream, path in (
-            ("stdout", popen.stdout, spec.stdout_log),
-            ("stderr", popen.stderr, spec.stderr_log),
-        ):
+        for name, path in (("stdout", spec.stdout_log), ("stderr", spec.stderr_log)):
             listener = functools.partial(spec.on_output, name) if spec.on_output else None
             capture = OutputCapture(
                 RotatingFile(path, spec.log_max_bytes, spec.log_backups) if path else None,
                 listener=listener,
             )
             reader = PipeReader(capture)
-            loose.remove(stream)  # from the call on the loop owns it, and closes it on failure
-            transports.append(await _connect_read_pipe(loop, reader, stream))
+            await _connect(loop, reader, unowned, name, transports)
             readers.append(reader)
         kernel_end.setblocking(False)
-        return ChildProcess(popen, pidfd, kernel_end, (readers[0], readers[1]), transports)
-    except BaseException:
-        # Never leave a child we cannot watch: kill and reap it right here.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait()
-        if pidfd >= 0:
-            os.close(pidfd)
-        for pipe in transports:
-            pipe.close()
-        for item in loose:
-            item.close()
-        raise
+        child = ChildProcess(popen, pidfd, kernel_end, (readers[0], readers[1]), transports)
+        on_failure.pop_all()
+        return child
 
 
-async def _connect_read_pipe(
-    loop: asyncio.AbstractEventLoop, reader: PipeReader, stream: IO[bytes]
-) -> asyncio.BaseTransport:
-    """``loop.connect_read_pipe``, never given up halfway. Once called, the
-    loop's transport owns the pipe (uvloop closes its descriptor when the
-    connection fails or is cancelled, and the file object does not know):
-    a cancel lets the connection finish and closes it through its transport,
-    then stays a cancel."""
+def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
+    """A child we cannot watch: kill its group and reap it right here."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    popen.wait()
+
+
+def _close_each(things: Iterable[Any]) -> None:
+    for thing in list(things):
+        thing.close()
+
+
+async def _connect(
+    loop: asyncio.AbstractEventLoop,
+    reader: PipeReader,
+    unowned: dict[str, IO[bytes]],
+    name: str,
+    transports: list[asyncio.BaseTransport],
+) -> None:
+    """Connect pipe ``name`` to ``reader``; its transport, which then owns the
+    pipe, moves from ``unowned`` to ``transports``. Never given up halfway:
+    uvloop closes the descriptor of a connection cancelled inside
+    ``connect_read_pipe`` behind the file object's back (which then closed it
+    a second time, EBADF or someone else's reused number), so a cancel lets
+    the connection finish, within a loop pass, and then stays a cancel."""
     connecting = asyncio.ensure_future(
-        loop.connect_read_pipe(functools.partial(_same, reader), stream)
+        loop.connect_read_pipe(functools.partial(_same, reader), unowned[name])
     )
     try:
-        transport, _ = await asyncio.shield(connecting)
+        await asyncio.shield(connecting)
     except asyncio.CancelledError:
         with contextlib.suppress(Exception):
-            transport, _ = await connecting  # within a loop pass
-            transport.close()
+            await connecting
         raise
-    return transport
+    finally:
+        if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
+            transport, _ = connecting.result()
+            del unowned[name]
+            transports.append(transport)
 
 
 def _same(reader: PipeReader) -> PipeReader:

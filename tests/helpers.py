@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from kernel.driver_process import DriverProcess, Timeouts
+from kernel.config import TimeoutSettings
+from kernel.driver_process import DriverProcess
 from sandbox.runtime_dir import ensure_runtime_dir
 from sandbox.spawn import SpawnSpec
 
@@ -39,11 +40,15 @@ def fixture_spec(
     )
 
 
-FAST = Timeouts(start=20, ping_interval=0.2, ping_timeout=1.0, call=20, drain=2, term=2, kill=5)
+FAST = TimeoutSettings(
+    start_s=20, ping_interval_s=0.2, ping_timeout_s=1.0, call_s=20, drain_s=2, term_s=2, kill_s=5
+)
 
 
 @contextlib.asynccontextmanager
-async def started(spec: SpawnSpec, timeouts: Timeouts = FAST) -> AsyncIterator[DriverProcess]:
+async def started(
+    spec: SpawnSpec, timeouts: TimeoutSettings = FAST
+) -> AsyncIterator[DriverProcess]:
     proc = DriverProcess(spec, timeouts)
     await proc.start()
     try:

@@ -52,7 +52,8 @@ import _common
 import uvloop
 
 import protocol
-from kernel.driver_process import DriverProcess, Timeouts
+from kernel.config import TimeoutSettings
+from kernel.driver_process import DriverProcess
 from sandbox import envs
 from sandbox.env_key import EnvRequest, env_key
 from sandbox.runtime_dir import CHILD_MODULES, PACKAGE, ensure_runtime_dir
@@ -325,7 +326,7 @@ def start_spec(python: Path, runtime_dir: Path, src: Path, cwd: Path) -> SpawnSp
 
 async def one_start(spec: SpawnSpec) -> float:
     """Spawn to Hello and Ready, in ms; the child is stopped (untimed) after."""
-    proc = DriverProcess(spec, Timeouts(start=30))
+    proc = DriverProcess(spec, TimeoutSettings(start_s=30))
     start = time.perf_counter()
     await proc.start()
     took = elapsed_ms(start)

@@ -363,7 +363,8 @@ async def _grpc_pipelined(address: str, budget: Budget) -> tuple[float, float]:
 async def _driver(
     codec: str, workdir: Path, envs_dir: Path, python: Path | None, cpu: int | None
 ) -> AsyncIterator[Any]:
-    from kernel.driver_process import DriverProcess, Timeouts
+    from kernel.config import TimeoutSettings
+    from kernel.driver_process import DriverProcess
     from protocol.versions import PROTOCOL_MAX
     from sandbox.envs import EnvRequest, ensure_env
     from sandbox.runtime_dir import ensure_runtime_dir
@@ -381,7 +382,7 @@ async def _driver(
         src=FIXTURE,
         extra_env={"DRIVEBAY_CODEC": "stdlib"} if codec == "stdlib" else {},
     )
-    proc = DriverProcess(spec, Timeouts())
+    proc = DriverProcess(spec, TimeoutSettings(start_s=10))
     with _common.spawning_on(cpu):
         await proc.start()
     try:

@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 
+import msgspec
 import pytest
 
 from kernel.driver_process import DriverProcess
@@ -121,7 +122,7 @@ def test_slow_sync_call_keeps_answering_pings(tmp_path):
         async with started(fixture_spec(tmp_path)) as proc:
             await proc.attach("a", {})
             # Five ping timeouts long: a blocked loop would be killed as hung.
-            thread = await proc.call("a", "slow_sync", {"seconds": 5 * FAST.ping_timeout})
+            thread = await proc.call("a", "slow_sync", {"seconds": 5 * FAST.ping_timeout_s})
             assert thread.startswith("driver-op")
             assert proc.alive
 
@@ -190,7 +191,7 @@ def test_silent_child_is_killed_at_the_start_deadline(tmp_path):
         fake.write_text("#!/bin/sh\nexec sleep 600\n")
         fake.chmod(0o755)
         spec = fixture_spec(tmp_path, python=fake)
-        proc = DriverProcess(spec, dataclasses.replace(FAST, start=0.5))
+        proc = DriverProcess(spec, msgspec.structs.replace(FAST, start_s=0.5))
         with pytest.raises(DriverStartError, match=r"did not finish its handshake within 0\.5s"):
             await proc.start()
         assert proc.returncode == -signal.SIGKILL
@@ -243,7 +244,7 @@ def test_bad_frames_from_the_child(tmp_path, data_hex, reason):
 def test_staged_stop_of_driver_ignoring_sigterm(tmp_path):
     async def main():
         # Pings far apart, so the stages (not the hang detector) end it.
-        patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
+        patient = msgspec.structs.replace(FAST, ping_interval_s=600, ping_timeout_s=600)
         proc = DriverProcess(fixture_spec(tmp_path), patient)
         await proc.start()
         await proc.attach("a", {})
@@ -277,7 +278,7 @@ def test_drain_does_not_wait_for_a_stuck_sync_call(tmp_path):
     resource beside it; the call gets its answer."""
 
     async def main():
-        patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
+        patient = msgspec.structs.replace(FAST, ping_interval_s=600, ping_timeout_s=600)
         proc = DriverProcess(fixture_spec(tmp_path), patient)
         await proc.start()
         await proc.attach("a", {})
@@ -293,7 +294,7 @@ def test_drain_does_not_wait_for_a_stuck_sync_call(tmp_path):
 
 def test_stop_when_cancelled_still_reaps(tmp_path):
     async def main():
-        patient = dataclasses.replace(FAST, ping_interval=600, ping_timeout=600)
+        patient = msgspec.structs.replace(FAST, ping_interval_s=600, ping_timeout_s=600)
         proc = DriverProcess(fixture_spec(tmp_path), patient)
         await proc.start()
         await proc.attach("a", {})
@@ -459,7 +460,7 @@ def test_driver_logging_reaches_kernel_log(tmp_path, caplog):
 
 def test_attach_past_its_deadline_is_cancelled_in_the_child(tmp_path):
     async def main():
-        quick = dataclasses.replace(FAST, call=0.3)
+        quick = msgspec.structs.replace(FAST, call_s=0.3)
         async with started(fixture_spec(tmp_path), quick) as proc:
             with pytest.raises(CallTimeout, match=r"attach of a took longer than 0\.3s"):
                 await proc.attach("a", {"attach_delay": 5})

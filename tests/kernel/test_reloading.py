@@ -107,15 +107,9 @@ def test_a_reload_reaches_the_registry_and_keeps_what_needs_a_restart(tmp_path):
     assert kernel.config.mailbox_size == 10
 
 
-TIMEOUTS = {
-    "start_s": "start",
-    "ping_interval_s": "ping_interval",
-    "ping_timeout_s": "ping_timeout",
-    "call_s": "call",
-    "drain_s": "drain",
-    "term_s": "term",
-    "kill_s": "kill",
-}
+# The driver process holds the config's own timeouts type: each setting is its field.
+DEADLINES = "start_s ping_interval_s ping_timeout_s call_s drain_s term_s kill_s"
+TIMEOUTS = {name: name for name in DEADLINES.split()}
 
 
 @pytest.mark.parametrize(("setting", "field"), sorted(TIMEOUTS.items()))

@@ -6,7 +6,7 @@ import pytest
 
 from kernel.ordering import Node, plan, stop_order
 from kernel.restarts import RestartPolicy, RestartTracker
-from kernel.states import TRANSITIONS, IllegalTransition, Lifecycle, State
+from kernel.states import TRANSITIONS, Event, IllegalTransition, Lifecycle, State
 
 
 class Clock:
@@ -28,19 +28,19 @@ def test_illegal_transition_raises_and_history_is_kept():
     life = Lifecycle("x@1", clock)
     seen: list[State] = []
     life.listen(seen.append)
-    life.move(State.STARTING, "go")
+    life.fire(Event.SPAWN, "go")
     clock.now += 5
-    life.move(State.RUNNING, "pid 1")
+    life.fire(Event.UP, "pid 1")
     with pytest.raises(IllegalTransition, match="x@1: RUNNING -> BUILDING is not allowed"):
-        life.move(State.BUILDING)
+        life.fire(Event.BUILD)
     assert seen == [State.STARTING, State.RUNNING]
     assert [(t.source, t.target, t.reason, t.at) for t in life.history] == [
         (State.STOPPED, State.STARTING, "go", 1000.0),
         (State.STARTING, State.RUNNING, "pid 1", 1005.0),
     ]
     for _ in range(60):
-        life.move(State.BACKOFF)
-        life.move(State.STARTING)
+        life.fire(Event.BACK_OFF)
+        life.fire(Event.SPAWN)
     assert len(life.history) == 50
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel.config import load_config
-from kernel.driver_process import DriverProcess, Timeouts
+from kernel.config import TimeoutSettings, load_config
+from kernel.driver_process import DriverProcess
 from protocol.errors import ConfigError, DriverCrashed
 from protocol.init_shim import contain
 from sandbox.containment import start_line, summarize
@@ -28,7 +28,9 @@ from tests.helpers import FAST, eventually, fixture_spec, run, started
 
 ROOT = Path(__file__).parents[2]
 # The kill stage waits long: a wait on the pipes' end-of-file would show.
-PATIENT = Timeouts(start=20, ping_interval=0.2, ping_timeout=5, call=20, drain=2, term=2, kill=600)
+PATIENT = TimeoutSettings(
+    start_s=20, ping_interval_s=0.2, ping_timeout_s=5, call_s=20, drain_s=2, term_s=2, kill_s=600
+)
 
 
 def marked(marker: str, prefix: bool = False) -> list[int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
 import shutil
@@ -10,6 +9,7 @@ import signal
 import tempfile
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from kernel.driver_process import limit_verdict
@@ -149,7 +149,7 @@ def test_a_driver_killed_by_its_memory_limit_gets_the_verdict(tmp_path):
 
 def test_a_driver_past_its_cpu_limit_is_told_so(tmp_path):
     """SIGXCPU at the soft limit, not SIGKILL: the verdict names the limit."""
-    patient = dataclasses.replace(FAST, ping_timeout=60, call=100)
+    patient = msgspec.structs.replace(FAST, ping_timeout_s=60, call_s=100)
 
     async def main():
         spec = fixture_spec(tmp_path, rlimits={"cpu": 1})
