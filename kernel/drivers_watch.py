@@ -27,6 +27,7 @@ from pathlib import Path
 import watchfiles
 
 from kernel.registry import Registry
+from sandbox.cancel_safe import wait_until_done
 
 log = logging.getLogger("drivebay.kernel")
 
@@ -111,7 +112,7 @@ async def _next(changes: Generator[Changes, None, None], stopping: _Stopping) ->
         return await asyncio.shield(pending)
     except asyncio.CancelledError:
         stopping.ended.set()
-        await pending  # the thread sees it within one step (50 ms)
+        await wait_until_done(pending)  # the thread sees it within one step (50 ms)
         raise
 
 

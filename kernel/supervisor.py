@@ -15,7 +15,6 @@ reached; a reload reaches it through ``reconfigure``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import logging
@@ -35,6 +34,7 @@ from kernel.restarts import RestartTracker
 from kernel.states import IDLE, STUCK, Event, Lifecycle, State
 from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from sandbox.bundles import StoredBundle
+from sandbox.cancel_safe import wait_until_done
 from sandbox.privileges import RunAs, preflight
 from sandbox.spawn import SpawnSpec, describe_exit
 
@@ -161,8 +161,11 @@ class DriverSlot:
             return
         if self.state in (State.BUILDING, State.STARTING) and not task.done():
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Not ``await task``: a cancel of our caller would cut the stop short
+        # (passed on to the task) and then be swallowed here.
+        await wait_until_done(task)
+        if not task.cancelled():
+            task.result()
 
     async def _run(self) -> None:
         try:
@@ -268,8 +271,9 @@ class DriverSlot:
         task, self._spare_task = self._spare_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await wait_until_done(task)
+            if not task.cancelled():
+                task.result()
 
     async def _take_spare(self) -> DriverProcess | None:
         """The spare, if there is one and it answers within ``timeouts.spare_s``

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from sandbox.cancel_safe import wait_until_done
 from sandbox.output import OutputCapture, RotatingFile
 from sandbox.pipe_reader import PipeReader
 from sandbox.privileges import RunAs
@@ -261,16 +262,13 @@ async def _connect(
         loop.connect_read_pipe(functools.partial(_same, reader), unowned[name])
     )
     try:
-        await asyncio.shield(connecting)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await connecting
-        raise
+        await wait_until_done(connecting)  # within a loop pass
     finally:
         if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
             transport, _ = connecting.result()
             del unowned[name]
             transports.append(transport)
+    connecting.result()  # its own error, if it failed
 
 
 def _same(reader: PipeReader) -> PipeReader:

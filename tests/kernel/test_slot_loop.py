@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kernel.config import Config, TimeoutSettings
 from kernel.restarts import RestartPolicy
 from kernel.states import State
@@ -31,6 +33,8 @@ class World:
 
     def __init__(self) -> None:
         self.start_fails = False
+        self.stop_gate: asyncio.Event | None = None  # set: a stop may end
+        self.stopping = False
         self.processes: list[FakeProcess] = []
         self.pids = itertools.count(1000)
 
@@ -74,6 +78,9 @@ class FakeProcess:
         self.exited.set_result(code)
 
     async def stop(self, drain: float | None = None) -> int:
+        self.world.stopping = True
+        if self.world.stop_gate is not None:
+            await self.world.stop_gate.wait()
         if not self.exited.done():
             self.exited.set_result(0)
         return self.exited.result()
@@ -211,3 +218,29 @@ def test_an_operators_stop_stops_the_process_and_a_start_brings_it_back(tmp_path
         assert moves(slot)[-2:] == [(S.STOPPED, S.STARTING), (S.STARTING, S.RUNNING)]
 
     in_slot(tmp_path, body)
+
+
+def test_a_cancelled_close_lets_the_stop_end_and_stays_cancelled(tmp_path):
+    """Its caller cancelled (a daemon stopping while it retires a version),
+    ``close`` neither cuts the driver's stop short nor swallows the cancel:
+    the cancelled reconciler must not carry on as if nothing had happened."""
+
+    async def main() -> None:
+        world, clock = World(), Clock()
+        slot = slot_in(tmp_path, world, clock)
+        slot.launch()
+        slot.want_running()
+        assert await slot.wait_settled(5, ENDED) is S.RUNNING
+        world.stop_gate = asyncio.Event()
+        closing = asyncio.ensure_future(slot.close())
+        await eventually(lambda: world.stopping)
+        closing.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not closing.done()  # the stop goes on
+        world.stop_gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert not world.processes[0].alive
+
+    run(main())
