@@ -54,6 +54,7 @@ from protocol.messages import (
 )
 from protocol.msgpack_lite import MAX_DEPTH
 from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN, describe_mismatch, negotiate
+from sandbox.bundle_errors import shown
 from sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
 
 log = logging.getLogger("drivebay.driver")
@@ -450,7 +451,8 @@ class DriverProcess:
                 if pong is not None and not pong.done():
                     pong.set_result(None)
             case Log(level, logger, text):
-                log.log(level, "%s: %s: %s", self.name, logger, text)
+                # The driver's text: escaped, so it cannot forge daemon log lines.
+                log.log(level, "%s: %s: %s", self.name, shown(logger), shown(text))
             case Event(resource_id, name, data):
                 if self._on_event is not None:
                     self._on_event(resource_id, name, data)
@@ -519,7 +521,7 @@ class DriverProcess:
         )
         if verdict:
             reason += f"; {verdict}"
-        return reason + (f"; stderr: {tail}" if tail and not self._stopping else "")
+        return reason + (f"; stderr: {shown(tail)}" if tail and not self._stopping else "")
 
     def _exit_error(self) -> DriverError:
         reason = self.exit_reason()

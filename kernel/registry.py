@@ -162,7 +162,7 @@ class Registry:
             ) from exc
         changed = False
         for gone in set(self.entries) - set(tops):
-            log.info("bundle removed: %s", gone.name)
+            log.info("bundle removed: %s", shown(gone.name))
             del self.entries[gone]
             self.retries.forget(gone)
             changed = True
@@ -222,10 +222,10 @@ class Registry:
             name = shown(path.name)
             reason = str(exc).removeprefix(f"{name}: ")  # the reader names the bundle
             entry.error = f"{name}: {reason}; trying again at {at}"
-            log.error("could not take bundle %s (trying again in %g s): %s", path.name, delay, exc)
+            log.error("could not take bundle %s (trying again in %g s): %s", name, delay, exc)
         else:
             self.retries.forget(path)
-            log.info("verified bundle %s: %s", path.name, entry.label)
+            log.info("verified bundle %s: %s", shown(path.name), shown(entry.label))
         return entry
 
     # -- derived views -----------------------------------------------------------

@@ -516,3 +516,20 @@ def test_a_spawn_failure_blames_the_party_at_fault():
     )
     assert "the host refused a new process" in said(errno.EAGAIN)
     assert said(errno.ENOENT) == "d@1: cannot run /env/bin/python: No such file or directory"
+
+
+def test_a_drivers_log_text_is_escaped_in_the_daemon_log(tmp_path, caplog):
+    """A driver's log record is its own text: a newline or an escape in it
+    cannot forge a line of the daemon's log or reach an operator's terminal."""
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "logged:" in r.getMessage()]
+
+    async def main():
+        async with started(fixture_spec(tmp_path)) as proc:
+            await proc.attach("a", {})
+            await proc.call("a", "say", {"text": "x\n2026-01-01 ERROR forged\x1b[2J"})
+            await eventually(lambda: bool(said()))
+
+    run(main())
+    assert said() == ["misbehave@1.0.0: misbehave: logged: x\\n2026-01-01 ERROR forged\\x1b[2J"]
