@@ -124,6 +124,24 @@ class ShutdownRequest(_Request, frozen=True, tag="shutdown"):
     pass
 
 
+# Commands that change something or reach a driver: refused once the daemon
+# is stopping (its store is closed, its drivers draining); reading ones are
+# answered to the end.
+CHANGING: frozenset[type[_Request]] = frozenset(
+    {
+        StartRequest,
+        StopRequest,
+        RestartRequest,
+        ResourceAddRequest,
+        ResourceSetRequest,
+        ResourceRmRequest,
+        ResourcePinRequest,
+        CallRequest,
+        ReloadRequest,
+    }
+)
+
+
 ControlRequest = (
     StatusRequest
     | StartRequest

@@ -33,7 +33,14 @@ from kernel.control_limits import MIB, ConnectionGate, RequestBudget, stalled, w
 from protocol.codec import MessageCodec
 from protocol.control import Reply, Request
 from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
-from protocol.errors import DrivebayError, KernelError, OperationFailed, ProtocolError, RequestError
+from protocol.errors import (
+    DrivebayError,
+    KernelError,
+    NotRunning,
+    OperationFailed,
+    ProtocolError,
+    RequestError,
+)
 
 if TYPE_CHECKING:
     from kernel.daemon import Kernel
@@ -287,6 +294,10 @@ class ControlConnection:
             typed = schema.decode_request(request.command, request.args)
         except schema.BadRequest as exc:
             self._send(error_reply(request.id, request.command, exc))
+            return
+        if self._kernel.stopping and type(typed) in schema.CHANGING:
+            stopping = NotRunning("drivebayd is stopping; retry once it has started again")
+            self._send(error_reply(request.id, request.command, stopping))
             return
         if type(typed) is schema.CallRequest:
             self._call(request.id, typed)

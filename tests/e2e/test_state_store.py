@@ -5,13 +5,15 @@ after a restart."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
+from tests.e2e.harness import BIN, FAST_CONFIG, Daemon, wait_for
 from tests.e2e.test_resources import mis_daemon, misbehave_bundle, ok, version_states
 
 CHANGES = (
@@ -142,3 +144,35 @@ def test_start_of_a_failed_version_the_store_refuses_leaves_it_failed(daemon_fac
     daemon.stop()
     daemon.start()
     wait_for(lambda: version_states(daemon) == failed, what="still FAILED after a restart")
+
+
+def test_a_stopping_daemon_refuses_changes_and_still_answers_status(daemon_factory, tmp_path):
+    """While it drains on its way out (its store about to close), a change is
+    refused in one line, not half done against a closed database."""
+    daemon = mis_daemon(daemon_factory, tmp_path, {"timeouts": {"drain_s": 6}})
+    assert daemon.process is not None
+    calling = subprocess.Popen(  # in flight: the drain waits for it (half of drain_s)
+        [str(BIN / "drivebayctl"), "-s", str(daemon.socket), "call", "v1", "slow_sync", "seconds:=60"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: rows_queued(daemon) == 1, what="the call in flight")
+        daemon.process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "SIGTERM: stopping" in daemon.log(), what="the daemon stopping")
+        for change in (("resource", "add", "v2", "--driver", "mis", "host=b"), *CHANGES[1:]):
+            refused = daemon.ctl(*change)
+            assert (refused.returncode, refused.stderr) == (
+                7,
+                "drivebayctl: drivebayd is stopping; retry once it has started again\n",
+            ), change
+        assert daemon.ctl("status").returncode in (0, 3)
+    finally:
+        calling.wait(timeout=60)
+    assert daemon.process.wait(timeout=60) == 0
+    assert "internal error" not in daemon.log()
+
+
+def rows_queued(daemon: Daemon) -> int:
+    listed = json.loads(ok(daemon.ctl("resources", "--json")).stdout)
+    return sum(row["queued"] for row in listed)
