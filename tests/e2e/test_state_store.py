@@ -151,8 +151,9 @@ def test_a_stopping_daemon_refuses_changes_and_still_answers_status(daemon_facto
     refused in one line, not half done against a closed database."""
     daemon = mis_daemon(daemon_factory, tmp_path, {"timeouts": {"drain_s": 6}})
     assert daemon.process is not None
-    calling = subprocess.Popen(  # in flight: the drain waits for it (half of drain_s)
-        [str(BIN / "drivebayctl"), "-s", str(daemon.socket), "call", "v1", "slow_sync", "seconds:=60"],
+    calling = subprocess.Popen(  # a sync call stuck in its thread holds the stop
+        [str(BIN / "drivebayctl"), "-s", str(daemon.socket)]
+        + ["call", "v1", "slow_sync", "seconds:=60"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
