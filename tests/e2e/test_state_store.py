@@ -152,8 +152,7 @@ def test_a_stopping_daemon_refuses_changes_and_still_answers_status(daemon_facto
     daemon = mis_daemon(daemon_factory, tmp_path, {"timeouts": {"drain_s": 6}})
     assert daemon.process is not None
     calling = subprocess.Popen(  # a sync call stuck in its thread holds the stop
-        [str(BIN / "drivebayctl"), "-s", str(daemon.socket)]
-        + ["call", "v1", "slow_sync", "seconds:=60"],
+        [*ctl_argv(daemon), "call", "v1", "slow_sync", "seconds:=60"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -177,3 +176,7 @@ def test_a_stopping_daemon_refuses_changes_and_still_answers_status(daemon_facto
 def rows_queued(daemon: Daemon) -> int:
     listed = json.loads(ok(daemon.ctl("resources", "--json")).stdout)
     return sum(row["queued"] for row in listed)
+
+
+def ctl_argv(daemon: Daemon) -> list[str]:
+    return [str(BIN / "drivebayctl"), "-s", str(daemon.socket)]
