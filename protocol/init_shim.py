@@ -169,8 +169,8 @@ def _as_keeper(init: int, status_r: int) -> None:
         _, own = os.waitpid(init, 0)
         status = int.from_bytes(report, "little") if len(report) == 4 else own
         _end_like(os.waitstatus_to_exitcode(status))
-    finally:
-        os._exit(EXIT_CONTAINMENT)
+    except BaseException as exc:
+        _fail("keeper", exc)
 
 
 def _end_like(code: int) -> None:
@@ -195,7 +195,10 @@ def _as_init(keeper: int, status_w: int) -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if select.select([keeper], [], [], 0)[0]:
         os._exit(EXIT_CONTAINMENT)  # the keeper died before the parent-death signal was set
-    runtime = os.fork()
+    try:
+        runtime = os.fork()
+    except BaseException as exc:  # EAGAIN: a process limit reached
+        _fail("init", exc)
     if runtime == 0:
         os.close(keeper)
         os.close(status_w)
@@ -212,8 +215,16 @@ def _as_init(keeper: int, status_w: int) -> None:
                 os.write(status_w, status.to_bytes(4, "little"))
                 os._exit(0)  # and the kernel kills what is left in the namespace
             signal.sigwaitinfo({signal.SIGCHLD})
-    finally:
-        os._exit(EXIT_CONTAINMENT)
+    except BaseException as exc:
+        _fail("init", exc)
+
+
+def _fail(who: str, exc: BaseException) -> None:  # never returns (no typing import here)
+    """End with one line on stderr (the driver's log, quoted in the kernel's
+    error) instead of a bare exit status 5; control characters escaped."""
+    line = repr(f"drivebay {who}: {type(exc).__name__}: {exc}")[1:-1]
+    os.write(2, line.encode("ascii", "backslashreplace") + b"\n")
+    os._exit(EXIT_CONTAINMENT)
 
 
 def _reap_all(runtime: int) -> int | None:
