@@ -171,8 +171,12 @@ class DriverProcess:
                 # It was told (refusal) or knows (load error) that it must exit:
                 # let it, so its exit status and last words are its own.
                 assert self._child is not None
-                await asyncio.wait([self._child.exited], timeout=self.timeouts.term_s)
-            await self._kill_and_reap()
+                try:
+                    await asyncio.wait([self._child.exited], timeout=self.timeouts.term_s)
+                finally:  # cancelled meanwhile too: never leave it unreaped
+                    await self._kill_and_reap()
+            else:
+                await self._kill_and_reap()
             if isinstance(exc, TimeoutError):
                 raise self._start_error(
                     f"did not finish its handshake within {self.timeouts.start_s:g}s"
@@ -546,9 +550,11 @@ class DriverProcess:
         its channel makes it exit quietly; it is killed if it does not."""
         if self._channel is not None:
             self._channel.close()
-        if self._child is not None and not self._child.exited.done():
-            await asyncio.wait([self._child.exited], timeout=self.timeouts.kill_s)
-        await self._kill_and_reap()
+        try:
+            if self._child is not None and not self._child.exited.done():
+                await asyncio.wait([self._child.exited], timeout=self.timeouts.kill_s)
+        finally:  # cancelled meanwhile too: never leave it unreaped
+            await self._kill_and_reap()
 
     async def wait(self) -> int:
         """Wait until the child has exited and the watcher has failed its calls."""
