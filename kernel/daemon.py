@@ -478,32 +478,34 @@ class Kernel:
             await self._retire(old)
 
     async def _replace(self, old: DriverSlot, bundle: StoredBundle) -> None:
-        """Same version, new content or settings: a fresh process, then a handover."""
+        """Same version, new content or settings: a fresh process, then a handover.
+
+        The old slot is shown (``retiring``) until it has handed over; on any
+        failure, a cancel included, it serves on and the new one is closed."""
         self.retiring.append(old)
         new = self._add_slot(bundle, candidate=True)
-        new.want_running()
-        ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
-        await new.wait_settled(self.config.timeouts.settle_budget(), ended)
-        if new.state is not State.RUNNING:
-            log.warning(
-                "replacement of %s failed (%s); the old process keeps serving",
-                old.name,
-                new.lifecycle.reason,
-            )
-            self.slots[old.name] = old
+        moved = False
+        try:
+            new.want_running()
+            ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
+            await new.wait_settled(self.config.timeouts.settle_budget(), ended)
+            if new.state is not State.RUNNING:
+                log.warning(
+                    "replacement of %s failed (%s); the old process keeps serving",
+                    old.name,
+                    new.lifecycle.reason,
+                )
+                return
+            self.slots[new.name] = new
+            assert self.book is not None
+            actors = [a for a in self.book.actors.values() if a.bound is old]
+            budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
+            moved = (await hand_over(old, new, actors, budget)).ok
+        finally:
             self.retiring.remove(old)
-            await new.close()
-            return
-        self.retiring.remove(old)
-        self.slots[new.name] = new
-        assert self.book is not None
-        actors = [a for a in self.book.actors.values() if a.bound is old]
-        budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-        result = await hand_over(old, new, actors, budget)
-        if not result.ok:
-            self.slots[old.name] = old
-            await new.close()
-            return
+            if not moved:
+                self.slots[old.name] = old
+                await new.close()
         new.candidate = False
         await self._retire(old)
 
