@@ -92,6 +92,9 @@ class DriverSlot:
         self._closed = False
         self._spare: DriverProcess | None = None
         self._spare_task: asyncio.Task[None] | None = None  # _keep_spare
+        # From RUNNING until the slot goes down: a reload that comes while a
+        # stop awaits (still RUNNING) must not start a spare for it.
+        self._spare_wanted = False
         self._spec: SpawnSpec | None = None  # of the running process (for its spares)
         self._retiring = ""
         self._failure = ""
@@ -198,7 +201,7 @@ class DriverSlot:
         """Keep a spare from now on (``_keep_spare``, a task the slot owns)."""
         policy = self._ctx.current_config().restart
         keeping = self._spare_task is not None and not self._spare_task.done()
-        if not policy.spare or self._closed or keeping:
+        if not policy.spare or self._closed or keeping or not self._spare_wanted:
             return
         self._spare_task = asyncio.get_running_loop().create_task(
             self._keep_spare(spec), name=f"spare {self.name}"
@@ -293,6 +296,7 @@ class DriverSlot:
         return spare
 
     async def _drop_spare(self) -> None:
+        self._spare_wanted = False
         await self._stop_keeping_spare()
         spare = self._spare
         if spare is not None:
@@ -389,6 +393,7 @@ class DriverSlot:
             raise DriverStartError(f"{self.name} failed its first health check: {exc}") from exc
         self._started_at = self._clock()
         self._fire(Event.UP, f"pid {process.pid}")
+        self._spare_wanted = True
         self._prepare_spare(spec)
         if self._stop_wanted():
             self._command.set()  # stopped while starting: _serve returns at once

@@ -34,6 +34,8 @@ class World:
     def __init__(self) -> None:
         self.start_fails = False
         self.stop_gate: asyncio.Event | None = None  # set: a stop may end
+        self.discard_gate: asyncio.Event | None = None  # set: a spare's discard may end
+        self.discarding = False
         self.stopping = False
         self.processes: list[FakeProcess] = []
         self.pids = itertools.count(1000)
@@ -99,6 +101,9 @@ class FakeProcess:
             self.exited.set_result(-9)
 
     async def discard(self) -> None:
+        self.world.discarding = True
+        if self.world.discard_gate is not None:
+            await self.world.discard_gate.wait()
         self.kill_hung("discarded")
 
 
@@ -110,14 +115,14 @@ class Clock:
         return self.now
 
 
-def slot_in(tmp_path: Path, world: World, clock: Clock) -> DriverSlot:
+def slot_in(tmp_path: Path, world: World, clock: Clock, spare: bool = False) -> DriverSlot:
     bundle = load_bundle(make_bundle(tmp_path / "drop", name="alpha"), tmp_path / "state")
     policy = RestartPolicy(
         backoff_initial_s=0.001,
         backoff_max_s=0.001,
         max_restarts=2,
         startsecs=1.0,
-        spare=False,
+        spare=spare,
         fatal_retry_initial_s=None,
     )
     config = Config(state_dir=str(tmp_path / "state"), restart=policy)
@@ -242,5 +247,35 @@ def test_a_cancelled_close_lets_the_stop_end_and_stays_cancelled(tmp_path):
         with pytest.raises(asyncio.CancelledError):
             await closing
         assert not world.processes[0].alive
+
+    run(main())
+
+
+def test_a_reload_while_the_slot_stops_starts_no_spare(tmp_path):
+    """A reload (``reconfigure``) that comes while a stop discards the spare,
+    the slot still RUNNING, must not start a spare for a slot going down."""
+
+    async def main() -> None:
+        world, clock = World(), Clock()
+        slot = slot_in(tmp_path, world, clock, spare=True)
+        slot.launch()
+        slot.want_running()
+        assert await slot.wait_settled(5, ENDED) is S.RUNNING
+        await eventually(lambda: slot.spare_pid is not None)
+        world.discard_gate = asyncio.Event()
+        slot.want_stopped()  # an operator's stop: the slot stays, going down
+        await eventually(lambda: world.discarding)  # the spare goes first, still RUNNING
+        assert slot.state is S.RUNNING
+        made = len(world.processes)
+        slot.reconfigure()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert len(world.processes) == made  # no spare launched
+        world.discard_gate.set()
+        assert await slot.wait_settled(5, frozenset({S.STOPPED})) is S.STOPPED
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not any(p.alive for p in world.processes)
+        await slot.close()
 
     run(main())
