@@ -83,6 +83,8 @@ class ResourceBook:
         self.actors: dict[str, ResourceActor] = {}
         # Ids being added: their actor attaches, but is not stored yet.
         self._adding: set[str] = set()
+        # Ids being removed: their actor is closing (detaching its instance).
+        self._removing: set[str] = set()
         # One change at a time per resource (rm excepted: it ends the others).
         self._changing: dict[str, asyncio.Lock] = {}
         self._router = router
@@ -147,6 +149,11 @@ class ResourceBook:
         if resource_id in self.actors:
             raise RequestError(
                 f"resource {resource_id} already exists; use 'resource set' to change it"
+            )
+        if resource_id in self._removing:  # its old instance is still being detached
+            raise RequestError(
+                f"resource {resource_id} is being removed by another request; add it again "
+                "once that is done"
             )
         manifest = self._schema(driver, pinned)
         check_resource_id(resource_id)
@@ -236,7 +243,11 @@ class ResourceBook:
         if self.actors.get(resource_id) is actor:
             del self.actors[resource_id]
         self._changing.pop(resource_id, None)
-        await actor.close(detach=True)
+        self._removing.add(resource_id)
+        try:
+            await actor.close(detach=True)
+        finally:
+            self._removing.discard(resource_id)
 
     @contextlib.asynccontextmanager
     async def _change(self, resource_id: str) -> AsyncIterator[ResourceActor]:

@@ -180,3 +180,37 @@ def rows_queued(daemon: Daemon) -> int:
 
 def ctl_argv(daemon: Daemon) -> list[str]:
     return [str(BIN / "drivebayctl"), "-s", str(daemon.socket)]
+
+
+def test_a_resource_being_removed_cannot_be_added_again_until_it_is_gone(daemon_factory, tmp_path):
+    """``rm`` closes the actor, which waits for the operation in flight and
+    then detaches; an ``add`` of the same id meanwhile would attach a new
+    instance that the old actor's detach then took away."""
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    calling = subprocess.Popen(  # a sync operation holds the removal for its 8 s
+        [*ctl_argv(daemon), "call", "v1", "slow_sync", "seconds:=8"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    removing = None
+    try:
+        wait_for(lambda: rows_queued(daemon) == 1, what="the call in flight")
+        removing = subprocess.Popen(
+            [*ctl_argv(daemon), "resource", "rm", "v1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: rows(daemon) == [], what="v1 gone from the list")
+        again = daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a")
+        assert removing.poll() is None, "the removal ended before the add was tried"
+        assert (again.returncode, again.stderr) == (
+            1,
+            "drivebayctl: resource v1 is being removed by another request; add it again "
+            "once that is done\n",
+        )
+    finally:
+        calling.wait(timeout=60)
+        if removing is not None:
+            assert removing.wait(timeout=60) == 0
+    ok(daemon.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
+    assert call(daemon, "v1", "attached_here") == ["v1"]
