@@ -253,24 +253,24 @@ def test_a_hundred_drivers_under_a_soft_limit_of_1024(daemon_factory, tmp_path):
 def test_drivers_beyond_a_hard_limit_stay_stopped_saying_why(daemon_factory, tmp_path):
     # A driver's own limit must fit under the daemon's hard one (it cannot raise it).
     daemon = daemon_factory(config={"limits": {"open_files": 128}})
-    start_limited(daemon, 256, 256)
+    start_limited(daemon, 1024, 1024)  # soft and hard both at 1,024
     log = daemon.log()
     assert (
-        "descriptor limit 256 (RLIMIT_NOFILE): room for 14 driver versions "
-        "(12 descriptors each) and 24 control connections; raise LimitNOFILE for more"
+        "descriptor limit 1024 (RLIMIT_NOFILE): room for 70 driver versions "
+        "(12 descriptors each) and 120 control connections; raise LimitNOFILE for more"
     ) in log
-    drop_tiny_drivers(daemon, tmp_path, 30)
+    drop_tiny_drivers(daemon, tmp_path, 80)
     reason = (
-        "not started: the descriptor limit 256 (RLIMIT_NOFILE) allows 14 driver versions; "
+        "not started: the descriptor limit 1024 (RLIMIT_NOFILE) allows 70 driver versions; "
         "raise LimitNOFILE (or the hard nofile limit of drivebayd's user) and restart drivebayd"
     )
 
     def settled() -> dict[str, str] | None:
         now = states(daemon)
         counts = sorted(now.values())
-        return now if len(now) == 30 and counts == ["RUNNING"] * 14 + ["STOPPED"] * 16 else None
+        return now if len(now) == 80 and counts == ["RUNNING"] * 70 + ["STOPPED"] * 10 else None
 
-    wait_for(settled, deadline=90, what="14 RUNNING and 16 STOPPED")
+    wait_for(settled, deadline=110, what="70 RUNNING and 10 STOPPED")
     rows = daemon.status()
     stopped = sorted(name for name, row in rows.items() if row["state"] == "STOPPED")
     assert all(rows[name]["message"] == reason for name in stopped)
@@ -284,7 +284,7 @@ def test_drivers_beyond_a_hard_limit_stay_stopped_saying_why(daemon_factory, tmp
     running = sorted(name for name, row in rows.items() if row["state"] == "RUNNING")
     assert daemon.ctl("stop", running[0]).returncode == 0
     wait_for(
-        lambda: sorted(states(daemon).values()).count("RUNNING") == 14,
+        lambda: sorted(states(daemon).values()).count("RUNNING") == 70,
         what="a waiting driver started in the freed place",
     )
     assert "internal error" not in daemon.log()
