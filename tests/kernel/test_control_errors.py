@@ -18,6 +18,7 @@ class BrokenKernel:
     """In memory: a kernel whose slot table has a bug (a KeyError inside)."""
 
     config = types.SimpleNamespace(max_frame_bytes=1 << 20)
+    stopping = False  # a running kernel
 
     def all_slots(self) -> list[Any]:
         raise KeyError("a slot the table lost")
