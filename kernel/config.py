@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
-from kernel.restarts import RestartPolicy
-from protocol.errors import BundleError, ConfigError
+from drivebay.kernel.drivers.restarts import RestartPolicy
+from drivebay.kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
+from drivebay.protocol.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
-    from sandbox.bundle_reader import ReadLimits
+    from drivebay.sandbox.bundle_reader import ReadLimits
 
 
 class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -76,7 +76,9 @@ class BundleLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     max_depth: int = 64  # folders nested inside one bundle
 
     def read_limits(self) -> ReadLimits:
-        from sandbox.bundle_reader import ReadLimits  # zipfile and friends: not for drivebayctl
+        from drivebay.sandbox.bundle_reader import (
+            ReadLimits,  # zipfile and friends: not for drivebayctl
+        )
 
         mib = 1024 * 1024
         return ReadLimits(
@@ -89,7 +91,7 @@ class BundleLimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
 
 
 class ControlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The control socket's bounds (see kernel/control_limits.py)."""
+    """The control socket's bounds (see kernel/control/limits.py)."""
 
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
     request_buffer_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # shared by large requests
@@ -164,7 +166,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             data = path.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read: {exc.strerror}; check --config") from exc
-        from sandbox.safe_yaml import load_yaml
+        from drivebay.sandbox.safe_yaml import load_yaml
 
         try:
             loaded = load_yaml(data, str(path), "")

@@ -5,7 +5,7 @@ and their states, the active versions, pins, recorded failures, a few
 settings); the functions here return the ``Action`` list that brings the
 slots toward what should run, and the kernel's executor (``Kernel._apply``)
 applies them in order. Starting takes time, so there are passes around the
-start plan (``kernel/ordering.py``): ``arrange`` before it (which versions
+start plan (``kernel/drivers/ordering.py``): ``arrange`` before it (which versions
 have a slot), ``block`` and ``start_wave`` for each of its waves (which
 versions start, which wait for a requirement or a free place), ``promote``
 after it (who serves now). ``roll_back``
@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kernel.states import IDLE, State
-from sandbox.pep440 import version_key
+from drivebay.kernel.drivers.lifecycle import IDLE, State
+from drivebay.sandbox.pep440 import version_key
 
 
 @dataclass(frozen=True)

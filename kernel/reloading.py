@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from kernel.config import Config
+from drivebay.kernel.config import Config
 
 
 class Effect(enum.Enum):

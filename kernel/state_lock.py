@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from protocol.errors import KernelError
+from drivebay.protocol.errors import KernelError
 
 
 class StateLock:

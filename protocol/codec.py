@@ -12,8 +12,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from protocol.errors import ProtocolError
-from protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameSplitter
+from drivebay.protocol.errors import ProtocolError
+from drivebay.protocol.frames import DEFAULT_MAX_FRAME, HEADER, FrameSplitter
 
 In = TypeVar("In")
 

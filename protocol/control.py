@@ -12,7 +12,7 @@ An error reply names its kind in ``error_type``: the drivebay error's name
 (``NoSuchName``, ``OperationFailed``, ``CallTimeout``, ``RequestError`` for a
 malformed request, ``KernelError`` for a bug in the daemon), and for an
 operation that raised, the driver's ``traceback``. What each command's
-``args`` and ``result`` hold is ``kernel/control_schema.py``.
+``args`` and ``result`` hold is ``kernel/control/schema.py``.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NoReturn
 
-from protocol.errors import BundleError
+from drivebay.protocol.errors import BundleError
 
 
 def shown(text: str) -> str:

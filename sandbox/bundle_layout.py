@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from sandbox.bundle_errors import quoted, reject
-from sandbox.manifest import MANIFEST_FILE, Manifest, parse_manifest
+from drivebay.sandbox.bundle_errors import quoted, reject
+from drivebay.sandbox.manifest import parse_manifest
+from drivebay.sandbox.manifest_schema import MANIFEST_FILE, Manifest
 
 LICENSE_FILE: Final = "LICENSE"
 SRC_DIR: Final = "src"

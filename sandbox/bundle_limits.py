@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sandbox.bundle_errors import reject
+from drivebay.sandbox.bundle_errors import reject
 
 _MiB = 1 << 20
 

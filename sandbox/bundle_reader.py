@@ -29,11 +29,11 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from protocol.errors import BundleError, DrivebayError, KernelError
-from sandbox.bundle_errors import reject, shown
-from sandbox.bundle_layout import BundleFiles, check_layout
-from sandbox.bundle_limits import Budget, ReadLimits
-from sandbox.zip_end import declared_entries
+from drivebay.protocol.errors import BundleError, DrivebayError, KernelError
+from drivebay.sandbox.bundle_errors import reject, shown
+from drivebay.sandbox.bundle_layout import BundleFiles, check_layout
+from drivebay.sandbox.bundle_limits import Budget, ReadLimits
+from drivebay.sandbox.zip_end import declared_entries
 
 __all__ = ["TRANSIENT_ERRNOS", "ReadLimits", "read_bundle", "read_failure"]
 

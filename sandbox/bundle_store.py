@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import KernelError
-from sandbox.bundle_layout import LIB_DIR, SRC_DIR, BundleFiles
-from sandbox.manifest import Manifest
+from drivebay.protocol.errors import KernelError
+from drivebay.sandbox.bundle_layout import LIB_DIR, SRC_DIR, BundleFiles
+from drivebay.sandbox.manifest_schema import Manifest
 
 BUNDLES_DIR = "bundles"
 _STAGING_PREFIX = ".staging-"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sandbox.bundle_reader import ReadLimits, read_bundle
-from sandbox.bundle_store import StoredBundle, remove_staging, store_bundle
-from sandbox.manifest import Limits, Manifest, PropertySpec
-from sandbox.pep440 import version_key
+from drivebay.sandbox.bundle_reader import ReadLimits, read_bundle
+from drivebay.sandbox.bundle_store import StoredBundle, remove_staging, store_bundle
+from drivebay.sandbox.manifest_schema import Limits, Manifest, PropertySpec
+from drivebay.sandbox.pep440 import version_key
 
 __all__ = [
     "Limits",

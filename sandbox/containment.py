@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandbox.runtime_dir import PACKAGE
+from drivebay.sandbox.runtime_dir import PACKAGE
 
 PROBE_TIMEOUT_S = 10.0
 FALLBACK = (

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import EnvBuildError
+from drivebay.protocol.errors import EnvBuildError
 
 # Bump when the builder changes what goes into an environment: every key changes.
 ENV_LAYOUT = 2  # 2: uvloop added beside msgspec

@@ -44,8 +44,8 @@ from pathlib import Path
 
 import msgspec
 
-from protocol.errors import EnvBuildError
-from sandbox.env_key import (
+from drivebay.protocol.errors import EnvBuildError
+from drivebay.sandbox.env_key import (
     ACCELERATORS,
     EnvRequest,
     accelerator_note,

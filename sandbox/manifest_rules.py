@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from sandbox.bundle_errors import quoted, reject
-from sandbox.pep440 import parse_version, requirement_problem, specifier_problem
-
-if TYPE_CHECKING:
-    from sandbox.manifest import Manifest, PropertySpec
+from drivebay.sandbox.bundle_errors import quoted, reject
+from drivebay.sandbox.manifest_schema import Manifest, PropertySpec
+from drivebay.sandbox.pep440 import parse_version, requirement_problem, specifier_problem
 
 NAME: Final = re.compile(r"[a-z][a-z0-9-]*")
 MAX_NAME_LENGTH: Final = 64

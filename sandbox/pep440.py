@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from sandbox.bundle_errors import quoted
+from drivebay.sandbox.bundle_errors import quoted
 
 # PEP 440, appendix B, without the local version part.
 _VERSION = re.compile(

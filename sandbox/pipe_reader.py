@@ -14,7 +14,7 @@ import fcntl
 import sys
 import termios
 
-from sandbox.output import OutputCapture
+from drivebay.sandbox.output import OutputCapture
 
 
 class PipeReader(asyncio.Protocol):

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import DriverStartError
+from drivebay.protocol.errors import DriverStartError
 
 READ, EXECUTE = 4, 1
 

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import protocol
+from drivebay import protocol
 
 # Part of the digest: a new layout (e.g. shipping bytecode) makes a new copy
 # instead of reusing an old one that lacks it.

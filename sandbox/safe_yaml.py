@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import yaml
 
-from sandbox.bundle_errors import reject
+from drivebay.sandbox.bundle_errors import reject
 
 MAX_DEPTH = 32
 

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from sandbox.cancel_safe import wait_until_done
-from sandbox.output import OutputCapture, RotatingFile
-from sandbox.pipe_reader import PipeReader
-from sandbox.privileges import RunAs
-from sandbox.runtime_dir import BOOTSTRAP
+from drivebay.sandbox.cancel_safe import wait_until_done
+from drivebay.sandbox.output import OutputCapture, RotatingFile
+from drivebay.sandbox.pipe_reader import PipeReader
+from drivebay.sandbox.privileges import RunAs
+from drivebay.sandbox.runtime_dir import BOOTSTRAP
 
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 

@@ -19,9 +19,9 @@ ensure_venv() {
     local want="$hash $extras"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     if [ -n "$extras" ]; then
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT[$extras]"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$extras]"
     else
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e "$ROOT"
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT"
     fi
     echo "$want" > "$stamp"
 }
@@ -41,5 +41,5 @@ covers() {
 # Compile our bytecode ahead of time: imports stay fast (drivebayctl status is
 # timed) even where PYTHONDONTWRITEBYTECODE keeps Python from caching it.
 compile_project() {
-    "$VENV/bin/python" -m compileall -q "$ROOT/kernel" "$ROOT/sandbox" "$ROOT/protocol" >/dev/null
+    "$VENV/bin/python" -m compileall -q "$ROOT/drivebay" "$ROOT/kernel" "$ROOT/sandbox" "$ROOT/protocol" >/dev/null
 }

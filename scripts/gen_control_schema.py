@@ -1,5 +1,5 @@
 """Write docs/control-schema.json: the JSON Schema of every control command's
-request and result, generated from the Structs of ``kernel/control_schema.py``.
+request and result, generated from the Structs of ``kernel/control/schema.py``.
 
 Run it after changing a command: ``.venv/bin/python scripts/gen_control_schema.py``
 (``--check`` exits 1, writing nothing, when the file is stale).
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "control-schema.json"
 sys.path.insert(0, str(ROOT))
 
-from kernel.control_schema import json_schema  # noqa: E402
+from drivebay.kernel.control.schema import json_schema  # noqa: E402
 
 
 def schema_text() -> str:

@@ -1,11 +1,15 @@
 """Suite-wide guards: no test may leak file descriptors or child processes,
-and no property test may fail for being slow."""
+no property test may fail for being slow, and no test may import our code
+under a second name (``kernel`` beside ``drivebay.kernel``)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import importlib.machinery
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import hypothesis
@@ -17,6 +21,28 @@ import uvloop
 # Speed is for the benchmarks; a test's verdict must not depend on it.
 hypothesis.settings.register_profile("drivebay", deadline=None)
 hypothesis.settings.load_profile("drivebay")
+
+SECOND_NAMES = frozenset({"kernel", "sandbox", "protocol"})
+
+
+class SecondNameRefused(importlib.abc.MetaPathFinder):
+    """pytest puts the repository's root on ``sys.path`` (``tests`` is a
+    package), where the folders ``kernel/``, ``sandbox/`` and ``protocol/``
+    would import as top-level packages: a second copy of every module, with
+    its own classes and state. Only ``drivebay.…`` may be imported."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.partition(".")[0] in SECOND_NAMES:
+            raise ModuleNotFoundError(
+                f"import drivebay.{fullname}, not {fullname}: our code has one name",
+                name=fullname,
+            )
+        return None
+
+
+sys.meta_path.insert(0, SecondNameRefused())
 
 
 def _open_fds() -> set[int]:

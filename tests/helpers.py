@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 import uvloop
 
-from kernel.config import TimeoutSettings
-from kernel.driver_process import DriverProcess
-from sandbox.runtime_dir import ensure_runtime_dir
-from sandbox.spawn import SpawnSpec
+from drivebay.kernel.config import TimeoutSettings
+from drivebay.kernel.drivers.process import DriverProcess
+from drivebay.sandbox.runtime_dir import ensure_runtime_dir
+from drivebay.sandbox.spawn import SpawnSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T = TypeVar("T")

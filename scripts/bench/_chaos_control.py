@@ -22,10 +22,10 @@ from dataclasses import dataclass
 
 from _chaos_scene import Scene
 
-from kernel.control_client import ControlClient
-from protocol.codec import MessageCodec
-from protocol.control import Reply, Request
-from protocol.frames import DEFAULT_MAX_FRAME
+from drivebay.client import ControlClient
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.control import Reply, Request
+from drivebay.protocol.frames import DEFAULT_MAX_FRAME
 
 CONNECT_S = 2.0
 SEND_S = 3.0

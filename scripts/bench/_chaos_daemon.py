@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kernel.control_client import ControlClient
+from drivebay.client import ControlClient
 
 BIN = Path(sys.executable).parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "chaos" / "chaos.py"

@@ -30,7 +30,7 @@ from _chaos_daemon import Chaosd
 from _chaos_load import error_type
 from _chaos_scene import Scene
 
-from kernel.control_client import ControlClient, OperationError
+from drivebay.client import ControlClient, OperationError
 
 LATE = "chaos-late"  # the driver whose bundle is dropped while the disk is full
 

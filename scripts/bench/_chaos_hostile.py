@@ -17,7 +17,7 @@ from typing import Any
 from _chaos_load import error_type
 from _chaos_scene import Scene
 
-from kernel.control_client import OperationError
+from drivebay.client import OperationError
 
 
 @dataclass(frozen=True)

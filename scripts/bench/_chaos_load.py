@@ -20,7 +20,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel.control_client import ControlClient, OperationError
+from drivebay.client import ControlClient, OperationError
 
 PENDING, OK, FAILED = 0, 1, 2
 GRACE_S = 5.0  # past a call's own deadline, before it counts as never answered

@@ -20,7 +20,7 @@ import _common
 from _chaos_daemon import Chaosd, processes_left
 from _chaos_load import FAILED, OK, PENDING, Load, Tally, check_ledger
 
-from kernel.control_client import ControlClient
+from drivebay.client import ControlClient
 
 STATUS_TIMEOUT_S = 5.0  # a status request unanswered this long counts as unanswered
 PROBE_EVERY_S = 0.05

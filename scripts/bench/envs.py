@@ -51,13 +51,13 @@ from typing import Any
 import _common
 import uvloop
 
-import protocol
-from kernel.config import TimeoutSettings
-from kernel.driver_process import DriverProcess
-from sandbox import envs
-from sandbox.env_key import EnvRequest, env_key
-from sandbox.runtime_dir import CHILD_MODULES, PACKAGE, ensure_runtime_dir
-from sandbox.spawn import PASSED_ENVIRONMENT, SpawnSpec
+from drivebay import protocol
+from drivebay.kernel.config import TimeoutSettings
+from drivebay.kernel.drivers.process import DriverProcess
+from drivebay.sandbox import envs
+from drivebay.sandbox.env_key import EnvRequest, env_key
+from drivebay.sandbox.runtime_dir import CHILD_MODULES, PACKAGE, ensure_runtime_dir
+from drivebay.sandbox.spawn import PASSED_ENVIRONMENT, SpawnSpec
 
 PACKAGES = ("msgspec", "pyyaml")  # the bench driver's dependencies
 SHIPPED = (*PACKAGES, "uvloop")  # lib/: also the accelerator the builder adds

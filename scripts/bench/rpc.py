@@ -363,12 +363,12 @@ async def _grpc_pipelined(address: str, budget: Budget) -> tuple[float, float]:
 async def _driver(
     codec: str, workdir: Path, envs_dir: Path, python: Path | None, cpu: int | None
 ) -> AsyncIterator[Any]:
-    from kernel.config import TimeoutSettings
-    from kernel.driver_process import DriverProcess
-    from protocol.versions import PROTOCOL_MAX
-    from sandbox.envs import EnvRequest, ensure_env
-    from sandbox.runtime_dir import ensure_runtime_dir
-    from sandbox.spawn import SpawnSpec
+    from drivebay.kernel.config import TimeoutSettings
+    from drivebay.kernel.drivers.process import DriverProcess
+    from drivebay.protocol.versions import PROTOCOL_MAX
+    from drivebay.sandbox.envs import EnvRequest, ensure_env
+    from drivebay.sandbox.runtime_dir import ensure_runtime_dir
+    from drivebay.sandbox.spawn import SpawnSpec
 
     request = EnvRequest(python or Path(sys.executable), (), {}, None, PROTOCOL_MAX)
     env = await ensure_env(request, envs_dir)

@@ -62,7 +62,7 @@ from typing import Any, Protocol, TypeVar
 import _common
 from supervisor.xmlrpc import SupervisorTransport
 
-from kernel.control_client import ControlClient
+from drivebay.client import ControlClient
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "supervise"

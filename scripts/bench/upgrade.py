@@ -15,7 +15,7 @@ this process, on uvloop:
 - *bare RPC*: ``DriverProcess.call`` straight to the driver process of the
   kernel below (the same process, environment and attached instances); no
   actors in between;
-- *kernel in process*: a ``kernel.daemon.Kernel`` run in this process (no
+- *kernel in process*: a ``kernel.kernel.Kernel`` run in this process (no
   control server), called with ``kernel.book.call``: the actor path without
   the control-socket hop;
 - *drivebayd*: a real daemon, resources added with ``resource-add``, calls
@@ -65,7 +65,7 @@ from typing import Any
 
 import _common
 
-from kernel.control_client import ControlClient
+from drivebay.client import ControlClient
 
 BIN = Path(sys.executable).parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "upgrade"
@@ -303,8 +303,8 @@ async def in_process_kernel(root: Path, envs_dir: Path) -> AsyncIterator[Any]:
     """A ``Kernel`` in this process with the ledger driver RUNNING; always shut down."""
     import msgspec
 
-    from kernel.config import Config
-    from kernel.daemon import Kernel
+    from drivebay.kernel.config import Config
+    from drivebay.kernel.kernel import Kernel
 
     drop_bundle(root, FIRST)
     kernel = Kernel(msgspec.convert(daemon_settings(root, envs_dir), Config))

@@ -8,9 +8,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from sandbox.manifest import Manifest, parse_manifest
-from sandbox.runtime_dir import ensure_runtime_dir
-from sandbox.spawn import SpawnSpec
+from drivebay.sandbox.manifest import parse_manifest
+from drivebay.sandbox.manifest_schema import Manifest
+from drivebay.sandbox.runtime_dir import ensure_runtime_dir
+from drivebay.sandbox.spawn import SpawnSpec
 
 DRIVERS = Path(__file__).resolve().parents[2] / "drivers"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kernel.messages_catalog import load_catalog
-from sandbox.bundle_reader import read_bundle
+from drivebay.kernel.resources.catalog import load_catalog
+from drivebay.sandbox.bundle_reader import read_bundle
 from tests.drivers.bundles import DRIVERS
 
 BUNDLES = sorted(path for path in DRIVERS.iterdir() if path.is_dir() and path.name[0] != ".")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from protocol.errors import OperationFailed
+from drivebay.protocol.errors import OperationFailed
 from tests.drivers.bundles import bundle_spec
 from tests.helpers import run, started
 

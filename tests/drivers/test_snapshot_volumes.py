@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from protocol.errors import OperationFailed
+from drivebay.protocol.errors import OperationFailed
 from tests.drivers.bundles import bundle_spec, manifest
 from tests.helpers import run, started
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from protocol.errors import OperationFailed
+from drivebay.protocol.errors import OperationFailed
 from tests.drivers.bundles import bundle_spec, until
 from tests.helpers import run, started
 

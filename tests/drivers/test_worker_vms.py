@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import OperationFailed
+from drivebay.protocol.errors import OperationFailed
 from tests.drivers.bundles import bundle_spec, until
 from tests.helpers import eventually, run, started
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kernel.control_client import ControlClient, OperationError
-from kernel.control_limits import stalled
-from kernel.ctl_cli import encode_request
-from protocol.frames import HEADER, FrameSplitter
-from protocol.msgpack_lite import unpackb
+from drivebay.client import ControlClient, OperationError
+from drivebay.kernel.control.limits import stalled
+from drivebay.kernel.drivebayctl import encode_request
+from drivebay.protocol.frames import HEADER, FrameSplitter
+from drivebay.protocol.msgpack_lite import unpackb
 from tests.e2e.harness import BIN, Daemon, wait_for
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle

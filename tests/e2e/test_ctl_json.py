@@ -47,7 +47,7 @@ def test_acting_commands_print_json_too(mis):  # noqa: F811
 def test_the_client_library_names_the_error_too(mis):  # noqa: F811
     import uvloop
 
-    from kernel.control_client import ControlClient, OperationError
+    from drivebay.client import ControlClient, OperationError
 
     async def main() -> OperationError:
         client = await ControlClient.connect(str(mis.socket))
@@ -66,10 +66,10 @@ def test_the_client_library_names_the_error_too(mis):  # noqa: F811
 
 def test_every_result_is_what_the_schema_says(mis):  # noqa: F811
     """Each command's --json output of a real daemon decodes as the result
-    type kernel/control_schema.py declares (and docs/control-schema.json shows)."""
+    type kernel/control/schema.py declares (and docs/control-schema.json shows)."""
     import msgspec
 
-    from kernel.control_schema import REQUESTS, RESULTS
+    from drivebay.kernel.control.schema import REQUESTS, RESULTS
 
     def conforms(wire: str, *argv: str) -> None:
         ran = mis.ctl(*argv, "--json")

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from kernel.control_client import ControlClient
+from drivebay.client import ControlClient
 from tests.e2e.harness import Daemon
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle

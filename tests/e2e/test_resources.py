@@ -14,7 +14,7 @@ import pytest
 import uvloop
 import yaml
 
-from kernel.control_client import ControlClient, OperationError
+from drivebay.client import ControlClient, OperationError
 from tests.e2e.harness import pid_alive, wait_for
 from tests.helpers import FIXTURES
 from tests.sandbox.bundles import make_bundle

@@ -18,7 +18,7 @@ from typing import Any
 
 import uvloop
 
-from kernel.control_client import ControlClient
+from drivebay.client import ControlClient
 from tests.e2e.harness import Daemon, wait_for
 from tests.e2e.ledger import ledger_bundle, read_ledger
 

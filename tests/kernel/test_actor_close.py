@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from kernel.actor import DriverAbsent, ResourceActor
-from protocol.errors import RequestError
+from drivebay.kernel.resources.actor import DriverAbsent, ResourceActor
+from drivebay.protocol.errors import RequestError
 from tests.helpers import run
 
 

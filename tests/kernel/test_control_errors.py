@@ -10,8 +10,8 @@ import logging
 import types
 from typing import Any
 
-from kernel.control_server import ControlConnection
-from protocol.control import Reply, Request
+from drivebay.kernel.control.server import ControlConnection
+from drivebay.protocol.control import Reply, Request
 
 
 class BrokenKernel:

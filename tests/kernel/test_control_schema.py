@@ -13,10 +13,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from kernel import control_schema
-from kernel.control_schema import REQUESTS, RESULTS, BadRequest, decode_request
-from kernel.ctl_cli import build_parser, parse
-from kernel.ctl_commands import BY_WIRE, COMMANDS, REQUIRED
+from drivebay.kernel.control import schema as control_schema
+from drivebay.kernel.control.ctl_commands import BY_WIRE, COMMANDS, REQUIRED
+from drivebay.kernel.control.schema import REQUESTS, RESULTS, BadRequest, decode_request
+from drivebay.kernel.drivebayctl import build_parser, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -134,7 +134,7 @@ def test_status_imports_neither_msgspec_nor_asyncio(tmp_path):
     import neither (msgspec costs ~30 ms, asyncio ~15 ms)."""
     probe = (
         "import sys\n"
-        "from kernel.ctl_cli import main\n"
+        "from drivebay.kernel.drivebayctl import main\n"
         f"code = main(['-s', {str(tmp_path / 'none.sock')!r}, 'status'])\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('msgspec', 'asyncio'))\n"
         "print(code, heavy)\n"
@@ -148,7 +148,7 @@ def test_status_imports_neither_msgspec_nor_asyncio(tmp_path):
 
 
 def test_every_request_has_one_handler():
-    from kernel.commands import HANDLERS, STREAMS
+    from drivebay.kernel.control.handlers import HANDLERS, STREAMS
 
     assert set(HANDLERS) | set(STREAMS) == set(REQUESTS.values())
     assert not set(HANDLERS) & set(STREAMS)
@@ -181,7 +181,7 @@ def test_every_request_has_one_handler():
     ],
 )
 def test_what_drivebayctl_sends_is_what_the_daemon_decodes(argv):
-    from kernel.ctl_cli import request_args
+    from drivebay.kernel.drivebayctl import request_args
 
     wire, payload = request_args(parse(argv))
     decoded = msgspec.to_builtins(decode_request(wire, payload))

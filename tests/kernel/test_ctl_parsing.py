@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.ctl_cli import build_parser, parse, parse_plain_status
+from drivebay.kernel.drivebayctl import build_parser, parse, parse_plain_status
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from kernel import ctl_cli, ctl_render
+from drivebay.kernel import drivebayctl as ctl_cli
+from drivebay.kernel.control import ctl_render
 
 EVIL = "x\x1b[2J\x1b]0;title\x07\x9b1m\r\u202eend\n"
 CONTROL = ("\x1b", "\x07", "\x9b", "\r", "\u202e")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from kernel.ctl_cli import print_status
+from drivebay.kernel.drivebayctl import print_status
 
 
 def row(state: str, **extra: object) -> dict[str, object]:

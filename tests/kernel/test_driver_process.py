@@ -12,8 +12,8 @@ import signal
 import msgspec
 import pytest
 
-from kernel.driver_process import DriverProcess
-from protocol.errors import (
+from drivebay.kernel.drivers.process import DriverProcess
+from drivebay.protocol.errors import (
     CallTimeout,
     DriverCrashed,
     DriverHung,
@@ -21,7 +21,7 @@ from protocol.errors import (
     OperationFailed,
     RequestError,
 )
-from sandbox.runtime_dir import PACKAGE
+from drivebay.sandbox.runtime_dir import PACKAGE
 from tests.helpers import FAST, eventually, fixture_spec, run, started
 
 
@@ -505,7 +505,7 @@ def test_calls_without_a_task_each(tmp_path):
 
 def test_a_spawn_failure_blames_the_party_at_fault():
     """Out of descriptors is the daemon's limit, not the interpreter's fault."""
-    from kernel.driver_process import _spawn_failure
+    from drivebay.kernel.drivers.process import _spawn_failure
 
     def said(code: int) -> str:
         return _spawn_failure("d@1", "/env/bin/python", OSError(code, os.strerror(code)))

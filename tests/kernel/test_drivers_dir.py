@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from kernel.config import BundleLimitSettings
-from kernel.drivers_dir import list_candidates, settled, walk
-from kernel.load_retry import LoadRetries, RetryPolicy
-from kernel.registry import WATCH_MAX_DIRS, Registry
-from sandbox.bundle_limits import ReadLimits
+from drivebay.kernel.config import BundleLimitSettings
+from drivebay.kernel.drivers.directory import list_candidates, settled, walk
+from drivebay.kernel.drivers.load_retry import LoadRetries, RetryPolicy
+from drivebay.kernel.drivers.registry import WATCH_MAX_DIRS, Registry
+from drivebay.sandbox.bundle_limits import ReadLimits
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.states import TABLE, TARGET, TRANSITIONS, Event, IllegalTransition, Lifecycle, State
+from drivebay.kernel.drivers.lifecycle import (
+    TABLE,
+    TARGET,
+    TRANSITIONS,
+    Event,
+    IllegalTransition,
+    Lifecycle,
+    State,
+)
 
 S = State
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.messages_catalog import (
+from drivebay.kernel.resources.catalog import (
     MAX_MESSAGES_BYTES,
     language_from_environment,
     load_catalog,
@@ -177,7 +177,7 @@ def test_an_unreadable_file_is_skipped(tmp_path: Path, caplog: pytest.LogCapture
 
 
 def test_the_example_bundles_have_a_text_for_every_label() -> None:
-    from sandbox.manifest import parse_manifest
+    from drivebay.sandbox.manifest import parse_manifest
 
     drivers = Path(__file__).parents[2] / "drivers"
     for bundle_dir in sorted(path.parent for path in drivers.glob("*/driver.yaml")):

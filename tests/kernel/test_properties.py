@@ -11,9 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernel.properties import INT_MAX, INT_MIN, PropertyErrors, convert_cli, merge, validate
-from protocol.errors import RequestError
-from sandbox.manifest import PropertySpec, PropertyType
+from drivebay.kernel.resources.properties import (
+    INT_MAX,
+    INT_MIN,
+    PropertyErrors,
+    convert_cli,
+    merge,
+    validate,
+)
+from drivebay.protocol.errors import RequestError
+from drivebay.sandbox.manifest_schema import PropertySpec, PropertyType
 
 NFS = (
     PropertySpec("host", "string", required=True, max_length=255),

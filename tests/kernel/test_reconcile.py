@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from kernel.reconcile import (
+from drivebay.kernel.drivers.lifecycle import State
+from drivebay.kernel.reconcile import (
     Activate,
     Add,
     Block,
@@ -24,7 +25,6 @@ from kernel.reconcile import (
     roll_back,
     start_wave,
 )
-from kernel.states import State
 
 R, F = State.RUNNING, State.FAILED
 

@@ -10,13 +10,19 @@ import msgspec
 import pytest
 import yaml
 
-from kernel.config import Config, ControlSettings, LimitSettings, LogSettings, TimeoutSettings
-from kernel.daemon import Kernel
-from kernel.driver_process import DriverProcess
-from kernel.reloading import EFFECTS, Effect, keep_fixed, spawn_settings
-from kernel.restarts import RestartPolicy
-from kernel.supervisor import DriverSlot, SlotContext
-from sandbox.bundles import load_bundle
+from drivebay.kernel.config import (
+    Config,
+    ControlSettings,
+    LimitSettings,
+    LogSettings,
+    TimeoutSettings,
+)
+from drivebay.kernel.drivers.process import DriverProcess
+from drivebay.kernel.drivers.restarts import RestartPolicy
+from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
+from drivebay.kernel.kernel import Kernel
+from drivebay.kernel.reloading import EFFECTS, Effect, keep_fixed, spawn_settings
+from drivebay.sandbox.bundles import load_bundle
 from tests.helpers import fixture_spec, run
 from tests.sandbox.bundles import make_bundle
 
@@ -93,7 +99,7 @@ def test_a_reload_reaches_the_registry_and_keeps_what_needs_a_restart(tmp_path):
     config_path = tmp_path / "drivebay.yaml"
     base = {"state_dir": str(tmp_path / "state"), "mailbox_size": 10, "settle_s": 1.0}
     config_path.write_text(yaml.safe_dump(base))
-    from kernel.config import load_config
+    from drivebay.kernel.config import load_config
 
     kernel = Kernel(load_config(config_path), config_path)
     reload = {**base, "mailbox_size": 20, "settle_s": 3.0, "bundles": {"max_members": 5}}
@@ -137,7 +143,7 @@ def test_a_reloaded_timeout_reaches_the_running_process(tmp_path, setting, field
 def test_a_reload_takes_each_setting_as_the_table_says(tmp_path, key):
     import logging
 
-    from kernel.config import load_config
+    from drivebay.kernel.config import load_config
 
     config_path = tmp_path / "drivebay.yaml"
     base = {"state_dir": str(tmp_path / "state")}

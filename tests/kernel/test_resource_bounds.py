@@ -7,9 +7,9 @@ import resource
 
 import pytest
 
-from kernel.config import load_config
-from kernel.control_limits import SMALL_REQUEST, ConnectionGate, RequestBudget, wanted
-from kernel.descriptors import (
+from drivebay.kernel.config import load_config
+from drivebay.kernel.control.limits import SMALL_REQUEST, ConnectionGate, RequestBudget, wanted
+from drivebay.kernel.drivers.descriptors import (
     FDS_PER_PROCESS,
     RESERVED_FDS,
     current_limit,
@@ -18,8 +18,8 @@ from kernel.descriptors import (
     places_held,
     raise_soft_limit,
 )
-from kernel.states import State
-from protocol.frames import HEADER, FrameSplitter
+from drivebay.kernel.drivers.lifecycle import State
+from drivebay.protocol.frames import HEADER, FrameSplitter
 
 
 def test_the_gate_admits_up_to_its_cap_and_again_after_a_leave():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel.resource_store import (
+from drivebay.kernel.resources.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     STORE_FILE,
@@ -25,7 +25,7 @@ from kernel.resource_store import (
     ResourceStore,
     check_resource_id,
 )
-from protocol.errors import KernelError, NoSuchName, RequestError, StateStoreLost
+from drivebay.protocol.errors import KernelError, NoSuchName, RequestError, StateStoreLost
 
 VOL = Resource("vol-1", "nfs-storage", None, {"host": "nas", "size_gb": 10, "thin": True})
 

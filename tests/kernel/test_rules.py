@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from kernel.ordering import Node, plan, stop_order
-from kernel.restarts import RestartPolicy, RestartTracker
-from kernel.states import TRANSITIONS, Event, IllegalTransition, Lifecycle, State
+from drivebay.kernel.drivers.lifecycle import (
+    TRANSITIONS,
+    Event,
+    IllegalTransition,
+    Lifecycle,
+    State,
+)
+from drivebay.kernel.drivers.ordering import Node, plan, stop_order
+from drivebay.kernel.drivers.restarts import RestartPolicy, RestartTracker
 
 
 class Clock:

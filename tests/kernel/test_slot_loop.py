@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from kernel.config import Config, TimeoutSettings
-from kernel.restarts import RestartPolicy
-from kernel.states import State
-from kernel.supervisor import DriverSlot, SlotContext
-from protocol.errors import DriverError, DriverStartError
-from sandbox.bundles import load_bundle
-from sandbox.spawn import SpawnSpec
+from drivebay.kernel.config import Config, TimeoutSettings
+from drivebay.kernel.drivers.lifecycle import State
+from drivebay.kernel.drivers.restarts import RestartPolicy
+from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
+from drivebay.protocol.errors import DriverError, DriverStartError
+from drivebay.sandbox.bundles import load_bundle
+from drivebay.sandbox.spawn import SpawnSpec
 from tests.helpers import eventually, run
 from tests.sandbox.bundles import make_bundle
 

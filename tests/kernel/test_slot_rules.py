@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kernel.config import Config, TimeoutSettings
-from kernel.restarts import RestartPolicy
-from kernel.states import State
-from kernel.supervisor import DriverSlot, SlotContext
-from sandbox.bundles import load_bundle
+from drivebay.kernel.config import Config, TimeoutSettings
+from drivebay.kernel.drivers.lifecycle import State
+from drivebay.kernel.drivers.restarts import RestartPolicy
+from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
+from drivebay.sandbox.bundles import load_bundle
 from tests.sandbox.bundles import make_bundle
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import CallTimeout
-from protocol.messages import OperationInfo
+from drivebay.protocol.errors import CallTimeout
+from drivebay.protocol.messages import OperationInfo
 from tests.helpers import fixture_spec, run, started
 
 

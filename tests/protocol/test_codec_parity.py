@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.child_codec import ChildCodec
-from protocol.codec import MessageCodec
-from protocol.messages import Result, ToKernel
-from protocol.msgpack_lite import MsgpackError, packb, unpackb
+from drivebay.protocol.child_codec import ChildCodec
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.messages import Result, ToKernel
+from drivebay.protocol.msgpack_lite import MsgpackError, packb, unpackb
 from tests.protocol.test_msgpack_lite import ints
 from tests.protocol.test_msgpack_lite import scalars as builtin_scalars
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from protocol import errors, runtime
-from protocol.child_codec import ChildCodec
-from protocol.codec import MessageCodec
-from protocol.errors import CallTimeout, DriverCrashed, OperationFailed, error_name
-from protocol.messages import Error, ToKernel
+from drivebay.protocol import errors, runtime
+from drivebay.protocol.child_codec import ChildCodec
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.errors import CallTimeout, DriverCrashed, OperationFailed, error_name
+from drivebay.protocol.messages import Error, ToKernel
 
 
 class Broken(Exception):

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import messages, msgpack_lite
-from protocol.msgpack_lite import MAX_DEPTH, MsgpackError, packb, unpackb
+from drivebay.protocol import messages, msgpack_lite
+from drivebay.protocol.msgpack_lite import MAX_DEPTH, MsgpackError, packb, unpackb
 
 encode = msgspec.msgpack.encode
 decode = msgspec.msgpack.decode

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from protocol.outbox import CHUNK_BYTES, CHUNK_FRAMES, Outbox
+from drivebay.protocol.outbox import CHUNK_BYTES, CHUNK_FRAMES, Outbox
 from tests.helpers import run
 
 

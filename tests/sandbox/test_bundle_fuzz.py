@@ -14,9 +14,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from protocol.errors import BundleError
-from sandbox.bundle_reader import read_bundle
-from sandbox.manifest import parse_manifest
+from drivebay.protocol.errors import BundleError
+from drivebay.sandbox.bundle_reader import read_bundle
+from drivebay.sandbox.manifest import parse_manifest
 from tests.sandbox.bundles import make_bundle, zip_bundle
 
 FUZZ = settings(

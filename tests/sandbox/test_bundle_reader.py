@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from protocol.errors import BundleError, KernelError
-from sandbox.bundle_limits import human_bytes
-from sandbox.bundle_reader import ReadLimits, read_bundle, read_failure
-from sandbox.zip_end import declared_entries
+from drivebay.protocol.errors import BundleError, KernelError
+from drivebay.sandbox.bundle_limits import human_bytes
+from drivebay.sandbox.bundle_reader import ReadLimits, read_bundle, read_failure
+from drivebay.sandbox.zip_end import declared_entries
 from tests.sandbox.bundles import LICENSE_TEXT, make_bundle, zip_bundle
 
 

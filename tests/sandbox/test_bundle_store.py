@@ -14,11 +14,11 @@ from subprocess import PIPE
 
 import pytest
 
-from protocol.errors import BundleError, KernelError
-from sandbox import bundle_store
-from sandbox.bundle_reader import read_bundle
-from sandbox.bundle_store import bundle_digest, remove_staging, store_bundle
-from sandbox.bundles import load_bundle
+from drivebay.protocol.errors import BundleError, KernelError
+from drivebay.sandbox import bundle_store
+from drivebay.sandbox.bundle_reader import read_bundle
+from drivebay.sandbox.bundle_store import bundle_digest, remove_staging, store_bundle
+from drivebay.sandbox.bundles import load_bundle
 from tests.sandbox.bundles import make_bundle, zip_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -163,8 +163,8 @@ def test_remove_staging_clears_what_a_dead_process_left(tmp_path: Path) -> None:
 _STORE_AT_ONCE = """
 import sys
 from pathlib import Path
-from sandbox.bundle_reader import read_bundle
-from sandbox.bundle_store import store_bundle
+from drivebay.sandbox.bundle_reader import read_bundle
+from drivebay.sandbox.bundle_store import store_bundle
 
 files = read_bundle(Path(sys.argv[1]))
 print("ready", flush=True)

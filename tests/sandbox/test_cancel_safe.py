@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from sandbox.cancel_safe import wait_until_done
+from drivebay.sandbox.cancel_safe import wait_until_done
 from tests.helpers import run
 
 

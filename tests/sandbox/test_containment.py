@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from kernel.config import TimeoutSettings, load_config
-from kernel.driver_process import DriverProcess
-from protocol.errors import ConfigError, DriverCrashed
-from protocol.init_shim import contain
-from sandbox.containment import start_line, summarize
-from sandbox.runtime_dir import ensure_runtime_dir
+from drivebay.kernel.config import TimeoutSettings, load_config
+from drivebay.kernel.drivers.process import DriverProcess
+from drivebay.protocol.errors import ConfigError, DriverCrashed
+from drivebay.protocol.init_shim import contain
+from drivebay.sandbox.containment import start_line, summarize
+from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 from tests.helpers import FAST, eventually, fixture_spec, run, started
 
 ROOT = Path(__file__).parents[2]
@@ -70,7 +70,7 @@ async def escapees_running(proc: DriverProcess, marker: str, count: int) -> None
 def test_this_machine_offers_pid_namespaces():
     """The tests below run the namespace path for real (root, or a user namespace)."""
     probe = subprocess.run(
-        [sys.executable, "-I", "-c", "from protocol.init_shim import probe; probe()"],
+        [sys.executable, "-I", "-c", "from drivebay.protocol.init_shim import probe; probe()"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import pytest
 import uvloop
 
-from protocol.errors import EnvBuildError
-from sandbox import envs
-from sandbox.envs import Env, EnvRequest, collect_garbage, ensure_env, env_key, uv_message
+from drivebay.protocol.errors import EnvBuildError
+from drivebay.sandbox import envs
+from drivebay.sandbox.envs import Env, EnvRequest, collect_garbage, ensure_env, env_key, uv_message
 from tests.wheels import build_wheel, sha256_of, wheel_of_installed
 
 pytestmark = pytest.mark.slow
@@ -442,7 +442,7 @@ def test_cancel_mid_install_kills_uv_and_leaves_nothing(
 CHILD = """
 import asyncio, json, logging, sys
 from pathlib import Path
-from sandbox.envs import EnvRequest, ensure_env
+from drivebay.sandbox.envs import EnvRequest, ensure_env
 
 spec = json.loads(sys.argv[1])
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
@@ -630,9 +630,9 @@ def test_a_built_env_is_found_fast(tmp_path: Path, wheelhouse: Path, uv_cache: P
 
 
 async def _talk(env: Env, tmp_path: Path) -> tuple[str, object, str]:
-    from kernel.driver_process import DriverProcess
-    from sandbox.runtime_dir import ensure_runtime_dir
-    from sandbox.spawn import SpawnSpec
+    from drivebay.kernel.drivers.process import DriverProcess
+    from drivebay.sandbox.runtime_dir import ensure_runtime_dir
+    from drivebay.sandbox.spawn import SpawnSpec
     from tests.helpers import FAST, FIXTURES
 
     spec = SpawnSpec(

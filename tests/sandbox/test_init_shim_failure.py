@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_failure_in_the_init_is_one_line_on_stderr():
     program = (
-        "from protocol.init_shim import _fail\n"
+        "from drivebay.protocol.init_shim import _fail\n"
         "_fail('init', BlockingIOError(11, 'Resource temporarily unavailable\\x1b[2J'))\n"
     )
     done = subprocess.run(

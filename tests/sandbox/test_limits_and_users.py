@@ -12,11 +12,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from kernel.driver_process import limit_verdict
-from protocol.errors import DriverCrashed, DriverStartError, OperationFailed
-from sandbox.privileges import RunAs, preflight
-from sandbox.runtime_dir import ensure_runtime_dir
-from sandbox.spawn import SpawnSpec
+from drivebay.kernel.drivers.process import limit_verdict
+from drivebay.protocol.errors import DriverCrashed, DriverStartError, OperationFailed
+from drivebay.sandbox.privileges import RunAs, preflight
+from drivebay.sandbox.runtime_dir import ensure_runtime_dir
+from drivebay.sandbox.spawn import SpawnSpec
 from tests.helpers import FAST, FIXTURES, fixture_spec, run, started
 
 IS_ROOT = os.geteuid() == 0

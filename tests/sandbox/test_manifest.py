@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 import yaml
 
-from protocol.errors import BundleError
-from sandbox.manifest import Limits, Manifest, PropertySpec, parse_manifest
+from drivebay.protocol.errors import BundleError
+from drivebay.sandbox.manifest import parse_manifest
+from drivebay.sandbox.manifest_schema import Limits, Manifest, PropertySpec
 
 BASE: dict[str, Any] = {
     "name": "nfs-storage",

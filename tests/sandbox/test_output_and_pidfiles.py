@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.output import RETRY_S, OutputCapture, RotatingFile
-from sandbox.pidfiles import PidRecords, start_time
+from drivebay.sandbox.output import RETRY_S, OutputCapture, RotatingFile
+from drivebay.sandbox.pidfiles import PidRecords, start_time
 from tests.helpers import eventually, run
 
 
@@ -176,7 +176,7 @@ def test_forget_with_a_pid_keeps_a_newer_record_under_the_same_name(tmp_path):
 ORPHANED_GROUP = """
 import ctypes, os, signal, subprocess, sys
 from pathlib import Path
-from sandbox.pidfiles import PidRecords, start_time
+from drivebay.sandbox.pidfiles import PidRecords, start_time
 ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
 leader = subprocess.Popen(
     [sys.executable, "-c",

@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sandbox.pep440 import parse_version, requirement_problem, specifier_problem, version_key
+from drivebay.sandbox.pep440 import (
+    parse_version,
+    requirement_problem,
+    specifier_problem,
+    version_key,
+)
 
 ORDERED = [
     "0.9",

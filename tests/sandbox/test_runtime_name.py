@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 
-from sandbox.runtime_dir import CHILD_MODULES, PACKAGE, ensure_runtime_dir
+from drivebay.sandbox.runtime_dir import CHILD_MODULES, PACKAGE, ensure_runtime_dir
 from tests.helpers import fixture_spec, run, started
 
 

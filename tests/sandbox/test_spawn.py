@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from sandbox.spawn import spawn_child
+from drivebay.sandbox.spawn import spawn_child
 from tests.helpers import fixture_spec, run
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import spawn
-from sandbox.spawn import spawn_child
+from drivebay.sandbox import spawn
+from drivebay.sandbox.spawn import spawn_child
 from tests.helpers import eventually, fixture_spec, run
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.errors import BundleError
-from sandbox.safe_yaml import load_yaml
+from drivebay.protocol.errors import BundleError
+from drivebay.sandbox.safe_yaml import load_yaml
 
 
 def refusal(text: str) -> str:

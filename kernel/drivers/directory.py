@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from protocol.errors import BundleError
-from sandbox.bundle_errors import shown
-from sandbox.bundle_limits import Budget, ReadLimits
+from drivebay.protocol.errors import BundleError
+from drivebay.sandbox.bundle_errors import shown
+from drivebay.sandbox.bundle_limits import Budget, ReadLimits
 
 # (path inside the entry, file type, size, mtime ns, ctime ns): what a walk
 # saw. The ctime catches what the mtime does not: a chmod, a file replaced by

@@ -14,9 +14,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
-from protocol.codec import MessageCodec
-from protocol.errors import ProtocolError
-from protocol.outbox import Outbox
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.errors import ProtocolError
+from drivebay.protocol.outbox import Outbox
 
 In = TypeVar("In")
 

@@ -3,7 +3,7 @@
 It resolves the same config as the daemon to find the control socket, sends
 one request, prints the reply for humans (or as JSON with ``--json``), and
 exits with supervisorctl's codes. What each command reads, sends and prints
-is its entry in ``kernel/ctl_commands.py``. Imports are kept light (no
+is its entry in ``kernel/control/ctl_commands.py``. Imports are kept light (no
 msgspec, no asyncio): ``status`` must answer in well under 100 ms.
 """
 
@@ -15,8 +15,8 @@ import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from kernel import __version__
-from kernel.ctl_commands import (
+from drivebay import __version__
+from drivebay.kernel.control.ctl_commands import (
     BY_WIRE,
     BY_WORDS,
     COMMANDS,
@@ -25,12 +25,14 @@ from kernel.ctl_commands import (
     UsageError,
     command_of,
 )
-from kernel.ctl_render import print_json, print_resource_change, say, shown_lines
-from kernel.ctl_render import print_status as print_status  # re-exported: how a status row reads
-from protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
-from protocol.errors import ProtocolError
-from protocol.frames import HEADER, FrameSplitter
-from protocol.msgpack_lite import MsgpackError, packb, unpackb
+from drivebay.kernel.control.ctl_render import print_json, print_resource_change, say, shown_lines
+from drivebay.kernel.control.ctl_render import (
+    print_status as print_status,  # re-exported: how a status row reads
+)
+from drivebay.protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
+from drivebay.protocol.errors import ProtocolError
+from drivebay.protocol.frames import HEADER, FrameSplitter
+from drivebay.protocol.msgpack_lite import MsgpackError, packb, unpackb
 
 if TYPE_CHECKING:
     import argparse
@@ -162,14 +164,14 @@ def socket_path(args: argparse.Namespace) -> str:
     """-s, else the config's socket (the same file the daemon reads), else the default."""
     if args.socket:
         return str(args.socket)
-    from kernel.config_search import find_config
+    from drivebay.kernel.config_search import find_config
 
     path = find_config(args.config)
     if path is None:
-        from kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
+        from drivebay.kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
 
         return os.path.join(os.path.expanduser(DEFAULT_STATE_DIR), SOCKET_NAME)
-    from kernel.config import load_config
+    from drivebay.kernel.config import load_config
 
     return str(load_config(path).socket_path)
 

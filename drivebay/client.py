@@ -2,7 +2,7 @@
 
 Many callers may share one ``ControlClient``: requests are multiplexed by id
 on the one connection, and each caller awaits its own reply. What each
-command's ``args`` and result hold is ``kernel/control_schema.py``
+command's ``args`` and result hold is ``kernel/control/schema.py``
 (``docs/control-schema.json``). ``call`` raises
 ``OperationError`` with the driver's error type when the operation failed; a
 connection the daemon refused (too many connections, a request over a bound)
@@ -15,10 +15,10 @@ import asyncio
 import itertools
 from typing import Any
 
-from kernel.channel import FramedChannel
-from protocol.codec import MessageCodec
-from protocol.control import Reply, Request
-from protocol.errors import DrivebayError
+from drivebay.kernel.drivers.channel import FramedChannel
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.control import Reply, Request
+from drivebay.protocol.errors import DrivebayError
 
 
 class OperationError(DrivebayError):

@@ -19,8 +19,8 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kernel.actor import ResourceActor
-from kernel.supervisor import DriverSlot
+from drivebay.kernel.drivers.slot import DriverSlot
+from drivebay.kernel.resources.actor import ResourceActor
 
 log = logging.getLogger("drivebay.handover")
 

@@ -20,10 +20,10 @@ import signal
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
-from kernel.config import TimeoutSettings
-from kernel.deadlines import Deadlines
-from protocol.codec import MessageCodec
-from protocol.errors import (
+from drivebay.kernel.config import TimeoutSettings
+from drivebay.kernel.drivers.deadlines import Deadlines
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.errors import (
     CallTimeout,
     DriverCrashed,
     DriverError,
@@ -33,7 +33,7 @@ from protocol.errors import (
     ProtocolError,
     RequestError,
 )
-from protocol.messages import (
+from drivebay.protocol.messages import (
     Attach,
     Call,
     Cancel,
@@ -52,10 +52,10 @@ from protocol.messages import (
     ToKernel,
     Welcome,
 )
-from protocol.msgpack_lite import MAX_DEPTH
-from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN, describe_mismatch, negotiate
-from sandbox.bundle_errors import shown
-from sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
+from drivebay.protocol.msgpack_lite import MAX_DEPTH
+from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN, describe_mismatch, negotiate
+from drivebay.sandbox.bundle_errors import shown
+from drivebay.sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
 
 log = logging.getLogger("drivebay.driver")
 
@@ -139,7 +139,7 @@ class DriverProcess:
         """Spawn the child and wait for its Hello: the interpreter is up and the
         runtime imported, but no driver code is loaded yet. A *spare* waits
         here until ``finish_start``; errors as for ``start``."""
-        from kernel.channel import FramedChannel
+        from drivebay.kernel.drivers.channel import FramedChannel
 
         try:
             self._child = await spawn_child(self.spec)

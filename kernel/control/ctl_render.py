@@ -1,5 +1,5 @@
 """drivebayctl's human output of each command's result (the ``render`` of
-``kernel/ctl_commands.py``'s table).
+``kernel/control/ctl_commands.py``'s table).
 
 Results arrive as the standard-library codec decodes them (dicts, lists,
 strings). Names, messages, paths and values come from bundles and drivers:
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import TYPE_CHECKING
 
-from sandbox.bundle_errors import shown
+from drivebay.sandbox.bundle_errors import shown
 
 if TYPE_CHECKING:
     from typing import Any, TextIO

@@ -7,7 +7,7 @@ user, root, and members of ``socket_group`` are served; anyone else gets one
 refusal reply. Requests on a connection run concurrently, each in a task the
 connection owns and cancels when the client goes away. What clients may hold
 (connections, bytes of requests being received, time to send one) is bounded
-as ``kernel/control_limits.py`` says; a client over a bound gets one line and
+as ``kernel/control/limits.py`` says; a client over a bound gets one line and
 is disconnected.
 """
 
@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kernel import control_schema as schema
-from kernel.channel import FramedChannel
-from kernel.commands import HANDLERS, STREAMS, CallFailed, submit_call
-from kernel.control_limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
-from protocol.codec import MessageCodec
-from protocol.control import Reply, Request
-from protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
-from protocol.errors import (
+from drivebay.kernel.control import schema
+from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, submit_call
+from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
+from drivebay.kernel.drivers.channel import FramedChannel
+from drivebay.protocol.codec import MessageCodec
+from drivebay.protocol.control import Reply, Request
+from drivebay.protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
+from drivebay.protocol.errors import (
     DrivebayError,
     KernelError,
     NotRunning,
@@ -43,7 +43,7 @@ from protocol.errors import (
 )
 
 if TYPE_CHECKING:
-    from kernel.daemon import Kernel
+    from drivebay.kernel.kernel import Kernel
 
 log = logging.getLogger("drivebay.control")
 

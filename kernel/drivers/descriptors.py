@@ -23,10 +23,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kernel.states import State
+from drivebay.kernel.drivers.lifecycle import State
 
 if TYPE_CHECKING:
-    from kernel.config import Config
+    from drivebay.kernel.config import Config
 
 FDS_PER_PROCESS = 6  # socket, stdout and stderr pipes, pidfd, two log files
 RESERVED_FDS = 64  # the daemon's own (21 when idle) and transient ones (builds, starts)

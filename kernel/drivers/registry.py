@@ -1,7 +1,7 @@
 """What the drivers directory holds: every bundle file, verified or rejected.
 
 ``rescan`` never touches the file system on the event loop: listing the
-drivers dir, walking entries (``kernel.drivers_dir``) and reading bundles
+drivers dir, walking entries (``kernel.drivers.directory``) and reading bundles
 run in a worker thread, and only their results are applied on the loop, so
 the control socket keeps answering whatever the drivers dir holds. An entry
 is walked again only when its own ``lstat`` changed, the watcher saw a
@@ -11,7 +11,7 @@ directory must look quiet (no mtime within ``settle_s``, or the same
 fingerprint for ``settle_s``) before it is loaded (still being copied
 otherwise); a zip must read completely with good CRCs. A bundle that could
 not be taken for a reason not its own (full disk, I/O error) is tried again
-with backoff (``kernel.load_retry``). From the entries it derives, per driver
+with backoff (``kernel.drivers.load_retry``). From the entries it derives, per driver
 name, the versions available and the newest one.
 """
 
@@ -25,11 +25,11 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernel.drivers_dir import Top, Walk, look, settled
-from kernel.load_retry import LoadRetries
-from protocol.errors import BundleError, DrivebayError, KernelError
-from sandbox.bundle_errors import shown
-from sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
+from drivebay.kernel.drivers.directory import Top, Walk, look, settled
+from drivebay.kernel.drivers.load_retry import LoadRetries
+from drivebay.protocol.errors import BundleError, DrivebayError, KernelError
+from drivebay.sandbox.bundle_errors import shown
+from drivebay.sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
 
 log = logging.getLogger("drivebay.registry")
 

@@ -1,11 +1,11 @@
 """What each control command does, as typed data in and data out.
 
 Every handler takes the kernel and the command's request Struct
-(``kernel/control_schema.py``) and returns ``(result, exit code)``, the
+(``kernel/control/schema.py``) and returns ``(result, exit code)``, the
 result of the command's result type, or raises a ``RequestError`` whose
 message is the one line drivebayctl prints (and whose ``exit_code`` it exits
 with). Any other exception is a bug in the daemon. Formatting for humans is
-drivebayctl's job (``kernel/ctl_commands.py``); ``--json`` prints ``result``.
+drivebayctl's job (``kernel/control/ctl_commands.py``); ``--json`` prints ``result``.
 Streaming commands (``tail -f``) are async generators of results.
 """
 
@@ -19,19 +19,24 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-import kernel
-from kernel import control_schema as schema
-from kernel.descriptors import HOLDS_PLACE, places_held
-from kernel.messages_catalog import load_catalog
-from kernel.states import NOT_RUNNING, State
-from protocol.control_codes import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_NOT_RUNNING_STATE, EXIT_OK
-from protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
-from protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
+import drivebay
+from drivebay.kernel.control import schema
+from drivebay.kernel.drivers.descriptors import HOLDS_PLACE, places_held
+from drivebay.kernel.drivers.lifecycle import NOT_RUNNING, State
+from drivebay.kernel.resources.catalog import load_catalog
+from drivebay.protocol.control_codes import (
+    EXIT_FAILURE,
+    EXIT_NOT_RUNNING,
+    EXIT_NOT_RUNNING_STATE,
+    EXIT_OK,
+)
+from drivebay.protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
+from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 
 if TYPE_CHECKING:
-    from kernel.daemon import Kernel
-    from kernel.resources import ResourceBook
-    from kernel.supervisor import DriverSlot
+    from drivebay.kernel.drivers.slot import DriverSlot
+    from drivebay.kernel.kernel import Kernel
+    from drivebay.kernel.resources.book import ResourceBook
 
 Outcome = tuple[Any, int]
 Handler = Callable[["Kernel", Any], Awaitable[Outcome]]
@@ -191,7 +196,7 @@ async def pid(k: Kernel, request: schema.PidRequest) -> Outcome:
 
 @command(schema.VersionRequest)
 async def version(k: Kernel, request: schema.VersionRequest) -> Outcome:
-    return schema.VersionInfo(kernel.__version__, (PROTOCOL_MIN, PROTOCOL_MAX)), EXIT_OK
+    return schema.VersionInfo(drivebay.__version__, (PROTOCOL_MIN, PROTOCOL_MAX)), EXIT_OK
 
 
 @command(schema.TailRequest)

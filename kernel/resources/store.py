@@ -41,7 +41,7 @@ from typing import Any, Final, Self
 
 import msgspec
 
-from protocol.errors import KernelError, NoSuchName, RequestError, StateStoreLost
+from drivebay.protocol.errors import KernelError, NoSuchName, RequestError, StateStoreLost
 
 log = logging.getLogger("drivebay.store")
 STORE_FILE: Final = "resources.db"

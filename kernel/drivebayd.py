@@ -17,12 +17,12 @@ import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import kernel
-from protocol.errors import DrivebayError
+import drivebay
+from drivebay.protocol.errors import DrivebayError
 
 if TYPE_CHECKING:
-    from kernel.config import Config
-    from kernel.descriptors import DescriptorBudget
+    from drivebay.kernel.config import Config
+    from drivebay.kernel.drivers.descriptors import DescriptorBudget
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,14 +45,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default: INFO)",
     )
-    parser.add_argument("--version", action="version", version=f"drivebayd {kernel.__version__}")
+    parser.add_argument("--version", action="version", version=f"drivebayd {drivebay.__version__}")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from kernel.config import load_config
-    from kernel.config_search import find_config
+    from drivebay.kernel.config import load_config
+    from drivebay.kernel.config_search import find_config
 
     overrides: dict[str, Any] = {
         "state_dir": args.state,
@@ -72,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(message)s",
     )
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"
-    from kernel.descriptors import raise_soft_limit
+    from drivebay.kernel.drivers.descriptors import raise_soft_limit
 
     # Before the kernel sizes itself on the limit; said once the state dir is ours.
     nofile = raise_soft_limit()
     import uvloop
 
-    from kernel.daemon import Kernel
+    from drivebay.kernel.kernel import Kernel
 
     try:
         daemon = Kernel(config, path, overrides)
@@ -103,7 +103,7 @@ def _log_descriptors(
     nofile: tuple[int, int, int], budget: DescriptorBudget, config: Config
 ) -> None:
     """What ``raise_soft_limit`` did (``nofile``: before, after, hard), and what it allows."""
-    from kernel.descriptors import open_files_over
+    from drivebay.kernel.drivers.descriptors import open_files_over
 
     before, after, hard = nofile
     log = logging.getLogger("drivebay")
@@ -120,7 +120,7 @@ def _log_descriptors(
 
 
 async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
-    from kernel.control_server import serve_control
+    from drivebay.kernel.control.server import serve_control
 
     @contextlib.asynccontextmanager
     async def serve(kernel: Any) -> AsyncIterator[None]:

@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from kernel.actor import ResourceActor, Router
-from kernel.properties import PropertyErrors, convert_cli, merge, validate
-from kernel.resource_store import Resource, ResourceStore, check_resource_id
-from protocol.errors import DrivebayError, NoSuchName, RequestError
-from sandbox.bundle_errors import shown
-from sandbox.bundles import Manifest
+from drivebay.kernel.resources.actor import ResourceActor, Router
+from drivebay.kernel.resources.properties import PropertyErrors, convert_cli, merge, validate
+from drivebay.kernel.resources.store import Resource, ResourceStore, check_resource_id
+from drivebay.protocol.errors import DrivebayError, NoSuchName, RequestError
+from drivebay.sandbox.bundle_errors import shown
+from drivebay.sandbox.bundles import Manifest
 
 if TYPE_CHECKING:
-    from kernel.supervisor import DriverSlot
+    from drivebay.kernel.drivers.slot import DriverSlot
 
 log = logging.getLogger("drivebay.resources")
 

@@ -24,9 +24,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-from protocol.errors import RequestError
-from sandbox.bundle_errors import quoted, shown
-from sandbox.manifest import PropertySpec
+from drivebay.protocol.errors import RequestError
+from drivebay.sandbox.bundle_errors import quoted, shown
+from drivebay.sandbox.manifest_schema import PropertySpec
 
 INT_MIN: Final = -(2**63)
 INT_MAX: Final = 2**63 - 1  # drivers receive properties as MessagePack: int64

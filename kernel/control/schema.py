@@ -3,11 +3,11 @@
 A request on the control socket is ``protocol.control.Request(command,
 args)``; ``decode_request`` turns its ``args`` into the command's request
 Struct (one of the tagged union ``ControlRequest``, tagged by the command's
-name), so a handler in ``kernel/commands.py`` receives typed fields and a
+name), so a handler in ``kernel/control/handlers.py`` receives typed fields and a
 malformed request is a ``BadRequest`` naming the field. A handler returns the
 command's result type. ``docs/control-schema.json`` is generated from these
 types (``scripts/gen_control_schema.py``); drivebayctl's command table
-(``kernel/ctl_commands.py``) declares the same request fields, and a test
+(``kernel/control/ctl_commands.py``) declares the same request fields, and a test
 checks that the two agree field by field.
 """
 
@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from protocol.control import Reply, Request
-from protocol.control_codes import EXIT_USAGE
-from protocol.errors import RequestError
+from drivebay.protocol.control import Reply, Request
+from drivebay.protocol.control_codes import EXIT_USAGE
+from drivebay.protocol.errors import RequestError
 
 Names = Annotated[list[str], msgspec.Meta(description="driver names (NAME or NAME@VERSION)")]
 Stream = Annotated[Literal["stdout", "stderr"], msgspec.Meta(description="stdout or stderr")]

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import watchfiles
 
-from kernel.registry import Registry
-from sandbox.cancel_safe import wait_until_done
+from drivebay.kernel.drivers.registry import Registry
+from drivebay.sandbox.cancel_safe import wait_until_done
 
 log = logging.getLogger("drivebay.kernel")
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from protocol.errors import KernelError
+from drivebay.protocol.errors import KernelError
 
 log = logging.getLogger("drivebay.lifecycle")
 

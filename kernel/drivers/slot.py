@@ -27,16 +27,16 @@ from typing import Any
 
 import msgspec
 
-from kernel.config import Config, TimeoutSettings
-from kernel.driver_process import DriverProcess, EventHandler
-from kernel.reloading import spawn_settings
-from kernel.restarts import RestartTracker
-from kernel.states import IDLE, STUCK, Event, Lifecycle, State
-from protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
-from sandbox.bundles import StoredBundle
-from sandbox.cancel_safe import wait_until_done
-from sandbox.privileges import RunAs, preflight
-from sandbox.spawn import SpawnSpec, describe_exit
+from drivebay.kernel.config import Config, TimeoutSettings
+from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State
+from drivebay.kernel.drivers.process import DriverProcess, EventHandler
+from drivebay.kernel.drivers.restarts import RestartTracker
+from drivebay.kernel.reloading import spawn_settings
+from drivebay.protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
+from drivebay.sandbox.bundles import StoredBundle
+from drivebay.sandbox.cancel_safe import wait_until_done
+from drivebay.sandbox.privileges import RunAs, preflight
+from drivebay.sandbox.spawn import SpawnSpec, describe_exit
 
 log = logging.getLogger("drivebay.supervisor")
 

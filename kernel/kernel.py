@@ -22,13 +22,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kernel.actor import DriverAbsent, ResourceActor
-from kernel.config import Config
-from kernel.descriptors import current_limit, descriptor_budget, places_held
-from kernel.drivers_watch import watch_drivers
-from kernel.handover import hand_over
-from kernel.ordering import Node, Plan, plan, stop_order
-from kernel.reconcile import (
+from drivebay.kernel.config import Config
+from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
+from drivebay.kernel.drivers.handover import hand_over
+from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State
+from drivebay.kernel.drivers.ordering import Node, Plan, plan, stop_order
+from drivebay.kernel.drivers.registry import Registry
+from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
+from drivebay.kernel.drivers.watch import watch_drivers
+from drivebay.kernel.reconcile import (
     Action,
     Activate,
     Add,
@@ -50,22 +52,20 @@ from kernel.reconcile import (
     stale,
     start_wave,
 )
-from kernel.registry import Registry
-from kernel.reloading import keep_fixed, spawn_settings
-from kernel.resource_store import ResourceStore
-from kernel.resources import ResourceBook
-from kernel.state_lock import StateLock
-from kernel.states import SETTLED_OK, State
-from kernel.supervisor import DriverSlot, SlotContext
-from protocol.errors import DrivebayError, NoSuchName, RequestError
-from protocol.versions import PROTOCOL_MAX
-from sandbox import containment
-from sandbox.bundle_errors import quoted
-from sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
-from sandbox.env_key import EnvRequest, env_key
-from sandbox.envs import collect_garbage, ensure_env
-from sandbox.pidfiles import PidRecords
-from sandbox.runtime_dir import ensure_runtime_dir
+from drivebay.kernel.reloading import keep_fixed, spawn_settings
+from drivebay.kernel.resources.actor import DriverAbsent, ResourceActor
+from drivebay.kernel.resources.book import ResourceBook
+from drivebay.kernel.resources.store import ResourceStore
+from drivebay.kernel.state_lock import StateLock
+from drivebay.protocol.errors import DrivebayError, NoSuchName, RequestError
+from drivebay.protocol.versions import PROTOCOL_MAX
+from drivebay.sandbox import containment
+from drivebay.sandbox.bundle_errors import quoted
+from drivebay.sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
+from drivebay.sandbox.env_key import EnvRequest, env_key
+from drivebay.sandbox.envs import collect_garbage, ensure_env
+from drivebay.sandbox.pidfiles import PidRecords
+from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 
 log = logging.getLogger("drivebay.kernel")
 
@@ -665,7 +665,7 @@ class Kernel:
         logged). Raises ConfigError (nothing changed) when the new file is
         invalid.
         """
-        from kernel.config import load_config
+        from drivebay.kernel.config import load_config
 
         fresh, fixed = keep_fixed(self.config, load_config(self.config_path, self._overrides))
         changed = sorted(

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from protocol.errors import BundleError
-from sandbox.safe_yaml import load_yaml
+from drivebay.protocol.errors import BundleError
+from drivebay.sandbox.safe_yaml import load_yaml
 
 RESOURCES_DIR: Final = "resources"
 DEFAULT_FILE: Final = "messages.yaml"

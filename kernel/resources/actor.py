@@ -29,8 +29,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kernel.states import State
-from protocol.errors import (
+from drivebay.kernel.drivers.lifecycle import State
+from drivebay.protocol.errors import (
     ALREADY_ATTACHED,
     Busy,
     CallTimeout,
@@ -40,11 +40,11 @@ from protocol.errors import (
     OperationFailed,
     RequestError,
 )
-from sandbox.bundle_errors import shown
+from drivebay.sandbox.bundle_errors import shown
 
 if TYPE_CHECKING:
-    from kernel.driver_process import DriverProcess
-    from kernel.supervisor import DriverSlot
+    from drivebay.kernel.drivers.process import DriverProcess
+    from drivebay.kernel.drivers.slot import DriverSlot
 
 log = logging.getLogger("drivebay.actor")
 

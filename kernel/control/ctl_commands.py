@@ -3,7 +3,7 @@ request and its human rendering.
 
 A ``Command`` says how the command line reads (``arguments``), which fields
 its request carries on the socket (``fields``: the same as the command's
-request Struct in ``kernel/control_schema.py``, which a test checks field by
+request Struct in ``kernel/control/schema.py``, which a test checks field by
 field), how the request is built from the parsed line (``request``), and how
 its result is shown (``render``; a command that prints takes ``--json``).
 No msgspec, no asyncio here: ``drivebayctl status`` starts fast.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from kernel import ctl_render as show
+from drivebay.kernel.control import ctl_render as show
 
 if TYPE_CHECKING:
     import argparse
@@ -119,7 +119,7 @@ def _tail_request(args: argparse.Namespace) -> tuple[str, Payload]:
 
 
 def _describe_request(args: argparse.Namespace) -> tuple[str, Payload]:
-    from kernel.messages_catalog import language_from_environment
+    from drivebay.kernel.resources.catalog import language_from_environment
 
     return "describe", {"name": args.name, "lang": language_from_environment(os.environ)}
 
