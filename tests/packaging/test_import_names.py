@@ -4,6 +4,7 @@ repository's own venv and tests import our code only as ``drivebay.…``."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,10 +25,25 @@ def _uv() -> str:
     return str(Path(sys.executable).parent / "uv")
 
 
+def _source_copy(target: Path) -> Path:
+    """What the wheel is built from, copied: a build writes ``build/`` and
+    ``*.egg-info`` beside its sources, never into the repository under test."""
+    target.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, target / name)
+    skip = shutil.ignore_patterns("__pycache__")
+    for name in ("drivebay", "kernel", "sandbox", "protocol"):
+        shutil.copytree(ROOT / name, target / name, symlinks=True, ignore=skip)
+    return target
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_drivebay_and_no_generic_name(tmp_path: Path) -> None:
     subprocess.run(
-        [_uv(), "build", "--wheel", "--out-dir", str(tmp_path / "dist"), str(ROOT)],
+        [
+            *(_uv(), "build", "--wheel", "--out-dir", str(tmp_path / "dist")),
+            str(_source_copy(tmp_path / "src")),
+        ],
         check=True,
         capture_output=True,
         timeout=300,
@@ -80,7 +96,7 @@ def test_the_repository_venv_imports_only_drivebay(tmp_path: Path) -> None:
 
 
 def test_this_process_refuses_a_second_name() -> None:
-    with pytest.raises(ModuleNotFoundError, match="import drivebay.kernel, not kernel"):
+    with pytest.raises(ModuleNotFoundError, match=r"import drivebay\.kernel, not kernel"):
         __import__("kernel")
     assert not [
         name for name in sys.modules if name.partition(".")[0] in ("kernel", "sandbox", "protocol")
