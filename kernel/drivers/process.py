@@ -55,6 +55,7 @@ from drivebay.protocol.messages import (
 from drivebay.protocol.msgpack_lite import MAX_DEPTH
 from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN, describe_mismatch, negotiate
 from drivebay.sandbox.bundle_errors import shown
+from drivebay.sandbox.cancel_safe import wait_out_cancels
 from drivebay.sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
 
 log = logging.getLogger("drivebay.driver")
@@ -605,16 +606,15 @@ class DriverProcess:
         if self._watcher is not None:
             waits.append(self._watcher)
         try:
-            await asyncio.wait(waits, timeout=self.timeouts.kill_s * 4)
-        except asyncio.CancelledError:
             # Cancelled while reaping: finish reaping, then let the cancel through.
-            await asyncio.wait(waits, timeout=self.timeouts.kill_s * 4)
-            raise
+            cancelled = await wait_out_cancels(waits, timeout=self.timeouts.kill_s * 4)
         finally:
             if self._channel is not None:
                 self._channel.close()
             self._deadlines.close()
             child.close()
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 def limit_verdict(rlimits: Mapping[str, int], returncode: int, cpu_s: float, tail: str) -> str:

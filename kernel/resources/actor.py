@@ -41,6 +41,7 @@ from drivebay.protocol.errors import (
     RequestError,
 )
 from drivebay.sandbox.bundle_errors import shown
+from drivebay.sandbox.cancel_safe import wait_out_cancels
 
 if TYPE_CHECKING:
     from drivebay.kernel.drivers.process import DriverProcess
@@ -228,12 +229,7 @@ class ResourceActor:
         if task is None:
             return False
         task.cancel()
-        cancelled = False
-        while not task.done():
-            try:
-                await asyncio.wait([task])
-            except asyncio.CancelledError:
-                cancelled = True
+        cancelled = await wait_out_cancels([task])
         if not task.cancelled() and task.exception() is not None:
             log.error("actor %s had failed", self.resource_id, exc_info=task.exception())
         return cancelled
