@@ -12,11 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+from drivebay.kernel.control.schema import json_schema
+
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "docs" / "control-schema.json"
-sys.path.insert(0, str(ROOT))
-
-from drivebay.kernel.control.schema import json_schema  # noqa: E402
 
 
 def schema_text() -> str:
