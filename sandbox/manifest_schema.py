@@ -45,7 +45,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The validated contents of ``driver.yaml`` (see ARCHITECTURE.md, section 2).
+    """The validated contents of ``driver.yaml`` (see docs/drivers.md, "The bundle").
 
     ``version`` is in PEP 440 normal form; order versions with
     ``sandbox.pep440.version_key``. ``python`` is a specifier such as

@@ -1,12 +1,12 @@
 """The resources, kept in SQLite in the state dir (``<state>/resources.db``).
 
-A restart of ``drivebayd`` restores every resource and its binding from here
-(ARCHITECTURE.md, section 6), and which driver versions failed (so that a
-restart does not bring back a version the previous run had rolled back). The
-store is used from the event loop's thread only and every call is a short
-local query, so it is synchronous. The file
-is in WAL mode with ``synchronous=NORMAL``: a commit does not wait for the
-disk, a crash of the machine may lose the last commits but never corrupts.
+A restart of ``drivebayd`` restores every resource and its binding from here,
+and which driver versions failed (so that a restart does not bring back a
+version the previous run had rolled back). The store is used from the event
+loop's thread only and every call is a short local query, so it is
+synchronous. The file is in WAL mode with ``synchronous=NORMAL``: a commit
+does not wait for the disk, a crash of the machine may lose the last commits
+but never corrupts.
 
 The schema is versioned with ``PRAGMA user_version`` and grown by the
 functions in ``MIGRATIONS`` (the one at index ``n`` takes version ``n`` to
