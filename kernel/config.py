@@ -97,9 +97,31 @@ class ControlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_buffer_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # shared by large requests
 
 
+class TrustSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Which bundle signatures the daemon accepts (``trust:``); see docs/distribution.md.
+
+    ``keys`` and ``authorities`` are public key files (``NAME.pub``);
+    ``revoked`` lists key ids (sha256 hex of the raw public key)."""
+
+    signatures: Literal["off", "warn", "require"] = "off"
+    keys: tuple[str, ...] = ()
+    authorities: tuple[str, ...] = ()
+    revoked: tuple[str, ...] = ()
+
+
+class RepositorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One TUF repository under ``repositories:``: its URL (or directory) and
+    the trusted ``root.json`` a client starts its chain of trust from."""
+
+    name: str
+    url: str
+    root: str
+
+
 class DriverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per-driver settings under ``drivers: {NAME: ...}``."""
 
+    auto_update: bool | None = None  # None: the global auto_update
     user: str | None = None
     python: str | None = None
     log_level: str | None = None
@@ -130,6 +152,10 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     logs: LogSettings = LogSettings()
     bundles: BundleLimitSettings = BundleLimitSettings()
     control: ControlSettings = ControlSettings()
+    trust: TrustSettings = TrustSettings()
+    repositories: tuple[RepositorySettings, ...] = ()
+    update_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: never check
+    auto_update: bool = False  # install what a check finds without being asked
     drivers: dict[str, DriverSettings] = {}
 
     @property
@@ -222,6 +248,8 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "logs": LogSettings,
     "bundles": BundleLimitSettings,
     "control": ControlSettings,
+    "trust": TrustSettings,
+    "repositories[]": RepositorySettings,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,
 }
@@ -235,6 +263,7 @@ def explain(error: str) -> str:
     unknown = re.fullmatch(r"Object contains unknown field `(.+)`", message)
     if unknown:
         generic = re.sub(r"^drivers\.[^.]+", "drivers.*", path)
+        generic = re.sub(r"\[\d+\]", "[]", generic)
         known = _STRUCTS.get(generic, Config).__struct_fields__
         close = difflib.get_close_matches(unknown[1], known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else "known: " + ", ".join(known)

@@ -44,6 +44,10 @@ EFFECTS: dict[str, Effect] = {
     "restart": Effect.LIVE,
     "timeouts": Effect.LIVE,
     "bundles": Effect.LIVE,
+    "trust": Effect.LIVE,  # checked on each bundle read; a reload reads the drivers dir again
+    "repositories": Effect.LIVE,
+    "update_check_interval_s": Effect.LIVE,
+    "auto_update": Effect.LIVE,
     "log_level": Effect.RESPAWN,  # the daemon's own level at once, drivers' by a new process
     "python": Effect.RESPAWN,
     "user": Effect.RESPAWN,
