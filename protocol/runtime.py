@@ -28,11 +28,27 @@ import socket
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
-from . import errors
 from .child_codec import ChildCodec
+from .child_messages import (
+    already_attached,
+    cancelled,
+    draining,
+    error_reply,
+    event_message,
+    hello_message,
+    log_message,
+    not_attached,
+    pong_message,
+    ready_message,
+    result_message,
+    result_too_large,
+    sendable,
+    unencodable_result,
+    unknown_operation,
+)
 from .errors import ProtocolError
 from .outbox import Outbox
 from .versions import PROTOCOL_MAX, PROTOCOL_MIN
@@ -61,93 +77,6 @@ class Settings:
         self.containment = environ.get("DRIVEBAY_CONTAINMENT", "auto")
 
 
-# -- error replies: each ``error`` the runtime sends is built here, by one function
-
-
-def error_message(request_id: int, name: str, message: str, trace: str = "") -> list[Any]:
-    """The ``error`` message (the kernel's ``messages.Error``)."""
-    return ["error", request_id, name, message, trace]
-
-
-def cancelled(request_id: int, message: str = "cancelled by the kernel") -> list[Any]:
-    return error_message(request_id, errors.CANCELLED, message)
-
-
-def draining(request_id: int) -> list[Any]:
-    return error_message(request_id, errors.DRAINING, "driver is draining")
-
-
-def not_attached(request_id: int, resource_id: str) -> list[Any]:
-    message = f"resource {resource_id!r} is not attached to this driver"
-    return error_message(request_id, errors.NOT_ATTACHED, message)
-
-
-def already_attached(request_id: int, resource_id: str) -> list[Any]:
-    message = f"resource {resource_id!r} is already attached"
-    return error_message(request_id, errors.ALREADY_ATTACHED, message)
-
-
-def unknown_operation(request_id: int, op: str, known: Iterable[str]) -> list[Any]:
-    listed = ", ".join(sorted(known)) or "none"
-    message = f"driver has no operation {op!r} (operations: {listed})"
-    return error_message(request_id, errors.UNKNOWN_OPERATION, message)
-
-
-def result_too_large(request_id: int, size: int, limit: int) -> list[Any]:
-    message = (
-        f"the result takes {size} bytes, over the channel's limit of {limit}; return less "
-        "(in pages), or raise max_frame_bytes in the daemon's config"
-    )
-    return error_message(request_id, errors.RESULT_TOO_LARGE, message)
-
-
-def unencodable_result(request_id: int, value: object, exc: Exception) -> list[Any]:
-    message = (
-        f"the result ({type(value).__name__}) cannot be sent: {_sendable(str(exc))}; return "
-        "plain values (None, bool, int, float, str, bytes, list, dict) or the types "
-        "docs/protocol.md lists (datetime, UUID, Decimal, Enum, set, dataclass...)"
-    )
-    return error_message(request_id, errors.UNENCODABLE_RESULT, message)
-
-
-def error_reply(request_id: int, exc: BaseException) -> list[Any]:
-    """The ``error`` message for ``exc``. Whatever the exception holds, the
-    reply can be encoded: a ``__str__`` that raises, or text with lone
-    surrogates (a file name decoded with ``os.fsdecode``), must not leave the
-    call without an answer."""
-    kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
-    try:
-        text = "".join(traceback.format_exception(exc))
-    except Exception:  # a broken exception still gets its reply
-        text = ""
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"(its message could not be read: str() of this {name} failed)"
-    if isinstance(exc, MemoryError):
-        message = memory_verdict() or message or "out of memory"
-    return error_message(request_id, _sendable(name), _sendable(message), _sendable(text))
-
-
-def _sendable(text: str) -> str:
-    """``text`` as valid UTF-8: lone surrogates become backslash escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def memory_verdict() -> str:
-    """``exceeded memory limit 512 MiB`` when the kernel set one (RLIMIT_AS)."""
-    for item in os.environ.get("DRIVEBAY_RLIMITS", "").split(","):
-        name, _, value = item.partition("=")
-        if name == "as" and value.isdigit():
-            return f"exceeded memory limit {int(value) // (1024 * 1024)} MiB"
-    return ""
-
-
 class ChannelLogHandler(logging.Handler):
     """Sends the driver's log records to the kernel as ``log`` messages."""
 
@@ -159,7 +88,8 @@ class ChannelLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            frame = self._codec.encode(["log", record.levelno, record.name, self.format(record)])
+            message = log_message(record.levelno, record.name, self.format(record))
+            frame = self._codec.encode(message)
             if self._in_loop_thread():
                 self._outbox.send(frame)
             else:
@@ -243,7 +173,7 @@ def _shown(annotation: Any) -> Any:
 
 
 def _cut(text: str) -> str:
-    return _sendable(text if len(text) <= DESCRIBED_MAX else text[: DESCRIBED_MAX - 1] + "…")
+    return sendable(text if len(text) <= DESCRIBED_MAX else text[: DESCRIBED_MAX - 1] + "…")
 
 
 class DriverServer(asyncio.Protocol):
@@ -292,7 +222,7 @@ class DriverServer(asyncio.Protocol):
     def _send_result(self, request_id: int, value: Any) -> None:
         """The reply to a request, or an error saying its value cannot travel."""
         try:
-            frame = self._codec.encode(["result", request_id, value])
+            frame = self._codec.encode(result_message(request_id, value))
             if len(frame) - 4 > self._codec.max_frame:  # the kernel would end the channel
                 self._send(result_too_large(request_id, len(frame) - 4, self._codec.max_frame))
                 return
@@ -327,7 +257,7 @@ class DriverServer(asyncio.Protocol):
 
     def emit(self, resource_id: str, name: str, data: Any = None) -> None:
         """What a driver instance calls as ``emit(name, data)``; from any thread."""
-        frame = self._codec.encode(["event", resource_id, name, data])
+        frame = self._codec.encode(event_message(resource_id, name, data))
         if len(frame) - 4 > self._codec.max_frame:
             raise ValueError(
                 f"event {name!r} takes {len(frame) - 4} bytes, over the channel's limit of "
@@ -355,7 +285,7 @@ class DriverServer(asyncio.Protocol):
                     raise TypeError("call needs op: str and args: dict")
                 self._call(request_id, resource_id, op, args)
             elif tag == "ping":
-                self._send(["pong", message[1]])
+                self._send(pong_message(message[1]))
             elif tag == "cancel":
                 self._cancel(message[1])
             elif tag == "attach":
@@ -496,12 +426,12 @@ class DriverServer(asyncio.Protocol):
             await self._detach_instance(request_id, instance, "attach cancelled by the kernel")
             return
         self._instances[resource_id] = instance
-        self._send(["result", request_id, None])
+        self._send(result_message(request_id, None))
 
     def _detach(self, request_id: int, resource_id: str) -> None:
         instance = self._instances.pop(resource_id, None)
         if instance is None:
-            self._send(["result", request_id, None])  # detaching is idempotent
+            self._send(result_message(request_id, None))  # detaching is idempotent
             return
         self._spawn(self._detach_instance(request_id, instance))
 
@@ -520,12 +450,12 @@ class DriverServer(asyncio.Protocol):
         if given_up is not None:
             self._send(cancelled(request_id, given_up))
             return
-        self._send(["result", request_id, None])
+        self._send(result_message(request_id, None))
 
     def _health(self, request_id: int) -> None:
         health = getattr(self._ops.driver_class, "health", None)
         if health is None:
-            self._send(["result", request_id, {"ok": True}])
+            self._send(result_message(request_id, {"ok": True}))
             return
         self._run(request_id, health, {}, inspect.iscoroutinefunction(health))
 
@@ -604,8 +534,7 @@ def _handshake(
     sock: socket.socket, codec: ChildCodec, settings: Settings, loop_name: str
 ) -> list[list[Any]]:
     """Say Hello and wait for Welcome; return any messages that came after it."""
-    hello = [
-        "hello",
+    hello = hello_message(
         PROTOCOL_MIN,
         PROTOCOL_MAX,
         settings.driver,
@@ -614,7 +543,7 @@ def _handshake(
         codec.name,
         sys.version.split()[0],
         loop_name,
-    ]
+    )
     sock.sendall(codec.encode(hello))
     while True:
         data = sock.recv(65536)
@@ -624,7 +553,7 @@ def _handshake(
         for index, message in enumerate(messages):
             match message:
                 case ["ping", int(seq), *_]:  # a spare waiting for its Welcome is pinged
-                    sock.sendall(codec.encode(["pong", seq]))
+                    sock.sendall(codec.encode(pong_message(seq)))
                 case ["welcome", int(_), *_]:
                     return messages[index + 1 :]
                 case ["refuse", str(reason), *_]:
@@ -717,7 +646,7 @@ def main() -> None:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
-    ready = ["ready", sorted(operations.is_async), operations.has_health, operations.details]
+    ready = ready_message(sorted(operations.is_async), operations.has_health, operations.details)
     sock.sendall(codec.encode(ready))
     sock.setblocking(False)
     code = runner(_serve(sock, codec, operations, early, settings))

@@ -37,6 +37,7 @@ CHILD_MODULES = (
     "frames.py",
     "msgpack_lite.py",
     "child_codec.py",
+    "child_messages.py",
     "outbox.py",
     "init_shim.py",
     "runtime.py",
