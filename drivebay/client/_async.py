@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from drivebay.client._errors import (
@@ -92,18 +93,22 @@ class AsyncClient:
     ) -> Any:
         """Send one request and return its result; ``OperationError`` for an
         error reply. ``command`` and the fields are ``kernel/control/schema.py``'s."""
-        async for reply in self.replies(command, request_args(args, fields)):
-            _raise_error(reply)
-            return reply.result
+        async with aclosing(self.replies(command, request_args(args, fields))) as replies:
+            async for reply in replies:
+                _raise_error(reply)
+                return reply.result
         raise ConnectionLost(f"drivebayd at {self.path} sent no reply")  # pragma: no cover
 
     async def stream(
         self, command: str, args: Mapping[str, Any] | None = None, /, **fields: Any
     ) -> AsyncIterator[Any]:
-        """Each result of a streaming request (``tail-follow``), as it comes."""
-        async for reply in self.replies(command, request_args(args, fields)):
-            _raise_error(reply)
-            yield reply.result
+        """Each result of a streaming request (``tail-follow``), as it comes.
+        Leave it through ``contextlib.aclosing``: its later replies are then
+        dropped (the daemon streams until the connection closes)."""
+        async with aclosing(self.replies(command, request_args(args, fields))) as replies:
+            async for reply in replies:
+                _raise_error(reply)
+                yield reply.result
 
     async def call(
         self,
@@ -116,7 +121,7 @@ class AsyncClient:
         with ``type`` ``OperationFailed`` and the driver's traceback if it raised."""
         return await self.request("call", call_args(resource, op, args, timeout))
 
-    async def replies(self, command: str, args: Mapping[str, Any]) -> AsyncIterator[Reply]:
+    async def replies(self, command: str, args: Mapping[str, Any]) -> AsyncGenerator[Reply, None]:
         """Send one request and yield its replies as they are, errors included."""
         connection = self._connection
         if self._broken is not None:

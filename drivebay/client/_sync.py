@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import socket
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
+from contextlib import closing, suppress
 from typing import Any
 
 from drivebay.client._errors import (
@@ -88,6 +89,7 @@ class Client:
         self._pending: list[Reply] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
+        self._reader: int | None = None  # the thread between a request and its last reply
 
     @property
     def path(self) -> str:
@@ -123,13 +125,16 @@ class Client:
         return sock
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        """Close the connection; a request in flight in another thread ends
+        with ``ConnectionLost`` (so no lock: the reader holds it)."""
+        self._drop()
 
     def _drop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in recv
+            sock.close()
 
     def __enter__(self) -> Client:
         self.open()
@@ -141,18 +146,21 @@ class Client:
     def request(self, command: str, args: Mapping[str, Any] | None = None, /, **fields: Any) -> Any:
         """Send one request and return its result; ``OperationError`` for an
         error reply. ``command`` and the fields are ``kernel/control/schema.py``'s."""
-        for reply in self.replies(command, request_args(args, fields)):
-            reply.raise_error()
-            return reply.result
+        with closing(self.replies(command, request_args(args, fields))) as replies:
+            for reply in replies:
+                reply.raise_error()
+                return reply.result
         raise ConnectionLost(f"drivebayd at {self.path} sent no reply")  # pragma: no cover
 
     def stream(
         self, command: str, args: Mapping[str, Any] | None = None, /, **fields: Any
     ) -> Iterator[Any]:
-        """Each result of a streaming request (``tail-follow``), as it comes."""
-        for reply in self.replies(command, request_args(args, fields)):
-            reply.raise_error()
-            yield reply.result
+        """Each result of a streaming request (``tail-follow``), as it comes.
+        Leaving it early closes the connection (the next request opens another)."""
+        with closing(self.replies(command, request_args(args, fields))) as replies:
+            for reply in replies:
+                reply.raise_error()
+                yield reply.result
 
     def call(
         self,
@@ -165,19 +173,26 @@ class Client:
         with ``type`` ``OperationFailed`` and the driver's traceback if it raised."""
         return self.request("call", call_args(resource, op, args, timeout))
 
-    def replies(self, command: str, args: Mapping[str, Any]) -> Iterator[Reply]:
+    def replies(self, command: str, args: Mapping[str, Any]) -> Generator[Reply, None, None]:
         """Send one request and yield its replies as they are, errors included
         (a program that shows them, as drivebayctl does). Left before the last
         reply, the connection closes: the next request opens a new one."""
         request_id = next(self._ids)
         data = encode_request(request_id, command, args)  # RequestError before connecting
+        if self._reader == threading.get_ident():  # waiting for the lock would never end
+            raise RuntimeError(
+                "this thread is still reading the replies of a request on this Client; "
+                "use a second Client meanwhile"
+            )
         with self._lock:
-            sock = self._open()
+            self._reader = threading.get_ident()
             finished = False
             try:
-                yield from self._exchange(sock, request_id, data)
-                finished = True
+                for reply in self._exchange(self._open(), request_id, data):
+                    finished = not reply.more
+                    yield reply
             finally:
+                self._reader = None
                 if not finished:
                     self._drop()
 
@@ -195,14 +210,13 @@ class Client:
                 if reply.id not in (request_id, 0):
                     continue  # cannot happen: one request at a time
                 yield reply
-                if not reply.more or reply.id == 0:
+                if not reply.more:
                     return
-            self._pending.extend(self._read(unsent))
+            self._pending.extend(self._read(sock, unsent))
 
-    def _read(self, unsent: OSError | None) -> list[Reply]:
-        assert self._sock is not None
+    def _read(self, sock: socket.socket, unsent: OSError | None) -> list[Reply]:
         try:
-            data = self._sock.recv(1 << 16)
+            data = sock.recv(1 << 16)
         except OSError as exc:
             if unsent is None:
                 raise ConnectionLost(f"lost the connection to drivebayd at {self.path}") from exc
