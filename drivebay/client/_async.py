@@ -69,12 +69,12 @@ class AsyncClient:
         loop = asyncio.get_running_loop()
         codec: MessageCodec[Reply] = MessageCodec(Reply, "drivebayd")
         channel = FramedChannel(codec, self._reply, self._violation, on_lost=self._lost)
+        self._broken = None  # before connecting: a refusal may come with the connection
         try:
             await loop.create_unix_connection(lambda: channel, self.path)
         except OSError as exc:
             raise DaemonUnavailable.because(self.path, exc) from exc
         self._connection = channel
-        self._broken = None
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -189,7 +189,7 @@ class Client:
             finished = False
             try:
                 for reply in self._exchange(self._open(), request_id, data):
-                    finished = not reply.more
+                    finished = not reply.more and reply.id != 0  # id 0: the connection ends
                     yield reply
             finally:
                 self._reader = None
