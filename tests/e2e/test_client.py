@@ -157,3 +157,20 @@ def test_permission_denied_says_whose_socket_it_is() -> None:
         "permission denied on /run/d.sock; run as the daemon's user "
         "or give this user access to the socket"
     )
+
+
+def test_the_docs_name_every_error_of_protocol_errors() -> None:
+    """docs/client.md's tables of error names are protocol/errors.py's, no more, no less."""
+    import re
+
+    from drivebay.protocol import errors
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "client.md").read_text()
+    table = set(re.findall(r"^\| `(\w+)` \|", text, re.MULTILINE))
+    raised = {"OperationError", "DaemonUnavailable", "ConnectionLost", "NotDrivebayd"}
+    classes = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, DrivebayError)
+    }
+    assert table == classes - {"DrivebayError"} | errors.RUNTIME_ERRORS | raised
