@@ -81,6 +81,8 @@ def test_client_is_shared_by_threads_and_streams(mis):  # noqa: F811
             if "hello" in text:
                 break
             assert text == ""
+            with pytest.raises(RuntimeError, match="use a second Client"):
+                client.call("v1", "echo")  # this thread holds the connection
             with Client(str(mis.socket)) as other:  # this one is busy with the stream
                 assert other.call("v1", "say", {"text": "hello"}) is True
         # Left early: that connection closed; the next request opens another.
