@@ -9,13 +9,18 @@ msgspec, no asyncio): ``status`` must answer in well under 100 ms.
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from drivebay import __version__
+from drivebay.client import (
+    Client,
+    ConnectionLost,
+    DaemonUnavailable,
+    NotDrivebayd,
+    RequestError,
+    control_socket,
+)
 from drivebay.kernel.control.ctl_commands import (
     BY_WIRE,
     BY_WORDS,
@@ -30,9 +35,6 @@ from drivebay.kernel.control.ctl_render import (
     print_status as print_status,  # re-exported: how a status row reads
 )
 from drivebay.protocol.control_codes import EXIT_NO_SUCH, EXIT_USAGE
-from drivebay.protocol.errors import ProtocolError
-from drivebay.protocol.frames import HEADER, FrameSplitter
-from drivebay.protocol.msgpack_lite import MsgpackError, packb, unpackb
 
 if TYPE_CHECKING:
     import argparse
@@ -88,92 +90,9 @@ def _add(sub: Any, word: str, command: Command) -> None:
         command.arguments(parser)
 
 
-class Reply:
-    """A ``protocol.control.Reply`` read without msgspec (it costs 30 ms to import)."""
-
-    def __init__(self, fields: dict[str, Any]) -> None:
-        self.ok = bool(fields.get("ok"))
-        self.result = fields.get("result")
-        self.error = str(fields.get("error", ""))
-        self.code = int(fields.get("code", 0))
-        self.more = bool(fields.get("more", False))
-        self.error_type = str(fields.get("error_type", ""))
-        self.traceback = str(fields.get("traceback", ""))
-
-
-class Client:
-    """One blocking connection to the control socket.
-
-    Speaks ``protocol.control`` through the standard-library codec, which
-    writes the same bytes as msgspec (as a driver child without msgspec does).
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.connect(path)
-        self._frames = FrameSplitter("drivebayd")
-        self._pending: list[Reply] = []
-
-    def request(self, frame: bytes) -> Iterator[Reply]:
-        """Send one request (see ``encode_request``) and yield its replies.
-
-        Raises ProtocolError when the peer answers something that is not
-        drivebayd's protocol (``-s`` names another program's socket)."""
-        try:
-            self._sock.sendall(frame)
-        except OSError as exc:
-            # Refused at once (too many connections): its one line may be here.
-            unsent: OSError | None = exc
-        else:
-            unsent = None
-        while True:
-            while self._pending:
-                reply = self._pending.pop(0)
-                yield reply
-                if not reply.more:
-                    return
-            try:
-                data = self._sock.recv(1 << 16)
-            except OSError:
-                if unsent is None:
-                    raise
-                data = b""
-            if not data:
-                raise unsent or ConnectionError("drivebayd closed the connection")
-            try:
-                self._pending.extend(Reply(unpackb(raw)) for raw in self._frames.feed(data))
-            except (MsgpackError, AttributeError, TypeError, ValueError) as exc:
-                raise ProtocolError(f"{self.path} does not answer as drivebayd: {exc}") from exc
-
-    def close(self) -> None:
-        self._sock.close()
-
-
-def encode_request(command: str, args: dict[str, Any]) -> bytes:
-    """The request as a frame; raises UsageError for a value MessagePack
-    cannot carry (an int beyond 64 bits, say)."""
-    try:
-        payload = packb({"type": "request", "id": 1, "command": command, "args": args})
-    except MsgpackError as exc:
-        raise UsageError(f"cannot send that request: {exc}") from exc
-    return HEADER.pack(len(payload)) + payload
-
-
 def socket_path(args: argparse.Namespace) -> str:
-    """-s, else the config's socket (the same file the daemon reads), else the default."""
-    if args.socket:
-        return str(args.socket)
-    from drivebay.kernel.config_search import find_config
-
-    path = find_config(args.config)
-    if path is None:
-        from drivebay.kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
-
-        return os.path.join(os.path.expanduser(DEFAULT_STATE_DIR), SOCKET_NAME)
-    from drivebay.kernel.config import load_config
-
-    return str(load_config(path).socket_path)
+    """-s, else the socket ``control_socket`` finds from -c (as the daemon does)."""
+    return str(args.socket) if args.socket else control_socket(args.config)
 
 
 def request_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -227,42 +146,38 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         command, payload = request_args(args)
-        frame = encode_request(command, payload)
     except UsageError as exc:
         print(f"drivebayctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    client = Client(path)
     try:
-        client = Client(path)
-    except PermissionError:
-        print(
-            f"drivebayctl: permission denied on {path}; run as the daemon's user", file=sys.stderr
-        )
-        return EXIT_NO_SUCH
-    except OSError:
-        print(f"drivebayd is not running at {path}", file=sys.stderr)
-        return EXIT_NO_SUCH
-    try:
-        return run(client, command, frame, args)
+        return run(client, command, payload, args)
     except KeyboardInterrupt:
         return 0
-    except (ConnectionError, OSError) as exc:
-        print(f"drivebayctl: lost the connection to drivebayd at {path}: {exc}", file=sys.stderr)
-        return 1
-    except ProtocolError as exc:
+    except RequestError as exc:  # a value the request cannot carry; checked before connecting
+        print(f"drivebayctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except DaemonUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_NO_SUCH
+    except NotDrivebayd as exc:
         print(f"drivebayctl: {exc}; check -s or the config's socket", file=sys.stderr)
+        return 1
+    except ConnectionLost as exc:
+        print(f"drivebayctl: {exc}", file=sys.stderr)
         return 1
     finally:
         client.close()
 
 
-def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) -> int:
+def run(client: Client, command: str, payload: dict[str, Any], args: argparse.Namespace) -> int:
     """Print the replies to the request ``command`` (its name on the wire)."""
     as_json = getattr(args, "json", False)
     if as_json and command == "call":
-        return run_call_json(client, frame)
+        return run_call_json(client, payload)
     render = BY_WIRE[command].render if command in BY_WIRE else None
     code = 0
-    for reply in client.request(frame):
+    for reply in client.replies(command, payload):
         if not reply.ok:
             # An operation's own failure reads "error: TYPE: message" (callers
             # parse it); everything else is drivebayctl's own complaint.
@@ -284,11 +199,11 @@ def run(client: Client, command: str, frame: bytes, args: argparse.Namespace) ->
     return code
 
 
-def run_call_json(client: Client, frame: bytes) -> int:
+def run_call_json(client: Client, payload: dict[str, Any]) -> int:
     """``call --json``: ``{"ok": true, "result": ...}``, or ``{"ok": false,
     "error": {"type", "message", "traceback"}}`` where ``type`` is the drivebay
     error's name (``OperationFailed``, ``CallTimeout``, ``NoSuchName``, ...)."""
-    for reply in client.request(frame):
+    for reply in client.replies("call", payload):
         if reply.ok:
             print(json_text({"ok": True, "result": reply.result}, indent=2))
             return reply.code

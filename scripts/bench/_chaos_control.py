@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from _chaos_scene import Scene
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.control import Reply, Request
 from drivebay.protocol.frames import DEFAULT_MAX_FRAME
@@ -187,7 +187,7 @@ async def _fresh_client(path: str) -> str:
     """What a new client's ``version`` request gets."""
     try:
         async with asyncio.timeout(5.0):
-            client = await ControlClient.connect(path)
+            client = await AsyncClient.connect(path)
             try:
                 await client.request("version")
             finally:

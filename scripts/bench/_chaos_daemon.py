@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 
 BIN = Path(sys.executable).parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "chaos" / "chaos.py"
@@ -90,7 +90,7 @@ class Chaosd:
             "drivers": {},
         }
         self.process: asyncio.subprocess.Process | None = None
-        self.admin = ControlClient()
+        self.admin = AsyncClient()
         root.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(exist_ok=True)
         self.drivers_dir.mkdir(exist_ok=True)
@@ -152,17 +152,17 @@ class Chaosd:
             os.close(log_fd)
         self.admin = await self.connect()
 
-    async def connect(self) -> ControlClient:
+    async def connect(self) -> AsyncClient:
         async with asyncio.timeout(60):
             while True:
                 if self.process is not None and self.process.returncode is not None:
                     raise RuntimeError(f"drivebayd exited {self.process.returncode}: {self.tail()}")
                 try:
-                    return await ControlClient.connect(str(self.socket))
+                    return await AsyncClient.connect(str(self.socket))
                 except OSError:
                     await asyncio.sleep(0.01)
 
-    async def connections(self, count: int) -> list[ControlClient]:
+    async def connections(self, count: int) -> list[AsyncClient]:
         return [await self.connect() for _ in range(count)]
 
     def kill(self) -> None:
@@ -211,7 +211,7 @@ class Chaosd:
 
     # -- asking it -----------------------------------------------------------------------
 
-    async def row(self, client: ControlClient, name: str) -> dict[str, Any] | None:
+    async def row(self, client: AsyncClient, name: str) -> dict[str, Any] | None:
         rows = await client.request("status")
         return next((r for r in rows if r["name"] == name and r["version"]), None)
 

@@ -30,7 +30,7 @@ from _chaos_daemon import Chaosd
 from _chaos_load import error_type
 from _chaos_scene import Scene
 
-from drivebay.client import ControlClient, OperationError
+from drivebay.client import AsyncClient, OperationError
 
 LATE = "chaos-late"  # the driver whose bundle is dropped while the disk is full
 
@@ -148,7 +148,7 @@ async def prepare(daemon: Chaosd, driver: str, plan: DiskPlan) -> None:
             )
 
 
-async def _change(client: ControlClient, driver: str, change: Change) -> None:
+async def _change(client: AsyncClient, driver: str, change: Change) -> None:
     kind, resource = change.kind, change.resource
     requests: dict[str, tuple[str, dict[str, Any]]] = {
         "add": ("resource-add", {"id": resource, "driver": driver, "assignments": [change.value]}),
@@ -168,7 +168,7 @@ async def _change(client: ControlClient, driver: str, change: Change) -> None:
     change.live_agrees = _agrees(change, await _resources(client))
 
 
-async def _resources(client: ControlClient) -> dict[str, dict[str, Any]]:
+async def _resources(client: AsyncClient) -> dict[str, dict[str, Any]]:
     rows = await client.request("resources")
     return {row["id"]: row for row in rows}
 

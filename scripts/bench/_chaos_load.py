@@ -20,7 +20,7 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivebay.client import ControlClient, OperationError
+from drivebay.client import AsyncClient, OperationError
 
 PENDING, OK, FAILED = 0, 1, 2
 GRACE_S = 5.0  # past a call's own deadline, before it counts as never answered
@@ -80,7 +80,7 @@ class Load:
     def __init__(
         self,
         tally: Tally,
-        clients: list[ControlClient],
+        clients: list[AsyncClient],
         per_resource: int,
         op: str = "record",
         timeout: float = 10.0,
@@ -93,16 +93,16 @@ class Load:
         self._stop = asyncio.Event()
         self._resumed = asyncio.Event()  # replaced, once set, by each resume
 
-    def client_of(self, resource: str) -> ControlClient:
+    def client_of(self, resource: str) -> AsyncClient:
         """The connection ``resource``'s calls go over."""
         index = self.tally.resources.index(resource)
         return self._clients[index % len(self._clients)]
 
     @property
-    def clients(self) -> list[ControlClient]:
+    def clients(self) -> list[AsyncClient]:
         return self._clients
 
-    def resume(self, clients: list[ControlClient]) -> None:
+    def resume(self, clients: list[AsyncClient]) -> None:
         """Go on over new connections (the callers whose connection was lost wait for this)."""
         self._clients = clients
         resumed, self._resumed = self._resumed, asyncio.Event()

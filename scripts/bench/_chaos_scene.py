@@ -20,7 +20,7 @@ import _common
 from _chaos_daemon import Chaosd, processes_left
 from _chaos_load import FAILED, OK, PENDING, Load, Tally, check_ledger
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 
 STATUS_TIMEOUT_S = 5.0  # a status request unanswered this long counts as unanswered
 PROBE_EVERY_S = 0.05
@@ -56,7 +56,7 @@ class Figures:
 class StatusProbe:
     """``status`` over an already connected client, timed; every call counts."""
 
-    def __init__(self, client: ControlClient) -> None:
+    def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.samples_ms: list[float] = []
         self.unanswered = 0
@@ -167,7 +167,7 @@ class Scene:
 Body = Callable[[Scene], Awaitable[None]]
 
 
-async def add_resources(client: ControlClient, driver: str, ids: list[str]) -> None:
+async def add_resources(client: AsyncClient, driver: str, ids: list[str]) -> None:
     await asyncio.gather(
         *(client.request("resource-add", {"id": r, "driver": driver}) for r in ids)
     )

@@ -62,7 +62,7 @@ from typing import Any, Protocol, TypeVar
 import _common
 from supervisor.xmlrpc import SupervisorTransport
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "supervise"
@@ -208,7 +208,7 @@ class Drivebay:
     label = "drivebay"
 
     def __init__(
-        self, root: Path, names: list[str], runner: asyncio.Runner, client: ControlClient
+        self, root: Path, names: list[str], runner: asyncio.Runner, client: AsyncClient
     ) -> None:
         self.names = names
         self.log_path = root / "drivebayd.log"
@@ -256,13 +256,13 @@ def write_bundle(root: Path, name: str) -> Path:
     return bundle
 
 
-async def _connect(path: Path, process: subprocess.Popen[bytes]) -> ControlClient:
+async def _connect(path: Path, process: subprocess.Popen[bytes]) -> AsyncClient:
     end = time.monotonic() + 30
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"drivebayd exited {process.returncode}; see its log")
         try:
-            return await ControlClient.connect(str(path))
+            return await AsyncClient.connect(str(path))
         except OSError:
             if time.monotonic() > end:
                 raise

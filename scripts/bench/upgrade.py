@@ -19,7 +19,7 @@ this process, on uvloop:
   control server), called with ``kernel.book.call``: the actor path without
   the control-socket hop;
 - *drivebayd*: a real daemon, resources added with ``resource-add``, calls
-  over 4 ``ControlClient`` connections (each resource on one of them, so the
+  over 4 ``AsyncClient`` connections (each resource on one of them, so the
   daemon sees each resource's calls in the order they were made).
 
 1. Steady state: the three run side by side and are measured in turn, in
@@ -65,7 +65,7 @@ from typing import Any
 
 import _common
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 
 BIN = Path(sys.executable).parent
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "upgrade"
@@ -355,20 +355,20 @@ class Daemon:
         self.root = root
         self.process = process
         self.log_path = root / "drivebayd.log"
-        self.admin = ControlClient()
+        self.admin = AsyncClient()
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
-    async def connect(self) -> ControlClient:
+    async def connect(self) -> AsyncClient:
         """A new connection; retried while the socket is not there yet."""
         async with asyncio.timeout(30):
             while True:
                 if self.process.returncode is not None:
                     raise RuntimeError(f"drivebayd exited {self.process.returncode}; see its log")
                 try:
-                    return await ControlClient.connect(str(self.root / "ctl.sock"))
+                    return await AsyncClient.connect(str(self.root / "ctl.sock"))
                 except OSError:
                     await asyncio.sleep(POLL_S)
 
@@ -444,8 +444,8 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connections(daemon: Daemon, count: int) -> AsyncIterator[list[ControlClient]]:
-    clients: list[ControlClient] = []
+async def connections(daemon: Daemon, count: int) -> AsyncIterator[list[AsyncClient]]:
+    clients: list[AsyncClient] = []
     try:
         for _ in range(count):
             clients.append(await daemon.connect())
@@ -455,11 +455,11 @@ async def connections(daemon: Daemon, count: int) -> AsyncIterator[list[ControlC
             await client.close()
 
 
-async def add_resources(clients: list[ControlClient], ids: list[str], in_flight: int) -> None:
+async def add_resources(clients: list[AsyncClient], ids: list[str], in_flight: int) -> None:
     """``resource-add`` every id, ``in_flight`` requests at a time over ``clients``."""
     slots = asyncio.Semaphore(in_flight)
 
-    async def add(client: ControlClient, resource: str) -> None:
+    async def add(client: AsyncClient, resource: str) -> None:
         async with slots:
             await client.request(
                 "resource-add", {"id": resource, "driver": DRIVER, "assignments": []}
@@ -470,7 +470,7 @@ async def add_resources(clients: list[ControlClient], ids: list[str], in_flight:
             group.create_task(add(clients[n % len(clients)], resource))
 
 
-async def daemon_target(daemon: Daemon, clients: list[ControlClient], plan: Plan) -> Target:
+async def daemon_target(daemon: Daemon, clients: list[AsyncClient], plan: Plan) -> Target:
     resources = resource_ids("r", plan.resources)
     await add_resources(clients, resources, plan.resources)
     calls: dict[str, Call] = {}
@@ -520,7 +520,7 @@ async def upgrades_under_load(
     return before, load.sample(done[0].dropped, done[-1].done), done
 
 
-async def flush_ledger(client: ControlClient, resources: list[str]) -> None:
+async def flush_ledger(client: AsyncClient, resources: list[str]) -> None:
     """Each instance writes its lines when detached or told to: tell the last ones."""
     await asyncio.gather(*(client.call(resource, "flush") for resource in resources))
 

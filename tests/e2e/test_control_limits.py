@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from drivebay.client import ControlClient, OperationError
+from drivebay.client import AsyncClient, OperationError
+from drivebay.client._sync import encode_request
 from drivebay.kernel.control.limits import stalled
-from drivebay.kernel.drivebayctl import encode_request
 from drivebay.protocol.frames import HEADER, FrameSplitter
 from drivebay.protocol.msgpack_lite import unpackb
 from tests.e2e.harness import BIN, Daemon, wait_for
@@ -73,7 +73,7 @@ class Raw:
 
     def status(self) -> dict[str, Any]:
         """Ask for status on this connection; its reply."""
-        self.sock.sendall(encode_request("status", {"names": []}))
+        self.sock.sendall(encode_request(1, "status", {"names": []}))
         while True:
             data = self.sock.recv(1 << 16)
             assert data, "the daemon closed a connection it had accepted"
@@ -175,10 +175,10 @@ def test_connections_beyond_the_cap_are_refused_with_one_line(daemon_factory):
 
 
 def refused_to_a_program(path: Path) -> str:
-    """What ``ControlClient`` raises when its connection is refused."""
+    """What ``AsyncClient`` raises when its connection is refused."""
 
     async def attempt() -> str:
-        client = await ControlClient.connect(str(path))
+        client = await AsyncClient.connect(str(path))
         try:
             await client.request("status")
         except OperationError as exc:
@@ -315,7 +315,7 @@ def test_a_refused_client_is_sent_nothing_after_its_line(daemon_factory, tmp_pat
         follower = Raw(daemon.socket)
         clients.append(follower)
         follow = {"name": "sayer", "stream": "stdout", "lines": 0}
-        follower.sock.sendall(encode_request("tail-follow", follow))
+        follower.sock.sendall(encode_request(1, "tail-follow", follow))
         assert daemon.ctl("call", "s1", "say", "text=before").returncode == 0
         wait_for(
             lambda: any(reply["result"] == "before\n" for reply in follower.some_replies()),
@@ -334,7 +334,7 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_from(daemon):
     assert daemon.process is not None
     pid = daemon.process.pid
     before = rss_kb(pid)
-    request = encode_request("version", {}) * 1000
+    request = encode_request(1, "version", {}) * 1000
     with raw_connections(daemon.socket) as clients:
         greedy = Raw(daemon.socket)
         clients.append(greedy)

@@ -47,10 +47,10 @@ def test_acting_commands_print_json_too(mis):  # noqa: F811
 def test_the_client_library_names_the_error_too(mis):  # noqa: F811
     import uvloop
 
-    from drivebay.client import ControlClient, OperationError
+    from drivebay.client import AsyncClient, OperationError
 
     async def main() -> OperationError:
-        client = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
         try:
             await client.request("describe", {"nme": "mis"})
         except OperationError as exc:

@@ -248,7 +248,9 @@ def test_exit_codes_and_json(daemon, tmp_path):
     daemon.stop()
     gone = daemon.ctl("status")
     assert gone.returncode == 4
-    assert gone.stderr == f"drivebayd is not running at {daemon.socket}\n"
+    assert gone.stderr == (
+        f"drivebayd is not running at {daemon.socket}; start it with drivebayd\n"
+    )
     assert daemon.ctl("stop", "alpha").returncode == 4
 
 

@@ -9,7 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 from tests.e2e.harness import Daemon
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
@@ -43,7 +43,7 @@ async def status_latencies(daemon: Daemon, huge: Path, walks: int) -> list[float
     """Status requests on one connection until the daemon has walked ``huge``
     ``walks`` times more: every 20th request adds or removes a badly named
     file in it, which changes its verdict."""
-    client = await ControlClient.connect(str(daemon.socket))
+    client = await AsyncClient.connect(str(daemon.socket))
     base = daemon.log().count("rejected bundle: huge:")
     end = time.monotonic() + 60
     try:

@@ -14,7 +14,7 @@ import pytest
 import uvloop
 import yaml
 
-from drivebay.client import ControlClient, OperationError
+from drivebay.client import AsyncClient, OperationError
 from tests.e2e.harness import pid_alive, wait_for
 from tests.helpers import FIXTURES
 from tests.sandbox.bundles import make_bundle
@@ -186,7 +186,7 @@ def test_busy_mailbox_refuses_at_once(daemon_factory, tmp_path):
     daemon = mis_daemon(daemon_factory, tmp_path, {"mailbox_size": 2})
 
     async def main():
-        client = await ControlClient.connect(str(daemon.socket))
+        client = await AsyncClient.connect(str(daemon.socket))
         try:
             slow = [asyncio.ensure_future(client.call("v1", "sleep", {"seconds": 2}))]
             await queued(client, 1)  # in flight
@@ -203,7 +203,7 @@ def test_busy_mailbox_refuses_at_once(daemon_factory, tmp_path):
     uvloop.run(main())
 
 
-async def queued(client: ControlClient, count: int) -> None:
+async def queued(client: AsyncClient, count: int) -> None:
     async with asyncio.timeout(30):
         while (await client.request("resources"))[0]["queued"] != count:
             await asyncio.sleep(0.01)
@@ -215,7 +215,7 @@ def test_crash_fails_in_flight_and_keeps_queued(mis):
     first_pid = mis.status()["mis"]["pid"]
 
     async def main():
-        client = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
         try:
             blocker = asyncio.ensure_future(client.call("v1", "sleep", {"seconds": 30}))
             waiting = asyncio.ensure_future(client.call("v1", "echo", {"value": "after"}))
@@ -316,8 +316,8 @@ def test_rm_answers_the_call_in_flight_and_the_queued_change(mis):
     ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
 
     async def main():
-        client = await ControlClient.connect(str(mis.socket))
-        admin = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
+        admin = await AsyncClient.connect(str(mis.socket))
         try:
             in_flight = asyncio.ensure_future(client.call("v1", "sleep", {"seconds": 30}))
             await queued(client, 1)
@@ -367,7 +367,7 @@ def test_a_bad_call_request_fails_alone(mis):
     ok(mis.ctl("resource", "add", "v1", "--driver", "mis", "host=a"))
 
     async def main():
-        client = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
         try:
             for payload, error in [
                 ({"timeout": "soon"}, "timeout must be a number of seconds"),
@@ -386,7 +386,7 @@ def test_a_bad_call_request_fails_alone(mis):
     uvloop.run(main())
 
 
-async def journal_has(client: ControlClient, event: list[str], reader: str = "v2") -> None:
+async def journal_has(client: AsyncClient, event: list[str], reader: str = "v2") -> None:
     """Wait until the driver's journal (shared by its instances) shows ``event``."""
     async with asyncio.timeout(30):
         while event not in await client.call(reader, "read_journal"):
@@ -401,7 +401,7 @@ def test_the_next_operation_waits_for_one_that_timed_out(mis):
     ok(mis.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))
 
     async def main():
-        client = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
         try:
             with pytest.raises(OperationError, match=r"CallTimeout: .*hold on v1 took longer"):
                 await client.call("v1", "hold", {"gate": "g"}, timeout=0.3)
@@ -434,7 +434,7 @@ def test_an_operation_that_never_ends_gets_its_driver_restarted_as_hung(daemon, 
     first = daemon.status()["mis"]["pid"]
 
     async def main():
-        client = await ControlClient.connect(str(daemon.socket))
+        client = await AsyncClient.connect(str(daemon.socket))
         try:
             with pytest.raises(OperationError, match="CallTimeout"):
                 await client.call("v1", "hold", {"gate": "never"}, timeout=0.3)
@@ -454,8 +454,8 @@ def test_a_client_gone_mid_add_leaves_the_resource_added_and_stored(mis):
     ok(mis.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))
 
     async def main():
-        client = await ControlClient.connect(str(mis.socket))
-        watcher = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
+        watcher = await AsyncClient.connect(str(mis.socket))
         try:
             request = {"id": "v1", "driver": "mis", "assignments": ["host=a", "attach_delay=1"]}
             adding = asyncio.ensure_future(client.request("resource-add", request))
@@ -488,8 +488,8 @@ def test_rm_during_an_attach_leaves_no_instance_behind(mis):
     ok(mis.ctl("resource", "add", "v2", "--driver", "mis", "host=b"))
 
     async def main():
-        client = await ControlClient.connect(str(mis.socket))
-        admin = await ControlClient.connect(str(mis.socket))
+        client = await AsyncClient.connect(str(mis.socket))
+        admin = await AsyncClient.connect(str(mis.socket))
         try:
             # A property change re-attaches v1, and this attach takes long.
             request = {"id": "v1", "assignments": ["attach_delay=60", "stubborn=true"]}
@@ -598,7 +598,7 @@ def test_a_call_made_while_the_daemon_starts_waits_for_its_driver(daemon_factory
         async with asyncio.timeout(60):
             while True:
                 try:
-                    client = await ControlClient.connect(str(daemon.socket))
+                    client = await AsyncClient.connect(str(daemon.socket))
                     break
                 except OSError:  # not listening yet
                     await asyncio.sleep(0.001)

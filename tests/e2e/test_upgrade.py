@@ -18,7 +18,7 @@ from typing import Any
 
 import uvloop
 
-from drivebay.client import ControlClient
+from drivebay.client import AsyncClient
 from tests.e2e.harness import Daemon, wait_for
 from tests.e2e.ledger import ledger_bundle, read_ledger
 
@@ -45,7 +45,7 @@ def only_version_running(daemon: Daemon, version: str) -> bool:
 class Load:
     """Callers keeping a few operations in flight on every resource."""
 
-    def __init__(self, client: ControlClient) -> None:
+    def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self.ids = itertools.count(1)
         self.sent: dict[int, str] = {}  # op id -> resource
@@ -74,8 +74,8 @@ class Load:
 
 
 async def drive(daemon: Daemon, tmp_path: Path, versions: list[str], healthy: bool) -> Load:
-    client = await ControlClient.connect(str(daemon.socket))
-    admin = await ControlClient.connect(str(daemon.socket))
+    client = await AsyncClient.connect(str(daemon.socket))
+    admin = await AsyncClient.connect(str(daemon.socket))
     try:
         for n in range(RESOURCES):
             await admin.request(

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from drivebay.client import Reply
 from drivebay.kernel import drivebayctl as ctl_cli
 from drivebay.kernel.control import ctl_render
 
@@ -121,11 +122,11 @@ def test_tail_is_escaped_on_a_terminal_and_exact_in_a_pipe(monkeypatch, capsys):
 
 def test_an_error_line_is_escaped(capsys):
     class Replies:
-        def request(self, frame: bytes) -> list[ctl_cli.Reply]:
-            return [ctl_cli.Reply({"ok": False, "error": "TypeError: " + EVIL, "code": 1})]
+        def replies(self, command: str, args: dict[str, Any]) -> list[Reply]:
+            return [Reply({"ok": False, "error": "TypeError: " + EVIL, "code": 1})]
 
     args = type("Args", (), {"command": "call", "json": False})()
-    assert ctl_cli.run(Replies(), "call", b"", args) == 1  # type: ignore[arg-type]
+    assert ctl_cli.run(Replies(), "call", {}, args) == 1  # type: ignore[arg-type]
     err = capsys.readouterr().err
     assert err.startswith("error: TypeError: x\\x1b[2J") and clean(err)
     assert err.count("\n") == EVIL.count("\n") + 1  # lines stay lines (some errors have several)
@@ -133,11 +134,11 @@ def test_an_error_line_is_escaped(capsys):
 
 def test_json_is_exact(capsys):
     class Replies:
-        def request(self, frame: bytes) -> list[ctl_cli.Reply]:
-            return [ctl_cli.Reply({"ok": True, "result": status_rows(), "code": 0})]
+        def replies(self, command: str, args: dict[str, Any]) -> list[Reply]:
+            return [Reply({"ok": True, "result": status_rows(), "code": 0})]
 
     args = type("Args", (), {"command": "status", "json": True})()
-    ctl_cli.run(Replies(), "status", b"", args)  # type: ignore[arg-type]
+    ctl_cli.run(Replies(), "status", {}, args)  # type: ignore[arg-type]
     out = capsys.readouterr().out
     assert json.loads(out) == status_rows() and clean(out)
 

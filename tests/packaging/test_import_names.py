@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = (
     "import importlib.util, sys\n"
     "import drivebay.kernel.kernel, drivebay.sandbox.spawn, drivebay.protocol.runtime\n"
-    "import drivebay.client\n"
+    "from drivebay.client import AsyncClient, Client\n"
     "print([n for n in ('kernel', 'sandbox', 'protocol') if importlib.util.find_spec(n)])\n"
 )
 
