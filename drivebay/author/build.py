@@ -306,7 +306,8 @@ def resolve(
         if not accelerators:
             raise
     body = _compile(requirements, target, sources, own_lib)  # the driver's own fail: raised
-    kept, notes = [], []
+    kept: list[str] = []
+    notes: list[str] = []
     for accelerator in accelerators:
         try:
             _compile([*requirements, *kept, accelerator], target, sources, own_lib)

@@ -51,7 +51,7 @@ def directories(paths: list[str]) -> list[str]:
 def write_zip(target: Path, files: Mapping[str, bytes]) -> None:
     """Write ``files`` (``/``-separated relative path -> bytes) as ``target``."""
     when = zip_timestamp()
-    entries = [(f"{d}/", None) for d in directories(list(files))]
+    entries: list[tuple[str, bytes | None]] = [(f"{d}/", None) for d in directories(list(files))]
     entries += [(path, files[path]) for path in files]
     with zipfile.ZipFile(target, "w") as archive:
         for name, data in sorted(entries, key=lambda entry: entry[0].encode()):
