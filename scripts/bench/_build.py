@@ -18,8 +18,10 @@ pip and uv are configured with, for this machine's Python and platform:
 
 Both run as the commands a person types (a fresh interpreter each), first
 once untimed (caches warm: uv's, pip's HTTP cache), then in alternating
-rounds; each figure is the median wall time. ``measure()`` returns
-``{"build_s": ..., "pip_download_zip_s": ...}`` for ``distribution.py``.
+rounds; each figure is the median wall time. ``build_locked_s`` is
+``drivebay build`` again without ``--upgrade``: the lock is reused, uv does
+not run. ``measure()`` returns ``{"build_s": ..., "build_locked_s": ...,
+"pip_download_zip_s": ...}`` for ``distribution.py``.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ def make_driver(root: Path) -> Path:
     return bundle
 
 
-def drivebay_build(bundle: Path, out: Path) -> float:
+def drivebay_build(bundle: Path, out: Path, *, resolve: bool = True) -> float:
+    """``drivebay build``; ``resolve``: with ``--upgrade`` (uv resolves again)."""
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "drivebay.author.cli", "build", str(bundle)]
-    return _timed([*command, "-o", str(out), "--upgrade"], bundle.parent)
+    command = [sys.executable, "-m", "drivebay.author.cli", "build", str(bundle), "-o", str(out)]
+    return _timed([*command, "--upgrade"] if resolve else command, bundle.parent)
 
 
 def pip_download_zip(bundle: Path, work: Path) -> float:
@@ -85,7 +88,11 @@ def pip_download_zip(bundle: Path, work: Path) -> float:
 
 def measure(runs: int) -> dict[str, Any]:
     """Median seconds of each way over ``runs`` alternating rounds (after one untimed)."""
-    samples: dict[str, list[float]] = {"build_s": [], "pip_download_zip_s": []}
+    samples: dict[str, list[float]] = {
+        "build_s": [],
+        "build_locked_s": [],
+        "pip_download_zip_s": [],
+    }
     with tempfile.TemporaryDirectory(prefix="drivebay-bench-build-") as scratch:
         root = Path(scratch)
         bundle = make_driver(root)
@@ -94,6 +101,7 @@ def measure(runs: int) -> dict[str, Any]:
         for run in range(runs):
             _common.progress(f"build: round {run + 1}/{runs} ...")
             samples["build_s"].append(drivebay_build(bundle, root / "out"))
+            samples["build_locked_s"].append(drivebay_build(bundle, root / "out", resolve=False))
             samples["pip_download_zip_s"].append(pip_download_zip(bundle, root / "by-hand"))
         built = next((root / "out").glob("*.zip"))
         wheels = sorted(p.name for p in (root / "by-hand" / "bundle" / "lib").glob("*.whl"))
@@ -115,6 +123,7 @@ def main() -> None:
     result = measure(3 if args.quick else 7)
     rows = [
         ["drivebay build (resolve, fetch, zip, check)", _common.number(result["build_s"])],
+        ["drivebay build, lock reused", _common.number(result["build_locked_s"])],
         ["pip download + zip", _common.number(result["pip_download_zip_s"])],
     ]
     print(_common.format_table(["way", "median s"], rows))
