@@ -53,9 +53,10 @@ class AsyncDriverHarness:
 
     ``async with AsyncDriverHarness(path) as h`` starts it (raising
     ``BundleError``, ``EnvBuildError`` or ``DriverStartError`` — with the
-    child's stderr tail — when the daemon could not run it either) and on
-    exit detaches nothing but stops the child (Drain, as the daemon does) and
-    removes every temporary file.
+    child's stderr tail — when the daemon could not run it either); on exit
+    the child is stopped as the daemon stops a version (Drain: its
+    instances detach, then it exits; else SIGTERM, SIGKILL), always reaped,
+    and every temporary file is removed.
     """
 
     def __init__(self, bundle: str | Path, settings: RunSettings | None = None) -> None:
@@ -180,7 +181,6 @@ class AsyncDriverHarness:
         """
         old, old_stack = self._running, self._stack
         new, new_stack = await self._start(Path(bundle))
-        moved: list[str] = []
         try:
             await new.process.health()
             checked = {
@@ -189,19 +189,17 @@ class AsyncDriverHarness:
             }
             for resource_id, properties in checked.items():
                 await new.process.attach(resource_id, properties)
-                moved.append(resource_id)
         except BaseException:
-            with contextlib.suppress(Exception):
-                for resource_id in moved:
-                    await new.process.detach(resource_id)
-            await new_stack.aclose()
+            await new_stack.aclose()  # its Drain detaches what it took
             raise
-        for resource_id in moved:
-            await old.process.detach(resource_id)
         self.resources.update(checked)
         self._current, self._stack = new, new_stack
         self.bundle_path = Path(bundle)
-        await old_stack.aclose()
+        try:
+            for resource_id in checked:
+                await old.process.detach(resource_id)
+        finally:
+            await old_stack.aclose()
 
     @staticmethod
     def _validated(properties: dict[str, Any], manifest: Manifest) -> dict[str, Any]:

@@ -25,12 +25,12 @@ from typing import Any
 from drivebay.author.annotations import problems, return_annotation, source_classes
 from drivebay.author.new import LICENSE_PLACEHOLDER
 from drivebay.author.running import RunSettings, Scratch, running
-from drivebay.kernel.config import load_config
+from drivebay.kernel.config import Config, load_config
 from drivebay.kernel.config_search import find_config
 from drivebay.protocol.errors import DrivebayError
 from drivebay.sandbox.bundle_errors import shown
 from drivebay.sandbox.bundle_layout import BundleFiles
-from drivebay.sandbox.bundle_reader import read_bundle
+from drivebay.sandbox.bundle_reader import ReadLimits, read_bundle
 from drivebay.sandbox.safe_yaml import load_yaml
 
 MESSAGES_FILE = "resources/messages.yaml"
@@ -85,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     path = Path(args.bundle)
     report = Report(str(path))
     try:
-        asyncio.run(check(path, report, _settings_for(path, args)))
+        asyncio.run(
+            check(path, report, _daemon_config(args), Path(args.envs) if args.envs else None)
+        )
     except DrivebayError as exc:
         report.error = shown(str(exc))
         report.traceback = "\n".join(getattr(exc, "__notes__", ()))
@@ -102,30 +104,24 @@ class _Failed(DrivebayError):
     """The bundle would not run; the message is the first problem found."""
 
 
-def _settings_for(path: Path, args: argparse.Namespace) -> RunSettings:
-    """The daemon config's settings for this driver, when a config is found."""
-    envs = Path(args.envs) if args.envs else None
-    config_path = find_config(args.config)
-    if config_path is None:
-        return RunSettings(envs_dir=envs) if envs else RunSettings()
-    config = load_config(config_path)
-    name = _manifest_name(path)
-    return RunSettings.from_config(config, name, envs)
+def _daemon_config(args: argparse.Namespace) -> Config | None:
+    """The daemon's config, found as ``drivebayd`` finds it; None when there is none."""
+    path = find_config(args.config)
+    return load_config(path) if path is not None else None
 
 
-def _manifest_name(path: Path) -> str:
-    """The driver's name for per-driver settings; "" when it cannot be read yet
-    (the check proper reports why)."""
-    try:
-        return read_bundle(path).manifest.name
-    except DrivebayError:
-        return ""
+async def check(path: Path, report: Report, config: Config | None, envs: Path | None) -> None:
+    """Fill ``report``; raise the first ``DrivebayError`` the daemon would hit.
 
-
-async def check(path: Path, report: Report, settings: RunSettings) -> None:
-    """Fill ``report``; raise the first ``DrivebayError`` the daemon would hit."""
-    read = await asyncio.to_thread(read_bundle, path, settings.read_limits)
+    ``config`` (None: the defaults) gives the bundle limits, the interpreter,
+    the rlimits and the timeouts; the env goes to ``envs`` when given."""
+    limits = config.bundles.read_limits() if config is not None else ReadLimits()
+    read = await asyncio.to_thread(read_bundle, path, limits)
     manifest = read.manifest
+    if config is not None:
+        settings = RunSettings.from_config(config, manifest.name, envs)
+    else:
+        settings = RunSettings(envs_dir=envs) if envs else RunSettings()
     report.passed(
         "bundle",
         f"{manifest.name} {manifest.version} ({manifest.category}): files, layout and "

@@ -9,7 +9,6 @@ the author must fill in, and a test that passes as written
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from drivebay.protocol.errors import RequestError
@@ -85,7 +84,6 @@ def write_driver(name: str, category: str, target: Path) -> list[Path]:
         with open(path, "x", encoding="utf-8") as file:
             file.write(text)
         written.append(path)
-    os.chmod(target, 0o755)
     return written
 
 
