@@ -114,10 +114,13 @@ def test_check_shows_a_load_error_at_once_and_unencodable_returns(tmp_path, kit)
         text.replace("from typing import Any", "from pathlib import Path\nfrom typing import Any")
         + "\n    def where(self) -> Path:\n        return Path('/')\n"
     )
+    messages = bundle / "resources" / "messages.yaml"
+    messages.write_text(messages.read_text().replace("greeting.help:", "greeting.helps:"))
     checked = drivebay("check", str(bundle), env=env)
     assert checked.returncode == 0, checked.stderr
     assert "    where() -> Path" in checked.stdout
     assert "warning: where returns Path: Path cannot be carried" in checked.stderr
+    assert "warning: resources/messages.yaml: no text for 'greeting.help'" in checked.stderr
 
     (bundle / "LICENSE").unlink()
     checked = drivebay("check", str(bundle), "--json", env=env)
