@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--upgrade", action="store_true", help="resolve again, ignore the lock")
     parser.add_argument("--index-url", metavar="URL", help="the package index to use")
-    parser.add_argument("--find-links", metavar="DIR", action="append", default=[])
+    parser.add_argument(
+        "--find-links", metavar="DIR", action="append", default=[], help="also look for wheels here"
+    )
     parser.add_argument("--no-index", action="store_true", help="use --find-links only")
 
 
