@@ -59,6 +59,7 @@ class Report:
     steps: list[dict[str, Any]] = field(default_factory=list)
     operations: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     error: str = ""
     traceback: str = ""  # where a load error was raised in the driver's code
 
@@ -78,6 +79,7 @@ class Report:
             "steps": self.steps,
             "operations": self.operations,
             "warnings": self.warnings,
+            "notes": self.notes,
         }
 
 
@@ -160,7 +162,7 @@ async def check(path: Path, report: Report, config: Config | None, envs: Path | 
     finally:
         await asyncio.to_thread(scratch.remove)
     if manifest.requires:
-        report.warnings.append(
+        report.notes.append(
             f"the daemon starts it once {', '.join(manifest.requires)} "
             f"{'runs' if len(manifest.requires) == 1 else 'run'} (requires:)"
         )
@@ -201,6 +203,8 @@ def print_report(report: Report) -> None:
             print(f"    {'async ' if op['async'] else ''}{op['name']}{shown(op['signature'])}")
             if op["summary"]:
                 print(f"        {shown(op['summary'])}")
+    for note in report.notes:
+        print(f"note: {shown(note)}")
     for warning in report.warnings:
         print(f"warning: {shown(warning)}", file=sys.stderr)
     if report.traceback:
