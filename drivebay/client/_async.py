@@ -43,8 +43,10 @@ class AsyncClient:
     def __init__(self, path: str | None = None) -> None:
         self._path = path
         self._ids = itertools.count(1)
-        # Each request's replies; None in a queue: the connection ended (_broken says why).
-        self._waiting: dict[int, asyncio.Queue[Reply | None]] = {}
+        # Each request's replies: a future for a request of one reply (the
+        # common case, and the fast one), a queue for a stream. None: the
+        # connection ended (_broken says why).
+        self._waiting: dict[int, asyncio.Future[Reply | None] | asyncio.Queue[Reply | None]] = {}
         self._connection: FramedChannel[Reply] | None = None
         self._broken: Exception | None = None
 
@@ -93,11 +95,18 @@ class AsyncClient:
     ) -> Any:
         """Send one request and return its result; ``OperationError`` for an
         error reply. ``command`` and the fields are ``kernel/control/schema.py``'s."""
-        async with aclosing(self.replies(command, request_args(args, fields))) as replies:
-            async for reply in replies:
-                _raise_error(reply)
-                return reply.result
-        raise ConnectionLost(f"drivebayd at {self.path} sent no reply")  # pragma: no cover
+        request_id, connection = self._next_request()
+        future: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        try:
+            self._send(connection, request_id, command, request_args(args, fields))
+            reply = await future
+        finally:
+            self._waiting.pop(request_id, None)
+        if reply is None:
+            raise self._broken or ConnectionLost("drivebayd closed the connection")
+        _raise_error(reply)
+        return reply.result
 
     async def stream(
         self, command: str, args: Mapping[str, Any] | None = None, /, **fields: Any
@@ -123,19 +132,11 @@ class AsyncClient:
 
     async def replies(self, command: str, args: Mapping[str, Any]) -> AsyncGenerator[Reply, None]:
         """Send one request and yield its replies as they are, errors included."""
-        connection = self._connection
-        if self._broken is not None:
-            raise self._broken
-        if connection is None or connection.closing:
-            raise ConnectionLost(f"not connected to drivebayd at {self.path}; open() first")
-        request_id = next(self._ids)
+        request_id, connection = self._next_request()
         queue: asyncio.Queue[Reply | None] = asyncio.Queue()
         self._waiting[request_id] = queue
         try:
-            try:
-                connection.send(Request(request_id, command, dict(args)))
-            except (TypeError, OverflowError) as exc:  # msgspec cannot encode a value
-                raise RequestError(f"cannot send that request: {exc}") from exc
+            self._send(connection, request_id, command, args)
             while True:
                 reply = await queue.get()
                 if reply is None:
@@ -151,9 +152,11 @@ class AsyncClient:
             self._broken = OperationError(reply.error, reply.code)
             self._fail_all()
             return
-        queue = self._waiting.get(reply.id)
-        if queue is not None:
-            queue.put_nowait(reply)
+        waiter = self._waiting.get(reply.id)
+        if isinstance(waiter, asyncio.Queue):
+            waiter.put_nowait(reply)
+        elif waiter is not None and not waiter.done():
+            waiter.set_result(reply)
 
     def _violation(self, error: Exception) -> None:
         self._broken = NotDrivebayd(f"{self.path} does not answer as drivebayd: {error}")
@@ -165,5 +168,26 @@ class AsyncClient:
         self._fail_all()
 
     def _fail_all(self) -> None:
-        for queue in self._waiting.values():
-            queue.put_nowait(None)
+        for waiter in self._waiting.values():
+            if isinstance(waiter, asyncio.Queue):
+                waiter.put_nowait(None)
+            elif not waiter.done():
+                waiter.set_result(None)
+
+    def _next_request(self) -> tuple[int, FramedChannel[Reply]]:
+        """A fresh request id and the open connection to send it on."""
+        connection = self._connection
+        if self._broken is not None:
+            raise self._broken
+        if connection is None or connection.closing:
+            raise ConnectionLost(f"not connected to drivebayd at {self.path}; open() first")
+        return next(self._ids), connection
+
+    @staticmethod
+    def _send(
+        connection: FramedChannel[Reply], request_id: int, command: str, args: Mapping[str, Any]
+    ) -> None:
+        try:
+            connection.send(Request(request_id, command, dict(args)))
+        except (TypeError, OverflowError) as exc:  # msgspec cannot encode a value
+            raise RequestError(f"cannot send that request: {exc}") from exc

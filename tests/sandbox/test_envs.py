@@ -549,7 +549,7 @@ def test_kernel_killed_mid_build_leaves_nothing_that_is_used(
 def test_one_process_asking_twice_at_once_builds_once(
     tmp_path: Path, wheelhouse: Path, uv_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="sandbox.envs")
+    caplog.set_level(logging.INFO, logger="drivebay.sandbox.envs")
     req = request(make_lib(tmp_path, whl(wheelhouse, "1.0")), "pkg-a")
 
     async def twice() -> list[Env]:
