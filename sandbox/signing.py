@@ -137,17 +137,18 @@ def read_private_key(path: Path) -> Ed25519PrivateKey:
     ssh does), or it is not an unencrypted Ed25519 private key.
     """
     data = _read(path)
-    if os.stat(path).st_mode & 0o077:
-        raise SigningError(f"{path}: a private key others may read; chmod 600 {path}")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        hint = "that is a public key: " if b"PUBLIC KEY" in data else ""
         raise SigningError(
-            f"{path}: not an unencrypted PEM private key ({exc}); "
+            f"{path}: not an unencrypted PEM private key; {hint}"
             "use the NAME.key drivebay key new wrote"
         ) from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise SigningError(f"{path}: not an Ed25519 key; make one with drivebay key new")
+    if os.stat(path).st_mode & 0o077:
+        raise SigningError(f"{path}: a private key others may read; chmod 600 {path}")
     return key
 
 
