@@ -168,7 +168,8 @@ class Registry:
     def look_again_in(self) -> float | None:
         """Seconds until a rescan is needed without any change (an entry to
         settle or to retry, a certificate to expire), or None."""
-        expiring = [max(0.0, at - time.time()) for at in self._expiries().values()]
+        # A moment after the expiry: the loop's clock is not the wall clock.
+        expiring = [max(0.0, at - time.time()) + 0.05 for at in self._expiries().values()]
         waits = [self.retries.next_in(), self.settle_s if self.unsettled else None, *expiring]
         return min((w for w in waits if w is not None), default=None)
 
