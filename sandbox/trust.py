@@ -16,28 +16,21 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from drivebay.protocol.errors import ConfigError, SigningError
 from drivebay.sandbox.bundle_errors import quoted, reject
 from drivebay.sandbox.bundle_layout import SIGNATURE_FILE, BundleFiles
 from drivebay.sandbox.certificates import Certificate, certificate_payload, covers, expiry
-from drivebay.sandbox.signing import (
-    FileHash,
-    SignatureFile,
-    key_id,
-    listing,
-    public_from_raw,
-    raw_public,
-    read_public_key,
-    read_signature,
-    signed_payload,
-    unb64,
-    verifies,
-)
+
+if TYPE_CHECKING:
+    from drivebay.sandbox.signing import FileHash, SignatureFile
+
+# ``sandbox.signing`` (and with it ``cryptography``) is imported where a key
+# is read or a signature checked: a daemon whose policy is off never loads it.
 
 Mode = Literal["off", "warn", "require"]
 KEY_ID = re.compile(r"[0-9a-f]{64}")
@@ -66,7 +59,7 @@ class TrustPolicy:
 
 
 def load_policy(
-    mode: Mode, keys: Iterable[str], authorities: Iterable[str], revoked: Iterable[str]
+    mode: Mode, keys: Sequence[str], authorities: Sequence[str], revoked: Sequence[str]
 ) -> TrustPolicy:
     """The policy with every key file read; ConfigError names the file or
     key id that is wrong."""
@@ -84,8 +77,12 @@ def load_policy(
     )
 
 
-def _read_keys(setting: str, paths: Iterable[str]) -> dict[str, TrustedKey]:
-    found = {}
+def _read_keys(setting: str, paths: Sequence[str]) -> dict[str, TrustedKey]:
+    found: dict[str, TrustedKey] = {}
+    if not paths:
+        return found
+    from drivebay.sandbox.signing import key_id, raw_public, read_public_key
+
     for path in paths:
         try:
             public = read_public_key(Path(path).expanduser())
@@ -152,6 +149,15 @@ def enforce(
 
 def check_signature(bundle: BundleFiles, policy: TrustPolicy, now: float) -> SignatureCheck:
     """The verdict on ``bundle``'s signature; ``problem`` says what is wrong."""
+    from drivebay.sandbox.signing import (
+        listing,
+        public_from_raw,
+        read_signature,
+        signed_payload,
+        unb64,
+        verifies,
+    )
+
     data = bundle.files.get(SIGNATURE_FILE)
     if data is None:
         return _problem(
@@ -211,6 +217,8 @@ def _through_certificate(
     """The verdict a certificate gives, and the signer's key when the bundle
     can be checked with it (a problem with the certificate is reported once
     the bundle's bytes are known to be intact)."""
+    from drivebay.sandbox.signing import key_id, public_from_raw, unb64, verifies
+
     issuer = cert.authority
     try:
         public = unb64(cert.public_key)
