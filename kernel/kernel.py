@@ -672,7 +672,9 @@ class Kernel:
         from drivebay.kernel.config import load_config
 
         fresh, fixed = keep_fixed(self.config, load_config(self.config_path, self._overrides))
-        trust = fresh.trust.policy()  # key files unreadable: the reload is refused
+        # Reads key files (and may load cryptography): off the loop. A file
+        # that cannot be read refuses the reload.
+        trust = await asyncio.to_thread(fresh.trust.policy)
         changed = sorted(
             {
                 slot.manifest.name

@@ -1,7 +1,8 @@
 """Signed bundles against a real daemon: under ``require`` a bundle signed
 through a trusted authority runs and a tampered or unsigned one is INVALID
 with its one line; a reload to ``warn`` runs them and status, avail and
-describe say so; a reload back to ``require`` stops them again."""
+describe say so; a reload back to ``require`` stops them again; a reload
+naming a key file that cannot be read is refused."""
 
 from __future__ import annotations
 
@@ -83,6 +84,12 @@ def test_require_then_warn_then_require(daemon_factory: Any, tmp_path: Path) -> 
     daemon.wait_state("acme-cpu-1.0.0", "INVALID")
     wait_for(lambda: "acme-cpu" not in daemon.status(), what="acme-cpu stopped")
     assert daemon.status()["acme-disk"]["state"] == "RUNNING"
+
+    set_trust(daemon, {**require, "signatures": "off", "keys": [str(keys / "gone.pub")]})
+    refused = daemon.ctl("reload")
+    assert refused.returncode == 1
+    assert f"trust.keys: {keys / 'gone.pub'}: cannot read" in refused.stderr
+    assert daemon.status()["acme-cpu-1.0.0"]["state"] == "INVALID"  # require still holds
 
 
 def test_an_unreadable_trusted_key_is_one_line(daemon_factory: Any, tmp_path: Path) -> None:
