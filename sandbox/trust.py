@@ -217,28 +217,46 @@ def _through_certificate(
     """The verdict a certificate gives, and the signer's key when the bundle
     can be checked with it (a problem with the certificate is reported once
     the bundle's bytes are known to be intact)."""
-    from drivebay.sandbox.signing import key_id, public_from_raw, unb64, verifies
+    public, unusable = _certified_key(cert, signer)
+    if unusable is not None:
+        return unusable, None
+    return _vouching(cert, signer, name, policy, now), public
 
-    issuer = cert.authority
+
+def _certified_key(cert: Certificate, signer: str) -> tuple[bytes, SignatureCheck | None]:
+    """The raw key the certificate carries, or why it cannot be used for ``signer``."""
+    from drivebay.sandbox.signing import key_id, public_from_raw, unb64
+
     try:
         public = unb64(cert.public_key)
         matches = cert.key_id == signer and key_id(public_from_raw(public)) == signer
-        ends = expiry(cert)
+        expiry(cert)
     except ValueError as exc:
-        return _problem(
+        return b"", _problem(
             "signature: unreadable certificate",
             SIGNATURE_FILE,
             f"certificate: {exc}; ask the authority for a new certificate and sign again",
             signer,
-        ), None
+        )
     if not matches:
-        return _problem(
+        return public, _problem(
             "signature: certificate for another key",
             SIGNATURE_FILE,
             f"the certificate is for key {short(cert.key_id)}, not the signing key "
             f"{short(signer)}; sign with the certified key, or give that key's certificate",
             signer,
-        ), None
+        )
+    return public, None
+
+
+def _vouching(
+    cert: Certificate, signer: str, name: str, policy: TrustPolicy, now: float
+) -> SignatureCheck:
+    """What a readable certificate of ``signer`` says: the authority is
+    trusted, signed it, it has not expired and covers ``name``; or which not."""
+    from drivebay.sandbox.signing import public_from_raw, unb64, verifies
+
+    issuer, ends = cert.authority, expiry(cert)
     authority = policy.authorities.get(issuer)
     if issuer in policy.revoked or authority is None:
         revoked = issuer in policy.revoked
@@ -250,14 +268,7 @@ def _through_certificate(
             f"key {short(signer)} is certified by authority {short(issuer)}, {how}; "
             f"{fix}sign with a key the daemon trusts",
             signer,
-        ), public
-    vouched = SignatureCheck(
-        signer,
-        authority=issuer,
-        authority_name=authority.name,
-        drivers=tuple(cert.drivers),
-        valid_until=ends,
-    )
+        )
     try:
         signature = unb64(cert.signature)
     except ValueError:
@@ -269,7 +280,7 @@ def _through_certificate(
             f"the certificate of key {short(signer)} does not verify with authority "
             f"{short(issuer)} (edited?); ask the authority for a new certificate",
             signer,
-        ), public
+        )
     if ends is not None and ends <= now:
         return _problem(
             f"signature: certificate expired {_date(ends)}",
@@ -277,7 +288,7 @@ def _through_certificate(
             f"the certificate of key {short(signer)} expired on {_date(ends)}; ask authority "
             f"{short(issuer)} for a new one and sign again with it (--cert)",
             signer,
-        ), public
+        )
     if not covers(cert, name):
         patterns = ", ".join(quoted(p) for p in cert.drivers)
         return _problem(
@@ -286,8 +297,14 @@ def _through_certificate(
             f"the certificate of key {short(signer)} covers drivers {patterns}, not "
             f"{quoted(name)}; sign with a key certified for this name, or ask the authority",
             signer,
-        ), public
-    return vouched, public
+        )
+    return SignatureCheck(
+        signer,
+        authority=issuer,
+        authority_name=authority.name,
+        drivers=tuple(cert.drivers),
+        valid_until=ends,
+    )
 
 
 def _tampered(document: SignatureFile, actual: list[FileHash], signer: str) -> SignatureCheck:
