@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -17,34 +15,8 @@ from drivebay.sandbox.bundle_layout import SIGNATURE_FILE
 from drivebay.sandbox.bundle_reader import read_bundle
 from drivebay.sandbox.signing import raw_public, read_public_key
 from drivebay.sandbox.trust import check_signature, load_policy
+from tests.author.run_cli import ok, refused
 from tests.sandbox.bundles import make_bundle, zip_bundle
-
-DRIVEBAY = str(Path(sys.executable).parent / "drivebay")
-
-
-def drivebay(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [DRIVEBAY, *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def ok(*args: str | Path, cwd: Path | None = None) -> str:
-    result = drivebay(*args, cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
-
-
-def refused(*args: str | Path) -> str:
-    """The one line a refused command prints (exit 1)."""
-    result = drivebay(*args)
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("drivebay: ")
-    return result.stderr.strip()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.author.test_sign_cli import ok
+from tests.author.run_cli import ok
 from tests.e2e.harness import Daemon, wait_for
 from tests.sandbox.bundles import make_bundle, zip_bundle
 
