@@ -23,6 +23,7 @@ from drivebay.protocol.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
     from drivebay.sandbox.bundle_reader import ReadLimits
+    from drivebay.sandbox.trust import TrustPolicy
 
 
 class TimeoutSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -107,6 +108,13 @@ class TrustSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     keys: tuple[str, ...] = ()
     authorities: tuple[str, ...] = ()
     revoked: tuple[str, ...] = ()
+
+    def policy(self) -> TrustPolicy:
+        """The policy with its key files read; ConfigError names a file that
+        cannot be read or is not an Ed25519 public key."""
+        from drivebay.sandbox.trust import load_policy  # cryptography: not for drivebayctl
+
+        return load_policy(self.signatures, self.keys, self.authorities, self.revoked)
 
 
 class RepositorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -207,6 +215,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             value = raw.get(key)
             if isinstance(value, str) and not value.startswith(("/", "~")):
                 raw[key] = str((path.parent / value).absolute())
+        _anchor_key_files(raw.get("trust"), path.parent)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -223,6 +232,19 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
         )
     _check_log_levels(config, f"{path or 'configuration'}")
     return config
+
+
+def _anchor_key_files(trust: object, base: Path) -> None:
+    """``trust.keys`` and ``trust.authorities`` relative to the config file too."""
+    if not isinstance(trust, dict):
+        return
+    for key in ("keys", "authorities"):
+        files = trust.get(key)
+        if isinstance(files, list):
+            trust[key] = [
+                str((base / f).absolute()) if isinstance(f, str) and f[:1] not in "/~" else f
+                for f in files
+            ]
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    except DrivebayError as exc:  # trust: a key file that cannot be read
+        print(f"drivebayd: {exc}", file=sys.stderr)
+        return 2
     try:
         uvloop.run(_run(daemon, nofile))
     except DrivebayError as exc:

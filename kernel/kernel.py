@@ -86,7 +86,11 @@ class Kernel:
         self._overrides = overrides or {}
         self.state_dir = config.state_path
         self.registry = Registry(
-            config.drivers_path, self.state_dir, config.settle_s, config.bundles.read_limits()
+            config.drivers_path,
+            self.state_dir,
+            config.settle_s,
+            config.bundles.read_limits(),
+            trust=config.trust.policy(),
         )
         self.slots: dict[str, DriverSlot] = {}  # by name@version: what runs or should run
         self.retiring: list[DriverSlot] = []  # being drained after a handover
@@ -668,6 +672,9 @@ class Kernel:
         from drivebay.kernel.config import load_config
 
         fresh, fixed = keep_fixed(self.config, load_config(self.config_path, self._overrides))
+        # Reads key files (and may load cryptography): off the loop. A file
+        # that cannot be read refuses the reload.
+        trust = await asyncio.to_thread(fresh.trust.policy)
         changed = sorted(
             {
                 slot.manifest.name
@@ -680,6 +687,7 @@ class Kernel:
         logging.getLogger().setLevel(fresh.log_level)
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()
+        self.registry.trust = trust
         for slot in self.all_slots():
             slot.reconfigure()
         self._replace_stale_settings()

@@ -37,6 +37,12 @@ class ConfigError(DrivebayError):
     """The daemon's configuration file or flags are invalid; fix and reload."""
 
 
+class SigningError(DrivebayError):
+    """A key, certificate or signature given to ``drivebay`` cannot be used
+    (unreadable, of another kind, for another key or name). Nothing was
+    written; the message says which file and how to fix it."""
+
+
 class RequestError(DrivebayError):
     """A client asked for something that cannot be done (bad argument, wrong
     state). Nothing changed; the message says what to ask instead."""

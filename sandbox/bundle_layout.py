@@ -2,7 +2,9 @@
 
 At the root: ``driver.yaml`` (parsed into a ``Manifest``), ``LICENSE`` and
 ``src/`` holding the entrypoint's module; optionally ``lib/`` with wheel files
-only, and ``resources/``. Other files are carried along untouched.
+only, ``resources/``, and ``META-INF/signature.json`` (written by ``drivebay
+sign``; nothing else may be in ``META-INF/``). Other files are carried along
+untouched.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from drivebay.sandbox.manifest_schema import MANIFEST_FILE, Manifest
 LICENSE_FILE: Final = "LICENSE"
 SRC_DIR: Final = "src"
 LIB_DIR: Final = "lib"
+META_DIR: Final = "META-INF"
+SIGNATURE_FILE: Final = f"{META_DIR}/signature.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,11 @@ class BundleFiles:
     source: Path
     files: dict[str, bytes]
     manifest: Manifest
+
+    @property
+    def content(self) -> dict[str, bytes]:
+        """Every file but the signature: what is stored, run and signed."""
+        return {path: data for path, data in self.files.items() if path != SIGNATURE_FILE}
 
     @property
     def wheels(self) -> list[str]:
@@ -58,6 +67,13 @@ def check_layout(bundle: str, source: Path, files: dict[str, bytes], dirs: set[s
     for path in sorted(files.keys() | dirs):
         if path.startswith(f"{LIB_DIR}/"):
             _check_lib_entry(bundle, path, path in files)
+        elif path.startswith(f"{META_DIR}/") and path != SIGNATURE_FILE:
+            reject(
+                bundle,
+                path,
+                f"{META_DIR}/ holds only signature.json, written by drivebay sign; "
+                "move this elsewhere in the bundle",
+            )
     manifest = parse_manifest(files[MANIFEST_FILE], bundle)
     module = manifest.module.replace(".", "/")
     candidates = (f"{SRC_DIR}/{module}.py", f"{SRC_DIR}/{module}/__init__.py")

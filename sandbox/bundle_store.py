@@ -6,7 +6,10 @@ running driver, and the same content dropped twice is stored once.
 
 The digest covers a canonical listing of the bundle (sorted paths, each with
 its length and bytes), so it names the content, not the archive's packaging
-(zip or directory, timestamps, compression). A copy appears atomically: it is
+(zip or directory, timestamps, compression). The signature
+(``META-INF/signature.json``) is packaging too: it is neither hashed nor
+stored, so signing a bundle gives the same digest, the same stored copy and
+the same environment. A copy appears atomically: it is
 written and fsynced in a private staging directory next to its final place,
 made read-only (files 0o444, directories 0o555), then renamed. Two processes
 storing the same bundle at once both succeed; one rename wins, the other
@@ -27,10 +30,14 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drivebay.protocol.errors import KernelError
-from drivebay.sandbox.bundle_layout import LIB_DIR, SRC_DIR, BundleFiles
+from drivebay.sandbox.bundle_layout import LIB_DIR, SIGNATURE_FILE, SRC_DIR, BundleFiles
 from drivebay.sandbox.manifest_schema import Manifest
+
+if TYPE_CHECKING:
+    from drivebay.sandbox.trust import SignatureCheck
 
 BUNDLES_DIR = "bundles"
 _STAGING_PREFIX = ".staging-"
@@ -43,7 +50,9 @@ class StoredBundle:
 
     ``path`` is the read-only copy ``<state>/bundles/<digest>``; ``wheels``
     maps each ``lib/`` wheel's file name to its sha256 (hex); ``source`` is
-    where the bundle was dropped (it may change or vanish afterwards).
+    where the bundle was dropped (it may change or vanish afterwards);
+    ``signature`` how its signature was judged when it was read (None: the
+    trust policy was off).
     """
 
     path: Path
@@ -51,6 +60,7 @@ class StoredBundle:
     manifest: Manifest
     wheels: Mapping[str, str]
     source: Path
+    signature: SignatureCheck | None = None
 
     @property
     def src_dir(self) -> Path:
@@ -64,9 +74,11 @@ class StoredBundle:
 
 
 def bundle_digest(files: Mapping[str, bytes]) -> str:
-    """The sha256 (hex) of the canonical listing of ``files``."""
+    """The sha256 (hex) of the canonical listing of ``files``, the signature left out."""
     digest = hashlib.sha256(_DIGEST_HEADER)
     for path in sorted(files):
+        if path == SIGNATURE_FILE:
+            continue
         data = files[path]
         digest.update(path.encode() + b"\0" + len(data).to_bytes(8, "big"))
         digest.update(data)
@@ -90,20 +102,21 @@ def store_bundle(bundle: BundleFiles, state_dir: Path) -> StoredBundle:
     once. Raises ``KernelError`` when the state directory cannot be written
     (full disk, permissions); the bundle itself is not at fault.
     """
-    digest = bundle_digest(bundle.files)
+    content = bundle.content
+    digest = bundle_digest(content)
     store = state_dir / BUNDLES_DIR
     final = store / digest
     try:
         if not final.is_dir():
             store.mkdir(parents=True, exist_ok=True)
-            _publish(bundle.files, store, final)
+            _publish(content, store, final)
     except OSError as exc:
         raise KernelError(f"cannot store bundle {bundle.name} in {store}: {exc}") from exc
     return StoredBundle(
         path=final,
         digest=digest,
         manifest=bundle.manifest,
-        wheels=wheel_hashes(bundle.files),
+        wheels=wheel_hashes(content),
         source=bundle.source,
     )
 

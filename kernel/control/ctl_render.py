@@ -64,7 +64,11 @@ def print_avail(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         label = shown(f"{row['name']}@{row['version']}" if row["name"] else "-")
         file = shown(row["file"])
-        say(f"{file:<32} {label:<32} {row['verdict']:<10} {row['message'] or ''}")
+        message = row["message"] or ""
+        warning = row.get("signature_warning")
+        if warning:
+            message = f"{message} [{warning}]" if message else f"[{warning}]"
+        say(f"{file:<32} {label:<32} {row['verdict']:<10} {message}")
 
 
 def print_version(result: dict[str, Any]) -> None:
@@ -111,6 +115,13 @@ def status_state(row: dict[str, Any]) -> str:
 
 
 def status_description(row: dict[str, Any]) -> str:
+    """What the state means, and a signature the trust policy only warns of."""
+    described = _state_description(row)
+    warning = row.get("signature_warning")
+    return f"{described}; {warning}" if warning else described
+
+
+def _state_description(row: dict[str, Any]) -> str:
     if row["state"] == "RUNNING":
         uptime = int(row["uptime_s"] or 0)
         hours, rest = divmod(uptime, 3600)
@@ -151,6 +162,8 @@ def print_describe(info: dict[str, Any]) -> None:
         "env_key",
     ):
         say(f"  {key + ':':<14}{info.get(key)}")
+    if info.get("signature"):
+        say(f"  {'signature:':<14}{info['signature']}")
     say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
     say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
     print_operations(info)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from drivebay.kernel.drivers.slot import DriverSlot
     from drivebay.kernel.kernel import Kernel
     from drivebay.kernel.resources.book import ResourceBook
+    from drivebay.sandbox.trust import SignatureCheck
 
 Outcome = tuple[Any, int]
 Handler = Callable[["Kernel", Any], Awaitable[Outcome]]
@@ -72,7 +73,12 @@ def status_row(k: Kernel, slot: DriverSlot) -> schema.StatusRow:
         message=slot.lifecycle.reason,
         spare_pid=slot.spare_pid,
         next_retry_at=slot.next_retry_at,
+        signature_warning=_signature_warning(k.registry.signature_of(slot.bundle)),
     )
+
+
+def _signature_warning(check: SignatureCheck | None) -> str | None:
+    return None if check is None else check.warning
 
 
 @command(schema.StatusRequest)
@@ -109,6 +115,7 @@ async def describe(k: Kernel, request: schema.DescribeRequest) -> Outcome:
     manifest = slot.manifest
     catalog = load_catalog(slot.bundle.path, request.lang or None)
     process = slot.process
+    signature = k.registry.signature_of(slot.bundle)
     return schema.Description(
         **msgspec.structs.asdict(status_row(k, slot)),
         resource_ids=[a.resource_id for a in k.book.bound_to(slot)] if k.book else [],
@@ -144,6 +151,9 @@ async def describe(k: Kernel, request: schema.DescribeRequest) -> Outcome:
             schema.Move(at=t.at, source=str(t.source), target=str(t.target), reason=t.reason)
             for t in slot.lifecycle.history
         ],
+        signature=(signature.summary() if signature else "not checked (trust.signatures: off)"),
+        signed_by=signature.key_id if signature else None,
+        certified_by=signature.authority if signature and not signature.problem else None,
     ), EXIT_OK
 
 
@@ -179,6 +189,7 @@ async def avail(k: Kernel, request: schema.AvailRequest) -> Outcome:
                 manifest.version,
                 "active" if active else "available",
                 manifest.description,
+                _signature_warning(bundle.signature),
             )
         )
     return rows, EXIT_OK

@@ -177,6 +177,9 @@ class StatusRow(msgspec.Struct, frozen=True):
     message: str | None = None
     spare_pid: int | None = None
     next_retry_at: float | None = None  # FATAL: when it is tried again (epoch seconds)
+    # trust.signatures: warn, and its bundle's signature is not trusted: why
+    # ("unsigned", "signature: unknown key 1a2b..."); None otherwise.
+    signature_warning: str | None = None
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -234,6 +237,9 @@ class Description(StatusRow, frozen=True):
     logs: dict[str, str] = {}
     properties: list[PropertyInfo] = []
     history: list[Move] = []
+    signature: str = ""  # who signed and through which authority, or what is wrong
+    signed_by: str | None = None  # the signing key's id, when the signature was checked
+    certified_by: str | None = None  # the authority key's id whose certificate vouched
 
 
 class AvailRow(msgspec.Struct, frozen=True):
@@ -242,6 +248,7 @@ class AvailRow(msgspec.Struct, frozen=True):
     version: str | None
     verdict: Literal["active", "available", "INVALID"]
     message: str | None
+    signature_warning: str | None = None  # as in StatusRow
 
 
 class VersionInfo(msgspec.Struct, frozen=True):

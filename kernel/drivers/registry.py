@@ -13,6 +13,11 @@ otherwise); a zip must read completely with good CRCs. A bundle that could
 not be taken for a reason not its own (full disk, I/O error) is tried again
 with backoff (``kernel.drivers.load_retry``). From the entries it derives, per driver
 name, the versions available and the newest one.
+
+Each bundle's signature is checked under the trust policy as it is read
+(``sandbox.trust``). A new policy (a reload) judges every entry again, read
+afresh from the drivers dir; so does the expiry of a certificate a bundle
+was accepted through.
 """
 
 from __future__ import annotations
@@ -29,7 +34,14 @@ from drivebay.kernel.drivers.directory import Top, Walk, look, settled
 from drivebay.kernel.drivers.load_retry import LoadRetries
 from drivebay.protocol.errors import BundleError, DrivebayError, KernelError
 from drivebay.sandbox.bundle_errors import shown
-from drivebay.sandbox.bundles import ReadLimits, StoredBundle, load_bundle, version_key
+from drivebay.sandbox.bundles import (
+    ReadLimits,
+    SignatureCheck,
+    StoredBundle,
+    TrustPolicy,
+    load_bundle,
+    version_key,
+)
 
 log = logging.getLogger("drivebay.registry")
 
@@ -47,6 +59,7 @@ class Entry:
     error: str | None = None
     seen_at: float = 0.0
     limits: ReadLimits | None = None  # the limits it was judged under
+    trust: TrustPolicy | None = None  # the trust policy it was judged under
 
     @property
     def label(self) -> str:
@@ -65,8 +78,10 @@ class Registry:
         settle_s: float = 1.0,
         limits: ReadLimits | None = None,
         retries: LoadRetries[Path] | None = None,
+        trust: TrustPolicy | None = None,
     ) -> None:
         self._limits = limits or ReadLimits()
+        self._trust = trust or TrustPolicy()
         self.drivers_dir = drivers_dir
         self.state_dir = state_dir
         self.settle_s = settle_s
@@ -95,6 +110,27 @@ class Registry:
         if limits != self._limits:
             self._limits = limits
             self._touched = None
+
+    @property
+    def trust(self) -> TrustPolicy:
+        return self._trust
+
+    @trust.setter
+    def trust(self, trust: TrustPolicy) -> None:
+        """A new trust policy (a reload): every entry is read and judged again
+        at the next rescan; one refused now is INVALID (its running driver
+        is stopped as if its file had been removed), one accepted now runs."""
+        if trust != self._trust:
+            self._trust = trust
+            self._touched = None
+
+    def signature_of(self, bundle: StoredBundle) -> SignatureCheck | None:
+        """How ``bundle``'s signature stands under the current policy: as its
+        file was last judged, when that file still holds the same content."""
+        entry = self.entries.get(bundle.source)
+        if entry is not None and entry.bundle is not None and entry.bundle.digest == bundle.digest:
+            return entry.bundle.signature
+        return bundle.signature if self._trust.mode != "off" else None
 
     # -- what to look at -----------------------------------------------------------
 
@@ -131,9 +167,21 @@ class Registry:
 
     def look_again_in(self) -> float | None:
         """Seconds until a rescan is needed without any change (an entry to
-        settle or to retry), or None."""
-        waits = [self.retries.next_in(), self.settle_s if self.unsettled else None]
+        settle or to retry, a certificate to expire), or None."""
+        # A moment after the expiry: the loop's clock is not the wall clock.
+        expiring = [max(0.0, at - time.time()) + 0.05 for at in self._expiries().values()]
+        waits = [self.retries.next_in(), self.settle_s if self.unsettled else None, *expiring]
         return min((w for w in waits if w is not None), default=None)
+
+    def _expiries(self) -> dict[Path, float]:
+        """When the certificate each bundle was accepted through expires."""
+        return {
+            path: entry.bundle.signature.valid_until
+            for path, entry in self.entries.items()
+            if entry.bundle is not None
+            and entry.bundle.signature is not None
+            and entry.bundle.signature.valid_until is not None
+        }
 
     # -- rescanning ----------------------------------------------------------------
 
@@ -148,7 +196,8 @@ class Registry:
             raise
 
     async def _rescan(self, touched: set[Path] | None) -> bool:
-        due = self.retries.due()
+        now = time.time()
+        due = {*self.retries.due(), *(p for p, at in self._expiries().items() if at <= now)}
         again = {*due, *self.unsettled} if touched is None else {*touched, *due, *self.unsettled}
         known = {path: entry.top for path, entry in self.entries.items()}
         wide = touched is None
@@ -183,6 +232,7 @@ class Registry:
             entry is not None
             and judged
             and not due
+            and entry.trust == self.trust
             and (entry.error is None or entry.limits == self.limits)
         ):
             entry.top, entry.walk = top, seen
@@ -193,7 +243,13 @@ class Registry:
         if seen.refused is not None:
             self.unsettled.pop(path, None)
             self.entries[path] = Entry(
-                path, top, seen, error=seen.refused, seen_at=time.time(), limits=self.limits
+                path,
+                top,
+                seen,
+                error=seen.refused,
+                seen_at=time.time(),
+                limits=self.limits,
+                trust=self.trust,
             )
             if entry is None or entry.error != seen.refused:  # once, not at every change of a copy
                 log.warning("rejected bundle: %s", seen.refused)
@@ -209,9 +265,11 @@ class Registry:
         return True
 
     async def _load(self, path: Path, top: Top, seen: Walk) -> Entry:
-        entry = Entry(path, top, seen, seen_at=time.time(), limits=self.limits)
+        entry = Entry(path, top, seen, seen_at=time.time(), limits=self.limits, trust=self.trust)
         try:
-            entry.bundle = await asyncio.to_thread(load_bundle, path, self.state_dir, self.limits)
+            entry.bundle = await asyncio.to_thread(
+                load_bundle, path, self.state_dir, self.limits, self.trust
+            )
         except BundleError as exc:
             self.retries.forget(path)
             entry.error = str(exc)
@@ -226,6 +284,13 @@ class Registry:
         else:
             self.retries.forget(path)
             log.info("verified bundle %s: %s", shown(path.name), shown(entry.label))
+            problem = entry.bundle.signature and entry.bundle.signature.problem
+            if problem:
+                log.warning(
+                    "bundle %s runs under trust.signatures: warn, but %s",
+                    shown(path.name),
+                    ": ".join(shown(part) for part in (problem.file, problem.line) if part),
+                )
         return entry
 
     # -- derived views -----------------------------------------------------------
