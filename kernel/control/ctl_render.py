@@ -64,7 +64,26 @@ def print_avail(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         label = shown(f"{row['name']}@{row['version']}" if row["name"] else "-")
         file = shown(row["file"])
-        say(f"{file:<32} {label:<32} {row['verdict']:<10} {row['message'] or ''}")
+        source = shown(row.get("source") or "drivers-dir")
+        note = row["message"] or ""
+        if row.get("update_available"):
+            note = f"(update available) {note}"
+        say(f"{file:<32} {label:<32} {source:<14} {row['verdict']:<10} {note}")
+
+
+def print_repos(result: Any) -> None:
+    for row in result if isinstance(result, list) else [result]:
+        kind = "kept" if row["kept"] else "config"
+        offers = "" if row.get("offers") is None else f"  {row['offers']} bundles"
+        message = f"  {row['message']}" if row.get("message") else ""
+        say(f"{row['name']:<16} {kind:<7} {row['url']}{offers}{message}")
+
+
+def print_installed(result: dict[str, Any]) -> None:
+    say(
+        f"{result['name']}@{result['version']}: installed from {result['repo']} "
+        f"({result['file']}), {result['state']}"
+    )
 
 
 def print_version(result: dict[str, Any]) -> None:
@@ -118,8 +137,11 @@ def status_description(row: dict[str, Any]) -> str:
         count = row["resources"]
         plural = "" if count == 1 else "s"
         uptime_text = f"{hours}:{minutes:02d}:{seconds:02d}"
-        return f"pid {row['pid']}, uptime {uptime_text}, {count} resource{plural}"
-    return str(row["message"] or "Not started")
+        text = f"pid {row['pid']}, uptime {uptime_text}, {count} resource{plural}"
+    else:
+        text = str(row["message"] or "Not started")
+    update = row.get("update_available")
+    return f"{text}; update {update} available" if update else text
 
 
 def print_operations(info: dict[str, Any]) -> None:
@@ -151,6 +173,8 @@ def print_describe(info: dict[str, Any]) -> None:
         "env_key",
     ):
         say(f"  {key + ':':<14}{info.get(key)}")
+    if info.get("update_available"):
+        say(f"  {'update:':<14}{info['update_available']} available (drivebayctl install)")
     say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
     say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
     print_operations(info)
