@@ -59,10 +59,18 @@ class Repositories:
 
     # -- reading ---------------------------------------------------------------------
 
-    async def offers(self, config: Config) -> tuple[list[Offer], dict[str, str]]:
-        """What every repository offers, and one line per repository that failed."""
+    async def offers(
+        self, config: Config, only: str | None = None
+    ) -> tuple[list[Offer], dict[str, str]]:
+        """What every repository (or repository ``only``) offers, and one line
+        per repository that failed."""
         found, problems = await asyncio.to_thread(sources, config)
         failed = {line.split(":", 1)[0].removeprefix("repository "): line for line in problems}
+        if only is not None:
+            found = [source for source in found if source.name == only]
+            failed = {name: line for name, line in failed.items() if name == only}
+            if not found and not failed:
+                raise RequestError(f"no repository {only}; see drivebayctl repo list")
 
         from drivebay.kernel.repos.client import list_offers
 
@@ -87,15 +95,16 @@ class Repositories:
     ) -> tuple[Offer, Path, str]:
         """Download, verify and place ``name`` (``version``: the highest offered);
         returns the offer, the placed file and the driver's state after it."""
-        offers, failed = await self.offers(k.config)
+        offers, failed = await self.offers(k.config, repo)
         chosen = choose(offers, name, version, repo)
         if chosen is None:
+            if repo is not None and repo in failed:
+                raise RepositoryFailure(failed[repo])
             wanted = f"{name}=={version}" if version else name
-            where = f"repository {repo}" if repo else "no repository"
+            where = f"repository {repo} offers" if repo else "no repository offers"
             problems = "; ".join(failed.values())
             raise RequestError(
-                f"{where} offers {wanted}; see drivebayctl avail"
-                + (f" ({problems})" if problems else "")
+                f"{where} {wanted}; see drivebayctl avail" + (f" ({problems})" if problems else "")
             )
         found, _ = await asyncio.to_thread(sources, k.config)
         source = next(s for s in found if s.name == chosen.repo)
