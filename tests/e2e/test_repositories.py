@@ -241,6 +241,68 @@ def test_mixed_metadata_versions_are_refused(site, good, daemon):
     refused(daemon, "mixed", "mix-and-match")
 
 
+# -- mirrors ------------------------------------------------------------------------------
+
+
+def test_a_mirror_installs_with_the_origin_stopped(site, good, daemon):
+    root, _ = site
+    origin_dir = root / "origin"
+    shutil.copytree(good, origin_dir / "up")
+    origin = Server(origin_dir)
+    try:
+        drivebay(
+            "repo",
+            "mirror",
+            f"{origin.url}/up",
+            root / "mirror",
+            "--root",
+            good / "metadata/root.json",
+        )
+    finally:
+        origin.stop()
+    assert not list((root / "mirror").rglob("*.key"))
+    root_json = str(good / "metadata" / "root.json")
+    added = daemon.ctl("repo", "add", "mirror", str(root / "mirror"), "--root", root_json)
+    assert added.returncode == 0, added.stderr
+    installed = ctl_json(daemon, "install", "victim", "--repo", "mirror")
+    assert (installed["version"], installed["state"]) == ("1.0.0", "RUNNING")
+
+
+def test_a_resigned_mirror_outlives_the_upstream_timestamp(site, daemon):
+    root, server = site
+    upstream, keys = root / "www" / "short", root / "short-keys"
+    drivebay("repo", "init", upstream, "--keys", keys)
+    bundle = zip_bundle(make_bundle(root / "staging-far", "far", "1.0.0"))
+    drivebay("repo", "add", upstream, bundle)
+    drivebay("repo", "publish", upstream, "--expires", "timestamp=2s")
+    root_json = upstream / "metadata" / "root.json"
+    site_dir, site_keys = root / "site", root / "site-keys"
+    drivebay(
+        "repo",
+        "mirror",
+        f"{server.url}/short",
+        site_dir,
+        "--root",
+        root_json,
+        "--resign",
+        site_keys,
+    )
+
+    expires = Metadata.from_file(str(upstream / "metadata" / "timestamp.json")).signed.expires
+    wait_for(lambda: datetime.now(UTC) > expires, what="the upstream timestamp expiring")
+    stale = cli.main(
+        ["repo", "mirror", f"{server.url}/short", str(root / "plain"), "--root", str(root_json)]
+    )
+    assert stale == 1  # a plain mirror cannot outlive it
+
+    drivebay("repo", "timestamp", site_dir)  # the site renews its own
+    site_root = str(site_dir / "metadata" / "root.json")
+    added = daemon.ctl("repo", "add", "site", str(site_dir), "--root", site_root)
+    assert added.returncode == 0, added.stderr
+    installed = ctl_json(daemon, "install", "far")
+    assert (installed["repo"], installed["state"]) == ("site", "RUNNING")
+
+
 # -- last: a restart (the module's daemon ends here) -------------------------------------
 
 
