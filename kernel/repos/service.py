@@ -192,8 +192,10 @@ class Repositories:
             interval = config.update_check_interval_s
             wait: float | None = None  # off: wait for a reload
             if interval > 0 and (config.repositories or _has_kept(config)):
-                with contextlib.suppress(DrivebayError):
+                try:
                     await self._check_and_update(k)
+                except Exception:  # a bug or a host problem: logged; the daemon goes on
+                    log.exception("update check failed; checking again in %g s", interval)
                 wait = interval
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -201,7 +203,7 @@ class Repositories:
 
     async def _check_and_update(self, k: Kernel) -> None:
         updates = await self.check(k)
-        for driver, offer in updates.items():
+        for driver, offer in list(updates.items()):  # an install updates self.updates
             settings = k.config.drivers.get(driver)
             auto = settings.auto_update if settings and settings.auto_update is not None else None
             if not (k.config.auto_update if auto is None else auto):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tuf.api.metadata import Metadata, MetaFile
 
 from drivebay.author import cli
@@ -191,6 +192,23 @@ def test_publish_add_install_run_then_upgrade(site, daemon):
     assert not daemon.status()["demo"].get("update_available")
 
 
+def test_auto_update_installs_what_the_check_finds(site, daemon):
+    root, _ = site
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["drivers"] = {"demo": {"auto_update": True}}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    assert daemon.ctl("reload").returncode == 0
+    drivebay(
+        "repo", "add", root / "www" / "main", zip_bundle(make_bundle(root / "s2", "demo", "1.2.0"))
+    )
+    drivebay("repo", "publish", root / "www" / "main")
+    wait_for(
+        lambda: [r["version"] for r in ctl_json(daemon, "resources")] == ["1.2.0"],
+        what="demo updated to 1.2.0 by itself",
+    )
+    assert (daemon.drivers / "demo-1.2.0.zip").is_file()
+
+
 # -- attacks: each refused with one line, nothing placed --------------------------------
 
 
@@ -315,3 +333,4 @@ def test_kept_repositories_survive_a_restart(daemon):
         assert ctl_json(daemon, "repo", "list") == before
     finally:
         daemon.stop()
+    assert "Traceback" not in daemon.log()
