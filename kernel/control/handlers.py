@@ -400,7 +400,7 @@ async def repo_list(k: Kernel, request: schema.RepoListRequest) -> Outcome:
 async def repo_add(k: Kernel, request: schema.RepoAddRequest) -> Outcome:
     root = request.root.encode()
     source = await asyncio.to_thread(add_kept, k.config, request.name, request.url, root)
-    offers, failed = await k.repos.offers(k.config)
+    offers, failed = await k.repos.offers(k.config, source.name)
     if source.name in failed:  # wrong URL or root: keep nothing
         await asyncio.to_thread(remove_kept, k.config, source.name)
         raise RequestError(f"{failed[source.name]}; not added")

@@ -23,6 +23,8 @@ from tuf.ngclient import Updater
 
 from drivebay.kernel.repos.fetcher import BoundedFetcher
 from drivebay.kernel.repos.offers import Offer, RepositoryFailure, Source
+from drivebay.sandbox.manifest_rules import name_problem
+from drivebay.sandbox.pep440 import parse_version
 
 __all__ = ["Offer", "RepositoryFailure", "Source", "download", "list_offers"]
 
@@ -111,6 +113,8 @@ def _offers(repo: str, targets: Targets, allowed: Any) -> list[Offer]:
         # delegations are checked against) to be believed.
         if not isinstance(name, str) or not isinstance(version, str):
             continue
+        if name_problem(name) or parse_version(version) is None or "/" in version:
+            continue  # not a driver's name and version: never a file name here
         if path != f"{name}/{name}-{version}.zip":
             continue
         found.append(

@@ -331,6 +331,15 @@ def test_kept_repositories_survive_a_restart(daemon):
     daemon.start()
     try:
         assert ctl_json(daemon, "repo", "list") == before
+        gone = ctl_json(daemon, "repo", "rm", "mirror")
+        assert gone["message"] == "removed"
+        assert "mirror" not in [r["name"] for r in ctl_json(daemon, "repo", "list")]
+        assert not (daemon.state / "repos" / "mirror").exists()
+        again = daemon.ctl("repo", "rm", "mirror")
+        assert (again.returncode, again.stderr.strip()) == (
+            1,
+            "drivebayctl: no repository mirror; see drivebayctl repo list",
+        )
     finally:
         daemon.stop()
     assert "Traceback" not in daemon.log()
