@@ -158,6 +158,10 @@ def test_publish_add_install_run_then_upgrade(site, daemon):
     root_json = repo / "metadata" / "root.json"
     added = daemon.ctl("repo", "add", "main", f"{server.url}/main", "--root", str(root_json))
     assert added.returncode == 0, added.stderr
+    wrong = daemon.ctl("repo", "add", "wrong", f"{server.url}/nowhere", "--root", str(root_json))
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("drivebayctl: repository wrong: cannot download from it")
+    assert wrong.stderr.strip().endswith("; not added"), wrong.stderr
     listed = ctl_json(daemon, "repo", "list")
     assert [(r["name"], r["kept"]) for r in listed] == [("main", True)]
 
@@ -179,6 +183,7 @@ def test_publish_add_install_run_then_upgrade(site, daemon):
         what="the update check reporting 1.1.0",
     )
     assert row["version"] == "1.0.0"
+    assert ctl_json(daemon, "describe", "demo")["update_available"] == "1.1.0"
     assert "update available: demo 1.1.0 (repository main)" in daemon.log()
     here = [r for r in ctl_json(daemon, "avail") if r["source"] == "drivers-dir"]
     assert [(r["version"], r["update_available"]) for r in here] == [("1.0.0", True)]

@@ -3,11 +3,15 @@ and which offer ``install`` takes (``kernel.repos.service.choose``): pure rules.
 
 from __future__ import annotations
 
+import pytest
 from tuf.api.metadata import TargetFile, Targets
 
+from drivebay.kernel.config import Config
 from drivebay.kernel.repos.client import _offers
 from drivebay.kernel.repos.offers import Offer
-from drivebay.kernel.repos.service import choose
+from drivebay.kernel.repos.service import Repositories, choose
+from drivebay.protocol.errors import RequestError
+from tests.helpers import run
 
 
 def target(path: str, name: str, version: str) -> TargetFile:
@@ -44,3 +48,11 @@ def test_install_takes_the_highest_version_or_the_one_named():
     assert choose(offers, "demo", "1.2", None) == offers[0]
     assert choose(offers, "demo", "3.0", None) is None
     assert choose(offers, "other", None, None) is None
+
+
+def test_without_repositories_nothing_is_read(tmp_path):
+    config = Config(state_dir=str(tmp_path))
+    assert run(Repositories().offers(config)) == ([], {})
+    assert not (tmp_path / "repos").exists()
+    with pytest.raises(RequestError, match=r"^no repository acme; see drivebayctl repo list$"):
+        run(Repositories().offers(config, "acme"))
