@@ -21,7 +21,7 @@ from tuf.api import exceptions
 from tuf.api.metadata import Targets
 from tuf.ngclient import Updater
 
-from drivebay.kernel.repos.fetcher import BoundedFetcher
+from drivebay.kernel.repos.fetcher import BoundedFetcher, BrokenTransfer
 from drivebay.kernel.repos.offers import Offer, RepositoryFailure, Source
 from drivebay.sandbox.manifest_rules import name_problem
 from drivebay.sandbox.pep440 import parse_version
@@ -160,6 +160,10 @@ _FIXES: list[tuple[type[Exception], str]] = [
     (
         exceptions.DownloadLengthMismatchError,
         "it served more bytes than its signed metadata allows; nothing was installed",
+    ),
+    (
+        BrokenTransfer,
+        f"the transfer broke off (a truncated download), {ATTEMPTS} times; nothing was installed",
     ),
     (
         exceptions.SlowRetrievalError,

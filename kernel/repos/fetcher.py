@@ -22,6 +22,10 @@ from tuf.ngclient import FetcherInterface
 CHUNK = 256 * 1024
 
 
+class BrokenTransfer(exceptions.DownloadError):
+    """The server closed the connection before the whole body was sent."""
+
+
 class BoundedFetcher(FetcherInterface):
     """Fetch by HTTP(S) or from local files, each fetch done by ``deadline``."""
 
@@ -63,6 +67,8 @@ class BoundedFetcher(FetcherInterface):
             for chunk in response.stream(CHUNK):
                 self._left(url)
                 yield chunk
+        except urllib3.exceptions.ProtocolError as exc:  # IncompleteRead, reset
+            raise BrokenTransfer(f"{url}: {exc.args[0] if exc.args else exc}") from exc
         except urllib3.exceptions.HTTPError as exc:
             raise exceptions.DownloadError(f"{url}: {exc}") from exc
         finally:

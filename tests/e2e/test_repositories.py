@@ -33,18 +33,21 @@ pytestmark = pytest.mark.slow
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the test's www dir; a path listed in ``truncate`` is cut short
-    (its full length announced, half of it sent, the connection closed)."""
+    """Serves the test's www dir; a path ending as a key of ``truncate`` is cut
+    short (its full length announced, half of it sent, the connection closed)
+    as many times as the key's count."""
 
-    truncate: set[str] = set()
+    truncate: dict[str, int] = {}
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
-        if not any(self.path.endswith(cut) for cut in self.truncate):
+        cut = next((end for end, n in self.truncate.items() if self.path.endswith(end) and n), None)
+        if cut is None:
             super().do_GET()
             return
+        self.truncate[cut] -= 1
         data = Path(self.translate_path(self.path)).read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
@@ -228,11 +231,23 @@ def test_a_tampered_target_is_refused(site, good, daemon):
 
 def test_a_truncated_download_is_refused(site, good, daemon):
     published_copy(site, good, daemon, "cut")
-    Handler.truncate.add("victim-1.0.0.zip")
+    Handler.truncate["victim-1.0.0.zip"] = 1000
     try:
-        refused(daemon, "cut", "cannot download")
+        refused(daemon, "cut", "the transfer broke off (a truncated download), 3 times")
     finally:
         Handler.truncate.clear()
+
+
+def test_a_broken_transfer_is_tried_again(site, good, daemon):
+    repo = published_copy(site, good, daemon, "flaky")
+    drivebay("repo", "add", repo, zip_bundle(make_bundle(site[0] / "s3", "flaky", "1.0.0")))
+    drivebay("repo", "publish", repo)
+    Handler.truncate["flaky-1.0.0.zip"] = 2
+    try:
+        installed = ctl_json(daemon, "install", "flaky")
+    finally:
+        Handler.truncate.clear()
+    assert installed["state"] == "RUNNING"
 
 
 def test_a_rolled_back_snapshot_is_refused(site, good, daemon):
