@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
 
 from drivebay.author.tuf_repo import CUSTOM, RepoError, Repository, write_atomic
-from drivebay.kernel.repos.client import Offer, Source, download, list_offers
+from drivebay.kernel.repos.client import Deadline, Offer, Source, download, list_offers
 from drivebay.protocol.errors import DrivebayError
 
 MIRROR_S = 600.0  # the whole copy
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     target = args.dir.absolute()
     with tempfile.TemporaryDirectory(prefix="drivebay-mirror-") as work:
         cache = Path(work)
-        deadline = time.monotonic() + MIRROR_S
+        deadline = Deadline(MIRROR_S)
         try:
             offers = list_offers(source, cache, deadline)
             bundles = {offer: cache / f"{i}.zip" for i, offer in enumerate(offers)}

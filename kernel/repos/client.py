@@ -13,7 +13,6 @@ length or hashes differ from its metadata. A failure raises
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,17 @@ from tuf.api.metadata import Targets
 from tuf.ngclient import Updater
 
 from drivebay.kernel.repos.fetcher import BoundedFetcher, BrokenTransfer
-from drivebay.kernel.repos.offers import Offer, RepositoryFailure, Source
+from drivebay.kernel.repos.offers import Deadline, Offer, RepositoryFailure, Source
 from drivebay.sandbox.manifest_rules import name_problem
 from drivebay.sandbox.pep440 import parse_version
 
-__all__ = ["Offer", "RepositoryFailure", "Source", "download", "list_offers"]
+__all__ = ["Deadline", "Offer", "RepositoryFailure", "Source", "download", "list_offers"]
 
 ATTEMPTS = 3  # a download that failed in transit is tried this often
 CUSTOM = "drivebay"
 
 
-def list_offers(source: Source, cache: Path, deadline: float) -> list[Offer]:
+def list_offers(source: Source, cache: Path, deadline: Deadline) -> list[Offer]:
     """Every drivebay bundle ``source`` offers (top-level and vendor roles)."""
     updater = _refreshed(source, cache, deadline)
     found: list[Offer] = []
@@ -51,7 +50,7 @@ def list_offers(source: Source, cache: Path, deadline: float) -> list[Offer]:
     return found
 
 
-def download(source: Source, cache: Path, path: str, dest: Path, deadline: float) -> Path:
+def download(source: Source, cache: Path, path: str, dest: Path, deadline: Deadline) -> Path:
     """Download target ``path`` of ``source`` to ``dest``, verified against its
     length and hashes; tried again when the transfer failed. ``dest`` does
     not exist after a failure."""
@@ -72,13 +71,13 @@ def download(source: Source, cache: Path, path: str, dest: Path, deadline: float
             dest.unlink(missing_ok=True)
             raise _failure(source.name, exc) from exc
         dest.unlink(missing_ok=True)
-        if time.monotonic() >= deadline:
+        if deadline.left() <= 0:
             break
     assert error is not None
     raise _failure(source.name, error, path) from error
 
 
-def _refreshed(source: Source, cache: Path, deadline: float) -> Updater:
+def _refreshed(source: Source, cache: Path, deadline: Deadline) -> Updater:
     metadata = cache / "metadata"
     metadata.mkdir(parents=True, exist_ok=True)
     error: Exception | None = None
@@ -94,7 +93,7 @@ def _refreshed(source: Source, cache: Path, deadline: float) -> Updater:
             return updater
         except exceptions.DownloadError as exc:
             error = exc
-            if isinstance(exc, exceptions.DownloadHTTPError) or time.monotonic() >= deadline:
+            if isinstance(exc, exceptions.DownloadHTTPError) or deadline.left() <= 0:
                 break
         except (exceptions.RepositoryError, ValueError) as exc:
             raise _failure(source.name, exc) from exc

@@ -3,14 +3,14 @@
 ``BoundedFetcher`` reads ``http://`` and ``https://`` URLs (urllib3, no proxy
 settings from the environment: a daemon's downloads go where its config
 says) and local files (a path or ``file://``: a mirror on a disk). Each
-fetch ends by ``deadline`` (a ``time.monotonic`` value): a server that
-trickles bytes cannot hold an install for longer. ngclient bounds the
-size (a target's length, a metadata file's maximum) and checks the hashes.
+fetch ends by its ``Deadline``, or sooner once that is stopped (the daemon
+is stopping): a server that trickles bytes cannot hold an install, nor a
+shutdown, for longer. ngclient bounds the size (a target's length, a
+metadata file's maximum) and checks the hashes.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -19,7 +19,10 @@ import urllib3
 from tuf.api import exceptions
 from tuf.ngclient import FetcherInterface
 
+from drivebay.kernel.repos.offers import Deadline
+
 CHUNK = 256 * 1024
+READ_GAP_S = 15.0  # the longest wait for the next bytes (and for a stop to be seen)
 
 
 class BrokenTransfer(exceptions.DownloadError):
@@ -29,15 +32,15 @@ class BrokenTransfer(exceptions.DownloadError):
 class BoundedFetcher(FetcherInterface):
     """Fetch by HTTP(S) or from local files, each fetch done by ``deadline``."""
 
-    def __init__(self, deadline: float, connect_s: float = 10.0) -> None:
+    def __init__(self, deadline: Deadline, connect_s: float = 10.0) -> None:
         self.deadline = deadline
         self._pool = urllib3.PoolManager(retries=False)
         self._connect_s = connect_s
 
     def _left(self, url: str) -> float:
-        left = self.deadline - time.monotonic()
+        left = self.deadline.left()
         if left <= 0:
-            raise exceptions.SlowRetrievalError(f"{url}: time limit reached")
+            raise exceptions.SlowRetrievalError(f"{url}: time limit reached, or stopped")
         return left
 
     def _fetch(self, url: str) -> Iterator[bytes]:
@@ -50,7 +53,7 @@ class BoundedFetcher(FetcherInterface):
 
     def _http(self, url: str) -> Iterator[bytes]:
         left = self._left(url)
-        timeout = urllib3.Timeout(connect=min(self._connect_s, left), read=left)
+        timeout = urllib3.Timeout(connect=min(self._connect_s, left), read=min(READ_GAP_S, left))
         try:
             response = self._pool.request("GET", url, preload_content=False, timeout=timeout)
         except urllib3.exceptions.TimeoutError as exc:

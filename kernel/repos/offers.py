@@ -3,6 +3,8 @@ the daemon starts without loading the client until a repository is read)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 
 from drivebay.protocol.errors import RequestError
@@ -33,3 +35,15 @@ class Offer:
 
 class RepositoryFailure(RequestError):
     """A repository could not be read or a download was refused; nothing was placed."""
+
+
+class Deadline:
+    """When a repository's work must end: ``seconds`` from now, or at once
+    after ``stopped`` is set (from another thread)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.stopped = threading.Event()
+
+    def left(self) -> float:
+        return 0.0 if self.stopped.is_set() else max(0.0, self.at - time.monotonic())

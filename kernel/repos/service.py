@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from drivebay.kernel.config import Config
-from drivebay.kernel.repos.offers import Offer, RepositoryFailure, Source
+from drivebay.kernel.repos.offers import Deadline, Offer, RepositoryFailure, Source
 from drivebay.kernel.repos.sources import cache_dir, sources, sync_dir
 from drivebay.protocol.errors import DrivebayError, RequestError
 from drivebay.sandbox.bundles import version_key
@@ -52,10 +52,16 @@ class Repositories:
         self.changed = asyncio.Event()  # the config was reloaded: the check's interval may differ
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def _in_thread(self, source: Source, call: Callable[[], T], limit: float) -> T:
+    async def _in_thread(self, source: Source, call: Callable[[Deadline], T], seconds: float) -> T:
+        """``call(deadline)`` in a worker thread, one per repository at a time; a
+        cancelled wait stops the thread's fetches too (within READ_GAP_S)."""
+        deadline = Deadline(seconds)
         lock = self._locks.setdefault(source.name, asyncio.Lock())
-        async with lock, asyncio.timeout(limit + 10):  # the fetcher's deadline ends it first
-            return await asyncio.to_thread(call)
+        try:
+            async with lock, asyncio.timeout(seconds + 10):  # the deadline ends it first
+                return await asyncio.to_thread(call, deadline)
+        finally:
+            deadline.stopped.set()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -76,10 +82,9 @@ class Repositories:
 
         async def one(source: Source) -> list[Offer]:
             cache = cache_dir(config.state_path, source.name)
-            deadline = time.monotonic() + LIST_S
             try:
                 return await self._in_thread(
-                    source, lambda: list_offers(source, cache, deadline), LIST_S
+                    source, lambda deadline: list_offers(source, cache, deadline), LIST_S
                 )
             except (RepositoryFailure, TimeoutError, OSError) as exc:
                 failed[source.name] = str(exc) or f"repository {source.name}: timed out"
@@ -128,10 +133,9 @@ class Repositories:
 
         from drivebay.kernel.repos.client import download
 
-        def fetch() -> Path:
+        def fetch(deadline: Deadline) -> Path:
             downloads.mkdir(parents=True, exist_ok=True)
             got = downloads / f"{offer.name}-{offer.version}.zip"
-            deadline = time.monotonic() + DOWNLOAD_S
             try:
                 download(source, cache, offer.path, got, deadline)
                 from drivebay.sandbox.bundle_reader import read_bundle

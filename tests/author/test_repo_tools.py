@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import stat
-import time
 from pathlib import Path
 
 import pytest
 
 from drivebay.author import cli
 from drivebay.author.tuf_repo import new_key
-from drivebay.kernel.repos.client import Source, list_offers
+from drivebay.kernel.repos.client import Deadline, Source, list_offers
 from tests.sandbox.bundles import make_bundle, zip_bundle
 
 
@@ -22,7 +21,7 @@ def drivebay(*args: object) -> int:
 
 def offers(repo: Path, root: Path, cache: Path) -> dict[str, str]:
     source = Source("r", str(repo), root.read_bytes())
-    return {o.name: o.version for o in list_offers(source, cache, time.monotonic() + 10)}
+    return {o.name: o.version for o in list_offers(source, cache, Deadline(10))}
 
 
 @pytest.fixture
