@@ -23,6 +23,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 NAME = "bench-install"
@@ -128,15 +129,22 @@ def install_to_running_s(work: Path, envs_dir: Path, rounds: int = 5) -> float:
             daemon.wait()
 
 
+def measure(runs: int, envs_dir: Path | None = None) -> dict[str, Any]:
+    """``install_to_running_s`` over ``runs`` rounds, for ``distribution.py --json``;
+    ``envs_dir``: a shared env store (default: one made here, warmed by the
+    untimed first install)."""
+    with tempfile.TemporaryDirectory(prefix="drivebay-bench-install-") as work:
+        envs = envs_dir or Path(work) / "envs"
+        seconds = install_to_running_s(Path(work), envs, runs)
+    return {"install_to_running_s": round(seconds, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--envs-dir", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="drivebay-bench-install-") as work:
-        envs = args.envs_dir or Path(work) / "envs"
-        seconds = install_to_running_s(Path(work), envs, args.rounds)
-    print(json.dumps({"install_to_running_s": round(seconds, 3)}))
+    print(json.dumps(measure(args.rounds, args.envs_dir)))
 
 
 if __name__ == "__main__":
