@@ -64,11 +64,13 @@ def print_avail(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         label = shown(f"{row['name']}@{row['version']}" if row["name"] else "-")
         file = shown(row["file"])
-        source = shown(row.get("source") or "drivers-dir")
-        note = row["message"] or ""
-        if row.get("update_available"):
+        source = row.get("source") or "drivers-dir"
+        verdict, note = row["verdict"], row["message"] or ""
+        if verdict == "offered" and row.get("installed"):
+            verdict = "installed"  # a repository's version that is in the drivers dir
+        if source == "drivers-dir" and row.get("update_available"):
             note = f"(update available) {note}"
-        say(f"{file:<32} {label:<32} {source:<14} {row['verdict']:<10} {note}")
+        say(f"{file:<32} {label:<32} {shown(source):<14} {verdict:<10} {note}")
 
 
 def print_repos(result: Any) -> None:
