@@ -111,6 +111,10 @@ class Repositories:
             raise RequestError(
                 f"{where} {wanted}; see drivebayctl avail" + (f" ({problems})" if problems else "")
             )
+        present = k.registry.versions().get(chosen.name, {}).get(chosen.version)
+        if present is not None:  # a version is one content: nothing to download
+            slot = k.slots.get(f"{chosen.name}@{chosen.version}")
+            return chosen, present.source, str(slot.state) if slot else "available"
         found, _ = await asyncio.to_thread(sources, k.config)
         source = next(s for s in found if s.name == chosen.repo)
         placed = await self._fetch_and_place(k, source, chosen)

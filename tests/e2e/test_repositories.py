@@ -191,6 +191,8 @@ def test_publish_add_install_run_then_upgrade(site, daemon):
     here = [r for r in ctl_json(daemon, "avail") if r["source"] == "drivers-dir"]
     assert [(r["version"], r["update_available"]) for r in here] == [("1.0.0", True)]
 
+    again = ctl_json(daemon, "install", "demo==1.0.0")  # in the drivers dir: nothing fetched
+    assert (again["file"], again["state"]) == (str(daemon.drivers / "demo-1.0.0.zip"), "RUNNING")
     upgraded = ctl_json(daemon, "install", "demo")
     assert (upgraded["version"], upgraded["state"]) == ("1.1.0", "RUNNING")
     wait_for(
