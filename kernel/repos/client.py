@@ -13,8 +13,8 @@ length or hashes differ from its metadata. A failure raises
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from tuf.api import exceptions
 from tuf.api.metadata import Targets
@@ -101,7 +101,7 @@ def _refreshed(source: Source, cache: Path, deadline: Deadline) -> Updater:
     raise _failure(source.name, error) from error
 
 
-def _offers(repo: str, targets: Targets, allowed: Any) -> list[Offer]:
+def _offers(repo: str, targets: Targets, allowed: Callable[[str], bool]) -> list[Offer]:
     found = []
     for path, info in targets.targets.items():
         custom = (info.unrecognized_fields.get("custom") or {}).get(CUSTOM)

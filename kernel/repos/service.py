@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import shutil
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -48,7 +47,6 @@ class Repositories:
 
     def __init__(self) -> None:
         self.updates: dict[str, Offer] = {}  # driver -> the newest version offered above it
-        self.checked_at: float | None = None
         self.changed = asyncio.Event()  # the config was reloaded: the check's interval may differ
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -188,7 +186,6 @@ class Repositories:
                     "update available: %s %s (repository %s)", driver, offer.version, offer.repo
                 )
         self.updates = updates
-        self.checked_at = time.time()
         return updates
 
     async def run_checks(self, k: Kernel, stop: asyncio.Event) -> None:
@@ -199,7 +196,7 @@ class Repositories:
             config = k.config
             interval = config.update_check_interval_s
             wait: float | None = None  # off: wait for a reload
-            if interval > 0 and (config.repositories or _has_kept(config)):
+            if interval > 0 and (config.repositories or await asyncio.to_thread(_has_kept, config)):
                 try:
                     await self._check_and_update(k)
                 except Exception:  # a bug or a host problem: logged; the daemon goes on
