@@ -94,3 +94,31 @@ def test_a_bad_duration_is_one_line(tmp_path, capsys):
     )
     (line,) = capsys.readouterr().err.splitlines()
     assert line == "drivebay: 'soon' is not a duration; write e.g. 30s, 10m, 12h, 7d, 1y"
+
+
+def test_a_mirror_keeps_vendor_roles_and_a_resigned_one_its_own_root(tmp_path, repo):
+    new_key(tmp_path / "acme.key")
+    delegate = ("repo", "delegate", repo, "acme", "--key", tmp_path / "acme.pub")
+    assert drivebay(*delegate, "--drivers", "acme-*") == 0
+    src = tmp_path / "src"
+    as_acme = ("--role", "acme", "--key", tmp_path / "acme.key")
+    assert (
+        drivebay("repo", "add", repo, zip_bundle(make_bundle(src, "acme-nfs", "1.0.0")), *as_acme)
+        == 0
+    )
+    assert drivebay("repo", "add", repo, zip_bundle(make_bundle(src, "demo", "1.0.0"))) == 0
+    assert drivebay("repo", "publish", repo) == 0
+    upstream_root = repo / "metadata" / "root.json"
+    both = {"acme-nfs": "1.0.0", "demo": "1.0.0"}
+
+    mirror = tmp_path / "mirror"
+    assert drivebay("repo", "mirror", repo, mirror, "--root", upstream_root) == 0
+    assert (mirror / "metadata" / "1.acme.json").is_file()
+    assert offers(mirror, upstream_root, tmp_path / "c1") == both
+
+    site = tmp_path / "site"
+    resign = ("--resign", tmp_path / "site-keys")
+    assert drivebay("repo", "mirror", repo, site, "--root", upstream_root, *resign) == 0
+    assert offers(site, site / "metadata" / "root.json", tmp_path / "c2") == both
+    stored = sorted(p.name.split(".", 1)[1] for p in (site / "targets").rglob("*.zip"))
+    assert stored == ["acme-nfs-1.0.0.zip", "demo-1.0.0.zip"]
