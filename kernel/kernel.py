@@ -53,6 +53,7 @@ from drivebay.kernel.reconcile import (
     start_wave,
 )
 from drivebay.kernel.reloading import keep_fixed, spawn_settings
+from drivebay.kernel.repos.service import Repositories
 from drivebay.kernel.resources.actor import DriverAbsent, ResourceActor
 from drivebay.kernel.resources.book import ResourceBook
 from drivebay.kernel.resources.store import ResourceStore
@@ -112,6 +113,8 @@ class Kernel:
         self._runtime_dir: Path | None = None
         self._reload_wanted = False
         self._look_again: asyncio.TimerHandle | None = None
+        self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
+        self.repos = Repositories()  # TUF repositories: offers, installs, update check
         # What the descriptor limit (raised at start) allows; read once.
         self.descriptors = descriptor_budget(
             current_limit(), config.control.max_connections, config.restart.spare
@@ -165,7 +168,11 @@ class Kernel:
             async with asyncio.TaskGroup() as group:
                 reconciler = group.create_task(self._reconciler(), name="reconciler")
                 watcher = group.create_task(self._watch(), name="watcher")
+                checks = group.create_task(
+                    self.repos.run_checks(self, self._stop), name="update-check"
+                )
                 await self._stop.wait()
+                checks.cancel()
                 watcher.cancel()
                 reconciler.cancel()
         finally:
@@ -187,6 +194,14 @@ class Kernel:
         """Something changed: reconcile soon."""
         self._kick.set()
 
+    def next_pass(self) -> asyncio.Future[None]:
+        """Done when a reconcile pass that began after this call has ended (an
+        installed bundle has then been read, and started when newest)."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._awaiting_pass.append(done)
+        self.kick()
+        return done
+
     async def _watch(self) -> None:
         """Wake the reconciler whenever the drivers directory changes."""
         await watch_drivers(self.config.drivers_path, self.registry, self.kick, self._stop)
@@ -195,6 +210,7 @@ class Kernel:
         while True:
             await self._kick.wait()
             self._kick.clear()
+            awaiting, self._awaiting_pass = self._awaiting_pass, []
             if self._reload_wanted:
                 self._reload_wanted = False
                 try:
@@ -210,6 +226,9 @@ class Kernel:
                 log.exception("reconciling failed; retrying in 5 s")
                 asyncio.get_running_loop().call_later(5, self.kick)
             self.ready.set()
+            for done in awaiting:
+                if not done.done():
+                    done.set_result(None)
 
     def _look_again_later(self) -> None:
         """A directory still being copied, or a bundle to retry: reconcile
@@ -684,6 +703,7 @@ class Kernel:
             }
         )
         self.config = fresh
+        self.repos.changed.set()  # the update check's interval may be another
         logging.getLogger().setLevel(fresh.log_level)
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()

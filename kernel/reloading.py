@@ -63,7 +63,10 @@ def spawn_settings(config: Config, driver: str) -> tuple[Any, ...]:
     """What of ``config`` a process of ``driver`` is spawned with: a running
     process whose value differs is handed over to a new one."""
     return tuple(
-        config.for_driver(driver) if key == "drivers" else getattr(config, key)
+        # auto_update is the update check's, read where it is used: not spawned.
+        msgspec.structs.replace(config.for_driver(driver), auto_update=None)
+        if key == "drivers"
+        else getattr(config, key)
         for key, effect in EFFECTS.items()
         if effect is Effect.RESPAWN
     )

@@ -204,6 +204,34 @@ def call_arguments(assignments: list[str]) -> dict[str, Any]:
     return values
 
 
+def _repo_add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("url", metavar="URL", help="http(s)://..., file://... or a directory")
+    parser.add_argument("--root", required=True, metavar="FILE", help="its trusted root.json")
+
+
+def _repo_add_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    try:
+        with open(args.root, encoding="utf-8") as handle:
+            root = handle.read(1 << 20)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--root {args.root}: cannot read it ({exc})") from None
+    url = args.url if "://" in args.url else os.path.abspath(args.url)
+    return "repo-add", {"name": args.name, "url": url, "root": root}
+
+
+def _install_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="NAME[==VERSION]")
+    parser.add_argument("--repo", metavar="NAME", help="only from this repository")
+
+
+def _install_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    name, sep, version = args.spec.partition("==")
+    if not name or (sep and not version):
+        raise UsageError(f"{args.spec!r}: expected NAME or NAME==VERSION")
+    return "install", {"name": name, "version": version or None, "repo": args.repo}
+
+
 # -- the table -----------------------------------------------------------------------
 
 NAMES = (Field("names", "list[str]", []),)
@@ -243,7 +271,11 @@ COMMANDS: tuple[Command, ...] = (
         show.print_describe,
         _describe_request,
     ),
-    Command("avail", "every bundle in the drivers dir and its verdict", render=show.print_avail),
+    Command(
+        "avail",
+        "every bundle in the drivers dir and in the repositories",
+        render=show.print_avail,
+    ),
     Command(
         "pid",
         "the daemon's pid, or a driver's",
@@ -300,10 +332,35 @@ COMMANDS: tuple[Command, ...] = (
         show.print_call_result,
         _call_request,
     ),
+    Command(
+        "repo-add",
+        "add NAME URL --root FILE: a TUF repository kept in the state dir",
+        (Field("name", "str"), Field("url", "str"), Field("root", "str")),
+        _repo_add_arguments,
+        show.print_repos,
+        _repo_add_request,
+    ),
+    Command("repo-list", "the repositories (config and kept)", render=show.print_repos),
+    Command("repo-rm", "rm NAME", (Field("name", "str"),), _name(), show.print_repos),
+    Command(
+        "install",
+        "install NAME[==VERSION] [--repo NAME] from the repositories",
+        (
+            Field("name", "str"),
+            Field("version", "str | None", None),
+            Field("repo", "str | None", None),
+        ),
+        _install_arguments,
+        show.print_installed,
+        _install_request,
+    ),
     Command("reload", "re-read the config and rescan the drivers dir", render=show.print_json),
     Command("shutdown", "stop the daemon and all drivers", render=show.print_json),
 )
-GROUPS = {"resource": "add, set, rm or pin a resource"}
+GROUPS = {
+    "resource": "add, set, rm or pin a resource",
+    "repo": "add, list or rm a repository",
+}
 """Help of the command words that are followed by a verb."""
 
 BY_WIRE = {command.wire: command for command in COMMANDS}

@@ -64,11 +64,31 @@ def print_avail(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         label = shown(f"{row['name']}@{row['version']}" if row["name"] else "-")
         file = shown(row["file"])
-        message = row["message"] or ""
+        source = row.get("source") or "drivers-dir"
+        verdict, note = row["verdict"], row["message"] or ""
         warning = row.get("signature_warning")
         if warning:
-            message = f"{message} [{warning}]" if message else f"[{warning}]"
-        say(f"{file:<32} {label:<32} {row['verdict']:<10} {message}")
+            note = f"{note} [{warning}]" if note else f"[{warning}]"
+        if verdict == "offered" and row.get("installed"):
+            verdict = "installed"  # a repository's version that is in the drivers dir
+        if source == "drivers-dir" and row.get("update_available"):
+            note = f"(update available) {note}"
+        say(f"{file:<32} {label:<32} {shown(source):<14} {verdict:<10} {note}")
+
+
+def print_repos(result: Any) -> None:
+    for row in result if isinstance(result, list) else [result]:
+        kind = "kept" if row["kept"] else "config"
+        offers = "" if row.get("offers") is None else f"  {row['offers']} bundles"
+        message = f"  {row['message']}" if row.get("message") else ""
+        say(f"{row['name']:<16} {kind:<7} {row['url']}{offers}{message}")
+
+
+def print_installed(result: dict[str, Any]) -> None:
+    say(
+        f"{result['name']}@{result['version']}: installed from {result['repo']} "
+        f"({result['file']}), {result['state']}"
+    )
 
 
 def print_version(result: dict[str, Any]) -> None:
@@ -129,8 +149,11 @@ def _state_description(row: dict[str, Any]) -> str:
         count = row["resources"]
         plural = "" if count == 1 else "s"
         uptime_text = f"{hours}:{minutes:02d}:{seconds:02d}"
-        return f"pid {row['pid']}, uptime {uptime_text}, {count} resource{plural}"
-    return str(row["message"] or "Not started")
+        text = f"pid {row['pid']}, uptime {uptime_text}, {count} resource{plural}"
+    else:
+        text = str(row["message"] or "Not started")
+    update = row.get("update_available")
+    return f"{text}; update {update} available" if update else text
 
 
 def print_operations(info: dict[str, Any]) -> None:
@@ -164,6 +187,8 @@ def print_describe(info: dict[str, Any]) -> None:
         say(f"  {key + ':':<14}{info.get(key)}")
     if info.get("signature"):
         say(f"  {'signature:':<14}{info['signature']}")
+    if info.get("update_available"):
+        say(f"  {'update:':<14}{info['update_available']} available (drivebayctl install)")
     say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
     say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
     print_operations(info)

@@ -23,6 +23,7 @@ import drivebay
 from drivebay.kernel.control import schema
 from drivebay.kernel.drivers.descriptors import HOLDS_PLACE, places_held
 from drivebay.kernel.drivers.lifecycle import NOT_RUNNING, State
+from drivebay.kernel.repos.sources import add_kept, remove_kept, sources
 from drivebay.kernel.resources.catalog import load_catalog
 from drivebay.protocol.control_codes import (
     EXIT_FAILURE,
@@ -32,6 +33,7 @@ from drivebay.protocol.control_codes import (
 )
 from drivebay.protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
 from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
+from drivebay.sandbox.pep440 import version_key
 
 if TYPE_CHECKING:
     from drivebay.kernel.drivers.slot import DriverSlot
@@ -74,11 +76,20 @@ def status_row(k: Kernel, slot: DriverSlot) -> schema.StatusRow:
         spare_pid=slot.spare_pid,
         next_retry_at=slot.next_retry_at,
         signature_warning=_signature_warning(k.registry.signature_of(slot.bundle)),
+        update_available=_update(k, slot),
     )
 
 
 def _signature_warning(check: SignatureCheck | None) -> str | None:
     return None if check is None else check.warning
+
+
+def _update(k: Kernel, slot: DriverSlot) -> str | None:
+    """The newer version the last update check found for this driver, if any."""
+    offer = k.repos.updates.get(slot.manifest.name)
+    if offer is None or version_key(offer.version) <= version_key(slot.manifest.version):
+        return None
+    return offer.version
 
 
 @command(schema.StatusRequest)
@@ -173,6 +184,13 @@ def operation_details(slot: DriverSlot) -> list[schema.OperationDetail]:
 @command(schema.AvailRequest)
 async def avail(k: Kernel, request: schema.AvailRequest) -> Outcome:
     rows = []
+    offers, failed = await k.repos.offers(k.config)
+    newest_offered: dict[str, str] = {}
+    for offer in offers:
+        known = newest_offered.get(offer.name)
+        if known is None or version_key(offer.version) > version_key(known):
+            newest_offered[offer.name] = offer.version
+    installed: dict[str, set[str]] = {}
     for path, entry in sorted(k.registry.entries.items()):
         bundle = entry.bundle
         verdict = k.registry.verdict(entry)
@@ -180,6 +198,7 @@ async def avail(k: Kernel, request: schema.AvailRequest) -> Outcome:
             rows.append(schema.AvailRow(path.name, None, None, "INVALID", verdict))
             continue
         manifest = bundle.manifest
+        installed.setdefault(manifest.name, set()).add(manifest.version)
         slot = k.slots.get(f"{manifest.name}@{manifest.version}")
         active = slot is not None and slot.bundle.digest == bundle.digest
         rows.append(
@@ -192,7 +211,41 @@ async def avail(k: Kernel, request: schema.AvailRequest) -> Outcome:
                 _signature_warning(bundle.signature),
             )
         )
+    newest_installed = {
+        name: max(versions, key=version_key) for name, versions in installed.items()
+    }
+    rows = [
+        msgspec.structs.replace(
+            row, update_available=_newer(newest_offered, row.name, newest_installed)
+        )
+        if row.name
+        else row
+        for row in rows
+    ]
+    for offer in offers:
+        here = offer.version in installed.get(offer.name, set())
+        rows.append(
+            schema.AvailRow(
+                offer.path,
+                offer.name,
+                offer.version,
+                "offered",
+                offer.category,
+                source=offer.repo,
+                installed=here,
+                update_available=_newer(newest_offered, offer.name, newest_installed),
+            )
+        )
+    for repo, line in sorted(failed.items()):
+        rows.append(schema.AvailRow("-", None, None, "INVALID", line, source=repo, installed=False))
     return rows, EXIT_OK
+
+
+def _newer(offered: dict[str, str], name: str | None, installed: dict[str, str]) -> bool:
+    """Does a repository offer a version of ``name`` above the newest installed one?"""
+    if name is None or name not in offered or name not in installed:
+        return False
+    return version_key(offered[name]) > version_key(installed[name])
 
 
 @command(schema.PidRequest)
@@ -339,6 +392,47 @@ async def restart(k: Kernel, request: schema.RestartRequest) -> Outcome:
     stopped, _ = await stop(k, request)
     started, code = await start(k, request)
     return [*stopped, *started], code
+
+
+# -- repositories ------------------------------------------------------------------------
+
+
+@command(schema.RepoListRequest)
+async def repo_list(k: Kernel, request: schema.RepoListRequest) -> Outcome:
+    found, problems = await asyncio.to_thread(sources, k.config)
+    rows = [schema.RepoRow(s.name, s.url, s.kept) for s in found]
+    for line in problems:
+        name = line.split(":", 1)[0].removeprefix("repository ")
+        rows.append(schema.RepoRow(name, "", False, message=line))
+    return rows, EXIT_OK
+
+
+@command(schema.RepoAddRequest)
+async def repo_add(k: Kernel, request: schema.RepoAddRequest) -> Outcome:
+    root = request.root.encode()
+    source = await asyncio.to_thread(add_kept, k.config, request.name, request.url, root)
+    offers, failed = await k.repos.offers(k.config, source.name)
+    if source.name in failed:  # wrong URL or root: keep nothing
+        await asyncio.to_thread(remove_kept, k.config, source.name)
+        raise RequestError(f"{failed[source.name]}; not added")
+    count = sum(1 for offer in offers if offer.repo == source.name)
+    k.repos.changed.set()  # the update check may have a repository now
+    return schema.RepoRow(source.name, source.url, True, offers=count), EXIT_OK
+
+
+@command(schema.RepoRmRequest)
+async def repo_rm(k: Kernel, request: schema.RepoRmRequest) -> Outcome:
+    found, _ = await asyncio.to_thread(sources, k.config)
+    url = next((s.url for s in found if s.name == request.name), "")
+    await asyncio.to_thread(remove_kept, k.config, request.name)
+    return schema.RepoRow(request.name, url, True, message="removed"), EXIT_OK
+
+
+@command(schema.InstallRequest)
+async def install(k: Kernel, request: schema.InstallRequest) -> Outcome:
+    offer, placed, state = await k.repos.install(k, request.name, request.version, request.repo)
+    code = EXIT_OK if state in ("RUNNING", "available") else EXIT_FAILURE
+    return schema.Installed(offer.name, offer.version, offer.repo, str(placed), state), code
 
 
 @command(schema.ReloadRequest)

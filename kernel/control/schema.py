@@ -116,6 +116,26 @@ class CallRequest(_Request, frozen=True, tag="call"):
     ) = None
 
 
+class RepoAddRequest(_Request, frozen=True, tag="repo-add"):
+    name: str
+    url: Annotated[str, msgspec.Meta(description="http(s)://..., file://... or a directory")]
+    root: Annotated[str, msgspec.Meta(description="the text of the trusted root.json")]
+
+
+class RepoListRequest(_Request, frozen=True, tag="repo-list"):
+    pass
+
+
+class RepoRmRequest(_Request, frozen=True, tag="repo-rm"):
+    name: str
+
+
+class InstallRequest(_Request, frozen=True, tag="install"):
+    name: str
+    version: str | None = None
+    repo: str | None = None
+
+
 class ReloadRequest(_Request, frozen=True, tag="reload"):
     pass
 
@@ -137,6 +157,9 @@ CHANGING: frozenset[type[_Request]] = frozenset(
         ResourceRmRequest,
         ResourcePinRequest,
         CallRequest,
+        RepoAddRequest,
+        RepoRmRequest,
+        InstallRequest,
         ReloadRequest,
     }
 )
@@ -159,6 +182,10 @@ ControlRequest = (
     | ResourceRmRequest
     | ResourcePinRequest
     | CallRequest
+    | RepoAddRequest
+    | RepoListRequest
+    | RepoRmRequest
+    | InstallRequest
     | ReloadRequest
     | ShutdownRequest
 )
@@ -180,6 +207,7 @@ class StatusRow(msgspec.Struct, frozen=True):
     # trust.signatures: warn, and its bundle's signature is not trusted: why
     # ("unsigned", "signature: unknown key 1a2b..."); None otherwise.
     signature_warning: str | None = None
+    update_available: str | None = None  # a newer version a repository offers (update check)
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -243,12 +271,34 @@ class Description(StatusRow, frozen=True):
 
 
 class AvailRow(msgspec.Struct, frozen=True):
+    """A bundle in the drivers dir (``source`` drivers-dir) or one a repository
+    offers (``source`` its name, ``verdict`` offered)."""
+
     file: str
     name: str | None
     version: str | None
-    verdict: Literal["active", "available", "INVALID"]
+    verdict: Literal["active", "available", "offered", "INVALID"]
     message: str | None
     signature_warning: str | None = None  # as in StatusRow
+    source: str = "drivers-dir"
+    installed: bool = True  # this version is in the drivers dir
+    update_available: bool = False  # a repository offers a newer version of the driver
+
+
+class RepoRow(msgspec.Struct, frozen=True):
+    name: str
+    url: str
+    kept: bool  # added with repo add (kept in the state dir), not from the config file
+    offers: int | None = None  # bundles it offers, when it was read
+    message: str | None = None
+
+
+class Installed(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+    repo: str
+    file: str  # where it was placed in the drivers dir
+    state: str  # the version's state after the install (available: not the newest)
 
 
 class VersionInfo(msgspec.Struct, frozen=True):
@@ -318,6 +368,10 @@ RESULTS: dict[type[ControlRequest], Any] = {
     ResourceRmRequest: ResourceRemoved,
     ResourcePinRequest: ResourcePinned,
     CallRequest: Annotated[Any, msgspec.Meta(description="what the operation returned")],
+    RepoAddRequest: RepoRow,
+    RepoListRequest: list[RepoRow],
+    RepoRmRequest: RepoRow,
+    InstallRequest: Installed,
     ReloadRequest: Reloaded,
     ShutdownRequest: ShuttingDown,
 }

@@ -166,3 +166,26 @@ def test_describe_shows_each_operation_with_its_signature_and_summary(capsys):
         "        Grow it.",
         "    wait_gate(seconds: float)",
     ]
+
+
+def test_repository_output_is_escaped_and_says_what_is_installed(capsys):
+    offered = {"file": "demo/demo-1.1.0.zip", "name": "demo", "version": "1.1.0"}
+    rows = [
+        {"file": "demo-1.0.0.zip", "name": "demo", "version": "1.0.0", "verdict": "active"}
+        | {"message": "a driver", "source": "drivers-dir", "installed": True}
+        | {"update_available": True},
+        offered | {"verdict": "offered", "message": EVIL, "source": EVIL, "installed": False},
+        offered | {"verdict": "offered", "message": "", "source": "acme", "installed": True},
+    ]
+    ctl_render.print_avail(rows)
+    ctl_render.print_repos([{"name": EVIL, "url": EVIL, "kept": True, "offers": 2}])
+    ctl_render.print_installed(
+        {"name": "demo", "version": "1.1.0", "repo": EVIL, "file": EVIL, "state": "RUNNING"}
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert all(clean(line) for line in lines), lines
+    assert "(update available) a driver" in lines[0]
+    assert " offered " in lines[1] and "update" not in lines[1]
+    assert lines[2].split()[2:4] == ["acme", "installed"]
+    assert " kept " in lines[3] and lines[3].endswith("  2 bundles")
+    assert lines[-1].startswith("demo@1.1.0: installed from ")

@@ -91,6 +91,11 @@ def test_a_new_process_exactly_for_the_settings_spawned_into_it(tmp_path, key):
         assert spawn_settings(config, "beta") == spawn_settings(Config(), "beta")
 
 
+def test_a_driver_s_auto_update_is_not_spawned_into_it():
+    config = msgspec.convert({"drivers": {"alpha": {"auto_update": True}}}, Config)
+    assert spawn_settings(config, "alpha") == spawn_settings(Config(), "alpha")
+
+
 @pytest.mark.parametrize("key", [k for k, e in EFFECTS.items() if e is Effect.RESTART])
 def test_settings_fixed_at_start_keep_their_value_and_are_named(key):
     new = msgspec.convert({key: CHANGED[key]}, Config)

@@ -1,0 +1,367 @@
+"""TUF repositories end to end: a repository written with ``drivebay repo``,
+served by a real HTTP server on 127.0.0.1, read by a real drivebayd.
+
+One daemon serves the whole module (starting one costs seconds): the flow
+installs and upgrades ``demo``; each attack works on its own copy of a good
+repository, added under its own name, and installs ``victim``, which must
+never reach the drivers dir.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tuf.api.metadata import Metadata, MetaFile
+
+from drivebay.author import cli
+from drivebay.author.tuf_repo import Repository
+from tests.e2e.harness import BIN, Daemon, wait_for
+from tests.sandbox.bundles import make_bundle, zip_bundle
+
+pytestmark = pytest.mark.slow
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the test's www dir; a path ending as a key of ``truncate`` is cut
+    short (its full length announced, half of it sent, the connection closed)
+    as many times as the key's count."""
+
+    truncate: dict[str, int] = {}
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        cut = next((end for end, n in self.truncate.items() if self.path.endswith(end) and n), None)
+        if cut is None:
+            super().do_GET()
+            return
+        self.truncate[cut] -= 1
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+class Server:
+    """http.server on an ephemeral port of 127.0.0.1, in a thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), partial(Handler, directory=str(root))
+        )
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def drivebay(*args: str) -> None:
+    """Run a ``drivebay`` command in this process (the CLI's own entry point)."""
+    assert cli.main([str(a) for a in args]) == 0, args
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Server]]:
+    root = tmp_path_factory.mktemp("site")
+    www = root / "www"
+    www.mkdir()
+    server = Server(www)
+    yield root, server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(site: tuple[Path, Server], envs_dir: Path) -> Iterator[Daemon]:
+    root, _ = site
+    d = Daemon(root / "daemon", envs_dir, {"update_check_interval_s": 0.5})
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def good(site: tuple[Path, Server]) -> Path:
+    """A published repository offering victim 1.0.0, to copy for each attack."""
+    root, _ = site
+    repo, keys = root / "good", root / "good-keys"
+    drivebay("repo", "init", repo, "--keys", keys)
+    staging = root / "staging-victim"
+    drivebay("repo", "add", repo, zip_bundle(make_bundle(staging, "victim", "1.0.0")))
+    drivebay("repo", "publish", repo)
+    return repo
+
+
+def ctl_json(daemon: Daemon, *args: str) -> Any:
+    result = daemon.ctl(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def published_copy(site: tuple[Path, Server], good: Path, daemon: Daemon, name: str) -> Path:
+    """A copy of the good repository served at /NAME and added to the daemon as NAME."""
+    root, server = site
+    repo = root / "www" / name
+    shutil.copytree(good, repo)
+    (repo / ".drivebay-repo.json").write_text(json.dumps({"keys": str(root / "good-keys")}))
+    root_json = repo / "metadata" / "root.json"
+    added = daemon.ctl("repo", "add", name, f"{server.url}/{name}", "--root", str(root_json))
+    assert added.returncode == 0, added.stderr
+    return repo
+
+
+def refused(daemon: Daemon, repo: str, *words: str) -> str:
+    """Install victim from ``repo``: refused with one line holding ``words``, nothing placed."""
+    result = daemon.ctl("install", "victim", "--repo", repo)
+    assert result.returncode != 0, result.stdout
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    for word in words:
+        assert word in line, line
+    assert not [p for p in daemon.drivers.iterdir() if "victim" in p.name], line
+    return line
+
+
+# -- the flow ---------------------------------------------------------------------------
+
+
+def test_publish_add_install_run_then_upgrade(site, daemon):
+    root, server = site
+    repo, keys = root / "www" / "main", root / "main-keys"
+    staging = root / "staging"
+    run = subprocess.run  # the installed console script, as a publisher runs it
+    for args in (
+        ["repo", "init", repo, "--keys", keys],
+        ["repo", "add", repo, zip_bundle(make_bundle(staging, "demo", "1.0.0"))],
+        ["repo", "publish", repo],
+    ):
+        done = run([BIN / "drivebay", *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert not list(repo.rglob("*.key")), "no private key in the served tree"
+
+    root_json = repo / "metadata" / "root.json"
+    added = daemon.ctl("repo", "add", "main", f"{server.url}/main", "--root", str(root_json))
+    assert added.returncode == 0, added.stderr
+    wrong = daemon.ctl("repo", "add", "wrong", f"{server.url}/nowhere", "--root", str(root_json))
+    assert wrong.returncode == 1
+    assert wrong.stderr.startswith("drivebayctl: repository wrong: cannot download from it")
+    assert wrong.stderr.strip().endswith("; not added"), wrong.stderr
+    listed = ctl_json(daemon, "repo", "list")
+    assert [(r["name"], r["kept"]) for r in listed] == [("main", True)]
+
+    offered = [r for r in ctl_json(daemon, "avail") if r["name"] == "demo"]
+    assert [(r["version"], r["source"], r["installed"]) for r in offered] == [
+        ("1.0.0", "main", False)
+    ]
+
+    installed = ctl_json(daemon, "install", "demo")
+    assert (installed["version"], installed["state"]) == ("1.0.0", "RUNNING")
+    assert daemon.status()["demo"]["state"] == "RUNNING"
+    added = daemon.ctl("resource", "add", "r1", "--driver", "demo")
+    assert added.returncode == 0, added.stderr
+
+    drivebay("repo", "add", repo, zip_bundle(make_bundle(staging, "demo", "1.1.0")))
+    drivebay("repo", "publish", repo)
+    row = wait_for(
+        lambda: (r := daemon.status()["demo"]).get("update_available") == "1.1.0" and r,
+        what="the update check reporting 1.1.0",
+    )
+    assert row["version"] == "1.0.0"
+    assert ctl_json(daemon, "describe", "demo")["update_available"] == "1.1.0"
+    assert "update available: demo 1.1.0 (repository main)" in daemon.log()
+    here = [r for r in ctl_json(daemon, "avail") if r["source"] == "drivers-dir"]
+    assert [(r["version"], r["update_available"]) for r in here] == [("1.0.0", True)]
+
+    again = ctl_json(daemon, "install", "demo==1.0.0")  # in the drivers dir: nothing fetched
+    assert (again["file"], again["state"]) == (str(daemon.drivers / "demo-1.0.0.zip"), "RUNNING")
+    upgraded = ctl_json(daemon, "install", "demo")
+    assert (upgraded["version"], upgraded["state"]) == ("1.1.0", "RUNNING")
+    wait_for(
+        lambda: [r["version"] for r in ctl_json(daemon, "resources")] == ["1.1.0"],
+        what="r1 handed over to 1.1.0",
+    )
+    assert not daemon.status()["demo"].get("update_available")
+
+
+def test_auto_update_installs_what_the_check_finds(site, daemon):
+    root, _ = site
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["drivers"] = {"demo": {"auto_update": True}}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    assert daemon.ctl("reload").returncode == 0
+    drivebay(
+        "repo", "add", root / "www" / "main", zip_bundle(make_bundle(root / "s2", "demo", "1.2.0"))
+    )
+    drivebay("repo", "publish", root / "www" / "main")
+    wait_for(
+        lambda: [r["version"] for r in ctl_json(daemon, "resources")] == ["1.2.0"],
+        what="demo updated to 1.2.0 by itself",
+    )
+    assert (daemon.drivers / "demo-1.2.0.zip").is_file()
+
+
+# -- attacks: each refused with one line, nothing placed --------------------------------
+
+
+def test_a_tampered_target_is_refused(site, good, daemon):
+    repo = published_copy(site, good, daemon, "tampered")
+    (stored,) = (repo / "targets" / "victim").iterdir()
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    refused(daemon, "tampered", "does not match its signed metadata")
+
+
+def test_a_truncated_download_is_refused(site, good, daemon):
+    published_copy(site, good, daemon, "cut")
+    Handler.truncate["victim-1.0.0.zip"] = 1000
+    try:
+        refused(daemon, "cut", "the transfer broke off (a truncated download), 3 times")
+    finally:
+        Handler.truncate.clear()
+
+
+def test_a_broken_transfer_is_tried_again(site, good, daemon):
+    repo = published_copy(site, good, daemon, "flaky")
+    drivebay("repo", "add", repo, zip_bundle(make_bundle(site[0] / "s3", "flaky", "1.0.0")))
+    drivebay("repo", "publish", repo)
+    Handler.truncate["flaky-1.0.0.zip"] = 2
+    try:
+        installed = ctl_json(daemon, "install", "flaky")
+    finally:
+        Handler.truncate.clear()
+    assert installed["state"] == "RUNNING"
+
+
+def test_a_rolled_back_snapshot_is_refused(site, good, daemon):
+    repo = published_copy(site, good, daemon, "rollback")
+    drivebay("repo", "publish", repo)  # snapshot 3, which the daemon then sees
+    assert ctl_json(daemon, "avail")
+    keys = Repository.open(repo)
+    timestamp = keys.load("timestamp")
+    timestamp.signed.snapshot_meta = MetaFile(version=2)  # validly signed, but older
+    keys.write("timestamp", timestamp, [keys.signer("timestamp")])
+    refused(daemon, "rollback", "rollback", "snapshot")
+
+
+def test_an_expired_timestamp_is_refused(site, good, daemon):
+    repo = published_copy(site, good, daemon, "frozen")
+    drivebay("repo", "timestamp", repo, "--expires", "1s")
+    expires = Metadata.from_file(str(repo / "metadata" / "timestamp.json")).signed.expires
+    wait_for(lambda: datetime.now(UTC) > expires, what="the timestamp expiring")
+    refused(daemon, "frozen", "expired", "drivebay repo timestamp")
+
+
+def test_mixed_metadata_versions_are_refused(site, good, daemon):
+    repo = published_copy(site, good, daemon, "mixed")
+    drivebay("repo", "add", repo, zip_bundle(make_bundle(repo.parent / "mx", "other", "1.0.0")))
+    drivebay("repo", "publish", repo)
+    metadata = repo / "metadata"
+    # The new snapshot names targets 3; serve targets 2's signed content under that name.
+    shutil.copy(metadata / "2.targets.json", metadata / "3.targets.json")
+    refused(daemon, "mixed", "mix-and-match")
+
+
+# -- mirrors ------------------------------------------------------------------------------
+
+
+def test_a_mirror_installs_with_the_origin_stopped(site, good, daemon):
+    root, _ = site
+    origin_dir = root / "origin"
+    shutil.copytree(good, origin_dir / "up")
+    origin = Server(origin_dir)
+    try:
+        drivebay(
+            "repo",
+            "mirror",
+            f"{origin.url}/up",
+            root / "mirror",
+            "--root",
+            good / "metadata/root.json",
+        )
+    finally:
+        origin.stop()
+    assert not list((root / "mirror").rglob("*.key"))
+    root_json = str(good / "metadata" / "root.json")
+    added = daemon.ctl("repo", "add", "mirror", str(root / "mirror"), "--root", root_json)
+    assert added.returncode == 0, added.stderr
+    installed = ctl_json(daemon, "install", "victim", "--repo", "mirror")
+    assert (installed["version"], installed["state"]) == ("1.0.0", "RUNNING")
+
+
+def test_a_resigned_mirror_outlives_the_upstream_timestamp(site, daemon):
+    root, server = site
+    upstream, keys = root / "www" / "short", root / "short-keys"
+    drivebay("repo", "init", upstream, "--keys", keys)
+    bundle = zip_bundle(make_bundle(root / "staging-far", "far", "1.0.0"))
+    drivebay("repo", "add", upstream, bundle)
+    drivebay("repo", "publish", upstream, "--expires", "timestamp=2s")
+    root_json = upstream / "metadata" / "root.json"
+    site_dir, site_keys = root / "site", root / "site-keys"
+    drivebay(
+        "repo",
+        "mirror",
+        f"{server.url}/short",
+        site_dir,
+        "--root",
+        root_json,
+        "--resign",
+        site_keys,
+    )
+
+    expires = Metadata.from_file(str(upstream / "metadata" / "timestamp.json")).signed.expires
+    wait_for(lambda: datetime.now(UTC) > expires, what="the upstream timestamp expiring")
+    stale = cli.main(
+        ["repo", "mirror", f"{server.url}/short", str(root / "plain"), "--root", str(root_json)]
+    )
+    assert stale == 1  # a plain mirror cannot outlive it
+
+    drivebay("repo", "timestamp", site_dir)  # the site renews its own
+    site_root = str(site_dir / "metadata" / "root.json")
+    added = daemon.ctl("repo", "add", "site", str(site_dir), "--root", site_root)
+    assert added.returncode == 0, added.stderr
+    installed = ctl_json(daemon, "install", "far")
+    assert (installed["repo"], installed["state"]) == ("site", "RUNNING")
+
+
+# -- last: a restart (the module's daemon ends here) -------------------------------------
+
+
+def test_kept_repositories_survive_a_restart(daemon):
+    before = ctl_json(daemon, "repo", "list")
+    assert "main" in [r["name"] for r in before]
+    daemon.stop()
+    daemon.start()
+    try:
+        assert ctl_json(daemon, "repo", "list") == before
+        gone = ctl_json(daemon, "repo", "rm", "mirror")
+        assert gone["message"] == "removed"
+        assert "mirror" not in [r["name"] for r in ctl_json(daemon, "repo", "list")]
+        assert not (daemon.state / "repos" / "mirror").exists()
+        again = daemon.ctl("repo", "rm", "mirror")
+        assert (again.returncode, again.stderr.strip()) == (
+            1,
+            "drivebayctl: no repository mirror; see drivebayctl repo list",
+        )
+    finally:
+        daemon.stop()
+    assert "Traceback" not in daemon.log()
