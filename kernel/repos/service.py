@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TypeVar
 from drivebay.kernel.config import Config
 from drivebay.kernel.repos.offers import Deadline, Offer, RepositoryFailure, Source
 from drivebay.kernel.repos.sources import cache_dir, sources, sync_dir
-from drivebay.protocol.errors import DrivebayError, RequestError
+from drivebay.protocol.errors import BundleError, DrivebayError, RequestError
 from drivebay.sandbox.bundles import version_key
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class Repositories:
         downloads = cache / "downloads"
         drivers = k.config.drivers_path
         limits = k.config.bundles.read_limits()
+        trust = k.registry.trust
 
         from drivebay.kernel.repos.client import download
 
@@ -141,8 +142,16 @@ class Repositories:
             try:
                 download(source, cache, offer.path, got, deadline)
                 from drivebay.sandbox.bundle_reader import read_bundle
+                from drivebay.sandbox.trust import enforce
 
-                manifest = read_bundle(got, limits).manifest
+                bundle = read_bundle(got, limits)
+                try:
+                    # The daemon's signature policy, before anything is placed:
+                    # a bundle it would refuse never reaches the drivers dir.
+                    enforce(bundle, trust)
+                except BundleError as exc:
+                    raise RepositoryFailure(f"{exc}; nothing was installed") from exc
+                manifest = bundle.manifest
                 if (manifest.name, manifest.version) != (offer.name, offer.version):
                     raise RepositoryFailure(
                         f"repository {source.name} {offer.path}: the bundle is "

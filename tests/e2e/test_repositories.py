@@ -343,6 +343,42 @@ def test_a_resigned_mirror_outlives_the_upstream_timestamp(site, daemon):
     assert (installed["repo"], installed["state"]) == ("site", "RUNNING")
 
 
+# -- the signature policy on an install -------------------------------------------------
+
+
+def test_the_trust_policy_judges_an_install_before_anything_is_placed(site, good, daemon):
+    """Under ``trust.signatures: require`` a repository's unsigned bundle is
+    refused with the policy's line and never placed; a bundle signed by a
+    trusted key installs and runs. The policy is put back to ``off`` after."""
+    root, _ = site
+    keys = root / "vendor-keys"
+    drivebay("key", "new", "vendor", "--dir", keys)
+    repo = published_copy(site, good, daemon, "signed")
+    signed = zip_bundle(make_bundle(root / "staging-trusted", "trusted", "1.0.0"))
+    drivebay("sign", signed, "--key", keys / "vendor.key")
+    plain = zip_bundle(make_bundle(root / "staging-plain", "plain", "1.0.0"))
+    drivebay("repo", "add", repo, signed, plain)
+    drivebay("repo", "publish", repo)
+    original = daemon.config_path.read_text()
+    config = yaml.safe_load(original)
+    config["trust"] = {"signatures": "require", "keys": [str(keys / "vendor.pub")]}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    assert daemon.ctl("reload").returncode == 0, daemon.log()
+    try:
+        result = daemon.ctl("install", "plain", "--repo", "signed")
+        assert result.returncode != 0, result.stdout
+        assert result.stderr.strip() == (
+            "drivebayctl: plain-1.0.0.zip: not signed; sign it (drivebay sign plain-1.0.0.zip "
+            "--key KEY), or set trust.signatures to warn or off; nothing was installed"
+        )
+        assert not [path for path in daemon.drivers.iterdir() if "plain" in path.name]
+        installed = ctl_json(daemon, "install", "trusted", "--repo", "signed")
+        assert installed["state"] == "RUNNING"
+    finally:
+        daemon.config_path.write_text(original)
+        assert daemon.ctl("reload").returncode == 0, daemon.log()
+
+
 # -- last: a restart (the module's daemon ends here) -------------------------------------
 
 
