@@ -23,7 +23,22 @@ ensure_venv() {
     else
         "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT"
     fi
+    link_project
     echo "$want" > "$stamp"
+}
+
+# The venv imports our code as drivebay (and only so: no top-level kernel,
+# sandbox or protocol) from the working tree. setuptools' editable install
+# does that with an import hook that loads pathlib, re and fnmatch at every
+# interpreter start (10 ms, a third of `drivebayctl status`); a static path to
+# a directory that holds nothing but a link to drivebay/ costs nothing.
+link_project() {
+    local site
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    mkdir -p "$VENV/drivebay-path"
+    ln -sfn "$ROOT/drivebay" "$VENV/drivebay-path/drivebay"
+    rm -f "$site"/__editable__.drivebay-*.pth "$site"/__editable___drivebay_*_finder.py
+    echo "$VENV/drivebay-path" > "$site/drivebay-path.pth"
 }
 
 # covers STAMP HASH EXTRAS: was the project installed from this pyproject.toml

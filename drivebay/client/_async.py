@@ -46,7 +46,8 @@ class AsyncClient:
         # Each request's replies: a future for a request of one reply (the
         # common case, and the fast one), a queue for a stream. None: the
         # connection ended (_broken says why).
-        self._waiting: dict[int, asyncio.Future[Reply | None] | asyncio.Queue[Reply | None]] = {}
+        self._futures: dict[int, asyncio.Future[Reply | None]] = {}
+        self._streams: dict[int, asyncio.Queue[Reply | None]] = {}
         self._connection: FramedChannel[Reply] | None = None
         self._broken: Exception | None = None
 
@@ -95,17 +96,30 @@ class AsyncClient:
     ) -> Any:
         """Send one request and return its result; ``OperationError`` for an
         error reply. ``command`` and the fields are ``kernel/control/schema.py``'s."""
-        request_id, connection = self._next_request()
+        return await self._one(command, request_args(args, fields))
+
+    async def _one(self, command: str, args: dict[str, Any]) -> Any:
+        """Send a request of one reply and return its result (the hot path:
+        a future, no copy of ``args``)."""
+        connection = self._connection
+        if self._broken is not None or connection is None or connection.closing:
+            request_id, connection = self._next_request()  # raises what is wrong
+        else:
+            request_id = next(self._ids)
         future: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
+        self._futures[request_id] = future
         try:
-            self._send(connection, request_id, command, request_args(args, fields))
+            try:
+                connection.send(Request(request_id, command, args))
+            except (TypeError, OverflowError) as exc:  # msgspec cannot encode a value
+                raise RequestError(f"cannot send that request: {exc}") from exc
             reply = await future
         finally:
-            self._waiting.pop(request_id, None)
+            self._futures.pop(request_id, None)
         if reply is None:
             raise self._broken or ConnectionLost("drivebayd closed the connection")
-        _raise_error(reply)
+        if not reply.ok:
+            _raise_error(reply)
         return reply.result
 
     async def stream(
@@ -128,13 +142,13 @@ class AsyncClient:
     ) -> Any:
         """Run ``op`` on ``resource`` and return its result; ``OperationError``
         with ``type`` ``OperationFailed`` and the driver's traceback if it raised."""
-        return await self.request("call", call_args(resource, op, args, timeout))
+        return await self._one("call", call_args(resource, op, args, timeout))
 
     async def replies(self, command: str, args: Mapping[str, Any]) -> AsyncGenerator[Reply, None]:
         """Send one request and yield its replies as they are, errors included."""
         request_id, connection = self._next_request()
         queue: asyncio.Queue[Reply | None] = asyncio.Queue()
-        self._waiting[request_id] = queue
+        self._streams[request_id] = queue
         try:
             self._send(connection, request_id, command, args)
             while True:
@@ -145,18 +159,21 @@ class AsyncClient:
                 if not reply.more:
                     return
         finally:
-            self._waiting.pop(request_id, None)
+            self._streams.pop(request_id, None)
 
     def _reply(self, reply: Reply) -> None:
         if reply.id == 0 and not reply.ok:  # about the connection: refused, or closing
             self._broken = OperationError(reply.error, reply.code)
             self._fail_all()
             return
-        waiter = self._waiting.get(reply.id)
-        if isinstance(waiter, asyncio.Queue):
-            waiter.put_nowait(reply)
-        elif waiter is not None and not waiter.done():
-            waiter.set_result(reply)
+        future = self._futures.pop(reply.id, None)
+        if future is not None:
+            if not future.done():
+                future.set_result(reply)
+            return
+        queue = self._streams.get(reply.id)
+        if queue is not None:
+            queue.put_nowait(reply)
 
     def _violation(self, error: Exception) -> None:
         self._broken = NotDrivebayd(f"{self.path} does not answer as drivebayd: {error}")
@@ -168,11 +185,11 @@ class AsyncClient:
         self._fail_all()
 
     def _fail_all(self) -> None:
-        for waiter in self._waiting.values():
-            if isinstance(waiter, asyncio.Queue):
-                waiter.put_nowait(None)
-            elif not waiter.done():
-                waiter.set_result(None)
+        for future in self._futures.values():
+            if not future.done():
+                future.set_result(None)
+        for queue in self._streams.values():
+            queue.put_nowait(None)
 
     def _next_request(self) -> tuple[int, FramedChannel[Reply]]:
         """A fresh request id and the open connection to send it on."""

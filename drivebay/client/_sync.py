@@ -68,7 +68,8 @@ def call_args(
     resource: str, op: str, args: Mapping[str, Any] | None, timeout: float | None
 ) -> dict[str, Any]:
     """The ``call`` request's fields (``kernel/control/schema.py``'s CallRequest)."""
-    payload: dict[str, Any] = {"resource": resource, "op": op, "args": dict(args or {})}
+    given = {} if args is None else args if type(args) is dict else dict(args)
+    payload: dict[str, Any] = {"resource": resource, "op": op, "args": given}
     if timeout is not None:
         payload["timeout"] = timeout
     return payload
