@@ -19,7 +19,6 @@ from drivebay.client import (
     DaemonUnavailable,
     NotDrivebayd,
     RequestError,
-    control_socket,
 )
 from drivebay.kernel.control.ctl_commands import (
     BY_WIRE,
@@ -92,7 +91,11 @@ def _add(sub: Any, word: str, command: Command) -> None:
 
 def socket_path(args: argparse.Namespace) -> str:
     """-s, else the socket ``control_socket`` finds from -c (as the daemon does)."""
-    return str(args.socket) if args.socket else control_socket(args.config)
+    if args.socket:
+        return str(args.socket)
+    from drivebay.kernel.config_search import control_socket  # pathlib: not with -s
+
+    return control_socket(args.config)
 
 
 def request_args(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:

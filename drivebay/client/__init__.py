@@ -21,11 +21,11 @@ from drivebay.client._errors import (
     OperationError,
 )
 from drivebay.client._sync import Client, Reply
-from drivebay.kernel.config_search import control_socket
 from drivebay.protocol.errors import DrivebayError, RequestError
 
 if TYPE_CHECKING:
     from drivebay.client._async import AsyncClient
+    from drivebay.kernel.config_search import control_socket
 
 __all__ = [
     "AsyncClient",
@@ -46,6 +46,10 @@ def __getattr__(name: str) -> Any:
         from drivebay.client._async import AsyncClient
 
         return AsyncClient
+    if name == "control_socket":  # pathlib: not for a client given its socket
+        from drivebay.kernel.config_search import control_socket
+
+        return control_socket
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

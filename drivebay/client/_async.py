@@ -20,7 +20,6 @@ from drivebay.client._errors import (
     OperationError,
 )
 from drivebay.client._sync import call_args, request_args
-from drivebay.kernel.config_search import control_socket
 from drivebay.kernel.drivers.channel import FramedChannel
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.control import Reply, Request
@@ -55,6 +54,8 @@ class AsyncClient:
     def path(self) -> str:
         """The control socket's path (found when first needed)."""
         if self._path is None:
+            from drivebay.kernel.config_search import control_socket
+
             self._path = control_socket()
         return self._path
 

@@ -9,9 +9,9 @@ from its send to its last reply, so requests from several threads take turns
 
 from __future__ import annotations
 
+import _thread  # threading's lock without threading's import (1 ms of drivebayctl)
 import itertools
 import socket
-import threading
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing, suppress
 from typing import Any
@@ -22,7 +22,6 @@ from drivebay.client._errors import (
     NotDrivebayd,
     OperationError,
 )
-from drivebay.kernel.config_search import control_socket
 from drivebay.protocol.errors import ProtocolError, RequestError
 from drivebay.protocol.frames import FrameSplitter, frame
 from drivebay.protocol.msgpack_lite import MsgpackError, packb, unpackb
@@ -89,13 +88,15 @@ class Client:
         self._frames = FrameSplitter("drivebayd")
         self._pending: list[Reply] = []
         self._ids = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = _thread.allocate_lock()
         self._reader: int | None = None  # the thread between a request and its last reply
 
     @property
     def path(self) -> str:
         """The control socket's path (found when first needed)."""
         if self._path is None:
+            from drivebay.kernel.config_search import control_socket  # pathlib: only here
+
             self._path = control_socket()
         return self._path
 
@@ -180,13 +181,13 @@ class Client:
         reply, the connection closes: the next request opens a new one."""
         request_id = next(self._ids)
         data = encode_request(request_id, command, args)  # RequestError before connecting
-        if self._reader == threading.get_ident():  # waiting for the lock would never end
+        if self._reader == _thread.get_ident():  # waiting for the lock would never end
             raise RuntimeError(
                 "this thread is still reading the replies of a request on this Client; "
                 "use a second Client meanwhile"
             )
         with self._lock:
-            self._reader = threading.get_ident()
+            self._reader = _thread.get_ident()
             finished = False
             try:
                 for reply in self._exchange(self._open(), request_id, data):

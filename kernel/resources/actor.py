@@ -60,12 +60,21 @@ class DriverAbsent(RequestError):
     exit_code = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Operation:
+    """One call of ``op`` for the resource, answered through ``future``.
+
+    Once sent, ``process`` and ``request_id`` say where it went: the
+    operation is then the actor's in-flight record (and, given up on after a
+    timeout or a cancel, its unfinished one until the driver has ended it).
+    The record is the operation itself, so a call allocates nothing more."""
+
     op: str
     args: dict[str, Any]
     timeout: float | None
     future: asyncio.Future[Any]
+    process: DriverProcess | None = None
+    request_id: int = 0
 
 
 @dataclass
@@ -78,17 +87,6 @@ class Rebind:
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-
-
-@dataclass(slots=True)
-class InFlight:
-    """An operation sent to a driver process: what, where, under which id.
-    The actor holds the one in flight, and the one given up on (timed out,
-    cancelled) until the driver has ended it."""
-
-    operation: Operation
-    process: DriverProcess
-    request_id: int
 
 
 Router = Callable[["ResourceActor"], Awaitable["DriverSlot"]]  # raises DriverAbsent
@@ -121,11 +119,11 @@ class ResourceActor:
         self._wake = asyncio.Event()
         self._busy = False
         self._current: Operation | Rebind | None = None
-        self._in_flight: InFlight | None = None  # the operation in the driver
+        self._in_flight: Operation | None = None  # the operation in the driver
         self._run_done: asyncio.Future[None] | None = None  # see _deliver
         # An operation answered to its caller (timed out, cancelled) that may
         # still run in the driver; nothing else is sent before it ends.
-        self._unfinished: InFlight | None = None
+        self._unfinished: Operation | None = None
         self._attaching: DriverProcess | None = None  # an attach that may be in the driver
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -275,7 +273,7 @@ class ResourceActor:
             await self._run_done
         except asyncio.CancelledError:  # close(): give up on the call in flight
             flight = self._in_flight
-            if flight is not None:
+            if flight is not None and flight.process is not None:
                 flight.process.cancel_call(flight.request_id)
                 self._unfinished = flight  # close() waits for its end before detaching
             raise
@@ -293,7 +291,8 @@ class ResourceActor:
             _fail(item.future, exc)
             _settle(self._run_done)  # the task goes on with the next one
             return
-        self._in_flight = InFlight(item, process, request_id)
+        item.process, item.request_id = process, request_id
+        self._in_flight = item
         reply.add_done_callback(self._replied)
 
     def _replied(self, reply: asyncio.Future[Any]) -> None:
@@ -301,18 +300,19 @@ class ResourceActor:
         operation from here, without a task switch, when it may go to the same
         process as it is; else hand back to the task (a control step, a
         property change, a crash, an empty mailbox)."""
-        flight, self._in_flight = self._in_flight, None
-        if flight is None:  # _deliver was cancelled
+        item, self._in_flight = self._in_flight, None
+        if item is None:  # _deliver was cancelled
             return
-        item, process = flight.operation, flight.process
+        process = item.process
+        assert process is not None  # set when it was sent
         if reply.cancelled():  # only cancel_call does that; never leave the task waiting
-            self._unfinished = flight
+            self._unfinished = item
             _fail(item.future, RequestError(f"resource {self.resource_id}: operation cancelled"))
             _settle(self._run_done)
             return
         exc = reply.exception()
         if isinstance(exc, CallTimeout):  # answered, but it may still run: the task waits
-            self._unfinished = flight
+            self._unfinished = item
             _fail(item.future, exc)
             _settle(self._run_done)
             return
@@ -421,6 +421,7 @@ class ResourceActor:
         if self._unfinished is None:
             return
         process = self._unfinished.process
+        assert process is not None  # only a sent operation is unfinished
         ended = process.finished(self._unfinished.request_id)
         if ended is not None:
             grace = process.timeouts.call_s
