@@ -23,6 +23,7 @@ from drivebay.protocol.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
     from drivebay.sandbox.bundle_reader import ReadLimits
+    from drivebay.sandbox.manifest_schema import Limits
     from drivebay.sandbox.trust import TrustPolicy
 
 
@@ -60,6 +61,24 @@ class LimitSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     open_files: int | None = 1024
     cpu_s: int | None = None
     processes: int | None = None
+
+    def rlimits(self, own: Limits) -> dict[str, int]:
+        """A driver's RLIMIT_* values: its manifest's ``own`` limits over these
+        defaults (what the kernel and ``drivebay check`` spawn it with)."""
+        memory = own.memory_mb or self.memory_mb
+        files = own.open_files or self.open_files
+        cpu = own.cpu_s or self.cpu_s
+        processes = own.processes or self.processes
+        limits: dict[str, int] = {}
+        if memory:
+            limits["as"] = memory * 1024 * 1024
+        if files:
+            limits["nofile"] = files
+        if cpu:
+            limits["cpu"] = cpu
+        if processes:
+            limits["nproc"] = processes
+        return limits
 
 
 class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -17,7 +17,8 @@ from typing import Any
 
 from tuf.api.metadata import DelegatedRole, Metadata, TargetFile, Targets
 
-from drivebay.author.tuf_repo import CUSTOM, RepoError, Repository, load_signer, write_atomic
+from drivebay.author.tuf_repo import CUSTOM, RepoError, Repository, load_signer
+from drivebay.sandbox.atomic_files import write_whole
 from drivebay.sandbox.bundle_reader import read_bundle
 
 
@@ -96,5 +97,5 @@ def _target(
     digest = target.hashes["sha256"]
     stored = repo.targets_dir / manifest.name / f"{digest}.{manifest.name}-{manifest.version}.zip"
     if not stored.exists():
-        write_atomic(stored, bundle.read_bytes())
+        write_whole(stored, bundle.read_bytes())
     return path, target

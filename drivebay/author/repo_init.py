@@ -22,8 +22,8 @@ from drivebay.author.tuf_repo import (
     Repository,
     new_key,
     parse_expires,
-    write_atomic,
 )
+from drivebay.sandbox.atomic_files import write_whole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     }
     for role in ("root", "targets", "snapshot", "timestamp"):
         repo.write(role, first[role], [signers[role]], expires.get(role), bump=False)
-    write_atomic(root_dir / POINTER, json.dumps({"keys": str(keys)}).encode())
+    write_whole(root_dir / POINTER, json.dumps({"keys": str(keys)}).encode())
     print(f"created repository {root_dir}; keys in {keys}")
     print(f"operators trust it with: {root_dir / 'metadata' / 'root.json'}")
     return 0

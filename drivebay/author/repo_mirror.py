@@ -24,9 +24,10 @@ from pathlib import Path
 
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
 
-from drivebay.author.tuf_repo import CUSTOM, RepoError, Repository, write_atomic
+from drivebay.author.tuf_repo import CUSTOM, RepoError, Repository
 from drivebay.kernel.repos.client import Deadline, Offer, Source, download, list_offers
 from drivebay.protocol.errors import DrivebayError
+from drivebay.sandbox.atomic_files import write_whole
 
 MIRROR_S = 600.0  # the whole copy
 
@@ -71,7 +72,7 @@ def _stored(root_dir: Path, offer: Offer, bundle: Path) -> tuple[Path, TargetFil
     name = offer.path.rsplit("/", 1)[-1]
     stored = root_dir / "targets" / offer.name / f"{info.hashes['sha256']}.{name}"
     if not stored.exists():
-        write_atomic(stored, bundle.read_bytes())
+        write_whole(stored, bundle.read_bytes())
     return stored, info
 
 
@@ -81,11 +82,11 @@ def _copy(target: Path, verified: Path, bundles: dict[Offer, Path]) -> None:
         raise RepoError(f"{target}: is a repository with its own keys; mirror elsewhere")
     metadata = target / "metadata"
     for each in sorted((verified / "root_history").glob("*.root.json")):
-        write_atomic(metadata / each.name, each.read_bytes())
+        write_whole(metadata / each.name, each.read_bytes())
     newest = max(
         (verified / "root_history").glob("*.root.json"), key=lambda p: int(p.name.split(".")[0])
     )
-    write_atomic(metadata / "root.json", newest.read_bytes())
+    write_whole(metadata / "root.json", newest.read_bytes())
     for offer, bundle in bundles.items():
         _stored(target, offer, bundle)
     snapshot = Metadata[Snapshot].from_file(str(verified / "snapshot.json")).signed
@@ -93,12 +94,12 @@ def _copy(target: Path, verified: Path, bundles: dict[Offer, Path]) -> None:
         data = (verified / name).read_bytes() if (verified / name).exists() else None
         if data is None:
             continue  # a vendor role no bundle was looked up in: not mirrored
-        write_atomic(metadata / f"{meta.version}.{name}", data)
+        write_whole(metadata / f"{meta.version}.{name}", data)
     stamp = Metadata[Timestamp].from_file(str(verified / "timestamp.json")).signed
     version = stamp.snapshot_meta.version
-    write_atomic(metadata / f"{version}.snapshot.json", (verified / "snapshot.json").read_bytes())
+    write_whole(metadata / f"{version}.snapshot.json", (verified / "snapshot.json").read_bytes())
     # The timestamp last: a client sees the new state only once all it names is there.
-    write_atomic(metadata / "timestamp.json", (verified / "timestamp.json").read_bytes())
+    write_whole(metadata / "timestamp.json", (verified / "timestamp.json").read_bytes())
 
 
 def _resign(target: Path, keys: Path, bundles: dict[Offer, Path]) -> None:

@@ -89,21 +89,7 @@ def _writable(path: Path) -> bool:
 
 def rlimits(bundle: StoredBundle, defaults: LimitSettings) -> dict[str, int]:
     """The manifest's limits over the config's defaults, as the kernel sets them."""
-    own = bundle.manifest.limits
-    memory = own.memory_mb or defaults.memory_mb
-    files = own.open_files or defaults.open_files
-    cpu = own.cpu_s or defaults.cpu_s
-    processes = own.processes or defaults.processes
-    limits: dict[str, int] = {}
-    if memory:
-        limits["as"] = memory * 1024 * 1024
-    if files:
-        limits["nofile"] = files
-    if cpu:
-        limits["cpu"] = cpu
-    if processes:
-        limits["nproc"] = processes
-    return limits
+    return defaults.rlimits(bundle.manifest.limits)
 
 
 class Scratch:

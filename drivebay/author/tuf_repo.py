@@ -21,17 +21,13 @@ repository offers from the targets metadata alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from securesystemslib.signer import CryptoSigner, SSlibKey
 from tuf.api.metadata import (
     Metadata,
@@ -44,6 +40,8 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from drivebay.protocol.errors import DrivebayError
+from drivebay.sandbox.atomic_files import write_whole
+from drivebay.sandbox.signing import key_id, read_private_key, read_public_key, write_key_pair
 
 TOP_ROLES = ("root", "targets", "snapshot", "timestamp")
 POINTER = ".drivebay-repo.json"
@@ -63,59 +61,27 @@ class RepoError(DrivebayError):
 # -- keys ------------------------------------------------------------------------------
 
 
-def key_id(public: Ed25519PublicKey) -> str:
-    """A key's id: the sha256 (hex) of its raw public key, as for bundle signatures."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
-
-
 def tuf_key(public: Ed25519PublicKey) -> SSlibKey:
+    """The TUF form of a key; its id is the one bundle signatures use."""
     return SSlibKey.from_crypto(public, keyid=key_id(public), scheme="ed25519")
 
 
 def new_key(path: Path) -> CryptoSigner:
-    """Make an Ed25519 key, write it (PEM, PKCS#8, mode 0600) at ``path`` and its
-    public half at ``path.with_suffix('.pub')``."""
-    private = Ed25519PrivateKey.generate()
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomic(path, pem, 0o600)
-    public = private.public_key()
-    write_atomic(
-        path.with_suffix(".pub"),
-        public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-        0o644,
-    )
-    return CryptoSigner(private, tuf_key(public))
+    """Make an Ed25519 key pair as ``drivebay key new`` does: ``path`` (PKCS#8
+    PEM, mode 0600) and ``path.with_suffix('.pub')``; never over an old key."""
+    write_key_pair(path.stem, path.parent)
+    return load_signer(path)
 
 
 def load_signer(path: Path) -> CryptoSigner:
-    """The signer of the private key file at ``path`` (PEM, PKCS#8, Ed25519)."""
-    try:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise RepoError(f"{path}: cannot read the key: {exc.strerror}; check --keys") from exc
-    except ValueError as exc:
-        raise RepoError(f"{path}: not a PEM private key; make one with drivebay key new") from exc
-    if not isinstance(private, Ed25519PrivateKey):
-        raise RepoError(f"{path}: not an Ed25519 key; make one with drivebay key new")
+    """The signer of the private key file at ``path`` (``SigningError`` says why not)."""
+    private = read_private_key(path)
     return CryptoSigner(private, tuf_key(private.public_key()))
 
 
 def load_public(path: Path) -> SSlibKey:
-    """The TUF key of the public key file at ``path`` (PEM, Ed25519)."""
-    try:
-        public = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as exc:
-        raise RepoError(f"{path}: cannot read the key: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise RepoError(f"{path}: not a PEM public key; pass the .pub file") from exc
-    if not isinstance(public, Ed25519PublicKey):
-        raise RepoError(f"{path}: not an Ed25519 public key; make one with drivebay key new")
-    return tuf_key(public)
+    """The TUF key of the public key file at ``path`` (``SigningError`` says why not)."""
+    return tuf_key(read_public_key(path))
 
 
 # -- durations -----------------------------------------------------------------------
@@ -155,22 +121,6 @@ def expiry(delta: timedelta) -> datetime:
 
 
 # -- files -----------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` whole or not at all (temp file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, mode)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 SERIALIZER = JSONSerializer(compact=False)
@@ -257,9 +207,9 @@ class Repository:
             path = self.metadata_dir / "timestamp.json"
         else:
             path = self.metadata_dir / f"{signed.version}.{role}.json"
-        write_atomic(path, data)
+        write_whole(path, data)
         if role == "root":
-            write_atomic(self.metadata_dir / "root.json", data)
+            write_whole(self.metadata_dir / "root.json", data)
         return path
 
     def targets_roles(self) -> list[str]:

@@ -650,21 +650,7 @@ class DriverSlot:
         """The manifest's limits over the config's defaults, as RLIMIT_* values."""
         config = self._ctx.current_config()
         defaults = config.for_driver(self.manifest.name).limits or config.limits
-        own = self.manifest.limits
-        memory = own.memory_mb or defaults.memory_mb
-        files = own.open_files or defaults.open_files
-        cpu = own.cpu_s or defaults.cpu_s
-        processes = own.processes or defaults.processes
-        limits: dict[str, int] = {}
-        if memory:
-            limits["as"] = memory * 1024 * 1024
-        if files:
-            limits["nofile"] = files
-        if cpu:
-            limits["cpu"] = cpu
-        if processes:
-            limits["nproc"] = processes
-        return limits
+        return defaults.rlimits(self.manifest.limits)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 from drivebay.kernel.config import Config
 from drivebay.kernel.repos.offers import Deadline, Offer, RepositoryFailure, Source
-from drivebay.kernel.repos.sources import cache_dir, sources, sync_dir
+from drivebay.kernel.repos.sources import cache_dir, sources
 from drivebay.protocol.errors import BundleError, DrivebayError, RequestError
+from drivebay.sandbox.atomic_files import sync_dir
 from drivebay.sandbox.bundles import version_key
 
 if TYPE_CHECKING:

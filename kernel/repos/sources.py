@@ -10,15 +10,14 @@ the new one. ``STATE/repos/NAME/metadata`` is the TUF client's cache.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 from drivebay.kernel.config import Config
 from drivebay.kernel.repos.offers import RepositoryFailure, Source
 from drivebay.protocol.errors import RequestError
+from drivebay.sandbox.atomic_files import write_whole
 
 KEPT = "repositories.json"
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -92,9 +91,9 @@ def add_kept(config: Config, name: str, url: str, root: bytes) -> Source:
         raise RequestError(f"repository {name} already exists; repo rm {name} first")
     folder = cache_dir(state, name)
     shutil.rmtree(folder, ignore_errors=True)  # an old cache of a name used before
-    write_whole(folder / "root.json", root)
+    write_whole(folder / "root.json", root, 0o600)
     kept[name] = url
-    write_whole(state / KEPT, json.dumps({"repositories": kept}, indent=1).encode())
+    write_whole(state / KEPT, json.dumps({"repositories": kept}, indent=1).encode(), 0o600)
     return Source(name, url, root, kept=True)
 
 
@@ -121,29 +120,5 @@ def remove_kept(config: Config, name: str) -> None:
             raise RequestError(f"repository {name} is in the config file; remove it there")
         raise RequestError(f"no repository {name}; see drivebayctl repo list")
     del kept[name]
-    write_whole(state / KEPT, json.dumps({"repositories": kept}, indent=1).encode())
+    write_whole(state / KEPT, json.dumps({"repositories": kept}, indent=1).encode(), 0o600)
     shutil.rmtree(cache_dir(state, name), ignore_errors=True)
-
-
-def write_whole(path: Path, data: bytes) -> None:
-    """``data`` at ``path``, whole or not at all (temp file, fsync, rename, fsync dir)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    sync_dir(path.parent)
-
-
-def sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
