@@ -13,6 +13,7 @@ checks that the two agree field by field.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -391,15 +392,25 @@ class BadRequest(RequestError):
 
 
 def decode_request(command: str, args: object) -> ControlRequest:
-    """The request Struct of ``command`` from its ``args``; BadRequest naming
-    the field that is wrong."""
+    """The request Struct of ``command`` from its ``args`` (MessagePack bytes
+    as ``msgspec.Raw``, or plain values); BadRequest naming the field that is
+    wrong."""
     kind = REQUESTS.get(command)
     if kind is None:
         raise BadRequest(f"unknown command {command!r} (known: {', '.join(sorted(REQUESTS))})")
     try:
+        if isinstance(args, msgspec.Raw):
+            return _decoder(kind).decode(args)
         return msgspec.convert(args, kind)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"bad request for {command}: {_explained(kind, str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"bad request for {command}: {exc}") from None
+
+
+@functools.cache
+def _decoder(kind: type[ControlRequest]) -> msgspec.msgpack.Decoder[ControlRequest]:
+    return msgspec.msgpack.Decoder(kind)
 
 
 def _explained(kind: type[ControlRequest], error: str) -> str:

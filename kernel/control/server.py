@@ -31,7 +31,7 @@ from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, subm
 from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from drivebay.kernel.drivers.channel import FramedChannel
 from drivebay.protocol.codec import MessageCodec
-from drivebay.protocol.control import Reply, Request
+from drivebay.protocol.control import RawRequest, Reply
 from drivebay.protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
 from drivebay.protocol.errors import (
     DrivebayError,
@@ -126,7 +126,7 @@ class ServerLimits:
     lingering: int = 0  # refused connections waiting for their client to read why
 
 
-class ControlChannel(FramedChannel[Request]):
+class ControlChannel(FramedChannel[RawRequest]):
     """A connection's channel that reports each read, leaves a protocol
     violation to its connection to close, goes deaf and mute once the
     connection refused its client, and stops reading from a client while it
@@ -135,7 +135,7 @@ class ControlChannel(FramedChannel[Request]):
     def __init__(
         self,
         connection: ControlConnection,
-        codec: MessageCodec[Request],
+        codec: MessageCodec[RawRequest],
         on_read: Callable[[], None],
     ) -> None:
         super().__init__(
@@ -200,7 +200,7 @@ class ControlConnection:
         self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
         max_frame = kernel.config.max_frame_bytes
-        codec: MessageCodec[Request] = MessageCodec(Request, "control client", max_frame)
+        codec: MessageCodec[RawRequest] = MessageCodec(RawRequest, "control client", max_frame)
         self.channel = ControlChannel(self, codec, self._after_read)
 
     def made(self, transport: asyncio.Transport) -> None:
@@ -288,7 +288,7 @@ class ControlConnection:
         """Garbage, or a request over ``max_frame_bytes`` (from its prefix)."""
         self._refuse(str(error), EXIT_USAGE)
 
-    def dispatch(self, request: Request) -> None:
+    def dispatch(self, request: RawRequest) -> None:
         self._progress = True
         try:
             typed = schema.decode_request(request.command, request.args)
