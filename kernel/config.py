@@ -164,6 +164,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     envs_dir: str | None = None  # default <state_dir>/envs; may be shared by daemons
     uv_cache_dir: str | None = None  # default: uv's own cache
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # the daemon's own lines (kernel/log_format.py)
     python: str | None = None  # interpreter driver envs are built on; default the kernel's
     user: str | None = None  # run drivers as this user (root daemon only)
     # What keeps a driver's descendants from outliving it (sandbox/containment.py).

@@ -30,6 +30,7 @@ from drivebay.kernel.drivers.ordering import Node, Plan, plan, stop_order
 from drivebay.kernel.drivers.registry import Registry
 from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
 from drivebay.kernel.drivers.watch import watch_drivers
+from drivebay.kernel.log_format import slot_fields, use_format
 from drivebay.kernel.reconcile import (
     Action,
     Activate,
@@ -61,7 +62,7 @@ from drivebay.kernel.state_lock import StateLock
 from drivebay.protocol.errors import DrivebayError, NoSuchName, RequestError
 from drivebay.protocol.versions import PROTOCOL_MAX
 from drivebay.sandbox import containment
-from drivebay.sandbox.bundle_errors import quoted
+from drivebay.sandbox.bundle_errors import quoted, shown
 from drivebay.sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from drivebay.sandbox.env_key import EnvRequest, env_key
 from drivebay.sandbox.envs import collect_garbage, ensure_env
@@ -106,6 +107,8 @@ class Kernel:
         self.last_switch_s = 0.0
         self.plan = Plan()
         self.ready = asyncio.Event()  # the first reconcile is done
+        # Told of every state change of every slot, after the kernel's own listener.
+        self.state_listeners: list[Callable[[DriverSlot, State], None]] = []
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
         self._pids = PidRecords(self.state_dir / "run")
@@ -184,6 +187,10 @@ class Kernel:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    async def wait_stopping(self) -> None:
+        """Return once ``shutdown`` has been asked for."""
+        await self._stop.wait()
 
     def request_reload(self) -> None:
         """SIGHUP: reload the config in the reconciler (which owns changes)."""
@@ -349,6 +356,8 @@ class Kernel:
             rollback = roll_back(self._facts(self.registry.versions()), slot.name)
             if rollback is not None:
                 self._apply_now(rollback)
+        for listener in list(self.state_listeners):
+            listener(slot, state)
         self.kick()
 
     def _apply_now(self, action: RollBack) -> None:
@@ -644,7 +653,14 @@ class Kernel:
         )
 
     def _on_event(self, slot: str, resource_id: str, name: str, data: Any) -> None:
-        log.info("event from %s: %s %s %s", slot, resource_id, name, data)
+        log.info(  # the driver's strings escaped, as its log lines are
+            "event from %s: %s %s %s",
+            slot,
+            shown(resource_id),
+            shown(name),
+            shown(str(data)),
+            extra=slot_fields(slot, "driver_event", resource=resource_id),
+        )
         actor = self.book.actors.get(resource_id) if self.book is not None else None
         if actor is not None:
             actor.last_event = {"name": name, "data": data, "at": time.time(), "from": slot}
@@ -705,6 +721,7 @@ class Kernel:
         self.config = fresh
         self.repos.changed.set()  # the update check's interval may be another
         logging.getLogger().setLevel(fresh.log_level)
+        use_format(fresh.log_format)
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()
         self.registry.trust = trust

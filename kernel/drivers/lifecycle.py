@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.errors import KernelError
 
 log = logging.getLogger("drivebay.lifecycle")
@@ -160,7 +161,14 @@ class Lifecycle:
         self.history.append(Transition(now, source, target, reason))
         self.state, self.reason, self.since = target, reason, now
         level = logging.WARNING if event in LOUD else logging.INFO
-        log.log(level, "%s entered %s%s", self.name, target, f" ({reason})" if reason else "")
+        log.log(
+            level,
+            "%s entered %s%s",
+            self.name,
+            target,
+            f" ({reason})" if reason else "",
+            extra=slot_fields(self.name, event.value, state=target.value),
+        )
         for listener in list(self._listeners):
             listener(target)
         return target

@@ -31,6 +31,7 @@ from drivebay.kernel.config import Config, TimeoutSettings
 from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State
 from drivebay.kernel.drivers.process import DriverProcess, EventHandler
 from drivebay.kernel.drivers.restarts import RestartTracker
+from drivebay.kernel.log_format import slot_fields
 from drivebay.kernel.reloading import spawn_settings
 from drivebay.protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from drivebay.sandbox.bundles import StoredBundle
@@ -420,7 +421,12 @@ class DriverSlot:
                 self._reaped()
                 now = self._clock()
                 ran_for = now - (self._started_at or now)
-                log.warning("exited: %s (%s; not expected)", self.name, process.exit_reason())
+                log.warning(
+                    "exited: %s (%s; not expected)",
+                    self.name,
+                    process.exit_reason(),
+                    extra=slot_fields(self.name, "exited"),
+                )
                 await self._after_exit(ran_for, process.exit_reason())
                 return
             if done == {reloaded}:
@@ -433,7 +439,12 @@ class DriverSlot:
             try:
                 await process.health()
             except DriverError as exc:
-                log.warning("%s failed a health check: %s; restarting it", self.name, exc)
+                log.warning(
+                    "%s failed a health check: %s; restarting it",
+                    self.name,
+                    exc,
+                    extra=slot_fields(self.name, "health_failed"),
+                )
                 await process.stop()
 
     async def _after_exit(self, ran_for: float | None, reason: str) -> None:
@@ -449,7 +460,7 @@ class DriverSlot:
                 f"{reason}; gave up after {policy.max_restarts} restarts within "
                 f"{policy.window_s:g}s (drivebayctl start {self.manifest.name} retries)",
             )
-            log.error("gave up: %s entered FATAL", self.name)
+            log.error("gave up: %s entered FATAL", self.name, extra=slot_fields(self.name, "fatal"))
             return
         if delay == 0:
             return  # ran long enough: the loop starts it again at once
@@ -466,7 +477,12 @@ class DriverSlot:
             self._fire(Event.STOP, "")
             code = await process.stop()
             self._reaped()
-            log.info("stopped: %s (%s)", self.name, describe_exit(code))
+            log.info(
+                "stopped: %s (%s)",
+                self.name,
+                describe_exit(code),
+                extra=slot_fields(self.name, "stopped"),
+            )
         if self._failure:
             reason, self._failure = self._failure, ""
             if self.state is not State.FAILED:

@@ -43,6 +43,7 @@ CHANGED: dict[str, Any] = {
     "timeouts": TimeoutSettings(call_s=9),
     "bundles": msgspec.structs.replace(Config().bundles, max_members=9),
     "log_level": "DEBUG",
+    "log_format": "json",
     "python": "/usr/bin/python3",
     "user": "nobody",
     "max_frame_bytes": 9999,
