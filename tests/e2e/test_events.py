@@ -103,15 +103,24 @@ def test_events_from_a_bundle_a_kill_and_resources_to_a_restart_of_the_daemon(
 
         assert daemon.ctl("resource", "add", "r1", "--driver", "alpha").returncode == 0
         shown.line(lambda text: text.startswith("alpha@1.0.0") and text.endswith(", 1 resource"))
-        assert daemon.ctl("resource", "rm", "r1").returncode == 0
         added = events.event(lambda e: e["type"] == "resource.added")
         assert (added["resource"], added["driver"]) == ("r1", "alpha")
         audit = events.event(lambda e: e["type"] == "audit")
         assert audit["data"]["who"] == f"pid {audit['data']['who'].split()[1]} uid {os.geteuid()}"
         assert audit["data"]["what"] == "resource-add id='r1' driver='alpha'"
         assert audit["data"]["outcome"] == "ok"
+
+        daemon.drop(build(tmp_path, "alpha", version="1.1.0"))  # an upgrade moves r1
+        began = events.event(lambda e: e["type"] == "upgrade.started")
+        assert (began["version"], began["data"]["from"]) == ("1.1.0", "1.0.0")
+        assert began["data"]["resources"] == 1
+        assert events.event(lambda e: e["type"] == "upgrade.switched")["data"]["moved"] == 1
+        done = events.event(lambda e: e["type"] == "upgrade.finished")
+        assert (done["version"], done["data"]["old_state"]) == ("1.1.0", "STOPPED")
+
+        assert daemon.ctl("resource", "rm", "r1").returncode == 0
         events.event(lambda e: e["type"] == "resource.removed" and e["resource"] == "r1")
-        shown.line(lambda text: text.startswith("alpha@1.0.0") and text.endswith(", 0 resources"))
+        shown.line(lambda text: text.startswith("alpha@1.1.0") and text.endswith(", 0 resources"))
         assert ended(watch, signal.SIGINT) == 0  # Ctrl-C
     finally:
         ended(follow)
