@@ -117,6 +117,12 @@ class ControlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_buffer_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # shared by large requests
 
 
+class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The in-memory event ring (``drivebayctl events``, ``GET /v1/events``)."""
+
+    ring_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000  # events kept
+
+
 class TrustSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Which bundle signatures the daemon accepts (``trust:``); see docs/distribution.md.
 
@@ -180,6 +186,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     logs: LogSettings = LogSettings()
     bundles: BundleLimitSettings = BundleLimitSettings()
     control: ControlSettings = ControlSettings()
+    events: EventSettings = EventSettings()
     trust: TrustSettings = TrustSettings()
     repositories: tuple[RepositorySettings, ...] = ()
     update_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: never check

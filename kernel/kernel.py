@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import functools
 import logging
 import os
 import sys
@@ -25,11 +26,12 @@ from typing import Any, TypeVar
 from drivebay.kernel.config import Config
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
-from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State
+from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
 from drivebay.kernel.drivers.ordering import Node, Plan, plan, stop_order
 from drivebay.kernel.drivers.registry import Registry
 from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
 from drivebay.kernel.drivers.watch import watch_drivers
+from drivebay.kernel.events import EventLog, bundle_judged, driver_moved
 from drivebay.kernel.log_format import slot_fields, use_format
 from drivebay.kernel.reconcile import (
     Action,
@@ -87,6 +89,7 @@ class Kernel:
         self.config_path = config_path
         self._overrides = overrides or {}
         self.state_dir = config.state_path
+        self.events = EventLog(config.events.ring_size)  # what happened, for operators
         self.registry = Registry(
             config.drivers_path,
             self.state_dir,
@@ -94,6 +97,7 @@ class Kernel:
             config.bundles.read_limits(),
             trust=config.trust.policy(),
         )
+        self.registry.on_verdict = functools.partial(bundle_judged, self.events)
         self.slots: dict[str, DriverSlot] = {}  # by name@version: what runs or should run
         self.retiring: list[DriverSlot] = []  # being drained after a handover
         self.active: dict[str, str] = {}  # driver -> the version unpinned resources use
@@ -146,6 +150,7 @@ class Kernel:
                 self.schema_for,
                 self.config.mailbox_size,
                 self.config.timeouts.settle_budget(),
+                events=self.events,
             )
             log.info("restored %d resources", self.book.restore())
             self._failed = self.book.store.failed_versions()
@@ -364,6 +369,9 @@ class Kernel:
         """The one decision taken in a listener, where nothing may be awaited."""
         slot = self.slots[action.key]
         log.warning("%s %s; %s serves again", slot.name, action.reason, action.successor)
+        undone = {"to": action.successor, "reason": action.reason}
+        name, version = slot.manifest.name, slot.manifest.version
+        self.events.emit("upgrade.rolled_back", driver=name, version=version, data=undone)
         self._mark_failed(slot, action.reason)
         del self.active[slot.manifest.name]  # the older version takes over once RUNNING
         slot.fail(action.reason)
@@ -490,7 +498,7 @@ class Kernel:
         actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
         self.active[name] = new.manifest.version
         budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-        result = await hand_over(old, new, actors, budget)
+        result = await hand_over(old, new, actors, budget, self.events)
         self.last_switch_s = result.switch_s
         if not result.ok:
             self.active[name] = old.manifest.version
@@ -508,6 +516,12 @@ class Kernel:
         if not pinned_here:
             del self.slots[old.name]
             await self._retire(old)
+        self._upgrade_finished(old, new)
+
+    def _upgrade_finished(self, old: DriverSlot, new: DriverSlot) -> None:
+        name, version = new.manifest.name, new.manifest.version
+        done = {"from": old.manifest.version, "old_state": str(old.state)}
+        self.events.emit("upgrade.finished", driver=name, version=version, data=done)
 
     async def _replace(self, old: DriverSlot, bundle: StoredBundle) -> None:
         """Same version, new content or settings: a fresh process, then a handover.
@@ -532,7 +546,7 @@ class Kernel:
             assert self.book is not None
             actors = [a for a in self.book.actors.values() if a.bound is old]
             budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-            moved = (await hand_over(old, new, actors, budget)).ok
+            moved = (await hand_over(old, new, actors, budget, self.events)).ok
         finally:
             self.retiring.remove(old)
             if not moved:
@@ -540,6 +554,8 @@ class Kernel:
                 await new.close()
         new.candidate = False
         await self._retire(old)
+        if moved:
+            self._upgrade_finished(old, new)
 
     async def _retire(self, slot: DriverSlot, reason: str = "superseded") -> None:
         """Drain and stop a version nobody uses any more; status shows it meanwhile."""
@@ -650,7 +666,12 @@ class Kernel:
             on_spawn=self._pids.record,
             on_reap=self._pids.forget,
             on_event=self._on_event,
+            on_move=self._on_move,
         )
+
+    def _on_move(self, slot: DriverSlot, move: Transition) -> None:
+        name, version = slot.manifest.name, slot.manifest.version
+        driver_moved(self.events, name, version, move, slot.restarts.total, slot.next_retry_at)
 
     def _on_event(self, slot: str, resource_id: str, name: str, data: Any) -> None:
         log.info(  # the driver's strings escaped, as its log lines are
@@ -725,6 +746,7 @@ class Kernel:
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()
         self.registry.trust = trust
+        self.events.resize(fresh.events.ring_size)
         for slot in self.all_slots():
             slot.reconfigure()
         self._replace_stale_settings()

@@ -13,6 +13,7 @@ import yaml
 from drivebay.kernel.config import (
     Config,
     ControlSettings,
+    EventSettings,
     LimitSettings,
     LogSettings,
     TimeoutSettings,
@@ -54,6 +55,7 @@ CHANGED: dict[str, Any] = {
     "repositories": [{"name": "acme", "url": "https://127.0.0.1/", "root": "/root.json"}],
     "update_check_interval_s": 60,
     "auto_update": True,
+    "events": EventSettings(ring_size=9),
     "drivers": {"alpha": {"env": {"A": "1"}}},
 }
 
