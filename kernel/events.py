@@ -143,7 +143,7 @@ class EventLog:
         """One changing request: who asked (``uid 1000 pid 4242``), what
         (``stop alpha``) and how it ended (``ok``, ``exit 7``, ``failed: ...``);
         one line in the log (logger ``drivebay.audit``) and one event."""
-        audit_log.info("%s: %s: %s", who, what, outcome)
+        audit_log.info("audit: %s: %s: %s", who, what, outcome)
         return self.emit("audit", data={"who": who, "what": what, "outcome": outcome})
 
     def resize(self, size: int) -> None:
