@@ -8,20 +8,25 @@ starting."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import http.client
+import ipaddress
 import json
 import re
 import socket
+import ssl
 import stat
 import subprocess
 from contextlib import aclosing, closing
+from http.client import HTTPConnection
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import uvloop
 
-from drivebay.client import AsyncClient, Client, OperationError
+from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.kernel.httpapi.openapi import REF, result_type
 from drivebay.kernel.httpapi.problems import Problem
 from drivebay.kernel.httpapi.routes import ROUTES
@@ -59,9 +64,18 @@ class Api:
         return response.status, answer
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.fixture
 def api(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
-    daemon = mis_daemon(daemon_factory, tmp_path, {"mailbox_size": 1})
+    port = free_port()
+    config = {"mailbox_size": 1, "http": {"listen": f"127.0.0.1:{port}"}}
+    daemon = mis_daemon(daemon_factory, tmp_path, config)
+    daemon.port = port
     found = Api(str(daemon.state / "http.sock"))
     yield daemon, found
     check_against_openapi(found)
@@ -154,6 +168,14 @@ def test_http_api_end_to_end(api):  # type: ignore[no-untyped-def]
     followed = follow_logs(http, "/v1/drivers/mis/1.0.0/logs?follow=1&lines=0")
     assert "later words" in followed
 
+    # over TCP (loopback, no TLS): no client certificate, no service
+    tcp = HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    with closing(tcp):
+        tcp.request("GET", "/v1/version")
+        response = tcp.getresponse()
+        problem = json.loads(response.read())
+    assert (response.status, problem["type"]) == (401, "Unauthenticated")
+
     # start, stop, restart; the exit status in Drivebay-Code
     status, outcomes = http("POST", "/v1/drivers/mis/restart")
     assert status == 200 and [o["ok"] for o in outcomes] == [True, True]
@@ -240,3 +262,72 @@ def test_tcp_beyond_loopback_needs_tls(tmp_path):
         done.stderr
     )
     wait_for(lambda: not (tmp_path / "state" / "http.sock").exists(), 1, "no socket")
+
+
+def test_https_serves_a_client_with_a_certificate(daemon_factory, tmp_path):
+    files = make_certificates(tmp_path)
+    port = free_port()
+    tls = {"cert": files["server.pem"], "key": files["server.key"], "client_ca": files["ca.pem"]}
+    daemon = daemon_factory(config={"http": {"listen": f"127.0.0.1:{port}", "tls": tls}})
+    daemon.start()
+    trusted = ssl.create_default_context(cafile=files["ca.pem"])
+    url = f"https://127.0.0.1:{port}"
+    with pytest.raises(DrivebayError):  # no client certificate: the handshake fails
+        Client(http=url, ssl=trusted).request("version")
+    trusted.load_cert_chain(files["client.pem"], files["client.key"])
+    with Client(http=url, ssl=trusted) as client:
+        assert client.request("version")["protocol"]
+        assert client.request("status") == []
+
+
+def make_certificates(root: Path) -> dict[str, str]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    files: dict[str, str] = {}
+
+    def issue(name: str, key: Any, issuer: Any = None, **extra: Any) -> Any:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        signer_name, signer_key = issuer or (subject, key)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(signer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), True)
+        )
+        if "ip" in extra:
+            san = x509.SubjectAlternativeName([x509.IPAddress(extra["ip"])])
+            builder = builder.add_extension(san, False)
+        cert = builder.sign(signer_key, hashes.SHA256())
+        (root / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (root / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        files[f"{name}.pem"], files[f"{name}.key"] = (
+            str(root / f"{name}.pem"),
+            str(root / f"{name}.key"),
+        )
+        return cert
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("ca", ca_key)
+    issue(
+        "server",
+        ec.generate_private_key(ec.SECP256R1()),
+        (ca.subject, ca_key),
+        ip=ipaddress.ip_address("127.0.0.1"),
+    )
+    issue("client", ec.generate_private_key(ec.SECP256R1()), (ca.subject, ca_key))
+    return files
