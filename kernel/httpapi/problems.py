@@ -41,6 +41,10 @@ STATUS: dict[str, int] = {
 }
 
 
+ROUTING = ("NoSuchRoute", "MethodNotAllowed", "TooLarge")
+"""What aiohttp refuses before any command runs, named by its status in ``STATUS``."""
+
+
 class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     """RFC 9457 problem details of a failed request."""
 

@@ -34,7 +34,7 @@ from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outc
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.httpapi import openapi
 from drivebay.kernel.httpapi.access import authorize, peer_of
-from drivebay.kernel.httpapi.problems import Problem, plain, problem
+from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import ROUTES, Route, command_of
 from drivebay.protocol.control_codes import EXIT_OK
 from drivebay.protocol.errors import DrivebayError, KernelError, NotRunning
@@ -96,6 +96,8 @@ class Api:
             else:
                 result, code = await HANDLERS[kind](self.kernel, typed)
             result = route.picked(result, request.match_info)
+        except web.HTTPException:
+            raise  # aiohttp's own (a body over client_max_size): _problems says it
         except Exception as exc:
             return self._problem(problem(command, exc))
         return web.Response(
@@ -181,9 +183,7 @@ class Api:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            name = {404: "NoSuchRoute", 405: "MethodNotAllowed", 413: "TooLarge"}.get(
-                exc.status, "RequestError"
-            )
+            name = next((n for n in ROUTING if STATUS[n] == exc.status), "RequestError")
             detail = f"{request.method} {request.path}: {exc.reason}"
             if exc.status == 404:
                 detail += "; GET /v1/openapi.json lists the routes"

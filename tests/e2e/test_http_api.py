@@ -73,7 +73,11 @@ def free_port() -> int:
 @pytest.fixture
 def api(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
     port = free_port()
-    config = {"mailbox_size": 1, "http": {"listen": f"127.0.0.1:{port}"}}
+    config = {
+        "mailbox_size": 1,
+        "max_frame_bytes": 1 << 20,
+        "http": {"listen": f"127.0.0.1:{port}"},
+    }
     daemon = mis_daemon(daemon_factory, tmp_path, config)
     daemon.port = port
     found = Api(str(daemon.state / "http.sock"))
@@ -160,6 +164,8 @@ def test_http_api_end_to_end(api):  # type: ignore[no-untyped-def]
     assert (status, problem["type"]) == (400, "RequestError")
     assert http("GET", "/v1/nothing")[0] == 404
     assert http("DELETE", "/v1/version")[0] == 405
+    status, problem = http("POST", "/v1/resources/v1/calls/echo", {"value": "x" * (1 << 20)})
+    assert (status, problem["type"]) == (413, "TooLarge")
 
     # logs: the tail, then followed while the driver writes
     assert http("POST", "/v1/resources/v1/calls/say", {"text": "first words"})[0] == 200
