@@ -25,6 +25,7 @@ STATUS: dict[str, int] = {
     "NoSuchRoute": 404,
     "MethodNotAllowed": 405,
     "TooLarge": 413,
+    "Stalled": 408,  # the body did not arrive whole within timeouts.request_s
     "NotRunning": 409,  # the target is not running (or drivebayd is stopping)
     "DriverAbsent": 409,  # the resource's driver (or pinned version) is not installed
     "Busy": 429,  # the resource's mailbox is full

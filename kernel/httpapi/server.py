@@ -31,13 +31,14 @@ from aiohttp import web
 
 from drivebay.kernel.control import schema
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outcome, submit_call
+from drivebay.kernel.control.limits import stalled
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.httpapi import openapi
 from drivebay.kernel.httpapi.access import authorize, peer_of
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import ROUTES, Route, command_of
 from drivebay.protocol.control_codes import EXIT_OK
-from drivebay.protocol.errors import DrivebayError, KernelError, NotRunning
+from drivebay.protocol.errors import DrivebayError, KernelError, NotRunning, RequestError
 
 if TYPE_CHECKING:
     from drivebay.kernel.config import TlsSettings
@@ -49,6 +50,11 @@ JSON = "application/json"
 PROBLEM = "application/problem+json"
 CLOSE_S = 5.0  # for requests still running when the daemon stops
 SHUTDOWN_S = 1.0  # aiohttp's grace for open connections (a follow stream) at the stop
+
+
+class Stalled(RequestError):
+    """A request's body did not arrive whole within ``timeouts.request_s``."""
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -109,7 +115,12 @@ class Api:
     async def _body(self, request: web.Request) -> object:
         if not request.body_exists:
             return None
-        data = await request.read()
+        request_s = self.kernel.config.timeouts.request_s
+        try:
+            async with asyncio.timeout(request_s):
+                data = await request.read()
+        except TimeoutError:
+            raise Stalled(stalled(request_s)) from None
         if not data.strip():
             return None
         try:

@@ -30,7 +30,7 @@ from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.kernel.httpapi.openapi import REF, result_type
 from drivebay.kernel.httpapi.problems import Problem
 from drivebay.kernel.httpapi.routes import ROUTES
-from tests.e2e.harness import BIN, wait_for
+from tests.e2e.harness import BIN, FAST_CONFIG, wait_for
 from tests.e2e.test_resources import mis_daemon
 
 
@@ -76,6 +76,7 @@ def api(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
     config = {
         "mailbox_size": 1,
         "max_frame_bytes": 1 << 20,
+        "timeouts": {**FAST_CONFIG["timeouts"], "request_s": 0.5},
         "http": {"listen": f"127.0.0.1:{port}"},
     }
     daemon = mis_daemon(daemon_factory, tmp_path, config)
@@ -166,6 +167,7 @@ def test_http_api_end_to_end(api):  # type: ignore[no-untyped-def]
     assert http("DELETE", "/v1/version")[0] == 405
     status, problem = http("POST", "/v1/resources/v1/calls/echo", {"value": "x" * (1 << 20)})
     assert (status, problem["type"]) == (413, "TooLarge")
+    assert b"408 Request Timeout" in half_sent(http.path)
 
     # logs: the tail, then followed while the driver writes
     assert http("POST", "/v1/resources/v1/calls/say", {"text": "first words"})[0] == 200
@@ -186,6 +188,15 @@ def test_http_api_end_to_end(api):  # type: ignore[no-untyped-def]
     status, outcomes = http("POST", "/v1/drivers/mis/restart")
     assert status == 200 and [o["ok"] for o in outcomes] == [True, True]
     daemon.wait_state("mis", "RUNNING")
+
+
+def half_sent(path: str) -> bytes:
+    """What the daemon answers a body that stops half way (timeouts.request_s 0.5)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(path)
+        sock.sendall(b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        return sock.recv(4096)
 
 
 def follow_logs(http: Api, target: str) -> str:
