@@ -164,6 +164,12 @@ def _loopback(host: str) -> bool:
         return False  # a host name: where it points may change; not loopback
 
 
+class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The in-memory event ring (``drivebayctl events``, ``GET /v1/events``)."""
+
+    ring_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000  # events kept
+
+
 class TrustSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Which bundle signatures the daemon accepts (``trust:``); see docs/distribution.md.
 
@@ -211,6 +217,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     envs_dir: str | None = None  # default <state_dir>/envs; may be shared by daemons
     uv_cache_dir: str | None = None  # default: uv's own cache
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # the daemon's own lines (kernel/log_format.py)
     python: str | None = None  # interpreter driver envs are built on; default the kernel's
     user: str | None = None  # run drivers as this user (root daemon only)
     # What keeps a driver's descendants from outliving it (sandbox/containment.py).
@@ -227,6 +234,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bundles: BundleLimitSettings = BundleLimitSettings()
     control: ControlSettings = ControlSettings()
     http: HttpSettings = HttpSettings()
+    events: EventSettings = EventSettings()
     trust: TrustSettings = TrustSettings()
     repositories: tuple[RepositorySettings, ...] = ()
     update_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: never check

@@ -178,6 +178,10 @@ def run(client: Client, command: str, payload: dict[str, Any], args: argparse.Na
     as_json = getattr(args, "json", False)
     if as_json and command == "call":
         return run_call_json(client, payload)
+    if command == "status" and getattr(args, "watch", False):
+        from drivebay.kernel.control.ctl_watch import watch_status
+
+        return watch_status(client.path, payload, as_json)
     render = BY_WIRE[command].render if command in BY_WIRE else None
     code = 0
     for reply in client.replies(command, payload):
@@ -199,6 +203,8 @@ def run(client: Client, command: str, payload: dict[str, Any], args: argparse.Na
             render(reply.result)
         else:
             print_human(args.command, reply.result)
+        if reply.more:
+            sys.stdout.flush()  # a stream (tail -f, events -f) is read as it comes
     return code
 
 

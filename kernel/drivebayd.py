@@ -1,8 +1,11 @@
 """``drivebayd``: run the kernel in the foreground until a signal says stop.
 
-Logs go to stderr (systemd and supervisord collect them). SIGTERM and SIGINT
-stop cleanly (drivers in reverse start order); a second one cancels the
-stop, which still kills and reaps every child. SIGHUP re-reads the config.
+Logs go to stderr (systemd and supervisord collect them), as text or as
+JSON lines (``--log-format``). Under systemd (``Type=notify``) it says when
+it is ready, its status, when it stops, and pings the watchdog
+(``kernel.systemd``). SIGTERM and SIGINT stop cleanly (drivers in reverse
+start order); a second one cancels the stop, which still kills and reaps
+every child. SIGHUP re-reads the config.
 Operator mistakes (bad config, another daemon running) print one line.
 """
 
@@ -12,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +27,7 @@ from drivebay.protocol.errors import DrivebayError
 if TYPE_CHECKING:
     from drivebay.kernel.config import Config
     from drivebay.kernel.drivers.descriptors import DescriptorBudget
+    from drivebay.kernel.notify import Notifier
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -45,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="log level (default: INFO)",
     )
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text, or as one JSON object each (default: text)",
+    )
     parser.add_argument("--version", action="version", version=f"drivebayd {drivebay.__version__}")
     return parser.parse_args(argv)
 
@@ -59,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         "drivers_dir": args.drivers,
         "socket": args.socket,
         "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     try:
         path = find_config(args.config)
@@ -66,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except DrivebayError as exc:
         print(f"drivebayd: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-7s %(message)s",
-    )
+    from drivebay.kernel import log_format
+    from drivebay.kernel.notify import Notifier
+
+    log_format.install(config.log_level, config.log_format, sys.stderr)
+    notifier = Notifier.from_environment(os.environ)  # systemd's Type=notify, if it asks
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # "N changes detected"
     from drivebay.kernel.drivers.descriptors import raise_soft_limit
 
@@ -93,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"drivebayd: {exc}", file=sys.stderr)
         return 2
     try:
-        uvloop.run(_run(daemon, nofile))
+        uvloop.run(_run(daemon, nofile, notifier))
     except DrivebayError as exc:
         print(f"drivebayd: {exc}", file=sys.stderr)
         return 1
@@ -122,14 +133,15 @@ def _log_descriptors(
         log.warning("%s", warning)
 
 
-async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
+async def _run(daemon: Any, nofile: tuple[int, int, int], notifier: Notifier) -> None:
     from drivebay.kernel.control.server import serve_control
     from drivebay.kernel.httpapi.server import serve_http
+    from drivebay.kernel.systemd import informing
 
     @contextlib.asynccontextmanager
     async def serve(kernel: Any) -> AsyncIterator[None]:
         _log_descriptors(nofile, kernel.descriptors, kernel.config)  # the state dir is ours
-        async with serve_control(kernel), serve_http(kernel):
+        async with serve_control(kernel), serve_http(kernel), informing(kernel, notifier):
             yield
 
     loop = asyncio.get_running_loop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import functools
 import logging
 import os
 import sys
@@ -25,11 +26,13 @@ from typing import Any, TypeVar
 from drivebay.kernel.config import Config
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
-from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State
+from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
 from drivebay.kernel.drivers.ordering import Node, Plan, plan, stop_order
 from drivebay.kernel.drivers.registry import Registry
 from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
 from drivebay.kernel.drivers.watch import watch_drivers
+from drivebay.kernel.events import EventLog, bundle_judged, driver_moved
+from drivebay.kernel.log_format import slot_fields, use_format
 from drivebay.kernel.reconcile import (
     Action,
     Activate,
@@ -61,7 +64,7 @@ from drivebay.kernel.state_lock import StateLock
 from drivebay.protocol.errors import DrivebayError, NoSuchName, RequestError
 from drivebay.protocol.versions import PROTOCOL_MAX
 from drivebay.sandbox import containment
-from drivebay.sandbox.bundle_errors import quoted
+from drivebay.sandbox.bundle_errors import quoted, shown
 from drivebay.sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from drivebay.sandbox.env_key import EnvRequest, env_key
 from drivebay.sandbox.envs import collect_garbage, ensure_env
@@ -86,6 +89,7 @@ class Kernel:
         self.config_path = config_path
         self._overrides = overrides or {}
         self.state_dir = config.state_path
+        self.events = EventLog(config.events.ring_size)  # what happened, for operators
         self.registry = Registry(
             config.drivers_path,
             self.state_dir,
@@ -93,6 +97,7 @@ class Kernel:
             config.bundles.read_limits(),
             trust=config.trust.policy(),
         )
+        self.registry.on_verdict = functools.partial(bundle_judged, self.events)
         self.slots: dict[str, DriverSlot] = {}  # by name@version: what runs or should run
         self.retiring: list[DriverSlot] = []  # being drained after a handover
         self.active: dict[str, str] = {}  # driver -> the version unpinned resources use
@@ -106,6 +111,8 @@ class Kernel:
         self.last_switch_s = 0.0
         self.plan = Plan()
         self.ready = asyncio.Event()  # the first reconcile is done
+        # Told of every state change of every slot, after the kernel's own listener.
+        self.state_listeners: list[Callable[[DriverSlot, State], None]] = []
         self._kick = asyncio.Event()
         self._stop = asyncio.Event()
         self._pids = PidRecords(self.state_dir / "run")
@@ -143,6 +150,7 @@ class Kernel:
                 self.schema_for,
                 self.config.mailbox_size,
                 self.config.timeouts.settle_budget(),
+                events=self.events,
             )
             log.info("restored %d resources", self.book.restore())
             self._failed = self.book.store.failed_versions()
@@ -184,6 +192,10 @@ class Kernel:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    async def wait_stopping(self) -> None:
+        """Return once ``shutdown`` has been asked for."""
+        await self._stop.wait()
 
     def request_reload(self) -> None:
         """SIGHUP: reload the config in the reconciler (which owns changes)."""
@@ -349,12 +361,17 @@ class Kernel:
             rollback = roll_back(self._facts(self.registry.versions()), slot.name)
             if rollback is not None:
                 self._apply_now(rollback)
+        for listener in list(self.state_listeners):
+            listener(slot, state)
         self.kick()
 
     def _apply_now(self, action: RollBack) -> None:
         """The one decision taken in a listener, where nothing may be awaited."""
         slot = self.slots[action.key]
         log.warning("%s %s; %s serves again", slot.name, action.reason, action.successor)
+        undone = {"to": action.successor, "reason": action.reason}
+        name, version = slot.manifest.name, slot.manifest.version
+        self.events.emit("upgrade.rolled_back", driver=name, version=version, data=undone)
         self._mark_failed(slot, action.reason)
         del self.active[slot.manifest.name]  # the older version takes over once RUNNING
         slot.fail(action.reason)
@@ -481,7 +498,7 @@ class Kernel:
         actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
         self.active[name] = new.manifest.version
         budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-        result = await hand_over(old, new, actors, budget)
+        result = await hand_over(old, new, actors, budget, self.events)
         self.last_switch_s = result.switch_s
         if not result.ok:
             self.active[name] = old.manifest.version
@@ -499,6 +516,12 @@ class Kernel:
         if not pinned_here:
             del self.slots[old.name]
             await self._retire(old)
+        self._upgrade_finished(old, new)
+
+    def _upgrade_finished(self, old: DriverSlot, new: DriverSlot) -> None:
+        name, version = new.manifest.name, new.manifest.version
+        done = {"from": old.manifest.version, "old_state": str(old.state)}
+        self.events.emit("upgrade.finished", driver=name, version=version, data=done)
 
     async def _replace(self, old: DriverSlot, bundle: StoredBundle) -> None:
         """Same version, new content or settings: a fresh process, then a handover.
@@ -523,7 +546,7 @@ class Kernel:
             assert self.book is not None
             actors = [a for a in self.book.actors.values() if a.bound is old]
             budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-            moved = (await hand_over(old, new, actors, budget)).ok
+            moved = (await hand_over(old, new, actors, budget, self.events)).ok
         finally:
             self.retiring.remove(old)
             if not moved:
@@ -531,6 +554,8 @@ class Kernel:
                 await new.close()
         new.candidate = False
         await self._retire(old)
+        if moved:
+            self._upgrade_finished(old, new)
 
     async def _retire(self, slot: DriverSlot, reason: str = "superseded") -> None:
         """Drain and stop a version nobody uses any more; status shows it meanwhile."""
@@ -641,10 +666,22 @@ class Kernel:
             on_spawn=self._pids.record,
             on_reap=self._pids.forget,
             on_event=self._on_event,
+            on_move=self._on_move,
         )
 
+    def _on_move(self, slot: DriverSlot, move: Transition) -> None:
+        name, version = slot.manifest.name, slot.manifest.version
+        driver_moved(self.events, name, version, move, slot.restarts.total, slot.next_retry_at)
+
     def _on_event(self, slot: str, resource_id: str, name: str, data: Any) -> None:
-        log.info("event from %s: %s %s %s", slot, resource_id, name, data)
+        log.info(  # the driver's strings escaped, as its log lines are
+            "event from %s: %s %s %s",
+            slot,
+            shown(resource_id),
+            shown(name),
+            shown(str(data)),
+            extra=slot_fields(slot, "driver_event", resource=resource_id),
+        )
         actor = self.book.actors.get(resource_id) if self.book is not None else None
         if actor is not None:
             actor.last_event = {"name": name, "data": data, "at": time.time(), "from": slot}
@@ -705,9 +742,11 @@ class Kernel:
         self.config = fresh
         self.repos.changed.set()  # the update check's interval may be another
         logging.getLogger().setLevel(fresh.log_level)
+        use_format(fresh.log_format)
         self.registry.settle_s = fresh.settle_s
         self.registry.limits = fresh.bundles.read_limits()
         self.registry.trust = trust
+        self.events.resize(fresh.events.ring_size)
         for slot in self.all_slots():
             slot.reconfigure()
         self._replace_stale_settings()

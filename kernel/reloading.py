@@ -49,6 +49,8 @@ EFFECTS: dict[str, Effect] = {
     "repositories": Effect.LIVE,
     "update_check_interval_s": Effect.LIVE,
     "auto_update": Effect.LIVE,
+    "log_format": Effect.LIVE,  # the daemon's handler is re-formatted at once
+    "events": Effect.LIVE,  # the ring keeps its newest events at the new size
     "log_level": Effect.RESPAWN,  # the daemon's own level at once, drivers' by a new process
     "python": Effect.RESPAWN,
     "user": Effect.RESPAWN,

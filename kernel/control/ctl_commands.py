@@ -106,6 +106,35 @@ def _line_count(text: str) -> int:
     return count
 
 
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    _names(False)(parser)
+    parser.add_argument(
+        "--watch", action="store_true", help="print it again at every change, until Ctrl-C"
+    )
+
+
+def _event_count(text: str) -> int:
+    """argparse type of ``events -n``: a whole number, 0 or more."""
+    import argparse
+
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of events (0 or more), got {text!r}")
+    return int(text)
+
+
+def _events_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    parser.add_argument(
+        "--since", metavar="ID", help="only the events after this id (0: all the ring holds)"
+    )
+    parser.add_argument("-n", "--last", type=_event_count, metavar="N", help="only the last N")
+
+
+def _events_request(args: argparse.Namespace) -> tuple[str, Payload]:
+    wire = "events-follow" if args.follow else "events"
+    return wire, {"since": args.since, "last": args.last}
+
+
 def _tail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     parser.add_argument("-n", "--lines", type=_line_count, default=20)
@@ -237,6 +266,7 @@ def _install_request(args: argparse.Namespace) -> tuple[str, Payload]:
 NAMES = (Field("names", "list[str]", []),)
 TAIL = (Field("name", "str"), Field("stream", "str", "stdout"), Field("lines", "int", 20))
 ASSIGNMENTS = Field("assignments", "list[str]", [])
+EVENTS = (Field("since", "str | None", None), Field("last", "int | None", None))
 
 
 def _verb(verb: str) -> Command:
@@ -248,7 +278,7 @@ COMMANDS: tuple[Command, ...] = (
         "status",
         "state of every driver version, or of NAME...",
         NAMES,
-        _names(False),
+        _status_arguments,
         show.print_status,
     ),
     _verb("start"),
@@ -354,6 +384,15 @@ COMMANDS: tuple[Command, ...] = (
         show.print_installed,
         _install_request,
     ),
+    Command(
+        "events",
+        "what happened lately (-f: and what happens next)",
+        EVENTS,
+        _events_arguments,
+        show.print_events,
+        _events_request,
+    ),
+    Command("events-follow", "events -f", EVENTS, render=show.print_events, words=()),
     Command("reload", "re-read the config and rescan the drivers dir", render=show.print_json),
     Command("shutdown", "stop the daemon and all drivers", render=show.print_json),
 )

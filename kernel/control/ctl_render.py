@@ -211,3 +211,38 @@ def print_describe(info: dict[str, Any]) -> None:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(move["at"]))
         reason = f"  ({move['reason']})" if move["reason"] else ""
         say(f"    {at}  {move['from']} -> {move['to']}{reason}")
+
+
+def print_events(result: Any) -> None:
+    """``events`` (a list) or one event of ``events -f``, one line each."""
+    for event in result if isinstance(result, list) else [result]:
+        say(event_line(event))
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """``2026-12-03 16:50:01.123  1a2b3c4d-17  driver.state  alpha@1.0.0  RUNNING -> ...``"""
+    import time
+
+    at = event["time"]
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f".{int(at % 1 * 1000):03d}"
+    driver, version = event.get("driver"), event.get("version")
+    subject = event.get("resource") or (f"{driver}@{version}" if version else driver) or "-"
+    return f"{stamp}  {event['id'] or '-'}  {event['type']}  {subject}  {event_summary(event)}"
+
+
+def event_summary(event: dict[str, Any]) -> str:
+    """What an event says, in a few words."""
+    data = event.get("data") or {}
+    kind = event["type"]
+    if kind == "driver.state":
+        text = f"{data.get('from')} -> {data.get('to')}"
+        if "signal" in data:
+            text += f" after signal {data['signal']} ({data.get('signal_name') or '?'})"
+        elif "exit_status" in data:
+            text += f" after exit status {data['exit_status']}"
+        return f"{text} ({data['reason']})" if data.get("reason") else text
+    if kind == "gap":
+        return f"GAP: {data.get('reason')}"
+    if kind == "audit":
+        return f"{data.get('who')}: {data.get('what')}: {data.get('outcome')}"
+    return " ".join(f"{key}={value}" for key, value in data.items())

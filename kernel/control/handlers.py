@@ -6,7 +6,8 @@ result of the command's result type, or raises a ``RequestError`` whose
 message is the one line drivebayctl prints (and whose ``exit_code`` it exits
 with). Any other exception is a bug in the daemon. Formatting for humans is
 drivebayctl's job (``kernel/control/ctl_commands.py``); ``--json`` prints ``result``.
-Streaming commands (``tail -f``) are async generators of results.
+Streaming commands (``tail -f``, ``events -f``) are async generators of
+results, each sent as one reply with ``more=True``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
 Outcome = tuple[Any, int]
 Handler = Callable[["Kernel", Any], Awaitable[Outcome]]
-Stream = Callable[["Kernel", Any], AsyncIterator[str]]
+Stream = Callable[["Kernel", Any], AsyncIterator[Any]]
 
 HANDLERS: dict[type[schema.ControlRequest], Handler] = {}
 STREAMS: dict[type[schema.ControlRequest], Stream] = {}
@@ -308,6 +309,27 @@ async def tail_follow(k: Kernel, request: schema.TailFollowRequest) -> AsyncIter
 
 
 STREAMS[schema.TailFollowRequest] = tail_follow
+
+
+@command(schema.EventsRequest)
+async def events(k: Kernel, request: schema.EventsRequest) -> Outcome:
+    since = "0" if request.since is None else request.since
+    return k.events.cursor(since, request.last).take(), EXIT_OK
+
+
+async def events_follow(
+    k: Kernel, request: schema.EventsFollowRequest
+) -> AsyncIterator[schema.Event]:
+    """As ``events``, then each new event; without ``since`` (nor ``last``),
+    only new events."""
+    since = request.since
+    if since is None and request.last is not None:
+        since = "0"  # the last few, then what comes (tail -f -n)
+    async for event in k.events.subscribe(since, request.last):
+        yield event
+
+
+STREAMS[schema.EventsFollowRequest] = events_follow
 
 
 # -- acting --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ checks that the two agree field by field.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -25,6 +26,11 @@ Names = Annotated[list[str], msgspec.Meta(description="driver names (NAME or NAM
 Stream = Annotated[Literal["stdout", "stderr"], msgspec.Meta(description="stdout or stderr")]
 Lines = Annotated[int, msgspec.Meta(ge=0, description="a number of lines (0 or more)")]
 Assignments = Annotated[list[str], msgspec.Meta(description="key=value or key:=JSON items")]
+EventId = Annotated[
+    str,
+    msgspec.Meta(description="an event id (BOOT-SEQ) to read after, or 0 for all the ring holds"),
+]
+Count = Annotated[int, msgspec.Meta(ge=0, description="a number of events (0 or more)")]
 
 
 class _Request(msgspec.Struct, frozen=True, tag_field="command", forbid_unknown_fields=True):
@@ -136,6 +142,21 @@ class InstallRequest(_Request, frozen=True, tag="install"):
     repo: str | None = None
 
 
+class EventsRequest(_Request, frozen=True, tag="events"):
+    """The events the ring holds after ``since`` (all of them without it)."""
+
+    since: EventId | None = None
+    last: Count | None = None  # only the last this many
+
+
+class EventsFollowRequest(_Request, frozen=True, tag="events-follow"):
+    """As ``events``, then every new event as it happens; without ``since``,
+    only new events."""
+
+    since: EventId | None = None
+    last: Count | None = None
+
+
 class ReloadRequest(_Request, frozen=True, tag="reload"):
     pass
 
@@ -186,6 +207,8 @@ ControlRequest = (
     | RepoListRequest
     | RepoRmRequest
     | InstallRequest
+    | EventsRequest
+    | EventsFollowRequest
     | ReloadRequest
     | ShutdownRequest
 )
@@ -349,6 +372,43 @@ class ShuttingDown(msgspec.Struct, frozen=True):
     shutting_down: bool = True
 
 
+EventType = Literal[
+    "bundle.verified",  # a bundle in the drivers dir was read and accepted
+    "bundle.invalid",  # ... or rejected (data.message says why)
+    "driver.state",  # a driver version moved (data: from, to, reason; exit_status or signal)
+    "driver.restart",  # restarted after an exit (data.restarts: how often so far)
+    "driver.fatal",  # a crash loop: it gave up (data.reason, data.retry_at)
+    "upgrade.started",  # resources begin moving from data.from to version
+    "upgrade.switched",  # every resource moved to version
+    "upgrade.finished",  # the old version (data.from) is drained and stopped
+    "upgrade.rolled_back",  # version failed; data.to serves (again)
+    "resource.added",
+    "resource.changed",  # data.properties: the keys set; or data.pinned: the new pin
+    "resource.removed",
+    "update.available",  # a repository (data.repo) offers version of driver
+    "audit",  # a changing request: data.who, data.what, data.outcome
+    "gap",  # events were lost here (data.reason, data.missed); id is null
+]
+
+
+class Event(msgspec.Struct, frozen=True):
+    """One record of the daemon's event ring (``kernel/events.py``).
+
+    ``id`` is ``BOOT-SEQ``: the daemon's boot id (random at each start) and a
+    number that grows by one per event; null only on a ``gap``. ``time`` is
+    epoch seconds. ``driver``, ``version`` and ``resource`` name what the
+    event is about, where it is about one; ``data`` holds the rest.
+    """
+
+    id: str | None
+    time: float
+    type: EventType
+    driver: str | None = None
+    version: str | None = None
+    resource: str | None = None
+    data: dict[str, Any] = {}
+
+
 RESULTS: dict[type[ControlRequest], Any] = {
     StatusRequest: list[StatusRow],
     StartRequest: list[Outcome],
@@ -372,6 +432,10 @@ RESULTS: dict[type[ControlRequest], Any] = {
     RepoListRequest: list[RepoRow],
     RepoRmRequest: RepoRow,
     InstallRequest: Installed,
+    EventsRequest: list[Event],
+    EventsFollowRequest: Annotated[
+        Event, msgspec.Meta(description="one event (replies with more=true)")
+    ],
     ReloadRequest: Reloaded,
     ShutdownRequest: ShuttingDown,
 }
@@ -391,15 +455,25 @@ class BadRequest(RequestError):
 
 
 def decode_request(command: str, args: object) -> ControlRequest:
-    """The request Struct of ``command`` from its ``args``; BadRequest naming
-    the field that is wrong."""
+    """The request Struct of ``command`` from its ``args`` (MessagePack bytes
+    as ``msgspec.Raw``, or plain values); BadRequest naming the field that is
+    wrong."""
     kind = REQUESTS.get(command)
     if kind is None:
         raise BadRequest(f"unknown command {command!r} (known: {', '.join(sorted(REQUESTS))})")
     try:
+        if isinstance(args, msgspec.Raw):
+            return _decoder(kind).decode(args)
         return msgspec.convert(args, kind)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"bad request for {command}: {_explained(kind, str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"bad request for {command}: {exc}") from None
+
+
+@functools.cache
+def _decoder(kind: type[ControlRequest]) -> msgspec.msgpack.Decoder[ControlRequest]:
+    return msgspec.msgpack.Decoder(kind)
 
 
 def _explained(kind: type[ControlRequest], error: str) -> str:

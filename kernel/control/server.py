@@ -9,6 +9,12 @@ connection owns and cancels when the client goes away. What clients may hold
 (connections, bytes of requests being received, time to send one) is bounded
 as ``kernel/control/limits.py`` says; a client over a bound gets one line and
 is disconnected.
+
+Every request that changes something (but ``call``, the hot path, whose
+volume would flush the event ring) is audited when it ends: who (the peer's
+uid and pid), what (the command and its fields; property values left out)
+and how it ended, in the log and the event stream (``EventLog.audit``).
+A stream (``tail -f``, ``events -f``) sends no faster than its client reads.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from drivebay.kernel.control import schema
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, submit_call
 from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from drivebay.kernel.drivers.channel import FramedChannel
+from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.protocol.codec import MessageCodec
-from drivebay.protocol.control import Reply, Request
+from drivebay.protocol.control import RawRequest, Reply
 from drivebay.protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
 from drivebay.protocol.errors import (
     DrivebayError,
@@ -136,7 +143,7 @@ class ServerLimits:
     lingering: int = 0  # refused connections waiting for their client to read why
 
 
-class ControlChannel(FramedChannel[Request]):
+class ControlChannel(FramedChannel[RawRequest]):
     """A connection's channel that reports each read, leaves a protocol
     violation to its connection to close, goes deaf and mute once the
     connection refused its client, and stops reading from a client while it
@@ -145,7 +152,7 @@ class ControlChannel(FramedChannel[Request]):
     def __init__(
         self,
         connection: ControlConnection,
-        codec: MessageCodec[Request],
+        codec: MessageCodec[RawRequest],
         on_read: Callable[[], None],
     ) -> None:
         super().__init__(
@@ -209,8 +216,9 @@ class ControlConnection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
+        self._who = "unknown peer"  # its uid and pid, for the audit
         max_frame = kernel.config.max_frame_bytes
-        codec: MessageCodec[Request] = MessageCodec(Request, "control client", max_frame)
+        codec: MessageCodec[RawRequest] = MessageCodec(RawRequest, "control client", max_frame)
         self.channel = ControlChannel(self, codec, self._after_read)
 
     def made(self, transport: asyncio.Transport) -> None:
@@ -227,6 +235,7 @@ class ControlConnection:
             limits.refused = 0
         sock = transport.get_extra_info("socket")
         allowed, who = peer_allowed(sock, self._kernel.config.socket_group)
+        self._who = who
         if not allowed:
             log.warning("refused control connection from %s", who)
             self._refuse(REFUSED)
@@ -298,7 +307,7 @@ class ControlConnection:
         """Garbage, or a request over ``max_frame_bytes`` (from its prefix)."""
         self._refuse(str(error), EXIT_USAGE)
 
-    def dispatch(self, request: Request) -> None:
+    def dispatch(self, request: RawRequest) -> None:
         self._progress = True
         try:
             typed = schema.decode_request(request.command, request.args)
@@ -308,6 +317,7 @@ class ControlConnection:
         if self._kernel.stopping and type(typed) in schema.CHANGING:
             stopping = NotRunning("drivebayd is stopping; retry once it has started again")
             self._send(error_reply(request.id, request.command, stopping))
+            self._audit(typed, f"refused: {stopping}")
             return
         if type(typed) is schema.CallRequest:
             self._call(request.id, typed)
@@ -366,15 +376,25 @@ class ControlConnection:
         try:
             stream = STREAMS.get(kind)
             if stream is not None:
+                outbox = self.channel.outbox
                 async for chunk in stream(self._kernel, request):
+                    if outbox.full:  # the client reads slowly: wait (its end cancels us)
+                        await outbox.wait_writable()
                     self._send(Reply(request_id, True, chunk, more=True))
                 self._send(Reply(request_id, True))
                 return
             result, code = await HANDLERS[kind](self._kernel, request)
             self._send(Reply(request_id, True, result, code=code))
+            self._audit(request, "ok" if code == 0 else f"exit {code}")
         except Exception as exc:
             command = str(kind.__struct_config__.tag)
-            self._send(error_reply(request_id, command, exc))
+            reply = error_reply(request_id, command, exc)
+            self._send(reply)
+            self._audit(request, f"failed: {reply.error.splitlines()[0] if reply.error else ''}")
+
+    def _audit(self, request: schema.ControlRequest, outcome: str) -> None:
+        if type(request) in AUDITED:
+            self._kernel.events.audit(self._who, audit_what(request), outcome)
 
 
 @contextlib.asynccontextmanager

@@ -5,8 +5,9 @@ happens to it is a named ``Event``; ``TABLE`` says, per state, which events
 may happen there and the state each leads to (h11's ``_state.py`` is the
 model). An event the table does not list for the current state is a kernel
 bug and raises ``IllegalTransition``: callers do not ask first whether a move
-is allowed, and nothing is dropped silently. Every move is logged and kept
-(the last 50) for ``drivebayctl describe``.
+is allowed, and nothing is dropped silently. Every move is logged, kept
+(the last 50) for ``drivebayctl describe``, and handed to ``on_move`` (the
+kernel's event ring) before any listener hears of it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.errors import KernelError
 
 log = logging.getLogger("drivebay.lifecycle")
@@ -133,12 +135,18 @@ class Transition:
     source: State
     target: State
     reason: str
+    exit_code: int | None = None  # the move follows the process's exit with this code
 
 
 class Lifecycle:
     """The state of one driver version and how it got there."""
 
-    def __init__(self, name: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        name: str,
+        clock: Callable[[], float] = time.time,
+        on_move: Callable[[Transition], None] | None = None,
+    ) -> None:
         self.name = name
         self.state = State.STOPPED
         self.reason = "Not started"
@@ -146,10 +154,12 @@ class Lifecycle:
         self.history: collections.deque[Transition] = collections.deque(maxlen=50)
         self._clock = clock
         self._listeners: list[Callable[[State], None]] = []
+        self._on_move = on_move
 
-    def fire(self, event: Event, reason: str = "") -> State:
+    def fire(self, event: Event, reason: str = "", exit_code: int | None = None) -> State:
         """Apply ``event``: enter the state ``TABLE`` gives for it here and
-        return it; raises IllegalTransition if the table has no such move."""
+        return it; raises IllegalTransition if the table has no such move.
+        ``exit_code``: the move follows the exit of the process with it."""
         source = self.state
         target = TABLE[source].get(event)
         if target is None:
@@ -157,10 +167,20 @@ class Lifecycle:
                 f"{self.name}: {source} -> {TARGET[event]} is not allowed (event {event})"
             )
         now = self._clock()
-        self.history.append(Transition(now, source, target, reason))
+        move = Transition(now, source, target, reason, exit_code)
+        self.history.append(move)
         self.state, self.reason, self.since = target, reason, now
         level = logging.WARNING if event in LOUD else logging.INFO
-        log.log(level, "%s entered %s%s", self.name, target, f" ({reason})" if reason else "")
+        log.log(
+            level,
+            "%s entered %s%s",
+            self.name,
+            target,
+            f" ({reason})" if reason else "",
+            extra=slot_fields(self.name, event.value, state=target.value),
+        )
+        if self._on_move is not None:
+            self._on_move(move)
         for listener in list(self._listeners):
             listener(target)
         return target

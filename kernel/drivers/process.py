@@ -22,6 +22,7 @@ from typing import Any
 
 from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.deadlines import Deadlines
+from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import (
     CallTimeout,
@@ -159,7 +160,13 @@ class DriverProcess:
             raise self._start_error("exited while waiting to be started")
         await self._starting(self._welcome_and_ready())
         self._watcher = self._loop.create_task(self._watch(), name=f"watch {self.name}")
-        log.info("spawned: %s pid %d (codec %s)", self.name, self.pid, self.hello_codec)
+        log.info(
+            "spawned: %s pid %d (codec %s)",
+            self.name,
+            self.pid,
+            self.hello_codec,
+            extra=slot_fields(self.name, "spawned"),
+        )
 
     async def _starting(self, step: Coroutine[Any, Any, None]) -> None:
         """Run a start step under the start deadline; on any failure the child
@@ -457,7 +464,14 @@ class DriverProcess:
                     pong.set_result(None)
             case Log(level, logger, text):
                 # The driver's text: escaped, so it cannot forge daemon log lines.
-                log.log(level, "%s: %s: %s", self.name, shown(logger), shown(text))
+                log.log(
+                    level,
+                    "%s: %s: %s",
+                    self.name,
+                    shown(logger),
+                    shown(text),
+                    extra=slot_fields(self.name, "driver_log"),
+                )
             case Event(resource_id, name, data):
                 if self._on_event is not None:
                     self._on_event(resource_id, name, data)

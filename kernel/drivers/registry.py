@@ -18,6 +18,11 @@ Each bundle's signature is checked under the trust policy as it is read
 (``sandbox.trust``). A new policy (a reload) judges every entry again, read
 afresh from the drivers dir; so does the expiry of a certificate a bundle
 was accepted through.
+
+Every verdict reached on a bundle's read (and each same-version change the
+kernel holds back, once) is handed to ``on_verdict`` (the kernel's event
+ring): ``(path, bundle, None)`` when accepted, ``(path, bundle or None,
+why)`` when rejected.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +49,8 @@ from drivebay.sandbox.bundles import (
 )
 
 log = logging.getLogger("drivebay.registry")
+
+Verdict = Callable[[Path, StoredBundle | None, str | None], None]
 
 WATCH_MAX_DIRS = 1000
 
@@ -98,6 +105,7 @@ class Registry:
         self._twins: dict[Path, str] = {}
         self._held: dict[Path, str] = {}
         self._logged: set[str] = set()
+        self.on_verdict: Verdict = lambda path, bundle, error: None
 
     @property
     def limits(self) -> ReadLimits:
@@ -253,6 +261,7 @@ class Registry:
             )
             if entry is None or entry.error != seen.refused:  # once, not at every change of a copy
                 log.warning("rejected bundle: %s", seen.refused)
+                self.on_verdict(path, None, seen.refused)
             return False
         if top.is_dir and top.link is None and not judged:  # judged: it had settled
             pending = self.unsettled.get(path)
@@ -274,6 +283,7 @@ class Registry:
             self.retries.forget(path)
             entry.error = str(exc)
             log.warning("rejected bundle: %s", exc)
+            self.on_verdict(path, None, entry.error)
         except DrivebayError as exc:  # the host's fault (disk full, ...): tried again
             delay = self.retries.failed(path)
             at = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
@@ -281,9 +291,11 @@ class Registry:
             reason = str(exc).removeprefix(f"{name}: ")  # the reader names the bundle
             entry.error = f"{name}: {reason}; trying again at {at}"
             log.error("could not take bundle %s (trying again in %g s): %s", name, delay, exc)
+            self.on_verdict(path, None, entry.error)
         else:
             self.retries.forget(path)
             log.info("verified bundle %s: %s", shown(path.name), shown(entry.label))
+            self.on_verdict(path, entry.bundle, None)
             problem = entry.bundle.signature and entry.bundle.signature.problem
             if problem:
                 log.warning(
@@ -333,6 +345,7 @@ class Registry:
                 if reason not in self._logged:
                     self._logged.add(reason)
                     log.warning("rejected bundle: %s", reason)
+                    self.on_verdict(path, bundle, reason)
 
     def verdict(self, entry: Entry) -> str | None:
         """Why ``entry`` is not usable now, or None."""

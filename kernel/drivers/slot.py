@@ -28,9 +28,10 @@ from typing import Any
 import msgspec
 
 from drivebay.kernel.config import Config, TimeoutSettings
-from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State
+from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State, Transition
 from drivebay.kernel.drivers.process import DriverProcess, EventHandler
 from drivebay.kernel.drivers.restarts import RestartTracker
+from drivebay.kernel.log_format import slot_fields
 from drivebay.kernel.reloading import spawn_settings
 from drivebay.protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from drivebay.sandbox.bundles import StoredBundle
@@ -65,6 +66,8 @@ class SlotContext:
     clock: Callable[[], float] = time.monotonic
     # Makes the slot's processes (tests pass an in-memory one with the same interface).
     new_process: Callable[[SpawnSpec, TimeoutSettings, EventHandler], DriverProcess] = DriverProcess
+    # Every move of a slot's lifecycle, before its listeners hear of it (the event ring).
+    on_move: Callable[[DriverSlot, Transition], None] | None = None
 
 
 class DriverSlot:
@@ -74,7 +77,10 @@ class DriverSlot:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.name = f"{self.manifest.name}@{self.manifest.version}"
-        self.lifecycle = Lifecycle(self.name)
+        on_move = context.on_move
+        self.lifecycle = Lifecycle(
+            self.name, on_move=None if on_move is None else functools.partial(on_move, self)
+        )
         self.process: DriverProcess | None = None
         self.env_key = ""
         self._ctx = context
@@ -98,6 +104,7 @@ class DriverSlot:
         self._spec: SpawnSpec | None = None  # of the running process (for its spares)
         self._retiring = ""
         self._failure = ""
+        self._exit_code: int | None = None  # of the process that just ended: the next move's
         self.output_listeners: set[Callable[[str, bytes], None]] = set()
         self.held = False  # an operator stopped it: reconciling must not start it
         # A new version on probation: a failed start is final (FAILED), so the
@@ -315,7 +322,7 @@ class DriverSlot:
     async def _give_up(self, reason: str) -> None:
         """After an unexpected error: stop the process, show FAILED with the reason."""
         if self.process is not None and self.process.alive:
-            await self.process.stop()
+            self._exit_code = await self.process.stop()
             self._reaped()
         if self.state is not State.STOPPED:
             self._fire(Event.DOWN, reason)
@@ -388,7 +395,7 @@ class DriverSlot:
         try:
             await process.health()
         except DriverError as exc:
-            await process.stop()
+            self._exit_code = await process.stop()
             self._reaped()
             raise DriverStartError(f"{self.name} failed its first health check: {exc}") from exc
         self._started_at = self._clock()
@@ -416,11 +423,16 @@ class DriverSlot:
                 command.cancel()
                 reloaded.cancel()
             if process.exited.done():
-                await process.wait()
+                self._exit_code = await process.wait()
                 self._reaped()
                 now = self._clock()
                 ran_for = now - (self._started_at or now)
-                log.warning("exited: %s (%s; not expected)", self.name, process.exit_reason())
+                log.warning(
+                    "exited: %s (%s; not expected)",
+                    self.name,
+                    process.exit_reason(),
+                    extra=slot_fields(self.name, "exited"),
+                )
                 await self._after_exit(ran_for, process.exit_reason())
                 return
             if done == {reloaded}:
@@ -433,7 +445,12 @@ class DriverSlot:
             try:
                 await process.health()
             except DriverError as exc:
-                log.warning("%s failed a health check: %s; restarting it", self.name, exc)
+                log.warning(
+                    "%s failed a health check: %s; restarting it",
+                    self.name,
+                    exc,
+                    extra=slot_fields(self.name, "health_failed"),
+                )
                 await process.stop()
 
     async def _after_exit(self, ran_for: float | None, reason: str) -> None:
@@ -449,7 +466,7 @@ class DriverSlot:
                 f"{reason}; gave up after {policy.max_restarts} restarts within "
                 f"{policy.window_s:g}s (drivebayctl start {self.manifest.name} retries)",
             )
-            log.error("gave up: %s entered FATAL", self.name)
+            log.error("gave up: %s entered FATAL", self.name, extra=slot_fields(self.name, "fatal"))
             return
         if delay == 0:
             return  # ran long enough: the loop starts it again at once
@@ -464,9 +481,14 @@ class DriverSlot:
             if self._retiring and self.state is State.RUNNING:
                 self._fire(Event.RETIRE, f"{self._retiring}; draining")
             self._fire(Event.STOP, "")
-            code = await process.stop()
+            code = self._exit_code = await process.stop()
             self._reaped()
-            log.info("stopped: %s (%s)", self.name, describe_exit(code))
+            log.info(
+                "stopped: %s (%s)",
+                self.name,
+                describe_exit(code),
+                extra=slot_fields(self.name, "stopped"),
+            )
         if self._failure:
             reason, self._failure = self._failure, ""
             if self.state is not State.FAILED:
@@ -484,7 +506,8 @@ class DriverSlot:
         self._ctx.on_reap(self.name, self.process.pid if self.process is not None else None)
 
     def _fire(self, event: Event, reason: str) -> None:
-        self.lifecycle.fire(event, reason)
+        code, self._exit_code = self._exit_code, None
+        self.lifecycle.fire(event, reason, code)
 
     # -- commands ------------------------------------------------------------------
 

@@ -195,6 +195,9 @@ class Repositories:
                 log.info(
                     "update available: %s %s (repository %s)", driver, offer.version, offer.repo
                 )
+                newest = max(installed[driver], key=version_key)
+                found = {"repo": offer.repo, "installed": newest}
+                k.events.emit("update.available", driver=driver, version=offer.version, data=found)
         self.updates = updates
         return updates
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.drivers.lifecycle import State
+from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.errors import (
     ALREADY_ATTACHED,
     Busy,
@@ -509,6 +510,7 @@ def log_failure(driver: str, resource_id: str, op: str, exc: OperationFailed) ->
         resource_id,
         shown(str(exc)),
         trace if exc.traceback else " (no traceback)",
+        extra=slot_fields(driver, "operation_failed", resource=resource_id, operation=op),
     )
 
 

@@ -12,6 +12,9 @@ stored back as it was when the driver refuses it; a new resource is
 attached first (the driver may refuse it) and then stored, and detached
 and forgotten when it cannot be stored. A resource being added takes no
 operations before it is stored.
+
+Each change that took is told to the event ring: ``resource.added``,
+``resource.changed`` (properties or pin), ``resource.removed``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from drivebay.sandbox.bundle_errors import shown
 from drivebay.sandbox.bundles import Manifest
 
 if TYPE_CHECKING:
+    from drivebay.kernel.control.schema import EventType
     from drivebay.kernel.drivers.slot import DriverSlot
+    from drivebay.kernel.events import EventLog
 
 log = logging.getLogger("drivebay.resources")
 
@@ -78,8 +83,10 @@ class ResourceBook:
         schema: SchemaLookup,
         mailbox_size: int,
         wait_running_s: float,
+        events: EventLog | None = None,
     ) -> None:
         self.store = store
+        self._events = events
         self.actors: dict[str, ResourceActor] = {}
         # Ids being added: their actor attaches, but is not stored yet.
         self._adding: set[str] = set()
@@ -174,6 +181,7 @@ class ResourceBook:
             raise
         finally:
             self._adding.discard(resource_id)
+        self._tell("resource.added", resource, pinned=pinned, properties=sorted(properties))
         return resource
 
     async def set(self, resource_id: str, assignments: Sequence[str]) -> Resource:
@@ -183,12 +191,17 @@ class ResourceBook:
             manifest = self._schema(actor.driver, actor.pinned)
             properties = checked_properties(manifest, actor.properties, assignments, resource_id)
             before = self._definition(actor)
-            return await self._stored_then_applied(
+            changed = await self._stored_then_applied(
                 before,
                 msgspec.structs.replace(before, properties=properties),
                 lambda: actor.rebind(None, properties),
                 f"{actor.driver} refused the new properties of {resource_id}",
             )
+        keys = sorted(
+            {assignment.partition("=")[0].removesuffix(":") for assignment in assignments}
+        )
+        self._tell("resource.changed", changed, properties=keys)
+        return changed
 
     async def pin(self, resource_id: str, version: str | None) -> Resource:
         """Pin to ``version`` (None: follow the newest): stored, then moved;
@@ -206,12 +219,19 @@ class ResourceBook:
                     actor.pinned = before.pinned
                     raise
 
-            return await self._stored_then_applied(
+            pinned = await self._stored_then_applied(
                 before,
                 msgspec.structs.replace(before, pinned=version),
                 move,
                 f"could not move {resource_id} to {version or 'the newest version'}",
             )
+        self._tell("resource.changed", pinned, pinned=version)
+        return pinned
+
+    def _tell(self, kind: EventType, resource: Resource, **data: Any) -> None:
+        """One event about ``resource`` (property values stay out: they may be secrets)."""
+        if self._events is not None:
+            self._events.emit(kind, driver=resource.driver, resource=resource.id, data=data)
 
     async def _stored_then_applied(
         self,
@@ -240,6 +260,7 @@ class ResourceBook:
             self.store.remove(resource_id)
         except NoSuchName:
             log.warning("%s was not in the state store; removing it from memory", resource_id)
+        self._tell("resource.removed", self._definition(actor))
         if self.actors.get(resource_id) is actor:
             del self.actors[resource_id]
         self._changing.pop(resource_id, None)

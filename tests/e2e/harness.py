@@ -63,14 +63,18 @@ class Daemon:
         self.config_path.write_text(yaml.safe_dump(settings))
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True) -> None:
+    def start(
+        self, wait: bool = True, args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> None:
+        """Start drivebayd with extra ``args``, and ``env`` added to this environment."""
         log = open(self.log_path, "ab")  # noqa: SIM115 -- owned by the child's lifetime
         try:
             self.process = subprocess.Popen(
-                [str(BIN / "drivebayd"), "--config", str(self.config_path)],
+                [str(BIN / "drivebayd"), "--config", str(self.config_path), *args],
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None,
             )
         finally:
             log.close()

@@ -57,13 +57,33 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.close_connection = True
 
 
+class CountingServer(http.server.ThreadingHTTPServer):
+    """Counts the connections it holds: a test ends only once the daemon's
+    downloads are closed here too (the leak guard counts this process's fds)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.lock:
+            self.held += 1
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self.lock:
+                self.held -= 1
+
+
 class Server:
     """http.server on an ephemeral port of 127.0.0.1, in a thread."""
 
     def __init__(self, root: Path) -> None:
-        self.httpd = http.server.ThreadingHTTPServer(
-            ("127.0.0.1", 0), partial(Handler, directory=str(root))
-        )
+        self.httpd = CountingServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
@@ -88,6 +108,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Serve
     server = Server(www)
     yield root, server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def connections_closed(site: tuple[Path, Server]) -> Iterator[None]:
+    yield
+    server = site[1].httpd
+    wait_for(lambda: server.held == 0, deadline=30, what="the server's connections closed")
 
 
 @pytest.fixture(scope="module")

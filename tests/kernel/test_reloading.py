@@ -13,6 +13,7 @@ import yaml
 from drivebay.kernel.config import (
     Config,
     ControlSettings,
+    EventSettings,
     LimitSettings,
     LogSettings,
     TimeoutSettings,
@@ -44,6 +45,7 @@ CHANGED: dict[str, Any] = {
     "timeouts": TimeoutSettings(call_s=9),
     "bundles": msgspec.structs.replace(Config().bundles, max_members=9),
     "log_level": "DEBUG",
+    "log_format": "json",
     "python": "/usr/bin/python3",
     "user": "nobody",
     "max_frame_bytes": 9999,
@@ -54,6 +56,7 @@ CHANGED: dict[str, Any] = {
     "repositories": [{"name": "acme", "url": "https://127.0.0.1/", "root": "/root.json"}],
     "update_check_interval_s": 60,
     "auto_update": True,
+    "events": EventSettings(ring_size=9),
     "drivers": {"alpha": {"env": {"A": "1"}}},
 }
 
