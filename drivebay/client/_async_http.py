@@ -15,7 +15,7 @@ import aiohttp
 import msgspec
 
 from drivebay.client._errors import ConnectionLost, DaemonUnavailable
-from drivebay.client._http import CODE_HEADER, parse_url, reply_of
+from drivebay.client._http import CODE_HEADER, NDJSON, parse_url, reply_of
 from drivebay.protocol.control import Reply
 from drivebay.protocol.errors import RequestError
 
@@ -87,6 +87,9 @@ class AsyncHttpExchange:
         async with self._post(command, args) as response:
             if response.content_type == "text/plain":
                 return Reply(request_id, True, "", more=True)  # the stream is open
+            if response.content_type == NDJSON:
+                line = await response.content.readline()  # the first record
+                return Reply(request_id, True, msgspec.json.decode(line), more=True)
             data = await response.read()
             code = response.headers.get(CODE_HEADER)
         return _reply(reply_of(response.status, code, data, request_id))
@@ -96,6 +99,12 @@ class AsyncHttpExchange:
     ) -> AsyncGenerator[Reply, None]:
         """Send one request and yield its replies (a streaming command's chunks)."""
         async with self._post(command, args) as response:
+            if response.content_type == NDJSON:
+                async for line in response.content:  # one record a line, as it comes
+                    if line.strip():
+                        yield Reply(request_id, True, msgspec.json.decode(line), more=True)
+                yield Reply(request_id, True)
+                return
             if response.content_type != "text/plain":
                 data = await response.read()
                 code = response.headers.get(CODE_HEADER)

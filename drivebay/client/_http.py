@@ -25,6 +25,7 @@ from drivebay.client._sync import Reply
 from drivebay.protocol.errors import RequestError
 
 CODE_HEADER = "Drivebay-Code"
+NDJSON = "application/x-ndjson"
 
 
 def parse_url(url: str) -> tuple[str, str, int | None]:
@@ -137,6 +138,13 @@ class HttpExchange:
                     if text := decoder.decode(chunk):
                         yield Reply({"id": request_id, "ok": True, "result": text, "more": True})
                 finished = True  # read to its end: the connection may carry another
+                yield Reply({"id": request_id, "ok": True})
+            elif response.getheader("Content-Type", "").startswith(NDJSON):
+                for line in response:  # one record a line, as it comes
+                    if line.strip():
+                        record = json.loads(line)
+                        yield Reply({"id": request_id, "ok": True, "result": record, "more": True})
+                finished = True
                 yield Reply({"id": request_id, "ok": True})
             else:
                 code, data = response.getheader(CODE_HEADER), response.read()

@@ -16,7 +16,7 @@ import drivebay
 from drivebay.kernel.control.handlers import STREAMS
 from drivebay.kernel.control.schema import RESULTS, ControlRequest
 from drivebay.kernel.httpapi.problems import Problem
-from drivebay.kernel.httpapi.routes import ROUTES, Route
+from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route
 
 REF = "#/components/schemas/{name}"
 CODE_HEADER = "Drivebay-Code"
@@ -29,7 +29,7 @@ def result_type(route: Route) -> Any:
     return typing.get_args(result)[0] if route.one else result
 
 
-def document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
+def document(routes: tuple[Route, ...] = (*ROUTES, EVENTS)) -> dict[str, Any]:
     kinds = list(dict.fromkeys(route.kind for route in routes))
     results = [result_type(route) for route in routes]
     (problem, *schemas), components = msgspec.json.schema_components(
@@ -152,6 +152,12 @@ def _answer(route: Route, answer: dict[str, Any]) -> dict[str, Any]:
     if kind in STREAMS:
         return {"description": "the output as it comes (chunked)", "content": TEXT}
     response = _json(f"the {route.command} command's result", answer)
+    if route is EVENTS:
+        stream = {"schema": {"type": "string"}}
+        response["content"].update({"text/event-stream": stream, "application/x-ndjson": stream})
+        response["description"] += (
+            "; with Accept text/event-stream or application/x-ndjson, a stream"
+        )
     if route.follow is not None:
         response["content"].update(TEXT)
         response["description"] += "; with follow=1, the output as it comes (text/plain)"

@@ -228,3 +228,11 @@ ROUTES: tuple[Route, ...] = (
         for name, kind in S.REQUESTS.items()
     ),
 )
+
+EVENTS = Route(
+    "GET",
+    "/v1/events",
+    S.EventsRequest,
+    summary="the event ring; as SSE or NDJSON (by Accept) it stays open (kernel/httpapi/events.py)",
+)
+"""Served by its own handler: the ``events`` list, or a stream by ``Accept``."""

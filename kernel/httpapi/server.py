@@ -33,10 +33,11 @@ from drivebay.kernel.control import schema
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outcome, submit_call
 from drivebay.kernel.control.limits import stalled
 from drivebay.kernel.control.server import _clear_stale_socket
-from drivebay.kernel.httpapi import openapi
-from drivebay.kernel.httpapi.access import authorize, peer_of
+from drivebay.kernel.events import AUDITED, audit_what
+from drivebay.kernel.httpapi import events, openapi
+from drivebay.kernel.httpapi.access import Peer, authorize, peer_of
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
-from drivebay.kernel.httpapi.routes import ROUTES, Route, command_of
+from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
 from drivebay.protocol.control_codes import EXIT_OK
 from drivebay.protocol.errors import DrivebayError, KernelError, NotRunning, RequestError
 
@@ -76,6 +77,7 @@ class Api:
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
+        app.router.add_get("/v1/events", self._events)
         return app
 
     def _handler(self, route: Route) -> Handler:
@@ -86,10 +88,13 @@ class Api:
 
     async def serve(self, route: Route, request: web.Request) -> web.StreamResponse:
         command = route.command
+        typed: schema.ControlRequest | None = None
+        peer: Peer | None = None
         try:
             typed = route.request(request.match_info, _query(request), await self._body(request))
             command = command_of(type(typed))
-            authorize(self.kernel, peer_of(request.transport), typed)
+            peer = peer_of(request.transport)
+            authorize(self.kernel, peer, typed)
             kind = type(typed)
             if self.kernel.stopping and kind in schema.CHANGING:
                 raise NotRunning("drivebayd is stopping; retry once it has started again")
@@ -105,12 +110,21 @@ class Api:
         except web.HTTPException:
             raise  # aiohttp's own (a body over client_max_size): _problems says it
         except Exception as exc:
-            return self._problem(problem(command, exc))
+            found = problem(command, exc)
+            if typed is not None and peer is not None:
+                self._audit(peer.who, typed, f"failed: {found.detail}")
+            return self._problem(found)
+        self._audit(peer.who, typed, "ok" if code == 0 else f"exit {code}")
         return web.Response(
             body=self._encoder.encode(result),
             content_type=JSON,
             headers={openapi.CODE_HEADER: str(code)},
         )
+
+    def _audit(self, who: str, request: schema.ControlRequest, outcome: str) -> None:
+        """A changing request's audit line and event, as the control socket writes it."""
+        if type(request) in AUDITED:
+            self.kernel.events.audit(who, audit_what(request), outcome)
 
     async def _body(self, request: web.Request) -> object:
         if not request.body_exists:
@@ -158,22 +172,43 @@ class Api:
     async def _stream(
         self, request: web.Request, typed: schema.ControlRequest
     ) -> web.StreamResponse:
-        """A streaming command's results as text/plain chunks; an error before
-        the first one is a problem like any other."""
-        chunks = cast(AsyncGenerator[str, None], STREAMS[type(typed)](self.kernel, typed))
+        """A streaming command's results: text as text/plain chunks, records as
+        NDJSON lines; an error before the first one is a problem like any other."""
+        chunks = cast(AsyncGenerator[Any, None], STREAMS[type(typed)](self.kernel, typed))
         async with contextlib.aclosing(chunks):
             first = await anext(chunks)
-            response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+            text = isinstance(first, str)
+            kind = "text/plain; charset=utf-8" if text else events.NDJSON
+            response = web.StreamResponse(headers={"Content-Type": kind})
             response.enable_chunked_encoding()
             await response.prepare(request)
+
+            def encoded(chunk: Any) -> bytes:
+                return chunk.encode() if text else self._encoder.encode(chunk) + b"\n"
+
             try:
-                await response.write(first.encode())
+                await response.write(encoded(first))
                 async for chunk in chunks:
-                    await response.write(chunk.encode())
+                    await response.write(encoded(chunk))
                 await response.write_eof()
             except ConnectionError:
                 pass  # the client went away: its stream ends
             return response
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """``GET /v1/events``: SSE or NDJSON by ``Accept`` (``events.py``), else
+        the ``events`` command's list."""
+        kind = events.wanted(request)
+        if kind is None:
+            return await self.serve(EVENTS, request)
+        try:
+            asked = EVENTS.request(request.match_info, _query(request), None)
+            assert isinstance(asked, schema.EventsRequest)
+            follow = schema.EventsFollowRequest(asked.since, asked.last)
+            authorize(self.kernel, peer_of(request.transport), follow)
+            return await events.stream_events(self.kernel, request, follow, kind)
+        except Exception as exc:
+            return self._problem(problem("events-follow", exc))
 
     async def _document(self, request: web.Request) -> web.Response:
         if self._openapi is None:

@@ -29,7 +29,7 @@ import uvloop
 from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.kernel.httpapi.openapi import REF, result_type
 from drivebay.kernel.httpapi.problems import Problem
-from drivebay.kernel.httpapi.routes import ROUTES
+from drivebay.kernel.httpapi.routes import EVENTS, ROUTES
 from tests.e2e.harness import BIN, FAST_CONFIG, wait_for
 from tests.e2e.test_resources import mis_daemon
 
@@ -95,7 +95,8 @@ def check_against_openapi(api: Api) -> None:
     for method, path, status, kind, answer in api.seen:
         if path == "/v1/openapi.json":
             continue
-        route = next((r for r in ROUTES if r.method == method and _matches(r.path, path)), None)
+        found = (r for r in (*ROUTES, EVENTS) if r.method == method and _matches(r.path, path))
+        route = next(found, None)
         if route is None:
             assert status in (404, 405) and kind == "application/problem+json", path
             msgspec.convert(answer, Problem)
@@ -184,6 +185,30 @@ def test_http_api_end_to_end(api):  # type: ignore[no-untyped-def]
         problem = json.loads(response.read())
     assert (response.status, problem["type"]) == (401, "Unauthenticated")
 
+    # events: a list, SSE (resumed by Last-Event-ID, a gap for another boot), NDJSON
+    status, listed = http("GET", "/v1/events?since=0")
+    assert status == 200 and any(e["type"] == "resource.added" for e in listed)
+    audits = [e["data"] for e in listed if e["type"] == "audit"]
+    assert any(a["what"].startswith("resource-add") and a["outcome"] == "ok" for a in audits)
+    assert http("GET", "/v1/events?since=nonsense")[1]["type"] == "BadEventId"
+    newest = listed[-1]["id"]
+    sse = read_stream(http, "/v1/events?since=0", {"Accept": "text/event-stream"}, "\n\n")
+    first = listed[0]
+    assert sse.startswith(f"id: {first['id']}\nevent: {first['type']}\ndata: {{")
+    resumed = read_stream(
+        http,
+        "/v1/events",
+        {"Accept": "text/event-stream", "Last-Event-ID": listed[-2]["id"]},
+        "\n\n",
+    )
+    assert resumed.startswith(f"id: {newest}\n")
+    gap = read_stream(
+        http, "/v1/events", {"Accept": "text/event-stream", "Last-Event-ID": "0123abcd-5"}, "\n\n"
+    )
+    assert gap.startswith("event: gap\n")
+    line = read_stream(http, "/v1/events?since=0", {"Accept": "application/x-ndjson"}, "\n")
+    assert json.loads(line)["id"] == listed[0]["id"]
+
     # start, stop, restart; the exit status in Drivebay-Code
     status, outcomes = http("POST", "/v1/drivers/mis/restart")
     assert status == 200 and [o["ok"] for o in outcomes] == [True, True]
@@ -197,6 +222,23 @@ def half_sent(path: str) -> bytes:
         sock.connect(path)
         sock.sendall(b"POST /v1/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
         return sock.recv(4096)
+
+
+def read_stream(http: Api, target: str, headers: dict[str, str], end: str) -> str:
+    """The first record of an open stream (up to ``end``)."""
+    connection = UnixHttp(http.path)
+    try:
+        connection.request("GET", target, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        kind = response.getheader("Content-Type", "")
+        http.seen.append(("GET", target.split("?")[0], 200, kind, ""))
+        seen = ""
+        while end not in seen:
+            seen += response.read1(4096).decode()
+        return seen.split(end)[0] + end
+    finally:
+        connection.close()
 
 
 def follow_logs(http: Api, target: str) -> str:
@@ -228,6 +270,9 @@ def test_busy_and_the_python_clients_over_http(api):  # type: ignore[no-untyped-
         assert "in fail" in failed.value.traceback
         (row,) = client.request("status", names=["mis"])
         assert row["state"] == "RUNNING"
+        for event in client.stream("events-follow", since="0"):
+            assert event["id"] and event["type"]  # a record, as over the control socket
+            break
 
     async def main() -> None:
         async with AsyncClient(http=url) as client:

@@ -132,7 +132,7 @@ def test_the_openapi_document_has_every_route_once():
     made = document()
     assert made["openapi"] == "3.1.0"
     operations = [(p, m) for p, methods in made["paths"].items() for m in methods]
-    assert len(operations) == len(ROUTES) + 1  # and /v1/openapi.json
+    assert len(operations) == len(ROUTES) + 2  # and /v1/events, /v1/openapi.json
     ids = [op["operationId"] for methods in made["paths"].values() for op in methods.values()]
     assert len(set(ids)) == len(ids)
     call = made["paths"]["/v1/resources/{id}/calls/{operation}"]["post"]
