@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from drivebay.kernel.drivers.restarts import RestartPolicy
-from drivebay.kernel.paths import DEFAULT_STATE_DIR, SOCKET_NAME
+from drivebay.kernel.paths import DEFAULT_STATE_DIR, HTTP_SOCKET_NAME, SOCKET_NAME
 from drivebay.protocol.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
@@ -117,6 +117,53 @@ class ControlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     request_buffer_mb: Annotated[int, msgspec.Meta(ge=1)] = 64  # shared by large requests
 
 
+class TlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The HTTP API's TLS (``http.tls``): PEM files; with ``client_ca``, a TCP
+    client must present a certificate that CA signed."""
+
+    cert: str
+    key: str
+    client_ca: str | None = None
+
+
+class HttpSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The HTTP API (``http:``; docs/api.md): always on its Unix socket,
+    optionally on TCP (``listen: HOST:PORT``, TLS unless loopback)."""
+
+    socket: str | None = None  # default <state_dir>/http.sock
+    listen: str | None = None
+    tls: TlsSettings | None = None
+
+    def address(self) -> tuple[str, int] | None:
+        """``listen`` as (host, port); None when not set. ConfigError when it
+        is not HOST:PORT, or names a non-loopback host without ``tls``."""
+        if self.listen is None:
+            return None
+        host, colon, port = self.listen.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"http.listen: {self.listen!r} is not HOST:PORT; write 127.0.0.1:8080"
+            )
+        if self.tls is None and not _loopback(host):
+            raise ConfigError(
+                f"http.listen: {self.listen} is not a loopback address and http.tls is not set; "
+                "set http.tls (cert, key) or listen on 127.0.0.1"
+            )
+        return host, int(port)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: where it points may change; not loopback
+
+
 class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The in-memory event ring (``drivebayctl events``, ``GET /v1/events``)."""
 
@@ -186,6 +233,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     logs: LogSettings = LogSettings()
     bundles: BundleLimitSettings = BundleLimitSettings()
     control: ControlSettings = ControlSettings()
+    http: HttpSettings = HttpSettings()
     events: EventSettings = EventSettings()
     trust: TrustSettings = TrustSettings()
     repositories: tuple[RepositorySettings, ...] = ()
@@ -206,6 +254,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     @property
     def socket_path(self) -> Path:
         return Path(self.socket).expanduser() if self.socket else self.state_path / SOCKET_NAME
+
+    @property
+    def http_socket_path(self) -> Path:
+        given = self.http.socket
+        return Path(given).expanduser() if given else self.state_path / HTTP_SOCKET_NAME
 
     @property
     def envs_path(self) -> Path:
@@ -243,6 +296,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             if isinstance(value, str) and not value.startswith(("/", "~")):
                 raw[key] = str((path.parent / value).absolute())
         _anchor_key_files(raw.get("trust"), path.parent)
+        _anchor_http_files(raw.get("http"), path.parent)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
@@ -258,6 +312,10 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
             f"{path or 'configuration'}: same_version_change: must be 'error' or 'reload'"
         )
     _check_log_levels(config, f"{path or 'configuration'}")
+    try:
+        config.http.address()
+    except ConfigError as exc:
+        raise ConfigError(f"{path or 'configuration'}: {exc}") from None
     return config
 
 
@@ -272,6 +330,20 @@ def _anchor_key_files(trust: object, base: Path) -> None:
                 str((base / f).absolute()) if isinstance(f, str) and f[:1] not in "/~" else f
                 for f in files
             ]
+
+
+def _anchor_http_files(http: object, base: Path) -> None:
+    """``http.socket`` and the ``http.tls`` files relative to the config file too."""
+    if not isinstance(http, dict):
+        return
+    places: list[dict[str, Any]] = [http]
+    if isinstance(http.get("tls"), dict):
+        places.append(http["tls"])
+    for place in places:
+        for key in ("socket", "cert", "key", "client_ca"):
+            value = place.get(key)
+            if isinstance(value, str) and value and value[:1] not in "/~":
+                place[key] = str((base / value).absolute())
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -298,6 +370,8 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "bundles": BundleLimitSettings,
     "control": ControlSettings,
     "trust": TrustSettings,
+    "http": HttpSettings,
+    "http.tls": TlsSettings,
     "repositories[]": RepositorySettings,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,

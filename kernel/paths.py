@@ -4,4 +4,5 @@ from __future__ import annotations
 
 DEFAULT_STATE_DIR = "~/.local/state/drivebay"
 SOCKET_NAME = "drivebayd.sock"
+HTTP_SOCKET_NAME = "http.sock"
 DRIVERS_NAME = "drivers"

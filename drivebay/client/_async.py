@@ -11,7 +11,7 @@ import asyncio
 import itertools
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivebay.client._errors import (
     ConnectionLost,
@@ -25,6 +25,11 @@ from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.control import Reply, Request
 from drivebay.protocol.errors import RequestError
 
+if TYPE_CHECKING:
+    import ssl
+
+    from drivebay.client._async_http import AsyncHttpExchange
+
 
 def _raise_error(reply: Reply) -> None:
     if not reply.ok:
@@ -32,15 +37,24 @@ def _raise_error(reply: Reply) -> None:
 
 
 class AsyncClient:
-    """An asyncio client of drivebayd's control socket.
+    """An asyncio client of drivebayd's control socket, or of its HTTP API.
 
     ``path`` defaults to the socket drivebayctl finds (``control_socket()``).
+    ``http`` (``unix:/PATH``, ``http://HOST:PORT``, ``https://HOST:PORT``)
+    sends the same requests to the HTTP API instead, ``ssl`` its TLS context.
     The connection opens with ``await open()``, ``async with`` or
     ``await AsyncClient.connect(path)``, and closes with ``await close()``.
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(
+        self, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+    ) -> None:
         self._path = path
+        self._http: AsyncHttpExchange | None = None
+        if http is not None:
+            from drivebay.client._async_http import AsyncHttpExchange  # aiohttp: only here
+
+            self._http = AsyncHttpExchange(http, ssl)
         self._ids = itertools.count(1)
         # Each request's replies: a future for a request of one reply (the
         # common case, and the fast one), a queue for a stream. None: the
@@ -52,7 +66,9 @@ class AsyncClient:
 
     @property
     def path(self) -> str:
-        """The control socket's path (found when first needed)."""
+        """The control socket's path (found when first needed), or the HTTP API's URL."""
+        if self._http is not None:
+            return self._http.url
         if self._path is None:
             from drivebay.kernel.config_search import control_socket
 
@@ -60,14 +76,20 @@ class AsyncClient:
         return self._path
 
     @classmethod
-    async def connect(cls, path: str | None = None) -> AsyncClient:
+    async def connect(
+        cls, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+    ) -> AsyncClient:
         """A client with its connection open; ``DaemonUnavailable`` if none answers."""
-        client = cls(path)
+        client = cls(path, http=http, ssl=ssl)
         await client.open()
         return client
 
     async def open(self) -> None:
-        """Connect, if not connected; ``DaemonUnavailable`` if no daemon answers."""
+        """Connect, if not connected; ``DaemonUnavailable`` if no daemon answers
+        (over HTTP: at the first request)."""
+        if self._http is not None:
+            await self._http.open()
+            return
         if self._connection is not None and not self._connection.closing:
             return
         loop = asyncio.get_running_loop()
@@ -81,6 +103,8 @@ class AsyncClient:
         self._connection = channel
 
     async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
         if self._connection is not None:
             self._connection.close()
             await asyncio.sleep(0)  # let connection_lost run
@@ -102,6 +126,10 @@ class AsyncClient:
     async def _one(self, command: str, args: dict[str, Any]) -> Any:
         """Send a request of one reply and return its result (the hot path:
         a future, no copy of ``args``)."""
+        if self._http is not None:
+            answer = await self._http.one(command, args, next(self._ids))
+            _raise_error(answer)
+            return answer.result
         connection = self._connection
         if self._broken is not None or connection is None or connection.closing:
             request_id, connection = self._next_request()  # raises what is wrong
@@ -147,6 +175,11 @@ class AsyncClient:
 
     async def replies(self, command: str, args: Mapping[str, Any]) -> AsyncGenerator[Reply, None]:
         """Send one request and yield its replies as they are, errors included."""
+        if self._http is not None:
+            async with aclosing(self._http.replies(command, args, next(self._ids))) as replies:
+                async for answer in replies:
+                    yield answer
+            return
         request_id, connection = self._next_request()
         queue: asyncio.Queue[Reply | None] = asyncio.Queue()
         self._streams[request_id] = queue

@@ -14,7 +14,7 @@ import itertools
 import socket
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing, suppress
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivebay.client._errors import (
     ConnectionLost,
@@ -25,6 +25,11 @@ from drivebay.client._errors import (
 from drivebay.protocol.errors import ProtocolError, RequestError
 from drivebay.protocol.frames import FrameSplitter, frame
 from drivebay.protocol.msgpack_lite import MsgpackError, packb, unpackb
+
+if TYPE_CHECKING:
+    import ssl
+
+    from drivebay.client._http import HttpExchange
 
 
 class Reply:
@@ -75,15 +80,24 @@ def call_args(
 
 
 class Client:
-    """A blocking client of drivebayd's control socket.
+    """A blocking client of drivebayd's control socket, or of its HTTP API.
 
     ``path`` defaults to the socket drivebayctl finds (``control_socket()``).
+    ``http`` (``unix:/PATH``, ``http://HOST:PORT``, ``https://HOST:PORT``)
+    sends the same requests to the HTTP API instead, ``ssl`` its TLS context.
     The connection opens with ``open()``, ``with``, or the first request, and
     closes with ``close()`` or the end of the ``with`` block.
     """
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(
+        self, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+    ) -> None:
         self._path = path
+        self._http: HttpExchange | None = None
+        if http is not None:
+            from drivebay.client._http import HttpExchange  # http.client: only here
+
+            self._http = HttpExchange(http, ssl)
         self._sock: socket.socket | None = None
         self._frames = FrameSplitter("drivebayd")
         self._pending: list[Reply] = []
@@ -93,7 +107,9 @@ class Client:
 
     @property
     def path(self) -> str:
-        """The control socket's path (found when first needed)."""
+        """The control socket's path (found when first needed), or the HTTP API's URL."""
+        if self._http is not None:
+            return self._http.url
         if self._path is None:
             from drivebay.kernel.config_search import control_socket  # pathlib: only here
 
@@ -101,16 +117,21 @@ class Client:
         return self._path
 
     @classmethod
-    def connect(cls, path: str | None = None) -> Client:
+    def connect(
+        cls, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+    ) -> Client:
         """A client with its connection open; ``DaemonUnavailable`` if none answers."""
-        client = cls(path)
+        client = cls(path, http=http, ssl=ssl)
         client.open()
         return client
 
     def open(self) -> None:
         """Connect, if not connected; ``DaemonUnavailable`` if no daemon answers."""
         with self._lock:
-            self._open()
+            if self._http is not None:
+                self._http.open()
+            else:
+                self._open()
 
     def _open(self) -> socket.socket:
         if self._sock is not None:
@@ -132,6 +153,8 @@ class Client:
         self._drop()
 
     def _drop(self) -> None:
+        if self._http is not None:
+            self._http.close()
         sock, self._sock = self._sock, None
         if sock is not None:
             with suppress(OSError):
@@ -180,7 +203,8 @@ class Client:
         (a program that shows them, as drivebayctl does). Left before the last
         reply, the connection closes: the next request opens a new one."""
         request_id = next(self._ids)
-        data = encode_request(request_id, command, args)  # RequestError before connecting
+        # RequestError before connecting (over HTTP: before sending)
+        data = b"" if self._http is not None else encode_request(request_id, command, args)
         if self._reader == _thread.get_ident():  # waiting for the lock would never end
             raise RuntimeError(
                 "this thread is still reading the replies of a request on this Client; "
@@ -190,7 +214,11 @@ class Client:
             self._reader = _thread.get_ident()
             finished = False
             try:
-                for reply in self._exchange(self._open(), request_id, data):
+                if self._http is not None:
+                    exchange = self._http.replies(command, args, request_id)
+                else:
+                    exchange = self._exchange(self._open(), request_id, data)
+                for reply in exchange:
                     finished = not reply.more and reply.id != 0  # id 0: the connection ends
                     yield reply
             finally:

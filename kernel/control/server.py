@@ -99,19 +99,29 @@ def _name(exc: DrivebayError) -> str:
 
 def peer_allowed(sock: socket.socket, group: str | None) -> tuple[bool, str]:
     """May the process at the other end talk to us? (and who it is)"""
+    pid, uid, gid = peer_credentials(sock)
+    return credentials_allowed(uid, gid, group), f"pid {pid} uid {uid}"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a Unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", creds)
-    who = f"pid {pid} uid {uid}"
+    return pid, uid, gid
+
+
+def credentials_allowed(uid: int, gid: int, group: str | None) -> bool:
+    """The daemon's own user, root and members of ``group`` are served."""
     if uid in (0, os.geteuid()):
-        return True, who
+        return True
     if group:
         try:
             entry = grp.getgrnam(group)
         except KeyError:
-            return False, who
+            return False
         if gid == entry.gr_gid or _user_name(uid) in entry.gr_mem:
-            return True, who
-    return False, who
+            return True
+    return False
 
 
 def _user_name(uid: int) -> str:

@@ -36,6 +36,7 @@ CHANGED: dict[str, Any] = {
     "envs_dir": "/elsewhere/envs",
     "mailbox_size": 7,
     "control": ControlSettings(max_connections=9),
+    "http": {"listen": "127.0.0.1:9"},
     "uv_cache_dir": "/elsewhere/uv",
     "category_order": ("storage",),
     "settle_s": 9.0,

@@ -1,0 +1,1 @@
+"""The HTTP API: the control commands as ``/v1`` routes (docs/api.md)."""
