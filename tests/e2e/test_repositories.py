@@ -10,11 +10,14 @@ never reach the drivers dir.
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
+import os
 import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -26,8 +29,11 @@ from tuf.api.metadata import Metadata, MetaFile
 
 from drivebay.author import cli
 from drivebay.author.tuf_repo import Repository
+from drivebay.client import Client
+from tests.author.kit import ACCELERATORS
 from tests.e2e.harness import BIN, Daemon, wait_for
 from tests.sandbox.bundles import make_bundle, zip_bundle
+from tests.wheels import wheel_of_installed
 
 pytestmark = pytest.mark.slow
 
@@ -170,63 +176,200 @@ def refused(daemon: Daemon, repo: str, *words: str) -> str:
 
 # -- the flow ---------------------------------------------------------------------------
 
+DEMO_SOURCE = '''"""demo, as its vendor writes it: echo also says which version answered."""
+
+VERSION = {version!r}
+
+
+class DemoDriver:
+    @classmethod
+    async def health(cls) -> dict:
+        return {{"ok": True}}
+
+    def __init__(self, resource_id: str, properties: dict) -> None:
+        self.resource_id = resource_id
+
+    async def echo(self, text: str) -> dict:
+        return {{"resource": self.resource_id, "text": text, "version": VERSION}}
+'''
+
+
+class Vendor:
+    """A driver vendor with the installed ``drivebay`` console script: builds
+    a bundle from its source against a local wheel dir (offline), signs it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.wheels = root / "wheels"
+        for name in ACCELERATORS:
+            wheel_of_installed(self.wheels, name)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+        self.env |= {"PIP_CONFIG_FILE": os.devnull, "UV_CACHE_DIR": str(root / "uv-cache")}
+        made = self.run("key", "new", "vendor", "--dir", root / "keys")
+        self.key_id = made.split()[2]  # "key id HEX"
+        self.key = root / "keys" / "vendor.key"
+
+    def run(self, *args: str | Path) -> str:
+        done = subprocess.run(
+            [BIN / "drivebay", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def release(self, version: str) -> Path:
+        """``demo-VERSION.zip``: built by ``drivebay build``, signed by ``drivebay sign``."""
+        source = make_bundle(
+            self.root / "src" / version,
+            "demo",
+            version,
+            src={"demo.py": DEMO_SOURCE.format(version=version)},
+        )
+        out = self.root / "dist"
+        where = ("--no-index", "--find-links", self.wheels)
+        built = self.run("build", source, "-o", out, *where)
+        bundle = out / f"demo-{version}.zip"
+        assert built.startswith(f"built {bundle} ("), built
+        self.run("sign", bundle, "--key", self.key)
+        return bundle
+
+
+class Caller(threading.Thread):
+    """Calls r1's echo with 1, 2, 3, ... one after another until told to halt;
+    keeps each reply, and each failure as a line."""
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(daemon=True)
+        self.socket = socket
+        self.replies: list[tuple[int, Any]] = []
+        self.failures: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with Client(str(self.socket)) as client:
+            for n in itertools.count(1):
+                if self.halt.is_set():
+                    return
+                try:
+                    self.replies.append((n, client.call("r1", "echo", {"text": str(n)})))
+                except Exception as exc:  # a lost call is what the test looks for
+                    self.failures.append(f"call {n}: {exc!r}")
+
+    def served_by(self, version: str) -> int:
+        return sum(reply["version"] == version for _, reply in self.replies)
+
+
+@contextmanager
+def trusting(daemon: Daemon, public_key: Path) -> Iterator[None]:
+    """Run the daemon under ``trust.signatures: require`` with ``public_key``
+    trusted; put its config back after."""
+    original = daemon.config_path.read_text()
+    config = yaml.safe_load(original)
+    config["trust"] = {"signatures": "require", "keys": [str(public_key)]}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    assert daemon.ctl("reload").returncode == 0, daemon.log()
+    try:
+        yield
+    finally:
+        daemon.config_path.write_text(original)
+        assert daemon.ctl("reload").returncode == 0, daemon.log()
+
 
 def test_publish_add_install_run_then_upgrade(site, daemon):
+    """The whole road: a vendor builds and signs demo 1.0.0, a publisher adds
+    it to a repository and publishes; the daemon adds the repository, offers
+    demo, installs it, runs r1 on it; 1.1.0 is built, signed, published,
+    reported as an update and installed while a client keeps calling r1:
+    every call is answered, in order, the last ones by 1.1.0."""
     root, server = site
     repo, keys = root / "www" / "main", root / "main-keys"
-    staging = root / "staging"
+    vendor = Vendor(root / "vendor")
     run = subprocess.run  # the installed console script, as a publisher runs it
     for args in (
         ["repo", "init", repo, "--keys", keys],
-        ["repo", "add", repo, zip_bundle(make_bundle(staging, "demo", "1.0.0"))],
+        ["repo", "add", repo, vendor.release("1.0.0")],
         ["repo", "publish", repo],
     ):
         done = run([BIN / "drivebay", *map(str, args)], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     assert not list(repo.rglob("*.key")), "no private key in the served tree"
 
-    root_json = repo / "metadata" / "root.json"
-    added = daemon.ctl("repo", "add", "main", f"{server.url}/main", "--root", str(root_json))
-    assert added.returncode == 0, added.stderr
-    wrong = daemon.ctl("repo", "add", "wrong", f"{server.url}/nowhere", "--root", str(root_json))
-    assert wrong.returncode == 1
-    assert wrong.stderr.startswith("drivebayctl: repository wrong: cannot download from it")
-    assert wrong.stderr.strip().endswith("; not added"), wrong.stderr
-    listed = ctl_json(daemon, "repo", "list")
-    assert [(r["name"], r["kept"]) for r in listed] == [("main", True)]
+    with trusting(daemon, vendor.key.with_suffix(".pub")):  # only signed bundles run
+        root_json = repo / "metadata" / "root.json"
+        added = daemon.ctl("repo", "add", "main", f"{server.url}/main", "--root", str(root_json))
+        assert added.returncode == 0, added.stderr
+        wrong = daemon.ctl(
+            "repo", "add", "wrong", f"{server.url}/nowhere", "--root", str(root_json)
+        )
+        assert wrong.returncode == 1
+        assert wrong.stderr.startswith("drivebayctl: repository wrong: cannot download from it")
+        assert wrong.stderr.strip().endswith("; not added"), wrong.stderr
+        listed = ctl_json(daemon, "repo", "list")
+        assert [(r["name"], r["kept"]) for r in listed] == [("main", True)]
 
-    offered = [r for r in ctl_json(daemon, "avail") if r["name"] == "demo"]
-    assert [(r["version"], r["source"], r["installed"]) for r in offered] == [
-        ("1.0.0", "main", False)
-    ]
+        offered = [r for r in ctl_json(daemon, "avail") if r["name"] == "demo"]
+        assert [(r["version"], r["source"], r["installed"]) for r in offered] == [
+            ("1.0.0", "main", False)
+        ]
 
-    installed = ctl_json(daemon, "install", "demo")
-    assert (installed["version"], installed["state"]) == ("1.0.0", "RUNNING")
-    assert daemon.status()["demo"]["state"] == "RUNNING"
-    added = daemon.ctl("resource", "add", "r1", "--driver", "demo")
-    assert added.returncode == 0, added.stderr
+        installed = ctl_json(daemon, "install", "demo")
+        assert (installed["version"], installed["state"]) == ("1.0.0", "RUNNING")
+        assert ctl_json(daemon, "describe", "demo")["signed_by"] == vendor.key_id
+        assert daemon.status()["demo"]["state"] == "RUNNING"
+        added = daemon.ctl("resource", "add", "r1", "--driver", "demo")
+        assert added.returncode == 0, added.stderr
 
-    drivebay("repo", "add", repo, zip_bundle(make_bundle(staging, "demo", "1.1.0")))
-    drivebay("repo", "publish", repo)
-    row = wait_for(
-        lambda: (r := daemon.status()["demo"]).get("update_available") == "1.1.0" and r,
-        what="the update check reporting 1.1.0",
-    )
-    assert row["version"] == "1.0.0"
-    assert ctl_json(daemon, "describe", "demo")["update_available"] == "1.1.0"
-    assert "update available: demo 1.1.0 (repository main)" in daemon.log()
-    here = [r for r in ctl_json(daemon, "avail") if r["source"] == "drivers-dir"]
-    assert [(r["version"], r["update_available"]) for r in here] == [("1.0.0", True)]
+        drivebay("repo", "add", repo, vendor.release("1.1.0"))
+        drivebay("repo", "publish", repo)
+        row = wait_for(
+            lambda: (r := daemon.status()["demo"]).get("update_available") == "1.1.0" and r,
+            what="the update check reporting 1.1.0",
+        )
+        assert row["version"] == "1.0.0"
+        assert ctl_json(daemon, "describe", "demo")["update_available"] == "1.1.0"
+        assert "update available: demo 1.1.0 (repository main)" in daemon.log()
+        here = [r for r in ctl_json(daemon, "avail") if r["source"] == "drivers-dir"]
+        assert [(r["version"], r["update_available"]) for r in here] == [("1.0.0", True)]
 
-    again = ctl_json(daemon, "install", "demo==1.0.0")  # in the drivers dir: nothing fetched
-    assert (again["file"], again["state"]) == (str(daemon.drivers / "demo-1.0.0.zip"), "RUNNING")
-    upgraded = ctl_json(daemon, "install", "demo")
-    assert (upgraded["version"], upgraded["state"]) == ("1.1.0", "RUNNING")
-    wait_for(
-        lambda: [r["version"] for r in ctl_json(daemon, "resources")] == ["1.1.0"],
-        what="r1 handed over to 1.1.0",
-    )
-    assert not daemon.status()["demo"].get("update_available")
+        again = ctl_json(daemon, "install", "demo==1.0.0")  # in the drivers dir: nothing fetched
+        assert (again["file"], again["state"]) == (
+            str(daemon.drivers / "demo-1.0.0.zip"),
+            "RUNNING",
+        )
+
+        caller = Caller(daemon.socket)
+        caller.start()
+        try:
+            wait_for(lambda: caller.served_by("1.0.0") >= 5, what="r1 answering on 1.0.0")
+            before = len(caller.replies)
+            upgraded = ctl_json(daemon, "install", "demo")
+            during = len(caller.replies) - before
+            assert (upgraded["version"], upgraded["state"]) == ("1.1.0", "RUNNING")
+            wait_for(
+                lambda: [r["version"] for r in ctl_json(daemon, "resources")] == ["1.1.0"],
+                what="r1 handed over to 1.1.0",
+            )
+            wait_for(lambda: caller.served_by("1.1.0") >= 20, what="r1 answering on 1.1.0")
+        finally:
+            caller.halt.set()
+            caller.join(timeout=30)
+        assert not caller.is_alive()
+        assert caller.failures == []
+        numbers = [n for n, _ in caller.replies]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert [reply["text"] for _, reply in caller.replies] == [str(n) for n in numbers]
+        assert {reply["resource"] for _, reply in caller.replies} == {"r1"}
+        versions = [reply["version"] for _, reply in caller.replies]
+        assert versions == sorted(versions), "an answer from 1.0.0 after one from 1.1.0"
+        assert versions[0] == "1.0.0" and versions[-20:] == ["1.1.0"] * 20
+        assert during > 0, "no call was answered while the install ran"
+        print(f"{len(numbers)} calls, {during} answered during the install, none lost")
+        assert not daemon.status()["demo"].get("update_available")
+        assert ctl_json(daemon, "describe", "demo")["signed_by"] == vendor.key_id
 
 
 def test_auto_update_installs_what_the_check_finds(site, daemon):
