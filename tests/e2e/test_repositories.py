@@ -2,9 +2,10 @@
 served by a real HTTP server on 127.0.0.1, read by a real drivebayd.
 
 One daemon serves the whole module (starting one costs seconds): the flow
-installs and upgrades ``demo``; each attack works on its own copy of a good
-repository, added under its own name, and installs ``victim``, which must
-never reach the drivers dir.
+builds and signs ``demo`` with the ``drivebay`` console script, installs it
+and upgrades it while a client keeps calling it; each attack works on its own
+copy of a good repository, added under its own name, and installs ``victim``,
+which must never reach the drivers dir.
 """
 
 from __future__ import annotations
