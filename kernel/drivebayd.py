@@ -124,11 +124,12 @@ def _log_descriptors(
 
 async def _run(daemon: Any, nofile: tuple[int, int, int]) -> None:
     from drivebay.kernel.control.server import serve_control
+    from drivebay.kernel.metrics.listener import serve_metrics
 
     @contextlib.asynccontextmanager
     async def serve(kernel: Any) -> AsyncIterator[None]:
         _log_descriptors(nofile, kernel.descriptors, kernel.config)  # the state dir is ours
-        async with serve_control(kernel):
+        async with serve_control(kernel), serve_metrics(kernel):
             yield
 
     loop = asyncio.get_running_loop()

@@ -37,6 +37,7 @@ EFFECTS: dict[str, Effect] = {
     "envs_dir": Effect.RESTART,  # running envs live there; collecting would remove them
     "mailbox_size": Effect.RESTART,  # every resource's mailbox is sized when it is made
     "control": Effect.RESTART,  # client bounds are worked out from the fd limit at start
+    "metrics": Effect.RESTART,  # its listener is bound, and call meters given out, at start
     "uv_cache_dir": Effect.LIVE,
     "category_order": Effect.LIVE,
     "settle_s": Effect.LIVE,

@@ -53,6 +53,7 @@ CHANGED: dict[str, Any] = {
     "repositories": [{"name": "acme", "url": "https://127.0.0.1/", "root": "/root.json"}],
     "update_check_interval_s": 60,
     "auto_update": True,
+    "metrics": {"listen": "127.0.0.1:9464"},
     "drivers": {"alpha": {"env": {"A": "1"}}},
 }
 
