@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -66,10 +67,13 @@ class MetricsListener:
                 head = await reader.readuntil(b"\r\n\r\n")
                 writer.write(await self._answer(head))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            pass  # a client that sent no whole request in time gets no answer
-        except ConnectionError:
-            pass
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
+            pass  # no whole request in time, or the client went away: no answer
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -119,9 +123,10 @@ async def serve_metrics(kernel: Kernel) -> AsyncIterator[list[tuple[str, int]]]:
         server = await asyncio.start_server(listener.handle, host, port, limit=HEAD_LIMIT)
     except OSError as exc:
         hint = "choose another port" if exc.errno == errno.EADDRINUSE else "check the address"
+        # asyncio's strerror repeats the address; the errno's own words do not.
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise KernelError(
-            f"metrics.listen {kernel.config.metrics.listen}: cannot listen: "
-            f"{exc.strerror or exc}; {hint}"
+            f"metrics.listen {kernel.config.metrics.listen}: cannot listen: {why}; {hint}"
         ) from exc
     bound = [sock.getsockname()[:2] for sock in server.sockets]
     for name, number in bound:

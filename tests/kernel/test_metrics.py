@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,13 @@ from drivebay.kernel.metrics.meters import (
     Metrics,
     outcome_of,
 )
-from drivebay.protocol.errors import CallTimeout, ConfigError, DriverHung, OperationFailed
+from drivebay.protocol.errors import (
+    CallTimeout,
+    ConfigError,
+    DriverHung,
+    KernelError,
+    OperationFailed,
+)
 from tests.helpers import run
 
 Samples = list[Any]
@@ -295,6 +302,31 @@ def test_the_listener_answers_get_and_head_of_metrics_only(tmp_path):
     # Content negotiation as prometheus_client's own servers do it.
     assert b"Content-Type: application/openmetrics-text; version=1.0.0" in answers["openmetrics"]
     assert answers["openmetrics"].endswith(b"# EOF\n")
+
+
+def test_an_address_in_use_is_one_line(tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = msgspec.convert(
+        {"state_dir": str(tmp_path / "state"), "metrics": {"listen": f"127.0.0.1:{port}"}},
+        Config,
+    )
+
+    async def scenario() -> None:
+        async with serve_metrics(Kernel(config)):
+            raise AssertionError("bound a port in use")
+
+    try:
+        with pytest.raises(KernelError) as caught:
+            run(scenario())
+    finally:
+        taken.close()
+    assert str(caught.value) == (
+        f"metrics.listen 127.0.0.1:{port}: cannot listen: Address already in use; "
+        "choose another port"
+    )
 
 
 def test_no_listener_without_an_address(tmp_path):
