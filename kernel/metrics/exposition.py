@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 import drivebay
 from drivebay.kernel.drivers.lifecycle import State
-from drivebay.kernel.metrics.meters import OUTCOMES, Histogram
+from drivebay.kernel.metrics.meters import CALL_BOUNDS, OUTCOMES, Histogram
 
 if TYPE_CHECKING:
     from drivebay.kernel.kernel import Kernel
@@ -102,7 +102,7 @@ def take_snapshot(kernel: Kernel) -> Snapshot:
     for meter in metrics.meters.values():
         key = (meter.driver, meter.version)
         snapshot.calls[key] = meter.rows()
-        snapshot.durations[key] = HistogramSample.of(meter.duration)
+        snapshot.durations[key] = HistogramSample(CALL_BOUNDS, list(meter.buckets), meter.seconds)
     if kernel.book is not None:
         for actor in kernel.book.actors.values():
             bound = actor.bound

@@ -14,10 +14,8 @@ labelled by resource.
 
 from __future__ import annotations
 
-import asyncio
 from bisect import bisect_left
 from collections.abc import Iterable
-from typing import Any
 
 from drivebay.protocol.errors import CallTimeout, DriverCrashed, DriverHung
 
@@ -39,13 +37,8 @@ HANDOVER_BOUNDS = (
 ENV_BUILD_BOUNDS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
-def outcome_of(reply: asyncio.Future[Any]) -> int:
-    """How a sent call's reply ended, as an ``OUTCOMES`` index."""
-    if reply.cancelled():
-        return CANCELLED
-    exc = reply.exception()
-    if exc is None:
-        return OK
+def outcome_of(exc: BaseException) -> int:
+    """How a sent call failed, as an ``OUTCOMES`` index."""
     if isinstance(exc, CallTimeout):
         return TIMEOUT
     if isinstance(exc, (DriverCrashed, DriverHung)):
@@ -74,13 +67,17 @@ class CallMeter:
     and one duration histogram (by version only: a histogram per operation
     would multiply the series by every operation of every driver)."""
 
-    __slots__ = ("_rows", "driver", "duration", "version")
+    __slots__ = ("_other", "_rows", "buckets", "driver", "seconds", "version")
 
     def __init__(self, driver: str, version: str) -> None:
         self.driver = driver
         self.version = version
-        self._rows: dict[str, list[int]] = {OTHER: [0] * len(OUTCOMES)}
-        self.duration = Histogram(CALL_BOUNDS)
+        self._other = [0] * len(OUTCOMES)
+        self._rows: dict[str, list[int]] = {OTHER: self._other}
+        # The duration histogram, flat (one attribute less per call): counts
+        # per CALL_BOUNDS bucket, not cumulative, the last +Inf; their sum.
+        self.buckets = [0] * (len(CALL_BOUNDS) + 1)
+        self.seconds = 0.0
 
     def know(self, operations: Iterable[str]) -> None:
         """The operations of the loaded class (``Ready.operations``): each
@@ -92,18 +89,17 @@ class CallMeter:
         """A call sent to the driver has ended (the hot path)."""
         row = self._rows.get(op)
         if row is None:
-            row = self._rows[OTHER]
+            row = self._other
         row[outcome] += 1
-        duration = self.duration
-        duration.counts[bisect_left(duration.bounds, seconds)] += 1
-        duration.total += seconds
+        self.buckets[bisect_left(CALL_BOUNDS, seconds)] += 1
+        self.seconds += seconds
 
     def count(self, op: str, outcome: int) -> None:
         """A call that never reached the driver (``refused``, or ``crashed``
         when the process was already gone): counted, not timed."""
         row = self._rows.get(op)
         if row is None:
-            row = self._rows[OTHER]
+            row = self._other
         row[outcome] += 1
 
     def rows(self) -> dict[str, list[int]]:

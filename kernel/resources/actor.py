@@ -31,7 +31,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.drivers.lifecycle import State
-from drivebay.kernel.metrics.meters import CRASHED, REFUSED, outcome_of
+from drivebay.kernel.metrics.meters import CANCELLED, CRASHED, OK, REFUSED, outcome_of
 from drivebay.protocol.errors import (
     ALREADY_ATTACHED,
     Busy,
@@ -313,14 +313,17 @@ class ResourceActor:
         process = item.process
         assert process is not None  # set when it was sent
         meter = process.meter
-        if meter is not None:
-            meter.record(item.op, outcome_of(reply), perf_counter() - item.sent_at)
         if reply.cancelled():  # only cancel_call does that; never leave the task waiting
+            if meter is not None:
+                meter.record(item.op, CANCELLED, perf_counter() - item.sent_at)
             self._unfinished = item
             _fail(item.future, RequestError(f"resource {self.resource_id}: operation cancelled"))
             _settle(self._run_done)
             return
         exc = reply.exception()
+        if meter is not None:  # on every call's path: no call more than needed
+            outcome = OK if exc is None else outcome_of(exc)
+            meter.record(item.op, outcome, perf_counter() - item.sent_at)
         if isinstance(exc, CallTimeout):  # answered, but it may still run: the task waits
             self._unfinished = item
             _fail(item.future, exc)
