@@ -198,6 +198,27 @@ class RepositorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     root: str
 
 
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Prometheus metrics (``metrics:``); see docs/operations.md."""
+
+    enabled: bool = True  # count every call by operation and outcome (the one per-call cost)
+    listen: str | None = None  # HOST:PORT of a listener of its own; a bare PORT is on loopback
+
+    def address(self) -> tuple[str, int] | None:
+        """``listen`` as (host, port); None when unset. Raises ConfigError."""
+        if self.listen is None:
+            return None
+        host, colon, port = self.listen.rpartition(":")
+        if not colon:
+            host, port = "", self.listen
+        host = host.removeprefix("[").removesuffix("]") or "127.0.0.1"
+        if not port.isdigit() or int(port) > 65535:
+            raise ConfigError(
+                f"metrics.listen: {self.listen!r} is not HOST:PORT; write e.g. 127.0.0.1:9464"
+            )
+        return host, int(port)
+
+
 class DriverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per-driver settings under ``drivers: {NAME: ...}``."""
 
@@ -239,6 +260,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     repositories: tuple[RepositorySettings, ...] = ()
     update_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: never check
     auto_update: bool = False  # install what a check finds without being asked
+    metrics: MetricsSettings = MetricsSettings()
     drivers: dict[str, DriverSettings] = {}
 
     @property
@@ -314,6 +336,7 @@ def load_config(path: Path | None, overrides: dict[str, Any] | None = None) -> C
     _check_log_levels(config, f"{path or 'configuration'}")
     try:
         config.http.address()
+        config.metrics.address()
     except ConfigError as exc:
         raise ConfigError(f"{path or 'configuration'}: {exc}") from None
     return config
@@ -373,6 +396,7 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "http": HttpSettings,
     "http.tls": TlsSettings,
     "repositories[]": RepositorySettings,
+    "metrics": MetricsSettings,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,
 }

@@ -136,12 +136,18 @@ def _log_descriptors(
 async def _run(daemon: Any, nofile: tuple[int, int, int], notifier: Notifier) -> None:
     from drivebay.kernel.control.server import serve_control
     from drivebay.kernel.httpapi.server import serve_http
+    from drivebay.kernel.metrics.listener import serve_metrics
     from drivebay.kernel.systemd import informing
 
     @contextlib.asynccontextmanager
     async def serve(kernel: Any) -> AsyncIterator[None]:
         _log_descriptors(nofile, kernel.descriptors, kernel.config)  # the state dir is ours
-        async with serve_control(kernel), serve_http(kernel), informing(kernel, notifier):
+        async with (
+            serve_control(kernel),
+            serve_http(kernel),
+            serve_metrics(kernel),
+            informing(kernel, notifier),
+        ):
             yield
 
     loop = asyncio.get_running_loop()

@@ -33,6 +33,7 @@ from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
 from drivebay.kernel.drivers.watch import watch_drivers
 from drivebay.kernel.events import EventLog, bundle_judged, driver_moved
 from drivebay.kernel.log_format import slot_fields, use_format
+from drivebay.kernel.metrics.meters import Metrics
 from drivebay.kernel.reconcile import (
     Action,
     Activate,
@@ -122,6 +123,7 @@ class Kernel:
         self._look_again: asyncio.TimerHandle | None = None
         self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
         self.repos = Repositories()  # TUF repositories: offers, installs, update check
+        self.metrics = Metrics(count_calls=config.metrics.enabled)  # what /metrics shows
         # What the descriptor limit (raised at start) allows; read once.
         self.descriptors = descriptor_budget(
             current_limit(), config.control.max_connections, config.restart.spare
@@ -339,6 +341,7 @@ class Kernel:
     def _add_slot(self, bundle: StoredBundle, candidate: bool = False) -> DriverSlot:
         slot = DriverSlot(bundle, self._slot_context())
         slot.candidate = candidate
+        slot.meter = self.metrics.meter(slot.manifest.name, slot.manifest.version)
         failed = self._failed.get(slot.name)
         if failed is not None and failed[0] == bundle.digest:  # in an earlier run
             slot.candidate = True  # on probation again if an operator starts it
@@ -372,6 +375,7 @@ class Kernel:
         undone = {"to": action.successor, "reason": action.reason}
         name, version = slot.manifest.name, slot.manifest.version
         self.events.emit("upgrade.rolled_back", driver=name, version=version, data=undone)
+        self.metrics.rolled_back(slot.manifest.name)
         self._mark_failed(slot, action.reason)
         del self.active[slot.manifest.name]  # the older version takes over once RUNNING
         slot.fail(action.reason)
@@ -500,6 +504,7 @@ class Kernel:
         budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
         result = await hand_over(old, new, actors, budget, self.events)
         self.last_switch_s = result.switch_s
+        self.metrics.handed_over(name, result.switch_s, result.ok, upgrade=True)
         if not result.ok:
             self.active[name] = old.manifest.version
             self._mark_failed(new, f"rolled back: {result.reason}")
@@ -546,7 +551,9 @@ class Kernel:
             assert self.book is not None
             actors = [a for a in self.book.actors.values() if a.bound is old]
             budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-            moved = (await hand_over(old, new, actors, budget, self.events)).ok
+            result = await hand_over(old, new, actors, budget, self.events)
+            self.metrics.handed_over(old.manifest.name, result.switch_s, result.ok, upgrade=False)
+            moved = result.ok
         finally:
             self.retiring.remove(old)
             if not moved:
@@ -712,7 +719,12 @@ class Kernel:
 
     async def _prepare_env(self, bundle: StoredBundle) -> tuple[Path, str]:
         request = self._env_request(bundle)
-        env = await ensure_env(request, self.config.envs_path, uv_cache=self.config.uv_cache_path)
+        env = await ensure_env(
+            request,
+            self.config.envs_path,
+            uv_cache=self.config.uv_cache_path,
+            on_built=self.metrics.env_built,
+        )
         return env.python, env.key
 
     async def reload_config(self) -> tuple[list[str], list[str]]:

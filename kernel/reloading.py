@@ -38,6 +38,7 @@ EFFECTS: dict[str, Effect] = {
     "mailbox_size": Effect.RESTART,  # every resource's mailbox is sized when it is made
     "control": Effect.RESTART,  # client bounds are worked out from the fd limit at start
     "http": Effect.RESTART,  # its sockets are bound, and TLS files read, at start
+    "metrics": Effect.RESTART,  # its listener is bound, and call meters given out, at start
     "uv_cache_dir": Effect.LIVE,
     "category_order": Effect.LIVE,
     "settle_s": Effect.LIVE,

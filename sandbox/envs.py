@@ -38,7 +38,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,13 +113,15 @@ async def ensure_env(
     *,
     uv_cache: Path | None = None,
     timeout_s: float = 600,
+    on_built: Callable[[float], None] | None = None,
 ) -> Env:
     """The environment ``req`` names: the existing one, or a new build.
 
     Waiting for another process's build of the same key and the build itself
     each get ``timeout_s``. Raises EnvBuildError with uv's own message when
     the build fails or times out (nothing is left behind, nothing is retried),
-    or at once when ``lib/`` lacks a wheel a dependency names.
+    or at once when ``lib/`` lacks a wheel a dependency names. ``on_built``
+    is told the seconds a build took (not called when the env was ready).
     """
     key = await asyncio.to_thread(env_key, req)
     final = envs_dir / key
@@ -134,7 +136,11 @@ async def ensure_env(
         if env is not None:
             return env
         _discard_leftovers(envs_dir, key)
-        return await _build(req, key, envs_dir, _Uv(uv_cache, lock_fd, envs_dir), timeout_s)
+        started = time.monotonic()
+        env = await _build(req, key, envs_dir, _Uv(uv_cache, lock_fd, envs_dir), timeout_s)
+        if on_built is not None:
+            on_built(time.monotonic() - started)
+        return env
     finally:
         os.close(lock_fd)
 

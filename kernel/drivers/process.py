@@ -18,7 +18,7 @@ import itertools
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.deadlines import Deadlines
@@ -59,6 +59,9 @@ from drivebay.sandbox.bundle_errors import shown
 from drivebay.sandbox.cancel_safe import wait_out_cancels
 from drivebay.sandbox.spawn import ChildProcess, SpawnSpec, describe_exit, spawn_child
 
+if TYPE_CHECKING:
+    from drivebay.kernel.metrics.meters import CallMeter
+
 log = logging.getLogger("drivebay.driver")
 
 EventHandler = Callable[[str, str, Any], None]
@@ -96,6 +99,8 @@ class DriverProcess:
         self._stopping = False
         self.hello: Hello | None = None
         self.ready: Ready | None = None
+        # Where the resource actors count its operations (the slot sets it).
+        self.meter: CallMeter | None = None
 
     # -- facts ---------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, Sta
 from drivebay.kernel.drivers.process import DriverProcess, EventHandler
 from drivebay.kernel.drivers.restarts import RestartTracker
 from drivebay.kernel.log_format import slot_fields
+from drivebay.kernel.metrics.meters import CallMeter
 from drivebay.kernel.reloading import spawn_settings
 from drivebay.protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from drivebay.sandbox.bundles import StoredBundle
@@ -117,6 +118,9 @@ class DriverSlot:
         # ``settings_now``): a reload compares them to hand over to a new one.
         self.settings_used: object = None
         self._spare_settings: object = None
+        # Counts this version's calls (None: not counted); the kernel gives
+        # it, and every process of the version carries it to the actors.
+        self.meter: CallMeter | None = None
 
     # -- facts for status and describe -------------------------------------------
 
@@ -202,7 +206,9 @@ class DriverSlot:
 
     def _new_process(self, spec: SpawnSpec) -> DriverProcess:
         on_event = functools.partial(self._ctx.on_event, self.name)
-        return self._ctx.new_process(spec, self._timeouts(), on_event)
+        process = self._ctx.new_process(spec, self._timeouts(), on_event)
+        process.meter = self.meter
+        return process
 
     def _prepare_spare(self, spec: SpawnSpec) -> None:
         """Keep a spare from now on (``_keep_spare``, a task the slot owns)."""
@@ -392,6 +398,8 @@ class DriverSlot:
             await process.finish_start()
         assert process.pid is not None
         self._ctx.on_spawn(self.name, process.pid)
+        if self.meter is not None and process.ready is not None:
+            self.meter.know(process.ready.operations)  # before any call reaches it
         try:
             await process.health()
         except DriverError as exc:

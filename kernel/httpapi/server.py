@@ -78,6 +78,7 @@ class Api:
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
         app.router.add_get("/v1/events", self._events)
+        app.router.add_get("/metrics", self._metrics)
         return app
 
     def _handler(self, route: Route) -> Handler:
@@ -209,6 +210,17 @@ class Api:
             return await events.stream_events(self.kernel, request, follow, kind)
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        """Prometheus' exposition, to whoever may read ``status``."""
+        from drivebay.kernel.metrics.exposition import render_metrics
+
+        try:
+            authorize(self.kernel, peer_of(request.transport), schema.StatusRequest([]))
+        except Exception as exc:
+            return self._problem(problem("metrics", exc))
+        body, content_type = await render_metrics(self.kernel, request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _document(self, request: web.Request) -> web.Response:
         if self._openapi is None:

@@ -27,10 +27,12 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.drivers.lifecycle import State
 from drivebay.kernel.log_format import slot_fields
+from drivebay.kernel.metrics.meters import CANCELLED, CRASHED, OK, REFUSED, outcome_of
 from drivebay.protocol.errors import (
     ALREADY_ATTACHED,
     Busy,
@@ -76,6 +78,7 @@ class Operation:
     future: asyncio.Future[Any]
     process: DriverProcess | None = None
     request_id: int = 0
+    sent_at: float = 0.0  # perf_counter() when sent, for the call-duration metric
 
 
 @dataclass
@@ -289,10 +292,14 @@ class ResourceActor:
         except Exception as exc:  # the process is gone, or a value it cannot take
             if isinstance(exc, DriverCrashed):
                 self._attached = None
+            if process.meter is not None:
+                process.meter.count(item.op, CRASHED if isinstance(exc, DriverCrashed) else REFUSED)
             _fail(item.future, exc)
             _settle(self._run_done)  # the task goes on with the next one
             return
         item.process, item.request_id = process, request_id
+        if process.meter is not None:
+            item.sent_at = perf_counter()
         self._in_flight = item
         reply.add_done_callback(self._replied)
 
@@ -306,12 +313,18 @@ class ResourceActor:
             return
         process = item.process
         assert process is not None  # set when it was sent
+        meter = process.meter
         if reply.cancelled():  # only cancel_call does that; never leave the task waiting
+            if meter is not None:
+                meter.record(item.op, CANCELLED, perf_counter() - item.sent_at)
             self._unfinished = item
             _fail(item.future, RequestError(f"resource {self.resource_id}: operation cancelled"))
             _settle(self._run_done)
             return
         exc = reply.exception()
+        if meter is not None:  # on every call's path: no call more than needed
+            outcome = OK if exc is None else outcome_of(exc)
+            meter.record(item.op, outcome, perf_counter() - item.sent_at)
         if isinstance(exc, CallTimeout):  # answered, but it may still run: the task waits
             self._unfinished = item
             _fail(item.future, exc)

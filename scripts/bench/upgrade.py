@@ -5,7 +5,10 @@ project's bytecode (with PYTHONDONTWRITEBYTECODE set, every process would
 otherwise compile its imports)::
 
     .venv/bin/python -m compileall -q kernel sandbox protocol
-    .venv/bin/python scripts/bench/upgrade.py [--quick] [--json]
+    .venv/bin/python scripts/bench/upgrade.py [--quick] [--json] [--metrics on|off]
+
+``--metrics off`` runs the daemons with ``metrics: {enabled: false}`` (calls
+not counted); ``scripts/bench/metrics_overhead.py`` compares the two.
 
 Every variant calls the same trivial async operation, ``record`` of the
 driver ``fixtures/upgrade/ledger.py`` (it appends a line to an in-memory
@@ -45,6 +48,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -95,6 +99,7 @@ class Plan:
     many: int = 10_000
     add_in_flight: int = 200
     tail_s: float = 0.5  # load after the last upgrade
+    metrics: bool = True  # the daemons' metrics.enabled: calls counted, or not
 
 
 FULL = Plan(rounds=5, warmup_s=0.5, window_s=2.0, steady_s=5.0, upgrades=10)
@@ -256,11 +261,12 @@ def record_calls(invoke: Callable[..., Awaitable[Any]], resources: list[str]) ->
 # -- the kernel in this process ----------------------------------------------------------------
 
 
-def daemon_settings(root: Path, envs_dir: Path) -> dict[str, Any]:
+def daemon_settings(root: Path, envs_dir: Path, metrics: bool = True) -> dict[str, Any]:
     """The config of a daemon (or in-process kernel) in ``root``: defaults but for
-    the paths, ``settle_s`` (bundles are renamed into place at once) and the
-    ledger's path."""
+    the paths, ``settle_s`` (bundles are renamed into place at once), the
+    ledger's path and whether calls are counted (``--metrics``)."""
     return {
+        "metrics": {"enabled": metrics},
         "state_dir": str(root / "state"),
         "drivers_dir": str(root / "drivers"),
         "socket": str(root / "ctl.sock"),
@@ -299,7 +305,7 @@ async def settle(check: Callable[[], Awaitable[bool]], deadline: float, what: st
 
 
 @contextlib.asynccontextmanager
-async def in_process_kernel(root: Path, envs_dir: Path) -> AsyncIterator[Any]:
+async def in_process_kernel(root: Path, envs_dir: Path, metrics: bool) -> AsyncIterator[Any]:
     """A ``Kernel`` in this process with the ledger driver RUNNING; always shut down."""
     import msgspec
 
@@ -307,7 +313,7 @@ async def in_process_kernel(root: Path, envs_dir: Path) -> AsyncIterator[Any]:
     from drivebay.kernel.kernel import Kernel
 
     drop_bundle(root, FIRST)
-    kernel = Kernel(msgspec.convert(daemon_settings(root, envs_dir), Config))
+    kernel = Kernel(msgspec.convert(daemon_settings(root, envs_dir, metrics), Config))
 
     async def running() -> bool:
         return kernel.book is not None and kernel.running(DRIVER)
@@ -329,7 +335,7 @@ async def kernel_targets(
     kernel uses (a process started apart from the kernel would run in the
     bench's venv, with other packages, e.g. uvloop, than a driver's env)."""
     resources = resource_ids("r", plan.resources)
-    kernel = await stack.enter_async_context(in_process_kernel(root, envs_dir))
+    kernel = await stack.enter_async_context(in_process_kernel(root, envs_dir, plan.metrics))
     book = kernel.book
     await asyncio.gather(*(book.add(r, DRIVER, None, []) for r in resources))
     # A call each: every instance is attached before the bare RPC reaches it.
@@ -393,17 +399,17 @@ class Daemon:
         return int(row["pid"])
 
 
-def write_config(root: Path, envs_dir: Path) -> Path:
+def write_config(root: Path, envs_dir: Path, metrics: bool) -> Path:
     root.mkdir(parents=True)
     config = root / "drivebay.yaml"
-    config.write_text(json.dumps(daemon_settings(root, envs_dir)))  # JSON is YAML
+    config.write_text(json.dumps(daemon_settings(root, envs_dir, metrics)))  # JSON is YAML
     return config
 
 
 @contextlib.asynccontextmanager
-async def drivebayd(root: Path, envs_dir: Path) -> AsyncIterator[Daemon]:
+async def drivebayd(root: Path, envs_dir: Path, metrics: bool = True) -> AsyncIterator[Daemon]:
     """drivebayd with the ledger driver's first version RUNNING; always stopped and reaped."""
-    config = write_config(root, envs_dir)
+    config = write_config(root, envs_dir, metrics)
     drop_bundle(root, FIRST)
     log_fd = os.open(root / "drivebayd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
@@ -641,7 +647,7 @@ class LoadResults:
 async def under_load(plan: Plan, root: Path, envs_dir: Path) -> LoadResults:
     """Steady state of the three targets, then upgrades of drivebayd; and its log."""
     async with (
-        drivebayd(root / "daemon", envs_dir) as daemon,
+        drivebayd(root / "daemon", envs_dir, plan.metrics) as daemon,
         connections(daemon, plan.connections) as clients,
     ):
         ours = await daemon_target(daemon, clients, plan)
@@ -680,7 +686,7 @@ def rss_mb(pid: int) -> float:
 async def many_resources(plan: Plan, root: Path, envs_dir: Path) -> Many:
     ids = resource_ids("m", plan.many)
     async with (
-        drivebayd(root, envs_dir) as daemon,
+        drivebayd(root, envs_dir, plan.metrics) as daemon,
         connections(daemon, plan.connections) as clients,
     ):
         before = rss_mb(daemon.pid)
@@ -837,7 +843,7 @@ def _many_table(m: Many) -> str:
     return _common.format_table([f"{m.resources:,} resources", ""], rows)
 
 
-def as_json(r: Results, quick: bool) -> dict[str, Any]:
+def as_json(r: Results, quick: bool, metrics: bool) -> dict[str, Any]:
     switches = sorted(h.switch_ms for h in r.load.handovers)
     healthy = sorted(h.running_to_switched_ms for h in r.load.handovers)
     figures = {
@@ -878,6 +884,7 @@ def as_json(r: Results, quick: bool) -> dict[str, Any]:
     result["handovers"] = [asdict(h) for h in r.load.handovers]
     result["targets"] = {t: {"goal": g, "value": v, "met": met} for t, g, v, met in targets(r)}
     result["mode"] = "quick" if quick else "full"
+    result["metrics"] = "on" if metrics else "off"
     return result
 
 
@@ -890,11 +897,12 @@ async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     return Results(load, await many_resources(plan, root / "many", envs_dir))
 
 
-def _footer(info: dict[str, Any], quick: bool, took: float) -> str:
+def _footer(info: dict[str, Any], plan: Plan, quick: bool, took: float) -> str:
     return (
         f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
         f"load {info['loadavg_1m_before']} before, {info['loadavg_1m']} after, "
-        f"{'quick' if quick else 'full'} run, {took:.0f} s"
+        f"{'quick' if quick else 'full'} run, metrics {'on' if plan.metrics else 'off'}, "
+        f"{took:.0f} s"
     )
 
 
@@ -902,9 +910,16 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     parser = _common.bench_parser(__doc__.split("\n\n")[0], "shorter windows, 3 upgrades")
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off"],
+        default="on",
+        help="count calls for /metrics in the daemons (metrics.enabled; default: on)",
+    )
     options = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="in-process kernel: %(message)s")
     plan = QUICK if options.quick else FULL
+    plan = dataclasses.replace(plan, metrics=options.metrics == "on")
     options.envs_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     load_before = _common.machine()["loadavg_1m"]
@@ -912,9 +927,9 @@ def main(argv: list[str] | None = None) -> None:
         results = uvloop.run(run_all(plan, Path(tmp), options.envs_dir))
     info = {**_common.machine(), "loadavg_1m_before": load_before}
     print(report(results, plan))
-    print(_footer(info, options.quick, time.monotonic() - started))
+    print(_footer(info, plan, options.quick, time.monotonic() - started))
     if options.json:
-        _common.print_json_last({**as_json(results, options.quick), "machine": info})
+        _common.print_json_last({**as_json(results, options.quick, plan.metrics), "machine": info})
 
 
 if __name__ == "__main__":

@@ -130,6 +130,13 @@ def test_http_api_end_to_end(api):  # type: ignore[no-untyped-def]
 
     status, version = http("GET", "/v1/version")
     assert status == 200 and version["version"]
+    with closing(UnixHttp(http.path)) as connection:  # Prometheus' text, outside /v1
+        connection.request("GET", "/metrics")
+        scraped = connection.getresponse()
+        exposition = scraped.read().decode()
+    assert scraped.status == 200, exposition
+    assert scraped.getheader("Content-Type", "").startswith("text/plain; version=0.0.4")
+    assert 'drivebay_driver_state{driver="mis",state="RUNNING",version="1.0.0"} 1.0' in exposition
     status, rows = http("GET", "/v1/drivers/mis")
     assert [(r["name"], r["version"], r["state"]) for r in rows] == [("mis", "1.0.0", "RUNNING")]
     status, described = http("GET", "/v1/drivers/mis/1.0.0")

@@ -57,6 +57,7 @@ CHANGED: dict[str, Any] = {
     "update_check_interval_s": 60,
     "auto_update": True,
     "events": EventSettings(ring_size=9),
+    "metrics": {"listen": "127.0.0.1:9464"},
     "drivers": {"alpha": {"env": {"A": "1"}}},
 }
 
