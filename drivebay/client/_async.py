@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
+from drivebay.client._endpoint import Endpoint
 from drivebay.client._errors import (
     ConnectionLost,
     DaemonUnavailable,
@@ -36,7 +37,7 @@ def _raise_error(reply: Reply) -> None:
         raise OperationError(reply.error, reply.code, reply.error_type, reply.traceback)
 
 
-class AsyncClient:
+class AsyncClient(Endpoint):
     """An asyncio client of drivebayd's control socket, or of its HTTP API.
 
     ``path`` defaults to the socket drivebayctl finds (``control_socket()``).
@@ -63,17 +64,6 @@ class AsyncClient:
         self._streams: dict[int, asyncio.Queue[Reply | None]] = {}
         self._connection: FramedChannel[Reply] | None = None
         self._broken: Exception | None = None
-
-    @property
-    def path(self) -> str:
-        """The control socket's path (found when first needed), or the HTTP API's URL."""
-        if self._http is not None:
-            return self._http.url
-        if self._path is None:
-            from drivebay.kernel.config_search import control_socket
-
-            self._path = control_socket()
-        return self._path
 
     @classmethod
     async def connect(

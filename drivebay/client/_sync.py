@@ -16,6 +16,7 @@ from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing, suppress
 from typing import TYPE_CHECKING, Any
 
+from drivebay.client._endpoint import Endpoint
 from drivebay.client._errors import (
     ConnectionLost,
     DaemonUnavailable,
@@ -79,7 +80,7 @@ def call_args(
     return payload
 
 
-class Client:
+class Client(Endpoint):
     """A blocking client of drivebayd's control socket, or of its HTTP API.
 
     ``path`` defaults to the socket drivebayctl finds (``control_socket()``).
@@ -104,17 +105,6 @@ class Client:
         self._ids = itertools.count(1)
         self._lock = _thread.allocate_lock()
         self._reader: int | None = None  # the thread between a request and its last reply
-
-    @property
-    def path(self) -> str:
-        """The control socket's path (found when first needed), or the HTTP API's URL."""
-        if self._http is not None:
-            return self._http.url
-        if self._path is None:
-            from drivebay.kernel.config_search import control_socket  # pathlib: only here
-
-            self._path = control_socket()
-        return self._path
 
     @classmethod
     def connect(
