@@ -186,9 +186,9 @@ def refusal(principal: Principal) -> str:
 
 def authorize(kernel: Kernel, principal: Principal, request: S.ControlRequest) -> None:
     """``check`` against the kernel's resources; raises PermissionDenied."""
-    book = kernel.book
 
     def driver_of(resource_id: str) -> str | None:
+        book = kernel.book
         actor = book.actors.get(resource_id) if book is not None else None
         return actor.driver if actor is not None else None
 
