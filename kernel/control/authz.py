@@ -55,14 +55,17 @@ class Role(IntEnum):
 
 
 class PermissionDenied(RequestError):
-    """The client may not run this request: ``permission denied: COMMAND
-    needs ROLE``. Ask the daemon's operator for that role (docs/operations.md,
-    Authorization)."""
+    """The client may not run this request (its role, or its token's drivers).
+
+    Its line is ``permission denied: COMMAND needs ROLE``; ask the daemon's
+    operator for that role (docs/operations.md, "Authorization")."""
 
 
 class Unauthenticated(RequestError):
-    """A TCP request came without a token the daemon knows; present one
-    (``Authorization: Bearer TOKEN``, from ``drivebayctl token new``)."""
+    """A TCP request came without a token the daemon knows.
+
+    Present one (``Authorization: Bearer TOKEN``, from ``drivebayctl token
+    new``) or a certificate ``http.tls.client_ca`` signed."""
 
 
 VIEW, OPERATE, ADMIN = Role.viewer, Role.operator, Role.admin

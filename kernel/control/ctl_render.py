@@ -87,7 +87,7 @@ def print_repos(result: Any) -> None:
 def print_token(result: dict[str, Any]) -> None:
     limited = f" for drivers {', '.join(result['drivers'])}" if result.get("drivers") else ""
     say(result["token"])  # alone on stdout: TOKEN=$(drivebayctl token new ...)
-    note = f"a {result['role']} token{limited}; shown only now, kept as sha256 {result['sha256']}"
+    note = f"{result['role']} token{limited}: shown only now; kept as sha256 {result['sha256']}"
     say(note, file=sys.stderr)
 
 
