@@ -36,7 +36,13 @@ from drivebay.kernel.control.limits import stalled
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
-from drivebay.kernel.httpapi.access import Peer, PermissionDenied, authorize, peer_of
+from drivebay.kernel.httpapi.access import (
+    Peer,
+    PermissionDenied,
+    Unauthenticated,
+    authorize,
+    peer_of,
+)
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
 from drivebay.protocol.control_codes import EXIT_OK
@@ -115,6 +121,8 @@ class Api:
             found = problem(command, exc)
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
+            elif typed is not None and isinstance(exc, Unauthenticated):
+                self._audit(f"tcp {request.remote}", typed, f"refused: {found.detail}")
             return self._problem(found)
         self._audit(peer.who, typed, "ok" if code == 0 else f"exit {code}")
         return web.Response(

@@ -57,6 +57,7 @@ def test_tokens_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-d
     assert operator not in (daemon.state / "tokens.json").read_text()
 
     assert over_tcp(port, "GET", "/v1/drivers", None)[0] == 401
+    assert over_tcp(port, "POST", "/v1/drivers/mis/restart", None)[0] == 401
     assert over_tcp(port, "GET", "/v1/drivers", "a guess")[0] == 401
     status, rows = over_tcp(port, "GET", "/v1/drivers", VIEWER)
     assert status == 200 and [r["name"] for r in rows] == ["mis"]
@@ -78,11 +79,18 @@ def test_tokens_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-d
     refusals = [a for a in audits if a["outcome"].startswith("refused: permission denied")]
     assert [a["what"] for a in refusals[:1]] == ["stop names=['mis']"]
     assert all("token " in a["who"] for a in refusals)
+    unknown = [a for a in audits if a["outcome"].startswith("refused: no credentials")]
+    assert [a["what"] for a in unknown] == ["restart names=['mis']"]
     assert {a["outcome"] for a in audits if a["what"] == "stop names=['mis']"} >= {"ok"}
 
     daemon.stop()  # the stored token counts after a restart
     daemon.start()
-    assert over_tcp(port, "GET", "/v1/drivers", operator)[0] == 200
+    url = f"http://127.0.0.1:{port}"
+    with Client(http=url, token=operator) as client:  # the Python client sends it too
+        assert [row["name"] for row in client.request("status")] == ["mis"]
+    with Client(http=url, token=VIEWER) as client, pytest.raises(DrivebayError) as refused:
+        client.request("start", {"names": ["mis"]})
+    assert str(refused.value) == "permission denied: start needs operator"
 
 
 def as_user(uid: int, gid: int, socket_path: str, *commands: str) -> list[str]:
