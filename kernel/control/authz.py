@@ -245,12 +245,16 @@ def drivers_named(
         case S.ResourceAddRequest(driver=driver) | S.InstallRequest(name=driver):
             return [driver]
         case S.ResourceSetRequest(id=rid) | S.ResourceRmRequest(id=rid):
-            return [driver_of(rid) or ""]
-        case S.ResourcePinRequest(id=rid):
-            return [driver_of(rid) or ""]
-        case S.CallRequest(resource=rid):
-            return [driver_of(rid) or ""]
+            return _of_resource(rid, driver_of)
+        case S.ResourcePinRequest(id=rid) | S.CallRequest(resource=rid):
+            return _of_resource(rid, driver_of)
     return None
+
+
+def _of_resource(resource_id: str, driver_of: Callable[[str], str | None]) -> list[str]:
+    """A resource's driver; none for an unknown resource (its handler says so)."""
+    driver = driver_of(resource_id)
+    return [] if driver is None else [driver]
 
 
 # -- tokens kept in the state dir --------------------------------------------------

@@ -127,6 +127,7 @@ def test_a_tokens_driver_globs_bound_what_it_acts_on():
     assert "may not act on driver beta" in refused(limited, S.StopRequest(["alpha", "beta"]))
     check(limited, S.CallRequest("r1", "ping"), {"r1": "alpha"}.get)
     assert "driver beta" in refused(limited, S.CallRequest("r2", "ping"))
+    check(limited, S.CallRequest("r9", "ping"), no_resources)  # unknown: its handler says so
     assert "without a driver name" in refused(limited, S.StopRequest([]))  # all of them
     check(limited, S.StatusRequest(), no_resources)  # reading all is reading
     check(limited, S.DescribeRequest("alpha@1.0"), no_resources)
