@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from drivebay.client import Client, DrivebayError
 from tests.e2e.test_http_api import Api, free_port
@@ -148,3 +149,14 @@ def test_a_second_unix_user_on_the_control_socket(daemon_factory):  # type: igno
         assert daemon.ctl("version").returncode == 0  # root still is admin
     finally:
         shutil.rmtree(reachable, ignore_errors=True)
+
+
+def test_naming_others_opens_the_sockets_at_a_reload(daemon):  # type: ignore[no-untyped-def]
+    sockets = (daemon.socket, daemon.state / "http.sock")
+    assert [os.stat(path).st_mode & 0o777 for path in sockets] == [0o600, 0o600]
+    settings = yaml.safe_load(daemon.config_path.read_text())
+    settings["authorization"] = {"users": {"nobody": "viewer"}}
+    daemon.config_path.write_text(yaml.safe_dump(settings))
+    reloaded = daemon.ctl("reload", "--json")
+    assert reloaded.returncode == 0 and json.loads(reloaded.stdout)["restart_needed"] == []
+    assert [os.stat(path).st_mode & 0o777 for path in sockets] == [0o666, 0o666]
