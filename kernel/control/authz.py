@@ -178,8 +178,9 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 
 def refusal(principal: Principal) -> str:
     """The line a peer no rule names is refused with."""
+    uid = principal.who.rpartition(" uid ")[2]
     return (
-        f"permission denied: no rule of this daemon names {principal.who.split(' pid ')[0]}; "
+        f"permission denied: no rule of this daemon names uid {uid}; "
         "ask its operator for a role (authorization in its config)"
     )
 
