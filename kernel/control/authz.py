@@ -113,8 +113,9 @@ class Principal:
 
 
 def peer_role(uid: int, gid: int, config: Config) -> Role | None:
-    """The role of a Unix socket peer; None when no rule names it."""
-    if uid in (0, os.geteuid()):
+    """The role of a Unix socket peer; None when no rule names it. May look
+    users and groups up (NSS), unless ``owner(uid)``."""
+    if owner(uid):
         return Role.admin
     rules = config.authorization
     name = _user_name(uid)
@@ -125,6 +126,11 @@ def peer_role(uid: int, gid: int, config: Config) -> Role | None:
         groups[config.socket_group] = "operator"
     found = [Role[role] for group, role in groups.items() if _member(uid, gid, name, group)]
     return max(found, default=None)
+
+
+def owner(uid: int) -> bool:
+    """Root and the daemon's own user: always admin."""
+    return uid in (0, os.geteuid())
 
 
 def widens(config: Config) -> bool:

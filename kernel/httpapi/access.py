@@ -10,6 +10,7 @@ peer may not run, and audits the refusal.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -27,15 +28,21 @@ Peer = Principal
 __all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "peer_of"]
 
 
-def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
+async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     """Who sent ``request``; Unauthenticated for a TCP client without a
-    token the daemon knows (nor a verified certificate)."""
+    token the daemon knows (nor a verified certificate). Looking a user's
+    name and groups up may block (NSS): off the loop."""
     transport: Any = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         return Principal("gone", None)
     if sock.family == socket.AF_UNIX:
-        principal = authz.unix_principal(sock, kernel.config)
+        pid, uid, gid = authz.peer_credentials(sock)
+        if authz.owner(uid):
+            role: Role | None = Role.admin
+        else:
+            role = await asyncio.to_thread(authz.peer_role, uid, gid, kernel.config)
+        principal = Principal(f"pid {pid} uid {uid}", role)
         if principal.role is None:
             raise PermissionDenied(authz.refusal(principal))
         return principal

@@ -101,7 +101,7 @@ class Api:
         try:
             typed = route.request(request.match_info, _query(request), await self._body(request))
             command = command_of(type(typed))
-            peer = peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request)
             authorize(self.kernel, peer, typed)
             kind = type(typed)
             if self.kernel.stopping and kind in schema.CHANGING:
@@ -215,7 +215,7 @@ class Api:
             asked = EVENTS.request(request.match_info, _query(request), None)
             assert isinstance(asked, schema.EventsRequest)
             follow = schema.EventsFollowRequest(asked.since, asked.last)
-            authorize(self.kernel, peer_of(self.kernel, request), follow)
+            authorize(self.kernel, await peer_of(self.kernel, request), follow)
             return await events.stream_events(self.kernel, request, follow, kind)
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
@@ -225,7 +225,7 @@ class Api:
         from drivebay.kernel.metrics.exposition import render_metrics
 
         try:
-            authorize(self.kernel, peer_of(self.kernel, request), schema.StatusRequest([]))
+            authorize(self.kernel, await peer_of(self.kernel, request), schema.StatusRequest([]))
         except Exception as exc:
             return self._problem(problem("metrics", exc))
         body, content_type = await render_metrics(self.kernel, request.headers.get("Accept"))

@@ -94,8 +94,11 @@ def test_tokens_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-d
     assert str(refused.value) == "permission denied: start needs operator"
 
 
-def as_user(uid: int, gid: int, socket_path: str, *commands: str) -> list[str]:
-    """In a forked child that becomes ``uid``: each command's answer or error."""
+def as_user(uid: int, gid: int, socket_path: str, *commands: str, http: bool = False) -> list[str]:
+    """In a forked child that becomes ``uid``: each command's answer or error
+    (over the control socket, or the HTTP API's Unix socket)."""
+    import drivebay.client._http  # noqa: F401 -- the child may not read the modules it needs
+
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: only the socket and one pipe
@@ -108,7 +111,8 @@ def as_user(uid: int, gid: int, socket_path: str, *commands: str) -> list[str]:
             answers = []
             for command in commands:
                 try:
-                    with Client(socket_path) as client:
+                    where = {"http": f"unix:{socket_path}"} if http else {"path": socket_path}
+                    with Client(**where) as client:
                         answers.append(f"ok {client.request(command)!r:.40}")
                 except DrivebayError as exc:
                     answers.append(f"error {exc}")
@@ -144,6 +148,9 @@ def test_a_second_unix_user_on_the_control_socket(daemon_factory):  # type: igno
         answers = as_user(nobody.pw_uid, nobody.pw_gid, socket_path, "version", "shutdown")
         assert answers[0].startswith("ok ")
         assert answers[1] == "error permission denied: shutdown needs admin"
+        http_sock = str(reachable / "http.sock")
+        answers = as_user(nobody.pw_uid, nobody.pw_gid, http_sock, "status", "stop", http=True)
+        assert answers == ["ok []", "error permission denied: stop needs operator"]
         stranger = as_user(54321, 54321, socket_path, "version")  # no rule names it
         refused = "error permission denied: no rule of this daemon names uid 54321;"
         assert stranger[0].startswith(refused)
