@@ -219,6 +219,27 @@ class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return host, int(port)
 
 
+RoleName = Literal["viewer", "operator", "admin"]
+
+
+class TokenRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A bearer token by its sha256 (hex), its role, and the driver globs it is
+    limited to (none: every driver)."""
+
+    sha256: Annotated[str, msgspec.Meta(pattern="^[0-9a-fA-F]{64}$")]
+    role: RoleName
+    drivers: tuple[str, ...] = ()
+
+
+class AuthorizationSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Who may do what (``authorization:``; kernel/control/authz.py,
+    docs/operations.md)."""
+
+    users: dict[str, RoleName] = {}
+    groups: dict[str, RoleName] = {}
+    tokens: tuple[TokenRule, ...] = ()
+
+
 class DriverSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per-driver settings under ``drivers: {NAME: ...}``."""
 
@@ -261,6 +282,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     update_check_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0: never check
     auto_update: bool = False  # install what a check finds without being asked
     metrics: MetricsSettings = MetricsSettings()
+    authorization: AuthorizationSettings = AuthorizationSettings()
     drivers: dict[str, DriverSettings] = {}
 
     @property
@@ -397,6 +419,8 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "http.tls": TlsSettings,
     "repositories[]": RepositorySettings,
     "metrics": MetricsSettings,
+    "authorization": AuthorizationSettings,
+    "authorization.tokens[]": TokenRule,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,
 }

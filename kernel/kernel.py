@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from drivebay.kernel.config import Config
+from drivebay.kernel.control.authz import TokenStore, socket_mode
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
 from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
@@ -124,6 +125,7 @@ class Kernel:
         self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
         self.repos = Repositories()  # TUF repositories: offers, installs, update check
         self.metrics = Metrics(count_calls=config.metrics.enabled)  # what /metrics shows
+        self.tokens = TokenStore(self.state_dir)  # those drivebayctl token new made
         # What the descriptor limit (raised at start) allows; read once.
         self.descriptors = descriptor_budget(
             current_limit(), config.control.max_connections, config.restart.spare
@@ -759,6 +761,9 @@ class Kernel:
         self.registry.limits = fresh.bundles.read_limits()
         self.registry.trust = trust
         self.events.resize(fresh.events.ring_size)
+        for path in (fresh.socket_path, fresh.http_socket_path):  # users may have been named
+            with contextlib.suppress(OSError):
+                os.chmod(path, socket_mode(fresh))
         for slot in self.all_slots():
             slot.reconfigure()
         self._replace_stale_settings()

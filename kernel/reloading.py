@@ -51,7 +51,9 @@ EFFECTS: dict[str, Effect] = {
     "update_check_interval_s": Effect.LIVE,
     "auto_update": Effect.LIVE,
     "log_format": Effect.LIVE,  # the daemon's handler is re-formatted at once
-    "events": Effect.LIVE,  # the ring keeps its newest events at the new size
+    "events": Effect.LIVE,
+    # read on each request; the sockets' mode (0666 when it names others) is set again
+    "authorization": Effect.LIVE,  # the ring keeps its newest events at the new size
     "log_level": Effect.RESPAWN,  # the daemon's own level at once, drivers' by a new process
     "python": Effect.RESPAWN,
     "user": Effect.RESPAWN,

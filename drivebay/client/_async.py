@@ -42,20 +42,26 @@ class AsyncClient(Endpoint):
 
     ``path`` defaults to the socket drivebayctl finds (``control_socket()``).
     ``http`` (``unix:/PATH``, ``http://HOST:PORT``, ``https://HOST:PORT``)
-    sends the same requests to the HTTP API instead, ``ssl`` its TLS context.
+    sends the same requests to the HTTP API instead, ``ssl`` its TLS context,
+    ``token`` a bearer token (``drivebayctl token new``) sent with each request.
     The connection opens with ``await open()``, ``async with`` or
     ``await AsyncClient.connect(path)``, and closes with ``await close()``.
     """
 
     def __init__(
-        self, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+        self,
+        path: str | None = None,
+        *,
+        http: str | None = None,
+        ssl: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self._path = path
         self._http: AsyncHttpExchange | None = None
         if http is not None:
             from drivebay.client._async_http import AsyncHttpExchange  # aiohttp: only here
 
-            self._http = AsyncHttpExchange(http, ssl)
+            self._http = AsyncHttpExchange(http, ssl, token)
         self._ids = itertools.count(1)
         # Each request's replies: a future for a request of one reply (the
         # common case, and the fast one), a queue for a stream. None: the
@@ -67,10 +73,15 @@ class AsyncClient(Endpoint):
 
     @classmethod
     async def connect(
-        cls, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+        cls,
+        path: str | None = None,
+        *,
+        http: str | None = None,
+        ssl: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> AsyncClient:
         """A client with its connection open; ``DaemonUnavailable`` if none answers."""
-        client = cls(path, http=http, ssl=ssl)
+        client = cls(path, http=http, ssl=ssl, token=token)
         await client.open()
         return client
 

@@ -35,8 +35,13 @@ def _reply(plain: Any) -> Reply:
 
 
 class AsyncHttpExchange:
-    def __init__(self, url: str, context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, context: ssl.SSLContext | None = None, token: str | None = None
+    ) -> None:
         self.url = url
+        self._headers = {"Content-Type": "application/json"}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
         scheme, where, port = parse_url(url)
         self._unix = where if scheme == "unix" else None
         self._base = "http://localhost" if scheme == "unix" else f"{scheme}://{where}:{port}"
@@ -74,7 +79,7 @@ class AsyncHttpExchange:
             async with self._session.post(
                 f"{self._base}/v1/commands/{command}",
                 data=body,
-                headers={"Content-Type": "application/json"},
+                headers=self._headers,
             ) as response:
                 yield response
         except aiohttp.ClientConnectorError as exc:

@@ -91,10 +91,15 @@ class HttpExchange:
     """One keep-alive connection to the HTTP API at ``url``; one request at
     a time (``Client``'s lock sees to that)."""
 
-    def __init__(self, url: str, context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, url: str, context: ssl.SSLContext | None = None, token: str | None = None
+    ) -> None:
         self.url = url
         self._target = parse_url(url)
         self._context = context
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token is not None:
+            self._headers["Authorization"] = f"Bearer {token}"
         self._connection: http.client.HTTPConnection | None = None
         self._used = False  # the connection has carried a request: it may have been closed
 
@@ -157,7 +162,7 @@ class HttpExchange:
                 self.close()
 
     def _send(self, path: str, body: bytes) -> http.client.HTTPResponse:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        headers = self._headers
         for attempt in (1, 2):
             reused = self._used
             connection = self._connect()

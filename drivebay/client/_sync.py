@@ -85,20 +85,26 @@ class Client(Endpoint):
 
     ``path`` defaults to the socket drivebayctl finds (``control_socket()``).
     ``http`` (``unix:/PATH``, ``http://HOST:PORT``, ``https://HOST:PORT``)
-    sends the same requests to the HTTP API instead, ``ssl`` its TLS context.
+    sends the same requests to the HTTP API instead, ``ssl`` its TLS context,
+    ``token`` a bearer token (``drivebayctl token new``) sent with each request.
     The connection opens with ``open()``, ``with``, or the first request, and
     closes with ``close()`` or the end of the ``with`` block.
     """
 
     def __init__(
-        self, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+        self,
+        path: str | None = None,
+        *,
+        http: str | None = None,
+        ssl: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self._path = path
         self._http: HttpExchange | None = None
         if http is not None:
             from drivebay.client._http import HttpExchange  # http.client: only here
 
-            self._http = HttpExchange(http, ssl)
+            self._http = HttpExchange(http, ssl, token)
         self._sock: socket.socket | None = None
         self._frames = FrameSplitter("drivebayd")
         self._pending: list[Reply] = []
@@ -108,10 +114,15 @@ class Client(Endpoint):
 
     @classmethod
     def connect(
-        cls, path: str | None = None, *, http: str | None = None, ssl: ssl.SSLContext | None = None
+        cls,
+        path: str | None = None,
+        *,
+        http: str | None = None,
+        ssl: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> Client:
         """A client with its connection open; ``DaemonUnavailable`` if none answers."""
-        client = cls(path, http=http, ssl=ssl)
+        client = cls(path, http=http, ssl=ssl, token=token)
         client.open()
         return client
 

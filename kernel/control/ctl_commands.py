@@ -249,6 +249,13 @@ def _repo_add_request(args: argparse.Namespace) -> tuple[str, Payload]:
     return "repo-add", {"name": args.name, "url": url, "root": root}
 
 
+def _token_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    parser.add_argument(
+        "--drivers", nargs="+", default=[], metavar="GLOB", help="only drivers matching these"
+    )
+
+
 def _install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="NAME[==VERSION]")
     parser.add_argument("--repo", metavar="NAME", help="only from this repository")
@@ -393,12 +400,20 @@ COMMANDS: tuple[Command, ...] = (
         _events_request,
     ),
     Command("events-follow", "events -f", EVENTS, render=show.print_events, words=()),
+    Command(
+        "token-new",
+        "new --role ROLE [--drivers GLOB...]: a bearer token for the HTTP API, shown once",
+        (Field("role", "str"), Field("drivers", "list[str]", [])),
+        _token_arguments,
+        show.print_token,
+    ),
     Command("reload", "re-read the config and rescan the drivers dir", render=show.print_json),
     Command("shutdown", "stop the daemon and all drivers", render=show.print_json),
 )
 GROUPS = {
     "resource": "add, set, rm or pin a resource",
     "repo": "add, list or rm a repository",
+    "token": "make a bearer token (token new)",
 }
 """Help of the command words that are followed by a verb."""
 

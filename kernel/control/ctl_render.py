@@ -84,6 +84,13 @@ def print_repos(result: Any) -> None:
         say(f"{row['name']:<16} {kind:<7} {row['url']}{offers}{message}")
 
 
+def print_token(result: dict[str, Any]) -> None:
+    limited = f" for drivers {', '.join(result['drivers'])}" if result.get("drivers") else ""
+    say(result["token"])  # alone on stdout: TOKEN=$(drivebayctl token new ...)
+    note = f"{result['role']} token{limited}: shown only now; kept as sha256 {result['sha256']}"
+    say(note, file=sys.stderr)
+
+
 def print_installed(result: dict[str, Any]) -> None:
     say(
         f"{result['name']}@{result['version']}: installed from {result['repo']} "

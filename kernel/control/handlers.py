@@ -463,6 +463,14 @@ async def reload(k: Kernel, request: schema.ReloadRequest) -> Outcome:
     return schema.Reloaded(changed_drivers=changes, restart_needed=fixed), EXIT_OK
 
 
+@command(schema.TokenNewRequest)
+async def token_new(k: Kernel, request: schema.TokenNewRequest) -> Outcome:
+    from drivebay.kernel.control.authz import Role
+
+    token, digest = await k.tokens.add(Role[request.role], request.drivers)
+    return schema.TokenMade(token, digest, request.role, list(request.drivers)), EXIT_OK
+
+
 @command(schema.ShutdownRequest)
 async def shutdown(k: Kernel, request: schema.ShutdownRequest) -> Outcome:
     k.shutdown()

@@ -157,6 +157,14 @@ class EventsFollowRequest(_Request, frozen=True, tag="events-follow"):
     last: Count | None = None
 
 
+class TokenNewRequest(_Request, frozen=True, tag="token-new"):
+    """A new bearer token of ``role``, limited to drivers matching ``drivers``
+    (globs; none: every driver). Its text is answered once; only its hash is kept."""
+
+    role: Literal["viewer", "operator", "admin"]
+    drivers: Annotated[list[str], msgspec.Meta(description="driver name globs")] = []
+
+
 class ReloadRequest(_Request, frozen=True, tag="reload"):
     pass
 
@@ -182,6 +190,7 @@ CHANGING: frozenset[type[_Request]] = frozenset(
         RepoRmRequest,
         InstallRequest,
         ReloadRequest,
+        TokenNewRequest,
     }
 )
 
@@ -211,6 +220,7 @@ ControlRequest = (
     | EventsFollowRequest
     | ReloadRequest
     | ShutdownRequest
+    | TokenNewRequest
 )
 
 # -- results -----------------------------------------------------------------------------
@@ -368,6 +378,15 @@ class Reloaded(msgspec.Struct, frozen=True):
     reloaded: bool = True
 
 
+class TokenMade(msgspec.Struct, frozen=True):
+    """A new bearer token: ``token`` is shown this once; ``sha256`` is what is kept."""
+
+    token: str
+    sha256: str
+    role: str
+    drivers: list[str] = []
+
+
 class ShuttingDown(msgspec.Struct, frozen=True):
     shutting_down: bool = True
 
@@ -438,6 +457,7 @@ RESULTS: dict[type[ControlRequest], Any] = {
     ],
     ReloadRequest: Reloaded,
     ShutdownRequest: ShuttingDown,
+    TokenNewRequest: TokenMade,
 }
 """Each request type's result type."""
 

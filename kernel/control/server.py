@@ -1,10 +1,12 @@
 """The control socket: drivebayctl's (and any program's) way into the daemon.
 
-A Unix socket created mode 0600 (0660 with ``socket_group``) in the state
-dir, speaking the same framed msgspec protocol as the drivers. Each
-connection checks its peer's credentials (SO_PEERCRED): the daemon's own
-user, root, and members of ``socket_group`` are served; anyone else gets one
-refusal reply. Requests on a connection run concurrently, each in a task the
+A Unix socket created mode 0600 (0660 with ``socket_group``, 0666 when
+``authorization`` names others) in the state dir, speaking the same framed
+msgspec protocol as the drivers. Each connection learns its peer's role from
+its credentials (SO_PEERCRED) once, by the policy of ``authz.py``: a peer no
+rule names gets one refusal reply; each request is checked against that role
+(a refusal is answered ``permission denied: COMMAND needs ROLE`` and audited).
+Requests on a connection run concurrently, each in a task the
 connection owns and cancels when the client goes away. What clients may hold
 (connections, bytes of requests being received, time to send one) is bounded
 as ``kernel/control/limits.py`` says; a client over a bound gets one line and
@@ -26,13 +28,20 @@ import grp
 import logging
 import os
 import socket
-import struct
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.control import schema
+from drivebay.kernel.control.authz import (
+    PermissionDenied,
+    Principal,
+    authorize,
+    refusal,
+    socket_mode,
+    unix_principal,
+)
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, submit_call
 from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from drivebay.kernel.drivers.channel import FramedChannel
@@ -54,7 +63,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("drivebay.control")
 
-REFUSED = "permission denied: this daemon serves its own user, root and socket_group"
 LINGER_S = 1.0  # a refused client has this long to read why, and close
 LINGER_MAX = 64  # refused connections kept that long at once; more close at once
 
@@ -95,42 +103,6 @@ def error_reply(request_id: int, command: str, exc: BaseException) -> Reply:
 def _name(exc: DrivebayError) -> str:
     """The drivebay error's name (a malformed request is a ``RequestError``)."""
     return RequestError.__name__ if isinstance(exc, schema.BadRequest) else type(exc).__name__
-
-
-def peer_allowed(sock: socket.socket, group: str | None) -> tuple[bool, str]:
-    """May the process at the other end talk to us? (and who it is)"""
-    pid, uid, gid = peer_credentials(sock)
-    return credentials_allowed(uid, gid, group), f"pid {pid} uid {uid}"
-
-
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """The pid, uid and gid of the process at the other end of a Unix socket."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
-    return pid, uid, gid
-
-
-def credentials_allowed(uid: int, gid: int, group: str | None) -> bool:
-    """The daemon's own user, root and members of ``group`` are served."""
-    if uid in (0, os.geteuid()):
-        return True
-    if group:
-        try:
-            entry = grp.getgrnam(group)
-        except KeyError:
-            return False
-        if gid == entry.gr_gid or _user_name(uid) in entry.gr_mem:
-            return True
-    return False
-
-
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return ""
 
 
 @dataclass
@@ -217,6 +189,7 @@ class ControlConnection:
         self._streams: set[asyncio.Task[None]] = set()  # the tasks a disconnect ends
         self._calls: set[asyncio.Future[Any]] = set()
         self._who = "unknown peer"  # its uid and pid, for the audit
+        self._principal = Principal(self._who, None)  # its role, known once connected
         max_frame = kernel.config.max_frame_bytes
         codec: MessageCodec[RawRequest] = MessageCodec(RawRequest, "control client", max_frame)
         self.channel = ControlChannel(self, codec, self._after_read)
@@ -234,11 +207,12 @@ class ControlConnection:
             log.info("accepting control connections again (%d refused)", limits.refused)
             limits.refused = 0
         sock = transport.get_extra_info("socket")
-        allowed, who = peer_allowed(sock, self._kernel.config.socket_group)
-        self._who = who
-        if not allowed:
-            log.warning("refused control connection from %s", who)
-            self._refuse(REFUSED)
+        self._principal = principal = unix_principal(sock, self._kernel.config)
+        self._who = principal.who
+        if principal.role is None:
+            log.warning("refused control connection from %s", principal.who)
+            self._kernel.events.audit(principal.who, "connect", "refused: no rule names it")
+            self._refuse(refusal(principal))
 
     def _refuse(self, line: str, code: int = EXIT_FAILURE) -> None:
         """Say why in one line, and close.
@@ -313,6 +287,12 @@ class ControlConnection:
             typed = schema.decode_request(request.command, request.args)
         except schema.BadRequest as exc:
             self._send(error_reply(request.id, request.command, exc))
+            return
+        try:
+            authorize(self._kernel, self._principal, typed)
+        except PermissionDenied as exc:
+            self._send(error_reply(request.id, request.command, exc))
+            self._kernel.events.audit(self._who, audit_what(typed), f"refused: {exc}")
             return
         if self._kernel.stopping and type(typed) in schema.CHANGING:
             stopping = NotRunning("drivebayd is stopping; retry once it has started again")
@@ -405,7 +385,7 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     limits = server_limits(kernel)
-    mode = 0o660 if kernel.config.socket_group else 0o600
+    mode = socket_mode(kernel.config)
     old_umask = os.umask(0o777 & ~mode)  # the socket is born with its final mode
     try:
         server = await loop.create_unix_server(

@@ -1,67 +1,69 @@
-"""Who may run a request on the HTTP API: the one hook authorization replaces.
+"""Who is asking on the HTTP API, for the one policy (``kernel/control/authz.py``).
 
-``peer_of`` says who is at the other end of a connection; ``authorize``
-raises ``PermissionDenied`` (403) or ``Unauthenticated`` (401) for a request
-that peer may not run. The rule is the control socket's: on the Unix socket
-(SO_PEERCRED) the daemon's own user, root and members of ``socket_group``; on
-TCP, a client whose certificate ``http.tls.client_ca`` verified (tokens and
-roles are the authorization's, still to come).
+``peer_of`` says who is at the other end of a request: on the Unix socket
+the peer SO_PEERCRED names, judged as on the control socket; on TCP the
+bearer token of its ``Authorization`` header (401 without a known one), or
+admin when ``http.tls.client_ca`` verified its certificate and it presents
+no token. ``authorize`` raises ``PermissionDenied`` (403) for a request that
+peer may not run, and audits the refusal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from drivebay.kernel.control.server import credentials_allowed, peer_credentials
-from drivebay.protocol.errors import RequestError
+from drivebay.kernel.control import authz
+from drivebay.kernel.control.authz import PermissionDenied, Principal, Role, Unauthenticated
+from drivebay.kernel.events import audit_what
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from drivebay.kernel.control.schema import ControlRequest
     from drivebay.kernel.kernel import Kernel
 
-
-class PermissionDenied(RequestError):
-    """The peer may not run this request; ask the daemon's operator."""
-
-
-class Unauthenticated(RequestError):
-    """The request came without credentials; present them (a client certificate)."""
+Peer = Principal
+__all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "peer_of"]
 
 
-@dataclass(frozen=True)
-class Peer:
-    who: str  # for the log: "pid 12 uid 1000", "tcp 203.0.113.5:40112"
-    uid: int | None = None  # a Unix socket peer's (SO_PEERCRED)
-    gid: int | None = None
-    pid: int | None = None
-    certified: bool = False  # TCP: a client certificate http.tls.client_ca verified
-
-
-def peer_of(transport: Any) -> Peer:
-    """Who is at the other end of ``transport`` (an aiohttp request's)."""
+async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
+    """Who sent ``request``; Unauthenticated for a TCP client without a
+    token the daemon knows (nor a verified certificate). Looking a user's
+    name and groups up may block (NSS): off the loop."""
+    transport: Any = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
-        return Peer("gone")
+        return Principal("gone", None)
     if sock.family == socket.AF_UNIX:
-        pid, uid, gid = peer_credentials(sock)
-        return Peer(f"pid {pid} uid {uid}", uid, gid, pid)
+        pid, uid, gid = authz.peer_credentials(sock)
+        if authz.owner(uid):
+            role: Role | None = Role.admin
+        else:
+            role = await asyncio.to_thread(authz.peer_role, uid, gid, kernel.config)
+        principal = Principal(f"pid {pid} uid {uid}", role)
+        if principal.role is None:
+            raise PermissionDenied(authz.refusal(principal))
+        return principal
     host, port = transport.get_extra_info("peername")[:2]
-    return Peer(f"tcp {host}:{port}", certified=bool(transport.get_extra_info("peercert")))
-
-
-def authorize(kernel: Kernel, peer: Peer, request: ControlRequest) -> None:
-    """Return if ``peer`` may run ``request``; raise why not."""
-    if peer.uid is not None and peer.gid is not None:
-        if credentials_allowed(peer.uid, peer.gid, kernel.config.socket_group):
-            return
-        raise PermissionDenied(
-            "permission denied: this daemon serves its own user, root and socket_group"
-        )
-    if peer.certified:
-        return
+    who = f"tcp {host}:{port}"
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        known = [*kernel.config.authorization.tokens, *kernel.tokens.rules]
+        return authz.token_principal(who, token.strip(), known)
+    if transport.get_extra_info("peercert"):
+        return Principal(f"{who} certificate", Role.admin)
     raise Unauthenticated(
-        "no credentials: over TCP this daemon serves clients with a certificate "
-        "signed by http.tls.client_ca"
+        "no credentials: over TCP send a token (Authorization: Bearer TOKEN, from "
+        "drivebayctl token new) or a certificate signed by http.tls.client_ca"
     )
+
+
+def authorize(kernel: Kernel, peer: Principal, request: ControlRequest) -> None:
+    """Return if ``peer`` may run ``request``; raise PermissionDenied (audited)."""
+    try:
+        authz.authorize(kernel, peer, request)
+    except PermissionDenied as exc:
+        kernel.events.audit(peer.who, audit_what(request), f"refused: {exc}")
+        raise

@@ -7,10 +7,10 @@ listens on ``http.socket`` (default ``<state>/http.sock``), made with the
 control socket's mode and group, and on ``http.listen`` when set (TLS unless
 loopback; ``kernel/config.py`` refuses the rest). Each request is turned into
 its command's request Struct by the route table (``routes.py``), checked by
-``access.authorize`` and run by the control socket's own handler; a failure
-is a ``problems.Problem``. As on the control socket, a client that goes away
-ends its stream and its queued call, while a change it asked for runs to its
-end.
+``access.authorize`` (the policy of ``kernel/control/authz.py``) and run by
+the control socket's own handler; a failure is a ``problems.Problem``. As
+on the control socket, a client that goes away ends its stream and its
+queued call, while a change it asked for runs to its end.
 """
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ import msgspec
 from aiohttp import web
 
 from drivebay.kernel.control import schema
+from drivebay.kernel.control.authz import socket_mode
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outcome, submit_call
 from drivebay.kernel.control.limits import stalled
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
-from drivebay.kernel.httpapi.access import Peer, authorize, peer_of
+from drivebay.kernel.httpapi.access import (
+    Peer,
+    PermissionDenied,
+    Unauthenticated,
+    authorize,
+    peer_of,
+)
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
 from drivebay.protocol.control_codes import EXIT_OK
@@ -94,7 +101,7 @@ class Api:
         try:
             typed = route.request(request.match_info, _query(request), await self._body(request))
             command = command_of(type(typed))
-            peer = peer_of(request.transport)
+            peer = await peer_of(self.kernel, request)
             authorize(self.kernel, peer, typed)
             kind = type(typed)
             if self.kernel.stopping and kind in schema.CHANGING:
@@ -112,8 +119,10 @@ class Api:
             raise  # aiohttp's own (a body over client_max_size): _problems says it
         except Exception as exc:
             found = problem(command, exc)
-            if typed is not None and peer is not None:
+            if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
+            elif typed is not None and isinstance(exc, Unauthenticated):
+                self._audit(f"tcp {request.remote}", typed, f"refused: {found.detail}")
             return self._problem(found)
         self._audit(peer.who, typed, "ok" if code == 0 else f"exit {code}")
         return web.Response(
@@ -206,7 +215,7 @@ class Api:
             asked = EVENTS.request(request.match_info, _query(request), None)
             assert isinstance(asked, schema.EventsRequest)
             follow = schema.EventsFollowRequest(asked.since, asked.last)
-            authorize(self.kernel, peer_of(request.transport), follow)
+            authorize(self.kernel, await peer_of(self.kernel, request), follow)
             return await events.stream_events(self.kernel, request, follow, kind)
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
@@ -216,7 +225,7 @@ class Api:
         from drivebay.kernel.metrics.exposition import render_metrics
 
         try:
-            authorize(self.kernel, peer_of(request.transport), schema.StatusRequest([]))
+            authorize(self.kernel, await peer_of(self.kernel, request), schema.StatusRequest([]))
         except Exception as exc:
             return self._problem(problem("metrics", exc))
         body, content_type = await render_metrics(self.kernel, request.headers.get("Accept"))
@@ -289,11 +298,11 @@ async def serve_http(kernel: Kernel) -> AsyncIterator[None]:
 
 def _unix_socket(kernel: Kernel, path: Path) -> socket.socket:
     """The listening socket at ``path``, born with the control socket's mode
-    (0600, 0660 with ``socket_group``) and group."""
+    (``authz.socket_mode``) and group."""
     _clear_stale_socket(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     group = kernel.config.socket_group
-    mode = 0o660 if group else 0o600
+    mode = socket_mode(kernel.config)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)
     try:

@@ -10,6 +10,7 @@ import logging
 import types
 from typing import Any
 
+from drivebay.kernel.control.authz import Principal, Role
 from drivebay.kernel.control.server import ControlConnection
 from drivebay.protocol.control import Reply, Request
 
@@ -31,6 +32,7 @@ def answer(request: Request) -> Reply:
     async def serve() -> None:
         connection = ControlConnection(BrokenKernel(), None)  # type: ignore[arg-type]
         connection._send = replies.append  # type: ignore[method-assign]
+        connection._principal = Principal("the daemon's user", Role.admin)  # as made() finds
         connection.dispatch(request)
         async with asyncio.timeout(10):
             await asyncio.gather(*connection._tasks, *connection._streams)

@@ -58,6 +58,7 @@ CHANGED: dict[str, Any] = {
     "auto_update": True,
     "events": EventSettings(ring_size=9),
     "metrics": {"listen": "127.0.0.1:9464"},
+    "authorization": {"groups": {"ops": "viewer"}},
     "drivers": {"alpha": {"env": {"A": "1"}}},
 }
 

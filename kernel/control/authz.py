@@ -1,0 +1,323 @@
+"""Who may run which command: one policy for the control socket and the HTTP API.
+
+Three roles, each allowing what the one below does: ``viewer`` reads,
+``operator`` also starts, stops, restarts, calls and sets resource
+properties, ``admin`` does everything. ``NEEDS`` says, per request type,
+the role it needs; a test checks that every request type has an entry.
+
+Who a client is:
+
+- a Unix socket peer (SO_PEERCRED, on the control socket and ``http.sock``):
+  root and the daemon's own user are admin; then ``authorization.users``
+  (by user name), else the highest of ``authorization.groups`` the peer is
+  in (primary group or member); members of ``socket_group`` are operator
+  unless ``groups`` names that group. A peer no rule names is refused.
+- a TCP client of the HTTP API: by its bearer token (``Authorization:
+  Bearer TOKEN``), compared by its sha256 with every token of the config and
+  of the state dir (``tokens.json``, written by ``drivebayctl token new``) in
+  constant time. A token's ``drivers`` globs limit the drivers (and the
+  resources of those drivers) it acts on. A client whose certificate
+  ``http.tls.client_ca`` verified and that presents no token is admin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import grp
+import hashlib
+import hmac
+import os
+import pwd
+import secrets
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from drivebay.kernel.control import schema as S
+from drivebay.protocol.errors import ConfigError, RequestError
+
+if TYPE_CHECKING:
+    from drivebay.kernel.config import Config, RoleName, TokenRule
+    from drivebay.kernel.kernel import Kernel
+
+TOKENS_FILE = "tokens.json"
+
+
+class Role(IntEnum):
+    viewer = 1
+    operator = 2
+    admin = 3
+
+
+class PermissionDenied(RequestError):
+    """The client may not run this request (its role, or its token's drivers).
+
+    Its line is ``permission denied: COMMAND needs ROLE``; ask the daemon's
+    operator for that role (docs/operations.md, "Authorization")."""
+
+
+class Unauthenticated(RequestError):
+    """A TCP request came without a token the daemon knows.
+
+    Present one (``Authorization: Bearer TOKEN``, from ``drivebayctl token
+    new``) or a certificate ``http.tls.client_ca`` signed."""
+
+
+VIEW, OPERATE, ADMIN = Role.viewer, Role.operator, Role.admin
+NEEDS: dict[type[S.ControlRequest], Role] = {
+    S.StatusRequest: VIEW,
+    S.TailRequest: VIEW,
+    S.TailFollowRequest: VIEW,
+    S.DescribeRequest: VIEW,
+    S.AvailRequest: VIEW,
+    S.PidRequest: VIEW,
+    S.VersionRequest: VIEW,
+    S.ResourcesRequest: VIEW,
+    S.RepoListRequest: VIEW,
+    S.EventsRequest: VIEW,
+    S.EventsFollowRequest: VIEW,
+    S.StartRequest: OPERATE,
+    S.StopRequest: OPERATE,
+    S.RestartRequest: OPERATE,
+    S.CallRequest: OPERATE,
+    S.ResourceSetRequest: OPERATE,
+    S.ResourceAddRequest: ADMIN,
+    S.ResourceRmRequest: ADMIN,
+    S.ResourcePinRequest: ADMIN,
+    S.RepoAddRequest: ADMIN,
+    S.RepoRmRequest: ADMIN,
+    S.InstallRequest: ADMIN,
+    S.ReloadRequest: ADMIN,
+    S.ShutdownRequest: ADMIN,
+    S.TokenNewRequest: ADMIN,
+}
+"""The role each request needs."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A client as the policy sees it: its role (None: no rule names it) and,
+    for a token, the driver globs it is limited to (None: every driver)."""
+
+    who: str  # for the log and the audit line
+    role: Role | None
+    drivers: tuple[str, ...] | None = None
+
+
+# -- who ---------------------------------------------------------------------------
+
+
+def peer_role(uid: int, gid: int, config: Config) -> Role | None:
+    """The role of a Unix socket peer; None when no rule names it. May look
+    users and groups up (NSS), unless ``owner(uid)``."""
+    if owner(uid):
+        return Role.admin
+    rules = config.authorization
+    name = _user_name(uid)
+    if name in rules.users:
+        return Role[rules.users[name]]
+    groups = dict(rules.groups)
+    if config.socket_group and config.socket_group not in groups:
+        groups[config.socket_group] = "operator"
+    found = [Role[role] for group, role in groups.items() if _member(uid, gid, name, group)]
+    return max(found, default=None)
+
+
+def owner(uid: int) -> bool:
+    """Root and the daemon's own user: always admin."""
+    return uid in (0, os.geteuid())
+
+
+def widens(config: Config) -> bool:
+    """Does ``authorization`` name users or groups beyond the daemon's own user
+    and ``socket_group``? Then the sockets are made reachable by anyone
+    (mode 0666) and every peer is judged by the rules."""
+    rules = config.authorization
+    own = _user_name(os.geteuid())
+    return any(user != own for user in rules.users) or any(
+        group != config.socket_group for group in rules.groups
+    )
+
+
+def socket_mode(config: Config) -> int:
+    if widens(config):
+        return 0o666
+    return 0o660 if config.socket_group else 0o600
+
+
+def token_principal(who: str, presented: str, known: Iterable[TokenRule]) -> Principal:
+    """The principal of a bearer token; Unauthenticated when it is unknown.
+
+    Every known hash is compared (``hmac.compare_digest``), so the time
+    taken does not say how much of a hash matched."""
+    digest = hashlib.sha256(presented.encode()).hexdigest()
+    found: TokenRule | None = None
+    for rule in known:
+        if hmac.compare_digest(digest, rule.sha256.lower()) and found is None:
+            found = rule
+    if found is None:
+        raise Unauthenticated(
+            "unknown token: present a token from drivebayctl token new "
+            "(Authorization: Bearer TOKEN)"
+        )
+    drivers = tuple(found.drivers) if found.drivers else None
+    return Principal(f"{who} token {digest[:12]}", Role[found.role], drivers)
+
+
+def unix_principal(sock: socket.socket, config: Config) -> Principal:
+    """The peer of a Unix socket, by SO_PEERCRED."""
+    pid, uid, gid = peer_credentials(sock)
+    return Principal(f"pid {pid} uid {uid}", peer_role(uid, gid, config))
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """The pid, uid and gid of the process at the other end of a Unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def refusal(principal: Principal) -> str:
+    """The line a peer no rule names is refused with."""
+    uid = principal.who.rpartition(" uid ")[2]
+    return (
+        f"permission denied: no rule of this daemon names uid {uid}; "
+        "ask its operator for a role (authorization in its config)"
+    )
+
+
+# -- may it ------------------------------------------------------------------------
+
+
+def authorize(kernel: Kernel, principal: Principal, request: S.ControlRequest) -> None:
+    """``check`` against the kernel's resources; raises PermissionDenied."""
+
+    def driver_of(resource_id: str) -> str | None:
+        book = kernel.book
+        actor = book.actors.get(resource_id) if book is not None else None
+        return actor.driver if actor is not None else None
+
+    check(principal, request, driver_of)
+
+
+def check(
+    principal: Principal,
+    request: S.ControlRequest,
+    driver_of: Callable[[str], str | None],
+) -> None:
+    """Return if ``principal`` may run ``request``; raise PermissionDenied.
+
+    ``driver_of`` names a resource's driver (None: no such resource; the
+    handler then says so)."""
+    command = str(type(request).__struct_config__.tag)
+    needed = NEEDS[type(request)]
+    if principal.role is None or principal.role < needed:
+        raise PermissionDenied(f"permission denied: {command} needs {needed.name}")
+    if principal.drivers is None:
+        return
+    targets = drivers_named(request, driver_of)
+    if targets is None:
+        if type(request) in S.CHANGING or needed is Role.admin:
+            raise PermissionDenied(
+                f"permission denied: {command} without a driver name needs a token for every driver"
+            )
+        return
+    for driver in targets:
+        if not any(fnmatch.fnmatchcase(driver, glob) for glob in principal.drivers):
+            raise PermissionDenied(
+                f"permission denied: this token may not act on driver {driver} "
+                f"(it may on {', '.join(principal.drivers)})"
+            )
+
+
+def drivers_named(
+    request: S.ControlRequest, driver_of: Callable[[str], str | None]
+) -> list[str] | None:
+    """The drivers a request acts on; None when it names none (every driver,
+    or the daemon itself)."""
+    match request:
+        case S.StatusRequest(names) | S.StartRequest(names) | S.StopRequest(names):
+            return [n.partition("@")[0] for n in names] or None
+        case S.RestartRequest(names):
+            return [n.partition("@")[0] for n in names] or None
+        case S.TailRequest(name=name) | S.TailFollowRequest(name=name):
+            return [name.partition("@")[0]]
+        case S.DescribeRequest(name=name) | S.PidRequest(name=str() as name):
+            return [name.partition("@")[0]]
+        case S.ResourceAddRequest(driver=driver) | S.InstallRequest(name=driver):
+            return [driver]
+        case S.ResourceSetRequest(id=rid) | S.ResourceRmRequest(id=rid):
+            return _of_resource(rid, driver_of)
+        case S.ResourcePinRequest(id=rid) | S.CallRequest(resource=rid):
+            return _of_resource(rid, driver_of)
+    return None
+
+
+def _of_resource(resource_id: str, driver_of: Callable[[str], str | None]) -> list[str]:
+    """A resource's driver; none for an unknown resource (its handler says so)."""
+    driver = driver_of(resource_id)
+    return [] if driver is None else [driver]
+
+
+# -- tokens kept in the state dir --------------------------------------------------
+
+
+class TokenStore:
+    """The tokens ``token new`` made, by their hashes, in ``<state>/tokens.json``
+    (mode 0600, replaced whole); read once at start, kept in memory."""
+
+    def __init__(self, state: Path) -> None:
+        self.path = state / TOKENS_FILE
+        self.rules: list[TokenRule] = self._read()
+        self._lock = asyncio.Lock()
+
+    def _read(self) -> list[TokenRule]:
+        import msgspec
+
+        from drivebay.kernel.config import TokenRule
+
+        try:
+            return msgspec.json.decode(self.path.read_bytes(), type=list[TokenRule])
+        except FileNotFoundError:
+            return []
+        except (OSError, msgspec.DecodeError) as exc:
+            raise ConfigError(
+                f"{self.path}: cannot read the stored tokens ({exc}); restore or remove the file"
+            ) from None
+
+    async def add(self, role: Role, drivers: Iterable[str]) -> tuple[str, str]:
+        """A new random token of ``role``: (the token, its sha256); only the
+        hash is kept. Written before it is answered: it holds after a restart."""
+        import msgspec
+
+        from drivebay.kernel.config import TokenRule
+        from drivebay.sandbox.atomic_files import write_whole
+
+        token = secrets.token_urlsafe(32)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        async with self._lock:
+            rules = [*self.rules, TokenRule(digest, cast("RoleName", role.name), tuple(drivers))]
+            data = msgspec.json.format(msgspec.json.encode(rules)) + b"\n"
+            await asyncio.to_thread(write_whole, self.path, data, 0o600)
+            self.rules = rules
+        return token, digest
+
+
+def _member(uid: int, gid: int, name: str, group: str) -> bool:
+    try:
+        entry = grp.getgrnam(group)
+    except KeyError:
+        return False
+    return gid == entry.gr_gid or name in entry.gr_mem
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
