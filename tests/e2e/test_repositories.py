@@ -10,17 +10,16 @@ which must never reach the drivers dir.
 
 from __future__ import annotations
 
-import http.server
 import itertools
 import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tuf.api.metadata import Metadata, MetaFile
 from drivebay.author import cli
 from drivebay.author.tuf_repo import Repository
 from drivebay.client import Client
+from drivebay.sandbox.atomic_files import write_whole
 from tests.author.kit import ACCELERATORS
 from tests.e2e.harness import BIN, Daemon, wait_for
 from tests.sandbox.bundles import make_bundle, zip_bundle
@@ -39,67 +39,34 @@ from tests.wheels import wheel_of_installed
 pytestmark = pytest.mark.slow
 
 
-class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves the test's www dir; a path ending as a key of ``truncate`` is cut
-    short (its full length announced, half of it sent, the connection closed)
-    as many times as the key's count."""
-
-    truncate: dict[str, int] = {}
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        cut = next((end for end, n in self.truncate.items() if self.path.endswith(end) and n), None)
-        if cut is None:
-            super().do_GET()
-            return
-        self.truncate[cut] -= 1
-        data = Path(self.translate_path(self.path)).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-
-
-class CountingServer(http.server.ThreadingHTTPServer):
-    """Counts the connections it holds: a test ends only once the daemon's
-    downloads are closed here too (the leak guard counts this process's fds)."""
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.held = 0
-        self.lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.lock:
-            self.held += 1
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        try:
-            super().shutdown_request(request)
-        finally:
-            with self.lock:
-                self.held -= 1
-
-
 class Server:
-    """http.server on an ephemeral port of 127.0.0.1, in a thread."""
+    """``http_site.py`` serving ``root`` on an ephemeral port of 127.0.0.1."""
 
     def __init__(self, root: Path) -> None:
-        self.httpd = CountingServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
+        self.control = root.parent / f".{root.name}-cuts.json"
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("http_site.py")),
+                str(root),
+                str(self.control),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        port = self.process.stdout.readline().strip()
+        self.process.stdout.close()
+        assert port.isdigit(), f"http_site.py did not start (exit {self.process.poll()})"
+        self.url = f"http://127.0.0.1:{port}"
+
+    def truncate(self, counts: dict[str, int]) -> None:
+        """Cut short the next ``count`` downloads of paths ending with each key."""
+        write_whole(self.control, json.dumps(counts).encode())
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        self.process.terminate()
+        self.process.wait(timeout=30)
 
 
 def drivebay(*args: str) -> None:
@@ -115,13 +82,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Serve
     server = Server(www)
     yield root, server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def connections_closed(site: tuple[Path, Server]) -> Iterator[None]:
-    yield
-    server = site[1].httpd
-    wait_for(lambda: server.held == 0, deadline=30, what="the server's connections closed")
 
 
 @pytest.fixture(scope="module")
@@ -404,22 +364,22 @@ def test_a_tampered_target_is_refused(site, good, daemon):
 
 def test_a_truncated_download_is_refused(site, good, daemon):
     published_copy(site, good, daemon, "cut")
-    Handler.truncate["victim-1.0.0.zip"] = 1000
+    site[1].truncate({"victim-1.0.0.zip": 1000})
     try:
         refused(daemon, "cut", "the transfer broke off (a truncated download), 3 times")
     finally:
-        Handler.truncate.clear()
+        site[1].truncate({})
 
 
 def test_a_broken_transfer_is_tried_again(site, good, daemon):
     repo = published_copy(site, good, daemon, "flaky")
     drivebay("repo", "add", repo, zip_bundle(make_bundle(site[0] / "s3", "flaky", "1.0.0")))
     drivebay("repo", "publish", repo)
-    Handler.truncate["flaky-1.0.0.zip"] = 2
+    site[1].truncate({"flaky-1.0.0.zip": 2})
     try:
         installed = ctl_json(daemon, "install", "flaky")
     finally:
-        Handler.truncate.clear()
+        site[1].truncate({})
     assert installed["state"] == "RUNNING"
 
 
