@@ -24,9 +24,11 @@ Figures, from this process on uvloop:
 (b) calls/s: 64 callers, one per resource, each calling the ledger's
     ``whoami`` back to back, over HTTP (``POST
     /v1/resources/{id}/calls/whoami``, aiohttp's client on the Unix socket, a
-    kept-alive connection per caller) and over the control socket (one
-    ``AsyncClient`` connection); windows of each in turn, the median of the
-    windows; CPU µs per call of drivebayd and of this process.
+    kept-alive connection per caller; and a minimal HTTP/1.1 client on
+    asyncio streams, to show what the daemon serves when the client costs
+    little) and over the control socket (one ``AsyncClient`` connection);
+    windows of each in turn, the median of the windows; CPU µs per call of
+    drivebayd, of this process and of the driver.
 (c) events/s: 10 SSE clients (``GET /v1/events``, ``Accept:
     text/event-stream``) while 16 tasks add and remove a resource each, in a
     loop, over the control socket (``resource-add``, ``resource-rm``: a
@@ -225,6 +227,43 @@ def http_caller(session: aiohttp.ClientSession) -> Callable[[str], Awaitable[Any
     return call
 
 
+class RawHttp:
+    """A minimal HTTP/1.1 client: asyncio streams, a kept-alive connection per
+    resource (each caller has its own), the request's bytes made once. What
+    drivebayd serves when the client costs little (aiohttp's client spends
+    more CPU per call than the daemon does)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._streams: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+        self._requests = {
+            resource: f"POST /v1/resources/{resource}/calls/whoami HTTP/1.1\r\n"
+            "Host: localhost\r\nContent-Length: 0\r\n\r\n".encode()
+            for resource in resources()
+        }
+
+    async def call(self, resource: str) -> Any:
+        streams = self._streams.get(resource)
+        if streams is None:
+            streams = await asyncio.open_unix_connection(self._path)
+            self._streams[resource] = streams
+        reader, writer = streams
+        writer.write(self._requests[resource])
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        body = await reader.readexactly(length)
+        if not head.startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError(f"call over HTTP: {head.splitlines()[0]!r} {body[:200]!r}")
+        return msgspec.json.decode(body)
+
+    async def close(self) -> None:
+        for _, writer in self._streams.values():
+            writer.close()
+        for _, writer in self._streams.values():
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
 async def pids_of(daemon: upgrade.Daemon) -> dict[str, int]:
     return {"here": os.getpid(), "daemon": daemon.pid, "driver": await daemon.driver_pid()}
 
@@ -232,13 +271,23 @@ async def pids_of(daemon: upgrade.Daemon) -> dict[str, int]:
 async def call_rates(daemon: upgrade.Daemon, plan: Plan) -> dict[str, list[Window]]:
     """``plan.rounds`` windows of each transport, in turn (the order alternating)."""
     pids = await pids_of(daemon)
-    found: dict[str, list[Window]] = {"http": [], "ctl": []}
-    async with http_session(daemon, CALLERS) as session:
-        callers = {"http": http_caller(session), "ctl": ctl_caller(daemon.admin)}
-        for number in range(plan.rounds):
-            _common.progress(f"api: calls/s, round {number + 1}/{plan.rounds}")
-            for way in ("http", "ctl") if number % 2 == 0 else ("ctl", "http"):
-                found[way].append(await window(callers[way], pids, plan))
+    found: dict[str, list[Window]] = {"http": [], "http-raw": [], "ctl": []}
+    raw = RawHttp(http_socket(daemon))
+    try:
+        async with http_session(daemon, CALLERS) as session:
+            callers = {
+                "http": http_caller(session),
+                "http-raw": raw.call,
+                "ctl": ctl_caller(daemon.admin),
+            }
+            order = list(callers)
+            for number in range(plan.rounds):
+                _common.progress(f"api: calls/s, round {number + 1}/{plan.rounds}")
+                shift = number % len(order)
+                for way in order[shift:] + order[:shift]:
+                    found[way].append(await window(callers[way], pids, plan))
+    finally:
+        await raw.close()
     return found
 
 
@@ -402,6 +451,7 @@ def figures(r: Results) -> dict[str, Any]:
         "http_calls_per_s": rates["http"]["median"],
         "ctl_calls_per_s": rates["ctl"]["median"],
         "http_over_ctl_calls": rates["http"]["median"] / rates["ctl"]["median"],
+        "http_raw_calls_per_s": rates["http-raw"]["median"],
         "sse_events_per_s": r.sse["delivered_per_s"],
         "sse_events_made_per_s": r.sse["made_per_s"],
         "metrics_on_calls_per_s": metrics["on"]["median"],
@@ -471,6 +521,11 @@ def report(result: dict[str, Any], plan: Plan) -> str:
     rate_rows = [
         rate_row(
             "HTTP POST .../calls/whoami (aiohttp)", result["calls_per_s"]["http"], cpu["http"]
+        ),
+        rate_row(
+            "HTTP, minimal client (asyncio streams)",
+            result["calls_per_s"]["http-raw"],
+            cpu["http-raw"],
         ),
         rate_row("control socket call (AsyncClient)", result["calls_per_s"]["ctl"], cpu["ctl"]),
         rate_row(
