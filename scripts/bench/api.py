@@ -27,6 +27,8 @@ Figures, from this process on uvloop:
     kept-alive connection per caller; and a minimal HTTP/1.1 client on
     asyncio streams, to show what the daemon serves when the client costs
     little) and over the control socket (one ``AsyncClient`` connection);
+    and the floor: both HTTP clients against aiohttp's web server alone (a
+    child process on uvloop, one route answering a fixed body);
     windows of each in turn, the median of the windows; CPU µs per call of
     drivebayd, of this process and of the driver.
 (c) events/s: 10 SSE clients (``GET /v1/events``, ``Accept:
@@ -122,8 +124,8 @@ def resources() -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def http_session(daemon: upgrade.Daemon, limit: int) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.UnixConnector(http_socket(daemon), limit=limit)
+async def http_session(path: str, limit: int) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.UnixConnector(path, limit=limit)
     async with aiohttp.ClientSession(connector=connector) as session:
         yield session
 
@@ -142,7 +144,7 @@ async def status_ms(
     daemon: upgrade.Daemon, xmlrpc: supervise.Supervisord, plan: Plan
 ) -> dict[str, list[float]]:
     """Each way's status times in ms, interleaved (the order rotating), after 10 of each."""
-    async with http_session(daemon, 1) as session:
+    async with http_session(http_socket(daemon), 1) as session:
 
         async def http() -> int:
             async with session.get(f"{URL}/v1/drivers") as response:
@@ -268,26 +270,64 @@ async def pids_of(daemon: upgrade.Daemon) -> dict[str, int]:
     return {"here": os.getpid(), "daemon": daemon.pid, "driver": await daemon.driver_pid()}
 
 
+FLOOR_SERVER = """
+import asyncio, os, sys, uvloop
+from aiohttp import web
+BODY = b'{"resource":"r00","version":"1.0.0"}'
+async def handle(request):
+    return web.Response(body=BODY, content_type="application/json")
+async def main():
+    app = web.Application()
+    app.router.add_post("/v1/resources/{id}/calls/{op}", handle)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.UnixSite(runner, sys.argv[1]).start()
+    os.write(int(sys.argv[2]), b"R")
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
 async def call_rates(daemon: upgrade.Daemon, plan: Plan) -> dict[str, list[Window]]:
-    """``plan.rounds`` windows of each transport, in turn (the order alternating)."""
+    """``plan.rounds`` windows of each way, in turn (the order rotating): over
+    HTTP with aiohttp's client and the minimal one, over the control socket,
+    and the floor: both HTTP clients against aiohttp's server alone (one
+    route, a fixed body, no daemon behind it)."""
+    floor_path = daemon.root / "floor.sock"
+    argv = [sys.executable, "-c", FLOOR_SERVER, str(floor_path)]
+    with _common.child_process(argv) as floor:
+        return await _call_rates(daemon, str(floor_path), floor.pid, plan)
+
+
+async def _call_rates(
+    daemon: upgrade.Daemon, floor_path: str, floor_pid: int, plan: Plan
+) -> dict[str, list[Window]]:
     pids = await pids_of(daemon)
-    found: dict[str, list[Window]] = {"http": [], "http-raw": [], "ctl": []}
-    raw = RawHttp(http_socket(daemon))
+    floor_pids = {"here": os.getpid(), "daemon": floor_pid}
+    raw, floor_raw = RawHttp(http_socket(daemon)), RawHttp(floor_path)
     try:
-        async with http_session(daemon, CALLERS) as session:
-            callers = {
-                "http": http_caller(session),
-                "http-raw": raw.call,
-                "ctl": ctl_caller(daemon.admin),
+        async with (
+            http_session(http_socket(daemon), CALLERS) as session,
+            http_session(floor_path, CALLERS) as floor_session,
+        ):
+            ways = {
+                "http": (http_caller(session), pids),
+                "http-raw": (raw.call, pids),
+                "ctl": (ctl_caller(daemon.admin), pids),
+                "floor": (http_caller(floor_session), floor_pids),
+                "floor-raw": (floor_raw.call, floor_pids),
             }
-            order = list(callers)
+            found: dict[str, list[Window]] = {way: [] for way in ways}
+            order = list(ways)
             for number in range(plan.rounds):
                 _common.progress(f"api: calls/s, round {number + 1}/{plan.rounds}")
                 shift = number % len(order)
                 for way in order[shift:] + order[:shift]:
-                    found[way].append(await window(callers[way], pids, plan))
+                    call, roles = ways[way]
+                    found[way].append(await window(call, roles, plan))
     finally:
         await raw.close()
+        await floor_raw.close()
     return found
 
 
@@ -330,7 +370,7 @@ async def sse_rate(daemon: upgrade.Daemon, plan: Plan) -> dict[str, float]:
     readers = [SseReader() for _ in range(SSE_CLIENTS)]
     headers = {"Accept": "text/event-stream"}
     tasks: list[asyncio.Task[None]] = []
-    async with http_session(daemon, SSE_CLIENTS) as session:
+    async with http_session(http_socket(daemon), SSE_CLIENTS) as session:
         try:
             for reader in readers:
                 response = await session.get(f"{URL}/v1/events", headers=headers)
@@ -452,6 +492,8 @@ def figures(r: Results) -> dict[str, Any]:
         "ctl_calls_per_s": rates["ctl"]["median"],
         "http_over_ctl_calls": rates["http"]["median"] / rates["ctl"]["median"],
         "http_raw_calls_per_s": rates["http-raw"]["median"],
+        "floor_http_calls_per_s": rates["floor"]["median"],
+        "floor_http_raw_calls_per_s": rates["floor-raw"]["median"],
         "sse_events_per_s": r.sse["delivered_per_s"],
         "sse_events_made_per_s": r.sse["made_per_s"],
         "metrics_on_calls_per_s": metrics["on"]["median"],
@@ -515,7 +557,7 @@ def report(result: dict[str, Any], plan: Plan) -> str:
             f"{rates['median'] / ctl:.2f}",
             n(roles["daemon"]),
             n(roles["here"]),
-            n(roles["driver"]),
+            n(roles.get("driver")),
         ]
 
     rate_rows = [
@@ -528,6 +570,16 @@ def report(result: dict[str, Any], plan: Plan) -> str:
             cpu["http-raw"],
         ),
         rate_row("control socket call (AsyncClient)", result["calls_per_s"]["ctl"], cpu["ctl"]),
+        rate_row(
+            "floor: aiohttp server alone, aiohttp client",
+            result["calls_per_s"]["floor"],
+            cpu["floor"],
+        ),
+        rate_row(
+            "floor: aiohttp server alone, minimal client",
+            result["calls_per_s"]["floor-raw"],
+            cpu["floor-raw"],
+        ),
         rate_row(
             "control socket, metrics on",
             result["metrics_calls_per_s"]["on"],
