@@ -6,13 +6,13 @@ project's bytecode (``scripts/test`` does the same)::
     .venv/bin/python -m compileall -q kernel sandbox protocol
     .venv/bin/python scripts/bench/api.py [--quick] [--json]
 
-Daemons, all started at once and with default settings but for their paths:
+Daemons, with default settings but for their paths:
 
 - *drivebayd* with 50 drivers (10 with ``--quick``): the ledger driver of
   ``upgrade.py`` with 64 resources, and idle bundles of ``supervise.py``;
-- *supervisord* with as many programs (``supervise.py``'s);
-- two more drivebayd with the ledger driver and 64 resources only, one with
-  ``metrics: {enabled: true}``, one with ``false``.
+- *supervisord* with as many programs (``supervise.py``'s), beside it;
+- after those, for (d), a drivebayd per run with the ledger driver and 64
+  resources only, ``metrics: {enabled: true}`` or ``false``.
 
 Figures, from this process on uvloop:
 
@@ -39,7 +39,9 @@ Figures, from this process on uvloop:
     delivered per second: the events times 10 clients over the time from the
     first change to the last event received.
 (d) metrics: the calls/s of (b) over the control socket, metrics on and
-    off, in interleaved windows (on, off, off, on, ...); median and range.
+    off, 5 runs each (3 with ``--quick``) in the order on, off, off, on, ...,
+    each run a fresh daemon and one window; median and range, and
+    drivebayd's CPU µs per call.
 
 Every process started here is stopped and reaped, also on Ctrl-C.
 """
@@ -61,6 +63,7 @@ from typing import Any
 
 import _common
 import aiohttp
+import metrics_overhead
 import msgspec
 import supervise
 import upgrade
@@ -418,18 +421,19 @@ async def sse_rate(daemon: upgrade.Daemon, plan: Plan) -> dict[str, float]:
 # -- (d) metrics on and off ---------------------------------------------------------------
 
 
-async def metrics_rates(
-    on: upgrade.Daemon, off: upgrade.Daemon, plan: Plan
-) -> dict[str, list[Window]]:
-    """The control socket's calls/s, metrics on and off: on, off, off, on, ..."""
-    daemons = {"on": on, "off": off}
-    pids = {setting: await pids_of(daemon) for setting, daemon in daemons.items()}
+async def metrics_rates(root: Path, envs_dir: Path, plan: Plan) -> dict[str, list[Window]]:
+    """The control socket's calls/s, metrics on and off, each run a daemon of
+    its own (as ``metrics_overhead.py`` runs ``upgrade.py``), in the order
+    on, off, off, on, ...: neither setting always first, and no one process's
+    luck (its memory layout, its CPU) in every run of a setting."""
     found: dict[str, list[Window]] = {"on": [], "off": []}
-    for number in range(plan.metrics_runs):
-        _common.progress(f"api: metrics on/off, run {number + 1}/{plan.metrics_runs}")
-        for setting in ("on", "off") if number % 2 == 0 else ("off", "on"):
-            daemon = daemons[setting]
-            found[setting].append(await window(ctl_caller(daemon.admin), pids[setting], plan))
+    order = metrics_overhead.order(plan.metrics_runs)
+    for number, setting in enumerate(order):
+        _common.progress(f"api: metrics {setting}, run {number + 1}/{len(order)}")
+        where = root / f"metrics-{number:02d}-{setting}"
+        async with drivebayd(where, envs_dir, 0, setting == "on") as daemon:
+            call = ctl_caller(daemon.admin)
+            found[setting].append(await window(call, await pids_of(daemon), plan))
     return found
 
 
@@ -446,22 +450,18 @@ class Results:
 
 async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     _common.progress(
-        f"api: starting drivebayd ({plan.drivers} drivers), supervisord "
-        f"({plan.drivers} programs), drivebayd metrics on and off"
+        f"api: starting drivebayd ({plan.drivers} drivers) and supervisord "
+        f"({plan.drivers} programs)"
     )
     with supervisord_running(root / "supervisord", plan.drivers) as xmlrpc:
-        async with (
-            drivebayd(root / "drivebayd", envs_dir, plan.drivers - 1, True) as daemon,
-            drivebayd(root / "metrics-on", envs_dir, 0, True) as on,
-            drivebayd(root / "metrics-off", envs_dir, 0, False) as off,
-        ):
+        async with drivebayd(root / "drivebayd", envs_dir, plan.drivers - 1, True) as daemon:
             await asyncio.sleep(supervise.SETTLE_S)  # the starts' tail
             _common.progress("api: status ...")
             status = await status_ms(daemon, xmlrpc, plan)
             calls = await call_rates(daemon, plan)
             _common.progress("api: events over SSE ...")
             sse = await sse_rate(daemon, plan)
-            metrics = await metrics_rates(on, off, plan)
+    metrics = await metrics_rates(root, envs_dir, plan)
     return Results(status, calls, sse, metrics)
 
 
