@@ -43,7 +43,13 @@ Figures, from this process on uvloop:
     each run a fresh daemon and one window; median and range, and
     drivebayd's CPU µs per call.
 
-Every process started here is stopped and reaped, also on Ctrl-C.
+``--json`` ends with one object: ``http_status_ms``, ``ctl_status_ms``,
+``xmlrpc_status_ms``, ``http_calls_per_s``, ``http_raw_calls_per_s``,
+``ctl_calls_per_s``, ``floor_http_calls_per_s``, ``floor_http_raw_calls_per_s``,
+``sse_events_per_s`` (delivered), ``sse_events_made_per_s``,
+``metrics_on_calls_per_s``, ``metrics_off_calls_per_s``, the ratios the targets
+use, ``cpu_us_per_call``, ``targets``, ``machine``. Every process started here
+is stopped and reaped, also on Ctrl-C.
 """
 
 from __future__ import annotations
