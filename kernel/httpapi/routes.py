@@ -13,6 +13,7 @@ command by its name with the request's fields as the body: what
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -91,7 +92,7 @@ def _from_query(
     kind: type[ControlRequest], query: Mapping[str, list[str]], fixed: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The request fields given as query parameters, converted from text."""
-    types = {f.encode_name: f.type for f in msgspec.structs.fields(kind)}
+    types = _field_types(kind)
     found: dict[str, Any] = {}
     for key, values in query.items():
         if key not in types or key in fixed:
@@ -107,6 +108,13 @@ def _from_query(
         except msgspec.ValidationError as exc:
             raise BadRequest(f"query parameter {key}: {exc}") from None
     return found
+
+
+@functools.cache
+def _field_types(kind: type[ControlRequest]) -> dict[str, Any]:
+    """Each field's type by its name (once per kind: ``structs.fields`` evaluates
+    the annotations every time, costing more than the rest of a request)."""
+    return {f.encode_name: f.type for f in msgspec.structs.fields(kind)}
 
 
 def _is_list(kind: Any) -> bool:
