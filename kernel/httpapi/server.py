@@ -241,8 +241,9 @@ class Api:
                 raise Unauthenticated("log in with Authorization: Bearer TOKEN")
             peer = await peer_of(self.kernel, request)
         except Exception as exc:
-            self.kernel.events.audit(f"tcp {request.remote}", "login", "refused")
-            return self._problem(problem("login", exc))
+            found = problem("login", exc)
+            self.kernel.events.audit(f"tcp {request.remote}", "login", f"refused: {found.detail}")
+            return self._problem(found)
         sid, session = request.app[SESSIONS].open(peer)
         self.kernel.events.audit(peer.who, "login", "ok")
         response = self._session_answer(session)
