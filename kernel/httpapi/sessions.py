@@ -4,7 +4,8 @@
 session: its id goes to the browser in an HttpOnly, SameSite=Strict cookie,
 and the answer names the role and a CSRF token the page sends back in the
 ``X-CSRF-Token`` header of every changing request (anything but GET and
-HEAD). ``GET /v1/session`` gives a page loaded again its role and CSRF token;
+HEAD). ``GET /v1/session`` names the session's role and CSRF token (``GET /``
+carries them in the page);
 ``POST /v1/logout`` ends the session. Sessions live in the daemon's memory
 (a restart ends them) and expire ``TTL_S`` after their last use.
 """

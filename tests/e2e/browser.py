@@ -52,6 +52,9 @@ class Page:
         if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "assert"):
             texts = [str(a.get("value", a.get("description", ""))) for a in params["args"]]
             self.errors.append("console: " + " ".join(texts))
+        elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+            entry = params["entry"]
+            self.errors.append(f"log ({entry['source']}): {entry['text']} {entry.get('url', '')}")
         elif method == "Runtime.exceptionThrown":
             details = params["exceptionDetails"]
             thrown = details.get("exception", {}).get("description", details.get("text"))
@@ -154,6 +157,7 @@ class Browser:
         page = self._pages[attached["sessionId"]] = Page(self, attached["sessionId"])
         await page.send("Runtime.enable")
         await page.send("Page.enable")
+        await page.send("Log.enable")
         return page
 
     async def close(self) -> None:

@@ -71,6 +71,8 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
 
     assert http(port, "GET", "/v1/drivers")[0] == 401  # without a session
     assert http(port, "GET", "/v1/drivers", {"Cookie": "drivebay_session=forged"})[0] == 401
+    status, _, page = http(port, "GET", "/", session)  # the page knows the session
+    assert status == 200 and f"&quot;csrf&quot;: &quot;{opened['csrf']}&quot;" in page
     status, _, rows = http(port, "GET", "/v1/drivers", session)
     assert status == 200 and [row["name"] for row in rows] == ["mis"]
     assert http(port, "GET", "/v1/session", session)[2] == opened
@@ -161,6 +163,11 @@ async def scenario(daemon: Any, port: int, profile: Path) -> None:
             ".filter((text) => text.includes('names'))"
         )
         assert any("what=stop names=['mis']" in text for text in audits), audits
+
+        await page.goto(url)  # loaded again: still logged in, no login asked
+        await page.wait_for("document.getElementById('role').textContent === 'operator'")
+        await page.wait_for(f"{row}?.querySelector('.state').textContent === 'RUNNING'")
+        assert await page.evaluate("document.getElementById('login').hidden") is True
 
         await page.click("#logout")
         await page.wait_for("!document.getElementById('login').hidden")
