@@ -4,8 +4,9 @@
 the peer SO_PEERCRED names, judged as on the control socket; on TCP the
 bearer token of its ``Authorization`` header (401 without a known one), or
 admin when ``http.tls.client_ca`` verified its certificate and it presents
-no token. ``authorize`` raises ``PermissionDenied`` (403) for a request that
-peer may not run, and audits the refusal.
+no token, else the admin page's session cookie (``sessions.py``).
+``authorize`` raises ``PermissionDenied`` (403) for a request that peer may
+not run, and audits the refusal.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from drivebay.kernel.control import authz
 from drivebay.kernel.control.authz import PermissionDenied, Principal, Role, Unauthenticated
 from drivebay.kernel.events import audit_what
+from drivebay.kernel.httpapi.sessions import SESSIONS, principal_of
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from drivebay.kernel.control.schema import ControlRequest
     from drivebay.kernel.kernel import Kernel
 
@@ -54,9 +56,14 @@ async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
         return authz.token_principal(who, token.strip(), known)
     if transport.get_extra_info("peercert"):
         return Principal(f"{who} certificate", Role.admin)
+    store = request.app.get(SESSIONS) if isinstance(request, web.Request) else None
+    session = store.find(request) if store is not None else None
+    if session is not None:
+        return principal_of(session, request)
     raise Unauthenticated(
         "no credentials: over TCP send a token (Authorization: Bearer TOKEN, from "
-        "drivebayctl token new) or a certificate signed by http.tls.client_ca"
+        "drivebayctl token new), a certificate signed by http.tls.client_ca, or "
+        "log in on the admin page"
     )
 
 

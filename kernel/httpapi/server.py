@@ -43,8 +43,16 @@ from drivebay.kernel.httpapi.access import (
     authorize,
     peer_of,
 )
+from drivebay.kernel.httpapi.page import admin_page
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
+from drivebay.kernel.httpapi.sessions import (
+    COOKIE,
+    SESSIONS,
+    Session,
+    Sessions,
+    principal_of,
+)
 from drivebay.protocol.control_codes import EXIT_OK
 from drivebay.protocol.errors import DrivebayError, KernelError, NotRunning, RequestError
 
@@ -81,6 +89,11 @@ class Api:
         app = web.Application(
             client_max_size=self.kernel.config.max_frame_bytes, middlewares=[self._problems]
         )
+        app[SESSIONS] = Sessions()
+        app.router.add_get("/", admin_page)
+        app.router.add_post("/v1/login", self._login)
+        app.router.add_get("/v1/session", self._session)
+        app.router.add_post("/v1/logout", self._logout)
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
@@ -220,6 +233,63 @@ class Api:
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
 
+    async def _login(self, request: web.Request) -> web.Response:
+        """``POST /v1/login`` with a bearer token (or a verified certificate):
+        a session cookie for the admin page, and the page's role and CSRF token."""
+        try:
+            if "Authorization" not in request.headers and not _certified(request):
+                raise Unauthenticated("log in with Authorization: Bearer TOKEN")
+            peer = await peer_of(self.kernel, request)
+        except Exception as exc:
+            found = problem("login", exc)
+            self.kernel.events.audit(f"tcp {request.remote}", "login", f"refused: {found.detail}")
+            return self._problem(found)
+        sid, session = request.app[SESSIONS].open(peer)
+        self.kernel.events.audit(peer.who, "login", "ok")
+        response = self._session_answer(session)
+        response.set_cookie(
+            COOKIE,
+            sid,
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
+
+    async def _session(self, request: web.Request) -> web.Response:
+        """``GET /v1/session``: the logged-in page's role and CSRF token."""
+        session = request.app[SESSIONS].find(request)
+        if session is None:
+            return self._problem(problem("session", Unauthenticated("no session: log in")))
+        return self._session_answer(session)
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        session = request.app[SESSIONS].find(request)
+        if session is None:
+            return self._problem(problem("logout", Unauthenticated("no session: log in")))
+        try:
+            principal_of(session, request)  # the CSRF token
+        except PermissionDenied as exc:
+            return self._problem(problem("logout", exc))
+        request.app[SESSIONS].close(request)
+        response = web.Response(body=b"{}", content_type=JSON)
+        response.del_cookie(COOKIE, path="/")
+        return response
+
+    def _session_answer(self, session: Session) -> web.Response:
+        role = session.principal.role
+        body = {
+            "role": None if role is None else role.name,
+            "csrf": session.csrf,
+            "drivers": session.principal.drivers,
+        }
+        return web.Response(
+            body=self._encoder.encode(body),
+            content_type=JSON,
+            headers={"Cache-Control": "no-store"},
+        )
+
     async def _metrics(self, request: web.Request) -> web.Response:
         """Prometheus' exposition, to whoever may read ``status``."""
         from drivebay.kernel.metrics.exposition import render_metrics
@@ -263,6 +333,11 @@ class Api:
         if self._changes:
             async with asyncio.timeout(CLOSE_S):
                 await asyncio.gather(*self._changes, return_exceptions=True)
+
+
+def _certified(request: web.Request) -> bool:
+    transport = request.transport
+    return bool(transport is not None and transport.get_extra_info("peercert"))
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:

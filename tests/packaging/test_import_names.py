@@ -57,6 +57,7 @@ def test_the_wheel_installs_drivebay_and_no_generic_name(tmp_path: Path) -> None
     }, tops
     assert "drivebay/kernel/kernel.py" in names
     assert "drivebay/protocol/runtime.py" in names
+    assert "drivebay/kernel/httpapi/page/index.html" in names  # the admin page
     venv = tmp_path / "venv"
     subprocess.run(
         [_uv(), "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=120

@@ -1,0 +1,190 @@
+"""The admin page against a real daemon: its sessions over loopback TCP
+(login with a token, HttpOnly SameSite=Strict cookie, CSRF on changes, 401
+without a session), and the page itself in a real headless Chromium
+(``browser.py``): it lists the running driver, a ``kill -9`` shows in the
+feed and the driver's row, stop then start by clicks, resource rows never
+more than a page, a viewer sees no buttons, no console errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from contextlib import closing
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.browser import browser
+from tests.e2e.test_authorization import sha
+from tests.e2e.test_http_api import Api, free_port
+from tests.e2e.test_resources import mis_daemon
+
+VIEWER = "viewer-token-for-the-page"
+OPERATOR = "operator-token-for-the-page"
+RESOURCES = 61  # more than a page (50)
+
+
+def page_daemon(daemon_factory: Any, tmp_path: Path) -> tuple[Any, int]:
+    port = free_port()
+    tokens = [
+        {"sha256": sha(VIEWER), "role": "viewer"},
+        {"sha256": sha(OPERATOR), "role": "operator"},
+    ]
+    config = {"http": {"listen": f"127.0.0.1:{port}"}, "authorization": {"tokens": tokens}}
+    return mis_daemon(daemon_factory, tmp_path, config), port
+
+
+def http(
+    port: int, method: str, target: str, headers: dict[str, str] | None = None, body: Any = None
+) -> tuple[int, dict[str, str], Any]:
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        data = None if body is None else json.dumps(body).encode()
+        connection.request(method, target, data, headers or {})
+        response = connection.getresponse()
+        text = response.read()
+        kind = response.getheader("Content-Type", "")
+        answer = json.loads(text) if "json" in kind else text.decode()
+        return response.status, dict(response.getheaders()), answer
+
+
+def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
+    daemon, port = page_daemon(daemon_factory, tmp_path)
+    status, headers, page = http(port, "GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert (
+        "<title>drivebay</title>" in page
+        and "default-src 'none'" in headers["Content-Security-Policy"]
+    )
+    assert "http://" not in page and "https://" not in page  # nothing from elsewhere
+
+    assert http(port, "POST", "/v1/login")[0] == 401
+    assert http(port, "POST", "/v1/login", {"Authorization": "Bearer a guess"})[0] == 401
+    status, headers, opened = http(
+        port, "POST", "/v1/login", {"Authorization": f"Bearer {OPERATOR}"}
+    )
+    assert status == 200 and opened["role"] == "operator" and opened["csrf"]
+    cookie = headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    session = {"Cookie": cookie.split(";")[0]}
+
+    assert http(port, "GET", "/v1/drivers")[0] == 401  # without a session
+    assert http(port, "GET", "/v1/drivers", {"Cookie": "drivebay_session=forged"})[0] == 401
+    status, _, page = http(port, "GET", "/", session)  # the page knows the session
+    assert status == 200 and f"&quot;csrf&quot;: &quot;{opened['csrf']}&quot;" in page
+    status, _, rows = http(port, "GET", "/v1/drivers", session)
+    assert status == 200 and [row["name"] for row in rows] == ["mis"]
+    assert http(port, "GET", "/v1/session", session)[2] == opened
+    status, _, problem = http(port, "POST", "/v1/drivers/mis/stop", session)
+    assert status == 403 and "X-CSRF-Token" in problem["detail"]  # no CSRF token
+    wrong = {**session, "X-CSRF-Token": "wrong"}
+    assert http(port, "POST", "/v1/drivers/mis/stop", wrong)[0] == 403
+    right = {**session, "X-CSRF-Token": opened["csrf"]}
+    status, _, outcome = http(port, "POST", "/v1/drivers/mis/stop", right)
+    assert status == 200 and outcome[0]["ok"], outcome
+    daemon.wait_state("mis", "STOPPED")
+
+    status, headers, viewer = http(port, "POST", "/v1/login", {"Authorization": f"Bearer {VIEWER}"})
+    assert status == 200 and viewer["role"] == "viewer"
+    as_viewer = {"Cookie": headers["Set-Cookie"].split(";")[0], "X-CSRF-Token": viewer["csrf"]}
+    status, _, problem = http(port, "POST", "/v1/drivers/mis/start", as_viewer)
+    assert (status, problem["detail"]) == (403, "permission denied: start needs operator")
+
+    assert http(port, "POST", "/v1/logout", session)[0] == 403  # no CSRF token
+    assert http(port, "POST", "/v1/logout", right)[0] == 200
+    assert http(port, "GET", "/v1/drivers", session)[0] == 401  # the session is gone
+
+
+async def scenario(daemon: Any, port: int, profile: Path) -> None:
+    url = f"http://127.0.0.1:{port}/"
+    async with browser(profile) as chromium:
+        page = await chromium.new_page()
+        await page.goto(url)
+        await page.wait_for("!document.getElementById('login').hidden")
+        await page.type_into("#token", OPERATOR)
+        await page.click("#login-button")
+        row = "document.querySelector('tr[data-driver=\"mis\"]')"
+        await page.wait_for(f"{row}?.querySelector('.state').textContent === 'RUNNING'")
+        assert await page.evaluate("document.getElementById('role').textContent") == "operator"
+        # every change to the resource table: its row count, kept to check the most
+        await page.evaluate(
+            "window.mostRows = 0; new MutationObserver(() => { window.mostRows = Math.max("
+            "window.mostRows, document.querySelectorAll('#resources tr').length); })"
+            ".observe(document.getElementById('resources'), {childList: true})"
+        )
+        # the states the driver's row showed, in order
+        await page.evaluate(
+            "window.states = []; new MutationObserver(() => { const s = document.querySelector("
+            "'tr[data-driver=\"mis\"] .state')?.textContent; if (s && s !== window.states.at(-1))"
+            " window.states.push(s); }).observe(document.getElementById('drivers'),"
+            " {childList: true, subtree: true})"
+        )
+        await page.wait_for(
+            f"document.getElementById('resource-count').textContent === '({RESOURCES})'"
+        )
+        await page.click("#next")  # the page of resources after the first
+        await page.wait_for("document.getElementById('page').textContent === 'page 2 of 2'")
+        assert await page.evaluate("document.querySelectorAll('#resources tr').length") == 11
+        await page.click("#prev")
+        await page.wait_for("document.querySelectorAll('#resources tr').length === 50")
+
+        before = len(await page.evaluate("window.states"))
+        pid = int(await page.evaluate(f"{row}.querySelector('.pid').textContent"))
+        assert pid == daemon.status()["mis"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed = await page.wait_for(
+            '[...document.querySelectorAll(\'#feed li[data-type="driver.state"]'
+            '[data-driver="mis"]\')].map((li) => li.textContent)'
+            ".find((text) => text.includes('signal=9'))"
+        )
+        assert "from=RUNNING" in killed, killed
+        await page.wait_for(
+            f"{row}.querySelector('.restarts').textContent === '1'"
+            f" && {row}.querySelector('.state').textContent === 'RUNNING'"
+            f" && {row}.querySelector('.pid').textContent !== '{pid}'"
+        )
+
+        after_kill = (await page.evaluate("window.states"))[before:]
+        assert after_kill[-1] == "RUNNING" and set(after_kill[:-1]) - {"RUNNING"}, after_kill
+        before = len(await page.evaluate("window.states"))
+
+        await page.click('tr[data-driver="mis"] button[data-action="stop"]')
+        await page.wait_for(f"{row}.querySelector('.state').textContent === 'STOPPED'")
+        await page.click('tr[data-driver="mis"] button[data-action="start"]')
+        await page.wait_for(f"{row}.querySelector('.state').textContent === 'RUNNING'")
+        clicked = (await page.evaluate("window.states"))[before:]
+        assert "STOPPED" in clicked and clicked[-1] == "RUNNING", clicked
+        assert await page.evaluate("window.mostRows") == 50
+        assert await page.evaluate("document.querySelectorAll('#resources tr').length") <= 50
+        audits = await page.wait_for(
+            "[...document.querySelectorAll('#feed li[data-type=\"audit\"]')]"
+            ".map((li) => li.textContent).filter((text) => text.includes('session'))"
+            ".filter((text) => text.includes('names'))"
+        )
+        assert any("what=stop names=['mis']" in text for text in audits), audits
+
+        await page.goto(url)  # loaded again: still logged in, no login asked
+        await page.wait_for("document.getElementById('role').textContent === 'operator'")
+        await page.wait_for(f"{row}?.querySelector('.state').textContent === 'RUNNING'")
+        assert await page.evaluate("document.getElementById('login').hidden") is True
+
+        await page.click("#logout")
+        await page.wait_for("!document.getElementById('login').hidden")
+        await page.type_into("#token", VIEWER)
+        await page.click("#login-button")
+        await page.wait_for("document.getElementById('role').textContent === 'viewer'")
+        await page.wait_for(f"{row}?.querySelector('.state').textContent === 'RUNNING'")
+        assert await page.evaluate("document.querySelectorAll('#drivers button').length") == 0
+        assert await page.evaluate("document.querySelectorAll('button.act').length") == 0
+        assert page.errors == [], page.errors
+
+
+def test_the_page_in_chromium(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
+    daemon, port = page_daemon(daemon_factory, tmp_path)
+    api = Api(str(daemon.state / "http.sock"))  # its owner: admin
+    for number in range(2, RESOURCES + 1):
+        body = {"id": f"v{number:03}", "driver": "mis", "properties": {"host": "a"}}
+        status, answer = api("POST", "/v1/resources", body)
+        assert status == 200, answer
+    asyncio.run(asyncio.wait_for(scenario(daemon, port, tmp_path / "profile"), 60))
