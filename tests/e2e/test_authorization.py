@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from drivebay.client import Client, DrivebayError
+from tests.e2e.harness import wait_for
 from tests.e2e.test_http_api import Api, free_port
 from tests.e2e.test_resources import mis_daemon
 
@@ -86,6 +87,7 @@ def test_tokens_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-d
 
     daemon.stop()  # the stored token counts after a restart
     daemon.start()
+    wait_for(lambda: "mis" in daemon.status(), what="mis known again after the restart")
     url = f"http://127.0.0.1:{port}"
     with Client(http=url, token=operator) as client:  # the Python client sends it too
         assert [row["name"] for row in client.request("status")] == ["mis"]
