@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -64,3 +65,17 @@ async def eventually(check: Callable[[], bool], deadline: float = 10.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"condition not met within {deadline}s")
         await asyncio.sleep(0.01)
+
+
+def assert_numbers_reusable(loop: asyncio.AbstractEventLoop) -> None:
+    """The numbers a failed start freed come first: each must be usable."""
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        for pair in pairs:
+            for end in pair:
+                loop.add_reader(end.fileno(), lambda: None)
+                loop.remove_reader(end.fileno())
+    finally:
+        for pair in pairs:
+            for end in pair:
+                end.close()

@@ -7,12 +7,11 @@ import asyncio
 import errno
 import os
 import signal
-import socket
 
 import pytest
 
 from drivebay.sandbox.spawn import spawn_child
-from tests.helpers import fixture_spec, run
+from tests.helpers import assert_numbers_reusable, fixture_spec, run
 
 
 def test_a_spawn_that_runs_out_of_descriptors_leaves_no_transport_behind(tmp_path, monkeypatch):
@@ -32,17 +31,7 @@ def test_a_spawn_that_runs_out_of_descriptors_leaves_no_transport_behind(tmp_pat
             patch.setattr(os, "pidfd_open", no_more_descriptors)
             with pytest.raises(OSError, match="Too many open files"):
                 await spawn_child(fixture_spec(tmp_path))
-        # The numbers the failed start freed come first: each must be usable.
-        pairs = [socket.socketpair() for _ in range(3)]
-        try:
-            for pair in pairs:
-                for end in pair:
-                    loop.add_reader(end.fileno(), lambda: None)
-                    loop.remove_reader(end.fileno())
-        finally:
-            for pair in pairs:
-                for end in pair:
-                    end.close()
+        assert_numbers_reusable(loop)
 
     run(main())
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 
 from drivebay.sandbox import spawn
 from drivebay.sandbox.spawn import spawn_child
-from tests.helpers import eventually, fixture_spec, run
+from tests.helpers import assert_numbers_reusable, eventually, fixture_spec, run
 
 
 class Broken(OSError):
@@ -105,20 +104,6 @@ async def assert_released(before: set[int]) -> None:
         left = {fd: target(fd) for fd in open_fds() - before}
         raise AssertionError(f"left open: {left}") from None
     assert_numbers_reusable(asyncio.get_running_loop())
-
-
-def assert_numbers_reusable(loop: asyncio.AbstractEventLoop) -> None:
-    """The numbers a failed start freed come first: each must be usable."""
-    pairs = [socket.socketpair() for _ in range(4)]
-    try:
-        for pair in pairs:
-            for end in pair:
-                loop.add_reader(end.fileno(), lambda: None)
-                loop.remove_reader(end.fileno())
-    finally:
-        for pair in pairs:
-            for end in pair:
-                end.close()
 
 
 @pytest.mark.parametrize("step", sorted(STEPS))
