@@ -306,7 +306,9 @@ class Kernel:
             candidate=slot.candidate,
             held=slot.held,
             requires=tuple(slot.manifest.requires),
-            stale_settings=running and slot.settings_used != slot.settings_now(),
+            stale_settings=running
+            and slot.settings_used != slot.settings_now() != slot.refused_settings,
+            refused_digest=slot.refused_digest,
             crash_loop_on_probation=slot.crash_loop_on_probation(),
         )
 
@@ -543,11 +545,7 @@ class Kernel:
             ended = frozenset({State.RUNNING, State.FAILED, State.FATAL, State.BLOCKED})
             await new.wait_settled(self.config.timeouts.settle_budget(), ended)
             if new.state is not State.RUNNING:
-                log.warning(
-                    "replacement of %s failed (%s); the old process keeps serving",
-                    old.name,
-                    new.lifecycle.reason,
-                )
+                self._replacement_failed(old, new, new.lifecycle.reason)
                 return
             self.slots[new.name] = new
             assert self.book is not None
@@ -556,15 +554,32 @@ class Kernel:
             result = await hand_over(old, new, actors, budget, self.events)
             self.metrics.handed_over(old.manifest.name, result.switch_s, result.ok, upgrade=False)
             moved = result.ok
+            if not moved:
+                self._replacement_failed(old, new, result.reason)
         finally:
             self.retiring.remove(old)
             if not moved:
                 self.slots[old.name] = old
                 await new.close()
+        if not moved:
+            return  # the old process serves on; only a success retires it
         new.candidate = False
         await self._retire(old)
-        if moved:
-            self._upgrade_finished(old, new)
+        self._upgrade_finished(old, new)
+
+    @staticmethod
+    def _replacement_failed(old: DriverSlot, new: DriverSlot, reason: str) -> None:
+        """Remember what was tried, so reconciling does not try it again and again."""
+        if new.bundle.digest != old.bundle.digest:
+            old.refused_digest = new.bundle.digest
+        else:
+            old.refused_settings = new.settings_used
+        log.warning(
+            "replacement of %s failed (%s); the old process keeps serving, and the "
+            "replacement is tried again when its settings or its bundle change",
+            old.name,
+            reason,
+        )
 
     async def _retire(self, slot: DriverSlot, reason: str = "superseded") -> None:
         """Drain and stop a version nobody uses any more; status shows it meanwhile."""

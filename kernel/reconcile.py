@@ -36,6 +36,7 @@ class SlotFacts:
     held: bool = False  # an operator stopped it
     requires: tuple[str, ...] = ()  # drivers that must run before it starts
     stale_settings: bool = False  # its process was spawned with settings since changed
+    refused_digest: str | None = None  # content of this version a replacement failed with
     crash_loop_on_probation: bool = False  # its crash loop began soon after taking over
 
     @property
@@ -169,6 +170,9 @@ def arrange(facts: Facts) -> list[Action]:
     for key, slot in facts.slots.items():
         digest = available.get(slot.driver, {}).get(slot.version)
         if digest is None or digest == slot.digest:
+            continue
+        if digest == slot.refused_digest:  # failed once: the running content serves on
+            available[slot.driver][slot.version] = slot.digest
             continue
         if facts.reload_same_version:
             actions.append(Replace(key, fresh=True))

@@ -118,6 +118,11 @@ class DriverSlot:
         # ``settings_now``): a reload compares them to hand over to a new one.
         self.settings_used: object = None
         self._spare_settings: object = None
+        # What a failed replacement of this process was tried with (new
+        # settings, or new content of the same version): not retried until
+        # the settings or the bundle change again.
+        self.refused_settings: object = None
+        self.refused_digest: str | None = None
         # Counts this version's calls (None: not counted); the kernel gives
         # it, and every process of the version carries it to the actors.
         self.meter: CallMeter | None = None

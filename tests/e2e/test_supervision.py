@@ -286,3 +286,55 @@ def test_a_reloaded_log_setting_hands_a_running_driver_to_a_new_process(daemon, 
         what="alpha handed over to a process with the new log settings",
     )
     assert "reload: mailbox_size changed; it takes effect when drivebayd restarts" in daemon.log()
+
+
+REFUSING_ATTACH = """
+import os
+
+PROCESS = os.urandom(8).hex()  # which process answered (pids are namespaced)
+
+
+class AlphaDriver:
+    def __init__(self, resource_id, properties):
+        self.resource_id = resource_id
+
+    async def attach(self):
+        if os.environ.get("REFUSE_ATTACH"):
+            raise RuntimeError("attach refused by REFUSE_ATTACH")
+
+    async def echo(self, text):
+        return {"process": PROCESS, "text": text}
+"""
+
+
+def test_a_replacement_whose_attach_fails_leaves_the_old_process_serving(daemon, tmp_path):
+    daemon.drop(build(tmp_path, "alpha", src={"alpha.py": REFUSING_ATTACH}))
+    pid = daemon.wait_state("alpha", "RUNNING")["pid"]
+    assert daemon.ctl("resource", "add", "r1", "--driver", "alpha").returncode == 0
+    before = json.loads(daemon.ctl("call", "r1", "echo", "text=before").stdout)["process"]
+    config = yaml.safe_load(daemon.config_path.read_text())
+    config["drivers"] = {"alpha": {"env": {"REFUSE_ATTACH": "1"}}}
+    daemon.config_path.write_text(yaml.safe_dump(config))
+    reloaded = daemon.ctl("reload")
+    assert json.loads(reloaded.stdout)["changed_drivers"] == ["alpha"], reloaded.stderr
+    wait_for(
+        lambda: (
+            "replacement of alpha@1.0.0 failed" in daemon.log()
+            or "moving every resource back to alpha@1.0.0" in daemon.log()
+        ),
+        what="the replacement given up",
+    )
+
+    def alpha_rows() -> list[dict[str, Any]]:
+        listed = json.loads(daemon.ctl("status", "--json").stdout)
+        return [row for row in listed if row["name"] == "alpha"]
+
+    wait_for(lambda: len(alpha_rows()) == 1, what="only one alpha left in status")
+    [row] = alpha_rows()
+    assert (row["state"], row["pid"]) == ("RUNNING", pid)
+    called = daemon.ctl("call", "r1", "echo", "text=still")
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout)["process"] == before
+    again = daemon.ctl("reload")  # a reconciling pass with the same settings: not tried again
+    assert json.loads(again.stdout)["changed_drivers"] == [], again.stderr
+    assert daemon.log().count("handing it over to a new process") == 1

@@ -148,6 +148,15 @@ def test_a_bundle_changed_in_place_is_held_or_replaced():
     assert arrange(reload) == [Replace("a@1.0", fresh=True)]
 
 
+def test_content_a_replacement_failed_with_is_not_tried_again_until_it_changes():
+    running = slots(slot("a@1.0", digest="orig", refused_digest="changed"))
+    available = {"a": {"1.0": "changed"}}
+    reload = Facts(available, running, active={"a": "1.0"}, reload_same_version=True)
+    assert arrange(reload) == []
+    newer = replace(reload, available={"a": {"1.0": "changed again"}})
+    assert arrange(newer) == [Replace("a@1.0", fresh=True)]
+
+
 def test_running_versions_with_stale_settings_are_replaced_unless_stopped_or_on_probation():
     facts = Facts(
         {"a": {"1.0": "d1.0"}, "b": {"1.0": "d1.0"}, "c": {"1.0": "d1.0"}},
