@@ -49,6 +49,7 @@ from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
 from drivebay.kernel.httpapi.sessions import (
     COOKIE,
     SESSIONS,
+    CsrfRefused,
     Session,
     Sessions,
     principal_of,
@@ -134,6 +135,8 @@ class Api:
             found = problem(command, exc)
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
+            elif typed is not None and isinstance(exc, CsrfRefused):
+                self._audit(exc.who, typed, f"refused: {found.detail}")
             elif typed is not None and isinstance(exc, Unauthenticated):
                 self._audit(f"tcp {request.remote}", typed, f"refused: {found.detail}")
             return self._problem(found)
@@ -270,9 +273,12 @@ class Api:
             return self._problem(problem("logout", Unauthenticated("no session: log in")))
         try:
             principal_of(session, request)  # the CSRF token
-        except PermissionDenied as exc:
-            return self._problem(problem("logout", exc))
+        except CsrfRefused as exc:
+            found = problem("logout", exc)
+            self.kernel.events.audit(exc.who, "logout", f"refused: {found.detail}")
+            return self._problem(found)
         request.app[SESSIONS].close(request)
+        self.kernel.events.audit(session.principal.who, "logout", "ok")
         response = web.Response(body=b"{}", content_type=JSON)
         response.del_cookie(COOKIE, path="/")
         return response

@@ -76,15 +76,24 @@ class Sessions:
             self._by_id.pop(sid, None)
 
 
+class CsrfRefused(PermissionDenied):
+    """A changing request of a session without its CSRF token (403); ``who``
+    is the session's principal, for the audit line."""
+
+    def __init__(self, who: str) -> None:
+        super().__init__(
+            f"missing or wrong {CSRF_HEADER} header: reload the admin page and try again"
+        )
+        self.who = who
+
+
 def principal_of(session: Session, request: web.BaseRequest) -> Principal:
-    """The session's principal; PermissionDenied for a changing request
+    """The session's principal; ``CsrfRefused`` for a changing request
     without the session's CSRF token."""
     if request.method not in SAFE:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            raise PermissionDenied(
-                f"missing or wrong {CSRF_HEADER} header: reload the admin page and try again"
-            )
+            raise CsrfRefused(session.principal.who)
     return session.principal
 
 

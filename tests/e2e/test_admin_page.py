@@ -49,6 +49,24 @@ def http(
         return response.status, dict(response.getheaders()), answer
 
 
+def csrf_audits(daemon: Any, port: int, session: dict[str, str], what: str) -> list[Any]:
+    """The audit events of CSRF refusals of ``what``; each also a line in the log."""
+    status, _, held = http(port, "GET", "/v1/events?since=0", session)
+    assert status == 200, held
+    found = [
+        event
+        for event in held
+        if event["type"] == "audit"
+        and event["data"]["what"] == what
+        and "X-CSRF-Token" in event["data"]["outcome"]
+    ]
+    lines = [line for line in daemon.log().splitlines() if "audit: " in line and "X-CSRF" in line]
+    for event in found:
+        who, outcome = event["data"]["who"], event["data"]["outcome"]
+        assert any(f"{who}: {what}: {outcome}" in line for line in lines), lines
+    return found
+
+
 def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
     daemon, port = page_daemon(daemon_factory, tmp_path)
     status, headers, page = http(port, "GET", "/")
@@ -80,6 +98,14 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert status == 403 and "X-CSRF-Token" in problem["detail"]  # no CSRF token
     wrong = {**session, "X-CSRF-Token": "wrong"}
     assert http(port, "POST", "/v1/drivers/mis/stop", wrong)[0] == 403
+    refused = csrf_audits(daemon, port, session, "stop names=['mis']")
+    assert len(refused) == 2, refused  # one line per refusal: who, what, outcome
+    for event in refused:
+        assert (
+            event["data"]["who"].startswith("tcp 127.0.0.1:") and "session" in event["data"]["who"]
+        )
+        assert event["data"]["outcome"].startswith("refused: missing or wrong X-CSRF-Token")
+    assert daemon.status()["mis"]["state"] == "RUNNING"  # nothing changed
     right = {**session, "X-CSRF-Token": opened["csrf"]}
     status, _, outcome = http(port, "POST", "/v1/drivers/mis/stop", right)
     assert status == 200 and outcome[0]["ok"], outcome
@@ -92,6 +118,7 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert (status, problem["detail"]) == (403, "permission denied: start needs operator")
 
     assert http(port, "POST", "/v1/logout", session)[0] == 403  # no CSRF token
+    assert len(csrf_audits(daemon, port, session, "logout")) == 1
     assert http(port, "POST", "/v1/logout", right)[0] == 200
     assert http(port, "GET", "/v1/drivers", session)[0] == 401  # the session is gone
 
