@@ -48,10 +48,13 @@ from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, pr
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
 from drivebay.kernel.httpapi.sessions import (
     COOKIE,
+    SESSION_ROUTES,
     SESSIONS,
     CsrfRefused,
+    LoggedOut,
     Session,
     Sessions,
+    answer_of,
     principal_of,
 )
 from drivebay.protocol.control_codes import EXIT_OK
@@ -92,9 +95,10 @@ class Api:
         )
         app[SESSIONS] = Sessions()
         app.router.add_get("/", admin_page)
-        app.router.add_post("/v1/login", self._login)
-        app.router.add_get("/v1/session", self._session)
-        app.router.add_post("/v1/logout", self._logout)
+        sessions = {"login": self._login, "session": self._session, "logout": self._logout}
+        for session_route in SESSION_ROUTES:
+            handler = sessions[session_route.name]
+            app.router.add_route(session_route.method, session_route.path, handler)
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
@@ -279,19 +283,13 @@ class Api:
             return self._problem(found)
         request.app[SESSIONS].close(request)
         self.kernel.events.audit(session.principal.who, "logout", "ok")
-        response = web.Response(body=b"{}", content_type=JSON)
+        response = web.Response(body=self._encoder.encode(LoggedOut()), content_type=JSON)
         response.del_cookie(COOKIE, path="/")
         return response
 
     def _session_answer(self, session: Session) -> web.Response:
-        role = session.principal.role
-        body = {
-            "role": None if role is None else role.name,
-            "csrf": session.csrf,
-            "drivers": session.principal.drivers,
-        }
         return web.Response(
-            body=self._encoder.encode(body),
+            body=self._encoder.encode(answer_of(session)),
             content_type=JSON,
             headers={"Cache-Control": "no-store"},
         )

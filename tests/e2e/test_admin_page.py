@@ -18,7 +18,7 @@ from typing import Any
 
 from tests.e2e.browser import browser
 from tests.e2e.test_authorization import sha
-from tests.e2e.test_http_api import Api, free_port
+from tests.e2e.test_http_api import Api, Seen, check_seen, free_port
 from tests.e2e.test_resources import mis_daemon
 
 VIEWER = "viewer-token-for-the-page"
@@ -36,6 +36,9 @@ def page_daemon(daemon_factory: Any, tmp_path: Path) -> tuple[Any, int]:
     return mis_daemon(daemon_factory, tmp_path, config), port
 
 
+SEEN: Seen = []  # every /v1 answer over TCP, checked against the OpenAPI document
+
+
 def http(
     port: int, method: str, target: str, headers: dict[str, str] | None = None, body: Any = None
 ) -> tuple[int, dict[str, str], Any]:
@@ -44,8 +47,10 @@ def http(
         connection.request(method, target, data, headers or {})
         response = connection.getresponse()
         text = response.read()
-        kind = response.getheader("Content-Type", "")
+        kind = response.getheader("Content-Type", "").split(";")[0]
         answer = json.loads(text) if "json" in kind else text.decode()
+        if target.startswith("/v1/"):
+            SEEN.append((method, target.split("?")[0], response.status, kind, answer))
         return response.status, dict(response.getheaders()), answer
 
 
@@ -90,7 +95,7 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert http(port, "GET", "/v1/drivers")[0] == 401  # without a session
     assert http(port, "GET", "/v1/drivers", {"Cookie": "drivebay_session=forged"})[0] == 401
     status, _, page = http(port, "GET", "/", session)  # the page knows the session
-    assert status == 200 and f"&quot;csrf&quot;: &quot;{opened['csrf']}&quot;" in page
+    assert status == 200 and f"&quot;csrf&quot;:&quot;{opened['csrf']}&quot;" in page
     status, _, rows = http(port, "GET", "/v1/drivers", session)
     assert status == 200 and [row["name"] for row in rows] == ["mis"]
     assert http(port, "GET", "/v1/session", session)[2] == opened
@@ -121,6 +126,23 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert len(csrf_audits(daemon, port, session, "logout")) == 1
     assert http(port, "POST", "/v1/logout", right)[0] == 200
     assert http(port, "GET", "/v1/drivers", session)[0] == 401  # the session is gone
+    assert http(port, "GET", "/v1/session", session)[0] == 401
+
+    seen = [answer for answer in SEEN if answer[1] in ("/v1/login", "/v1/session", "/v1/logout")]
+    assert {(m, p, s) for m, p, s, _, _ in seen} >= {
+        ("POST", "/v1/login", 200),
+        ("POST", "/v1/login", 401),
+        ("GET", "/v1/session", 200),
+        ("GET", "/v1/session", 401),
+        ("POST", "/v1/logout", 200),
+        ("POST", "/v1/logout", 403),
+    }
+    status, _, document = http(
+        port, "GET", "/v1/openapi.json", {"Authorization": f"Bearer {VIEWER}"}
+    )
+    assert status == 200
+    check_seen(document, SEEN)
+    SEEN.clear()
 
 
 async def scenario(daemon: Any, port: int, profile: Path) -> None:

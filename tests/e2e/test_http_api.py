@@ -30,6 +30,7 @@ from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.kernel.httpapi.openapi import REF, result_type
 from drivebay.kernel.httpapi.problems import Problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES
+from drivebay.kernel.httpapi.sessions import SESSION_ROUTES
 from tests.e2e.harness import BIN, FAST_CONFIG, wait_for
 from tests.e2e.test_resources import mis_daemon
 
@@ -86,14 +87,35 @@ def api(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
     check_against_openapi(found)
 
 
+Seen = list[tuple[str, str, int, str, Any]]  # method, path, status, content type, answer
+
+
 def check_against_openapi(api: Api) -> None:
     """Each answer is one the document declares for its route: a result decoded
     into the type its schema was generated from, or a Problem."""
     status, document = api("GET", "/v1/openapi.json")
     assert status == 200 and document["openapi"] == "3.1.0"
+    check_seen(document, api.seen)
+
+
+def check_seen(document: dict[str, Any], seen: Seen) -> None:
+    """``check_against_openapi`` for answers seen over any transport."""
     components = document["components"]["schemas"]
-    for method, path, status, kind, answer in api.seen:
+    for method, path, status, kind, answer in seen:
         if path == "/v1/openapi.json":
+            continue
+        session = next((r for r in SESSION_ROUTES if (r.method, r.path) == (method, path)), None)
+        if session is not None:
+            operation = document["paths"][path][method.lower()]
+            if status >= 400:
+                assert kind == "application/problem+json", (method, path, kind)
+                assert msgspec.convert(answer, Problem).status == status
+                continue
+            content = operation["responses"]["200"]["content"]
+            (expected,), _ = msgspec.json.schema_components([session.answer], ref_template=REF)
+            assert content[kind]["schema"] == expected, (method, path)
+            msgspec.convert(answer, session.answer)
+            assert all(need in document["components"]["securitySchemes"] for need in session.needs)
             continue
         found = (r for r in (*ROUTES, EVENTS) if r.method == method and _matches(r.path, path))
         route = next(found, None)
