@@ -492,7 +492,11 @@ def _book(k: Kernel) -> ResourceBook:
 
 @command(schema.ResourcesRequest)
 async def resources(k: Kernel, request: schema.ResourcesRequest) -> Outcome:
-    return _book(k).rows(), EXIT_OK
+    book = _book(k)
+    if not request.paged:
+        return book.rows(), EXIT_OK
+    rows, after, total = book.page(request.limit, request.after)
+    return {"resources": rows, "next": after, "total": total}, EXIT_OK  # a ResourcePage
 
 
 @command(schema.ResourceAddRequest)

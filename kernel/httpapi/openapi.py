@@ -37,9 +37,15 @@ SECURITY = {
 
 
 def result_type(route: Route) -> Any:
-    """The type a route answers with: the command's result, or one row of it."""
+    """The type a route answers with: the command's result, or one row of its list."""
     result = RESULTS[route.kind]
-    return typing.get_args(result)[0] if route.one else result
+    if not route.one:
+        return result
+    if typing.get_origin(result) is typing.Annotated:
+        result = typing.get_args(result)[0]
+    members = typing.get_args(result) if typing.get_origin(result) is not list else (result,)
+    listed = next(member for member in members if typing.get_origin(member) is list)
+    return typing.get_args(listed)[0]
 
 
 def document(
