@@ -175,8 +175,26 @@ async def scenario(daemon: Any, port: int, profile: Path) -> None:
         await page.click("#next")  # the page of resources after the first
         await page.wait_for("document.getElementById('page').textContent === 'page 2 of 2'")
         assert await page.evaluate("document.querySelectorAll('#resources tr').length") == 11
+        assert await page.evaluate("document.querySelector('#resources tr').dataset.resource") == (
+            "v052"  # ordered by id: v002 ... v061, v1
+        )
         await page.click("#prev")
         await page.wait_for("document.querySelectorAll('#resources tr').length === 50")
+        assert await page.evaluate("document.querySelector('#resources tr').dataset.resource") == (
+            "v002"
+        )
+        # the page asks the daemon for one page at a time, never for every resource
+        asked = await page.evaluate(
+            "performance.getEntriesByType('resource').map((e) => new URL(e.name))"
+            ".filter((u) => u.pathname === '/v1/resources').map((u) => u.search)"
+        )
+        assert asked and all(query.startswith("?limit=50") for query in asked), asked
+        assert "?limit=50&after=v051" in asked, asked
+        assert await page.evaluate("document.getElementById('drivers-page').textContent") == (
+            "page 1 of 1"
+        )
+        marks = await page.evaluate("performance.getEntriesByType('mark').map((m) => m.name)")
+        assert {"drivebay:drivers", "drivebay:resources"} <= set(marks), marks
 
         before = len(await page.evaluate("window.states"))
         pid = int(await page.evaluate(f"{row}.querySelector('.pid').textContent"))
