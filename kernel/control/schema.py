@@ -433,6 +433,7 @@ EventType = Literal[
     "update.available",  # a repository (data.repo) offers version of driver
     "audit",  # a changing request: data.who, data.what, data.outcome
     "gap",  # events were lost here (data.reason, data.missed); id is null
+    "problem",  # a stream ends on this error (data: an RFC 9457 problem); id is null
 ]
 
 
@@ -440,7 +441,8 @@ class Event(msgspec.Struct, frozen=True):
     """One record of the daemon's event ring (``kernel/events.py``).
 
     ``id`` is ``BOOT-SEQ``: the daemon's boot id (random at each start) and a
-    number that grows by one per event; null only on a ``gap``. ``time`` is
+    number that grows by one per event; null only on a ``gap`` and on the
+    ``problem`` that ends a stream (never kept in the ring). ``time`` is
     epoch seconds. ``driver``, ``version`` and ``resource`` name what the
     event is about, where it is about one; ``data`` holds the rest.
     """
