@@ -138,6 +138,15 @@ class ResourceBook:
     def bound_to(self, slot: DriverSlot) -> list[ResourceActor]:
         return [actor for actor in self._stored() if actor.bound is slot]
 
+    def bound_counts(self) -> dict[DriverSlot, int]:
+        """How many stored resources each slot serves: one pass over the
+        resources for a status of every driver."""
+        counts: dict[DriverSlot, int] = {}
+        for actor in self._stored():
+            if actor.bound is not None:
+                counts[actor.bound] = counts.get(actor.bound, 0) + 1
+        return counts
+
     def _stored(self) -> list[ResourceActor]:
         return [a for a in self.actors.values() if a.resource_id not in self._adding]
 
