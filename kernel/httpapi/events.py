@@ -77,7 +77,7 @@ async def stream_events(
         except ConnectionError:
             raise
         except Exception as exc:  # the daemon stopping, or a fault: the last record
-            found = msgspec.structs.asdict(problem("events-follow", exc))
+            found = msgspec.to_builtins(problem("events-follow", exc))  # omits the unset fields
             await response.write(encode(Event(None, time.time(), "problem", data=found)))
         await response.write_eof()
     return response
