@@ -77,10 +77,16 @@ async def stream_events(
         except ConnectionError:
             raise
         except Exception as exc:  # the daemon stopping, or a fault: the last record
-            found = msgspec.to_builtins(problem("events-follow", exc))  # omits the unset fields
-            await response.write(encode(Event(None, time.time(), "problem", data=found)))
+            await response.write(encode(problem_event("events-follow", exc)))
         await response.write_eof()
     return response
+
+
+def problem_event(command: str, exc: BaseException) -> Event:
+    """The record that ends a stream on ``exc``: a ``problem`` event whose
+    data is the RFC 9457 problem (its set fields)."""
+    found = msgspec.to_builtins(problem(command, exc))
+    return Event(None, time.time(), "problem", data=found)
 
 
 async def _pump(

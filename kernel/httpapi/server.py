@@ -203,7 +203,10 @@ class Api:
         self, request: web.Request, typed: schema.ControlRequest
     ) -> web.StreamResponse:
         """A streaming command's results: text as text/plain chunks, records as
-        NDJSON lines; an error before the first one is a problem like any other."""
+        NDJSON lines; an error before the first one is a problem like any other.
+        An error after it ends the stream as a client can tell: records with a
+        last ``problem`` record (``events.problem_event``), text cut short
+        (the connection closed before the chunked body's last chunk)."""
         chunks = cast(AsyncGenerator[Any, None], STREAMS[type(typed)](self.kernel, typed))
         async with contextlib.aclosing(chunks):
             first = await anext(chunks)
@@ -223,6 +226,17 @@ class Api:
                 await response.write_eof()
             except ConnectionError:
                 pass  # the client went away: its stream ends
+            except Exception as exc:
+                command = command_of(type(typed))
+                log.error("%s: the stream ends on an error: %s", command, exc)
+                with contextlib.suppress(ConnectionError):
+                    if text:
+                        response.force_close()
+                        if request.transport is not None:
+                            request.transport.close()  # cut: no last chunk
+                    else:
+                        await response.write(encoded(events.problem_event(command, exc)))
+                        await response.write_eof()
             return response
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
