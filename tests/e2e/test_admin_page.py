@@ -3,7 +3,9 @@
 without a session), and the page itself in a real headless Chromium
 (``browser.py``): it lists the running driver, a ``kill -9`` shows in the
 feed and the driver's row, stop then start by clicks, resource rows never
-more than a page, a viewer sees no buttons, no console errors."""
+more than a page (each page asked of the daemon), the feed's reader opened
+again goes on after its last id (each event once, in order), a viewer sees
+no buttons, no console errors."""
 
 from __future__ import annotations
 
@@ -145,7 +147,7 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     SEEN.clear()
 
 
-async def scenario(daemon: Any, port: int, profile: Path) -> None:
+async def scenario(daemon: Any, api: Api, port: int, profile: Path) -> None:
     url = f"http://127.0.0.1:{port}/"
     async with browser(profile) as chromium:
         page = await chromium.new_page()
@@ -231,6 +233,32 @@ async def scenario(daemon: Any, port: int, profile: Path) -> None:
         )
         assert any("what=stop names=['mis']" in text for text in audits), audits
 
+        # the feed's reader closed, changes meanwhile, a reader opened again:
+        # it goes on after the last id it showed, each event once and in order
+        await page.evaluate("feed.close(); feed = null")
+        for name in ("w1", "w2", "w3"):
+            body = {"id": name, "driver": "mis", "properties": {"host": "a"}}
+            status, answer = await asyncio.to_thread(api, "POST", "/v1/resources", body)
+            assert status == 200, answer
+        await page.evaluate("openFeed()")
+        await page.wait_for(
+            "document.querySelector('#feed li[data-type=\"resource.added\"]')"
+            "?.textContent.includes('resource w3')"
+        )
+        ids = await page.evaluate(
+            "[...document.querySelectorAll('#feed li')]"
+            ".map((li) => li.dataset.id || li.dataset.type)"
+        )
+        shown = [int(event_id.rsplit("-", 1)[1]) for event_id in reversed(ids)]
+        assert shown == list(range(shown[0], shown[0] + len(shown))), ids  # no gap, no twice
+        added = await page.evaluate(
+            "[...document.querySelectorAll('#feed li[data-type=\"resource.added\"]')]"
+            ".map((li) => li.textContent.match(/resource (\\S+)/)[1])"
+        )
+        assert [name for name in reversed(added) if name.startswith("w")] == ["w1", "w2", "w3"], (
+            added
+        )
+
         await page.goto(url)  # loaded again: still logged in, no login asked
         await page.wait_for("document.getElementById('role').textContent === 'operator'")
         await page.wait_for(f"{row}?.querySelector('.state').textContent === 'RUNNING'")
@@ -254,4 +282,4 @@ def test_the_page_in_chromium(daemon_factory, tmp_path):  # type: ignore[no-unty
         body = {"id": f"v{number:03}", "driver": "mis", "properties": {"host": "a"}}
         status, answer = api("POST", "/v1/resources", body)
         assert status == 200, answer
-    asyncio.run(asyncio.wait_for(scenario(daemon, port, tmp_path / "profile"), 60))
+    asyncio.run(asyncio.wait_for(scenario(daemon, api, port, tmp_path / "profile"), 60))
