@@ -99,8 +99,9 @@ def _update(k: Kernel, slot: DriverSlot) -> str | None:
 
 @command(schema.StatusRequest)
 async def status(k: Kernel, request: schema.StatusRequest) -> Outcome:
-    bound = k.book.bound_counts() if k.book is not None else {}
-    rows = [status_row(k, slot, bound.get(slot, 0)) for slot in k.all_slots()]
+    slots = list(k.all_slots())
+    bound = k.book.bound_counts() if k.book is not None and slots else {}
+    rows = [status_row(k, slot, bound.get(slot, 0)) for slot in slots]
     for entry in k.registry.invalid():
         rows.append(
             schema.StatusRow(
