@@ -168,6 +168,8 @@ class EventSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The in-memory event ring (``drivebayctl events``, ``GET /v1/events``)."""
 
     ring_size: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 10_000  # events kept
+    # an SSE stream's comment line after this many seconds without an event
+    heartbeat_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 15.0
 
 
 class TrustSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -162,6 +162,26 @@ def _assignments(required: bool) -> Callable[[argparse.ArgumentParser], None]:
     return add
 
 
+def _page_size(text: str) -> int:
+    """argparse type of ``resources --limit``: 1 to 10000."""
+    import argparse
+
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of resources (1 to 10000), got {text!r}"
+        )
+    return int(text)
+
+
+def _resources_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit", type=_page_size, metavar="N", help="one page: at most N resources"
+    )
+    parser.add_argument(
+        "--after", metavar="ID", help="one page: the resources whose ids sort after ID"
+    )
+
+
 def _resource_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", metavar="ID")
     parser.add_argument("--driver", required=True)
@@ -323,8 +343,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("version", "the daemon's version", render=show.print_version),
     Command(
         "resources",
-        "every resource, its driver, version and state",
-        render=show.print_resources,
+        "every resource (or a page: --limit N --after ID), its driver, version and state",
+        (Field("limit", "int | None", None), Field("after", "str | None", None)),
+        _resources_arguments,
+        show.print_resources,
     ),
     Command(
         "resource-add",

@@ -103,11 +103,17 @@ def print_version(result: dict[str, Any]) -> None:
     say(f"drivebayd {result['version']} (protocol {low}..{high})")
 
 
-def print_resources(rows: list[dict[str, Any]]) -> None:
+def print_resources(result: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """Every resource; or a page of them, then how many there are and where
+    the next page starts."""
+    rows = result["resources"] if isinstance(result, dict) else result
     for row in rows:
         version = row["version"] or "-"
         pin = f" (pinned {row['pinned']})" if row["pinned"] else ""
         say(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
+    if isinstance(result, dict):
+        more = f"; next page: --after {result['next']}" if result["next"] else ""
+        say(f"({len(rows)} of {result['total']} resources{more})")
 
 
 def print_resource_change(result: dict[str, Any]) -> None:

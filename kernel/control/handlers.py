@@ -63,7 +63,11 @@ def command(kind: type[schema.ControlRequest]) -> Callable[[Handler], Handler]:
 # -- reading -------------------------------------------------------------------------
 
 
-def status_row(k: Kernel, slot: DriverSlot) -> schema.StatusRow:
+def status_row(k: Kernel, slot: DriverSlot, resources: int | None = None) -> schema.StatusRow:
+    """The slot's row; ``resources``: how many are bound to it, when the
+    caller counted them for every slot at once (``ResourceBook.bound_counts``)."""
+    if resources is None:
+        resources = len(k.book.bound_to(slot)) if k.book is not None else 0
     uptime = slot.uptime
     return schema.StatusRow(
         name=slot.manifest.name,
@@ -72,7 +76,7 @@ def status_row(k: Kernel, slot: DriverSlot) -> schema.StatusRow:
         pid=slot.pid,
         uptime_s=None if uptime is None else round(uptime, 3),
         restarts=slot.restarts.total,
-        resources=len(k.book.bound_to(slot)) if k.book is not None else 0,
+        resources=resources,
         message=slot.lifecycle.reason,
         spare_pid=slot.spare_pid,
         next_retry_at=slot.next_retry_at,
@@ -95,7 +99,9 @@ def _update(k: Kernel, slot: DriverSlot) -> str | None:
 
 @command(schema.StatusRequest)
 async def status(k: Kernel, request: schema.StatusRequest) -> Outcome:
-    rows = [status_row(k, slot) for slot in k.all_slots()]
+    slots = list(k.all_slots())
+    bound = k.book.bound_counts() if k.book is not None and slots else {}
+    rows = [status_row(k, slot, bound.get(slot, 0)) for slot in slots]
     for entry in k.registry.invalid():
         rows.append(
             schema.StatusRow(
@@ -492,7 +498,11 @@ def _book(k: Kernel) -> ResourceBook:
 
 @command(schema.ResourcesRequest)
 async def resources(k: Kernel, request: schema.ResourcesRequest) -> Outcome:
-    return _book(k).rows(), EXIT_OK
+    book = _book(k)
+    if not request.paged:
+        return book.rows(), EXIT_OK
+    rows, after, total = book.page(request.limit, request.after)
+    return {"resources": rows, "next": after, "total": total}, EXIT_OK  # a ResourcePage
 
 
 @command(schema.ResourceAddRequest)

@@ -85,8 +85,24 @@ class VersionRequest(_Request, frozen=True, tag="version"):
     pass
 
 
+PageSize = Annotated[
+    int, msgspec.Meta(ge=1, le=10_000, description="a number of resources (1 to 10000)")
+]
+After = Annotated[
+    str, msgspec.Meta(description="a resource id: the page holds the ids after it, in order")
+]
+
+
 class ResourcesRequest(_Request, frozen=True, tag="resources"):
-    pass
+    """Every resource, ordered by id; with ``limit`` or ``after``, one page of
+    them (a ``ResourcePage``)."""
+
+    limit: PageSize | None = None
+    after: After | None = None
+
+    @property
+    def paged(self) -> bool:
+        return self.limit is not None or self.after is not None
 
 
 class ResourceAddRequest(_Request, frozen=True, tag="resource-add"):
@@ -350,6 +366,16 @@ class ResourceRow(msgspec.Struct, frozen=True):
     last_event: dict[str, Any] | None
 
 
+class ResourcePage(msgspec.Struct, frozen=True):
+    """One page of resources, ordered by id: at most ``limit`` of those after
+    ``after``. ``next``: the ``after`` that asks for the next page (null: this
+    is the last); ``total``: how many resources there are in all."""
+
+    resources: list[ResourceRow]
+    next: str | None
+    total: int
+
+
 class ResourceAdded(msgspec.Struct, frozen=True):
     id: str
     driver: str
@@ -407,6 +433,7 @@ EventType = Literal[
     "update.available",  # a repository (data.repo) offers version of driver
     "audit",  # a changing request: data.who, data.what, data.outcome
     "gap",  # events were lost here (data.reason, data.missed); id is null
+    "problem",  # a stream ends on this error (data: an RFC 9457 problem); id is null
 ]
 
 
@@ -414,7 +441,8 @@ class Event(msgspec.Struct, frozen=True):
     """One record of the daemon's event ring (``kernel/events.py``).
 
     ``id`` is ``BOOT-SEQ``: the daemon's boot id (random at each start) and a
-    number that grows by one per event; null only on a ``gap``. ``time`` is
+    number that grows by one per event; null only on a ``gap`` and on the
+    ``problem`` that ends a stream (never kept in the ring). ``time`` is
     epoch seconds. ``driver``, ``version`` and ``resource`` name what the
     event is about, where it is about one; ``data`` holds the rest.
     """
@@ -441,7 +469,10 @@ RESULTS: dict[type[ControlRequest], Any] = {
     AvailRequest: list[AvailRow],
     PidRequest: Annotated[int | None, msgspec.Meta(description="a pid, null: not running")],
     VersionRequest: VersionInfo,
-    ResourcesRequest: list[ResourceRow],
+    ResourcesRequest: Annotated[
+        list[ResourceRow] | ResourcePage,
+        msgspec.Meta(description="every resource; with limit or after, a page of them"),
+    ],
     ResourceAddRequest: ResourceAdded,
     ResourceSetRequest: PropertiesSet,
     ResourceRmRequest: ResourceRemoved,

@@ -2,7 +2,9 @@
 table (``routes.ROUTES``) and the control schema's Structs, nothing written
 by hand: each route's parameters and body are its request Struct's fields as
 the route fills them, its answer the command's result type, and every error
-a ``Problem``."""
+a ``Problem``. The admin page's session routes (``sessions.SESSION_ROUTES``)
+are there with their answers' Structs and the credentials they need
+(``securitySchemes``)."""
 
 from __future__ import annotations
 
@@ -17,32 +19,57 @@ from drivebay.kernel.control.handlers import STREAMS
 from drivebay.kernel.control.schema import RESULTS, ControlRequest
 from drivebay.kernel.httpapi.problems import Problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route
+from drivebay.kernel.httpapi.sessions import (
+    COOKIE,
+    CSRF_HEADER,
+    SESSION_ROUTES,
+    SessionRoute,
+)
 
 REF = "#/components/schemas/{name}"
 CODE_HEADER = "Drivebay-Code"
 TEXT = {"text/plain": {"schema": {"type": "string"}}}
+SECURITY = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "drivebayctl token new"},
+    "session": {"type": "apiKey", "in": "cookie", "name": COOKIE},
+    "csrf": {"type": "apiKey", "in": "header", "name": CSRF_HEADER},
+}
 
 
 def result_type(route: Route) -> Any:
-    """The type a route answers with: the command's result, or one row of it."""
+    """The type a route answers with: the command's result, or one row of its list."""
     result = RESULTS[route.kind]
-    return typing.get_args(result)[0] if route.one else result
+    if not route.one:
+        return result
+    if typing.get_origin(result) is typing.Annotated:
+        result = typing.get_args(result)[0]
+    members = typing.get_args(result) if typing.get_origin(result) is not list else (result,)
+    listed = next(member for member in members if typing.get_origin(member) is list)
+    return typing.get_args(listed)[0]
 
 
-def document(routes: tuple[Route, ...] = (*ROUTES, EVENTS)) -> dict[str, Any]:
+def document(
+    routes: tuple[Route, ...] = (*ROUTES, EVENTS),
+    session_routes: tuple[SessionRoute, ...] = SESSION_ROUTES,
+) -> dict[str, Any]:
     kinds = list(dict.fromkeys(route.kind for route in routes))
     results = [result_type(route) for route in routes]
     (problem, *schemas), components = msgspec.json.schema_components(
-        [Problem, *kinds, *results], ref_template=REF
+        [Problem, *kinds, *results, *(route.answer for route in session_routes)],
+        ref_template=REF,
     )
     requests = {
         kind: _resolved(s, components) for kind, s in zip(kinds, schemas[: len(kinds)], strict=True)
     }
-    answers = schemas[len(kinds) :]
+    answers = schemas[len(kinds) : len(kinds) + len(routes)]
     paths: dict[str, dict[str, Any]] = {}
     for route, answer in zip(routes, answers, strict=True):
         operation = _operation(route, requests[route.kind], answer, problem)
         paths.setdefault(route.path, {})[route.method.lower()] = operation
+    sessions = schemas[len(kinds) + len(routes) :]
+    for session_route, answer in zip(session_routes, sessions, strict=True):
+        operation = _session_operation(session_route, answer, problem)
+        paths.setdefault(session_route.path, {})[session_route.method.lower()] = operation
     paths["/v1/openapi.json"] = {
         "get": {
             "operationId": "openapi",
@@ -58,7 +85,33 @@ def document(routes: tuple[Route, ...] = (*ROUTES, EVENTS)) -> dict[str, Any]:
             "description": "drivebayd's HTTP API: the control commands under /v1 (docs/api.md).",
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": SECURITY},
+    }
+
+
+def _session_operation(
+    route: SessionRoute, answer: dict[str, Any], problem: dict[str, Any]
+) -> dict[str, Any]:
+    ok = {
+        "description": f"{route.name}: {route.answer.__name__}",
+        "content": {"application/json": {"schema": answer}},
+    }
+    if route.name == "login":
+        ok["headers"] = {
+            "Set-Cookie": {"description": "the session's cookie", "schema": {"type": "string"}}
+        }
+    return {
+        "operationId": route.name,
+        "summary": route.summary,
+        "security": [{need: [] for need in route.needs}],
+        "parameters": [],
+        "responses": {
+            "200": ok,
+            "default": {
+                "description": "a problem (RFC 9457): 401 without the credentials, 403 refused",
+                "content": {"application/problem+json": {"schema": problem}},
+            },
+        },
     }
 
 

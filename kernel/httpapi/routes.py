@@ -189,9 +189,21 @@ ROUTES: tuple[Route, ...] = (
         summary="install from a repository",
     ),
     Route("GET", "/v1/avail", S.AvailRequest, summary="bundles installed and offered"),
-    Route("GET", "/v1/resources", S.ResourcesRequest, summary="every resource"),
+    Route(
+        "GET",
+        "/v1/resources",
+        S.ResourcesRequest,
+        summary="every resource, ordered by id; with limit or after, one page of them",
+    ),
     Route("POST", "/v1/resources", S.ResourceAddRequest, body="fields", summary="add one"),
-    Route("GET", "/v1/resources/{id}", S.ResourcesRequest, one="id", summary="one resource"),
+    Route(
+        "GET",
+        "/v1/resources/{id}",
+        S.ResourcesRequest,
+        {"limit": None, "after": None},
+        one="id",
+        summary="one resource",
+    ),
     Route(
         "PATCH",
         "/v1/resources/{id}",

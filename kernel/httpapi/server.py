@@ -48,9 +48,13 @@ from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, pr
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
 from drivebay.kernel.httpapi.sessions import (
     COOKIE,
+    SESSION_ROUTES,
     SESSIONS,
+    CsrfRefused,
+    LoggedOut,
     Session,
     Sessions,
+    answer_of,
     principal_of,
 )
 from drivebay.protocol.control_codes import EXIT_OK
@@ -91,9 +95,10 @@ class Api:
         )
         app[SESSIONS] = Sessions()
         app.router.add_get("/", admin_page)
-        app.router.add_post("/v1/login", self._login)
-        app.router.add_get("/v1/session", self._session)
-        app.router.add_post("/v1/logout", self._logout)
+        sessions = {"login": self._login, "session": self._session, "logout": self._logout}
+        for session_route in SESSION_ROUTES:
+            handler = sessions[session_route.name]
+            app.router.add_route(session_route.method, session_route.path, handler)
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
@@ -134,6 +139,8 @@ class Api:
             found = problem(command, exc)
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
+            elif typed is not None and isinstance(exc, CsrfRefused):
+                self._audit(exc.who, typed, f"refused: {found.detail}")
             elif typed is not None and isinstance(exc, Unauthenticated):
                 self._audit(f"tcp {request.remote}", typed, f"refused: {found.detail}")
             return self._problem(found)
@@ -196,7 +203,10 @@ class Api:
         self, request: web.Request, typed: schema.ControlRequest
     ) -> web.StreamResponse:
         """A streaming command's results: text as text/plain chunks, records as
-        NDJSON lines; an error before the first one is a problem like any other."""
+        NDJSON lines; an error before the first one is a problem like any other.
+        An error after it ends the stream as a client can tell: records with a
+        last ``problem`` record (``events.problem_event``), text cut short
+        (the connection closed before the chunked body's last chunk)."""
         chunks = cast(AsyncGenerator[Any, None], STREAMS[type(typed)](self.kernel, typed))
         async with contextlib.aclosing(chunks):
             first = await anext(chunks)
@@ -216,6 +226,17 @@ class Api:
                 await response.write_eof()
             except ConnectionError:
                 pass  # the client went away: its stream ends
+            except Exception as exc:
+                command = command_of(type(typed))
+                log.error("%s: the stream ends on an error: %s", command, exc)
+                with contextlib.suppress(ConnectionError):
+                    if text:
+                        response.force_close()
+                        if request.transport is not None:
+                            request.transport.close()  # cut: no last chunk
+                    else:
+                        await response.write(encoded(events.problem_event(command, exc)))
+                        await response.write_eof()
             return response
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -270,22 +291,19 @@ class Api:
             return self._problem(problem("logout", Unauthenticated("no session: log in")))
         try:
             principal_of(session, request)  # the CSRF token
-        except PermissionDenied as exc:
-            return self._problem(problem("logout", exc))
+        except CsrfRefused as exc:
+            found = problem("logout", exc)
+            self.kernel.events.audit(exc.who, "logout", f"refused: {found.detail}")
+            return self._problem(found)
         request.app[SESSIONS].close(request)
-        response = web.Response(body=b"{}", content_type=JSON)
+        self.kernel.events.audit(session.principal.who, "logout", "ok")
+        response = web.Response(body=self._encoder.encode(LoggedOut()), content_type=JSON)
         response.del_cookie(COOKIE, path="/")
         return response
 
     def _session_answer(self, session: Session) -> web.Response:
-        role = session.principal.role
-        body = {
-            "role": None if role is None else role.name,
-            "csrf": session.csrf,
-            "drivers": session.principal.drivers,
-        }
         return web.Response(
-            body=self._encoder.encode(body),
+            body=self._encoder.encode(answer_of(session)),
             content_type=JSON,
             headers={"Cache-Control": "no-store"},
         )

@@ -8,6 +8,8 @@ HEAD). ``GET /v1/session`` names the session's role and CSRF token (``GET /``
 carries them in the page);
 ``POST /v1/logout`` ends the session. Sessions live in the daemon's memory
 (a restart ends them) and expire ``TTL_S`` after their last use.
+``SESSION_ROUTES`` names these routes and their answers, for the server and
+the OpenAPI document alike.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+import msgspec
 from aiohttp import web
 
 from drivebay.kernel.control.authz import PermissionDenied, Principal
@@ -76,16 +79,79 @@ class Sessions:
             self._by_id.pop(sid, None)
 
 
+class CsrfRefused(PermissionDenied):
+    """A changing request of a session without its CSRF token (403); ``who``
+    is the session's principal, for the audit line."""
+
+    def __init__(self, who: str) -> None:
+        super().__init__(
+            f"missing or wrong {CSRF_HEADER} header: reload the admin page and try again"
+        )
+        self.who = who
+
+
 def principal_of(session: Session, request: web.BaseRequest) -> Principal:
-    """The session's principal; PermissionDenied for a changing request
+    """The session's principal; ``CsrfRefused`` for a changing request
     without the session's CSRF token."""
     if request.method not in SAFE:
         sent = request.headers.get(CSRF_HEADER, "")
         if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
-            raise PermissionDenied(
-                f"missing or wrong {CSRF_HEADER} header: reload the admin page and try again"
-            )
+            raise CsrfRefused(session.principal.who)
     return session.principal
 
+
+class SessionAnswer(msgspec.Struct, frozen=True):
+    """A session as the page learns it: its role, the CSRF token its
+    changing requests send back, and the driver globs a token limits it to
+    (null: every driver)."""
+
+    role: str | None
+    csrf: str
+    drivers: list[str] | None = None
+
+
+class LoggedOut(msgspec.Struct, frozen=True):
+    """The session is closed (and its cookie cleared)."""
+
+
+def answer_of(session: Session) -> SessionAnswer:
+    principal = session.principal
+    role = None if principal.role is None else principal.role.name
+    drivers = None if principal.drivers is None else list(principal.drivers)
+    return SessionAnswer(role, session.csrf, drivers)
+
+
+@dataclass(frozen=True)
+class SessionRoute:
+    method: str
+    path: str
+    name: str  # the audit line's and the problem's word
+    answer: type[SessionAnswer | LoggedOut]
+    needs: tuple[str, ...]  # all of: bearer (a token), session (the cookie), csrf (its header)
+    summary: str
+
+
+SESSION_ROUTES = (
+    SessionRoute(
+        "POST",
+        "/v1/login",
+        "login",
+        SessionAnswer,
+        ("bearer",),
+        f"open a session for the admin page with a token: sets the {COOKIE} cookie "
+        "(HttpOnly, SameSite=Strict)",
+    ),
+    SessionRoute(
+        "GET", "/v1/session", "session", SessionAnswer, ("session",), "the session's role and CSRF"
+    ),
+    SessionRoute(
+        "POST",
+        "/v1/logout",
+        "logout",
+        LoggedOut,
+        ("session", "csrf"),
+        "end the session and clear its cookie",
+    ),
+)
 
 SESSIONS = web.AppKey("sessions", Sessions)

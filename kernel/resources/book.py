@@ -20,6 +20,7 @@ Each change that took is told to the event ring: ``resource.added``,
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -136,6 +137,15 @@ class ResourceBook:
 
     def bound_to(self, slot: DriverSlot) -> list[ResourceActor]:
         return [actor for actor in self._stored() if actor.bound is slot]
+
+    def bound_counts(self) -> dict[DriverSlot, int]:
+        """How many stored resources each slot serves: one pass over the
+        resources for a status of every driver."""
+        counts: dict[DriverSlot, int] = {}
+        for actor in self._stored():
+            if actor.bound is not None:
+                counts[actor.bound] = counts.get(actor.bound, 0) + 1
+        return counts
 
     def _stored(self) -> list[ResourceActor]:
         return [a for a in self.actors.values() if a.resource_id not in self._adding]
@@ -301,23 +311,36 @@ class ResourceBook:
         return self.actor(resource_id).submit(op, args, timeout)
 
     def rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for actor in sorted(self._stored(), key=lambda a: a.resource_id):
-            rows.append(
-                {
-                    "id": actor.resource_id,
-                    "driver": actor.driver,
-                    "version": actor.bound.manifest.version
-                    if actor.attached and actor.bound
-                    else None,
-                    "pinned": actor.pinned,
-                    "properties": actor.properties,
-                    "state": actor.state_text,
-                    "queued": actor.queued,
-                    "last_event": actor.last_event,
-                }
-            )
-        return rows
+        """Every stored resource's row, ordered by id."""
+        return [self._row(self.actors[key]) for key in self._ordered_ids()]
+
+    def page(
+        self, limit: int | None, after: str | None
+    ) -> tuple[list[dict[str, Any]], str | None, int]:
+        """At most ``limit`` rows of the resources whose ids sort after
+        ``after`` (None: from the first), the ``after`` of the next page (None:
+        none is left) and how many resources there are in all."""
+        ids = self._ordered_ids()
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        end = len(ids) if limit is None else min(len(ids), start + limit)
+        rows = [self._row(self.actors[key]) for key in ids[start:end]]
+        return rows, ids[end - 1] if end < len(ids) else None, len(ids)
+
+    def _ordered_ids(self) -> list[str]:
+        return sorted(key for key in self.actors if key not in self._adding)
+
+    @staticmethod
+    def _row(actor: ResourceActor) -> dict[str, Any]:
+        return {
+            "id": actor.resource_id,
+            "driver": actor.driver,
+            "version": actor.bound.manifest.version if actor.attached and actor.bound else None,
+            "pinned": actor.pinned,
+            "properties": actor.properties,
+            "state": actor.state_text,
+            "queued": actor.queued,
+            "last_event": actor.last_event,
+        }
 
     @staticmethod
     def _definition(actor: ResourceActor) -> Resource:

@@ -399,17 +399,23 @@ class Daemon:
         return int(row["pid"])
 
 
-def write_config(root: Path, envs_dir: Path, metrics: bool) -> Path:
+def write_config(
+    root: Path, envs_dir: Path, metrics: bool, extra: dict[str, Any] | None = None
+) -> Path:
     root.mkdir(parents=True)
     config = root / "drivebay.yaml"
-    config.write_text(json.dumps(daemon_settings(root, envs_dir, metrics)))  # JSON is YAML
+    settings = {**daemon_settings(root, envs_dir, metrics), **(extra or {})}
+    config.write_text(json.dumps(settings))  # JSON is YAML
     return config
 
 
 @contextlib.asynccontextmanager
-async def drivebayd(root: Path, envs_dir: Path, metrics: bool = True) -> AsyncIterator[Daemon]:
-    """drivebayd with the ledger driver's first version RUNNING; always stopped and reaped."""
-    config = write_config(root, envs_dir, metrics)
+async def drivebayd(
+    root: Path, envs_dir: Path, metrics: bool = True, extra: dict[str, Any] | None = None
+) -> AsyncIterator[Daemon]:
+    """drivebayd with the ledger driver's first version RUNNING (``extra``:
+    more config keys); always stopped and reaped."""
+    config = write_config(root, envs_dir, metrics, extra)
     drop_bundle(root, FIRST)
     log_fd = os.open(root / "drivebayd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:

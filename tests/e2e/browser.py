@@ -91,14 +91,16 @@ class Page:
         return value
 
     async def click(self, selector: str) -> None:
-        """A mouse click at the middle of the element ``selector`` names."""
-        box = await self.evaluate(
+        """A mouse click at the middle of the element ``selector`` names, once
+        the element is there and nothing covers its middle."""
+        box = await self.wait_for(
             f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
-            " if (!e) return null; e.scrollIntoView({block: 'center'});"
+            " if (!e || e.disabled) return null; e.scrollIntoView({block: 'center'});"
             " const r = e.getBoundingClientRect();"
-            " return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+            " const x = r.left + r.width / 2, y = r.top + r.height / 2;"
+            " const hit = document.elementFromPoint(x, y);"
+            " return hit && (hit === e || e.contains(hit)) ? [x, y] : null; })()"
         )
-        assert box, f"nothing to click: {selector}"
         x, y = box
         for kind in ("mousePressed", "mouseReleased"):
             await self.send(

@@ -3,7 +3,9 @@
 without a session), and the page itself in a real headless Chromium
 (``browser.py``): it lists the running driver, a ``kill -9`` shows in the
 feed and the driver's row, stop then start by clicks, resource rows never
-more than a page, a viewer sees no buttons, no console errors."""
+more than a page (each page asked of the daemon), the feed's reader opened
+again goes on after its last id (each event once, in order), a viewer sees
+no buttons, no console errors."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from tests.e2e.browser import browser
 from tests.e2e.test_authorization import sha
-from tests.e2e.test_http_api import Api, free_port
+from tests.e2e.test_http_api import Api, Seen, check_seen, free_port
 from tests.e2e.test_resources import mis_daemon
 
 VIEWER = "viewer-token-for-the-page"
@@ -36,6 +38,9 @@ def page_daemon(daemon_factory: Any, tmp_path: Path) -> tuple[Any, int]:
     return mis_daemon(daemon_factory, tmp_path, config), port
 
 
+SEEN: Seen = []  # every /v1 answer over TCP, checked against the OpenAPI document
+
+
 def http(
     port: int, method: str, target: str, headers: dict[str, str] | None = None, body: Any = None
 ) -> tuple[int, dict[str, str], Any]:
@@ -44,9 +49,29 @@ def http(
         connection.request(method, target, data, headers or {})
         response = connection.getresponse()
         text = response.read()
-        kind = response.getheader("Content-Type", "")
+        kind = response.getheader("Content-Type", "").split(";")[0]
         answer = json.loads(text) if "json" in kind else text.decode()
+        if target.startswith("/v1/"):
+            SEEN.append((method, target.split("?")[0], response.status, kind, answer))
         return response.status, dict(response.getheaders()), answer
+
+
+def csrf_audits(daemon: Any, port: int, session: dict[str, str], what: str) -> list[Any]:
+    """The audit events of CSRF refusals of ``what``; each also a line in the log."""
+    status, _, held = http(port, "GET", "/v1/events?since=0", session)
+    assert status == 200, held
+    found = [
+        event
+        for event in held
+        if event["type"] == "audit"
+        and event["data"]["what"] == what
+        and "X-CSRF-Token" in event["data"]["outcome"]
+    ]
+    lines = [line for line in daemon.log().splitlines() if "audit: " in line and "X-CSRF" in line]
+    for event in found:
+        who, outcome = event["data"]["who"], event["data"]["outcome"]
+        assert any(f"{who}: {what}: {outcome}" in line for line in lines), lines
+    return found
 
 
 def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
@@ -72,7 +97,7 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert http(port, "GET", "/v1/drivers")[0] == 401  # without a session
     assert http(port, "GET", "/v1/drivers", {"Cookie": "drivebay_session=forged"})[0] == 401
     status, _, page = http(port, "GET", "/", session)  # the page knows the session
-    assert status == 200 and f"&quot;csrf&quot;: &quot;{opened['csrf']}&quot;" in page
+    assert status == 200 and f"&quot;csrf&quot;:&quot;{opened['csrf']}&quot;" in page
     status, _, rows = http(port, "GET", "/v1/drivers", session)
     assert status == 200 and [row["name"] for row in rows] == ["mis"]
     assert http(port, "GET", "/v1/session", session)[2] == opened
@@ -80,6 +105,14 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert status == 403 and "X-CSRF-Token" in problem["detail"]  # no CSRF token
     wrong = {**session, "X-CSRF-Token": "wrong"}
     assert http(port, "POST", "/v1/drivers/mis/stop", wrong)[0] == 403
+    refused = csrf_audits(daemon, port, session, "stop names=['mis']")
+    assert len(refused) == 2, refused  # one line per refusal: who, what, outcome
+    for event in refused:
+        assert (
+            event["data"]["who"].startswith("tcp 127.0.0.1:") and "session" in event["data"]["who"]
+        )
+        assert event["data"]["outcome"].startswith("refused: missing or wrong X-CSRF-Token")
+    assert daemon.status()["mis"]["state"] == "RUNNING"  # nothing changed
     right = {**session, "X-CSRF-Token": opened["csrf"]}
     status, _, outcome = http(port, "POST", "/v1/drivers/mis/stop", right)
     assert status == 200 and outcome[0]["ok"], outcome
@@ -92,11 +125,29 @@ def test_sessions_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped
     assert (status, problem["detail"]) == (403, "permission denied: start needs operator")
 
     assert http(port, "POST", "/v1/logout", session)[0] == 403  # no CSRF token
+    assert len(csrf_audits(daemon, port, session, "logout")) == 1
     assert http(port, "POST", "/v1/logout", right)[0] == 200
     assert http(port, "GET", "/v1/drivers", session)[0] == 401  # the session is gone
+    assert http(port, "GET", "/v1/session", session)[0] == 401
+
+    seen = [answer for answer in SEEN if answer[1] in ("/v1/login", "/v1/session", "/v1/logout")]
+    assert {(m, p, s) for m, p, s, _, _ in seen} >= {
+        ("POST", "/v1/login", 200),
+        ("POST", "/v1/login", 401),
+        ("GET", "/v1/session", 200),
+        ("GET", "/v1/session", 401),
+        ("POST", "/v1/logout", 200),
+        ("POST", "/v1/logout", 403),
+    }
+    status, _, document = http(
+        port, "GET", "/v1/openapi.json", {"Authorization": f"Bearer {VIEWER}"}
+    )
+    assert status == 200
+    check_seen(document, SEEN)
+    SEEN.clear()
 
 
-async def scenario(daemon: Any, port: int, profile: Path) -> None:
+async def scenario(daemon: Any, api: Api, port: int, profile: Path) -> None:
     url = f"http://127.0.0.1:{port}/"
     async with browser(profile) as chromium:
         page = await chromium.new_page()
@@ -126,8 +177,26 @@ async def scenario(daemon: Any, port: int, profile: Path) -> None:
         await page.click("#next")  # the page of resources after the first
         await page.wait_for("document.getElementById('page').textContent === 'page 2 of 2'")
         assert await page.evaluate("document.querySelectorAll('#resources tr').length") == 11
+        assert await page.evaluate("document.querySelector('#resources tr').dataset.resource") == (
+            "v052"  # ordered by id: v002 ... v061, v1
+        )
         await page.click("#prev")
         await page.wait_for("document.querySelectorAll('#resources tr').length === 50")
+        assert await page.evaluate("document.querySelector('#resources tr').dataset.resource") == (
+            "v002"
+        )
+        # the page asks the daemon for one page at a time, never for every resource
+        asked = await page.evaluate(
+            "performance.getEntriesByType('resource').map((e) => new URL(e.name))"
+            ".filter((u) => u.pathname === '/v1/resources').map((u) => u.search)"
+        )
+        assert asked and all(query.startswith("?limit=50") for query in asked), asked
+        assert "?limit=50&after=v051" in asked, asked
+        assert await page.evaluate("document.getElementById('drivers-page').textContent") == (
+            "page 1 of 1"
+        )
+        marks = await page.evaluate("performance.getEntriesByType('mark').map((m) => m.name)")
+        assert {"drivebay:drivers", "drivebay:resources"} <= set(marks), marks
 
         before = len(await page.evaluate("window.states"))
         pid = int(await page.evaluate(f"{row}.querySelector('.pid').textContent"))
@@ -164,6 +233,32 @@ async def scenario(daemon: Any, port: int, profile: Path) -> None:
         )
         assert any("what=stop names=['mis']" in text for text in audits), audits
 
+        # the feed's reader closed, changes meanwhile, a reader opened again:
+        # it goes on after the last id it showed, each event once and in order
+        await page.evaluate("feed.close(); feed = null")
+        for name in ("w1", "w2", "w3"):
+            body = {"id": name, "driver": "mis", "properties": {"host": "a"}}
+            status, answer = await asyncio.to_thread(api, "POST", "/v1/resources", body)
+            assert status == 200, answer
+        await page.evaluate("openFeed()")
+        await page.wait_for(
+            "document.querySelector('#feed li[data-type=\"resource.added\"]')"
+            "?.textContent.includes('resource w3')"
+        )
+        ids = await page.evaluate(
+            "[...document.querySelectorAll('#feed li')]"
+            ".map((li) => li.dataset.id || li.dataset.type)"
+        )
+        shown = [int(event_id.rsplit("-", 1)[1]) for event_id in reversed(ids)]
+        assert shown == list(range(shown[0], shown[0] + len(shown))), ids  # no gap, no twice
+        added = await page.evaluate(
+            "[...document.querySelectorAll('#feed li[data-type=\"resource.added\"]')]"
+            ".map((li) => li.textContent.match(/resource (\\S+)/)[1])"
+        )
+        assert [name for name in reversed(added) if name.startswith("w")] == ["w1", "w2", "w3"], (
+            added
+        )
+
         await page.goto(url)  # loaded again: still logged in, no login asked
         await page.wait_for("document.getElementById('role').textContent === 'operator'")
         await page.wait_for(f"{row}?.querySelector('.state').textContent === 'RUNNING'")
@@ -187,4 +282,4 @@ def test_the_page_in_chromium(daemon_factory, tmp_path):  # type: ignore[no-unty
         body = {"id": f"v{number:03}", "driver": "mis", "properties": {"host": "a"}}
         status, answer = api("POST", "/v1/resources", body)
         assert status == 200, answer
-    asyncio.run(asyncio.wait_for(scenario(daemon, port, tmp_path / "profile"), 60))
+    asyncio.run(asyncio.wait_for(scenario(daemon, api, port, tmp_path / "profile"), 60))

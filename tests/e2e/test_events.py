@@ -1,5 +1,7 @@
 """The event stream end to end: a real daemon, a real driver, drivebayctl
-events and status --watch as an operator runs them."""
+events and status --watch as an operator runs them; ``GET /v1/events`` as
+SSE resumed after a dropped connection (exactly once, in order, or a gap),
+its heartbeat, and the problem record that ends a stream on an error."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from typing import Any
 
 from tests.e2e.harness import BIN, Daemon
 from tests.e2e.test_daemon import build
+from tests.e2e.test_http_api import Api, UnixHttp
+from tests.e2e.test_resources import mis_daemon
 
 
 class Output:
@@ -146,3 +150,195 @@ def test_events_from_a_bundle_a_kill_and_resources_to_a_restart_of_the_daemon(
     assert text.splitlines()[0].split()[3] == "gap"
     bad = daemon.ctl("events", "--since", "yesterday")
     assert bad.returncode == 2 and "is not an event id" in bad.stderr
+
+
+# -- GET /v1/events as Server-Sent Events ------------------------------------------------
+
+
+class Stream:
+    """One ``GET /v1/events`` stream on the daemon's http.sock, read record by
+    record (the socket's timeout is the deadline of each read)."""
+
+    def __init__(self, daemon: Daemon, target: str, headers: dict[str, str]) -> None:
+        self.connection = UnixHttp(str(daemon.state / "http.sock"))
+        self.connection.request("GET", target, headers=headers)
+        self.response = self.connection.getresponse()
+        assert self.response.status == 200, self.response.read()
+        self.buffer = b""
+        self.ended = False
+
+    def raw(self, end: bytes) -> bytes | None:
+        """The next record up to ``end``; None once the body has ended whole
+        (a body cut short raises http.client.IncompleteRead)."""
+        while end not in self.buffer:
+            chunk = self.response.read1(1 << 16)
+            if not chunk:
+                assert not self.buffer, self.buffer
+                self.ended = True
+                return None
+            self.buffer += chunk
+        record, self.buffer = self.buffer.split(end, 1)
+        return record
+
+    def sse(self, heartbeats: bool = False) -> dict[str, Any] | None:
+        """The next SSE record as {id, event, data (decoded)}; a heartbeat
+        comment as {"comment": text} when ``heartbeats``, else skipped."""
+        while True:
+            record = self.raw(b"\n\n")
+            if record is None:
+                return None
+            fields: dict[str, Any] = {}
+            for line in record.decode().split("\n"):
+                name, _, value = line.partition(":")
+                if name == "":
+                    fields["comment"] = value.strip()
+                else:
+                    fields[name] = value.removeprefix(" ")
+            if "comment" in fields and not heartbeats:
+                continue
+            if "data" in fields:
+                fields["data"] = json.loads(fields["data"])
+            return fields
+
+    def until(self, check: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """The SSE records up to and with the first ``check`` accepts."""
+        seen = []
+        while True:
+            record = self.sse()
+            assert record is not None, f"the stream ended; saw {seen}"
+            seen.append(record)
+            if check(record):
+                return seen
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+SSE = {"Accept": "text/event-stream"}
+
+
+def added(resource: str) -> Callable[[dict[str, Any]], bool]:
+    """The audit record that ends a ``resource-add`` of ``resource``."""
+
+    def check(record: dict[str, Any]) -> bool:
+        data = record["data"]
+        return data["type"] == "audit" and data["data"]["what"].startswith(
+            f"resource-add id='{resource}'"
+        )
+
+    return check
+
+
+def add(api: Api, resource: str) -> None:
+    body = {"id": resource, "driver": "mis", "properties": {"host": "a"}}
+    status, answer = api("POST", "/v1/resources", body)
+    assert status == 200, answer
+
+
+def seq(event_id: str) -> int:
+    return int(event_id.rsplit("-", 1)[1])
+
+
+def test_sse_resumes_after_a_drop_exactly_once_in_order_or_says_there_is_a_gap(
+    daemon_factory, tmp_path
+):
+    daemon = mis_daemon(daemon_factory, tmp_path, {"events": {"ring_size": 40}})
+    api = Api(str(daemon.state / "http.sock"))
+    stream = Stream(daemon, "/v1/events", SSE)  # from now on
+    try:
+        add(api, "a1")
+        last = stream.until(added("a1"))[-1]["id"]
+    finally:
+        stream.close()  # the connection drops
+    for resource in ("a2", "a3", "a4"):  # while nobody reads
+        add(api, resource)
+    status, missed = api("GET", f"/v1/events?since={last}")
+    assert status == 200 and len(missed) >= 6, missed
+
+    # resumed by Last-Event-ID (which wins over ?last=1: nothing is cut)
+    resumed = Stream(daemon, "/v1/events?last=1", {**SSE, "Last-Event-ID": last})
+    try:
+        got = [resumed.sse() for _ in missed]
+        assert [r["id"] for r in got if r] == [e["id"] for e in missed]
+        assert [seq(r["id"]) for r in got if r] == list(
+            range(seq(last) + 1, seq(last) + 1 + len(missed))
+        )
+        assert [r["event"] for r in got if r] == [e["type"] for e in missed]
+        assert [r["data"]["resource"] for r in got if r and r["event"] == "resource.added"] == [
+            "a2",
+            "a3",
+            "a4",
+        ]
+        add(api, "a5")  # and on, live: the next record is the next event
+        following = resumed.until(added("a5"))
+        assert seq(following[0]["id"]) == seq(missed[-1]["id"]) + 1
+        assert following[0]["data"]["resource"] == "a5"
+        newest = following[-1]["id"]
+    finally:
+        resumed.close()
+
+    for number in range(25):  # 50 events: more than the ring (40) holds after `newest`
+        add(api, f"b{number:02}")
+    held = api("GET", "/v1/events?since=0")[1]
+    lost = Stream(daemon, "/v1/events", {**SSE, "Last-Event-ID": newest})
+    try:
+        gap = lost.sse()
+        assert gap is not None and gap["event"] == "gap" and "id" not in gap, gap
+        assert gap["data"]["data"]["missed"] == seq(held[0]["id"]) - seq(newest) - 1
+        assert gap["data"]["data"]["after"] == newest
+        assert "no longer holds" in gap["data"]["data"]["reason"]
+        assert [lost.sse()["id"] for _ in held] == [e["id"] for e in held]  # type: ignore[index]
+    finally:
+        lost.close()
+
+    other = Stream(daemon, "/v1/events", {**SSE, "Last-Event-ID": "0badb007-12"})
+    try:
+        gap = other.sse()
+        assert gap is not None and gap["event"] == "gap"
+        assert "another run of drivebayd" in gap["data"]["data"]["reason"]
+        assert other.sse()["id"] == held[0]["id"]  # type: ignore[index]
+    finally:
+        other.close()
+
+
+def test_sse_heartbeat_when_idle(daemon_factory, tmp_path):
+    daemon = daemon_factory(config={"events": {"heartbeat_s": 0.05}})
+    daemon.start()
+    stream = Stream(daemon, "/v1/events", SSE)
+    try:
+        record = stream.sse(heartbeats=True)
+        assert record == {"comment": "heartbeat"}, record
+    finally:
+        stream.close()
+
+
+def test_a_stream_ends_on_an_error_with_a_problem_record(daemon_factory, tmp_path):
+    daemon = mis_daemon(daemon_factory, tmp_path)
+    api = Api(str(daemon.state / "http.sock"))
+    sse = Stream(daemon, "/v1/events", SSE)
+    ndjson = Stream(daemon, "/v1/events", {"Accept": "application/x-ndjson"})
+    try:
+        add(api, "c1")
+        sse.until(added("c1"))
+        while "c1" not in (ndjson.raw(b"\n") or b"").decode():
+            pass
+        assert daemon.stop() == 0  # the daemon stops: both streams end, and say why
+
+        records = []
+        while (record := sse.sse()) is not None:
+            records.append(record)
+        last = records[-1]
+        assert last["event"] == "problem" and "id" not in last, records
+        found = last["data"]["data"]
+        assert (found["type"], found["status"]) == ("NotRunning", 409)
+        assert found["detail"].startswith("drivebayd is stopping")
+        assert sse.ended  # then the body ended whole
+
+        lines = []
+        while (line := ndjson.raw(b"\n")) is not None:
+            lines.append(json.loads(line))
+        assert lines[-1]["type"] == "problem" and lines[-1]["id"] is None
+        assert lines[-1]["data"]["type"] == "NotRunning"
+    finally:
+        sse.close()
+        ndjson.close()

@@ -30,6 +30,7 @@ from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.kernel.httpapi.openapi import REF, result_type
 from drivebay.kernel.httpapi.problems import Problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES
+from drivebay.kernel.httpapi.sessions import SESSION_ROUTES
 from tests.e2e.harness import BIN, FAST_CONFIG, wait_for
 from tests.e2e.test_resources import mis_daemon
 
@@ -86,14 +87,35 @@ def api(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
     check_against_openapi(found)
 
 
+Seen = list[tuple[str, str, int, str, Any]]  # method, path, status, content type, answer
+
+
 def check_against_openapi(api: Api) -> None:
     """Each answer is one the document declares for its route: a result decoded
     into the type its schema was generated from, or a Problem."""
     status, document = api("GET", "/v1/openapi.json")
     assert status == 200 and document["openapi"] == "3.1.0"
+    check_seen(document, api.seen)
+
+
+def check_seen(document: dict[str, Any], seen: Seen) -> None:
+    """``check_against_openapi`` for answers seen over any transport."""
     components = document["components"]["schemas"]
-    for method, path, status, kind, answer in api.seen:
+    for method, path, status, kind, answer in seen:
         if path == "/v1/openapi.json":
+            continue
+        session = next((r for r in SESSION_ROUTES if (r.method, r.path) == (method, path)), None)
+        if session is not None:
+            operation = document["paths"][path][method.lower()]
+            if status >= 400:
+                assert kind == "application/problem+json", (method, path, kind)
+                assert msgspec.convert(answer, Problem).status == status
+                continue
+            content = operation["responses"]["200"]["content"]
+            (expected,), _ = msgspec.json.schema_components([session.answer], ref_template=REF)
+            assert content[kind]["schema"] == expected, (method, path)
+            msgspec.convert(answer, session.answer)
+            assert all(need in document["components"]["securitySchemes"] for need in session.needs)
             continue
         found = (r for r in (*ROUTES, EVENTS) if r.method == method and _matches(r.path, path))
         route = next(found, None)
@@ -305,6 +327,57 @@ def test_busy_and_the_python_clients_over_http(api):  # type: ignore[no-untyped-
                     break
 
     uvloop.run(main())
+
+
+def test_resources_by_page_over_http_drivebayctl_and_the_clients(api):  # type: ignore[no-untyped-def]
+    daemon, http = api
+    for number in range(2, 8):  # v1 .. v7
+        body = {"id": f"v{number}", "driver": "mis", "properties": {"host": "a"}}
+        assert http("POST", "/v1/resources", body)[0] == 200
+    status, every = http("GET", "/v1/resources")  # no limit: every resource, as a list
+    ids = [row["id"] for row in every]
+    assert status == 200 and ids == [f"v{n}" for n in range(1, 8)]
+
+    pages, after = [], None
+    while True:
+        target = "/v1/resources?limit=3" + (f"&after={after}" if after else "")
+        status, page = http("GET", target)
+        assert status == 200 and page["total"] == 7, page
+        pages.append([row["id"] for row in page["resources"]])
+        after = page["next"]
+        if after is None:
+            break
+        assert after == pages[-1][-1]
+    assert pages == [ids[0:3], ids[3:6], ids[6:]]
+    status, page = http("GET", "/v1/resources?after=v5")  # after alone: the rest, as a page
+    assert (status, [r["id"] for r in page["resources"]], page["next"]) == (200, ["v6", "v7"], None)
+    assert http("GET", "/v1/resources?after=zzz")[1] == {"resources": [], "next": None, "total": 7}
+    for wrong in ("limit=0", "limit=10001", "limit=many"):
+        status, problem = http("GET", f"/v1/resources?{wrong}")
+        assert (status, problem["type"]) == (400, "RequestError"), problem
+    assert http("GET", "/v1/resources/v2?limit=1")[0] == 400  # one resource: no paging
+
+    shown = daemon.ctl("resources", "--limit", "2", "--after", "v3", "--json")
+    assert shown.returncode == 0, shown.stderr
+    page = json.loads(shown.stdout)
+    assert ([r["id"] for r in page["resources"]], page["next"], page["total"]) == (
+        ["v4", "v5"],
+        "v5",
+        7,
+    )
+    text = daemon.ctl("resources", "--limit", "2", "--after", "v3").stdout.splitlines()
+    assert text[-1] == "(2 of 7 resources; next page: --after v5)", text
+    assert len(json.loads(daemon.ctl("resources", "--json").stdout)) == 7  # a list, as before
+    refused = daemon.ctl("resources", "--limit", "0")
+    assert refused.returncode == 2 and "1 to 10000" in refused.stderr
+
+    with Client(http=f"unix:{daemon.state / 'http.sock'}") as client:
+        page = client.request("resources", limit=4)
+        assert ([r["id"] for r in page["resources"]], page["next"]) == (ids[:4], "v4")
+    with Client(str(daemon.socket)) as client:
+        page = client.request("resources", limit=4, after="v4")
+        assert ([r["id"] for r in page["resources"]], page["next"]) == (ids[4:], None)
+        assert [r["id"] for r in client.request("resources")] == ids
 
 
 async def queued(client: AsyncClient, count: int) -> None:

@@ -13,6 +13,7 @@ from drivebay.kernel.control.handlers import CallFailed
 from drivebay.kernel.httpapi.openapi import document
 from drivebay.kernel.httpapi.problems import problem
 from drivebay.kernel.httpapi.routes import ROUTES, Route
+from drivebay.kernel.httpapi.sessions import SESSION_ROUTES
 from drivebay.kernel.resources.actor import DriverFatal
 from drivebay.protocol.errors import (
     Busy,
@@ -132,7 +133,13 @@ def test_the_openapi_document_has_every_route_once():
     made = document()
     assert made["openapi"] == "3.1.0"
     operations = [(p, m) for p, methods in made["paths"].items() for m in methods]
-    assert len(operations) == len(ROUTES) + 2  # and /v1/events, /v1/openapi.json
+    # and /v1/events, /v1/openapi.json, the session routes
+    assert len(operations) == len(ROUTES) + 2 + len(SESSION_ROUTES)
+    login = made["paths"]["/v1/login"]["post"]
+    assert login["security"] == [{"bearer": []}]
+    assert made["paths"]["/v1/logout"]["post"]["security"] == [{"session": [], "csrf": []}]
+    answer = login["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/SessionAnswer"}
     ids = [op["operationId"] for methods in made["paths"].values() for op in methods.values()]
     assert len(set(ids)) == len(ids)
     call = made["paths"]["/v1/resources/{id}/calls/{operation}"]["post"]

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 from importlib import resources
 
+import msgspec
 from aiohttp import web
 
-from drivebay.kernel.httpapi.sessions import SESSIONS
+from drivebay.kernel.httpapi.sessions import SESSIONS, answer_of
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
@@ -36,13 +36,8 @@ async def admin_page(request: web.Request) -> web.Response:
     body = _page
     session = request.app[SESSIONS].find(request)
     if session is not None:
-        role = session.principal.role
-        known = {
-            "role": None if role is None else role.name,
-            "csrf": session.csrf,
-            "drivers": session.principal.drivers,
-        }
-        filled = html.escape(json.dumps(known), quote=True).encode()
+        known = msgspec.json.encode(answer_of(session)).decode()
+        filled = html.escape(known, quote=True).encode()
         body = body.replace(SLOT, SLOT.replace(b'content=""', b'content="' + filled + b'"'), 1)
     return web.Response(
         body=body,
