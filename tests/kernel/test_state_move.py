@@ -122,10 +122,13 @@ def test_more_descriptors_than_one_message_carries_arrive_in_chunks(tmp_path: Pa
     async def main() -> None:
         async with started(spec(tmp_path, "1.0.0")) as old, started(spec(tmp_path, "2.0.0")) as new:
             await old.attach("r1", {})
-            assert await old.call("r1", "open_pairs", {"n": 150}) == 150  # 301 sockets in all
+            # 2,801 sockets: 12 messages of at most 253 descriptors, both ways.
+            assert await old.call("r1", "open_pairs", {"n": 1400}) == 1400
             await move_state(old, new, "r1", {}, "1.0.0")
-            assert (await bump(new))["pairs"] == 150
-            assert await new.call("r1", "pair_works", {"index": 149}) is True
+            assert (await bump(new))["pairs"] == 1400
+            assert await new.call("r1", "pair_works", {"index": 1399}) is True
+            await move_state(new, old, "r1", {}, "2.0.0")
+            assert await old.call("r1", "pair_works", {"index": 0}) is True
 
     run(main())
 
