@@ -417,13 +417,7 @@ class DriverProcess:
         Raises HandoverFailed (the state or its descriptors do not fit this
         process), OperationFailed (the hook raised; the child closed its
         copies), CallTimeout, DriverCrashed."""
-        limit = self.spec.rlimits.get("nofile", 0)
-        if limit and len(handed.fds) >= limit:
-            raise HandoverFailed(
-                f"{self.name} cannot take over {resource_id}: its state holds "
-                f"{len(handed.fds)} descriptors, its open_files limit is {limit}; raise "
-                "limits.open_files in its driver.yaml (or the daemon's config)"
-            )
+        await self._check_room(resource_id, len(handed.fds))
         request_id = next(self._ids)
         message = Takeover(
             request_id, resource_id, properties, handed.state, handed.entries, from_version
@@ -450,6 +444,23 @@ class DriverProcess:
                     f"{self.name}: the descriptors of {resource_id} could not be sent: {exc}"
                 ) from exc
         await self._request(request_id, message, self.timeouts.call_s, f"takeover of {resource_id}")
+
+    async def _check_room(self, resource_id: str, count: int) -> None:
+        """Raises HandoverFailed when ``count`` more descriptors would pass the
+        process's open_files limit (those it holds counted from /proc, in a
+        worker thread, where the daemon may read them). A process that opens
+        more meanwhile sees MSG_CTRUNC instead, and fails as cleanly."""
+        limit = self.spec.rlimits.get("nofile", 0)
+        if not limit or not count:
+            return
+        pid = self.pid
+        held = await asyncio.to_thread(_descriptors_held, pid) if pid else 0
+        if held + count >= limit:
+            raise HandoverFailed(
+                f"{self.name} cannot take over {resource_id}: its state holds {count} "
+                f"descriptors, and the process holds {held} of its open_files limit of "
+                f"{limit}; raise limits.open_files in its driver.yaml (or the daemon's config)"
+            )
 
     async def handoff_end(self, resource_id: str, taken: bool) -> None:
         """End the handoff of ``resource_id``: ``detach()`` the set-aside
@@ -766,6 +777,14 @@ class HandedOff:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _descriptors_held(pid: int) -> int:
+    """How many descriptors process ``pid`` has open; 0 when /proc does not say."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def _state_and_entries(value: Any, name: str) -> tuple[Any, list[Any]]:

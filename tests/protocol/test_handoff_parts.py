@@ -3,6 +3,7 @@ descriptor chunks and the inbox, the reserved hook names, the plan."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from typing import Any
@@ -16,6 +17,8 @@ from drivebay.protocol.fd_passing import (
     FdInbox,
     FdTransferError,
     chunks,
+    drain,
+    send,
 )
 from drivebay.protocol.handoff_state import StateRefused, put_sockets, take_sockets
 from drivebay.protocol.hooks import LIFECYCLE_METHODS, HookMisdefined, check_hooks
@@ -226,3 +229,34 @@ def test_the_plan_follows_the_hooks_of_both_sides(
     old: set[str], new: set[str], expected: Plan
 ) -> None:
     assert plan(old, new) is expected
+
+
+def test_a_receiver_out_of_descriptors_sees_the_truncation_and_keeps_nothing() -> None:
+    """Real ``recvmsg``: a process at its descriptor limit gets MSG_CTRUNC (the
+    kernel drops what does not fit); ``drain`` fails the transfer, closes the rest."""
+    import resource
+
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sent = pipes(40)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    inbox = FdInbox()
+    try:
+        sender.setblocking(False)
+        receiver.setblocking(False)
+        asyncio.run(send(sender, 9, sent))
+        for fd in sent:  # in flight now: the sender's copies are not needed
+            os.close(fd)
+        in_use = {int(name) for name in os.listdir("/proc/self/fd")}
+        free = [fd for fd in range(max(in_use) + 7) if fd not in in_use]
+        limit = free[5]  # room for 5 new descriptors, not for 40
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+        try:
+            assert drain(receiver, inbox) is True
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert inbox.held == 0  # what did arrive was closed at once
+        with pytest.raises(FdTransferError, match="MSG_CTRUNC"):
+            inbox.take(9, 40)
+    finally:
+        sender.close()
+        receiver.close()
