@@ -443,7 +443,29 @@ class DriverProcess:
                 raise HandoverFailed(
                     f"{self.name}: the descriptors of {resource_id} could not be sent: {exc}"
                 ) from exc
-        await self._request(request_id, message, self.timeouts.call_s, f"takeover of {resource_id}")
+        try:
+            await self._request(
+                request_id, message, self.timeouts.call_s, f"takeover of {resource_id}"
+            )
+        except BaseException:
+            await self._takeover_ended(request_id, resource_id)
+            raise
+
+    async def _takeover_ended(self, request_id: int, resource_id: str) -> None:
+        """After a takeover given up on: return once it has really ended in the
+        child (cancelled, its sockets closed), so the old instance never serves
+        beside it; one that does not end within the call timeout gets this
+        process killed as hung."""
+        ended = self.finished(request_id)
+        if ended is None:
+            return
+        grace = self.timeouts.call_s
+        done, _ = await asyncio.wait([ended], timeout=grace)
+        if not done:
+            self.kill_hung(
+                f"the takeover of {resource_id} did not end within {grace:g}s of its cancellation"
+            )
+            await asyncio.wait([ended], timeout=self.timeouts.kill_s + 5)
 
     async def _check_room(self, resource_id: str, count: int) -> None:
         """Raises HandoverFailed when ``count`` more descriptors would pass the
