@@ -109,6 +109,9 @@ class HandoffServing:
         try:
             if sockets:
                 await send(self._fd_socket(), request_id, [s.fileno() for s in sockets])
+        except asyncio.CancelledError:  # the kernel forgets what it got of them
+            self._send(cancelled(request_id, "handoff cancelled by the kernel"))
+            return
         except (OSError, RuntimeError) as exc:
             self._send(handoff_failed(request_id, resource_id, f"descriptors not sent: {exc}"))
             return
