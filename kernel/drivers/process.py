@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.deadlines import Deadlines
+from drivebay.kernel.drivers.fd_room import DescriptorRoom, NoRoom
 from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import (
@@ -110,6 +111,7 @@ class DriverProcess:
         self.meter: CallMeter | None = None
         self._fd_inbox = FdInbox(strict=True)  # descriptors a handoff's reply brought
         self._fd_reader = -1  # the descriptor channel's fd while the loop reads it
+        self._room = DescriptorRoom(spec.rlimits.get("nofile", 0))  # for takeovers
 
     # -- facts ---------------------------------------------------------------------
 
@@ -417,7 +419,19 @@ class DriverProcess:
         Raises HandoverFailed (the state or its descriptors do not fit this
         process), OperationFailed (the hook raised; the child closed its
         copies), CallTimeout, DriverCrashed."""
-        await self._check_room(resource_id, len(handed.fds))
+        try:
+            async with self._room.reserved(self.pid, len(handed.fds)):
+                await self._take_over(resource_id, properties, handed, from_version)
+        except NoRoom as exc:
+            raise HandoverFailed(
+                f"{self.name} cannot take over {resource_id}: its state holds {exc.count} "
+                f"descriptors, and the process holds {exc.held} of its open_files limit of "
+                f"{exc.limit}; raise limits.open_files in its driver.yaml (or the daemon's config)"
+            ) from None
+
+    async def _take_over(
+        self, resource_id: str, properties: dict[str, Any], handed: HandedOff, from_version: str
+    ) -> None:
         request_id = next(self._ids)
         message = Takeover(
             request_id, resource_id, properties, handed.state, handed.entries, from_version
@@ -466,23 +480,6 @@ class DriverProcess:
                 f"the takeover of {resource_id} did not end within {grace:g}s of its cancellation"
             )
             await asyncio.wait([ended], timeout=self.timeouts.kill_s + 5)
-
-    async def _check_room(self, resource_id: str, count: int) -> None:
-        """Raises HandoverFailed when ``count`` more descriptors would pass the
-        process's open_files limit (those it holds counted from /proc, in a
-        worker thread, where the daemon may read them). A process that opens
-        more meanwhile sees MSG_CTRUNC instead, and fails as cleanly."""
-        limit = self.spec.rlimits.get("nofile", 0)
-        if not limit or not count:
-            return
-        pid = self.pid
-        held = await asyncio.to_thread(_descriptors_held, pid) if pid else 0
-        if held + count >= limit:
-            raise HandoverFailed(
-                f"{self.name} cannot take over {resource_id}: its state holds {count} "
-                f"descriptors, and the process holds {held} of its open_files limit of "
-                f"{limit}; raise limits.open_files in its driver.yaml (or the daemon's config)"
-            )
 
     async def handoff_end(self, resource_id: str, taken: bool) -> None:
         """End the handoff of ``resource_id``: ``detach()`` the set-aside
@@ -799,14 +796,6 @@ class HandedOff:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-def _descriptors_held(pid: int) -> int:
-    """How many descriptors process ``pid`` has open; 0 when /proc does not say."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 def _state_and_entries(value: Any, name: str) -> tuple[Any, list[Any]]:
