@@ -123,11 +123,13 @@ def test_more_descriptors_than_one_message_carries_arrive_in_chunks(tmp_path: Pa
     async def main() -> None:
         async with started(spec(tmp_path, "1.0.0")) as old, started(spec(tmp_path, "2.0.0")) as new:
             await old.attach("r1", {})
-            # 2,801 sockets: 12 messages of at most 253 descriptors, both ways.
+            # 2,803 descriptors: 12 messages of at most 253, both ways.
             assert await old.call("r1", "open_pairs", {"n": 1400}) == 1400
+            await old.call("r1", "open_pipe", {"data": b"before"})  # files travel too
             await move_state(old, new, "r1", {}, "1.0.0")
             assert (await bump(new))["pairs"] == 1400
             assert await new.call("r1", "pair_works", {"index": 1399}) is True
+            assert await new.call("r1", "pipe_read", {"n": 6}) == b"before"
             await move_state(new, old, "r1", {}, "2.0.0")
             assert await old.call("r1", "pair_works", {"index": 0}) is True
 
