@@ -20,6 +20,8 @@ from typing import Any
 
 from . import errors
 
+_RUNTIME = __name__.rpartition(".")[0] + "."  # this package, whatever it is called here
+
 # -- one builder per message (the kernel's Struct in messages.py) ---------------
 
 
@@ -38,10 +40,14 @@ def hello_message(
 
 
 def ready_message(
-    operations: list[str], has_health: bool, details: dict[str, list[Any]]
+    operations: list[str],
+    has_health: bool,
+    details: dict[str, list[Any]],
+    hooks: list[str],
 ) -> list[Any]:
-    """``Ready``; ``details`` holds ``[signature, summary, is_async]`` by operation."""
-    return ["ready", operations, has_health, details]
+    """``Ready``; ``details`` holds ``[signature, summary, is_async]`` by
+    operation; ``hooks`` the state hooks the class defines."""
+    return ["ready", operations, has_health, details, hooks]
 
 
 def result_message(request_id: int, value: Any) -> list[Any]:
@@ -96,6 +102,20 @@ def unknown_operation(request_id: int, op: str, known: Iterable[str]) -> list[An
     return error_message(request_id, errors.UNKNOWN_OPERATION, message)
 
 
+def state_too_large(request_id: int, resource_id: str, size: int, limit: int) -> list[Any]:
+    message = (
+        f"the state {resource_id} hands over takes {size} bytes, over the channel's limit of "
+        f"{limit}; hand over less (keep bulk data in files), or raise max_frame_bytes in the "
+        "daemon's config"
+    )
+    return error_message(request_id, errors.STATE_TOO_LARGE, message)
+
+
+def handoff_failed(request_id: int, resource_id: str, reason: str) -> list[Any]:
+    message = f"the state of {resource_id} cannot be handed over: {sendable(reason)}"
+    return error_message(request_id, errors.HANDOFF_FAILED, message)
+
+
 def result_too_large(request_id: int, size: int, limit: int) -> list[Any]:
     message = (
         f"the result takes {size} bytes, over the channel's limit of {limit}; return less "
@@ -119,11 +139,10 @@ def error_reply(request_id: int, exc: BaseException) -> list[Any]:
     surrogates (a file name decoded with ``os.fsdecode``), must not leave the
     call without an answer."""
     kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    # A builtin and one of the runtime's own (HookMisdefined) are named bare:
+    # the runtime's package name is private to the child.
+    bare = kind.__module__ == "builtins" or kind.__module__.startswith(_RUNTIME)
+    name = kind.__qualname__ if bare else f"{kind.__module__}.{kind.__qualname__}"
     try:
         text = "".join(traceback.format_exception(exc))
     except Exception:  # a broken exception still gets its reply

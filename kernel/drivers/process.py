@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.deadlines import Deadlines
+from drivebay.kernel.drivers.fd_room import DescriptorRoom
+from drivebay.kernel.drivers.handover_requests import HandoverRequests
 from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import (
@@ -34,6 +36,7 @@ from drivebay.protocol.errors import (
     ProtocolError,
     RequestError,
 )
+from drivebay.protocol.fd_passing import FdInbox
 from drivebay.protocol.messages import (
     Attach,
     Call,
@@ -67,7 +70,7 @@ log = logging.getLogger("drivebay.driver")
 EventHandler = Callable[[str, str, Any], None]
 
 
-class DriverProcess:
+class DriverProcess(HandoverRequests):
     """A driver child and the kernel's conversation with it."""
 
     def __init__(
@@ -101,6 +104,9 @@ class DriverProcess:
         self.ready: Ready | None = None
         # Where the resource actors count its operations (the slot sets it).
         self.meter: CallMeter | None = None
+        self._fd_inbox = FdInbox(strict=True)  # descriptors a handoff's reply brought
+        self._fd_reader = -1  # the descriptor channel's fd while the loop reads it
+        self._room = DescriptorRoom(spec.rlimits.get("nofile", 0))  # for takeovers
 
     # -- facts ---------------------------------------------------------------------
 
@@ -152,6 +158,9 @@ class DriverProcess:
             self._child = await spawn_child(self.spec)
         except OSError as exc:
             raise DriverStartError(_spawn_failure(self.name, self.spec.python, exc)) from exc
+        fd_channel = self._child.fd_channel
+        self._fd_reader = fd_channel.fileno()
+        self._loop.add_reader(self._fd_reader, self._drain_fds)
         codec: MessageCodec[ToKernel] = MessageCodec(
             ToKernel, f"driver {self.name}", self.spec.max_frame
         )
@@ -529,7 +538,7 @@ class DriverProcess:
         # descendant holding them must not hold up the recovery.
         await self._child.output_drained(self.timeouts.kill_s)
         self._channel.close()
-        self._child.close()
+        self._release_child()
         self._fail_pending(self._exit_error())
 
     def exit_reason(self) -> str:
@@ -609,6 +618,16 @@ class DriverProcess:
             await self._kill_and_reap()
         return exited.result()
 
+    def _release_child(self) -> None:
+        """Close the kernel's ends of the child's channels (the loop stops
+        reading the descriptor channel first) and any descriptor still held."""
+        if self._fd_reader >= 0:
+            self._loop.remove_reader(self._fd_reader)
+            self._fd_reader = -1
+        self._fd_inbox.close()
+        if self._child is not None:
+            self._child.close()
+
     def _end_quietly(self, signum: int) -> None:
         log.info("%s: sending %s to pid %s", self.name, signal.Signals(signum).name, self.pid)
         if self._child is not None:
@@ -631,7 +650,7 @@ class DriverProcess:
             if self._channel is not None:
                 self._channel.close()
             self._deadlines.close()
-            child.close()
+            self._release_child()
         if cancelled:
             raise asyncio.CancelledError
 
