@@ -16,8 +16,9 @@ Who a client is:
   Bearer TOKEN``), compared by its sha256 with every token of the config and
   of the state dir (``tokens.json``, written by ``drivebayctl token new``) in
   constant time. A token's ``drivers`` globs limit the drivers (and the
-  resources of those drivers) it acts on. A client whose certificate
-  ``http.tls.client_ca`` verified and that presents no token is admin.
+  resources of those drivers) it acts on and sees. A client certificate
+  (``http.tls.client_ca``) only authenticates the TLS connection: without a
+  token the request is refused (401), whatever the certificate.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Unauthenticated(RequestError):
     """A TCP request came without a token the daemon knows.
 
     Present one (``Authorization: Bearer TOKEN``, from ``drivebayctl token
-    new``) or a certificate ``http.tls.client_ca`` signed."""
+    new``) or log in on the admin page; a client certificate grants no role."""
 
 
 VIEW, OPERATE, ADMIN = Role.viewer, Role.operator, Role.admin

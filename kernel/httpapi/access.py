@@ -2,9 +2,10 @@
 
 ``peer_of`` says who is at the other end of a request: on the Unix socket
 the peer SO_PEERCRED names, judged as on the control socket; on TCP the
-bearer token of its ``Authorization`` header (401 without a known one), or
-admin when ``http.tls.client_ca`` verified its certificate and it presents
-no token, else the admin page's session cookie (``sessions.py``).
+bearer token of its ``Authorization`` header (401 without a known one),
+else the admin page's session cookie (``sessions.py``), else 401. A client
+certificate (``http.tls.client_ca``) authenticates the connection only: it
+grants no role, so a TCP request still needs a token or a session.
 ``authorize`` raises ``PermissionDenied`` (403) for a request that peer may
 not run, and audits the refusal.
 """
@@ -32,7 +33,7 @@ __all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "peer_of"
 
 async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     """Who sent ``request``; Unauthenticated for a TCP client without a
-    token the daemon knows (nor a verified certificate). Looking a user's
+    token the daemon knows or a live session. Looking a user's
     name and groups up may block (NSS): off the loop."""
     transport: Any = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
@@ -54,16 +55,14 @@ async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     if scheme.lower() == "bearer" and token.strip():
         known = [*kernel.config.authorization.tokens, *kernel.tokens.rules]
         return authz.token_principal(who, token.strip(), known)
-    if transport.get_extra_info("peercert"):
-        return Principal(f"{who} certificate", Role.admin)
     store = request.app.get(SESSIONS) if isinstance(request, web.Request) else None
     session = store.find(request) if store is not None else None
     if session is not None:
         return principal_of(session, request)
     raise Unauthenticated(
         "no credentials: over TCP send a token (Authorization: Bearer TOKEN, from "
-        "drivebayctl token new), a certificate signed by http.tls.client_ca, or "
-        "log in on the admin page"
+        "drivebayctl token new) or log in on the admin page; a client certificate "
+        "alone grants no role"
     )
 
 

@@ -234,10 +234,10 @@ class Api:
             return self._problem(problem("events-follow", exc))
 
     async def _login(self, request: web.Request) -> web.Response:
-        """``POST /v1/login`` with a bearer token (or a verified certificate):
-        a session cookie for the admin page, and the page's role and CSRF token."""
+        """``POST /v1/login`` with a bearer token: a session cookie for the
+        admin page, and the page's role and CSRF token."""
         try:
-            if "Authorization" not in request.headers and not _certified(request):
+            if "Authorization" not in request.headers:
                 raise Unauthenticated("log in with Authorization: Bearer TOKEN")
             peer = await peer_of(self.kernel, request)
         except Exception as exc:
@@ -333,11 +333,6 @@ class Api:
         if self._changes:
             async with asyncio.timeout(CLOSE_S):
                 await asyncio.gather(*self._changes, return_exceptions=True)
-
-
-def _certified(request: web.Request) -> bool:
-    transport = request.transport
-    return bool(transport is not None and transport.get_extra_info("peercert"))
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:

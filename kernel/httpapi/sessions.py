@@ -1,6 +1,6 @@
 """Browser sessions for the admin page (``GET /``) over the TCP listener.
 
-``POST /v1/login`` with a bearer token (or a verified certificate) opens a
+``POST /v1/login`` with a bearer token opens a
 session: its id goes to the browser in an HttpOnly, SameSite=Strict cookie,
 and the answer names the role and a CSRF token the page sends back in the
 ``X-CSRF-Token`` header of every changing request (anything but GET and
