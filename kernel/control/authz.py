@@ -24,7 +24,6 @@ Who a client is:
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import grp
 import hashlib
 import hmac
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from drivebay.kernel.control import schema as S
+from drivebay.kernel.control import scope
+from drivebay.kernel.resources.book import no_such_resource
 from drivebay.protocol.errors import ConfigError, RequestError
 
 if TYPE_CHECKING:
@@ -214,37 +215,52 @@ def check(
     """Return if ``principal`` may run ``request``; raise PermissionDenied.
 
     ``driver_of`` names a resource's driver (None: no such resource; the
-    handler then says so)."""
+    handler then says so). A token limited to drivers is refused a driver
+    outside its globs by name (403), and is told that a resource of another
+    driver does not exist (``NoSuchName``, as for an unknown one: 404, exit
+    4); what a reading request that names no driver answers it is bounded
+    by ``scope.shown``."""
     command = str(type(request).__struct_config__.tag)
     needed = NEEDS[type(request)]
     if principal.role is None or principal.role < needed:
         raise PermissionDenied(f"permission denied: {command} needs {needed.name}")
     if principal.drivers is None:
         return
-    targets = drivers_named(request, driver_of)
+    resource = resource_named(request)
+    if resource is not None:
+        driver = driver_of(resource)
+        if driver is not None and not scope.sees(principal, driver):
+            raise no_such_resource(resource)
+        return
+    targets = drivers_named(request)
     if targets is None:
         if type(request) in S.CHANGING or needed is Role.admin:
+            scope_of = (
+                "of every driver (no name, or all)"
+                if isinstance(request, S.StartRequest | S.StopRequest | S.RestartRequest)
+                else "acts on the whole daemon and"
+            )
             raise PermissionDenied(
-                f"permission denied: {command} without a driver name needs a token for every driver"
+                f"permission denied: {command} {scope_of} needs a token without driver globs"
             )
         return
     for driver in targets:
-        if not any(fnmatch.fnmatchcase(driver, glob) for glob in principal.drivers):
+        if not scope.sees(principal, driver):
             raise PermissionDenied(
                 f"permission denied: this token may not act on driver {driver} "
                 f"(it may on {', '.join(principal.drivers)})"
             )
 
 
-def drivers_named(
-    request: S.ControlRequest, driver_of: Callable[[str], str | None]
-) -> list[str] | None:
-    """The drivers a request acts on; None when it names none (every driver,
+def drivers_named(request: S.ControlRequest) -> list[str] | None:
+    """The drivers a request names; None when it names none (every driver,
     or the daemon itself)."""
     match request:
-        case S.StatusRequest(names) | S.StartRequest(names) | S.StopRequest(names):
+        case S.StartRequest(names) | S.StopRequest(names) | S.RestartRequest(names):
+            if "all" in names:  # every driver, not one named "all" (nor one "al*" matches)
+                return None
             return [n.partition("@")[0] for n in names] or None
-        case S.RestartRequest(names):
+        case S.StatusRequest(names):
             return [n.partition("@")[0] for n in names] or None
         case S.TailRequest(name=name) | S.TailFollowRequest(name=name):
             return [name.partition("@")[0]]
@@ -252,17 +268,17 @@ def drivers_named(
             return [name.partition("@")[0]]
         case S.ResourceAddRequest(driver=driver) | S.InstallRequest(name=driver):
             return [driver]
-        case S.ResourceSetRequest(id=rid) | S.ResourceRmRequest(id=rid):
-            return _of_resource(rid, driver_of)
-        case S.ResourcePinRequest(id=rid) | S.CallRequest(resource=rid):
-            return _of_resource(rid, driver_of)
     return None
 
 
-def _of_resource(resource_id: str, driver_of: Callable[[str], str | None]) -> list[str]:
-    """A resource's driver; none for an unknown resource (its handler says so)."""
-    driver = driver_of(resource_id)
-    return [] if driver is None else [driver]
+def resource_named(request: S.ControlRequest) -> str | None:
+    """The existing resource a request acts on, if it names one."""
+    match request:
+        case S.ResourceSetRequest(id=rid) | S.ResourceRmRequest(id=rid):
+            return rid
+        case S.ResourcePinRequest(id=rid) | S.CallRequest(resource=rid):
+            return rid
+    return None
 
 
 # -- tokens kept in the state dir --------------------------------------------------

@@ -22,14 +22,14 @@ import msgspec
 
 import drivebay
 from drivebay.kernel.control import schema
+from drivebay.kernel.control.scope import status_code
 from drivebay.kernel.drivers.descriptors import HOLDS_PLACE, places_held
-from drivebay.kernel.drivers.lifecycle import NOT_RUNNING, State
+from drivebay.kernel.drivers.lifecycle import State
 from drivebay.kernel.repos.sources import add_kept, remove_kept, sources
 from drivebay.kernel.resources.catalog import load_catalog
 from drivebay.protocol.control_codes import (
     EXIT_FAILURE,
     EXIT_NOT_RUNNING,
-    EXIT_NOT_RUNNING_STATE,
     EXIT_OK,
 )
 from drivebay.protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
@@ -112,8 +112,7 @@ async def status(k: Kernel, request: schema.StatusRequest) -> Outcome:
         if missing:
             k.slot(missing[0])  # raises NoSuchName with the known names
     rows.sort(key=lambda row: (row.name, row.version or ""))
-    code = EXIT_NOT_RUNNING_STATE if any(State(r.state) in NOT_RUNNING for r in rows) else 0
-    return rows, code
+    return rows, status_code(rows)
 
 
 def _matches(row: schema.StatusRow, names: list[str]) -> bool:

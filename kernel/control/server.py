@@ -44,6 +44,7 @@ from drivebay.kernel.control.authz import (
 )
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, submit_call
 from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
+from drivebay.kernel.control.scope import chunk_shown, shown
 from drivebay.kernel.drivers.channel import FramedChannel
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.protocol.codec import MessageCodec
@@ -358,12 +359,15 @@ class ControlConnection:
             if stream is not None:
                 outbox = self.channel.outbox
                 async for chunk in stream(self._kernel, request):
+                    if not chunk_shown(self._principal, request, chunk):
+                        continue
                     if outbox.full:  # the client reads slowly: wait (its end cancels us)
                         await outbox.wait_writable()
                     self._send(Reply(request_id, True, chunk, more=True))
                 self._send(Reply(request_id, True))
                 return
             result, code = await HANDLERS[kind](self._kernel, request)
+            result, code = shown(self._principal, request, result, code)
             self._send(Reply(request_id, True, result, code=code))
             self._audit(request, "ok" if code == 0 else f"exit {code}")
         except Exception as exc:

@@ -18,7 +18,10 @@ from typing import TYPE_CHECKING
 import msgspec
 from aiohttp import web
 
+from drivebay.kernel.control.scope import event_shown
+
 if TYPE_CHECKING:
+    from drivebay.kernel.control.authz import Principal
     from drivebay.kernel.control.schema import Event, EventsFollowRequest
     from drivebay.kernel.events import Cursor
     from drivebay.kernel.kernel import Kernel
@@ -39,11 +42,16 @@ def wanted(request: web.Request) -> str | None:
 
 
 async def stream_events(
-    kernel: Kernel, request: web.Request, asked: EventsFollowRequest, kind: str
+    kernel: Kernel,
+    request: web.Request,
+    asked: EventsFollowRequest,
+    kind: str,
+    peer: Principal,
 ) -> web.StreamResponse:
-    """The events after ``asked.since`` (or ``Last-Event-ID``), then each new
-    one, until the client goes away or the daemon stops; ``BadEventId``
-    before any byte for an id that is not one."""
+    """The events after ``asked.since`` (or ``Last-Event-ID``) that ``peer``
+    may see (``scope.event_shown``), then each new one, until the client
+    goes away or the daemon stops; ``BadEventId`` before any byte for an id
+    that is not one."""
     since = request.headers.get("Last-Event-ID") or asked.since
     if since is None and asked.last is not None:
         since = "0"
@@ -54,15 +62,23 @@ async def stream_events(
     await response.prepare(request)
     encode = _sse if kind == SSE else _ndjson
     with contextlib.suppress(ConnectionError):  # the client went away
-        await _pump(cursor, response, encode, kind == SSE)
+        await _pump(cursor, response, encode, kind == SSE, peer)
     return response
 
 
 async def _pump(
-    cursor: Cursor, response: web.StreamResponse, encode: Callable[[Event], bytes], sse: bool
+    cursor: Cursor,
+    response: web.StreamResponse,
+    encode: Callable[[Event], bytes],
+    sse: bool,
+    peer: Principal,
 ) -> None:
     while True:
         events = cursor.take(BATCH)
+        if events and peer.drivers is not None:
+            events = [event for event in events if event_shown(peer, event)]
+            if not events:
+                continue  # more may be there at once: take again before waiting
         if events:
             await response.write(b"".join(encode(event) for event in events))
         elif not await cursor.wait(HEARTBEAT_S) and sse:

@@ -33,6 +33,7 @@ from drivebay.kernel.control import schema
 from drivebay.kernel.control.authz import socket_mode
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outcome, submit_call
 from drivebay.kernel.control.limits import stalled
+from drivebay.kernel.control.scope import chunk_shown, seer, shown
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
@@ -120,13 +121,14 @@ class Api:
             if self.kernel.stopping and kind in schema.CHANGING:
                 raise NotRunning("drivebayd is stopping; retry once it has started again")
             if kind in STREAMS:
-                return await self._stream(request, typed)
+                return await self._stream(request, typed, peer)
             if isinstance(typed, schema.CallRequest):
                 result, code = await self._call(typed), EXIT_OK
             elif kind in schema.CHANGING:
                 result, code = await self._change(typed)
             else:
                 result, code = await HANDLERS[kind](self.kernel, typed)
+                result, code = shown(peer, typed, result, code)
             result = route.picked(result, request.match_info)
         except web.HTTPException:
             raise  # aiohttp's own (a body over client_max_size): _problems says it
@@ -193,11 +195,12 @@ class Api:
             task.exception()  # seen by serve, or nobody is left to tell
 
     async def _stream(
-        self, request: web.Request, typed: schema.ControlRequest
+        self, request: web.Request, typed: schema.ControlRequest, peer: Peer
     ) -> web.StreamResponse:
-        """A streaming command's results: text as text/plain chunks, records as
-        NDJSON lines; an error before the first one is a problem like any other."""
-        chunks = cast(AsyncGenerator[Any, None], STREAMS[type(typed)](self.kernel, typed))
+        """A streaming command's results (those ``peer`` may see): text as
+        text/plain chunks, records as NDJSON lines; an error before the first
+        one is a problem like any other."""
+        chunks = _seen(peer, typed, STREAMS[type(typed)](self.kernel, typed))
         async with contextlib.aclosing(chunks):
             first = await anext(chunks)
             text = isinstance(first, str)
@@ -228,8 +231,9 @@ class Api:
             asked = EVENTS.request(request.match_info, _query(request), None)
             assert isinstance(asked, schema.EventsRequest)
             follow = schema.EventsFollowRequest(asked.since, asked.last)
-            authorize(self.kernel, await peer_of(self.kernel, request), follow)
-            return await events.stream_events(self.kernel, request, follow, kind)
+            peer = await peer_of(self.kernel, request)
+            authorize(self.kernel, peer, follow)
+            return await events.stream_events(self.kernel, request, follow, kind, peer)
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
 
@@ -295,10 +299,12 @@ class Api:
         from drivebay.kernel.metrics.exposition import render_metrics
 
         try:
-            authorize(self.kernel, await peer_of(self.kernel, request), schema.StatusRequest([]))
+            peer = await peer_of(self.kernel, request)
+            authorize(self.kernel, peer, schema.StatusRequest([]))
         except Exception as exc:
             return self._problem(problem("metrics", exc))
-        body, content_type = await render_metrics(self.kernel, request.headers.get("Accept"))
+        accept = request.headers.get("Accept")
+        body, content_type = await render_metrics(self.kernel, accept, seer(peer))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _document(self, request: web.Request) -> web.Response:
@@ -333,6 +339,16 @@ class Api:
         if self._changes:
             async with asyncio.timeout(CLOSE_S):
                 await asyncio.gather(*self._changes, return_exceptions=True)
+
+
+async def _seen(
+    peer: Peer, typed: schema.ControlRequest, chunks: AsyncIterator[Any]
+) -> AsyncGenerator[Any, None]:
+    """The chunks of a stream that ``peer`` may see (``scope.chunk_shown``)."""
+    async with contextlib.aclosing(cast(AsyncGenerator[Any, None], chunks)) as source:
+        async for chunk in source:
+            if chunk_shown(peer, typed, chunk):
+                yield chunk
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
