@@ -41,13 +41,14 @@ from typing import TYPE_CHECKING, cast
 from drivebay.kernel.control import schema as S
 from drivebay.kernel.control import scope
 from drivebay.kernel.resources.book import no_such_resource
-from drivebay.protocol.errors import ConfigError, RequestError
+from drivebay.protocol.errors import ConfigError, NoSuchName, RequestError
 
 if TYPE_CHECKING:
     from drivebay.kernel.config import Config, RoleName, TokenRule
     from drivebay.kernel.kernel import Kernel
 
 TOKENS_FILE = "tokens.json"
+MIN_PREFIX = 8  # hex digits of a sha256 that name a token for token rm
 
 
 class Role(IntEnum):
@@ -97,6 +98,8 @@ NEEDS: dict[type[S.ControlRequest], Role] = {
     S.ReloadRequest: ADMIN,
     S.ShutdownRequest: ADMIN,
     S.TokenNewRequest: ADMIN,
+    S.TokenLsRequest: ADMIN,
+    S.TokenRmRequest: ADMIN,
 }
 """The role each request needs."""
 
@@ -104,11 +107,13 @@ NEEDS: dict[type[S.ControlRequest], Role] = {
 @dataclass(frozen=True)
 class Principal:
     """A client as the policy sees it: its role (None: no rule names it) and,
-    for a token, the driver globs it is limited to (None: every driver)."""
+    for a token, the driver globs it is limited to (None: every driver) and
+    the token's sha256 (an admin page session checks it is still known)."""
 
     who: str  # for the log and the audit line
     role: Role | None
     drivers: tuple[str, ...] | None = None
+    token: str | None = None
 
 
 # -- who ---------------------------------------------------------------------------
@@ -167,8 +172,13 @@ def token_principal(who: str, presented: str, known: Iterable[TokenRule]) -> Pri
             "unknown token: present a token from drivebayctl token new "
             "(Authorization: Bearer TOKEN)"
         )
-    drivers = tuple(found.drivers) if found.drivers else None
-    return Principal(f"{who} token {digest[:12]}", Role[found.role], drivers)
+    return of_token(f"{who} token {digest[:12]}", found)
+
+
+def of_token(who: str, rule: TokenRule) -> Principal:
+    """The principal a token rule makes."""
+    drivers = tuple(rule.drivers) if rule.drivers else None
+    return Principal(who, Role[rule.role], drivers, rule.sha256.lower())
 
 
 def unix_principal(sock: socket.socket, config: Config) -> Principal:
@@ -286,7 +296,9 @@ def resource_named(request: S.ControlRequest) -> str | None:
 
 class TokenStore:
     """The tokens ``token new`` made, by their hashes, in ``<state>/tokens.json``
-    (mode 0600, replaced whole); read once at start, kept in memory."""
+    (mode 0600, replaced whole); read once at start, kept in memory. A change
+    (``add``, ``remove``) is written first and applied in memory only once
+    written: the file and what the daemon accepts never disagree."""
 
     def __init__(self, state: Path) -> None:
         self.path = state / TOKENS_FILE
@@ -307,22 +319,70 @@ class TokenStore:
                 f"{self.path}: cannot read the stored tokens ({exc}); restore or remove the file"
             ) from None
 
+    def known(self, config: Config) -> list[TokenRule]:
+        """Every token the daemon accepts: the config's, then the kept ones."""
+        return [*config.authorization.tokens, *self.rules]
+
+    def find(self, config: Config, digest: str) -> TokenRule | None:
+        """The rule of the token whose sha256 is ``digest``, if it is still known."""
+        return next((rule for rule in self.known(config) if rule.sha256.lower() == digest), None)
+
     async def add(self, role: Role, drivers: Iterable[str]) -> tuple[str, str]:
         """A new random token of ``role``: (the token, its sha256); only the
         hash is kept. Written before it is answered: it holds after a restart."""
-        import msgspec
-
         from drivebay.kernel.config import TokenRule
-        from drivebay.sandbox.atomic_files import write_whole
 
         token = secrets.token_urlsafe(32)
         digest = hashlib.sha256(token.encode()).hexdigest()
         async with self._lock:
-            rules = [*self.rules, TokenRule(digest, cast("RoleName", role.name), tuple(drivers))]
-            data = msgspec.json.format(msgspec.json.encode(rules)) + b"\n"
-            await asyncio.to_thread(write_whole, self.path, data, 0o600)
-            self.rules = rules
+            rule = TokenRule(digest, cast("RoleName", role.name), tuple(drivers))
+            await self._replace([*self.rules, rule])
         return token, digest
+
+    async def remove(self, config: Config, prefix: str) -> TokenRule:
+        """Remove the kept token whose sha256 starts with ``prefix``; the rule
+        removed. A RequestError for a prefix
+        that is too short, names no token or several, or a token of the config
+        file (which the daemon does not rewrite)."""
+        wanted = prefix.lower()
+        if len(wanted) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in wanted):
+            raise RequestError(
+                f"{prefix!r}: name a token by its sha256 or its first {MIN_PREFIX} or more "
+                "hex digits (drivebayctl token ls lists them)"
+            )
+        async with self._lock:
+            kept = [rule for rule in self.rules if rule.sha256.lower().startswith(wanted)]
+            configured = [
+                rule
+                for rule in config.authorization.tokens
+                if rule.sha256.lower().startswith(wanted)
+            ]
+            if len(kept) + len(configured) > 1:
+                ids = ", ".join(rule.sha256[:12] for rule in [*kept, *configured])
+                raise RequestError(
+                    f"{prefix} names {len(kept) + len(configured)} tokens "
+                    f"({ids}); give more of the hash"
+                )
+            if configured:
+                raise RequestError(
+                    f"token {configured[0].sha256[:12]} is in the config file "
+                    "(authorization.tokens): remove it there, then drivebayctl reload"
+                )
+            if not kept:
+                raise NoSuchName(f"no token {prefix}; drivebayctl token ls lists them")
+            await self._replace([rule for rule in self.rules if rule is not kept[0]])
+        return kept[0]
+
+    async def _replace(self, rules: list[TokenRule]) -> None:
+        """Write ``rules`` whole (a new file renamed over the old one), then
+        take them; the caller holds the lock."""
+        import msgspec
+
+        from drivebay.sandbox.atomic_files import write_whole
+
+        data = msgspec.json.format(msgspec.json.encode(rules)) + b"\n"
+        await asyncio.to_thread(write_whole, self.path, data, 0o600)
+        self.rules = rules
 
 
 def _member(uid: int, gid: int, name: str, group: str) -> bool:

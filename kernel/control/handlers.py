@@ -16,7 +16,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -37,6 +37,7 @@ from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 from drivebay.sandbox.pep440 import version_key
 
 if TYPE_CHECKING:
+    from drivebay.kernel.config import TokenRule
     from drivebay.kernel.drivers.slot import DriverSlot
     from drivebay.kernel.kernel import Kernel
     from drivebay.kernel.resources.book import ResourceBook
@@ -468,6 +469,25 @@ async def token_new(k: Kernel, request: schema.TokenNewRequest) -> Outcome:
 
     token, digest = await k.tokens.add(Role[request.role], request.drivers)
     return schema.TokenMade(token, digest, request.role, list(request.drivers)), EXIT_OK
+
+
+def token_row(rule: TokenRule, source: Literal["kept", "config"]) -> schema.TokenRow:
+    digest = rule.sha256.lower()
+    return schema.TokenRow(digest[:12], digest, rule.role, list(rule.drivers), source)
+
+
+@command(schema.TokenLsRequest)
+async def token_ls(k: Kernel, request: schema.TokenLsRequest) -> Outcome:
+    rows = [token_row(rule, "config") for rule in k.config.authorization.tokens]
+    rows += [token_row(rule, "kept") for rule in k.tokens.rules]
+    return rows, EXIT_OK
+
+
+@command(schema.TokenRmRequest)
+async def token_rm(k: Kernel, request: schema.TokenRmRequest) -> Outcome:
+    """Applied at once: the next request with the token (or an admin page
+    session opened with it) is refused."""
+    return token_row(await k.tokens.remove(k.config, request.id), "kept"), EXIT_OK
 
 
 @command(schema.ShutdownRequest)

@@ -21,14 +21,14 @@ from aiohttp import web
 from drivebay.kernel.control import authz
 from drivebay.kernel.control.authz import PermissionDenied, Principal, Role, Unauthenticated
 from drivebay.kernel.events import audit_what
-from drivebay.kernel.httpapi.sessions import SESSIONS, principal_of
+from drivebay.kernel.httpapi.sessions import SESSIONS, Session, principal_of
 
 if TYPE_CHECKING:
     from drivebay.kernel.control.schema import ControlRequest
     from drivebay.kernel.kernel import Kernel
 
 Peer = Principal
-__all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "peer_of"]
+__all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "live_session", "peer_of"]
 
 
 async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
@@ -53,10 +53,9 @@ async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     who = f"tcp {host}:{port}"
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        known = [*kernel.config.authorization.tokens, *kernel.tokens.rules]
+        known = kernel.tokens.known(kernel.config)
         return authz.token_principal(who, token.strip(), known)
-    store = request.app.get(SESSIONS) if isinstance(request, web.Request) else None
-    session = store.find(request) if store is not None else None
+    session = live_session(kernel, request)
     if session is not None:
         return principal_of(session, request)
     raise Unauthenticated(
@@ -64,6 +63,25 @@ async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
         "drivebayctl token new) or log in on the admin page; a client certificate "
         "alone grants no role"
     )
+
+
+def live_session(kernel: Kernel, request: web.BaseRequest) -> Session | None:
+    """The request's admin page session, its role and globs as its token now
+    has them (a reload may change them); Unauthenticated, and the session
+    ended, once that token is gone (``token rm``, or out of the config)."""
+    store = request.app.get(SESSIONS) if isinstance(request, web.Request) else None
+    session = store.find(request) if store is not None else None
+    if session is None or session.principal.token is None:
+        return session
+    rule = kernel.tokens.find(kernel.config, session.principal.token)
+    if rule is None:
+        assert store is not None
+        store.close(request)
+        raise Unauthenticated(
+            "the token this session was opened with was removed: log in again with a known token"
+        )
+    session.principal = authz.of_token(session.principal.who, rule)
+    return session
 
 
 def authorize(kernel: Kernel, peer: Principal, request: ControlRequest) -> None:

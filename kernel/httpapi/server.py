@@ -42,6 +42,7 @@ from drivebay.kernel.httpapi.access import (
     PermissionDenied,
     Unauthenticated,
     authorize,
+    live_session,
     peer_of,
 )
 from drivebay.kernel.httpapi.page import admin_page
@@ -263,9 +264,12 @@ class Api:
 
     async def _session(self, request: web.Request) -> web.Response:
         """``GET /v1/session``: the logged-in page's role and CSRF token."""
-        session = request.app[SESSIONS].find(request)
-        if session is None:
-            return self._problem(problem("session", Unauthenticated("no session: log in")))
+        try:
+            session = live_session(self.kernel, request)
+            if session is None:
+                raise Unauthenticated("no session: log in")
+        except Unauthenticated as exc:
+            return self._problem(problem("session", exc))
         return self._session_answer(session)
 
     async def _logout(self, request: web.Request) -> web.Response:

@@ -50,7 +50,7 @@ class Sessions:
         sid = secrets.token_urlsafe(32)
         who = f"{principal.who} session"
         session = Session(
-            Principal(who, principal.role, principal.drivers),
+            Principal(who, principal.role, principal.drivers, principal.token),
             secrets.token_urlsafe(32),
             now + self.ttl_s,
         )

@@ -273,3 +273,87 @@ def over_tcp_text(port: int, target: str, token: str) -> tuple[int, str]:
         connection.request("GET", target, headers={"Authorization": f"Bearer {token}"})
         response = connection.getresponse()
         return response.status, response.read().decode()
+
+
+def test_token_ls_and_rm_apply_at_once(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
+    """``token ls`` shows hashes, roles and globs (never a token); ``token rm``
+    rewrites tokens.json whole and the running daemon refuses the token on its
+    next request, also through an admin page session opened with it."""
+    port = free_port()
+    config = {
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "authorization": {"tokens": [{"sha256": sha(VIEWER), "role": "viewer"}]},
+    }
+    daemon = mis_daemon(daemon_factory, tmp_path, config)
+    made = [
+        daemon.ctl("token", "new", "--role", "operator").stdout.strip(),
+        daemon.ctl("token", "new", "--role", "viewer", "--drivers", "other*", "n*").stdout.strip(),
+    ]
+    operator, limited = made
+    listed = daemon.ctl("token", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"{sha(VIEWER)[:12]}  viewer   config  every driver",
+        f"{sha(operator)[:12]}  operator kept    every driver",
+        f"{sha(limited)[:12]}  viewer   kept    other*, n*",
+    ]
+    rows = json.loads(daemon.ctl("token", "ls", "--json").stdout)
+    assert [(r["sha256"], r["source"], r["drivers"]) for r in rows] == [
+        (sha(VIEWER), "config", []),
+        (sha(operator), "kept", []),
+        (sha(limited), "kept", ["other*", "n*"]),
+    ]
+    assert not any(token in listed.stdout + json.dumps(rows) for token in made)
+    status, problem = over_tcp(port, "GET", "/v1/tokens", VIEWER)  # admin only
+    assert (status, problem["detail"]) == (403, "permission denied: token-ls needs admin")
+
+    # a session of the page, opened with the operator token
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        connection.request("POST", "/v1/login", headers={"Authorization": f"Bearer {operator}"})
+        response = connection.getresponse()
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie", "").split(";")[0]
+        response.read()
+
+    def with_session(method: str, target: str) -> tuple[int, Any]:
+        with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+            connection.request(method, target, headers={"Cookie": cookie})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+
+    assert with_session("GET", "/v1/drivers")[0] == 200
+    assert over_tcp(port, "GET", "/v1/drivers", operator)[0] == 200
+
+    removed = daemon.ctl("token", "rm", sha(operator)[:8])
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == f"{sha(operator)[:12]}  operator kept    every driver: removed"
+    status, problem = over_tcp(port, "GET", "/v1/drivers", operator)  # the very next request
+    assert status == 401 and problem["detail"].startswith("unknown token")
+    status, problem = with_session("GET", "/v1/drivers")
+    assert (
+        status == 401
+        and "the token this session was opened with was removed" in (problem["detail"])
+    )
+    assert with_session("GET", "/v1/session")[0] == 401  # the session is gone
+    kept = daemon.state / "tokens.json"
+    assert json.loads(kept.read_text()) == [
+        {"sha256": sha(limited), "role": "viewer", "drivers": ["other*", "n*"]}
+    ]
+    assert (kept.stat().st_mode & 0o777) == 0o600
+    assert over_tcp(port, "GET", "/v1/drivers", limited)[0] == 200  # the others hold
+
+    config_token = daemon.ctl("token", "rm", sha(VIEWER)[:10])
+    assert config_token.returncode == 1 and config_token.stderr.count("\n") == 1
+    assert "is in the config file (authorization.tokens): remove it there" in config_token.stderr
+    unknown = daemon.ctl("token", "rm", "0123456789")
+    assert unknown.returncode == 4 and "no token 0123456789" in unknown.stderr
+    short = daemon.ctl("token", "rm", "ab")
+    assert short.returncode == 1 and "first 8 or more hex digits" in short.stderr
+    assert over_tcp(port, "GET", "/v1/drivers", VIEWER)[0] == 200
+
+    assert over_tcp(port, "DELETE", f"/v1/tokens/{sha(limited)}", VIEWER)[0] == 403
+    daemon.stop()  # removed for good
+    daemon.start()
+    wait_for(lambda: "mis" in daemon.status(), what="mis known again after the restart")
+    assert over_tcp(port, "GET", "/v1/drivers", operator)[0] == 401
+    assert over_tcp(port, "GET", "/v1/drivers", limited)[0] == 200
