@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from drivebay.kernel.config import Config
 from drivebay.kernel.control.authz import TokenStore, socket_mode
+from drivebay.kernel.control.peers import PeerRoles
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
 from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
@@ -126,6 +127,7 @@ class Kernel:
         self.repos = Repositories()  # TUF repositories: offers, installs, update check
         self.metrics = Metrics(count_calls=config.metrics.enabled)  # what /metrics shows
         self.tokens = TokenStore(self.state_dir)  # those drivebayctl token new made
+        self.peers = PeerRoles()  # Unix peers' roles, looked up off the loop
         # What the descriptor limit (raised at start) allows; read once.
         self.descriptors = descriptor_budget(
             current_limit(), config.control.max_connections, config.restart.spare

@@ -120,8 +120,9 @@ class Principal:
 
 
 def peer_role(uid: int, gid: int, config: Config) -> Role | None:
-    """The role of a Unix socket peer; None when no rule names it. May look
-    users and groups up (NSS), unless ``owner(uid)``."""
+    """The role of a Unix socket peer; None when no rule names it. Looks
+    users and groups up (NSS, which may block), unless ``owner(uid)``: the
+    servers call it through ``peers.PeerRoles``, in a worker thread."""
     if owner(uid):
         return Role.admin
     rules = config.authorization
@@ -179,12 +180,6 @@ def of_token(who: str, rule: TokenRule) -> Principal:
     """The principal a token rule makes."""
     drivers = tuple(rule.drivers) if rule.drivers else None
     return Principal(who, Role[rule.role], drivers, rule.sha256.lower())
-
-
-def unix_principal(sock: socket.socket, config: Config) -> Principal:
-    """The peer of a Unix socket, by SO_PEERCRED."""
-    pid, uid, gid = peer_credentials(sock)
-    return Principal(f"pid {pid} uid {uid}", peer_role(uid, gid, config))
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:

@@ -12,14 +12,14 @@ not run, and audits the refusal.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from drivebay.kernel.control import authz
-from drivebay.kernel.control.authz import PermissionDenied, Principal, Role, Unauthenticated
+from drivebay.kernel.control.authz import PermissionDenied, Principal, Unauthenticated
+from drivebay.kernel.control.peers import PeerLookupTimeout, slow_lookup
 from drivebay.kernel.events import audit_what
 from drivebay.kernel.httpapi.sessions import SESSIONS, Session, principal_of
 
@@ -33,18 +33,18 @@ __all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "live_ses
 
 async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     """Who sent ``request``; Unauthenticated for a TCP client without a
-    token the daemon knows or a live session. Looking a user's
-    name and groups up may block (NSS): off the loop."""
+    token the daemon knows or a live session. A Unix peer's role is looked
+    up off the loop (``peers.py``; PeerLookupTimeout, 503, when NSS hangs)."""
     transport: Any = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         return Principal("gone", None)
     if sock.family == socket.AF_UNIX:
         pid, uid, gid = authz.peer_credentials(sock)
-        if authz.owner(uid):
-            role: Role | None = Role.admin
-        else:
-            role = await asyncio.to_thread(authz.peer_role, uid, gid, kernel.config)
+        try:
+            role = await kernel.peers.role(uid, gid, kernel.config)
+        except TimeoutError:
+            raise PeerLookupTimeout(slow_lookup(uid, kernel.peers.timeout_s)) from None
         principal = Principal(f"pid {pid} uid {uid}", role)
         if principal.role is None:
             raise PermissionDenied(authz.refusal(principal))

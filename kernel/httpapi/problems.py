@@ -38,6 +38,7 @@ STATUS: dict[str, int] = {
     "DriverError": 502,  # crashed, hung, broke the protocol, did not start
     # the daemon
     "StateStoreLost": 503,
+    "PeerLookupTimeout": 503,  # the user or group database did not answer in time
     "DrivebayError": 500,
 }
 
