@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from drivebay.kernel.config import Config
 from drivebay.kernel.control.authz import TokenStore, socket_mode
+from drivebay.kernel.control.limits import ConnectionGate
 from drivebay.kernel.control.peers import PeerRoles
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
@@ -131,6 +132,11 @@ class Kernel:
         # What the descriptor limit (raised at start) allows; read once.
         self.descriptors = descriptor_budget(
             current_limit(), config.control.max_connections, config.restart.spare
+        )
+        # The one cap on client connections: the control socket's and the HTTP API's.
+        self.connections = ConnectionGate(
+            self.descriptors.connections,
+            self.descriptors.limit if self.descriptors.connections_capped else None,
         )
 
     # -- running ---------------------------------------------------------------

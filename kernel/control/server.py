@@ -449,11 +449,10 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
 
 
 def server_limits(kernel: Kernel) -> ServerLimits:
-    """The bounds of the control server, from the config and the descriptor budget."""
+    """The bounds of the control server: the kernel's one cap on client
+    connections (shared with the HTTP API), and its request budget."""
     control = kernel.config.control
-    fds = kernel.descriptors
-    gate = ConnectionGate(fds.connections, fds.limit if fds.connections_capped else None)
-    return ServerLimits(gate, RequestBudget(control.request_buffer_mb * MIB))
+    return ServerLimits(kernel.connections, RequestBudget(control.request_buffer_mb * MIB))
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -39,6 +39,7 @@ STATUS: dict[str, int] = {
     # the daemon
     "StateStoreLost": 503,
     "PeerLookupTimeout": 503,  # the user or group database did not answer in time
+    "TooManyConnections": 503,  # control.max_connections client connections are open
     "DrivebayError": 500,
 }
 

@@ -45,6 +45,7 @@ from drivebay.kernel.httpapi.access import (
     live_session,
     peer_of,
 )
+from drivebay.kernel.httpapi.gate import GatedSite, Refusals
 from drivebay.kernel.httpapi.page import admin_page
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
@@ -369,12 +370,14 @@ async def serve_http(kernel: Kernel) -> AsyncIterator[None]:
     )
     await runner.setup()
     path = kernel.config.http_socket_path
+    refusals = Refusals()  # connections count against the kernel's one cap (gate.py)
     try:
-        await web.SockSite(runner, _unix_socket(kernel, path)).start()
+        sock = _unix_socket(kernel, path)
+        await GatedSite(runner, kernel.connections, refusals, sock=sock).start()
         log.info("http api: %s", path)
         address = kernel.config.http.address()
         if address is not None:
-            await _listen_tcp(runner, address, kernel.config.http.tls)
+            await _listen_tcp(runner, kernel, refusals, address, kernel.config.http.tls)
         yield
     finally:
         with contextlib.suppress(TimeoutError):
@@ -413,12 +416,19 @@ def _unix_socket(kernel: Kernel, path: Path) -> socket.socket:
 
 
 async def _listen_tcp(
-    runner: web.AppRunner, address: tuple[str, int], tls: TlsSettings | None
+    runner: web.AppRunner,
+    kernel: Kernel,
+    refusals: Refusals,
+    address: tuple[str, int],
+    tls: TlsSettings | None,
 ) -> None:
     host, port = address
     context = None if tls is None else await asyncio.to_thread(_tls_context, tls)
     try:
-        await web.TCPSite(runner, host, port, ssl_context=context).start()
+        site = GatedSite(
+            runner, kernel.connections, refusals, context, host=host, port=port, reuse_address=True
+        )
+        await site.start()
     except OSError as exc:
         raise KernelError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; change http.listen"
