@@ -5,7 +5,9 @@ as well as TCP and TLS, streams responses, and is kept by a large team: the
 daemon needs no thread, no second loop and no framework beyond it. The API
 listens on ``http.socket`` (default ``<state>/http.sock``), made with the
 control socket's mode and group, and on ``http.listen`` when set (TLS unless
-loopback; ``kernel/config.py`` refuses the rest). Each request is turned into
+loopback; ``kernel/config.py`` refuses the rest); its connections count
+against the kernel's one cap on client connections (``gate.py``). Each
+request is turned into
 its command's request Struct by the route table (``routes.py``), checked by
 ``access.authorize`` (the policy of ``kernel/control/authz.py``) and run by
 the control socket's own handler; a failure is a ``problems.Problem``. As

@@ -352,6 +352,21 @@ def test_token_ls_and_rm_apply_at_once(daemon_factory, tmp_path):  # type: ignor
     assert over_tcp(port, "GET", "/v1/drivers", VIEWER)[0] == 200
 
     assert over_tcp(port, "DELETE", f"/v1/tokens/{sha(limited)}", VIEWER)[0] == 403
+
+    # a token of the config file: removed there, applied by a reload, sessions too
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        connection.request("POST", "/v1/login", headers={"Authorization": f"Bearer {VIEWER}"})
+        response = connection.getresponse()
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie", "").split(";")[0]
+        response.read()
+    assert with_session("GET", "/v1/drivers")[0] == 200
+    settings = yaml.safe_load(daemon.config_path.read_text())
+    settings["authorization"] = {}
+    daemon.config_path.write_text(yaml.safe_dump(settings))
+    assert daemon.ctl("reload").returncode == 0
+    assert over_tcp(port, "GET", "/v1/drivers", VIEWER)[0] == 401
+    assert with_session("GET", "/v1/drivers")[0] == 401
     daemon.stop()  # removed for good
     daemon.start()
     wait_for(lambda: "mis" in daemon.status(), what="mis known again after the restart")
