@@ -28,7 +28,15 @@ if TYPE_CHECKING:
     from drivebay.kernel.kernel import Kernel
 
 Peer = Principal
-__all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "live_session", "peer_of"]
+__all__ = [
+    "Peer",
+    "PermissionDenied",
+    "Unauthenticated",
+    "authorize",
+    "live_session",
+    "peer_of",
+    "still_known",
+]
 
 
 async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
@@ -82,6 +90,12 @@ def live_session(kernel: Kernel, request: web.BaseRequest) -> Session | None:
         )
     session.principal = authz.of_token(session.principal.who, rule)
     return session
+
+
+def still_known(kernel: Kernel, peer: Principal) -> bool:
+    """Is the token ``peer`` came with (if any) still one the daemon accepts?
+    An open stream asks before each chunk: a removed token's stream ends."""
+    return peer.token is None or kernel.tokens.find(kernel.config, peer.token) is not None
 
 
 def authorize(kernel: Kernel, peer: Principal, request: ControlRequest) -> None:

@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from drivebay.kernel.control.scope import event_shown
+from drivebay.kernel.httpapi.access import still_known
 
 if TYPE_CHECKING:
     from drivebay.kernel.control.authz import Principal
@@ -50,7 +51,8 @@ async def stream_events(
 ) -> web.StreamResponse:
     """The events after ``asked.since`` (or ``Last-Event-ID``) that ``peer``
     may see (``scope.event_shown``), then each new one, until the client
-    goes away or the daemon stops; ``BadEventId`` before any byte for an id
+    goes away, the daemon stops or the peer's token is removed (at the next
+    event or heartbeat); ``BadEventId`` before any byte for an id
     that is not one."""
     since = request.headers.get("Last-Event-ID") or asked.since
     if since is None and asked.last is not None:
@@ -62,18 +64,19 @@ async def stream_events(
     await response.prepare(request)
     encode = _sse if kind == SSE else _ndjson
     with contextlib.suppress(ConnectionError):  # the client went away
-        await _pump(cursor, response, encode, kind == SSE, peer)
+        await _pump(kernel, cursor, response, encode, kind == SSE, peer)
     return response
 
 
 async def _pump(
+    kernel: Kernel,
     cursor: Cursor,
     response: web.StreamResponse,
     encode: Callable[[Event], bytes],
     sse: bool,
     peer: Principal,
 ) -> None:
-    while True:
+    while still_known(kernel, peer):  # a removed token's stream ends here
         events = cursor.take(BATCH)
         if events and peer.drivers is not None:
             events = [event for event in events if event_shown(peer, event)]

@@ -7,12 +7,12 @@ listens on ``http.socket`` (default ``<state>/http.sock``), made with the
 control socket's mode and group, and on ``http.listen`` when set (TLS unless
 loopback; ``kernel/config.py`` refuses the rest); its connections count
 against the kernel's one cap on client connections (``gate.py``). Each
-request is turned into
-its command's request Struct by the route table (``routes.py``), checked by
-``access.authorize`` (the policy of ``kernel/control/authz.py``) and run by
-the control socket's own handler; a failure is a ``problems.Problem``. As
-on the control socket, a client that goes away ends its stream and its
-queued call, while a change it asked for runs to its end.
+request is turned into its command's request Struct by the route table
+(``routes.py``), checked by ``access.authorize`` (the policy of
+``kernel/control/authz.py``) and run by the control socket's own handler; a
+failure is a ``problems.Problem``. As on the control socket, a client that
+goes away ends its stream and its queued call, while a change it asked for
+runs to its end.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from drivebay.kernel.httpapi.access import (
     authorize,
     live_session,
     peer_of,
+    still_known,
 )
 from drivebay.kernel.httpapi.gate import GatedSite, Refusals
 from drivebay.kernel.httpapi.page import admin_page
@@ -204,7 +205,7 @@ class Api:
         """A streaming command's results (those ``peer`` may see): text as
         text/plain chunks, records as NDJSON lines; an error before the first
         one is a problem like any other."""
-        chunks = _seen(peer, typed, STREAMS[type(typed)](self.kernel, typed))
+        chunks = _seen(self.kernel, peer, typed, STREAMS[type(typed)](self.kernel, typed))
         async with contextlib.aclosing(chunks):
             first = await anext(chunks)
             text = isinstance(first, str)
@@ -349,11 +350,14 @@ class Api:
 
 
 async def _seen(
-    peer: Peer, typed: schema.ControlRequest, chunks: AsyncIterator[Any]
+    kernel: Kernel, peer: Peer, typed: schema.ControlRequest, chunks: AsyncIterator[Any]
 ) -> AsyncGenerator[Any, None]:
-    """The chunks of a stream that ``peer`` may see (``scope.chunk_shown``)."""
+    """The chunks of a stream that ``peer`` may see (``scope.chunk_shown``),
+    until its token is removed (the stream ends at its next chunk)."""
     async with contextlib.aclosing(cast(AsyncGenerator[Any, None], chunks)) as source:
         async for chunk in source:
+            if not still_known(kernel, peer):
+                return
             if chunk_shown(peer, typed, chunk):
                 yield chunk
 

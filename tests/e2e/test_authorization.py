@@ -323,6 +323,11 @@ def test_token_ls_and_rm_apply_at_once(daemon_factory, tmp_path):  # type: ignor
 
     assert with_session("GET", "/v1/drivers")[0] == 200
     assert over_tcp(port, "GET", "/v1/drivers", operator)[0] == 200
+    stream = HTTPConnection("127.0.0.1", port, timeout=30)  # an event stream open with it
+    headers = {"Authorization": f"Bearer {operator}", "Accept": "application/x-ndjson"}
+    stream.request("GET", "/v1/events?since=0", headers=headers)
+    streamed = stream.getresponse()
+    assert streamed.status == 200 and json.loads(streamed.readline())["id"]
 
     removed = daemon.ctl("token", "rm", sha(operator)[:8])
     assert removed.returncode == 0, removed.stderr
@@ -335,6 +340,9 @@ def test_token_ls_and_rm_apply_at_once(daemon_factory, tmp_path):  # type: ignor
         and "the token this session was opened with was removed" in (problem["detail"])
     )
     assert with_session("GET", "/v1/session")[0] == 401  # the session is gone
+    with closing(stream):  # it ends at its next event (token rm's audit line), unsent
+        rest = [json.loads(line) for line in streamed.read().splitlines() if line]
+    assert not any(e["type"] == "audit" and "token-rm" in e["data"]["what"] for e in rest)
     kept = daemon.state / "tokens.json"
     assert json.loads(kept.read_text()) == [
         {"sha256": sha(limited), "role": "viewer", "drivers": ["other*", "n*"]}
