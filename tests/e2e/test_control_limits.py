@@ -8,20 +8,23 @@ import json
 import os
 import resource
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import closing
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPSConnection
 from pathlib import Path
 from typing import Any
 
-from drivebay.client import AsyncClient, OperationError
+import pytest
+
+from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.client._sync import encode_request
 from drivebay.kernel.control.limits import stalled
 from drivebay.protocol.frames import HEADER, FrameSplitter
 from drivebay.protocol.msgpack_lite import unpackb
 from tests.e2e.harness import BIN, Daemon, wait_for
-from tests.e2e.test_http_api import UnixHttp, free_port
+from tests.e2e.test_http_api import UnixHttp, free_port, make_certificates
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
 
@@ -404,3 +407,28 @@ def test_http_connections_count_against_the_same_cap(daemon_factory):
     log = daemon.log()
     assert log.count("http connections at the limit") == 1
     assert "accepting http connections again (2 refused)" in log
+
+
+def test_a_tls_connection_over_the_cap_reads_its_503(daemon_factory, tmp_path):
+    """Over TLS the daemon cannot half-close: it answers after the handshake
+    and waits for the client to close; the client reads the whole 503."""
+    files = make_certificates(tmp_path)
+    port = free_port()
+    tls = {"cert": files["server.pem"], "key": files["server.key"]}
+    listen = {"listen": f"127.0.0.1:{port}", "tls": tls}
+    daemon = daemon_factory(config={"control": {"max_connections": 1}, "http": listen})
+    daemon.start()
+    trusted = ssl.create_default_context(cafile=files["ca.pem"])
+    with raw_connections(daemon.socket) as clients:
+        clients.append(Raw(daemon.socket))
+        assert clients[0].status()["ok"]  # the one place is taken
+        for _ in range(3):  # and again: the refused ones are closed, nothing held
+            with closing(HTTPSConnection("127.0.0.1", port, timeout=30, context=trusted)) as https:
+                https.request("POST", "/v1/reload", body=b"{}")
+                response = https.getresponse()
+                problem = json.loads(response.read())
+            assert (response.status, problem["type"]) == (503, "TooManyConnections")
+    wait_for(lambda: status_answers(daemon), what="the control connection freed")
+    client = Client(http=f"https://127.0.0.1:{port}", ssl=trusted)
+    with client, pytest.raises(DrivebayError, match="no credentials"):  # admitted, then 401
+        client.request("version")
