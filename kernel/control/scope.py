@@ -16,10 +16,11 @@ around its limit:
   (``render_metrics`` passes ``sees`` to the snapshot).
 
 A resource of another driver is answered as a resource that does not exist
-(``hidden_resource``: the same ``NoSuchName``, 404 / exit 4), so a limited
-token learns nothing of other drivers' resource ids; a driver outside the
-globs is refused by its name alone (403), which says nothing of whether it
-exists. A principal without globs sees everything: every function returns at
+(``authz.check``: the same ``NoSuchName``, 404 / exit 4), so a limited token
+learns nothing of other drivers' resource ids; a driver outside the globs is
+refused by its name alone (403), which says nothing of whether it exists; and
+an unknown driver name is answered with the known names it may see only
+(``screened``). A principal without globs sees everything: every function returns at
 its first test.
 """
 
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from drivebay.kernel.control import schema as S
 from drivebay.kernel.drivers.lifecycle import NOT_RUNNING, State
 from drivebay.protocol.control_codes import EXIT_NOT_RUNNING_STATE, EXIT_OK
+from drivebay.protocol.errors import NoSuchName
 
 if TYPE_CHECKING:
     from drivebay.kernel.control.authz import Principal
@@ -92,3 +94,28 @@ def chunk_shown(principal: Principal, request: S.ControlRequest, chunk: Any) -> 
 def event_shown(principal: Principal, event: S.Event) -> bool:
     """An event about one of the principal's drivers, or a gap in the stream."""
     return event.type == "gap" or sees(principal, event.driver)
+
+
+class NoSuchDriver(NoSuchName):
+    """A command named a driver (version) the daemon does not know; ``known``
+    are the names it knows (``name@version``). Its type on the wire is
+    ``NoSuchName``, as for an unknown resource (``server.error_reply``)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no such driver: {name} (known: {', '.join(known) or 'none'})")
+        self.name = name
+        self.known = known
+
+
+def no_such_driver(name: str, known: list[str]) -> NoSuchDriver:
+    """The error for an unknown driver name (``Kernel.slot``)."""
+    return NoSuchDriver(name, known)
+
+
+def screened(principal: Principal, exc: BaseException) -> BaseException:
+    """``exc`` as a principal limited to drivers may read it: an unknown driver
+    name is answered with only the known names it may see."""
+    if principal.drivers is None or not isinstance(exc, NoSuchDriver):
+        return exc
+    visible = [known for known in exc.known if sees(principal, known.partition("@")[0])]
+    return NoSuchDriver(exc.name, visible)

@@ -49,7 +49,7 @@ from drivebay.kernel.control.authz import (
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, submit_call
 from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
 from drivebay.kernel.control.peers import slow_lookup
-from drivebay.kernel.control.scope import chunk_shown, shown
+from drivebay.kernel.control.scope import chunk_shown, screened, shown
 from drivebay.kernel.drivers.channel import FramedChannel
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.protocol.codec import MessageCodec
@@ -58,6 +58,7 @@ from drivebay.protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
 from drivebay.protocol.errors import (
     DrivebayError,
     KernelError,
+    NoSuchName,
     NotRunning,
     OperationFailed,
     ProtocolError,
@@ -107,8 +108,13 @@ def error_reply(request_id: int, command: str, exc: BaseException) -> Reply:
 
 
 def _name(exc: DrivebayError) -> str:
-    """The drivebay error's name (a malformed request is a ``RequestError``)."""
-    return RequestError.__name__ if isinstance(exc, schema.BadRequest) else type(exc).__name__
+    """The drivebay error's name (a malformed request is a ``RequestError``,
+    an unknown driver a ``NoSuchName`` as an unknown resource is)."""
+    if isinstance(exc, schema.BadRequest):
+        return RequestError.__name__
+    if isinstance(exc, NoSuchName):
+        return NoSuchName.__name__
+    return type(exc).__name__
 
 
 @dataclass
@@ -408,7 +414,7 @@ class ControlConnection:
             self._audit(request, "ok" if code == 0 else f"exit {code}")
         except Exception as exc:
             command = str(kind.__struct_config__.tag)
-            reply = error_reply(request_id, command, exc)
+            reply = error_reply(request_id, command, screened(self._principal, exc))
             self._send(reply)
             self._audit(request, f"failed: {reply.error.splitlines()[0] if reply.error else ''}")
 

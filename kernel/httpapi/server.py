@@ -35,7 +35,7 @@ from drivebay.kernel.control import schema
 from drivebay.kernel.control.authz import socket_mode
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outcome, submit_call
 from drivebay.kernel.control.limits import stalled
-from drivebay.kernel.control.scope import chunk_shown, seer, shown
+from drivebay.kernel.control.scope import chunk_shown, screened, seer, shown
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
@@ -138,7 +138,7 @@ class Api:
         except web.HTTPException:
             raise  # aiohttp's own (a body over client_max_size): _problems says it
         except Exception as exc:
-            found = problem(command, exc)
+            found = problem(command, exc if peer is None else screened(peer, exc))
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
             elif typed is not None and isinstance(exc, Unauthenticated):

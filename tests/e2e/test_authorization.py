@@ -227,6 +227,9 @@ def test_a_token_limited_to_drivers_sees_only_them(daemon_factory, tmp_path):  #
         "permission denied: this token may not act on driver mis (it may on other*)",
     )
     assert get("/v1/drivers/mis/1.0.0")[0] == 403
+    status, problem = get("/v1/drivers/other-z/1.0")  # unknown: the known names it may see
+    assert (status, problem["type"]) == (404, "NoSuchName")
+    assert problem["detail"] == "no such driver: other-z@1.0 (known: other-a@1.0.0)"
     assert get("/v1/drivers/mis/1.0.0/logs")[0] == 403
     status, rows = get("/v1/resources")
     assert status == 200 and [r["id"] for r in rows] == ["o1"]

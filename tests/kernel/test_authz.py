@@ -30,7 +30,7 @@ from drivebay.kernel.control.authz import (
     socket_mode,
     token_principal,
 )
-from drivebay.kernel.control.scope import chunk_shown, shown
+from drivebay.kernel.control.scope import chunk_shown, no_such_driver, screened, shown
 from drivebay.kernel.resources.book import no_such_resource
 from drivebay.protocol.errors import NoSuchName
 
@@ -177,6 +177,10 @@ def test_a_limited_token_sees_only_its_drivers():
     follow = S.EventsFollowRequest()
     assert [chunk_shown(limited, follow, e) for e in events] == [True, False, False, True]
     assert all(chunk_shown(limited, S.TailFollowRequest("alpha"), "text") for _ in events)
+    unknown = no_such_driver("alpine", ["alpha@1.0", "beta@1.0"])
+    assert str(screened(everyone, unknown)) == "no such driver: alpine (known: alpha@1.0, beta@1.0)"
+    assert str(screened(limited, unknown)) == "no such driver: alpine (known: alpha@1.0)"
+    assert isinstance(screened(limited, unknown), NoSuchName)
 
 
 def test_token_new_keeps_only_the_hash(tmp_path: Path):
