@@ -119,7 +119,8 @@ class ControlSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class TlsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The HTTP API's TLS (``http.tls``): PEM files; with ``client_ca``, a TCP
-    client must present a certificate that CA signed."""
+    client must present a certificate that CA signed to connect (it grants no
+    role: a request still needs a token)."""
 
     cert: str
     key: str

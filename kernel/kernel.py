@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 
 from drivebay.kernel.config import Config
 from drivebay.kernel.control.authz import TokenStore, socket_mode
+from drivebay.kernel.control.limits import ConnectionGate
+from drivebay.kernel.control.peers import PeerRoles
+from drivebay.kernel.control.scope import no_such_driver
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
 from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
@@ -63,7 +66,7 @@ from drivebay.kernel.resources.actor import DriverAbsent, ResourceActor
 from drivebay.kernel.resources.book import ResourceBook
 from drivebay.kernel.resources.store import ResourceStore
 from drivebay.kernel.state_lock import StateLock
-from drivebay.protocol.errors import DrivebayError, NoSuchName, RequestError
+from drivebay.protocol.errors import DrivebayError, RequestError
 from drivebay.protocol.versions import PROTOCOL_MAX
 from drivebay.sandbox import containment
 from drivebay.sandbox.bundle_errors import quoted, shown
@@ -126,9 +129,15 @@ class Kernel:
         self.repos = Repositories()  # TUF repositories: offers, installs, update check
         self.metrics = Metrics(count_calls=config.metrics.enabled)  # what /metrics shows
         self.tokens = TokenStore(self.state_dir)  # those drivebayctl token new made
+        self.peers = PeerRoles()  # Unix peers' roles, looked up off the loop
         # What the descriptor limit (raised at start) allows; read once.
         self.descriptors = descriptor_budget(
             current_limit(), config.control.max_connections, config.restart.spare
+        )
+        # The one cap on client connections: the control socket's and the HTTP API's.
+        self.connections = ConnectionGate(
+            self.descriptors.connections,
+            self.descriptors.limit if self.descriptors.connections_capped else None,
         )
 
     # -- running ---------------------------------------------------------------
@@ -798,8 +807,7 @@ class Kernel:
         if slot is None and not version:
             slot = next((s for s in self.slots.values() if s.manifest.name == driver), None)
         if slot is None:
-            known = ", ".join(sorted(self.slots)) or "none"
-            raise NoSuchName(f"no such driver: {name} (known: {known})")
+            raise no_such_driver(name, sorted(self.slots))
         return slot
 
     def all_slots(self) -> list[DriverSlot]:

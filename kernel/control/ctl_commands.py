@@ -276,6 +276,10 @@ def _token_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _token_id(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("id", metavar="ID", help="the token's sha256, or its first 8+ hex digits")
+
+
 def _install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="NAME[==VERSION]")
     parser.add_argument("--repo", metavar="NAME", help="only from this repository")
@@ -429,13 +433,25 @@ COMMANDS: tuple[Command, ...] = (
         _token_arguments,
         show.print_token,
     ),
+    Command(
+        "token-ls",
+        "the bearer tokens: hash, role, drivers (never the token)",
+        render=show.print_tokens,
+    ),
+    Command(
+        "token-rm",
+        "rm ID: remove a token made by token new (ID: its hash, or 8+ hex digits of it)",
+        (Field("id", "str"),),
+        _token_id,
+        show.print_tokens,
+    ),
     Command("reload", "re-read the config and rescan the drivers dir", render=show.print_json),
     Command("shutdown", "stop the daemon and all drivers", render=show.print_json),
 )
 GROUPS = {
     "resource": "add, set, rm or pin a resource",
     "repo": "add, list or rm a repository",
-    "token": "make a bearer token (token new)",
+    "token": "make, list or remove bearer tokens (token new, ls, rm)",
 }
 """Help of the command words that are followed by a verb."""
 

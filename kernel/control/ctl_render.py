@@ -91,6 +91,15 @@ def print_token(result: dict[str, Any]) -> None:
     say(note, file=sys.stderr)
 
 
+def print_tokens(result: Any) -> None:
+    """``token ls`` (a list) or ``token rm`` (the token removed)."""
+    removed = isinstance(result, dict)
+    for row in [result] if removed else result:
+        drivers = ", ".join(row["drivers"]) or "every driver"
+        line = f"{row['id']}  {row['role']:<8} {row['source']:<6}  {drivers}"
+        say(f"{line}: removed" if removed else line)
+
+
 def print_installed(result: dict[str, Any]) -> None:
     say(
         f"{result['name']}@{result['version']}: installed from {result['repo']} "

@@ -16,20 +16,20 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 import drivebay
 from drivebay.kernel.control import schema
+from drivebay.kernel.control.scope import status_code
 from drivebay.kernel.drivers.descriptors import HOLDS_PLACE, places_held
-from drivebay.kernel.drivers.lifecycle import NOT_RUNNING, State
+from drivebay.kernel.drivers.lifecycle import State
 from drivebay.kernel.repos.sources import add_kept, remove_kept, sources
 from drivebay.kernel.resources.catalog import load_catalog
 from drivebay.protocol.control_codes import (
     EXIT_FAILURE,
     EXIT_NOT_RUNNING,
-    EXIT_NOT_RUNNING_STATE,
     EXIT_OK,
 )
 from drivebay.protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
@@ -37,6 +37,7 @@ from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 from drivebay.sandbox.pep440 import version_key
 
 if TYPE_CHECKING:
+    from drivebay.kernel.config import TokenRule
     from drivebay.kernel.drivers.slot import DriverSlot
     from drivebay.kernel.kernel import Kernel
     from drivebay.kernel.resources.book import ResourceBook
@@ -118,8 +119,7 @@ async def status(k: Kernel, request: schema.StatusRequest) -> Outcome:
         if missing:
             k.slot(missing[0])  # raises NoSuchName with the known names
     rows.sort(key=lambda row: (row.name, row.version or ""))
-    code = EXIT_NOT_RUNNING_STATE if any(State(r.state) in NOT_RUNNING for r in rows) else 0
-    return rows, code
+    return rows, status_code(rows)
 
 
 def _matches(row: schema.StatusRow, names: list[str]) -> bool:
@@ -475,6 +475,25 @@ async def token_new(k: Kernel, request: schema.TokenNewRequest) -> Outcome:
 
     token, digest = await k.tokens.add(Role[request.role], request.drivers)
     return schema.TokenMade(token, digest, request.role, list(request.drivers)), EXIT_OK
+
+
+def token_row(rule: TokenRule, source: Literal["kept", "config"]) -> schema.TokenRow:
+    digest = rule.sha256.lower()
+    return schema.TokenRow(digest[:12], digest, rule.role, list(rule.drivers), source)
+
+
+@command(schema.TokenLsRequest)
+async def token_ls(k: Kernel, request: schema.TokenLsRequest) -> Outcome:
+    rows = [token_row(rule, "config") for rule in k.config.authorization.tokens]
+    rows += [token_row(rule, "kept") for rule in k.tokens.rules]
+    return rows, EXIT_OK
+
+
+@command(schema.TokenRmRequest)
+async def token_rm(k: Kernel, request: schema.TokenRmRequest) -> Outcome:
+    """Applied at once: the next request with the token (or an admin page
+    session opened with it) is refused."""
+    return token_row(await k.tokens.remove(k.config, request.id), "kept"), EXIT_OK
 
 
 @command(schema.ShutdownRequest)

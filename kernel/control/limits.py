@@ -2,8 +2,10 @@
 
 Each connection is a descriptor, so their number is capped (``ConnectionGate``:
 ``control.max_connections``, lowered to what the descriptor limit leaves for
-clients). A request is buffered until its last byte arrives; one announced
-over ``SMALL_REQUEST`` must first reserve its size in a ``RequestBudget``
+clients); the kernel holds one gate, and the control socket's connections
+and the HTTP API's (``kernel/httpapi/gate.py``) count against it together.
+A request is buffered until its last byte arrives; one announced over
+``SMALL_REQUEST`` must first reserve its size in a ``RequestBudget``
 shared by all connections (``control.request_buffer_mb``), so twenty clients
 announcing 16 MiB each cannot make the daemon hold 320 MiB: the ones the budget
 cannot take are refused from their length prefix, before their bytes arrive.
@@ -18,7 +20,7 @@ MIB = 1024 * 1024
 
 
 class ConnectionGate:
-    """Counts the open control connections against a cap.
+    """Counts the open client connections (control socket and HTTP API) against a cap.
 
     ``descriptor_limit`` is the RLIMIT_NOFILE the cap was lowered for, when
     that, not ``control.max_connections``, is what binds (None otherwise).
@@ -45,13 +47,14 @@ class ConnectionGate:
         """The one line a refused client gets (drivebayctl prints it and exits 1)."""
         if self.descriptor_limit is not None:
             return (
-                f"drivebayd has {self.cap} connections open, all that its descriptor limit "
-                f"{self.descriptor_limit} (RLIMIT_NOFILE) leaves for clients; close idle "
+                f"drivebayd has {self.cap} client connections open, all that its descriptor "
+                f"limit {self.descriptor_limit} (RLIMIT_NOFILE) leaves for clients; close idle "
                 "clients or raise LimitNOFILE"
             )
         return (
-            f"drivebayd has {self.cap} connections open (control.max_connections); "
-            "close idle clients or raise the limit"
+            f"drivebayd has {self.cap} client connections open (control socket and HTTP API "
+            "together: control.max_connections); close idle clients or raise "
+            "control.max_connections"
         )
 
 

@@ -181,6 +181,19 @@ class TokenNewRequest(_Request, frozen=True, tag="token-new"):
     drivers: Annotated[list[str], msgspec.Meta(description="driver name globs")] = []
 
 
+class TokenLsRequest(_Request, frozen=True, tag="token-ls"):
+    """The bearer tokens the daemon knows (their hashes, never the tokens)."""
+
+
+class TokenRmRequest(_Request, frozen=True, tag="token-rm"):
+    """Remove a token ``token new`` made, named by its sha256 or the start of it."""
+
+    id: Annotated[
+        str,
+        msgspec.Meta(description="a token's sha256 or its first 8 or more hex digits"),
+    ]
+
+
 class ReloadRequest(_Request, frozen=True, tag="reload"):
     pass
 
@@ -207,6 +220,7 @@ CHANGING: frozenset[type[_Request]] = frozenset(
         InstallRequest,
         ReloadRequest,
         TokenNewRequest,
+        TokenRmRequest,
     }
 )
 
@@ -237,6 +251,8 @@ ControlRequest = (
     | ReloadRequest
     | ShutdownRequest
     | TokenNewRequest
+    | TokenLsRequest
+    | TokenRmRequest
 )
 
 # -- results -----------------------------------------------------------------------------
@@ -413,6 +429,19 @@ class TokenMade(msgspec.Struct, frozen=True):
     drivers: list[str] = []
 
 
+class TokenRow(msgspec.Struct, frozen=True):
+    """A bearer token as the daemon keeps it: ``id`` is the start of its
+    sha256 (as audit lines name it); ``source`` says where it is kept:
+    ``kept`` (``token new``, in the state dir: ``token rm`` removes it) or
+    ``config`` (``authorization.tokens``: removed by editing the config file)."""
+
+    id: str
+    sha256: str
+    role: str
+    drivers: list[str]
+    source: Literal["kept", "config"]
+
+
 class ShuttingDown(msgspec.Struct, frozen=True):
     shutting_down: bool = True
 
@@ -489,6 +518,8 @@ RESULTS: dict[type[ControlRequest], Any] = {
     ReloadRequest: Reloaded,
     ShutdownRequest: ShuttingDown,
     TokenNewRequest: TokenMade,
+    TokenLsRequest: list[TokenRow],
+    TokenRmRequest: TokenRow,
 }
 """Each request type's result type."""
 

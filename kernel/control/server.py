@@ -3,9 +3,11 @@
 A Unix socket created mode 0600 (0660 with ``socket_group``, 0666 when
 ``authorization`` names others) in the state dir, speaking the same framed
 msgspec protocol as the drivers. Each connection learns its peer's role from
-its credentials (SO_PEERCRED) once, by the policy of ``authz.py``: a peer no
-rule names gets one refusal reply; each request is checked against that role
-(a refusal is answered ``permission denied: COMMAND needs ROLE`` and audited).
+its credentials (SO_PEERCRED) once, by the policy of ``authz.py`` (for a peer
+other than root and the daemon's user, in a worker thread: ``peers.py``;
+nothing is read from it meanwhile): a peer no rule names gets one refusal
+reply; each request is checked against that role (a refusal is answered
+``permission denied: COMMAND needs ROLE`` and audited).
 Requests on a connection run concurrently, each in a task the
 connection owns and cancels when the client goes away. What clients may hold
 (connections, bytes of requests being received, time to send one) is bounded
@@ -37,13 +39,17 @@ from drivebay.kernel.control import schema
 from drivebay.kernel.control.authz import (
     PermissionDenied,
     Principal,
+    Role,
     authorize,
+    owner,
+    peer_credentials,
     refusal,
     socket_mode,
-    unix_principal,
 )
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, submit_call
 from drivebay.kernel.control.limits import MIB, ConnectionGate, RequestBudget, stalled, wanted
+from drivebay.kernel.control.peers import slow_lookup
+from drivebay.kernel.control.scope import chunk_shown, screened, shown
 from drivebay.kernel.drivers.channel import FramedChannel
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.protocol.codec import MessageCodec
@@ -52,6 +58,7 @@ from drivebay.protocol.control_codes import EXIT_FAILURE, EXIT_USAGE
 from drivebay.protocol.errors import (
     DrivebayError,
     KernelError,
+    NoSuchName,
     NotRunning,
     OperationFailed,
     ProtocolError,
@@ -101,8 +108,13 @@ def error_reply(request_id: int, command: str, exc: BaseException) -> Reply:
 
 
 def _name(exc: DrivebayError) -> str:
-    """The drivebay error's name (a malformed request is a ``RequestError``)."""
-    return RequestError.__name__ if isinstance(exc, schema.BadRequest) else type(exc).__name__
+    """The drivebay error's name (a malformed request is a ``RequestError``,
+    an unknown driver a ``NoSuchName`` as an unknown resource is)."""
+    if isinstance(exc, schema.BadRequest):
+        return RequestError.__name__
+    if isinstance(exc, NoSuchName):
+        return NoSuchName.__name__
+    return type(exc).__name__
 
 
 @dataclass
@@ -190,6 +202,7 @@ class ControlConnection:
         self._calls: set[asyncio.Future[Any]] = set()
         self._who = "unknown peer"  # its uid and pid, for the audit
         self._principal = Principal(self._who, None)  # its role, known once connected
+        self._waiting: list[RawRequest] | None = None  # requests read while it is looked up
         max_frame = kernel.config.max_frame_bytes
         codec: MessageCodec[RawRequest] = MessageCodec(RawRequest, "control client", max_frame)
         self.channel = ControlChannel(self, codec, self._after_read)
@@ -206,13 +219,40 @@ class ControlConnection:
         if limits.refused:
             log.info("accepting control connections again (%d refused)", limits.refused)
             limits.refused = 0
-        sock = transport.get_extra_info("socket")
-        self._principal = principal = unix_principal(sock, self._kernel.config)
-        self._who = principal.who
-        if principal.role is None:
-            log.warning("refused control connection from %s", principal.who)
-            self._kernel.events.audit(principal.who, "connect", "refused: no rule names it")
-            self._refuse(refusal(principal))
+        pid, uid, gid = peer_credentials(transport.get_extra_info("socket"))
+        self._who = f"pid {pid} uid {uid}"
+        if owner(uid):  # root or the daemon's user: no lookup
+            self._principal = Principal(self._who, Role.admin)
+            return
+        # Its role needs the user and group database (NSS may block): looked
+        # up off the loop. Until it is known the client is not read from, and
+        # what was read already waits (a few requests: reading stops at once).
+        self._waiting = []
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._identify(transport, uid, gid))
+        self._streams.add(task)  # a disconnect cancels it
+        task.add_done_callback(self._streams.discard)
+
+    async def _identify(self, transport: asyncio.Transport, uid: int, gid: int) -> None:
+        peers = self._kernel.peers
+        try:
+            role = await peers.role(uid, gid, self._kernel.config)
+        except TimeoutError:
+            line = slow_lookup(uid, peers.timeout_s)
+            log.warning("refused control connection from %s: %s", self._who, line)
+            self._refuse(line)
+        else:
+            self._principal = principal = Principal(self._who, role)
+            if principal.role is None:
+                log.warning("refused control connection from %s", principal.who)
+                self._kernel.events.audit(principal.who, "connect", "refused: no rule names it")
+                self._refuse(refusal(principal))
+        waiting, self._waiting = self._waiting or [], None
+        if not self.channel.discarding:  # served: what it sent meanwhile, in order
+            for request in waiting:
+                self.dispatch(request)
+        if not self.channel.closing:  # refused: what it still sends is dropped
+            transport.resume_reading()
 
     def _refuse(self, line: str, code: int = EXIT_FAILURE) -> None:
         """Say why in one line, and close.
@@ -283,6 +323,9 @@ class ControlConnection:
 
     def dispatch(self, request: RawRequest) -> None:
         self._progress = True
+        if self._waiting is not None:  # the peer's role is being looked up
+            self._waiting.append(request)
+            return
         try:
             typed = schema.decode_request(request.command, request.args)
         except schema.BadRequest as exc:
@@ -358,17 +401,20 @@ class ControlConnection:
             if stream is not None:
                 outbox = self.channel.outbox
                 async for chunk in stream(self._kernel, request):
+                    if not chunk_shown(self._principal, request, chunk):
+                        continue
                     if outbox.full:  # the client reads slowly: wait (its end cancels us)
                         await outbox.wait_writable()
                     self._send(Reply(request_id, True, chunk, more=True))
                 self._send(Reply(request_id, True))
                 return
             result, code = await HANDLERS[kind](self._kernel, request)
+            result, code = shown(self._principal, request, result, code)
             self._send(Reply(request_id, True, result, code=code))
             self._audit(request, "ok" if code == 0 else f"exit {code}")
         except Exception as exc:
             command = str(kind.__struct_config__.tag)
-            reply = error_reply(request_id, command, exc)
+            reply = error_reply(request_id, command, screened(self._principal, exc))
             self._send(reply)
             self._audit(request, f"failed: {reply.error.splitlines()[0] if reply.error else ''}")
 
@@ -409,11 +455,10 @@ async def serve_control(kernel: Kernel) -> AsyncIterator[None]:
 
 
 def server_limits(kernel: Kernel) -> ServerLimits:
-    """The bounds of the control server, from the config and the descriptor budget."""
+    """The bounds of the control server: the kernel's one cap on client
+    connections (shared with the HTTP API), and its request budget."""
     control = kernel.config.control
-    fds = kernel.descriptors
-    gate = ConnectionGate(fds.connections, fds.limit if fds.connections_capped else None)
-    return ServerLimits(gate, RequestBudget(control.request_buffer_mb * MIB))
+    return ServerLimits(kernel.connections, RequestBudget(control.request_buffer_mb * MIB))
 
 
 def _clear_stale_socket(path: Path) -> None:

@@ -2,48 +2,57 @@
 
 ``peer_of`` says who is at the other end of a request: on the Unix socket
 the peer SO_PEERCRED names, judged as on the control socket; on TCP the
-bearer token of its ``Authorization`` header (401 without a known one), or
-admin when ``http.tls.client_ca`` verified its certificate and it presents
-no token, else the admin page's session cookie (``sessions.py``).
+bearer token of its ``Authorization`` header (401 without a known one),
+else the admin page's session cookie (``sessions.py``), else 401. A client
+certificate (``http.tls.client_ca``) authenticates the connection only: it
+grants no role, so a TCP request still needs a token or a session.
 ``authorize`` raises ``PermissionDenied`` (403) for a request that peer may
 not run, and audits the refusal.
 """
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from drivebay.kernel.control import authz
-from drivebay.kernel.control.authz import PermissionDenied, Principal, Role, Unauthenticated
+from drivebay.kernel.control.authz import PermissionDenied, Principal, Unauthenticated
+from drivebay.kernel.control.peers import PeerLookupTimeout, slow_lookup
 from drivebay.kernel.events import audit_what
-from drivebay.kernel.httpapi.sessions import SESSIONS, principal_of
+from drivebay.kernel.httpapi.sessions import SESSIONS, Session, principal_of
 
 if TYPE_CHECKING:
     from drivebay.kernel.control.schema import ControlRequest
     from drivebay.kernel.kernel import Kernel
 
 Peer = Principal
-__all__ = ["Peer", "PermissionDenied", "Unauthenticated", "authorize", "peer_of"]
+__all__ = [
+    "Peer",
+    "PermissionDenied",
+    "Unauthenticated",
+    "authorize",
+    "live_session",
+    "peer_of",
+    "still_known",
+]
 
 
 async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     """Who sent ``request``; Unauthenticated for a TCP client without a
-    token the daemon knows (nor a verified certificate). Looking a user's
-    name and groups up may block (NSS): off the loop."""
+    token the daemon knows or a live session. A Unix peer's role is looked
+    up off the loop (``peers.py``; PeerLookupTimeout, 503, when NSS hangs)."""
     transport: Any = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None:
         return Principal("gone", None)
     if sock.family == socket.AF_UNIX:
         pid, uid, gid = authz.peer_credentials(sock)
-        if authz.owner(uid):
-            role: Role | None = Role.admin
-        else:
-            role = await asyncio.to_thread(authz.peer_role, uid, gid, kernel.config)
+        try:
+            role = await kernel.peers.role(uid, gid, kernel.config)
+        except TimeoutError:
+            raise PeerLookupTimeout(slow_lookup(uid, kernel.peers.timeout_s)) from None
         principal = Principal(f"pid {pid} uid {uid}", role)
         if principal.role is None:
             raise PermissionDenied(authz.refusal(principal))
@@ -52,19 +61,41 @@ async def peer_of(kernel: Kernel, request: web.BaseRequest) -> Principal:
     who = f"tcp {host}:{port}"
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        known = [*kernel.config.authorization.tokens, *kernel.tokens.rules]
+        known = kernel.tokens.known(kernel.config)
         return authz.token_principal(who, token.strip(), known)
-    if transport.get_extra_info("peercert"):
-        return Principal(f"{who} certificate", Role.admin)
-    store = request.app.get(SESSIONS) if isinstance(request, web.Request) else None
-    session = store.find(request) if store is not None else None
+    session = live_session(kernel, request)
     if session is not None:
         return principal_of(session, request)
     raise Unauthenticated(
         "no credentials: over TCP send a token (Authorization: Bearer TOKEN, from "
-        "drivebayctl token new), a certificate signed by http.tls.client_ca, or "
-        "log in on the admin page"
+        "drivebayctl token new) or log in on the admin page; a client certificate "
+        "alone grants no role"
     )
+
+
+def live_session(kernel: Kernel, request: web.BaseRequest) -> Session | None:
+    """The request's admin page session, its role and globs as its token now
+    has them (a reload may change them); Unauthenticated, and the session
+    ended, once that token is gone (``token rm``, or out of the config)."""
+    store = request.app.get(SESSIONS) if isinstance(request, web.Request) else None
+    session = store.find(request) if store is not None else None
+    if session is None or session.principal.token is None:
+        return session
+    rule = kernel.tokens.find(kernel.config, session.principal.token)
+    if rule is None:
+        assert store is not None
+        store.close(request)
+        raise Unauthenticated(
+            "the token this session was opened with was removed: log in again with a known token"
+        )
+    session.principal = authz.of_token(session.principal.who, rule)
+    return session
+
+
+def still_known(kernel: Kernel, peer: Principal) -> bool:
+    """Is the token ``peer`` came with (if any) still one the daemon accepts?
+    An open stream asks before each chunk: a removed token's stream ends."""
+    return peer.token is None or kernel.tokens.find(kernel.config, peer.token) is not None
 
 
 def authorize(kernel: Kernel, peer: Principal, request: ControlRequest) -> None:

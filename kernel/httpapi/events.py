@@ -29,10 +29,13 @@ import msgspec
 from aiohttp import web
 
 from drivebay.kernel.control.schema import Event
+from drivebay.kernel.control.scope import event_shown
+from drivebay.kernel.httpapi.access import still_known
 from drivebay.kernel.httpapi.problems import problem
 from drivebay.protocol.errors import NotRunning
 
 if TYPE_CHECKING:
+    from drivebay.kernel.control.authz import Principal
     from drivebay.kernel.control.schema import EventsFollowRequest
     from drivebay.kernel.events import Cursor
     from drivebay.kernel.kernel import Kernel
@@ -56,11 +59,17 @@ def wanted(request: web.Request) -> str | None:
 
 
 async def stream_events(
-    kernel: Kernel, request: web.Request, asked: EventsFollowRequest, kind: str
+    kernel: Kernel,
+    request: web.Request,
+    asked: EventsFollowRequest,
+    kind: str,
+    peer: Principal,
 ) -> web.StreamResponse:
-    """The events after ``asked.since`` (or ``Last-Event-ID``), then each new
-    one, until the client goes away or the daemon stops; ``BadEventId``
-    before any byte for an id that is not one."""
+    """The events after ``asked.since`` (or ``Last-Event-ID``) that ``peer``
+    may see (``scope.event_shown``), then each new one, until the client
+    goes away, the daemon stops or the peer's token is removed (at the next
+    event or heartbeat); ``BadEventId`` before any byte for an id that is
+    not one."""
     resumed = request.headers.get("Last-Event-ID")
     since, last = (resumed, None) if resumed else (asked.since, asked.last)
     if since is None and last is not None:
@@ -73,7 +82,7 @@ async def stream_events(
     encode = _sse if kind == SSE else _ndjson
     with contextlib.suppress(ConnectionError):  # the client went away
         try:
-            await _pump(kernel, cursor, response, encode, kind == SSE)
+            await _pump(kernel, cursor, response, encode, kind == SSE, peer)
         except ConnectionError:
             raise
         except Exception as exc:  # the daemon stopping, or a fault: the last record
@@ -95,14 +104,20 @@ async def _pump(
     response: web.StreamResponse,
     encode: Callable[[Event], bytes],
     sse: bool,
+    peer: Principal,
 ) -> None:
-    """Write the events as they come, a heartbeat after silence, until the
-    daemon stops (``NotRunning``) or the client goes away."""
+    """Write the events ``peer`` may see as they come, a heartbeat after
+    silence, until the daemon stops (``NotRunning``), the client goes away
+    or the peer's token is removed."""
     loop = asyncio.get_running_loop()
     stopping = loop.create_task(kernel.wait_stopping())
     try:
-        while True:
+        while still_known(kernel, peer):  # a removed token's stream ends here
             events = cursor.take(BATCH)
+            if events and peer.drivers is not None:
+                events = [event for event in events if event_shown(peer, event)]
+                if not events:
+                    continue  # more may be there at once: take again before waiting
             if events:
                 await response.write(b"".join(encode(event) for event in events))
                 continue

@@ -19,7 +19,7 @@ from drivebay.protocol.errors import OperationFailed
 STATUS: dict[str, int] = {
     # the client's request
     "BadRequest": 400,  # malformed: a field missing, unknown or of the wrong type
-    "Unauthenticated": 401,  # no credentials (a TCP client without its certificate)
+    "Unauthenticated": 401,  # no credentials (a TCP client without a token or session)
     "PermissionDenied": 403,
     "NoSuchName": 404,  # no such driver, version or resource
     "NoSuchRoute": 404,
@@ -38,6 +38,8 @@ STATUS: dict[str, int] = {
     "DriverError": 502,  # crashed, hung, broke the protocol, did not start
     # the daemon
     "StateStoreLost": 503,
+    "PeerLookupTimeout": 503,  # the user or group database did not answer in time
+    "TooManyConnections": 503,  # control.max_connections client connections are open
     "DrivebayError": 500,
 }
 

@@ -241,6 +241,17 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "DELETE", "/v1/repositories/{name}", S.RepoRmRequest, {"name": "{name}"}, summary="remove"
     ),
+    Route("GET", "/v1/tokens", S.TokenLsRequest, summary="the bearer tokens, by their hashes"),
+    Route(
+        "POST", "/v1/tokens", S.TokenNewRequest, body="fields", summary="a new token, shown once"
+    ),
+    Route(
+        "DELETE",
+        "/v1/tokens/{id}",
+        S.TokenRmRequest,
+        {"id": "{id}"},
+        summary="remove a token token new made (id: its sha256 or 8+ hex digits of it)",
+    ),
     Route("POST", "/v1/reload", S.ReloadRequest, summary="re-read the config file"),
     Route("POST", "/v1/shutdown", S.ShutdownRequest, summary="stop drivebayd"),
     *(

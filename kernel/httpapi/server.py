@@ -5,12 +5,14 @@ as well as TCP and TLS, streams responses, and is kept by a large team: the
 daemon needs no thread, no second loop and no framework beyond it. The API
 listens on ``http.socket`` (default ``<state>/http.sock``), made with the
 control socket's mode and group, and on ``http.listen`` when set (TLS unless
-loopback; ``kernel/config.py`` refuses the rest). Each request is turned into
-its command's request Struct by the route table (``routes.py``), checked by
-``access.authorize`` (the policy of ``kernel/control/authz.py``) and run by
-the control socket's own handler; a failure is a ``problems.Problem``. As
-on the control socket, a client that goes away ends its stream and its
-queued call, while a change it asked for runs to its end.
+loopback; ``kernel/config.py`` refuses the rest); its connections count
+against the kernel's one cap on client connections (``gate.py``). Each
+request is turned into its command's request Struct by the route table
+(``routes.py``), checked by ``access.authorize`` (the policy of
+``kernel/control/authz.py``) and run by the control socket's own handler; a
+failure is a ``problems.Problem``. As on the control socket, a client that
+goes away ends its stream and its queued call, while a change it asked for
+runs to its end.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from drivebay.kernel.control import schema
 from drivebay.kernel.control.authz import socket_mode
 from drivebay.kernel.control.handlers import HANDLERS, STREAMS, CallFailed, Outcome, submit_call
 from drivebay.kernel.control.limits import stalled
+from drivebay.kernel.control.scope import chunk_shown, screened, seer, shown
 from drivebay.kernel.control.server import _clear_stale_socket
 from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
@@ -41,8 +44,11 @@ from drivebay.kernel.httpapi.access import (
     PermissionDenied,
     Unauthenticated,
     authorize,
+    live_session,
     peer_of,
+    still_known,
 )
+from drivebay.kernel.httpapi.gate import GatedSite, Refusals
 from drivebay.kernel.httpapi.page import admin_page
 from drivebay.kernel.httpapi.problems import ROUTING, STATUS, Problem, plain, problem
 from drivebay.kernel.httpapi.routes import EVENTS, ROUTES, Route, command_of
@@ -125,18 +131,19 @@ class Api:
             if self.kernel.stopping and kind in schema.CHANGING:
                 raise NotRunning("drivebayd is stopping; retry once it has started again")
             if kind in STREAMS:
-                return await self._stream(request, typed)
+                return await self._stream(request, typed, peer)
             if isinstance(typed, schema.CallRequest):
                 result, code = await self._call(typed), EXIT_OK
             elif kind in schema.CHANGING:
                 result, code = await self._change(typed)
             else:
                 result, code = await HANDLERS[kind](self.kernel, typed)
+                result, code = shown(peer, typed, result, code)
             result = route.picked(result, request.match_info)
         except web.HTTPException:
             raise  # aiohttp's own (a body over client_max_size): _problems says it
         except Exception as exc:
-            found = problem(command, exc)
+            found = problem(command, exc if peer is None else screened(peer, exc))
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
             elif typed is not None and isinstance(exc, CsrfRefused):
@@ -200,14 +207,15 @@ class Api:
             task.exception()  # seen by serve, or nobody is left to tell
 
     async def _stream(
-        self, request: web.Request, typed: schema.ControlRequest
+        self, request: web.Request, typed: schema.ControlRequest, peer: Peer
     ) -> web.StreamResponse:
-        """A streaming command's results: text as text/plain chunks, records as
-        NDJSON lines; an error before the first one is a problem like any other.
-        An error after it ends the stream as a client can tell: records with a
-        last ``problem`` record (``events.problem_event``), text cut short
-        (the connection closed before the chunked body's last chunk)."""
-        chunks = cast(AsyncGenerator[Any, None], STREAMS[type(typed)](self.kernel, typed))
+        """A streaming command's results (those ``peer`` may see): text as
+        text/plain chunks, records as NDJSON lines; an error before the first
+        one is a problem like any other. An error after it ends the stream as
+        a client can tell: records with a last ``problem`` record
+        (``events.problem_event``), text cut short (the connection closed
+        before the chunked body's last chunk)."""
+        chunks = _seen(self.kernel, peer, typed, STREAMS[type(typed)](self.kernel, typed))
         async with contextlib.aclosing(chunks):
             first = await anext(chunks)
             text = isinstance(first, str)
@@ -249,16 +257,17 @@ class Api:
             asked = EVENTS.request(request.match_info, _query(request), None)
             assert isinstance(asked, schema.EventsRequest)
             follow = schema.EventsFollowRequest(asked.since, asked.last)
-            authorize(self.kernel, await peer_of(self.kernel, request), follow)
-            return await events.stream_events(self.kernel, request, follow, kind)
+            peer = await peer_of(self.kernel, request)
+            authorize(self.kernel, peer, follow)
+            return await events.stream_events(self.kernel, request, follow, kind, peer)
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
 
     async def _login(self, request: web.Request) -> web.Response:
-        """``POST /v1/login`` with a bearer token (or a verified certificate):
-        a session cookie for the admin page, and the page's role and CSRF token."""
+        """``POST /v1/login`` with a bearer token: a session cookie for the
+        admin page, and the page's role and CSRF token."""
         try:
-            if "Authorization" not in request.headers and not _certified(request):
+            if "Authorization" not in request.headers:
                 raise Unauthenticated("log in with Authorization: Bearer TOKEN")
             peer = await peer_of(self.kernel, request)
         except Exception as exc:
@@ -280,9 +289,12 @@ class Api:
 
     async def _session(self, request: web.Request) -> web.Response:
         """``GET /v1/session``: the logged-in page's role and CSRF token."""
-        session = request.app[SESSIONS].find(request)
-        if session is None:
-            return self._problem(problem("session", Unauthenticated("no session: log in")))
+        try:
+            session = live_session(self.kernel, request)
+            if session is None:
+                raise Unauthenticated("no session: log in")
+        except Unauthenticated as exc:
+            return self._problem(problem("session", exc))
         return self._session_answer(session)
 
     async def _logout(self, request: web.Request) -> web.Response:
@@ -313,10 +325,12 @@ class Api:
         from drivebay.kernel.metrics.exposition import render_metrics
 
         try:
-            authorize(self.kernel, await peer_of(self.kernel, request), schema.StatusRequest([]))
+            peer = await peer_of(self.kernel, request)
+            authorize(self.kernel, peer, schema.StatusRequest([]))
         except Exception as exc:
             return self._problem(problem("metrics", exc))
-        body, content_type = await render_metrics(self.kernel, request.headers.get("Accept"))
+        accept = request.headers.get("Accept")
+        body, content_type = await render_metrics(self.kernel, accept, seer(peer))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def _document(self, request: web.Request) -> web.Response:
@@ -353,9 +367,17 @@ class Api:
                 await asyncio.gather(*self._changes, return_exceptions=True)
 
 
-def _certified(request: web.Request) -> bool:
-    transport = request.transport
-    return bool(transport is not None and transport.get_extra_info("peercert"))
+async def _seen(
+    kernel: Kernel, peer: Peer, typed: schema.ControlRequest, chunks: AsyncIterator[Any]
+) -> AsyncGenerator[Any, None]:
+    """The chunks of a stream that ``peer`` may see (``scope.chunk_shown``),
+    until its token is removed (the stream ends at its next chunk)."""
+    async with contextlib.aclosing(cast(AsyncGenerator[Any, None], chunks)) as source:
+        async for chunk in source:
+            if not still_known(kernel, peer):
+                return
+            if chunk_shown(peer, typed, chunk):
+                yield chunk
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
@@ -372,12 +394,14 @@ async def serve_http(kernel: Kernel) -> AsyncIterator[None]:
     )
     await runner.setup()
     path = kernel.config.http_socket_path
+    refusals = Refusals()  # connections count against the kernel's one cap (gate.py)
     try:
-        await web.SockSite(runner, _unix_socket(kernel, path)).start()
+        sock = _unix_socket(kernel, path)
+        await GatedSite(runner, kernel.connections, refusals, sock=sock).start()
         log.info("http api: %s", path)
         address = kernel.config.http.address()
         if address is not None:
-            await _listen_tcp(runner, address, kernel.config.http.tls)
+            await _listen_tcp(runner, kernel, refusals, address, kernel.config.http.tls)
         yield
     finally:
         with contextlib.suppress(TimeoutError):
@@ -416,12 +440,19 @@ def _unix_socket(kernel: Kernel, path: Path) -> socket.socket:
 
 
 async def _listen_tcp(
-    runner: web.AppRunner, address: tuple[str, int], tls: TlsSettings | None
+    runner: web.AppRunner,
+    kernel: Kernel,
+    refusals: Refusals,
+    address: tuple[str, int],
+    tls: TlsSettings | None,
 ) -> None:
     host, port = address
     context = None if tls is None else await asyncio.to_thread(_tls_context, tls)
     try:
-        await web.TCPSite(runner, host, port, ssl_context=context).start()
+        site = GatedSite(
+            runner, kernel.connections, refusals, context, host=host, port=port, reuse_address=True
+        )
+        await site.start()
     except OSError as exc:
         raise KernelError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; change http.listen"

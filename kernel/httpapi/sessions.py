@@ -1,6 +1,6 @@
 """Browser sessions for the admin page (``GET /``) over the TCP listener.
 
-``POST /v1/login`` with a bearer token (or a verified certificate) opens a
+``POST /v1/login`` with a bearer token opens a
 session: its id goes to the browser in an HttpOnly, SameSite=Strict cookie,
 and the answer names the role and a CSRF token the page sends back in the
 ``X-CSRF-Token`` header of every changing request (anything but GET and
@@ -53,7 +53,7 @@ class Sessions:
         sid = secrets.token_urlsafe(32)
         who = f"{principal.who} session"
         session = Session(
-            Principal(who, principal.role, principal.drivers),
+            Principal(who, principal.role, principal.drivers, principal.token),
             secrets.token_urlsafe(32),
             now + self.ttl_s,
         )

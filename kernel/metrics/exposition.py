@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -75,6 +75,28 @@ class Snapshot:
     env_builds: HistogramSample | None = None
     bundles: dict[str, int] = field(default_factory=dict)  # by verdict
 
+    def only(self, sees: Callable[[str], bool]) -> Snapshot:
+        """The series of the drivers ``sees`` accepts, and the daemon-wide ones."""
+
+        def pairs(found: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+            return {key: value for key, value in found.items() if sees(key[0])}
+
+        def named(found: dict[str, Any]) -> dict[str, Any]:
+            return {key: value for key, value in found.items() if sees(key)}
+
+        return Snapshot(
+            slots=[slot for slot in self.slots if sees(slot.driver)],
+            calls=pairs(self.calls),
+            durations=pairs(self.durations),
+            mailbox=pairs(self.mailbox),
+            resources=pairs(self.resources),
+            upgrades=named(self.upgrades),
+            rollbacks=named(self.rollbacks),
+            handovers=named(self.handovers),
+            env_builds=self.env_builds,
+            bundles=self.bundles,
+        )
+
 
 def take_snapshot(kernel: Kernel) -> Snapshot:
     """Copy the kernel's figures (on the event loop; no I/O)."""
@@ -126,12 +148,18 @@ def take_snapshot(kernel: Kernel) -> Snapshot:
     return snapshot
 
 
-async def render_metrics(kernel: Kernel, accept: str | None = None) -> tuple[bytes, str]:
+async def render_metrics(
+    kernel: Kernel, accept: str | None = None, sees: Callable[[str], bool] | None = None
+) -> tuple[bytes, str]:
     """The exposition and its content type, in the format the request's
     ``Accept`` header asks for, as ``prometheus_client``'s own servers
     choose it: Prometheus' text format 0.0.4 by default, OpenMetrics or text
-    1.0.0 when asked."""
-    return await asyncio.to_thread(render, take_snapshot(kernel), accept or "")
+    1.0.0 when asked. With ``sees`` (a token limited to drivers), only the
+    series of the drivers it accepts, and the daemon-wide ones."""
+    snapshot = take_snapshot(kernel)
+    if sees is not None:
+        snapshot = snapshot.only(sees)
+    return await asyncio.to_thread(render, snapshot, accept or "")
 
 
 def render(snapshot: Snapshot, accept: str = "", proc: str = "/proc") -> tuple[bytes, str]:

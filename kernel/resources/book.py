@@ -76,6 +76,12 @@ def checked_properties(
     return return_value
 
 
+def no_such_resource(resource_id: str) -> NoSuchName:
+    """The error for a resource id the daemon does not know (or, to a token
+    limited to other drivers, does not show: ``kernel/control/scope.py``)."""
+    return NoSuchName(f"no such resource: {resource_id} (drivebayctl resources lists them)")
+
+
 class ResourceBook:
     def __init__(
         self,
@@ -132,7 +138,7 @@ class ResourceBook:
         """The actor of a stored resource; raises ``NoSuchName`` otherwise."""
         actor = self.actors.get(resource_id)
         if actor is None or resource_id in self._adding:
-            raise NoSuchName(f"no such resource: {resource_id} (drivebayctl resources lists them)")
+            raise no_such_resource(resource_id)
         return actor
 
     def bound_to(self, slot: DriverSlot) -> list[ResourceActor]:

@@ -24,6 +24,7 @@ from drivebay.client import Client, DrivebayError
 from tests.e2e.harness import wait_for
 from tests.e2e.test_http_api import Api, free_port
 from tests.e2e.test_resources import mis_daemon
+from tests.sandbox.bundles import make_bundle
 
 VIEWER = "viewer-token-for-the-test"
 ELSEWHERE = "operator-token-for-other-drivers"
@@ -33,10 +34,13 @@ def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def over_tcp(port: int, method: str, target: str, token: str | None) -> tuple[int, Any]:
+def over_tcp(
+    port: int, method: str, target: str, token: str | None, body: Any = None
+) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    data = None if body is None else json.dumps(body).encode()
     with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
-        connection.request(method, target, headers=headers)
+        connection.request(method, target, data, headers=headers)
         response = connection.getresponse()
         return response.status, json.loads(response.read())
 
@@ -69,9 +73,12 @@ def test_tokens_over_tcp(daemon_factory, tmp_path):  # type: ignore[no-untyped-d
     status, problem = over_tcp(port, "POST", "/v1/drivers/mis/stop", ELSEWHERE)
     assert status == 403 and "may not act on driver mis" in problem["detail"]
     status, problem = over_tcp(port, "POST", "/v1/resources/v1/calls/ping", ELSEWHERE)
-    assert status == 403 and "may not act on driver mis" in problem["detail"]
+    assert (
+        status == 404
+        and problem["detail"] == "no such resource: v1 (drivebayctl resources lists them)"
+    )
     assert over_tcp(port, "GET", "/v1/drivers/mis", ELSEWHERE)[0] == 403  # nor read it by name
-    assert over_tcp(port, "GET", "/v1/drivers", ELSEWHERE)[0] == 200  # reading all is reading
+    assert over_tcp(port, "GET", "/v1/drivers", ELSEWHERE) == (200, [])  # nor in the list
     status, outcome = over_tcp(port, "POST", "/v1/drivers/mis/stop", operator)
     assert status == 200 and outcome[0]["ok"], outcome
     daemon.wait_state("mis", "STOPPED")
@@ -175,3 +182,204 @@ def test_naming_others_opens_the_sockets_at_a_reload(daemon):  # type: ignore[no
     reloaded = daemon.ctl("reload", "--json")
     assert reloaded.returncode == 0 and json.loads(reloaded.stdout)["restart_needed"] == []
     assert [os.stat(path).st_mode & 0o777 for path in sockets] == [0o666, 0o666]
+
+
+def ndjson_until(port: int, token: str, target: str, last: Any) -> list[dict[str, Any]]:
+    """The records of an NDJSON event stream, up to the first ``last`` accepts."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/x-ndjson"}
+    records: list[dict[str, Any]] = []
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        connection.request("GET", target, headers=headers)
+        response = connection.getresponse()
+        assert response.status == 200
+        while not records or not last(records[-1]):
+            line = response.fp.readline()
+            assert line, f"the stream ended after {records}"
+            if line.strip().startswith(b"{"):
+                records.append(json.loads(line))
+    return records
+
+
+def test_a_token_limited_to_drivers_sees_only_them(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
+    """Reads that name no driver (status, resources, avail, events listed and
+    streamed, metrics) show a token limited to ``other*`` only other-a; a
+    request naming mis is 403, one naming mis's resource is 404 as for a
+    resource that does not exist; changing requests stay bounded alike."""
+    port = free_port()
+    config = {"http": {"listen": f"127.0.0.1:{port}"}}
+    daemon = mis_daemon(daemon_factory, tmp_path, config)
+    daemon.drop(make_bundle(daemon.staging, name="other-a"))
+    daemon.wait_state("other-a", "RUNNING")
+    made = daemon.ctl("resource", "add", "o1", "--driver", "other-a")
+    assert made.returncode == 0, made.stderr
+    viewer = daemon.ctl("token", "new", "--role", "viewer", "--drivers", "other*").stdout.strip()
+    admin = daemon.ctl("token", "new", "--role", "admin", "--drivers", "other*").stdout.strip()
+
+    def get(target: str, token: str = viewer) -> tuple[int, Any]:
+        return over_tcp(port, "GET", target, token)
+
+    status, rows = get("/v1/drivers")
+    assert status == 200 and [r["name"] for r in rows] == ["other-a"]
+    assert get("/v1/drivers/other-a")[0] == 200
+    status, problem = get("/v1/drivers/mis")
+    assert (status, problem["detail"]) == (
+        403,
+        "permission denied: this token may not act on driver mis (it may on other*)",
+    )
+    assert get("/v1/drivers/mis/1.0.0")[0] == 403
+    status, problem = get("/v1/drivers/other-z/1.0")  # unknown: the known names it may see
+    assert (status, problem["type"]) == (404, "NoSuchName")
+    assert problem["detail"] == "no such driver: other-z@1.0 (known: other-a@1.0.0)"
+    assert get("/v1/drivers/mis/1.0.0/logs")[0] == 403
+    status, rows = get("/v1/resources")
+    assert status == 200 and [r["id"] for r in rows] == ["o1"]
+    assert get("/v1/resources/o1")[0] == 200
+    hidden, unknown = get("/v1/resources/v1"), get("/v1/resources/nope")
+    assert hidden[0] == unknown[0] == 404
+    assert hidden[1]["detail"] == unknown[1]["detail"].replace("nope", "v1")  # told alike
+    status, rows = get("/v1/avail")
+    assert status == 200 and {r["name"] for r in rows} == {"other-a"}
+    status, listed = get("/v1/events?since=0")
+    assert status == 200 and listed and {e["driver"] for e in listed} == {"other-a"}
+    assert any(e["type"] == "resource.added" and e["resource"] == "o1" for e in listed)
+    everything = Api(str(daemon.state / "http.sock"))("GET", "/v1/events?since=0")[1]
+    assert {e["driver"] for e in everything} >= {"mis", "other-a", None}  # what it is spared
+    streamed = ndjson_until(port, viewer, "/v1/events?since=0", lambda e: e.get("resource") == "o1")
+    assert {e["driver"] for e in streamed} == {"other-a"}
+    status, text = over_tcp_text(port, "/metrics", viewer)
+    assert status == 200 and 'driver="other-a"' in text and 'driver="mis"' not in text
+    assert "drivebay_bundles" in text  # the daemon-wide series stay
+    with Client(http=f"http://127.0.0.1:{port}", token=admin) as client:  # the commands route
+        assert [r["name"] for r in client.request("status")] == ["other-a"]
+        with pytest.raises(DrivebayError, match="no such resource: v1"):
+            client.request("call", {"resource": "v1", "op": "ping"})
+
+    # changing requests: by name, by resource, and of every driver
+    status, problem = over_tcp(port, "POST", "/v1/drivers/mis/stop", admin)
+    assert status == 403 and "may not act on driver mis" in problem["detail"]
+    for target in ("/v1/resources/v1", "/v1/resources/v1/pin"):
+        assert over_tcp(port, "DELETE", target, admin)[0] == 404
+    status, problem = over_tcp(port, "POST", "/v1/commands/stop", admin, {"names": ["all"]})
+    assert status == 403 and "of every driver (no name, or all)" in problem["detail"]
+    status, problem = over_tcp(port, "POST", "/v1/reload", admin)
+    assert status == 403 and "acts on the whole daemon" in problem["detail"]
+    status, problem = over_tcp(port, "POST", "/v1/resources", admin, {"id": "m2", "driver": "mis"})
+    assert status == 403 and "may not act on driver mis" in problem["detail"]
+    assert daemon.status()["mis"]["state"] == "RUNNING"
+    assert [r["id"] for r in json.loads(daemon.ctl("resources", "--json").stdout)] == ["o1", "v1"]
+    status, outcome = over_tcp(port, "POST", "/v1/drivers/other-a/restart", admin)
+    assert status == 200 and all(o["ok"] for o in outcome), outcome
+
+
+def over_tcp_text(port: int, target: str, token: str) -> tuple[int, str]:
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        connection.request("GET", target, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+
+
+def test_token_ls_and_rm_apply_at_once(daemon_factory, tmp_path):  # type: ignore[no-untyped-def]
+    """``token ls`` shows hashes, roles and globs (never a token); ``token rm``
+    rewrites tokens.json whole and the running daemon refuses the token on its
+    next request, also through an admin page session opened with it."""
+    port = free_port()
+    config = {
+        "http": {"listen": f"127.0.0.1:{port}"},
+        "authorization": {"tokens": [{"sha256": sha(VIEWER), "role": "viewer"}]},
+    }
+    daemon = mis_daemon(daemon_factory, tmp_path, config)
+    made = [
+        daemon.ctl("token", "new", "--role", "operator").stdout.strip(),
+        daemon.ctl("token", "new", "--role", "viewer", "--drivers", "other*", "n*").stdout.strip(),
+    ]
+    operator, limited = made
+    listed = daemon.ctl("token", "ls")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"{sha(VIEWER)[:12]}  viewer   config  every driver",
+        f"{sha(operator)[:12]}  operator kept    every driver",
+        f"{sha(limited)[:12]}  viewer   kept    other*, n*",
+    ]
+    rows = json.loads(daemon.ctl("token", "ls", "--json").stdout)
+    assert [(r["sha256"], r["source"], r["drivers"]) for r in rows] == [
+        (sha(VIEWER), "config", []),
+        (sha(operator), "kept", []),
+        (sha(limited), "kept", ["other*", "n*"]),
+    ]
+    assert not any(token in listed.stdout + json.dumps(rows) for token in made)
+    status, problem = over_tcp(port, "GET", "/v1/tokens", VIEWER)  # admin only
+    assert (status, problem["detail"]) == (403, "permission denied: token-ls needs admin")
+
+    # a session of the page, opened with the operator token
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        connection.request("POST", "/v1/login", headers={"Authorization": f"Bearer {operator}"})
+        response = connection.getresponse()
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie", "").split(";")[0]
+        response.read()
+
+    def with_session(method: str, target: str) -> tuple[int, Any]:
+        with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+            connection.request(method, target, headers={"Cookie": cookie})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read())
+
+    assert with_session("GET", "/v1/drivers")[0] == 200
+    assert over_tcp(port, "GET", "/v1/drivers", operator)[0] == 200
+    stream = HTTPConnection("127.0.0.1", port, timeout=30)  # an event stream open with it
+    headers = {"Authorization": f"Bearer {operator}", "Accept": "application/x-ndjson"}
+    stream.request("GET", "/v1/events?since=0", headers=headers)
+    streamed = stream.getresponse()
+    assert streamed.status == 200 and json.loads(streamed.readline())["id"]
+
+    removed = daemon.ctl("token", "rm", sha(operator)[:8])
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.strip() == f"{sha(operator)[:12]}  operator kept    every driver: removed"
+    status, problem = over_tcp(port, "GET", "/v1/drivers", operator)  # the very next request
+    assert status == 401 and problem["detail"].startswith("unknown token")
+    status, problem = with_session("GET", "/v1/drivers")
+    assert (
+        status == 401
+        and "the token this session was opened with was removed" in (problem["detail"])
+    )
+    assert with_session("GET", "/v1/session")[0] == 401  # the session is gone
+    with closing(stream):  # it ends at its next event (token rm's audit line), unsent
+        rest = [json.loads(line) for line in streamed.read().splitlines() if line]
+    assert not any(e["type"] == "audit" and "token-rm" in e["data"]["what"] for e in rest)
+    kept = daemon.state / "tokens.json"
+    assert json.loads(kept.read_text()) == [
+        {"sha256": sha(limited), "role": "viewer", "drivers": ["other*", "n*"]}
+    ]
+    assert (kept.stat().st_mode & 0o777) == 0o600
+    assert over_tcp(port, "GET", "/v1/drivers", limited)[0] == 200  # the others hold
+
+    config_token = daemon.ctl("token", "rm", sha(VIEWER)[:10])
+    assert config_token.returncode == 1 and config_token.stderr.count("\n") == 1
+    assert "is in the config file (authorization.tokens): remove it there" in config_token.stderr
+    unknown = daemon.ctl("token", "rm", "0123456789")
+    assert unknown.returncode == 4 and "no token 0123456789" in unknown.stderr
+    short = daemon.ctl("token", "rm", "ab")
+    assert short.returncode == 1 and "first 8 or more hex digits" in short.stderr
+    assert over_tcp(port, "GET", "/v1/drivers", VIEWER)[0] == 200
+
+    assert over_tcp(port, "DELETE", f"/v1/tokens/{sha(limited)}", VIEWER)[0] == 403
+
+    # a token of the config file: removed there, applied by a reload, sessions too
+    with closing(HTTPConnection("127.0.0.1", port, timeout=30)) as connection:
+        connection.request("POST", "/v1/login", headers={"Authorization": f"Bearer {VIEWER}"})
+        response = connection.getresponse()
+        assert response.status == 200
+        cookie = response.getheader("Set-Cookie", "").split(";")[0]
+        response.read()
+    assert with_session("GET", "/v1/drivers")[0] == 200
+    settings = yaml.safe_load(daemon.config_path.read_text())
+    settings["authorization"] = {}
+    daemon.config_path.write_text(yaml.safe_dump(settings))
+    assert daemon.ctl("reload").returncode == 0
+    assert over_tcp(port, "GET", "/v1/drivers", VIEWER)[0] == 401
+    assert with_session("GET", "/v1/drivers")[0] == 401
+    daemon.stop()  # removed for good
+    daemon.start()
+    wait_for(lambda: "mis" in daemon.status(), what="mis known again after the restart")
+    assert over_tcp(port, "GET", "/v1/drivers", operator)[0] == 401
+    assert over_tcp(port, "GET", "/v1/drivers", limited)[0] == 200

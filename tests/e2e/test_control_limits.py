@@ -4,20 +4,27 @@ raw sockets, real drivers."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
+from http.client import HTTPConnection, HTTPSConnection
 from pathlib import Path
 from typing import Any
 
-from drivebay.client import AsyncClient, OperationError
+import pytest
+
+from drivebay.client import AsyncClient, Client, DrivebayError, OperationError
 from drivebay.client._sync import encode_request
 from drivebay.kernel.control.limits import stalled
 from drivebay.protocol.frames import HEADER, FrameSplitter
 from drivebay.protocol.msgpack_lite import unpackb
 from tests.e2e.harness import BIN, Daemon, wait_for
+from tests.e2e.test_http_api import UnixHttp, free_port, make_certificates
 from tests.helpers import run
 from tests.sandbox.bundles import make_bundle
 
@@ -161,8 +168,9 @@ def test_connections_beyond_the_cap_are_refused_with_one_line(daemon_factory):
         assert (refused.returncode, refused.stdout, refused.stderr) == (
             1,
             "",
-            "drivebayctl: drivebayd has 4 connections open (control.max_connections); "
-            "close idle clients or raise the limit\n",
+            "drivebayctl: drivebayd has 4 client connections open (control socket and HTTP "
+            "API together: control.max_connections); close idle clients or raise "
+            "control.max_connections\n",
         )
         assert daemon.ctl("version").returncode == 1
         assert refused_to_a_program(daemon.socket) == refused.stderr[len("drivebayctl: ") : -1]
@@ -348,3 +356,79 @@ def test_a_client_that_does_not_read_its_replies_is_not_read_from(daemon):
         assert status_answers(daemon)
         grown_mib = (rss_kb(pid) - before) / 1024
         assert grown_mib < 64, f"the daemon grew by {grown_mib:.0f} MiB"
+
+
+def http_get(connection: HTTPConnection, target: str) -> tuple[int, Any]:
+    connection.request("GET", target)
+    response = connection.getresponse()
+    return response.status, json.loads(response.read())
+
+
+def test_http_connections_count_against_the_same_cap(daemon_factory):
+    """Two control connections and two HTTP keep-alive connections (Unix and
+    TCP) fill a cap of four: one more of any kind is refused, over HTTP as a
+    503 problem naming what to raise; a freed HTTP connection admits again."""
+    port = free_port()
+    config = {"control": {"max_connections": 4}, "http": {"listen": f"127.0.0.1:{port}"}}
+    daemon = daemon_factory(config=config)
+    daemon.start()
+    http_sock = str(daemon.state / "http.sock")
+    line = (
+        "drivebayd has 4 client connections open (control socket and HTTP API together: "
+        "control.max_connections); close idle clients or raise control.max_connections"
+    )
+    with raw_connections(daemon.socket) as clients, contextlib.ExitStack() as held:
+        for _ in range(2):
+            clients.append(Raw(daemon.socket))
+        assert all(client.status()["ok"] for client in clients)
+        unix = held.enter_context(closing(UnixHttp(http_sock)))
+        tcp = held.enter_context(closing(HTTPConnection("127.0.0.1", port, timeout=30)))
+        assert http_get(unix, "/v1/version")[0] == 200  # admitted, and kept open
+        assert http_get(tcp, "/v1/version")[0] == 401  # admitted (no token), kept open
+
+        for extra in (UnixHttp(http_sock), HTTPConnection("127.0.0.1", port, timeout=30)):
+            with closing(extra):
+                extra.request("GET", "/v1/version")
+                response = extra.getresponse()
+                problem = json.loads(response.read())
+            assert response.status == 503
+            assert response.getheader("Content-Type") == "application/problem+json"
+            assert response.getheader("Retry-After") == "1"
+            assert (problem["type"], problem["detail"]) == ("TooManyConnections", line)
+        refused = daemon.ctl("status")
+        assert (refused.returncode, refused.stderr) == (1, f"drivebayctl: {line}\n")
+
+        assert http_get(unix, "/v1/version")[0] == 200  # the open ones still work
+        assert clients[0].status()["ok"]
+        unix.close()  # one freed: HTTP and the control socket are admitted again
+        wait_for(lambda: status_answers(daemon), what="a connection freed")
+        with closing(UnixHttp(http_sock)) as again:
+            assert http_get(again, "/v1/version")[0] == 200
+    log = daemon.log()
+    assert log.count("http connections at the limit") == 1
+    assert "accepting http connections again (2 refused)" in log
+
+
+def test_a_tls_connection_over_the_cap_reads_its_503(daemon_factory, tmp_path):
+    """Over TLS the daemon cannot half-close: it answers after the handshake
+    and waits for the client to close; the client reads the whole 503."""
+    files = make_certificates(tmp_path)
+    port = free_port()
+    tls = {"cert": files["server.pem"], "key": files["server.key"]}
+    listen = {"listen": f"127.0.0.1:{port}", "tls": tls}
+    daemon = daemon_factory(config={"control": {"max_connections": 1}, "http": listen})
+    daemon.start()
+    trusted = ssl.create_default_context(cafile=files["ca.pem"])
+    with raw_connections(daemon.socket) as clients:
+        clients.append(Raw(daemon.socket))
+        assert clients[0].status()["ok"]  # the one place is taken
+        for _ in range(3):  # and again: the refused ones are closed, nothing held
+            with closing(HTTPSConnection("127.0.0.1", port, timeout=30, context=trusted)) as https:
+                https.request("POST", "/v1/reload", body=b"{}")
+                response = https.getresponse()
+                problem = json.loads(response.read())
+            assert (response.status, problem["type"]) == (503, "TooManyConnections")
+    wait_for(lambda: status_answers(daemon), what="the control connection freed")
+    client = Client(http=f"https://127.0.0.1:{port}", ssl=trusted)
+    with client, pytest.raises(DrivebayError, match="no credentials"):  # admitted, then 401
+        client.request("version")

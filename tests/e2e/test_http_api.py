@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import http.client
 import ipaddress
 import json
@@ -406,20 +407,46 @@ def test_tcp_beyond_loopback_needs_tls(tmp_path):
     wait_for(lambda: not (tmp_path / "state" / "http.sock").exists(), 1, "no socket")
 
 
-def test_https_serves_a_client_with_a_certificate(daemon_factory, tmp_path):
+def test_https_a_client_certificate_needs_a_token_too(daemon_factory, tmp_path):
+    """A real TLS listener on 127.0.0.1 with ``client_ca``: without a
+    certificate the handshake fails; with one and no token the request is 401
+    (the certificate authenticates the connection, not a role); with a token
+    too it is served with the token's role."""
     files = make_certificates(tmp_path)
     port = free_port()
     tls = {"cert": files["server.pem"], "key": files["server.key"], "client_ca": files["ca.pem"]}
-    daemon = daemon_factory(config={"http": {"listen": f"127.0.0.1:{port}", "tls": tls}})
+    token = "viewer-token-over-tls"
+    tokens = [{"sha256": hashlib.sha256(token.encode()).hexdigest(), "role": "viewer"}]
+    config = {
+        "http": {"listen": f"127.0.0.1:{port}", "tls": tls},
+        "authorization": {"tokens": tokens},
+    }
+    daemon = daemon_factory(config=config)
     daemon.start()
     trusted = ssl.create_default_context(cafile=files["ca.pem"])
     url = f"https://127.0.0.1:{port}"
     with pytest.raises(DrivebayError):  # no client certificate: the handshake fails
         Client(http=url, ssl=trusted).request("version")
     trusted.load_cert_chain(files["client.pem"], files["client.key"])
-    with Client(http=url, ssl=trusted) as client:
+    with closing(http.client.HTTPSConnection("127.0.0.1", port, context=trusted)) as bare:
+        bare.request("POST", "/v1/shutdown")  # a certificate and no token
+        response = bare.getresponse()
+        problem = json.loads(response.read())
+    assert (response.status, problem["type"]) == (401, "Unauthenticated")
+    assert problem["detail"].endswith("a client certificate alone grants no role")
+    with closing(http.client.HTTPSConnection("127.0.0.1", port, context=trusted)) as bare:
+        bare.request("POST", "/v1/login")  # nor does it open a session
+        assert bare.getresponse().status == 401
+    with Client(http=url, ssl=trusted) as client, pytest.raises(DrivebayError) as refused:
+        client.request("status")
+    assert "no credentials" in str(refused.value)
+    with Client(http=url, ssl=trusted, token=token) as client:
         assert client.request("version")["protocol"]
         assert client.request("status") == []
+        with pytest.raises(DrivebayError) as refused:
+            client.request("shutdown")
+        assert str(refused.value) == "permission denied: shutdown needs admin"
+    assert daemon.ctl("version").returncode == 0  # still running
 
 
 def make_certificates(root: Path) -> dict[str, str]:

@@ -30,6 +30,9 @@ from drivebay.kernel.control.authz import (
     socket_mode,
     token_principal,
 )
+from drivebay.kernel.control.scope import chunk_shown, no_such_driver, screened, shown
+from drivebay.kernel.resources.book import no_such_resource
+from drivebay.protocol.errors import NoSuchName
 
 NOBODY = pwd.getpwnam("nobody")
 NOGROUP = grp.getgrgid(NOBODY.pw_gid).gr_name
@@ -126,12 +129,58 @@ def test_a_tokens_driver_globs_bound_what_it_acts_on():
     check(limited, S.StopRequest(["alpha", "alpaca@1.0"]), no_resources)
     assert "may not act on driver beta" in refused(limited, S.StopRequest(["alpha", "beta"]))
     check(limited, S.CallRequest("r1", "ping"), {"r1": "alpha"}.get)
-    assert "driver beta" in refused(limited, S.CallRequest("r2", "ping"))
+    with pytest.raises(NoSuchName) as hidden:  # another driver's resource: as if unknown
+        check(limited, S.CallRequest("r2", "ping"), {"r2": "beta"}.get)
+    assert str(hidden.value) == str(no_such_resource("r2"))
+    with pytest.raises(NoSuchName):
+        check(limited, S.ResourceSetRequest("r2", ["a=1"]), {"r2": "beta"}.get)
     check(limited, S.CallRequest("r9", "ping"), no_resources)  # unknown: its handler says so
-    assert "without a driver name" in refused(limited, S.StopRequest([]))  # all of them
-    check(limited, S.StatusRequest(), no_resources)  # reading all is reading
+    assert "of every driver (no name, or all)" in refused(limited, S.StopRequest([]))  # all of them
+    for every in (S.StopRequest(["all"]), S.RestartRequest(["alpha", "all"])):
+        assert "of every driver (no name, or all)" in refused(
+            limited, every
+        )  # "all" matches "al*" too
+    check(limited, S.StatusRequest(), no_resources)  # reading all: scope.shown bounds it
     check(limited, S.DescribeRequest("alpha@1.0"), no_resources)
     assert "driver beta" in refused(limited, S.TailRequest("beta"))
+    assert "driver beta" in refused(limited, S.StatusRequest(["beta"]))
+
+
+def test_a_limited_token_sees_only_its_drivers():
+    limited = Principal("t", Role.viewer, ("al*",))
+    everyone = Principal("t", Role.viewer)
+    rows = [
+        S.StatusRow("alpha", "1.0", "RUNNING"),
+        S.StatusRow("beta", "1.0", "STOPPED"),
+        S.StatusRow("alpha-broken.zip", None, "INVALID"),
+    ]
+    assert shown(everyone, S.StatusRequest(), rows, 3) == (rows, 3)
+    assert shown(limited, S.StatusRequest(), rows, 3) == (rows[:1], 0)  # beta's stop is not its
+    resources = [
+        S.ResourceRow("r1", "alpha", "1.0", None, {}, "bound", 0, None),
+        S.ResourceRow("r2", "beta", "1.0", None, {}, "bound", 0, None),
+    ]
+    assert shown(limited, S.ResourcesRequest(), resources, 0) == (resources[:1], 0)
+    avail = [
+        S.AvailRow("a.zip", "alpha", "1.0", "active", None),
+        S.AvailRow("b.zip", "beta", "1.0", "active", None),
+        S.AvailRow("x.zip", None, None, "INVALID", "bad"),
+    ]
+    assert shown(limited, S.AvailRequest(), avail, 0) == (avail[:1], 0)
+    events = [
+        S.Event("b-1", 0.0, "driver.state", driver="alpha"),
+        S.Event("b-2", 0.0, "resource.added", driver="beta", resource="r2"),
+        S.Event("b-3", 0.0, "audit", data={"who": "x", "what": "reload", "outcome": "ok"}),
+        S.Event(None, 0.0, "gap"),
+    ]
+    assert shown(limited, S.EventsRequest(), events, 0) == ([events[0], events[3]], 0)
+    follow = S.EventsFollowRequest()
+    assert [chunk_shown(limited, follow, e) for e in events] == [True, False, False, True]
+    assert all(chunk_shown(limited, S.TailFollowRequest("alpha"), "text") for _ in events)
+    unknown = no_such_driver("alpine", ["alpha@1.0", "beta@1.0"])
+    assert str(screened(everyone, unknown)) == "no such driver: alpine (known: alpha@1.0, beta@1.0)"
+    assert str(screened(limited, unknown)) == "no such driver: alpine (known: alpha@1.0)"
+    assert isinstance(screened(limited, unknown), NoSuchName)
 
 
 def test_token_new_keeps_only_the_hash(tmp_path: Path):

@@ -29,8 +29,8 @@ def test_the_gate_admits_up_to_its_cap_and_again_after_a_leave():
     gate.leave()
     assert gate.enter()
     assert gate.refusal == (
-        "drivebayd has 2 connections open (control.max_connections); "
-        "close idle clients or raise the limit"
+        "drivebayd has 2 client connections open (control socket and HTTP API together: "
+        "control.max_connections); close idle clients or raise control.max_connections"
     )
     assert "descriptor limit 1024 (RLIMIT_NOFILE)" in ConnectionGate(120, 1024).refusal
 
