@@ -38,10 +38,14 @@ def hello_message(
 
 
 def ready_message(
-    operations: list[str], has_health: bool, details: dict[str, list[Any]]
+    operations: list[str],
+    has_health: bool,
+    details: dict[str, list[Any]],
+    hooks: list[str],
 ) -> list[Any]:
-    """``Ready``; ``details`` holds ``[signature, summary, is_async]`` by operation."""
-    return ["ready", operations, has_health, details]
+    """``Ready``; ``details`` holds ``[signature, summary, is_async]`` by
+    operation; ``hooks`` the state hooks the class defines."""
+    return ["ready", operations, has_health, details, hooks]
 
 
 def result_message(request_id: int, value: Any) -> list[Any]:
@@ -94,6 +98,20 @@ def unknown_operation(request_id: int, op: str, known: Iterable[str]) -> list[An
     listed = ", ".join(sorted(known)) or "none"
     message = f"driver has no operation {op!r} (operations: {listed})"
     return error_message(request_id, errors.UNKNOWN_OPERATION, message)
+
+
+def state_too_large(request_id: int, resource_id: str, size: int, limit: int) -> list[Any]:
+    message = (
+        f"the state {resource_id} hands over takes {size} bytes, over the channel's limit of "
+        f"{limit}; hand over less (keep bulk data in files), or raise max_frame_bytes in the "
+        "daemon's config"
+    )
+    return error_message(request_id, errors.STATE_TOO_LARGE, message)
+
+
+def handoff_failed(request_id: int, resource_id: str, reason: str) -> list[Any]:
+    message = f"the state of {resource_id} cannot be handed over: {sendable(reason)}"
+    return error_message(request_id, errors.HANDOFF_FAILED, message)
 
 
 def result_too_large(request_id: int, size: int, limit: int) -> list[Any]:

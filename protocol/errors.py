@@ -114,6 +114,13 @@ class EnvBuildError(DriverError):
     words. The previous version of the driver, if any, keeps running."""
 
 
+class HandoverFailed(DriverError):
+    """A resource's state could not move to its new instance (the old
+    instance's ``handoff``, the new one's ``takeover``, or the descriptors
+    between them). Nothing was lost: the old instance got ``handoff_aborted``
+    and serves on; the upgrade (or property change) is rolled back."""
+
+
 # -- the daemon itself ---------------------------------------------------------
 
 
@@ -150,6 +157,11 @@ RESULT_TOO_LARGE = "ResultTooLarge"
 """The operation's result would not fit in one frame (``max_frame_bytes``)."""
 UNENCODABLE_RESULT = "UnencodableResult"
 """The operation returned a value of a type the wire cannot carry."""
+STATE_TOO_LARGE = "StateTooLarge"
+"""The state an instance hands over would not fit in one frame (``max_frame_bytes``)."""
+HANDOFF_FAILED = "HandoffFailed"
+"""A state could not be handed over or taken over: a value it holds, or its
+descriptors (truncated, the new process out of descriptors)."""
 
 RUNTIME_ERRORS = frozenset(
     {
@@ -160,6 +172,8 @@ RUNTIME_ERRORS = frozenset(
         UNKNOWN_OPERATION,
         RESULT_TOO_LARGE,
         UNENCODABLE_RESULT,
+        STATE_TOO_LARGE,
+        HANDOFF_FAILED,
     }
 )
 """Every name the driver runtime itself puts in an ``error`` reply."""

@@ -85,7 +85,55 @@ class Drain(_Message, tag="drain", frozen=True):
     timeout_s: float
 
 
-ToDriver = Welcome | Refuse | Attach | Detach | Call | Health | Cancel | Ping | Drain
+class Handoff(_Message, tag="handoff", frozen=True):
+    """Ask the instance for ``resource_id`` for its state (its ``handoff()``).
+
+    Answered by Result ``[state, entries]`` (``handoff_state``: sockets out of
+    the state, one entry per descriptor), the descriptors sent first on the
+    descriptor channel as transfer ``id``; or by Error. The instance is set
+    aside until ``HandoffEnd`` says whether it was taken over."""
+
+    id: int
+    resource_id: str
+
+
+class Takeover(_Message, tag="takeover", frozen=True):
+    """Create the instance for ``resource_id`` from a handed-off state (its
+    ``takeover(state, from_version)``, instead of ``attach``). Its descriptors
+    (``entries``' order) come first on the descriptor channel as transfer
+    ``id``. Answered by Result/Error; on Error the runtime has closed them."""
+
+    id: int
+    resource_id: str
+    properties: dict[str, Any]
+    state: Any
+    entries: list[Any]
+    from_version: str
+
+
+class HandoffEnd(_Message, tag="handoff_end", frozen=True):
+    """The set-aside instance for ``resource_id`` was ``taken`` over (it gets
+    ``detach()``) or not (it gets ``handoff_aborted()`` and serves on)."""
+
+    id: int
+    resource_id: str
+    taken: bool
+
+
+ToDriver = (
+    Welcome
+    | Refuse
+    | Attach
+    | Detach
+    | Call
+    | Health
+    | Cancel
+    | Ping
+    | Drain
+    | Handoff
+    | Takeover
+    | HandoffEnd
+)
 
 
 # -- driver -> kernel ----------------------------------------------------------
@@ -118,6 +166,7 @@ class Ready(_Message, tag="ready", frozen=True):
     operations: list[str]
     has_health: bool = False
     details: dict[str, OperationInfo] = {}  # by operation name
+    hooks: list[str] = []  # which of handoff, takeover, handoff_aborted the class defines
 
 
 class Result(_Message, tag="result", frozen=True):

@@ -50,10 +50,12 @@ from .child_messages import (
     unknown_operation,
 )
 from .errors import ProtocolError
+from .fd_passing import FdInbox
+from .handoff_serving import HandoffServing
+from .hooks import LIFECYCLE_METHODS, check_hooks
 from .outbox import Outbox
 from .versions import PROTOCOL_MAX, PROTOCOL_MIN
 
-LIFECYCLE_METHODS = frozenset({"health", "attach", "detach"})
 EXIT_REFUSED = 2
 EXIT_LOAD_FAILED = 3
 EXIT_PROTOCOL = 4
@@ -67,6 +69,7 @@ class Settings:
 
     def __init__(self, environ: dict[str, str]) -> None:
         self.channel_fd = int(environ["DRIVEBAY_CHANNEL_FD"])
+        self.fd_channel_fd = int(environ.get("DRIVEBAY_FD_CHANNEL_FD", "-1"))
         self.entrypoint = environ["DRIVEBAY_ENTRYPOINT"]
         self.src = environ.get("DRIVEBAY_SRC", "")
         self.driver = environ.get("DRIVEBAY_DRIVER", "driver")
@@ -119,6 +122,8 @@ class Operations:
                 continue
             self.is_async[name] = inspect.iscoroutinefunction(member)
         self.has_health = callable(getattr(driver_class, "health", None))
+        # Raises HookMisdefined for a reserved name used with another meaning.
+        self.hooks = check_hooks(driver_class)
         # What ``describe`` shows of each: [signature, summary, is_async].
         self.details = {
             name: [*_described(getattr(driver_class, name)), is_async]
@@ -176,7 +181,7 @@ def _cut(text: str) -> str:
     return sendable(text if len(text) <= DESCRIBED_MAX else text[: DESCRIBED_MAX - 1] + "…")
 
 
-class DriverServer(asyncio.Protocol):
+class DriverServer(HandoffServing, asyncio.Protocol):
     """Serves the kernel's requests on the channel."""
 
     def __init__(
@@ -186,6 +191,7 @@ class DriverServer(asyncio.Protocol):
         operations: Operations,
         pool: concurrent.futures.Executor,
         done: asyncio.Future[int],
+        fd_channel: socket.socket | None = None,
     ) -> None:
         self._codec = codec
         self._out = outbox
@@ -203,6 +209,10 @@ class DriverServer(asyncio.Protocol):
         self._tasks: set[asyncio.Task[None]] = set()  # attach, detach, drain: ours to cancel
         self._draining = False
         self._loop_thread = threading.get_ident()
+        self._fd_channel = fd_channel
+        self._fd_inbox = FdInbox()
+        self._set_aside: dict[str, Any] = {}
+        self._handing: dict[str, asyncio.Future[Any]] = {}
 
     # -- channel events ---------------------------------------------------------
 
@@ -218,6 +228,9 @@ class DriverServer(asyncio.Protocol):
 
     def _send(self, message: list[Any]) -> None:
         self._out.send(self._codec.encode(message))
+
+    def _out_frame(self, frame: bytes) -> None:
+        self._out.send(frame)
 
     def _send_result(self, request_id: int, value: Any) -> None:
         """The reply to a request, or an error saying its value cannot travel."""
@@ -296,6 +309,19 @@ class DriverServer(asyncio.Protocol):
                 self._health(message[1])
             elif tag == "drain":
                 self._spawn(self._drain(float(message[1])))
+            elif tag == "handoff":
+                self._handoff(message[1], message[2])
+            elif tag == "takeover":
+                self._takeover(
+                    message[1],
+                    message[2],
+                    dict(message[3]),
+                    message[4],
+                    list(message[5]),
+                    str(message[6]),
+                )
+            elif tag == "handoff_end":
+                self._handoff_end(message[1], message[2], bool(message[3]))
             else:
                 log.warning("ignoring unknown message %r from the kernel", tag)
         except (IndexError, TypeError, ValueError) as exc:
@@ -404,11 +430,7 @@ class DriverServer(asyncio.Protocol):
         self, request_id: int, resource_id: str, properties: dict[str, Any]
     ) -> None:
         try:
-            if self._ops.takes_emit:
-                emit = functools.partial(self.emit, resource_id)
-                instance = self._ops.driver_class(resource_id, properties, emit=emit)
-            else:
-                instance = self._ops.driver_class(resource_id, properties)
+            instance = self._new_instance(resource_id, properties)
             attach = getattr(instance, "attach", None)
             if attach is not None:
                 await self._maybe_in_thread(attach, to_the_end=True)
@@ -427,6 +449,12 @@ class DriverServer(asyncio.Protocol):
             return
         self._instances[resource_id] = instance
         self._send(result_message(request_id, None))
+
+    def _new_instance(self, resource_id: str, properties: dict[str, Any]) -> Any:
+        if self._ops.takes_emit:
+            emit = functools.partial(self.emit, resource_id)
+            return self._ops.driver_class(resource_id, properties, emit=emit)
+        return self._ops.driver_class(resource_id, properties)
 
     def _detach(self, request_id: int, resource_id: str) -> None:
         instance = self._instances.pop(resource_id, None)
@@ -494,8 +522,12 @@ class DriverServer(asyncio.Protocol):
         # A resource whose sync operation still runs is not detached beside it:
         # the process exits without waiting for that thread.
         busy = set(self._thread_resources.values())
-        for resource_id in list(self._instances):
-            instance = self._instances.pop(resource_id)
+        # An instance set aside by a handoff the kernel has not ended is
+        # detached too: it still holds its sockets.
+        leaving = [*self._instances.items(), *self._set_aside.items()]
+        self._instances.clear()
+        self._set_aside.clear()
+        for resource_id, instance in leaving:
             if resource_id in busy:
                 log.warning("%s runs a sync operation still; exit without detach", resource_id)
                 continue
@@ -517,6 +549,16 @@ def _start_task(
     if sys.version_info >= (3, 12):
         return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
     return loop.create_task(coro)
+
+
+def _fd_channel(settings: Settings) -> socket.socket | None:
+    """Our end of the descriptor channel (``fd_passing``), if the kernel gave one."""
+    if settings.fd_channel_fd < 0:
+        return None
+    sock = socket.socket(fileno=settings.fd_channel_fd)
+    sock.set_inheritable(False)  # the driver's own subprocesses must not hold it
+    sock.setblocking(False)
+    return sock
 
 
 def _load_driver_class(settings: Settings) -> type:
@@ -610,7 +652,7 @@ async def _serve(
     # os._exit, threads and all).
     pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="driver-op")
     try:
-        server = DriverServer(codec, outbox, operations, pool, done)
+        server = DriverServer(codec, outbox, operations, pool, done, _fd_channel(settings))
         transport, _ = await loop.connect_accepted_socket(lambda: server, sock)
         try:
             for message in early:
@@ -646,7 +688,9 @@ def main() -> None:
         traceback.print_exc()
         sys.stderr.flush()
         os._exit(EXIT_LOAD_FAILED)
-    ready = ready_message(sorted(operations.is_async), operations.has_health, operations.details)
+    ready = ready_message(
+        sorted(operations.is_async), operations.has_health, operations.details, operations.hooks
+    )
     sock.sendall(codec.encode(ready))
     sock.setblocking(False)
     code = runner(_serve(sock, codec, operations, early, settings))

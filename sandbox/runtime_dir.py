@@ -39,6 +39,10 @@ CHILD_MODULES = (
     "child_codec.py",
     "child_messages.py",
     "outbox.py",
+    "hooks.py",
+    "fd_passing.py",
+    "handoff_state.py",
+    "handoff_serving.py",
     "init_shim.py",
     "runtime.py",
 )

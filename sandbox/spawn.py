@@ -3,10 +3,12 @@
 The child gets a fresh interpreter in isolated mode (``-I``), a minimal
 environment, its own session and process group (so the kernel can signal the
 driver and everything it started as one), stdin from /dev/null, stdout and
-stderr on pipes the kernel reads, and exactly one inherited fd: its end of the
-channel ``socketpair``. Its exit is seen through a pidfd the event loop
-watches, as it happens, with no polling and no SIGCHLD handler. The child puts
-what the driver starts in a PID namespace of its own (``containment``, see
+stderr on pipes the kernel reads, and exactly two inherited fds: its ends of
+the channel ``socketpair`` and of the descriptor channel (a ``SOCK_SEQPACKET``
+pair that carries handed-over sockets, see ``protocol.fd_passing``). Its
+exit is seen through a pidfd the event loop watches, as it happens, with no
+polling and no SIGCHLD handler. The child puts what the driver starts in a
+PID namespace of its own (``containment``, see
 ``protocol.init_shim``); the process group is the fallback and, in both
 cases, what the kernel signals.
 
@@ -62,7 +64,7 @@ class SpawnSpec:
     containment: str = "auto"  # see protocol.init_shim.contain
 
 
-def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
+def child_environment(spec: SpawnSpec, channel_fd: int, fd_channel_fd: int = -1) -> dict[str, str]:
     """The child's whole environment: a few basics and its DRIVEBAY_* settings."""
     env = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -73,6 +75,7 @@ def child_environment(spec: SpawnSpec, channel_fd: int) -> dict[str, str]:
         env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
     env.update(
         DRIVEBAY_CHANNEL_FD=str(channel_fd),
+        DRIVEBAY_FD_CHANNEL_FD=str(fd_channel_fd),
         DRIVEBAY_ENTRYPOINT=spec.entrypoint,
         DRIVEBAY_SRC=str(spec.src or ""),
         DRIVEBAY_DRIVER=spec.driver,
@@ -118,12 +121,14 @@ class ChildProcess:
         channel: socket.socket,
         readers: tuple[PipeReader, PipeReader],
         pipes: list[asyncio.BaseTransport],
+        fd_channel: socket.socket,
     ) -> None:
         self.popen = popen
         self._pipes = pipes
         self._readers = readers
         self.pid = popen.pid
         self.channel = channel
+        self.fd_channel = fd_channel  # non-blocking; read and written by protocol.fd_passing
         self.stdout = readers[0].capture
         self.stderr = readers[1].capture
         self._loop = asyncio.get_running_loop()
@@ -182,6 +187,7 @@ class ChildProcess:
         """Release the kernel's ends (channel, pipes) once the child is reaped.
         Each pipe is closed by its transport, which owns it."""
         self.channel.close()
+        self.fd_channel.close()
         for pipe in self._pipes:
             pipe.close()
 
@@ -205,8 +211,12 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
     with contextlib.ExitStack() as on_failure:
         kernel_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         on_failure.callback(kernel_end.close)
-        with child_end:  # the child's copy is all it needs once it runs
-            popen = _popen(spec, child_end.fileno())
+        on_failure.callback(child_end.close)  # closing twice is harmless
+        kernel_fds, child_fds = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        on_failure.callback(kernel_fds.close)
+        on_failure.callback(child_fds.close)
+        with child_end, child_fds:  # the child's copies are all it needs once it runs
+            popen = _popen(spec, child_end.fileno(), child_fds.fileno())
         assert popen.stdout is not None and popen.stderr is not None
         # A pipe is closed here only until its transport owns it (and closes it).
         unowned = {"stdout": popen.stdout, "stderr": popen.stderr}
@@ -228,7 +238,9 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
             await _connect(loop, reader, unowned, name, transports)
             readers.append(reader)
         kernel_end.setblocking(False)
-        child = ChildProcess(popen, pidfd, kernel_end, (readers[0], readers[1]), transports)
+        kernel_fds.setblocking(False)
+        readers_pair = (readers[0], readers[1])
+        child = ChildProcess(popen, pidfd, kernel_end, readers_pair, transports, kernel_fds)
         on_failure.pop_all()
         return child
 
@@ -275,7 +287,7 @@ def _same(reader: PipeReader) -> PipeReader:
     return reader
 
 
-def _popen(spec: SpawnSpec, child_fd: int) -> subprocess.Popen[bytes]:
+def _popen(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> subprocess.Popen[bytes]:
     # Popen (vfork + exec) returns within a millisecond and, unlike the
     # loop's subprocess API, lets us own the reaping through a pidfd.
     return subprocess.Popen(
@@ -285,9 +297,9 @@ def _popen(spec: SpawnSpec, child_fd: int) -> subprocess.Popen[bytes]:
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        pass_fds=(child_fd,),
+        pass_fds=(child_fd, fd_channel_fd),
         start_new_session=True,
         cwd=spec.cwd,
-        env=child_environment(spec, child_fd),
+        env=child_environment(spec, child_fd, fd_channel_fd),
         **_identity(spec.run_as),
     )

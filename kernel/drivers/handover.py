@@ -4,8 +4,10 @@ Used for upgrades (a newer version), for config changes (same version, new
 settings) and for pins. Preconditions: the new slot is RUNNING, which means
 it passed its handshake and health check, so no operation can reach a
 version that is not healthy. Then every actor bound to the old slot is asked
-to rebind between two of its operations (detach on old, attach on new). If
-any attach fails, every actor already moved is moved back, the new slot is
+to rebind between two of its operations (detach on old, attach on new; or,
+when both driver classes can, ``handoff`` on old and ``takeover`` on new:
+``state_move``). If any move fails, every actor already moved is moved back
+(with its state, the same way), the new slot is
 failed and stopped, and the old one keeps serving: nobody notices but the
 log. Otherwise the old slot is drained (in-flight calls finish, instances
 detach, the process exits 0) and stopped.
@@ -65,7 +67,7 @@ async def hand_over(
     for actor, step in steps.items():
         step.withdrawn = True  # a step not yet run must never move its actor later
         if not failure and step.done.done() and step.done.exception() is not None:
-            failure = f"attach of {actor.resource_id} failed: {step.done.exception()}"
+            failure = f"{actor.resource_id} did not move: {step.done.exception()}"
     switch_s = time.monotonic() - started
     if not failure:
         log.info("%s: all %d resources switched in %.1f ms", new.name, len(moving), switch_s * 1e3)

@@ -4,7 +4,9 @@ Operations for a resource are delivered one at a time, in arrival order, to
 the driver instance for that resource in the driver version the resource is
 bound to. Between two operations the actor carries out *control steps*:
 binding to another version (an upgrade or a pin: detach from the old
-instance, attach on the new one), or re-attaching with changed properties.
+instance, attach on the new one, or the old instance hands its state to the
+new one when both classes can, see ``state_move``), or re-attaching with
+changed properties (the same way).
 The mailbox keeps accepting meanwhile; a full mailbox refuses at once
 (``Busy``), it never blocks the caller.
 
@@ -31,6 +33,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.drivers.lifecycle import State
+from drivebay.kernel.drivers.state_move import Plan, move_state, plan
 from drivebay.kernel.log_format import slot_fields
 from drivebay.kernel.metrics.meters import CANCELLED, CRASHED, OK, REFUSED, outcome_of
 from drivebay.protocol.errors import (
@@ -39,6 +42,7 @@ from drivebay.protocol.errors import (
     CallTimeout,
     DriverCrashed,
     DriverError,
+    HandoverFailed,
     NotRunning,
     OperationFailed,
     RequestError,
@@ -460,11 +464,22 @@ class ResourceActor:
         try:
             if step.properties is not None:
                 self.properties = step.properties
-            if target is not previous or step.properties is not None:
+            moving = target is not previous or step.properties is not None
+            if moving and not await self._move_state(target):
                 await self._detach()
                 self.bound = target
             if target is not None and self.needs_attach(target):
                 await self._ready()  # also after a restart: attach-time work resumes
+        except HandoverFailed as exc:  # the old instance got handoff_aborted: it serves on
+            log.warning(
+                "%s: could not move to %s: %s; staying on %s",
+                self.resource_id,
+                target.name if target else "-",
+                exc,
+                previous.name if previous else "-",
+            )
+            self.properties = old_properties
+            _fail(step.done, exc)
         except Exception as exc:
             log.warning(
                 "%s: could not attach on %s: %s; staying on %s",
@@ -485,6 +500,36 @@ class ResourceActor:
         else:
             if not step.done.done():
                 step.done.set_result(None)
+
+    async def _move_state(self, target: DriverSlot | None) -> bool:
+        """Move the instance to ``target``'s process with its state (``handoff``
+        then ``takeover``) when both sides' classes can; False when the move is
+        a detach and an attach instead. Raises HandoverFailed when the state
+        did not move (the old instance serves on)."""
+        old = self._attached
+        if old is None or not old.alive or target is None or self._attaching is not None:
+            return False
+        new = target.process
+        if target.state is not State.RUNNING or new is None or not new.alive:
+            return False
+        decided = plan(old.hooks, new.hooks)
+        if decided is Plan.ATTACH:
+            return False
+        if decided is Plan.DROP:
+            log.warning(
+                "%s: %s has no takeover; the state %s holds on %s is dropped (attach instead)",
+                self.resource_id,
+                new.name,
+                self.resource_id,
+                old.name,
+                extra=slot_fields(new.name, "state_dropped", resource=self.resource_id),
+            )
+            return False
+        await move_state(old, new, self.resource_id, self.properties, old.spec.version)
+        self._attached = new
+        self.bound = target
+        self.last_error = ""
+        return True
 
     async def _attach(self, process: DriverProcess) -> None:
         try:

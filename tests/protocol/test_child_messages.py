@@ -77,6 +77,7 @@ BUILT: dict[type[msgspec.Struct], tuple[list[Any], msgspec.Struct]] = {
             ["grow", "list"],
             True,
             {"grow": ["(size: int) -> dict", "Grow it.", True], "list": ["()", "", False]},
+            ["handoff", "takeover"],
         ),
         Ready(
             ["grow", "list"],
@@ -85,6 +86,7 @@ BUILT: dict[type[msgspec.Struct], tuple[list[Any], msgspec.Struct]] = {
                 "grow": OperationInfo("(size: int) -> dict", "Grow it.", True),
                 "list": OperationInfo("()", "", False),
             },
+            ["handoff", "takeover"],
         ),
     ),
     Result: (
@@ -174,6 +176,8 @@ ERROR_BUILDERS: dict[str, Callable[[], list[Any]]] = {
     errors.ALREADY_ATTACHED: lambda: sent.already_attached(7, "vol-1"),
     errors.UNKNOWN_OPERATION: lambda: sent.unknown_operation(7, "grow", ["shrink", "list"]),
     errors.RESULT_TOO_LARGE: lambda: sent.result_too_large(7, 20_000_000, 16_777_216),
+    errors.STATE_TOO_LARGE: lambda: sent.state_too_large(7, "vol-1", 20_000_000, 16_777_216),
+    errors.HANDOFF_FAILED: lambda: sent.handoff_failed(7, "vol-1", "a socket is in a set"),
     errors.UNENCODABLE_RESULT: lambda: sent.unencodable_result(
         7, object(), TypeError("cannot encode objects of type builtins.object \udcff")
     ),
