@@ -22,8 +22,10 @@ import yaml
 DRIVERS = Path(__file__).resolve().parents[2] / "drivers"
 BLOCK = 64 * 1024
 _BASE = os.urandom(BLOCK)
-CHUNK = 16 * 1024
-WINDOW = 64 * 1024  # bytes a stream may have sent and not yet had back
+CHUNK = 8 * 1024
+WINDOW = 32 * 1024  # bytes a stream may have sent and not yet had back
+PACE_S = 0.005  # between two chunks: a rate (1.6 MB/s a stream), not a wait for anything;
+# unpaced, 20 streams take every CPU of a small machine from the upgrades under test
 
 FAILING_TAKEOVER = '''"""Test only: tcp-forward whose takeover {fail_at} in its process fails."""
 
@@ -101,6 +103,7 @@ class Stream:
             writer.write(expected(self.sent, CHUNK))
             self.sent += CHUNK
             await writer.drain()
+            await asyncio.sleep(PACE_S)
         writer.write_eof()
 
     async def _receive(self, reader: asyncio.StreamReader) -> None:

@@ -13,6 +13,7 @@ and every resource on the port it had at first.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,9 @@ FAIL_AT = 5
 
 
 def only_running(daemon: Daemon, version: str, failed: str | None = None) -> bool:
-    rows = sorted(
-        (row["version"], row["state"])
-        for row in daemon.status().values()
-        if row["name"] == "tcp-forward"
-    )
+    result = daemon.ctl("status", "tcp-forward", "--json")
+    assert result.returncode in (0, 3), result.stderr
+    rows = sorted((row["version"], row["state"]) for row in json.loads(result.stdout))
     return rows == sorted([(version, "RUNNING"), *([(failed, "FAILED")] if failed else [])])
 
 

@@ -162,7 +162,16 @@ class TcpForward:
         listener = self._listener
         if listener is None:
             raise RuntimeError(f"{self.resource_id}: nothing to hand off before attach")
-        log.info("%s: handing off %d connections", self.resource_id, len(self._open))
+        connections = [connection.state() for connection in self._open.values()]
+        held = sum(
+            len(c[d]["pending"]) for c in connections for d in ("inbound", "outbound") if d in c
+        )
+        log.info(
+            "%s: handing off %d connections (%d bytes read, not yet written)",
+            self.resource_id,
+            len(connections),
+            held,
+        )
         return {
             "format": STATE_FORMAT,
             "listen_host": self.listen_host,
@@ -173,7 +182,7 @@ class TcpForward:
                 "bytes_in": self._bytes_in,
                 "bytes_out": self._bytes_out,
             },
-            "connections": [connection.state() for connection in self._open.values()],
+            "connections": connections,
         }
 
     async def handoff_aborted(self) -> None:
