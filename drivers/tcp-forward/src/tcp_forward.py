@@ -25,8 +25,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcp_listener import Listener, bind
+from tcp_listener import Listener
 from tcp_relay import Pair
+from tcp_sockets import bind, connect, resolve
 
 log = logging.getLogger("tcp_forward")
 
@@ -327,17 +328,14 @@ class TcpForward:
             connection.pair.resume()
 
     async def _open_target(self) -> socket.socket:
-        loop = asyncio.get_running_loop()
         failure: OSError = OSError(f"no address for {self.target_host}")
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            found = await loop.getaddrinfo(
-                self.target_host, self.target_port, type=socket.SOCK_STREAM
-            )
+            found = await resolve(self.target_host, self.target_port)
             for family, kind, proto, _, address in found:
                 sock = socket.socket(family, kind, proto)
                 try:
                     sock.setblocking(False)
-                    await loop.sock_connect(sock, address)
+                    await connect(sock, address)
                 except OSError as exc:
                     sock.close()
                     failure = exc

@@ -1,7 +1,7 @@
 """A listening socket that accepts through the event loop's reader callback.
 
-``bind`` makes the socket; ``Listener`` accepts from it while started and
-hands each client to a callback. ``stop()`` is one synchronous step: the
+``Listener`` accepts from a socket made by ``tcp_sockets.bind`` while started
+and hands each client to a callback. ``stop()`` is one synchronous step: the
 socket stays open, clients that connect meanwhile wait in its backlog, and
 whoever holds the socket next (this instance again, or a new one in another
 process) accepts them.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import socket
 from collections.abc import Callable
 
@@ -21,36 +20,6 @@ log = logging.getLogger("tcp_forward")
 ACCEPT_BATCH = 64  # clients accepted per wake-up, so a flood cannot starve the relays
 OUT_OF_DESCRIPTORS_PAUSE_S = 1.0
 _OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-
-
-async def bind(host: str, port: int) -> socket.socket:
-    """A non-blocking socket listening on ``host:port`` (port 0: any free one).
-
-    Raises OSError with a line saying what to change when the address cannot
-    be bound (in use, or a port below 1024 without privileges).
-    """
-    loop = asyncio.get_running_loop()
-    try:
-        family, kind, proto, _, address = (
-            await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        )[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(address)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise OSError(
-            exc.errno,
-            f"cannot listen on {host}:{port} ({reason}); "
-            "choose another listen_port or stop what uses it",
-        ) from exc
-    return sock
 
 
 class Listener:
