@@ -67,8 +67,8 @@ class StatefulPlan:
     upgrades: int = 5
     warmup_s: float = 1.0
     steady_s: float = 5.0
-    message_every_s: float = 0.2  # per client: 5,000 round trips/s over 1,000 clients
-    call_every_s: float = 0.05  # per resource: 2,000 stats calls/s over 100 resources
+    message_every_s: float = 0.5  # per client: 2,000 round trips/s over 1,000 clients
+    call_every_s: float = 0.1  # per resource: 1,000 stats calls/s over 100 resources
 
     @property
     def open_files(self) -> int:
