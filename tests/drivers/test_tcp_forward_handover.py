@@ -228,3 +228,29 @@ def test_a_state_of_another_format_is_refused(forward):
             await new.takeover({"format": 99}, "2.0.0")
 
     run(main())
+
+
+def test_a_new_address_that_cannot_be_bound_refuses_the_takeover(forward):
+    async def main():
+        async with gate_server() as gate:
+            props = {"listen_port": 0, "target_host": "127.0.0.1", "target_port": gate.port}
+            old = forward.TcpForward("fwd", props)
+            await old.attach()
+            port = (await old.stats())["listen_port"]
+            with socket.socket() as taken:
+                taken.bind(("127.0.0.1", 0))
+                taken.listen()
+                new = forward.TcpForward("fwd", {**props, "listen_port": taken.getsockname()[1]})
+                state = carried(await old.handoff())
+                with pytest.raises(OSError, match=r"cannot listen on 127\.0\.0\.1"):
+                    await new.takeover(state, "1.0.0")
+            for sock in sockets_in(state):
+                sock.close()
+            await old.handoff_aborted()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"still")
+            assert await reader.readexactly(5) == b"still"
+            writer.close()
+            await old.detach()
+
+    run(main())
