@@ -167,7 +167,7 @@ class TcpForward:
         held = sum(
             len(c[d]["pending"]) for c in connections for d in ("inbound", "outbound") if d in c
         )
-        log.info(
+        log.debug(  # not info: a line per resource and upgrade would flood the daemon's log
             "%s: handing off %d connections (%d bytes read, not yet written)",
             self.resource_id,
             len(connections),
@@ -223,7 +223,7 @@ class TcpForward:
             old.close()
             self._listener = Listener(fresh, self._accept)
         self._resume()
-        log.info(
+        log.debug(
             "%s: took over %d connections on %s:%d from %s",
             self.resource_id,
             len(connections),
