@@ -5,7 +5,8 @@ daemon's own code: it reads and checks the bundle (a directory or a zip),
 builds (or reuses) its env, starts the driver in the real sandbox and lets a
 test attach resources (properties checked against the manifest's schema as
 the daemon checks them), call operations, ask for ``health`` and move every
-resource to another version of the bundle (``upgrade``)::
+resource to another version of the bundle (``upgrade``, with ``handoff`` and
+``takeover`` when the driver has them, as the daemon moves them)::
 
     from drivebay.testing import DriverHarness
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -37,6 +39,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from drivebay.author.running import Running, RunSettings, Scratch, running
+from drivebay.kernel.drivers.state_move import Plan, move_state, plan
 from drivebay.kernel.resources.properties import validate
 from drivebay.protocol.errors import RequestError
 from drivebay.protocol.messages import OperationInfo
@@ -46,6 +49,7 @@ from drivebay.sandbox.manifest_schema import MANIFEST_FILE, Manifest
 __all__ = ["AsyncDriverHarness", "DriverHarness", "driver", "driver_bundle"]
 
 T = TypeVar("T")
+log = logging.getLogger("drivebay.testing")
 
 
 class AsyncDriverHarness:
@@ -173,14 +177,30 @@ class AsyncDriverHarness:
         """Move every attached resource to another version of the bundle.
 
         The new version starts beside the old one and must be healthy; each
-        resource's properties are checked against the new schema, attached
-        on the new version, then detached from the old one; the old process
-        stops last. When the new version fails (start, health, an attach),
-        the resources it took are detached from it, it is stopped, the old
-        version keeps serving every resource, and the error is raised.
+        resource's properties are checked against the new schema, then each
+        resource moves as the daemon moves it: when the old class has
+        ``handoff`` and the new one ``takeover``, its state and sockets are
+        handed over (``takeover`` instead of ``attach``, the old instance
+        detached only after it returned); otherwise it is attached on the
+        new version and detached from the old one. The old process stops
+        last. When the new version fails (start, health, an attach or a
+        takeover), the resources already handed over are handed back (the
+        old version's ``takeover`` gets the newer ``from_version``), the
+        one whose takeover failed got ``handoff_aborted``, the new version
+        is stopped, the old one keeps serving every resource, and the error
+        is raised (``HandoverFailed`` for a state that did not move).
         """
         old, old_stack = self._running, self._stack
         new, new_stack = await self._start(Path(bundle))
+        old_version, new_version = old.bundle.manifest.version, new.bundle.manifest.version
+        decided = plan(old.process.hooks, new.process.hooks)
+        if decided is Plan.DROP:
+            log.warning(
+                "%s has no takeover: the state of each resource is dropped (attach instead)",
+                new.process.name,
+            )
+        with_state = decided is Plan.STATE
+        moved: list[str] = []  # handed over with their state: handed back on failure
         try:
             await new.process.health()
             checked = {
@@ -188,8 +208,15 @@ class AsyncDriverHarness:
                 for rid, props in self.resources.items()
             }
             for resource_id, properties in checked.items():
-                await new.process.attach(resource_id, properties)
+                if with_state:
+                    await move_state(old.process, new.process, resource_id, properties, old_version)
+                    moved.append(resource_id)
+                else:
+                    await new.process.attach(resource_id, properties)
         except BaseException:
+            for resource_id in reversed(moved):
+                properties = self.resources[resource_id]
+                await move_state(new.process, old.process, resource_id, properties, new_version)
             await new_stack.aclose()  # its Drain detaches what it took
             raise
         self.resources.update(checked)
@@ -197,7 +224,8 @@ class AsyncDriverHarness:
         self.bundle_path = Path(bundle)
         try:
             for resource_id in checked:
-                await old.process.detach(resource_id)
+                if resource_id not in moved:  # a handed-over one is detached already
+                    await old.process.detach(resource_id)
         finally:
             await old_stack.aclose()
 

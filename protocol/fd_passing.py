@@ -12,8 +12,11 @@ Ordering makes waiting unnecessary: the sender puts every chunk of a
 transfer on the descriptor channel *before* it writes the message that names
 the transfer on the main channel, so when the receiver reads that message
 the descriptors are already queued, and ``drain`` (non-blocking) collects
-them. ``FdInbox`` is the sans-I/O part: chunks in, a transfer's descriptors
-out, and every descriptor it ever held is either handed out or closed.
+them. Both ends also drain whenever the channel is readable (a reader on
+the loop): what a pair queues is bounded (by the sender's socket buffer), and
+a sender waiting for room must never wait for a message it has not sent yet. ``FdInbox`` is the
+sans-I/O part: chunks in, a transfer's descriptors out, and every descriptor
+it ever held is either handed out or closed.
 A truncated control message (``MSG_CTRUNC``: the receiver is out of
 descriptors, or the sender sent more than a message can hold) fails its
 transfer: what arrived is closed and ``take`` raises.
@@ -50,9 +53,14 @@ def chunks(transfer_id: int, fds: Sequence[int]) -> Iterator[tuple[bytes, list[i
 
 
 class FdInbox:
-    """Descriptors received, by transfer, until somebody takes or forgets them."""
+    """Descriptors received, by transfer, until somebody takes or forgets them.
 
-    def __init__(self) -> None:
+    A ``strict`` inbox (the kernel's) keeps only transfers it was told to
+    ``expect``: a driver cannot make the daemon hold descriptors nobody asked for."""
+
+    def __init__(self, strict: bool = False) -> None:
+        self._strict = strict
+        self._wanted: set[int] = set()
         self._received: dict[int, list[int]] = {}
         self._expected: dict[int, int] = {}
         self._broken: dict[int, str] = {}
@@ -61,7 +69,7 @@ class FdInbox:
     def add(self, transfer_id: int, total: int, fds: list[int], truncated: str = "") -> None:
         """One chunk arrived. ``truncated``: why its control message was cut
         short (the whole transfer is then failed and closed)."""
-        if transfer_id in self._forgotten:
+        if transfer_id in self._forgotten or (self._strict and transfer_id not in self._wanted):
             _close_all(fds)
             return
         held = self._received.setdefault(transfer_id, [])
@@ -77,11 +85,16 @@ class FdInbox:
             _close_all(held)
             held.clear()
 
+    def expect(self, transfer_id: int) -> None:
+        """A strict inbox keeps what arrives for ``transfer_id`` (until taken or forgotten)."""
+        self._wanted.add(transfer_id)
+
     def take(self, transfer_id: int, count: int) -> list[int]:
         """The ``count`` descriptors of ``transfer_id``, now the caller's to close.
 
         Raises FdTransferError (having closed what arrived) when they are not
         all there, or the transfer was truncated."""
+        self._wanted.discard(transfer_id)
         held = self._received.pop(transfer_id, [])
         expected = self._expected.pop(transfer_id, 0)
         broken = self._broken.pop(transfer_id, "")
@@ -96,10 +109,12 @@ class FdInbox:
 
     def forget(self, transfer_id: int) -> None:
         """Nobody will take ``transfer_id``: close what arrived and what will."""
+        self._wanted.discard(transfer_id)
         _close_all(self._received.pop(transfer_id, []))
         self._expected.pop(transfer_id, None)
         self._broken.pop(transfer_id, None)
-        self._forgotten.add(transfer_id)
+        if not self._strict:  # a strict inbox refuses it anyway, and remembers nothing
+            self._forgotten.add(transfer_id)
 
     def close(self) -> None:
         """Close every descriptor held (the channel is going away)."""
@@ -114,19 +129,20 @@ class FdInbox:
         return sum(len(fds) for fds in self._received.values())
 
 
-def drain(sock: socket.socket, inbox: FdInbox) -> None:
-    """Read every message queued on the non-blocking ``sock`` into ``inbox``."""
+def drain(sock: socket.socket, inbox: FdInbox) -> bool:
+    """Read every message queued on the non-blocking ``sock`` into ``inbox``;
+    False once the peer is gone (a reader must then stop watching ``sock``)."""
     flags = socket.MSG_CMSG_CLOEXEC
     while True:
         try:
             data, ancillary, msg_flags, _ = sock.recvmsg(HEADER.size, _ANCILLARY, flags)
         except (BlockingIOError, InterruptedError):
-            return
+            return True
         except OSError:  # the peer is gone: nothing more will come
-            return
+            return False
         fds = _descriptors(ancillary)
         if not data and not fds:
-            return  # end of file
+            return False  # end of file
         if len(data) != HEADER.size:
             _close_all(fds)  # not one of ours: nobody can claim these
             continue

@@ -31,7 +31,7 @@ from .child_messages import (
     result_message,
     state_too_large,
 )
-from .fd_passing import FdInbox, FdTransferError, drain, send
+from .fd_passing import FdInbox, FdTransferError, send
 from .handoff_state import StateRefused, put_sockets, sockets_from, take_sockets
 
 log = logging.getLogger("drivebay.runtime")
@@ -117,6 +117,9 @@ class HandoffServing:
     def _out_frame(self, frame: bytes) -> None:
         raise NotImplementedError
 
+    def drain_fds(self) -> None:
+        raise NotImplementedError
+
     def _fd_socket(self) -> socket.socket:
         if self._fd_channel is None:
             raise RuntimeError("this runtime has no descriptor channel")
@@ -134,8 +137,7 @@ class HandoffServing:
         from_version: str,
     ) -> None:
         # The kernel sent the descriptors before this message: they are queued.
-        if self._fd_channel is not None:
-            drain(self._fd_channel, self._fd_inbox)
+        self.drain_fds()
         try:
             fds = self._fd_inbox.take(request_id, len(entries))
         except FdTransferError as exc:

@@ -50,7 +50,7 @@ from .child_messages import (
     unknown_operation,
 )
 from .errors import ProtocolError
-from .fd_passing import FdInbox
+from .fd_passing import FdInbox, drain
 from .handoff_serving import HandoffServing
 from .hooks import LIFECYCLE_METHODS, check_hooks
 from .outbox import Outbox
@@ -231,6 +231,11 @@ class DriverServer(HandoffServing, asyncio.Protocol):
 
     def _out_frame(self, frame: bytes) -> None:
         self._out.send(frame)
+
+    def drain_fds(self) -> None:
+        """The loop's reader of the descriptor channel (see ``fd_passing``)."""
+        if self._fd_channel is not None and not drain(self._fd_channel, self._fd_inbox):
+            self._loop.remove_reader(self._fd_channel.fileno())
 
     def _send_result(self, request_id: int, value: Any) -> None:
         """The reply to a request, or an error saying its value cannot travel."""
@@ -652,8 +657,11 @@ async def _serve(
     # os._exit, threads and all).
     pool = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="driver-op")
     try:
-        server = DriverServer(codec, outbox, operations, pool, done, _fd_channel(settings))
+        fd_channel = _fd_channel(settings)
+        server = DriverServer(codec, outbox, operations, pool, done, fd_channel)
         transport, _ = await loop.connect_accepted_socket(lambda: server, sock)
+        if fd_channel is not None:  # see fd_passing: the kernel may send more than fits at once
+            loop.add_reader(fd_channel.fileno(), server.drain_fds)
         try:
             for message in early:
                 server._dispatch(message)

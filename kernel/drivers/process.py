@@ -108,7 +108,8 @@ class DriverProcess:
         self.ready: Ready | None = None
         # Where the resource actors count its operations (the slot sets it).
         self.meter: CallMeter | None = None
-        self._fd_inbox = FdInbox()  # descriptors a handoff's reply brought
+        self._fd_inbox = FdInbox(strict=True)  # descriptors a handoff's reply brought
+        self._fd_reader = -1  # the descriptor channel's fd while the loop reads it
 
     # -- facts ---------------------------------------------------------------------
 
@@ -160,6 +161,9 @@ class DriverProcess:
             self._child = await spawn_child(self.spec)
         except OSError as exc:
             raise DriverStartError(_spawn_failure(self.name, self.spec.python, exc)) from exc
+        fd_channel = self._child.fd_channel
+        self._fd_reader = fd_channel.fileno()
+        self._loop.add_reader(self._fd_reader, self._drain_fds)
         codec: MessageCodec[ToKernel] = MessageCodec(
             ToKernel, f"driver {self.name}", self.spec.max_frame
         )
@@ -383,6 +387,7 @@ class DriverProcess:
         hook raised, or the state cannot travel), HandoverFailed (its
         descriptors did not all arrive), CallTimeout, DriverCrashed."""
         request_id = next(self._ids)
+        self._fd_inbox.expect(request_id)
         try:
             value = await self._request(
                 request_id,
@@ -391,8 +396,7 @@ class DriverProcess:
                 f"handoff of {resource_id}",
             )
             state, entries = _state_and_entries(value, self.name)
-            assert self._child is not None
-            drain(self._child.fd_channel, self._fd_inbox)  # queued before the reply
+            self._drain_fds()  # queued before the reply
             try:
                 fds = self._fd_inbox.take(request_id, len(entries))
             except FdTransferError as exc:
@@ -413,13 +417,7 @@ class DriverProcess:
         Raises HandoverFailed (the state or its descriptors do not fit this
         process), OperationFailed (the hook raised; the child closed its
         copies), CallTimeout, DriverCrashed."""
-        limit = self.spec.rlimits.get("nofile", 0)
-        if limit and len(handed.fds) >= limit:
-            raise HandoverFailed(
-                f"{self.name} cannot take over {resource_id}: its state holds "
-                f"{len(handed.fds)} descriptors, its open_files limit is {limit}; raise "
-                "limits.open_files in its driver.yaml (or the daemon's config)"
-            )
+        await self._check_room(resource_id, len(handed.fds))
         request_id = next(self._ids)
         message = Takeover(
             request_id, resource_id, properties, handed.state, handed.entries, from_version
@@ -446,6 +444,23 @@ class DriverProcess:
                     f"{self.name}: the descriptors of {resource_id} could not be sent: {exc}"
                 ) from exc
         await self._request(request_id, message, self.timeouts.call_s, f"takeover of {resource_id}")
+
+    async def _check_room(self, resource_id: str, count: int) -> None:
+        """Raises HandoverFailed when ``count`` more descriptors would pass the
+        process's open_files limit (those it holds counted from /proc, in a
+        worker thread, where the daemon may read them). A process that opens
+        more meanwhile sees MSG_CTRUNC instead, and fails as cleanly."""
+        limit = self.spec.rlimits.get("nofile", 0)
+        if not limit or not count:
+            return
+        pid = self.pid
+        held = await asyncio.to_thread(_descriptors_held, pid) if pid else 0
+        if held + count >= limit:
+            raise HandoverFailed(
+                f"{self.name} cannot take over {resource_id}: its state holds {count} "
+                f"descriptors, and the process holds {held} of its open_files limit of "
+                f"{limit}; raise limits.open_files in its driver.yaml (or the daemon's config)"
+            )
 
     async def handoff_end(self, resource_id: str, taken: bool) -> None:
         """End the handoff of ``resource_id``: ``detach()`` the set-aside
@@ -623,8 +638,7 @@ class DriverProcess:
         # descendant holding them must not hold up the recovery.
         await self._child.output_drained(self.timeouts.kill_s)
         self._channel.close()
-        self._child.close()
-        self._fd_inbox.close()
+        self._release_child()
         self._fail_pending(self._exit_error())
 
     def exit_reason(self) -> str:
@@ -704,6 +718,22 @@ class DriverProcess:
             await self._kill_and_reap()
         return exited.result()
 
+    def _drain_fds(self) -> None:
+        assert self._child is not None
+        if not drain(self._child.fd_channel, self._fd_inbox) and self._fd_reader >= 0:
+            self._loop.remove_reader(self._fd_reader)  # the child is gone
+            self._fd_reader = -1
+
+    def _release_child(self) -> None:
+        """Close the kernel's ends of the child's channels (the loop stops
+        reading the descriptor channel first) and any descriptor still held."""
+        if self._fd_reader >= 0:
+            self._loop.remove_reader(self._fd_reader)
+            self._fd_reader = -1
+        self._fd_inbox.close()
+        if self._child is not None:
+            self._child.close()
+
     def _end_quietly(self, signum: int) -> None:
         log.info("%s: sending %s to pid %s", self.name, signal.Signals(signum).name, self.pid)
         if self._child is not None:
@@ -726,8 +756,7 @@ class DriverProcess:
             if self._channel is not None:
                 self._channel.close()
             self._deadlines.close()
-            child.close()
-            self._fd_inbox.close()
+            self._release_child()
         if cancelled:
             raise asyncio.CancelledError
 
@@ -748,6 +777,14 @@ class HandedOff:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def _descriptors_held(pid: int) -> int:
+    """How many descriptors process ``pid`` has open; 0 when /proc does not say."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def _state_and_entries(value: Any, name: str) -> tuple[Any, list[Any]]:

@@ -511,6 +511,16 @@ class ResourceActor:
             return False
         new = target.process
         if target.state is not State.RUNNING or new is None or not new.alive:
+            if "handoff" in old.hooks:
+                log.warning(
+                    "%s: %s is not running; the state %s holds on %s is dropped "
+                    "(it attaches there once it runs)",
+                    self.resource_id,
+                    target.name,
+                    self.resource_id,
+                    old.name,
+                    extra=slot_fields(target.name, "state_dropped", resource=self.resource_id),
+                )
             return False
         decided = plan(old.hooks, new.hooks)
         if decided is Plan.ATTACH:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,19 @@ def bundle_spec(tmp_path: Path, bundle: str) -> SpawnSpec:
         cwd=tmp_path,
         src=DRIVERS / bundle / "src",
     )
+
+
+def bundle_copy(tmp_path: Path, bundle: str, version: str) -> Path:
+    """A copy of ``drivers/<bundle>`` as ``version`` (its manifest's version
+    line rewritten): a second version of an example, for upgrade tests."""
+    copy = tmp_path / f"{bundle}-{version}"
+    shutil.copytree(DRIVERS / bundle, copy)
+    manifest_path = copy / "driver.yaml"
+    text = manifest_path.read_text()
+    current = manifest(bundle).version
+    assert f"version: {current}\n" in text
+    manifest_path.write_text(text.replace(f"version: {current}\n", f"version: {version}\n", 1))
+    return copy
 
 
 async def until(check: Callable[[], Awaitable[bool]], deadline: float = 10.0) -> None:

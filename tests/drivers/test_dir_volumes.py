@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 
 import pytest
 
+from drivebay.kernel.drivers.state_move import move_state
 from drivebay.protocol.errors import OperationFailed
-from tests.drivers.bundles import bundle_spec
+from tests.drivers.bundles import bundle_copy, bundle_spec
 from tests.helpers import run, started
 
 KiB = 1024
@@ -177,5 +179,42 @@ def test_names_and_properties_are_checked(tmp_path):
                 await proc.call(
                     "vol", "write_file", {"volume": "v", "path": "d/f/g", "content": ""}
                 )
+
+    run(main())
+
+
+def test_history_survives_an_upgrade_and_a_property_change(tmp_path):
+    """The in-memory history moves with the resource (handoff, takeover): to a
+    newer version of the bundle, and to the instance of new properties."""
+    root, moved = tmp_path / "volumes", tmp_path / "moved"
+    newer = bundle_copy(tmp_path, "dir-volumes", "1.2.0")
+    newer_spec = dataclasses.replace(
+        bundle_spec(tmp_path, "dir-volumes"), version="1.2.0", src=newer / "src"
+    )
+    props = {"root": str(root), "quota_mb": 1}
+
+    async def main():
+        async with started(bundle_spec(tmp_path, "dir-volumes")) as old, started(newer_spec) as new:
+            assert {"handoff", "takeover"} <= old.hooks
+            await old.attach("vol", props)
+            await old.call("vol", "create_volume", {"name": "web"})
+            with pytest.raises(OperationFailed, match="FileExistsError"):
+                await old.call("vol", "create_volume", {"name": "web"})
+            await old.call("vol", "usage", {})
+            await move_state(old, new, "vol", props, old.spec.version)
+            history = await new.call("vol", "history", {"limit": 2})
+            assert history["counts"] == {"create_volume": 2, "usage": 1}
+            assert [(r["operation"], r["outcome"]) for r in history["recent"]] == [
+                ("create_volume", "FileExistsError"),
+                ("usage", "ok"),
+            ]
+            assert history["versions"] == ["1.1.0", "1.2.0"]
+            changed = {"root": str(moved), "quota_mb": 2}
+            await move_state(new, new, "vol", changed, "1.2.0")
+            assert moved.is_dir()  # the new instance checked its new root
+            assert (await new.call("vol", "usage", {}))["quota_bytes"] == 2 << 20
+            history = await new.call("vol", "history", {})
+            assert history["counts"] == {"create_volume": 2, "usage": 2}
+            assert history["versions"] == ["1.1.0", "1.2.0"]
 
     run(main())

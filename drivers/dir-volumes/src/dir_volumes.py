@@ -9,16 +9,27 @@ Paths inside a volume are relative and ``/``-separated; ``volume_fs`` refuses
 those that would leave the volume (absolute, ``..``, through a symbolic link).
 
 The operations are sync: the driver runtime runs them in a worker thread.
+
+Each resource keeps, in memory, what was asked of it (``history``): a count
+per operation and the latest operations with their outcome. It survives
+upgrades and property changes: the old instance hands it over (``handoff``)
+and the new one takes it (``takeover``), converting it from the version that
+wrote it; a driver restart starts it afresh.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import functools
 import os
 import re
 import shutil
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from volume_fs import (
     PathRefused,
@@ -32,6 +43,27 @@ from volume_fs import (
 
 VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MiB = 1 << 20
+VERSION = os.environ.get("DRIVEBAY_VERSION", "")
+RECENT = 50  # operations kept in a resource's history
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def recorded(operation: F) -> F:
+    """Count the operation and keep it among the resource's recent ones."""
+
+    @functools.wraps(operation)
+    def run(self: DirVolumes, *args: Any, **kwargs: Any) -> Any:
+        outcome = "ok"
+        try:
+            return operation(self, *args, **kwargs)
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.counts[operation.__name__] = self.counts.get(operation.__name__, 0) + 1
+            self.recent.append([operation.__name__, time.time(), outcome])
+
+    return run  # type: ignore[return-value]
 
 
 class QuotaExceeded(Exception):
@@ -66,6 +98,11 @@ class DirVolumes:
             )
         self.root = Path(root)
         self.quota_bytes = int(quota * MiB)
+        # In memory only, handed from version to version (handoff, takeover).
+        self.counts: dict[str, int] = {}
+        self.recent: collections.deque[list[Any]] = collections.deque(maxlen=RECENT)
+        self.since = time.time()
+        self.versions = [VERSION]  # every version that served this resource, in order
 
     def attach(self) -> None:
         """Create ``root`` if needed. Raises when it cannot be a writable directory."""
@@ -80,8 +117,42 @@ class DirVolumes:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(f"{self.root} is not writable; choose another root")
 
+    async def handoff(self) -> dict[str, Any]:
+        """This resource moves to another instance: hand over its history."""
+        return {
+            "counts": dict(self.counts),
+            "recent": list(self.recent),
+            "since": self.since,
+            "versions": self.versions,
+        }
+
+    async def takeover(self, state: dict[str, Any], from_version: str) -> None:
+        """Instead of ``attach``: take the resource and the history ``from_version`` handed over."""
+        await asyncio.to_thread(self.attach)  # the properties may have changed: check root
+        # One layout so far; a later version converts here from older ones.
+        self.counts = {str(name): int(count) for name, count in state["counts"].items()}
+        self.recent.extend(state["recent"])
+        self.since = float(state["since"])
+        versions = [str(v) for v in state["versions"]]
+        self.versions = versions if versions[-1:] == [VERSION] else [*versions, VERSION]
+
+    # -- history ------------------------------------------------------------------
+
+    def history(self, limit: int = 10) -> dict[str, Any]:
+        """What was asked of this resource since it was attached: counts, latest operations."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a whole number of operations, got {limit!r}")
+        recent = list(self.recent)[-limit:] if limit else []
+        return {
+            "counts": dict(sorted(self.counts.items())),
+            "recent": [{"operation": op, "at": at, "outcome": out} for op, at, out in recent],
+            "since": self.since,
+            "versions": list(self.versions),
+        }
+
     # -- volumes ------------------------------------------------------------------
 
+    @recorded
     def create_volume(self, name: str) -> dict[str, Any]:
         """Create an empty volume. FileExistsError if it already exists."""
         path = self._path(name)
@@ -93,6 +164,7 @@ class DirVolumes:
             ) from None
         return {"name": name, "path": str(path)}
 
+    @recorded
     def delete_volume(self, name: str) -> dict[str, Any]:
         """Delete a volume and everything in it; returns what was freed."""
         path = self._existing(name)
@@ -100,6 +172,7 @@ class DirVolumes:
         shutil.rmtree(path)
         return {"name": name, "freed_bytes": size, "files": files}
 
+    @recorded
     def list_volumes(self) -> list[dict[str, Any]]:
         """Every volume with its size in bytes and its number of files."""
         volumes = []
@@ -108,6 +181,7 @@ class DirVolumes:
             volumes.append({"name": name, "bytes": size, "files": files})
         return volumes
 
+    @recorded
     def usage(self) -> dict[str, Any]:
         """Bytes used by all the volumes, against the quota."""
         used = self._used()
@@ -120,6 +194,7 @@ class DirVolumes:
 
     # -- files --------------------------------------------------------------------
 
+    @recorded
     def write_file(self, volume: str, path: str, content: str | bytes) -> dict[str, Any]:
         """Create or replace a file (text is stored as UTF-8), making its directories.
 
@@ -145,6 +220,7 @@ class DirVolumes:
             replace_file(dir_fd, parts[-1], data)
         return {"volume": volume, "path": "/".join(parts), "bytes": len(data), "used_bytes": after}
 
+    @recorded
     def read_file(self, volume: str, path: str, binary: bool = False) -> str | bytes:
         """A file's content: text (invalid UTF-8 replaced), or bytes with ``binary:=true``."""
         parts = split_path(path)
@@ -158,6 +234,7 @@ class DirVolumes:
                 data = handle.read()
         return data if binary else data.decode(errors="replace")
 
+    @recorded
     def delete_file(self, volume: str, path: str) -> dict[str, Any]:
         """Delete one file (or link); returns the bytes freed."""
         parts = split_path(path)
