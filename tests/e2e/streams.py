@@ -13,13 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import yaml
+from tests.drivers.bundles import bundle_copy
 
-DRIVERS = Path(__file__).resolve().parents[2] / "drivers"
 BLOCK = 64 * 1024
 _BASE = os.urandom(BLOCK)
 CHUNK = 8 * 1024
@@ -46,15 +44,15 @@ class FailingTakeover(TcpForward):
 def forward_bundle(staging: Path, version: str, fail_takeover_at: int | None = None) -> Path:
     """``drivers/tcp-forward`` as ``version`` in ``staging``; with ``fail_takeover_at``,
     the ``fail_takeover_at``-th takeover of its process raises."""
-    bundle = staging / f"tcp-forward-{version}"
-    shutil.copytree(DRIVERS / "tcp-forward", bundle, ignore=shutil.ignore_patterns("__pycache__"))
-    manifest = yaml.safe_load((bundle / "driver.yaml").read_text())
-    manifest["version"] = version
+    bundle = bundle_copy(staging, "tcp-forward", version)
     if fail_takeover_at is not None:
-        manifest["entrypoint"] = "failing_takeover:FailingTakeover"
+        manifest = bundle / "driver.yaml"
+        entrypoint = "entrypoint: tcp_forward:TcpForward\n"
+        assert entrypoint in manifest.read_text()
+        failing = "entrypoint: failing_takeover:FailingTakeover\n"
+        manifest.write_text(manifest.read_text().replace(entrypoint, failing))
         source = FAILING_TAKEOVER.format(fail_at=fail_takeover_at)
         (bundle / "src" / "failing_takeover.py").write_text(source)
-    (bundle / "driver.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return bundle
 
 
