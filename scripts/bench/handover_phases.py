@@ -172,6 +172,7 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
         try:
             await until(lambda: kernel.book is not None and kernel.running(_stateful.DRIVER))
             book = kernel.book
+            assert book is not None
             ids = [f"f{n:03}" for n in range(RESOURCES)]
             assignments = ["listen_port=0", "target_host=127.0.0.1", f"target_port={target}"]
             await asyncio.gather(*(book.add(r, _stateful.DRIVER, None, assignments) for r in ids))
