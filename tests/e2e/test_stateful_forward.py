@@ -140,6 +140,8 @@ def test_upgrades_and_property_changes_reach_no_client(daemon_factory, tmp_path)
     relayed = sum(s.sent for s in streams) + len(b"probe") * len(probe.done)
     assert sum(stats["bytes_in"] for stats in seen["stats"]) == relayed
     assert only_running(daemon, UPGRADES[-1], failed=FAILING)
+    failed = daemon.ctl("status", f"tcp-forward@{FAILING}", "--json").stdout
+    assert f"takeover {FAIL_AT} fails" in failed and "rolled back" in failed, failed
     print(
         f"{sum(s.sent for s in streams) / 1e6:.1f} MB streamed, {len(probe.done)} probes, "
         f"upgrades {[round(end - start, 2) for _, start, end in seen['windows']]} s"
