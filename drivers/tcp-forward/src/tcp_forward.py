@@ -80,13 +80,13 @@ class Connection:
             "bytes_out": self.bytes_out,
         }
 
-    def state(self) -> dict[str, Any]:
+    def state(self, now: float) -> dict[str, Any]:
         """What a takeover needs to continue this connection (sockets included)."""
         relay = self.pair.state() if self.pair is not None else {}
         return {
             "id": self.id,
             "peer": self.peer,
-            "open_s": time.monotonic() - self.opened,
+            "open_s": now - self.opened,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "client": self.client,
@@ -163,7 +163,8 @@ class TcpForward:
         listener = self._listener
         if listener is None:
             raise RuntimeError(f"{self.resource_id}: nothing to hand off before attach")
-        connections = [connection.state() for connection in self._open.values()]
+        now = time.monotonic()  # once: a clock read is not free on every machine
+        connections = [connection.state(now) for connection in self._open.values()]
         held = sum(
             len(c[d]["pending"]) for c in connections for d in ("inbound", "outbound") if d in c
         )
@@ -209,7 +210,8 @@ class TcpForward:
             0,
             old.getsockname()[1],
         )
-        connections = [self._rebuilt(entry) for entry in state["connections"]]
+        now = time.monotonic()
+        connections = [self._rebuilt(entry, now) for entry in state["connections"]]
         fresh = None if kept else await bind(self.listen_host, self.listen_port)
         # Nothing below raises: the sockets are ours from here on.
         counters = state["counters"]
@@ -232,13 +234,13 @@ class TcpForward:
             from_version,
         )
 
-    def _rebuilt(self, entry: dict[str, Any]) -> Connection:
+    def _rebuilt(self, entry: dict[str, Any], now: float) -> Connection:
         client: socket.socket = entry["client"]
         connection = Connection(
             entry["id"],
             entry["peer"],
             client,
-            time.monotonic() - entry["open_s"],
+            now - entry["open_s"],
             entry["bytes_in"],
             entry["bytes_out"],
         )
