@@ -2,14 +2,14 @@
 
 A mixin of ``runtime.DriverServer`` (which owns the instances, the channel
 and the tasks). ``handoff`` sets the resource's instance aside, awaits its
-``handoff()``, takes the sockets out of the state (``handoff_state``), sends
-their descriptors on the descriptor channel and then the state as the
-reply. The instance keeps its sockets: it is ended only by ``handoff_end``,
+``handoff()``, takes the sockets (and unbuffered files) out of the state
+(``handoff_state``), sends their descriptors on the descriptor channel and
+then the state as the reply. The instance keeps its own: it is ended only by ``handoff_end``,
 with ``detach()`` when its state was taken over and ``handoff_aborted()``
 (then it serves again) when not. ``takeover`` collects the descriptors the
-kernel sent first, rebuilds the sockets, creates the instance and awaits
+kernel sent first, makes the objects again, creates the instance and awaits
 its ``takeover(state, from_version)`` instead of ``attach``; when that
-fails the runtime closes the sockets it made and the instance is dropped.
+fails the runtime closes the objects it made and the instance is dropped.
 Standard library only.
 """
 
@@ -32,7 +32,7 @@ from .child_messages import (
     state_too_large,
 )
 from .fd_passing import FdInbox, FdTransferError, send
-from .handoff_state import StateRefused, put_sockets, sockets_from, take_sockets
+from .handoff_state import Carried, StateRefused, objects_from, put_objects, take_objects
 
 log = logging.getLogger("drivebay.runtime")
 
@@ -94,7 +94,7 @@ class HandoffServing:
         try:
             if not isinstance(state, dict):
                 raise StateRefused(f"handoff() returned a {type(state).__name__}, not a dict")
-            plain, entries, sockets = take_sockets(state)
+            plain, entries, carried = take_objects(state)
             frame = self._codec.encode(result_message(request_id, [plain, entries]))
         except StateRefused as exc:
             self._send(handoff_failed(request_id, resource_id, str(exc)))
@@ -107,8 +107,11 @@ class HandoffServing:
             self._send(state_too_large(request_id, resource_id, size, limit))
             return
         try:
-            if sockets:
-                await send(self._fd_socket(), request_id, [s.fileno() for s in sockets])
+            if carried:
+                await send(self._fd_socket(), request_id, [c.fileno() for c in carried])
+        except asyncio.CancelledError:  # the kernel forgets what it got of them
+            self._send(cancelled(request_id, "handoff cancelled by the kernel"))
+            return
         except (OSError, RuntimeError) as exc:
             self._send(handoff_failed(request_id, resource_id, f"descriptors not sent: {exc}"))
             return
@@ -144,22 +147,22 @@ class HandoffServing:
             self._send(handoff_failed(request_id, resource_id, str(exc)))
             return
         try:
-            sockets = sockets_from(fds)
+            carried = objects_from(entries, fds)
         except StateRefused as exc:
             self._send(handoff_failed(request_id, resource_id, str(exc)))
             return
         if resource_id in self._instances:
-            _close(sockets)
+            _close(carried)
             self._send(already_attached(request_id, resource_id))
             return
         try:
-            rebuilt = put_sockets(state, entries, sockets)
+            rebuilt = put_objects(state, entries, carried)
         except (StateRefused, LookupError, TypeError) as exc:
-            _close(sockets)
+            _close(carried)
             self._send(handoff_failed(request_id, resource_id, f"cannot rebuild the state: {exc}"))
             return
         work = self._taking_over(
-            request_id, resource_id, properties, rebuilt, from_version, sockets
+            request_id, resource_id, properties, rebuilt, from_version, carried
         )
         self._track(request_id, work)
 
@@ -170,19 +173,19 @@ class HandoffServing:
         properties: dict[str, Any],
         state: Any,
         from_version: str,
-        sockets: list[socket.socket],
+        carried: list[Carried],
     ) -> None:
         """Create the instance and await its ``takeover``; on any failure
-        close the sockets the runtime made and drop the instance."""
+        close the objects the runtime made and drop the instance."""
         try:
             instance = self._new_instance(resource_id, properties)
             await instance.takeover(state, from_version)
         except asyncio.CancelledError:
-            _close(sockets)
+            _close(carried)
             self._send(cancelled(request_id, "takeover cancelled by the kernel"))
             return
         except Exception as exc:
-            _close(sockets)
+            _close(carried)
             self._send(error_reply(request_id, exc))
             return
         task = asyncio.current_task()
@@ -222,6 +225,6 @@ class HandoffServing:
         self._send(result_message(request_id, None))
 
 
-def _close(sockets: list[socket.socket]) -> None:
-    for sock in sockets:
-        sock.close()
+def _close(carried: list[Carried]) -> None:
+    for thing in carried:
+        thing.close()

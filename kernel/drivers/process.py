@@ -13,17 +13,17 @@ ends with the child reaped, even when the stopping task is cancelled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import itertools
 import logging
-import os
 import signal
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.deadlines import Deadlines
+from drivebay.kernel.drivers.fd_room import DescriptorRoom
+from drivebay.kernel.drivers.handover_requests import HandoverRequests
 from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import (
@@ -32,12 +32,11 @@ from drivebay.protocol.errors import (
     DriverError,
     DriverHung,
     DriverStartError,
-    HandoverFailed,
     OperationFailed,
     ProtocolError,
     RequestError,
 )
-from drivebay.protocol.fd_passing import FdInbox, FdTransferError, drain, send
+from drivebay.protocol.fd_passing import FdInbox
 from drivebay.protocol.messages import (
     Attach,
     Call,
@@ -46,8 +45,6 @@ from drivebay.protocol.messages import (
     Drain,
     Error,
     Event,
-    Handoff,
-    HandoffEnd,
     Health,
     Hello,
     Log,
@@ -56,7 +53,6 @@ from drivebay.protocol.messages import (
     Ready,
     Refuse,
     Result,
-    Takeover,
     ToKernel,
     Welcome,
 )
@@ -74,7 +70,7 @@ log = logging.getLogger("drivebay.driver")
 EventHandler = Callable[[str, str, Any], None]
 
 
-class DriverProcess:
+class DriverProcess(HandoverRequests):
     """A driver child and the kernel's conversation with it."""
 
     def __init__(
@@ -110,6 +106,7 @@ class DriverProcess:
         self.meter: CallMeter | None = None
         self._fd_inbox = FdInbox(strict=True)  # descriptors a handoff's reply brought
         self._fd_reader = -1  # the descriptor channel's fd while the loop reads it
+        self._room = DescriptorRoom(spec.rlimits.get("nofile", 0))  # for takeovers
 
     # -- facts ---------------------------------------------------------------------
 
@@ -375,103 +372,6 @@ class DriverProcess:
             f"detach of {resource_id}",
         )
 
-    @property
-    def hooks(self) -> frozenset[str]:
-        """The state hooks its driver class defines (``handoff``, ``takeover``...)."""
-        return frozenset(self.ready.hooks) if self.ready is not None else frozenset()
-
-    async def handoff(self, resource_id: str) -> HandedOff:
-        """The state of ``resource_id``'s instance (its ``handoff()``), which
-        is set aside until ``handoff_end``. The descriptors in it are the
-        caller's to close (``HandedOff.close``). Raises OperationFailed (the
-        hook raised, or the state cannot travel), HandoverFailed (its
-        descriptors did not all arrive), CallTimeout, DriverCrashed."""
-        request_id = next(self._ids)
-        self._fd_inbox.expect(request_id)
-        try:
-            value = await self._request(
-                request_id,
-                Handoff(request_id, resource_id),
-                self.timeouts.call_s,
-                f"handoff of {resource_id}",
-            )
-            state, entries = _state_and_entries(value, self.name)
-            self._drain_fds()  # queued before the reply
-            try:
-                fds = self._fd_inbox.take(request_id, len(entries))
-            except FdTransferError as exc:
-                raise HandoverFailed(
-                    f"{self.name}: the descriptors of {resource_id} did not arrive: {exc}; "
-                    "if drivebayd is out of descriptors, raise its LimitNOFILE"
-                ) from exc
-        except BaseException:
-            self._fd_inbox.forget(request_id)
-            raise
-        return HandedOff(state, entries, fds)
-
-    async def takeover(
-        self, resource_id: str, properties: dict[str, Any], handed: HandedOff, from_version: str
-    ) -> None:
-        """Create ``resource_id``'s instance from ``handed`` (its ``takeover``).
-        The caller keeps its copies of the descriptors until this returns.
-        Raises HandoverFailed (the state or its descriptors do not fit this
-        process), OperationFailed (the hook raised; the child closed its
-        copies), CallTimeout, DriverCrashed."""
-        await self._check_room(resource_id, len(handed.fds))
-        request_id = next(self._ids)
-        message = Takeover(
-            request_id, resource_id, properties, handed.state, handed.entries, from_version
-        )
-        size = len(self._channel.codec.encode(message)) - 4
-        if size > self.spec.max_frame:
-            raise HandoverFailed(
-                f"the state of {resource_id} takes {size} bytes with its properties, over the "
-                f"channel's limit of {self.spec.max_frame}; hand over less, or raise "
-                "max_frame_bytes in the daemon's config"
-            )
-        if self._max_depth:
-            self._check_depth({"state": handed.state}, "takeover")
-        if handed.fds:
-            if not self.alive or self._child is None:
-                raise DriverCrashed(
-                    f"{self.name} is not running; takeover of {resource_id} not sent"
-                )
-            try:
-                async with asyncio.timeout(self.timeouts.call_s):
-                    await send(self._child.fd_channel, request_id, handed.fds)
-            except (OSError, TimeoutError) as exc:
-                raise HandoverFailed(
-                    f"{self.name}: the descriptors of {resource_id} could not be sent: {exc}"
-                ) from exc
-        await self._request(request_id, message, self.timeouts.call_s, f"takeover of {resource_id}")
-
-    async def _check_room(self, resource_id: str, count: int) -> None:
-        """Raises HandoverFailed when ``count`` more descriptors would pass the
-        process's open_files limit (those it holds counted from /proc, in a
-        worker thread, where the daemon may read them). A process that opens
-        more meanwhile sees MSG_CTRUNC instead, and fails as cleanly."""
-        limit = self.spec.rlimits.get("nofile", 0)
-        if not limit or not count:
-            return
-        pid = self.pid
-        held = await asyncio.to_thread(_descriptors_held, pid) if pid else 0
-        if held + count >= limit:
-            raise HandoverFailed(
-                f"{self.name} cannot take over {resource_id}: its state holds {count} "
-                f"descriptors, and the process holds {held} of its open_files limit of "
-                f"{limit}; raise limits.open_files in its driver.yaml (or the daemon's config)"
-            )
-
-    async def handoff_end(self, resource_id: str, taken: bool) -> None:
-        """End the handoff of ``resource_id``: ``detach()`` the set-aside
-        instance when its state was ``taken``, else ``handoff_aborted()`` (it
-        serves on)."""
-        request_id = next(self._ids)
-        what = f"{'detach' if taken else 'handoff_aborted'} of {resource_id}"
-        await self._request(
-            request_id, HandoffEnd(request_id, resource_id, taken), self.timeouts.call_s, what
-        )
-
     async def health(self) -> dict[str, Any]:
         """The driver's own health report; raises OperationFailed when it says not ok."""
         request_id = next(self._ids)
@@ -718,12 +618,6 @@ class DriverProcess:
             await self._kill_and_reap()
         return exited.result()
 
-    def _drain_fds(self) -> None:
-        assert self._child is not None
-        if not drain(self._child.fd_channel, self._fd_inbox) and self._fd_reader >= 0:
-            self._loop.remove_reader(self._fd_reader)  # the child is gone
-            self._fd_reader = -1
-
     def _release_child(self) -> None:
         """Close the kernel's ends of the child's channels (the loop stops
         reading the descriptor channel first) and any descriptor still held."""
@@ -759,44 +653,6 @@ class DriverProcess:
             self._release_child()
         if cancelled:
             raise asyncio.CancelledError
-
-
-class HandedOff:
-    """A state handed off: plain values, where its sockets were (``entries``),
-    and the kernel's copies of their descriptors, closed by ``close``."""
-
-    __slots__ = ("entries", "fds", "state")
-
-    def __init__(self, state: Any, entries: list[Any], fds: list[int]) -> None:
-        self.state = state
-        self.entries = entries
-        self.fds = fds
-
-    def close(self) -> None:
-        fds, self.fds = self.fds, []
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _descriptors_held(pid: int) -> int:
-    """How many descriptors process ``pid`` has open; 0 when /proc does not say."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
-def _state_and_entries(value: Any, name: str) -> tuple[Any, list[Any]]:
-    """A handoff's reply ``[state, entries]``; ProtocolError-like HandoverFailed otherwise."""
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[1], list)
-        and all(isinstance(entry, list) and len(entry) == 2 for entry in value[1])
-    ):
-        return value[0], value[1]
-    raise HandoverFailed(f"{name} answered a handoff with something that is not [state, entries]")
 
 
 def limit_verdict(rlimits: Mapping[str, int], returncode: int, cpu_s: float, tail: str) -> str:

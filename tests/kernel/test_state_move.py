@@ -7,12 +7,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from drivebay.kernel.drivers.process import DriverProcess
 from drivebay.kernel.drivers.state_move import move_state
 from drivebay.protocol.errors import DriverStartError, HandoverFailed, OperationFailed
-from tests.helpers import fixture_spec, run, started
+from tests.helpers import FAST, fixture_spec, run, started
 
 
 def spec(tmp_path: Path, version: str, entry: str = "Stateful", **kw: Any) -> Any:
@@ -122,11 +123,13 @@ def test_more_descriptors_than_one_message_carries_arrive_in_chunks(tmp_path: Pa
     async def main() -> None:
         async with started(spec(tmp_path, "1.0.0")) as old, started(spec(tmp_path, "2.0.0")) as new:
             await old.attach("r1", {})
-            # 2,801 sockets: 12 messages of at most 253 descriptors, both ways.
+            # 2,803 descriptors: 12 messages of at most 253, both ways.
             assert await old.call("r1", "open_pairs", {"n": 1400}) == 1400
+            await old.call("r1", "open_pipe", {"data": b"before"})  # files travel too
             await move_state(old, new, "r1", {}, "1.0.0")
             assert (await bump(new))["pairs"] == 1400
             assert await new.call("r1", "pair_works", {"index": 1399}) is True
+            assert await new.call("r1", "pipe_read", {"n": 6}) == b"before"
             await move_state(new, old, "r1", {}, "2.0.0")
             assert await old.call("r1", "pair_works", {"index": 0}) is True
 
@@ -192,3 +195,34 @@ def test_a_reserved_name_with_another_meaning_is_refused_at_load(
         assert "\n" not in str(caught.value).split("; stderr")[0]
 
     run(main())
+
+
+@pytest.mark.parametrize("hook", ["handoff", "takeover"])
+def test_a_hook_past_its_deadline_is_cancelled_and_the_old_instance_serves_on(
+    tmp_path: Path, hook: str
+) -> None:
+    notes = tmp_path / "journal"
+    props = {"journal": str(notes), "hang_in": hook}
+    quick = msgspec.structs.replace(FAST, call_s=0.5)
+
+    async def main() -> None:
+        async with (
+            started(spec(tmp_path, "1.0.0"), quick) as old,
+            started(spec(tmp_path, "2.0.0"), quick) as new,
+        ):
+            await old.attach("r1", props)
+            port = (await bump(old))["port"]
+            with pytest.raises(HandoverFailed, match=f"{hook} of r1 took longer than 0.5s"):
+                await move_state(old, new, "r1", props, "1.0.0")
+            assert ask(port) == "1.0.0 r1 2"
+            with pytest.raises(OperationFailed, match="NotAttached"):
+                await bump(new)
+
+    run(main())
+    # The hook has ended (cancelled) before the old instance takes over again.
+    owner = "1.0.0" if hook == "handoff" else "2.0.0"
+    assert journal(notes)[-3:] == [
+        f"{owner} r1 {hook} cancelled",
+        "1.0.0 r1 handoff_aborted",
+        "1.0.0 r1 detach",
+    ]

@@ -20,7 +20,7 @@ from drivebay.protocol.fd_passing import (
     drain,
     send,
 )
-from drivebay.protocol.handoff_state import StateRefused, put_sockets, take_sockets
+from drivebay.protocol.handoff_state import StateRefused, objects_from, put_objects, take_objects
 from drivebay.protocol.hooks import LIFECYCLE_METHODS, HookMisdefined, check_hooks
 from drivebay.protocol.runtime import Operations
 
@@ -40,7 +40,7 @@ def test_sockets_become_paths_and_come_back_in_place() -> None:
     a, b = socket.socketpair()
     try:
         state = {"count": 3, "conns": [[a, b, b"left over"]], "by_port": {80: a}, "t": (b, 1)}
-        plain, entries, sockets = take_sockets(state)
+        plain, entries, sockets = take_objects(state)
         assert plain == {
             "count": 3,
             "conns": [[None, None, b"left over"]],
@@ -52,7 +52,7 @@ def test_sockets_become_paths_and_come_back_in_place() -> None:
             ["socket", [["conns", 0, 0], ["by_port", 80]]],
             ["socket", [["conns", 0, 1], ["t", 0]]],
         ]
-        back = put_sockets(plain, entries, ["A", "B"])  # type: ignore[list-item]
+        back = put_objects(plain, entries, ["A", "B"])  # type: ignore[list-item]
         assert back == {
             "count": 3,
             "conns": [["A", "B", b"left over"]],
@@ -71,7 +71,7 @@ def test_sockets_become_paths_and_come_back_in_place() -> None:
         (lambda s: {s: 1}, "a socket is a dict key at state; use it as a value"),
         (
             lambda s: {"f": [open(os.devnull)]},  # noqa: SIM115 -- closed by the test
-            "TextIOWrapper at state['f'][0] has a fileno() but only",
+            "TextIOWrapper at state['f'][0] has a fileno() but cannot be handed over",
         ),
     ],
 )
@@ -80,7 +80,7 @@ def test_what_cannot_be_handed_over_is_said_in_one_line(make: Any, words: str) -
     state = make(sock)
     try:
         with pytest.raises(StateRefused) as caught:
-            take_sockets(state)
+            take_objects(state)
         assert str(caught.value).startswith(words)
     finally:
         sock.close()
@@ -94,7 +94,38 @@ def test_a_closed_socket_is_refused() -> None:
     sock = socket.socket()
     sock.close()
     with pytest.raises(StateRefused, match=r"the socket at state\['s'\] is closed"):
-        take_sockets({"s": sock})
+        take_objects({"s": sock})
+
+
+def test_unbuffered_files_travel_with_their_mode_and_buffered_ones_are_refused() -> None:
+    read_end, write_end = os.pipe()
+    reader = os.fdopen(read_end, "rb", buffering=0)
+    writer = os.fdopen(write_end, "wb", buffering=0)
+    made: list[Any] = []
+    try:
+        plain, entries, carried = take_objects({"pipe": [reader, writer]})
+        assert carried == [reader, writer]
+        assert plain == {"pipe": [None, None]}
+        assert entries == [["file:rb", [["pipe", 0]]], ["file:wb", [["pipe", 1]]]]
+        made = objects_from(entries, [os.dup(reader.fileno()), os.dup(writer.fileno())])
+        state = put_objects(plain, entries, made)
+        state["pipe"][1].write(b"kept")
+        assert reader.read(4) == b"kept"  # the same pipe, through the copies
+        with open(os.devnull, "rb") as buffered, pytest.raises(StateRefused, match="buffering=0"):
+            take_objects({"log": buffered})
+    finally:
+        for thing in [reader, writer, *made]:
+            thing.close()
+
+
+def test_descriptors_that_are_not_what_the_entries_say_are_all_closed() -> None:
+    fds = pipes(4)
+    with pytest.raises(StateRefused, match="cannot be made an object again"):
+        objects_from(
+            [["file:rb", [["a"]]], ["socket", [["b"]]], ["socket", [["c"]]], ["socket", [["d"]]]],
+            fds,
+        )
+    assert all(closed(fd) for fd in fds)
 
 
 # -- chunks and the inbox -----------------------------------------------------------
