@@ -25,9 +25,16 @@ WINDOW = 32 * 1024  # bytes a stream may have sent and not yet had back
 PACE_S = 0.005  # between two chunks: a rate (1.6 MB/s a stream), not a wait for anything;
 # unpaced, 20 streams take every CPU of a small machine from the upgrades under test
 
-FAILING_TAKEOVER = '''"""Test only: tcp-forward whose takeover {fail_at} in its process fails."""
+FAILING_TAKEOVER = '''"""Test only: tcp-forward whose takeover {fail_at} in its process fails.
+
+Each takeover that succeeds, and each handoff (a hand-back: this version only
+ever hands back), is logged as a warning, which reaches the daemon's log."""
+
+import logging
 
 from tcp_forward import TcpForward
+
+log = logging.getLogger("failing_takeover")
 
 
 class FailingTakeover(TcpForward):
@@ -38,6 +45,11 @@ class FailingTakeover(TcpForward):
         if FailingTakeover.takeovers == {fail_at}:
             raise RuntimeError("test switch: takeover {fail_at} fails")
         await super().takeover(state, from_version)
+        log.warning("test switch: took over %s", self.resource_id)
+
+    async def handoff(self):
+        log.warning("test switch: handing back %s", self.resource_id)
+        return await super().handoff()
 '''
 
 

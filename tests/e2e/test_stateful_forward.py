@@ -4,8 +4,9 @@
 streaming through them to an echo server while 10 upgrades and 10 property
 changes (the target moves between two echo servers) run back to back, then
 one upgrade whose 5th takeover fails, so that every resource returns to the
-version before it (those that had moved are handed back). A probe connects
-all along. Every stream must end with every byte back in order, no
+version before it: the kernel moves resources concurrently, so at least 4 and
+up to 19 had moved, and each of them must be handed back (the failing
+version logs each takeover and hand-back). A probe connects all along. Every stream must end with every byte back in order, no
 connection reset, every probe answered (at least one inside each upgrade),
 and every resource on the port it had at first.
 """
@@ -41,12 +42,16 @@ async def ports_of(admin: AsyncClient, resources: list[str]) -> dict[str, int]:
     return {r: s["listen_port"] for r, s in zip(resources, stats, strict=True)}
 
 
+def scene_resources() -> list[str]:
+    return [f"fwd{n:02}" for n in range(RESOURCES)]
+
+
 class Scene:
     """The daemon, its resources, the streams and the probe."""
 
     def __init__(self, daemon: Daemon, staging: Path, admin: AsyncClient) -> None:
         self.daemon, self.staging, self.admin = daemon, staging, admin
-        self.resources = [f"fwd{n:02}" for n in range(RESOURCES)]
+        self.resources = scene_resources()
         self.windows: list[tuple[str, float, float]] = []  # (version, dropped, alone)
 
     async def upgrade(self, version: str, fail_at: int | None = None) -> None:
@@ -142,6 +147,10 @@ def test_upgrades_and_property_changes_reach_no_client(daemon_factory, tmp_path)
     assert only_running(daemon, UPGRADES[-1], failed=FAILING)
     failed = daemon.ctl("status", f"tcp-forward@{FAILING}", "--json").stdout
     assert f"takeover {FAIL_AT} fails" in failed and "rolled back" in failed, failed
+    log = daemon.log()
+    took = {r for r in scene_resources() if f"test switch: took over {r}\n" in log}
+    handed_back = {r for r in scene_resources() if f"test switch: handing back {r}\n" in log}
+    assert len(took) >= FAIL_AT - 1 and handed_back == took, (took, handed_back)
     print(
         f"{sum(s.sent for s in streams) / 1e6:.1f} MB streamed, {len(probe.done)} probes, "
         f"upgrades {[round(end - start, 2) for _, start, end in seen['windows']]} s"
