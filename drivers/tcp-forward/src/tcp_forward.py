@@ -305,6 +305,12 @@ class TcpForward:
     def _connect(self, connection: Connection) -> None:
         task = asyncio.get_running_loop().create_task(self._connect_target(connection))
         self._connecting[connection.id] = task
+        task.add_done_callback(self._connect_ended)
+
+    def _connect_ended(self, task: asyncio.Task[None]) -> None:
+        """A connect task ends by itself; only a bug of ours would leave an error in it."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: relay failed", self.resource_id, exc_info=task.exception())
 
     async def _connect_target(self, connection: Connection) -> None:
         """Connect to the target, then relay. Cancelled (a handoff, a detach),
