@@ -6,9 +6,10 @@ changes (the target moves between two echo servers) run back to back, then
 one upgrade whose 5th takeover fails, so that every resource returns to the
 version before it: the kernel moves resources concurrently, so at least 4 and
 up to 19 had moved, and each of them must be handed back (the failing
-version logs each takeover and hand-back). A probe connects all along. Every stream must end with every byte back in order, no
-connection reset, every probe answered (at least one inside each upgrade),
-and every resource on the port it had at first.
+version logs each takeover and hand-back). A probe connects all along. Every
+stream must end with every byte back in order, no connection reset, every
+probe answered (at least one inside each upgrade), and every resource on the
+port it had at first.
 """
 
 from __future__ import annotations
