@@ -20,6 +20,8 @@ from typing import Any
 
 from . import errors
 
+_RUNTIME = __name__.rpartition(".")[0] + "."  # this package, whatever it is called here
+
 # -- one builder per message (the kernel's Struct in messages.py) ---------------
 
 
@@ -137,11 +139,10 @@ def error_reply(request_id: int, exc: BaseException) -> list[Any]:
     surrogates (a file name decoded with ``os.fsdecode``), must not leave the
     call without an answer."""
     kind = type(exc)
-    name = (
-        kind.__qualname__
-        if kind.__module__ == "builtins"
-        else f"{kind.__module__}.{kind.__qualname__}"
-    )
+    # A builtin and one of the runtime's own (HookMisdefined) are named bare:
+    # the runtime's package name is private to the child.
+    bare = kind.__module__ == "builtins" or kind.__module__.startswith(_RUNTIME)
+    name = kind.__qualname__ if bare else f"{kind.__module__}.{kind.__qualname__}"
     try:
         text = "".join(traceback.format_exception(exc))
     except Exception:  # a broken exception still gets its reply

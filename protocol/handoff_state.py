@@ -37,6 +37,7 @@ class StateRefused(ValueError):
 
 
 Carried = socket.socket | io.FileIO
+_PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 
 
 def take_objects(state: Any) -> tuple[Any, list[list[Any]], list[Carried]]:
@@ -46,6 +47,8 @@ def take_objects(state: Any) -> tuple[Any, list[list[Any]], list[Carried]]:
     carried: list[Carried] = []
 
     def walk(value: Any, path: list[Any]) -> Any:
+        if type(value) in _PLAIN:  # most of a state: no further test
+            return value
         if isinstance(value, (socket.socket, io.FileIO)):
             index = found.get(id(value))
             if index is None:

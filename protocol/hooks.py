@@ -14,15 +14,16 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-# name -> (must be a coroutine function, the positional parameters it takes after self/cls)
-RESERVED: dict[str, tuple[bool, tuple[str, ...]]] = {
+# name -> (must be a coroutine function, the positional parameters it takes
+# after self/cls; None: not checked, the hook's shape is not settled yet)
+RESERVED: dict[str, tuple[bool, tuple[str, ...] | None]] = {
     "health": (False, ()),
     "attach": (False, ()),
     "detach": (False, ()),
     "handoff": (True, ()),
     "takeover": (True, ("state", "from_version")),
     "handoff_aborted": (True, ()),
-    "reconcile_operation": (False, ()),
+    "reconcile_operation": (False, None),
 }
 LIFECYCLE_METHODS = frozenset(RESERVED)
 """The one list of names that are hooks, never operations."""
@@ -66,13 +67,15 @@ def check_hooks(driver_class: type) -> list[str]:
     return [name for name in STATE_HOOKS if callable(getattr(driver_class, name, None))]
 
 
-def _problem(bound: Any, member: Any, is_async: bool, parameters: tuple[str, ...]) -> str:
+def _problem(bound: Any, member: Any, is_async: bool, parameters: tuple[str, ...] | None) -> str:
     """What is wrong with ``member`` as the hook, or ``""``. ``bound`` is it
     as seen on the class (a plain ``def`` still takes ``self`` there)."""
     if not callable(bound) or inspect.isclass(bound):
         return "is not a method"
     if is_async and not inspect.iscoroutinefunction(bound):
         return "is not an async def"
+    if parameters is None:
+        return ""
     try:
         signature = inspect.signature(bound)
     except (TypeError, ValueError):

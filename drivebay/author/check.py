@@ -159,12 +159,37 @@ async def check(path: Path, report: Report, config: Config | None, envs: Path | 
                 annotation = return_annotation(signature)
                 for problem in problems(annotation or "", classes):
                     report.warnings.append(f"{name} returns {annotation}: {problem}")
+            _judge_hooks(set(process.ready.hooks), report)
     finally:
         await asyncio.to_thread(scratch.remove)
     if manifest.requires:
         report.notes.append(
             f"the daemon starts it once {', '.join(manifest.requires)} "
             f"{'runs' if len(manifest.requires) == 1 else 'run'} (requires:)"
+        )
+
+
+def _judge_hooks(hooks: set[str], report: Report) -> None:
+    """What the state hooks the class defines mean for its upgrades."""
+    if {"handoff", "takeover"} <= hooks:
+        report.notes.append(
+            "hands each resource's state to the next version (handoff, takeover) on "
+            "upgrades and property changes"
+        )
+    elif "handoff" in hooks:
+        report.notes.append(
+            "has handoff but no takeover: its state goes to a later version that has "
+            "takeover; this one always starts resources afresh (attach)"
+        )
+    elif "takeover" in hooks:
+        report.notes.append(
+            "has takeover but no handoff: it takes state from an earlier version that has "
+            "handoff; a later version never gets state from this one"
+        )
+    if "handoff" in hooks and "handoff_aborted" not in hooks:
+        report.warnings.append(
+            "handoff without handoff_aborted: after a failed takeover the instance serves "
+            "again without being told; resume in handoff_aborted what handoff stopped"
         )
 
 

@@ -178,11 +178,15 @@ class AuthorProcess(DriverProcess):
 
 def own_frames(trace: str, root: Path) -> str:
     """``trace`` from the driver's first own frame on, its paths relative to the
-    bundle (``src/x.py``), without the runtime's and importlib's frames."""
+    bundle (``src/x.py``), without the runtime's and importlib's frames; ``""``
+    for a traceback with no frame of the driver's (a class the runtime refused:
+    the error's one line says it all)."""
     lines = trace.rstrip().replace(f"{root}/", "").splitlines()
-    first = next((i for i, line in enumerate(lines) if line.startswith('  File "src/')), None)
-    if first is None or not lines or not lines[0].startswith("Traceback"):
+    if not lines or not lines[0].startswith("Traceback"):
         return "\n".join(lines)
+    first = next((i for i, line in enumerate(lines) if line.startswith('  File "src/')), None)
+    if first is None:
+        return ""
     return "\n".join([lines[0], *lines[first:]])
 
 
@@ -213,8 +217,9 @@ async def running(
     try:
         await process.start()
     except DriverStartError as exc:
-        if process.load_traceback:
-            exc.add_note(own_frames(process.load_traceback, bundle.path))
+        own = own_frames(process.load_traceback, bundle.path)
+        if own:
+            exc.add_note(own)
         raise
     try:
         yield Running(bundle, env, process)

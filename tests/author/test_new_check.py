@@ -19,6 +19,8 @@ from drivebay.kernel.resources.properties import PropertyErrors
 from drivebay.protocol.errors import BundleError, OperationFailed
 from drivebay.testing import DriverHarness
 from tests.author.kit import drivebay, kit_environ, local_index
+from tests.helpers import FIXTURES
+from tests.sandbox.bundles import make_bundle
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +180,26 @@ def test_harness_properties_calls_and_upgrade(tmp_path, kit):
             driver.upgrade(renamed)
         assert driver.call("r2", "greet", name="Di") == "Hello, Di!"
         assert driver.health()["ok"] is True
+
+
+@pytest.mark.slow
+def test_check_says_what_the_state_hooks_mean(tmp_path, kit):
+    _, env = kit
+    source = (FIXTURES / "stateful" / "src" / "stateful.py").read_text()
+    properties = [{"key": "journal", "type": "string"}]
+    expected = {
+        "Stateful": ("hands each resource's state to the next version", None),
+        "NoTakeover": ("has handoff but no takeover", None),
+        "SyncHandoff": (None, "HookMisdefined: SyncHandoff.handoff is not an async def"),
+    }
+    for entry, (note, error) in expected.items():
+        extra = {"entrypoint": f"stateful:{entry}", "properties": properties}
+        bundle = make_bundle(tmp_path / entry, "stateful", "1.0.0", extra, {"stateful.py": source})
+        checked = drivebay("check", str(bundle), env=env)
+        if error is None:
+            assert checked.returncode == 0, checked.stderr
+            assert f"note: {note}" in checked.stdout
+        else:
+            assert checked.returncode == 1
+            assert error in checked.stderr.splitlines()[-1]
+            assert "_drivebay_runtime" not in checked.stderr

@@ -17,6 +17,7 @@ SOURCE = (FIXTURES / "stateful" / "src" / "stateful.py").read_text()
 PROPERTIES = [
     {"key": "journal", "type": "string", "required": True},
     {"key": "label", "type": "string"},
+    {"key": "fail_takeover_in", "type": "string"},
 ]
 RESOURCES = ("r1", "r2", "r3")
 
@@ -83,13 +84,24 @@ def test_state_and_sockets_cross_upgrades_changes_and_rollbacks(daemon_factory, 
     facts = bump(daemon, "r1")
     assert (facts["count"], facts["port"], facts["from_version"]) == (3, ports["r1"], "2.0.0")
 
+    # A property change whose takeover fails: refused in one line, stored
+    # back, and the old instance serves on with its state.
+    refused = daemon.ctl("resource", "set", "r3", "fail_takeover_in=2.0.0")
+    assert refused.returncode == 1
+    assert refused.stderr.count("\n") == 1
+    assert "takeover of r3 configured to fail" in refused.stderr
+    facts = bump(daemon, "r3")
+    assert (facts["count"], facts["port"], facts["from_version"]) == (2, ports["r3"], "1.0.0")
+    listed = json.loads(daemon.ctl("resources", "--json").stdout)
+    assert [r["properties"] for r in listed if r["id"] == "r3"] == [{"journal": str(journal)}]
+
     # 3.0.0's takeover fails for r2: everything rolls back, the resources that
     # had moved are handed back (from 3.0.0), r2's old instance serves on.
     daemon.drop(stateful_bundle(staging, "3.0.0"))
     failed = [("2.0.0", "RUNNING"), ("3.0.0", "FAILED")]
     wait_for(lambda: version_states(daemon) == failed, 60, "3.0.0 FAILED")
     assert ask(ports["r2"]) == "2.0.0 r2 3"
-    for resource, count in (("r1", 4), ("r3", 2)):
+    for resource, count in (("r1", 4), ("r3", 3)):
         facts = bump(daemon, resource)
         assert (facts["version"], facts["count"], facts["port"]) == (
             "2.0.0",
