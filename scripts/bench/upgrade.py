@@ -36,6 +36,9 @@ this process, on uvloop:
    whole life; the daemon's log gives every handover's switch time.
 3. 10,000 resources: a fresh daemon, resources added over the control socket
    (200 requests in flight), its RSS before and after, and a call to a few.
+4. Stateful: tcp-forward's 100 resources, each relaying 10 connections,
+   handed with their sockets from version to version under load, against
+   the same resources moved without state (``_stateful.py`` says how).
 
 Latencies are per call, from the caller's side; calls/s count the calls
 started in the measured window, after a warm-up. Driver environments are
@@ -68,6 +71,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
+import _stateful
 
 from drivebay.client import AsyncClient
 
@@ -100,10 +104,13 @@ class Plan:
     add_in_flight: int = 200
     tail_s: float = 0.5  # load after the last upgrade
     metrics: bool = True  # the daemons' metrics.enabled: calls counted, or not
+    stateful: _stateful.StatefulPlan = _stateful.FULL
 
 
 FULL = Plan(rounds=5, warmup_s=0.5, window_s=2.0, steady_s=5.0, upgrades=10)
-QUICK = Plan(rounds=2, warmup_s=0.3, window_s=1.0, steady_s=1.5, upgrades=3)
+QUICK = Plan(
+    rounds=2, warmup_s=0.3, window_s=1.0, steady_s=1.5, upgrades=3, stateful=_stateful.QUICK
+)
 
 Call = Callable[[int, int], Awaitable[Any]]  # (op id, seq) -> the call's reply
 
@@ -717,6 +724,7 @@ async def many_resources(plan: Plan, root: Path, envs_dir: Path) -> Many:
 class Results:
     load: LoadResults
     many: Many
+    stateful: _stateful.Stateful
 
     @property
     def bare(self) -> Figures:
@@ -759,6 +767,7 @@ def targets(r: Results) -> list[tuple[str, str, str, bool]]:
             f"{r.many.rss_after_mb:.1f}",
             r.many.rss_after_mb < 200,
         ),
+        *_stateful.targets(r.stateful),
     ]
 
 
@@ -770,6 +779,7 @@ def report(r: Results, plan: Plan) -> str:
             _handover_table(r.load.handovers),
             _ledger_table(r.load.ledger),
             _many_table(r.many),
+            _stateful.table(r.stateful),
             _common.format_table(["target", "goal", "value", ""], target_rows),
         ]
     )
@@ -886,6 +896,7 @@ def as_json(r: Results, quick: bool, metrics: bool) -> dict[str, Any]:
         label: [round(rate) for rate in f.per_window] for label, f in r.load.steady.items()
     }
     result.update(asdict(r.load.ledger))
+    result.update(_stateful.as_json(r.stateful))
     result["upgrades"] = len(r.load.handovers)
     result["handovers"] = [asdict(h) for h in r.load.handovers]
     result["targets"] = {t: {"goal": g, "value": v, "met": met} for t, g, v, met in targets(r)}
@@ -900,7 +911,9 @@ def as_json(r: Results, quick: bool, metrics: bool) -> dict[str, Any]:
 async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     load = await under_load(plan, root, envs_dir)
     _common.progress(f"upgrade: {plan.many:,} resources ...")
-    return Results(load, await many_resources(plan, root / "many", envs_dir))
+    many = await many_resources(plan, root / "many", envs_dir)
+    stateful = await _stateful.run(root / "stateful", envs_dir, plan.stateful)
+    return Results(load, many, stateful)
 
 
 def _footer(info: dict[str, Any], plan: Plan, quick: bool, took: float) -> str:

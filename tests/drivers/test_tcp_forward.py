@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -12,8 +13,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from drivebay.protocol.errors import OperationFailed
-from tests.drivers.bundles import bundle_spec, until
+from drivebay.kernel.drivers.state_move import move_state
+from drivebay.protocol.errors import HandoverFailed, OperationFailed
+from tests.drivers.bundles import bundle_copy, bundle_spec, until
+from tests.drivers.test_tcp_forward_handover import gate_server, stream
 from tests.helpers import run, started
 
 
@@ -150,5 +153,64 @@ def test_port_in_use_refuses_attach(tmp_path):
                 expected = f"cannot listen on 127.0.0.1:{port} (Address already in use); choose"
                 with pytest.raises(OperationFailed, match=re.escape(expected)):
                     await proc.attach("fwd", props)
+
+    run(main())
+
+
+async def _handed_off_holding_bytes(proc, resource: str):
+    """A handoff of ``resource`` in ``proc`` once its state holds bytes read
+    and not yet written (aborted and asked again until then, bounded)."""
+    async with asyncio.timeout(10):
+        while True:
+            handed = await proc.handoff(resource)
+            connections = handed.state["connections"]
+            if any(c.get("inbound", {}).get("pending") for c in connections):
+                return handed
+            handed.close()
+            await proc.handoff_end(resource, taken=False)
+            await asyncio.sleep(0.01)
+
+
+def test_an_upgrade_carries_the_bytes_in_flight_to_the_new_process(tmp_path):
+    """Between two real driver processes: the listener and the connection
+    move with the bytes the old one held; a takeover that fails (its new
+    address is taken) leaves everything with the old process."""
+    newer = bundle_copy(tmp_path, "tcp-forward", "9.0.0")
+    newer_spec = dataclasses.replace(
+        bundle_spec(tmp_path, "tcp-forward"), version="9.0.0", src=newer / "src"
+    )
+
+    async def main():
+        old_spec = bundle_spec(tmp_path, "tcp-forward")
+        async with gate_server() as gate, started(old_spec) as old, started(newer_spec) as new:
+            assert {"handoff", "takeover", "handoff_aborted"} <= old.hooks
+            props = {"listen_port": 0, "target_host": "127.0.0.1", "target_port": gate.port}
+            await old.attach("fwd", props)
+            port = (await old.call("fwd", "stats", {}))["listen_port"]
+            gate.open.clear()
+            stop = asyncio.Event()
+            streaming = asyncio.ensure_future(stream(port, stop))
+            handed = await _handed_off_holding_bytes(old, "fwd")
+            try:
+                await new.takeover("fwd", props, handed, old.spec.version)
+            finally:
+                handed.close()
+            await old.handoff_end("fwd", taken=True)
+            stop.set()
+            gate.open.set()
+            sent, received = await streaming
+            assert received == sent
+            stats = await new.call("fwd", "stats", {})
+            assert stats["listen_port"] == port and stats["bytes_out"] == len(sent)
+            with socket.socket() as taken:
+                taken.bind(("127.0.0.1", 0))
+                taken.listen()
+                elsewhere = {**props, "listen_port": taken.getsockname()[1]}
+                with pytest.raises(HandoverFailed, match="cannot listen on"):
+                    await move_state(new, old, "fwd", elsewhere, "9.0.0")
+            async with client(port) as (reader, writer):
+                writer.write(b"still")
+                assert await reader.readexactly(5) == b"still"
+            assert (await new.call("fwd", "stats", {}))["accepted"] == 2
 
     run(main())
