@@ -38,6 +38,7 @@ from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
 from drivebay.kernel.httpapi.access import (
     Peer,
+    Peers,
     PermissionDenied,
     Unauthenticated,
     authorize,
@@ -84,6 +85,7 @@ class Api:
         self._decoder = msgspec.json.Decoder()
         self._changes: set[asyncio.Task[Outcome]] = set()  # run to their end (see _change)
         self._openapi: bytes | None = None
+        self._peers = Peers()  # who is at the other end of each Unix connection
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -94,7 +96,9 @@ class Api:
         app.router.add_post("/v1/login", self._login)
         app.router.add_get("/v1/session", self._session)
         app.router.add_post("/v1/logout", self._logout)
-        for route in ROUTES:
+        for route in sorted(ROUTES, key=lambda route: route.kind is not schema.CallRequest):
+            # calls first: aiohttp tries the routes under a path's static
+            # prefix (/v1/resources) in the order they were added
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
         app.router.add_get("/v1/events", self._events)
@@ -108,13 +112,11 @@ class Api:
         return handle
 
     async def serve(self, route: Route, request: web.Request) -> web.StreamResponse:
-        command = route.command
         typed: schema.ControlRequest | None = None
         peer: Peer | None = None
         try:
             typed = route.request(request.match_info, _query(request), await self._body(request))
-            command = command_of(type(typed))
-            peer = await peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request, self._peers)
             authorize(self.kernel, peer, typed)
             kind = type(typed)
             if self.kernel.stopping and kind in schema.CHANGING:
@@ -131,6 +133,7 @@ class Api:
         except web.HTTPException:
             raise  # aiohttp's own (a body over client_max_size): _problems says it
         except Exception as exc:
+            command = route.command if typed is None else command_of(type(typed))
             found = problem(command, exc)
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
@@ -228,7 +231,7 @@ class Api:
             asked = EVENTS.request(request.match_info, _query(request), None)
             assert isinstance(asked, schema.EventsRequest)
             follow = schema.EventsFollowRequest(asked.since, asked.last)
-            authorize(self.kernel, await peer_of(self.kernel, request), follow)
+            authorize(self.kernel, await peer_of(self.kernel, request, self._peers), follow)
             return await events.stream_events(self.kernel, request, follow, kind)
         except Exception as exc:
             return self._problem(problem("events-follow", exc))
@@ -239,7 +242,7 @@ class Api:
         try:
             if "Authorization" not in request.headers and not _certified(request):
                 raise Unauthenticated("log in with Authorization: Bearer TOKEN")
-            peer = await peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request, self._peers)
         except Exception as exc:
             found = problem("login", exc)
             self.kernel.events.audit(f"tcp {request.remote}", "login", f"refused: {found.detail}")
@@ -295,7 +298,11 @@ class Api:
         from drivebay.kernel.metrics.exposition import render_metrics
 
         try:
-            authorize(self.kernel, await peer_of(self.kernel, request), schema.StatusRequest([]))
+            authorize(
+                self.kernel,
+                await peer_of(self.kernel, request, self._peers),
+                schema.StatusRequest([]),
+            )
         except Exception as exc:
             return self._problem(problem("metrics", exc))
         body, content_type = await render_metrics(self.kernel, request.headers.get("Accept"))
@@ -341,6 +348,8 @@ def _certified(request: web.Request) -> bool:
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
+    if not request.query_string:
+        return {}
     query = request.query
     return {key: query.getall(key) for key in query}
 
