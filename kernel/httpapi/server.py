@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import logging
 import os
@@ -88,9 +89,7 @@ class Api:
         self._peers = Peers()  # who is at the other end of each Unix connection
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.kernel.config.max_frame_bytes, middlewares=[self._problems]
-        )
+        app = web.Application(client_max_size=self.kernel.config.max_frame_bytes)
         app[SESSIONS] = Sessions()
         app.router.add_get("/", admin_page)
         app.router.add_post("/v1/login", self._login)
@@ -103,13 +102,11 @@ class Api:
         app.router.add_get("/v1/openapi.json", self._document)
         app.router.add_get("/v1/events", self._events)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/{path:.*}", self._unrouted)  # tried last: see _unrouted
         return app
 
     def _handler(self, route: Route) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.serve(route, request)
-
-        return handle
+        return functools.partial(self.serve, route)
 
     async def serve(self, route: Route, request: web.Request) -> web.StreamResponse:
         typed: schema.ControlRequest | None = None
@@ -130,8 +127,8 @@ class Api:
             else:
                 result, code = await HANDLERS[kind](self.kernel, typed)
             result = route.picked(result, request.match_info)
-        except web.HTTPException:
-            raise  # aiohttp's own (a body over client_max_size): _problems says it
+        except web.HTTPException as exc:  # aiohttp's own: a body over client_max_size
+            return self._refused(request, exc)
         except Exception as exc:
             command = route.command if typed is None else command_of(type(typed))
             found = problem(command, exc)
@@ -318,20 +315,29 @@ class Api:
             body=self._encoder.encode(found), status=found.status, content_type=PROBLEM
         )
 
-    @web.middleware
-    async def _problems(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _unrouted(self, request: web.Request) -> web.StreamResponse:
+        """A path no route matched with this method (the catch-all route, added
+        last): 405 when another method has a route there, else 404. A route
+        rather than a middleware, which every request would pass through."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                _, methods = await resource.resolve(request)
+                allowed |= methods
+        if allowed:
+            return self._refused(request, web.HTTPMethodNotAllowed(request.method, allowed))
+        return self._refused(request, web.HTTPNotFound())
+
+    def _refused(self, request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
         """aiohttp's own refusals (no such path, wrong method, body too large)
         as problems too."""
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            name = next((n for n in ROUTING if STATUS[n] == exc.status), "RequestError")
-            detail = f"{request.method} {request.path}: {exc.reason}"
-            if exc.status == 404:
-                detail += "; GET /v1/openapi.json lists the routes"
-            return self._problem(plain(name, exc.status, detail))
+        if exc.status < 400:
+            raise exc
+        name = next((n for n in ROUTING if STATUS[n] == exc.status), "RequestError")
+        detail = f"{request.method} {request.path}: {exc.reason}"
+        if exc.status == 404:
+            detail += "; GET /v1/openapi.json lists the routes"
+        return self._problem(plain(name, exc.status, detail))
 
     async def close(self) -> None:
         """Cancel the changes still running (the daemon is stopping) and wait for them."""
