@@ -374,7 +374,7 @@ class Kernel:
         """The one decision taken in a listener, where nothing may be awaited."""
         slot = self.slots[action.key]
         log.warning("%s %s; %s serves again", slot.name, action.reason, action.successor)
-        undone = {"to": action.successor, "reason": action.reason}
+        undone = {"to": action.successor.rpartition("@")[2], "reason": action.reason}  # a version
         name, version = slot.manifest.name, slot.manifest.version
         self.events.emit("upgrade.rolled_back", driver=name, version=version, data=undone)
         self.metrics.rolled_back(slot.manifest.name)
