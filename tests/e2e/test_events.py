@@ -173,6 +173,18 @@ class ShiftyDriver:
         return {"resource": "?", "text": text}
 '''
 
+SICK = '''"""sicky 1.1.0: starts, but reports itself not ok."""
+
+
+class SickyDriver:
+    @classmethod
+    async def health(cls) -> dict:
+        return {"ok": False, "why": "sicky 1.1.0 is sick"}
+
+    def __init__(self, resource_id: str, properties: dict) -> None:
+        self.resource_id = resource_id
+'''
+
 
 @pytest.fixture(scope="module")
 def lively(tmp_path_factory: pytest.TempPathFactory, envs_dir: Path) -> Iterator[Daemon]:
@@ -274,6 +286,24 @@ def test_an_upgrade_whose_attach_fails_is_rolled_back(lively: Daemon, tmp_path: 
     answer = lively.ctl("call", "s1", "echo", "text=still here", "--json")
     assert answer.returncode == 0, answer.stderr
     assert version_of(lively, "s1") == "1.0.0"
+
+
+def test_an_upgrade_whose_health_check_fails_is_rolled_back(lively: Daemon, tmp_path: Path) -> None:
+    lively.drop(build(tmp_path, "sicky"))
+    lively.wait_state("sicky", "RUNNING")
+    assert lively.ctl("resource", "add", "k1", "--driver", "sicky").returncode == 0
+    with following(lively) as events:
+        lively.drop(build(tmp_path, "sicky", version="1.1.0", src={"sicky.py": SICK}))
+        failed = events.event(lambda e: of("sicky", "driver.state")(e) and moved("FAILED")(e))
+        undone = events.event(of("sicky", "upgrade.rolled_back"))
+    assert failed["version"] == undone["version"] == "1.1.0"
+    assert undone["data"]["to"] == "1.0.0"
+    assert "failed its first health check" in undone["data"]["reason"], undone
+    assert "sicky 1.1.0 is sick" in undone["data"]["reason"], undone
+    assert not [line for line in events.seen if of("sicky", "upgrade.started")(json.loads(line))]
+    assert version_of(lively, "k1") == "1.0.0"
+    status, text = Api(str(lively.state / "http.sock"))("GET", "/metrics")
+    assert status == 200 and 'drivebay_rollbacks_total{driver="sicky"} 1.0' in text, text
 
 
 def test_a_version_that_crash_loops_after_taking_over_is_rolled_back(
