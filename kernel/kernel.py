@@ -344,7 +344,10 @@ class Kernel:
                 driver, _, version = key.partition("@")
                 self._add_slot(available[driver][version], candidate=candidate)
             case MarkFailed(key, reason):
-                self._mark_failed(self.slots[key], reason)
+                slot = self.slots[key]
+                if not self._failed_bundle(slot.name, slot.bundle):
+                    self._upgrade_abandoned(slot, reason)
+                self._mark_failed(slot, reason)
             case HandOver(old, new):
                 if old in self.slots and new in self.slots:
                     await self._hand_over(self.slots[old], self.slots[new])
@@ -385,7 +388,7 @@ class Kernel:
         """The one decision taken in a listener, where nothing may be awaited."""
         slot = self.slots[action.key]
         log.warning("%s %s; %s serves again", slot.name, action.reason, action.successor)
-        undone = {"to": action.successor, "reason": action.reason}
+        undone = {"to": action.successor.rpartition("@")[2], "reason": action.reason}  # a version
         name, version = slot.manifest.name, slot.manifest.version
         self.events.emit("upgrade.rolled_back", driver=name, version=version, data=undone)
         self.metrics.rolled_back(slot.manifest.name)
@@ -535,6 +538,17 @@ class Kernel:
             del self.slots[old.name]
             await self._retire(old)
         self._upgrade_finished(old, new)
+
+    def _upgrade_abandoned(self, slot: DriverSlot, reason: str) -> None:
+        """A new version failed its start or first health check while another
+        serves: the upgrade is rolled back before anything moved."""
+        name, version = slot.manifest.name, slot.manifest.version
+        serving = self.active.get(name)
+        if serving is None or serving == version:
+            return  # nothing served before it: no upgrade
+        undone = {"to": serving, "reason": reason}
+        self.events.emit("upgrade.rolled_back", driver=name, version=version, data=undone)
+        self.metrics.rolled_back(name)
 
     def _upgrade_finished(self, old: DriverSlot, new: DriverSlot) -> None:
         name, version = new.manifest.name, new.manifest.version

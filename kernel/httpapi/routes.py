@@ -52,12 +52,16 @@ class Route:
         """The request Struct from the path's ``params``, the ``query`` (each
         parameter's values) and the decoded JSON ``body`` (None: none sent);
         ``BadRequest`` naming what is wrong."""
-        kind, query = self.kind, dict(query)
-        if self.follow is not None and _truthy(query.pop("follow", ["0"])[-1]):
-            kind = self.follow
+        kind = self.kind
+        if query and self.follow is not None:
+            query = dict(query)
+            if _truthy(query.pop("follow", ["0"])[-1]):
+                kind = self.follow
         values = {key: _filled(value, params) for key, value in self.fields.items()}
-        values.update(_from_query(kind, query, values))
-        values.update(_from_body(self.body, body))
+        if query:
+            values.update(_from_query(kind, query, values))
+        if body is not None or self.body != "none":
+            values.update(_from_body(self.body, body))
         return decode_request(command_of(kind), values)
 
     def picked(self, result: Any, params: Mapping[str, str]) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import grp
 import logging
 import os
@@ -41,6 +42,7 @@ from drivebay.kernel.events import AUDITED, audit_what
 from drivebay.kernel.httpapi import events, openapi
 from drivebay.kernel.httpapi.access import (
     Peer,
+    Peers,
     PermissionDenied,
     Unauthenticated,
     authorize,
@@ -94,38 +96,35 @@ class Api:
         self._decoder = msgspec.json.Decoder()
         self._changes: set[asyncio.Task[Outcome]] = set()  # run to their end (see _change)
         self._openapi: bytes | None = None
+        self._peers = Peers()  # who is at the other end of each Unix connection
 
     def app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.kernel.config.max_frame_bytes, middlewares=[self._problems]
-        )
+        app = web.Application(client_max_size=self.kernel.config.max_frame_bytes)
         app[SESSIONS] = Sessions()
         app.router.add_get("/", admin_page)
         sessions = {"login": self._login, "session": self._session, "logout": self._logout}
         for session_route in SESSION_ROUTES:
             handler = sessions[session_route.name]
             app.router.add_route(session_route.method, session_route.path, handler)
-        for route in ROUTES:
+        for route in sorted(ROUTES, key=lambda route: route.kind is not schema.CallRequest):
+            # calls first: aiohttp tries the routes under a path's static
+            # prefix (/v1/resources) in the order they were added
             app.router.add_route(route.method, route.path, self._handler(route))
         app.router.add_get("/v1/openapi.json", self._document)
         app.router.add_get("/v1/events", self._events)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_route("*", "/{path:.*}", self._unrouted)  # tried last: see _unrouted
         return app
 
     def _handler(self, route: Route) -> Handler:
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.serve(route, request)
-
-        return handle
+        return functools.partial(self.serve, route)
 
     async def serve(self, route: Route, request: web.Request) -> web.StreamResponse:
-        command = route.command
         typed: schema.ControlRequest | None = None
         peer: Peer | None = None
         try:
             typed = route.request(request.match_info, _query(request), await self._body(request))
-            command = command_of(type(typed))
-            peer = await peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request, self._peers)
             authorize(self.kernel, peer, typed)
             kind = type(typed)
             if self.kernel.stopping and kind in schema.CHANGING:
@@ -140,9 +139,10 @@ class Api:
                 result, code = await HANDLERS[kind](self.kernel, typed)
                 result, code = shown(peer, typed, result, code)
             result = route.picked(result, request.match_info)
-        except web.HTTPException:
-            raise  # aiohttp's own (a body over client_max_size): _problems says it
+        except web.HTTPException as exc:  # aiohttp's own: a body over client_max_size
+            return self._refused(request, exc)
         except Exception as exc:
+            command = route.command if typed is None else command_of(type(typed))
             found = problem(command, exc if peer is None else screened(peer, exc))
             if typed is not None and peer is not None and not isinstance(exc, PermissionDenied):
                 self._audit(peer.who, typed, f"failed: {found.detail}")
@@ -257,7 +257,7 @@ class Api:
             asked = EVENTS.request(request.match_info, _query(request), None)
             assert isinstance(asked, schema.EventsRequest)
             follow = schema.EventsFollowRequest(asked.since, asked.last)
-            peer = await peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request, self._peers)
             authorize(self.kernel, peer, follow)
             return await events.stream_events(self.kernel, request, follow, kind, peer)
         except Exception as exc:
@@ -269,7 +269,7 @@ class Api:
         try:
             if "Authorization" not in request.headers:
                 raise Unauthenticated("log in with Authorization: Bearer TOKEN")
-            peer = await peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request, self._peers)
         except Exception as exc:
             found = problem("login", exc)
             self.kernel.events.audit(f"tcp {request.remote}", "login", f"refused: {found.detail}")
@@ -325,7 +325,7 @@ class Api:
         from drivebay.kernel.metrics.exposition import render_metrics
 
         try:
-            peer = await peer_of(self.kernel, request)
+            peer = await peer_of(self.kernel, request, self._peers)
             authorize(self.kernel, peer, schema.StatusRequest([]))
         except Exception as exc:
             return self._problem(problem("metrics", exc))
@@ -343,20 +343,29 @@ class Api:
             body=self._encoder.encode(found), status=found.status, content_type=PROBLEM
         )
 
-    @web.middleware
-    async def _problems(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _unrouted(self, request: web.Request) -> web.StreamResponse:
+        """A path no route matched with this method (the catch-all route, added
+        last): 405 when another method has a route there, else 404. A route
+        rather than a middleware, which every request would pass through."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                _, methods = await resource.resolve(request)
+                allowed |= methods
+        if allowed:
+            return self._refused(request, web.HTTPMethodNotAllowed(request.method, allowed))
+        return self._refused(request, web.HTTPNotFound())
+
+    def _refused(self, request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
         """aiohttp's own refusals (no such path, wrong method, body too large)
         as problems too."""
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            name = next((n for n in ROUTING if STATUS[n] == exc.status), "RequestError")
-            detail = f"{request.method} {request.path}: {exc.reason}"
-            if exc.status == 404:
-                detail += "; GET /v1/openapi.json lists the routes"
-            return self._problem(plain(name, exc.status, detail))
+        if exc.status < 400:
+            raise exc
+        name = next((n for n in ROUTING if STATUS[n] == exc.status), "RequestError")
+        detail = f"{request.method} {request.path}: {exc.reason}"
+        if exc.status == 404:
+            detail += "; GET /v1/openapi.json lists the routes"
+        return self._problem(plain(name, exc.status, detail))
 
     async def close(self) -> None:
         """Cancel the changes still running (the daemon is stopping) and wait for them."""
@@ -381,6 +390,8 @@ async def _seen(
 
 
 def _query(request: web.Request) -> dict[str, list[str]]:
+    if not request.query_string:
+        return {}
     query = request.query
     return {key: query.getall(key) for key in query}
 

@@ -1,23 +1,31 @@
 """The event stream end to end: a real daemon, a real driver, drivebayctl
 events and status --watch as an operator runs them; ``GET /v1/events`` as
 SSE resumed after a dropped connection (exactly once, in order, or a gap),
-its heartbeat, and the problem record that ends a stream on an error."""
+its heartbeat, and the problem record that ends a stream on an error; FATAL,
+a rolled-back upgrade and an update a TUF repository offers, as they reach
+the ring."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import BIN, Daemon
-from tests.e2e.test_daemon import build
+import pytest
+
+from tests.e2e.harness import BIN, Daemon, wait_for
+from tests.e2e.test_daemon import FLAKY_DRIVER, build
 from tests.e2e.test_http_api import Api, UnixHttp
+from tests.e2e.test_repositories import Server, drivebay
 from tests.e2e.test_resources import mis_daemon
+from tests.sandbox.bundles import make_bundle, zip_bundle
 
 
 class Output:
@@ -342,3 +350,206 @@ def test_a_stream_ends_on_an_error_with_a_problem_record(daemon_factory, tmp_pat
     finally:
         sse.close()
         ndjson.close()
+
+
+# -- FATAL, a rolled-back upgrade and an update offered, on one daemon -----------------
+
+BROKEN_ATTACH = '''"""shifty 1.1.0: healthy, but no resource attaches to it."""
+
+
+class ShiftyDriver:
+    @classmethod
+    async def health(cls) -> dict:
+        return {"ok": True}
+
+    def __init__(self, resource_id: str, properties: dict) -> None:
+        raise RuntimeError("shifty 1.1.0 attaches nothing")
+
+    async def echo(self, text: str) -> dict:
+        return {"resource": "?", "text": text}
+'''
+
+SICK = '''"""sicky 1.1.0: starts, but reports itself not ok."""
+
+
+class SickyDriver:
+    @classmethod
+    async def health(cls) -> dict:
+        return {"ok": False, "why": "sicky 1.1.0 is sick"}
+
+    def __init__(self, resource_id: str, properties: dict) -> None:
+        self.resource_id = resource_id
+'''
+
+
+@pytest.fixture(scope="module")
+def lively(tmp_path_factory: pytest.TempPathFactory, envs_dir: Path) -> Iterator[Daemon]:
+    """One daemon for the tests below (each works on a driver of its own): short
+    backoff, two restarts before FATAL and no retry of it, the crashy and
+    loopy drivers failing to load while ``crash-flag`` and ``loop-flag``
+    exist, and an update check twice a second."""
+    root = tmp_path_factory.mktemp("lively")
+    config = {
+        "restart": {"backoff_initial_s": 0.05, "max_restarts": 2, "fatal_retry_initial_s": None},
+        "drivers": {
+            "crashy": {"env": {"CRASH_FLAG": str(root / "crash-flag")}},
+            "loopy": {"env": {"CRASH_FLAG": str(root / "loop-flag")}},
+        },
+        "update_check_interval_s": 0.5,
+    }
+    daemon = Daemon(root / "daemon", envs_dir, config)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@contextlib.contextmanager
+def following(daemon: Daemon) -> Iterator[Output]:
+    """``drivebayctl events -f --since 0 --json`` for the length of the block."""
+    process = ctl(daemon, "events", "-f", "--since", "0", "--json")
+    try:
+        yield Output(process)
+    finally:
+        ended(process)
+
+
+def http_events(daemon: Daemon) -> list[dict[str, Any]]:
+    """``GET /v1/events?since=0`` on http.sock: all the ring holds."""
+    status, found = Api(str(daemon.state / "http.sock"))("GET", "/v1/events?since=0")
+    assert status == 200, found
+    return list(found)
+
+
+def running(daemon: Daemon, name: str, version: str) -> dict[str, Any]:
+    """The status row of NAME@VERSION once it is RUNNING."""
+
+    def row() -> dict[str, Any] | None:
+        rows = json.loads(daemon.ctl("status", "--json").stdout)
+        wanted = (name, version, "RUNNING")
+        return next((r for r in rows if (r["name"], r["version"], r["state"]) == wanted), None)
+
+    found: dict[str, Any] = wait_for(row, what=f"{name}@{version} RUNNING")
+    return found
+
+
+def version_of(daemon: Daemon, resource: str) -> str | None:
+    """The version serving ``resource`` (None while it is detached)."""
+    rows = json.loads(daemon.ctl("resources", "--json").stdout)
+    found: str | None = next(r["version"] for r in rows if r["id"] == resource)
+    return found
+
+
+def of(driver: str, kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: event["driver"] == driver and event["type"] == kind
+
+
+def test_a_crash_loop_ends_in_fatal_with_its_events(lively: Daemon, tmp_path: Path) -> None:
+    flag = lively.root.parent / "crash-flag"
+    flag.touch()
+    with following(lively) as events:
+        lively.drop(build(tmp_path, "crashy", src={"crashy.py": FLAKY_DRIVER}))
+        restarts = [events.event(of("crashy", "driver.restart")) for _ in range(2)]
+        assert [r["data"]["restarts"] for r in restarts] == [1, 2]
+        fatal_move = events.event(lambda e: of("crashy", "driver.state")(e) and moved("FATAL")(e))
+        fatal = events.event(of("crashy", "driver.fatal"))
+    assert fatal_move["version"] == fatal["version"] == "1.0.0"
+    assert "gave up after 2 restarts" in fatal["data"]["reason"]
+    assert fatal["data"]["reason"] == fatal_move["data"]["reason"]
+    assert fatal["data"]["retry_at"] is None  # restart.fatal_retry_initial_s: null
+    assert lively.status()["crashy"]["state"] == "FATAL"
+    # the same record over HTTP, as a platform reads the ring
+    found = http_events(lively)
+    assert [e["id"] for e in found if e["type"] == "driver.fatal"] == [fatal["id"]]
+
+
+def test_an_upgrade_whose_attach_fails_is_rolled_back(lively: Daemon, tmp_path: Path) -> None:
+    lively.drop(build(tmp_path, "shifty"))
+    lively.wait_state("shifty", "RUNNING")
+    assert lively.ctl("resource", "add", "s1", "--driver", "shifty").returncode == 0
+    with following(lively) as events:
+        lively.drop(build(tmp_path, "shifty", version="1.1.0", src={"shifty.py": BROKEN_ATTACH}))
+        began = events.event(of("shifty", "upgrade.started"))
+        undone = events.event(of("shifty", "upgrade.rolled_back"))
+    assert (began["version"], began["data"]["from"], began["data"]["resources"]) == (
+        "1.1.0",
+        "1.0.0",
+        1,
+    )
+    assert (undone["version"], undone["data"]["to"]) == ("1.1.0", "1.0.0")
+    assert "attach of s1 failed" in undone["data"]["reason"], undone
+    assert "shifty 1.1.0 attaches nothing" in undone["data"]["reason"], undone
+    assert not [line for line in events.seen if of("shifty", "upgrade.switched")(json.loads(line))]
+    answer = lively.ctl("call", "s1", "echo", "text=still here", "--json")
+    assert answer.returncode == 0, answer.stderr
+    assert version_of(lively, "s1") == "1.0.0"
+
+
+def test_an_upgrade_whose_health_check_fails_is_rolled_back(lively: Daemon, tmp_path: Path) -> None:
+    lively.drop(build(tmp_path, "sicky"))
+    lively.wait_state("sicky", "RUNNING")
+    assert lively.ctl("resource", "add", "k1", "--driver", "sicky").returncode == 0
+    with following(lively) as events:
+        lively.drop(build(tmp_path, "sicky", version="1.1.0", src={"sicky.py": SICK}))
+        failed = events.event(lambda e: of("sicky", "driver.state")(e) and moved("FAILED")(e))
+        undone = events.event(of("sicky", "upgrade.rolled_back"))
+    assert failed["version"] == undone["version"] == "1.1.0"
+    assert undone["data"]["to"] == "1.0.0"
+    assert "failed its first health check" in undone["data"]["reason"], undone
+    assert "sicky 1.1.0 is sick" in undone["data"]["reason"], undone
+    assert not [line for line in events.seen if of("sicky", "upgrade.started")(json.loads(line))]
+    assert version_of(lively, "k1") == "1.0.0"
+    status, text = Api(str(lively.state / "http.sock"))("GET", "/metrics")
+    assert status == 200 and 'drivebay_rollbacks_total{driver="sicky"} 1.0' in text, text
+
+
+def test_a_version_that_crash_loops_after_taking_over_is_rolled_back(
+    lively: Daemon, tmp_path: Path
+) -> None:
+    lively.drop(build(tmp_path, "loopy"))
+    lively.wait_state("loopy", "RUNNING")
+    assert lively.ctl("resource", "add", "l1", "--driver", "loopy").returncode == 0
+    flaky = FLAKY_DRIVER.replace("CrashyDriver", "LoopyDriver")
+    with following(lively) as events:
+        lively.drop(build(tmp_path, "loopy", version="1.1.0", src={"loopy.py": flaky}))
+        switched = events.event(of("loopy", "upgrade.switched"))
+        assert (switched["version"], switched["data"]["moved"]) == ("1.1.0", 1)
+        events.event(of("loopy", "upgrade.finished"))
+        (lively.root.parent / "loop-flag").touch()  # 1.1.0 no longer loads
+        os.kill(running(lively, "loopy", "1.1.0")["pid"], signal.SIGKILL)
+        fatal = events.event(of("loopy", "driver.fatal"))
+        undone = events.event(of("loopy", "upgrade.rolled_back"))
+    assert fatal["version"] == undone["version"] == "1.1.0"
+    assert undone["data"]["to"] == "1.0.0"  # a version, as after a failed attach
+    assert undone["data"]["reason"].startswith("rolled back: crash loop within 60s of taking over")
+    wait_for(lambda: version_of(lively, "l1") == "1.0.0", what="l1 served by 1.0.0 again")
+
+
+def test_a_newer_version_in_a_repository_is_an_update_event(lively: Daemon, tmp_path: Path) -> None:
+    """A TUF repository (``drivebay repo``, served by ``http_site.py``) offers
+    offered 1.1.0 while 1.0.0 runs: the update check puts it in the ring."""
+    www, keys = tmp_path / "www", tmp_path / "keys"
+    repo = www / "main"
+    www.mkdir()
+    drivebay("repo", "init", repo, "--keys", keys)
+    drivebay("repo", "publish", repo)
+    lively.drop(build(tmp_path, "offered"))
+    lively.wait_state("offered", "RUNNING")
+    server = Server(www)
+    try:
+        root_json = str(repo / "metadata" / "root.json")
+        added = lively.ctl("repo", "add", "main", f"{server.url}/main", "--root", root_json)
+        assert added.returncode == 0, added.stderr
+        with following(lively) as events:
+            newer = make_bundle(tmp_path / "newer", "offered", "1.1.0")
+            drivebay("repo", "add", repo, zip_bundle(newer))
+            drivebay("repo", "publish", repo)
+            update = events.event(of("offered", "update.available"))
+            assert (update["version"], update["data"]) == (
+                "1.1.0",
+                {"repo": "main", "installed": "1.0.0"},
+            )
+        assert lively.ctl("repo", "rm", "main").returncode == 0
+    finally:
+        server.stop()
+    offered = [e for e in http_events(lively) if e["type"] == "update.available"]
+    assert [e["id"] for e in offered] == [update["id"]]
