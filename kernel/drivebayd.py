@@ -142,10 +142,11 @@ async def _run(daemon: Any, nofile: tuple[int, int, int], notifier: Notifier) ->
     @contextlib.asynccontextmanager
     async def serve(kernel: Any) -> AsyncIterator[None]:
         _log_descriptors(nofile, kernel.descriptors, kernel.config)  # the state dir is ours
+        # The control socket opens last: once it answers, every listener is up.
         async with (
-            serve_control(kernel),
             serve_http(kernel),
             serve_metrics(kernel),
+            serve_control(kernel),
             informing(kernel, notifier),
         ):
             yield

