@@ -476,7 +476,7 @@ def test_an_upgrade_whose_attach_fails_is_rolled_back(lively: Daemon, tmp_path: 
         1,
     )
     assert (undone["version"], undone["data"]["to"]) == ("1.1.0", "1.0.0")
-    assert "attach of s1 failed" in undone["data"]["reason"], undone
+    assert "s1 did not move: RuntimeError" in undone["data"]["reason"], undone
     assert "shifty 1.1.0 attaches nothing" in undone["data"]["reason"], undone
     assert not [line for line in events.seen if of("shifty", "upgrade.switched")(json.loads(line))]
     answer = lively.ctl("call", "s1", "echo", "text=still here", "--json")
