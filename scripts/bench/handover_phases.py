@@ -124,15 +124,65 @@ async def driver_alone(target: int, rounds: int) -> list[dict[str, float]]:
     return found
 
 
-def timed(marks: list[Mark], phase: str, method: Callable[..., Awaitable[Any]]) -> Any:
+def timed(
+    marks: list[Mark],
+    phase: str,
+    method: Callable[..., Awaitable[Any]],
+    stamps: dict[tuple[str, str], tuple[float, float]],
+    rid_at: int,
+) -> Any:
+    """``method`` timed into ``marks`` and, by resource (its ``rid_at``-th
+    argument), into ``stamps``, on the monotonic clock the children share."""
+
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start = time.monotonic()
         try:
             return await method(*args, **kwargs)
         finally:
-            marks.append((phase, start, time.perf_counter()))
+            end = time.monotonic()
+            marks.append((phase, start, end))
+            stamps[phase, args[rid_at]] = (start, end)
 
     return wrapper
+
+
+STEPS = (  # (label, from, to) over the stamps of one move, see ``per_move``
+    ("handoff sent -> old's hook starts", "K.handoff<", "O.hook<"),
+    ("old's handoff() hook", "O.hook<", "O.hook>"),
+    ("hook end -> kernel has state + fds", "O.hook>", "K.handoff>"),
+    ("kernel: state in -> takeover call", "K.handoff>", "K.takeover<"),
+    ("takeover + fds sent -> new's hook starts", "K.takeover<", "N.hook<"),
+    ("new's takeover() hook", "N.hook<", "N.hook>"),
+    ("hook end -> kernel has the result", "N.hook>", "K.takeover>"),
+    ("result -> detach sent", "K.takeover>", "K.handoff_end<"),
+    ("detach (handoff_end) round trip", "K.handoff_end<", "K.handoff_end>"),
+    ("whole move (the resource's stall)", "K.move<", "K.move>"),
+    ("upgrade start -> this move starts", "first", "K.move<"),
+)
+
+
+def per_move(
+    stamps: dict[tuple[str, str], tuple[float, float]], hooks: dict[str, list[float]]
+) -> dict[str, dict[str, float]]:
+    """Median and max of each step of one move, over the resources."""
+    first = min(start for start, _ in stamps.values())
+    found: dict[str, list[float]] = {label: [] for label, _, _ in STEPS}
+    for rid, traced in hooks.items():
+        if len(traced) != 4 or (("move", rid) not in stamps):
+            continue
+        at = {"first": first, "O.hook<": traced[0], "O.hook>": traced[1]}
+        at |= {"N.hook<": traced[2], "N.hook>": traced[3]}
+        for phase in PHASES:
+            start, end = stamps[phase, rid]
+            key = "K." + phase
+            at[key + "<"], at[key + ">"] = start, end
+        for label, begin, end in STEPS:
+            found[label].append((at[end] - at[begin]) * 1e3)
+    return {
+        label: {"median_ms": statistics.median(v), "max_ms": max(v)}
+        for label, v in found.items()
+        if v
+    }
 
 
 async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[str, Any]]:
@@ -144,9 +194,11 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
     from drivebay.kernel.resources import actor
 
     marks: list[Mark] = []
+    stamps: dict[tuple[str, str], tuple[float, float]] = {}
     for phase in PHASES[:3]:
-        setattr(DriverProcess, phase, timed(marks, phase, getattr(DriverProcess, phase)))
-    actor.move_state = timed(marks, "move", actor.move_state)  # type: ignore[attr-defined]
+        method = timed(marks, phase, getattr(DriverProcess, phase), stamps, 1)
+        setattr(DriverProcess, phase, method)
+    actor.move_state = timed(marks, "move", actor.move_state, stamps, 2)  # type: ignore[attr-defined]
     settings = {
         "state_dir": str(root / "state"),
         "drivers_dir": str(root / "drivers"),
@@ -155,7 +207,7 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
         "settle_s": 0.2,
     }
     open_files = _stateful.StatefulPlan().open_files
-    _stateful.forward_bundle(root, "1.0.0", open_files, stateless=False)
+    _stateful.forward_bundle(root, "1.0.0", open_files, stateless=False, traced=True)
     kernel = Kernel(msgspec.convert(settings, Config))
     found = []
 
@@ -180,11 +232,13 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
             opened = await connect_all(ports)
             for n in range(1, upgrades + 1):
                 marks.clear()
-                _stateful.forward_bundle(root, f"1.0.{n}", open_files, stateless=False)
+                stamps.clear()
+                _stateful.forward_bundle(root, f"1.0.{n}", open_files, False, traced=True)
                 await until(lambda: sum(phase == "move" for phase, _, _ in marks) == RESOURCES)
-                found.append(summary(marks))
                 slot = kernel.slot(_stateful.DRIVER)
                 await until(lambda s=slot, v=f"1.0.{n}": s.manifest.version == v)  # type: ignore[misc]
+                hooks = {r: await book.call(r, "traced", {}, None) for r in ids}
+                found.append({**summary(marks), "per_move": per_move(stamps, hooks)})
             if await check_and_close(opened) != len(opened):
                 raise RuntimeError("a connection did not survive the handovers")
         finally:
@@ -221,6 +275,17 @@ def report(alone: list[dict[str, float]], kernel: list[dict[str, Any]]) -> str:
                 "  ".join(
                     f"{n(k[phase]['median_ms'])}/{n(k[phase]['max_ms'])}/{n(k[phase]['last_start_ms'])}"
                     for k in kernel
+                ),
+            ]
+        )
+    for label, _, _ in STEPS:
+        rows.append(
+            [
+                f"  one move: {label}, median/max ms",
+                "  ".join(
+                    f"{n(k['per_move'][label]['median_ms'])}/{n(k['per_move'][label]['max_ms'])}"
+                    for k in kernel
+                    if label in k["per_move"]
                 ),
             ]
         )
