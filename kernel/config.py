@@ -270,7 +270,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_frame_bytes: int = 16 * 1024 * 1024
     mailbox_size: int = 1000
     # State moves in flight at once in a handover (kernel/drivers/handover.py).
-    handover_moves: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 16
+    handover_moves: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 8
     restart: RestartPolicy = RestartPolicy()
     timeouts: TimeoutSettings = TimeoutSettings()
     limits: LimitSettings = LimitSettings()

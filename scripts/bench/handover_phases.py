@@ -186,7 +186,9 @@ def per_move(
     }
 
 
-async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[str, Any]]:
+async def through_kernel(
+    root: Path, target: int, upgrades: int, moves: int | None
+) -> list[dict[str, Any]]:
     import msgspec
 
     from drivebay.kernel.config import Config
@@ -203,13 +205,15 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
     # actor sends the old instance's detach without waiting for it.
     moving = "hand_state" if hasattr(actor, "hand_state") else "move_state"
     setattr(actor, moving, timed(marks, "move", getattr(actor, moving), stamps, 2))
-    settings = {
+    settings: dict[str, Any] = {
         "state_dir": str(root / "state"),
         "drivers_dir": str(root / "drivers"),
         "socket": str(root / "ctl.sock"),
         "envs_dir": str(_common.default_envs_dir()),
         "settle_s": 0.2,
     }
+    if moves is not None:
+        settings["handover_moves"] = moves
     open_files = _stateful.StatefulPlan().open_files
     _stateful.forward_bundle(root, "1.0.0", open_files, stateless=False, traced=True)
     kernel = Kernel(msgspec.convert(settings, Config))
@@ -296,7 +300,9 @@ def report(alone: list[dict[str, float]], kernel: list[dict[str, Any]]) -> str:
     return _common.format_table(["100 resources, 1,000 connections", "each round"], rows)
 
 
-async def run_all(root: Path, rounds: int) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+async def run_all(
+    root: Path, rounds: int, moves: int | None
+) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     loop = asyncio.get_running_loop()
     echo = await loop.create_server(Echo, "127.0.0.1", 0, backlog=4096)
     try:
@@ -304,7 +310,7 @@ async def run_all(root: Path, rounds: int) -> tuple[list[dict[str, float]], list
         _common.progress("handover_phases: the driver alone ...")
         alone = await driver_alone(target, rounds)
         _common.progress("handover_phases: through the kernel ...")
-        return alone, await through_kernel(root, target, rounds)
+        return alone, await through_kernel(root, target, rounds, moves)
     finally:
         echo.close()
         await echo.wait_closed()
@@ -314,12 +320,15 @@ def main() -> None:
     import uvloop
 
     parser = _common.bench_parser(__doc__.split("\n\n")[0], "one round instead of three", False)
+    parser.add_argument(
+        "--moves", type=int, help="the kernel's handover_moves (default: the daemon's default)"
+    )
     options = parser.parse_args()
     rounds = 1 if options.quick else 3
     load_before = _common.machine()["loadavg_1m"]
     root = Path(tempfile.mkdtemp(prefix="drivebay-phases-"))
     try:
-        alone, kernel = uvloop.run(run_all(root, rounds))
+        alone, kernel = uvloop.run(run_all(root, rounds, options.moves))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(report(alone, kernel))
