@@ -66,19 +66,21 @@ from tcp_forward import TcpForward
 
 class Traced(TcpForward):
     async def handoff(self):
-        start = time.monotonic()
+        start, cpu = time.monotonic(), time.process_time()
         state = await super().handoff()
-        state["traced"] = [start, time.monotonic()]
+        state["traced"] = [start, time.monotonic(), cpu, time.process_time()]
         return state
 
     async def takeover(self, state, from_version):
-        handed = state.pop("traced", None) or [0.0, 0.0]
-        start = time.monotonic()
+        handed = state.pop("traced", None) or [0.0] * 4
+        start, cpu = time.monotonic(), time.process_time()
         await super().takeover(state, from_version)
-        self._traced = [*handed, start, time.monotonic()]
+        self._traced = [*handed[:2], start, time.monotonic(), handed[2], handed[3]]
+        self._traced += [cpu, time.process_time()]
 
     async def traced(self):
-        """[old's handoff start, end, this takeover's start, end] of the last move."""
+        """[old's handoff start, end, this takeover's start, end, then the
+        process CPU time at each of the four] of the last move."""
         return getattr(self, "_traced", [])
 '''
 

@@ -136,14 +136,23 @@ def timed(
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
+        CPU.append(time.process_time())
         try:
             return await method(*args, **kwargs)
         finally:
+            CPU.append(time.process_time())
             end = time.monotonic()
             marks.append((phase, start, end))
             stamps[phase, args[rid_at]] = (start, end)
 
     return wrapper
+
+
+CPU: list[float] = []  # this process's CPU time at each start and end of a timed request
+
+
+def kernel_cpu() -> float:
+    return max(CPU) - min(CPU) if CPU else 0.0
 
 
 STEPS = (  # (label, from, to) over the stamps of one move, see ``per_move``
@@ -168,22 +177,32 @@ def per_move(
     """Median and max of each step of one move, over the resources."""
     first = min(start for start, _ in stamps.values())
     found: dict[str, list[float]] = {label: [] for label, _, _ in STEPS}
-    for rid, traced in hooks.items():
-        if len(traced) != 4 or (("move", rid) not in stamps):
+    for rid, hooked in hooks.items():
+        if len(hooked) != 8 or (("move", rid) not in stamps):
             continue
-        at = {"first": first, "O.hook<": traced[0], "O.hook>": traced[1]}
-        at |= {"N.hook<": traced[2], "N.hook>": traced[3]}
+        at = {"first": first, "O.hook<": hooked[0], "O.hook>": hooked[1]}
+        at |= {"N.hook<": hooked[2], "N.hook>": hooked[3]}
         for phase in PHASES:
-            start, end = stamps[phase, rid]
-            key = "K." + phase
-            at[key + "<"], at[key + ">"] = start, end
-        for label, begin, end in STEPS:
-            found[label].append((at[end] - at[begin]) * 1e3)
-    return {
+            began, ended = stamps[phase, rid]
+            at[f"K.{phase}<"], at[f"K.{phase}>"] = began, ended
+        for label, since, until in STEPS:
+            found[label].append((at[until] - at[since]) * 1e3)
+    moves: dict[str, dict[str, float]] = {
         label: {"median_ms": statistics.median(v), "max_ms": max(v)}
         for label, v in found.items()
         if v
     }
+    # CPU of each process from its first hook of the round to its last
+    # (the kernel's: from its first request to its last answer).
+    traced = [t for t in hooks.values() if len(t) == 8]
+    moves["CPU: old process (first to last handoff)"] = {
+        "ms": (max(t[5] for t in traced) - min(t[4] for t in traced)) * 1e3
+    }
+    moves["CPU: new process (first to last takeover)"] = {
+        "ms": (max(t[7] for t in traced) - min(t[6] for t in traced)) * 1e3
+    }
+    moves["CPU: kernel (first request to last answer)"] = {"ms": kernel_cpu() * 1e3}
+    return moves
 
 
 async def through_kernel(
@@ -241,6 +260,7 @@ async def through_kernel(
             for n in range(1, upgrades + 1):
                 marks.clear()
                 stamps.clear()
+                CPU.clear()
                 _stateful.forward_bundle(root, f"1.0.{n}", open_files, False, traced=True)
                 await until(lambda: sum(p == "handoff_end" for p, _, _ in marks) == RESOURCES)
                 slot = kernel.slot(_stateful.DRIVER)
@@ -286,6 +306,8 @@ def report(alone: list[dict[str, float]], kernel: list[dict[str, Any]]) -> str:
                 ),
             ]
         )
+    for label in [k for k in kernel[0]["per_move"] if k.startswith("CPU")]:
+        rows.append([f"  {label}, ms", " ".join(n(k["per_move"][label]["ms"]) for k in kernel)])
     for label, _, _ in STEPS:
         rows.append(
             [
