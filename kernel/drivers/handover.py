@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from drivebay.kernel.drivers.slot import DriverSlot
+from drivebay.kernel.drivers.state_move import Plan, plan
 from drivebay.kernel.resources.actor import Rebind, ResourceActor
 
 if TYPE_CHECKING:
@@ -52,13 +53,15 @@ async def hand_over(
     events: EventLog | None,
     window: int,
 ) -> HandoverResult:
-    """Move ``actors`` from ``old`` to ``new``, at most ``window`` at a time
-    (the daemon's ``handover_moves``); roll back all of them on any failure.
+    """Move ``actors`` from ``old`` to ``new``; roll back all of them on any failure.
 
-    A driver process answers the moves sent to it one after another, so a
-    move waits for those ahead of it: a wider window stalls each moving
-    resource longer, a narrower one leaves the processes idle between round
-    trips. An actor not yet given its step serves on from ``old``."""
+    State moves (``handoff`` and ``takeover``) go at most ``window`` at a
+    time (the daemon's ``handover_moves``): a driver process answers the
+    moves sent to it one after another, so a move waits for those ahead of
+    it, and a wider window stalls each moving resource longer, a narrower one
+    leaves the processes idle between round trips. An actor not yet given its
+    step serves on from ``old``. Moves by detach and attach, each two short
+    round trips, all start at once."""
     moving = [actor for actor in actors if actor.bound is old or actor.bound is None]
     started = time.monotonic()
     log.info("handing %d resources over from %s to %s", len(moving), old.name, new.name)
@@ -67,7 +70,8 @@ async def hand_over(
         began = {"from": old.manifest.version, "resources": len(moving)}
         events.emit("upgrade.started", driver=driver, version=version, data=began)
     steps: dict[ResourceActor, Rebind] = {}
-    failure = await _move_all(moving, new, steps, timeout, max(1, window))
+    width = max(1, window) if _moves_state(old, new) else max(1, len(moving))
+    failure = await _move_all(moving, new, steps, timeout, width)
     for step in steps.values():
         step.withdrawn = True  # a step not yet run must never move its actor later
     switch_s = time.monotonic() - started
@@ -94,6 +98,14 @@ async def hand_over(
         undone = {"to": old.manifest.version, "reason": failure}
         events.emit("upgrade.rolled_back", driver=driver, version=version, data=undone)
     return HandoverResult(False, 0, switch_s, failure)
+
+
+def _moves_state(old: DriverSlot, new: DriverSlot) -> bool:
+    """Will the resources move with their state (both classes' hooks allow it)?"""
+    before, after = old.process, new.process
+    if before is None or after is None:
+        return False
+    return plan(before.hooks, after.hooks) is Plan.STATE
 
 
 async def _move_all(
@@ -148,6 +160,9 @@ async def _roll_back(
     }
     if back:
         await asyncio.wait(back.values(), timeout=timeout)
+        endings = [actor.ending for actor in back if actor.ending is not None]
+        if endings:  # the new process's instances detached before it is stopped
+            await asyncio.wait(endings, timeout=timeout)
     returned: list[str] = []
     stuck: list[str] = []
     for actor, going in back.items():
