@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from drivebay.kernel.drivers.move_window import MoveWindow
 from drivebay.kernel.drivers.slot import DriverSlot
 from drivebay.kernel.drivers.state_move import Plan, plan
 from drivebay.kernel.resources.actor import Rebind, ResourceActor
@@ -55,13 +56,11 @@ async def hand_over(
 ) -> HandoverResult:
     """Move ``actors`` from ``old`` to ``new``; roll back all of them on any failure.
 
-    State moves (``handoff`` and ``takeover``) go at most ``window`` at a
-    time (the daemon's ``handover_moves``): a driver process answers the
-    moves sent to it one after another, so a move waits for those ahead of
-    it, and a wider window stalls each moving resource longer, a narrower one
-    leaves the processes idle between round trips. An actor not yet given its
-    step serves on from ``old``. Moves by detach and attach, each two short
-    round trips, all start at once."""
+    State moves (``handoff`` and ``takeover``) go a few at a time, as many
+    as ``MoveWindow`` finds the processes answer quickly, at most ``window``
+    (the daemon's ``handover_moves``); an actor not yet given its step
+    serves on from ``old``. Moves by detach and attach, each two short round
+    trips, are all in flight at once."""
     moving = [actor for actor in actors if actor.bound is old or actor.bound is None]
     started = time.monotonic()
     log.info("handing %d resources over from %s to %s", len(moving), old.name, new.name)
@@ -70,7 +69,8 @@ async def hand_over(
         began = {"from": old.manifest.version, "resources": len(moving)}
         events.emit("upgrade.started", driver=driver, version=version, data=began)
     steps: dict[ResourceActor, Rebind] = {}
-    width = max(1, window) if _moves_state(old, new) else max(1, len(moving))
+    stateful = _moves_state(old, new)  # else two short round trips each: all at once
+    width = MoveWindow(window if stateful else len(moving), adapts=stateful)
     failure = await _move_all(moving, new, steps, timeout, width)
     for step in steps.values():
         step.withdrawn = True  # a step not yet run must never move its actor later
@@ -113,22 +113,24 @@ async def _move_all(
     new: DriverSlot,
     steps: dict[ResourceActor, Rebind],
     timeout: float,
-    window: int,
+    window: MoveWindow,
 ) -> str:
-    """Give each actor its step to ``new``, ``window`` at a time (an actor not
-    yet given one serves on from the old version, unstalled); the failure
-    (empty: none). On the first failure no further step is given, and those
-    given are waited for (a move under way is never left half seen)."""
+    """Give each actor its step to ``new``, ``window.width`` at a time (an
+    actor not yet given one serves on from the old version, unstalled); the
+    failure (empty: none). On the first failure no further step is given,
+    and those given are waited for (a move under way is never left half seen)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     waiting = collections.deque(moving)
     running: set[asyncio.Future[None]] = set()
+    began: dict[asyncio.Future[None], float] = {}
     failure = ""
     while True:
-        while waiting and not failure and len(running) < window:
+        while waiting and not failure and len(running) < window.width:
             actor = waiting.popleft()
             step = steps[actor] = actor.rebind_step(new)
             running.add(step.done)
+            began[step.done] = loop.time()
         if not running:
             return failure
         left = deadline - loop.time()
@@ -142,7 +144,9 @@ async def _move_all(
                 failure
                 or f"{len(running) + len(waiting)} resources did not switch within {timeout:g}s"
             )
+        now = loop.time()
         for finished in done:
+            window.ended(now - began[finished], now)
             if not failure and finished.exception() is not None:
                 actor = next(a for a, s in steps.items() if s.done is finished)
                 failure = f"{actor.resource_id} did not move: {finished.exception()}"
