@@ -6,11 +6,12 @@ it passed its handshake and health check, so no operation can reach a
 version that is not healthy. Then every actor bound to the old slot is asked
 to rebind between two of its operations (detach on old, attach on new; or,
 when both driver classes can, ``handoff`` on old and ``takeover`` on new:
-``state_move``). If any move fails, every actor already moved is moved back
-(with its state, the same way), the new slot is
-failed and stopped, and the old one keeps serving: nobody notices but the
-log. Otherwise the old slot is drained (in-flight calls finish, instances
-detach, the process exits 0) and stopped.
+``state_move``, a window of them at a time, ``move_window``). If any move
+fails, every actor already moved is moved back (with its state, the same
+way; the log names them), the new slot is failed and stopped, and the old
+one keeps serving: nobody notices but the log. Otherwise the old slot is
+drained (in-flight calls finish, instances detach, the process exits 0) and
+stopped.
 
 Each handover is told to the event ring: ``upgrade.started``, then
 ``upgrade.switched`` or ``upgrade.rolled_back`` (``upgrade.finished`` is the

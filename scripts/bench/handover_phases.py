@@ -17,8 +17,13 @@ Two measurements, one after the other:
    the driver processes, timed from the kernel's side: ``handoff`` (old
    process: the hook, the state encoded, the descriptors sent), ``takeover``
    (descriptors sent, the new process's hook), ``handoff_end`` (the old
-   instance's detach), and the whole ``move`` of each resource. The
-   requests are timed by wrapping ``DriverProcess``'s methods for this run.
+   instance's detach), and each resource's ``move`` (its stall: up to the
+   takeover, where the actor sends the detach without waiting). The
+   requests are timed by wrapping ``DriverProcess``'s methods for this run;
+   the bundle is a traced copy of tcp-forward whose hooks stamp their start
+   and end on the monotonic clock the three processes share, so each move is
+   cut across them (sent -> hook -> back, for both sides), with each
+   process's CPU time over the round. ``--moves N`` sets ``handover_moves``.
 
 The clients send nothing during the moves: the figures are the handover's own
 cost. Every connection is checked with a round trip at the end.
