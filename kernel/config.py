@@ -272,6 +272,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     same_version_change: str = "error"  # or "reload": a changed bundle of the same version
     max_frame_bytes: int = 16 * 1024 * 1024
     mailbox_size: int = 1000
+    # The most state moves in flight at once in a handover (kernel/drivers/move_window.py).
+    handover_moves: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
     restart: RestartPolicy = RestartPolicy()
     timeouts: TimeoutSettings = TimeoutSettings()
     limits: LimitSettings = LimitSettings()

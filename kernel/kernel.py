@@ -518,7 +518,7 @@ class Kernel:
         actors = [a for a in self.book.actors.values() if a.driver == name and not a.pinned]
         self.active[name] = new.manifest.version
         budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-        result = await hand_over(old, new, actors, budget, self.events)
+        result = await hand_over(old, new, actors, budget, self.events, self.config.handover_moves)
         self.last_switch_s = result.switch_s
         self.metrics.handed_over(name, result.switch_s, result.ok, upgrade=True)
         if not result.ok:
@@ -574,7 +574,9 @@ class Kernel:
             assert self.book is not None
             actors = [a for a in self.book.actors.values() if a.bound is old]
             budget = self.config.timeouts.handover_budget(old.call_timeout, new.call_timeout)
-            result = await hand_over(old, new, actors, budget, self.events)
+            result = await hand_over(
+                old, new, actors, budget, self.events, self.config.handover_moves
+            )
             self.metrics.handed_over(old.manifest.name, result.switch_s, result.ok, upgrade=False)
             moved = result.ok
             if not moved:

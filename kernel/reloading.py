@@ -42,6 +42,7 @@ EFFECTS: dict[str, Effect] = {
     "uv_cache_dir": Effect.LIVE,
     "category_order": Effect.LIVE,
     "settle_s": Effect.LIVE,
+    "handover_moves": Effect.LIVE,  # read at each handover
     "same_version_change": Effect.LIVE,
     "restart": Effect.LIVE,
     "timeouts": Effect.LIVE,

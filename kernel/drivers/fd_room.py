@@ -2,9 +2,12 @@
 
 A takeover's descriptors must fit the new process's ``open_files`` limit
 beside those it holds. What it holds is read from ``/proc/<pid>/fd`` in a
-worker thread; takeovers that arrive together (an upgrade moves every
-resource at once) share one reading, and each reserves its count until it is
-answered, so a wave of them costs one directory listing, not one each. The
+worker thread; takeovers that arrive together share one reading, and each
+reserves its count until it is answered. A reading serves the takeovers of
+the next ``RECENT_S`` too, the descriptors of those answered since added to
+it (an upgrade's moves, a few in flight at a time, cost one directory
+listing, not one each); a check that fails on such a reading is made again
+on a fresh one before it refuses. The
 check is a courtesy (a clear error before anything is sent): a process that
 opens descriptors meanwhile gets ``MSG_CTRUNC`` when it receives them, which
 fails the takeover as cleanly (``protocol.fd_passing``). Where the daemon
@@ -16,7 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
+
+RECENT_S = 1.0  # how long a reading of /proc serves later takeovers
 
 
 class NoRoom(Exception):
@@ -34,13 +40,17 @@ class DescriptorRoom:
         self.limit = limit
         self._reserved = 0
         self._reading: asyncio.Future[int] | None = None
+        self._read: tuple[int, float] | None = None  # (held, when) of the last reading
+        self._since = 0  # descriptors sent (reservations ended) since that reading
 
     @contextlib.asynccontextmanager
     async def reserved(self, pid: int | None, count: int) -> AsyncIterator[None]:
         """Hold room for ``count`` descriptors while the block runs; raises
         NoRoom when they do not fit."""
         if self.limit and count:
-            held = await self._held(pid) if pid else 0
+            held = await self._held(pid, fresh=False) if pid else 0
+            if held + self._reserved + count >= self.limit and pid:
+                held = await self._held(pid, fresh=True)
             if held + self._reserved + count >= self.limit:
                 raise NoRoom(count, held + self._reserved, self.limit)
         self._reserved += count
@@ -48,17 +58,23 @@ class DescriptorRoom:
             yield
         finally:
             self._reserved -= count
+            self._since += count  # sent, or closed by the child: counted as held, to be safe
 
-    async def _held(self, pid: int) -> int:
+    async def _held(self, pid: int, fresh: bool) -> int:
+        read = self._read
+        if not fresh and read is not None and time.monotonic() - read[1] < RECENT_S:
+            return read[0] + self._since
         reading = self._reading
         if reading is None:
             reading = self._reading = asyncio.ensure_future(asyncio.to_thread(held_by, pid))
-            reading.add_done_callback(self._read)
+            reading.add_done_callback(self._done)
         return await asyncio.shield(reading)
 
-    def _read(self, reading: asyncio.Future[int]) -> None:
+    def _done(self, reading: asyncio.Future[int]) -> None:
         if self._reading is reading:
             self._reading = None  # the next check reads anew
+            if not reading.cancelled() and reading.exception() is None:
+                self._read, self._since = (reading.result(), time.monotonic()), 0
 
 
 def held_by(pid: int) -> int:

@@ -11,7 +11,9 @@ the new one attached).
 one, for a property change): ``handoff`` on the old instance, which is set
 aside still holding its sockets; the state and the kernel's copies of the
 descriptors to the new process; its ``takeover``; and only then the old
-instance's ``detach``. If anything fails before the takeover returned, the
+instance's ``detach``. ``hand_state`` is the move up to the takeover and
+``end_handoff`` the detach: the actors end their stall with the first and
+own the second as a task of its own. If anything fails before the takeover returned, the
 old instance gets ``handoff_aborted`` and serves on, and the kernel's
 copies are closed (always, success or not). Used by the resource actors
 (upgrades, pins, rollbacks, property changes) and ``drivebay.testing``.
@@ -61,6 +63,20 @@ async def move_state(
     Raises HandoverFailed (with the reason) when the state did not move; the
     old instance then serves on. Once this returns, the old instance is
     detached (a failing ``detach`` is only logged: the move is done)."""
+    await hand_state(old, new, resource_id, properties, from_version)
+    await end_handoff(old, resource_id)
+
+
+async def hand_state(
+    old: DriverProcess,
+    new: DriverProcess,
+    resource_id: str,
+    properties: dict[str, Any],
+    from_version: str,
+) -> None:
+    """``move_state`` up to the new instance's ``takeover`` returning: the
+    resource is served by ``new`` from then on, and the old instance, set
+    aside with its sockets, waits for ``end_handoff`` (its ``detach``)."""
     try:
         handed = await old.handoff(resource_id)
     except BaseException as exc:
@@ -73,10 +89,17 @@ async def move_state(
         raise _failed(exc, f"takeover of {resource_id} on {new.name}") from exc
     finally:
         handed.close()  # the kernel's copies: the new process holds its own now, or none
+
+
+async def end_handoff(old: DriverProcess, resource_id: str) -> None:
+    """The old instance's ``detach`` after its state was taken over; a
+    failure is only logged (the move is done)."""
     try:
         await old.handoff_end(resource_id, taken=True)
     except DriverError as exc:
         log.warning("%s: detach from %s after its handoff failed: %s", resource_id, old.name, exc)
+    except Exception:  # run as a task of its own: nothing may be left unretrieved
+        log.exception("%s: detach from %s after its handoff failed", resource_id, old.name)
 
 
 def _failed(exc: BaseException, what: str) -> BaseException:

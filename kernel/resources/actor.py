@@ -33,7 +33,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from drivebay.kernel.drivers.lifecycle import State
-from drivebay.kernel.drivers.state_move import Plan, move_state, plan
+from drivebay.kernel.drivers.state_move import Plan, end_handoff, hand_state, plan
 from drivebay.kernel.log_format import slot_fields
 from drivebay.kernel.metrics.meters import CANCELLED, CRASHED, OK, REFUSED, outcome_of
 from drivebay.protocol.errors import (
@@ -134,6 +134,9 @@ class ResourceActor:
         self._unfinished: Operation | None = None
         self._attaching: DriverProcess | None = None  # an attach that may be in the driver
         self._task: asyncio.Task[None] | None = None
+        # The old instance's detach after a state move (``_move_state``): sent
+        # without waiting for it, awaited before the next control step and on close.
+        self._ending: asyncio.Task[None] | None = None
         self._closed = False
         self.last_error = ""
         self.last_event: dict[str, Any] | None = None  # the driver's latest event for it
@@ -223,10 +226,27 @@ class ResourceActor:
             _fail(item.future if isinstance(item, Operation) else item.done, gone)
         self._mailbox.clear()
         self._control.clear()
+        await self.handoff_ended()
         if detach:
             await self._detach()
         if cancelled:
             raise asyncio.CancelledError
+
+    @property
+    def ending(self) -> asyncio.Task[None] | None:
+        """The old instance's detach after the last state move, while it runs."""
+        ending = self._ending
+        return ending if ending is not None and not ending.done() else None
+
+    async def handoff_ended(self) -> None:
+        """Return once the old instance of the last state move is detached
+        (bounded by that process's call timeout)."""
+        ending = self._ending
+        if ending is None:
+            return
+        await asyncio.wait([ending])
+        if self._ending is ending:
+            self._ending = None
 
     async def _end_task(self) -> bool:
         """Cancel the task and wait for its end; True if the caller was
@@ -455,6 +475,7 @@ class ResourceActor:
         self._unfinished = None
 
     async def _apply(self, step: Rebind) -> None:
+        await self.handoff_ended()  # a move back must not reach the old process before it
         await self._quiesce()
         if step.withdrawn or step.done.done():
             return
@@ -535,10 +556,13 @@ class ResourceActor:
                 extra=slot_fields(new.name, "state_dropped", resource=self.resource_id),
             )
             return False
-        await move_state(old, new, self.resource_id, self.properties, old.spec.version)
+        await hand_state(old, new, self.resource_id, self.properties, old.spec.version)
         self._attached = new
         self.bound = target
         self.last_error = ""
+        self._ending = self._loop.create_task(
+            end_handoff(old, self.resource_id), name=f"detach {self.resource_id} after handoff"
+        )
         return True
 
     async def _attach(self, process: DriverProcess) -> None:

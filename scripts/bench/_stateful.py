@@ -57,6 +57,32 @@ class Stateless(TcpForward):
     takeover = None
     handoff_aborted = None
 '''
+TRACED = '''"""tcp-forward with its hooks' start and end on the shared monotonic clock."""
+
+import time
+
+from tcp_forward import TcpForward
+
+
+class Traced(TcpForward):
+    async def handoff(self):
+        start, cpu = time.monotonic(), time.process_time()
+        state = await super().handoff()
+        state["traced"] = [start, time.monotonic(), cpu, time.process_time()]
+        return state
+
+    async def takeover(self, state, from_version):
+        handed = state.pop("traced", None) or [0.0] * 4
+        start, cpu = time.monotonic(), time.process_time()
+        await super().takeover(state, from_version)
+        self._traced = [*handed[:2], start, time.monotonic(), handed[2], handed[3]]
+        self._traced += [cpu, time.process_time()]
+
+    async def traced(self):
+        """[old's handoff start, end, this takeover's start, end, then the
+        process CPU time at each of the four] of the last move."""
+        return getattr(self, "_traced", [])
+'''
 
 
 @dataclass(frozen=True)
@@ -80,8 +106,11 @@ FULL = StatefulPlan()
 QUICK = StatefulPlan(no_state_upgrades=1, upgrades=2, steady_s=2.0)
 
 
-def forward_bundle(root: Path, version: str, open_files: int, stateless: bool) -> None:
-    """Write a copy of tcp-forward as ``version`` beside the drivers dir, then move it in."""
+def forward_bundle(
+    root: Path, version: str, open_files: int, stateless: bool, traced: bool = False
+) -> None:
+    """Write a copy of tcp-forward as ``version`` beside the drivers dir, then move it in
+    (``traced``: its hooks stamped, for ``handover_phases.py``)."""
     staged = root / "staging" / f"{DRIVER}-{version}"
     shutil.copytree(BUNDLE, staged, ignore=shutil.ignore_patterns("__pycache__"))
     manifest = yaml.safe_load((staged / "driver.yaml").read_text())
@@ -90,6 +119,9 @@ def forward_bundle(root: Path, version: str, open_files: int, stateless: bool) -
     if stateless:
         (staged / "src" / "stateless_forward.py").write_text(STATELESS)
         manifest["entrypoint"] = "stateless_forward:Stateless"
+    elif traced:
+        (staged / "src" / "traced_forward.py").write_text(TRACED)
+        manifest["entrypoint"] = "traced_forward:Traced"
     (staged / "driver.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     (root / "drivers").mkdir(parents=True, exist_ok=True)
     os.rename(staged, root / "drivers" / staged.name)

@@ -17,8 +17,13 @@ Two measurements, one after the other:
    the driver processes, timed from the kernel's side: ``handoff`` (old
    process: the hook, the state encoded, the descriptors sent), ``takeover``
    (descriptors sent, the new process's hook), ``handoff_end`` (the old
-   instance's detach), and the whole ``move`` of each resource. The
-   requests are timed by wrapping ``DriverProcess``'s methods for this run.
+   instance's detach), and each resource's ``move`` (its stall: up to the
+   takeover, where the actor sends the detach without waiting). The
+   requests are timed by wrapping ``DriverProcess``'s methods for this run;
+   the bundle is a traced copy of tcp-forward whose hooks stamp their start
+   and end on the monotonic clock the three processes share, so each move is
+   cut across them (sent -> hook -> back, for both sides), with each
+   process's CPU time over the round. ``--moves N`` sets ``handover_moves``.
 
 The clients send nothing during the moves: the figures are the handover's own
 cost. Every connection is checked with a round trip at the end.
@@ -124,18 +129,90 @@ async def driver_alone(target: int, rounds: int) -> list[dict[str, float]]:
     return found
 
 
-def timed(marks: list[Mark], phase: str, method: Callable[..., Awaitable[Any]]) -> Any:
+def timed(
+    marks: list[Mark],
+    phase: str,
+    method: Callable[..., Awaitable[Any]],
+    stamps: dict[tuple[str, str], tuple[float, float]],
+    rid_at: int,
+) -> Any:
+    """``method`` timed into ``marks`` and, by resource (its ``rid_at``-th
+    argument), into ``stamps``, on the monotonic clock the children share."""
+
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+        start = time.monotonic()
+        CPU.append(time.process_time())
         try:
             return await method(*args, **kwargs)
         finally:
-            marks.append((phase, start, time.perf_counter()))
+            CPU.append(time.process_time())
+            end = time.monotonic()
+            marks.append((phase, start, end))
+            stamps[phase, args[rid_at]] = (start, end)
 
     return wrapper
 
 
-async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[str, Any]]:
+CPU: list[float] = []  # this process's CPU time at each start and end of a timed request
+
+
+def kernel_cpu() -> float:
+    return max(CPU) - min(CPU) if CPU else 0.0
+
+
+STEPS = (  # (label, from, to) over the stamps of one move, see ``per_move``
+    ("handoff sent -> old's hook starts", "K.handoff<", "O.hook<"),
+    ("old's handoff() hook", "O.hook<", "O.hook>"),
+    ("hook end -> kernel has state + fds", "O.hook>", "K.handoff>"),
+    ("kernel: state in -> takeover call", "K.handoff>", "K.takeover<"),
+    ("takeover + fds sent -> new's hook starts", "K.takeover<", "N.hook<"),
+    ("new's takeover() hook", "N.hook<", "N.hook>"),
+    ("hook end -> kernel has the result", "N.hook>", "K.takeover>"),
+    ("result -> detach sent", "K.takeover>", "K.handoff_end<"),
+    ("detach (handoff_end) round trip", "K.handoff_end<", "K.handoff_end>"),
+    ("the resource's stall (its move)", "K.move<", "K.move>"),
+    ("handoff sent -> old instance detached", "K.handoff<", "K.handoff_end>"),
+    ("upgrade start -> this move starts", "first", "K.move<"),
+)
+
+
+def per_move(
+    stamps: dict[tuple[str, str], tuple[float, float]], hooks: dict[str, list[float]]
+) -> dict[str, dict[str, float]]:
+    """Median and max of each step of one move, over the resources."""
+    first = min(start for start, _ in stamps.values())
+    found: dict[str, list[float]] = {label: [] for label, _, _ in STEPS}
+    for rid, hooked in hooks.items():
+        if len(hooked) != 8 or (("move", rid) not in stamps):
+            continue
+        at = {"first": first, "O.hook<": hooked[0], "O.hook>": hooked[1]}
+        at |= {"N.hook<": hooked[2], "N.hook>": hooked[3]}
+        for phase in PHASES:
+            began, ended = stamps[phase, rid]
+            at[f"K.{phase}<"], at[f"K.{phase}>"] = began, ended
+        for label, since, until in STEPS:
+            found[label].append((at[until] - at[since]) * 1e3)
+    moves: dict[str, dict[str, float]] = {
+        label: {"median_ms": statistics.median(v), "max_ms": max(v)}
+        for label, v in found.items()
+        if v
+    }
+    # CPU of each process from its first hook of the round to its last
+    # (the kernel's: from its first request to its last answer).
+    traced = [t for t in hooks.values() if len(t) == 8]
+    moves["CPU: old process (first to last handoff)"] = {
+        "ms": (max(t[5] for t in traced) - min(t[4] for t in traced)) * 1e3
+    }
+    moves["CPU: new process (first to last takeover)"] = {
+        "ms": (max(t[7] for t in traced) - min(t[6] for t in traced)) * 1e3
+    }
+    moves["CPU: kernel (first request to last answer)"] = {"ms": kernel_cpu() * 1e3}
+    return moves
+
+
+async def through_kernel(
+    root: Path, target: int, upgrades: int, moves: int | None
+) -> list[dict[str, Any]]:
     import msgspec
 
     from drivebay.kernel.config import Config
@@ -144,18 +221,25 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
     from drivebay.kernel.resources import actor
 
     marks: list[Mark] = []
+    stamps: dict[tuple[str, str], tuple[float, float]] = {}
     for phase in PHASES[:3]:
-        setattr(DriverProcess, phase, timed(marks, phase, getattr(DriverProcess, phase)))
-    actor.move_state = timed(marks, "move", actor.move_state)  # type: ignore[attr-defined]
-    settings = {
+        method = timed(marks, phase, getattr(DriverProcess, phase), stamps, 1)
+        setattr(DriverProcess, phase, method)
+    # The resource's stall: the whole move, or up to the takeover where the
+    # actor sends the old instance's detach without waiting for it.
+    moving = "hand_state" if hasattr(actor, "hand_state") else "move_state"
+    setattr(actor, moving, timed(marks, "move", getattr(actor, moving), stamps, 2))
+    settings: dict[str, Any] = {
         "state_dir": str(root / "state"),
         "drivers_dir": str(root / "drivers"),
         "socket": str(root / "ctl.sock"),
         "envs_dir": str(_common.default_envs_dir()),
         "settle_s": 0.2,
     }
+    if moves is not None:
+        settings["handover_moves"] = moves
     open_files = _stateful.StatefulPlan().open_files
-    _stateful.forward_bundle(root, "1.0.0", open_files, stateless=False)
+    _stateful.forward_bundle(root, "1.0.0", open_files, stateless=False, traced=True)
     kernel = Kernel(msgspec.convert(settings, Config))
     found = []
 
@@ -180,11 +264,14 @@ async def through_kernel(root: Path, target: int, upgrades: int) -> list[dict[st
             opened = await connect_all(ports)
             for n in range(1, upgrades + 1):
                 marks.clear()
-                _stateful.forward_bundle(root, f"1.0.{n}", open_files, stateless=False)
-                await until(lambda: sum(phase == "move" for phase, _, _ in marks) == RESOURCES)
-                found.append(summary(marks))
+                stamps.clear()
+                CPU.clear()
+                _stateful.forward_bundle(root, f"1.0.{n}", open_files, False, traced=True)
+                await until(lambda: sum(p == "handoff_end" for p, _, _ in marks) == RESOURCES)
                 slot = kernel.slot(_stateful.DRIVER)
                 await until(lambda s=slot, v=f"1.0.{n}": s.manifest.version == v)  # type: ignore[misc]
+                hooks = {r: await book.call(r, "traced", {}, None) for r in ids}
+                found.append({**summary(marks), "per_move": per_move(stamps, hooks)})
             if await check_and_close(opened) != len(opened):
                 raise RuntimeError("a connection did not survive the handovers")
         finally:
@@ -224,10 +311,25 @@ def report(alone: list[dict[str, float]], kernel: list[dict[str, Any]]) -> str:
                 ),
             ]
         )
+    for label in [k for k in kernel[0]["per_move"] if k.startswith("CPU")]:
+        rows.append([f"  {label}, ms", " ".join(n(k["per_move"][label]["ms"]) for k in kernel)])
+    for label, _, _ in STEPS:
+        rows.append(
+            [
+                f"  one move: {label}, median/max ms",
+                "  ".join(
+                    f"{n(k['per_move'][label]['median_ms'])}/{n(k['per_move'][label]['max_ms'])}"
+                    for k in kernel
+                    if label in k["per_move"]
+                ),
+            ]
+        )
     return _common.format_table(["100 resources, 1,000 connections", "each round"], rows)
 
 
-async def run_all(root: Path, rounds: int) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+async def run_all(
+    root: Path, rounds: int, moves: int | None
+) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     loop = asyncio.get_running_loop()
     echo = await loop.create_server(Echo, "127.0.0.1", 0, backlog=4096)
     try:
@@ -235,7 +337,7 @@ async def run_all(root: Path, rounds: int) -> tuple[list[dict[str, float]], list
         _common.progress("handover_phases: the driver alone ...")
         alone = await driver_alone(target, rounds)
         _common.progress("handover_phases: through the kernel ...")
-        return alone, await through_kernel(root, target, rounds)
+        return alone, await through_kernel(root, target, rounds, moves)
     finally:
         echo.close()
         await echo.wait_closed()
@@ -245,12 +347,15 @@ def main() -> None:
     import uvloop
 
     parser = _common.bench_parser(__doc__.split("\n\n")[0], "one round instead of three", False)
+    parser.add_argument(
+        "--moves", type=int, help="the kernel's handover_moves (default: the daemon's default)"
+    )
     options = parser.parse_args()
     rounds = 1 if options.quick else 3
     load_before = _common.machine()["loadavg_1m"]
     root = Path(tempfile.mkdtemp(prefix="drivebay-phases-"))
     try:
-        alone, kernel = uvloop.run(run_all(root, rounds))
+        alone, kernel = uvloop.run(run_all(root, rounds, options.moves))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(report(alone, kernel))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,9 @@ def test_upgrades_and_property_changes_reach_no_client(daemon_factory, tmp_path)
     took = {r for r in scene_resources() if f"test switch: took over {r}\n" in log}
     handed_back = {r for r in scene_resources() if f"test switch: handing back {r}\n" in log}
     assert len(took) >= FAIL_AT - 1 and handed_back == took, (took, handed_back)
+    # The daemon names them too, in one line of the rollback.
+    named = re.findall(r"handed \d+ resources back to tcp-forward@\S+: (.*)", log)
+    assert [set(line.split(", ")) for line in named] == [took], named
     print(
         f"{sum(s.sent for s in streams) / 1e6:.1f} MB streamed, {len(probe.done)} probes, "
         f"upgrades {[round(end - start, 2) for _, start, end in seen['windows']]} s"

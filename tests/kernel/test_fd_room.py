@@ -57,3 +57,31 @@ def test_takeovers_that_arrive_together_share_one_reading(
 
 def test_an_unreadable_process_holds_nothing_we_know_of() -> None:
     assert held_by(2**22 + 12345) == 0
+
+
+def test_takeovers_one_after_another_share_a_recent_reading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    readings: list[int] = []
+
+    def counted(pid: int) -> int:
+        readings.append(pid)
+        return held_by(pid)
+
+    monkeypatch.setattr(fd_room, "held_by", counted)
+    monkeypatch.setattr(fd_room, "RECENT_S", 3600.0)  # every check below is "recent"
+
+    async def main() -> None:
+        pid = os.getpid()
+        room = DescriptorRoom(held_by(pid) + 30)
+        for _ in range(5):  # 5 x 5 sent: counted on the one reading, still room
+            async with room.reserved(pid, 5):
+                pass
+        assert readings == [pid]
+        # 25 counted as sent, 10 more do not fit on that reading: read again
+        # (this process holds no more than it did), and they fit.
+        async with room.reserved(pid, 10):
+            pass
+        assert readings == [pid, pid]
+
+    run(main())

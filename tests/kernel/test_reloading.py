@@ -40,6 +40,7 @@ CHANGED: dict[str, Any] = {
     "uv_cache_dir": "/elsewhere/uv",
     "category_order": ("storage",),
     "settle_s": 9.0,
+    "handover_moves": 9,
     "same_version_change": "reload",
     "restart": RestartPolicy(max_restarts=9),
     "timeouts": TimeoutSettings(call_s=9),
