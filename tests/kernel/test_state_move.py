@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import resource
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from drivebay.kernel.drivers.descriptors import raise_soft_limit
 from drivebay.kernel.drivers.process import DriverProcess
 from drivebay.kernel.drivers.state_move import move_state
 from drivebay.protocol.errors import DriverStartError, HandoverFailed, OperationFailed
@@ -119,6 +122,22 @@ def test_a_property_change_hands_over_inside_one_process(tmp_path: Path) -> None
     run(main())
 
 
+@pytest.fixture
+def room_for_descriptors() -> Iterator[None]:
+    """The soft descriptor limit raised to the hard one, as drivebayd raises
+    its own at start (an ordinary user's soft limit is often 1,024, short of
+    the 2,800 descriptors in transit), and put back after."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raise_soft_limit()
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 4096:
+        pytest.fail("this test needs a hard descriptor limit of 4,096 or more (ulimit -Hn)")
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+@pytest.mark.usefixtures("room_for_descriptors")
 def test_more_descriptors_than_one_message_carries_arrive_in_chunks(tmp_path: Path) -> None:
     async def main() -> None:
         async with started(spec(tmp_path, "1.0.0")) as old, started(spec(tmp_path, "2.0.0")) as new:
