@@ -15,11 +15,10 @@ descriptors cross the descriptor channel (``fd_passing``), in the entries'
 order. ``objects_from`` makes the objects again in the new process (a socket
 of the same family and type, a file of the same mode) and ``put_objects``
 puts them where they were. A kind that names the socket's family, type and
-protocol lets the new process make the object without asking the system
-(``socket.socket(fileno=)`` alone asks getsockname and getsockopt twice, the
-blocking flag one fcntl and one ioctl more: 5 system calls per socket, a
-handover's thousands of them); the system still refuses a descriptor that is
-not a socket.
+protocol lets the new process make the object with one system call (the
+``getsockname`` by which CPython refuses a descriptor that is not a socket)
+instead of five (``socket.socket(fileno=)`` alone asks getsockopt twice more,
+the blocking flag one fcntl and one ioctl: a handover's thousands of them).
 
 Anything else with a ``fileno()`` (a buffered file, whose buffer would be
 lost; a selector) is refused with one line saying where it is, as is a
