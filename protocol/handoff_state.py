@@ -8,11 +8,17 @@ lists and tuples: ``socket.socket`` objects, and unbuffered binary files
 ``entries`` is a list of ``[kind, paths]``, one per distinct object (the same
 object found twice is one descriptor, and is one object again on the other
 side), where a path is the list of dict keys and list indexes that lead to
-it, and ``kind`` is ``"socket"`` or ``"file:MODE"``. The state and the
-entries cross as plain values; the descriptors cross the descriptor channel
-(``fd_passing``), in the entries' order. ``objects_from`` makes the objects
-again in the new process (a socket of the same family and type, a file of
-the same mode) and ``put_objects`` puts them where they were.
+it, and ``kind`` is ``"socket:FAMILY:TYPE:PROTO"`` (``TYPE`` with
+``SOCK_NONBLOCK`` when the socket is non-blocking), a bare ``"socket"``, or
+``"file:MODE"``. The state and the entries cross as plain values; the
+descriptors cross the descriptor channel (``fd_passing``), in the entries'
+order. ``objects_from`` makes the objects again in the new process (a socket
+of the same family and type, a file of the same mode) and ``put_objects``
+puts them where they were. A kind that names the socket's family, type and
+protocol lets the new process make the object with one system call (the
+``getsockname`` by which CPython refuses a descriptor that is not a socket)
+instead of five (``socket.socket(fileno=)`` alone asks getsockopt twice more,
+the blocking flag one fcntl and one ioctl: a handover's thousands of them).
 
 Anything else with a ``fileno()`` (a buffered file, whose buffer would be
 lost; a selector) is refused with one line saying where it is, as is a
@@ -22,13 +28,19 @@ library only.
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import io
 import os
 import socket
 from typing import Any
 
-SOCKET = "socket"
+SOCKET = "socket"  # a kind that names nothing more: the system is asked
+SOCKET_OF = "socket:"  # + family:type:proto
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+# The plain ints, not the enums socket.socket's properties make of them (slower).
+_raw_family = _socket.socket.family.__get__
+_raw_type = _socket.socket.type.__get__
 FILE = "file:"  # + the FileIO's mode
 
 
@@ -37,6 +49,7 @@ class StateRefused(ValueError):
 
 
 Carried = socket.socket | io.FileIO
+_CARRIED = (socket.socket, io.FileIO)
 _PLAIN = frozenset({str, bytes, int, float, bool, type(None)})
 
 
@@ -46,35 +59,47 @@ def take_objects(state: Any) -> tuple[Any, list[list[Any]], list[Carried]]:
     entries: list[list[Any]] = []
     carried: list[Carried] = []
 
+    def carry(value: Carried, path: list[Any]) -> None:
+        index = found.get(id(value))
+        if index is None:
+            if value.fileno() < 0 if isinstance(value, socket.socket) else value.closed:
+                raise StateRefused(f"the {_kind_name(value)} at {_where(path)} is closed")
+            index = found[id(value)] = len(carried)
+            carried.append(value)
+            entries.append([_kind(value), []])
+        entries[index][1].append(path)
+
     def walk(value: Any, path: list[Any]) -> Any:
-        if type(value) in _PLAIN:  # most of a state: no further test
+        # Exact types first: a state is mostly plain values, dicts and lists.
+        kind = type(value)
+        if kind in _PLAIN:
             return value
-        if isinstance(value, (socket.socket, io.FileIO)):
-            index = found.get(id(value))
-            if index is None:
-                if value.fileno() < 0 if isinstance(value, socket.socket) else value.closed:
-                    raise StateRefused(f"the {_kind_name(value)} at {_where(path)} is closed")
-                index = found[id(value)] = len(carried)
-                carried.append(value)
-                entries.append([_kind(value), []])
-            entries[index][1].append(path)
-            return None
-        if isinstance(value, dict):
+        if kind is dict:
             plain: dict[Any, Any] = {}
             for key, item in value.items():
-                if isinstance(key, (socket.socket, io.FileIO)):
+                if type(key) is not str and isinstance(key, _CARRIED):
                     raise StateRefused(
                         f"a {_kind_name(key)} is a dict key at {_where(path)}; use it as a value"
                     )
-                plain[key] = walk(item, [*path, key])
+                plain[key] = item if type(item) in _PLAIN else walk(item, [*path, key])
             return plain
+        if kind is list or kind is tuple:
+            return [
+                item if type(item) in _PLAIN else walk(item, [*path, index])
+                for index, item in enumerate(value)
+            ]
+        if isinstance(value, _CARRIED):
+            carry(value, path)
+            return None
+        if isinstance(value, dict):
+            return walk(dict(value), path)
         if isinstance(value, (list, tuple)):
-            return [walk(item, [*path, index]) for index, item in enumerate(value)]
-        if isinstance(value, (str, bytes, bytearray, int, float, bool)) or value is None:
+            return walk(list(value), path)
+        if isinstance(value, (str, bytes, bytearray, int, float, bool)):
             return value
         if isinstance(value, (set, frozenset)):
             for item in value:
-                if isinstance(item, (socket.socket, io.FileIO)):
+                if isinstance(item, _CARRIED):
                     raise StateRefused(
                         f"a {_kind_name(item)} is in a set at {_where(path)}; use a list"
                     )
@@ -122,6 +147,9 @@ def put_objects(state: Any, entries: list[list[Any]], carried: list[Carried]) ->
 
 
 def _made(kind: Any, fd: int) -> Carried:
+    if isinstance(kind, str) and kind.startswith(SOCKET_OF):
+        family, kind_bits, proto = (int(part) for part in kind[len(SOCKET_OF) :].split(":"))
+        return socket.socket(family, kind_bits, proto, fileno=fd)
     if kind == SOCKET:
         sock = socket.socket(fileno=fd)
         if not os.get_blocking(fd):  # the flags are shared with the old process's copy
@@ -133,7 +161,12 @@ def _made(kind: Any, fd: int) -> Carried:
 
 
 def _kind(value: Carried) -> str:
-    return SOCKET if isinstance(value, socket.socket) else FILE + value.mode
+    if isinstance(value, socket.socket):
+        # A timeout is O_NONBLOCK underneath, as is non-blocking: the new
+        # process's copy (the same open file) is non-blocking either way.
+        bits = _raw_type(value) | (_NONBLOCK if value.gettimeout() is not None else 0)
+        return f"{SOCKET_OF}{_raw_family(value)}:{bits}:{value.proto}"
+    return FILE + value.mode
 
 
 def _kind_name(value: Carried) -> str:

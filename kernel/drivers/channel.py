@@ -59,7 +59,8 @@ class FramedChannel(asyncio.Protocol, Generic[In]):
             on_message(message)
 
     def send(self, message: object) -> None:
-        self.outbox.send(self.codec.encode(message))
+        """Send a message, or a frame ``codec.encode`` made of one (a ``bytearray``)."""
+        self.outbox.send(message if type(message) is bytearray else self.codec.encode(message))
 
     def pause_writing(self) -> None:
         self.outbox.pause_writing()

@@ -126,7 +126,8 @@ class HandoverRequests:
         message = Takeover(
             request_id, resource_id, properties, handed.state, handed.entries, from_version
         )
-        size = len(self._channel.codec.encode(message)) - 4
+        frame = self._channel.codec.encode(message)  # encoded once: sized, then sent
+        size = len(frame) - 4
         if size > self.spec.max_frame:
             raise HandoverFailed(
                 f"the state of {resource_id} takes {size} bytes with its properties, over the "
@@ -149,7 +150,7 @@ class HandoverRequests:
                 ) from exc
         try:
             await self._request(
-                request_id, message, self.timeouts.call_s, f"takeover of {resource_id}"
+                request_id, frame, self.timeouts.call_s, f"takeover of {resource_id}"
             )
         except BaseException:
             await self._takeover_ended(request_id, resource_id)

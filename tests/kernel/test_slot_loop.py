@@ -279,3 +279,28 @@ def test_a_reload_while_the_slot_stops_starts_no_spare(tmp_path):
         await slot.close()
 
     run(main())
+
+
+def test_a_candidate_launches_its_spare_only_once_it_serves(tmp_path):
+    """A new version's spare would start (an interpreter and its imports)
+    while resources are handed over to it, taking CPU from the handover: it
+    is launched when the candidate serves (``candidate`` set False)."""
+
+    async def main() -> None:
+        world, clock = World(), Clock()
+        slot = slot_in(tmp_path, world, clock, spare=True)
+        slot.candidate = True
+        slot.launch()
+        slot.want_running()
+        assert await slot.wait_settled(5, ENDED) is S.RUNNING
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert slot.spare_pid is None
+        assert len(world.processes) == 1  # the running one only
+        slot.candidate = False  # the handover to it is done
+        await eventually(lambda: slot.spare_pid is not None)
+        assert len(world.processes) == 2
+        await slot.close()
+        assert not any(p.alive for p in world.processes)
+
+    run(main())

@@ -48,9 +48,10 @@ def test_sockets_become_paths_and_come_back_in_place() -> None:
             "t": [None, 1],
         }
         assert sockets == [a, b]  # one descriptor per distinct socket
+        unix = f"socket:{int(socket.AF_UNIX)}:{int(socket.SOCK_STREAM)}:0"  # blocking
         assert entries == [
-            ["socket", [["conns", 0, 0], ["by_port", 80]]],
-            ["socket", [["conns", 0, 1], ["t", 0]]],
+            [unix, [["conns", 0, 0], ["by_port", 80]]],
+            [unix, [["conns", 0, 1], ["t", 0]]],
         ]
         back = put_objects(plain, entries, ["A", "B"])  # type: ignore[list-item]
         assert back == {
@@ -90,6 +91,26 @@ def test_what_cannot_be_handed_over_is_said_in_one_line(make: Any, words: str) -
                 item.close()
 
 
+def test_a_socket_comes_back_as_it_was_without_asking_the_system() -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    client = socket.create_connection(listener.getsockname())  # blocking
+    made: list[Any] = []
+    try:
+        _, entries, _ = take_objects({"l": listener, "c": client})
+        made = objects_from(entries, [os.dup(listener.fileno()), os.dup(client.fileno())])
+        for thing, was in zip(made, [listener, client], strict=True):
+            assert (thing.family, thing.type, thing.proto) == (was.family, was.type, was.proto)
+            assert thing.getblocking() == was.getblocking()
+            assert thing.getsockname() == was.getsockname()
+        assert made[0].getblocking() is False
+    finally:
+        for thing in [listener, client, *made]:
+            thing.close()
+
+
 def test_a_closed_socket_is_refused() -> None:
     sock = socket.socket()
     sock.close()
@@ -125,6 +146,10 @@ def test_descriptors_that_are_not_what_the_entries_say_are_all_closed() -> None:
             [["file:rb", [["a"]]], ["socket", [["b"]]], ["socket", [["c"]]], ["socket", [["d"]]]],
             fds,
         )
+    assert all(closed(fd) for fd in fds)
+    fds = pipes(2)  # a kind naming the socket's family and type: still refused
+    with pytest.raises(StateRefused, match="cannot be made an object again"):
+        objects_from([["file:rb", [["a"]]], ["socket:2:1:6", [["b"]]]], fds)
     assert all(closed(fd) for fd in fds)
 
 
