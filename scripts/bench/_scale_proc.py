@@ -1,0 +1,167 @@
+"""What ``scale.py`` reads from ``/proc`` (and ``perf``): a daemon's descendants,
+their PSS, and the CPU time, context switches and syscalls of a set of processes.
+
+Every reader tolerates a process that is gone by the time it is read (a
+driver restarting, a spare replaced): it counts what it could read.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+GONE = (FileNotFoundError, ProcessLookupError, PermissionError)
+PERF_STOP_S = 10.0
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (of every one of its threads)."""
+    found: list[int] = []
+    with contextlib.suppress(*GONE):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(*GONE), open(f"/proc/{pid}/task/{task}/children") as file:
+                found += [int(child) for child in file.read().split()]
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    found, todo = [], children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children(child)
+    return found
+
+
+def pss_kib(pid: int) -> int:
+    """The proportional set size of ``pid`` in KiB (0 if it is gone)."""
+    with contextlib.suppress(*GONE), open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return 0
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of ``pid`` in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Counters of a set of processes, summed over their threads."""
+
+    cpu_ns: int = 0  # time on a CPU (schedstat)
+    voluntary: int = 0  # context switches: the thread slept (each is a later wake-up)
+    involuntary: int = 0  # context switches: the thread was preempted
+    rw_syscalls: int = 0  # read-like and write-like syscalls (/proc/PID/io syscr + syscw)
+    processes: int = 0
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu_ns - other.cpu_ns,
+            self.voluntary - other.voluntary,
+            self.involuntary - other.involuntary,
+            self.rw_syscalls - other.rw_syscalls,
+            self.processes,
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.cpu_ns + other.cpu_ns,
+            self.voluntary + other.voluntary,
+            self.involuntary + other.involuntary,
+            self.rw_syscalls + other.rw_syscalls,
+            self.processes + other.processes,
+        )
+
+
+def _one(pid: int) -> Usage:
+    cpu = voluntary = involuntary = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{task}"
+        with contextlib.suppress(*GONE):
+            with open(f"{base}/schedstat") as schedstat:
+                cpu += int(schedstat.read().split()[0])
+            with open(f"{base}/status") as status:
+                for line in status:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        voluntary += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches:"):
+                        involuntary += int(line.split()[1])
+    syscalls = 0
+    with open(f"/proc/{pid}/io") as io:
+        for line in io:
+            if line.startswith(("syscr:", "syscw:")):
+                syscalls += int(line.split()[1])
+    return Usage(cpu, voluntary, involuntary, syscalls, 1)
+
+
+def usage(pids: Iterable[int]) -> Usage:
+    """The counters of ``pids`` summed (a process gone is left out).
+
+    CPU time is summed over the threads alive now: a thread that ended in
+    between takes its time with it, so windows compare processes whose
+    threads live on (an event loop's, a thread pool's)."""
+    total = Usage()
+    for pid in pids:
+        with contextlib.suppress(*GONE):
+            total += _one(pid)
+    return total
+
+
+def perf_path() -> str | None:
+    return shutil.which("perf")
+
+
+@contextlib.asynccontextmanager
+async def syscall_counter(pids: list[int]) -> AsyncIterator[dict[str, int]]:
+    """Count the syscalls ``pids`` make with ``perf stat`` (the tracepoint
+    raw_syscalls:sys_enter), from perf's start in this block (it attaches
+    within milliseconds) to its SIGINT at the end; the dict gets ``syscalls``
+    after the block. perf is always stopped and reaped. RuntimeError if perf
+    cannot count."""
+    perf = perf_path()
+    if perf is None:
+        raise RuntimeError("perf not found")
+    result: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="drivebay-scale-perf-") as tmp:
+        out = Path(tmp) / "perf.csv"
+        argv = [perf, "stat", "-x", ",", "-o", str(out), "-e", "raw_syscalls:sys_enter"]
+        argv += ["-p", ",".join(map(str, pids))]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        try:
+            yield result
+        finally:
+            if process.returncode is None:
+                process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), PERF_STOP_S)
+            except BaseException:
+                if process.returncode is None:
+                    process.kill()
+                await asyncio.shield(process.wait())
+                raise
+        for line in out.read_text().splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2] == "raw_syscalls:sys_enter":
+                if not fields[0].strip().isdigit():
+                    raise RuntimeError(f"perf could not count syscalls: {line}")
+                result["syscalls"] = int(fields[0])
+    if "syscalls" not in result:
+        raise RuntimeError("perf printed no syscall count")

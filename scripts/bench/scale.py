@@ -1,0 +1,983 @@
+"""Scale benchmark: a hundred drivers on one host.
+
+Run with the project venv, from the repository root, after compiling the
+project's bytecode (``scripts/test`` does the same)::
+
+    .venv/bin/python -m compileall -q kernel sandbox protocol
+    .venv/bin/python scripts/bench/scale.py [--quick] [--json] [--no-floor]
+
+100 trivial drivers (20 with ``--quick``): bundles ``d-000`` ... of the
+ledger driver of ``upgrade.py`` (category ``other``, one start wave), all
+sharing one env, kept between runs in ``--envs-dir`` (a first daemon with one
+of them builds it before anything is timed). Daemons with default settings
+but for their paths and ``settle_s: 0.2`` (bundles are renamed into place
+at once), each started with an empty drivers dir; this process is on uvloop.
+
+1. drivebayd, spares on (the default):
+   (a) start: the bundles are renamed into the drivers dir (the drop); a
+       client connected before sends ``status`` in a loop (the next one
+       10 ms after each answer) until every driver is RUNNING: the time
+       from the drop, and each status's latency until then (p99). Then
+       until every driver has its warm spare.
+   (b) memory: the PSS (``/proc/PID/smaps_rollup``) of every process below
+       the daemon (each driver is a keeper, an init and the runtime, and so
+       is each spare), summed, per driver version; and the spares' share.
+   (c) idle CPU: after 3 s, the CPU time of the daemon and of every process
+       below it over a window (10 s; 2 s with ``--quick``), in % of one CPU.
+   (d) kill -> RUNNING: ``kill -9`` of a driver's process, then ``status``
+       of it every 10 ms until a new process is RUNNING; one driver after
+       another (20; 5 with ``--quick``), each once the previous one has its
+       spare back.
+   (e) calls: 200 callers over 400 resources of the ledger, each caller
+       looping on ``record`` over its 2 resources, over 4 connections
+       (``AsyncClient``, each resource always on the same one): 4 drivers x
+       100 resources against 100 drivers x 4 (20 x 20 with ``--quick``),
+       both in this daemon, beside the floor (``_scale_floor.py``: the same
+       load through a relay process to 4 and to 100 echo processes, no
+       drivebay), in rounds with the order rotating; calls/s is the median
+       of the windows, latencies are pooled. Per call, from ``/proc``: CPU
+       µs, context switches (voluntary: the process slept and had to be
+       woken; involuntary: preempted) and read/write syscalls of this
+       process, of the daemon (the relay) and of every driver process (echo
+       process). Then one window of each with ``perf stat`` counting every
+       syscall of each of them (when ``perf`` is there).
+   (f) ``stop all``: the time the request takes (it returns once every
+       driver is STOPPED).
+2. drivebayd, ``restart: {spare: false}``: (a) again, then 10,000 resources
+   (1,000 with ``--quick``) added over the 100 drivers, 200 requests in
+   flight over 4 connections: the time, and the daemon's RSS per resource.
+3. When the config has a ``spawn`` setting: a drivebayd in the other mode,
+   (a) and (b) again. Without one, the table says so and the JSON has null.
+
+``--json`` ends with one object: ``start_100_s``, ``start_100_nospare_s``,
+``pss_per_driver_mib``, ``pss_per_driver_exec_mib``, ``restart_ms_p50``,
+``restart_ms_p99``, ``idle_cpu_pct`` (the daemon), ``idle_cpu_children_pct``,
+``status_while_starting_ms`` (p99), ``stop_all_s``,
+``calls_per_s_4_drivers``, ``calls_per_s_100_drivers``,
+``calls_p99_ms_4_drivers``, ``calls_p99_ms_100_drivers``,
+``add_10k_resources_s``, and more: ``calls_ratio`` (100 drivers / 4),
+``floor`` (the same for the floor), ``per_call`` (by load and process),
+``targets``, ``plan``, ``machine``, ``commit``. Every process started here
+is stopped and reaped, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import itertools
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import _common
+import _scale_floor
+import _scale_proc
+import supervise
+import upgrade
+from _scale_proc import Usage
+
+from drivebay.client import AsyncClient
+
+ROOT = Path(__file__).resolve().parents[2]
+LEDGER = Path(__file__).resolve().parent / "fixtures" / "upgrade" / "ledger.py"
+VERSION = "1.0.0"
+POLL_S = 0.01
+START_S = 600.0  # a deadline for the drivers to be RUNNING (a first env build included)
+STOP_S = 60.0
+SETTLE_S = 3.0  # after the spares are up, before the idle window: the start's tail
+CONNECTIONS = 4
+CALLERS = 200
+RESOURCES = 400
+FEW = 4  # drivers of the concentrated load
+ADD_IN_FLIGHT = 200
+CHECKED = 10  # resources called after the many are added
+BROKEN = ("FAILED", "FATAL", "INVALID", "BLOCKED")
+NO_SPAWN = "not available: no spawn setting"
+
+
+@dataclass(frozen=True)
+class Plan:
+    drivers: int
+    kills: int
+    idle_s: float
+    rounds: int
+    warmup_s: float
+    window_s: float
+    many: int
+    floor: bool = True
+
+
+FULL = Plan(drivers=100, kills=20, idle_s=10.0, rounds=3, warmup_s=0.5, window_s=3.0, many=10_000)
+QUICK = Plan(drivers=20, kills=5, idle_s=2.0, rounds=1, warmup_s=0.3, window_s=1.0, many=1_000)
+
+
+# -- a daemon with an empty drivers dir --------------------------------------------------------
+
+
+def spawn_setting() -> tuple[str, str] | None:
+    """(the default spawn mode, the other one) when the config has ``spawn``."""
+    import msgspec
+
+    from drivebay.kernel.config import Config
+
+    if "spawn" not in {field.name for field in msgspec.structs.fields(Config)}:
+        return None
+    default = str(getattr(Config(), "spawn"))  # noqa: B009 (absent from today's Config)
+    return default, "exec" if default != "exec" else "fork-server"
+
+
+@contextlib.asynccontextmanager
+async def drivebayd(root: Path, envs_dir: Path, extra: dict[str, Any]) -> AsyncIterator[Any]:
+    """drivebayd with ``extra`` config keys and no bundle yet, its admin client
+    connected; always stopped and reaped."""
+    config = upgrade.write_config(root, envs_dir, True, extra)
+    (root / "drivers").mkdir()
+    log_fd = os.open(root / "drivebayd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            str(upgrade.BIN / "drivebayd"),
+            "--config",
+            str(config),
+            stdin=subprocess.DEVNULL,
+            stdout=log_fd,
+            stderr=log_fd,
+            start_new_session=True,  # a Ctrl-C reaches only us; we stop it below
+        )
+    finally:
+        os.close(log_fd)
+    daemon = upgrade.Daemon(root, process)
+    try:
+        daemon.admin = await daemon.connect()
+        yield daemon
+    finally:
+        await daemon.admin.close()
+        await stop(process)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, SIGKILL past STOP_S; reaped, also when we are cancelled."""
+    if process.returncode is None:
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), STOP_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    except asyncio.CancelledError:
+        process.kill()
+        await asyncio.shield(process.wait())
+        raise
+
+
+def write_bundle(staging: Path, name: str) -> Path:
+    bundle = staging / f"{name}-{VERSION}"
+    (bundle / "src").mkdir(parents=True)
+    (bundle / "driver.yaml").write_text(
+        f"name: {name}\nversion: {VERSION}\ncategory: other\n"
+        f"description: {name}, a ledger driver of the scale benchmark\n"
+        "entrypoint: ledger:LedgerDriver\n"
+    )
+    (bundle / "LICENSE").write_text("Apache-2.0\n")
+    (bundle / "src" / "ledger.py").write_text(LEDGER.read_text())
+    return bundle
+
+
+def driver_names(count: int) -> list[str]:
+    return [f"d-{n:03d}" for n in range(count)]
+
+
+def checked_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    broken = [row for row in rows if row["state"] in BROKEN]
+    if broken:
+        raise RuntimeError(f"drivebayd: {broken[0]['name']} {broken[0]['state']}: {broken[0]}")
+    return rows
+
+
+# -- (a) start ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    running_s: float  # drop -> every driver RUNNING
+    spares_s: float | None  # drop -> every driver with its spare (None: spares off)
+    status_ms: list[float]  # each status answered until every driver was RUNNING
+
+
+async def start_all(daemon: Any, names: list[str], spares: bool) -> Start:
+    """Drop one bundle per name; status in a loop until all are RUNNING."""
+    staging, drivers = daemon.root / "staging", daemon.root / "drivers"
+    bundles = [write_bundle(staging, name) for name in names]
+    client: AsyncClient = daemon.admin
+    latencies: list[float] = []
+    dropped = time.perf_counter()
+    for bundle in bundles:
+        os.rename(bundle, drivers / bundle.name)
+
+    async def status() -> list[dict[str, Any]]:
+        began = time.perf_counter()
+        rows: list[dict[str, Any]] = await client.request("status")
+        latencies.append((time.perf_counter() - began) * 1e3)
+        return checked_rows(rows)
+
+    async def running() -> bool:
+        rows = await status()
+        return len(rows) == len(names) and all(row["state"] == "RUNNING" for row in rows)
+
+    await upgrade.settle(running, START_S, f"drivebayd: {len(names)} drivers RUNNING")
+    running_s = time.perf_counter() - dropped
+    status_ms = list(latencies)
+    if not spares:
+        return Start(running_s, None, status_ms)
+
+    async def spared() -> bool:
+        return all(row["spare_pid"] for row in checked_rows(await client.request("status")))
+
+    await upgrade.settle(spared, START_S, f"drivebayd: {len(names)} spares")
+    return Start(running_s, time.perf_counter() - dropped, status_ms)
+
+
+# -- (b) memory, (c) idle CPU -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Memory:
+    versions: int
+    processes: int
+    total_kib: int  # every process below the daemon
+    spares_kib: int  # the spares' processes among them
+    daemon_kib: int
+
+    @property
+    def per_driver_mib(self) -> float:
+        return self.total_kib / self.versions / 1024
+
+
+def memory(daemon_pid: int, rows: list[dict[str, Any]]) -> Memory:
+    """PSS below the daemon, read from /proc (blocking: run it in a thread)."""
+    below = _scale_proc.descendants(daemon_pid)
+    spares: list[int] = []
+    for row in rows:
+        if row["spare_pid"]:
+            spares += [row["spare_pid"], *_scale_proc.descendants(row["spare_pid"])]
+    return Memory(
+        versions=len(rows),
+        processes=len(below),
+        total_kib=sum(map(_scale_proc.pss_kib, below)),
+        spares_kib=sum(map(_scale_proc.pss_kib, set(spares) & set(below))),
+        daemon_kib=_scale_proc.pss_kib(daemon_pid),
+    )
+
+
+@dataclass(frozen=True)
+class Idle:
+    seconds: float
+    daemon: Usage
+    children: Usage
+
+    def pct(self, usage: Usage) -> float:
+        return usage.cpu_ns / (self.seconds * 1e9) * 100
+
+
+async def idle(daemon_pid: int, seconds: float) -> Idle:
+    below = _scale_proc.descendants(daemon_pid)
+    daemon_before, below_before = _scale_proc.usage([daemon_pid]), _scale_proc.usage(below)
+    began = time.perf_counter()
+    await asyncio.sleep(seconds)  # the window measured, not a wait for a condition
+    took = time.perf_counter() - began
+    daemon_used = _scale_proc.usage([daemon_pid]) - daemon_before
+    return Idle(took, daemon_used, _scale_proc.usage(below) - below_before)
+
+
+# -- (d) kill -> RUNNING ----------------------------------------------------------------------
+
+
+async def restarts(daemon: Any, names: list[str], kills: int) -> list[float]:
+    """ms from ``kill -9`` of a driver to a new process RUNNING, one per driver
+    (spread over them), each once the previous victim has a spare again."""
+    client: AsyncClient = daemon.admin
+    samples = []
+    for name in names[:: max(1, len(names) // kills)][:kills]:
+        (row,) = await client.request("status", names=[name])
+        old, old_spare = row["pid"], row["spare_pid"]
+        began = time.perf_counter()
+        os.kill(old, signal.SIGKILL)
+
+        async def back(name: str = name, old: int = old) -> bool:
+            (row,) = checked_rows(await client.request("status", names=[name]))
+            return bool(row["state"] == "RUNNING" and row["pid"] and row["pid"] != old)
+
+        await upgrade.settle(back, 30, f"{name} RUNNING again")
+        samples.append((time.perf_counter() - began) * 1e3)
+
+        async def spared(name: str = name, old_spare: int = old_spare) -> bool:
+            (row,) = checked_rows(await client.request("status", names=[name]))
+            return row["spare_pid"] not in (None, old_spare)
+
+        await upgrade.settle(spared, 60, f"{name}: a new spare")
+    return samples
+
+
+# -- (e) calls ---------------------------------------------------------------------------------
+
+CallOne = Callable[[dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass
+class Target:
+    """A load's calls (one per resource) and the processes doing the work, by role."""
+
+    label: str
+    calls: list[CallOne]
+    roles: Callable[[], dict[str, list[int]]]
+
+
+@dataclass(frozen=True)
+class Sample:
+    calls: int
+    seconds: float
+    latencies: list[float]  # seconds
+    used: dict[str, Usage]  # by role
+
+
+class Load:
+    """CALLERS callers, caller c looping over calls c, c + CALLERS, ..."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.starts: list[float] = []
+        self.latencies: list[float] = []
+        self.done = 0
+        self.stop = asyncio.Event()
+        self._ops = itertools.count()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for caller in range(CALLERS):
+                group.create_task(self._caller(self.target.calls[caller::CALLERS]))
+
+    async def _caller(self, calls: list[CallOne]) -> None:
+        clock, ops = time.perf_counter, self._ops
+        for seq, call in enumerate(itertools.cycle(calls), 1):
+            if self.stop.is_set():
+                return
+            start = clock()
+            await call({"op_id": next(ops), "seq": seq})
+            self.starts.append(start)
+            self.latencies.append(clock() - start)
+            self.done += 1
+
+    def sample(self, start: float, end: float, used: dict[str, Usage]) -> Sample:
+        latencies = [
+            latency
+            for began, latency in zip(self.starts, self.latencies, strict=True)
+            if start <= began < end
+        ]
+        if not latencies:
+            raise RuntimeError(f"{self.target.label}: no call started in the window")
+        return Sample(len(latencies), end - start, latencies, used)
+
+
+def role_usage(roles: dict[str, list[int]]) -> dict[str, Usage]:
+    return {role: _scale_proc.usage(pids) for role, pids in roles.items()}
+
+
+async def measure(target: Target, plan: Plan) -> Sample:
+    """Warm up, then one window; the load ends with it."""
+    load = Load(target)
+    roles = target.roles()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(load.run())
+        await asyncio.sleep(plan.warmup_s)
+        before, start = role_usage(roles), time.perf_counter()
+        await asyncio.sleep(plan.window_s)
+        end, after = time.perf_counter(), role_usage(roles)
+        load.stop.set()
+    return load.sample(start, end, {role: after[role] - before[role] for role in roles})
+
+
+async def traced(target: Target, plan: Plan) -> dict[str, float]:
+    """Syscalls per call of each role, counted by perf over one window."""
+    load = Load(target)
+    roles = target.roles()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(load.run())
+        await asyncio.sleep(plan.warmup_s)
+        async with contextlib.AsyncExitStack() as stack:
+            counts = {
+                role: await stack.enter_async_context(_scale_proc.syscall_counter(pids))
+                for role, pids in roles.items()
+            }
+            first = load.done
+            await asyncio.sleep(plan.window_s)
+        calls = load.done - first  # perf stopped: its count covers no more than these
+        load.stop.set()
+    return {role: count["syscalls"] / calls for role, count in counts.items()}
+
+
+def placement(names: list[str]) -> dict[str, dict[str, str]]:
+    """The load's resources and their drivers: 4 drivers x 100 resources, and
+    every driver with an equal share."""
+    few = {f"a{n:03d}": names[n * FEW // RESOURCES] for n in range(RESOURCES)}
+    many = {f"b{n:03d}": names[n * len(names) // RESOURCES] for n in range(RESOURCES)}
+    return {f"{FEW} drivers": few, f"{len(names)} drivers": many}
+
+
+async def add_resources(clients: list[AsyncClient], placed: dict[str, str]) -> None:
+    """``resource-add`` each resource on its driver, ADD_IN_FLIGHT at a time."""
+    slots = asyncio.Semaphore(ADD_IN_FLIGHT)
+
+    async def add(client: AsyncClient, resource: str, driver: str) -> None:
+        async with slots:
+            await client.request("resource-add", id=resource, driver=driver, assignments=[])
+
+    async with asyncio.TaskGroup() as group:
+        for n, (resource, driver) in enumerate(placed.items()):
+            group.create_task(add(clients[n % len(clients)], resource, driver))
+
+
+def _daemon_call(client: AsyncClient, resource: str, args: dict[str, Any]) -> Awaitable[Any]:
+    return client.call(resource, "record", args)
+
+
+async def drivebay_targets(
+    daemon: Any, clients: list[AsyncClient], names: list[str]
+) -> list[Target]:
+    targets = []
+    for label, placed in placement(names).items():
+        await add_resources(clients, placed)
+        calls: list[CallOne] = [
+            functools.partial(_daemon_call, clients[n % len(clients)], resource)
+            for n, resource in enumerate(placed)
+        ]
+        await asyncio.gather(*(call({"op_id": -1, "seq": 0}) for call in calls))  # attached
+
+        def roles(pid: int = daemon.pid) -> dict[str, list[int]]:
+            return {"here": [os.getpid()], "hub": [pid], "workers": _scale_proc.descendants(pid)}
+
+        targets.append(Target(f"drivebayd, {label}", calls, roles))
+    return targets
+
+
+def _floor_call(
+    client: _scale_floor.Client, connection: int, resource: str, args: dict[str, Any]
+) -> Awaitable[Any]:
+    return client.call(connection, resource, args)
+
+
+def floor_targets(
+    client: _scale_floor.Client, names: list[str], relay: int, echoes: list[int]
+) -> list[Target]:
+    def roles() -> dict[str, list[int]]:
+        return {"here": [os.getpid()], "hub": [relay], "workers": echoes}
+
+    return [
+        Target(
+            f"floor, {label}",
+            [
+                functools.partial(_floor_call, client, n % CONNECTIONS, resource)
+                for n, resource in enumerate(placed)
+            ],
+            roles,
+        )
+        for label, placed in placement(names).items()
+    ]
+
+
+def floor_table(names: list[str]) -> dict[str, int]:
+    index = {name: n for n, name in enumerate(names)}
+    return {
+        resource: index[driver]
+        for placed in placement(names).values()
+        for resource, driver in placed.items()
+    }
+
+
+@dataclass(frozen=True)
+class Figures:
+    calls_per_s: float  # median of the windows
+    p50_ms: float
+    p99_ms: float
+    calls: int
+    per_call: dict[str, dict[str, float]]  # role -> {cpu_us, voluntary, involuntary, rw_syscalls}
+    per_window: list[float]
+
+
+def summarise(samples: list[Sample]) -> Figures:
+    latencies = sorted(itertools.chain.from_iterable(s.latencies for s in samples))
+    calls = sum(s.calls for s in samples)
+    per_call = {}
+    for role in samples[0].used:
+        used = sum((s.used[role] for s in samples), Usage())
+        per_call[role] = {
+            "cpu_us": used.cpu_ns / 1e3 / calls,
+            "voluntary": used.voluntary / calls,
+            "involuntary": used.involuntary / calls,
+            "rw_syscalls": used.rw_syscalls / calls,
+        }
+    return Figures(
+        calls_per_s=statistics.median(s.calls / s.seconds for s in samples),
+        p50_ms=_common.percentile(latencies, 50) * 1e3,
+        p99_ms=_common.percentile(latencies, 99) * 1e3,
+        calls=calls,
+        per_call=per_call,
+        per_window=[s.calls / s.seconds for s in samples],
+    )
+
+
+async def call_rounds(targets: list[Target], plan: Plan) -> dict[str, Figures]:
+    samples: dict[str, list[Sample]] = {target.label: [] for target in targets}
+    for number in range(plan.rounds):
+        _common.progress(f"scale: calls, round {number + 1}/{plan.rounds} ...")
+        shift = number % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            samples[target.label].append(await measure(target, plan))
+    return {label: summarise(found) for label, found in samples.items()}
+
+
+async def syscall_rounds(targets: list[Target], plan: Plan) -> dict[str, dict[str, float]] | str:
+    """Syscalls per call by target and role, or why they could not be counted."""
+    if _scale_proc.perf_path() is None:
+        return "not available: perf not found"
+    found = {}
+    failed: list[Exception] = []
+    for target in targets:
+        _common.progress(f"scale: syscalls, {target.label} ...")
+        try:
+            found[target.label] = await traced(target, plan)
+        except* RuntimeError as group:
+            failed += group.exceptions
+        if failed:
+            return f"not available: {failed[0]}"
+    return found
+
+
+@dataclass(frozen=True)
+class Calls:
+    figures: dict[str, Figures]
+    syscalls: dict[str, dict[str, float]] | str
+
+
+async def calls(daemon: Any, names: list[str], plan: Plan, workdir: Path) -> Calls:
+    async with upgrade.connections(daemon, CONNECTIONS) as clients:
+        targets = await drivebay_targets(daemon, clients, names)
+        async with contextlib.AsyncExitStack() as stack:
+            if plan.floor:
+                _common.progress(f"scale: the floor: a relay and {len(names)} echo processes ...")
+                ours, relay, echoes = stack.enter_context(
+                    _scale_floor.floor(floor_table(names), len(names), CONNECTIONS, workdir)
+                )
+                client = _scale_floor.Client(CONNECTIONS)
+                stack.callback(client.close)
+                await client.open(ours)
+                targets += floor_targets(client, names, relay, echoes)
+            figures = await call_rounds(targets, plan)
+            syscalls = await syscall_rounds(targets, plan)
+    return Calls(figures, syscalls)
+
+
+# -- (f) stop all, 2. many resources ----------------------------------------------------------
+
+
+async def stop_all(daemon: Any, names: list[str]) -> float:
+    began = time.perf_counter()
+    outcomes = await daemon.admin.request("stop", names=["all"])
+    took = time.perf_counter() - began
+    failed = [o for o in outcomes if not o["ok"]]
+    if failed or len(outcomes) != len(names):
+        raise RuntimeError(f"stop all: {len(outcomes)} outcomes, failed: {failed[:1]}")
+    return took
+
+
+@dataclass(frozen=True)
+class Many:
+    resources: int
+    add_s: float
+    rss_before_kib: int
+    rss_after_kib: int
+    checked: int
+
+
+async def many_resources(daemon: Any, names: list[str], count: int) -> Many:
+    placed = {f"m{n:05d}": names[n % len(names)] for n in range(count)}
+    async with upgrade.connections(daemon, CONNECTIONS) as clients:
+        before = _scale_proc.rss_kib(daemon.pid)
+        began = time.perf_counter()
+        await add_resources(clients, placed)
+        add_s = time.perf_counter() - began
+        after = _scale_proc.rss_kib(daemon.pid)
+        checked = 0
+        for resource in list(placed)[:: max(1, count // CHECKED)][:CHECKED]:
+            reply = await clients[0].call(resource, "whoami")
+            checked += reply["resource"] == resource
+    return Many(count, add_s, before, after, checked)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    start: Start
+    memory: Memory
+    idle: Idle
+    restarts_ms: list[float]
+    calls: Calls
+    stop_all_s: float
+    start_nospare: Start
+    many: Many
+    spawn: tuple[str, str] | None
+    other_mode: tuple[Start, Memory] | None
+
+
+def settings(spares: bool, spawn: str | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {"restart": {"spare": spares}}
+    if spawn is not None:
+        extra["spawn"] = spawn
+    return extra
+
+
+async def prime(root: Path, envs_dir: Path) -> None:
+    """One driver RUNNING, so the drivers' shared env exists before anything is timed."""
+    async with drivebayd(root, envs_dir, settings(False)) as daemon:
+        await start_all(daemon, ["d-000"], spares=False)
+
+
+async def with_spares(root: Path, envs_dir: Path, plan: Plan, names: list[str]) -> tuple[Any, ...]:
+    async with drivebayd(root, envs_dir, settings(True)) as daemon:
+        _common.progress(f"scale: {len(names)} drivers, spares on: start ...")
+        start = await start_all(daemon, names, spares=True)
+        rows = checked_rows(await daemon.admin.request("status"))
+        found = await asyncio.to_thread(memory, daemon.pid, rows)
+        await asyncio.sleep(SETTLE_S)  # the start's tail, before the idle window
+        _common.progress(f"scale: idle for {plan.idle_s:g} s ...")
+        quiet = await idle(daemon.pid, plan.idle_s)
+        _common.progress(f"scale: {plan.kills} kills ...")
+        killed = await restarts(daemon, names, plan.kills)
+        made = await calls(daemon, names, plan, root)
+        _common.progress("scale: stop all ...")
+        stopped = await stop_all(daemon, names)
+    return start, found, quiet, killed, made, stopped
+
+
+async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
+    names = driver_names(plan.drivers)
+    _common.progress("scale: a first driver (builds the shared env if needed) ...")
+    await prime(root / "prime", envs_dir)
+    start, found, quiet, killed, made, stopped = await with_spares(
+        root / "spares", envs_dir, plan, names
+    )
+    async with drivebayd(root / "nospare", envs_dir, settings(False)) as daemon:
+        _common.progress(f"scale: {len(names)} drivers, spares off: start ...")
+        start_nospare = await start_all(daemon, names, spares=False)
+        _common.progress(f"scale: {plan.many:,} resources ...")
+        many = await many_resources(daemon, names, plan.many)
+    spawn, other = spawn_setting(), None
+    if spawn is not None:
+        async with drivebayd(root / "other", envs_dir, settings(True, spawn[1])) as daemon:
+            _common.progress(f"scale: {len(names)} drivers, spawn: {spawn[1]} ...")
+            other_start = await start_all(daemon, names, spares=True)
+            rows = checked_rows(await daemon.admin.request("status"))
+            other = (other_start, await asyncio.to_thread(memory, daemon.pid, rows))
+    return Results(start, found, quiet, killed, made, stopped, start_nospare, many, spawn, other)
+
+
+# -- reporting ---------------------------------------------------------------------------------
+
+
+def p99(values: list[float]) -> float:
+    return _common.percentile(sorted(values), 99)
+
+
+def as_json(r: Results, plan: Plan) -> dict[str, Any]:
+    few, spread = (f"{FEW} drivers", f"{plan.drivers} drivers")
+    db = {
+        key.removeprefix("drivebayd, "): f
+        for key, f in r.calls.figures.items()
+        if "drivebayd" in key
+    }
+    floor = {key.removeprefix("floor, "): f for key, f in r.calls.figures.items() if "floor" in key}
+    pss = pss_by_mode(r)
+    result: dict[str, Any] = {
+        "start_100_s": r.start.running_s,
+        "start_100_spares_ready_s": r.start.spares_s,
+        "start_100_nospare_s": r.start_nospare.running_s,
+        "pss_per_driver_mib": r.memory.per_driver_mib,
+        "pss_per_driver_exec_mib": pss.get("exec"),
+        "pss_total_mib": r.memory.total_kib / 1024,
+        "pss_spares_mib": r.memory.spares_kib / 1024,
+        "pss_daemon_mib": r.memory.daemon_kib / 1024,
+        "processes_below_daemon": r.memory.processes,
+        "restart_ms_p50": statistics.median(r.restarts_ms),
+        "restart_ms_p99": p99(r.restarts_ms),
+        "idle_cpu_pct": r.idle.pct(r.idle.daemon),
+        "idle_cpu_children_pct": r.idle.pct(r.idle.children),
+        "status_while_starting_ms": p99(r.start.status_ms),
+        "status_while_starting_ms_p50": statistics.median(r.start.status_ms),
+        "status_while_starting_ms_max": max(r.start.status_ms),
+        "status_while_starting_requests": len(r.start.status_ms),
+        "stop_all_s": r.stop_all_s,
+        "calls_per_s_4_drivers": db[few].calls_per_s,
+        "calls_per_s_100_drivers": db[spread].calls_per_s,
+        "calls_p99_ms_4_drivers": db[few].p99_ms,
+        "calls_p99_ms_100_drivers": db[spread].p99_ms,
+        "calls_ratio": db[spread].calls_per_s / db[few].calls_per_s,
+        "add_10k_resources_s": r.many.add_s,
+        "kib_per_resource": (r.many.rss_after_kib - r.many.rss_before_kib) / r.many.resources,
+    }
+    result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    result["pss_per_driver_by_spawn_mode_mib"] = {k: round(v, 2) for k, v in pss.items()}
+    result["spawn_setting"] = r.spawn[0] if r.spawn else NO_SPAWN
+    if floor:
+        result["floor"] = {
+            "calls_per_s_4": round(floor[few].calls_per_s),
+            "calls_per_s_100": round(floor[spread].calls_per_s),
+            "calls_p99_ms_4": round(floor[few].p99_ms, 3),
+            "calls_p99_ms_100": round(floor[spread].p99_ms, 3),
+            "calls_ratio": round(floor[spread].calls_per_s / floor[few].calls_per_s, 3),
+        }
+    result["per_call"] = {
+        label: {
+            role: {k: round(v, 3) for k, v in values.items()} for role, values in f.per_call.items()
+        }
+        for label, f in r.calls.figures.items()
+    }
+    result["per_window_calls_per_s"] = {
+        label: [round(rate) for rate in f.per_window] for label, f in r.calls.figures.items()
+    }
+    syscalls = r.calls.syscalls
+    result["syscalls_per_call"] = (
+        syscalls
+        if isinstance(syscalls, str)
+        else {
+            label: {role: round(v, 2) for role, v in roles.items()}
+            for label, roles in syscalls.items()
+        }
+    )
+    result["restart_samples_ms"] = [round(v, 1) for v in r.restarts_ms]
+    result["targets"] = {
+        label: {"goal": goal, "value": round(value, 3), "met": met}
+        for label, goal, value, met in targets(r, plan)
+    }
+    return result
+
+
+def pss_by_mode(r: Results) -> dict[str, float]:
+    """PSS per driver version by spawn mode measured ({} of modes: no spawn setting)."""
+    if r.spawn is None:
+        return {}
+    found = {r.spawn[0]: r.memory.per_driver_mib}
+    if r.other_mode is not None:
+        found[r.spawn[1]] = r.other_mode[1].per_driver_mib
+    return found
+
+
+def targets(r: Results, plan: Plan) -> list[tuple[str, str, float, bool]]:
+    """(target, goal, value, met) for each numeric target of the issue."""
+    db = r.calls.figures
+    ratio = (
+        db[f"drivebayd, {plan.drivers} drivers"].calls_per_s
+        / db[f"drivebayd, {FEW} drivers"].calls_per_s
+    )
+    n = plan.drivers
+    rows = [
+        (
+            f"{n} drivers RUNNING after the drop, s",
+            "<= 5",
+            r.start.running_s,
+            r.start.running_s <= 5,
+        ),
+        (
+            "status p99 while they start, ms",
+            "<= 50",
+            p99(r.start.status_ms),
+            p99(r.start.status_ms) <= 50,
+        ),
+        (
+            "PSS per driver version, MiB",
+            "<= 12",
+            r.memory.per_driver_mib,
+            r.memory.per_driver_mib <= 12,
+        ),
+        (f"calls/s {n} drivers / {FEW} drivers", ">= 0.5", ratio, ratio >= 0.5),
+    ]
+    return rows
+
+
+def report(r: Results, plan: Plan) -> str:
+    return "\n\n".join(
+        [
+            _main_table(r, plan),
+            _calls_table(r, plan),
+            _syscalls_table(r.calls.syscalls),
+            _common.format_table(
+                ["target", "goal", "value", ""],
+                [
+                    [t, g, _common.number(v), "met" if met else "NOT met"]
+                    for t, g, v, met in targets(r, plan)
+                ],
+            ),
+        ]
+    )
+
+
+def _main_table(r: Results, plan: Plan) -> str:
+    n, num = plan.drivers, _common.number
+    spawn_label = f"spawn: {r.spawn[0]}" if r.spawn else "today's spawn (exec)"
+    other = num(r.other_mode[1].per_driver_mib) if r.spawn and r.other_mode else NO_SPAWN
+    other_label = f"spawn: {r.spawn[1]}" if r.spawn else "spawn: fork-server | exec"
+    m = r.memory
+    rows = [
+        [f"drop -> {n} RUNNING, spares on, s", num(r.start.running_s)],
+        [f"drop -> {n} spares ready, s", num(r.start.spares_s)],
+        [f"drop -> {n} RUNNING, spares off, s", num(r.start_nospare.running_s)],
+        [
+            f"status while starting, ms p50 / p99 / max ({len(r.start.status_ms)} requests)",
+            f"{num(statistics.median(r.start.status_ms))} / {num(p99(r.start.status_ms))} / "
+            f"{num(max(r.start.status_ms))}",
+        ],
+        [f"PSS per driver version, MiB ({spawn_label})", num(m.per_driver_mib)],
+        [f"PSS per driver version, MiB ({other_label})", other],
+        [
+            f"PSS below the daemon, MiB ({m.processes} processes), of it spares",
+            f"{num(m.total_kib / 1024)}, {num(m.spares_kib / 1024)}",
+        ],
+        ["PSS of the daemon, MiB", num(m.daemon_kib / 1024)],
+        [
+            f"kill -> RUNNING, ms p50 / p99 ({len(r.restarts_ms)} kills)",
+            f"{num(statistics.median(r.restarts_ms))} / {num(p99(r.restarts_ms))}",
+        ],
+        [
+            f"idle CPU, % of one CPU over {r.idle.seconds:.0f} s: daemon / below it",
+            f"{num(r.idle.pct(r.idle.daemon))} / {num(r.idle.pct(r.idle.children))}",
+        ],
+        ["stop all, s", num(r.stop_all_s)],
+        [f"add {r.many.resources:,} resources (spares off), s", num(r.many.add_s)],
+        [
+            "daemon RSS per resource, KiB",
+            num((r.many.rss_after_kib - r.many.rss_before_kib) / r.many.resources),
+        ],
+        [
+            "resources answering as themselves after the add",
+            f"{r.many.checked}/{min(CHECKED, r.many.resources)}",
+        ],
+    ]
+    return _common.format_table([f"{n} drivers", ""], rows)
+
+
+def _calls_table(r: Results, plan: Plan) -> str:
+    num = _common.number
+    rows = []
+    figures = r.calls.figures
+    for label, f in figures.items():
+        base = figures[label.replace(f"{plan.drivers} drivers", f"{FEW} drivers")]
+        cells = [
+            label,
+            num(f.calls_per_s),
+            num(f.p50_ms),
+            num(f.p99_ms),
+            f"{f.calls_per_s / base.calls_per_s:.2f}",
+        ]
+        for role in ("here", "hub", "workers"):
+            c = f.per_call[role]
+            counts = [num(c[key], 2) for key in ("voluntary", "involuntary", "rw_syscalls")]
+            cells.append(" / ".join([num(c["cpu_us"]), *counts]))
+        rows.append(cells)
+    headers = [
+        f"{CALLERS} callers, {RESOURCES} resources (median of {plan.rounds})",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        f"/ {FEW} drivers",
+        "per call: here (CPU µs / vol cs / invol cs / r+w syscalls)",
+        "daemon or relay",
+        "drivers or echoes",
+    ]
+    return _common.format_table(headers, rows)
+
+
+def _syscalls_table(found: dict[str, dict[str, float]] | str) -> str:
+    if isinstance(found, str):
+        return f"syscalls per call (perf stat): {found}"
+    rows = [
+        [label, *(_common.number(roles[role]) for role in ("here", "hub", "workers"))]
+        for label, roles in found.items()
+    ]
+    return _common.format_table(
+        [
+            "syscalls per call (perf stat, one window)",
+            "here",
+            "daemon or relay",
+            "drivers or echoes",
+        ],
+        rows,
+    )
+
+
+def commit() -> str:
+    try:
+        found = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return found.stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvloop
+
+    parser = _common.bench_parser(
+        __doc__.split("\n\n")[0],
+        "20 drivers, 1,000 resources, shorter windows and fewer kills",
+    )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="leave out the relay-and-echo floor"
+    )
+    options = parser.parse_args(argv)
+    plan = QUICK if options.quick else FULL
+    plan = dataclasses.replace(plan, floor=not options.no_floor)
+    options.envs_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    load_before = _common.machine()["loadavg_1m"]
+    with supervise.reaping_orphans(), tempfile.TemporaryDirectory(prefix="drivebay-scale-") as tmp:
+        results = uvloop.run(run_all(plan, Path(tmp), options.envs_dir))
+    info = {**_common.machine(), "loadavg_1m_before": load_before}
+    print(report(results, plan))
+    mode = "quick" if options.quick else "full"
+    print(
+        f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
+        f"load {info['loadavg_1m_before']} before, {info['loadavg_1m']} after, "
+        f"{mode} run, commit {commit()}, {time.monotonic() - started:.0f} s"
+    )
+    if options.json:
+        _common.print_json_last(
+            {
+                **as_json(results, plan),
+                "mode": mode,
+                "plan": dataclasses.asdict(plan),
+                "commit": commit(),
+                "machine": info,
+            }
+        )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:  # every process is reaped by then; spare the traceback
+        sys.exit(130)
