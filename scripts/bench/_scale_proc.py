@@ -60,6 +60,19 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def inotify_watches(pid: int) -> int:
+    """How many inotify watches ``pid`` holds (0 if it is gone)."""
+    count = 0
+    with contextlib.suppress(*GONE):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(*GONE):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:inotify":
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    count += sum(line.startswith("inotify wd:") for line in info)
+    return count
+
+
 @dataclass(frozen=True)
 class Usage:
     """Counters of a set of processes, summed over their threads."""
@@ -68,6 +81,8 @@ class Usage:
     voluntary: int = 0  # context switches: the thread slept (each is a later wake-up)
     involuntary: int = 0  # context switches: the thread was preempted
     rw_syscalls: int = 0  # read-like and write-like syscalls (/proc/PID/io syscr + syscw)
+    system_ticks: int = 0  # of the CPU time (/proc/PID/stat): in the Linux kernel
+    user_ticks: int = 0  # and in the process itself
     processes: int = 0
 
     def __sub__(self, other: Usage) -> Usage:
@@ -76,6 +91,8 @@ class Usage:
             self.voluntary - other.voluntary,
             self.involuntary - other.involuntary,
             self.rw_syscalls - other.rw_syscalls,
+            self.system_ticks - other.system_ticks,
+            self.user_ticks - other.user_ticks,
             self.processes,
         )
 
@@ -85,6 +102,8 @@ class Usage:
             self.voluntary + other.voluntary,
             self.involuntary + other.involuntary,
             self.rw_syscalls + other.rw_syscalls,
+            self.system_ticks + other.system_ticks,
+            self.user_ticks + other.user_ticks,
             self.processes + other.processes,
         )
 
@@ -107,7 +126,9 @@ def _one(pid: int) -> Usage:
         for line in io:
             if line.startswith(("syscr:", "syscw:")):
                 syscalls += int(line.split()[1])
-    return Usage(cpu, voluntary, involuntary, syscalls, 1)
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return Usage(cpu, voluntary, involuntary, syscalls, int(fields[12]), int(fields[11]), 1)
 
 
 def usage(pids: Iterable[int]) -> Usage:

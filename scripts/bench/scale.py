@@ -93,7 +93,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LEDGER = Path(__file__).resolve().parent / "fixtures" / "upgrade" / "ledger.py"
 VERSION = "1.0.0"
 POLL_S = 0.01
-START_S = 600.0  # a deadline for the drivers to be RUNNING (a first env build included)
+START_S = 120.0  # a deadline for the drivers to be RUNNING
+BUILD_S = 600.0  # the same when the shared env is built first (it may download)
 STOP_S = 60.0
 SETTLE_S = 3.0  # after the spares are up, before the idle window: the start's tail
 CONNECTIONS = 4
@@ -159,10 +160,20 @@ async def drivebayd(root: Path, envs_dir: Path, extra: dict[str, Any]) -> AsyncI
     daemon = upgrade.Daemon(root, process)
     try:
         daemon.admin = await daemon.connect()
+        # The drivers dir's watch is armed in a thread after the first scan: a
+        # bundle moved in before that is not seen. Drop only once it watches.
+        await upgrade.settle(watching(process.pid), 30, "drivebayd: the drivers dir watched")
         yield daemon
     finally:
         await daemon.admin.close()
         await stop(process)
+
+
+def watching(pid: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return _scale_proc.inotify_watches(pid) > 0
+
+    return check
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:
@@ -214,7 +225,9 @@ class Start:
     status_ms: list[float]  # each status answered until every driver was RUNNING
 
 
-async def start_all(daemon: Any, names: list[str], spares: bool) -> Start:
+async def start_all(
+    daemon: Any, names: list[str], spares: bool, deadline: float = START_S
+) -> Start:
     """Drop one bundle per name; status in a loop until all are RUNNING."""
     staging, drivers = daemon.root / "staging", daemon.root / "drivers"
     bundles = [write_bundle(staging, name) for name in names]
@@ -234,7 +247,7 @@ async def start_all(daemon: Any, names: list[str], spares: bool) -> Start:
         rows = await status()
         return len(rows) == len(names) and all(row["state"] == "RUNNING" for row in rows)
 
-    await upgrade.settle(running, START_S, f"drivebayd: {len(names)} drivers RUNNING")
+    await upgrade.settle(running, deadline, f"drivebayd: {len(names)} drivers RUNNING")
     running_s = time.perf_counter() - dropped
     status_ms = list(latencies)
     if not spares:
@@ -509,8 +522,9 @@ class Figures:
     p50_ms: float
     p99_ms: float
     calls: int
-    per_call: dict[str, dict[str, float]]  # role -> {cpu_us, voluntary, involuntary, rw_syscalls}
+    per_call: dict[str, dict[str, float]]  # role -> {cpu_us, voluntary, ...}
     per_window: list[float]
+    cpus_busy: float  # CPU time of every role over the windows' time: CPUs kept busy
 
 
 def summarise(samples: list[Sample]) -> Figures:
@@ -519,12 +533,16 @@ def summarise(samples: list[Sample]) -> Figures:
     per_call = {}
     for role in samples[0].used:
         used = sum((s.used[role] for s in samples), Usage())
+        ticks = used.system_ticks + used.user_ticks
         per_call[role] = {
             "cpu_us": used.cpu_ns / 1e3 / calls,
             "voluntary": used.voluntary / calls,
             "involuntary": used.involuntary / calls,
             "rw_syscalls": used.rw_syscalls / calls,
+            "system_share": used.system_ticks / ticks if ticks else 0.0,
         }
+    seconds = sum(s.seconds for s in samples)
+    busy = sum(sum(s.used[role].cpu_ns for role in s.used) for s in samples) / 1e9 / seconds
     return Figures(
         calls_per_s=statistics.median(s.calls / s.seconds for s in samples),
         p50_ms=_common.percentile(latencies, 50) * 1e3,
@@ -532,6 +550,7 @@ def summarise(samples: list[Sample]) -> Figures:
         calls=calls,
         per_call=per_call,
         per_window=[s.calls / s.seconds for s in samples],
+        cpus_busy=busy,
     )
 
 
@@ -596,6 +615,10 @@ async def stop_all(daemon: Any, names: list[str]) -> float:
     failed = [o for o in outcomes if not o["ok"]]
     if failed or len(outcomes) != len(names):
         raise RuntimeError(f"stop all: {len(outcomes)} outcomes, failed: {failed[:1]}")
+    rows = await daemon.admin.request("status")
+    running = [row["name"] for row in rows if row["state"] != "STOPPED" or row["pid"]]
+    if running:
+        raise RuntimeError(f"stop all returned with {running[:3]} not STOPPED")
     return took
 
 
@@ -650,7 +673,7 @@ def settings(spares: bool, spawn: str | None = None) -> dict[str, Any]:
 async def prime(root: Path, envs_dir: Path) -> None:
     """One driver RUNNING, so the drivers' shared env exists before anything is timed."""
     async with drivebayd(root, envs_dir, settings(False)) as daemon:
-        await start_all(daemon, ["d-000"], spares=False)
+        await start_all(daemon, ["d-000"], spares=False, deadline=BUILD_S)
 
 
 async def with_spares(root: Path, envs_dir: Path, plan: Plan, names: list[str]) -> tuple[Any, ...]:
@@ -752,6 +775,9 @@ def as_json(r: Results, plan: Plan) -> dict[str, Any]:
         }
         for label, f in r.calls.figures.items()
     }
+    result["cpus_busy_pct"] = {
+        label: round(f.cpus_busy * 100, 1) for label, f in r.calls.figures.items()
+    }
     result["per_window_calls_per_s"] = {
         label: [round(rate) for rate in f.per_window] for label, f in r.calls.figures.items()
     }
@@ -819,7 +845,7 @@ def report(r: Results, plan: Plan) -> str:
         [
             _main_table(r, plan),
             _calls_table(r, plan),
-            _syscalls_table(r.calls.syscalls),
+            _per_call_table(r),
             _common.format_table(
                 ["target", "goal", "value", ""],
                 [
@@ -876,52 +902,58 @@ def _main_table(r: Results, plan: Plan) -> str:
 
 
 def _calls_table(r: Results, plan: Plan) -> str:
-    num = _common.number
+    num, figures = _common.number, r.calls.figures
     rows = []
-    figures = r.calls.figures
     for label, f in figures.items():
         base = figures[label.replace(f"{plan.drivers} drivers", f"{FEW} drivers")]
-        cells = [
-            label,
-            num(f.calls_per_s),
-            num(f.p50_ms),
-            num(f.p99_ms),
-            f"{f.calls_per_s / base.calls_per_s:.2f}",
-        ]
-        for role in ("here", "hub", "workers"):
-            c = f.per_call[role]
-            counts = [num(c[key], 2) for key in ("voluntary", "involuntary", "rw_syscalls")]
-            cells.append(" / ".join([num(c["cpu_us"]), *counts]))
-        rows.append(cells)
+        ratio = f"{f.calls_per_s / base.calls_per_s:.2f}"
+        busy = f"{f.cpus_busy * 100:.0f}"
+        rows.append([label, num(f.calls_per_s), num(f.p50_ms), num(f.p99_ms), ratio, busy])
     headers = [
         f"{CALLERS} callers, {RESOURCES} resources (median of {plan.rounds})",
         "calls/s",
         "p50 ms",
         "p99 ms",
         f"/ {FEW} drivers",
-        "per call: here (CPU µs / vol cs / invol cs / r+w syscalls)",
-        "daemon or relay",
-        "drivers or echoes",
+        "CPU used, % of one",
     ]
     return _common.format_table(headers, rows)
 
 
-def _syscalls_table(found: dict[str, dict[str, float]] | str) -> str:
-    if isinstance(found, str):
-        return f"syscalls per call (perf stat): {found}"
-    rows = [
-        [label, *(_common.number(roles[role]) for role in ("here", "hub", "workers"))]
-        for label, roles in found.items()
+ROLE_LABELS = {"here": "this process", "hub": "drivebayd / relay", "workers": "drivers / echoes"}
+
+
+def _per_call_table(r: Results) -> str:
+    num, syscalls = _common.number, r.calls.syscalls
+    rows = []
+    for label, f in r.calls.figures.items():
+        for role, name in ROLE_LABELS.items():
+            c = f.per_call[role]
+            traced = "-" if isinstance(syscalls, str) else num(syscalls[label][role])
+            rows.append(
+                [
+                    f"{label}: {name}",
+                    num(c["cpu_us"]),
+                    f"{c['system_share'] * 100:.0f}",
+                    num(c["voluntary"], 2),
+                    num(c["involuntary"], 2),
+                    num(c["rw_syscalls"], 2),
+                    traced,
+                ]
+            )
+    headers = [
+        "per call",
+        "CPU µs",
+        "% in kernel",
+        "sleeps (vol. cs)",
+        "preempted",
+        "r+w syscalls",
+        "syscalls (perf)",
     ]
-    return _common.format_table(
-        [
-            "syscalls per call (perf stat, one window)",
-            "here",
-            "daemon or relay",
-            "drivers or echoes",
-        ],
-        rows,
-    )
+    table = _common.format_table(headers, rows)
+    if isinstance(syscalls, str):
+        table += f"\nsyscalls (perf): {syscalls}"
+    return table
 
 
 def commit() -> str:
