@@ -148,20 +148,33 @@ def perf_path() -> str | None:
     return shutil.which("perf")
 
 
+ALL_SYSCALLS = "raw_syscalls:sys_enter"
+# The syscalls an event loop's I/O makes, counted by name (a tracepoint each; all
+# of them, syscalls:sys_enter_*, take perf seconds per thread to set up).
+NAMED = [
+    *("epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom", "recvmsg", "write"),
+    *("writev", "sendto", "sendmsg", "futex", "getpid", "ioctl"),
+]
+EACH_SYSCALL = ",".join([*(f"syscalls:sys_enter_{name}" for name in NAMED), ALL_SYSCALLS])
+
+
 @contextlib.asynccontextmanager
-async def syscall_counter(pids: list[int]) -> AsyncIterator[dict[str, int]]:
-    """Count the syscalls ``pids`` make with ``perf stat`` (the tracepoint
-    raw_syscalls:sys_enter), from perf's start in this block (it attaches
-    within milliseconds) to its SIGINT at the end; the dict gets ``syscalls``
-    after the block. perf is always stopped and reaped. RuntimeError if perf
-    cannot count."""
+async def syscall_counter(
+    pids: list[int], events: str = ALL_SYSCALLS
+) -> AsyncIterator[dict[str, int]]:
+    """Count the syscalls ``pids`` make with ``perf stat`` (``events``:
+    ALL_SYSCALLS gives ``{"syscalls": n}``, EACH_SYSCALL the count of each
+    of NAMED and of the ``other`` syscalls), from perf's start in this block (it attaches
+    within milliseconds) to its SIGINT at the end; the dict is filled after
+    the block. perf is always stopped and reaped. RuntimeError if perf cannot
+    count."""
     perf = perf_path()
     if perf is None:
         raise RuntimeError("perf not found")
     result: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="drivebay-scale-perf-") as tmp:
         out = Path(tmp) / "perf.csv"
-        argv = [perf, "stat", "-x", ",", "-o", str(out), "-e", "raw_syscalls:sys_enter"]
+        argv = [perf, "stat", "-x", ",", "-o", str(out), "-e", events]
         argv += ["-p", ",".join(map(str, pids))]
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
@@ -178,11 +191,23 @@ async def syscall_counter(pids: list[int]) -> AsyncIterator[dict[str, int]]:
                     process.kill()
                 await asyncio.shield(process.wait())
                 raise
-        for line in out.read_text().splitlines():
-            fields = line.split(",")
-            if len(fields) > 2 and fields[2] == "raw_syscalls:sys_enter":
-                if not fields[0].strip().isdigit():
-                    raise RuntimeError(f"perf could not count syscalls: {line}")
-                result["syscalls"] = int(fields[0])
-    if "syscalls" not in result:
-        raise RuntimeError("perf printed no syscall count")
+        result.update(_perf_counts(out.read_text(), events))
+    if not result:
+        raise RuntimeError(f"perf printed no count of {events}")
+
+
+def _perf_counts(text: str, events: str) -> dict[str, int]:
+    counts = {}
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) < 3 or not fields[2].startswith(("raw_syscalls:", "syscalls:")):
+            continue
+        if not fields[0].strip().isdigit():
+            raise RuntimeError(f"perf could not count syscalls: {line}")
+        if fields[2] == ALL_SYSCALLS:
+            counts["syscalls"] = int(fields[0])
+        else:
+            counts[fields[2].removeprefix("syscalls:sys_enter_")] = int(fields[0])
+    if events != ALL_SYSCALLS and "syscalls" in counts:
+        counts["other"] = counts.pop("syscalls") - sum(counts.values())
+    return counts

@@ -431,11 +431,16 @@ async def traced(target: Target, plan: Plan) -> dict[str, float]:
                 role: await stack.enter_async_context(_scale_proc.syscall_counter(pids))
                 for role, pids in roles.items()
             }
+            each = _scale_proc.syscall_counter(roles["hub"], _scale_proc.EACH_SYSCALL)
+            by_name = await stack.enter_async_context(each)
             first = load.done
             await asyncio.sleep(plan.window_s)
         calls = load.done - first  # perf stopped: its count covers no more than these
         load.stop.set()
-    return {role: count["syscalls"] / calls for role, count in counts.items()}
+    found = {role: count["syscalls"] / calls for role, count in counts.items()}
+    named = sorted(by_name.items(), key=lambda item: -item[1])
+    found.update({f"hub {name}": count / calls for name, count in named if count})
+    return found
 
 
 def placement(names: list[str]) -> dict[str, dict[str, str]]:
@@ -936,6 +941,7 @@ def _per_call_table(r: Results) -> str:
                     num(c["cpu_us"]),
                     f"{c['system_share'] * 100:.0f}",
                     num(c["voluntary"], 2),
+                    num(c["cpu_us"] / c["voluntary"]) if c["voluntary"] else "-",
                     num(c["involuntary"], 2),
                     num(c["rw_syscalls"], 2),
                     traced,
@@ -946,14 +952,19 @@ def _per_call_table(r: Results) -> str:
         "CPU µs",
         "% in kernel",
         "sleeps (vol. cs)",
+        "CPU µs per sleep",
         "preempted",
         "r+w syscalls",
         "syscalls (perf)",
     ]
     table = _common.format_table(headers, rows)
     if isinstance(syscalls, str):
-        table += f"\nsyscalls (perf): {syscalls}"
-    return table
+        return f"{table}\nsyscalls (perf): {syscalls}"
+    lines = [table, "", "syscalls per call of drivebayd / the relay, by name (perf):"]
+    for label, found in syscalls.items():
+        named = [(k.removeprefix("hub "), v) for k, v in found.items() if k.startswith("hub ")]
+        lines.append(f"  {label}: " + ", ".join(f"{k} {num(v, 2)}" for k, v in named))
+    return "\n".join(lines)
 
 
 def commit() -> str:
