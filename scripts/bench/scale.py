@@ -28,19 +28,22 @@ at once), each started with an empty drivers dir; this process is on uvloop.
        of it every 10 ms until a new process is RUNNING; one driver after
        another (20; 5 with ``--quick``), each once the previous one has its
        spare back.
-   (e) calls: 200 callers over 400 resources of the ledger, each caller
-       looping on ``record`` over its 2 resources, over 4 connections
-       (``AsyncClient``, each resource always on the same one): 4 drivers x
-       100 resources against 100 drivers x 4 (20 x 20 with ``--quick``),
-       both in this daemon, beside the floor (``_scale_floor.py``: the same
-       load through a relay process to 4 and to 100 echo processes, no
-       drivebay), in rounds with the order rotating; calls/s is the median
-       of the windows, latencies are pooled. Per call, from ``/proc``: CPU
-       µs, context switches (voluntary: the process slept and had to be
-       woken; involuntary: preempted) and read/write syscalls of this
-       process, of the daemon (the relay) and of every driver process (echo
-       process). Then one window of each with ``perf stat`` counting every
-       syscall of each of them (when ``perf`` is there).
+   (e) calls (``_scale_calls.py``): 200 callers over 400 resources of the
+       ledger, each caller looping on ``record`` over its 2 resources, over
+       4 connections (``AsyncClient``, each resource always on the same
+       one): 4 drivers x 100 resources against 100 drivers x 4 (20 x 20 with
+       ``--quick``), both in this daemon, beside the floor
+       (``_scale_floor.py``: the same load through a relay process to 4 and
+       to 100 echo processes, no drivebay), in rounds with the order
+       rotating; calls/s is the median of the windows, latencies are
+       pooled, CPU used is the CPU time of all of them over the windows.
+       Per call, from ``/proc``: CPU µs (and the Linux kernel's share),
+       context switches (voluntary: the process slept and had to be woken;
+       involuntary: preempted) and read/write syscalls of this process, of
+       the daemon (the relay) and of every process below it (the echo
+       processes). Then one window of each with ``perf stat`` counting the
+       syscalls of each, and those of the daemon (relay) by name, when
+       ``perf`` is there.
    (f) ``stop all``: the time the request takes (it returns once every
        driver is STOPPED).
 2. drivebayd, ``restart: {spare: false}``: (a) again, then 10,000 resources
@@ -66,8 +69,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
-import itertools
 import os
 import signal
 import statistics
@@ -81,10 +82,11 @@ from pathlib import Path
 from typing import Any
 
 import _common
-import _scale_floor
+import _scale_calls
 import _scale_proc
 import supervise
 import upgrade
+from _scale_calls import CALLERS, CONNECTIONS, FEW, RESOURCES
 from _scale_proc import Usage
 
 from drivebay.client import AsyncClient
@@ -97,11 +99,6 @@ START_S = 120.0  # a deadline for the drivers to be RUNNING
 BUILD_S = 600.0  # the same when the shared env is built first (it may download)
 STOP_S = 60.0
 SETTLE_S = 3.0  # after the spares are up, before the idle window: the start's tail
-CONNECTIONS = 4
-CALLERS = 200
-RESOURCES = 400
-FEW = 4  # drivers of the concentrated load
-ADD_IN_FLIGHT = 200
 CHECKED = 10  # resources called after the many are added
 BROKEN = ("FAILED", "FATAL", "INVALID", "BLOCKED")
 NO_SPAWN = "not available: no spawn setting"
@@ -341,275 +338,6 @@ async def restarts(daemon: Any, names: list[str], kills: int) -> list[float]:
     return samples
 
 
-# -- (e) calls ---------------------------------------------------------------------------------
-
-CallOne = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-@dataclass
-class Target:
-    """A load's calls (one per resource) and the processes doing the work, by role."""
-
-    label: str
-    calls: list[CallOne]
-    roles: Callable[[], dict[str, list[int]]]
-
-
-@dataclass(frozen=True)
-class Sample:
-    calls: int
-    seconds: float
-    latencies: list[float]  # seconds
-    used: dict[str, Usage]  # by role
-
-
-class Load:
-    """CALLERS callers, caller c looping over calls c, c + CALLERS, ..."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.starts: list[float] = []
-        self.latencies: list[float] = []
-        self.done = 0
-        self.stop = asyncio.Event()
-        self._ops = itertools.count()
-
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for caller in range(CALLERS):
-                group.create_task(self._caller(self.target.calls[caller::CALLERS]))
-
-    async def _caller(self, calls: list[CallOne]) -> None:
-        clock, ops = time.perf_counter, self._ops
-        for seq, call in enumerate(itertools.cycle(calls), 1):
-            if self.stop.is_set():
-                return
-            start = clock()
-            await call({"op_id": next(ops), "seq": seq})
-            self.starts.append(start)
-            self.latencies.append(clock() - start)
-            self.done += 1
-
-    def sample(self, start: float, end: float, used: dict[str, Usage]) -> Sample:
-        latencies = [
-            latency
-            for began, latency in zip(self.starts, self.latencies, strict=True)
-            if start <= began < end
-        ]
-        if not latencies:
-            raise RuntimeError(f"{self.target.label}: no call started in the window")
-        return Sample(len(latencies), end - start, latencies, used)
-
-
-def role_usage(roles: dict[str, list[int]]) -> dict[str, Usage]:
-    return {role: _scale_proc.usage(pids) for role, pids in roles.items()}
-
-
-async def measure(target: Target, plan: Plan) -> Sample:
-    """Warm up, then one window; the load ends with it."""
-    load = Load(target)
-    roles = target.roles()
-    async with asyncio.TaskGroup() as group:
-        group.create_task(load.run())
-        await asyncio.sleep(plan.warmup_s)
-        before, start = role_usage(roles), time.perf_counter()
-        await asyncio.sleep(plan.window_s)
-        end, after = time.perf_counter(), role_usage(roles)
-        load.stop.set()
-    return load.sample(start, end, {role: after[role] - before[role] for role in roles})
-
-
-async def traced(target: Target, plan: Plan) -> dict[str, float]:
-    """Syscalls per call of each role, counted by perf over one window."""
-    load = Load(target)
-    roles = target.roles()
-    async with asyncio.TaskGroup() as group:
-        group.create_task(load.run())
-        await asyncio.sleep(plan.warmup_s)
-        async with contextlib.AsyncExitStack() as stack:
-            counts = {
-                role: await stack.enter_async_context(_scale_proc.syscall_counter(pids))
-                for role, pids in roles.items()
-            }
-            each = _scale_proc.syscall_counter(roles["hub"], _scale_proc.EACH_SYSCALL)
-            by_name = await stack.enter_async_context(each)
-            first = load.done
-            await asyncio.sleep(plan.window_s)
-        calls = load.done - first  # perf stopped: its count covers no more than these
-        load.stop.set()
-    found = {role: count["syscalls"] / calls for role, count in counts.items()}
-    named = sorted(by_name.items(), key=lambda item: -item[1])
-    found.update({f"hub {name}": count / calls for name, count in named if count})
-    return found
-
-
-def placement(names: list[str]) -> dict[str, dict[str, str]]:
-    """The load's resources and their drivers: 4 drivers x 100 resources, and
-    every driver with an equal share."""
-    few = {f"a{n:03d}": names[n * FEW // RESOURCES] for n in range(RESOURCES)}
-    many = {f"b{n:03d}": names[n * len(names) // RESOURCES] for n in range(RESOURCES)}
-    return {f"{FEW} drivers": few, f"{len(names)} drivers": many}
-
-
-async def add_resources(clients: list[AsyncClient], placed: dict[str, str]) -> None:
-    """``resource-add`` each resource on its driver, ADD_IN_FLIGHT at a time."""
-    slots = asyncio.Semaphore(ADD_IN_FLIGHT)
-
-    async def add(client: AsyncClient, resource: str, driver: str) -> None:
-        async with slots:
-            await client.request("resource-add", id=resource, driver=driver, assignments=[])
-
-    async with asyncio.TaskGroup() as group:
-        for n, (resource, driver) in enumerate(placed.items()):
-            group.create_task(add(clients[n % len(clients)], resource, driver))
-
-
-def _daemon_call(client: AsyncClient, resource: str, args: dict[str, Any]) -> Awaitable[Any]:
-    return client.call(resource, "record", args)
-
-
-async def drivebay_targets(
-    daemon: Any, clients: list[AsyncClient], names: list[str]
-) -> list[Target]:
-    targets = []
-    for label, placed in placement(names).items():
-        await add_resources(clients, placed)
-        calls: list[CallOne] = [
-            functools.partial(_daemon_call, clients[n % len(clients)], resource)
-            for n, resource in enumerate(placed)
-        ]
-        await asyncio.gather(*(call({"op_id": -1, "seq": 0}) for call in calls))  # attached
-
-        def roles(pid: int = daemon.pid) -> dict[str, list[int]]:
-            return {"here": [os.getpid()], "hub": [pid], "workers": _scale_proc.descendants(pid)}
-
-        targets.append(Target(f"drivebayd, {label}", calls, roles))
-    return targets
-
-
-def _floor_call(
-    client: _scale_floor.Client, connection: int, resource: str, args: dict[str, Any]
-) -> Awaitable[Any]:
-    return client.call(connection, resource, args)
-
-
-def floor_targets(
-    client: _scale_floor.Client, names: list[str], relay: int, echoes: list[int]
-) -> list[Target]:
-    def roles() -> dict[str, list[int]]:
-        return {"here": [os.getpid()], "hub": [relay], "workers": echoes}
-
-    return [
-        Target(
-            f"floor, {label}",
-            [
-                functools.partial(_floor_call, client, n % CONNECTIONS, resource)
-                for n, resource in enumerate(placed)
-            ],
-            roles,
-        )
-        for label, placed in placement(names).items()
-    ]
-
-
-def floor_table(names: list[str]) -> dict[str, int]:
-    index = {name: n for n, name in enumerate(names)}
-    return {
-        resource: index[driver]
-        for placed in placement(names).values()
-        for resource, driver in placed.items()
-    }
-
-
-@dataclass(frozen=True)
-class Figures:
-    calls_per_s: float  # median of the windows
-    p50_ms: float
-    p99_ms: float
-    calls: int
-    per_call: dict[str, dict[str, float]]  # role -> {cpu_us, voluntary, ...}
-    per_window: list[float]
-    cpus_busy: float  # CPU time of every role over the windows' time: CPUs kept busy
-
-
-def summarise(samples: list[Sample]) -> Figures:
-    latencies = sorted(itertools.chain.from_iterable(s.latencies for s in samples))
-    calls = sum(s.calls for s in samples)
-    per_call = {}
-    for role in samples[0].used:
-        used = sum((s.used[role] for s in samples), Usage())
-        ticks = used.system_ticks + used.user_ticks
-        per_call[role] = {
-            "cpu_us": used.cpu_ns / 1e3 / calls,
-            "voluntary": used.voluntary / calls,
-            "involuntary": used.involuntary / calls,
-            "rw_syscalls": used.rw_syscalls / calls,
-            "system_share": used.system_ticks / ticks if ticks else 0.0,
-        }
-    seconds = sum(s.seconds for s in samples)
-    busy = sum(sum(s.used[role].cpu_ns for role in s.used) for s in samples) / 1e9 / seconds
-    return Figures(
-        calls_per_s=statistics.median(s.calls / s.seconds for s in samples),
-        p50_ms=_common.percentile(latencies, 50) * 1e3,
-        p99_ms=_common.percentile(latencies, 99) * 1e3,
-        calls=calls,
-        per_call=per_call,
-        per_window=[s.calls / s.seconds for s in samples],
-        cpus_busy=busy,
-    )
-
-
-async def call_rounds(targets: list[Target], plan: Plan) -> dict[str, Figures]:
-    samples: dict[str, list[Sample]] = {target.label: [] for target in targets}
-    for number in range(plan.rounds):
-        _common.progress(f"scale: calls, round {number + 1}/{plan.rounds} ...")
-        shift = number % len(targets)
-        for target in targets[shift:] + targets[:shift]:
-            samples[target.label].append(await measure(target, plan))
-    return {label: summarise(found) for label, found in samples.items()}
-
-
-async def syscall_rounds(targets: list[Target], plan: Plan) -> dict[str, dict[str, float]] | str:
-    """Syscalls per call by target and role, or why they could not be counted."""
-    if _scale_proc.perf_path() is None:
-        return "not available: perf not found"
-    found = {}
-    failed: list[Exception] = []
-    for target in targets:
-        _common.progress(f"scale: syscalls, {target.label} ...")
-        try:
-            found[target.label] = await traced(target, plan)
-        except* RuntimeError as group:
-            failed += group.exceptions
-        if failed:
-            return f"not available: {failed[0]}"
-    return found
-
-
-@dataclass(frozen=True)
-class Calls:
-    figures: dict[str, Figures]
-    syscalls: dict[str, dict[str, float]] | str
-
-
-async def calls(daemon: Any, names: list[str], plan: Plan, workdir: Path) -> Calls:
-    async with upgrade.connections(daemon, CONNECTIONS) as clients:
-        targets = await drivebay_targets(daemon, clients, names)
-        async with contextlib.AsyncExitStack() as stack:
-            if plan.floor:
-                _common.progress(f"scale: the floor: a relay and {len(names)} echo processes ...")
-                ours, relay, echoes = stack.enter_context(
-                    _scale_floor.floor(floor_table(names), len(names), CONNECTIONS, workdir)
-                )
-                client = _scale_floor.Client(CONNECTIONS)
-                stack.callback(client.close)
-                await client.open(ours)
-                targets += floor_targets(client, names, relay, echoes)
-            figures = await call_rounds(targets, plan)
-            syscalls = await syscall_rounds(targets, plan)
-    return Calls(figures, syscalls)
-
-
 # -- (f) stop all, 2. many resources ----------------------------------------------------------
 
 
@@ -641,7 +369,7 @@ async def many_resources(daemon: Any, names: list[str], count: int) -> Many:
     async with upgrade.connections(daemon, CONNECTIONS) as clients:
         before = _scale_proc.rss_kib(daemon.pid)
         began = time.perf_counter()
-        await add_resources(clients, placed)
+        await _scale_calls.add_resources(clients, placed)
         add_s = time.perf_counter() - began
         after = _scale_proc.rss_kib(daemon.pid)
         checked = 0
@@ -660,7 +388,7 @@ class Results:
     memory: Memory
     idle: Idle
     restarts_ms: list[float]
-    calls: Calls
+    calls: _scale_calls.Calls
     stop_all_s: float
     start_nospare: Start
     many: Many
@@ -692,7 +420,7 @@ async def with_spares(root: Path, envs_dir: Path, plan: Plan, names: list[str]) 
         quiet = await idle(daemon.pid, plan.idle_s)
         _common.progress(f"scale: {plan.kills} kills ...")
         killed = await restarts(daemon, names, plan.kills)
-        made = await calls(daemon, names, plan, root)
+        made = await _scale_calls.calls(daemon, names, plan, root)
         _common.progress("scale: stop all ...")
         stopped = await stop_all(daemon, names)
     return start, found, quiet, killed, made, stopped
