@@ -185,11 +185,13 @@ async def syscall_counter(
             if process.returncode is None:
                 process.send_signal(signal.SIGINT)
             try:
-                await asyncio.wait_for(process.wait(), PERF_STOP_S)
-            except BaseException:
+                await asyncio.wait_for(asyncio.shield(process.wait()), PERF_STOP_S)
+            except BaseException as exc:
                 if process.returncode is None:
                     process.kill()
                 await asyncio.shield(process.wait())
+                if isinstance(exc, TimeoutError):
+                    raise RuntimeError(f"perf did not stop within {PERF_STOP_S:g} s") from exc
                 raise
         result.update(_perf_counts(out.read_text(), events))
     if not result:
