@@ -494,6 +494,11 @@ def as_json(r: Results, plan: Plan) -> dict[str, Any]:
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
     result["pss_per_driver_by_spawn_mode_mib"] = {k: round(v, 2) for k, v in pss.items()}
     result["spawn_setting"] = r.spawn[0] if r.spawn else NO_SPAWN
+    if r.spawn is not None and r.other_mode is not None:
+        result["start_100_by_spawn_mode_s"] = {
+            r.spawn[0]: round(r.start.running_s, 3),
+            r.spawn[1]: round(r.other_mode[0].running_s, 3),
+        }
     if floor:
         result["floor"] = {
             "calls_per_s_4": round(floor[few].calls_per_s),
