@@ -220,6 +220,15 @@ class Start:
     running_s: float  # drop -> every driver RUNNING
     spares_s: float | None  # drop -> every driver with its spare (None: spares off)
     status_ms: list[float]  # each status answered until every driver was RUNNING
+    status_at_s: list[float]  # when each was sent, from the drop
+
+    def slow(self, over_ms: float = 50.0) -> list[list[float]]:
+        """[sent at s, took ms] of each status slower than ``over_ms``."""
+        return [
+            [round(at, 2), round(took, 1)]
+            for at, took in zip(self.status_at_s, self.status_ms, strict=True)
+            if took > over_ms
+        ]
 
 
 async def start_all(
@@ -230,6 +239,7 @@ async def start_all(
     bundles = [write_bundle(staging, name) for name in names]
     client: AsyncClient = daemon.admin
     latencies: list[float] = []
+    sent_at: list[float] = []
     dropped = time.perf_counter()
     for bundle in bundles:
         os.rename(bundle, drivers / bundle.name)
@@ -238,6 +248,7 @@ async def start_all(
         began = time.perf_counter()
         rows: list[dict[str, Any]] = await client.request("status")
         latencies.append((time.perf_counter() - began) * 1e3)
+        sent_at.append(began - dropped)
         return checked_rows(rows)
 
     async def running() -> bool:
@@ -246,15 +257,15 @@ async def start_all(
 
     await upgrade.settle(running, deadline, f"drivebayd: {len(names)} drivers RUNNING")
     running_s = time.perf_counter() - dropped
-    status_ms = list(latencies)
+    status_ms, status_at_s = list(latencies), list(sent_at)
     if not spares:
-        return Start(running_s, None, status_ms)
+        return Start(running_s, None, status_ms, status_at_s)
 
     async def spared() -> bool:
         return all(row["spare_pid"] for row in checked_rows(await client.request("status")))
 
     await upgrade.settle(spared, START_S, f"drivebayd: {len(names)} spares")
-    return Start(running_s, time.perf_counter() - dropped, status_ms)
+    return Start(running_s, time.perf_counter() - dropped, status_ms, status_at_s)
 
 
 # -- (b) memory, (c) idle CPU -----------------------------------------------------------------
@@ -482,6 +493,8 @@ def as_json(r: Results, plan: Plan) -> dict[str, Any]:
         "status_while_starting_ms_p50": statistics.median(r.start.status_ms),
         "status_while_starting_ms_max": max(r.start.status_ms),
         "status_while_starting_requests": len(r.start.status_ms),
+        "status_while_starting_slow": r.start.slow(),  # [sent at s, took ms] over 50 ms
+        "status_while_starting_nospare_ms": p99(r.start_nospare.status_ms),
         "stop_all_s": r.stop_all_s,
         "calls_per_s_4_drivers": db[few].calls_per_s,
         "calls_per_s_100_drivers": db[spread].calls_per_s,
