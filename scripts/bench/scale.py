@@ -43,7 +43,8 @@ at once), each started with an empty drivers dir; this process is on uvloop.
        the daemon (the relay) and of every process below it (the echo
        processes). Then one window of each with ``perf stat`` counting the
        syscalls of each, and those of the daemon (relay) by name, when
-       ``perf`` is there.
+       ``perf`` is there. (``scale_profile.py`` profiles the kernel's own
+       Python code under the same two loads.)
    (f) ``stop all``: the time the request takes (it returns once every
        driver is STOPPED).
 2. drivebayd, ``restart: {spare: false}``: (a) again, then 10,000 resources
