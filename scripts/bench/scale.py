@@ -279,6 +279,7 @@ class Memory:
     total_kib: int  # every process below the daemon
     spares_kib: int  # the spares' processes among them
     daemon_kib: int
+    by_depth_kib: dict[int, int]  # 1: the daemon's children (keepers), 2: theirs (inits), ...
 
     @property
     def per_driver_mib(self) -> float:
@@ -292,12 +293,20 @@ def memory(daemon_pid: int, rows: list[dict[str, Any]]) -> Memory:
     for row in rows:
         if row["spare_pid"]:
             spares += [row["spare_pid"], *_scale_proc.descendants(row["spare_pid"])]
+    pss = {pid: _scale_proc.pss_kib(pid) for pid in below}
+    by_depth: dict[int, int] = {}
+    level, depth = _scale_proc.children(daemon_pid), 1
+    while level:
+        by_depth[depth] = sum(pss.get(pid, 0) for pid in level)
+        level = [child for pid in level for child in _scale_proc.children(pid)]
+        depth += 1
     return Memory(
         versions=len(rows),
         processes=len(below),
-        total_kib=sum(map(_scale_proc.pss_kib, below)),
-        spares_kib=sum(map(_scale_proc.pss_kib, set(spares) & set(below))),
+        total_kib=sum(pss.values()),
+        spares_kib=sum(pss.get(pid, 0) for pid in set(spares)),
         daemon_kib=_scale_proc.pss_kib(daemon_pid),
+        by_depth_kib=by_depth,
     )
 
 
@@ -507,6 +516,9 @@ def as_json(r: Results, plan: Plan) -> dict[str, Any]:
     }
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
     result["pss_per_driver_by_spawn_mode_mib"] = {k: round(v, 2) for k, v in pss.items()}
+    result["pss_by_depth_mib"] = {
+        str(depth): round(kib / 1024, 1) for depth, kib in r.memory.by_depth_kib.items()
+    }
     result["spawn_setting"] = r.spawn[0] if r.spawn else NO_SPAWN
     if r.spawn is not None and r.other_mode is not None:
         result["start_100_by_spawn_mode_s"] = {
@@ -629,6 +641,10 @@ def _main_table(r: Results, plan: Plan) -> str:
         [
             f"PSS below the daemon, MiB ({m.processes} processes), of it spares",
             f"{num(m.total_kib / 1024)}, {num(m.spares_kib / 1024)}",
+        ],
+        [
+            "PSS below the daemon by depth (keepers / inits / runtimes), MiB",
+            " / ".join(num(kib / 1024) for kib in m.by_depth_kib.values()),
         ],
         ["PSS of the daemon, MiB", num(m.daemon_kib / 1024)],
         [
