@@ -8,10 +8,12 @@ dir points to (``ln -s / drivers/oops`` means the whole file system). The
 watch runs in a worker thread: starting it (one inotify watch per folder)
 and waiting for changes block, and neither may happen on the event loop.
 
-It starts over, and the registry looks at every entry again (what changed
-in between is not missed), when the set of folders changed, or when the
-drivers dir was removed and made again (``rm -rf drivers; mkdir drivers``):
-both are seen within WATCH_CHECK_S.
+Each watch, once armed (its first batch, at the latest after WATCH_CHECK_S),
+has the registry look at every entry again: a bundle moved in between the
+look before the watch and its arming is not missed. The watch starts over,
+and the registry looks at every entry again, when the set of folders
+changed, or when the drivers dir was removed and made again
+(``rm -rf drivers; mkdir drivers``): both are seen within WATCH_CHECK_S.
 """
 
 from __future__ import annotations
@@ -87,8 +89,16 @@ async def _watch_once(
         yield_on_timeout=True,
     )
     root = _absolute(path)  # as the deletion event names it
+    armed = False
     try:
         while (batch := await _next(changes, stopping)) is not None:
+            if not armed:
+                # The watch is armed by now (its first batch came from it):
+                # what arrived between the look before it and its arming is
+                # seen by looking at every entry once more.
+                armed = True
+                registry.touch_all()
+                kick()
             if batch:
                 registry.touched(changed for _, changed in batch)
                 kick()
