@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import _common
+
 from drivebay.client import AsyncClient
 
 BIN = Path(sys.executable).parent
@@ -180,17 +182,7 @@ class Chaosd:
         if process is None:
             return
         await self.admin.close()
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), STOP_S)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        except asyncio.CancelledError:
-            process.kill()
-            await asyncio.shield(process.wait())
-            raise
+        await _common.stop_process(process, STOP_S)
 
     def tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):

@@ -185,6 +185,22 @@ def _end(child: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     child.wait()
 
 
+async def stop_process(process: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM, SIGKILL past ``grace`` seconds; the process is always reaped,
+    also when we are cancelled (then it is killed at once)."""
+    if process.returncode is None:
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), grace)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+    except asyncio.CancelledError:
+        process.kill()
+        await asyncio.shield(process.wait())
+        raise
+
+
 def signal_ready(control_fd: int) -> None:
     """In a helper started by ``child_process``: tell the parent we serve."""
     os.write(control_fd, b"R")

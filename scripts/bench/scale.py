@@ -164,7 +164,7 @@ async def drivebayd(root: Path, envs_dir: Path, extra: dict[str, Any]) -> AsyncI
         yield daemon
     finally:
         await daemon.admin.close()
-        await stop(process)
+        await _common.stop_process(process, STOP_S)
 
 
 def watching(pid: int) -> Callable[[], Awaitable[bool]]:
@@ -172,21 +172,6 @@ def watching(pid: int) -> Callable[[], Awaitable[bool]]:
         return _scale_proc.inotify_watches(pid) > 0
 
     return check
-
-
-async def stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM, SIGKILL past STOP_S; reaped, also when we are cancelled."""
-    if process.returncode is None:
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), STOP_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-    except asyncio.CancelledError:
-        process.kill()
-        await asyncio.shield(process.wait())
-        raise
 
 
 def write_bundle(staging: Path, name: str) -> Path:

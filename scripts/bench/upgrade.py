@@ -444,22 +444,7 @@ async def drivebayd(
         yield daemon
     finally:
         await daemon.admin.close()
-        await _stop(process)
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM, SIGKILL past STOP_S; the process is reaped, also when we are cancelled."""
-    if process.returncode is None:
-        process.terminate()
-    try:
-        await asyncio.wait_for(process.wait(), STOP_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-    except asyncio.CancelledError:
-        process.kill()
-        await asyncio.shield(process.wait())
-        raise
+        await _common.stop_process(process, STOP_S)
 
 
 @contextlib.asynccontextmanager
