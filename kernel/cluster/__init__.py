@@ -1,0 +1,1 @@
+"""A cluster of drivebayd nodes sharing resources through PostgreSQL (docs/cluster.md)."""
