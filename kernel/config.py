@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.kernel.drivers.restarts import RestartPolicy
 from drivebay.kernel.paths import DEFAULT_STATE_DIR, HTTP_SOCKET_NAME, SOCKET_NAME
 from drivebay.protocol.errors import BundleError, ConfigError
@@ -289,6 +290,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics: MetricsSettings = MetricsSettings()
     authorization: AuthorizationSettings = AuthorizationSettings()
     drivers: dict[str, DriverSettings] = {}
+    cluster: ClusterSettings | None = None  # None: one node, resources in SQLite
 
     @property
     def state_path(self) -> Path:
@@ -428,6 +430,7 @@ _STRUCTS: dict[str, type[msgspec.Struct]] = {
     "authorization.tokens[]": TokenRule,
     "drivers.*": DriverSettings,
     "drivers.*.limits": LimitSettings,
+    "cluster": ClusterSettings,
 }
 
 

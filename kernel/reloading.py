@@ -39,6 +39,7 @@ EFFECTS: dict[str, Effect] = {
     "control": Effect.RESTART,  # client bounds are worked out from the fd limit at start
     "http": Effect.RESTART,  # its sockets are bound, and TLS files read, at start
     "metrics": Effect.RESTART,  # its listener is bound, and call meters given out, at start
+    "cluster": Effect.RESTART,  # a node joins (or not) at start; its leases run on these timings
     "uv_cache_dir": Effect.LIVE,
     "category_order": Effect.LIVE,
     "settle_s": Effect.LIVE,

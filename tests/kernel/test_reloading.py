@@ -61,6 +61,7 @@ CHANGED: dict[str, Any] = {
     "metrics": {"listen": "127.0.0.1:9464"},
     "authorization": {"groups": {"ops": "viewer"}},
     "drivers": {"alpha": {"env": {"A": "1"}}},
+    "cluster": {"database": "postgresql://db.example/drivebay", "node_id": "n1"},
 }
 
 
