@@ -1,0 +1,76 @@
+"""The rules of ownership that need no database: how many resources a node
+claims for an even spread, and when it must stop dispatching (its fence).
+
+Pure functions and one small object over an injected monotonic clock, so the
+rules are tested without processes or waiting (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+
+def fair_share(resources: int, nodes: int) -> int:
+    """How many of a driver's ``resources`` one of the ``nodes`` live nodes
+    that run that driver should own: the ceiling of an even split, so that
+    together they cover every resource."""
+    if nodes <= 0:
+        return 0
+    return math.ceil(resources / nodes)
+
+
+def claim_quota(resources: int, nodes: int, mine: int, claimable: int) -> int:
+    """How many of a driver's ``claimable`` (free or expired) resources a node
+    that already owns ``mine`` of them claims now: up to its fair share, never
+    more than there are. A node that runs the driver counts itself in ``nodes``;
+    one that does not run it is not asked."""
+    return max(0, min(claimable, fair_share(resources, nodes) - mine))
+
+
+class Fence:
+    """Whether this node may still dispatch, on its own monotonic clock.
+
+    The database extends a lease to ``now() + lease_s`` with its own clock at
+    the start of the renewing transaction, which is after the renewal was
+    sent. Counting from the moment of sending (``sent``), the lease cannot
+    have ended before ``sent + lease_s``; dispatching stops ``grace_s``
+    earlier, so that a slow clock or a pause just after the check still ends
+    before another node may claim the resource. A node that cannot renew in
+    time is fenced until a renewal (or a new claim) succeeds.
+    """
+
+    def __init__(
+        self, lease_s: float, grace_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._window = lease_s - grace_s
+        self._clock = clock
+        self._until: float | None = None  # never renewed: fenced
+
+    def sending(self) -> float:
+        """The clock's reading now: take it before sending a renewal or a
+        claim, and give it to ``renewed`` once the database has answered."""
+        return self._clock()
+
+    def renewed(self, sent: float) -> None:
+        """The database extended the leases by a statement sent at ``sent``.
+        An answer to an older statement than the last one counted changes
+        nothing."""
+        until = sent + self._window
+        if self._until is None or until > self._until:
+            self._until = until
+
+    def fence(self) -> None:
+        """Stop at once (the database said a lease was lost, or the node leaves)."""
+        self._until = None
+
+    def may_dispatch(self) -> bool:
+        """True while the last renewal is recent enough to write a call to a driver."""
+        return self._until is not None and self._clock() < self._until
+
+    def remaining(self) -> float:
+        """Seconds left before dispatching must stop (0 when fenced)."""
+        if self._until is None:
+            return 0.0
+        return max(0.0, self._until - self._clock())
