@@ -1,0 +1,64 @@
+"""Connecting a node to the cluster's PostgreSQL database.
+
+Every connection is in autocommit mode: each guarded write is one statement,
+checked and committed by the server without a round trip in between, so no
+pause of the node can fall between its check and its commit. Its timeouts
+are shorter than ``renew_s``: a dead or black-holed link fails a renewal in
+time for the node to fence itself rather than hang past its lease.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import TupleRow
+
+from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
+from drivebay.protocol.errors import KernelError
+
+Connection = psycopg.AsyncConnection[TupleRow]
+NOTIFY_PREFIX: Final = "drivebay.node."
+
+
+def channel(node_id: str) -> str:
+    """The notification channel of node ``node_id`` (LISTEN on it, pg_notify to it)."""
+    return NOTIFY_PREFIX + node_id
+
+
+def session_options(settings: ClusterSettings) -> dict[str, str | int]:
+    """libpq parameters bounding every wait on the database by ``renew_s``."""
+    limit_ms = max(1, int(settings.renew_s * 1000))
+    server = (
+        f"-c statement_timeout={limit_ms} -c lock_timeout={limit_ms} "
+        f"-c idle_in_transaction_session_timeout={limit_ms}"
+    )
+    return {
+        "application_name": f"drivebayd {settings.node_id}",
+        "connect_timeout": max(2, math.ceil(settings.renew_s)),  # libpq's least is 2 s
+        "options": server,
+        # A link that stops answering without closing: TCP gives up this soon.
+        "tcp_user_timeout": limit_ms,
+        "keepalives": 1,
+        "keepalives_idle": max(1, int(settings.renew_s)),
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+    }
+
+
+async def connect(settings: ClusterSettings) -> Connection:
+    """A new autocommit connection to ``settings.database``.
+
+    Raises ``KernelError`` with one line when the database cannot be reached
+    or refuses us (the URL's password is never shown)."""
+    try:  # parsing the URL is in here too: a malformed one is psycopg's ProgrammingError
+        conninfo = make_conninfo(settings.database, **session_options(settings))
+        return await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())
+        raise KernelError(
+            f"cannot connect to the cluster database {shown_database(settings.database)} "
+            f"({reason}); check cluster.database and that PostgreSQL runs and admits this node"
+        ) from exc
