@@ -1,0 +1,350 @@
+"""The cluster's SQL: what one node reads and writes in the shared database.
+
+``ClusterRepository`` wraps one autocommit connection (``connection.py``)
+for one node. Time is the database's only (``now()``): leases are compared
+and extended there, never with a node's clock. The rules that need no
+database (how many to claim, the fence) are in ``lease.py``.
+
+What keeps two nodes from acting on one resource:
+
+- a claim takes free or expired ownership rows with ``FOR UPDATE SKIP
+  LOCKED`` and gives each a new epoch from one sequence, so epochs only grow;
+- a guarded write (dispatch mark, result) is one statement that locks the
+  ownership row ``FOR KEY SHARE`` only if this node holds it under the given
+  epoch: a claim cannot take the row while the write runs, and a write after
+  a claim finds another epoch and changes nothing (it returns False);
+- renewals extend only leases that have not ended; a lease that ended is
+  claimed again, under a new epoch, by whichever node gets it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable
+from typing import Any, Final
+
+import msgspec
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from drivebay.kernel.cluster.connection import Connection, channel
+from drivebay.kernel.cluster.lease import claim_quota
+from drivebay.kernel.resources.store import Resource, check_resource_id
+from drivebay.protocol.errors import NoSuchName, RequestError
+
+# pg_advisory_xact_lock(QUEUE_LOCK, hashtext(resource)): enqueues of one
+# resource take their ids in the order they commit.
+QUEUE_LOCK: Final = 0x64726976
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """A resource this node owns under ``epoch`` until ``lease_until``."""
+
+    resource_id: str
+    epoch: int
+    lease_until: datetime.datetime
+
+
+class NodeInfo(msgspec.Struct, frozen=True):
+    """A node as ``drivebayctl nodes`` shows it. ``state`` is ``live``,
+    ``draining`` or ``left`` as the node said, or ``silent`` when a live
+    node's heartbeat is older than a lease."""
+
+    node_id: str
+    state: str
+    last_heartbeat: datetime.datetime
+    resources: int  # leases not ended
+    lease_until: datetime.datetime | None  # its latest lease
+
+
+class QueuedOperation(msgspec.Struct, frozen=True):
+    """An operation of the queue not finished yet (``queued`` or ``dispatched``)."""
+
+    id: int
+    resource_id: str
+    operation: str
+    args: dict[str, Any]
+    state: str
+    dispatched_epoch: int | None
+
+
+class ClusterRepository:
+    """One node's view of the shared tables; ``register`` before anything else."""
+
+    def __init__(self, db: Connection, node_id: str, lease_s: float) -> None:
+        self._db = db
+        self.node_id = node_id
+        self._lease = datetime.timedelta(seconds=lease_s)
+        self.incarnation: int | None = None
+        self._drivers: list[str] = []
+        self._versions: list[str] = []
+
+    # -- nodes -------------------------------------------------------------------
+
+    async def register(self, drivers: Iterable[str], versions: Iterable[str] = ()) -> int:
+        """Join as a live node running ``drivers`` (names) and ``versions``
+        (NAME@VERSION, for pinned resources); returns this process's
+        incarnation. Leases an earlier process of the same node id still held
+        end now: they are claimed again, under new epochs."""
+        self._drivers, self._versions = sorted(set(drivers)), sorted(set(versions))
+        async with self._db.transaction():
+            row = await self._one(
+                "INSERT INTO drivebay.node (node_id, incarnation, heartbeat, state, drivers,"
+                " versions) VALUES (%(me)s, nextval('drivebay.epoch'), now(), 'live',"
+                " %(drivers)s, %(versions)s)"
+                " ON CONFLICT (node_id) DO UPDATE SET incarnation = EXCLUDED.incarnation,"
+                " heartbeat = now(), state = 'live', drivers = EXCLUDED.drivers,"
+                " versions = EXCLUDED.versions"
+                " RETURNING incarnation",
+                {"me": self.node_id, "drivers": self._drivers, "versions": self._versions},
+            )
+            await self._db.execute(
+                "UPDATE drivebay.ownership SET lease_until = now()"
+                " WHERE owner_node = %s AND lease_until > now()",
+                (self.node_id,),
+            )
+        self.incarnation = int(row[0])
+        return self.incarnation
+
+    async def leave(self) -> None:
+        """Leave the cluster: state ``left``, every lease ends now."""
+        async with self._db.transaction():
+            await self._db.execute(
+                "UPDATE drivebay.node SET state = 'left' WHERE node_id = %s AND incarnation = %s",
+                (self.node_id, self.incarnation),
+            )
+            await self._db.execute(
+                "UPDATE drivebay.ownership SET lease_until = now()"
+                " WHERE owner_node = %s AND lease_until > now()",
+                (self.node_id,),
+            )
+
+    async def nodes(self) -> list[NodeInfo]:
+        """Every node that ever registered, by id."""
+        cursor = await self._db.execute(
+            "SELECT n.node_id,"
+            " CASE WHEN n.state = 'live' AND n.heartbeat <= now() - %s THEN 'silent'"
+            " ELSE n.state END,"
+            " n.heartbeat,"
+            " count(w.resource_id) FILTER (WHERE w.lease_until > now()),"
+            " max(w.lease_until) FILTER (WHERE w.lease_until > now())"
+            " FROM drivebay.node n LEFT JOIN drivebay.ownership w ON w.owner_node = n.node_id"
+            " GROUP BY n.node_id ORDER BY n.node_id",
+            (self._lease,),
+        )
+        return [NodeInfo(*row) for row in await cursor.fetchall()]
+
+    # -- leases ------------------------------------------------------------------
+
+    async def claim(self) -> list[Lease]:
+        """Claim free or expired resources of the drivers this node runs, up
+        to its fair share of each among the live nodes that run it (rows
+        another node is claiming at the same moment are skipped, never
+        waited for). Returns what it claimed, each under a new epoch."""
+        claimed: list[Lease] = []
+        for driver, resources, nodes, mine, claimable in await self._claim_counts():
+            wanted = claim_quota(resources, nodes, mine, claimable)
+            if wanted:
+                claimed += await self._claim(driver, wanted)
+        return claimed
+
+    async def _claim_counts(self) -> list[tuple[str, int, int, int, int]]:
+        cursor = await self._db.execute(
+            "SELECT r.driver, count(*),"
+            " (SELECT count(*) FROM drivebay.node n WHERE n.state = 'live'"
+            "  AND (n.heartbeat > now() - %(lease)s OR n.node_id = %(me)s)"
+            "  AND r.driver = ANY (n.drivers)),"
+            " count(*) FILTER (WHERE w.owner_node = %(me)s AND w.lease_until > now()),"
+            " count(*) FILTER (WHERE w.owner_node IS NULL OR w.lease_until IS NULL"
+            "  OR w.lease_until <= now())"
+            " FROM drivebay.resource r JOIN drivebay.ownership w ON w.resource_id = r.id"
+            " WHERE r.driver = ANY (%(drivers)s) GROUP BY r.driver ORDER BY r.driver",
+            {"lease": self._lease, "me": self.node_id, "drivers": self._drivers},
+        )
+        return [
+            (str(d), int(r), int(n), int(m), int(c)) for d, r, n, m, c in await cursor.fetchall()
+        ]
+
+    async def _claim(self, driver: str, wanted: int) -> list[Lease]:
+        cursor = await self._db.execute(
+            "WITH me AS (SELECT FROM drivebay.node WHERE node_id = %(me)s"
+            "  AND incarnation = %(incarnation)s AND state = 'live'),"
+            " candidates AS (SELECT w.resource_id FROM drivebay.ownership w"
+            "  JOIN drivebay.resource r ON r.id = w.resource_id"
+            "  WHERE r.driver = %(driver)s AND EXISTS (SELECT FROM me)"
+            "  AND (r.pinned IS NULL OR r.driver || '@' || r.pinned = ANY (%(versions)s))"
+            "  AND (w.owner_node IS NULL OR w.lease_until IS NULL OR w.lease_until <= now())"
+            "  ORDER BY w.resource_id LIMIT %(wanted)s FOR UPDATE OF w SKIP LOCKED)"
+            " UPDATE drivebay.ownership w SET owner_node = %(me)s,"
+            "  epoch = nextval('drivebay.epoch'), lease_until = now() + %(lease)s"
+            " FROM candidates c WHERE w.resource_id = c.resource_id"
+            " RETURNING w.resource_id, w.epoch, w.lease_until",
+            {
+                "me": self.node_id,
+                "incarnation": self.incarnation,
+                "driver": driver,
+                "versions": self._versions,
+                "wanted": wanted,
+                "lease": self._lease,
+            },
+        )
+        return sorted((Lease(*row) for row in await cursor.fetchall()), key=lambda x: x.resource_id)
+
+    async def renew(self) -> dict[str, int] | None:
+        """Beat the heartbeat and extend every lease of this node that has
+        not ended, in one statement. Returns resource id -> epoch of the
+        leases renewed, or None when this process no longer holds the node
+        id (another process registered it, or it left): fence then."""
+        cursor = await self._db.execute(
+            "WITH beat AS (UPDATE drivebay.node SET heartbeat = now()"
+            "  WHERE node_id = %(me)s AND incarnation = %(incarnation)s AND state <> 'left'"
+            "  RETURNING node_id),"
+            " renewed AS (UPDATE drivebay.ownership SET lease_until = now() + %(lease)s"
+            "  WHERE owner_node = %(me)s AND lease_until > now() AND EXISTS (SELECT FROM beat)"
+            "  RETURNING resource_id, epoch)"
+            " SELECT r.resource_id, r.epoch FROM beat LEFT JOIN renewed r ON true",
+            {"me": self.node_id, "incarnation": self.incarnation, "lease": self._lease},
+        )
+        rows = await cursor.fetchall()
+        if not rows:
+            return None
+        return {str(resource): int(epoch) for resource, epoch in rows if resource is not None}
+
+    # -- resources ---------------------------------------------------------------
+
+    async def add_resource(self, resource: Resource) -> None:
+        """Store a new resource, owned by nobody yet. Raises ``RequestError``
+        when its id is malformed or taken."""
+        check_resource_id(resource.id)
+        try:
+            await self._db.execute(
+                "WITH added AS (INSERT INTO drivebay.resource (id, driver, pinned, properties)"
+                "  VALUES (%s, %s, %s, %s) RETURNING id)"
+                " INSERT INTO drivebay.ownership (resource_id) SELECT id FROM added",
+                (resource.id, resource.driver, resource.pinned, Jsonb(resource.properties)),
+            )
+        except psycopg.errors.UniqueViolation:
+            raise RequestError(
+                f"resource {resource.id} already exists; use 'resource set' to change it"
+            ) from None
+
+    async def resources(self) -> list[Resource]:
+        """Every resource, by id."""
+        cursor = await self._db.execute(
+            "SELECT id, driver, pinned, properties FROM drivebay.resource ORDER BY id"
+        )
+        return [Resource(*row) for row in await cursor.fetchall()]
+
+    # -- the operation queue -----------------------------------------------------
+
+    async def enqueue(self, resource_id: str, operation: str, args: dict[str, Any]) -> int:
+        """Write a call to the queue and notify its owner (if any) in the
+        same statement; returns its id once committed, which is when the
+        call may be acknowledged. Raises ``NoSuchName`` when the resource
+        does not exist."""
+        try:
+            row = await self._one(
+                "WITH queued AS (INSERT INTO drivebay.operation"
+                "  (resource_id, operation, args, accepted_by)"
+                "  SELECT %(resource)s, %(operation)s, %(args)s, %(me)s"
+                "  FROM (SELECT pg_advisory_xact_lock(%(lock)s, hashtext(%(resource)s))) AS l"
+                "  RETURNING id, resource_id)"
+                " SELECT q.id, (SELECT pg_notify(%(prefix)s || w.owner_node,"
+                "  q.id::text || ' ' || q.resource_id) FROM drivebay.ownership w"
+                "  WHERE w.resource_id = q.resource_id AND w.owner_node IS NOT NULL)"
+                " FROM queued q",
+                {
+                    "resource": resource_id,
+                    "operation": operation,
+                    "args": Jsonb(args),
+                    "me": self.node_id,
+                    "lock": QUEUE_LOCK,
+                    "prefix": channel(""),
+                },
+            )
+        except psycopg.errors.ForeignKeyViolation:
+            raise NoSuchName(
+                f"no resource {resource_id}; 'drivebayctl resources' lists them"
+            ) from None
+        return int(row[0])
+
+    async def open_operations(self, resource_id: str) -> list[QueuedOperation]:
+        """The operations of ``resource_id`` not finished, in their order."""
+        cursor = await self._db.execute(
+            "SELECT id, resource_id, operation, args, state, dispatched_epoch"
+            " FROM drivebay.operation WHERE resource_id = %s"
+            " AND state IN ('queued', 'dispatched') ORDER BY id",
+            (resource_id,),
+        )
+        return [QueuedOperation(*row) for row in await cursor.fetchall()]
+
+    async def mark_dispatched(self, op_id: int, resource_id: str, epoch: int) -> bool:
+        """Mark operation ``op_id`` dispatched under ``epoch``, only if this
+        node holds ``resource_id`` under that epoch with a lease not ended,
+        the operation is queued and none before it is unfinished. False:
+        nothing changed, and the call must not be sent."""
+        cursor = await self._db.execute(
+            "WITH owner AS (SELECT resource_id FROM drivebay.ownership"
+            "  WHERE resource_id = %(resource)s AND owner_node = %(me)s AND epoch = %(epoch)s"
+            "  AND lease_until > now() FOR KEY SHARE)"
+            " UPDATE drivebay.operation o SET state = 'dispatched',"
+            "  dispatched_epoch = %(epoch)s, dispatched_at = now()"
+            " FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
+            "  AND o.state = 'queued' AND NOT EXISTS (SELECT FROM drivebay.operation p"
+            "  WHERE p.resource_id = o.resource_id AND p.id < o.id"
+            "  AND p.state IN ('queued', 'dispatched'))"
+            " RETURNING o.id",
+            {"resource": resource_id, "me": self.node_id, "epoch": epoch, "op": op_id},
+        )
+        return await cursor.fetchone() is not None
+
+    async def write_result(
+        self, op_id: int, resource_id: str, epoch: int, *, ok: bool, result: Any
+    ) -> bool:
+        """Record the result of operation ``op_id``, dispatched under
+        ``epoch``, only if this node still holds ``resource_id`` under that
+        epoch (a lease that ended but was not claimed by another still
+        counts: no one else has acted). False: nothing changed."""
+        cursor = await self._db.execute(
+            "WITH owner AS (SELECT resource_id FROM drivebay.ownership"
+            "  WHERE resource_id = %(resource)s AND owner_node = %(me)s AND epoch = %(epoch)s"
+            "  FOR KEY SHARE)"
+            " UPDATE drivebay.operation o SET state = %(state)s, result = %(result)s,"
+            "  finished_at = now()"
+            " FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
+            "  AND o.state = 'dispatched' AND o.dispatched_epoch = %(epoch)s"
+            " RETURNING o.id",
+            {
+                "resource": resource_id,
+                "me": self.node_id,
+                "epoch": epoch,
+                "op": op_id,
+                "state": "done" if ok else "failed",
+                "result": Jsonb(result),
+            },
+        )
+        return await cursor.fetchone() is not None
+
+    async def _one(self, query: str, params: dict[str, Any]) -> tuple[Any, ...]:
+        cursor = await self._db.execute(query, params)
+        row = await cursor.fetchone()
+        assert row is not None, "the statement returns one row"
+        return row
+
+
+async def listen(db: Connection, node_id: str) -> None:
+    """Subscribe ``db`` (a connection of its own) to ``node_id``'s channel."""
+    await db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(node_id))))
+
+
+async def notified(db: Connection, timeout: float) -> list[tuple[int, str]]:
+    """The (operation id, resource id) of the notifications that arrive
+    first on ``db`` (after ``listen``) within ``timeout`` seconds; [] when
+    none did. A notification can be lost (a dropped connection): the owner
+    also reads ``open_operations`` on a timer."""
+    found: list[tuple[int, str]] = []
+    async for note in db.notifies(timeout=timeout, stop_after=1):
+        op_id, _, resource_id = note.payload.partition(" ")
+        found.append((int(op_id), resource_id))
+    return found
