@@ -1,16 +1,17 @@
 """A throw-away PostgreSQL server for tests and benchmarks.
 
-``ThrowawayPostgres`` runs ``initdb`` and ``pg_ctl`` into a fresh temporary
-directory and starts a server that listens only on a Unix socket in that
-directory (``listen_addresses=''``), with trust authentication: only who can
-enter the directory can connect. PostgreSQL refuses to run as root, so a
-root caller runs the server as the ``postgres`` user (``runuser``; the
-directory is given to that user); anyone else runs it as themselves.
-``stop`` ends the server (waits until it is gone) and removes the directory.
+``ThrowawayPostgres`` runs ``initdb`` into a fresh temporary directory and
+starts ``postgres`` on it, listening only on a Unix socket in that directory
+(``listen_addresses=''``) with trust authentication: only who can enter the
+directory can connect. PostgreSQL refuses to run as root, so a root caller
+runs both as the ``postgres`` user (the child switches user before it
+executes them, as ``runuser -u postgres`` would; the directory is given to
+that user); anyone else runs them as themselves.
 
-The server's process is not our child: ``pg_ctl`` starts it detached and
-returns once it accepts connections, so a test's check for leaked children
-is not disturbed.
+The server is our own child, started before the first test that needs it:
+``stop`` asks it for a fast shutdown, waits for it and reaps it (SIGKILL
+past a deadline), then removes the directory, so nothing is left running
+nor left for init to reap. Its backends are its children, not ours.
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 SUPERUSER: Final = "drivebay"
+START_S: Final = 60.0
+STOP_S: Final = 30.0
 SERVER_USER: Final = "postgres"  # Debian's account for the server, used when we are root
 HOW_TO_INSTALL: Final = (
-    "PostgreSQL's initdb and pg_ctl are missing; install them (apt-get install postgresql, "
+    "PostgreSQL's initdb and postgres are missing; install them (apt-get install postgresql, "
     "as scripts/test does when run as root) and run again"
 )
 # Fast and small: nothing here must survive a crash of the machine.
@@ -48,16 +53,17 @@ class PostgresUnavailable(RuntimeError):
 
 
 def server_binaries() -> Path:
-    """The directory of ``initdb`` and ``pg_ctl``: on the PATH, else Debian's
-    newest ``/usr/lib/postgresql/N/bin``. Raises ``PostgresUnavailable``."""
-    found = shutil.which("initdb")
-    if found and shutil.which("pg_ctl"):
-        return Path(os.path.realpath(found)).parent
-    found_dirs = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")]
-    versions = sorted(d for d in found_dirs if d.parent.name.isdigit() and (d / "initdb").exists())
-    if not versions:
-        raise PostgresUnavailable(HOW_TO_INSTALL)
-    return max(versions, key=lambda d: int(d.parent.name))
+    """The directory of ``initdb`` and ``postgres``: the one of ``initdb`` on
+    the PATH, else Debian's newest ``/usr/lib/postgresql/N/bin``. Raises
+    ``PostgresUnavailable``."""
+    on_path = shutil.which("initdb")
+    debian = [Path(p).parent for p in glob.glob("/usr/lib/postgresql/*/bin/initdb")]
+    debian.sort(key=lambda d: int(d.parent.name) if d.parent.name.isdigit() else 0, reverse=True)
+    candidates = [Path(os.path.realpath(on_path)).parent] if on_path else []
+    for found in [*candidates, *debian]:
+        if (found / "initdb").exists() and (found / "postgres").exists():
+            return found
+    raise PostgresUnavailable(HOW_TO_INSTALL)
 
 
 class ThrowawayPostgres:
@@ -69,7 +75,8 @@ class ThrowawayPostgres:
         self.dir = Path(tempfile.mkdtemp(prefix="drivebay-pg-", dir=self._parent()))
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
-        self.started = False
+        self.server: subprocess.Popen[bytes] | None = None
+        self._as: pwd.struct_passwd | None = None
 
     @property
     def socket_dir(self) -> str:
@@ -84,61 +91,89 @@ class ThrowawayPostgres:
         return f"postgresql:///{dbname}?host={self.dir}&user={SUPERUSER}"
 
     def start(self) -> None:
-        """Create the cluster and start the server; on failure everything is
-        removed and ``PostgresUnavailable`` says why (with the log's tail)."""
+        """Create the cluster and start the server; returns once it accepts
+        connections. On failure everything is stopped and removed, and
+        ``PostgresUnavailable`` says why (with the server log's tail)."""
         try:
-            if self.as_root:
-                server = _server_user()
-                os.chown(self.dir, server.pw_uid, server.pw_gid)
-            self._run(
-                "initdb",
-                "-D",
-                str(self.data),
-                "-U",
-                SUPERUSER,
-                "--auth=trust",
-                "--no-sync",
-                "--encoding=UTF8",
-                "--locale=C",
-            )
-            with open(self.data / "postgresql.conf", "a") as conf:
-                conf.write(f"unix_socket_directories = '{self.dir}'\n")
-                conf.writelines(f"{key} = {value}\n" for key, value in SETTINGS.items())
-            self.started = True
-            log = str(self.log)
-            self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-l", log)
+            self._as = _server_user() if self.as_root else None
+            if self._as is not None:
+                os.chown(self.dir, self._as.pw_uid, self._as.pw_gid)
+            self._initdb()
+            with open(self.log, "ab") as log:
+                self.server = subprocess.Popen(
+                    [str(self.bin / "postgres"), "-D", str(self.data)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C reaches the tests, which stop it
+                    **self._child_options(),
+                )
+            self._wait_ready()
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Stop the server (if started), wait until it is gone, remove the directory."""
+        """Stop the server (fast shutdown: sessions are ended), reap it, and
+        remove the directory."""
         try:
-            if self.started and (self.data / "postmaster.pid").exists():
-                self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", "fast", "-D", str(self.data))
-            self.started = False
+            if self.server is not None:
+                self.server.send_signal(signal.SIGINT)
+                try:
+                    self.server.wait(timeout=STOP_S)
+                except subprocess.TimeoutExpired:
+                    self.server.kill()
+                    self.server.wait()
         finally:
+            self.server = None
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _run(self, program: str, *args: str) -> None:
-        argv = [str(self.bin / program), *args]
-        if self.as_root:
-            argv = ["runuser", "-u", SERVER_USER, "--", *argv]
+    def _initdb(self) -> None:
         done = subprocess.run(
-            argv,
-            cwd=self.dir,  # the server's user may not be able to enter ours
+            [
+                str(self.bin / "initdb"),
+                *("-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--no-sync"),
+                *("--encoding=UTF8", "--locale=C"),
+            ],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=START_S,
             check=False,
-            env={**_clean_env(), "LC_ALL": "C"},
+            **self._child_options(),
         )
         if done.returncode != 0:
             said = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            raise PostgresUnavailable(
-                f"{program} failed ({done.returncode}): {' / '.join(said)}{self._log_tail()}"
-            )
+            raise PostgresUnavailable(f"initdb failed ({done.returncode}): {' / '.join(said)}")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"unix_socket_directories = '{self.dir}'\n")
+            conf.writelines(f"{key} = {value}\n" for key, value in SETTINGS.items())
+
+    def _wait_ready(self) -> None:
+        """Until the server says ``ready`` in postmaster.pid (what ``pg_ctl -w``
+        waits for), or exits, or START_S pass."""
+        assert self.server is not None
+        deadline = time.monotonic() + START_S
+        while True:
+            if self.server.poll() is not None:
+                raise PostgresUnavailable(
+                    f"postgres exited ({self.server.returncode}) while starting{self._log_tail()}"
+                )
+            if _status(self.data / "postmaster.pid") == "ready":
+                return
+            if time.monotonic() > deadline:
+                raise PostgresUnavailable(f"postgres not ready in {START_S} s{self._log_tail()}")
+            time.sleep(0.02)
+
+    def _child_options(self) -> dict[str, Any]:
+        """How our children run: in the directory (the server's user may not
+        be able to enter ours), as the server's user when we are root, without
+        libpq's variables (PGDATA, PGHOST...), which would point elsewhere."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        options: dict[str, Any] = {"cwd": self.dir, "env": {**env, "LC_ALL": "C"}}
+        if self._as is not None:
+            options |= {"user": self._as.pw_uid, "group": self._as.pw_gid, "extra_groups": []}
+        return options
 
     def _log_tail(self) -> str:
         try:
@@ -171,7 +206,10 @@ def _reachable_by_all(path: Path) -> bool:
     return all(os.stat(p).st_mode & stat.S_IXOTH for p in (path, *path.parents))
 
 
-def _clean_env() -> dict[str, str]:
-    """Our environment without libpq's and the server's variables (PGDATA,
-    PGHOST, ...), which would point the programs elsewhere."""
-    return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+def _status(pid_file: Path) -> str:
+    """The server's status in postmaster.pid (its 8th line), "" before there is one."""
+    try:
+        lines = pid_file.read_text().splitlines()
+    except OSError:
+        return ""
+    return lines[7].strip() if len(lines) > 7 else ""
