@@ -99,33 +99,43 @@ class ThrowawayPostgres:
             if self._as is not None:
                 os.chown(self.dir, self._as.pw_uid, self._as.pw_gid)
             self._initdb()
-            with open(self.log, "ab") as log:
-                self.server = subprocess.Popen(
-                    [str(self.bin / "postgres"), "-D", str(self.data)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # a Ctrl-C reaches the tests, which stop it
-                    **self._child_options(),
-                )
-            self._wait_ready()
+            self.launch()
         except BaseException:
             self.stop()
             raise
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown: sessions are ended), reap it, and
-        remove the directory."""
+    def launch(self) -> None:
+        """Start the server on the cluster made by ``start`` (again, after
+        ``shut_down``); returns once it accepts connections."""
+        with open(self.log, "ab") as log:
+            self.server = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.data)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C reaches the tests, which stop it
+                **self._child_options(),
+            )
+        self._wait_ready()
+
+    def shut_down(self) -> None:
+        """Stop the server (fast shutdown: sessions are ended) and reap it;
+        the cluster stays for ``launch``."""
+        server, self.server = self.server, None
+        if server is None:
+            return
+        server.send_signal(signal.SIGINT)
         try:
-            if self.server is not None:
-                self.server.send_signal(signal.SIGINT)
-                try:
-                    self.server.wait(timeout=STOP_S)
-                except subprocess.TimeoutExpired:
-                    self.server.kill()
-                    self.server.wait()
+            server.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+    def stop(self) -> None:
+        """Stop the server and remove the directory."""
+        try:
+            self.shut_down()
         finally:
-            self.server = None
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _initdb(self) -> None:

@@ -107,6 +107,12 @@ class ClusterRepository:
         self.incarnation = int(row[0])
         return self.incarnation
 
+    def resume(self, incarnation: int, drivers: Iterable[str], versions: Iterable[str]) -> None:
+        """Go on as this process's registration of ``incarnation`` (made over
+        an earlier connection): nothing is written."""
+        self.incarnation = incarnation
+        self._drivers, self._versions = sorted(set(drivers)), sorted(set(versions))
+
     async def leave(self) -> None:
         """Leave the cluster: state ``left``, every lease ends now."""
         async with self._db.transaction():

@@ -1,0 +1,135 @@
+"""This node's place in the cluster over time: join, renew and claim every
+``renew_s``, keep the fence, and say which resources it gained and lost.
+
+``Membership.run`` is one task, owned by whoever starts it (the kernel's task
+group, once wired): it connects (again after any failure), migrates,
+registers once per process, then each round sends one renewal and one claim
+and hands the changes to ``on_change``. ``fence`` says whether this node may
+dispatch now; it closes on its own ``lease_s - grace_s`` after the last
+renewal that got through, whatever the database is doing. ``stop`` makes
+``run`` leave the cluster (its leases end at once) and return; cancelling
+``run`` instead leaves the leases to expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+import psycopg
+
+from drivebay.kernel.cluster.connection import connect
+from drivebay.kernel.cluster.lease import Fence
+from drivebay.kernel.cluster.repository import ClusterRepository
+from drivebay.kernel.cluster.schema import migrate
+from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
+from drivebay.protocol.errors import KernelError
+
+log = logging.getLogger("drivebay.cluster")
+OnChange = Callable[[dict[str, int], set[str]], None]  # gained {resource: epoch}, lost ids
+
+
+class Membership:
+    """One node's membership; ``run`` it as a task, ``stop`` to leave."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        drivers: Iterable[str],
+        on_change: OnChange,
+        *,
+        versions: Iterable[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.fence = Fence(settings.lease_s, settings.grace_s, clock)
+        self.owned: dict[str, int] = {}  # resource -> epoch, as the last round found
+        self.rounds = 0  # rounds that got through to the database
+        self._drivers = list(drivers)
+        self._versions = list(versions)
+        self._on_change = on_change
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._incarnation: int | None = None
+        self._failing = False  # said so in the log
+
+    def stop(self) -> None:
+        """Ask ``run`` to leave the cluster and return."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Take part until ``stop``: connect, and after any failure of the
+        database connect again, at most every ``renew_s``."""
+        while not self._stopping.is_set():
+            try:
+                await self._connected()
+            except (psycopg.Error, KernelError, TimeoutError) as exc:
+                self._failed(exc)
+                await self._pause(self.settings.renew_s)
+
+    async def _connected(self) -> None:
+        async with asyncio.timeout(self.settings.renew_s):
+            db = await connect(self.settings)
+        async with db:
+            repository = ClusterRepository(db, self.settings.node_id, self.settings.lease_s)
+            if self._incarnation is not None:
+                repository.resume(self._incarnation, self._drivers, self._versions)
+            async with asyncio.timeout(self.settings.lease_s):
+                await migrate(db)
+            while not self._stopping.is_set():
+                started = self._clock()
+                async with asyncio.timeout(self.settings.renew_s):
+                    await self._round(repository)
+                self._recovered()
+                await self._pause(started + self.settings.renew_s - self._clock())
+            async with asyncio.timeout(self.settings.renew_s):
+                await repository.leave()
+            self.fence.fence()
+            self._change({}, set(self.owned))
+
+    async def _round(self, repository: ClusterRepository) -> None:
+        """One renewal and one claim; the fence and ``owned`` follow the answers."""
+        sent = self.fence.sending()
+        renewed = None if repository.incarnation is None else await repository.renew()
+        if renewed is None:  # a new process, or our node id was taken over: join afresh
+            self.fence.fence()
+            self._change({}, set(self.owned))
+            self._incarnation = await repository.register(self._drivers, self._versions)
+            sent = self.fence.sending()
+            renewed = {}
+        lost = {r for r, epoch in self.owned.items() if renewed.get(r) != epoch}
+        self.fence.renewed(sent)
+        claimed = {lease.resource_id: lease.epoch for lease in await repository.claim()}
+        self.rounds += 1
+        self._change(claimed, lost)
+
+    def _change(self, gained: dict[str, int], lost: set[str]) -> None:
+        for resource in lost:
+            self.owned.pop(resource, None)
+        self.owned.update(gained)
+        if gained or lost:
+            self._on_change(gained, lost)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if ``stop`` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), max(0.0, seconds))
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning(
+                "cluster database %s: %s; this node stops dispatching %.1f s after its last "
+                "renewal and keeps trying",
+                shown_database(self.settings.database),
+                " ".join(str(exc).split()) or type(exc).__name__,
+                self.settings.fence_s,
+            )
+
+    def _recovered(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("cluster database reached again; this node renews and claims again")
