@@ -24,7 +24,7 @@ import psycopg
 from drivebay.kernel.cluster.connection import connect
 from drivebay.kernel.cluster.lease import Fence
 from drivebay.kernel.cluster.repository import ClusterRepository
-from drivebay.kernel.cluster.schema import migrate
+from drivebay.kernel.cluster.schema import SchemaRefused, migrate
 from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
 from drivebay.protocol.errors import KernelError
 
@@ -62,10 +62,15 @@ class Membership:
 
     async def run(self) -> None:
         """Take part until ``stop``: connect, and after any failure of the
-        database connect again, at most every ``renew_s``."""
+        database connect again, at most every ``renew_s``. Raises
+        ``SchemaRefused`` (no retry helps) when the database's schema is
+        newer than this code or not drivebay's."""
         while not self._stopping.is_set():
             try:
                 await self._connected()
+            except SchemaRefused:
+                self.fence.fence()
+                raise
             except (psycopg.Error, KernelError, TimeoutError) as exc:
                 self._failed(exc)
                 await self._pause(self.settings.renew_s)

@@ -6,7 +6,7 @@ version; ``MIGRATIONS[n]`` takes version ``n`` to ``n + 1``. ``migrate``
 applies what is missing in one transaction under an advisory lock (nodes
 starting at once migrate one after another; the others find it done). A
 schema newer than this code, or a ``drivebay`` schema without a version, is
-refused with a ``KernelError`` before anything is written: never overwritten.
+refused with ``SchemaRefused`` before anything is written: never overwritten.
 
 The tables (docs/cluster.md):
 
@@ -27,6 +27,13 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 
 from drivebay.protocol.errors import KernelError
+
+
+class SchemaRefused(KernelError):
+    """The cluster database holds a schema this drivebayd must not touch (newer,
+    or not made by drivebay): no retry helps; upgrade drivebayd or use another
+    database."""
+
 
 # pg_advisory_xact_lock's key for migrating ("drivebay" in ASCII, as a bigint).
 MIGRATION_LOCK: Final = 0x6472697665626179
@@ -87,7 +94,7 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 async def schema_version(db: AsyncConnection[Any]) -> int:
     """The version of the ``drivebay`` schema (0: none yet). Raises
-    ``KernelError`` when a ``drivebay`` schema exists without a version."""
+    ``SchemaRefused`` when a ``drivebay`` schema exists without a version."""
     cursor = await db.execute(
         "SELECT to_regclass('drivebay.schema_version') IS NOT NULL,"
         " EXISTS (SELECT FROM pg_namespace WHERE nspname = 'drivebay')"
@@ -97,7 +104,7 @@ async def schema_version(db: AsyncConnection[Any]) -> int:
     has_version, has_schema = row
     if not has_version:
         if has_schema:
-            raise KernelError(
+            raise SchemaRefused(
                 "the cluster database has a schema 'drivebay' that drivebay did not make "
                 "(no drivebay.schema_version); use another database in cluster.database"
             )
@@ -109,13 +116,13 @@ async def schema_version(db: AsyncConnection[Any]) -> int:
 
 async def migrate(db: AsyncConnection[Any]) -> int:
     """Bring the schema to ``SCHEMA_VERSION`` in one transaction; returns the
-    version found before. Raises ``KernelError`` (nothing written) when the
+    version found before. Raises ``SchemaRefused`` (nothing written) when the
     database holds a newer schema or one not made by drivebay."""
     async with db.transaction():
         await db.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
         found = await schema_version(db)
         if found > SCHEMA_VERSION:
-            raise KernelError(
+            raise SchemaRefused(
                 f"the cluster database's schema version {found} is newer than this drivebayd "
                 f"understands ({SCHEMA_VERSION}); upgrade drivebayd on this node"
             )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from drivebay.kernel.cluster.membership import Membership
+from drivebay.kernel.cluster.schema import SchemaRefused
 from drivebay.kernel.cluster.settings import ClusterSettings
 from tests.cluster.helpers import add, cluster, eventually
 from tests.helpers import run
@@ -119,3 +120,15 @@ def test_the_fence_closes_while_the_database_is_down_and_opens_after(
 
 async def _fenced(membership: Membership) -> bool:
     return not membership.fence.may_dispatch()
+
+
+def test_a_member_on_a_newer_schema_stops_with_one_line(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "admin", register=False) as (admin,):
+            await admin._db.execute("UPDATE drivebay.schema_version SET version = version + 1")
+        a = member(database, "a", [])
+        with pytest.raises(SchemaRefused, match="upgrade drivebayd on this node"):
+            await asyncio.wait_for(a.run(), timeout=30)
+        assert not a.fence.may_dispatch()
+
+    run(main())

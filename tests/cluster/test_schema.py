@@ -8,8 +8,12 @@ import asyncio
 import pytest
 
 from drivebay.kernel.cluster.connection import Connection
-from drivebay.kernel.cluster.schema import SCHEMA_VERSION, migrate, schema_version
-from drivebay.protocol.errors import KernelError
+from drivebay.kernel.cluster.schema import (
+    SCHEMA_VERSION,
+    SchemaRefused,
+    migrate,
+    schema_version,
+)
 from tests.cluster.helpers import connected
 from tests.helpers import run
 
@@ -72,7 +76,7 @@ def test_a_newer_schema_is_refused_and_left_as_it_is(database: str) -> None:
             newer = SCHEMA_VERSION + 1
             await db.execute("UPDATE drivebay.schema_version SET version = %s", (newer,))
             await db.execute("CREATE TABLE drivebay.from_the_future (x int)")
-            with pytest.raises(KernelError) as caught:
+            with pytest.raises(SchemaRefused) as caught:
                 await migrate(db)
             assert str(caught.value) == (
                 f"the cluster database's schema version {newer} is newer than this drivebayd "
@@ -88,7 +92,7 @@ def test_a_drivebay_schema_not_made_by_drivebay_is_refused(database: str) -> Non
     async def main() -> None:
         async with connected(database) as db:
             await db.execute("CREATE SCHEMA drivebay; CREATE TABLE drivebay.mine (x int)")
-            with pytest.raises(KernelError, match=r"use another database in cluster\.database"):
+            with pytest.raises(SchemaRefused, match=r"use another database in cluster\.database"):
                 await migrate(db)
             assert await tables(db) == ["mine"]
 
