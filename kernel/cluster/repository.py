@@ -305,6 +305,23 @@ class ClusterRepository:
         )
         return await cursor.fetchone() is not None
 
+    async def redispatch(self, op_id: int, resource_id: str, epoch: int) -> bool:
+        """Take over operation ``op_id``, dispatched under an earlier epoch
+        whose result was never written, to settle it under ``epoch``: the same
+        guard as ``mark_dispatched`` (this node's epoch, a lease not ended).
+        False: nothing changed."""
+        cursor = await self._db.execute(
+            "WITH owner AS (SELECT resource_id FROM drivebay.ownership"
+            "  WHERE resource_id = %(resource)s AND owner_node = %(me)s AND epoch = %(epoch)s"
+            "  AND lease_until > now() FOR KEY SHARE)"
+            " UPDATE drivebay.operation o SET dispatched_epoch = %(epoch)s, dispatched_at = now()"
+            " FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
+            "  AND o.state = 'dispatched' AND o.dispatched_epoch < %(epoch)s"
+            " RETURNING o.id",
+            {"resource": resource_id, "me": self.node_id, "epoch": epoch, "op": op_id},
+        )
+        return await cursor.fetchone() is not None
+
     async def write_result(
         self, op_id: int, resource_id: str, epoch: int, *, ok: bool, result: Any
     ) -> bool:

@@ -1,0 +1,136 @@
+"""Running one resource's queued operations on the node that owns it.
+
+``ResourceQueue.drain`` takes the resource's unfinished operations in their
+order, one at a time, under the epoch this node holds: each is marked
+dispatched (a guarded write), the fence is checked immediately before the
+call is sent, and its result is written (a guarded write). It stops at the
+first guard that fails (``Stop.LOST``: another node owns the resource now)
+or when the fence is closed (``Stop.FENCED``), without sending anything.
+
+An operation found dispatched under another epoch (its node died, or was
+fenced, between the dispatch mark and the result) is settled first, by
+``settle_rule``: re-run when the manifest lists it as idempotent, asked of
+the driver's ``reconcile_operation`` when it has one, otherwise failed with
+``OutcomeUnknown``, never silently re-run.
+
+Not wired into the resource actors yet (docs/cluster.md): ``send`` and
+``reconcile`` are what the actor will pass in.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from drivebay.kernel.cluster.lease import Fence
+from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """What became of a call: its result, or (``ok`` False) its error."""
+
+    ok: bool
+    result: Any
+
+
+Send = Callable[[QueuedOperation, int], Awaitable[Outcome]]  # (operation, epoch)
+
+
+class Settle(enum.Enum):
+    RERUN = "rerun"  # idempotent: sending it again has the same effect as once
+    RECONCILE = "reconcile"  # ask the driver what became of it
+    UNKNOWN = "unknown"  # fail it with OutcomeUnknown
+
+
+class Stop(enum.Enum):
+    DONE = "done"  # nothing left in the queue
+    LOST = "lost"  # a guarded write changed nothing: another node owns it now
+    FENCED = "fenced"  # this node may not dispatch now
+
+
+def settle_rule(operation: str, idempotent: frozenset[str], can_reconcile: bool) -> Settle:
+    """How a new owner settles ``operation``, dispatched by a node that did
+    not write its result."""
+    if operation in idempotent:
+        return Settle.RERUN
+    if can_reconcile:
+        return Settle.RECONCILE
+    return Settle.UNKNOWN
+
+
+def outcome_unknown(op: QueuedOperation) -> Outcome:
+    return Outcome(
+        ok=False,
+        result={
+            "type": "OutcomeUnknown",
+            "message": f"operation {op.operation} (#{op.id}) on {op.resource_id} was sent by a "
+            "node that stopped before its result was recorded; check the resource, and list "
+            "the operation as idempotent or give the driver reconcile_operation to settle it",
+        },
+    )
+
+
+class ResourceQueue:
+    """The queue of one resource this node holds under ``epoch``."""
+
+    def __init__(
+        self,
+        repository: ClusterRepository,
+        resource_id: str,
+        epoch: int,
+        fence: Fence,
+        send: Send,
+        *,
+        reconcile: Send | None = None,
+        idempotent: frozenset[str] = frozenset(),
+    ) -> None:
+        self.resource_id = resource_id
+        self.epoch = epoch
+        self._repository = repository
+        self._fence = fence
+        self._send = send
+        self._reconcile = reconcile
+        self._idempotent = idempotent
+
+    async def drain(self) -> Stop:
+        """Run every unfinished operation, in order; returns why it stopped."""
+        for op in await self._repository.open_operations(self.resource_id):
+            if not self._fence.may_dispatch():
+                return Stop.FENCED
+            if op.state == "dispatched":
+                stop = await self._settle(op)
+            else:
+                stop = await self._run(op)
+            if stop is not None:
+                return stop
+        return Stop.DONE
+
+    async def _run(self, op: QueuedOperation) -> Stop | None:
+        if not await self._repository.mark_dispatched(op.id, self.resource_id, self.epoch):
+            return Stop.LOST
+        if not self._fence.may_dispatch():  # immediately before the send
+            return Stop.FENCED
+        return await self._record(op, await self._send(op, self.epoch))
+
+    async def _settle(self, op: QueuedOperation) -> Stop | None:
+        if op.dispatched_epoch != self.epoch and not await self._repository.redispatch(
+            op.id, self.resource_id, self.epoch
+        ):
+            return Stop.LOST
+        rule = settle_rule(op.operation, self._idempotent, self._reconcile is not None)
+        if rule is Settle.UNKNOWN:
+            return await self._record(op, outcome_unknown(op))
+        if not self._fence.may_dispatch():
+            return Stop.FENCED
+        call = self._send if rule is Settle.RERUN else self._reconcile
+        assert call is not None
+        return await self._record(op, await call(op, self.epoch))
+
+    async def _record(self, op: QueuedOperation, outcome: Outcome) -> Stop | None:
+        written = await self._repository.write_result(
+            op.id, self.resource_id, self.epoch, ok=outcome.ok, result=outcome.result
+        )
+        return None if written else Stop.LOST
