@@ -285,6 +285,17 @@ class ClusterRepository:
         )
         return [QueuedOperation(*row) for row in await cursor.fetchall()]
 
+    async def with_open_operations(self, resource_ids: Iterable[str]) -> list[str]:
+        """Which of ``resource_ids`` have unfinished operations (one query):
+        what an owner polls for, in case a notification was lost."""
+        cursor = await self._db.execute(
+            "SELECT DISTINCT resource_id FROM drivebay.operation"
+            " WHERE resource_id = ANY (%s) AND state IN ('queued', 'dispatched')"
+            " ORDER BY resource_id",
+            (list(resource_ids),),
+        )
+        return [str(resource) for (resource,) in await cursor.fetchall()]
+
     async def mark_dispatched(self, op_id: int, resource_id: str, epoch: int) -> bool:
         """Mark operation ``op_id`` dispatched under ``epoch``, only if this
         node holds ``resource_id`` under that epoch with a lease not ended,
