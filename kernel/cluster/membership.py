@@ -105,11 +105,13 @@ class Membership:
             self._incarnation = await repository.register(self._drivers, self._versions)
             sent = self.fence.sending()
             renewed = {}
-        lost = {r for r, epoch in self.owned.items() if renewed.get(r) != epoch}
+        # What was lost is dropped before the fence opens again: while it is
+        # open, ``owned`` holds only leases the database has just confirmed.
+        self._change({}, {r for r, epoch in self.owned.items() if renewed.get(r) != epoch})
         self.fence.renewed(sent)
         claimed = {lease.resource_id: lease.epoch for lease in await repository.claim()}
         self.rounds += 1
-        self._change(claimed, lost)
+        self._change(claimed, set())
 
     def _change(self, gained: dict[str, int], lost: set[str]) -> None:
         for resource in lost:
