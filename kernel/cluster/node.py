@@ -1,0 +1,139 @@
+"""A node's cluster side put together, for the kernel to run (not wired yet).
+
+``ClusterNode.run`` runs the node's ``Membership`` and ``Inbox`` and, for
+each resource the node owns, one worker task that drains the resource's
+queue (``dispatch.ResourceQueue``) under the epoch it was claimed with:
+at once when the resource is gained (a takeover first settles what the
+previous owner left dispatched), then whenever the inbox wakes it. A lost
+resource's worker is cancelled; a call it was sending is settled by the
+next owner. The workers share one connection of their own, opened again
+after a failure (the next wake retries). ``stop`` leaves the cluster and
+makes ``run`` return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import psycopg
+
+from drivebay.kernel.cluster.connection import Connection, connect
+from drivebay.kernel.cluster.dispatch import ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.inbox import Inbox
+from drivebay.kernel.cluster.membership import Membership
+from drivebay.kernel.cluster.repository import ClusterRepository
+from drivebay.kernel.cluster.settings import ClusterSettings
+from drivebay.protocol.errors import KernelError
+
+log = logging.getLogger("drivebay.cluster")
+
+
+class ClusterNode:
+    """Membership, inbox and one queue worker per owned resource; ``run``, then ``stop``."""
+
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        drivers: Iterable[str],
+        send: Send,
+        *,
+        reconcile: Send | None = None,
+        idempotent: frozenset[str] = frozenset(),
+        poll_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.membership = Membership(settings, drivers, self._changed)
+        self.inbox = Inbox(
+            settings,
+            self._wake,
+            lambda: list(self.membership.owned),
+            poll_s=settings.renew_s if poll_s is None else poll_s,
+        )
+        self._send = send
+        self._reconcile = reconcile
+        self._idempotent = idempotent
+        self._tasks: asyncio.TaskGroup | None = None
+        self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._db: Connection | None = None
+        self._db_lock = asyncio.Lock()
+
+    def stop(self) -> None:
+        """Leave the cluster; ``run`` returns once every task has ended."""
+        self.membership.stop()
+
+    async def run(self) -> None:
+        """Until ``stop`` (or cancelled: then leases are left to expire).
+        A ``SchemaRefused`` from the membership ends it, inside an
+        ExceptionGroup as the task group raises it."""
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                self._tasks = tasks
+                inbox = tasks.create_task(self.inbox.run(), name="cluster inbox")
+                try:
+                    await self.membership.run()
+                finally:
+                    inbox.cancel()
+                    for task, _ in self._workers.values():
+                        task.cancel()
+                    self._workers.clear()
+        finally:
+            self._tasks = None
+            if self._db is not None:
+                await self._db.close()
+                self._db = None
+
+    def _changed(self, gained: dict[str, int], lost: set[str]) -> None:
+        for resource_id in lost:
+            worker = self._workers.pop(resource_id, None)
+            if worker is not None:
+                worker[0].cancel()
+        if self._tasks is None:
+            return
+        for resource_id, epoch in gained.items():
+            woken = asyncio.Event()
+            woken.set()  # drain at once: what the previous owner left comes first
+            task = self._tasks.create_task(
+                self._worker(resource_id, epoch, woken), name=f"cluster queue {resource_id}"
+            )
+            self._workers[resource_id] = (task, woken)
+
+    def _wake(self, resource_id: str) -> None:
+        worker = self._workers.get(resource_id)
+        if worker is not None:
+            worker[1].set()
+
+    async def _worker(self, resource_id: str, epoch: int, woken: asyncio.Event) -> None:
+        while True:
+            await woken.wait()
+            woken.clear()
+            try:
+                repository = ClusterRepository(
+                    await self._connection(), self.settings.node_id, self.settings.lease_s
+                )
+                queue = ResourceQueue(
+                    repository,
+                    resource_id,
+                    epoch,
+                    self.membership.fence,
+                    self._send,
+                    reconcile=self._reconcile,
+                    idempotent=self._idempotent,
+                )
+                stop = await queue.drain()
+            except (psycopg.Error, KernelError, TimeoutError) as exc:
+                log.debug("cluster queue %s: %s; the next wake tries again", resource_id, exc)
+                continue
+            if stop is Stop.LOST:
+                return  # the membership's next round says so too
+
+    async def _connection(self) -> Connection:
+        async with self._db_lock:
+            if self._db is not None and (self._db.closed or self._db.broken):
+                await self._db.close()
+                self._db = None
+            if self._db is None:
+                async with asyncio.timeout(self.settings.renew_s):
+                    self._db = await connect(self.settings)
+            return self._db

@@ -1,0 +1,100 @@
+"""Three nodes in one process against a real PostgreSQL, under load: the
+one owning most resources is cut off (its tasks cancelled: no goodbye, its
+leases run out); every resource gets a new owner under a greater epoch, and
+every accepted operation reaches a driver at most once, in order per
+resource, and gets a final answer (those its dead owner had sent without
+recording a result: OutcomeUnknown, never sent again)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from typing import Any
+
+from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.node import ClusterNode
+from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
+from drivebay.kernel.cluster.settings import ClusterSettings
+from tests.cluster.helpers import add, cluster, eventually
+from tests.helpers import run
+
+RESOURCES = 9
+CALLS_PER_RESOURCE = 8
+
+
+def test_a_node_cut_off_under_load_loses_nothing_and_repeats_nothing(database: str) -> None:
+    ledger: list[tuple[str, int, str]] = []  # (resource, operation id, node): what drivers saw
+
+    def node(node_id: str) -> ClusterNode:
+        async def send(op: QueuedOperation, epoch: int) -> Outcome:
+            ledger.append((op.resource_id, op.id, node_id))
+            await asyncio.sleep(0.005)  # the driver at work: a kill may land here
+            return Outcome(ok=True, result=node_id)
+
+        settings = ClusterSettings(database, node_id, lease_s=1.5, renew_s=0.25, grace_s=0.5)
+        return ClusterNode(settings, ["disk"], send, poll_s=0.2)
+
+    async def main() -> None:
+        async with cluster(database, "front", drivers=()) as (front,):
+            await add(front, RESOURCES)
+            nodes = [node(f"n{i}") for i in range(3)]
+            async with asyncio.TaskGroup() as tasks:
+                running = [tasks.create_task(n.run()) for n in nodes]
+                await eventually(lambda: _all_owned(nodes))
+                victim = max(range(3), key=lambda i: len(nodes[i].membership.owned))
+                before = dict(nodes[victim].membership.owned)
+                ids = [r.id for r in await front.resources()]
+                calls = itertools.cycle(ids)
+                accepted = [await front.enqueue(next(calls), "op", {}) for _ in range(36)]
+                await eventually(lambda: _at_least(ledger, 12))
+                running[victim].cancel()  # cut off: no leave, its leases run out
+                for _ in range(RESOURCES * CALLS_PER_RESOURCE - 36):
+                    accepted.append(await front.enqueue(next(calls), "op", {}))
+                survivors = [n for i, n in enumerate(nodes) if i != victim]
+                await eventually(lambda: _owned_by(survivors, ids), deadline=30)
+                after = {r: e for n in survivors for r, e in n.membership.owned.items()}
+                assert all(after[r] > e for r, e in before.items())
+                finals = await eventually(lambda: _all_final(front, accepted), deadline=30)
+                for n in survivors:
+                    n.stop()
+
+        sent = Counter(op_id for _, op_id, _ in ledger)
+        assert max(sent.values()) == 1  # no operation reached a driver twice
+        for op_id, (state, result) in finals.items():
+            if state == "done":
+                assert sent[op_id] == 1
+            else:  # sent by the victim, result never written: settled, not re-run
+                assert result["type"] == "OutcomeUnknown"
+                assert sent[op_id] <= 1
+        unknown = [op_id for op_id, (state, _) in finals.items() if state == "failed"]
+        assert len(unknown) <= len(before)  # at most one in flight per resource it owned
+        for resource in {r for r, _, _ in ledger}:
+            order = [op_id for r, op_id, _ in ledger if r == resource]
+            assert order == sorted(order)
+
+    run(main())
+
+
+async def _all_owned(nodes: list[ClusterNode]) -> bool:
+    return sum(len(n.membership.owned) for n in nodes) == RESOURCES
+
+
+async def _at_least(ledger: list[tuple[str, int, str]], count: int) -> bool:
+    return len(ledger) >= count
+
+
+async def _owned_by(nodes: list[ClusterNode], ids: list[str]) -> bool:
+    return sorted(r for n in nodes for r in n.membership.owned) == sorted(ids)
+
+
+async def _all_final(
+    front: ClusterRepository, accepted: list[int]
+) -> dict[int, tuple[str, Any]] | None:
+    cursor = await front._db.execute(
+        "SELECT id, state, result FROM drivebay.operation WHERE id = ANY (%s)", (accepted,)
+    )
+    rows = {op_id: (state, result) for op_id, state, result in await cursor.fetchall()}
+    if len(rows) == len(accepted) and all(s in ("done", "failed") for s, _ in rows.values()):
+        return rows
+    return None
