@@ -14,7 +14,8 @@ the driver's ``reconcile_operation`` when it has one, otherwise failed with
 ``OutcomeUnknown``, never silently re-run.
 
 Not wired into the resource actors yet (docs/cluster.md): ``send`` and
-``reconcile`` are what the actor will pass in.
+``reconcile`` are what the actor will pass in. ``fault`` lets a test hold a
+dispatch at a named point (a pause of the node that lands exactly there).
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 Send = Callable[[QueuedOperation, int], Awaitable[Outcome]]  # (operation, epoch)
+# A test's hold at a named point of a dispatch: "dispatch" (before the dispatch
+# mark is committed), "send" (after it, before the fence check and the send),
+# "result" (before the result is written). None in production.
+FaultPoint = Callable[[str, QueuedOperation], Awaitable[None]]
 
 
 class Settle(enum.Enum):
@@ -86,6 +91,7 @@ class ResourceQueue:
         *,
         reconcile: Send | None = None,
         idempotent: frozenset[str] = frozenset(),
+        fault: FaultPoint | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.epoch = epoch
@@ -94,6 +100,7 @@ class ResourceQueue:
         self._send = send
         self._reconcile = reconcile
         self._idempotent = idempotent
+        self._fault = fault
 
     async def drain(self) -> Stop:
         """Run every unfinished operation, in order; returns why it stopped."""
@@ -109,8 +116,10 @@ class ResourceQueue:
         return Stop.DONE
 
     async def _run(self, op: QueuedOperation) -> Stop | None:
+        await self._at("dispatch", op)
         if not await self._repository.mark_dispatched(op.id, self.resource_id, self.epoch):
             return Stop.LOST
+        await self._at("send", op)
         if not self._fence.may_dispatch():  # immediately before the send
             return Stop.FENCED
         return await self._record(op, await self._send(op, self.epoch))
@@ -130,7 +139,12 @@ class ResourceQueue:
         return await self._record(op, await call(op, self.epoch))
 
     async def _record(self, op: QueuedOperation, outcome: Outcome) -> Stop | None:
+        await self._at("result", op)
         written = await self._repository.write_result(
             op.id, self.resource_id, self.epoch, ok=outcome.ok, result=outcome.result
         )
         return None if written else Stop.LOST
+
+    async def _at(self, point: str, op: QueuedOperation) -> None:
+        if self._fault is not None:
+            await self._fault(point, op)

@@ -10,7 +10,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from drivebay.kernel.cluster.connection import Connection, connect
-from drivebay.kernel.cluster.repository import ClusterRepository
+from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.lease import Fence
+from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.kernel.cluster.schema import migrate
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.kernel.resources.store import Resource
@@ -68,3 +70,39 @@ async def eventually(check: Callable[[], Awaitable[Any]], deadline: float = 10.0
         if time.monotonic() > end:
             raise AssertionError(f"not reached within {deadline}s")
         await asyncio.sleep(0.02)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def open_fence(clock: Clock | None = None) -> Fence:
+    fence = Fence(lease_s=15, grace_s=5, clock=clock or Clock())
+    fence.renewed(fence.sending())
+    return fence
+
+
+class Driver:
+    """Stands for the driver process: a ledger of what reached it."""
+
+    def __init__(self) -> None:
+        self.ledger: list[tuple[str, int, int]] = []  # (how, operation id, epoch)
+
+    async def send(self, op: QueuedOperation, epoch: int) -> Outcome:
+        self.ledger.append(("send", op.id, epoch))
+        return Outcome(ok=True, result={"did": op.operation})
+
+    async def reconcile(self, op: QueuedOperation, epoch: int) -> Outcome:
+        self.ledger.append(("reconcile", op.id, epoch))
+        return Outcome(ok=True, result={"found": op.operation})
+
+
+async def states(node: ClusterRepository) -> list[tuple[Any, ...]]:
+    cursor = await node._db.execute(
+        "SELECT id, state, dispatched_epoch, result FROM drivebay.operation ORDER BY id"
+    )
+    return await cursor.fetchall()

@@ -9,52 +9,13 @@ from typing import Any
 import pytest
 
 from drivebay.kernel.cluster.dispatch import (
-    Outcome,
     ResourceQueue,
     Settle,
     Stop,
     settle_rule,
 )
-from drivebay.kernel.cluster.lease import Fence
-from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
-from tests.cluster.helpers import add, cluster, expire_leases
+from tests.cluster.helpers import Clock, Driver, add, cluster, expire_leases, open_fence, states
 from tests.helpers import run
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def open_fence(clock: Clock | None = None) -> Fence:
-    fence = Fence(lease_s=15, grace_s=5, clock=clock or Clock())
-    fence.renewed(fence.sending())
-    return fence
-
-
-class Driver:
-    """Stands for the driver process: a ledger of what reached it."""
-
-    def __init__(self) -> None:
-        self.ledger: list[tuple[str, int, int]] = []  # (how, operation id, epoch)
-
-    async def send(self, op: QueuedOperation, epoch: int) -> Outcome:
-        self.ledger.append(("send", op.id, epoch))
-        return Outcome(ok=True, result={"did": op.operation})
-
-    async def reconcile(self, op: QueuedOperation, epoch: int) -> Outcome:
-        self.ledger.append(("reconcile", op.id, epoch))
-        return Outcome(ok=True, result={"found": op.operation})
-
-
-async def states(node: ClusterRepository) -> list[tuple[Any, ...]]:
-    cursor = await node._db.execute(
-        "SELECT id, state, dispatched_epoch, result FROM drivebay.operation ORDER BY id"
-    )
-    return await cursor.fetchall()
 
 
 def test_the_settle_rule() -> None:
