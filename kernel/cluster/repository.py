@@ -235,6 +235,26 @@ class ClusterRepository:
                 f"resource {resource.id} already exists; use 'resource set' to change it"
             ) from None
 
+    async def update_resource(self, resource: Resource) -> None:
+        """Replace the stored resource with the same id (driver, pin,
+        properties). Raises ``NoSuchName`` when there is none."""
+        cursor = await self._db.execute(
+            "UPDATE drivebay.resource SET driver = %s, pinned = %s, properties = %s,"
+            " updated = now() WHERE id = %s",
+            (resource.driver, resource.pinned, Jsonb(resource.properties), resource.id),
+        )
+        if cursor.rowcount == 0:
+            raise _no_such(resource.id)
+
+    async def remove_resource(self, resource_id: str) -> None:
+        """Delete the resource, its ownership and its operations. Raises
+        ``NoSuchName`` when there is none."""
+        cursor = await self._db.execute(
+            "DELETE FROM drivebay.resource WHERE id = %s", (resource_id,)
+        )
+        if cursor.rowcount == 0:
+            raise _no_such(resource_id)
+
     async def resources(self) -> list[Resource]:
         """Every resource, by id."""
         cursor = await self._db.execute(
@@ -270,9 +290,7 @@ class ClusterRepository:
                 },
             )
         except psycopg.errors.ForeignKeyViolation:
-            raise NoSuchName(
-                f"no resource {resource_id}; 'drivebayctl resources' lists them"
-            ) from None
+            raise _no_such(resource_id) from None
         return int(row[0])
 
     async def open_operations(self, resource_id: str) -> list[QueuedOperation]:
@@ -365,6 +383,10 @@ class ClusterRepository:
         row = await cursor.fetchone()
         assert row is not None, "the statement returns one row"
         return row
+
+
+def _no_such(resource_id: str) -> NoSuchName:
+    return NoSuchName(f"no resource {resource_id}; 'drivebayctl resources' lists them")
 
 
 async def listen(db: Connection, node_id: str) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.resources.store import Resource
+from drivebay.protocol.errors import NoSuchName, RequestError
 from tests.cluster.helpers import add, cluster, connected, eventually, expire_leases
 from tests.helpers import run
 
@@ -183,5 +186,30 @@ def test_a_node_that_leaves_gives_its_resources_up(database: str) -> None:
             await a.leave()
             assert await a.renew() is None
             assert len(await b.claim()) == 4
+
+    run(main())
+
+
+def test_resources_are_added_changed_and_removed(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "a") as (a,):
+            disk = Resource("vol-1", "disk", properties={"size_gb": 1, "tags": ["x"]})
+            await a.add_resource(disk)
+            with pytest.raises(RequestError, match="resource vol-1 already exists"):
+                await a.add_resource(disk)
+            with pytest.raises(RequestError, match="is not a resource id"):
+                await a.add_resource(Resource("-bad", "disk"))
+            changed = Resource("vol-1", "disk", pinned="2.0.0", properties={"size_gb": 2})
+            await a.update_resource(changed)
+            assert await a.resources() == [changed]
+            await a.enqueue("vol-1", "resize", {})
+            await a.remove_resource("vol-1")
+            assert await a.resources() == []
+            cursor = await a._db.execute("SELECT count(*) FROM drivebay.operation")
+            assert await cursor.fetchone() == (0,)
+            with pytest.raises(NoSuchName, match="no resource vol-1"):
+                await a.update_resource(changed)
+            with pytest.raises(NoSuchName, match="no resource vol-1"):
+                await a.remove_resource("vol-1")
 
     run(main())
