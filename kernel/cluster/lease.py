@@ -29,6 +29,13 @@ def claim_quota(resources: int, nodes: int, mine: int, claimable: int) -> int:
     return max(0, min(claimable, fair_share(resources, nodes) - mine))
 
 
+def surplus(resources: int, nodes: int, mine: int) -> int:
+    """How many of a driver's resources a node owning ``mine`` of them gives
+    up so that others may claim them: what it holds over its fair share
+    (a node that joined later claims only free and expired resources)."""
+    return max(0, mine - fair_share(resources, nodes))
+
+
 class Fence:
     """Whether this node may still dispatch, on its own monotonic clock.
 

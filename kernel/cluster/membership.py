@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import psycopg
 
@@ -30,6 +30,7 @@ from drivebay.protocol.errors import KernelError
 
 log = logging.getLogger("drivebay.cluster")
 OnChange = Callable[[dict[str, int], set[str]], None]  # gained {resource: epoch}, lost ids
+AfterRound = Callable[[ClusterRepository], Awaitable[None]]
 
 
 class Membership:
@@ -42,6 +43,7 @@ class Membership:
         on_change: OnChange,
         *,
         versions: Iterable[str] = (),
+        after_round: AfterRound | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -51,6 +53,7 @@ class Membership:
         self._drivers = list(drivers)
         self._versions = list(versions)
         self._on_change = on_change
+        self._after_round = after_round
         self._clock = clock
         self._stopping = asyncio.Event()
         self._incarnation: int | None = None
@@ -110,8 +113,18 @@ class Membership:
         self._change({}, {r for r, epoch in self.owned.items() if renewed.get(r) != epoch})
         self.fence.renewed(sent)
         claimed = {lease.resource_id: lease.epoch for lease in await repository.claim()}
-        self.rounds += 1
         self._change(claimed, set())
+        if self._after_round is not None:
+            await self._after_round(repository)
+        self.rounds += 1
+
+    def give_up(self, resource_ids: set[str]) -> None:
+        """Stop owning these (reported as lost) before releasing them."""
+        self._change({}, resource_ids)
+
+    def take_back(self, leases: dict[str, int]) -> None:
+        """Own again what a release left with this node (reported as gained)."""
+        self._change(leases, set())
 
     def _change(self, gained: dict[str, int], lost: set[str]) -> None:
         for resource in lost:

@@ -5,10 +5,14 @@ each resource the node owns, one worker task that drains the resource's
 queue (``dispatch.ResourceQueue``) under the epoch it was claimed with:
 at once when the resource is gained (a takeover first settles what the
 previous owner left dispatched), then whenever the inbox wakes it. A lost
-resource's worker is cancelled; a call it was sending is settled by the
-next owner. The workers share one connection of their own, opened again
-after a failure (the next wake retries). ``stop`` leaves the cluster and
-makes ``run`` return.
+resource's worker ends after the call in flight, if any (its writes are
+guarded, so a result still counts only if no other node claimed the
+resource). After each membership round, a node holding more than its fair
+share of a driver's resources (it was up before the others) gives up the
+excess whose queues are idle, so that the nodes that joined later claim
+them. The workers share one connection of their own, opened again after a
+failure (the next wake retries). ``stop`` leaves the cluster and makes
+``run`` return once the workers have ended.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import psycopg
 
@@ -44,7 +49,7 @@ class ClusterNode:
         poll_s: float | None = None,
     ) -> None:
         self.settings = settings
-        self.membership = Membership(settings, drivers, self._changed)
+        self.membership = Membership(settings, drivers, self._changed, after_round=self._rebalance)
         self.inbox = Inbox(
             settings,
             self._wake,
@@ -56,6 +61,8 @@ class ClusterNode:
         self._idempotent = idempotent
         self._tasks: asyncio.TaskGroup | None = None
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
+        self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
         self._db: Connection | None = None
         self._db_lock = asyncio.Lock()
 
@@ -72,12 +79,9 @@ class ClusterNode:
                 self._tasks = tasks
                 inbox = tasks.create_task(self.inbox.run(), name="cluster inbox")
                 try:
-                    await self.membership.run()
+                    await self.membership.run()  # on stop it leaves: every worker ends
                 finally:
                     inbox.cancel()
-                    for task, _ in self._workers.values():
-                        task.cancel()
-                    self._workers.clear()
         finally:
             self._tasks = None
             if self._db is not None:
@@ -88,7 +92,11 @@ class ClusterNode:
         for resource_id in lost:
             worker = self._workers.pop(resource_id, None)
             if worker is not None:
-                worker[0].cancel()
+                # Ended, not cancelled: an idle worker returns without another
+                # statement; a busy one finishes the call in flight (its result
+                # write is guarded) and stops at the next guard.
+                self._ending.add(worker[0])
+                worker[1].set()
         if self._tasks is None:
             return
         for resource_id, epoch in gained.items():
@@ -99,15 +107,45 @@ class ClusterNode:
             )
             self._workers[resource_id] = (task, woken)
 
+    async def _rebalance(self, repository: ClusterRepository) -> None:
+        """Give up what this node holds over its fair share, among resources
+        whose queue is idle: their workers end first (no call in flight, none
+        started after), then the leases end so that other nodes claim them."""
+        idle = {
+            resource_id: epoch
+            for resource_id, epoch in (await repository.surplus()).items()
+            if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
+        }
+        if not idle:
+            return
+        self.membership.give_up(set(idle))  # cancels their idle workers
+        released = await repository.release(idle)
+        kept = {r: e for r, e in idle.items() if r not in released}
+        if kept:  # an operation was left dispatched: settle it here first
+            self.membership.take_back(kept)
+
     def _wake(self, resource_id: str) -> None:
         worker = self._workers.get(resource_id)
         if worker is not None:
             worker[1].set()
 
     async def _worker(self, resource_id: str, epoch: int, woken: asyncio.Event) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        try:
+            await self._drain_when_woken(me, resource_id, epoch, woken)
+        finally:
+            self._ending.discard(me)
+
+    async def _drain_when_woken(
+        self, me: asyncio.Task[Any], resource_id: str, epoch: int, woken: asyncio.Event
+    ) -> None:
         while True:
             await woken.wait()
             woken.clear()
+            if me in self._ending:
+                return
+            self._draining.add(me)
             try:
                 repository = ClusterRepository(
                     await self._connection(), self.settings.node_id, self.settings.lease_s
@@ -125,6 +163,8 @@ class ClusterNode:
             except (psycopg.Error, KernelError, TimeoutError) as exc:
                 log.debug("cluster queue %s: %s; the next wake tries again", resource_id, exc)
                 continue
+            finally:
+                self._draining.discard(me)
             if stop is Stop.LOST:
                 return  # the membership's next round says so too
 

@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from drivebay.kernel.cluster.connection import Connection, channel
-from drivebay.kernel.cluster.lease import claim_quota
+from drivebay.kernel.cluster.lease import claim_quota, surplus
 from drivebay.kernel.resources.store import Resource, check_resource_id
 from drivebay.protocol.errors import NoSuchName, RequestError
 
@@ -196,6 +196,46 @@ class ClusterRepository:
             },
         )
         return sorted((Lease(*row) for row in await cursor.fetchall()), key=lambda x: x.resource_id)
+
+    async def surplus(self) -> dict[str, int]:
+        """Resource id -> epoch of what this node holds over its fair share of
+        each driver (the last ids of each), for it to ``release``."""
+        over = {
+            driver: n
+            for driver, resources, nodes, mine, _ in await self._claim_counts()
+            if (n := surplus(resources, nodes, mine))
+        }
+        if not over:
+            return {}
+        cursor = await self._db.execute(
+            "SELECT w.resource_id, w.epoch, r.driver FROM drivebay.ownership w"
+            " JOIN drivebay.resource r ON r.id = w.resource_id"
+            " WHERE w.owner_node = %s AND w.lease_until > now() AND r.driver = ANY (%s)"
+            " ORDER BY w.resource_id DESC",
+            (self.node_id, list(over)),
+        )
+        chosen: dict[str, int] = {}
+        for resource_id, epoch, driver in await cursor.fetchall():
+            if over[driver] > 0:
+                over[driver] -= 1
+                chosen[str(resource_id)] = int(epoch)
+        return chosen
+
+    async def release(self, leases: dict[str, int]) -> set[str]:
+        """End now the leases (resource id -> epoch) this node holds under
+        those epochs and whose resources have no operation dispatched, so that
+        other nodes claim them; returns the ids released. The caller must have
+        stopped dispatching for them first."""
+        cursor = await self._db.execute(
+            "UPDATE drivebay.ownership w SET lease_until = now()"
+            " FROM unnest(%(ids)s::text[], %(epochs)s::bigint[]) AS g(id, epoch)"
+            " WHERE w.resource_id = g.id AND w.epoch = g.epoch AND w.owner_node = %(me)s"
+            " AND w.lease_until > now() AND NOT EXISTS (SELECT FROM drivebay.operation o"
+            "  WHERE o.resource_id = w.resource_id AND o.state = 'dispatched')"
+            " RETURNING w.resource_id",
+            {"ids": list(leases), "epochs": list(leases.values()), "me": self.node_id},
+        )
+        return {str(resource_id) for (resource_id,) in await cursor.fetchall()}
 
     async def renew(self) -> dict[str, int] | None:
         """Beat the heartbeat and extend every lease of this node that has

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivebay.kernel.cluster.lease import Fence, claim_quota, fair_share
+from drivebay.kernel.cluster.lease import Fence, claim_quota, fair_share, surplus
 
 
 class Clock:
@@ -42,6 +42,12 @@ def test_nodes_claiming_in_turn_own_everything_evenly(resources: int, nodes: int
     assert free == 0
     assert max(owned) - min(owned) <= fair_share(resources, nodes)
     assert max(owned) <= fair_share(resources, nodes)
+
+
+def test_a_node_over_its_share_gives_up_the_excess() -> None:
+    assert surplus(resources=9, nodes=3, mine=9) == 6
+    assert surplus(resources=10, nodes=3, mine=4) == 0
+    assert surplus(resources=9, nodes=1, mine=9) == 0
 
 
 def test_a_node_never_renewed_is_fenced() -> None:

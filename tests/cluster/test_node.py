@@ -42,12 +42,12 @@ def test_a_node_cut_off_under_load_loses_nothing_and_repeats_nothing(database: s
             async with asyncio.TaskGroup() as tasks:
                 running = [tasks.create_task(n.run()) for n in nodes]
                 await eventually(lambda: _all_owned(nodes))
-                victim = max(range(3), key=lambda i: len(nodes[i].membership.owned))
-                before = dict(nodes[victim].membership.owned)
                 ids = [r.id for r in await front.resources()]
                 calls = itertools.cycle(ids)
                 accepted = [await front.enqueue(next(calls), "op", {}) for _ in range(36)]
                 await eventually(lambda: _at_least(ledger, 12))
+                victim = max(range(3), key=lambda i: len(nodes[i].membership.owned))
+                before = dict(nodes[victim].membership.owned)
                 running[victim].cancel()  # cut off: no leave, its leases run out
                 for _ in range(RESOURCES * CALLS_PER_RESOURCE - 36):
                     accepted.append(await front.enqueue(next(calls), "op", {}))
@@ -74,6 +74,52 @@ def test_a_node_cut_off_under_load_loses_nothing_and_repeats_nothing(database: s
             assert order == sorted(order)
 
     run(main())
+
+
+def test_nodes_that_join_later_get_their_share_and_nothing_is_lost(database: str) -> None:
+    ledger: list[tuple[str, int, str]] = []
+
+    def node(node_id: str) -> ClusterNode:
+        async def send(op: QueuedOperation, epoch: int) -> Outcome:
+            ledger.append((op.resource_id, op.id, node_id))
+            await asyncio.sleep(0.002)
+            return Outcome(ok=True, result=node_id)
+
+        settings = ClusterSettings(database, node_id, lease_s=1.5, renew_s=0.25, grace_s=0.5)
+        return ClusterNode(settings, ["disk"], send, poll_s=0.2)
+
+    async def main() -> None:
+        async with cluster(database, "front", drivers=()) as (front,):
+            await add(front, RESOURCES)
+            first, *later = nodes = [node(f"n{i}") for i in range(3)]
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(first.run())
+                await eventually(lambda: _owned_by([first], [f"r{i:03d}" for i in range(9)]))
+                before = dict(first.membership.owned)
+                ids = sorted(before)
+                accepted = [await front.enqueue(ids[i % RESOURCES], "op", {}) for i in range(27)]
+                for n in later:
+                    tasks.create_task(n.run())
+                accepted += [await front.enqueue(ids[i % RESOURCES], "op", {}) for i in range(27)]
+                await eventually(lambda: _spread(nodes, 3), deadline=30)
+                finals = await eventually(lambda: _all_final(front, accepted), deadline=30)
+                moved = {r: e for n in later for r, e in n.membership.owned.items()}
+                assert all(e > before[r] for r, e in moved.items())
+                for n in nodes:
+                    n.stop()
+
+        sent = Counter(op_id for _, op_id, _ in ledger)
+        assert sorted(sent) == sorted(accepted) and set(sent.values()) == {1}  # handed over idle
+        assert {state for state, _ in finals.values()} == {"done"}
+        for resource in ids:
+            order = [op_id for r, op_id, _ in ledger if r == resource]
+            assert order == sorted(order)
+
+    run(main())
+
+
+async def _spread(nodes: list[ClusterNode], each: int) -> bool:
+    return all(len(n.membership.owned) == each for n in nodes)
 
 
 async def _all_owned(nodes: list[ClusterNode]) -> bool:

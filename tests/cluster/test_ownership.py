@@ -213,3 +213,26 @@ def test_resources_are_added_changed_and_removed(database: str) -> None:
                 await a.remove_resource("vol-1")
 
     run(main())
+
+
+def test_a_node_over_its_share_releases_the_excess_but_not_a_busy_resource(
+    database: str,
+) -> None:
+    async def main() -> None:
+        async with cluster(database, "a") as (a,):
+            await add(a, 9)
+            first = {lease.resource_id: lease.epoch for lease in await a.claim()}
+            assert len(first) == 9
+            busy = await a.enqueue("r008", "a", {})
+            assert await a.mark_dispatched(busy, "r008", first["r008"])
+            async with cluster(database, "b", "c") as (b, c):
+                over = await a.surplus()
+                assert over == {f"r{i:03d}": first[f"r{i:03d}"] for i in range(3, 9)}
+                assert await a.release(over) == set(over) - {"r008"}
+                taken = {x.resource_id: x.epoch for n in (b, c) for x in await n.claim()}
+                assert set(taken) == {f"r{i:03d}" for i in range(3, 8)}
+                assert all(taken[r] > first[r] for r in taken)
+                assert await a.release({"r000": first["r000"] - 1}) == set()  # stale epoch
+                assert set(await a.renew() or {}) == {"r000", "r001", "r002", "r008"}
+
+    run(main())
