@@ -33,6 +33,12 @@ OnChange = Callable[[dict[str, int], set[str]], None]  # gained {resource: epoch
 AfterRound = Callable[[ClusterRepository], Awaitable[None]]
 
 
+class NodeIdTaken(KernelError):
+    """Another process registered this node's id while this one ran (a node
+    started twice, or a copy of its config elsewhere): this one stops rather
+    than take the id back, which would end the other's leases in turn."""
+
+
 class Membership:
     """One node's membership; ``run`` it as a task, ``stop`` to leave."""
 
@@ -67,11 +73,12 @@ class Membership:
         """Take part until ``stop``: connect, and after any failure of the
         database connect again, at most every ``renew_s``. Raises
         ``SchemaRefused`` (no retry helps) when the database's schema is
-        newer than this code or not drivebay's."""
+        newer than this code or not drivebay's, and ``NodeIdTaken`` when
+        another process registered this node id meanwhile."""
         while not self._stopping.is_set():
             try:
                 await self._connected()
-            except SchemaRefused:
+            except (SchemaRefused, NodeIdTaken):
                 self.fence.fence()
                 raise
             except (psycopg.Error, KernelError, TimeoutError) as exc:
@@ -101,13 +108,19 @@ class Membership:
     async def _round(self, repository: ClusterRepository) -> None:
         """One renewal and one claim; the fence and ``owned`` follow the answers."""
         sent = self.fence.sending()
-        renewed = None if repository.incarnation is None else await repository.renew()
-        if renewed is None:  # a new process, or our node id was taken over: join afresh
-            self.fence.fence()
-            self._change({}, set(self.owned))
+        if repository.incarnation is None:  # this process joins
             self._incarnation = await repository.register(self._drivers, self._versions)
             sent = self.fence.sending()
-            renewed = {}
+            renewed: dict[str, int] | None = {}
+        else:
+            renewed = await repository.renew()
+        if renewed is None:
+            self.fence.fence()
+            self._change({}, set(self.owned))
+            raise NodeIdTaken(
+                f"cluster.node_id {self.settings.node_id} was registered by another drivebayd "
+                "process since this one joined; this one stops: give each node its own node_id"
+            )
         # What was lost is dropped before the fence opens again: while it is
         # open, ``owned`` holds only leases the database has just confirmed.
         self._change({}, {r for r, epoch in self.owned.items() if renewed.get(r) != epoch})

@@ -118,7 +118,7 @@ class ClusterNode:
         }
         if not idle:
             return
-        self.membership.give_up(set(idle))  # cancels their idle workers
+        self.membership.give_up(set(idle))  # their idle workers end, no statement after
         released = await repository.release(idle)
         kept = {r: e for r, e in idle.items() if r not in released}
         if kept:  # an operation was left dispatched: settle it here first

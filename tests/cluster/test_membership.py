@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from drivebay.kernel.cluster.membership import Membership
+from drivebay.kernel.cluster.membership import Membership, NodeIdTaken
 from drivebay.kernel.cluster.schema import SchemaRefused
 from drivebay.kernel.cluster.settings import ClusterSettings
 from tests.cluster.helpers import add, cluster, eventually
@@ -130,5 +130,24 @@ def test_a_member_on_a_newer_schema_stops_with_one_line(database: str) -> None:
         with pytest.raises(SchemaRefused, match="upgrade drivebayd on this node"):
             await asyncio.wait_for(a.run(), timeout=30)
         assert not a.fence.may_dispatch()
+
+    run(main())
+
+
+def test_a_member_whose_node_id_another_process_registered_stops(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "admin", register=False) as (admin,):
+            await add(admin, 2)
+        a = member(database, "a", [])
+        with pytest.raises(NodeIdTaken, match="give each node its own node_id"):
+            async with asyncio.timeout(30):
+                running = asyncio.ensure_future(a.run())
+                try:
+                    await eventually(lambda: owning(a, 2))
+                    async with cluster(database, "a"):  # a second process with the same id
+                        pass
+                finally:
+                    await running
+        assert not a.fence.may_dispatch() and a.owned == {}
 
     run(main())
