@@ -5,7 +5,7 @@ project's bytecode (``scripts/test`` does the same)::
 
     .venv/bin/python -m compileall -q kernel sandbox protocol
     .venv/bin/python scripts/bench/scale.py [--quick] [--json] [--no-floor]
-    .venv/bin/python scripts/bench/scale.py --only calls [--compare JSON] [--floor-batch]
+    .venv/bin/python scripts/bench/scale.py --only calls [--daemon LABEL:VENV:JSON] [--floor-batch]
 
 100 trivial drivers (20 with ``--quick``): bundles ``d-000`` ... of the
 ledger driver of ``upgrade.py`` (category ``other``, one start wave), all
@@ -139,15 +139,17 @@ def spawn_setting() -> tuple[str, str] | None:
 
 
 @contextlib.asynccontextmanager
-async def drivebayd(root: Path, envs_dir: Path, extra: dict[str, Any]) -> AsyncIterator[Any]:
-    """drivebayd with ``extra`` config keys and no bundle yet, its admin client
-    connected; always stopped and reaped."""
+async def drivebayd(
+    root: Path, envs_dir: Path, extra: dict[str, Any], venv: Path | None = None
+) -> AsyncIterator[Any]:
+    """drivebayd (``venv``'s, default this one's) with ``extra`` config keys and
+    no bundle yet, its admin client connected; always stopped and reaped."""
     config = upgrade.write_config(root, envs_dir, True, extra)
     (root / "drivers").mkdir()
     log_fd = os.open(root / "drivebayd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         process = await asyncio.create_subprocess_exec(
-            str(upgrade.BIN / "drivebayd"),
+            str((venv / "bin" if venv else upgrade.BIN) / "drivebayd"),
             "--config",
             str(config),
             stdin=subprocess.DEVNULL,
@@ -456,11 +458,25 @@ async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     return Results(start, found, quiet, killed, made, stopped, start_nospare, many, spawn, other)
 
 
+@dataclass(frozen=True)
+class Other:
+    """``--daemon LABEL:VENV:JSON``: one more drivebayd under the same load."""
+
+    label: str
+    venv: Path | None  # None: this venv's drivebayd
+    config: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str) -> Other:
+        label, venv, config = text.split(":", 2)
+        return cls(label, Path(venv) if venv else None, json.loads(config or "{}"))
+
+
 async def calls_only(
-    plan: Plan, root: Path, envs_dir: Path, compare: dict[str, Any] | None, floor_batch: bool
+    plan: Plan, root: Path, envs_dir: Path, others: list[Other], floor_batch: bool
 ) -> _scale_calls.Calls:
-    """(e) alone, on a daemon with spares off (and on a second one with the
-    ``compare`` config keys, its windows taking turns with the first's)."""
+    """(e) alone, on a daemon with spares off, and on each of ``others`` (its
+    windows taking turns with the first's in the same rounds)."""
     names = driver_names(plan.drivers)
     _common.progress("scale: a first driver (builds the shared env if needed) ...")
     await prime(root / "prime", envs_dir)
@@ -468,14 +484,16 @@ async def calls_only(
         daemon = await stack.enter_async_context(drivebayd(root / "a", envs_dir, settings(False)))
         _common.progress(f"scale: {len(names)} drivers: start ...")
         await start_all(daemon, names, spares=False)
-        others = {}
-        if compare is not None:
-            extra = {**settings(False), **compare}
-            other = await stack.enter_async_context(drivebayd(root / "b", envs_dir, extra))
-            _common.progress(f"scale: {len(names)} drivers of drivebayd B ({compare}): start ...")
-            await start_all(other, names, spares=False)
-            others["drivebayd B"] = other
-        return await _scale_calls.calls(daemon, names, plan, root, others, floor_batch)
+        started = {}
+        for n, other in enumerate(others):
+            extra = {**settings(False), **other.config}
+            each = await stack.enter_async_context(
+                drivebayd(root / f"other-{n}", envs_dir, extra, other.venv)
+            )
+            _common.progress(f"scale: {len(names)} drivers of {other}: start ...")
+            await start_all(each, names, spares=False)
+            started[f"drivebayd {other.label}"] = each
+        return await _scale_calls.calls(daemon, names, plan, root, started, floor_batch)
 
 
 def calls_json(made: _scale_calls.Calls, plan: Plan) -> dict[str, Any]:
@@ -801,11 +819,14 @@ def main(argv: list[str] | None = None) -> None:
         "unless --quick)",
     )
     parser.add_argument(
-        "--compare",
-        type=json.loads,
-        metavar="JSON",
-        help="with --only calls: a second daemon with these config keys "
-        """(e.g. '{"scheduling": "normal"}'), its windows taking turns with the first's""",
+        "--daemon",
+        type=Other.parse,
+        action="append",
+        default=[],
+        metavar="LABEL:VENV:JSON",
+        help="with --only calls: one more drivebayd, VENV's (empty: this one's) with the "
+        """config keys JSON (e.g. 'normal::{"scheduling": "normal"}'), its windows taking """
+        "turns with the first's; may be repeated",
     )
     parser.add_argument(
         "--floor-batch",
@@ -851,7 +872,7 @@ def calls_main(options: Any, plan: Plan, mode: str, started: float, load_before:
 
     with supervise.reaping_orphans(), tempfile.TemporaryDirectory(prefix="drivebay-scale-") as tmp:
         made = uvloop.run(
-            calls_only(plan, Path(tmp), options.envs_dir, options.compare, options.floor_batch)
+            calls_only(plan, Path(tmp), options.envs_dir, options.daemon, options.floor_batch)
         )
     info = {**_common.machine(), "loadavg_1m_before": load_before}
     print(_calls_table(made, plan))
