@@ -268,6 +268,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user: str | None = None  # run drivers as this user (root daemon only)
     # What keeps a driver's descendants from outliving it (sandbox/containment.py).
     containment: Literal["auto", "pid_namespace", "process_group"] = "auto"
+    # Driver processes' Linux scheduling policy (protocol/runtime.py; operations.md).
+    scheduling: Literal["normal", "batch"] = "normal"
     category_order: tuple[str, ...] = ("network", "storage", "hypervisor")
     settle_s: float = 1.0  # a dropped directory must be unchanged this long
     same_version_change: str = "error"  # or "reload": a changed bundle of the same version

@@ -63,6 +63,7 @@ EFFECTS: dict[str, Effect] = {
     "limits": Effect.RESPAWN,
     "logs": Effect.RESPAWN,
     "containment": Effect.RESPAWN,  # how a driver's process tree is held is set at its spawn
+    "scheduling": Effect.RESPAWN,  # a driver process sets its policy as it starts
     "drivers": Effect.RESPAWN,
 }
 

@@ -78,6 +78,7 @@ class Settings:
         self.log_level = environ.get("DRIVEBAY_LOG_LEVEL", "INFO")
         self.limits = environ.get("DRIVEBAY_RLIMITS", "")
         self.containment = environ.get("DRIVEBAY_CONTAINMENT", "auto")
+        self.scheduling = environ.get("DRIVEBAY_SCHEDULING", "normal")
 
 
 class ChannelLogHandler(logging.Handler):
@@ -639,6 +640,19 @@ def _apply_limits(spec: str) -> None:
             os._exit(EXIT_REFUSED)
 
 
+def apply_scheduling(policy: str) -> None:
+    """``DRIVEBAY_SCHEDULING``: ``batch`` makes this process (and what it
+    starts) SCHED_BATCH, which any process may choose for itself: woken by a
+    frame from drivebayd, it runs when drivebayd yields the CPU or on another
+    one, never in the middle of drivebayd's pass. ``normal`` leaves it as is."""
+    if policy != "batch" or not hasattr(os, "SCHED_BATCH"):  # Linux only
+        return
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError as exc:  # a seccomp filter or an odd kernel: run as is
+        print(f"drivebay runtime: cannot use SCHED_BATCH ({exc}); running as is", file=sys.stderr)
+
+
 async def _serve(
     sock: socket.socket,
     codec: ChildCodec,
@@ -679,6 +693,7 @@ def main() -> None:
         sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=settings.log_level, stream=sys.stderr)
     _apply_limits(settings.limits)
+    apply_scheduling(settings.scheduling)
     sock = socket.socket(fileno=settings.channel_fd)
     sock.set_inheritable(False)  # the driver's own subprocesses must not hold the channel
     codec = ChildCodec(max_frame=settings.max_frame)

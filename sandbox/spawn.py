@@ -62,6 +62,7 @@ class SpawnSpec:
     on_output: Callable[[str, bytes], None] | None = None  # ("stdout"|"stderr", chunk)
     run_as: RunAs | None = None  # switch to this user before exec (root daemon only)
     containment: str = "auto"  # see protocol.init_shim.contain
+    scheduling: str = "normal"  # the runtime's policy: see protocol.runtime
 
 
 def child_environment(spec: SpawnSpec, channel_fd: int, fd_channel_fd: int = -1) -> dict[str, str]:
@@ -85,6 +86,7 @@ def child_environment(spec: SpawnSpec, channel_fd: int, fd_channel_fd: int = -1)
         DRIVEBAY_LOG_LEVEL=spec.log_level,
         DRIVEBAY_RLIMITS=",".join(f"{name}={value}" for name, value in spec.rlimits.items()),
         DRIVEBAY_CONTAINMENT=spec.containment,
+        DRIVEBAY_SCHEDULING=spec.scheduling,
     )
     env.update(spec.extra_env)
     return env

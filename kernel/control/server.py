@@ -272,6 +272,7 @@ class ControlConnection:
         if transport is None or limits.lingering >= LINGER_MAX or not transport.can_write_eof():
             channel.close()
             return
+        channel.outbox.flush()  # the refusal, before the end of what we write
         transport.write_eof()
         limits.lingering += 1
         self._lingering = True

@@ -5,7 +5,9 @@ server's connections and the control client: bytes go through the sans-I/O
 codec and come out as typed messages handed to ``on_message``; a protocol
 violation (garbage, an oversized frame) is reported once to ``on_violation``
 and the connection closes. Writing goes through the shared coalescing
-``Outbox``, which also carries the transport's flow control.
+``Outbox``, which also carries the transport's flow control. Every channel of
+a loop shares the loop's ``PassFlush``: frames are written at the end of the
+loop pass, grouped by peer.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Generic, TypeVar, cast
 
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import ProtocolError
-from drivebay.protocol.outbox import Outbox
+from drivebay.protocol.outbox import Outbox, PassFlush
 
 In = TypeVar("In")
 
@@ -33,7 +35,8 @@ class FramedChannel(asyncio.Protocol, Generic[In]):
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.codec = codec
-        self.outbox = Outbox(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.outbox = Outbox(loop, PassFlush.of(loop))
         self._on_message = on_message
         self._on_violation = on_violation
         self._on_made = on_made
@@ -80,5 +83,7 @@ class FramedChannel(asyncio.Protocol, Generic[In]):
         return self.transport is None or self.transport.is_closing()
 
     def close(self) -> None:
+        """Close once what was sent is written (the transport writes it out)."""
         if self.transport is not None:
+            self.outbox.flush()
             self.transport.close()

@@ -693,6 +693,7 @@ class DriverSlot:
             on_output=self._on_output,
             run_as=run_as,
             containment=config.containment,
+            scheduling=config.scheduling,
         )
 
     def _on_output(self, stream: str, data: bytes) -> None:

@@ -176,7 +176,7 @@ def _daemon_call(client: AsyncClient, resource: str, args: dict[str, Any]) -> Aw
 
 
 async def drivebay_targets(
-    daemon: Any, clients: list[AsyncClient], names: list[str]
+    daemon: Any, clients: list[AsyncClient], names: list[str], name: str = "drivebayd"
 ) -> list[Target]:
     targets = []
     for label, placed in placement(names).items():
@@ -190,7 +190,7 @@ async def drivebay_targets(
         def roles(pid: int = daemon.pid) -> dict[str, list[int]]:
             return {"here": [os.getpid()], "hub": [pid], "workers": _scale_proc.descendants(pid)}
 
-        targets.append(Target(f"drivebayd, {label}", calls, roles))
+        targets.append(Target(f"{name}, {label}", calls, roles))
     return targets
 
 
@@ -200,15 +200,18 @@ def _floor_call(
     return client.call(connection, resource, args)
 
 
+FLOORS = [("floor", False), ("floor batch", True)]  # (label, SCHED_BATCH echo processes)
+
+
 def floor_targets(
-    client: _scale_floor.Client, names: list[str], relay: int, echoes: list[int]
+    client: _scale_floor.Client, names: list[str], relay: int, echoes: list[int], name: str
 ) -> list[Target]:
     def roles() -> dict[str, list[int]]:
         return {"here": [os.getpid()], "hub": [relay], "workers": echoes}
 
     return [
         Target(
-            f"floor, {label}",
+            f"{name}, {label}",
             [
                 functools.partial(_floor_call, client, n % CONNECTIONS, resource)
                 for n, resource in enumerate(placed)
@@ -299,19 +302,35 @@ class Calls:
     syscalls: dict[str, dict[str, float]] | str
 
 
-async def calls(daemon: Any, names: list[str], plan: Windows, workdir: Path) -> Calls:
-    async with upgrade.connections(daemon, CONNECTIONS) as clients:
-        targets = await drivebay_targets(daemon, clients, names)
+async def calls(
+    daemon: Any,
+    names: list[str],
+    plan: Windows,
+    workdir: Path,
+    others: dict[str, Any] | None = None,
+    floor_batch: bool = False,
+) -> Calls:
+    """The loads on ``daemon`` (and on each of ``others`` by its label, whose
+    windows take turns with the first's in the same rounds), beside the floor
+    (and, with ``floor_batch``, a second floor whose echo processes are
+    SCHED_BATCH, as drivebay's drivers are by default)."""
+    async with contextlib.AsyncExitStack() as daemons:
+        targets = []
+        for name, each in {"drivebayd": daemon, **(others or {})}.items():
+            clients = await daemons.enter_async_context(upgrade.connections(each, CONNECTIONS))
+            targets += await drivebay_targets(each, clients, names, name)
         async with contextlib.AsyncExitStack() as stack:
-            if plan.floor:
-                _common.progress(f"scale: the floor: a relay and {len(names)} echo processes ...")
+            for label, batch in FLOORS[: 2 if floor_batch else 1] if plan.floor else ():
+                _common.progress(f"scale: {label}: a relay and {len(names)} echo processes ...")
                 ours, relay, echoes = stack.enter_context(
-                    _scale_floor.floor(floor_table(names), len(names), CONNECTIONS, workdir)
+                    _scale_floor.floor(
+                        floor_table(names), len(names), CONNECTIONS, workdir / label, batch
+                    )
                 )
                 client = _scale_floor.Client(CONNECTIONS)
                 stack.callback(client.close)
                 await client.open(ours)
-                targets += floor_targets(client, names, relay, echoes)
+                targets += floor_targets(client, names, relay, echoes, label)
             figures = await call_rounds(targets, plan)
             syscalls = await syscall_rounds(targets, plan)
     return Calls(figures, syscalls)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import socket
 import sys
 from collections.abc import Iterator
@@ -100,10 +101,12 @@ class Client:
 
 @contextlib.contextmanager
 def floor(
-    table: dict[str, int], echoes: int, connections: int, workdir: Path
+    table: dict[str, int], echoes: int, connections: int, workdir: Path, batch: bool = False
 ) -> Iterator[tuple[list[socket.socket], int, list[int]]]:
-    """The relay and ``echoes`` echo processes, started and always reaped:
-    (this end of each connection to the relay, the relay's pid, the echo pids)."""
+    """The relay and ``echoes`` echo processes (SCHED_BATCH with ``batch``),
+    started and always reaped: (this end of each connection to the relay, the
+    relay's pid, the echo pids)."""
+    workdir.mkdir(parents=True, exist_ok=True)
     table_path = workdir / "floor-table.json"
     table_path.write_text(json.dumps(table))
     with contextlib.ExitStack() as stack:
@@ -114,6 +117,8 @@ def floor(
             with echo_end:
                 argv = [sys.executable, HOP, "--serve", "echo", str(echo_end.fileno())]
                 echo = stack.enter_context(_common.child_process(argv, (echo_end.fileno(),)))
+            if batch:
+                os.sched_setscheduler(echo.pid, os.SCHED_BATCH, os.sched_param(0))
             echo_pids.append(echo.pid)
             down_ends.append(relay_end)
         pairs = [socket.socketpair() for _ in range(connections)]

@@ -5,6 +5,7 @@ project's bytecode (``scripts/test`` does the same)::
 
     .venv/bin/python -m compileall -q kernel sandbox protocol
     .venv/bin/python scripts/bench/scale.py [--quick] [--json] [--no-floor]
+    .venv/bin/python scripts/bench/scale.py --only calls [--daemon LABEL:VENV:JSON] [--floor-batch]
 
 100 trivial drivers (20 with ``--quick``): bundles ``d-000`` ... of the
 ledger driver of ``upgrade.py`` (category ``other``, one start wave), all
@@ -70,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import statistics
@@ -137,15 +139,17 @@ def spawn_setting() -> tuple[str, str] | None:
 
 
 @contextlib.asynccontextmanager
-async def drivebayd(root: Path, envs_dir: Path, extra: dict[str, Any]) -> AsyncIterator[Any]:
-    """drivebayd with ``extra`` config keys and no bundle yet, its admin client
-    connected; always stopped and reaped."""
+async def drivebayd(
+    root: Path, envs_dir: Path, extra: dict[str, Any], venv: Path | None = None
+) -> AsyncIterator[Any]:
+    """drivebayd (``venv``'s, default this one's) with ``extra`` config keys and
+    no bundle yet, its admin client connected; always stopped and reaped."""
     config = upgrade.write_config(root, envs_dir, True, extra)
     (root / "drivers").mkdir()
     log_fd = os.open(root / "drivebayd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         process = await asyncio.create_subprocess_exec(
-            str(upgrade.BIN / "drivebayd"),
+            str((venv / "bin" if venv else upgrade.BIN) / "drivebayd"),
             "--config",
             str(config),
             stdin=subprocess.DEVNULL,
@@ -454,6 +458,71 @@ async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     return Results(start, found, quiet, killed, made, stopped, start_nospare, many, spawn, other)
 
 
+@dataclass(frozen=True)
+class Other:
+    """``--daemon LABEL:VENV:JSON``: one more drivebayd under the same load."""
+
+    label: str
+    venv: Path | None  # None: this venv's drivebayd
+    config: dict[str, Any]
+
+    @classmethod
+    def parse(cls, text: str) -> Other:
+        label, venv, config = text.split(":", 2)
+        return cls(label, Path(venv) if venv else None, json.loads(config or "{}"))
+
+
+async def calls_only(
+    plan: Plan, root: Path, envs_dir: Path, others: list[Other], floor_batch: bool
+) -> _scale_calls.Calls:
+    """(e) alone, on a daemon with spares off, and on each of ``others`` (its
+    windows taking turns with the first's in the same rounds)."""
+    names = driver_names(plan.drivers)
+    _common.progress("scale: a first driver (builds the shared env if needed) ...")
+    await prime(root / "prime", envs_dir)
+    async with contextlib.AsyncExitStack() as stack:
+        daemon = await stack.enter_async_context(drivebayd(root / "a", envs_dir, settings(False)))
+        _common.progress(f"scale: {len(names)} drivers: start ...")
+        await start_all(daemon, names, spares=False)
+        started = {}
+        for n, other in enumerate(others):
+            extra = {**settings(False), **other.config}
+            each = await stack.enter_async_context(
+                drivebayd(root / f"other-{n}", envs_dir, extra, other.venv)
+            )
+            _common.progress(f"scale: {len(names)} drivers of {other}: start ...")
+            await start_all(each, names, spares=False)
+            started[f"drivebayd {other.label}"] = each
+        return await _scale_calls.calls(daemon, names, plan, root, started, floor_batch)
+
+
+def calls_json(made: _scale_calls.Calls, plan: Plan) -> dict[str, Any]:
+    """calls/s, p99 and the ratio of each load, and what each process used per call."""
+    found: dict[str, Any] = {}
+    for label, f in made.figures.items():
+        if label.endswith(f", {plan.drivers} drivers"):
+            name = label.removesuffix(f", {plan.drivers} drivers")
+            few = made.figures[f"{name}, {FEW} drivers"]
+            found[name] = {
+                "calls_per_s_4": round(few.calls_per_s),
+                "calls_per_s_100": round(f.calls_per_s),
+                "calls_p99_ms_4": round(few.p99_ms, 3),
+                "calls_p99_ms_100": round(f.p99_ms, 3),
+                "calls_ratio": round(f.calls_per_s / few.calls_per_s, 3),
+            }
+    found["per_call"] = {
+        label: {
+            role: {k: round(v, 3) for k, v in values.items()} for role, values in f.per_call.items()
+        }
+        for label, f in made.figures.items()
+    }
+    found["per_window_calls_per_s"] = {
+        label: [round(rate) for rate in f.per_window] for label, f in made.figures.items()
+    }
+    found["syscalls_per_call"] = made.syscalls
+    return found
+
+
 # -- reporting ---------------------------------------------------------------------------------
 
 
@@ -466,9 +535,13 @@ def as_json(r: Results, plan: Plan) -> dict[str, Any]:
     db = {
         key.removeprefix("drivebayd, "): f
         for key, f in r.calls.figures.items()
-        if "drivebayd" in key
+        if key.startswith("drivebayd, ")
     }
-    floor = {key.removeprefix("floor, "): f for key, f in r.calls.figures.items() if "floor" in key}
+    floor = {
+        key.removeprefix("floor, "): f
+        for key, f in r.calls.figures.items()
+        if key.startswith("floor, ")
+    }
     pss = pss_by_mode(r)
     result: dict[str, Any] = {
         "start_100_s": r.start.running_s,
@@ -593,8 +666,8 @@ def report(r: Results, plan: Plan) -> str:
     return "\n\n".join(
         [
             _main_table(r, plan),
-            _calls_table(r, plan),
-            _per_call_table(r),
+            _calls_table(r.calls, plan),
+            _per_call_table(r.calls),
             _common.format_table(
                 ["target", "goal", "value", ""],
                 [
@@ -654,8 +727,8 @@ def _main_table(r: Results, plan: Plan) -> str:
     return _common.format_table([f"{n} drivers", ""], rows)
 
 
-def _calls_table(r: Results, plan: Plan) -> str:
-    num, figures = _common.number, r.calls.figures
+def _calls_table(calls: _scale_calls.Calls, plan: Plan) -> str:
+    num, figures = _common.number, calls.figures
     rows = []
     for label, f in figures.items():
         base = figures[label.replace(f"{plan.drivers} drivers", f"{FEW} drivers")]
@@ -676,10 +749,10 @@ def _calls_table(r: Results, plan: Plan) -> str:
 ROLE_LABELS = {"here": "this process", "hub": "drivebayd / relay", "workers": "drivers / echoes"}
 
 
-def _per_call_table(r: Results) -> str:
-    num, syscalls = _common.number, r.calls.syscalls
+def _per_call_table(calls: _scale_calls.Calls) -> str:
+    num, syscalls = _common.number, calls.syscalls
     rows = []
-    for label, f in r.calls.figures.items():
+    for label, f in calls.figures.items():
         for role, name in ROLE_LABELS.items():
             c = f.per_call[role]
             traced = "-" if isinstance(syscalls, str) else num(syscalls[label][role])
@@ -739,17 +812,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-floor", action="store_true", help="leave out the relay-and-echo floor"
     )
+    parser.add_argument(
+        "--only",
+        choices=["calls"],
+        help="run only (e), the calls, on a daemon with spares off (full plan's 100 drivers "
+        "unless --quick)",
+    )
+    parser.add_argument(
+        "--daemon",
+        type=Other.parse,
+        action="append",
+        default=[],
+        metavar="LABEL:VENV:JSON",
+        help="with --only calls: one more drivebayd, VENV's (empty: this one's) with the "
+        """config keys JSON (e.g. 'normal::{"scheduling": "normal"}'), its windows taking """
+        "turns with the first's; may be repeated",
+    )
+    parser.add_argument(
+        "--floor-batch",
+        action="store_true",
+        help="with --only calls: a second floor whose echo processes are SCHED_BATCH",
+    )
+    parser.add_argument("--rounds", type=int, help="rounds of the calls (default: the plan's)")
     options = parser.parse_args(argv)
     plan = QUICK if options.quick else FULL
     plan = dataclasses.replace(plan, floor=not options.no_floor)
+    if options.rounds:
+        plan = dataclasses.replace(plan, rounds=options.rounds)
     options.envs_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     load_before = _common.machine()["loadavg_1m"]
+    mode = "quick" if options.quick else "full"
+    if options.only == "calls":
+        calls_main(options, plan, mode, started, load_before)
+        return
     with supervise.reaping_orphans(), tempfile.TemporaryDirectory(prefix="drivebay-scale-") as tmp:
         results = uvloop.run(run_all(plan, Path(tmp), options.envs_dir))
     info = {**_common.machine(), "loadavg_1m_before": load_before}
     print(report(results, plan))
-    mode = "quick" if options.quick else "full"
     print(
         f"\n{info['nproc']} CPUs ({info['cpu']}), Python {info['python']}, "
         f"load {info['loadavg_1m_before']} before, {info['loadavg_1m']} after, "
@@ -764,6 +864,28 @@ def main(argv: list[str] | None = None) -> None:
                 "commit": commit(),
                 "machine": info,
             }
+        )
+
+
+def calls_main(options: Any, plan: Plan, mode: str, started: float, load_before: Any) -> None:
+    import uvloop
+
+    with supervise.reaping_orphans(), tempfile.TemporaryDirectory(prefix="drivebay-scale-") as tmp:
+        made = uvloop.run(
+            calls_only(plan, Path(tmp), options.envs_dir, options.daemon, options.floor_batch)
+        )
+    info = {**_common.machine(), "loadavg_1m_before": load_before}
+    print(_calls_table(made, plan))
+    print()
+    print(_per_call_table(made))
+    print(
+        f"\n{info['nproc']} CPUs, load {info['loadavg_1m_before']} before, "
+        f"{info['loadavg_1m']} after, {mode} calls-only run, commit {commit()}, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    if options.json:
+        _common.print_json_last(
+            {**calls_json(made, plan), "mode": f"{mode} calls", "commit": commit(), "machine": info}
         )
 
 

@@ -51,6 +51,19 @@ def test_round_trip_and_handshake_facts(tmp_path):
     run(main())
 
 
+@pytest.mark.parametrize("scheduling", ["batch", "normal"])
+def test_the_driver_process_runs_with_the_scheduling_policy_it_is_given(tmp_path, scheduling):
+    """batch: SCHED_BATCH; normal: left as inherited (from this process)."""
+    expected = os.SCHED_BATCH if scheduling == "batch" else os.sched_getscheduler(0)
+
+    async def main():
+        async with started(fixture_spec(tmp_path, scheduling=scheduling)) as proc:
+            await proc.attach("r", {})
+            assert await proc.call("r", "scheduling", {}) == expected
+
+    run(main())
+
+
 @pytest.mark.parametrize("codec", ["msgspec", "stdlib"])
 def test_thousand_concurrent_calls(tmp_path, codec):
     async def main():

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from drivebay.protocol.outbox import CHUNK_BYTES, CHUNK_FRAMES, Outbox
+from drivebay.protocol.outbox import CHUNK_BYTES, CHUNK_FRAMES, Outbox, PassFlush
 from tests.helpers import run
 
 
@@ -104,3 +104,115 @@ async def test_nothing_is_written_once_the_transport_closes() -> None:
     box.send(b"c")
     await end_of_pass()
     assert transport.writes == [b"a"]
+
+
+# -- with a PassFlush (the kernel's): every frame waits for the end of the pass ---------------
+
+
+def held(flush: PassFlush, count: int) -> list[tuple[Outbox, RecordingTransport]]:
+    boxes = []
+    for _ in range(count):
+        box = Outbox(asyncio.get_running_loop(), flush)
+        transport = RecordingTransport()
+        box.attach(transport)  # type: ignore[arg-type]
+        boxes.append((box, transport))
+    return boxes
+
+
+@in_loop
+async def test_with_a_pass_flush_each_peer_gets_its_frames_of_the_pass_in_one_write() -> None:
+    flush = PassFlush(asyncio.get_running_loop())
+    (a, to_a), (b, to_b), (c, to_c) = held(flush, 3)
+    a.send(b"a1")
+    b.send(b"b1")
+    a.send(b"a2")
+    b.send(b"b2")
+    assert to_a.writes == to_b.writes == []  # nothing before the pass ends
+    await end_of_pass()
+    assert to_a.writes == [b"a1a2"]
+    assert to_b.writes == [b"b1b2"]
+    assert to_c.writes == []
+    c.send(b"c1")  # a new pass: held again, and written at its end
+    assert to_c.writes == []
+    await end_of_pass()
+    assert to_c.writes == [b"c1"]
+    assert to_a.writes == [b"a1a2"]
+
+
+def test_a_pass_flush_writes_the_marked_outboxes_in_the_order_they_were_marked() -> None:
+    """Fed by hand, without a running loop: one run writes every held frame."""
+    loop = asyncio.new_event_loop()
+    try:
+        flush = PassFlush(loop)
+        order: list[str] = []
+
+        class Named(RecordingTransport):
+            def __init__(self, name: str) -> None:
+                super().__init__()
+                self.name = name
+
+            def write(self, data: bytes | bytearray) -> None:
+                order.append(self.name)
+                super().write(data)
+
+        boxes = {}
+        for name in "xyz":
+            box = Outbox(loop, flush)
+            box.attach(Named(name))  # type: ignore[arg-type]
+            boxes[name] = box
+        for name in "zxzy":
+            boxes[name].send(name.encode())
+        flush.run()
+        assert order == ["z", "x", "y"]
+        flush.run()  # nothing left: nothing more written
+        assert order == ["z", "x", "y"]
+    finally:
+        loop.close()
+
+
+@in_loop
+async def test_with_a_pass_flush_a_burst_still_streams_in_chunks() -> None:
+    ((box, transport),) = held(PassFlush(asyncio.get_running_loop()), 1)
+    burst = frames(2 * CHUNK_FRAMES + 3)
+    for frame in burst:
+        box.send(frame)
+    assert transport.writes == [
+        b"".join(burst[:CHUNK_FRAMES]),
+        b"".join(burst[CHUNK_FRAMES : 2 * CHUNK_FRAMES]),
+    ]
+    await end_of_pass()
+    assert transport.writes[2:] == [b"".join(burst[2 * CHUNK_FRAMES :])]
+
+
+@in_loop
+async def test_flush_writes_what_is_held_at_once_and_the_pass_ends_as_usual() -> None:
+    ((box, transport),) = held(PassFlush(asyncio.get_running_loop()), 1)
+    box.send(b"refused")
+    box.flush()  # before the transport is closed, which would drop it
+    assert transport.writes == [b"refused"]
+    box.send(b"more")
+    await end_of_pass()
+    assert transport.writes == [b"refused", b"more"]
+    box.flush()  # nothing held: nothing written
+    assert transport.writes == [b"refused", b"more"]
+
+
+@in_loop
+async def test_with_a_pass_flush_nothing_is_written_once_the_transport_closes() -> None:
+    ((box, transport),) = held(PassFlush(asyncio.get_running_loop()), 1)
+    box.send(b"a")
+    transport.closing = True
+    box.send(b"b")
+    await end_of_pass()
+    assert transport.writes == []
+
+
+@in_loop
+async def test_every_outbox_of_a_loop_shares_its_pass_flush() -> None:
+    loop = asyncio.get_running_loop()
+    assert PassFlush.of(loop) is PassFlush.of(loop)
+    other = asyncio.new_event_loop()
+    try:
+        assert PassFlush.of(other) is not PassFlush.of(loop)
+    finally:
+        other.close()
