@@ -24,13 +24,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from drivebay.kernel.config import Config, TimeoutSettings
+from drivebay.kernel.drivers.launch_gate import Kind, LaunchGate, bounds_for, usable_cpus
 from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State, Transition
 from drivebay.kernel.drivers.process import DriverProcess, EventHandler
 from drivebay.kernel.drivers.restarts import RestartTracker
@@ -72,6 +73,9 @@ class SlotContext:
     new_process: Callable[[SpawnSpec, TimeoutSettings, EventHandler], DriverProcess] = DriverProcess
     # Every move of a slot's lifecycle, before its listeners hear of it (the event ring).
     on_move: Callable[[DriverSlot, Transition], None] | None = None
+    # Every launch of a process passes it: starts a few at a time, spares after.
+    launches: LaunchGate = field(default_factory=lambda: LaunchGate(bounds_for(usable_cpus())))
+    on_spare: Callable[[DriverSlot, int], None] | None = None  # (slot, pid): a spare launched
 
 
 class DriverSlot:
@@ -279,12 +283,16 @@ class DriverSlot:
             self._spare = None  # only now: a cancel halfway leaves it to _drop_spare
 
     async def _launch_spare(self, spec: SpawnSpec) -> DriverProcess:
-        spare = self._new_process(spec)
-        settings = self.settings_now()
-        await spare.launch()
+        """Launch a spare once the gate lets it (no start wave in progress)."""
+        async with self._ctx.launches.launch(Kind.SPARE):
+            spare = self._new_process(spec)
+            settings = self.settings_now()
+            await spare.launch()
         assert spare.pid is not None
         self._spare, self._spare_settings = spare, settings
         self._ctx.on_spawn(f"{self.name}.spare", spare.pid)
+        if self._ctx.on_spare is not None:
+            self._ctx.on_spare(self, spare.pid)
         return spare
 
     async def _discard_spare(self, spare: DriverProcess, spare_s: float) -> None:
@@ -410,10 +418,13 @@ class DriverSlot:
         settings = self.settings_now()
         process = await self._take_spare()
         if process is None:
-            process = self._new_process(spec)
-            self.process = process
-            self.settings_used = settings
-            await process.start()
+            async with self._ctx.launches.launch(Kind.START):  # a few at a time
+                if self._stop_wanted():
+                    return  # stopped while waiting its turn: the loop takes it down
+                process = self._new_process(spec)
+                self.process = process
+                self.settings_used = settings
+                await process.start()
         else:
             self.process = process
             self.settings_used = self._spare_settings  # launched before, maybe under other settings
