@@ -28,6 +28,7 @@ from drivebay.kernel.control.authz import TokenStore, socket_mode
 from drivebay.kernel.control.limits import ConnectionGate
 from drivebay.kernel.control.peers import PeerRoles
 from drivebay.kernel.control.scope import no_such_driver
+from drivebay.kernel.drivers import spare_priority
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
 from drivebay.kernel.drivers.launch_gate import LaunchGate, bounds_for, usable_cpus
@@ -35,6 +36,7 @@ from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
 from drivebay.kernel.drivers.ordering import Node, Plan, plan, stop_order
 from drivebay.kernel.drivers.registry import Registry
 from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
+from drivebay.kernel.drivers.spare_priority import ImportNice
 from drivebay.kernel.drivers.watch import watch_drivers
 from drivebay.kernel.events import EventLog, bundle_judged, driver_moved
 from drivebay.kernel.log_format import slot_fields, use_format
@@ -124,6 +126,7 @@ class Kernel:
         self._pids = PidRecords(self.state_dir / "run")
         self._lock = StateLock(self.state_dir)
         self._runtime_dir: Path | None = None
+        self._spare_nice: ImportNice | None = None  # read at start (spare_priority)
         self._reload_wanted = False
         self._look_again: asyncio.TimerHandle | None = None
         self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
@@ -156,6 +159,7 @@ class Kernel:
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
             await self._say_containment()
+            self._spare_nice = await asyncio.to_thread(spare_priority.for_this_daemon)
             if os.geteuid() == 0 and not self.config.user:
                 log.warning(
                     "drivers run as root: set `user:` in the config to run them unprivileged"
@@ -726,6 +730,7 @@ class Kernel:
             on_move=self._on_move,
             launches=self.launches,
             on_spare=self._on_spare,
+            spare_nice=self._spare_nice,
         )
 
     def _on_move(self, slot: DriverSlot, move: Transition) -> None:

@@ -35,6 +35,7 @@ from drivebay.kernel.drivers.launch_gate import Kind, LaunchGate, bounds_for, us
 from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State, Transition
 from drivebay.kernel.drivers.process import DriverProcess, EventHandler
 from drivebay.kernel.drivers.restarts import RestartTracker
+from drivebay.kernel.drivers.spare_priority import ImportNice
 from drivebay.kernel.log_format import slot_fields
 from drivebay.kernel.metrics.meters import CallMeter
 from drivebay.kernel.reloading import spawn_settings
@@ -76,6 +77,7 @@ class SlotContext:
     # Every launch of a process passes it: starts a few at a time, spares after.
     launches: LaunchGate = field(default_factory=lambda: LaunchGate(bounds_for(usable_cpus())))
     on_spare: Callable[[DriverSlot, int], None] | None = None  # (slot, pid): a spare launched
+    spare_nice: ImportNice | None = None  # a spare's nice while it imports, then (spare_priority)
 
 
 class DriverSlot:
@@ -286,6 +288,7 @@ class DriverSlot:
         """Launch a spare once the gate lets it (no start wave in progress)."""
         async with self._ctx.launches.launch(Kind.SPARE):
             spare = self._new_process(spec)
+            spare.import_nice = self._ctx.spare_nice
             settings = self.settings_now()
             await spare.launch()
         assert spare.pid is not None
