@@ -54,6 +54,11 @@ def for_this_daemon() -> ImportNice | None:
     return import_nice(cap_eff, rlimit, os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def renice(group: int, nice: int) -> None:
-    """Set the nice value of every process (and thread) of process group ``group``."""
-    os.setpriority(os.PRIO_PGRP, group, nice)
+def renice(pid: int, nice: int) -> None:
+    """Set the nice value of every process (and thread) of the process group
+    ``pid`` leads; a child that leads none yet (forked, before its ``setsid``):
+    of itself, which what it forks then inherits."""
+    try:
+        os.setpriority(os.PRIO_PGRP, pid, nice)
+    except ProcessLookupError:
+        os.setpriority(os.PRIO_PROCESS, pid, nice)
