@@ -48,8 +48,8 @@ class Bounds:
 
 def bounds_for(cpus: int) -> Bounds:
     """Two starts per CPU (one computes while the other waits on the disk or
-    its handshake); one spare per two CPUs, so spares never take the host."""
-    return Bounds(starts=max(2, 2 * cpus), spares=max(1, cpus // 2))
+    its handshake); one spare per CPU, admitted only when no start wants one."""
+    return Bounds(starts=max(2, 2 * cpus), spares=max(1, cpus))
 
 
 def usable_cpus() -> int:
