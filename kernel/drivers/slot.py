@@ -10,7 +10,9 @@ growing delay). While it runs it keeps a warm spare child, pinged while idle
 and replaced when it dies, freezes or cannot be made; a candidate (a new
 version on probation) launches its spare only once it serves, so the spare's
 start (an interpreter and its imports: ~100 ms of CPU) does not compete with
-the handover to it. Operators reach it
+the handover to it. Every launch, a start's or a spare's, waits its turn
+at the kernel's ``LaunchGate`` (a few starts at a time, spares only once
+no start wave runs). Operators reach it
 through ``start``/``stop``/``restart``, which return once the target state is
 reached; a reload reaches it through ``reconfigure``.
 """
