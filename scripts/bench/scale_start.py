@@ -3,7 +3,7 @@
 Run with the project venv, from the repository root, after compiling the
 project's bytecode::
 
-    .venv/bin/python scripts/bench/scale_start.py [--drivers 100] [--runs 1] [--json]
+    .venv/bin/python scripts/bench/scale_start.py [--drivers 100] [--runs 1] [--spares both|on|off] [--json]
 
 For each run: a drivebayd with spares on, then one with spares off (as in
 ``scale.py``, 1 (a) and (f)): the drop -> every driver RUNNING, the p99 of
@@ -26,10 +26,12 @@ import scale
 import supervise
 
 
-async def one_run(root: Path, envs_dir: Path, drivers: int) -> dict[str, Any]:
+async def one_run(
+    root: Path, envs_dir: Path, drivers: int, modes: tuple[bool, ...]
+) -> dict[str, Any]:
     names = scale.driver_names(drivers)
     figures: dict[str, Any] = {}
-    for spares in (True, False):
+    for spares in modes:
         tag = "" if spares else "_nospare"
         async with scale.drivebayd(
             root / f"spares{spares}", envs_dir, scale.settings(spares)
@@ -44,12 +46,14 @@ async def one_run(root: Path, envs_dir: Path, drivers: int) -> dict[str, Any]:
     return figures
 
 
-async def run_all(root: Path, envs_dir: Path, drivers: int, runs: int) -> list[dict[str, Any]]:
+async def run_all(
+    root: Path, envs_dir: Path, drivers: int, runs: int, modes: tuple[bool, ...]
+) -> list[dict[str, Any]]:
     await scale.prime(root / "prime", envs_dir)
     results = []
     for run in range(runs):
         _common.progress(f"scale_start: run {run + 1} of {runs}, {drivers} drivers ...")
-        results.append(await one_run(root / f"run{run}", envs_dir, drivers))
+        results.append(await one_run(root / f"run{run}", envs_dir, drivers, modes))
         _common.progress(f"scale_start: {results[-1]}")
     return results
 
@@ -60,12 +64,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = _common.bench_parser(__doc__.split("\n\n")[0], "20 drivers")
     parser.add_argument("--drivers", type=int, default=100)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--spares", choices=("both", "on", "off"), default="both", help="which daemons to run"
+    )
     options = parser.parse_args(argv)
     drivers = 20 if options.quick else options.drivers
     options.envs_dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     with supervise.reaping_orphans(), tempfile.TemporaryDirectory(prefix="drivebay-start-") as tmp:
-        results = uvloop.run(run_all(Path(tmp), options.envs_dir, drivers, options.runs))
+        modes = {"both": (True, False), "on": (True,), "off": (False,)}[options.spares]
+        results = uvloop.run(run_all(Path(tmp), options.envs_dir, drivers, options.runs, modes))
     keys = [k for k in results[0] if not k.startswith("status_slow")]
     medians = {k: statistics.median(r[k] for r in results) for k in keys}
     for key in keys:
