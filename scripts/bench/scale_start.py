@@ -3,7 +3,8 @@
 Run with the project venv, from the repository root, after compiling the
 project's bytecode::
 
-    .venv/bin/python scripts/bench/scale_start.py [--drivers 100] [--runs 1] [--spares both|on|off] [--json]
+    .venv/bin/python scripts/bench/scale_start.py [--drivers 100] [--runs 1] \
+        [--spares both|on|off] [--json]
 
 For each run: a drivebayd with spares on, then one with spares off (as in
 ``scale.py``, 1 (a) and (f)): the drop -> every driver RUNNING, the p99 of
