@@ -34,9 +34,9 @@ def test_admit(counts, admitted):
 
 
 def test_bounds_fit_the_cpus():
-    assert bounds_for(1) == Bounds(starts=2, spares=1)
-    assert bounds_for(2) == Bounds(starts=4, spares=2)
-    assert bounds_for(8) == Bounds(starts=16, spares=8)
+    assert bounds_for(1) == Bounds(starts=4, spares=1)
+    assert bounds_for(2) == Bounds(starts=8, spares=2)
+    assert bounds_for(8) == Bounds(starts=32, spares=8)
 
 
 class Launches:
