@@ -28,12 +28,15 @@ from drivebay.kernel.control.authz import TokenStore, socket_mode
 from drivebay.kernel.control.limits import ConnectionGate
 from drivebay.kernel.control.peers import PeerRoles
 from drivebay.kernel.control.scope import no_such_driver
+from drivebay.kernel.drivers import spare_priority
 from drivebay.kernel.drivers.descriptors import current_limit, descriptor_budget, places_held
 from drivebay.kernel.drivers.handover import hand_over
+from drivebay.kernel.drivers.launch_gate import LaunchGate, bounds_for, usable_cpus
 from drivebay.kernel.drivers.lifecycle import SETTLED_OK, State, Transition
 from drivebay.kernel.drivers.ordering import Node, Plan, plan, stop_order
 from drivebay.kernel.drivers.registry import Registry
 from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
+from drivebay.kernel.drivers.spare_priority import ImportNice
 from drivebay.kernel.drivers.watch import watch_drivers
 from drivebay.kernel.events import EventLog, bundle_judged, driver_moved
 from drivebay.kernel.log_format import slot_fields, use_format
@@ -123,9 +126,12 @@ class Kernel:
         self._pids = PidRecords(self.state_dir / "run")
         self._lock = StateLock(self.state_dir)
         self._runtime_dir: Path | None = None
+        self._spare_nice: ImportNice | None = None  # read at start (spare_priority)
         self._reload_wanted = False
         self._look_again: asyncio.TimerHandle | None = None
         self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
+        # Every launch of a driver process: starts a few at a time, spares after the waves.
+        self.launches = LaunchGate(bounds_for(usable_cpus()))
         self.repos = Repositories()  # TUF repositories: offers, installs, update check
         self.metrics = Metrics(count_calls=config.metrics.enabled)  # what /metrics shows
         self.tokens = TokenStore(self.state_dir)  # those drivebayctl token new made
@@ -153,6 +159,7 @@ class Kernel:
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
             await self._say_containment()
+            self._spare_nice = await asyncio.to_thread(spare_priority.for_this_daemon)
             if os.geteuid() == 0 and not self.config.user:
                 log.warning(
                     "drivers run as root: set `user:` in the config to run them unprivileged"
@@ -471,6 +478,11 @@ class Kernel:
         for blocked in block(self._facts(), self.plan.blocked):
             self.slots[blocked.key].block(blocked.reason)
         holding = places_held(slot.state for slot in self.all_slots())
+        with self.launches.waves():
+            await self._run_waves(holding)
+
+    async def _run_waves(self, holding: int) -> None:
+        """The waves; meanwhile the gate admits no spare (``launches.waves``)."""
         for wave in self.plan.waves:
             starting: list[DriverSlot] = []
             for action in start_wave(self._facts(), wave, holding, self.descriptors.drivers):
@@ -716,11 +728,20 @@ class Kernel:
             on_reap=self._pids.forget,
             on_event=self._on_event,
             on_move=self._on_move,
+            launches=self.launches,
+            on_spare=self._on_spare,
+            spare_nice=self._spare_nice,
         )
 
     def _on_move(self, slot: DriverSlot, move: Transition) -> None:
         name, version = slot.manifest.name, slot.manifest.version
         driver_moved(self.events, name, version, move, slot.restarts.total, slot.next_retry_at)
+
+    def _on_spare(self, slot: DriverSlot, pid: int) -> None:
+        data = {"pid": pid}
+        self.events.emit(
+            "driver.spare", driver=slot.manifest.name, version=slot.manifest.version, data=data
+        )
 
     def _on_event(self, slot: str, resource_id: str, name: str, data: Any) -> None:
         log.info(  # the driver's strings escaped, as its log lines are

@@ -218,7 +218,7 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         on_failure.callback(kernel_fds.close)
         on_failure.callback(child_fds.close)
         with child_end, child_fds:  # the child's copies are all it needs once it runs
-            popen = _popen(spec, child_end.fileno(), child_fds.fileno())
+            popen = await _popen_off_loop(spec, child_end.fileno(), child_fds.fileno())
         assert popen.stdout is not None and popen.stderr is not None
         # A pipe is closed here only until its transport owns it (and closes it).
         unowned = {"stdout": popen.stdout, "stderr": popen.stderr}
@@ -245,6 +245,25 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         child = ChildProcess(popen, pidfd, kernel_end, readers_pair, transports, kernel_fds)
         on_failure.pop_all()
         return child
+
+
+async def _popen_off_loop(
+    spec: SpawnSpec, child_fd: int, fd_channel_fd: int
+) -> subprocess.Popen[bytes]:
+    """``_popen`` in a thread: vfork returns only once the child has exec'd,
+    which on a busy host (a hundred drivers starting) takes tens of ms, a
+    stall of every client on the loop. Never given up halfway: a cancel
+    waits for the thread, and a child it made is then killed and reaped."""
+    made = asyncio.ensure_future(asyncio.to_thread(_popen, spec, child_fd, fd_channel_fd))
+    try:
+        await wait_until_done(made)
+    except BaseException:
+        if not made.cancelled() and made.exception() is None:
+            popen = made.result()
+            _kill_and_reap(popen)
+            _close_each(pipe for pipe in (popen.stdout, popen.stderr) if pipe is not None)
+        raise
+    return made.result()
 
 
 def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:

@@ -452,6 +452,7 @@ EventType = Literal[
     "driver.state",  # a driver version moved (data: from, to, reason; exit_status or signal)
     "driver.restart",  # restarted after an exit (data.restarts: how often so far)
     "driver.fatal",  # a crash loop: it gave up (data.reason, data.retry_at)
+    "driver.spare",  # a warm spare was launched (data.pid), after any start wave
     "upgrade.started",  # resources begin moving from data.from to version
     "upgrade.switched",  # every resource moved to version
     "upgrade.finished",  # the old version (data.from) is drained and stopped

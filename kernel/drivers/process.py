@@ -24,6 +24,7 @@ from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.deadlines import Deadlines
 from drivebay.kernel.drivers.fd_room import DescriptorRoom
 from drivebay.kernel.drivers.handover_requests import HandoverRequests
+from drivebay.kernel.drivers.spare_priority import ImportNice, renice
 from drivebay.kernel.log_format import slot_fields
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import (
@@ -107,6 +108,8 @@ class DriverProcess(HandoverRequests):
         self._fd_inbox = FdInbox(strict=True)  # descriptors a handoff's reply brought
         self._fd_reader = -1  # the descriptor channel's fd while the loop reads it
         self._room = DescriptorRoom(spec.rlimits.get("nofile", 0))  # for takeovers
+        # A spare's nice values: ``low`` until its Hello, then ``base`` (None: as spawned).
+        self.import_nice: ImportNice | None = None
 
     # -- facts ---------------------------------------------------------------------
 
@@ -165,7 +168,18 @@ class DriverProcess(HandoverRequests):
             ToKernel, f"driver {self.name}", self.spec.max_frame
         )
         self._channel = FramedChannel(codec, self._on_message, self._on_violation)
-        await self._starting(self._connect_and_hello())
+        await self._starting(self._hello_at(self.import_nice))
+
+    async def _hello_at(self, nice: ImportNice | None) -> None:
+        """``_connect_and_hello``, the child's whole group at ``nice.low``
+        meanwhile (its imports), then at ``nice.base``. An OSError of the
+        renicing (say, it exited meanwhile) fails the launch as any error does."""
+        assert self._child is not None
+        if nice is not None:
+            renice(self._child.pid, nice.low)
+        await self._connect_and_hello()
+        if nice is not None:
+            renice(self._child.pid, nice.base)
 
     async def finish_start(self) -> None:
         """Welcome the launched child, wait until it has loaded the driver

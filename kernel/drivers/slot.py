@@ -10,7 +10,9 @@ growing delay). While it runs it keeps a warm spare child, pinged while idle
 and replaced when it dies, freezes or cannot be made; a candidate (a new
 version on probation) launches its spare only once it serves, so the spare's
 start (an interpreter and its imports: ~100 ms of CPU) does not compete with
-the handover to it. Operators reach it
+the handover to it. Every launch, a start's or a spare's, waits its turn
+at the kernel's ``LaunchGate`` (a few starts at a time, spares only once
+no start wave runs). Operators reach it
 through ``start``/``stop``/``restart``, which return once the target state is
 reached; a reload reaches it through ``reconfigure``.
 """
@@ -24,16 +26,18 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from drivebay.kernel.config import Config, TimeoutSettings
+from drivebay.kernel.drivers.launch_gate import Kind, LaunchGate, bounds_for, usable_cpus
 from drivebay.kernel.drivers.lifecycle import IDLE, STUCK, Event, Lifecycle, State, Transition
 from drivebay.kernel.drivers.process import DriverProcess, EventHandler
 from drivebay.kernel.drivers.restarts import RestartTracker
+from drivebay.kernel.drivers.spare_priority import ImportNice
 from drivebay.kernel.log_format import slot_fields
 from drivebay.kernel.metrics.meters import CallMeter
 from drivebay.kernel.reloading import spawn_settings
@@ -72,6 +76,10 @@ class SlotContext:
     new_process: Callable[[SpawnSpec, TimeoutSettings, EventHandler], DriverProcess] = DriverProcess
     # Every move of a slot's lifecycle, before its listeners hear of it (the event ring).
     on_move: Callable[[DriverSlot, Transition], None] | None = None
+    # Every launch of a process passes it: starts a few at a time, spares after.
+    launches: LaunchGate = field(default_factory=lambda: LaunchGate(bounds_for(usable_cpus())))
+    on_spare: Callable[[DriverSlot, int], None] | None = None  # (slot, pid): a spare launched
+    spare_nice: ImportNice | None = None  # a spare's nice while it imports, then (spare_priority)
 
 
 class DriverSlot:
@@ -279,12 +287,17 @@ class DriverSlot:
             self._spare = None  # only now: a cancel halfway leaves it to _drop_spare
 
     async def _launch_spare(self, spec: SpawnSpec) -> DriverProcess:
-        spare = self._new_process(spec)
-        settings = self.settings_now()
-        await spare.launch()
+        """Launch a spare once the gate lets it (no start wave in progress)."""
+        async with self._ctx.launches.launch(Kind.SPARE):
+            spare = self._new_process(spec)
+            spare.import_nice = self._ctx.spare_nice
+            settings = self.settings_now()
+            await spare.launch()
         assert spare.pid is not None
         self._spare, self._spare_settings = spare, settings
         self._ctx.on_spawn(f"{self.name}.spare", spare.pid)
+        if self._ctx.on_spare is not None:
+            self._ctx.on_spare(self, spare.pid)
         return spare
 
     async def _discard_spare(self, spare: DriverProcess, spare_s: float) -> None:
@@ -410,10 +423,13 @@ class DriverSlot:
         settings = self.settings_now()
         process = await self._take_spare()
         if process is None:
-            process = self._new_process(spec)
-            self.process = process
-            self.settings_used = settings
-            await process.start()
+            async with self._ctx.launches.launch(Kind.START):  # a few at a time
+                if self._stop_wanted():
+                    return  # stopped while waiting its turn: the loop takes it down
+                process = self._new_process(spec)
+                self.process = process
+                self.settings_used = settings
+                await process.start()
         else:
             self.process = process
             self.settings_used = self._spare_settings  # launched before, maybe under other settings

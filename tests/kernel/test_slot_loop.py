@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from drivebay.kernel.config import Config, TimeoutSettings
+from drivebay.kernel.drivers.launch_gate import Bounds, Kind, LaunchGate
 from drivebay.kernel.drivers.lifecycle import State
 from drivebay.kernel.drivers.restarts import RestartPolicy
 from drivebay.kernel.drivers.slot import DriverSlot, SlotContext
@@ -115,7 +116,13 @@ class Clock:
         return self.now
 
 
-def slot_in(tmp_path: Path, world: World, clock: Clock, spare: bool = False) -> DriverSlot:
+def slot_in(
+    tmp_path: Path,
+    world: World,
+    clock: Clock,
+    spare: bool = False,
+    launches: LaunchGate | None = None,
+) -> DriverSlot:
     bundle = load_bundle(make_bundle(tmp_path / "drop", name="alpha"), tmp_path / "state")
     policy = RestartPolicy(
         backoff_initial_s=0.001,
@@ -139,6 +146,7 @@ def slot_in(tmp_path: Path, world: World, clock: Clock, spare: bool = False) -> 
         on_event=lambda *_: None,
         clock=clock,
         new_process=world.make,
+        launches=launches or LaunchGate(Bounds(starts=4, spares=4)),
     )
     return DriverSlot(bundle, context)
 
@@ -302,5 +310,26 @@ def test_a_candidate_launches_its_spare_only_once_it_serves(tmp_path):
         assert len(world.processes) == 2
         await slot.close()
         assert not any(p.alive for p in world.processes)
+
+    run(main())
+
+
+def test_a_start_waits_its_turn_at_the_gate_and_a_stop_meanwhile_spawns_nothing(tmp_path):
+    """Launches pass the kernel's gate: a start waits (STARTING) while the
+    gate is full, and one stopped while waiting never spawns a process."""
+
+    async def main() -> None:
+        world, clock = World(), Clock()
+        gate = LaunchGate(Bounds(starts=1, spares=1))
+        slot = slot_in(tmp_path, world, clock, launches=gate)
+        slot.launch()
+        async with gate.launch(Kind.START):  # another driver's start holds the place
+            slot.want_running()
+            await eventually(lambda: gate.counts().starts_waiting == 1)
+            assert slot.state is S.STARTING and world.processes == []
+            slot.want_stopped()
+        assert await slot.wait_settled(5) is S.STOPPED
+        assert world.processes == []
+        await slot.close()
 
     run(main())
