@@ -267,6 +267,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     user: str | None = None  # run drivers as this user (root daemon only)
     # What keeps a driver's descendants from outliving it (sandbox/containment.py).
     containment: Literal["auto", "pid_namespace", "process_group"] = "auto"
+    # How a driver process starts: forked from its interpreter's template, or
+    # a new interpreter (sandbox/fork_server.py, docs/operations.md).
+    spawn: Literal["fork-server", "exec"] = "exec"
     category_order: tuple[str, ...] = ("network", "storage", "hypervisor")
     settle_s: float = 1.0  # a dropped directory must be unchanged this long
     same_version_change: str = "error"  # or "reload": a changed bundle of the same version

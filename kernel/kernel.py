@@ -73,6 +73,7 @@ from drivebay.sandbox.bundle_errors import quoted, shown
 from drivebay.sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from drivebay.sandbox.env_key import EnvRequest, env_key
 from drivebay.sandbox.envs import collect_garbage, ensure_env
+from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.pidfiles import PidRecords
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 
@@ -123,6 +124,7 @@ class Kernel:
         self._pids = PidRecords(self.state_dir / "run")
         self._lock = StateLock(self.state_dir)
         self._runtime_dir: Path | None = None
+        self._templates: Templates | None = None  # spawn: fork-server (ended after the drivers)
         self._reload_wanted = False
         self._look_again: asyncio.TimerHandle | None = None
         self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
@@ -152,6 +154,7 @@ class Kernel:
             remove_staging(self.state_dir)  # half-written bundle copies of a crash
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
+            self._templates = Templates(self._runtime_dir)
             await self._say_containment()
             if os.geteuid() == 0 and not self.config.user:
                 log.warning(
@@ -198,6 +201,8 @@ class Kernel:
                 reconciler.cancel()
         finally:
             await self._stop_all()
+            if self._templates is not None:
+                await self._templates.close()
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -716,6 +721,7 @@ class Kernel:
             on_reap=self._pids.forget,
             on_event=self._on_event,
             on_move=self._on_move,
+            templates=self._templates,
         )
 
     def _on_move(self, slot: DriverSlot, move: Transition) -> None:

@@ -62,6 +62,7 @@ EFFECTS: dict[str, Effect] = {
     "limits": Effect.RESPAWN,
     "logs": Effect.RESPAWN,
     "containment": Effect.RESPAWN,  # how a driver's process tree is held is set at its spawn
+    "spawn": Effect.RESPAWN,  # forked or exec'd: how a process is made, at its spawn
     "drivers": Effect.RESPAWN,
 }
 

@@ -29,13 +29,16 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from drivebay.sandbox.cancel_safe import wait_until_done
 from drivebay.sandbox.output import OutputCapture, RotatingFile
 from drivebay.sandbox.pipe_reader import PipeReader
 from drivebay.sandbox.privileges import RunAs
 from drivebay.sandbox.runtime_dir import BOOTSTRAP
+
+if TYPE_CHECKING:
+    from drivebay.sandbox.fork_server import Templates
 
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
@@ -62,6 +65,21 @@ class SpawnSpec:
     on_output: Callable[[str, bytes], None] | None = None  # ("stdout"|"stderr", chunk)
     run_as: RunAs | None = None  # switch to this user before exec (root daemon only)
     containment: str = "auto"  # see protocol.init_shim.contain
+    # ``spawn: fork-server``: fork the child from its interpreter's template
+    # (sandbox.fork_server); None: exec the interpreter.
+    templates: Templates | None = None
+
+
+class Started(Protocol):
+    """What the kernel keeps of a started child: a ``subprocess.Popen`` or a
+    ``fork_server.ForkedChild``."""
+
+    pid: int
+    returncode: int | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+
+    def wait(self) -> int: ...
 
 
 def child_environment(spec: SpawnSpec, channel_fd: int, fd_channel_fd: int = -1) -> dict[str, str]:
@@ -116,7 +134,7 @@ class ChildProcess:
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: Started,
         pidfd: int,
         channel: socket.socket,
         readers: tuple[PipeReader, PipeReader],
@@ -216,7 +234,10 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         on_failure.callback(kernel_fds.close)
         on_failure.callback(child_fds.close)
         with child_end, child_fds:  # the child's copies are all it needs once it runs
-            popen = _popen(spec, child_end.fileno(), child_fds.fileno())
+            if spec.templates is None:
+                popen: Started = _popen(spec, child_end.fileno(), child_fds.fileno())
+            else:
+                popen = await _forked(spec, child_end.fileno(), child_fds.fileno())
         assert popen.stdout is not None and popen.stderr is not None
         # A pipe is closed here only until its transport owns it (and closes it).
         unowned = {"stdout": popen.stdout, "stderr": popen.stderr}
@@ -245,10 +266,13 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         return child
 
 
-def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
+def _kill_and_reap(popen: Started) -> None:
     """A child we cannot watch: kill its group and reap it right here."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(popen.pid, signal.SIGKILL)
+    # Itself too: a forked child may not lead its group yet. Unreaped, so its pid.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(popen.pid, signal.SIGKILL)
     popen.wait()
 
 
@@ -303,3 +327,47 @@ def _popen(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> subprocess.Pop
         env=child_environment(spec, child_fd, fd_channel_fd),
         **_identity(spec.run_as),
     )
+
+
+async def _forked(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> Started:
+    """The child forked from its interpreter's template, set up as ``_popen``'s
+    (see protocol.fork_template): same environment, identity, fds, session."""
+    from drivebay.protocol.fork_template import CHANNEL_FD, FD_CHANNEL_FD
+    from drivebay.sandbox.fork_server import ForkedChild
+
+    assert spec.templates is not None
+    with contextlib.ExitStack() as on_failure:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        on_failure.callback(os.close, out_r)
+        on_failure.callback(os.close, out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        on_failure.callback(os.close, err_r)
+        on_failure.callback(os.close, err_w)
+        forking = asyncio.ensure_future(
+            spec.templates.fork(
+                spec.python,
+                child_environment(spec, CHANNEL_FD, FD_CHANNEL_FD),
+                spec.cwd,
+                spec.run_as,
+                [out_w, err_w, child_fd, fd_channel_fd],
+            )
+        )
+        # Never given up halfway: a child made for a cancelled start is ours
+        # to reap (the reply is bounded by REPLY_TIMEOUT_S).
+        try:
+            await wait_until_done(forking)
+        finally:
+            if forking.done() and not forking.cancelled() and forking.exception() is None:
+                on_failure.callback(_kill_and_reap, ForkedChild(forking.result(), None, None))
+        pid = forking.result()
+        on_failure.pop_all()
+    os.close(out_w)  # the child has its copies
+    os.close(err_w)
+    return _forked_child(pid, out_r, err_r)
+
+
+def _forked_child(pid: int, out_r: int, err_r: int) -> Started:
+    """The pipes' read ends as Popen has them (file objects, owned by transports)."""
+    from drivebay.sandbox.fork_server import ForkedChild
+
+    return ForkedChild(pid, open(out_r, "rb"), open(err_r, "rb"))

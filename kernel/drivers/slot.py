@@ -40,6 +40,7 @@ from drivebay.kernel.reloading import spawn_settings
 from drivebay.protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from drivebay.sandbox.bundles import StoredBundle
 from drivebay.sandbox.cancel_safe import wait_until_done
+from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.privileges import RunAs, preflight
 from drivebay.sandbox.spawn import SpawnSpec, describe_exit
 
@@ -72,6 +73,8 @@ class SlotContext:
     new_process: Callable[[SpawnSpec, TimeoutSettings, EventHandler], DriverProcess] = DriverProcess
     # Every move of a slot's lifecycle, before its listeners hear of it (the event ring).
     on_move: Callable[[DriverSlot, Transition], None] | None = None
+    # The templates drivers are forked from with ``spawn: fork-server``.
+    templates: Templates | None = None
 
 
 class DriverSlot:
@@ -693,6 +696,7 @@ class DriverSlot:
             on_output=self._on_output,
             run_as=run_as,
             containment=config.containment,
+            templates=self._ctx.templates if config.spawn == "fork-server" else None,
         )
 
     def _on_output(self, stream: str, data: bytes) -> None:
