@@ -31,11 +31,14 @@ Every child of a template shares its address-space layout and hash seed
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import json
 import os
+import signal
 import socket
 import sys
+from typing import Any
 
 from . import child_codec, init_shim, msgpack_lite, runtime
 
@@ -44,10 +47,17 @@ SIGCHLD = 17
 SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 PR_SET_DUMPABLE = 4
 REQUEST_MAX = 1 << 20  # bytes: an environment is far smaller
-FDS = ("reply", "stdout", "stderr", "channel", "fd_channel")
-CHANNEL_FD, FD_CHANNEL_FD = 3, 4  # where a child finds its two channels
+FDS = ("reply", "status", "stdout", "stderr", "channel", "fd_channel")
+CHANNEL_FD, FD_CHANNEL_FD, STATUS_FD = 3, 4, 5  # where a child finds them
 EXIT_SETUP = 126  # the child could not be set up (the line on stderr says why)
 _HIGH = 64  # received descriptors are moved above this before they are placed
+# What to try for each containment, in order (as init_shim.contain does).
+TRIES = {
+    "process_group": (0,),
+    "auto": (init_shim.CLONE_NEWPID, init_shim.CLONE_NEWUSER | init_shim.CLONE_NEWPID, 0),
+    "pid_namespace": (init_shim.CLONE_NEWPID, init_shim.CLONE_NEWUSER | init_shim.CLONE_NEWPID),
+}
+_refused: dict[int, str] = {}  # namespace flags the kernel refused us, and why
 
 
 def serve() -> None:
@@ -59,6 +69,7 @@ def serve() -> None:
     control.set_inheritable(False)
     control.setblocking(True)
     control.sendall(b"ready")
+    ids = os.geteuid(), os.getegid()  # ours, mapped to themselves in a user namespace
     while True:
         data, ancillary, _, _ = control.recvmsg(REQUEST_MAX, socket.CMSG_SPACE(len(FDS) * 4))
         if not data:
@@ -67,9 +78,15 @@ def serve() -> None:
         if len(fds) != len(FDS):
             _close(fds)
             continue
-        pid = _clone_parent()
+        request = json.loads(data)
+        mode = str(request["env"].get("DRIVEBAY_CONTAINMENT", "auto"))
+        try:
+            pid, flags, why = _clone_contained(TRIES.get(mode, TRIES["auto"]))
+        except OSError as exc:  # EAGAIN: a process limit; the reply's end-of-file says so
+            print(f"drivebay template: clone: {exc.strerror}", file=sys.stderr, flush=True)
+            pid = -1
         if pid == 0:
-            _become(json.loads(data), fds)  # never returns
+            _become(request, fds, flags, why, ids, daemon)  # never returns
         _close(fds)
 
 
@@ -80,6 +97,7 @@ def _warm() -> None:
     runtime._event_loop_runner()  # imports uvloop when the environment has it
     import asyncio.unix_events  # noqa: F401
     import concurrent.futures.thread  # noqa: F401
+    import fcntl  # noqa: F401
     import logging  # noqa: F401
     import resource  # noqa: F401
     import traceback  # noqa: F401
@@ -103,50 +121,154 @@ def _close(fds: list[int]) -> None:
         os.close(fd)
 
 
-def _clone_parent() -> int:
-    """``fork``, but the child's parent is our parent (the daemon). The
-    interpreter's own fork bookkeeping runs around it, as in ``os.fork``."""
+def _clone_contained(tries: tuple[int, ...]) -> tuple[int, int, str]:
+    """Clone with the first namespace flags the kernel allows: (pid, flags,
+    why none could be had). A required namespace that cannot be had gives a
+    plain child with flags -1, which says so and exits (as an exec'd child
+    does). Raises OSError when no child can be made at all."""
+    why = ""
+    for flags in tries:
+        if flags in _refused:
+            why = _refused[flags]
+            continue
+        try:
+            return _clone_parent(flags), flags, ""
+        except OSError as exc:
+            if flags == 0 or exc.errno not in (
+                errno.EPERM,
+                errno.EINVAL,
+                errno.ENOSPC,
+                errno.EUSERS,
+            ):
+                raise
+            why = _refused[flags] = exc.strerror or str(exc)
+    return _clone_parent(0), -1, why
+
+
+def _clone_parent(flags: int) -> int:
+    """``fork``, but the child's parent is our parent (the daemon), and in the
+    namespaces of ``flags``. The interpreter's own fork bookkeeping runs
+    around it, as in ``os.fork``. Raises OSError when the kernel refuses."""
     api = ctypes.pythonapi
     libc = init_shim._libc()
-    number = SYS_CLONE.get(os.uname().machine)
-    if number is None:
-        return os.fork()  # unknown ABI: the child is then ours (the daemon refuses it)
+    number = SYS_CLONE[os.uname().machine]
     api.PyOS_BeforeFork()
-    pid = int(libc.syscall(number, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0))
+    pid = int(libc.syscall(number, CLONE_PARENT | flags | SIGCHLD, 0, 0, 0, 0))
     if pid == 0:
         api.PyOS_AfterFork_Child()
         return 0
     error = ctypes.get_errno()
     api.PyOS_AfterFork_Parent()
     if pid < 0:
-        print(f"drivebay template: clone: {os.strerror(error)}", file=sys.stderr, flush=True)
+        raise OSError(error, os.strerror(error))
     return pid
 
 
-def _become(request: dict[str, object], fds: list[int]) -> None:
-    """In the new child: report our pid, set up as an exec'd child, run the driver."""
+def _become(
+    request: dict[str, Any],
+    fds: list[int],
+    flags: int,
+    why: str,
+    ids: tuple[int, int],
+    daemon: int,
+) -> None:
+    """In the new child: report our pid, set up as an exec'd child, run the
+    driver; in a PID namespace we are its PID 1 and the driver our child."""
     try:
         high = [_move_high(fd) for fd in fds]
         reply = high[0]
-        os.write(reply, str(os.getpid()).encode())
+        # Our pid as the daemon sees it (in a PID namespace, getpid() is 1).
+        os.write(reply, os.readlink("/proc/self").encode())
         os.close(reply)
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
-        for target, fd in zip((0, 1, 2, CHANNEL_FD, FD_CHANNEL_FD), [null, *high[1:]]):  # noqa: B905
+        places = (STATUS_FD, 0, 1, 2, CHANNEL_FD, FD_CHANNEL_FD)
+        for target, fd in zip(places, [high[1], null, *high[2:]]):  # noqa: B905
             os.dup2(fd, target)
-        os.closerange(FD_CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))
+        os.closerange(STATUS_FD + 1, os.sysconf("SC_OPEN_MAX"))
     except BaseException:
         os._exit(EXIT_SETUP)
     try:
+        if flags > 0 and flags & init_shim.CLONE_NEWUSER:
+            _map_ids(*ids)
         _settle(request)
     except BaseException as exc:
-        line = repr(f"drivebay runtime: cannot set up the driver process: {exc}")[1:-1]
-        os.write(2, line.encode("ascii", "backslashreplace") + b"\n")
+        _say(f"drivebay runtime: cannot set up the driver process: {exc}")
         os._exit(EXIT_SETUP)
     sys.argv[:] = sys.argv[:2]  # as an exec'd child has them
-    init_shim.start()
+    if flags < 0:  # a namespace was required and the kernel refused it
+        _say(
+            f"drivebay runtime: cannot give the driver a PID namespace: {why}; "
+            "set `containment: auto` in the config to run it without one"
+        )
+        os._exit(init_shim.EXIT_CONTAINMENT)
+    _die_with(daemon)
+    if flags > 0:
+        _as_init()  # returns in the driver, PID 2
+    else:
+        os.close(STATUS_FD)
     runtime.main()
     os._exit(0)  # main ends with os._exit; never reached
+
+
+def _say(line: str) -> None:
+    """One line on stderr, control characters escaped."""
+    shown = repr(line)[1:-1]
+    os.write(2, shown.encode("ascii", "backslashreplace") + b"\n")
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    """In our own user namespace: our ids map to themselves (init_shim's way)."""
+    try:
+        init_shim._write("/proc/self/setgroups", "deny")
+        init_shim._write("/proc/self/uid_map", f"{uid} {uid} 1\n")
+        init_shim._write("/proc/self/gid_map", f"{gid} {gid} 1\n")
+    except OSError as exc:
+        raise init_shim.ContainmentError(
+            f"cannot map our ids in the user namespace: {exc}"
+        ) from exc
+
+
+def _die_with(daemon: int) -> None:
+    """The parent-death signal, then: is the daemon still our parent? (Read
+    from /proc: in a PID namespace getppid() is 0.) Set after the identity,
+    whose change would clear it."""
+    init_shim._libc().prctl(init_shim.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("PPid:"):
+                if int(line.split()[1]) != daemon:
+                    os._exit(1)  # the daemon died before we could tie ourselves to it
+                return
+
+
+def _as_init() -> None:
+    """PID 1: fork the driver (returning in it), reap orphans until it exits,
+    leave its wait status on the status pipe for the daemon, exit. (PID 1
+    cannot die of a signal it sends itself, so the pipe carries the status.)"""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    try:
+        driver = os.fork()
+    except BaseException as exc:  # EAGAIN: a process limit reached
+        init_shim._fail("init", exc)
+    if driver == 0:
+        os.close(STATUS_FD)
+        init_shim._libc().prctl(init_shim.PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+        return
+    try:
+        init_shim._libc().prctl(init_shim.PR_SET_NAME, b"drivebay-init", 0, 0, 0)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's handler would let it in
+        init_shim._hold_nothing(keep=(STATUS_FD,))
+        while True:
+            status = init_shim._reap_all(driver)
+            if status is not None:
+                os.write(STATUS_FD, status.to_bytes(4, "little"))
+                code = os.waitstatus_to_exitcode(status)
+                os._exit(code if code >= 0 else 128 - code)  # the status pipe says which
+            signal.sigwaitinfo({signal.SIGCHLD})
+    except BaseException as exc:
+        init_shim._fail("init", exc)
 
 
 def _move_high(fd: int) -> int:
@@ -157,17 +279,17 @@ def _move_high(fd: int) -> int:
     return moved
 
 
-def _settle(request: dict[str, object]) -> None:
+def _settle(request: dict[str, Any]) -> None:
     """Working directory, identity, environment: in Popen's order."""
     os.chdir(str(request["cwd"]))
     ids = request.get("ids")
-    if isinstance(ids, list):
+    if isinstance(ids, list) and (os.geteuid() == 0 or ids[:2] != [os.getuid(), os.getgid()]):
         uid, gid, groups = int(ids[0]), int(ids[1]), [int(g) for g in ids[2]]
         os.setgroups(groups)
         os.setregid(gid, gid)
         os.setreuid(uid, uid)
         # A process that changed its ids is not dumpable until it execs: it
-        # could not write its own uid_map (the user namespace) nor be traced.
+        # could not be traced nor read its own /proc files as the driver expects.
         init_shim._libc().prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
     env = request["env"]
     assert isinstance(env, dict)

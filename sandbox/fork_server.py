@@ -46,17 +46,23 @@ _TEMPLATE_ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "TZ")
 class ForkedChild:
     """What ``spawn`` needs of a ``subprocess.Popen``, for a forked child."""
 
-    def __init__(self, pid: int, stdout: Any, stderr: Any) -> None:
+    def __init__(self, pid: int, stdout: Any, stderr: Any, status_fd: int) -> None:
         self.pid = pid
         self.stdout = stdout
         self.stderr = stderr
         self.returncode: int | None = None
+        # The read end of the pipe on which a PID 1 leaves the driver's wait
+        # status (spawn.ChildProcess reads and closes it once it reaps us).
+        self.status_fd = status_fd
 
     def wait(self) -> int:
         """Reap the child (blocking): only for one that was killed and never watched."""
         if self.returncode is None:
             _, status = os.waitpid(self.pid, 0)
             self.returncode = os.waitstatus_to_exitcode(status)
+            if self.status_fd >= 0:
+                os.close(self.status_fd)
+                self.status_fd = -1
         return self.returncode
 
 

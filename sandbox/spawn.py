@@ -82,6 +82,23 @@ class Started(Protocol):
     def wait(self) -> int: ...
 
 
+def _relayed(popen: Started, own: int) -> int:
+    """The wait status to report: the driver's, when its init (a forked
+    child's PID 1) left it on the status pipe, else the child's own."""
+    fd = getattr(popen, "status_fd", -1)
+    if fd < 0:
+        return own
+    popen.status_fd = -1  # type: ignore[attr-defined]
+    try:
+        os.set_blocking(fd, False)
+        data = os.read(fd, 4)
+    except BlockingIOError:
+        data = b""
+    finally:
+        os.close(fd)
+    return int.from_bytes(data, "little") if len(data) == 4 else own
+
+
 def child_environment(spec: SpawnSpec, channel_fd: int, fd_channel_fd: int = -1) -> dict[str, str]:
     """The child's whole environment: a few basics and its DRIVEBAY_* settings."""
     env = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
@@ -172,12 +189,14 @@ class ChildProcess:
         """The driver's pid as the daemon sees it, given the pid it reported
         (its ``getpid()``): the process we started when it is not contained;
         in its PID namespace it is 2, and our child's grandchild (our child
-        keeps, its child is PID 1, whose child is the driver)."""
+        keeps, its child is PID 1, whose child is the driver), or, forked
+        from a template, our child's child (our child is PID 1)."""
         if reported == self.pid:
             return self.pid
-        init = _only_child(self.pid)
-        driver = _only_child(init) if init is not None else None
-        return driver if driver is not None else self.pid
+        found: int | None = self.pid
+        for _ in range(1 if hasattr(self.popen, "status_fd") else 2):
+            found = _only_child(found) if found is not None else None
+        return found if found is not None else self.pid
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._pidfd)
@@ -189,6 +208,7 @@ class ChildProcess:
             os.killpg(self.pid, signal.SIGKILL)
         # wait4, not Popen.wait: its CPU time tells a CPU-limit death apart.
         _, status, usage = os.wait4(self.pid, 0)
+        status = _relayed(self.popen, status)
         self.cpu_s = usage.ru_utime + usage.ru_stime
         returncode = self.popen.returncode = os.waitstatus_to_exitcode(status)
         self.exited.set_result(returncode)
@@ -337,6 +357,9 @@ async def _forked(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> Started
 
     assert spec.templates is not None
     with contextlib.ExitStack() as on_failure:
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        on_failure.callback(os.close, status_r)
+        on_failure.callback(os.close, status_w)
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         on_failure.callback(os.close, out_r)
         on_failure.callback(os.close, out_w)
@@ -349,7 +372,7 @@ async def _forked(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> Started
                 child_environment(spec, CHANNEL_FD, FD_CHANNEL_FD),
                 spec.cwd,
                 spec.run_as,
-                [out_w, err_w, child_fd, fd_channel_fd],
+                [status_w, out_w, err_w, child_fd, fd_channel_fd],
             )
         )
         # Never given up halfway: a child made for a cancelled start is ours
@@ -358,16 +381,18 @@ async def _forked(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> Started
             await wait_until_done(forking)
         finally:
             if forking.done() and not forking.cancelled() and forking.exception() is None:
-                on_failure.callback(_kill_and_reap, ForkedChild(forking.result(), None, None))
+                killed = ForkedChild(forking.result(), None, None, -1)
+                on_failure.callback(_kill_and_reap, killed)
         pid = forking.result()
         on_failure.pop_all()
-    os.close(out_w)  # the child has its copies
-    os.close(err_w)
-    return _forked_child(pid, out_r, err_r)
+    for fd in (status_w, out_w, err_w):  # the child has its copies
+        os.close(fd)
+    return _forked_child(pid, out_r, err_r, status_r)
 
 
-def _forked_child(pid: int, out_r: int, err_r: int) -> Started:
-    """The pipes' read ends as Popen has them (file objects, owned by transports)."""
+def _forked_child(pid: int, out_r: int, err_r: int, status_r: int) -> Started:
+    """The pipes' read ends as Popen has them (file objects, owned by
+    transports); the status pipe's is read and closed when the child is reaped."""
     from drivebay.sandbox.fork_server import ForkedChild
 
-    return ForkedChild(pid, open(out_r, "rb"), open(err_r, "rb"))
+    return ForkedChild(pid, open(out_r, "rb"), open(err_r, "rb"), status_r)
