@@ -154,7 +154,7 @@ class Kernel:
             remove_staging(self.state_dir)  # half-written bundle copies of a crash
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
-            self._templates = Templates(self._runtime_dir)
+            self._templates = Templates()
             await self._say_containment()
             if os.geteuid() == 0 and not self.config.user:
                 log.warning(

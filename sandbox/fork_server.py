@@ -162,22 +162,22 @@ class Template:
 class Templates:
     """The templates of every interpreter, owned by the kernel (``close`` at its end)."""
 
-    def __init__(self, runtime_dir: Path) -> None:
-        self.runtime_dir = runtime_dir
-        self._templates: dict[str, Template] = {}
-        self._starting: dict[str, asyncio.Lock] = {}
+    def __init__(self) -> None:
+        self._templates: dict[tuple[str, str], Template] = {}
+        self._starting: dict[tuple[str, str], asyncio.Lock] = {}
 
     def pids(self) -> list[int]:
         return [t.pid for t in self._templates.values() if t.alive]
 
-    async def template(self, python: Path) -> Template:
-        """The running template of ``python``; started (again) when it is not."""
-        key = str(python)
+    async def template(self, python: Path, runtime_dir: Path) -> Template:
+        """The running template of ``python`` and ``runtime_dir``; started
+        (again) when it is not."""
+        key = (str(python), str(runtime_dir))
         lock = self._starting.setdefault(key, asyncio.Lock())
         async with lock:
             template = self._templates.get(key)
             if template is None or not template.alive:
-                template = Template(python, self.runtime_dir)
+                template = Template(python, runtime_dir)
                 await template.start()
                 self._templates[key] = template
             return template
@@ -185,6 +185,7 @@ class Templates:
     async def fork(
         self,
         python: Path,
+        runtime_dir: Path,
         env: dict[str, str],
         cwd: Path,
         run_as: RunAs | None,
@@ -194,12 +195,12 @@ class Templates:
         settings: dict[str, Any] = {"env": env, "cwd": str(cwd)}
         if run_as is not None:
             settings["ids"] = [run_as.uid, run_as.gid, list(run_as.groups)]
-        template = await self.template(python)
+        template = await self.template(python, runtime_dir)
         try:
             return await template.fork(settings, fds)
         except ConnectionError:  # it died just now (killed?): once more with a new one
             await template.close(START_TIMEOUT_S)
-            template = await self.template(python)
+            template = await self.template(python, runtime_dir)
             return await template.fork(settings, fds)
 
     async def close(self, timeout: float = 5.0) -> None:

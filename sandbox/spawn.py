@@ -369,6 +369,7 @@ async def _forked(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> Started
         forking = asyncio.ensure_future(
             spec.templates.fork(
                 spec.python,
+                spec.runtime_dir,
                 child_environment(spec, CHANNEL_FD, FD_CHANNEL_FD),
                 spec.cwd,
                 spec.run_as,
