@@ -763,6 +763,8 @@ class Kernel:
         removed = await asyncio.to_thread(collect_garbage, self.config.envs_path, keep)
         for key in removed:
             log.info("removed unused environment %s", key[:12])
+        if self._templates is not None and removed:
+            await self._templates.retire([self.config.envs_path / key for key in removed])
         return removed
 
     async def _prepare_env(self, bundle: StoredBundle) -> tuple[Path, str]:

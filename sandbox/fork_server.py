@@ -203,6 +203,11 @@ class Templates:
             template = await self.template(python, runtime_dir)
             return await template.fork(settings, fds)
 
+    async def retire(self, envs: list[Path]) -> None:
+        """End the templates of interpreters in ``envs`` (removed environments)."""
+        gone = [key for key in self._templates if any(Path(key[0]).is_relative_to(e) for e in envs)]
+        await asyncio.gather(*(self._templates.pop(key).close(START_TIMEOUT_S) for key in gone))
+
     async def close(self, timeout: float = 5.0) -> None:
         templates, self._templates = list(self._templates.values()), {}
         await asyncio.gather(*(t.close(timeout) for t in templates))

@@ -136,3 +136,21 @@ def test_a_forked_spawn_cancelled_midway_leaves_nothing_behind(tmp_path):
             await spec.templates.close()
 
     run(main())
+
+
+def test_the_template_of_a_removed_environment_is_ended(tmp_path):
+    async def main():
+        spec = fixture_spec(tmp_path, spawn="fork-server")
+        assert spec.templates is not None
+        try:
+            await spec.templates.template(spec.python, spec.runtime_dir)
+            (pid,) = spec.templates.pids()
+            await spec.templates.retire([tmp_path / "elsewhere"])
+            assert spec.templates.pids() == [pid]
+            await spec.templates.retire([spec.python.parent.parent])
+            assert spec.templates.pids() == []
+            assert not os.path.exists(f"/proc/{pid}")  # reaped
+        finally:
+            await spec.templates.close()
+
+    run(main())
