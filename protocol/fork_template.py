@@ -196,6 +196,9 @@ def _become(
         _say(f"drivebay runtime: cannot set up the driver process: {exc}")
         os._exit(EXIT_SETUP)
     sys.argv[:] = sys.argv[:2]  # as an exec'd child has them
+    env = request["env"]
+    name = f"{env.get('DRIVEBAY_DRIVER', '')}@{env.get('DRIVEBAY_VERSION', '')}"
+    _retitle(f"drivebay {name}")
     if flags < 0:  # a namespace was required and the kernel refused it
         _say(
             f"drivebay runtime: cannot give the driver a PID namespace: {why}; "
@@ -204,11 +207,26 @@ def _become(
         os._exit(init_shim.EXIT_CONTAINMENT)
     _die_with(daemon)
     if flags > 0:
-        _as_init()  # returns in the driver, PID 2
+        _as_init(name)  # returns in the driver, PID 2
     else:
         os.close(STATUS_FD)
     runtime.main()
     os._exit(0)  # main ends with os._exit; never reached
+
+
+def _retitle(title: str) -> None:
+    """What ``ps`` shows for us (our command line), instead of the template's:
+    written over the arguments' memory, as ``setproctitle`` does."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        data = title.encode("utf-8", "replace")[: end - start - 1]
+        with open("/proc/self/mem", "r+b", buffering=0) as memory:
+            memory.seek(start)
+            memory.write(data + b"\0" * (end - start - len(data)))
+    except (OSError, ValueError, IndexError):
+        pass  # a cosmetic: the template's command line stays
 
 
 def _say(line: str) -> None:
@@ -242,7 +260,7 @@ def _die_with(daemon: int) -> None:
                 return
 
 
-def _as_init() -> None:
+def _as_init(name: str) -> None:
     """PID 1: fork the driver (returning in it), reap orphans until it exits,
     leave its wait status on the status pipe for the daemon, exit. (PID 1
     cannot die of a signal it sends itself, so the pipe carries the status.)"""
@@ -258,6 +276,7 @@ def _as_init() -> None:
         return
     try:
         init_shim._libc().prctl(init_shim.PR_SET_NAME, b"drivebay-init", 0, 0, 0)
+        _retitle(f"drivebay-init {name}")
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Python's handler would let it in
         init_shim._hold_nothing(keep=(STATUS_FD,))
         while True:

@@ -53,7 +53,7 @@ CHANGED: dict[str, Any] = {
     "limits": LimitSettings(memory_mb=9),
     "logs": LogSettings(max_bytes=9),
     "containment": "process_group",
-    "spawn": "fork-server",
+    "spawn": "exec",
     "trust": {"signatures": "warn"},
     "repositories": [{"name": "acme", "url": "https://127.0.0.1/", "root": "/root.json"}],
     "update_check_interval_s": 60,

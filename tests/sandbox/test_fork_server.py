@@ -24,6 +24,15 @@ def parent_of(pid: int) -> int:
     raise AssertionError(f"no PPid for {pid}")
 
 
+def command_line(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().rstrip(b"\0")
+
+
+def alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
 def open_fds(pid: int) -> set[int]:
     return {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
 
@@ -60,6 +69,8 @@ def test_a_forked_driver_is_set_up_as_an_exec_one_and_is_our_child(tmp_path):
                 assert fd_kinds(proc.pid) == fd_kinds(other.pid)  # as the exec'd driver's
             assert os.readlink(f"/proc/{proc.pid}/fd/0") == os.devnull
             assert os.getsid(proc.pid) == proc.group  # a session of its own
+            assert command_line(proc.pid) == b"drivebay misbehave@1.0.0"  # what ps shows
+            assert command_line(proc.group) == b"drivebay-init misbehave@1.0.0"
             who = await proc.call("a", "whoami", {})
             assert (who["uid"], who["gid"]) == (os.getuid(), os.getgid())
 
@@ -149,7 +160,7 @@ def test_the_template_of_a_removed_environment_is_ended(tmp_path):
             assert spec.templates.pids() == [pid]
             await spec.templates.retire([spec.python.parent.parent])
             assert spec.templates.pids() == []
-            assert not os.path.exists(f"/proc/{pid}")  # reaped
+            assert not alive(pid)  # reaped
         finally:
             await spec.templates.close()
 
