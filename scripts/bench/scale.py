@@ -663,7 +663,8 @@ def _main_table(r: Results, plan: Plan) -> str:
             f"{num(m.total_kib / 1024)}, {num(m.spares_kib / 1024)}",
         ],
         [
-            "PSS below the daemon by depth (keepers / inits / runtimes), MiB",
+            "PSS below the daemon by depth, MiB (exec: keepers / inits / runtimes; "
+            "fork-server: templates and inits / runtimes)",
             " / ".join(num(kib / 1024) for kib in m.by_depth_kib.values()),
         ],
         ["PSS of the daemon, MiB", num(m.daemon_kib / 1024)],
