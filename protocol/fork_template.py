@@ -7,21 +7,24 @@ the event loop), freezes those objects out of the garbage collector's reach
 (``gc.freeze``: a collection in a child then writes none of their pages),
 and waits for requests on its control socket. Each request carries a
 child's settings (environment, working directory, identity) and, by
-SCM_RIGHTS, its descriptors: the reply socket, the stdout and stderr pipes,
-the channel and the descriptor channel.
+SCM_RIGHTS, its descriptors: the reply socket, the status pipe, the stdout
+and stderr pipes, the channel and the descriptor channel.
 
-For each request the template clones itself with ``CLONE_PARENT``: the new
-process is the daemon's child, not the template's, so the daemon reaps it
-and reads its exit status and CPU time through a pidfd as for an exec'd
-child, and a template that dies takes no driver with it. The new process
-writes its pid on the reply socket, then becomes what an exec'd child is
-before its first line of Python: a session and process group of its own,
-stdin from /dev/null, stdout and stderr on the pipes, the channel at fd 3
-and the descriptor channel at fd 4 and nothing else, the working
-directory, the driver's user (root daemon only; then dumpable again, as
-after an exec), the driver's whole environment. It then runs the bootstrap
-of an exec'd child (``init_shim.start``, ``runtime.main``), so the parent
-death signal, the PID namespace and the limits are set exactly as there.
+For each request the template clones itself with ``CLONE_PARENT``, and with
+``CLONE_NEWPID`` (or ``CLONE_NEWUSER | CLONE_NEWPID``) as the containment
+asks and the kernel allows: the new process is the daemon's child, not the
+template's, so the daemon reaps it and reads its exit and CPU time through a
+pidfd as for an exec'd child, and a template that dies takes no driver with
+it. The new process writes its pid on the reply socket, then becomes what
+an exec'd child is before its first line of Python: a session and process
+group of its own, stdin from /dev/null, stdout and stderr on the pipes, the
+channel at fd 3 and the descriptor channel at fd 4, the working directory,
+the driver's user (root daemon only; then dumpable again, as after an exec),
+the driver's whole environment, the parent-death signal. In a namespace it
+is PID 1: it forks the driver (PID 2), reaps orphans as ``init_shim``'s
+init does, and leaves the driver's wait status on the status pipe (PID 1
+cannot die of a signal it sends itself). The driver then runs the runtime
+(``runtime.main``), which sets the limits as in an exec'd child.
 
 Every child of a template shares its address-space layout and hash seed
 (the known weakness of zygotes; docs/operations.md says when to prefer
