@@ -77,6 +77,10 @@ class Template:
         self._control: socket.socket | None = None
         self._pidfd = -1
         self._exited = asyncio.Event()
+        # One sender at a time: a full socket is waited for with the loop's
+        # writer callback, of which a descriptor has one (a second would
+        # replace the first, whose sender would then wait out its timeout).
+        self._sending = asyncio.Lock()
 
     @property
     def alive(self) -> bool:
@@ -130,7 +134,10 @@ class Template:
         with ours:
             with theirs:
                 request = json.dumps(settings).encode()
-                await _send(loop, self._control, request, [theirs.fileno(), *fds])
+                async with self._sending:
+                    if self._control is None:
+                        raise ConnectionResetError(f"the template of {self.python} has exited")
+                    await _send(loop, self._control, request, [theirs.fileno(), *fds])
             ours.setblocking(False)
             async with asyncio.timeout(REPLY_TIMEOUT_S):
                 answer = b""

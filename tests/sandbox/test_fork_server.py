@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 
 import pytest
 
@@ -162,6 +163,34 @@ def test_the_template_of_a_removed_environment_is_ended(tmp_path):
             assert spec.templates.pids() == []
             assert not alive(pid)  # reaped
         finally:
+            await spec.templates.close()
+
+    run(main())
+
+
+def test_many_forks_at_once_all_succeed(tmp_path):
+    """More requests at once than the template's socket holds: each sender
+    waits its turn for room, none is forgotten (the loop has one writer
+    callback per descriptor)."""
+
+    async def main():
+        spec = fixture_spec(tmp_path, spawn="fork-server")
+        assert spec.templates is not None
+        children = []
+        try:
+            template = await spec.templates.template(spec.python, spec.runtime_dir)
+            assert template._control is not None  # a small buffer: full after a few requests
+            template._control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            results = await asyncio.gather(
+                *(spawn_child(spec) for _ in range(20)), return_exceptions=True
+            )
+            children = [c for c in results if not isinstance(c, BaseException)]
+            assert len(children) == 20, [r for r in results if isinstance(r, BaseException)][:3]
+        finally:
+            for child in children:
+                child.signal_group(signal.SIGKILL)
+                await child.exited
+                child.close()
             await spec.templates.close()
 
     run(main())
