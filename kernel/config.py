@@ -270,6 +270,9 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     containment: Literal["auto", "pid_namespace", "process_group"] = "auto"
     # Driver processes' Linux scheduling policy (protocol/runtime.py; operations.md).
     scheduling: Literal["normal", "batch"] = "normal"
+    # How a driver process starts: forked from its interpreter's template, or
+    # a new interpreter (sandbox/fork_server.py, docs/operations.md).
+    spawn: Literal["fork-server", "exec"] = "fork-server"
     category_order: tuple[str, ...] = ("network", "storage", "hypervisor")
     settle_s: float = 1.0  # a dropped directory must be unchanged this long
     same_version_change: str = "error"  # or "reload": a changed bundle of the same version

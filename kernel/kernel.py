@@ -76,6 +76,7 @@ from drivebay.sandbox.bundle_errors import quoted, shown
 from drivebay.sandbox.bundles import Manifest, StoredBundle, remove_staging, version_key
 from drivebay.sandbox.env_key import EnvRequest, env_key
 from drivebay.sandbox.envs import collect_garbage, ensure_env
+from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.pidfiles import PidRecords
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 
@@ -127,6 +128,7 @@ class Kernel:
         self._lock = StateLock(self.state_dir)
         self._runtime_dir: Path | None = None
         self._spare_nice: ImportNice | None = None  # read at start (spare_priority)
+        self._templates: Templates | None = None  # spawn: fork-server (ended after the drivers)
         self._reload_wanted = False
         self._look_again: asyncio.TimerHandle | None = None
         self._awaiting_pass: list[asyncio.Future[None]] = []  # see next_pass
@@ -158,6 +160,7 @@ class Kernel:
             remove_staging(self.state_dir)  # half-written bundle copies of a crash
             self.config.drivers_path.mkdir(parents=True, exist_ok=True)
             self._runtime_dir = ensure_runtime_dir(self.state_dir)
+            self._templates = Templates()
             await self._say_containment()
             self._spare_nice = await asyncio.to_thread(spare_priority.for_this_daemon)
             if os.geteuid() == 0 and not self.config.user:
@@ -205,6 +208,8 @@ class Kernel:
                 reconciler.cancel()
         finally:
             await self._stop_all()
+            if self._templates is not None:
+                await self._templates.close()
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -731,6 +736,7 @@ class Kernel:
             launches=self.launches,
             on_spare=self._on_spare,
             spare_nice=self._spare_nice,
+            templates=self._templates,
         )
 
     def _on_move(self, slot: DriverSlot, move: Transition) -> None:
@@ -778,6 +784,8 @@ class Kernel:
         removed = await asyncio.to_thread(collect_garbage, self.config.envs_path, keep)
         for key in removed:
             log.info("removed unused environment %s", key[:12])
+        if self._templates is not None and removed:
+            await self._templates.retire([self.config.envs_path / key for key in removed])
         return removed
 
     async def _prepare_env(self, bundle: StoredBundle) -> tuple[Path, str]:

@@ -64,6 +64,7 @@ EFFECTS: dict[str, Effect] = {
     "logs": Effect.RESPAWN,
     "containment": Effect.RESPAWN,  # how a driver's process tree is held is set at its spawn
     "scheduling": Effect.RESPAWN,  # a driver process sets its policy as it starts
+    "spawn": Effect.RESPAWN,  # forked or exec'd: how a process is made, at its spawn
     "drivers": Effect.RESPAWN,
 }
 

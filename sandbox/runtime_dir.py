@@ -44,6 +44,7 @@ CHILD_MODULES = (
     "handoff_state.py",
     "handoff_serving.py",
     "init_shim.py",
+    "fork_template.py",
     "runtime.py",
 )
 

@@ -29,13 +29,16 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from drivebay.sandbox.cancel_safe import wait_until_done
 from drivebay.sandbox.output import OutputCapture, RotatingFile
 from drivebay.sandbox.pipe_reader import PipeReader
 from drivebay.sandbox.privileges import RunAs
 from drivebay.sandbox.runtime_dir import BOOTSTRAP
+
+if TYPE_CHECKING:
+    from drivebay.sandbox.fork_server import Templates
 
 PASSED_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
@@ -63,6 +66,38 @@ class SpawnSpec:
     run_as: RunAs | None = None  # switch to this user before exec (root daemon only)
     containment: str = "auto"  # see protocol.init_shim.contain
     scheduling: str = "normal"  # the runtime's policy: see protocol.runtime
+    # ``spawn: fork-server``: fork the child from its interpreter's template
+    # (sandbox.fork_server); None: exec the interpreter.
+    templates: Templates | None = None
+
+
+class Started(Protocol):
+    """What the kernel keeps of a started child: a ``subprocess.Popen`` or a
+    ``fork_server.ForkedChild``."""
+
+    pid: int
+    returncode: int | None
+    stdout: IO[bytes] | None
+    stderr: IO[bytes] | None
+
+    def wait(self) -> int: ...
+
+
+def _relayed(popen: Started, own: int) -> int:
+    """The wait status to report: the driver's, when its init (a forked
+    child's PID 1) left it on the status pipe, else the child's own."""
+    fd = getattr(popen, "status_fd", -1)
+    if fd < 0:
+        return own
+    popen.status_fd = -1  # type: ignore[attr-defined]
+    try:
+        os.set_blocking(fd, False)
+        data = os.read(fd, 4)
+    except BlockingIOError:
+        data = b""
+    finally:
+        os.close(fd)
+    return int.from_bytes(data, "little") if len(data) == 4 else own
 
 
 def child_environment(spec: SpawnSpec, channel_fd: int, fd_channel_fd: int = -1) -> dict[str, str]:
@@ -118,7 +153,7 @@ class ChildProcess:
 
     def __init__(
         self,
-        popen: subprocess.Popen[bytes],
+        popen: Started,
         pidfd: int,
         channel: socket.socket,
         readers: tuple[PipeReader, PipeReader],
@@ -156,12 +191,14 @@ class ChildProcess:
         """The driver's pid as the daemon sees it, given the pid it reported
         (its ``getpid()``): the process we started when it is not contained;
         in its PID namespace it is 2, and our child's grandchild (our child
-        keeps, its child is PID 1, whose child is the driver)."""
+        keeps, its child is PID 1, whose child is the driver), or, forked
+        from a template, our child's child (our child is PID 1)."""
         if reported == self.pid:
             return self.pid
-        init = _only_child(self.pid)
-        driver = _only_child(init) if init is not None else None
-        return driver if driver is not None else self.pid
+        found: int | None = self.pid
+        for _ in range(1 if hasattr(self.popen, "status_fd") else 2):
+            found = _only_child(found) if found is not None else None
+        return found if found is not None else self.pid
 
     def _on_exit(self) -> None:
         self._loop.remove_reader(self._pidfd)
@@ -173,6 +210,7 @@ class ChildProcess:
             os.killpg(self.pid, signal.SIGKILL)
         # wait4, not Popen.wait: its CPU time tells a CPU-limit death apart.
         _, status, usage = os.wait4(self.pid, 0)
+        status = _relayed(self.popen, status)
         self.cpu_s = usage.ru_utime + usage.ru_stime
         returncode = self.popen.returncode = os.waitstatus_to_exitcode(status)
         self.exited.set_result(returncode)
@@ -218,7 +256,12 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         on_failure.callback(kernel_fds.close)
         on_failure.callback(child_fds.close)
         with child_end, child_fds:  # the child's copies are all it needs once it runs
-            popen = await _popen_off_loop(spec, child_end.fileno(), child_fds.fileno())
+            if spec.templates is None:
+                popen: Started = await _popen_off_loop(
+                    spec, child_end.fileno(), child_fds.fileno()
+                )
+            else:
+                popen = await _forked(spec, child_end.fileno(), child_fds.fileno())
         assert popen.stdout is not None and popen.stderr is not None
         # A pipe is closed here only until its transport owns it (and closes it).
         unowned = {"stdout": popen.stdout, "stderr": popen.stderr}
@@ -266,10 +309,13 @@ async def _popen_off_loop(
     return made.result()
 
 
-def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
+def _kill_and_reap(popen: Started) -> None:
     """A child we cannot watch: kill its group and reap it right here."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(popen.pid, signal.SIGKILL)
+    # Itself too: a forked child may not lead its group yet. Unreaped, so its pid.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(popen.pid, signal.SIGKILL)
     popen.wait()
 
 
@@ -324,3 +370,53 @@ def _popen(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> subprocess.Pop
         env=child_environment(spec, child_fd, fd_channel_fd),
         **_identity(spec.run_as),
     )
+
+
+async def _forked(spec: SpawnSpec, child_fd: int, fd_channel_fd: int) -> Started:
+    """The child forked from its interpreter's template, set up as ``_popen``'s
+    (see protocol.fork_template): same environment, identity, fds, session."""
+    from drivebay.protocol.fork_template import CHANNEL_FD, FD_CHANNEL_FD
+    from drivebay.sandbox.fork_server import ForkedChild
+
+    assert spec.templates is not None
+    with contextlib.ExitStack() as on_failure:
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        on_failure.callback(os.close, status_r)
+        on_failure.callback(os.close, status_w)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        on_failure.callback(os.close, out_r)
+        on_failure.callback(os.close, out_w)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        on_failure.callback(os.close, err_r)
+        on_failure.callback(os.close, err_w)
+        forking = asyncio.ensure_future(
+            spec.templates.fork(
+                spec.python,
+                spec.runtime_dir,
+                child_environment(spec, CHANNEL_FD, FD_CHANNEL_FD),
+                spec.cwd,
+                spec.run_as,
+                [status_w, out_w, err_w, child_fd, fd_channel_fd],
+            )
+        )
+        # Never given up halfway: a child made for a cancelled start is ours
+        # to reap (the reply is bounded by REPLY_TIMEOUT_S).
+        try:
+            await wait_until_done(forking)
+        finally:
+            if forking.done() and not forking.cancelled() and forking.exception() is None:
+                killed = ForkedChild(forking.result(), None, None, -1)
+                on_failure.callback(_kill_and_reap, killed)
+        pid = forking.result()
+        on_failure.pop_all()
+    for fd in (status_w, out_w, err_w):  # the child has its copies
+        os.close(fd)
+    return _forked_child(pid, out_r, err_r, status_r)
+
+
+def _forked_child(pid: int, out_r: int, err_r: int, status_r: int) -> Started:
+    """The pipes' read ends as Popen has them (file objects, owned by
+    transports); the status pipe's is read and closed when the child is reaped."""
+    from drivebay.sandbox.fork_server import ForkedChild
+
+    return ForkedChild(pid, open(out_r, "rb"), open(err_r, "rb"), status_r)

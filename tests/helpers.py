@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import uvloop
 
 from drivebay.kernel.config import TimeoutSettings
 from drivebay.kernel.drivers.process import DriverProcess
+from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 from drivebay.sandbox.spawn import SpawnSpec
 
@@ -29,6 +31,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def fixture_spec(
     tmp_path: Path, name: str = "misbehave", entrypoint: str = "misbehave:Misbehave", **kw: Any
 ) -> SpawnSpec:
+    """A spec for a fixture driver; ``spawn="fork-server"`` forks it from a
+    template (``started`` ends the template; else ``await spec.templates.close()``)."""
+    if kw.pop("spawn", "exec") == "fork-server":
+        kw["templates"] = Templates()
     return SpawnSpec(
         python=Path(kw.pop("python", sys.executable)),
         runtime_dir=ensure_runtime_dir(tmp_path / "state"),
@@ -51,11 +57,15 @@ async def started(
     spec: SpawnSpec, timeouts: TimeoutSettings = FAST
 ) -> AsyncIterator[DriverProcess]:
     proc = DriverProcess(spec, timeouts)
-    await proc.start()
     try:
-        yield proc
+        await proc.start()
+        try:
+            yield proc
+        finally:
+            await proc.stop()
     finally:
-        await proc.stop()
+        if spec.templates is not None:
+            await spec.templates.close()
 
 
 async def eventually(check: Callable[[], bool], deadline: float = 10.0) -> None:
@@ -79,3 +89,7 @@ def assert_numbers_reusable(loop: asyncio.AbstractEventLoop) -> None:
         for pair in pairs:
             for end in pair:
                 end.close()
+
+
+# Tests of what a driver process gets, run with each way of making one.
+SPAWN_MODES = pytest.mark.parametrize("spawn", ["exec", "fork-server"])

@@ -44,6 +44,7 @@ from drivebay.kernel.reloading import spawn_settings
 from drivebay.protocol.errors import DriverError, DriverStartError, EnvBuildError, RequestError
 from drivebay.sandbox.bundles import StoredBundle
 from drivebay.sandbox.cancel_safe import wait_until_done
+from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.privileges import RunAs, preflight
 from drivebay.sandbox.spawn import SpawnSpec, describe_exit
 
@@ -80,6 +81,8 @@ class SlotContext:
     launches: LaunchGate = field(default_factory=lambda: LaunchGate(bounds_for(usable_cpus())))
     on_spare: Callable[[DriverSlot, int], None] | None = None  # (slot, pid): a spare launched
     spare_nice: ImportNice | None = None  # a spare's nice while it imports, then (spare_priority)
+    # The templates drivers are forked from with ``spawn: fork-server``.
+    templates: Templates | None = None
 
 
 class DriverSlot:
@@ -710,6 +713,7 @@ class DriverSlot:
             run_as=run_as,
             containment=config.containment,
             scheduling=config.scheduling,
+            templates=self._ctx.templates if config.spawn == "fork-server" else None,
         )
 
     def _on_output(self, stream: str, data: bytes) -> None:

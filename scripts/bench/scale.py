@@ -403,7 +403,7 @@ class Results:
     start_nospare: Start
     many: Many
     spawn: tuple[str, str] | None
-    other_mode: tuple[Start, Memory] | None
+    other_mode: tuple[Start, Memory, list[float]] | None
 
 
 def settings(spares: bool, spawn: str | None = None) -> dict[str, Any]:
@@ -436,6 +436,40 @@ async def with_spares(root: Path, envs_dir: Path, plan: Plan, names: list[str]) 
     return start, found, quiet, killed, made, stopped
 
 
+async def in_mode(
+    root: Path, envs_dir: Path, plan: Plan, names: list[str], mode: str
+) -> tuple[Start, Memory, list[float]]:
+    """(a), (b) and (d) with ``spawn: mode``: drop -> RUNNING, PSS, kill -> RUNNING."""
+    async with drivebayd(root, envs_dir, settings(True, mode)) as daemon:
+        _common.progress(f"scale: {len(names)} drivers, spawn: {mode} ...")
+        start = await start_all(daemon, names, spares=True)
+        rows = checked_rows(await daemon.admin.request("status"))
+        found = await asyncio.to_thread(memory, daemon.pid, rows)
+        _common.progress(f"scale: spawn: {mode}: {plan.kills} kills ...")
+        killed = await restarts(daemon, names, plan.kills)
+        return start, found, killed
+
+
+async def spawn_modes(plan: Plan, root: Path, envs_dir: Path) -> dict[str, Any]:
+    """``--spawn-modes``: only (a), (b) and (d), in each spawn mode, one after the other."""
+    names = driver_names(plan.drivers)
+    await prime(root / "prime", envs_dir)
+    found: dict[str, Any] = {}
+    for mode in ("fork-server", "exec"):
+        start, mem, killed = await in_mode(root / mode, envs_dir, plan, names, mode)
+        found[mode] = {
+            "start_s": round(start.running_s, 3),
+            "spares_ready_s": round(start.spares_s, 3),
+            "pss_per_driver_mib": round(mem.per_driver_mib, 2),
+            "pss_total_mib": round(mem.total_kib / 1024, 1),
+            "processes": mem.processes,
+            "pss_by_depth_mib": [round(kib / 1024, 1) for kib in mem.by_depth_kib.values()],
+            "restart_ms_p50": round(statistics.median(killed), 1),
+            "restart_ms_p99": round(p99(killed), 1),
+        }
+    return found
+
+
 async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
     names = driver_names(plan.drivers)
     _common.progress("scale: a first driver (builds the shared env if needed) ...")
@@ -450,11 +484,7 @@ async def run_all(plan: Plan, root: Path, envs_dir: Path) -> Results:
         many = await many_resources(daemon, names, plan.many)
     spawn, other = spawn_setting(), None
     if spawn is not None:
-        async with drivebayd(root / "other", envs_dir, settings(True, spawn[1])) as daemon:
-            _common.progress(f"scale: {len(names)} drivers, spawn: {spawn[1]} ...")
-            other_start = await start_all(daemon, names, spares=True)
-            rows = checked_rows(await daemon.admin.request("status"))
-            other = (other_start, await asyncio.to_thread(memory, daemon.pid, rows))
+        other = await in_mode(root / "other", envs_dir, plan, names, spawn[1])
     return Results(start, found, quiet, killed, made, stopped, start_nospare, many, spawn, other)
 
 
@@ -583,6 +613,10 @@ def as_json(r: Results, plan: Plan) -> dict[str, Any]:
             r.spawn[0]: round(r.start.running_s, 3),
             r.spawn[1]: round(r.other_mode[0].running_s, 3),
         }
+        result["restart_ms_by_spawn_mode"] = {
+            mode: {"p50": round(statistics.median(ms), 1), "p99": round(p99(ms), 1)}
+            for mode, ms in ((r.spawn[0], r.restarts_ms), (r.spawn[1], r.other_mode[2]))
+        }
     if floor:
         result["floor"] = {
             "calls_per_s_4": round(floor[few].calls_per_s),
@@ -701,7 +735,8 @@ def _main_table(r: Results, plan: Plan) -> str:
             f"{num(m.total_kib / 1024)}, {num(m.spares_kib / 1024)}",
         ],
         [
-            "PSS below the daemon by depth (keepers / inits / runtimes), MiB",
+            "PSS below the daemon by depth, MiB (exec: keepers / inits / runtimes; "
+            "fork-server: templates and inits / runtimes)",
             " / ".join(num(kib / 1024) for kib in m.by_depth_kib.values()),
         ],
         ["PSS of the daemon, MiB", num(m.daemon_kib / 1024)],
@@ -834,6 +869,11 @@ def main(argv: list[str] | None = None) -> None:
         help="with --only calls: a second floor whose echo processes are SCHED_BATCH",
     )
     parser.add_argument("--rounds", type=int, help="rounds of the calls (default: the plan's)")
+    parser.add_argument(
+        "--spawn-modes",
+        action="store_true",
+        help="only drop -> RUNNING, PSS and kill -> RUNNING, in each spawn mode",
+    )
     options = parser.parse_args(argv)
     plan = QUICK if options.quick else FULL
     plan = dataclasses.replace(plan, floor=not options.no_floor)
@@ -845,6 +885,16 @@ def main(argv: list[str] | None = None) -> None:
     mode = "quick" if options.quick else "full"
     if options.only == "calls":
         calls_main(options, plan, mode, started, load_before)
+        return
+    if options.spawn_modes:
+        with (
+            supervise.reaping_orphans(),
+            tempfile.TemporaryDirectory(prefix="drivebay-scale-") as tmp,
+        ):
+            modes = uvloop.run(spawn_modes(plan, Path(tmp), options.envs_dir))
+        print(
+            json.dumps({"spawn_modes": modes, "plan": dataclasses.asdict(plan), "commit": commit()})
+        )
         return
     with supervise.reaping_orphans(), tempfile.TemporaryDirectory(prefix="drivebay-scale-") as tmp:
         results = uvloop.run(run_all(plan, Path(tmp), options.envs_dir))

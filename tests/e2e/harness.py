@@ -143,3 +143,18 @@ def pid_alive(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def templates_of(daemon_pid: int) -> list[int]:
+    """The daemon's template processes (``spawn: fork-server``, one per env)."""
+    found = []
+    with open(f"/proc/{daemon_pid}/task/{daemon_pid}/children") as handle:
+        children = [int(pid) for pid in handle.read().split()]
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                if b"fork_template" in handle.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found

@@ -9,7 +9,8 @@ import signal
 
 from tests.e2e.harness import pid_alive, wait_for
 from tests.e2e.test_resources import misbehave_bundle, ok
-from tests.sandbox.test_containment import marked, marker
+from tests.helpers import SPAWN_MODES
+from tests.sandbox.test_containment import descendants, marked, marker
 
 __all__ = ["marker"]  # the fixture
 
@@ -19,8 +20,9 @@ def escapees(daemon, marker: str) -> None:  # type: ignore[no-untyped-def]
     wait_for(lambda: len(marked(marker)) == 2, what="escapees running")
 
 
-def test_no_descendant_outlives_its_driver_or_the_daemon(daemon_factory, tmp_path, marker):
-    daemon = daemon_factory()
+@SPAWN_MODES
+def test_no_descendant_outlives_its_driver_or_the_daemon(daemon_factory, tmp_path, marker, spawn):
+    daemon = daemon_factory(config={"spawn": spawn})
     daemon.start()
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -42,9 +44,12 @@ def test_no_descendant_outlives_its_driver_or_the_daemon(daemon_factory, tmp_pat
     driver = daemon.wait_state("mis", "RUNNING")["pid"]
     escapees(daemon, f"{marker}-kill")
     assert daemon.process is not None
+    below = descendants(daemon.process.pid)  # drivers, spares, inits (forked: the template)
+    assert driver in below
     daemon.process.kill()
     daemon.process.wait()
     wait_for(
         lambda: not marked(f"{marker}-kill") and not pid_alive(driver),
         what="driver and escapees gone after kill -9 of the daemon",
     )
+    wait_for(lambda: not any(map(pid_alive, below)), what="every process below it gone")

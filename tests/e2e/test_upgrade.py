@@ -19,7 +19,7 @@ from typing import Any
 import uvloop
 
 from drivebay.client import AsyncClient
-from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.harness import Daemon, templates_of, wait_for
 from tests.e2e.ledger import ledger_bundle, read_ledger
 
 RESOURCES = 100
@@ -185,9 +185,12 @@ def test_ten_upgrades_under_load_lose_nothing(daemon_factory, tmp_path):
     for version in ["1.0.0", *versions[:-1]]:
         assert f"stopped: ledger@{version} (exit status 0)" in log, log
     # One process for the version in use (plus its idle spare, see restart.spare),
-    # each the daemon's child or, in its PID namespace, great-grandchild.
+    # each the daemon's child or, in its PID namespace, a descendant of it
+    # (and, with spawn: fork-server, the env's template).
     row = daemon.status()["ledger"]
-    children = daemon_children(daemon)
+    assert daemon.process is not None
+    spawners = templates_of(daemon.process.pid)
+    children = [pid for pid in daemon_children(daemon) if pid not in spawners]
     assert len(children) <= 2
     assert {row["pid"], row["spare_pid"]} - {None} <= descendants(children)
     fds = len(os.listdir(f"/proc/{daemon.process.pid}/fd"))

@@ -54,6 +54,7 @@ CHANGED: dict[str, Any] = {
     "logs": LogSettings(max_bytes=9),
     "containment": "process_group",
     "scheduling": "batch",
+    "spawn": "exec",
     "trust": {"signatures": "warn"},
     "repositories": [{"name": "acme", "url": "https://127.0.0.1/", "root": "/root.json"}],
     "update_check_interval_s": 60,

@@ -24,13 +24,26 @@ from drivebay.protocol.errors import ConfigError, DriverCrashed
 from drivebay.protocol.init_shim import contain
 from drivebay.sandbox.containment import start_line, summarize
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
-from tests.helpers import FAST, eventually, fixture_spec, run, started
+from tests.helpers import FAST, SPAWN_MODES, eventually, fixture_spec, run, started
 
 ROOT = Path(__file__).parents[2]
 # The kill stage waits long: a wait on the pipes' end-of-file would show.
 PATIENT = TimeoutSettings(
     start_s=20, ping_interval_s=0.2, ping_timeout_s=5, call_s=20, drain_s=2, term_s=2, kill_s=600
 )
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc's children lists)."""
+    found, level = [], [pid]
+    while level:
+        children = []
+        for parent in level:
+            with contextlib.suppress(OSError), open(f"/proc/{parent}/task/{parent}/children") as f:
+                children += [int(child) for child in f.read().split()]
+        found += children
+        level = children
+    return found
 
 
 def marked(marker: str, prefix: bool = False) -> list[int]:
@@ -81,9 +94,10 @@ def test_this_machine_offers_pid_namespaces():
     assert contain("process_group") == ""
 
 
-def test_descendants_die_with_a_killed_driver(tmp_path, marker):
+@SPAWN_MODES
+def test_descendants_die_with_a_killed_driver(tmp_path, marker, spawn):
     async def main():
-        spec = fixture_spec(tmp_path, containment="pid_namespace")
+        spec = fixture_spec(tmp_path, containment="pid_namespace", spawn=spawn)
         async with started(spec, PATIENT) as proc:
             assert proc.hello is not None and proc.hello.pid == 2
             await escapees_running(proc, marker, 2)
@@ -96,9 +110,10 @@ def test_descendants_die_with_a_killed_driver(tmp_path, marker):
     run(main())
 
 
-def test_descendants_die_with_a_stopped_driver(tmp_path, marker):
+@SPAWN_MODES
+def test_descendants_die_with_a_stopped_driver(tmp_path, marker, spawn):
     async def main():
-        spec = fixture_spec(tmp_path, containment="pid_namespace")
+        spec = fixture_spec(tmp_path, containment="pid_namespace", spawn=spawn)
         async with started(spec, FAST) as proc:
             await escapees_running(proc, marker, 2)
             assert await proc.stop() == 0
@@ -113,7 +128,7 @@ from pathlib import Path
 from tests.helpers import FAST, fixture_spec, started
 
 async def main():
-    spec = fixture_spec(Path(sys.argv[1]), containment="pid_namespace")
+    spec = fixture_spec(Path(sys.argv[1]), containment="pid_namespace", spawn=sys.argv[2])
     async with started(spec, FAST) as proc:
         await proc.attach("a", {})
         await proc.call("a", "escapees", {"marker": os.environ["MARKER"]})
@@ -124,9 +139,12 @@ asyncio.run(main())
 """
 
 
-def test_descendants_die_with_a_killed_daemon(tmp_path, marker):
+@SPAWN_MODES
+def test_descendants_die_with_a_killed_daemon(tmp_path, marker, spawn):
+    """kill -9 of the daemon ends its drivers, what they started, and (forked)
+    the template."""
     daemon = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(DAEMON), str(tmp_path)],
+        [sys.executable, "-c", textwrap.dedent(DAEMON), str(tmp_path), spawn],
         cwd=ROOT,
         env={**os.environ, "MARKER": marker},  # not in its argv: it is no escapee
         stdout=subprocess.PIPE,
@@ -136,12 +154,15 @@ def test_descendants_die_with_a_killed_daemon(tmp_path, marker):
         assert daemon.stdout is not None
         driver = int(daemon.stdout.readline())
         run(eventually(lambda: len(marked(marker)) == 2))
+        below = descendants(daemon.pid)
     finally:
         daemon.kill()
         daemon.wait()
         if daemon.stdout is not None:
             daemon.stdout.close()
     run(eventually(lambda: not marked(marker) and not os.path.exists(f"/proc/{driver}")))
+    assert driver in below
+    run(eventually(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in below)))
 
 
 def test_process_group_fallback_ends_the_group_and_never_waits_for_escapees(tmp_path, marker):

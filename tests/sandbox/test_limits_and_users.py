@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shutil
@@ -14,10 +15,11 @@ import pytest
 
 from drivebay.kernel.drivers.process import limit_verdict
 from drivebay.protocol.errors import DriverCrashed, DriverStartError, OperationFailed
+from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.privileges import RunAs, preflight
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 from drivebay.sandbox.spawn import SpawnSpec
-from tests.helpers import FAST, FIXTURES, fixture_spec, run, started
+from tests.helpers import FAST, FIXTURES, SPAWN_MODES, fixture_spec, run, started
 
 IS_ROOT = os.geteuid() == 0
 
@@ -36,9 +38,10 @@ def test_memory_limit_gives_a_clear_verdict_and_the_driver_lives(tmp_path):
     run(main())
 
 
-def test_open_files_limit_applies(tmp_path):
+@SPAWN_MODES
+def test_open_files_limit_applies(tmp_path, spawn):
     async def main():
-        spec = fixture_spec(tmp_path, rlimits={"nofile": 64})
+        spec = fixture_spec(tmp_path, rlimits={"nofile": 64}, spawn=spawn)
         async with started(spec) as proc:
             await proc.attach("a", {})
             with pytest.raises(OperationFailed, match="Too many open files"):
@@ -77,7 +80,8 @@ def public_spec(root: Path, python: Path, run_as: RunAs) -> SpawnSpec:
     )
 
 
-def test_root_daemon_runs_driver_as_nobody(public_dir):
+@SPAWN_MODES
+def test_root_daemon_runs_driver_as_nobody(public_dir, spawn):
     if not IS_ROOT:  # an ordinary user's daemon must refuse, with the reason
         with pytest.raises(DriverStartError, match="drivebayd is not root"):
             RunAs.lookup("nobody")
@@ -86,6 +90,8 @@ def test_root_daemon_runs_driver_as_nobody(public_dir):
     assert system_python.exists(), "Debian's python3 is part of the machine"
     nobody = RunAs.lookup("nobody")
     spec = public_spec(public_dir, system_python, nobody)
+    if spawn == "fork-server":
+        spec = dataclasses.replace(spec, templates=Templates())
     preflight(nobody, system_python, [spec.runtime_dir, spec.src or public_dir, spec.cwd])
 
     async def main():
@@ -133,9 +139,10 @@ def test_unknown_user_is_one_line():
         RunAs.lookup("no-such-user-x")
 
 
-def test_a_driver_killed_by_its_memory_limit_gets_the_verdict(tmp_path):
+@SPAWN_MODES
+def test_a_driver_killed_by_its_memory_limit_gets_the_verdict(tmp_path, spawn):
     async def main():
-        spec = fixture_spec(tmp_path, rlimits={"as": 400 * 1024 * 1024})
+        spec = fixture_spec(tmp_path, rlimits={"as": 400 * 1024 * 1024}, spawn=spawn)
         async with started(spec) as proc:
             await proc.attach("a", {})
             with pytest.raises(DriverCrashed) as caught:
@@ -147,12 +154,14 @@ def test_a_driver_killed_by_its_memory_limit_gets_the_verdict(tmp_path):
     run(main())
 
 
-def test_a_driver_past_its_cpu_limit_is_told_so(tmp_path):
-    """SIGXCPU at the soft limit, not SIGKILL: the verdict names the limit."""
+@SPAWN_MODES
+def test_a_driver_past_its_cpu_limit_is_told_so(tmp_path, spawn):
+    """SIGXCPU at the soft limit, not SIGKILL: the verdict names the limit
+    (forked, the driver's PID 1 passes its status on)."""
     patient = msgspec.structs.replace(FAST, ping_timeout_s=60, call_s=100)
 
     async def main():
-        spec = fixture_spec(tmp_path, rlimits={"cpu": 1})
+        spec = fixture_spec(tmp_path, rlimits={"cpu": 1}, spawn=spawn)
         async with started(spec, patient) as proc:
             await proc.attach("a", {})
             with pytest.raises(DriverCrashed) as caught:
