@@ -82,7 +82,7 @@ def test_a_class_without_reconcile_says_so(tmp_path):
             assert "reconcile_operation" not in proc.hooks and not proc.can_reconcile
             await proc.attach("r", {})
             # op_id with a default: declared all the same.
-            assert await proc.call("r", "write", {"value": 1}, op_id="op-3") == "op-3"
+            assert await proc.call("r", "write", {"value": 1}, op_id="op-3") == {"op_id": "op-3"}
             with pytest.raises(OperationFailed) as caught:
                 await proc.reconcile("r", "op-3", "write", {"value": 1})
             assert caught.value.type_name == errors.NO_RECONCILE
