@@ -390,7 +390,9 @@ class DriverServer(HandoffServing, asyncio.Protocol):
         ``reconcile_operation(op_id, operation, args)`` answers, as a call."""
         instance = self._instances.get(resource_id)
         hook = getattr(instance, "reconcile_operation", None)
-        if instance is None:
+        if self._draining:
+            self._send(draining(request_id))
+        elif instance is None:
             self._send(not_attached(request_id, resource_id))
         elif hook is None:
             self._send(no_reconcile(request_id, operation))

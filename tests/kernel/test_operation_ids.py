@@ -15,9 +15,14 @@ def ledger_spec(tmp_path, entrypoint="ledger:Ledger"):
     return fixture_spec(tmp_path, name="ledger", entrypoint=entrypoint)
 
 
-def test_op_id_reaches_the_operations_that_declare_it(tmp_path):
+@pytest.mark.parametrize("codec", ["msgspec", "stdlib"])
+def test_op_id_reaches_the_operations_that_declare_it(tmp_path, codec):
     async def main():
-        async with started(ledger_spec(tmp_path)) as proc:
+        spec = fixture_spec(
+            tmp_path, name="ledger", entrypoint="ledger:Ledger", extra_env={"DRIVEBAY_CODEC": codec}
+        )
+        async with started(spec) as proc:
+            assert proc.hello_codec.startswith(codec)
             assert proc.ready is not None
             takes = {name for name, info in proc.ready.details.items() if info.takes_op_id}
             assert takes == {"write", "write_sync"}
@@ -51,6 +56,16 @@ def test_a_caller_cannot_pass_op_id_itself(tmp_path):
                 await proc.call("r", "write", {"value": 1, "op_id": "mine"})
             with pytest.raises(RequestError, match="takes its op_id from the kernel"):
                 proc.start_call("r", "write_sync", {"value": 1, "op_id": "mine"})
+            # A kernel that does not know the operation takes op_id (as if it
+            # predated the field): the runtime refuses it all the same.
+            proc._op_id_ops = frozenset()
+            with pytest.raises(OperationFailed) as caught:
+                await proc.call("r", "write", {"value": 1, "op_id": "mine"})
+            assert caught.value.type_name == errors.OP_ID_GIVEN
+            assert caught.value.message == (
+                "operation 'write' takes its op_id from the kernel; "
+                "do not pass op_id as an argument"
+            )
             # To an operation without it, op_id is an ordinary (unknown) argument.
             with pytest.raises(OperationFailed, match="unexpected keyword argument 'op_id'"):
                 await proc.call("r", "plain", {"value": 1, "op_id": "mine"})
