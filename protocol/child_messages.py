@@ -22,6 +22,12 @@ from . import errors
 
 _RUNTIME = __name__.rpartition(".")[0] + "."  # this package, whatever it is called here
 
+# -- what the child reads of the kernel's messages by index --------------------
+# ``Call`` (messages.Call's field order); a sender that predates a field
+# leaves it out, and the runtime takes its default.
+CALL_OP_ID = 6
+CALL_EPOCH = 7
+
 # -- one builder per message (the kernel's Struct in messages.py) ---------------
 
 
@@ -45,8 +51,8 @@ def ready_message(
     details: dict[str, list[Any]],
     hooks: list[str],
 ) -> list[Any]:
-    """``Ready``; ``details`` holds ``[signature, summary, is_async]`` by
-    operation; ``hooks`` the state hooks the class defines."""
+    """``Ready``; ``details`` holds ``[signature, summary, is_async,
+    takes_op_id]`` by operation; ``hooks`` the reported hooks the class defines."""
     return ["ready", operations, has_health, details, hooks]
 
 
@@ -100,6 +106,19 @@ def unknown_operation(request_id: int, op: str, known: Iterable[str]) -> list[An
     listed = ", ".join(sorted(known)) or "none"
     message = f"driver has no operation {op!r} (operations: {listed})"
     return error_message(request_id, errors.UNKNOWN_OPERATION, message)
+
+
+def op_id_given(request_id: int, op: str) -> list[Any]:
+    message = f"operation {op!r} takes its op_id from the kernel; do not pass op_id as an argument"
+    return error_message(request_id, errors.OP_ID_GIVEN, message)
+
+
+def no_reconcile(request_id: int, op: str) -> list[Any]:
+    message = (
+        f"the driver class has no reconcile_operation to settle {op!r}; define "
+        "`async def reconcile_operation(self, op_id, operation, args)` (docs/drivers.md)"
+    )
+    return error_message(request_id, errors.NO_RECONCILE, message)
 
 
 def state_too_large(request_id: int, resource_id: str, size: int, limit: int) -> list[Any]:

@@ -162,6 +162,10 @@ STATE_TOO_LARGE = "StateTooLarge"
 HANDOFF_FAILED = "HandoffFailed"
 """A state could not be handed over or taken over: a value it holds, or its
 descriptors (truncated, the new process out of descriptors)."""
+OP_ID_GIVEN = "OpIdGiven"
+"""The call's arguments hold ``op_id``, which the operation takes from the kernel."""
+NO_RECONCILE = "NoReconcile"
+"""The kernel asked ``reconcile_operation`` of a class that has none."""
 
 RUNTIME_ERRORS = frozenset(
     {
@@ -174,6 +178,8 @@ RUNTIME_ERRORS = frozenset(
         UNENCODABLE_RESULT,
         STATE_TOO_LARGE,
         HANDOFF_FAILED,
+        OP_ID_GIVEN,
+        NO_RECONCILE,
     }
 )
 """Every name the driver runtime itself puts in an ``error`` reply."""

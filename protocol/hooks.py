@@ -23,13 +23,17 @@ RESERVED: dict[str, tuple[bool, tuple[str, ...] | None]] = {
     "handoff": (True, ()),
     "takeover": (True, ("state", "from_version")),
     "handoff_aborted": (True, ()),
-    "reconcile_operation": (False, None),
+    "reconcile_operation": (False, ("op_id", "operation", "args")),
 }
 LIFECYCLE_METHODS = frozenset(RESERVED)
 """The one list of names that are hooks, never operations."""
 
 STATE_HOOKS = ("handoff", "takeover", "handoff_aborted")
-"""The hooks the kernel needs to know of before it moves a resource (``Ready.hooks``)."""
+"""The hooks the kernel needs to know of before it moves a resource."""
+
+REPORTED_HOOKS = (*STATE_HOOKS, "reconcile_operation")
+"""The hooks ``Ready.hooks`` lists when the class defines them: the state hooks,
+and ``reconcile_operation`` (the kernel asks it only of a class that has it)."""
 
 SHAPES = {
     "health": "@classmethod async def health(cls) -> dict",
@@ -38,7 +42,9 @@ SHAPES = {
     "handoff": "async def handoff(self) -> dict",
     "takeover": "async def takeover(self, state: dict, from_version: str) -> None",
     "handoff_aborted": "async def handoff_aborted(self) -> None",
-    "reconcile_operation": "a method",
+    "reconcile_operation": (
+        "async def reconcile_operation(self, op_id: str, operation: str, args: dict) -> Any"
+    ),
 }
 
 
@@ -47,7 +53,7 @@ class HookMisdefined(TypeError):
 
 
 def check_hooks(driver_class: type) -> list[str]:
-    """The state hooks ``driver_class`` defines, in ``STATE_HOOKS`` order.
+    """The hooks of ``REPORTED_HOOKS`` ``driver_class`` defines, in that order.
 
     Raises HookMisdefined (one line naming the class, the name and the shape
     it must have) when a reserved name is something else."""
@@ -64,7 +70,7 @@ def check_hooks(driver_class: type) -> list[str]:
                 f"{driver_class.__qualname__}.{name} {problem}; {name!r} is reserved for the "
                 f"lifecycle hook `{SHAPES[name]}` (docs/drivers.md): rename it"
             )
-    return [name for name in STATE_HOOKS if callable(getattr(driver_class, name, None))]
+    return [name for name in REPORTED_HOOKS if callable(getattr(driver_class, name, None))]
 
 
 def _problem(bound: Any, member: Any, is_async: bool, parameters: tuple[str, ...] | None) -> str:

@@ -54,6 +54,9 @@ class Call(_Message, tag="call", frozen=True):
 
     ``timeout_s`` is how long the driver may take (0: no limit); past it the
     kernel sends ``Cancel`` and fails the call with ``CallTimeout``.
+    ``op_id`` is the operation's id, passed as ``op_id=`` to an operation
+    that declares that parameter (``""``: the operation does not). ``epoch``
+    is the epoch under which the node holds the resource (0: no cluster).
     """
 
     id: int
@@ -61,6 +64,23 @@ class Call(_Message, tag="call", frozen=True):
     op: str
     args: dict[str, Any]
     timeout_s: float = 0.0
+    op_id: str = ""
+    epoch: int = 0
+
+
+class Reconcile(_Message, tag="reconcile", frozen=True):
+    """Ask the instance for ``resource_id`` what became of operation ``op_id``
+    (``operation(**args)``), which a node sent and did not see the end of:
+    its ``reconcile_operation(op_id, operation, args)``. Answered by
+    Result (the operation's result) or Error (it failed, or cannot be
+    settled). Sent only to a class whose ``Ready.hooks`` lists it."""
+
+    id: int
+    resource_id: str
+    op_id: str
+    operation: str
+    args: dict[str, Any]
+    epoch: int = 0
 
 
 class Health(_Message, tag="health", frozen=True):
@@ -126,6 +146,7 @@ ToDriver = (
     | Attach
     | Detach
     | Call
+    | Reconcile
     | Health
     | Cancel
     | Ping
@@ -158,6 +179,7 @@ class OperationInfo(msgspec.Struct, frozen=True, array_like=True):
     signature: str  # its parameters without ``self``: "(name: str, size_gb: int) -> dict"
     summary: str = ""  # the first line of its docstring
     is_async: bool = True  # False: it runs in a thread, and a deadline cannot stop it
+    takes_op_id: bool = False  # it declares a parameter ``op_id``: the runtime passes its id
 
 
 class Ready(_Message, tag="ready", frozen=True):
@@ -166,7 +188,7 @@ class Ready(_Message, tag="ready", frozen=True):
     operations: list[str]
     has_health: bool = False
     details: dict[str, OperationInfo] = {}  # by operation name
-    hooks: list[str] = []  # which of handoff, takeover, handoff_aborted the class defines
+    hooks: list[str] = []  # which of hooks.REPORTED_HOOKS the class defines
 
 
 class Result(_Message, tag="result", frozen=True):

@@ -33,6 +33,8 @@ from typing import Any, cast
 
 from .child_codec import ChildCodec
 from .child_messages import (
+    CALL_EPOCH,
+    CALL_OP_ID,
     already_attached,
     cancelled,
     draining,
@@ -40,7 +42,9 @@ from .child_messages import (
     event_message,
     hello_message,
     log_message,
+    no_reconcile,
     not_attached,
+    op_id_given,
     pong_message,
     ready_message,
     result_message,
@@ -125,16 +129,29 @@ class Operations:
         self.has_health = callable(getattr(driver_class, "health", None))
         # Raises HookMisdefined for a reserved name used with another meaning.
         self.hooks = check_hooks(driver_class)
-        # What ``describe`` shows of each: [signature, summary, is_async].
+        # Those that declare ``op_id``: it is passed to them (once per class, here).
+        self.takes_op_id = frozenset(
+            name for name in self.is_async if _declares(getattr(driver_class, name), "op_id")
+        )
+        # What ``describe`` shows of each: [signature, summary, is_async, takes_op_id].
         self.details = {
-            name: [*_described(getattr(driver_class, name)), is_async]
+            name: [*_described(getattr(driver_class, name)), is_async, name in self.takes_op_id]
             for name, is_async in self.is_async.items()
         }
-        # A driver that wants to raise events names an ``emit`` parameter.
-        try:
-            self.takes_emit = "emit" in inspect.signature(driver_class).parameters
-        except (TypeError, ValueError):
-            self.takes_emit = False
+        # A driver that wants to raise events names an ``emit`` parameter; one
+        # that wants the epoch its calls are sent under, ``call_epoch``.
+        self.takes_emit = _declares(driver_class, "emit")
+        self.takes_call_epoch = _declares(driver_class, "call_epoch")
+
+
+def _declares(function: Any, name: str) -> bool:
+    """Does ``function`` take a keyword parameter ``name``?"""
+    try:
+        parameter = inspect.signature(function).parameters.get(name)
+    except (TypeError, ValueError):
+        return False
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return parameter is not None and parameter.kind in keyword
 
 
 DESCRIBED_MAX = 200  # characters of a signature or summary sent in Ready
@@ -214,6 +231,7 @@ class DriverServer(HandoffServing, asyncio.Protocol):
         self._fd_inbox = FdInbox()
         self._set_aside: dict[str, Any] = {}
         self._handing: dict[str, asyncio.Future[Any]] = {}
+        self._epochs: dict[str, int] = {}  # resource id -> its last call's epoch (call_epoch)
 
     # -- channel events ---------------------------------------------------------
 
@@ -302,7 +320,7 @@ class DriverServer(HandoffServing, asyncio.Protocol):
                 request_id, resource_id, op, args = message[1], message[2], message[3], message[4]
                 if type(args) is not dict or type(op) is not str:
                     raise TypeError("call needs op: str and args: dict")
-                self._call(request_id, resource_id, op, args)
+                self._call(request_id, resource_id, op, args, message)
             elif tag == "ping":
                 self._send(pong_message(message[1]))
             elif tag == "cancel":
@@ -326,6 +344,10 @@ class DriverServer(HandoffServing, asyncio.Protocol):
                     list(message[5]),
                     str(message[6]),
                 )
+            elif tag == "reconcile":
+                epoch = message[6] if len(message) > 6 else 0
+                args = dict(message[5])
+                self._reconcile(message[1], message[2], str(message[3]), message[4], args, epoch)
             elif tag == "handoff_end":
                 self._handoff_end(message[1], message[2], bool(message[3]))
             else:
@@ -333,7 +355,9 @@ class DriverServer(HandoffServing, asyncio.Protocol):
         except (IndexError, TypeError, ValueError) as exc:
             log.error("ignoring malformed %r message from the kernel: %s", tag, exc)
 
-    def _call(self, request_id: int, resource_id: str, op: str, args: dict[str, Any]) -> None:
+    def _call(
+        self, request_id: int, resource_id: str, op: str, args: dict[str, Any], message: list[Any]
+    ) -> None:
         if self._draining:
             self._send(draining(request_id))
             return
@@ -344,8 +368,45 @@ class DriverServer(HandoffServing, asyncio.Protocol):
         elif is_async is None:
             self._send(unknown_operation(request_id, op, self._ops.is_async))
         else:
+            if op in self._ops.takes_op_id:
+                if "op_id" in args:
+                    self._send(op_id_given(request_id, op))
+                    return
+                args = {**args, "op_id": _field(message, CALL_OP_ID, "")}
+            if self._ops.takes_call_epoch:
+                self._epochs[resource_id] = _field(message, CALL_EPOCH, 0)
             method = getattr(instance, op)
             self._run(request_id, method, args, is_async, resource_id)
+
+    def _reconcile(
+        self,
+        request_id: int,
+        resource_id: str,
+        op_id: str,
+        operation: str,
+        args: dict[str, Any],
+        epoch: int,
+    ) -> None:
+        """The kernel asks what became of ``op_id``: the instance's
+        ``reconcile_operation(op_id, operation, args)`` answers, as a call."""
+        instance = self._instances.get(resource_id)
+        hook = getattr(instance, "reconcile_operation", None)
+        if self._draining:
+            self._send(draining(request_id))
+        elif instance is None:
+            self._send(not_attached(request_id, resource_id))
+        elif hook is None:
+            self._send(no_reconcile(request_id, operation))
+        else:
+            if self._ops.takes_call_epoch:
+                self._epochs[resource_id] = epoch
+            settle = functools.partial(hook, op_id, operation, args)
+            self._run(request_id, settle, {}, inspect.iscoroutinefunction(hook), resource_id)
+
+    def call_epoch(self, resource_id: str) -> int:
+        """The epoch of the call last sent for ``resource_id`` (0: none under
+        a cluster): what a driver instance calls as ``call_epoch()``."""
+        return self._epochs.get(resource_id, 0)
 
     def _run(
         self,
@@ -457,10 +518,13 @@ class DriverServer(HandoffServing, asyncio.Protocol):
         self._send(result_message(request_id, None))
 
     def _new_instance(self, resource_id: str, properties: dict[str, Any]) -> Any:
+        extra: dict[str, Any] = {}
         if self._ops.takes_emit:
-            emit = functools.partial(self.emit, resource_id)
-            return self._ops.driver_class(resource_id, properties, emit=emit)
-        return self._ops.driver_class(resource_id, properties)
+            extra["emit"] = functools.partial(self.emit, resource_id)
+        if self._ops.takes_call_epoch:
+            self._epochs.pop(resource_id, None)
+            extra["call_epoch"] = functools.partial(self.call_epoch, resource_id)
+        return self._ops.driver_class(resource_id, properties, **extra)
 
     def _detach(self, request_id: int, resource_id: str) -> None:
         instance = self._instances.pop(resource_id, None)
@@ -544,6 +608,11 @@ class DriverServer(HandoffServing, asyncio.Protocol):
                 except Exception:
                     log.exception("detach of %s failed while draining", resource_id)
         self._finish(0)
+
+
+def _field(message: list[Any], index: int, default: Any) -> Any:
+    """A trailing field of a kernel message, or its default when not sent."""
+    return message[index] if len(message) > index else default
 
 
 def _start_task(

@@ -2,16 +2,19 @@
 
 Run on a ``Manifest`` that already has the right types: name and category
 syntax, PEP 440 version in normal form, ``module:Class`` entrypoint, driver
-names in ``requires``, version specifiers and requirements, property keys.
+names in ``requires``, version specifiers and requirements, property keys,
+operation names in ``idempotent``.
 Each broken rule raises one ``BundleError`` line with the field path and fix.
 """
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Iterator
 from typing import Final
 
+from drivebay.protocol.hooks import LIFECYCLE_METHODS
 from drivebay.sandbox.bundle_errors import quoted, reject
 from drivebay.sandbox.manifest_schema import Manifest, PropertySpec
 from drivebay.sandbox.pep440 import parse_version, requirement_problem, specifier_problem
@@ -72,6 +75,7 @@ def _problems(manifest: Manifest) -> Iterator[tuple[str, str]]:
                 "write one like 'pyyaml>=6,<7'",
             )
     yield from _property_problems(manifest.properties)
+    yield from _idempotent_problems(manifest.idempotent)
 
 
 def _version_problems(version: str) -> Iterator[tuple[str, str]]:
@@ -117,3 +121,25 @@ def _property_problems(properties: tuple[PropertySpec, ...]) -> Iterator[tuple[s
         first.setdefault(spec.key, index)
         if spec.max_length is not None and spec.type != "string":
             yield f"{field}.max_length", f"applies to type string only, not {spec.type}; remove it"
+
+
+def operation_problem(name: str) -> str | None:
+    """None when ``name`` can be an operation of a driver class, else why not."""
+    if not _PROPERTY_KEY.fullmatch(name) or keyword.iskeyword(name):
+        return "is not an operation name; use a Python identifier (for example resize)"
+    if name.startswith("_"):
+        return "starts with '_', which makes a method private, never an operation; rename it"
+    if name in LIFECYCLE_METHODS:
+        return "is a lifecycle hook's reserved name, never an operation; remove it"
+    return None
+
+
+def _idempotent_problems(operations: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    seen: set[str] = set()
+    for index, operation in enumerate(operations):
+        field = f"idempotent[{index}]"
+        if problem := operation_problem(operation):
+            yield field, f"{quoted(operation)} {problem}"
+        elif operation in seen:
+            yield field, f"{quoted(operation)} is listed twice; keep only one"
+        seen.add(operation)

@@ -62,6 +62,10 @@ class Manifest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dependencies: tuple[str, ...] = ()
     properties: tuple[PropertySpec, ...] = ()
     limits: Limits = Limits()
+    # Operations whose second run has the effect of one (the same op_id): a node
+    # taking over a resource runs such an operation again when its first run's
+    # end was not recorded (docs/cluster.md), instead of failing it unknown.
+    idempotent: tuple[str, ...] = ()
 
     @property
     def module(self) -> str:

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,9 @@ async def check(path: Path, report: Report, config: Config | None, envs: Path | 
                 for problem in problems(annotation or "", classes):
                     report.warnings.append(f"{name} returns {annotation}: {problem}")
             _judge_hooks(set(process.ready.hooks), report)
+            report.warnings.extend(
+                idempotent_warnings(manifest.idempotent, process.ready.operations)
+            )
     finally:
         await asyncio.to_thread(scratch.remove)
     if manifest.requires:
@@ -191,6 +195,18 @@ def _judge_hooks(hooks: set[str], report: Report) -> None:
             "handoff without handoff_aborted: after a failed takeover the instance serves "
             "again without being told; resume in handoff_aborted what handoff stopped"
         )
+
+
+def idempotent_warnings(listed: Iterable[str], operations: Iterable[str]) -> list[str]:
+    """A warning for each name in the manifest's ``idempotent`` that the
+    loaded class has no operation of (a typo: it would never be run again)."""
+    known = set(operations)
+    return [
+        f"idempotent lists {name!r}, which is no operation of the class: a node taking "
+        "over fails it OutcomeUnknown instead of running it again; fix driver.yaml"
+        for name in listed
+        if name not in known
+    ]
 
 
 def _file_warnings(read: BundleFiles) -> list[str]:

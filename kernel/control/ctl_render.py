@@ -213,6 +213,7 @@ def print_describe(info: dict[str, Any]) -> None:
         say(f"  {'update:':<14}{info['update_available']} available (drivebayctl install)")
     say(f"  {'requires:':<14}{', '.join(info['requires']) or '-'}")
     say(f"  {'dependencies:':<14}{', '.join(info['dependencies']) or '-'}")
+    say(f"  {'idempotent:':<14}{', '.join(info.get('idempotent') or []) or '-'}")
     print_operations(info)
     say(f"  {'limits:':<14}{', '.join(f'{k}={v}' for k, v in info['limits'].items()) or '-'}")
     for stream, path in info["logs"].items():

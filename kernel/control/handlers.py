@@ -142,6 +142,7 @@ async def describe(k: Kernel, request: schema.DescribeRequest) -> Outcome:
         entrypoint=manifest.entrypoint,
         requires=list(manifest.requires),
         dependencies=list(manifest.dependencies),
+        idempotent=list(manifest.idempotent),
         bundle=str(slot.bundle.source),
         bundle_digest=slot.bundle.digest,
         stored_at=str(slot.bundle.path),

@@ -318,6 +318,7 @@ class Description(StatusRow, frozen=True):
     entrypoint: str = ""
     requires: list[str] = []
     dependencies: list[str] = []
+    idempotent: list[str] = []  # the manifest's operations a new owner may run again
     bundle: str = ""
     bundle_digest: str = ""
     stored_at: str = ""

@@ -69,7 +69,8 @@ class HandoverRequests:
 
     @property
     def hooks(self) -> frozenset[str]:
-        """The state hooks its driver class defines (``handoff``, ``takeover``...)."""
+        """The hooks its driver class defines that ``Ready`` reports (``handoff``,
+        ``takeover``, ``handoff_aborted``, ``reconcile_operation``)."""
         return frozenset(self.ready.hooks) if self.ready is not None else frozenset()
 
     async def handoff(self, resource_id: str) -> HandedOff:

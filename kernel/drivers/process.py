@@ -16,6 +16,7 @@ import asyncio
 import errno
 import itertools
 import logging
+import secrets
 import signal
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ from drivebay.protocol.messages import (
     Ping,
     Pong,
     Ready,
+    Reconcile,
     Refuse,
     Result,
     ToKernel,
@@ -110,6 +112,8 @@ class DriverProcess(HandoverRequests):
         self._room = DescriptorRoom(spec.rlimits.get("nofile", 0))  # for takeovers
         # A spare's nice values: ``low`` until its Hello, then ``base`` (None: as spawned).
         self.import_nice: ImportNice | None = None
+        self._op_id_ops: frozenset[str] = frozenset()  # operations that declare op_id
+        self._op_id_prefix = f"{secrets.token_hex(6)}-"  # a call's op_id: this and its id
 
     # -- facts ---------------------------------------------------------------------
 
@@ -240,6 +244,9 @@ class DriverProcess(HandoverRequests):
         assert version is not None
         self._channel.send(Welcome(version, self.spec.driver))
         self.ready = await self._before_exit(self._ready, "loading the driver")
+        self._op_id_ops = frozenset(
+            name for name, info in self.ready.details.items() if info.takes_op_id
+        )
 
     @property
     def hello_codec(self) -> str:
@@ -266,7 +273,14 @@ class DriverProcess(HandoverRequests):
     # -- requests ------------------------------------------------------------------
 
     def call(
-        self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None = None
+        self,
+        resource_id: str,
+        op: str,
+        args: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        op_id: str = "",
+        epoch: int = 0,
     ) -> Coroutine[Any, Any, Any]:
         """Run ``op`` on the instance for ``resource_id``; await it for its result.
 
@@ -274,16 +288,68 @@ class DriverProcess(HandoverRequests):
         or DriverHung (the process died with the call in flight). A plain
         function returning the request's coroutine: one coroutine per call,
         not two (this is the hot path of every caller that awaits).
+        ``op_id`` is the operation's id when the caller has one (a cluster's
+        queued operation); an operation that declares ``op_id`` gets it, or
+        else the call's own id. ``epoch``: the epoch the resource is held
+        under (0: no cluster).
         """
         limit = self.timeouts.call_s if timeout is None else timeout
         if self._max_depth:
             self._check_depth(args, op)
         request_id = next(self._ids)
-        message = Call(request_id, resource_id, op, args, limit)
+        if op in self._op_id_ops:
+            op_id = self._op_id(op, args, request_id, op_id)
+        message = Call(request_id, resource_id, op, args, limit, op_id, epoch)
         return self._request(request_id, message, limit, (op, resource_id))
 
+    def _op_id(self, op: str, args: dict[str, Any], request_id: int, given: str) -> str:
+        """The op_id of a call of ``op`` (which declares it): ``given``, or the
+        call's own id, unique to this process of the kernel's. Raises
+        RequestError when the arguments hold one."""
+        if "op_id" in args:
+            raise RequestError(
+                f"{self.name}: operation {op} takes its op_id from the kernel; "
+                "do not pass op_id as an argument"
+            )
+        return given or f"{self._op_id_prefix}{request_id}"
+
+    @property
+    def can_reconcile(self) -> bool:
+        """Its driver class defines ``reconcile_operation``: ``reconcile`` may ask it."""
+        return "reconcile_operation" in self.hooks
+
+    async def reconcile(
+        self,
+        resource_id: str,
+        op_id: str,
+        operation: str,
+        args: dict[str, Any],
+        *,
+        epoch: int = 0,
+        timeout: float | None = None,
+    ) -> Any:
+        """Ask the instance for ``resource_id`` what became of ``op_id``
+        (``operation(**args)``, sent once and not seen to end): the result of
+        its ``reconcile_operation``. Raises OperationFailed with the driver's
+        error (``NoReconcile``: its class has no such hook, see ``hooks``),
+        CallTimeout, DriverCrashed."""
+        limit = self.timeouts.call_s if timeout is None else timeout
+        if self._max_depth:
+            self._check_depth(args, operation)
+        request_id = next(self._ids)
+        message = Reconcile(request_id, resource_id, op_id, operation, args, epoch)
+        what = f"reconcile_operation of {operation} on {resource_id}"
+        return await self._request(request_id, message, limit, what)
+
     def start_call(
-        self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None = None
+        self,
+        resource_id: str,
+        op: str,
+        args: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        op_id: str = "",
+        epoch: int = 0,
     ) -> tuple[int, asyncio.Future[Any]]:
         """``call`` without a task: send now, return the request id and the
         future of its result (the errors ``call`` raises, set on the future).
@@ -297,7 +363,9 @@ class DriverProcess(HandoverRequests):
         if self._max_depth:
             self._check_depth(args, op)
         request_id = next(self._ids)
-        message = Call(request_id, resource_id, op, args, limit)
+        if op in self._op_id_ops:
+            op_id = self._op_id(op, args, request_id, op_id)
+        message = Call(request_id, resource_id, op, args, limit, op_id, epoch)
         return request_id, self._send_request(request_id, message, limit, (op, resource_id))
 
     def _check_depth(self, args: dict[str, Any], op: str) -> None:

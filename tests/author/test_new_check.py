@@ -203,3 +203,11 @@ def test_check_says_what_the_state_hooks_mean(tmp_path, kit):
             assert checked.returncode == 1
             assert error in checked.stderr.splitlines()[-1]
             assert "_drivebay_runtime" not in checked.stderr
+
+
+def test_check_warns_of_idempotent_names_the_class_lacks():
+    from drivebay.author.check import idempotent_warnings
+
+    assert idempotent_warnings(["resize", "status"], ["resize", "status", "grow"]) == []
+    (warning,) = idempotent_warnings(["rezise", "status"], ["resize", "status"])
+    assert warning.startswith("idempotent lists 'rezise', which is no operation of the class")

@@ -223,7 +223,7 @@ def test_socket_is_private(daemon):
 
 
 def test_exit_codes_and_json(daemon, tmp_path):
-    daemon.drop(build(tmp_path, "alpha"))
+    daemon.drop(build(tmp_path, "alpha", manifest_extra={"idempotent": ["echo"]}))
     daemon.wait_state("alpha", "RUNNING")
     unknown = daemon.ctl("status", "nope")
     assert unknown.returncode == 4 and "no such driver: nope" in unknown.stderr
@@ -236,10 +236,11 @@ def test_exit_codes_and_json(daemon, tmp_path):
     assert int(daemon.ctl("pid").stdout) == daemon.process.pid
     described = json.loads(daemon.ctl("describe", "alpha", "--json").stdout)
     assert described["state"] == "RUNNING" and described["history"][-1]["to"] == "RUNNING"
-    assert described["operations"] == ["echo"]
+    assert described["operations"] == ["echo"] and described["idempotent"] == ["echo"]
     # Built from the index: the builder added msgspec and uvloop to the driver's env.
     assert described["codec"].startswith("msgspec") and described["loop"] == "uvloop"
-    assert daemon.ctl("describe", "alpha").returncode == 0
+    shown = daemon.ctl("describe", "alpha")
+    assert shown.returncode == 0 and "  idempotent:   echo\n" in shown.stdout
     avail = json.loads(daemon.ctl("avail", "--json").stdout)
     assert [(r["name"], r["verdict"]) for r in avail] == [("alpha", "active")]
     assert daemon.ctl("tail", "alpha", "stderr").returncode == 0

@@ -51,6 +51,7 @@ def describe_info() -> dict[str, Any]:
         "env_key": EVIL,
         "requires": [EVIL],
         "dependencies": [EVIL],
+        "idempotent": [EVIL],
         "operations": [EVIL],
         "limits": {EVIL: EVIL},
         "logs": {"stdout": "/logs/" + EVIL},

@@ -19,6 +19,7 @@ from drivebay.protocol.child_codec import ChildCodec
 from drivebay.protocol.codec import MessageCodec
 from drivebay.protocol.errors import CallTimeout, DriverCrashed, OperationFailed, error_name
 from drivebay.protocol.messages import (
+    Call,
     Error,
     Event,
     Hello,
@@ -76,14 +77,17 @@ BUILT: dict[type[msgspec.Struct], tuple[list[Any], msgspec.Struct]] = {
         sent.ready_message(
             ["grow", "list"],
             True,
-            {"grow": ["(size: int) -> dict", "Grow it.", True], "list": ["()", "", False]},
+            {
+                "grow": ["(size: int, op_id: str) -> dict", "Grow it.", True, True],
+                "list": ["()", "", False, False],
+            },
             ["handoff", "takeover"],
         ),
         Ready(
             ["grow", "list"],
             True,
             {
-                "grow": OperationInfo("(size: int) -> dict", "Grow it.", True),
+                "grow": OperationInfo("(size: int, op_id: str) -> dict", "Grow it.", True, True),
                 "list": OperationInfo("()", "", False),
             },
             ["handoff", "takeover"],
@@ -178,6 +182,8 @@ ERROR_BUILDERS: dict[str, Callable[[], list[Any]]] = {
     errors.RESULT_TOO_LARGE: lambda: sent.result_too_large(7, 20_000_000, 16_777_216),
     errors.STATE_TOO_LARGE: lambda: sent.state_too_large(7, "vol-1", 20_000_000, 16_777_216),
     errors.HANDOFF_FAILED: lambda: sent.handoff_failed(7, "vol-1", "a socket is in a set"),
+    errors.OP_ID_GIVEN: lambda: sent.op_id_given(7, "grow"),
+    errors.NO_RECONCILE: lambda: sent.no_reconcile(7, "grow"),
     errors.UNENCODABLE_RESULT: lambda: sent.unencodable_result(
         7, object(), TypeError("cannot encode objects of type builtins.object \udcff")
     ),
@@ -231,3 +237,12 @@ def test_error_name_is_what_clients_see() -> None:
     )
     assert error_name(CallTimeout("late")) == "CallTimeout"
     assert error_name(DriverCrashed("gone")) == "DriverCrashed"
+
+
+def test_the_child_reads_call_fields_where_the_kernel_puts_them() -> None:
+    """The trailing fields the runtime reads by index, in ``Call``'s order."""
+    names = [field.name for field in msgspec.structs.fields(Call)]
+    assert names.index("op_id") + 1 == sent.CALL_OP_ID  # +1: the tag comes first
+    assert names.index("epoch") + 1 == sent.CALL_EPOCH
+    full = msgspec.msgpack.decode(msgspec.msgpack.encode(Call(1, "r", "op", {}, 0.0, "x-1", 9)))
+    assert (full[sent.CALL_OP_ID], full[sent.CALL_EPOCH]) == ("x-1", 9)

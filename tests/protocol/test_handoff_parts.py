@@ -252,6 +252,11 @@ def test_hooks_are_found_and_never_operations() -> None:
         ("async def takeover(self, state): pass", "Bad.takeover takes the wrong parameters"),
         ("async def detach(self, force): pass", "Bad.detach takes the wrong parameters"),
         ("async def handoff(self, *, now): pass", "Bad.handoff takes the wrong parameters"),
+        (
+            "async def reconcile_operation(self, op_id): pass",
+            "Bad.reconcile_operation takes the wrong parameters",
+        ),
+        ("reconcile_operation = 'x'", "Bad.reconcile_operation is not a method"),
     ],
 )
 def test_a_reserved_name_with_another_meaning_is_refused(body: str, words: str) -> None:

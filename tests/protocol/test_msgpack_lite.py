@@ -551,7 +551,7 @@ def sample(field_type: Any) -> Any:
 
 def test_call_matches_its_array() -> None:
     call = messages.Call(id=1, resource_id="r", op="echo", args={"a": 1}, timeout_s=0.0)
-    assert encode(call) == packb(["call", 1, "r", "echo", {"a": 1}, 0.0])
+    assert encode(call) == packb(["call", 1, "r", "echo", {"a": 1}, 0.0, "", 0])
 
 
 @pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda cls: cls.__name__)

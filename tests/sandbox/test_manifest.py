@@ -97,7 +97,8 @@ def test_issue_example_property_type() -> None:
         (
             {"colour": "red"},
             "x.zip: driver.yaml: unknown field 'colour'; known fields are name, version, "
-            "category, entrypoint, description, requires, python, dependencies, properties, limits",
+            "category, entrypoint, description, requires, python, dependencies, properties, "
+            "limits, idempotent",
         ),
         (
             {"properties": [{"key": "host", "type": "string", "lable": "l"}]},
@@ -198,6 +199,35 @@ def test_issue_example_property_type() -> None:
             "write true or false",
         ),
         (
+            {"idempotent": "resize"},
+            "x.zip: driver.yaml: idempotent: expected a list, got a string; "
+            "write a list, for example [a, b]",
+        ),
+        (
+            {"idempotent": ["resize", "grow-fast"]},
+            "x.zip: driver.yaml: idempotent[1]: 'grow-fast' is not an operation name; "
+            "use a Python identifier (for example resize)",
+        ),
+        (
+            {"idempotent": ["class"]},
+            "x.zip: driver.yaml: idempotent[0]: 'class' is not an operation name; "
+            "use a Python identifier (for example resize)",
+        ),
+        (
+            {"idempotent": ["_resize"]},
+            "x.zip: driver.yaml: idempotent[0]: '_resize' starts with '_', which makes a "
+            "method private, never an operation; rename it",
+        ),
+        (
+            {"idempotent": ["resize", "reconcile_operation"]},
+            "x.zip: driver.yaml: idempotent[1]: 'reconcile_operation' is a lifecycle hook's "
+            "reserved name, never an operation; remove it",
+        ),
+        (
+            {"idempotent": ["resize", "status", "resize"]},
+            "x.zip: driver.yaml: idempotent[2]: 'resize' is listed twice; keep only one",
+        ),
+        (
             {"limits": {"memory_mb": -1}},
             "x.zip: driver.yaml: limits.memory_mb: must be an integer >= 1",
         ),
@@ -277,5 +307,12 @@ def test_hostile_names_stay_on_one_line() -> None:
     line = rejection(manifest_text(**{"bad\nkey": 1}), "x")
     assert (
         line == "x: driver.yaml: unknown field 'bad\\nkey'; known fields are name, version, "
-        "category, entrypoint, description, requires, python, dependencies, properties, limits"
+        "category, entrypoint, description, requires, python, dependencies, properties, limits, "
+        "idempotent"
     )
+
+
+def test_idempotent_operations_are_read() -> None:
+    manifest = parse_manifest(manifest_text(idempotent=["resize", "status"]), "x.zip")
+    assert manifest.idempotent == ("resize", "status")
+    assert parse_manifest(manifest_text(), "x.zip").idempotent == ()
