@@ -294,7 +294,10 @@ async def _popen_off_loop(
     """``_popen`` in a thread: vfork returns only once the child has exec'd,
     which on a busy host (a hundred drivers starting) takes tens of ms, a
     stall of every client on the loop. Never given up halfway: a cancel
-    waits for the thread, and a child it made is then killed and reaped."""
+    waits for the thread, and a child it made is then killed and reaped.
+    The child's parent-death signal follows the *thread* that forked it: the
+    loop's default executor keeps its threads until the loop ends, after the
+    drivers are stopped (and a ``kill -9`` of the daemon ends every thread)."""
     made = asyncio.ensure_future(asyncio.to_thread(_popen, spec, child_fd, fd_channel_fd))
     try:
         await wait_until_done(made)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import sys
 import time
@@ -22,6 +23,17 @@ from drivebay.sandbox.spawn import SpawnSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 T = TypeVar("T")
+
+
+def children_of(pid: int) -> list[int]:
+    """The direct children of ``pid``, made by any of its threads (the daemon
+    spawns drivers from a worker thread: the main thread's list lacks them)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    return found
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

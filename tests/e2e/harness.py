@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from tests.helpers import children_of
+
 BIN = Path(sys.executable).parent
 FAST_CONFIG: dict[str, Any] = {
     "settle_s": 0.2,
@@ -148,9 +150,7 @@ def pid_alive(pid: int) -> bool:
 def templates_of(daemon_pid: int) -> list[int]:
     """The daemon's template processes (``spawn: fork-server``, one per env)."""
     found = []
-    with open(f"/proc/{daemon_pid}/task/{daemon_pid}/children") as handle:
-        children = [int(pid) for pid in handle.read().split()]
-    for pid in children:
+    for pid in children_of(daemon_pid):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 if b"fork_template" in handle.read():

@@ -21,6 +21,7 @@ import uvloop
 from drivebay.client import AsyncClient
 from tests.e2e.harness import Daemon, templates_of, wait_for
 from tests.e2e.ledger import ledger_bundle, read_ledger
+from tests.helpers import children_of
 
 RESOURCES = 100
 IN_FLIGHT_PER_RESOURCE = 3
@@ -120,28 +121,13 @@ def descendants(pids: list[int]) -> set[int]:
     found: set[int] = set()
     while pids:
         found.update(pids)
-        children: list[int] = []
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as handle:
-                    children.extend(int(child) for child in handle.read().split())
-            except FileNotFoundError:
-                continue
-        pids = children
+        pids = [child for pid in pids for child in children_of(pid)]
     return found
 
 
 def daemon_children(daemon: Daemon) -> list[int]:
     assert daemon.process is not None
-    pid = daemon.process.pid
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found.extend(int(p) for p in handle.read().split())
-        except FileNotFoundError:
-            continue
-    return found
+    return children_of(daemon.process.pid)
 
 
 def test_ten_upgrades_under_load_lose_nothing(daemon_factory, tmp_path):

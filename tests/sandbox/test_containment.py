@@ -24,7 +24,15 @@ from drivebay.protocol.errors import ConfigError, DriverCrashed
 from drivebay.protocol.init_shim import contain
 from drivebay.sandbox.containment import start_line, summarize
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
-from tests.helpers import FAST, SPAWN_MODES, eventually, fixture_spec, run, started
+from tests.helpers import (
+    FAST,
+    SPAWN_MODES,
+    children_of,
+    eventually,
+    fixture_spec,
+    run,
+    started,
+)
 
 ROOT = Path(__file__).parents[2]
 # The kill stage waits long: a wait on the pipes' end-of-file would show.
@@ -39,8 +47,7 @@ def descendants(pid: int) -> list[int]:
     while level:
         children = []
         for parent in level:
-            with contextlib.suppress(OSError), open(f"/proc/{parent}/task/{parent}/children") as f:
-                children += [int(child) for child in f.read().split()]
+            children += children_of(parent)
         found += children
         level = children
     return found

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import html
 from importlib import resources
+from typing import get_args
 
 import msgspec
 from aiohttp import web
 
+from drivebay.kernel.control.schema import EventType
 from drivebay.kernel.httpapi.sessions import SESSIONS, answer_of
 
 CSP = (
@@ -22,11 +24,15 @@ CSP = (
     "frame-ancestors 'none'"
 )
 SLOT = b'<meta name="drivebay-session" content="">'
+TYPES_SLOT = b"/*EVENT_TYPES*/[]"
 _page: bytes | None = None
 
 
 def _read() -> bytes:
-    return resources.files(__package__).joinpath("index.html").read_bytes()
+    """The page, its list of event types (one listener each) from the schema."""
+    page = resources.files(__package__).joinpath("index.html").read_bytes()
+    assert TYPES_SLOT in page
+    return page.replace(TYPES_SLOT, msgspec.json.encode(list(get_args(EventType))), 1)
 
 
 async def admin_page(request: web.Request) -> web.Response:
