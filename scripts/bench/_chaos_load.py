@@ -135,7 +135,7 @@ class Load:
             resumed = self._resumed
             client = self._clients[n % len(self._clients)]
             op_id, seq = tally.next(resource)
-            args = {"op_id": op_id, "seq": seq}
+            args = {"number": op_id, "seq": seq}
             try:
                 await client.call(resource, self._op, args, timeout=self._timeout)
             except OperationError as exc:

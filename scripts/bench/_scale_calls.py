@@ -92,7 +92,7 @@ class Load:
             if self.stop.is_set():
                 return
             start = clock()
-            await call({"op_id": next(ops), "seq": seq})
+            await call({"number": next(ops), "seq": seq})
             self.starts.append(start)
             self.latencies.append(clock() - start)
             self.done += 1
@@ -185,7 +185,7 @@ async def drivebay_targets(
             functools.partial(_daemon_call, clients[n % len(clients)], resource)
             for n, resource in enumerate(placed)
         ]
-        await asyncio.gather(*(call({"op_id": -1, "seq": 0}) for call in calls))  # attached
+        await asyncio.gather(*(call({"number": -1, "seq": 0}) for call in calls))  # attached
 
         def roles(pid: int = daemon.pid) -> dict[str, list[int]]:
             return {"here": [os.getpid()], "hub": [pid], "workers": _scale_proc.descendants(pid)}

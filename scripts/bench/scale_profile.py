@@ -83,7 +83,7 @@ async def profiled(book: Any, label: str, placed: dict[str, str], window_s: floa
     """Add the resources, run the load, profile one window: the top rows."""
     await asyncio.gather(*(book.add(r, driver, None, []) for r, driver in placed.items()))
     calls = [_book_call(book, resource) for resource in placed]
-    await asyncio.gather(*(call({"op_id": -1, "seq": 0}) for call in calls))  # attached
+    await asyncio.gather(*(call({"number": -1, "seq": 0}) for call in calls))  # attached
     load = _scale_calls.Load(_scale_calls.Target(label, calls, dict))
     profile = cProfile.Profile()
     async with asyncio.TaskGroup() as group:

@@ -258,7 +258,7 @@ def resource_ids(prefix: str, count: int) -> list[str]:
 
 def _record(invoke: Callable[..., Awaitable[Any]], resource: str, op_id: int, seq: int) -> Any:
     """A ``record`` call through ``invoke(resource, op, args)``."""
-    return invoke(resource, "record", {"op_id": op_id, "seq": seq})
+    return invoke(resource, "record", {"number": op_id, "seq": seq})
 
 
 def record_calls(invoke: Callable[..., Awaitable[Any]], resources: list[str]) -> dict[str, Call]:

@@ -58,11 +58,11 @@ class LedgerDriver:
         self.resource_id = resource_id
         self.properties = properties
 
-    async def record(self, op_id, seq):
+    async def record(self, number, seq):
         start = time.monotonic()
         await asyncio.sleep(0)
         end = time.monotonic()
-        _write({{"kind": "op", "op_id": op_id, "resource": self.resource_id, "seq": seq,
+        _write({{"kind": "op", "op_id": number, "resource": self.resource_id, "seq": seq,
                  "version": VERSION, "pid": PID, "start": start, "end": end,
                  "colour": self.properties.get("colour")}})
         return {{"version": VERSION, "pid": PID}}

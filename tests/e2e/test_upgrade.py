@@ -67,7 +67,7 @@ class Load:
         op_id = next(self.ids)
         self.sent[op_id] = resource
         try:
-            reply = await self.client.call(resource, "record", {"op_id": op_id, "seq": seq})
+            reply = await self.client.call(resource, "record", {"number": op_id, "seq": seq})
         except Exception as exc:
             self.failures.append(f"{resource} op {op_id}: {exc}")
             return
