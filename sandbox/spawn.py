@@ -257,9 +257,7 @@ async def spawn_child(spec: SpawnSpec) -> ChildProcess:
         on_failure.callback(child_fds.close)
         with child_end, child_fds:  # the child's copies are all it needs once it runs
             if spec.templates is None:
-                popen: Started = await _popen_off_loop(
-                    spec, child_end.fileno(), child_fds.fileno()
-                )
+                popen: Started = await _popen_off_loop(spec, child_end.fileno(), child_fds.fileno())
             else:
                 popen = await _forked(spec, child_end.fileno(), child_fds.fileno())
         assert popen.stdout is not None and popen.stderr is not None
