@@ -131,18 +131,20 @@ class Template:
             raise ConnectionResetError(f"the template of {self.python} has exited")
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
         with ours:
-            with theirs:
-                request = json.dumps(settings).encode()
-                async with self._sending:
-                    if self._control is None:
-                        raise ConnectionResetError(f"the template of {self.python} has exited")
-                    await _send(loop, self._control, request, [theirs.fileno(), *fds])
-            ours.setblocking(False)
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
-                answer = b""
-                while chunk := await loop.sock_recv(ours, 32):
-                    answer += chunk
+            try:
+                with theirs:
+                    request = json.dumps(settings).encode()
+                    async with self._sending:
+                        if self._control is None:
+                            raise ConnectionResetError(f"the template of {self.python} has exited")
+                        await _send(loop, self._control, request, [theirs.fileno(), *fds])
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    answer = await _answer(loop, ours)
+            except TimeoutError:
+                await self._give_up(ours)
+                raise
         if not answer.isdigit():
             raise OSError(f"the template of {self.python} could not fork a driver process")
         pid = int(answer)
@@ -150,6 +152,24 @@ class Template:
         # other process can have its pid: the pidfd is for this child.
         _check_ours(pid)
         return pid
+
+    async def _give_up(self, reply: socket.socket) -> None:
+        """The template took no request or answered none within
+        REPLY_TIMEOUT_S (stopped, stuck): kill it, so that the requests it
+        holds die with it and the next fork starts a new one. A child it made
+        for this request just before is ours to reap: it writes its pid on
+        ``reply`` first thing, and holds its other end alone once the template
+        is gone; a child made later cannot be (its request died unread)."""
+        log.warning("template for %s (pid %d) does not answer: killed", self.python, self.pid)
+        if self._pidfd >= 0:  # not reaped yet: the pidfd is still this template's
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), REPLY_TIMEOUT_S)
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                answer = await _answer(asyncio.get_running_loop(), reply)
+            if answer.isdigit():
+                await _kill_stray(int(answer))
 
     async def close(self, timeout: float) -> None:
         """End the template (closing its socket makes it exit) and reap it."""
@@ -236,6 +256,41 @@ async def _send(
                     await room
             finally:
                 loop.remove_writer(sock.fileno())
+
+
+async def _answer(loop: asyncio.AbstractEventLoop, reply: socket.socket) -> bytes:
+    """What the child wrote on the reply socket (its pid), up to end-of-file."""
+    answer = b""
+    while chunk := await loop.sock_recv(reply, 32):
+        answer += chunk
+    return answer
+
+
+async def _kill_stray(pid: int) -> None:
+    """Kill and reap a child of ours made for a start given up (bounded)."""
+    try:
+        _check_ours(pid)
+        pidfd = os.pidfd_open(pid)
+    except (ChildProcessError, ProcessLookupError):
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        loop.add_reader(pidfd, _wake, gone)
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                await gone
+        finally:
+            loop.remove_reader(pidfd)
+        _reap(pid)
+    finally:
+        os.close(pidfd)
+
+
+def _reap(pid: int) -> None:
+    """Reap a child that has exited (its pidfd said so): no wait."""
+    os.waitpid(pid, 0)
 
 
 def _kill_and_wait(popen: subprocess.Popen[bytes]) -> None:
