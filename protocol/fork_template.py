@@ -15,9 +15,9 @@ For each request the template clones itself with ``CLONE_PARENT``, and with
 asks and the kernel allows: the new process is the daemon's child, not the
 template's, so the daemon reaps it and reads its exit and CPU time through a
 pidfd as for an exec'd child, and a template that dies takes no driver with
-it. The new process writes its pid on the reply socket, then becomes what
-an exec'd child is before its first line of Python: a session and process
-group of its own, stdin from /dev/null, stdout and stderr on the pipes, the
+it. The new process makes itself a session and process group of its own,
+writes its pid on the reply socket, then becomes what an exec'd child is
+before its first line of Python: stdin from /dev/null, stdout and stderr on the pipes, the
 channel at fd 3 and the descriptor channel at fd 4, the working directory,
 the driver's user (root daemon only; then dumpable again, as after an exec),
 the driver's whole environment, the parent-death signal. In a namespace it
@@ -180,10 +180,12 @@ def _become(
     try:
         high = [_move_high(fd) for fd in fds]
         reply = high[0]
+        # A group of our own before the daemon knows us: it signals the
+        # group, and a kill sent before a later setsid would miss us.
+        os.setsid()
         # Our pid as the daemon sees it (in a PID namespace, getpid() is 1).
         os.write(reply, os.readlink("/proc/self").encode())
         os.close(reply)
-        os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
         places = (STATUS_FD, 0, 1, 2, CHANNEL_FD, FD_CHANNEL_FD)
         for target, fd in zip(places, [high[1], null, *high[2:]]):  # noqa: B905
