@@ -81,6 +81,9 @@ class Template:
         # writer callback, of which a descriptor has one (a second would
         # replace the first, whose sender would then wait out its timeout).
         self._sending = asyncio.Lock()
+        # The sender waiting for room now: it owns the socket's writer
+        # callback, so it, not whoever ends the template, closes the socket.
+        self._room: asyncio.Future[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -118,9 +121,7 @@ class Template:
         code = os.waitstatus_to_exitcode(status)
         if self._popen is not None:
             self._popen.returncode = code  # reaped here, not by Popen
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        self._drop_control()
         self._exited.set()
         if code != 0:
             log.warning("template for %s (pid %d) exited: %s", self.python, self.pid, code)
@@ -137,9 +138,7 @@ class Template:
                 with theirs:
                     request = json.dumps(settings).encode()
                     async with self._sending:
-                        if self._control is None:
-                            raise ConnectionResetError(f"the template of {self.python} has exited")
-                        await _send(loop, self._control, request, [theirs.fileno(), *fds])
+                        await self._send(request, [theirs.fileno(), *fds])
                 async with asyncio.timeout(REPLY_TIMEOUT_S):
                     answer = await _answer(loop, ours)
             except TimeoutError:
@@ -152,6 +151,44 @@ class Template:
         # other process can have its pid: the pidfd is for this child.
         _check_ours(pid)
         return pid
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        """One request with its descriptors, waiting (bounded) for room on a
+        full socket; ConnectionResetError once the template has exited or is
+        ended, also while we wait (``_drop_control`` wakes us)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sock = self._control
+            if sock is None:
+                raise ConnectionResetError(f"the template of {self.python} has exited")
+            try:
+                socket.send_fds(sock, [data], fds)
+                return
+            except BlockingIOError:
+                pass
+            fd = sock.fileno()
+            self._room = room = loop.create_future()
+            loop.add_writer(fd, _wake, room)
+            try:
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    await room
+            finally:
+                loop.remove_writer(fd)
+                self._room = None
+                if self._control is not sock:  # dropped meanwhile: left to us to close
+                    sock.close()
+
+    def _drop_control(self) -> None:
+        """No more requests: close the control socket, or, while a sender
+        waits for room on it, wake that sender, which closes it (it must
+        first remove its writer callback, which needs the descriptor)."""
+        control, self._control = self._control, None
+        if control is None:
+            return
+        if self._room is not None:
+            _wake(self._room)
+        else:
+            control.close()
 
     async def _give_up(self, reply: socket.socket) -> None:
         """The template took no request or answered none within
@@ -173,9 +210,7 @@ class Template:
 
     async def close(self, timeout: float) -> None:
         """End the template (closing its socket makes it exit) and reap it."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        self._drop_control()
         if self._pidfd < 0:
             return
         try:
@@ -238,24 +273,6 @@ class Templates:
     async def close(self, timeout: float = 5.0) -> None:
         templates, self._templates = list(self._templates.values()), {}
         await asyncio.gather(*(t.close(timeout) for t in templates))
-
-
-async def _send(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, fds: list[int]
-) -> None:
-    """One message with descriptors on a non-blocking socket, waiting for room."""
-    while True:
-        try:
-            socket.send_fds(sock, [data], fds)
-            return
-        except BlockingIOError:
-            room: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(sock.fileno(), _wake, room)
-            try:
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await room
-            finally:
-                loop.remove_writer(sock.fileno())
 
 
 async def _answer(loop: asyncio.AbstractEventLoop, reply: socket.socket) -> bytes:

@@ -75,7 +75,6 @@ def test_a_forked_child_leads_its_group_before_it_reports(tmp_path):
     async def main():
         spec = fixture_spec(tmp_path, spawn="fork-server", containment="process_group")
         assert spec.templates is not None
-        loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,9 +91,8 @@ def test_a_forked_child_leads_its_group_before_it_reports(tmp_path):
             theirs.setblocking(True)
             env = child_environment(spec, CHANNEL_FD, FD_CHANNEL_FD)
             request = json.dumps({"env": env, "cwd": str(tmp_path)}).encode()
-            assert template._control is not None
             fds = [theirs.fileno(), *(w for _, w in pipes), b.fileno(), d.fileno()]
-            await fork_server._send(loop, template._control, request, fds)
+            await template._send(request, fds)
             await eventually(lambda: len(our_children() - before) == 1)
             (child,) = our_children() - before
             await eventually(lambda: os.getpgid(child) == child)
@@ -106,6 +104,45 @@ def test_a_forked_child_leads_its_group_before_it_reports(tmp_path):
             for r, w in pipes:
                 os.close(r)
                 os.close(w)
+            await spec.templates.close()
+
+    run(main())
+
+
+def test_a_template_ended_while_a_start_waits_for_room_on_its_socket(tmp_path, monkeypatch):
+    """The template's socket is full (it is stopped) and a start waits for
+    room when the template is ended (its environment removed; the same at
+    the daemon's end): that start is told at once, and goes to a new
+    template; none ends in anything but a child or a one-line OSError.
+    (Closing the socket under the waiting sender left it to its timeout, then
+    to a ValueError from the loop.)"""
+    monkeypatch.setattr(fork_server, "REPLY_TIMEOUT_S", 3.0)
+
+    async def main():
+        spec = fixture_spec(tmp_path, spawn="fork-server")
+        assert spec.templates is not None
+        children = []
+        try:
+            template = await spec.templates.template(spec.python, spec.runtime_dir)
+            assert template._control is not None
+            template._control.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            os.kill(template.pid, signal.SIGSTOP)
+            starts = [asyncio.ensure_future(spawn_child(spec)) for _ in range(20)]
+            await eventually(template._sending.locked)  # one waits for room
+            ending = asyncio.ensure_future(spec.templates.retire([spec.python.parent.parent]))
+            await eventually(lambda: template._control is None)
+            os.kill(template.pid, signal.SIGKILL)  # stopped: it cannot see its socket closed
+            await ending
+            results = await asyncio.gather(*starts, return_exceptions=True)
+            children = [r for r in results if not isinstance(r, BaseException)]
+            failures = [r for r in results if isinstance(r, BaseException)]
+            assert children  # the waiting one, at least, from a new template
+            assert all(type(f) is OSError for f in failures), failures
+        finally:
+            for child in children:
+                child.signal_group(signal.SIGKILL)
+                await child.exited
+                child.close()
             await spec.templates.close()
 
     run(main())
