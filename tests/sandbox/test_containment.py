@@ -33,14 +33,23 @@ PATIENT = TimeoutSettings(
 )
 
 
+def children_of(pid: int) -> list[int]:
+    """``pid``'s children, from the children list of each of its threads (a
+    child started from a thread, as ``spawn: exec`` starts drivers, is listed
+    under that thread only)."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(child) for child in f.read().split()]
+    return found
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (from /proc's children lists)."""
     found, level = [], [pid]
     while level:
-        children = []
-        for parent in level:
-            with contextlib.suppress(OSError), open(f"/proc/{parent}/task/{parent}/children") as f:
-                children += [int(child) for child in f.read().split()]
+        children = [child for parent in level for child in children_of(parent)]
         found += children
         level = children
     return found
