@@ -33,6 +33,7 @@ Every child of a template shares its address-space layout and hash seed
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import gc
@@ -85,9 +86,13 @@ def serve() -> None:
         mode = str(request["env"].get("DRIVEBAY_CONTAINMENT", "auto"))
         try:
             pid, flags, why = _clone_contained(TRIES.get(mode, TRIES["auto"]))
-        except OSError as exc:  # EAGAIN: a process limit; the reply's end-of-file says so
+        except OSError as exc:  # EAGAIN: a process limit; said on the reply socket
             print(f"drivebay template: clone: {exc.strerror}", file=sys.stderr, flush=True)
             pid = -1
+            # (An end-of-file alone would say that we died.) EPIPE: the
+            # daemon gave up on this request.
+            with contextlib.suppress(OSError):
+                os.write(fds[0], f"clone: {exc.strerror}".encode("ascii", "replace"))
         if pid == 0:
             _become(request, fds, flags, why, ids, daemon)  # never returns
         _close(fds)

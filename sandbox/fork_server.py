@@ -144,13 +144,25 @@ class Template:
             except TimeoutError:
                 await self._give_up(ours)
                 raise
+        if not answer and await self._died():  # with our request unread
+            raise ConnectionResetError(f"the template of {self.python} has exited")
         if not answer.isdigit():
-            raise OSError(f"the template of {self.python} could not fork a driver process")
+            why = repr(answer.decode("ascii", "replace"))[1:-1] or "no answer"
+            raise OSError(f"the template of {self.python} could not fork a driver process: {why}")
         pid = int(answer)
         # Ours (and not yet reaped, by us, the only one who reaps it)? Then no
         # other process can have its pid: the pidfd is for this child.
         _check_ours(pid)
         return pid
+
+    async def _died(self) -> bool:
+        """After an end-of-file with no answer: did the template die? (It
+        answers a failed clone in words, so an end-of-file alone comes from
+        its death, whose reaping may be a loop pass behind: waited for,
+        bounded.)"""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), REPLY_TIMEOUT_S)
+        return self._exited.is_set()
 
     async def _send(self, data: bytes, fds: list[int]) -> None:
         """One request with its descriptors, waiting (bounded) for room on a

@@ -27,6 +27,20 @@ def our_children() -> set[int]:
     return found
 
 
+def awaiting_answers() -> int:
+    """How many forks have sent their request and wait for the child's pid
+    (a task whose chain of awaited coroutines reaches ``_answer``)."""
+
+    def names(task: asyncio.Task[object]) -> list[str]:
+        found, coro = [], task.get_coro()
+        while coro is not None and hasattr(coro, "cr_code"):
+            found.append(coro.cr_code.co_name)
+            coro = coro.cr_await
+        return found
+
+    return sum("_answer" in names(task) for task in asyncio.all_tasks())
+
+
 def kill_and_reap(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
@@ -143,6 +157,34 @@ def test_a_template_ended_while_a_start_waits_for_room_on_its_socket(tmp_path, m
                 child.signal_group(signal.SIGKILL)
                 await child.exited
                 child.close()
+            await spec.templates.close()
+
+    run(main())
+
+
+def test_starts_queued_at_a_template_that_dies_go_to_a_new_one(tmp_path):
+    """Requests the template had not yet read when it died (killed here,
+    stopped so that they queue) are not lost: each goes to a new template
+    (they failed with "could not fork a driver process")."""
+
+    async def main():
+        spec = fixture_spec(tmp_path, spawn="fork-server")
+        assert spec.templates is not None
+        results: list[object] = []
+        try:
+            template = await spec.templates.template(spec.python, spec.runtime_dir)
+            os.kill(template.pid, signal.SIGSTOP)
+            starts = [asyncio.ensure_future(spawn_child(spec)) for _ in range(6)]
+            await eventually(lambda: awaiting_answers() == 6)  # all sent, none read
+            os.kill(template.pid, signal.SIGKILL)
+            results = await asyncio.gather(*starts, return_exceptions=True)
+            assert not [r for r in results if isinstance(r, BaseException)]
+        finally:
+            for child in results:
+                if not isinstance(child, BaseException):
+                    child.signal_group(signal.SIGKILL)  # type: ignore[attr-defined]
+                    await child.exited  # type: ignore[attr-defined]
+                    child.close()  # type: ignore[attr-defined]
             await spec.templates.close()
 
     run(main())
