@@ -16,8 +16,9 @@ asks and the kernel allows: the new process is the daemon's child, not the
 template's, so the daemon reaps it and reads its exit and CPU time through a
 pidfd as for an exec'd child, and a template that dies takes no driver with
 it. The new process makes itself a session and process group of its own,
-writes its pid on the reply socket, then becomes what an exec'd child is
-before its first line of Python: stdin from /dev/null, stdout and stderr on the pipes, the
+writes its pid on the reply socket (the template writes it too: either
+report reaches the daemon), then becomes what an exec'd child is before its
+first line of Python: stdin from /dev/null, stdout and stderr on the pipes, the
 channel at fd 3 and the descriptor channel at fd 4, the working directory,
 the driver's user (root daemon only; then dumpable again, as after an exec),
 the driver's whole environment, the parent-death signal. In a namespace it
@@ -95,7 +96,22 @@ def serve() -> None:
                 os.write(fds[0], f"clone: {exc.strerror}".encode("ascii", "replace"))
         if pid == 0:
             _become(request, fds, flags, why, ids, daemon)  # never returns
+        if pid > 0:
+            _report(fds[0], pid)
         _close(fds)
+
+
+def _report(reply: int, pid: int) -> None:
+    """The child's pid, as the child itself writes it: one of the two
+    reports reaches the daemon even if the child dies before its own (it is
+    the daemon's to reap) or we die before ours. Never blocking: the daemon
+    reads the reply socket to its end, or gave up on it (then EPIPE)."""
+    sock = socket.socket(fileno=reply)
+    try:
+        with contextlib.suppress(OSError):
+            sock.send(f"{pid}\n".encode(), socket.MSG_DONTWAIT)
+    finally:
+        sock.detach()
 
 
 def _warm() -> None:
@@ -189,7 +205,7 @@ def _become(
         # group, and a kill sent before a later setsid would miss us.
         os.setsid()
         # Our pid as the daemon sees it (in a PID namespace, getpid() is 1).
-        os.write(reply, os.readlink("/proc/self").encode())
+        os.write(reply, os.readlink("/proc/self").encode() + b"\n")
         os.close(reply)
         null = os.open(os.devnull, os.O_RDWR)
         places = (STATUS_FD, 0, 1, 2, CHANNEL_FD, FD_CHANNEL_FD)

@@ -1,12 +1,12 @@
-"""Driver children forked from a template per interpreter (``spawn: fork-server``).
-
-``Templates`` holds one template process (``protocol.fork_template``) per
-driver interpreter, started on first use and again after it exited. A
-request sends the child's settings and its descriptors (reply socket,
-stdout and stderr pipes, channel, descriptor channel) over the template's
-control socket (``SOCK_SEQPACKET``, SCM_RIGHTS); the template clones itself
-with ``CLONE_PARENT``, so the child is drivebayd's own child, and the child
-writes its pid on the reply socket. The daemon then checks that the pid is
+"""Driver children forked from a template per interpreter (``spawn: fork-
+server``). ``Templates`` holds one template process
+(``protocol.fork_template``) per driver interpreter, started on first use
+and again after it exited. A request sends the child's settings and its
+descriptors (reply socket, stdout and stderr pipes, channel, descriptor
+channel) over the template's control socket (``SOCK_SEQPACKET``,
+SCM_RIGHTS); the template clones itself with ``CLONE_PARENT``, so the child
+is drivebayd's own child, and the child and the template each write its pid
+on the reply socket (a line each). The daemon then checks that the pid is
 its child (``waitid`` with ``WNOWAIT``, which reaps nothing) before it opens
 a pidfd for it: only the daemon reaps its children, so the pid cannot have
 been reused in between. A driver can only come from the template of its own
@@ -146,10 +146,10 @@ class Template:
                 raise
         if not answer and await self._died():  # with our request unread
             raise ConnectionResetError(f"the template of {self.python} has exited")
-        if not answer.isdigit():
+        pid = _reported(answer)
+        if pid is None:
             why = repr(answer.decode("ascii", "replace"))[1:-1] or "no answer"
             raise OSError(f"the template of {self.python} could not fork a driver process: {why}")
-        pid = int(answer)
         # Ours (and not yet reaped, by us, the only one who reaps it)? Then no
         # other process can have its pid: the pidfd is for this child.
         _check_ours(pid)
@@ -217,8 +217,9 @@ class Template:
             await asyncio.wait_for(self._exited.wait(), REPLY_TIMEOUT_S)
             async with asyncio.timeout(REPLY_TIMEOUT_S):
                 answer = await _answer(asyncio.get_running_loop(), reply)
-            if answer.isdigit():
-                await _kill_stray(int(answer))
+            pid = _reported(answer)
+            if pid is not None:
+                await _kill_stray(pid)
 
     async def close(self, timeout: float) -> None:
         """End the template (closing its socket makes it exit) and reap it."""
@@ -285,6 +286,13 @@ class Templates:
     async def close(self, timeout: float = 5.0) -> None:
         templates, self._templates = list(self._templates.values()), {}
         await asyncio.gather(*(t.close(timeout) for t in templates))
+
+
+def _reported(answer: bytes) -> int | None:
+    """The child's pid from the reply: a line from the child and one from
+    the template (the same pid), either of which may be missing."""
+    first = answer.split(b"\n", 1)[0]
+    return int(first) if first.isdigit() else None
 
 
 async def _answer(loop: asyncio.AbstractEventLoop, reply: socket.socket) -> bytes:

@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import socket
 
 import pytest
 
-from drivebay.protocol.fork_template import CHANNEL_FD, FD_CHANNEL_FD
+from drivebay.protocol.fork_template import CHANNEL_FD, EXIT_SETUP, FD_CHANNEL_FD
 from drivebay.sandbox import fork_server
 from drivebay.sandbox.spawn import child_environment, spawn_child
 from tests.helpers import eventually, fixture_spec, run
@@ -185,6 +186,36 @@ def test_starts_queued_at_a_template_that_dies_go_to_a_new_one(tmp_path):
                     child.signal_group(signal.SIGKILL)  # type: ignore[attr-defined]
                     await child.exited  # type: ignore[attr-defined]
                     child.close()  # type: ignore[attr-defined]
+            await spec.templates.close()
+
+    run(main())
+
+
+def test_a_child_that_dies_before_it_reports_is_reaped(tmp_path, monkeypatch):
+    """The child cannot be set up (here: the template's descriptor limit is
+    below the numbers it moves its descriptors to) and exits before it
+    writes its pid: the template reports it too, so the daemon reaps it and
+    the start fails with its exit status (it was a zombie of the daemon
+    that nobody knew, and the start waited for the template's death)."""
+    monkeypatch.setattr(fork_server, "REPLY_TIMEOUT_S", 1.0)
+
+    async def main():
+        spec = fixture_spec(tmp_path, spawn="fork-server")
+        assert spec.templates is not None
+        try:
+            template = await spec.templates.template(spec.python, spec.runtime_dir)
+            before = our_children()
+            _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.prlimit(template.pid, resource.RLIMIT_NOFILE, (32, hard))
+            try:
+                child = await spawn_child(spec)
+            except OSError:
+                child = None
+            assert child is not None, "the child's pid was never known"
+            assert await child.exited == EXIT_SETUP
+            child.close()
+            assert our_children() - before == set()
+        finally:
             await spec.templates.close()
 
     run(main())
