@@ -1,16 +1,17 @@
-"""Driver children forked from a template per interpreter (``spawn: fork-
-server``). ``Templates`` holds one template process
-(``protocol.fork_template``) per driver interpreter, started on first use
-and again after it exited. A request sends the child's settings and its
-descriptors (reply socket, stdout and stderr pipes, channel, descriptor
-channel) over the template's control socket (``SOCK_SEQPACKET``,
-SCM_RIGHTS); the template clones itself with ``CLONE_PARENT``, so the child
-is drivebayd's own child, and the child and the template each write its pid
-on the reply socket (a line each). The daemon then checks that the pid is
-its child (``waitid`` with ``WNOWAIT``, which reaps nothing) before it opens
-a pidfd for it: only the daemon reaps its children, so the pid cannot have
-been reused in between. A driver can only come from the template of its own
-interpreter: the templates are keyed by it.
+"""Driver children forked from a template per interpreter (``spawn: fork-server``).
+
+``Templates`` holds one template process (``protocol.fork_template``) per
+driver interpreter, started on first use and again after it exited. A
+request sends the child's settings and its descriptors (reply socket, stdout
+and stderr pipes, channel, descriptor channel) over the template's control
+socket (``SOCK_SEQPACKET``, SCM_RIGHTS); the template clones itself with
+``CLONE_PARENT``, so the child is drivebayd's own child, and the child and
+the template each write its pid on the reply socket (a line each). The
+daemon then checks that the pid is its child (``waitid`` with ``WNOWAIT``,
+which reaps nothing) before it opens a pidfd for it: only the daemon reaps
+its children, so the pid cannot have been reused in between. A driver can
+only come from the template of its own interpreter: the templates are keyed
+by it.
 
 The template is reaped here, through its pidfd, as soon as it exits; the
 children it made are not its children and go on.
