@@ -15,9 +15,10 @@ For each request the template clones itself with ``CLONE_PARENT``, and with
 asks and the kernel allows: the new process is the daemon's child, not the
 template's, so the daemon reaps it and reads its exit and CPU time through a
 pidfd as for an exec'd child, and a template that dies takes no driver with
-it. The new process writes its pid on the reply socket, then becomes what
-an exec'd child is before its first line of Python: a session and process
-group of its own, stdin from /dev/null, stdout and stderr on the pipes, the
+it. The new process makes itself a session and process group of its own,
+writes its pid on the reply socket (the template writes it too: either
+report reaches the daemon), then becomes what an exec'd child is before its
+first line of Python: stdin from /dev/null, stdout and stderr on the pipes, the
 channel at fd 3 and the descriptor channel at fd 4, the working directory,
 the driver's user (root daemon only; then dumpable again, as after an exec),
 the driver's whole environment, the parent-death signal. In a namespace it
@@ -33,6 +34,7 @@ Every child of a template shares its address-space layout and hash seed
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import gc
@@ -85,12 +87,31 @@ def serve() -> None:
         mode = str(request["env"].get("DRIVEBAY_CONTAINMENT", "auto"))
         try:
             pid, flags, why = _clone_contained(TRIES.get(mode, TRIES["auto"]))
-        except OSError as exc:  # EAGAIN: a process limit; the reply's end-of-file says so
+        except OSError as exc:  # EAGAIN: a process limit; said on the reply socket
             print(f"drivebay template: clone: {exc.strerror}", file=sys.stderr, flush=True)
             pid = -1
+            # (An end-of-file alone would say that we died.) EPIPE: the
+            # daemon gave up on this request.
+            with contextlib.suppress(OSError):
+                os.write(fds[0], f"clone: {exc.strerror}".encode("ascii", "replace"))
         if pid == 0:
             _become(request, fds, flags, why, ids, daemon)  # never returns
+        if pid > 0:
+            _report(fds[0], pid)
         _close(fds)
+
+
+def _report(reply: int, pid: int) -> None:
+    """The child's pid, as the child itself writes it: one of the two
+    reports reaches the daemon even if the child dies before its own (it is
+    the daemon's to reap) or we die before ours. Never blocking: the daemon
+    reads the reply socket to its end, or gave up on it (then EPIPE)."""
+    sock = socket.socket(fileno=reply)
+    try:
+        with contextlib.suppress(OSError):
+            sock.send(f"{pid}\n".encode(), socket.MSG_DONTWAIT)
+    finally:
+        sock.detach()
 
 
 def _warm() -> None:
@@ -180,10 +201,12 @@ def _become(
     try:
         high = [_move_high(fd) for fd in fds]
         reply = high[0]
-        # Our pid as the daemon sees it (in a PID namespace, getpid() is 1).
-        os.write(reply, os.readlink("/proc/self").encode())
-        os.close(reply)
+        # A group of our own before the daemon knows us: it signals the
+        # group, and a kill sent before a later setsid would miss us.
         os.setsid()
+        # Our pid as the daemon sees it (in a PID namespace, getpid() is 1).
+        os.write(reply, os.readlink("/proc/self").encode() + b"\n")
+        os.close(reply)
         null = os.open(os.devnull, os.O_RDWR)
         places = (STATUS_FD, 0, 1, 2, CHANNEL_FD, FD_CHANNEL_FD)
         for target, fd in zip(places, [high[1], null, *high[2:]]):  # noqa: B905

@@ -2,15 +2,16 @@
 
 ``Templates`` holds one template process (``protocol.fork_template``) per
 driver interpreter, started on first use and again after it exited. A
-request sends the child's settings and its descriptors (reply socket,
-stdout and stderr pipes, channel, descriptor channel) over the template's
-control socket (``SOCK_SEQPACKET``, SCM_RIGHTS); the template clones itself
-with ``CLONE_PARENT``, so the child is drivebayd's own child, and the child
-writes its pid on the reply socket. The daemon then checks that the pid is
-its child (``waitid`` with ``WNOWAIT``, which reaps nothing) before it opens
-a pidfd for it: only the daemon reaps its children, so the pid cannot have
-been reused in between. A driver can only come from the template of its own
-interpreter: the templates are keyed by it.
+request sends the child's settings and its descriptors (reply socket, stdout
+and stderr pipes, channel, descriptor channel) over the template's control
+socket (``SOCK_SEQPACKET``, SCM_RIGHTS); the template clones itself with
+``CLONE_PARENT``, so the child is drivebayd's own child, and the child and
+the template each write its pid on the reply socket (a line each). The
+daemon then checks that the pid is its child (``waitid`` with ``WNOWAIT``,
+which reaps nothing) before it opens a pidfd for it: only the daemon reaps
+its children, so the pid cannot have been reused in between. A driver can
+only come from the template of its own interpreter: the templates are keyed
+by it.
 
 The template is reaped here, through its pidfd, as soon as it exits; the
 children it made are not its children and go on.
@@ -81,6 +82,9 @@ class Template:
         # writer callback, of which a descriptor has one (a second would
         # replace the first, whose sender would then wait out its timeout).
         self._sending = asyncio.Lock()
+        # The sender waiting for room now: it owns the socket's writer
+        # callback, so it, not whoever ends the template, closes the socket.
+        self._room: asyncio.Future[None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -118,9 +122,7 @@ class Template:
         code = os.waitstatus_to_exitcode(status)
         if self._popen is not None:
             self._popen.returncode = code  # reaped here, not by Popen
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        self._drop_control()
         self._exited.set()
         if code != 0:
             log.warning("template for %s (pid %d) exited: %s", self.python, self.pid, code)
@@ -131,31 +133,98 @@ class Template:
             raise ConnectionResetError(f"the template of {self.python} has exited")
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
         with ours:
-            with theirs:
-                request = json.dumps(settings).encode()
-                async with self._sending:
-                    if self._control is None:
-                        raise ConnectionResetError(f"the template of {self.python} has exited")
-                    await _send(loop, self._control, request, [theirs.fileno(), *fds])
-            ours.setblocking(False)
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
-                answer = b""
-                while chunk := await loop.sock_recv(ours, 32):
-                    answer += chunk
-        if not answer.isdigit():
-            raise OSError(f"the template of {self.python} could not fork a driver process")
-        pid = int(answer)
+            try:
+                with theirs:
+                    request = json.dumps(settings).encode()
+                    async with self._sending:
+                        await self._send(request, [theirs.fileno(), *fds])
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    answer = await _answer(loop, ours)
+            except TimeoutError:
+                await self._give_up(ours)
+                raise
+        if not answer and await self._died():  # with our request unread
+            raise ConnectionResetError(f"the template of {self.python} has exited")
+        pid = _reported(answer)
+        if pid is None:
+            why = repr(answer.decode("ascii", "replace"))[1:-1] or "no answer"
+            raise OSError(f"the template of {self.python} could not fork a driver process: {why}")
         # Ours (and not yet reaped, by us, the only one who reaps it)? Then no
         # other process can have its pid: the pidfd is for this child.
         _check_ours(pid)
         return pid
 
+    async def _died(self) -> bool:
+        """After an end-of-file with no answer: did the template die? (It
+        answers a failed clone in words, so an end-of-file alone comes from
+        its death, whose reaping may be a loop pass behind: waited for,
+        bounded.)"""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), REPLY_TIMEOUT_S)
+        return self._exited.is_set()
+
+    async def _send(self, data: bytes, fds: list[int]) -> None:
+        """One request with its descriptors, waiting (bounded) for room on a
+        full socket; ConnectionResetError once the template has exited or is
+        ended, also while we wait (``_drop_control`` wakes us)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            sock = self._control
+            if sock is None:
+                raise ConnectionResetError(f"the template of {self.python} has exited")
+            try:
+                socket.send_fds(sock, [data], fds)
+                return
+            except BlockingIOError:
+                pass
+            fd = sock.fileno()
+            self._room = room = loop.create_future()
+            loop.add_writer(fd, _wake, room)
+            try:
+                async with asyncio.timeout(REPLY_TIMEOUT_S):
+                    await room
+            finally:
+                loop.remove_writer(fd)
+                self._room = None
+                if self._control is not sock:  # dropped meanwhile: left to us to close
+                    sock.close()
+
+    def _drop_control(self) -> None:
+        """No more requests: close the control socket, or, while a sender
+        waits for room on it, wake that sender, which closes it (it must
+        first remove its writer callback, which needs the descriptor)."""
+        control, self._control = self._control, None
+        if control is None:
+            return
+        if self._room is not None:
+            _wake(self._room)
+        else:
+            control.close()
+
+    async def _give_up(self, reply: socket.socket) -> None:
+        """The template took no request or answered none within
+        REPLY_TIMEOUT_S (stopped, stuck): kill it, so that the requests it
+        holds die with it and the next fork starts a new one. A child it made
+        for this request just before is ours to reap: it writes its pid on
+        ``reply`` first thing, and holds its other end alone once the template
+        is gone; a child made later cannot be (its request died unread)."""
+        log.warning("template for %s (pid %d) does not answer: killed", self.python, self.pid)
+        if self._pidfd >= 0:  # not reaped yet: the pidfd is still this template's
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._exited.wait(), REPLY_TIMEOUT_S)
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                answer = await _answer(asyncio.get_running_loop(), reply)
+            pid = _reported(answer)
+            if pid is not None:
+                await _kill_stray(pid)
+
     async def close(self, timeout: float) -> None:
         """End the template (closing its socket makes it exit) and reap it."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        self._drop_control()
         if self._pidfd < 0:
             return
         try:
@@ -220,22 +289,46 @@ class Templates:
         await asyncio.gather(*(t.close(timeout) for t in templates))
 
 
-async def _send(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes, fds: list[int]
-) -> None:
-    """One message with descriptors on a non-blocking socket, waiting for room."""
-    while True:
+def _reported(answer: bytes) -> int | None:
+    """The child's pid from the reply: a line from the child and one from
+    the template (the same pid), either of which may be missing."""
+    first = answer.split(b"\n", 1)[0]
+    return int(first) if first.isdigit() else None
+
+
+async def _answer(loop: asyncio.AbstractEventLoop, reply: socket.socket) -> bytes:
+    """What the child wrote on the reply socket (its pid), up to end-of-file."""
+    answer = b""
+    while chunk := await loop.sock_recv(reply, 32):
+        answer += chunk
+    return answer
+
+
+async def _kill_stray(pid: int) -> None:
+    """Kill and reap a child of ours made for a start given up (bounded)."""
+    try:
+        _check_ours(pid)
+        pidfd = os.pidfd_open(pid)
+    except (ChildProcessError, ProcessLookupError):
+        return
+    loop = asyncio.get_running_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        loop.add_reader(pidfd, _wake, gone)
         try:
-            socket.send_fds(sock, [data], fds)
-            return
-        except BlockingIOError:
-            room: asyncio.Future[None] = loop.create_future()
-            loop.add_writer(sock.fileno(), _wake, room)
-            try:
-                async with asyncio.timeout(REPLY_TIMEOUT_S):
-                    await room
-            finally:
-                loop.remove_writer(sock.fileno())
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                await gone
+        finally:
+            loop.remove_reader(pidfd)
+        _reap(pid)
+    finally:
+        os.close(pidfd)
+
+
+def _reap(pid: int) -> None:
+    """Reap a child that has exited (its pidfd said so): no wait."""
+    os.waitpid(pid, 0)
 
 
 def _kill_and_wait(popen: subprocess.Popen[bytes]) -> None:

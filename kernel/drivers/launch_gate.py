@@ -124,7 +124,9 @@ class LaunchGate:
             if admitted.done() and not admitted.cancelled():
                 self._release(kind)  # admitted as the cancel came: give it back
             else:
-                self._waiting[kind].remove(admitted)
+                # Still queued, unless a _pump already dropped it as cancelled.
+                with contextlib.suppress(ValueError):
+                    self._waiting[kind].remove(admitted)
                 self._pump()  # a start no longer waiting may let spares in
             raise
         try:
@@ -137,6 +139,11 @@ class LaunchGate:
         self._pump()
 
     def _pump(self) -> None:
+        # A waiter cancelled in this loop pass has a cancelled future, and
+        # has not yet run to leave the queue: it is no longer waiting.
+        for waiting in self._waiting.values():
+            for future in [f for f in waiting if f.cancelled()]:
+                waiting.remove(future)
         starts, spares = admit(self.counts(), self.bounds)
         for kind, count in ((Kind.START, starts), (Kind.SPARE, spares)):
             for _ in range(count):

@@ -117,3 +117,29 @@ def test_a_cancelled_waiter_leaves_the_queue_and_lets_others_in():
         assert launches.gate.counts() == Counts()
 
     run(scenario())
+
+
+def test_a_waiter_cancelled_as_a_place_frees_up_holds_no_place():
+    """The waiter is cancelled (its future with it) and, in the same loop
+    pass, before it runs, the launch inside ends: the gate must not admit the
+    cancelled future (set_result on it raised in the releaser, and the place
+    it counted was never given back: a gate that, after a few such stops,
+    admits no start at all)."""
+
+    async def scenario() -> None:
+        launches = Launches(LaunchGate(Bounds(starts=1, spares=1)))
+        launches.begin("start-0", Kind.START)
+        launches.begin("start-1", Kind.START)
+        await launches.settle()
+        launches.done["start-0"].set()  # start-0 leaves first in the next pass...
+        launches.tasks["start-1"].cancel()  # ...before start-1 sees its cancel
+        await launches.tasks["start-0"]
+        with contextlib.suppress(asyncio.CancelledError):
+            await launches.tasks["start-1"]
+        assert launches.gate.counts() == Counts()
+        launches.begin("start-2", Kind.START)
+        await launches.settle()
+        assert launches.inside == ["start-0", "start-2"]
+        await launches.end("start-2")
+
+    run(scenario())

@@ -45,9 +45,7 @@ def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` (from /proc's children lists)."""
     found, level = [], [pid]
     while level:
-        children = []
-        for parent in level:
-            children += children_of(parent)
+        children = [child for parent in level for child in children_of(parent)]
         found += children
         level = children
     return found
