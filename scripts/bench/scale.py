@@ -21,8 +21,10 @@ at once), each started with an empty drivers dir; this process is on uvloop.
        from the drop, and each status's latency until then (p99). Then
        until every driver has its warm spare.
    (b) memory: the PSS (``/proc/PID/smaps_rollup``) of every process below
-       the daemon (each driver is a keeper, an init and the runtime, and so
-       is each spare), summed, per driver version; and the spares' share.
+       the daemon (with ``spawn: fork-server`` each driver and each spare is
+       an init and the runtime, plus one template per env; with ``exec`` a
+       keeper, an init and the runtime), summed, per driver version; and
+       the spares' share.
    (c) idle CPU: after 3 s, the CPU time of the daemon and of every process
        below it over a window (10 s; 2 s with ``--quick``), in % of one CPU.
    (d) kill -> RUNNING: ``kill -9`` of a driver's process, then ``status``
@@ -51,8 +53,8 @@ at once), each started with an empty drivers dir; this process is on uvloop.
 2. drivebayd, ``restart: {spare: false}``: (a) again, then 10,000 resources
    (1,000 with ``--quick``) added over the 100 drivers, 200 requests in
    flight over 4 connections: the time, and the daemon's RSS per resource.
-3. When the config has a ``spawn`` setting: a drivebayd in the other mode,
-   (a) and (b) again. Without one, the table says so and the JSON has null.
+3. A drivebayd in the other ``spawn`` mode (``exec``): (a), (b) and (d)
+   again (``--spawn-modes``: only these, in each mode).
 
 ``--json`` ends with one object: ``start_100_s``, ``start_100_nospare_s``,
 ``pss_per_driver_mib``, ``pss_per_driver_exec_mib``, ``restart_ms_p50``,
