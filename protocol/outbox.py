@@ -57,10 +57,18 @@ class PassFlush:
         self._pending.append(outbox)
 
     def run(self) -> None:
-        """Write every marked Outbox (the end-of-pass callback)."""
+        """Write every marked Outbox (the end-of-pass callback). One whose
+        write raises does not keep the others' frames back (they would wait
+        for a pass that never ends); the first error is raised after."""
         pending, self._pending = self._pending, []
+        failed: Exception | None = None
         for outbox in pending:
-            outbox.end_pass()
+            try:
+                outbox.end_pass()
+            except Exception as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
 
 
 _PASS_FLUSHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PassFlush] = (

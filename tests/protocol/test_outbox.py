@@ -7,6 +7,8 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import pytest
+
 from drivebay.protocol.outbox import CHUNK_BYTES, CHUNK_FRAMES, Outbox, PassFlush
 from tests.helpers import run
 
@@ -166,6 +168,31 @@ def test_a_pass_flush_writes_the_marked_outboxes_in_the_order_they_were_marked()
         assert order == ["z", "x", "y"]
         flush.run()  # nothing left: nothing more written
         assert order == ["z", "x", "y"]
+    finally:
+        loop.close()
+
+
+def test_a_pass_flush_writes_the_others_when_one_write_raises() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        flush = PassFlush(loop)
+
+        class Broken(RecordingTransport):
+            def write(self, data: bytes | bytearray) -> None:
+                raise RuntimeError("broken transport")
+
+        broken, fine = Outbox(loop, flush), Outbox(loop, flush)
+        broken.attach(Broken())  # type: ignore[arg-type]
+        healthy = RecordingTransport()
+        fine.attach(healthy)  # type: ignore[arg-type]
+        broken.send(b"a")
+        fine.send(b"b")
+        with pytest.raises(RuntimeError, match="broken transport"):
+            flush.run()
+        assert healthy.writes == [b"b"]
+        fine.send(b"c")  # a new pass: marked again, written at its end
+        flush.run()
+        assert healthy.writes == [b"b", b"c"]
     finally:
         loop.close()
 
