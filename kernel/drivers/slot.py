@@ -436,7 +436,8 @@ class DriverSlot:
         else:
             self.process = process
             self.settings_used = self._spare_settings  # launched before, maybe under other settings
-            await process.finish_start()
+            if await self._unless_stopped(_finished(process)) is None:
+                return  # stopped while loading the driver: the loop takes it down
         assert process.pid is not None
         self._ctx.on_spawn(self.name, process.pid)
         if self.meter is not None and process.ready is not None:
@@ -766,3 +767,9 @@ class DriverSlot:
             "pid": self.pid,
             "restarts": self.restarts.total,
         }
+
+
+async def _finished(process: DriverProcess) -> DriverProcess:
+    """``process`` once its start is finished (a spare taken: it loads the driver)."""
+    await process.finish_start()
+    return process

@@ -14,6 +14,8 @@ start kept would hold every spare back).
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from tests.e2e.harness import FAST_CONFIG, templates_of, wait_for
@@ -80,3 +82,39 @@ def test_stop_all_while_thirty_start(daemon_factory, tmp_path):
 
     wait_for(all_spared, 60, "every driver RUNNING with its spare")
     assert "Traceback" not in daemon.log()
+
+
+def test_stop_while_a_taken_spare_loads_the_driver(daemon_factory, tmp_path):
+    """A restart takes the warm spare, which then imports the driver (held):
+    a stop abandons that start too."""
+    daemon = daemon_factory(config={"timeouts": {**FAST_CONFIG["timeouts"], "start_s": 300}})
+    release = tmp_path / "release"
+    release.touch()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    daemon.drop(held_bundle(staging, "d00", release))
+    daemon.start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    row = wait_for(
+        lambda: (r := daemon.status().get("d00")) and r["spare_pid"] and r,
+        60,
+        "d00 RUNNING with its spare",
+    )
+    release.unlink()
+    os.kill(row["pid"], signal.SIGKILL)
+    wait_for(
+        lambda: (
+            (r := daemon.status()["d00"])["state"] == "STARTING" and r["pid"] == row["spare_pid"]
+        ),
+        30,
+        "d00 STARTING in its former spare",
+    )
+    stopped = daemon.ctl("stop", "d00", timeout=30)
+    assert (stopped.returncode, stopped.stdout) == (0, "d00@1.0.0: stopped\n"), stopped.stderr
+    assert daemon.status()["d00"]["state"] == "STOPPED"
+    wait_for(
+        lambda: set(children_of(pid)) <= set(templates_of(pid)),
+        30,
+        "no process below the daemon but its templates",
+    )
