@@ -259,6 +259,7 @@ class Kernel:
                 self._look_again_later()
                 if not self.registry.unsettled:
                     await self.collect_envs()
+                await self._end_unused_templates()
             except Exception:  # a kernel bug or a host problem: log it, keep serving
                 log.exception("reconciling failed; retrying in 5 s")
                 asyncio.get_running_loop().call_later(5, self.kick)
@@ -266,6 +267,16 @@ class Kernel:
             for done in awaiting:
                 if not done.done():
                     done.set_result(None)
+
+    async def _end_unused_templates(self) -> None:
+        """With ``spawn: exec`` (a reload may set it) no driver is forked:
+        the templates, each an idle interpreter, are ended (the drivers they
+        made are not their children and go on). A reload back to
+        ``fork-server`` starts them again on the next spawn."""
+        if self._templates is not None and self.config.spawn != "fork-server":
+            if self._templates.pids():
+                log.info("spawn: %s: ending the fork-server templates", self.config.spawn)
+            await self._templates.close()
 
     def _look_again_later(self) -> None:
         """A directory still being copied, or a bundle to retry: reconcile

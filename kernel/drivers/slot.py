@@ -25,10 +25,10 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -49,6 +49,8 @@ from drivebay.sandbox.privileges import RunAs, preflight
 from drivebay.sandbox.spawn import SpawnSpec, describe_exit
 
 log = logging.getLogger("drivebay.supervisor")
+
+T = TypeVar("T")
 
 SETTLED = frozenset(
     {State.RUNNING, State.FATAL, State.FAILED, State.BLOCKED, State.INVALID, State.STOPPED}
@@ -101,6 +103,8 @@ class DriverSlot:
         self._ctx = context
         self._goal = Goal.STOP
         self._command = asyncio.Event()
+        # The start in progress: an operator's stop cancels it (_unless_stopped).
+        self._stoppable: asyncio.Future[Any] | None = None
         self._clock = context.clock
         self.restarts = RestartTracker(lambda: context.current_config().restart, self._clock)
         # When a FATAL slot is tried again: monotonic (for the wait) and
@@ -426,17 +430,14 @@ class DriverSlot:
         settings = self.settings_now()
         process = await self._take_spare()
         if process is None:
-            async with self._ctx.launches.launch(Kind.START):  # a few at a time
-                if self._stop_wanted():
-                    return  # stopped while waiting its turn: the loop takes it down
-                process = self._new_process(spec)
-                self.process = process
-                self.settings_used = settings
-                await process.start()
+            process = await self._unless_stopped(self._launch_start(spec, settings))
+            if process is None:
+                return  # stopped while waiting its turn or starting: the loop takes it down
         else:
             self.process = process
             self.settings_used = self._spare_settings  # launched before, maybe under other settings
-            await process.finish_start()
+            if await self._unless_stopped(_finished(process)) is None:
+                return  # stopped while loading the driver: the loop takes it down
         assert process.pid is not None
         self._ctx.on_spawn(self.name, process.pid)
         if self.meter is not None and process.ready is not None:
@@ -453,6 +454,35 @@ class DriverSlot:
         self._prepare_spare(spec)
         if self._stop_wanted():
             self._command.set()  # stopped while starting: _serve returns at once
+
+    async def _launch_start(self, spec: SpawnSpec, settings: object) -> DriverProcess | None:
+        """Launch a new process through the gate (a few at a time) and
+        complete its handshake; None when stopped while waiting its turn."""
+        async with self._ctx.launches.launch(Kind.START):
+            if self._stop_wanted():
+                return None
+            process = self._new_process(spec)
+            self.process = process
+            self.settings_used = settings
+            await process.start()
+            return process
+
+    async def _unless_stopped(self, step: Coroutine[Any, Any, T]) -> T | None:
+        """Run ``step`` as a task that ``want_stopped`` cancels: a start
+        waiting at the launch gate or in its handshake (a slow import) is
+        abandoned at once, its child killed and reaped, instead of being
+        waited for up to the start deadline; None then. A cancel of ours
+        cancels it too."""
+        task = self._stoppable = asyncio.ensure_future(step)
+        try:
+            await asyncio.wait([task])
+        except asyncio.CancelledError:
+            task.cancel()
+            await wait_until_done(task)
+            raise
+        finally:
+            self._stoppable = None
+        return None if task.cancelled() else task.result()
 
     async def _serve(self) -> None:
         """Until the process exits or a command arrives; checks health meanwhile."""
@@ -624,6 +654,8 @@ class DriverSlot:
     def want_stopped(self) -> None:
         self._goal = Goal.STOP
         self._command.set()
+        if self._stoppable is not None:
+            self._stoppable.cancel()  # the start is abandoned: see _unless_stopped
 
     def block(self, reason: str) -> None:
         """Its requirements are not met: stay (or go) down, BLOCKED."""
@@ -735,3 +767,9 @@ class DriverSlot:
             "pid": self.pid,
             "restarts": self.restarts.total,
         }
+
+
+async def _finished(process: DriverProcess) -> DriverProcess:
+    """``process`` once its start is finished (a spare taken: it loads the driver)."""
+    await process.finish_start()
+    return process
