@@ -47,9 +47,12 @@ class ClusterNode:
         reconcile: Send | None = None,
         idempotent: frozenset[str] = frozenset(),
         poll_s: float | None = None,
+        versions: Iterable[str] = (),
     ) -> None:
         self.settings = settings
-        self.membership = Membership(settings, drivers, self._changed, after_round=self._rebalance)
+        self.membership = Membership(
+            settings, drivers, self._changed, versions=versions, after_round=self._rebalance
+        )
         self.inbox = Inbox(
             settings,
             self._wake,

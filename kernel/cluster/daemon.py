@@ -1,0 +1,123 @@
+"""The cluster side of a running ``drivebayd``: its ``ClusterNode``, started
+when the config has ``cluster:`` and stopped at shutdown.
+
+``DaemonCluster.run`` waits until the kernel has read its drivers dir, then
+runs a ``ClusterNode`` that registers the drivers (and ``name@version``s)
+running then, and whose ``send`` calls the driver process the resource's
+actor is bound to (``DriverCalls``). ``stop`` leaves the cluster; ``ended``
+waits for that, bounded, and cancels what is left. A node that cannot take
+part (a refused schema, its node id taken) says so in one line and the
+daemon goes on serving alone.
+
+Not wired yet (docs/cluster.md): the resource book still keeps resources in
+SQLite and calls do not go through the cluster's queue; the drivers
+registered are those running once the drivers dir was first read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from drivebay.kernel.cluster.connection import connect
+from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.driver_calls import DriverCalls
+from drivebay.kernel.cluster.node import ClusterNode
+from drivebay.kernel.cluster.repository import ClusterRepository, NodeInfo, QueuedOperation
+from drivebay.kernel.cluster.settings import ClusterSettings
+from drivebay.protocol.errors import KernelError
+
+if TYPE_CHECKING:
+    from drivebay.kernel.kernel import Kernel
+
+log = logging.getLogger("drivebay.cluster")
+
+
+class DaemonCluster:
+    """One daemon's ``ClusterNode``: ``run`` as a task owned by the kernel, then ``stop``."""
+
+    def __init__(self, kernel: Kernel, settings: ClusterSettings) -> None:
+        self._kernel = kernel
+        self.settings = settings
+        self.node: ClusterNode | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Until ``stop``: wait for the drivers dir to be read (or ``stop``),
+        then run the node."""
+        ready = asyncio.ensure_future(self._kernel.ready.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopping.cancel()
+            await asyncio.gather(ready, stopping, return_exceptions=True)
+        if self._stopping.is_set():
+            return
+        versions = sorted(key for key, slot in self._kernel.slots.items() if not slot.candidate)
+        drivers = sorted({key.partition("@")[0] for key in versions})
+        self.node = ClusterNode(self.settings, drivers, self._send, versions=versions)
+        log.info(
+            "cluster: node %s joins with drivers %s",
+            self.settings.node_id,
+            ", ".join(drivers) or "none",
+        )
+        try:
+            await self.node.run()
+        except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
+            for exc in group.exceptions:
+                log.error("cluster: %s; this daemon serves alone until restarted", exc)
+
+    def stop(self) -> None:
+        """Leave the cluster; ``run`` returns once every task of the node has ended."""
+        self._stopping.set()
+        if self.node is not None:
+            self.node.stop()
+
+    async def stopped(self, task: asyncio.Task[None]) -> None:
+        """``stop``, then wait for ``task`` (running ``run``) to end: leaving
+        takes at most a statement's timeout (``renew_s``) after the round in
+        progress; past twice that the task is cancelled (leases then expire)."""
+        self.stop()
+        done, _ = await asyncio.wait({task}, timeout=2 * self.settings.renew_s + 1)
+        if not done:
+            log.warning(
+                "cluster: node %s did not leave in time; its leases will expire",
+                self.settings.node_id,
+            )
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _send(self, op: QueuedOperation, epoch: int) -> Outcome:
+        """The operation to the driver process ``op``'s resource is bound to here."""
+        book = self._kernel.book
+        actor = None if book is None else book.actors.get(op.resource_id)
+        slot = None if actor is None else actor.bound
+        if slot is None or slot.process is None or not slot.process.alive:
+            return Outcome(
+                ok=False,
+                result={
+                    "type": "NotRunning",
+                    "message": f"resource {op.resource_id} has no running driver on node "
+                    f"{self.settings.node_id}",
+                },
+            )
+        calls = DriverCalls(slot.process, slot.manifest.idempotent, slot.call_timeout)
+        return await calls.send(op, epoch)
+
+
+async def list_nodes(settings: ClusterSettings) -> list[NodeInfo]:
+    """The cluster's nodes as its database lists them (a connection of its own,
+    bounded by ``renew_s``)."""
+    async with asyncio.timeout(settings.renew_s):
+        db = await connect(settings)
+    try:
+        async with asyncio.timeout(settings.renew_s):
+            return await ClusterRepository(db, settings.node_id, settings.lease_s).nodes()
+    finally:
+        with contextlib.suppress(Exception):
+            await db.close()
