@@ -21,12 +21,15 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+import psycopg
+
 from drivebay.kernel.cluster.connection import connect
 from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.driver_calls import DriverCalls
 from drivebay.kernel.cluster.node import ClusterNode
 from drivebay.kernel.cluster.repository import ClusterRepository, NodeInfo, QueuedOperation
-from drivebay.kernel.cluster.settings import ClusterSettings
+from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
+from drivebay.kernel.control.schema import NodeRow
 from drivebay.protocol.errors import KernelError
 
 if TYPE_CHECKING:
@@ -77,6 +80,10 @@ class DaemonCluster:
         if self.node is not None:
             self.node.stop()
 
+    async def node_rows(self) -> list[NodeRow]:
+        """The cluster's nodes, for ``drivebayctl nodes``."""
+        return [node_row(info) for info in await list_nodes(self.settings)]
+
     async def stopped(self, task: asyncio.Task[None]) -> None:
         """``stop``, then wait for ``task`` (running ``run``) to end: leaving
         takes at most a statement's timeout (``renew_s``) after the round in
@@ -111,13 +118,32 @@ class DaemonCluster:
 
 
 async def list_nodes(settings: ClusterSettings) -> list[NodeInfo]:
-    """The cluster's nodes as its database lists them (a connection of its own,
-    bounded by ``renew_s``)."""
-    async with asyncio.timeout(settings.renew_s):
-        db = await connect(settings)
+    """The cluster's nodes as its database lists them, over a connection of
+    its own (each wait bounded by ``renew_s``). Raises ``KernelError`` with
+    one line when the database cannot answer."""
     try:
         async with asyncio.timeout(settings.renew_s):
-            return await ClusterRepository(db, settings.node_id, settings.lease_s).nodes()
-    finally:
-        with contextlib.suppress(Exception):
+            db = await connect(settings)
+        try:
+            async with asyncio.timeout(settings.renew_s):
+                return await ClusterRepository(db, settings.node_id, settings.lease_s).nodes()
+        finally:
             await db.close()
+    except (psycopg.Error, TimeoutError) as exc:
+        reason = " ".join(str(exc).split()) or "no answer in time"
+        raise KernelError(
+            f"the cluster database {shown_database(settings.database)} did not list the "
+            f"nodes ({reason}); check that PostgreSQL runs and admits this node"
+        ) from exc
+
+
+def node_row(info: NodeInfo) -> NodeRow:
+    """``info`` as ``drivebayctl nodes`` shows it (times as epoch seconds)."""
+    until = info.lease_until
+    return NodeRow(
+        node_id=info.node_id,
+        state=info.state,
+        last_heartbeat=info.last_heartbeat.timestamp(),
+        resources=info.resources,
+        lease_until=None if until is None else until.timestamp(),
+    )
