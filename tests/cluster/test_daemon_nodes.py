@@ -1,0 +1,67 @@
+"""Real ``drivebayd`` processes with ``cluster:`` sharing the test PostgreSQL:
+each joins, ``drivebayctl nodes`` of either lists both, and one stopped
+leaves the cluster; a daemon without ``cluster:`` says how to join one."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
+from tests.e2e.harness import Daemon, wait_for
+
+TIMINGS = {"lease_s": 3, "renew_s": 1, "grace_s": 1}
+
+
+def clustered(daemon_factory: Any, database: str, node_id: str) -> Daemon:  # noqa: F811
+    return daemon_factory(
+        node_id, {"cluster": {"database": database, "node_id": node_id, **TIMINGS}}
+    )
+
+
+def nodes(daemon: Daemon) -> dict[str, dict[str, Any]]:
+    ran = daemon.ctl("nodes", "--json")
+    assert ran.returncode == 0, (ran.stderr, daemon.log())
+    return {row["node_id"]: row for row in json.loads(ran.stdout)}
+
+
+def test_two_daemons_list_each_other_and_a_stopped_one_leaves(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+) -> None:
+    a = clustered(daemon_factory, database, "node-a")
+    b = clustered(daemon_factory, database, "node-b")
+    a.start()
+    b.start()
+
+    def both_live(daemon: Daemon) -> dict[str, dict[str, Any]] | None:
+        rows = nodes(daemon)
+        live = {name for name, row in rows.items() if row["state"] == "live"}
+        return rows if live == {"node-a", "node-b"} else None
+
+    for daemon in (a, b):
+        rows = wait_for(functools.partial(both_live, daemon), 30, "both nodes live")
+        for row in rows.values():
+            assert row["resources"] == 0 and row["last_heartbeat"] > 0
+    plain = a.ctl("nodes")
+    assert plain.returncode == 0, plain.stderr
+    assert [line.split()[:2] for line in plain.stdout.splitlines()] == [
+        ["node-a", "live"],
+        ["node-b", "live"],
+    ]
+
+    assert b.stop() == 0, b.log()
+    wait_for(lambda: nodes(a)["node-b"]["state"] == "left", 30, "node-b left")
+    assert nodes(a)["node-a"]["state"] == "live"
+
+
+def test_a_daemon_without_cluster_says_how_to_join_one(daemon_factory: Any) -> None:  # noqa: F811
+    alone = daemon_factory("alone")
+    alone.start()
+    ran = alone.ctl("nodes")
+    assert ran.returncode != 0
+    assert ran.stdout == ""
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 1, ran.stderr
+    assert "not in a cluster" in lines[0] and "cluster:" in lines[0], lines[0]
