@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.test_resources import misbehave_bundle
 
 TIMINGS = {"lease_s": 3, "renew_s": 1, "grace_s": 1}
 
 
 def clustered(daemon_factory: Any, database: str, node_id: str) -> Daemon:  # noqa: F811
-    return daemon_factory(
+    made: Daemon = daemon_factory(
         node_id, {"cluster": {"database": database, "node_id": node_id, **TIMINGS}}
     )
+    return made
 
 
 def nodes(daemon: Daemon) -> dict[str, dict[str, Any]]:
@@ -65,3 +71,49 @@ def test_a_daemon_without_cluster_says_how_to_join_one(daemon_factory: Any) -> N
     lines = ran.stderr.splitlines()
     assert len(lines) == 1, ran.stderr
     assert "not in a cluster" in lines[0] and "cluster:" in lines[0], lines[0]
+
+
+def test_a_node_registers_the_drivers_it_runs(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    a = clustered(daemon_factory, database, "node-a")
+    b = clustered(daemon_factory, database, "node-b")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    bundle = a.drop(misbehave_bundle(staging))
+    # Quiet for long (old mtimes): settled at the first read of the drivers
+    # dir, which the node joins after (the drivers registered are those then).
+    for path in [bundle, *bundle.rglob("*")]:
+        os.utime(path, (1_000_000_000, 1_000_000_000), follow_symlinks=False)
+    a.start()
+    b.start()
+    a.wait_state("mis", "RUNNING")
+
+    def registered() -> dict[str, tuple[list[str], list[str]]] | None:
+        with psycopg.connect(database) as db:
+            rows = db.execute(
+                "SELECT node_id, drivers, versions FROM drivebay.node WHERE state = 'live'"
+            ).fetchall()
+        found = {str(name): (list(drivers), list(versions)) for name, drivers, versions in rows}
+        return found if set(found) == {"node-a", "node-b"} else None
+
+    found = wait_for(registered, 30, "both nodes registered")
+    assert found == {"node-a": (["mis"], ["mis@1.0.0"]), "node-b": ([], [])}
+
+
+def test_a_node_whose_database_is_missing_serves_alone_and_stops(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+) -> None:
+    missing = database.rsplit("/", 1)[0] + "/no_such_database"
+    lost = clustered(daemon_factory, missing, "node-x")
+    lost.start()  # answers although it cannot join
+    ran = lost.ctl("nodes")
+    assert ran.returncode != 0 and ran.stdout == ""
+    lines = ran.stderr.splitlines()
+    assert len(lines) == 1 and "cluster database" in lines[0], ran.stderr
+    assert "no_such_database" in lines[0]
+    assert lost.ctl("status").returncode in (0, 3)
+    assert lost.stop() == 0, lost.log()
