@@ -1,4 +1,4 @@
-"""A node's cluster side put together, for the kernel to run (not wired yet).
+"""A node's cluster side put together; ``daemon.DaemonCluster`` runs it in ``drivebayd``.
 
 ``ClusterNode.run`` runs the node's ``Membership`` and ``Inbox`` and, for
 each resource the node owns, one worker task that drains the resource's
