@@ -117,3 +117,22 @@ def test_a_node_whose_database_is_missing_serves_alone_and_stops(
     assert "no_such_database" in lines[0]
     assert lost.ctl("status").returncode in (0, 3)
     assert lost.stop() == 0, lost.log()
+
+
+def test_a_node_whose_id_another_daemon_took_says_so_and_serves_alone(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+) -> None:
+    first = clustered(daemon_factory, database, "node-a")
+    first.start()
+    wait_for(lambda: "node-a" in nodes(first), 30, "node-a registered")
+    second = daemon_factory(
+        "second", {"cluster": {"database": database, "node_id": "node-a", **TIMINGS}}
+    )
+    second.start()  # registers node-a again: the first finds its id taken at its next round
+    wait_for(lambda: "serves alone" in first.log(), 30, "the first node stepping aside")
+    said = [line for line in first.log().splitlines() if "serves alone" in line]
+    assert len(said) == 1 and "node-a" in said[0], said
+    assert first.ctl("status").returncode in (0, 3)
+    assert nodes(second)["node-a"]["state"] == "live"
+    assert first.stop() == 0, first.log()
