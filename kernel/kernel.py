@@ -206,10 +206,10 @@ class Kernel:
                 checks = group.create_task(
                     self.repos.run_checks(self, self._stop), name="update-check"
                 )
-                cluster = self._start_cluster(group)
+                self._start_cluster(group)
                 await self._stop.wait()
-                if self.cluster is not None and cluster is not None:
-                    await self.cluster.stopped(cluster)
+                if self.cluster is not None:
+                    await self.cluster.stopped()
                 checks.cancel()
                 watcher.cancel()
                 reconciler.cancel()
@@ -218,14 +218,14 @@ class Kernel:
             if self._templates is not None:
                 await self._templates.close()
 
-    def _start_cluster(self, group: asyncio.TaskGroup) -> asyncio.Task[None] | None:
+    def _start_cluster(self, group: asyncio.TaskGroup) -> None:
         """With ``cluster:`` in the config, this node's cluster side as a task of ``group``."""
         if self.config.cluster is None:
-            return None
+            return
         from drivebay.kernel.cluster.daemon import DaemonCluster  # psycopg only when clustered
 
         self.cluster = DaemonCluster(self, self.config.cluster)
-        return group.create_task(self.cluster.run(), name="cluster")
+        self.cluster.start(group)
 
     def shutdown(self) -> None:
         self._stop.set()

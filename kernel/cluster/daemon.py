@@ -17,7 +17,6 @@ registered are those running once the drivers dir was first read.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,11 @@ class DaemonCluster:
         self.settings = settings
         self.node: ClusterNode | None = None
         self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, group: asyncio.TaskGroup) -> None:
+        """``run`` as a task of ``group`` (the kernel's); ``stopped`` ends it."""
+        self._task = group.create_task(self.run(), name="cluster")
 
     async def run(self) -> None:
         """Until ``stop``: wait for the drivers dir to be read (or ``stop``),
@@ -84,11 +88,14 @@ class DaemonCluster:
         """The cluster's nodes, for ``drivebayctl nodes``."""
         return [node_row(info) for info in await list_nodes(self.settings)]
 
-    async def stopped(self, task: asyncio.Task[None]) -> None:
-        """``stop``, then wait for ``task`` (running ``run``) to end: leaving
+    async def stopped(self) -> None:
+        """``stop``, then wait for the task ``start`` made to end: leaving
         takes at most a statement's timeout (``renew_s``) after the round in
         progress; past twice that the task is cancelled (leases then expire)."""
         self.stop()
+        task = self._task
+        if task is None:
+            return
         done, _ = await asyncio.wait({task}, timeout=2 * self.settings.renew_s + 1)
         if not done:
             log.warning(
@@ -96,8 +103,7 @@ class DaemonCluster:
                 self.settings.node_id,
             )
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=self.settings.renew_s)
 
     async def _send(self, op: QueuedOperation, epoch: int) -> Outcome:
         """The operation to the driver process ``op``'s resource is bound to here."""
