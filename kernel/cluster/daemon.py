@@ -29,9 +29,11 @@ from drivebay.kernel.cluster.node import ClusterNode
 from drivebay.kernel.cluster.repository import ClusterRepository, NodeInfo, QueuedOperation
 from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
 from drivebay.kernel.control.schema import NodeRow
+from drivebay.kernel.drivers.lifecycle import State
 from drivebay.protocol.errors import KernelError
 
 if TYPE_CHECKING:
+    from drivebay.kernel.drivers.slot import DriverSlot
     from drivebay.kernel.kernel import Kernel
 
 log = logging.getLogger("drivebay.cluster")
@@ -64,19 +66,35 @@ class DaemonCluster:
             await asyncio.gather(ready, stopping, return_exceptions=True)
         if self._stopping.is_set():
             return
-        versions = sorted(key for key, slot in self._kernel.slots.items() if not slot.candidate)
-        drivers = sorted({key.partition("@")[0] for key in versions})
+        drivers, versions = self._running()
         self.node = ClusterNode(self.settings, drivers, self._send, versions=versions)
         log.info(
             "cluster: node %s joins with drivers %s",
             self.settings.node_id,
             ", ".join(drivers) or "none",
         )
+        self._kernel.state_listeners.append(self._on_state)
         try:
             await self.node.run()
         except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
             for exc in group.exceptions:
                 log.error("cluster: %s; this daemon serves alone until restarted", exc)
+        finally:
+            self._kernel.state_listeners.remove(self._on_state)
+
+    def _running(self) -> tuple[list[str], list[str]]:
+        """The drivers and ``name@version``s running here now (not candidates)."""
+        versions = sorted(
+            key
+            for key, slot in self._kernel.slots.items()
+            if slot.state is State.RUNNING and not slot.candidate
+        )
+        return sorted({key.partition("@")[0] for key in versions}), versions
+
+    def _on_state(self, slot: DriverSlot, state: State) -> None:
+        """A driver started or stopped: the node's registration follows at its next round."""
+        if self.node is not None:
+            self.node.membership.set_drivers(*self._running())
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task of the node has ended."""
@@ -125,14 +143,17 @@ class DaemonCluster:
 
 async def list_nodes(settings: ClusterSettings) -> list[NodeInfo]:
     """The cluster's nodes as its database lists them, over a connection of
-    its own (each wait bounded by ``renew_s``). Raises ``KernelError`` with
-    one line when the database cannot answer."""
+    its own (each wait bounded by ``renew_s``); none before a node made the
+    schema. Raises ``KernelError`` with one line when the database cannot
+    answer."""
     try:
         async with asyncio.timeout(settings.renew_s):
             db = await connect(settings)
         try:
             async with asyncio.timeout(settings.renew_s):
                 return await ClusterRepository(db, settings.node_id, settings.lease_s).nodes()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return []  # no node has made the schema yet: none has joined
         finally:
             await db.close()
     except (psycopg.Error, TimeoutError) as exc:

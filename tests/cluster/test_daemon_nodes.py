@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ def test_a_daemon_without_cluster_says_how_to_join_one(daemon_factory: Any) -> N
     assert "not in a cluster" in lines[0] and "cluster:" in lines[0], lines[0]
 
 
-def test_a_node_registers_the_drivers_it_runs(
+def test_a_node_registers_the_drivers_it_runs_as_they_start(
     daemon_factory: Any,  # noqa: F811
     database: str,
     tmp_path: Path,
@@ -82,25 +81,25 @@ def test_a_node_registers_the_drivers_it_runs(
     b = clustered(daemon_factory, database, "node-b")
     staging = tmp_path / "staging"
     staging.mkdir()
-    bundle = a.drop(misbehave_bundle(staging))
-    # Quiet for long (old mtimes): settled at the first read of the drivers
-    # dir, which the node joins after (the drivers registered are those then).
-    for path in [bundle, *bundle.rglob("*")]:
-        os.utime(path, (1_000_000_000, 1_000_000_000), follow_symlinks=False)
+    a.drop(misbehave_bundle(staging))
     a.start()
     b.start()
-    a.wait_state("mis", "RUNNING")
 
-    def registered() -> dict[str, tuple[list[str], list[str]]] | None:
+    def registered(wanted: dict[str, tuple[list[str], list[str]]]) -> bool:
         with psycopg.connect(database) as db:
-            rows = db.execute(
-                "SELECT node_id, drivers, versions FROM drivebay.node WHERE state = 'live'"
-            ).fetchall()
-        found = {str(name): (list(drivers), list(versions)) for name, drivers, versions in rows}
-        return found if set(found) == {"node-a", "node-b"} else None
+            try:
+                rows = db.execute(
+                    "SELECT node_id, drivers, versions FROM drivebay.node WHERE state = 'live'"
+                ).fetchall()
+            except psycopg.errors.UndefinedTable:
+                return False  # no node has made the schema yet
+        return {str(name): (list(d), list(v)) for name, d, v in rows} == wanted
 
-    found = wait_for(registered, 30, "both nodes registered")
-    assert found == {"node-a": (["mis"], ["mis@1.0.0"]), "node-b": ([], [])}
+    mis = (["mis"], ["mis@1.0.0"])
+    wait_for(lambda: registered({"node-a": mis, "node-b": ([], [])}), 30, "a runs mis, b none")
+    b.drop(misbehave_bundle(staging))  # installed after b joined
+    wait_for(lambda: registered({"node-a": mis, "node-b": mis}), 30, "b runs mis too")
+    b.wait_state("mis", "RUNNING")
 
 
 def test_a_node_whose_database_is_missing_serves_alone_and_stops(
