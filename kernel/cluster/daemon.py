@@ -3,15 +3,16 @@ when the config has ``cluster:`` and stopped at shutdown.
 
 ``DaemonCluster.run`` waits until the kernel has read its drivers dir, then
 runs a ``ClusterNode`` that registers the drivers (and ``name@version``s)
-running then, and whose ``send`` calls the driver process the resource's
-actor is bound to (``DriverCalls``). ``stop`` leaves the cluster; ``ended``
-waits for that, bounded, and cancels what is left. A node that cannot take
+running here, again whenever one starts or stops, and whose ``send`` calls
+the driver process the resource's actor is bound to (``DriverCalls``).
+``stop`` leaves the cluster; ``stopped`` waits for that, bounded, and
+cancels what is left. A node that cannot take
 part (a refused schema, its node id taken) says so in one line and the
 daemon goes on serving alone.
 
 Not wired yet (docs/cluster.md): the resource book still keeps resources in
-SQLite and calls do not go through the cluster's queue; the drivers
-registered are those running once the drivers dir was first read.
+SQLite and calls do not go through the cluster's queue; a driver that stops
+does not give up the leases held of its resources.
 """
 
 from __future__ import annotations
