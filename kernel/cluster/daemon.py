@@ -6,9 +6,8 @@ runs a ``ClusterNode`` that registers the drivers (and ``name@version``s)
 running here, again whenever one starts or stops, and whose ``send`` calls
 the driver process the resource's actor is bound to (``DriverCalls``).
 ``stop`` leaves the cluster; ``stopped`` waits for that, bounded, and
-cancels what is left. A node that cannot take
-part (a refused schema, its node id taken) says so in one line and the
-daemon goes on serving alone.
+cancels what is left. A node that cannot take part (a refused schema, its
+node id taken) says so in one line and the daemon goes on serving alone.
 
 Not wired yet (docs/cluster.md): the resource book still keeps resources in
 SQLite and calls do not go through the cluster's queue; a driver that stops
