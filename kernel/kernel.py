@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from drivebay.kernel.config import Config
 from drivebay.kernel.control.authz import TokenStore, socket_mode
@@ -80,6 +80,9 @@ from drivebay.sandbox.fork_server import Templates
 from drivebay.sandbox.pidfiles import PidRecords
 from drivebay.sandbox.runtime_dir import ensure_runtime_dir
 
+if TYPE_CHECKING:
+    from drivebay.kernel.cluster.daemon import DaemonCluster
+
 log = logging.getLogger("drivebay.kernel")
 
 R = TypeVar("R")
@@ -116,6 +119,7 @@ class Kernel:
         self._failed: dict[str, tuple[str, str]] = {}
         self._replacements: dict[str, StoredBundle] = {}  # same version, new content
         self.book: ResourceBook | None = None
+        self.cluster: DaemonCluster | None = None  # with ``cluster:`` in the config
         self._requested: set[str] = set()  # name@version a pin is about to need
         self.last_switch_s = 0.0
         self.plan = Plan()
@@ -202,7 +206,10 @@ class Kernel:
                 checks = group.create_task(
                     self.repos.run_checks(self, self._stop), name="update-check"
                 )
+                self._start_cluster(group)
                 await self._stop.wait()
+                if self.cluster is not None:
+                    await self.cluster.stopped()
                 checks.cancel()
                 watcher.cancel()
                 reconciler.cancel()
@@ -210,6 +217,15 @@ class Kernel:
             await self._stop_all()
             if self._templates is not None:
                 await self._templates.close()
+
+    def _start_cluster(self, group: asyncio.TaskGroup) -> None:
+        """With ``cluster:`` in the config, this node's cluster side as a task of ``group``."""
+        if self.config.cluster is None:
+            return
+        from drivebay.kernel.cluster.daemon import DaemonCluster  # psycopg only when clustered
+
+        self.cluster = DaemonCluster(self, self.config.cluster)
+        self.cluster.start(group)
 
     def shutdown(self) -> None:
         self._stop.set()

@@ -8,8 +8,8 @@ manifest list. A driver's error, or a call the process refuses (arguments
 holding ``op_id``), becomes a failed ``Outcome`` (the type and message
 clients see), as a single node answers it.
 
-What the resource actor will pass to ``ResourceQueue`` once the cluster is
-wired into the daemon (docs/cluster.md); not used by ``drivebayd`` yet.
+``daemon.DaemonCluster`` sends through it to the process a resource's actor
+is bound to; calls do not reach the queue in ``drivebayd`` yet (docs/cluster.md).
 """
 
 from __future__ import annotations

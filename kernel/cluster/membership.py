@@ -56,14 +56,23 @@ class Membership:
         self.fence = Fence(settings.lease_s, settings.grace_s, clock)
         self.owned: dict[str, int] = {}  # resource -> epoch, as the last round found
         self.rounds = 0  # rounds that got through to the database
-        self._drivers = list(drivers)
-        self._versions = list(versions)
+        self._drivers = sorted(set(drivers))
+        self._versions = sorted(set(versions))
         self._on_change = on_change
         self._after_round = after_round
         self._clock = clock
         self._stopping = asyncio.Event()
         self._incarnation: int | None = None
         self._failing = False  # said so in the log
+        self._drivers_changed = False  # to be written at the next round
+
+    def set_drivers(self, drivers: Iterable[str], versions: Iterable[str]) -> None:
+        """The node runs ``drivers`` and ``versions`` now: written at the next
+        round (at the registration if it has not joined yet)."""
+        drivers, versions = sorted(set(drivers)), sorted(set(versions))
+        if (drivers, versions) != (self._drivers, self._versions):
+            self._drivers, self._versions = drivers, versions
+            self._drivers_changed = True
 
     def stop(self) -> None:
         """Ask ``run`` to leave the cluster and return."""
@@ -109,10 +118,16 @@ class Membership:
         """One renewal and one claim; the fence and ``owned`` follow the answers."""
         sent = self.fence.sending()
         if repository.incarnation is None:  # this process joins
+            self._drivers_changed = False
             self._incarnation = await repository.register(self._drivers, self._versions)
             sent = self.fence.sending()
             renewed: dict[str, int] | None = {}
         else:
+            # Not written (another process has the id): renew says so below.
+            if self._drivers_changed and await repository.set_drivers(
+                self._drivers, self._versions
+            ):
+                self._drivers_changed = False
             renewed = await repository.renew()
         if renewed is None:
             self.fence.fence()

@@ -1,4 +1,4 @@
-"""A node's cluster side put together, for the kernel to run (not wired yet).
+"""A node's cluster side put together; ``daemon.DaemonCluster`` runs it in ``drivebayd``.
 
 ``ClusterNode.run`` runs the node's ``Membership`` and ``Inbox`` and, for
 each resource the node owns, one worker task that drains the resource's
@@ -47,9 +47,12 @@ class ClusterNode:
         reconcile: Send | None = None,
         idempotent: frozenset[str] = frozenset(),
         poll_s: float | None = None,
+        versions: Iterable[str] = (),
     ) -> None:
         self.settings = settings
-        self.membership = Membership(settings, drivers, self._changed, after_round=self._rebalance)
+        self.membership = Membership(
+            settings, drivers, self._changed, versions=versions, after_round=self._rebalance
+        )
         self.inbox = Inbox(
             settings,
             self._wake,

@@ -113,6 +113,23 @@ class ClusterRepository:
         self.incarnation = incarnation
         self._drivers, self._versions = sorted(set(drivers)), sorted(set(versions))
 
+    async def set_drivers(self, drivers: Iterable[str], versions: Iterable[str]) -> bool:
+        """Say that this process now runs ``drivers`` and ``versions`` (its
+        claims follow them from the next one); False when another process
+        holds the node id now (nothing written)."""
+        self._drivers, self._versions = sorted(set(drivers)), sorted(set(versions))
+        cursor = await self._db.execute(
+            "UPDATE drivebay.node SET drivers = %(drivers)s, versions = %(versions)s"
+            " WHERE node_id = %(me)s AND incarnation = %(incarnation)s",
+            {
+                "me": self.node_id,
+                "incarnation": self.incarnation,
+                "drivers": self._drivers,
+                "versions": self._versions,
+            },
+        )
+        return cursor.rowcount == 1
+
     async def leave(self) -> None:
         """Leave the cluster: state ``left``, every lease ends now."""
         async with self._db.transaction():

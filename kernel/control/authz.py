@@ -82,6 +82,7 @@ NEEDS: dict[type[S.ControlRequest], Role] = {
     S.VersionRequest: VIEW,
     S.ResourcesRequest: VIEW,
     S.RepoListRequest: VIEW,
+    S.NodesRequest: VIEW,
     S.EventsRequest: VIEW,
     S.EventsFollowRequest: VIEW,
     S.StartRequest: OPERATE,

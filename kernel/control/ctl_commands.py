@@ -404,6 +404,7 @@ COMMANDS: tuple[Command, ...] = (
         _repo_add_request,
     ),
     Command("repo-list", "the repositories (config and kept)", render=show.print_repos),
+    Command("nodes", "the nodes of this daemon's cluster", render=show.print_nodes),
     Command("repo-rm", "rm NAME", (Field("name", "str"),), _name(), show.print_repos),
     Command(
         "install",

@@ -10,6 +10,7 @@ Imports are kept light: ``status`` must answer in well under 100 ms.
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from drivebay.sandbox.bundle_errors import shown
@@ -82,6 +83,19 @@ def print_repos(result: Any) -> None:
         offers = "" if row.get("offers") is None else f"  {row['offers']} bundles"
         message = f"  {row['message']}" if row.get("message") else ""
         say(f"{row['name']:<16} {kind:<7} {row['url']}{offers}{message}")
+
+
+def print_nodes(result: Any) -> None:
+    """``nodes``: one line per node of the cluster (times in local time)."""
+    for row in result:
+        until = row.get("lease_until")
+        lease = "" if until is None else f"  leases until {_clock(until)}"
+        name, state, count = shown(row["node_id"]), row["state"], row["resources"]
+        say(f"{name:<20} {state:<8} beat {_clock(row['last_heartbeat'])}  {count} resources{lease}")
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
 
 
 def print_token(result: dict[str, Any]) -> None:

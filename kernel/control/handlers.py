@@ -423,6 +423,19 @@ async def restart(k: Kernel, request: schema.RestartRequest) -> Outcome:
     return [*stopped, *started], code
 
 
+# -- cluster -----------------------------------------------------------------------------
+
+
+@command(schema.NodesRequest)
+async def nodes(k: Kernel, request: schema.NodesRequest) -> Outcome:
+    if k.cluster is None:
+        raise RequestError(
+            "this daemon is not in a cluster; add a cluster: section (database, node_id) to "
+            "its config and restart drivebayd (docs/cluster.md)"
+        )
+    return await k.cluster.node_rows(), EXIT_OK
+
+
 # -- repositories ------------------------------------------------------------------------
 
 

@@ -148,6 +148,10 @@ class RepoListRequest(_Request, frozen=True, tag="repo-list"):
     pass
 
 
+class NodesRequest(_Request, frozen=True, tag="nodes"):
+    """The nodes of the cluster this daemon is in (config ``cluster:``)."""
+
+
 class RepoRmRequest(_Request, frozen=True, tag="repo-rm"):
     name: str
 
@@ -244,6 +248,7 @@ ControlRequest = (
     | CallRequest
     | RepoAddRequest
     | RepoListRequest
+    | NodesRequest
     | RepoRmRequest
     | InstallRequest
     | EventsRequest
@@ -349,6 +354,18 @@ class AvailRow(msgspec.Struct, frozen=True):
     source: str = "drivers-dir"
     installed: bool = True  # this version is in the drivers dir
     update_available: bool = False  # a repository offers a newer version of the driver
+
+
+class NodeRow(msgspec.Struct, frozen=True):
+    """A node of the cluster as its database lists it (docs/cluster.md)."""
+
+    node_id: str
+    state: Annotated[str, msgspec.Meta(description="live, draining, left, or silent")]
+    last_heartbeat: Annotated[float, msgspec.Meta(description="epoch seconds, database time")]
+    resources: Annotated[int, msgspec.Meta(description="leases it holds that have not ended")]
+    lease_until: Annotated[
+        float | None, msgspec.Meta(description="its latest lease's end, epoch seconds")
+    ]
 
 
 class RepoRow(msgspec.Struct, frozen=True):
@@ -511,6 +528,7 @@ RESULTS: dict[type[ControlRequest], Any] = {
     CallRequest: Annotated[Any, msgspec.Meta(description="what the operation returned")],
     RepoAddRequest: RepoRow,
     RepoListRequest: list[RepoRow],
+    NodesRequest: list[NodeRow],
     RepoRmRequest: RepoRow,
     InstallRequest: Installed,
     EventsRequest: list[Event],

@@ -241,6 +241,7 @@ ROUTES: tuple[Route, ...] = (
         summary="run an operation: the arguments in, its result out",
     ),
     Route("GET", "/v1/repositories", S.RepoListRequest, summary="repositories"),
+    Route("GET", "/v1/nodes", S.NodesRequest, summary="the nodes of this daemon's cluster"),
     Route("POST", "/v1/repositories", S.RepoAddRequest, body="fields", summary="add one"),
     Route(
         "DELETE", "/v1/repositories/{name}", S.RepoRmRequest, {"name": "{name}"}, summary="remove"

@@ -135,6 +135,25 @@ def test_a_process_that_lost_its_node_id_renews_nothing(database: str) -> None:
     run(main())
 
 
+def test_a_node_that_starts_a_driver_claims_its_resources_from_then(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "a", drivers=()) as (a,), cluster(database, "a") as (b,):
+            await add(b, 2, driver="tape")
+            assert await b.claim() == []  # registered as running disk only
+            assert await b.set_drivers(["tape"], ["tape@1.0"]) is True
+            assert {lease.resource_id for lease in await b.claim()} == {"r000", "r001"}
+            cursor = await b._db.execute(
+                "SELECT drivers, versions FROM drivebay.node WHERE node_id = 'a'"
+            )
+            assert await cursor.fetchone() == (["tape"], ["tape@1.0"])
+            # a, the earlier process of the id, writes nothing
+            assert await a.set_drivers(["disk"], []) is False
+            cursor = await b._db.execute("SELECT drivers FROM drivebay.node WHERE node_id = 'a'")
+            assert await cursor.fetchone() == (["tape"],)
+
+    run(main())
+
+
 def test_concurrent_claimers_never_take_the_same_resource(database: str) -> None:
     async def main() -> None:
         ids = [f"n{i}" for i in range(4)]

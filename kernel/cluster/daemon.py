@@ -1,0 +1,176 @@
+"""The cluster side of a running ``drivebayd``: its ``ClusterNode``, started
+when the config has ``cluster:`` and stopped at shutdown.
+
+``DaemonCluster.run`` waits until the kernel has read its drivers dir, then
+runs a ``ClusterNode`` that registers the drivers (and ``name@version``s)
+running here, again whenever one starts or stops, and whose ``send`` calls
+the driver process the resource's actor is bound to (``DriverCalls``).
+``stop`` leaves the cluster; ``stopped`` waits for that, bounded, and
+cancels what is left. A node that cannot take part (a refused schema, its
+node id taken) says so in one line and the daemon goes on serving alone.
+
+Not wired yet (docs/cluster.md): the resource book still keeps resources in
+SQLite and calls do not go through the cluster's queue; a driver that stops
+does not give up the leases held of its resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import psycopg
+
+from drivebay.kernel.cluster.connection import connect
+from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.driver_calls import DriverCalls
+from drivebay.kernel.cluster.node import ClusterNode
+from drivebay.kernel.cluster.repository import ClusterRepository, NodeInfo, QueuedOperation
+from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
+from drivebay.kernel.control.schema import NodeRow
+from drivebay.kernel.drivers.lifecycle import State
+from drivebay.protocol.errors import KernelError
+
+if TYPE_CHECKING:
+    from drivebay.kernel.drivers.slot import DriverSlot
+    from drivebay.kernel.kernel import Kernel
+
+log = logging.getLogger("drivebay.cluster")
+
+
+class DaemonCluster:
+    """One daemon's ``ClusterNode``: ``run`` as a task owned by the kernel, then ``stop``."""
+
+    def __init__(self, kernel: Kernel, settings: ClusterSettings) -> None:
+        self._kernel = kernel
+        self.settings = settings
+        self.node: ClusterNode | None = None
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, group: asyncio.TaskGroup) -> None:
+        """``run`` as a task of ``group`` (the kernel's); ``stopped`` ends it."""
+        self._task = group.create_task(self.run(), name="cluster")
+
+    async def run(self) -> None:
+        """Until ``stop``: wait for the drivers dir to be read (or ``stop``),
+        then run the node."""
+        ready = asyncio.ensure_future(self._kernel.ready.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({ready, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stopping.cancel()
+            await asyncio.gather(ready, stopping, return_exceptions=True)
+        if self._stopping.is_set():
+            return
+        drivers, versions = self._running()
+        self.node = ClusterNode(self.settings, drivers, self._send, versions=versions)
+        log.info(
+            "cluster: node %s joins with drivers %s",
+            self.settings.node_id,
+            ", ".join(drivers) or "none",
+        )
+        self._kernel.state_listeners.append(self._on_state)
+        try:
+            await self.node.run()
+        except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
+            for exc in group.exceptions:
+                log.error("cluster: %s; this daemon serves alone until restarted", exc)
+        finally:
+            self._kernel.state_listeners.remove(self._on_state)
+
+    def _running(self) -> tuple[list[str], list[str]]:
+        """The drivers and ``name@version``s running here now (not candidates)."""
+        versions = sorted(
+            key
+            for key, slot in self._kernel.slots.items()
+            if slot.state is State.RUNNING and not slot.candidate
+        )
+        return sorted({key.partition("@")[0] for key in versions}), versions
+
+    def _on_state(self, slot: DriverSlot, state: State) -> None:
+        """A driver started or stopped: the node's registration follows at its next round."""
+        if self.node is not None:
+            self.node.membership.set_drivers(*self._running())
+
+    def stop(self) -> None:
+        """Leave the cluster; ``run`` returns once every task of the node has ended."""
+        self._stopping.set()
+        if self.node is not None:
+            self.node.stop()
+
+    async def node_rows(self) -> list[NodeRow]:
+        """The cluster's nodes, for ``drivebayctl nodes``."""
+        return [node_row(info) for info in await list_nodes(self.settings)]
+
+    async def stopped(self) -> None:
+        """``stop``, then wait for the task ``start`` made to end: leaving
+        takes at most a statement's timeout (``renew_s``) after the round in
+        progress; past twice that the task is cancelled (leases then expire)."""
+        self.stop()
+        task = self._task
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=2 * self.settings.renew_s + 1)
+        if not done:
+            log.warning(
+                "cluster: node %s did not leave in time; its leases will expire",
+                self.settings.node_id,
+            )
+            task.cancel()
+            await asyncio.wait({task}, timeout=self.settings.renew_s)
+
+    async def _send(self, op: QueuedOperation, epoch: int) -> Outcome:
+        """The operation to the driver process ``op``'s resource is bound to here."""
+        book = self._kernel.book
+        actor = None if book is None else book.actors.get(op.resource_id)
+        slot = None if actor is None else actor.bound
+        if slot is None or slot.process is None or not slot.process.alive:
+            return Outcome(
+                ok=False,
+                result={
+                    "type": "NotRunning",
+                    "message": f"resource {op.resource_id} has no running driver on node "
+                    f"{self.settings.node_id}",
+                },
+            )
+        calls = DriverCalls(slot.process, slot.manifest.idempotent, slot.call_timeout)
+        return await calls.send(op, epoch)
+
+
+async def list_nodes(settings: ClusterSettings) -> list[NodeInfo]:
+    """The cluster's nodes as its database lists them, over a connection of
+    its own (each wait bounded by ``renew_s``); none before a node made the
+    schema. Raises ``KernelError`` with one line when the database cannot
+    answer."""
+    try:
+        async with asyncio.timeout(settings.renew_s):
+            db = await connect(settings)
+        try:
+            async with asyncio.timeout(settings.renew_s):
+                return await ClusterRepository(db, settings.node_id, settings.lease_s).nodes()
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return []  # no node has made the schema yet: none has joined
+        finally:
+            await db.close()
+    except (psycopg.Error, TimeoutError) as exc:
+        reason = " ".join(str(exc).split()) or "no answer in time"
+        raise KernelError(
+            f"the cluster database {shown_database(settings.database)} did not list the "
+            f"nodes ({reason}); check that PostgreSQL runs and admits this node"
+        ) from exc
+
+
+def node_row(info: NodeInfo) -> NodeRow:
+    """``info`` as ``drivebayctl nodes`` shows it (times as epoch seconds)."""
+    until = info.lease_until
+    return NodeRow(
+        node_id=info.node_id,
+        state=info.state,
+        last_heartbeat=info.last_heartbeat.timestamp(),
+        resources=info.resources,
+        lease_until=None if until is None else until.timestamp(),
+    )
