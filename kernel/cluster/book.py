@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from drivebay.kernel.cluster.connection import Connection, connect
-from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.dispatch import Outcome, Send
+from drivebay.kernel.cluster.driver_calls import DriverCalls
 from drivebay.kernel.cluster.queue_statements import definition, enqueue_call, finished
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.kernel.cluster.results import Results
@@ -126,6 +127,18 @@ class ClusterBook(ResourceBook):
         if actor is None or node is None:
             raise Fenced(f"resource {op.resource_id} has no actor on this node yet")
         return await send_through(actor, op, epoch, node.membership.fence.may_dispatch)
+
+    def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
+        """The idempotent operations of the version the resource's actor is
+        bound to, and its driver's ``reconcile_operation`` when its class has
+        one (asked of the process holding the instance)."""
+        actor = self.actors.get(resource_id)
+        slot = None if actor is None else actor.bound
+        process = None if slot is None else slot.process
+        if slot is None or process is None or not process.alive:
+            return frozenset(), None
+        calls = DriverCalls(process, slot.manifest.idempotent, slot.call_timeout)
+        return calls.idempotent, calls.reconcile
 
     # -- commands --------------------------------------------------------------------
 

@@ -51,6 +51,10 @@ class Keeper(Protocol):
     async def lost(self, resource_id: str) -> None:
         """Close the resource's actor (its worker has ended)."""
 
+    def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
+        """How an operation a dead owner sent is settled for this resource:
+        its driver's idempotent operations and its ``reconcile`` (None: none)."""
+
 
 class ClusterNode:
     """Membership, inbox and one queue worker per owned resource; ``run``, then ``stop``."""
@@ -205,14 +209,17 @@ class ClusterNode:
                 repository = ClusterRepository(
                     await self._connection(), self.settings.node_id, self.settings.lease_s
                 )
+                idempotent, reconcile = self._idempotent, self._reconcile
+                if self._keeper is not None:
+                    idempotent, reconcile = self._keeper.settling(resource_id)
                 queue = ResourceQueue(
                     repository,
                     resource_id,
                     epoch,
                     self.membership.fence,
                     self._send,
-                    reconcile=self._reconcile,
-                    idempotent=self._idempotent,
+                    reconcile=reconcile,
+                    idempotent=idempotent,
                     recorded=self._recorded,
                 )
                 stop = await queue.drain()
