@@ -22,17 +22,25 @@ the call is written to the driver.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import datetime
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 
 from drivebay.kernel.cluster.connection import Connection, connect
 from drivebay.kernel.cluster.dispatch import Outcome, Send
 from drivebay.kernel.cluster.driver_calls import DriverCalls
-from drivebay.kernel.cluster.queue_statements import definition, enqueue_call, finished
+from drivebay.kernel.cluster.queue_statements import (
+    Finished,
+    Listed,
+    definition,
+    enqueue_call,
+    finished,
+    listing,
+)
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -53,6 +61,7 @@ if TYPE_CHECKING:
     from drivebay.kernel.events import EventLog
 
 log = logging.getLogger("drivebay.cluster")
+T = TypeVar("T")
 
 
 class ClusterBook(ResourceBook):
@@ -72,11 +81,15 @@ class ClusterBook(ResourceBook):
         super().__init__(store, router, schema, mailbox_size, wait_running_s, events)
         self.settings = settings
         self.node: ClusterNode | None = None
+        # (driver, pinned version) -> does it run here, or come back by itself?
+        self.serving: Callable[[str, str | None], bool] = lambda driver, pinned: True
         self.results = Results(settings)
         self._call_timeout = call_timeout
         self._calls: set[asyncio.Task[Any]] = set()
         self._db: Connection | None = None
         self._db_lock = asyncio.Lock()
+        self._listed: list[Listed] = []  # every resource, as last read
+        self._drivers: dict[str, str] = {}  # resource -> driver, as last read
 
     # -- life ------------------------------------------------------------------------
 
@@ -93,11 +106,25 @@ class ClusterBook(ResourceBook):
             await self._db.close()
             self._db = None
 
+    async def run(self) -> None:
+        """Until cancelled (a task of ``daemon.DaemonCluster``): hear of the
+        results of this node's calls, and read the definitions again every
+        ``renew_s`` (for authorization's look-ups of a resource's driver)."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.results.run(), name="cluster results")
+            while True:
+                try:
+                    await self.refreshed()
+                except KernelError as exc:
+                    log.debug("cluster book: %s", exc)
+                await asyncio.sleep(self.settings.renew_s)
+
     async def gained(self, resource_id: str) -> bool:
         """This node owns ``resource_id`` now: its actor, from the stored
         definition, attached at once. False when it is not stored any more."""
-        async with asyncio.timeout(self.settings.renew_s):
-            resource = await definition(await self._connection(), resource_id)
+        resource = await self._in_database(
+            lambda db: definition(db, resource_id), "did not give the resource's definition"
+        )
         if resource is None:
             return False
         if resource_id in self.actors:  # kept from before (should not happen): start afresh
@@ -126,7 +153,16 @@ class ClusterBook(ResourceBook):
         node = self.node
         if actor is None or node is None:
             raise Fenced(f"resource {op.resource_id} has no actor on this node yet")
+        if not self.serving(actor.driver, actor.pinned):  # given up at the next round
+            raise Fenced(f"resource {op.resource_id}: its driver was stopped on this node")
         return await send_through(actor, op, epoch, node.membership.fence.may_dispatch)
+
+    def serves(self, resource_id: str) -> bool:
+        """False once the driver (pinned version) the resource needs was
+        stopped here (not while it restarts): the node then gives it up, for
+        a node that runs it to claim."""
+        actor = self.actors.get(resource_id)
+        return actor is None or self.serving(actor.driver, actor.pinned)
 
     def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
         """The idempotent operations of the version the resource's actor is
@@ -167,6 +203,53 @@ class ClusterBook(ResourceBook):
     async def pin(self, resource_id: str, version: str | None) -> Resource:
         raise RequestError("resource pin is not available in a cluster yet")
 
+    async def refreshed(self) -> None:
+        """Read every resource, its owner and its unfinished operations."""
+        listed = await self._in_database(listing, "did not list the resources")
+        self._listed = listed
+        self._drivers = {entry.resource.id: entry.resource.driver for entry in listed}
+
+    def driver_of(self, resource_id: str) -> str | None:
+        """The resource's driver as last read; "" when not known here (yet),
+        which a token limited to drivers is answered as a resource that does
+        not exist."""
+        actor = self.actors.get(resource_id)
+        return actor.driver if actor is not None else self._drivers.get(resource_id, "")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every resource as last read (``refreshed``), ordered by id."""
+        return [self._listed_row(entry) for entry in self._listed]
+
+    def page(
+        self, limit: int | None, after: str | None
+    ) -> tuple[list[dict[str, Any]], str | None, int]:
+        ids = [entry.resource.id for entry in self._listed]
+        start = 0 if after is None else bisect.bisect_right(ids, after)
+        end = len(ids) if limit is None else min(len(ids), start + limit)
+        rows = [self._listed_row(entry) for entry in self._listed[start:end]]
+        return rows, ids[end - 1] if end < len(ids) else None, len(ids)
+
+    def _listed_row(self, entry: Listed) -> dict[str, Any]:
+        """Its owner's actor's state when this node owns it; else "remote"
+        (another node owns it) or "unowned" (no lease now)."""
+        actor = self.actors.get(entry.resource.id)
+        if actor is not None and entry.node == self.settings.node_id:
+            row = self._row(actor)
+            row.update(queued=entry.open, node=entry.node)
+            return row
+        resource = entry.resource
+        return {
+            "id": resource.id,
+            "driver": resource.driver,
+            "version": None,
+            "pinned": resource.pinned,
+            "properties": resource.properties,
+            "state": "remote" if entry.node else "unowned",
+            "queued": entry.open,
+            "last_event": None,
+            "node": entry.node,
+        }
+
     def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> asyncio.Future[Any]:
@@ -181,43 +264,40 @@ class ClusterBook(ResourceBook):
     async def _call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> Any:
-        try:
-            async with asyncio.timeout(self.settings.renew_s):
-                db = await self._connection()
-                op_id = await enqueue_call(
-                    db, self.settings.node_id, _lease(self.settings), resource_id, op, args
-                )
-        except (psycopg.Error, TimeoutError) as exc:
-            self._drop_connection()
-            reason = " ".join(str(exc).split()) or "no answer in time"
-            raise KernelError(
-                f"the call was not queued: the cluster database did not take it ({reason}); "
-                "retry once it answers"
-            ) from exc
+        lease = _lease(self.settings)
+        op_id = await self._in_database(
+            lambda db: enqueue_call(db, self.settings.node_id, lease, resource_id, op, args),
+            "did not queue the call",
+        )
         node = self.node
         if node is not None:
             node.wake(resource_id)
         limit = self._call_timeout if timeout is None else timeout
         return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look)
 
-    async def _look(self, op_id: int) -> Any:
-        return await finished(await self._connection(), op_id)
+    async def _look(self, op_id: int) -> Finished | None:
+        return await self._in_database(lambda db: finished(db, op_id), "did not answer")
 
     # -- the database ----------------------------------------------------------------
 
-    async def _repository(self, act: Any) -> Any:
-        async with asyncio.timeout(self.settings.renew_s):
-            repository = ClusterRepository(
-                await self._connection(), self.settings.node_id, self.settings.lease_s
-            )
-            try:
-                return await act(repository)
-            except psycopg.Error as exc:
-                self._drop_connection()
-                raise KernelError(
-                    f"the cluster database did not take the change ({' '.join(str(exc).split())})"
-                    "; retry once it answers"
-                ) from exc
+    async def _repository(self, act: Callable[[ClusterRepository], Awaitable[T]]) -> T:
+        async def with_repository(db: Connection) -> T:
+            return await act(ClusterRepository(db, self.settings.node_id, self.settings.lease_s))
+
+        return await self._in_database(with_repository, "did not take the change")
+
+    async def _in_database(self, act: Callable[[Connection], Awaitable[T]], failed: str) -> T:
+        """``act`` over the book's connection, bounded by ``renew_s``; a
+        database that fails is one line (``KernelError``)."""
+        try:
+            async with asyncio.timeout(self.settings.renew_s):
+                return await act(await self._connection())
+        except (psycopg.Error, TimeoutError) as exc:
+            self._drop_connection()
+            reason = " ".join(str(exc).split()) or "no answer in time"
+            raise KernelError(
+                f"the cluster database {failed} ({reason}); retry once it answers"
+            ) from exc
 
     async def _connection(self) -> Connection:
         async with self._db_lock:

@@ -3,9 +3,9 @@
 What a node needs to take a call from a client and to answer it: enqueue
 it (refused at once when no live node runs the resource's driver), read
 its result, put back an operation that was marked dispatched but never
-sent (guarded like a result write), and read one resource's definition
-for the actor its owner makes. Each is one autocommit statement over a
-connection of ``connection.py``.
+sent (guarded like a result write), read one resource's definition for
+the actor its owner makes, and list every resource with its owner. Each is
+one autocommit statement over a connection of ``connection.py``.
 """
 
 from __future__ import annotations
@@ -123,3 +123,27 @@ async def definition(db: Connection, resource_id: str) -> Resource | None:
     )
     row = await cursor.fetchone()
     return None if row is None else Resource(*row)
+
+
+class Listed(msgspec.Struct, frozen=True):
+    """A resource as ``drivebayctl resources`` lists it from the database."""
+
+    resource: Resource
+    node: str | None  # the owner whose lease has not ended
+    open: int  # operations not finished
+
+
+async def listing(db: Connection) -> list[Listed]:
+    """Every resource, by id, with its owner and its unfinished operations."""
+    cursor = await db.execute(
+        "SELECT r.id, r.driver, r.pinned, r.properties,"
+        " CASE WHEN w.lease_until > now() THEN w.owner_node END,"
+        " (SELECT count(*) FROM drivebay.operation o WHERE o.resource_id = r.id"
+        "  AND o.state IN ('queued', 'dispatched'))"
+        " FROM drivebay.resource r JOIN drivebay.ownership w ON w.resource_id = r.id"
+        " ORDER BY r.id"
+    )
+    return [
+        Listed(Resource(*row[:4]), None if row[4] is None else str(row[4]), int(row[5]))
+        for row in await cursor.fetchall()
+    ]

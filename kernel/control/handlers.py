@@ -538,6 +538,7 @@ def _book(k: Kernel) -> ResourceBook:
 @command(schema.ResourcesRequest)
 async def resources(k: Kernel, request: schema.ResourcesRequest) -> Outcome:
     book = _book(k)
+    await book.refreshed()
     if not request.paged:
         return book.rows(), EXIT_OK
     rows, after, total = book.page(request.limit, request.after)

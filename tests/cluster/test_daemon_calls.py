@@ -124,6 +124,19 @@ def test_a_call_on_either_node_runs_once_on_the_owners_actor(
     accepted = {(op[4], owned[op[1]][0]) for op in stored.values()}
     assert ("node-a", "node-b") in accepted and ("node-b", "node-a") in accepted
 
+    for daemon, me in ((a, "node-a"), (b, "node-b")):  # every resource, its node
+        listed = daemon.ctl("resources", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["id"]: row for row in json.loads(listed.stdout)}
+        assert {r: row["node"] for r, row in rows.items()} == {r: o for r, (o, _) in owned.items()}
+        for row in rows.values():
+            here = row["node"] == me
+            assert row["state"] == ("attached" if here else "remote"), row
+            assert (row["version"] == "1.0.0") is here and row["queued"] == 0
+        text = daemon.ctl("resources").stdout.splitlines()
+        assert [line.split()[0] for line in text] == resources
+        assert all(f"(node {owned[line.split()[0]][0]})" in line for line in text), text
+
     plain = b.ctl("call", "r0", "write", "value=plain", "--json")
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["result"]["times"] == 1, plain.stdout
@@ -212,3 +225,33 @@ def test_the_owner_settles_what_a_dead_owner_left_through_its_driver(
     assert rerun[6] == {"op_id": str(left[0]), "times": 1, "epoch": epoch}
     assert asked[3] == "failed" and asked[5] == epoch
     assert asked[6]["type"] == "LookupError" and "never reached" in asked[6]["message"]
+
+
+def test_a_driver_stopped_on_a_node_hands_its_resources_to_another(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    a, _ = two_nodes(daemon_factory, database, tmp_path)
+    for resource in ("r0", "r1"):
+        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
+    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
+    (on_a,) = [r for r, (owner, _) in owned.items() if owner == "node-a"]
+    assert a.ctl("call", on_a, "write", "value=before").returncode == 0
+
+    stopped = a.ctl("stop", "ledger")
+    assert stopped.returncode == 0, stopped.stderr
+    moved = wait_for(
+        lambda: {o for o, _ in owners(database).values()} == {"node-b"} and owners(database),
+        30,
+        "node-b owns both",
+    )
+    assert moved[on_a][1] > owned[on_a][1]  # claimed again, under a greater epoch
+    ran = a.ctl("call", on_a, "write", "value=after", "--json")  # accepted by node-a
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["result"]["epoch"] == moved[on_a][1]  # run by node-b
+    rows = json.loads(a.ctl("resources", "--json").stdout)
+    assert {(row["id"], row["state"], row["node"]) for row in rows} == {
+        ("r0", "remote", "node-b"),
+        ("r1", "remote", "node-b"),
+    }
