@@ -28,12 +28,16 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import psycopg
 
 from drivebay.kernel.cluster.connection import Connection, connect
 from drivebay.kernel.cluster.dispatch import Outcome, Send
 from drivebay.kernel.cluster.driver_calls import DriverCalls
 from drivebay.kernel.cluster.queue_statements import (
+    CHANGES,
+    PIN,
+    SET,
     Finished,
     Listed,
     definition,
@@ -45,9 +49,15 @@ from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperatio
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.kernel.resources.actor import ResourceActor, Router
-from drivebay.kernel.resources.book import ResourceBook, SchemaLookup, checked_properties
+from drivebay.kernel.resources.book import (
+    ResourceBook,
+    SchemaLookup,
+    checked_properties,
+    no_such_resource,
+)
 from drivebay.kernel.resources.store import Resource, ResourceStore, check_resource_id
 from drivebay.protocol.errors import (
+    DrivebayError,
     DriverError,
     Fenced,
     KernelError,
@@ -155,7 +165,31 @@ class ClusterBook(ResourceBook):
             raise Fenced(f"resource {op.resource_id} has no actor on this node yet")
         if not self.serving(actor.driver, actor.pinned):  # given up at the next round
             raise Fenced(f"resource {op.resource_id}: its driver was stopped on this node")
-        return await send_through(actor, op, epoch, node.membership.fence.may_dispatch)
+        guard = node.membership.fence.may_dispatch
+        if op.operation in CHANGES:
+            if not guard():
+                raise Fenced(f"resource {op.resource_id}: this node may not act on it now")
+            return await self._changed(actor, op)
+        return await send_through(actor, op, epoch, guard)
+
+    async def _changed(self, actor: ResourceActor, op: QueuedOperation) -> Outcome:
+        """Apply a change of the definition (``SET``, ``PIN``) in the actor,
+        between two operations; a driver that refuses it leaves the actor as
+        it was. Its result is the change, stored with it (``write_change``)."""
+        try:
+            if op.operation == SET:
+                await actor.rebind(None, dict(op.args["properties"]))
+            else:
+                before, actor.pinned = actor.pinned, op.args["version"]
+                try:
+                    await actor.rebind(await self._router(actor))
+                except BaseException:
+                    actor.pinned = before
+                    raise
+        except DrivebayError as exc:
+            message = exc.message if isinstance(exc, OperationFailed) else str(exc)
+            return Outcome(ok=False, result={"type": error_name(exc), "message": message})
+        return Outcome(ok=True, result=op.args)
 
     def serves(self, resource_id: str) -> bool:
         """False once the driver (pinned version) the resource needs was
@@ -174,7 +208,7 @@ class ClusterBook(ResourceBook):
         if slot is None or process is None or not process.alive:
             return frozenset(), None
         calls = DriverCalls(process, slot.manifest.idempotent, slot.call_timeout)
-        return calls.idempotent, calls.reconcile
+        return calls.idempotent | CHANGES, calls.reconcile  # a change applies again alike
 
     # -- commands --------------------------------------------------------------------
 
@@ -198,10 +232,49 @@ class ClusterBook(ResourceBook):
         self._tell("resource.removed", Resource(resource_id, ""))
 
     async def set(self, resource_id: str, assignments: Sequence[str]) -> Resource:
-        raise RequestError("resource set is not available in a cluster yet")
+        """Change properties: checked here, then queued as one operation
+        (``SET``) that the owner's actor applies between two operations and
+        stores with its result; nothing changes when the driver refuses."""
+        before = await self._definition_of(resource_id)
+        manifest = self._schema(before.driver, before.pinned)
+        properties = checked_properties(manifest, before.properties, assignments, resource_id)
+        try:
+            await self._call(resource_id, SET, {"properties": properties}, None)
+        except (OperationFailed, RequestError) as exc:
+            raise RequestError(
+                f"{before.driver} refused the new properties of {resource_id}: {exc}"
+            ) from exc
+        changed = msgspec.structs.replace(before, properties=properties)
+        keys = sorted({a.partition("=")[0].removesuffix(":") for a in assignments})
+        self._tell("resource.changed", changed, properties=keys)
+        return changed
 
     async def pin(self, resource_id: str, version: str | None) -> Resource:
-        raise RequestError("resource pin is not available in a cluster yet")
+        """Pin to ``version`` (None: follow the newest), as one operation
+        (``PIN``) the owner's actor applies (a move) and stores with its result."""
+        before = await self._definition_of(resource_id)
+        if version is not None:
+            self._schema(before.driver, version)  # raises when that version is not installed
+        try:
+            await self._call(resource_id, PIN, {"version": version}, None)
+        except (OperationFailed, RequestError) as exc:
+            raise RequestError(
+                f"could not move {resource_id} to {version or 'the newest version'}: {exc}"
+            ) from exc
+        self._tell("resource.changed", before, pinned=version)
+        return msgspec.structs.replace(before, pinned=version)
+
+    async def driver_named(self, resource_id: str) -> str:
+        return (await self._definition_of(resource_id)).driver
+
+    async def _definition_of(self, resource_id: str) -> Resource:
+        """The definition in the database; ``NoSuchName`` when there is none."""
+        found = await self._in_database(
+            lambda db: definition(db, resource_id), "did not give the resource's definition"
+        )
+        if found is None:
+            raise no_such_resource(resource_id)
+        return found
 
     async def refreshed(self) -> None:
         """Read every resource, its owner and its unfinished operations."""
@@ -254,6 +327,8 @@ class ClusterBook(ResourceBook):
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> asyncio.Future[Any]:
         """Queue the call in the cluster; the task's result is the operation's."""
+        if op in CHANGES:  # not a driver's operation (no identifier starts with @)
+            raise RequestError(f"no operation {op}: 'resource set' and 'pin' change a resource")
         task = asyncio.get_running_loop().create_task(
             self._call(resource_id, op, args, timeout), name=f"cluster call {resource_id}"
         )
@@ -273,7 +348,8 @@ class ClusterBook(ResourceBook):
         if node is not None:
             node.wake(resource_id)
         limit = self._call_timeout if timeout is None else timeout
-        return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look)
+        gone = f"resource {resource_id} was removed"
+        return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look, gone)
 
     async def _look(self, op_id: int) -> Finished | None:
         return await self._in_database(lambda db: finished(db, op_id), "did not answer")

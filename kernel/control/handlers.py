@@ -569,7 +569,7 @@ async def resource_rm(k: Kernel, request: schema.ResourceRmRequest) -> Outcome:
 
 @command(schema.ResourcePinRequest)
 async def resource_pin(k: Kernel, request: schema.ResourcePinRequest) -> Outcome:
-    await k.ensure_version(_book(k).actor(request.id).driver, request.version)
+    await k.ensure_version(await _book(k).driver_named(request.id), request.version)
     resource = await _book(k).pin(request.id, request.version)
     k.kick()
     return schema.ResourcePinned(resource.id, resource.pinned), EXIT_OK

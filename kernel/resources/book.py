@@ -153,6 +153,10 @@ class ResourceBook:
                 counts[actor.bound] = counts.get(actor.bound, 0) + 1
         return counts
 
+    async def driver_named(self, resource_id: str) -> str:
+        """The driver of a stored resource; raises ``NoSuchName`` otherwise."""
+        return self.actor(resource_id).driver
+
     def driver_of(self, resource_id: str) -> str | None:
         """The driver of a stored resource (None: no such resource), for authorization."""
         actor = self.actors.get(resource_id)
