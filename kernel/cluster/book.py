@@ -14,26 +14,30 @@ actor is closed and its instance detached, a local clean-up only.
 ``call`` on any node enqueues (committed before anything is answered; the
 owner is notified), wakes this node's worker when it owns the resource,
 then waits for the result (``results.Results``). The owner's worker sends
-through the resource's actor (``send``): in the actor's order, with the
-queue id as ``op_id``, the epoch, and the fence asked immediately before
-the call is written to the driver.
+through the resource's actor (``send``, ``owner_side``): in the actor's
+order, with the queue id as ``op_id``, the epoch, and the fence asked
+immediately before the call is written to the driver. ``set`` and ``pin``
+are queued as changes (``queue_statements.SET``, ``PIN``) that the owner's
+actor applies. ``rows`` lists every resource from the database
+(``book_rows``); ``run`` keeps that list fresh and hears of the results.
+The book's statements go over one connection of its own (``link``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import datetime
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-import psycopg
 
-from drivebay.kernel.cluster.connection import Connection, connect
+from drivebay.kernel.cluster.book_rows import page_of, row_of
+from drivebay.kernel.cluster.connection import Connection
 from drivebay.kernel.cluster.dispatch import Outcome, Send
-from drivebay.kernel.cluster.driver_calls import DriverCalls
+from drivebay.kernel.cluster.link import Link
+from drivebay.kernel.cluster.owner_side import apply_change, send_through, settling_of
 from drivebay.kernel.cluster.queue_statements import (
     CHANGES,
     PIN,
@@ -48,7 +52,7 @@ from drivebay.kernel.cluster.queue_statements import (
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
-from drivebay.kernel.resources.actor import ResourceActor, Router
+from drivebay.kernel.resources.actor import Router
 from drivebay.kernel.resources.book import (
     ResourceBook,
     SchemaLookup,
@@ -57,13 +61,10 @@ from drivebay.kernel.resources.book import (
 )
 from drivebay.kernel.resources.store import Resource, ResourceStore, check_resource_id
 from drivebay.protocol.errors import (
-    DrivebayError,
-    DriverError,
     Fenced,
     KernelError,
     OperationFailed,
     RequestError,
-    error_name,
 )
 
 if TYPE_CHECKING:
@@ -96,8 +97,7 @@ class ClusterBook(ResourceBook):
         self.results = Results(settings)
         self._call_timeout = call_timeout
         self._calls: set[asyncio.Task[Any]] = set()
-        self._db: Connection | None = None
-        self._db_lock = asyncio.Lock()
+        self._link = Link(settings)
         self._listed: list[Listed] = []  # every resource, as last read
         self._drivers: dict[str, str] = {}  # resource -> driver, as last read
 
@@ -112,9 +112,7 @@ class ClusterBook(ResourceBook):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
         await super().close()
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        await self._link.close()
 
     async def run(self) -> None:
         """Until cancelled (a task of ``daemon.DaemonCluster``): hear of the
@@ -132,7 +130,7 @@ class ClusterBook(ResourceBook):
     async def gained(self, resource_id: str) -> bool:
         """This node owns ``resource_id`` now: its actor, from the stored
         definition, attached at once. False when it is not stored any more."""
-        resource = await self._in_database(
+        resource = await self._link.run(
             lambda db: definition(db, resource_id), "did not give the resource's definition"
         )
         if resource is None:
@@ -153,12 +151,13 @@ class ClusterBook(ResourceBook):
         if actor is not None:
             await actor.close(detach=True, reason="moved to another node")
 
-    # -- the owner's side ----------------------------------------------------------
+    # -- the owner's side (``owner_side``) -----------------------------------------
 
     async def send(self, op: QueuedOperation, epoch: int) -> Outcome:
         """Run ``op`` through its resource's actor (``dispatch.Send``).
         Raises ``Fenced`` when nothing was sent: the fence closed before the
-        call reached the driver, or this node has no actor for it yet."""
+        call reached the driver, the driver was stopped here, or this node
+        has no actor for it yet."""
         actor = self.actors.get(op.resource_id)
         node = self.node
         if actor is None or node is None:
@@ -169,27 +168,8 @@ class ClusterBook(ResourceBook):
         if op.operation in CHANGES:
             if not guard():
                 raise Fenced(f"resource {op.resource_id}: this node may not act on it now")
-            return await self._changed(actor, op)
+            return await apply_change(actor, op, self._router)
         return await send_through(actor, op, epoch, guard)
-
-    async def _changed(self, actor: ResourceActor, op: QueuedOperation) -> Outcome:
-        """Apply a change of the definition (``SET``, ``PIN``) in the actor,
-        between two operations; a driver that refuses it leaves the actor as
-        it was. Its result is the change, stored with it (``write_change``)."""
-        try:
-            if op.operation == SET:
-                await actor.rebind(None, dict(op.args["properties"]))
-            else:
-                before, actor.pinned = actor.pinned, op.args["version"]
-                try:
-                    await actor.rebind(await self._router(actor))
-                except BaseException:
-                    actor.pinned = before
-                    raise
-        except DrivebayError as exc:
-            message = exc.message if isinstance(exc, OperationFailed) else str(exc)
-            return Outcome(ok=False, result={"type": error_name(exc), "message": message})
-        return Outcome(ok=True, result=op.args)
 
     def serves(self, resource_id: str) -> bool:
         """False once the driver (pinned version) the resource needs was
@@ -199,16 +179,8 @@ class ClusterBook(ResourceBook):
         return actor is None or self.serving(actor.driver, actor.pinned)
 
     def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
-        """The idempotent operations of the version the resource's actor is
-        bound to, and its driver's ``reconcile_operation`` when its class has
-        one (asked of the process holding the instance)."""
-        actor = self.actors.get(resource_id)
-        slot = None if actor is None else actor.bound
-        process = None if slot is None else slot.process
-        if slot is None or process is None or not process.alive:
-            return frozenset(), None
-        calls = DriverCalls(process, slot.manifest.idempotent, slot.call_timeout)
-        return calls.idempotent | CHANGES, calls.reconcile  # a change applies again alike
+        """How an operation a dead owner sent is settled here (``settling_of``)."""
+        return settling_of(self.actors.get(resource_id))
 
     # -- commands --------------------------------------------------------------------
 
@@ -269,7 +241,7 @@ class ClusterBook(ResourceBook):
 
     async def _definition_of(self, resource_id: str) -> Resource:
         """The definition in the database; ``NoSuchName`` when there is none."""
-        found = await self._in_database(
+        found = await self._link.run(
             lambda db: definition(db, resource_id), "did not give the resource's definition"
         )
         if found is None:
@@ -278,7 +250,7 @@ class ClusterBook(ResourceBook):
 
     async def refreshed(self) -> None:
         """Read every resource, its owner and its unfinished operations."""
-        listed = await self._in_database(listing, "did not list the resources")
+        listed = await self._link.run(listing, "did not list the resources")
         self._listed = listed
         self._drivers = {entry.resource.id: entry.resource.driver for entry in listed}
 
@@ -296,32 +268,11 @@ class ClusterBook(ResourceBook):
     def page(
         self, limit: int | None, after: str | None
     ) -> tuple[list[dict[str, Any]], str | None, int]:
-        ids = [entry.resource.id for entry in self._listed]
-        start = 0 if after is None else bisect.bisect_right(ids, after)
-        end = len(ids) if limit is None else min(len(ids), start + limit)
-        rows = [self._listed_row(entry) for entry in self._listed[start:end]]
-        return rows, ids[end - 1] if end < len(ids) else None, len(ids)
+        return page_of(self._listed, limit, after, self._listed_row)
 
     def _listed_row(self, entry: Listed) -> dict[str, Any]:
-        """Its owner's actor's state when this node owns it; else "remote"
-        (another node owns it) or "unowned" (no lease now)."""
         actor = self.actors.get(entry.resource.id)
-        if actor is not None and entry.node == self.settings.node_id:
-            row = self._row(actor)
-            row.update(queued=entry.open, node=entry.node)
-            return row
-        resource = entry.resource
-        return {
-            "id": resource.id,
-            "driver": resource.driver,
-            "version": None,
-            "pinned": resource.pinned,
-            "properties": resource.properties,
-            "state": "remote" if entry.node else "unowned",
-            "queued": entry.open,
-            "last_event": None,
-            "node": entry.node,
-        }
+        return row_of(entry, actor, self.settings.node_id, self._row)
 
     def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
@@ -340,7 +291,7 @@ class ClusterBook(ResourceBook):
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> Any:
         lease = _lease(self.settings)
-        op_id = await self._in_database(
+        op_id = await self._link.run(
             lambda db: enqueue_call(db, self.settings.node_id, lease, resource_id, op, args),
             "did not queue the call",
         )
@@ -352,60 +303,13 @@ class ClusterBook(ResourceBook):
         return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look, gone)
 
     async def _look(self, op_id: int) -> Finished | None:
-        return await self._in_database(lambda db: finished(db, op_id), "did not answer")
-
-    # -- the database ----------------------------------------------------------------
+        return await self._link.run(lambda db: finished(db, op_id), "did not answer")
 
     async def _repository(self, act: Callable[[ClusterRepository], Awaitable[T]]) -> T:
         async def with_repository(db: Connection) -> T:
             return await act(ClusterRepository(db, self.settings.node_id, self.settings.lease_s))
 
-        return await self._in_database(with_repository, "did not take the change")
-
-    async def _in_database(self, act: Callable[[Connection], Awaitable[T]], failed: str) -> T:
-        """``act`` over the book's connection, bounded by ``renew_s``; a
-        database that fails is one line (``KernelError``)."""
-        try:
-            async with asyncio.timeout(self.settings.renew_s):
-                return await act(await self._connection())
-        except (psycopg.Error, TimeoutError) as exc:
-            self._drop_connection()
-            reason = " ".join(str(exc).split()) or "no answer in time"
-            raise KernelError(
-                f"the cluster database {failed} ({reason}); retry once it answers"
-            ) from exc
-
-    async def _connection(self) -> Connection:
-        async with self._db_lock:
-            if self._db is not None and (self._db.closed or self._db.broken):
-                await self._db.close()
-                self._db = None
-            if self._db is None:
-                self._db = await connect(self.settings)
-            return self._db
-
-    def _drop_connection(self) -> None:
-        if self._db is not None and self._db.broken:
-            self._db = None
-
-
-async def send_through(
-    actor: ResourceActor, op: QueuedOperation, epoch: int, guard: Callable[[], bool]
-) -> Outcome:
-    """``op`` through ``actor``'s mailbox, in its order, with the queue id as
-    ``op_id`` and ``epoch``; ``guard`` is asked immediately before the call
-    is written to the driver. Raises ``Fenced`` when it said no (nothing was
-    sent); any other error is the failed ``Outcome`` one node would answer."""
-    try:
-        future = actor.submit(
-            op.operation, op.args, None, op_id=str(op.id), epoch=epoch, guard=guard
-        )
-        return Outcome(ok=True, result=await future)
-    except Fenced:
-        raise
-    except (DriverError, RequestError) as exc:
-        message = exc.message if isinstance(exc, OperationFailed) else str(exc)
-        return Outcome(ok=False, result={"type": error_name(exc), "message": message})
+        return await self._link.run(with_repository, "did not take the change")
 
 
 def _lease(settings: ClusterSettings) -> datetime.timedelta:
