@@ -183,6 +183,11 @@ def test_errors_are_answered_as_one_node_answers_them(
                 await client.call(resource, op, args, timeout=timeout)
         return failed.value
 
+    async def large() -> Any:  # too large for a notification: read from the database
+        async with AsyncClient(str(a.socket)) as client, asyncio.timeout(30):
+            return await client.call(on_b, "plain", {"value": "x" * 9000}, timeout=10)
+
+    assert asyncio.run(large())["value"] == "x" * 9000
     unknown = asyncio.run(failing(a, on_b, "nope", {}))
     assert unknown.type == "OperationFailed", unknown  # as one node answers it
     assert unknown.message == (
