@@ -345,18 +345,24 @@ def test_set_and_pin_reach_the_owners_actor_and_rm_answers_the_waiting_calls(
     assert sorted(changes) == ["done"] * 6 + ["failed"]  # 4 sets, 2 pins; the refused set
     assert a.ctl("call", "r0", "@set").returncode == 1  # not a driver's operation
 
+    def r1_states() -> list[str]:  # of the calls below
+        return [op[3] for op in operations(database) if op[1] == "r1" and op[2] in CALLS]
+
+    CALLS = ("slow", "write")
+
+    async def until(check: Any) -> None:
+        while not check():
+            await asyncio.sleep(0.02)
+
     async def waiting_then_removed() -> list[BaseException]:
         async with AsyncClient(str(a.socket)) as client, asyncio.timeout(30):
-            calls = [
-                asyncio.ensure_future(client.call("r1", "slow", {"seconds": 2}, timeout=20)),
-                asyncio.ensure_future(client.call("r1", "write", {"value": "x"}, timeout=20)),
-            ]
-            await asyncio.sleep(0)  # both sent before the removal
-            while len([op for op in operations(database) if op[1] == "r1"]) < 2:
-                await asyncio.sleep(0.02)
+            running = asyncio.ensure_future(client.call("r1", "slow", {"seconds": 3}, timeout=20))
+            await until(lambda: r1_states() == ["dispatched"])  # in the driver now
+            waiting = asyncio.ensure_future(client.call("r1", "write", {"value": "x"}, timeout=20))
+            await until(lambda: r1_states() == ["dispatched", "queued"])  # behind it
             removed = await asyncio.to_thread(b.ctl, "resource", "rm", "r1")
             assert removed.returncode == 0, removed.stderr
-            answers = await asyncio.gather(*calls, return_exceptions=True)
+            answers = await asyncio.gather(running, waiting, return_exceptions=True)
         return [answer for answer in answers if isinstance(answer, BaseException)]
 
     failed = asyncio.run(waiting_then_removed())
