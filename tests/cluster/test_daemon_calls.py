@@ -239,7 +239,8 @@ def test_the_owner_settles_what_a_dead_owner_left_through_its_driver(
 ) -> None:
     """Operations found dispatched under an earlier epoch (as a node that died
     after sending them leaves them): ``write``, listed idempotent, runs again;
-    ``plain`` is asked of the driver's ``reconcile_operation``."""
+    ``plain`` is asked of the driver's ``reconcile_operation``; a change of
+    properties is applied again and stored."""
     a, _ = two_nodes(daemon_factory, database, tmp_path)
     assert a.ctl("resource", "add", "r0", "--driver", "ledger").returncode == 0
     owned = wait_for(lambda: owners(database)["r0"][0] and owners(database), 30, "r0 owned")
@@ -250,20 +251,28 @@ def test_the_owner_settles_what_a_dead_owner_left_through_its_driver(
                 "INSERT INTO drivebay.operation (resource_id, operation, args, state,"
                 " accepted_by, dispatched_epoch) VALUES ('r0', %s, %s, 'dispatched',"
                 " 'node-gone', %s) RETURNING id",
-                (operation, json.dumps({"value": "v"}), epoch - 1),
+                (operation, json.dumps(args), epoch - 1),
             ).fetchone()[0]  # type: ignore[index]
-            for operation in ("write", "plain")
+            for operation, args in (
+                ("write", {"value": "v"}),
+                ("plain", {"value": "v"}),
+                ("@set", {"properties": {"label": "settled"}}),
+            )
         ]
 
     def settled() -> list[tuple[Any, ...]] | None:
         found = [op for op in operations(database) if op[0] in left]
         return found if all(op[3] in ("done", "failed") for op in found) else None
 
-    rerun, asked = wait_for(settled, 30, "both settled by the owner")
+    rerun, asked, change = wait_for(settled, 30, "all three settled by the owner")
     assert rerun[3] == "done" and rerun[5] == epoch
     assert rerun[6] == {"op_id": str(left[0]), "times": 1, "epoch": epoch}
     assert asked[3] == "failed" and asked[5] == epoch
     assert asked[6]["type"] == "LookupError" and "never reached" in asked[6]["message"]
+    assert change[3] == "done" and change[5] == epoch  # a change applies again: stored now
+    assert stored(database, "r0") == (None, {"label": "settled"})
+    ran = a.ctl("call", "r0", "properties", "--json")
+    assert json.loads(ran.stdout)["result"] == {"label": "settled"}, ran.stderr
 
 
 def test_a_driver_stopped_on_a_node_hands_its_resources_to_another(
