@@ -408,3 +408,49 @@ def test_a_token_limited_to_other_drivers_cannot_reach_a_resource_another_node_o
     assert [op for op in operations(database) if op[1] == on_b] == []
     status, answer = over_tcp(port, "POST", target, "everywhere-token", {"value": "yes"})
     assert status == 200 and answer["epoch"] == owned[on_b][1], answer
+
+
+def test_a_node_that_joins_takes_its_share_and_the_first_closes_those_actors(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    """node-a owns all four resources; node-b joins: node-a gives up two
+    (their actors closed, their instances detached: its driver serves two),
+    node-b attaches them, and calls on either node reach the new owners."""
+    a = clustered(daemon_factory, database, "node-a")
+    staging = tmp_path / "sa"
+    staging.mkdir()
+    a.drop(ledger_bundle(staging))
+    a.start()
+    a.wait_state("ledger", "RUNNING")
+    resources = [f"r{i}" for i in range(4)]
+    for resource in resources:
+        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
+    first = wait_for(
+        lambda: (
+            {o for o, _ in owners(database).values()} == {"node-a"}
+            and len(owners(database)) == 4
+            and owners(database)
+        ),
+        30,
+        "node-a owns all four",
+    )
+    assert a.status()["ledger"]["resources"] == 4
+
+    b = clustered(daemon_factory, database, "node-b")
+    staging = tmp_path / "sb"
+    staging.mkdir()
+    b.drop(ledger_bundle(staging))
+    b.start()
+    split = wait_for(lambda: all_owned(database, 4), 30, "two on each node")
+    moved = [r for r, (owner, _) in split.items() if owner == "node-b"]
+    assert len(moved) == 2
+    wait_for(lambda: a.status()["ledger"]["resources"] == 2, 30, "node-a's actors closed")
+    for resource in resources:
+        for daemon in (a, b):
+            ran = daemon.ctl("call", resource, "write", "value=v", "--json")
+            assert ran.returncode == 0, ran.stderr
+            assert json.loads(ran.stdout)["result"]["epoch"] == split[resource][1]
+        if resource in moved:
+            assert split[resource][1] > first[resource][1]
