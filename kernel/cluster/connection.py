@@ -21,11 +21,29 @@ from drivebay.protocol.errors import KernelError
 
 Connection = psycopg.AsyncConnection[TupleRow]
 NOTIFY_PREFIX: Final = "drivebay.node."
+# Results of the calls a node accepted (payload: the operation id). As short
+# as NOTIFY_PREFIX: a channel name (with a 48-character node id) fits in 63 bytes.
+RESULT_PREFIX: Final = "drivebay.done."
 
 
 def channel(node_id: str) -> str:
     """The notification channel of node ``node_id`` (LISTEN on it, pg_notify to it)."""
     return NOTIFY_PREFIX + node_id
+
+
+# The payload of a result notification: "<operation id> <state> <result as
+# JSON>", or only "<operation id>" when the result would not fit in a
+# notification (8000 bytes): then the node reads it.
+RESULT_PAYLOAD: Final = (
+    "CASE WHEN octet_length({op}.result::text) < 7000"
+    " THEN {op}.id::text || ' ' || {op}.state || ' ' || {op}.result::text"
+    " ELSE {op}.id::text END"
+)
+
+
+def result_channel(node_id: str) -> str:
+    """The channel on which node ``node_id`` hears that a call it accepted has its result."""
+    return RESULT_PREFIX + node_id
 
 
 def session_options(settings: ClusterSettings) -> dict[str, str | int]:

@@ -10,9 +10,16 @@ guarded, so a result still counts only if no other node claimed the
 resource). After each membership round, a node holding more than its fair
 share of a driver's resources (it was up before the others) gives up the
 excess whose queues are idle, so that the nodes that joined later claim
-them. The workers share one connection of their own, opened again after a
-failure (the next wake retries). ``stop`` leaves the cluster and makes
-``run`` return once the workers have ended.
+them. The workers share a few connections of their own (``link.Pool``),
+each opened again after a failure (the next wake retries). ``stop`` leaves
+the cluster and makes ``run`` return once the workers have ended.
+
+In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
+workers: a worker asks it for the resource's actor before its first drain
+(again at each wake until it has one), and tells it when it has ended, its
+call in flight finished, so that the actor is closed; a worker of a
+resource gained again waits for the end of the previous one first.
+``recorded`` hears of each result written here.
 """
 
 from __future__ import annotations
@@ -20,19 +27,37 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
-from drivebay.kernel.cluster.connection import Connection, connect
-from drivebay.kernel.cluster.dispatch import ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.dispatch import Recorded, ResourceQueue, Send, Stop
 from drivebay.kernel.cluster.inbox import Inbox
+from drivebay.kernel.cluster.link import Pool
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.protocol.errors import KernelError
 
 log = logging.getLogger("drivebay.cluster")
+
+
+class Keeper(Protocol):
+    """What keeps the actors of the resources a node owns."""
+
+    async def gained(self, resource_id: str) -> bool:
+        """Make the resource's actor (attached); False when the resource is gone."""
+
+    async def lost(self, resource_id: str) -> None:
+        """Close the resource's actor (its worker has ended)."""
+
+    def serves(self, resource_id: str) -> bool:
+        """Does the driver the resource needs run on this node now? (A node
+        gives up the resources it no longer serves.)"""
+
+    def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
+        """How an operation a dead owner sent is settled for this resource:
+        its driver's idempotent operations and its ``reconcile`` (None: none)."""
 
 
 class ClusterNode:
@@ -48,8 +73,12 @@ class ClusterNode:
         idempotent: frozenset[str] = frozenset(),
         poll_s: float | None = None,
         versions: Iterable[str] = (),
+        keeper: Keeper | None = None,
+        recorded: Recorded | None = None,
     ) -> None:
         self.settings = settings
+        self._keeper = keeper
+        self._recorded = recorded
         self.membership = Membership(
             settings, drivers, self._changed, versions=versions, after_round=self._rebalance
         )
@@ -66,8 +95,8 @@ class ClusterNode:
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
-        self._db: Connection | None = None
-        self._db_lock = asyncio.Lock()
+        self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
+        self._pool = Pool(settings)  # the workers' connections
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task has ended."""
@@ -87,9 +116,7 @@ class ClusterNode:
                     inbox.cancel()
         finally:
             self._tasks = None
-            if self._db is not None:
-                await self._db.close()
-                self._db = None
+            await self._pool.close()
 
     def _changed(self, gained: dict[str, int], lost: set[str]) -> None:
         for resource_id in lost:
@@ -99,24 +126,40 @@ class ClusterNode:
                 # statement; a busy one finishes the call in flight (its result
                 # write is guarded) and stops at the next guard.
                 self._ending.add(worker[0])
+                self._ended[resource_id] = worker[0]
                 worker[1].set()
         if self._tasks is None:
             return
         for resource_id, epoch in gained.items():
             woken = asyncio.Event()
             woken.set()  # drain at once: what the previous owner left comes first
+            previous = self._ended.get(resource_id)
             task = self._tasks.create_task(
-                self._worker(resource_id, epoch, woken), name=f"cluster queue {resource_id}"
+                self._worker(resource_id, epoch, woken, previous),
+                name=f"cluster queue {resource_id}",
             )
             self._workers[resource_id] = (task, woken)
 
     async def _rebalance(self, repository: ClusterRepository) -> None:
-        """Give up what this node holds over its fair share, among resources
+        """Give up what this node holds over its fair share, and what its
+        keeper no longer serves (the driver stopped here), among resources
         whose queue is idle: their workers end first (no call in flight, none
-        started after), then the leases end so that other nodes claim them."""
+        started after), then the leases end so that other nodes claim them.
+        A busy one waits for a later round (a resource not served refuses
+        its next operation unsent, so its queue soon is idle)."""
+        keeper = self._keeper
+        unserved = (
+            {}
+            if keeper is None
+            else {
+                resource_id: epoch
+                for resource_id, epoch in self.membership.owned.items()
+                if not keeper.serves(resource_id)
+            }
+        )
         idle = {
             resource_id: epoch
-            for resource_id, epoch in (await repository.surplus()).items()
+            for resource_id, epoch in ((await repository.surplus()) | unserved).items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
         if not idle:
@@ -127,22 +170,40 @@ class ClusterNode:
         if kept:  # an operation was left dispatched: settle it here first
             self.membership.take_back(kept)
 
+    def wake(self, resource_id: str) -> None:
+        """Drain ``resource_id``'s queue now, if this node owns it (a call
+        accepted here: no need to wait for the notification)."""
+        self._wake(resource_id)
+
     def _wake(self, resource_id: str) -> None:
         worker = self._workers.get(resource_id)
         if worker is not None:
             worker[1].set()
 
-    async def _worker(self, resource_id: str, epoch: int, woken: asyncio.Event) -> None:
+    async def _worker(
+        self,
+        resource_id: str,
+        epoch: int,
+        woken: asyncio.Event,
+        previous: asyncio.Task[Any] | None,
+    ) -> None:
         me = asyncio.current_task()
         assert me is not None
         try:
+            if previous is not None:  # the actor of the previous ownership closes first
+                await asyncio.wait({previous})
             await self._drain_when_woken(me, resource_id, epoch, woken)
         finally:
             self._ending.discard(me)
+            if self._keeper is not None:
+                await self._keeper.lost(resource_id)
+            if self._ended.get(resource_id) is me:
+                del self._ended[resource_id]
 
     async def _drain_when_woken(
         self, me: asyncio.Task[Any], resource_id: str, epoch: int, woken: asyncio.Event
     ) -> None:
+        kept = self._keeper is None  # the actor is there (or none is needed)
         while True:
             await woken.wait()
             woken.clear()
@@ -150,17 +211,26 @@ class ClusterNode:
                 return
             self._draining.add(me)
             try:
+                if not kept:
+                    assert self._keeper is not None
+                    kept = await self._keeper.gained(resource_id)
+                    if not kept:
+                        continue  # removed: the next round says it is lost
                 repository = ClusterRepository(
-                    await self._connection(), self.settings.node_id, self.settings.lease_s
+                    await self._pool.connection(), self.settings.node_id, self.settings.lease_s
                 )
+                idempotent, reconcile = self._idempotent, self._reconcile
+                if self._keeper is not None:
+                    idempotent, reconcile = self._keeper.settling(resource_id)
                 queue = ResourceQueue(
                     repository,
                     resource_id,
                     epoch,
                     self.membership.fence,
                     self._send,
-                    reconcile=self._reconcile,
-                    idempotent=self._idempotent,
+                    reconcile=reconcile,
+                    idempotent=idempotent,
+                    recorded=self._recorded,
                 )
                 stop = await queue.drain()
             except (psycopg.Error, KernelError, TimeoutError) as exc:
@@ -170,13 +240,3 @@ class ClusterNode:
                 self._draining.discard(me)
             if stop is Stop.LOST:
                 return  # the membership's next round says so too
-
-    async def _connection(self) -> Connection:
-        async with self._db_lock:
-            if self._db is not None and (self._db.closed or self._db.broken):
-                await self._db.close()
-                self._db = None
-            if self._db is None:
-                async with asyncio.timeout(self.settings.renew_s):
-                    self._db = await connect(self.settings)
-            return self._db
