@@ -3,7 +3,7 @@ test PostgreSQL: two nodes running the same driver share its resources;
 draining one (``--wait``) moves them all to the other, ``nodes`` lists it
 draining with 0 resources, and ``--undo`` gives it its share back. Each
 refusal is one line: an unknown node, a drain that would strand resources,
-a daemon without ``cluster:``."""
+a daemon without ``cluster:``. The HTTP routes do the same."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 
+from drivebay.kernel.control.schema import RESULTS, DrainNodeRequest
 from tests.cluster.test_daemon_nodes import clustered, nodes
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.test_http_api import Api, check_against_openapi
 from tests.e2e.test_resources import misbehave_bundle
 
 RESOURCES = 6
@@ -71,6 +74,7 @@ def test_a_drained_node_hands_its_resources_to_the_other_and_comes_back(
     ran = a.ctl("drain-node", "node-b", "--wait", "--timeout", "30", "--json")
     assert ran.returncode == 0, (ran.stderr, a.log(), b.log())
     drained = json.loads(ran.stdout)
+    msgspec.convert(drained, RESULTS[DrainNodeRequest])
     assert (drained["node_id"], drained["state"], drained["resources"]) == ("node-b", "draining", 0)
     rows = wait_for(
         functools.partial(holding, b, {"node-a": RESOURCES, "node-b": 0}), 30, "all on node-a"
@@ -96,6 +100,17 @@ def test_a_drained_node_hands_its_resources_to_the_other_and_comes_back(
     assert undone.returncode == 0, undone.stderr
     assert undone.stdout.strip() == "node-b is live: it claims its share again"
     wait_for(functools.partial(holding, a, {"node-a": half, "node-b": half}), 30, "spread again")
+
+    # The same over HTTP (the routes derived from the schema), checked against OpenAPI.
+    http = Api(str(b.state / "http.sock"))
+    status, answer = http("POST", "/v1/nodes/node-a/drain", {"wait": True, "timeout": 30})
+    assert status == 200, answer
+    assert (answer["node_id"], answer["state"], answer["resources"]) == ("node-a", "draining", 0)
+    status, answer = http("DELETE", "/v1/nodes/node-a/drain")
+    assert (status, answer["state"]) == (200, "live")
+    status, answer = http("POST", "/v1/nodes/node-x/drain")
+    assert status == 404 and "no node node-x" in answer["detail"], answer
+    check_against_openapi(http)
 
 
 def test_drain_node_without_cluster_says_how_to_configure_one(
