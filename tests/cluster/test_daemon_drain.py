@@ -96,6 +96,9 @@ def test_a_drained_node_hands_its_resources_to_the_other_and_comes_back(
     assert unknown.returncode == 4 and len(unknown.stderr.splitlines()) == 1, unknown.stderr
     assert "no node node-x in the cluster" in unknown.stderr
 
+    mixed = b.ctl("drain-node", "--undo", "--wait", "node-b")
+    assert mixed.returncode == 1 and len(mixed.stderr.splitlines()) == 1, mixed.stderr
+    assert "not with --undo" in mixed.stderr
     undone = b.ctl("drain-node", "--undo", "node-b")
     assert undone.returncode == 0, undone.stderr
     assert undone.stdout.strip() == "node-b is live: it claims its share again"

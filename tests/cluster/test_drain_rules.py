@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 
+from drivebay.kernel.cluster.drain import DrainTimedOut, drain_node
 from drivebay.kernel.cluster.lease import Runs, stranded
 from drivebay.kernel.resources.store import Resource
 from drivebay.protocol.errors import NoSuchName, RequestError
-from tests.cluster.helpers import add, cluster
+from tests.cluster.helpers import add, cluster, settings
 from tests.helpers import run
 
 
@@ -111,5 +112,24 @@ def test_a_drain_is_refused_in_one_line_when_it_cannot_be_done(database: str) ->
                 await a.drain("b")
             with pytest.raises(RequestError, match="node b has left the cluster"):
                 await a.undrain("b")
+
+    run(main())
+
+
+def test_waiting_for_a_drain_ends_in_one_line_past_its_timeout(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "a", "b") as (a, b):
+            await add(a, 4)
+            await b.claim()  # b holds 2 and runs no ClusterNode: it never gives them up
+            with pytest.raises(DrainTimedOut) as late:
+                await drain_node(settings(database, "a"), "b", wait=0.3)
+            line = str(late.value)
+            assert line.startswith("node b still holds 2 resources after 0.3 s"), line
+            assert "\n" not in line and "drivebayctl nodes" in line
+            assert (await a._node("b")).state == "draining"  # it goes on draining
+            undone = await drain_node(settings(database, "a"), "b", undo=True)
+            assert (undone.state, undone.resources) == ("live", 2)
+            idle = await drain_node(settings(database, "b"), "a", wait=5)  # a holds nothing
+            assert (idle.state, idle.resources) == ("draining", 0)
 
     run(main())
