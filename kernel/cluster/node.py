@@ -8,10 +8,12 @@ previous owner left dispatched), then whenever the inbox wakes it. A lost
 resource's worker ends after the call in flight, if any (its writes are
 guarded, so a result still counts only if no other node claimed the
 resource). After each membership round, a node holding more than its fair
-share of a driver's resources (it was up before the others) gives up the
-excess whose queues are idle, so that the nodes that joined later claim
-them. The workers share one connection of their own, opened again after a
-failure (the next wake retries). ``stop`` leaves the cluster and makes
+share of a driver's resources (it was up before the others), or any at
+all while it is draining (``drivebayctl drain-node``), gives up the excess
+whose queues are idle, so that the other nodes claim them; a busy one
+starts no new drain, so that a later round finds it idle. The workers
+share one connection of their own, opened again after a failure (the next
+wake retries). ``stop`` leaves the cluster and makes
 ``run`` return once the workers have ended.
 """
 
@@ -66,6 +68,7 @@ class ClusterNode:
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
+        self._handing_over: set[str] = set()  # to give up: no new drain (the last round's)
         self._db: Connection | None = None
         self._db_lock = asyncio.Lock()
 
@@ -111,12 +114,16 @@ class ClusterNode:
             self._workers[resource_id] = (task, woken)
 
     async def _rebalance(self, repository: ClusterRepository) -> None:
-        """Give up what this node holds over its fair share, among resources
-        whose queue is idle: their workers end first (no call in flight, none
-        started after), then the leases end so that other nodes claim them."""
+        """Give up what this node holds over its fair share (everything, when
+        it is draining), among resources whose queue is idle: their workers
+        end first (no call in flight, none started after), then the leases
+        end so that other nodes claim them. A busy queue starts no new drain
+        once its current one ends, so that a later round finds it idle."""
+        surplus = await repository.surplus()
+        self._handing_over = set(surplus)
         idle = {
             resource_id: epoch
-            for resource_id, epoch in (await repository.surplus()).items()
+            for resource_id, epoch in surplus.items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
         if not idle:
@@ -125,6 +132,7 @@ class ClusterNode:
         released = await repository.release(idle)
         kept = {r: e for r, e in idle.items() if r not in released}
         if kept:  # an operation was left dispatched: settle it here first
+            self._handing_over -= set(kept)
             self.membership.take_back(kept)
 
     def _wake(self, resource_id: str) -> None:
@@ -148,6 +156,8 @@ class ClusterNode:
             woken.clear()
             if me in self._ending:
                 return
+            if resource_id in self._handing_over:
+                continue  # its calls wait for the next owner (or the next round)
             self._draining.add(me)
             try:
                 repository = ClusterRepository(

@@ -82,6 +82,60 @@ def test_a_drained_node_hands_everything_over_under_load_and_loses_nothing(
     run(main())
 
 
+def test_a_drained_node_hands_over_a_queue_that_never_empties(database: str) -> None:
+    """Calls keep two resources' queues full on the drained node: each queue
+    ends the drain it is running, starts no other, and is handed over; the
+    heir runs what was left, in order, once each."""
+    ledger: list[tuple[str, int, str]] = []
+
+    def node(node_id: str) -> ClusterNode:
+        async def send(op: QueuedOperation, epoch: int) -> Outcome:
+            ledger.append((op.resource_id, op.id, node_id))
+            await asyncio.sleep(0.01)
+            return Outcome(ok=True, result=node_id)
+
+        settings = ClusterSettings(database, node_id, lease_s=2.0, renew_s=0.25, grace_s=0.5)
+        return ClusterNode(settings, ["disk"], send, poll_s=0.2)
+
+    async def main() -> None:
+        async with cluster(database, "front", drivers=()) as (front,):
+            await add(front, 2)
+            ids = [r.id for r in await front.resources()]
+            drained, heir = node("n0"), node("n1")
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(drained.run())
+                await eventually(lambda: _owned_by([drained], ids))
+                tasks.create_task(heir.run())
+                accepted = [await front.enqueue(r, "op", {}) for r in ids for _ in range(5)]
+                await eventually(lambda: _at_least(ledger, 2))
+                await eventually(lambda: _at_round(heir, 1))  # registered: it can take them
+                await front.drain("n0")
+                while drained.membership.owned:  # never fewer than 3 queued per resource
+                    for resource in ids:
+                        while len(await front.open_operations(resource)) < 3:
+                            accepted.append(await front.enqueue(resource, "op", {}))
+                    await asyncio.sleep(0.005)
+                    assert len(accepted) < 3000, "the drain did not end"
+                assert len(await front.open_operations(ids[0])) >= 2  # still busy when handed
+                finals = await eventually(lambda: _all_final(front, accepted), deadline=30)
+                for n in (drained, heir):
+                    n.stop()
+
+        sent = Counter(op_id for _, op_id, _ in ledger)
+        assert sorted(sent) == sorted(accepted) and set(sent.values()) == {1}
+        assert {state for state, _ in finals.values()} == {"done"}
+        for resource in ids:
+            order = [op_id for r, op_id, _ in ledger if r == resource]
+            assert order == sorted(order)
+            assert {n for r, _, n in ledger if r == resource} == {"n0", "n1"}
+
+    run(main())
+
+
+async def _at_least(ledger: list[tuple[str, int, str]], count: int) -> bool:
+    return len(ledger) >= count
+
+
 async def _spread(nodes: list[ClusterNode], each: int) -> bool:
     return all(len(n.membership.owned) == each for n in nodes)
 
