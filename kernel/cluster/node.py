@@ -145,9 +145,10 @@ class ClusterNode:
     async def _rebalance(self, repository: ClusterRepository) -> None:
         """Give up what this node holds over its fair share (everything, when
         it is draining), among resources whose queue is idle: their workers
-        end first (no call in flight, none started after), then the leases
-        end so that other nodes claim them. A busy queue starts no new drain
-        once its current one ends, so that a later round finds it idle."""
+        end first (no call in flight, none started after; their actors
+        detached), then the leases end so that other nodes claim them. A
+        busy queue starts no new drain once its current one ends, so that a
+        later round finds it idle."""
         surplus = await repository.surplus()
         self._handing_over = set(surplus)
         idle = {
@@ -157,7 +158,11 @@ class ClusterNode:
         }
         if not idle:
             return
+        ending = [self._workers[resource_id][0] for resource_id in idle]
         self.membership.give_up(set(idle))  # their idle workers end, no statement after
+        # Detached here (the keeper closes their actors) before another node
+        # may attach them; bounded, so that the round ends in time.
+        await asyncio.wait(ending, timeout=self.settings.renew_s / 2)
         released = await repository.release(idle)
         kept = {r: e for r, e in idle.items() if r not in released}
         if kept:  # an operation was left dispatched: settle it here first

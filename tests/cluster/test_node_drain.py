@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import Counter
 
-from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.dispatch import Outcome, Send
 from drivebay.kernel.cluster.node import ClusterNode
 from drivebay.kernel.cluster.repository import QueuedOperation
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -130,6 +131,71 @@ def test_a_drained_node_hands_over_a_queue_that_never_empties(database: str) -> 
             assert {n for r, _, n in ledger if r == resource} == {"n0", "n1"}
 
     run(main())
+
+
+class Keeper:
+    """Stands for the resource book: when each actor was attached and when
+    its detach ended (a slow detach, as a driver may take)."""
+
+    def __init__(self, node_id: str, events: list[tuple[str, str, str, float]]) -> None:
+        self.node_id = node_id
+        self.events = events  # (what, node, resource, monotonic time)
+
+    async def gained(self, resource_id: str) -> bool:
+        self.events.append(("attached", self.node_id, resource_id, time.monotonic()))
+        return True
+
+    async def lost(self, resource_id: str) -> None:
+        await asyncio.sleep(0.1)
+        self.events.append(("detached", self.node_id, resource_id, time.monotonic()))
+
+    def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
+        return frozenset(), None
+
+
+def test_a_drained_node_detaches_each_resource_before_another_attaches_it(
+    database: str,
+) -> None:
+    events: list[tuple[str, str, str, float]] = []
+
+    def node(node_id: str, renew_s: float) -> ClusterNode:
+        async def send(op: QueuedOperation, epoch: int) -> Outcome:
+            return Outcome(ok=True, result=node_id)
+
+        settings = ClusterSettings(database, node_id, lease_s=2.0, renew_s=renew_s, grace_s=0.5)
+        return ClusterNode(settings, ["disk"], send, poll_s=0.2, keeper=Keeper(node_id, events))
+
+    async def main() -> None:
+        async with cluster(database, "front", drivers=()) as (front,):
+            await add(front, 4)
+            ids = [r.id for r in await front.resources()]
+            drained, heir = node("n0", 0.25), node("n1", 0.05)  # the heir claims at once
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(drained.run())
+                await eventually(lambda: _owned_by([drained], ids))
+                tasks.create_task(heir.run())
+                await eventually(lambda: _at_round(heir, 1))
+                accepted = [await front.enqueue(r, "op", {}) for r in ids]  # each attached
+                await eventually(lambda: _all_final(front, accepted))
+                await front.drain("n0")
+                await eventually(lambda: _owned_by([heir], ids), deadline=30)
+                await eventually(lambda: _attached(events, "n1", len(ids)))
+                for n in (drained, heir):
+                    n.stop()
+
+        for resource in ids:
+            seen = [
+                (what, who)
+                for what, who, r, _ in sorted(events, key=lambda e: e[3])
+                if r == resource
+            ]
+            assert seen[:3] == [("attached", "n0"), ("detached", "n0"), ("attached", "n1")], seen
+
+    run(main())
+
+
+async def _attached(events: list[tuple[str, str, str, float]], node_id: str, count: int) -> bool:
+    return sum(1 for what, who, _, _ in events if (what, who) == ("attached", node_id)) >= count
 
 
 async def _at_least(ledger: list[tuple[str, int, str]], count: int) -> bool:
