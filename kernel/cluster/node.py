@@ -53,6 +53,10 @@ class Keeper(Protocol):
     async def lost(self, resource_id: str) -> None:
         """Close the resource's actor (its worker has ended)."""
 
+    def serves(self, resource_id: str) -> bool:
+        """Does the driver the resource needs run on this node now? (A node
+        gives up the resources it no longer serves.)"""
+
     def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
         """How an operation a dead owner sent is settled for this resource:
         its driver's idempotent operations and its ``reconcile`` (None: none)."""
@@ -144,16 +148,28 @@ class ClusterNode:
 
     async def _rebalance(self, repository: ClusterRepository) -> None:
         """Give up what this node holds over its fair share (everything, when
-        it is draining), among resources whose queue is idle: their workers
-        end first (no call in flight, none started after; their actors
+        it is draining), and what its keeper no longer serves (the driver
+        stopped here), among resources whose queue is idle: their workers end
+        first (no call in flight, none started after; their actors
         detached), then the leases end so that other nodes claim them. A
         busy queue starts no new drain once its current one ends, so that a
-        later round finds it idle."""
-        surplus = await repository.surplus()
-        self._handing_over = set(surplus)
+        later round finds it idle (a resource not served refuses its next
+        operation unsent, so its queue soon is idle too)."""
+        keeper = self._keeper
+        unserved = (
+            {}
+            if keeper is None
+            else {
+                resource_id: epoch
+                for resource_id, epoch in self.membership.owned.items()
+                if not keeper.serves(resource_id)
+            }
+        )
+        given_up = (await repository.surplus()) | unserved
+        self._handing_over = set(given_up)
         idle = {
             resource_id: epoch
-            for resource_id, epoch in surplus.items()
+            for resource_id, epoch in given_up.items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
         if not idle:

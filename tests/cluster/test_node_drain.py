@@ -149,6 +149,9 @@ class Keeper:
         await asyncio.sleep(0.1)
         self.events.append(("detached", self.node_id, resource_id, time.monotonic()))
 
+    def serves(self, resource_id: str) -> bool:
+        return True
+
     def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
         return frozenset(), None
 
