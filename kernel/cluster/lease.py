@@ -1,5 +1,6 @@
 """The rules of ownership that need no database: how many resources a node
-claims for an even spread, and when it must stop dispatching (its fence).
+claims for an even spread, which resources a drain would leave without any
+node to run them, and when a node must stop dispatching (its fence).
 
 Pure functions and one small object over an injected monotonic clock, so the
 rules are tested without processes or waiting (docs/cluster.md).
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 
 def fair_share(resources: int, nodes: int) -> int:
@@ -34,6 +36,34 @@ def surplus(resources: int, nodes: int, mine: int) -> int:
     up so that others may claim them: what it holds over its fair share
     (a node that joined later claims only free and expired resources)."""
     return max(0, mine - fair_share(resources, nodes))
+
+
+class Runs(NamedTuple):
+    """What one node runs: driver names and ``NAME@VERSION``s (for pins)."""
+
+    drivers: frozenset[str]
+    versions: frozenset[str]
+
+    def can_run(self, driver: str, pinned: str | None) -> bool:
+        """Whether this node may own a resource of ``driver`` pinned to ``pinned``."""
+        if pinned is None:
+            return driver in self.drivers
+        return f"{driver}@{pinned}" in self.versions
+
+
+def stranded(
+    groups: Iterable[tuple[str, str | None, int]], others: Iterable[Runs]
+) -> dict[str, int]:
+    """Driver -> how many of its resources no node of ``others`` (the other
+    live nodes) can run, among ``groups`` of (driver, pin, count): the
+    resources a drained node could run or holds. Draining it would leave
+    those without an owner, so a drain is refused unless forced."""
+    able = list(others)
+    left: dict[str, int] = {}
+    for driver, pinned, count in groups:
+        if count and not any(node.can_run(driver, pinned) for node in able):
+            left[driver] = left.get(driver, 0) + count
+    return left
 
 
 class Fence:

@@ -8,11 +8,13 @@ previous owner left dispatched), then whenever the inbox wakes it. A lost
 resource's worker ends after the call in flight, if any (its writes are
 guarded, so a result still counts only if no other node claimed the
 resource). After each membership round, a node holding more than its fair
-share of a driver's resources (it was up before the others) gives up the
-excess whose queues are idle, so that the nodes that joined later claim
-them. The workers share a few connections of their own (``link.Pool``),
-each opened again after a failure (the next wake retries). ``stop`` leaves
-the cluster and makes ``run`` return once the workers have ended.
+share of a driver's resources (it was up before the others), or any at
+all while it is draining (``drivebayctl drain-node``), gives up the excess
+whose queues are idle, so that the other nodes claim them; a busy one
+starts no new drain, so that a later round finds it idle. The workers
+share a few connections of their own (``link.Pool``), each opened again
+after a failure (the next wake retries). ``stop`` leaves the cluster and
+makes ``run`` return once the workers have ended.
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
 workers: a worker asks it for the resource's actor before its first drain
@@ -95,6 +97,7 @@ class ClusterNode:
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
+        self._handing_over: set[str] = set()  # to give up: no new drain (the last round's)
         self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
         self._pool = Pool(settings)  # the workers' connections
 
@@ -141,12 +144,14 @@ class ClusterNode:
             self._workers[resource_id] = (task, woken)
 
     async def _rebalance(self, repository: ClusterRepository) -> None:
-        """Give up what this node holds over its fair share, and what its
-        keeper no longer serves (the driver stopped here), among resources
-        whose queue is idle: their workers end first (no call in flight, none
-        started after), then the leases end so that other nodes claim them.
-        A busy one waits for a later round (a resource not served refuses
-        its next operation unsent, so its queue soon is idle)."""
+        """Give up what this node holds over its fair share (everything, when
+        it is draining), and what its keeper no longer serves (the driver
+        stopped here), among resources whose queue is idle: their workers end
+        first (no call in flight, none started after; their actors
+        detached), then the leases end so that other nodes claim them. A
+        busy queue starts no new drain once its current one ends, so that a
+        later round finds it idle (a resource not served refuses its next
+        operation unsent, so its queue soon is idle too)."""
         keeper = self._keeper
         unserved = (
             {}
@@ -157,17 +162,24 @@ class ClusterNode:
                 if not keeper.serves(resource_id)
             }
         )
+        given_up = (await repository.surplus()) | unserved
+        self._handing_over = set(given_up)
         idle = {
             resource_id: epoch
-            for resource_id, epoch in ((await repository.surplus()) | unserved).items()
+            for resource_id, epoch in given_up.items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
         if not idle:
             return
+        ending = [self._workers[resource_id][0] for resource_id in idle]
         self.membership.give_up(set(idle))  # their idle workers end, no statement after
+        # Detached here (the keeper closes their actors) before another node
+        # may attach them; bounded, so that the round ends in time.
+        await asyncio.wait(ending, timeout=self.settings.renew_s / 2)
         released = await repository.release(idle)
         kept = {r: e for r, e in idle.items() if r not in released}
         if kept:  # an operation was left dispatched: settle it here first
+            self._handing_over -= set(kept)
             self.membership.take_back(kept)
 
     def wake(self, resource_id: str) -> None:
@@ -209,6 +221,8 @@ class ClusterNode:
             woken.clear()
             if me in self._ending:
                 return
+            if resource_id in self._handing_over:
+                continue  # its calls wait for the next owner (or the next round)
             self._draining.add(me)
             try:
                 if not kept:

@@ -34,7 +34,7 @@ from drivebay.kernel.cluster.connection import (
     Connection,
     channel,
 )
-from drivebay.kernel.cluster.lease import claim_quota, surplus
+from drivebay.kernel.cluster.lease import Runs, claim_quota, stranded, surplus
 from drivebay.kernel.resources.store import Resource, check_resource_id
 from drivebay.protocol.errors import NoSuchName, RequestError
 
@@ -168,6 +168,83 @@ class ClusterRepository:
         )
         return [NodeInfo(*row) for row in await cursor.fetchall()]
 
+    async def drain(self, node_id: str, *, force: bool = False) -> NodeInfo:
+        """Mark ``node_id`` draining (any node may ask): it claims nothing
+        more, the others no longer count it in their spread, and it gives up
+        what it holds at its next rounds (``surplus``). Raises ``NoSuchName``
+        when no such node registered, ``RequestError`` when it has left or
+        (unless ``force``) when no other live node runs the driver (or pinned
+        version) of some resource it could run or holds: those would stay
+        without an owner. A node draining already stays so."""
+        async with self._db.transaction():
+            state = await self._locked_state(node_id)
+            if state == "left":
+                raise RequestError(
+                    f"node {node_id} has left the cluster and holds nothing; nothing to drain"
+                )
+            if not force:
+                left = stranded(*await self._takers(node_id))
+                if left:
+                    which = ", ".join(f"{d} ({n} resources)" for d, n in sorted(left.items()))
+                    raise RequestError(
+                        f"no other live node runs {which} that node {node_id} runs; start one "
+                        "that does, or drain with --force to leave them without an owner"
+                    )
+            await self._db.execute(
+                "UPDATE drivebay.node SET state = 'draining' WHERE node_id = %s", (node_id,)
+            )
+        return await self._node(node_id)
+
+    async def undrain(self, node_id: str) -> NodeInfo:
+        """Make a draining ``node_id`` live again: it claims its share at its
+        next round. Raises ``NoSuchName`` or ``RequestError`` (it has left)
+        as ``drain``; a live node stays live."""
+        async with self._db.transaction():
+            if await self._locked_state(node_id) == "left":
+                raise RequestError(
+                    f"node {node_id} has left the cluster; it is live again when its "
+                    "drivebayd starts"
+                )
+            await self._db.execute(
+                "UPDATE drivebay.node SET state = 'live' WHERE node_id = %s AND state = 'draining'",
+                (node_id,),
+            )
+        return await self._node(node_id)
+
+    async def _locked_state(self, node_id: str) -> str:
+        cursor = await self._db.execute(
+            "SELECT state FROM drivebay.node WHERE node_id = %s FOR UPDATE", (node_id,)
+        )
+        row = await cursor.fetchone()
+        if row is None:
+            raise no_such_node(node_id)
+        return str(row[0])
+
+    async def _takers(self, node_id: str) -> tuple[list[tuple[str, str | None, int]], list[Runs]]:
+        """The resources ``node_id`` could run or holds, as (driver, pin,
+        count), and what each other live node runs."""
+        cursor = await self._db.execute(
+            "SELECT r.driver, r.pinned, count(*) FROM drivebay.resource r"
+            " JOIN drivebay.ownership w ON w.resource_id = r.id"
+            " JOIN drivebay.node x ON x.node_id = %s"
+            " WHERE (w.owner_node = x.node_id AND w.lease_until > now())"
+            " OR (r.driver = ANY (x.drivers)"
+            "  AND (r.pinned IS NULL OR r.driver || '@' || r.pinned = ANY (x.versions)))"
+            " GROUP BY r.driver, r.pinned",
+            (node_id,),
+        )
+        groups = [(str(d), p, int(n)) for d, p, n in await cursor.fetchall()]
+        cursor = await self._db.execute(
+            "SELECT drivers, versions FROM drivebay.node WHERE node_id <> %s"
+            " AND state = 'live' AND heartbeat > now() - %s",
+            (node_id, self._lease),
+        )
+        others = [Runs(frozenset(d), frozenset(v)) for d, v in await cursor.fetchall()]
+        return groups, others
+
+    async def _node(self, node_id: str) -> NodeInfo:
+        return next(info for info in await self.nodes() if info.node_id == node_id)
+
     # -- leases ------------------------------------------------------------------
 
     async def claim(self) -> list[Lease]:
@@ -226,7 +303,18 @@ class ClusterRepository:
 
     async def surplus(self) -> dict[str, int]:
         """Resource id -> epoch of what this node holds over its fair share of
-        each driver (the last ids of each), for it to ``release``."""
+        each driver (the last ids of each), for it to ``release``; all it
+        holds when it is draining (``drain``)."""
+        cursor = await self._db.execute(
+            "SELECT w.resource_id, w.epoch FROM drivebay.ownership w"
+            " JOIN drivebay.node n ON n.node_id = w.owner_node"
+            " WHERE w.owner_node = %s AND n.incarnation = %s AND n.state = 'draining'"
+            " AND w.lease_until > now() ORDER BY w.resource_id",
+            (self.node_id, self.incarnation),
+        )
+        held = {str(resource_id): int(epoch) for resource_id, epoch in await cursor.fetchall()}
+        if held:
+            return held
         over = {
             driver: n
             for driver, resources, nodes, mine, _ in await self._claim_counts()
@@ -454,6 +542,10 @@ class ClusterRepository:
         row = await cursor.fetchone()
         assert row is not None, "the statement returns one row"
         return row
+
+
+def no_such_node(node_id: str) -> NoSuchName:
+    return NoSuchName(f"no node {node_id} in the cluster; 'drivebayctl nodes' lists them")
 
 
 def _no_such(resource_id: str) -> NoSuchName:

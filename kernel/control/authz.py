@@ -1,8 +1,8 @@
 """Who may run which command: one policy for the control socket and the HTTP API.
 
 Three roles, each allowing what the one below does: ``viewer`` reads,
-``operator`` also starts, stops, restarts, calls and sets resource
-properties, ``admin`` does everything. ``NEEDS`` says, per request type,
+``operator`` also starts, stops, restarts, calls, sets resource
+properties and drains cluster nodes, ``admin`` does everything. ``NEEDS`` says, per request type,
 the role it needs; a test checks that every request type has an entry.
 
 Who a client is:
@@ -89,6 +89,7 @@ NEEDS: dict[type[S.ControlRequest], Role] = {
     S.StopRequest: OPERATE,
     S.RestartRequest: OPERATE,
     S.CallRequest: OPERATE,
+    S.DrainNodeRequest: OPERATE,
     S.ResourceSetRequest: OPERATE,
     S.ResourceAddRequest: ADMIN,
     S.ResourceRmRequest: ADMIN,

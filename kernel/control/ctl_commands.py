@@ -280,6 +280,35 @@ def _token_id(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("id", metavar="ID", help="the token's sha256, or its first 8+ hex digits")
 
 
+def _seconds(text: str) -> float:
+    """argparse type of ``drain-node --timeout``: seconds above 0."""
+    import argparse
+
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds (above 0, at most 86400), got {text!r}")
+    return seconds
+
+
+def _drain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("node_id", metavar="NAME", help="the node, as drivebayctl nodes lists it")
+    parser.add_argument("--undo", action="store_true", help="make it live again")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="drain even when no other live node runs some of its drivers",
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="answer once it holds no resource (see --timeout)"
+    )
+    parser.add_argument(
+        "--timeout", type=_seconds, default=60.0, metavar="S", help="how long --wait waits (60)"
+    )
+
+
 def _install_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="NAME[==VERSION]")
     parser.add_argument("--repo", metavar="NAME", help="only from this repository")
@@ -405,6 +434,20 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("repo-list", "the repositories (config and kept)", render=show.print_repos),
     Command("nodes", "the nodes of this daemon's cluster", render=show.print_nodes),
+    Command(
+        "drain-node",
+        "drain-node NAME [--wait]: hand a cluster node's resources to the others (--undo)",
+        (
+            Field("node_id", "str"),
+            Field("undo", "bool", False),
+            Field("force", "bool", False),
+            Field("wait", "bool", False),
+            Field("timeout", "float", 60.0),
+        ),
+        _drain_arguments,
+        show.print_drain,
+        words=("drain-node",),
+    ),
     Command("repo-rm", "rm NAME", (Field("name", "str"),), _name(), show.print_repos),
     Command(
         "install",

@@ -94,6 +94,19 @@ def print_nodes(result: Any) -> None:
         say(f"{name:<20} {state:<8} beat {_clock(row['last_heartbeat'])}  {count} resources{lease}")
 
 
+def print_drain(row: dict[str, Any]) -> None:
+    """``drain-node``: the node's state now and what it still holds."""
+    count = row["resources"]
+    if row["state"] == "live":
+        say(f"{shown(row['node_id'])} is live: it claims its share again")
+    elif row["state"] != "draining":
+        say(f"{shown(row['node_id'])} is {row['state']}: {count} resources")
+    elif count:
+        say(f"{shown(row['node_id'])} is draining: {count} resources still to hand over")
+    else:
+        say(f"{shown(row['node_id'])} is draining: it holds no resources")
+
+
 def _clock(seconds: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(seconds))
 

@@ -43,6 +43,7 @@ from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 from drivebay.sandbox.pep440 import version_key
 
 if TYPE_CHECKING:
+    from drivebay.kernel.cluster.daemon import DaemonCluster
     from drivebay.kernel.config import TokenRule
     from drivebay.kernel.drivers.slot import DriverSlot
     from drivebay.kernel.kernel import Kernel
@@ -432,14 +433,36 @@ async def restart(k: Kernel, request: schema.RestartRequest) -> Outcome:
 # -- cluster -----------------------------------------------------------------------------
 
 
-@command(schema.NodesRequest)
-async def nodes(k: Kernel, request: schema.NodesRequest) -> Outcome:
+def _cluster(k: Kernel) -> DaemonCluster:
     if k.cluster is None:
         raise RequestError(
             "this daemon is not in a cluster; add a cluster: section (database, node_id) to "
             "its config and restart drivebayd (docs/cluster.md)"
         )
-    return await k.cluster.node_rows(), EXIT_OK
+    return k.cluster
+
+
+@command(schema.NodesRequest)
+async def nodes(k: Kernel, request: schema.NodesRequest) -> Outcome:
+    return await _cluster(k).node_rows(), EXIT_OK
+
+
+@command(schema.DrainNodeRequest)
+async def drain_node(k: Kernel, request: schema.DrainNodeRequest) -> Outcome:
+    from drivebay.kernel.cluster.daemon import node_row  # psycopg: only when clustered
+    from drivebay.kernel.cluster.drain import drain_node as drain
+
+    cluster = _cluster(k)
+    if request.undo and (request.wait or request.force):
+        raise RequestError("--wait and --force go with a drain, not with --undo")
+    info = await drain(
+        cluster.settings,
+        request.node_id,
+        undo=request.undo,
+        force=request.force,
+        wait=request.timeout if request.wait else None,
+    )
+    return node_row(info), EXIT_OK
 
 
 # -- repositories ------------------------------------------------------------------------

@@ -152,6 +152,22 @@ class NodesRequest(_Request, frozen=True, tag="nodes"):
     """The nodes of the cluster this daemon is in (config ``cluster:``)."""
 
 
+class DrainNodeRequest(_Request, frozen=True, tag="drain-node"):
+    """Hand the resources of cluster node ``node_id`` to the other nodes (for
+    maintenance): it claims nothing more and gives up each resource once its
+    queue is idle. ``undo``: make it live again; ``force``: drain even when no
+    other live node runs some of its drivers (those resources wait unowned);
+    ``wait``: answer once it holds nothing, at most ``timeout`` seconds."""
+
+    node_id: Annotated[str, msgspec.Meta(description="a node id, as nodes lists it")]
+    undo: bool = False
+    force: bool = False
+    wait: bool = False
+    timeout: Annotated[
+        float, msgspec.Meta(gt=0, le=86400, description="a number of seconds above 0")
+    ] = 60.0
+
+
 class RepoRmRequest(_Request, frozen=True, tag="repo-rm"):
     name: str
 
@@ -219,6 +235,7 @@ CHANGING: frozenset[type[_Request]] = frozenset(
         ResourceRmRequest,
         ResourcePinRequest,
         CallRequest,
+        DrainNodeRequest,
         RepoAddRequest,
         RepoRmRequest,
         InstallRequest,
@@ -249,6 +266,7 @@ ControlRequest = (
     | RepoAddRequest
     | RepoListRequest
     | NodesRequest
+    | DrainNodeRequest
     | RepoRmRequest
     | InstallRequest
     | EventsRequest
@@ -531,6 +549,9 @@ RESULTS: dict[type[ControlRequest], Any] = {
     RepoAddRequest: RepoRow,
     RepoListRequest: list[RepoRow],
     NodesRequest: list[NodeRow],
+    DrainNodeRequest: Annotated[
+        NodeRow, msgspec.Meta(description="the node after the command (with wait: drained)")
+    ],
     RepoRmRequest: RepoRow,
     InstallRequest: Installed,
     EventsRequest: list[Event],

@@ -242,6 +242,21 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/v1/repositories", S.RepoListRequest, summary="repositories"),
     Route("GET", "/v1/nodes", S.NodesRequest, summary="the nodes of this daemon's cluster"),
+    Route(
+        "POST",
+        "/v1/nodes/{node_id}/drain",
+        S.DrainNodeRequest,
+        {"node_id": "{node_id}", "undo": False},
+        body="fields",
+        summary="hand the node's resources to the others (wait, timeout, force in the body)",
+    ),
+    Route(
+        "DELETE",
+        "/v1/nodes/{node_id}/drain",
+        S.DrainNodeRequest,
+        {"node_id": "{node_id}", "undo": True},
+        summary="undo a drain: the node claims its share again",
+    ),
     Route("POST", "/v1/repositories", S.RepoAddRequest, body="fields", summary="add one"),
     Route(
         "DELETE", "/v1/repositories/{name}", S.RepoRmRequest, {"name": "{name}"}, summary="remove"
