@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from drivebay.kernel.cluster import fault_points
 from drivebay.kernel.cluster.connection import connect
 from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.driver_calls import DriverCalls
@@ -67,7 +68,13 @@ class DaemonCluster:
         if self._stopping.is_set():
             return
         drivers, versions = self._running()
-        self.node = ClusterNode(self.settings, drivers, self._send, versions=versions)
+        self.node = ClusterNode(
+            self.settings,
+            drivers,
+            self._send,
+            versions=versions,
+            fault=fault_points.from_environment(self.settings.node_id),
+        )
         log.info(
             "cluster: node %s joins with drivers %s",
             self.settings.node_id,

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from drivebay.kernel.cluster.lease import Fence
+from drivebay.kernel.cluster.lease import Gate
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 
 
@@ -86,7 +86,7 @@ class ResourceQueue:
         repository: ClusterRepository,
         resource_id: str,
         epoch: int,
-        fence: Fence,
+        fence: Gate,
         send: Send,
         *,
         reconcile: Send | None = None,

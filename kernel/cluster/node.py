@@ -25,8 +25,9 @@ from typing import Any
 import psycopg
 
 from drivebay.kernel.cluster.connection import Connection, connect
-from drivebay.kernel.cluster.dispatch import ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.dispatch import FaultPoint, ResourceQueue, Send, Stop
 from drivebay.kernel.cluster.inbox import Inbox
+from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -48,6 +49,7 @@ class ClusterNode:
         idempotent: frozenset[str] = frozenset(),
         poll_s: float | None = None,
         versions: Iterable[str] = (),
+        fault: FaultPoint | None = None,
     ) -> None:
         self.settings = settings
         self.membership = Membership(
@@ -62,6 +64,7 @@ class ClusterNode:
         self._send = send
         self._reconcile = reconcile
         self._idempotent = idempotent
+        self._fault = fault  # a test's holds (fault_points); None in production
         self._tasks: asyncio.TaskGroup | None = None
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
@@ -157,10 +160,11 @@ class ClusterNode:
                     repository,
                     resource_id,
                     epoch,
-                    self.membership.fence,
+                    LeaseGate(self.membership.fence, self.membership.owned, resource_id, epoch),
                     self._send,
                     reconcile=self._reconcile,
                     idempotent=self._idempotent,
+                    fault=self._fault,
                 )
                 stop = await queue.drain()
             except (psycopg.Error, KernelError, TimeoutError) as exc:
