@@ -107,6 +107,8 @@ class TcpProxy:
                 pumps.create_task(self._pump(server_r, client_w))
         except OSError:
             pass  # the target refused: the client sees its connection end
+        except asyncio.CancelledError:
+            pass  # ``close``: ended here, as asyncio's stream callback expects
         finally:
             self._tasks.discard(me)
             for writer in writers:
