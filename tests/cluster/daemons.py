@@ -3,16 +3,20 @@ reads and writes in the cluster's tables beside them (tests/cluster/)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from drivebay.client import AsyncClient, OperationError
 from drivebay.kernel.resources.store import Resource
 from tests.cluster.helpers import cluster
+from tests.cluster.ledger_cluster import driver_config, ledger_bundle
 from tests.e2e.harness import Daemon, wait_for
 from tests.e2e.test_resources import misbehave_bundle
 from tests.helpers import run
@@ -27,14 +31,64 @@ def clustered(
     node_id: str,
     staging: Path,
     timings: dict[str, float] = TIMINGS,
+    ledger: Path | None = None,
 ) -> Daemon:
-    """A daemon with ``cluster:`` running the driver ``mis`` (not started yet)."""
-    made: Daemon = daemon_factory(
-        node_id, {"cluster": {"database": database, "node_id": node_id, **timings}}
-    )
+    """A daemon with ``cluster:`` (not started yet) running the driver ``mis``,
+    or with ``ledger`` the driver ``cled`` writing to it (ledger_cluster)."""
+    config: dict[str, Any] = {"cluster": {"database": database, "node_id": node_id, **timings}}
+    if ledger is not None:
+        config |= driver_config(ledger, node_id)
+    made: Daemon = daemon_factory(node_id, config)
     staging.mkdir(exist_ok=True)
-    made.drop(misbehave_bundle(Path(staging)))
+    made.drop(misbehave_bundle(staging) if ledger is None else ledger_bundle(staging))
     return made
+
+
+class CallLoad:
+    """Callers on a thread of their own: one call after another on each
+    resource (``record``, through the daemons' sockets in turn) until ``stop``."""
+
+    def __init__(self, sockets: list[Path], resources: list[str], timeout: float = 30) -> None:
+        self.answers: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._sockets = sockets
+        self._resources = resources
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="load")
+
+    def start(self) -> CallLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop calling; returns once every call made has its answer."""
+        self._stop.set()
+        self._thread.join(self._timeout + 30)
+        assert not self._thread.is_alive(), "callers did not end"
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as callers:
+            for i, resource in enumerate(self._resources):
+                socket = self._sockets[i % len(self._sockets)]
+                callers.create_task(self._caller(socket, resource))
+
+    async def _caller(self, socket: Path, resource: str) -> None:
+        async with AsyncClient(str(socket)) as client:
+            n = 0
+            while not self._stop.is_set():
+                n += 1
+                try:
+                    answer = await client.call(
+                        resource, "record", {"value": n}, timeout=self._timeout
+                    )
+                except OperationError as exc:
+                    self.errors.append(f"{resource} #{n}: {exc.type}: {exc.message}")
+                    continue
+                except Exception as exc:  # the connection is gone: this caller ends
+                    self.errors.append(f"{resource} #{n}: {type(exc).__name__}: {exc}")
+                    return
+                self.answers.append(answer)
 
 
 def pid(daemon: Daemon) -> int:
