@@ -48,9 +48,15 @@ class CallLoad:
     """Callers on a thread of their own: one call after another on each
     resource (``record``, through the daemons' sockets in turn) until ``stop``."""
 
-    def __init__(self, sockets: list[Path], resources: list[str], timeout: float = 30) -> None:
+    def __init__(
+        self,
+        sockets: list[Path],
+        resources: list[str],
+        timeout: float = 30,
+        errors: list[str] | None = None,
+    ) -> None:
         self.answers: list[dict[str, Any]] = []
-        self.errors: list[str] = []
+        self.errors: list[str] = [] if errors is None else errors  # calls answered with one
         self._sockets = sockets
         self._resources = resources
         self._timeout = timeout

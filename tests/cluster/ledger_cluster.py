@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.sandbox.bundles import make_bundle
 
 SOURCE = """
 import json
+import re
 import os
 import time
 
@@ -175,3 +177,18 @@ def check_stale_sends(lines: list[dict[str, Any]], rows: list[tuple[Any, ...]]) 
             if resource == line["resource"] and epoch > line["epoch"]
         ]
         assert not newer or line["wall"] < min(newer), f"sent under a stale epoch: {line}"
+
+
+NEVER_REACHED = re.compile(r"OperationFailed: LookupError: record (\d+) never reached the device$")
+
+
+def check_answers(errors: list[str], operations: dict[int, tuple[str, int | None, Any]]) -> int:
+    """The only calls answered with an error are those a dead or cut-off
+    owner marked dispatched and never sent, which the heir's
+    ``reconcile_operation`` found the device never saw (failed in the
+    database too). Returns how many."""
+    for error in errors:
+        found = NEVER_REACHED.search(error)
+        assert found, f"a call answered with an error: {error}"
+        assert operations[int(found[1])][0] == "failed", (error, operations[int(found[1])])
+    return len(errors)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tests.cluster.daemons import TIMINGS, CallLoad, Tables, clustered
 from tests.cluster.ledger_cluster import (
+    check_answers,
     check_history,
     check_ledger,
     check_stale_sends,
@@ -71,10 +72,10 @@ def test_a_node_killed_under_load_loses_nothing_and_repeats_nothing(
     finally:
         load.stop()
 
-    assert load.errors == [], load.errors[:5]
     operations = wait_for(lambda: _all_final(tables), 30, "every call final")
     lines = read_ledger(ledger)
     check_ledger(lines, operations)
+    failed = check_answers(load.errors, operations)
     rows = history(database)
     check_history(rows)
     check_stale_sends(lines, rows)
@@ -88,7 +89,7 @@ def test_a_node_killed_under_load_loses_nothing_and_repeats_nothing(
     settled = sum(1 for _, _, result in operations.values() if result.get("reconciled"))
     print(
         f"\nfailover {failover_s:.2f} s (bound {BOUND_S} s); {len(operations)} calls, "
-        f"{settled} settled by reconcile_operation"
+        f"{settled} settled by reconcile_operation, {failed} found never sent"
     )
     assert failover_s <= BOUND_S, failover_s
     for node in survivors:
