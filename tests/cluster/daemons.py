@@ -90,6 +90,7 @@ class CallLoad:
                     )
                 except OperationError as exc:
                     self.errors.append(f"{resource} #{n}: {exc.type}: {exc.message}")
+                    await asyncio.sleep(0.05)  # a caller backing off, not a wait
                     continue
                 except Exception as exc:  # the connection is gone: this caller ends
                     self.errors.append(f"{resource} #{n}: {type(exc).__name__}: {exc}")
