@@ -10,8 +10,8 @@ guarded, so a result still counts only if no other node claimed the
 resource). After each membership round, a node holding more than its fair
 share of a driver's resources (it was up before the others) gives up the
 excess whose queues are idle, so that the nodes that joined later claim
-them. The workers share one connection of their own, opened again after a
-failure (the next wake retries). ``stop`` leaves the cluster and makes
+them. The workers share a few connections of their own (``link.Pool``),
+each opened again after a failure (the next wake retries). ``stop`` leaves the cluster and makes
 ``run`` return once the workers have ended.
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
@@ -31,10 +31,10 @@ from typing import Any, Protocol
 
 import psycopg
 
-from drivebay.kernel.cluster.connection import Connection, connect
 from drivebay.kernel.cluster.dispatch import FaultPoint, Recorded, ResourceQueue, Send, Stop
 from drivebay.kernel.cluster.inbox import Inbox
 from drivebay.kernel.cluster.lease import LeaseGate
+from drivebay.kernel.cluster.link import Pool
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -51,6 +51,10 @@ class Keeper(Protocol):
 
     async def lost(self, resource_id: str) -> None:
         """Close the resource's actor (its worker has ended)."""
+
+    def serves(self, resource_id: str) -> bool:
+        """Does the driver the resource needs run on this node now? (A node
+        gives up the resources it no longer serves.)"""
 
     def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
         """How an operation a dead owner sent is settled for this resource:
@@ -95,8 +99,7 @@ class ClusterNode:
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
         self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
-        self._db: Connection | None = None
-        self._db_lock = asyncio.Lock()
+        self._pool = Pool(settings)  # the workers' connections
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task has ended."""
@@ -116,9 +119,7 @@ class ClusterNode:
                     inbox.cancel()
         finally:
             self._tasks = None
-            if self._db is not None:
-                await self._db.close()
-                self._db = None
+            await self._pool.close()
 
     def _changed(self, gained: dict[str, int], lost: set[str]) -> None:
         for resource_id in lost:
@@ -143,12 +144,25 @@ class ClusterNode:
             self._workers[resource_id] = (task, woken)
 
     async def _rebalance(self, repository: ClusterRepository) -> None:
-        """Give up what this node holds over its fair share, among resources
+        """Give up what this node holds over its fair share, and what its
+        keeper no longer serves (the driver stopped here), among resources
         whose queue is idle: their workers end first (no call in flight, none
-        started after), then the leases end so that other nodes claim them."""
+        started after), then the leases end so that other nodes claim them.
+        A busy one waits for a later round (a resource not served refuses
+        its next operation unsent, so its queue soon is idle)."""
+        keeper = self._keeper
+        unserved = (
+            {}
+            if keeper is None
+            else {
+                resource_id: epoch
+                for resource_id, epoch in self.membership.owned.items()
+                if not keeper.serves(resource_id)
+            }
+        )
         idle = {
             resource_id: epoch
-            for resource_id, epoch in (await repository.surplus()).items()
+            for resource_id, epoch in ((await repository.surplus()) | unserved).items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
         if not idle:
@@ -210,7 +224,7 @@ class ClusterNode:
                     if not kept:
                         continue  # removed: the next round says it is lost
                 repository = ClusterRepository(
-                    await self._connection(), self.settings.node_id, self.settings.lease_s
+                    await self._pool.connection(), self.settings.node_id, self.settings.lease_s
                 )
                 idempotent, reconcile = self._idempotent, self._reconcile
                 if self._keeper is not None:
@@ -234,13 +248,3 @@ class ClusterNode:
                 self._draining.discard(me)
             if stop is Stop.LOST:
                 return  # the membership's next round says so too
-
-    async def _connection(self) -> Connection:
-        async with self._db_lock:
-            if self._db is not None and (self._db.closed or self._db.broken):
-                await self._db.close()
-                self._db = None
-            if self._db is None:
-                async with asyncio.timeout(self.settings.renew_s):
-                    self._db = await connect(self.settings)
-            return self._db
