@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
 import psycopg
@@ -85,7 +85,7 @@ async def connect(settings: ClusterSettings) -> Connection:
         ) from exc
 
 
-async def bounded(seconds: float, statements: Coroutine[Any, Any, T]) -> T:
+async def bounded(seconds: float, statements: Awaitable[T]) -> T:
     """Await ``statements`` (on a connection of the caller's) for at most
     ``seconds``; past that raise ``TimeoutError`` within ``seconds`` more.
 
