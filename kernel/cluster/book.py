@@ -36,6 +36,7 @@ import msgspec
 from drivebay.kernel.cluster.book_rows import page_of, row_of
 from drivebay.kernel.cluster.connection import Connection
 from drivebay.kernel.cluster.dispatch import Outcome, Send
+from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Link
 from drivebay.kernel.cluster.owner_side import apply_change, send_through, settling_of
 from drivebay.kernel.cluster.queue_statements import (
@@ -164,7 +165,11 @@ class ClusterBook(ResourceBook):
             raise Fenced(f"resource {op.resource_id} has no actor on this node yet")
         if not self.serving(actor.driver, actor.pinned):  # given up at the next round
             raise Fenced(f"resource {op.resource_id}: its driver was stopped on this node")
-        guard = node.membership.fence.may_dispatch
+        # This lease, not only the node's fence: a renewal may reopen the fence
+        # after the node lost this resource while the call waited in the mailbox.
+        guard = LeaseGate(
+            node.membership.fence, node.membership.owned, op.resource_id, epoch
+        ).may_dispatch
         if op.operation in CHANGES:
             if not guard():
                 raise Fenced(f"resource {op.resource_id}: this node may not act on it now")

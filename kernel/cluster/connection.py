@@ -9,8 +9,10 @@ time for the node to fence itself rather than hang past its lease.
 
 from __future__ import annotations
 
+import asyncio
 import math
-from typing import Final
+from collections.abc import Awaitable
+from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -19,6 +21,7 @@ from psycopg.rows import TupleRow
 from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
 from drivebay.protocol.errors import KernelError
 
+T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
 NOTIFY_PREFIX: Final = "drivebay.node."
 # Results of the calls a node accepted (payload: the operation id). As short
@@ -80,3 +83,38 @@ async def connect(settings: ClusterSettings) -> Connection:
             f"cannot connect to the cluster database {shown_database(settings.database)} "
             f"({reason}); check cluster.database and that PostgreSQL runs and admits this node"
         ) from exc
+
+
+async def bounded(seconds: float, statements: Awaitable[T]) -> T:
+    """Await ``statements`` (on a connection of the caller's) for at most
+    ``seconds``; past that raise ``TimeoutError`` within ``seconds`` more.
+
+    ``asyncio.timeout`` alone is not enough on a link that stops answering
+    without closing (a black hole): psycopg, cancelled in the middle of a
+    statement, sends the server a cancel request and waits for it and then
+    for the statement's end, up to 5 s each (11 s measured), on the same
+    dead link. Cancelled a second time, it closes the connection at once.
+    So the statement is cancelled at ``seconds`` (a slow but live server
+    answers the cancel request at once and the connection stays usable),
+    and cancelled again if it has not ended ``seconds`` later. The caller
+    then finds the connection closed (``broken``) and opens another."""
+    task = asyncio.ensure_future(statements)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    except asyncio.CancelledError:
+        await _end(task, seconds)
+        raise
+    if done:
+        return task.result()
+    await _end(task, seconds)
+    raise TimeoutError(f"the cluster database did not answer within {seconds:g} s")
+
+
+async def _end(task: asyncio.Future[Any], seconds: float) -> None:
+    task.cancel()  # psycopg asks the server to cancel the statement
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()  # interrupted again: psycopg closes the connection at once
+        done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done and not task.cancelled():
+        task.exception()  # retrieved: the caller raises TimeoutError instead

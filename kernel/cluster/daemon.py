@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from drivebay.kernel.cluster import fault_points
 from drivebay.kernel.cluster.book import ClusterBook
 from drivebay.kernel.cluster.connection import connect
 from drivebay.kernel.cluster.node import ClusterNode
@@ -76,6 +77,7 @@ class DaemonCluster:
             versions=versions,
             keeper=book,
             recorded=book.results.settle,
+            fault=fault_points.from_environment(self.settings.node_id),
         )
         book.node = self.node
         book.serving = self.serving

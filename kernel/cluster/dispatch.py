@@ -33,7 +33,7 @@ from typing import Any
 
 import msgspec
 
-from drivebay.kernel.cluster.lease import Fence
+from drivebay.kernel.cluster.lease import Gate
 from drivebay.kernel.cluster.queue_statements import CHANGES, requeue, write_change
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.protocol.errors import Fenced, OutcomeUnknown
@@ -96,7 +96,7 @@ class ResourceQueue:
         repository: ClusterRepository,
         resource_id: str,
         epoch: int,
-        fence: Fence,
+        fence: Gate,
         send: Send,
         *,
         reconcile: Send | None = None,

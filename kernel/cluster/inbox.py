@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection
 
 import psycopg
 
-from drivebay.kernel.cluster.connection import connect
+from drivebay.kernel.cluster.connection import bounded, connect
 from drivebay.kernel.cluster.repository import ClusterRepository, listen, notified
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.protocol.errors import KernelError
@@ -60,14 +60,12 @@ class Inbox:
             db = await connect(self.settings)
         async with db:
             repository = ClusterRepository(db, self.settings.node_id, self.settings.lease_s)
-            async with asyncio.timeout(self.settings.renew_s):
-                await listen(db, self.settings.node_id)
+            await bounded(self.settings.renew_s, listen(db, self.settings.node_id))
             self.listening.set()
             next_poll = self._clock()  # what was queued while nobody listened
             while True:
                 if self._clock() >= next_poll:
-                    async with asyncio.timeout(self.settings.renew_s):
-                        await self._poll(repository)
+                    await bounded(self.settings.renew_s, self._poll(repository))
                     next_poll = self._clock() + self._poll_s
                 for _, resource_id in await notified(db, max(0.0, next_poll - self._clock())):
                     self._wake(resource_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 
 def fair_share(resources: int, nodes: int) -> int:
@@ -111,3 +111,26 @@ class Fence:
         if self._until is None:
             return 0.0
         return max(0.0, self._until - self._clock())
+
+
+class Gate(Protocol):
+    """What a resource's queue asks before each dispatch and each send."""
+
+    def may_dispatch(self) -> bool: ...
+
+
+class LeaseGate:
+    """The gate of one resource held under one epoch: open while the node's
+    fence is open and the node's last round still found that lease
+    (``owned``, resource -> epoch). The fence alone is the node's: once a
+    renewal reopens it, a queue still running for a resource the node lost
+    meanwhile (its epoch gone from ``owned``) must stay shut."""
+
+    def __init__(self, fence: Fence, owned: dict[str, int], resource_id: str, epoch: int) -> None:
+        self._fence = fence
+        self._owned = owned
+        self._resource_id = resource_id
+        self._epoch = epoch
+
+    def may_dispatch(self) -> bool:
+        return self._owned.get(self._resource_id) == self._epoch and self._fence.may_dispatch()

@@ -5,7 +5,7 @@ each opened at first use and again once it is closed or broken; psycopg
 runs one statement at a time per connection, so the statements of many
 tasks (calls being queued, queue workers) spread over a few connections
 instead of waiting in one line. ``Link.run`` runs one action over the next
-connection, bounded by ``renew_s``; a database that fails or does not
+connection, bounded by ``renew_s`` (``connection.bounded``); a database that fails or does not
 answer in time is one line (``KernelError``) saying what was not done, and
 that connection is given up so that its next use opens a new one.
 """
@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 
 import psycopg
 
-from drivebay.kernel.cluster.connection import Connection, connect
+from drivebay.kernel.cluster.connection import Connection, bounded, connect
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.protocol.errors import KernelError
 
@@ -78,7 +78,9 @@ class Link:
         try:
             async with asyncio.timeout(self.settings.renew_s):
                 db = await self.pool.connection()
-                return await act(db)
+            # Not asyncio.timeout: on a black-holed link psycopg would wait 10 s
+            # more for its cancel request (connection.bounded).
+            return await bounded(self.settings.renew_s, act(db))
         except (psycopg.Error, TimeoutError) as exc:
             if db is not None:
                 await self.pool.give_up(db)

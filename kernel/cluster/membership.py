@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import psycopg
 
-from drivebay.kernel.cluster.connection import connect
+from drivebay.kernel.cluster.connection import bounded, connect
 from drivebay.kernel.cluster.lease import Fence
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.cluster.schema import SchemaRefused, migrate
@@ -101,16 +101,13 @@ class Membership:
             repository = ClusterRepository(db, self.settings.node_id, self.settings.lease_s)
             if self._incarnation is not None:
                 repository.resume(self._incarnation, self._drivers, self._versions)
-            async with asyncio.timeout(self.settings.lease_s):
-                await migrate(db)
+            await bounded(self.settings.lease_s, migrate(db))
             while not self._stopping.is_set():
                 started = self._clock()
-                async with asyncio.timeout(self.settings.renew_s):
-                    await self._round(repository)
+                await bounded(self.settings.renew_s, self._round(repository))
                 self._recovered()
                 await self._pause(started + self.settings.renew_s - self._clock())
-            async with asyncio.timeout(self.settings.renew_s):
-                await repository.leave()
+            await bounded(self.settings.renew_s, repository.leave())
             self.fence.fence()
             self._change({}, set(self.owned))
 

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 
 import psycopg
 
-from drivebay.kernel.cluster.dispatch import Recorded, ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.dispatch import FaultPoint, Recorded, ResourceQueue, Send, Stop
 from drivebay.kernel.cluster.inbox import Inbox
+from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Pool
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
@@ -77,6 +78,7 @@ class ClusterNode:
         versions: Iterable[str] = (),
         keeper: Keeper | None = None,
         recorded: Recorded | None = None,
+        fault: FaultPoint | None = None,
     ) -> None:
         self.settings = settings
         self._keeper = keeper
@@ -93,6 +95,7 @@ class ClusterNode:
         self._send = send
         self._reconcile = reconcile
         self._idempotent = idempotent
+        self._fault = fault  # a test's holds (fault_points); None in production
         self._tasks: asyncio.TaskGroup | None = None
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
@@ -240,11 +243,12 @@ class ClusterNode:
                     repository,
                     resource_id,
                     epoch,
-                    self.membership.fence,
+                    LeaseGate(self.membership.fence, self.membership.owned, resource_id, epoch),
                     self._send,
                     reconcile=reconcile,
                     idempotent=idempotent,
                     recorded=self._recorded,
+                    fault=self._fault,
                 )
                 stop = await queue.drain()
             except (psycopg.Error, KernelError, TimeoutError) as exc:

@@ -118,8 +118,14 @@ class Results:
                 await asyncio.wait({future}, timeout=min(remaining, self._poll_s))
                 outcome = future.result() if future.done() else None
                 if outcome is None:
-                    async with asyncio.timeout(self.settings.renew_s):
-                        found = await look(op_id)
+                    try:
+                        async with asyncio.timeout(self.settings.renew_s):
+                            found = await look(op_id)
+                    except (psycopg.Error, KernelError, TimeoutError) as exc:
+                        # The database is away: the call stays queued; look again
+                        # at the next poll, until the deadline.
+                        log.debug("cluster results: #%s: %s; looking again", op_id, exc)
+                        found = Finished("queued", None)
                     if found is None:
                         raise RequestError(gone)
                     if found.state in ("done", "failed"):

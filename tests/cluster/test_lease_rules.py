@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivebay.kernel.cluster.lease import Fence, claim_quota, fair_share, surplus
+from drivebay.kernel.cluster.lease import Fence, LeaseGate, claim_quota, fair_share, surplus
 
 
 class Clock:
@@ -91,3 +91,21 @@ def test_a_lost_lease_fences_at_once_until_the_next_renewal() -> None:
     assert not fence.may_dispatch()
     fence.renewed(fence.sending())
     assert fence.may_dispatch()
+
+
+def test_a_resource_lost_stays_shut_when_a_renewal_reopens_the_fence() -> None:
+    clock = Clock()
+    fence = Fence(lease_s=15, grace_s=5, clock=clock)
+    owned = {"r1": 7, "r2": 8}
+    gate, other = LeaseGate(fence, owned, "r1", 7), LeaseGate(fence, owned, "r2", 8)
+    assert not gate.may_dispatch()  # never renewed
+    fence.renewed(fence.sending())
+    assert gate.may_dispatch() and other.may_dispatch()
+    clock.now += 11  # paused past the fence: both shut
+    assert not gate.may_dispatch() and not other.may_dispatch()
+    del owned["r1"]  # the next round finds r1 taken by another node...
+    fence.renewed(fence.sending())  # ...and the renewal reopens the node's fence
+    assert not gate.may_dispatch() and other.may_dispatch()
+    owned["r1"] = 9  # claimed again, under a new epoch: the old queue stays shut
+    assert not gate.may_dispatch()
+    assert LeaseGate(fence, owned, "r1", 9).may_dispatch()
