@@ -106,6 +106,17 @@ def descendants(pid: int) -> dict[int, int]:
     return found
 
 
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of ``pid`` and of every process below it, by pid."""
+    return {p: cpu_seconds(p) for p in (pid, *descendants(pid))}
+
+
+def spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds a tree spent between two ``tree_cpu`` readings (a process
+    that came meanwhile counts from 0; one that ended, not at all)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 def kill_leftovers(processes: dict[int, int], deadline_s: float) -> int:
     """Wait up to ``deadline_s`` for ``processes`` (pid -> start time) to
     end, then SIGKILL those still there (the same start time: the same

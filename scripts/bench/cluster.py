@@ -203,7 +203,9 @@ class Setup:
     p50_ms: float | None = None
     p99_ms: float | None = None
     calls: int = 0
-    cpu_us_per_call: dict[str, float] = field(default_factory=dict)  # node -> µs
+    cpu_us_per_call: dict[str, float] = field(default_factory=dict)  # drivebayd of each node
+    below_cpu_us_per_call: dict[str, float] = field(default_factory=dict)  # its drivers etc.
+    postgres_cpu_us_per_call: float | None = None  # the server and its backends
     pg_xacts_per_call: float | None = None
     pg_write_xacts_per_call: float | None = None
     ledger: dict[str, Any] = field(default_factory=dict)
@@ -225,18 +227,28 @@ async def measure(
     samples: list[tuple[int, float]] = []
     latencies: list[float] = []
     cpu = dict.fromkeys((n.name for n in nodes), 0.0)
+    below = dict.fromkeys((n.name for n in nodes), 0.0)
+    server = fleet.postgres.server if fleet is not None and fleet.postgres is not None else None
+    pg_cpu = 0.0
     try:
         xacts_before = await nodes_.transactions(db) if db is not None else (0, 0)
         async with asyncio.TaskGroup() as group:
             runner = group.create_task(load.run())
             await asyncio.sleep(plan.warmup_s)
             for _ in range(plan.rounds):
-                cpu_before = {n.name: n.cpu() for n in nodes}
+                trees = {n.name: nodes_.tree_cpu(n.pid) for n in nodes}
+                pg_before = nodes_.tree_cpu(server.pid) if server is not None else {}
                 start = time.perf_counter()
                 await asyncio.sleep(plan.window_s)
                 end = time.perf_counter()
+                pg_after = nodes_.tree_cpu(server.pid) if server is not None else {}
                 for n in nodes:
-                    cpu[n.name] += n.cpu() - cpu_before[n.name]
+                    after = nodes_.tree_cpu(n.pid)
+                    cpu[n.name] += after[n.pid] - trees[n.name][n.pid]
+                    below[n.name] += nodes_.spent(trees[n.name], after) - (
+                        after[n.pid] - trees[n.name][n.pid]
+                    )
+                pg_cpu += nodes_.spent(pg_before, pg_after)
                 calls, window = load.window(start, end)
                 samples.append((calls, end - start))
                 latencies += window
@@ -267,6 +279,9 @@ async def measure(
     setup.p99_ms = _common.percentile(latencies, 99) * 1e3
     setup.calls = answered
     setup.cpu_us_per_call = {name: s / answered * 1e6 for name, s in cpu.items()}
+    setup.below_cpu_us_per_call = {name: s / answered * 1e6 for name, s in below.items()}
+    if server is not None:
+        setup.postgres_cpu_us_per_call = pg_cpu / answered * 1e6
 
 
 async def sqlite_setup(plan: Plan, root: Path, envs_dir: Path) -> Setup:
@@ -438,6 +453,8 @@ def throughput_table(r: Results) -> list[str]:
                 n(s.p50_ms),
                 n(s.p99_ms),
                 " / ".join(n(v) for v in s.cpu_us_per_call.values()) or "-",
+                " / ".join(n(v) for v in s.below_cpu_us_per_call.values()) or "-",
+                n(s.postgres_cpu_us_per_call),
                 n(s.pg_xacts_per_call),
                 n(s.pg_write_xacts_per_call),
                 f"{ledger.get('lost', '-')} / {ledger.get('duplicated', '-')} / "
@@ -453,7 +470,9 @@ def throughput_table(r: Results) -> list[str]:
                 "calls/s",
                 "p50 ms",
                 "p99 ms",
-                "CPU µs/call per drivebayd",
+                "CPU µs/call: drivebayd",
+                "its drivers",
+                "PostgreSQL",
                 "PG xacts/call",
                 "PG writes/call",
                 "lost / dup / reord",
