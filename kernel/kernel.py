@@ -171,14 +171,7 @@ class Kernel:
                 log.warning(
                     "drivers run as root: set `user:` in the config to run them unprivileged"
                 )
-            self.book = ResourceBook(
-                ResourceStore.open(self.state_dir / "resources.db"),
-                self._route_when_known,
-                self.schema_for,
-                self.config.mailbox_size,
-                self.config.timeouts.settle_budget(),
-                events=self.events,
-            )
+            self.book = self._open_book(ResourceStore.open(self.state_dir / "resources.db"))
             log.info("restored %d resources", self.book.restore())
             self._failed = self.book.store.failed_versions()
             if serve is not None:
@@ -188,6 +181,17 @@ class Kernel:
                 await self._main()
         finally:
             self._lock.release()
+
+    def _open_book(self, store: ResourceStore) -> ResourceBook:
+        """The resource book: in the cluster's database with ``cluster:``, else in ``store``."""
+        timeouts = self.config.timeouts
+        args = (store, self._route_when_known, self.schema_for, self.config.mailbox_size)
+        if self.config.cluster is None:
+            return ResourceBook(*args, timeouts.settle_budget(), events=self.events)
+        from drivebay.kernel.cluster.book import ClusterBook  # psycopg only when clustered
+
+        cluster = self.config.cluster
+        return ClusterBook(cluster, timeouts.call_s, *args, timeouts.settle_budget(), self.events)
 
     async def _say_containment(self) -> None:
         """One line at start: what keeps drivers' descendants from outliving them."""

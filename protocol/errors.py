@@ -98,6 +98,22 @@ class CallTimeout(DriverError):
     """A call passed its deadline; it was cancelled in the driver."""
 
 
+class OutcomeUnknown(DriverError):
+    """In a cluster: the operation was sent to the driver by a node that
+    stopped (or lost the resource) before its result was recorded, and the
+    driver neither lists it as idempotent nor has ``reconcile_operation``.
+    It may or may not have taken effect: check the device before calling it
+    again. List the operation under ``idempotent:`` in the manifest, or give
+    the driver class ``reconcile_operation``, so that the next owner settles
+    it by itself."""
+
+
+class Fenced(RequestError):
+    """In a cluster: this node may not act on the resource now (its lease
+    may have ended, or another node owns it). The operation was not sent; it
+    stays queued and runs once, on the resource's owner."""
+
+
 class OperationFailed(DriverError):
     """The driver's operation raised. ``type`` and ``traceback`` are the
     driver's; the driver process is still healthy."""

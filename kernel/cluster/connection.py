@@ -21,11 +21,19 @@ from drivebay.protocol.errors import KernelError
 
 Connection = psycopg.AsyncConnection[TupleRow]
 NOTIFY_PREFIX: Final = "drivebay.node."
+# Results of the calls a node accepted (payload: the operation id). As short
+# as NOTIFY_PREFIX: a channel name (with a 48-character node id) fits in 63 bytes.
+RESULT_PREFIX: Final = "drivebay.done."
 
 
 def channel(node_id: str) -> str:
     """The notification channel of node ``node_id`` (LISTEN on it, pg_notify to it)."""
     return NOTIFY_PREFIX + node_id
+
+
+def result_channel(node_id: str) -> str:
+    """The channel on which node ``node_id`` hears that a call it accepted has its result."""
+    return RESULT_PREFIX + node_id
 
 
 def session_options(settings: ClusterSettings) -> dict[str, str | int]:

@@ -3,15 +3,14 @@ when the config has ``cluster:`` and stopped at shutdown.
 
 ``DaemonCluster.run`` waits until the kernel has read its drivers dir, then
 runs a ``ClusterNode`` that registers the drivers (and ``name@version``s)
-running here, again whenever one starts or stops, and whose ``send`` calls
-the driver process the resource's actor is bound to (``DriverCalls``).
+running here, again whenever one starts or stops, and whose queue workers
+send through the actors of the kernel's ``ClusterBook`` (which it keeps:
+an actor per resource owned here), beside the task that hears of the
+results of the calls this node accepted (``results.Results.run``).
 ``stop`` leaves the cluster; ``stopped`` waits for that, bounded, and
 cancels what is left. A node that cannot take part (a refused schema, its
-node id taken) says so in one line and the daemon goes on serving alone.
-
-Not wired yet (docs/cluster.md): the resource book still keeps resources in
-SQLite and calls do not go through the cluster's queue; a driver that stops
-does not give up the leases held of its resources.
+node id taken) says so in one line; the daemon goes on answering, and its
+calls wait in the queue for the nodes that run them.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
+from drivebay.kernel.cluster.book import ClusterBook
 from drivebay.kernel.cluster.connection import connect
-from drivebay.kernel.cluster.dispatch import Outcome
-from drivebay.kernel.cluster.driver_calls import DriverCalls
 from drivebay.kernel.cluster.node import ClusterNode
-from drivebay.kernel.cluster.repository import ClusterRepository, NodeInfo, QueuedOperation
+from drivebay.kernel.cluster.repository import ClusterRepository, NodeInfo
 from drivebay.kernel.cluster.settings import ClusterSettings, shown_database
 from drivebay.kernel.control.schema import NodeRow
 from drivebay.kernel.drivers.lifecycle import State
@@ -67,13 +65,25 @@ class DaemonCluster:
         if self._stopping.is_set():
             return
         drivers, versions = self._running()
-        self.node = ClusterNode(self.settings, drivers, self._send, versions=versions)
+        book = self._kernel.book
+        assert isinstance(book, ClusterBook), "the kernel opens a ClusterBook with cluster:"
+        self.node = ClusterNode(
+            self.settings,
+            drivers,
+            book.send,
+            versions=versions,
+            keeper=book,
+            recorded=book.results.settle,
+        )
+        book.node = self.node
         log.info(
             "cluster: node %s joins with drivers %s",
             self.settings.node_id,
             ", ".join(drivers) or "none",
         )
         self._kernel.state_listeners.append(self._on_state)
+        # The results of this node's calls, heard of on its channel.
+        results = asyncio.get_running_loop().create_task(book.results.run(), name="results")
         try:
             await self.node.run()
         except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
@@ -81,6 +91,9 @@ class DaemonCluster:
                 log.error("cluster: %s; this daemon serves alone until restarted", exc)
         finally:
             self._kernel.state_listeners.remove(self._on_state)
+            results.cancel()
+            await asyncio.wait({results})
+            book.node = None
 
     def _running(self) -> tuple[list[str], list[str]]:
         """The drivers and ``name@version``s running here now (not candidates)."""
@@ -122,23 +135,6 @@ class DaemonCluster:
             )
             task.cancel()
             await asyncio.wait({task}, timeout=self.settings.renew_s)
-
-    async def _send(self, op: QueuedOperation, epoch: int) -> Outcome:
-        """The operation to the driver process ``op``'s resource is bound to here."""
-        book = self._kernel.book
-        actor = None if book is None else book.actors.get(op.resource_id)
-        slot = None if actor is None else actor.bound
-        if slot is None or slot.process is None or not slot.process.alive:
-            return Outcome(
-                ok=False,
-                result={
-                    "type": "NotRunning",
-                    "message": f"resource {op.resource_id} has no running driver on node "
-                    f"{self.settings.node_id}",
-                },
-            )
-        calls = DriverCalls(slot.process, slot.manifest.idempotent, slot.call_timeout)
-        return await calls.send(op, epoch)
 
 
 async def list_nodes(settings: ClusterSettings) -> list[NodeInfo]:

@@ -13,9 +13,14 @@ fenced, between the dispatch mark and the result) is settled first, by
 the driver's ``reconcile_operation`` when it has one, otherwise failed with
 ``OutcomeUnknown``, never silently re-run.
 
-Not wired into the resource actors yet (docs/cluster.md): ``send`` and
-``reconcile`` are what the actor will pass in. ``fault`` lets a test hold a
-dispatch at a named point (a pause of the node that lands exactly there).
+``send`` (in ``drivebayd``, through the resource's actor) raises ``Fenced``
+when the fence closed before the call was written to the driver: nothing
+was sent, so the operation is put back to queued under the epoch's guard
+(``queue_statements.requeue``) for the next owner to run, not to settle.
+``recorded`` hears of each result written (the node answers the calls it
+accepted itself without waiting for the notification). ``fault`` lets a
+test hold a dispatch at a named point (a pause of the node that lands
+exactly there).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from typing import Any
 import msgspec
 
 from drivebay.kernel.cluster.lease import Fence
+from drivebay.kernel.cluster.queue_statements import requeue
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
+from drivebay.protocol.errors import Fenced
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -42,6 +49,7 @@ Send = Callable[[QueuedOperation, int], Awaitable[Outcome]]  # (operation, epoch
 # mark is committed), "send" (after it, before the fence check and the send),
 # "result" (before the result is written). None in production.
 FaultPoint = Callable[[str, QueuedOperation], Awaitable[None]]
+Recorded = Callable[[int, "Outcome"], None]  # (operation id, its outcome), once written
 
 
 class Settle(enum.Enum):
@@ -92,6 +100,7 @@ class ResourceQueue:
         reconcile: Send | None = None,
         idempotent: frozenset[str] = frozenset(),
         fault: FaultPoint | None = None,
+        recorded: Recorded | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.epoch = epoch
@@ -101,6 +110,7 @@ class ResourceQueue:
         self._reconcile = reconcile
         self._idempotent = idempotent
         self._fault = fault
+        self._recorded = recorded
 
     async def drain(self) -> Stop:
         """Run every unfinished operation, in order; returns why it stopped."""
@@ -122,7 +132,14 @@ class ResourceQueue:
         await self._at("send", op)
         if not self._fence.may_dispatch():  # immediately before the send
             return Stop.FENCED
-        return await self._record(op, await self._send(op, self.epoch))
+        try:
+            outcome = await self._send(op, self.epoch)
+        except Fenced:  # refused at the last check: never sent, so it runs later, once
+            await requeue(
+                self._repository.db, self._repository.node_id, op.id, self.resource_id, self.epoch
+            )
+            return Stop.FENCED
+        return await self._record(op, outcome)
 
     async def _settle(self, op: QueuedOperation) -> Stop | None:
         if op.dispatched_epoch != self.epoch and not await self._repository.redispatch(
@@ -136,14 +153,22 @@ class ResourceQueue:
             return Stop.FENCED
         call = self._send if rule is Settle.RERUN else self._reconcile
         assert call is not None
-        return await self._record(op, await call(op, self.epoch))
+        try:
+            outcome = await call(op, self.epoch)
+        except Fenced:  # left dispatched: whoever owns it next settles it again
+            return Stop.FENCED
+        return await self._record(op, outcome)
 
     async def _record(self, op: QueuedOperation, outcome: Outcome) -> Stop | None:
         await self._at("result", op)
         written = await self._repository.write_result(
             op.id, self.resource_id, self.epoch, ok=outcome.ok, result=outcome.result
         )
-        return None if written else Stop.LOST
+        if not written:
+            return Stop.LOST
+        if self._recorded is not None:
+            self._recorded(op.id, outcome)
+        return None
 
     async def _at(self, point: str, op: QueuedOperation) -> None:
         if self._fault is not None:

@@ -8,8 +8,9 @@ manifest list. A driver's error, or a call the process refuses (arguments
 holding ``op_id``), becomes a failed ``Outcome`` (the type and message
 clients see), as a single node answers it.
 
-``daemon.DaemonCluster`` sends through it to the process a resource's actor
-is bound to; calls do not reach the queue in ``drivebayd`` yet (docs/cluster.md).
+In ``drivebayd`` the queue workers send through the resource actors
+instead (``book.send_through``); ``reconcile`` and ``idempotent`` are not
+passed to them yet (docs/cluster.md).
 """
 
 from __future__ import annotations

@@ -13,6 +13,13 @@ excess whose queues are idle, so that the nodes that joined later claim
 them. The workers share one connection of their own, opened again after a
 failure (the next wake retries). ``stop`` leaves the cluster and makes
 ``run`` return once the workers have ended.
+
+In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
+workers: a worker asks it for the resource's actor before its first drain
+(again at each wake until it has one), and tells it when it has ended, its
+call in flight finished, so that the actor is closed; a worker of a
+resource gained again waits for the end of the previous one first.
+``recorded`` hears of each result written here.
 """
 
 from __future__ import annotations
@@ -20,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
 from drivebay.kernel.cluster.connection import Connection, connect
-from drivebay.kernel.cluster.dispatch import ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.dispatch import Recorded, ResourceQueue, Send, Stop
 from drivebay.kernel.cluster.inbox import Inbox
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
@@ -33,6 +40,16 @@ from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.protocol.errors import KernelError
 
 log = logging.getLogger("drivebay.cluster")
+
+
+class Keeper(Protocol):
+    """What keeps the actors of the resources a node owns."""
+
+    async def gained(self, resource_id: str) -> bool:
+        """Make the resource's actor (attached); False when the resource is gone."""
+
+    async def lost(self, resource_id: str) -> None:
+        """Close the resource's actor (its worker has ended)."""
 
 
 class ClusterNode:
@@ -48,8 +65,12 @@ class ClusterNode:
         idempotent: frozenset[str] = frozenset(),
         poll_s: float | None = None,
         versions: Iterable[str] = (),
+        keeper: Keeper | None = None,
+        recorded: Recorded | None = None,
     ) -> None:
         self.settings = settings
+        self._keeper = keeper
+        self._recorded = recorded
         self.membership = Membership(
             settings, drivers, self._changed, versions=versions, after_round=self._rebalance
         )
@@ -66,6 +87,7 @@ class ClusterNode:
         self._workers: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
+        self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
         self._db: Connection | None = None
         self._db_lock = asyncio.Lock()
 
@@ -99,14 +121,17 @@ class ClusterNode:
                 # statement; a busy one finishes the call in flight (its result
                 # write is guarded) and stops at the next guard.
                 self._ending.add(worker[0])
+                self._ended[resource_id] = worker[0]
                 worker[1].set()
         if self._tasks is None:
             return
         for resource_id, epoch in gained.items():
             woken = asyncio.Event()
             woken.set()  # drain at once: what the previous owner left comes first
+            previous = self._ended.get(resource_id)
             task = self._tasks.create_task(
-                self._worker(resource_id, epoch, woken), name=f"cluster queue {resource_id}"
+                self._worker(resource_id, epoch, woken, previous),
+                name=f"cluster queue {resource_id}",
             )
             self._workers[resource_id] = (task, woken)
 
@@ -127,22 +152,44 @@ class ClusterNode:
         if kept:  # an operation was left dispatched: settle it here first
             self.membership.take_back(kept)
 
+    def owns(self, resource_id: str) -> bool:
+        """Does a worker of this node run ``resource_id``'s queue now?"""
+        return resource_id in self._workers
+
+    def wake(self, resource_id: str) -> None:
+        """Drain ``resource_id``'s queue now, if this node owns it (a call
+        accepted here: no need to wait for the notification)."""
+        self._wake(resource_id)
+
     def _wake(self, resource_id: str) -> None:
         worker = self._workers.get(resource_id)
         if worker is not None:
             worker[1].set()
 
-    async def _worker(self, resource_id: str, epoch: int, woken: asyncio.Event) -> None:
+    async def _worker(
+        self,
+        resource_id: str,
+        epoch: int,
+        woken: asyncio.Event,
+        previous: asyncio.Task[Any] | None,
+    ) -> None:
         me = asyncio.current_task()
         assert me is not None
         try:
+            if previous is not None:  # the actor of the previous ownership closes first
+                await asyncio.wait({previous})
             await self._drain_when_woken(me, resource_id, epoch, woken)
         finally:
             self._ending.discard(me)
+            if self._keeper is not None:
+                await self._keeper.lost(resource_id)
+            if self._ended.get(resource_id) is me:
+                del self._ended[resource_id]
 
     async def _drain_when_woken(
         self, me: asyncio.Task[Any], resource_id: str, epoch: int, woken: asyncio.Event
     ) -> None:
+        kept = self._keeper is None  # the actor is there (or none is needed)
         while True:
             await woken.wait()
             woken.clear()
@@ -150,6 +197,11 @@ class ClusterNode:
                 return
             self._draining.add(me)
             try:
+                if not kept:
+                    assert self._keeper is not None
+                    kept = await self._keeper.gained(resource_id)
+                    if not kept:
+                        continue  # removed: the next round says it is lost
                 repository = ClusterRepository(
                     await self._connection(), self.settings.node_id, self.settings.lease_s
                 )
@@ -161,6 +213,7 @@ class ClusterNode:
                     self._send,
                     reconcile=self._reconcile,
                     idempotent=self._idempotent,
+                    recorded=self._recorded,
                 )
                 stop = await queue.drain()
             except (psycopg.Error, KernelError, TimeoutError) as exc:

@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from drivebay.kernel.cluster.connection import Connection, channel
+from drivebay.kernel.cluster.connection import RESULT_PREFIX, Connection, channel
 from drivebay.kernel.cluster.lease import claim_quota, surplus
 from drivebay.kernel.resources.store import Resource, check_resource_id
 from drivebay.protocol.errors import NoSuchName, RequestError
@@ -79,6 +79,11 @@ class ClusterRepository:
         self.incarnation: int | None = None
         self._drivers: list[str] = []
         self._versions: list[str] = []
+
+    @property
+    def db(self) -> Connection:
+        """The connection it uses (for the statements of ``queue_statements``)."""
+        return self._db
 
     # -- nodes -------------------------------------------------------------------
 
@@ -414,7 +419,8 @@ class ClusterRepository:
         """Record the result of operation ``op_id``, dispatched under
         ``epoch``, only if this node still holds ``resource_id`` under that
         epoch (a lease that ended but was not claimed by another still
-        counts: no one else has acted). False: nothing changed."""
+        counts: no one else has acted). False: nothing changed. The node
+        that accepted the call is notified (``result_channel``) when it commits."""
         cursor = await self._db.execute(
             "WITH owner AS (SELECT resource_id FROM drivebay.ownership"
             "  WHERE resource_id = %(resource)s AND owner_node = %(me)s AND epoch = %(epoch)s"
@@ -423,7 +429,7 @@ class ClusterRepository:
             "  finished_at = now()"
             " FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
             "  AND o.state = 'dispatched' AND o.dispatched_epoch = %(epoch)s"
-            " RETURNING o.id",
+            " RETURNING o.id, pg_notify(%(done)s || o.accepted_by, o.id::text)",
             {
                 "resource": resource_id,
                 "me": self.node_id,
@@ -431,6 +437,7 @@ class ClusterRepository:
                 "op": op_id,
                 "state": "done" if ok else "failed",
                 "result": Jsonb(result),
+                "done": RESULT_PREFIX,
             },
         )
         return await cursor.fetchone() is not None

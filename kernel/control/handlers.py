@@ -32,7 +32,13 @@ from drivebay.protocol.control_codes import (
     EXIT_NOT_RUNNING,
     EXIT_OK,
 )
-from drivebay.protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
+from drivebay.protocol.errors import (
+    DrivebayError,
+    KernelError,
+    NoSuchName,
+    OperationFailed,
+    RequestError,
+)
 from drivebay.protocol.versions import PROTOCOL_MAX, PROTOCOL_MIN
 from drivebay.sandbox.pep440 import version_key
 
@@ -586,9 +592,11 @@ def submit_call(k: Kernel, request: schema.CallRequest) -> asyncio.Future[Any]:
     """Queue the operation; raises at once for an unknown resource (exit 4) or a
     full mailbox. The control server replies from the future's callback: a call,
     the hot path, costs no task of its own in the daemon."""
-    actor = _book(k).actor(request.resource)
+    book = _book(k)
     try:
-        return actor.submit(request.op, request.args, request.timeout)
+        return book.call(request.resource, request.op, request.args, request.timeout)
+    except NoSuchName:
+        raise  # exit 4, as any command naming an unknown resource
     except DrivebayError as exc:
         raise CallFailed(exc) from exc
 
@@ -597,7 +605,7 @@ def submit_call(k: Kernel, request: schema.CallRequest) -> asyncio.Future[Any]:
 async def call(k: Kernel, request: schema.CallRequest) -> Outcome:
     try:
         result = await submit_call(k, request)
-    except CallFailed:
+    except (CallFailed, NoSuchName):
         raise
     except DrivebayError as exc:
         raise CallFailed(exc) from exc

@@ -369,8 +369,8 @@ class ControlConnection:
         if exc is None:
             self._send(Reply(request_id, True, future.result()))
             return
-        if isinstance(exc, DrivebayError):
-            exc = CallFailed(exc)
+        if isinstance(exc, DrivebayError) and not isinstance(exc, NoSuchName):
+            exc = CallFailed(exc)  # an unknown resource (a cluster's, found late) stays exit 4
         self._send(error_reply(request_id, "call", exc))
 
     def lost(self) -> None:

@@ -66,7 +66,13 @@ from drivebay.kernel.httpapi.sessions import (
     principal_of,
 )
 from drivebay.protocol.control_codes import EXIT_OK
-from drivebay.protocol.errors import DrivebayError, KernelError, NotRunning, RequestError
+from drivebay.protocol.errors import (
+    DrivebayError,
+    KernelError,
+    NoSuchName,
+    NotRunning,
+    RequestError,
+)
 
 if TYPE_CHECKING:
     from drivebay.kernel.config import TlsSettings
@@ -186,6 +192,8 @@ class Api:
         future = submit_call(self.kernel, request)
         try:
             return await future
+        except NoSuchName:
+            raise  # 404, also when a cluster finds it out late
         except DrivebayError as exc:
             raise CallFailed(exc) from exc
 

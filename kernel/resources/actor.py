@@ -42,6 +42,7 @@ from drivebay.protocol.errors import (
     CallTimeout,
     DriverCrashed,
     DriverError,
+    Fenced,
     HandoverFailed,
     NotRunning,
     OperationFailed,
@@ -83,6 +84,11 @@ class Operation:
     process: DriverProcess | None = None
     request_id: int = 0
     sent_at: float = 0.0  # perf_counter() when sent, for the call-duration metric
+    # A cluster's queued operation: its id and the owner's epoch travel with
+    # the call, and ``guard`` (the fence) is asked immediately before the send.
+    op_id: str = ""
+    epoch: int = 0
+    guard: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -144,9 +150,21 @@ class ResourceActor:
     # -- callers -------------------------------------------------------------------
 
     def submit(
-        self, op: str, args: dict[str, Any], timeout: float | None = None
+        self,
+        op: str,
+        args: dict[str, Any],
+        timeout: float | None = None,
+        *,
+        op_id: str = "",
+        epoch: int = 0,
+        guard: Callable[[], bool] | None = None,
     ) -> asyncio.Future[Any]:
-        """Queue an operation; its future gets the result. Raises Busy when full."""
+        """Queue an operation; its future gets the result. Raises Busy when full.
+
+        A cluster's owner gives the queued operation's ``op_id``, its
+        ``epoch``, and a ``guard`` asked immediately before the call is
+        written to the driver: when it says no, the future fails with
+        ``Fenced`` and nothing is sent."""
         if self._closed:
             raise RequestError(f"resource {self.resource_id} was removed")
         if len(self._mailbox) >= self._size:
@@ -155,7 +173,12 @@ class ResourceActor:
                 "queued; retry later"
             )
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._mailbox.append(Operation(op, args, timeout, future))
+        if guard is None:
+            self._mailbox.append(Operation(op, args, timeout, future))
+        else:
+            self._mailbox.append(
+                Operation(op, args, timeout, future, None, 0, 0.0, op_id, epoch, guard)
+            )
         if not self._busy:  # a busy actor looks at its mailbox before it waits
             self._wake.set()
         return future
@@ -309,9 +332,24 @@ class ResourceActor:
             self._in_flight = None
 
     def _send(self, process: DriverProcess, item: Operation) -> None:
+        if item.guard is not None and not item.guard():  # a cluster owner fenced: not sent
+            _fail(
+                item.future,
+                Fenced(
+                    f"resource {self.resource_id}: this node may not act on it now; "
+                    "the operation was not sent"
+                ),
+            )
+            _settle(self._run_done)
+            return
         try:
             request_id, reply = process.start_call(
-                self.resource_id, item.op, item.args, item.timeout
+                self.resource_id,
+                item.op,
+                item.args,
+                item.timeout,
+                op_id=item.op_id,
+                epoch=item.epoch,
             )
         except Exception as exc:  # the process is gone, or a value it cannot take
             if isinstance(exc, DriverCrashed):

@@ -1,0 +1,125 @@
+"""The cluster's SQL for calls through the queue, beside ``repository.py``.
+
+What a node needs to take a call from a client and to answer it: enqueue
+it (refused at once when no live node runs the resource's driver), read
+its result, put back an operation that was marked dispatched but never
+sent (guarded like a result write), and read one resource's definition
+for the actor its owner makes. Each is one autocommit statement over a
+connection of ``connection.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import msgspec
+from psycopg.types.json import Jsonb
+
+from drivebay.kernel.cluster.connection import Connection, channel
+from drivebay.kernel.cluster.repository import QUEUE_LOCK
+from drivebay.kernel.resources.store import Resource
+from drivebay.protocol.errors import NoSuchName, NotRunning
+
+
+class Finished(msgspec.Struct, frozen=True):
+    """An operation's state and, once ``done`` or ``failed``, its result."""
+
+    state: str
+    result: Any
+
+
+# The resource, whether a live node runs its driver (its pinned version), and
+# the call queued only then: in one statement, notified to the owner when it
+# commits (the advisory lock orders one resource's calls by their commit).
+_ENQUEUE = (
+    "WITH r AS (SELECT x.id, x.driver, x.pinned, EXISTS (SELECT FROM drivebay.node n"
+    "  WHERE n.state = 'live' AND (n.heartbeat > now() - %(lease)s OR n.node_id = %(me)s)"
+    "  AND CASE WHEN x.pinned IS NULL THEN x.driver = ANY (n.drivers)"
+    "  ELSE x.driver || '@' || x.pinned = ANY (n.versions) END) AS runnable"
+    "  FROM drivebay.resource x WHERE x.id = %(resource)s),"
+    " queued AS (INSERT INTO drivebay.operation (resource_id, operation, args, accepted_by)"
+    "  SELECT r.id, %(operation)s, %(args)s, %(me)s FROM r,"
+    "  (SELECT pg_advisory_xact_lock(%(lock)s, hashtext(%(resource)s))) AS l"
+    "  WHERE r.runnable RETURNING id, resource_id)"
+    " SELECT r.driver, r.pinned, q.id, (SELECT pg_notify(%(prefix)s || w.owner_node,"
+    "  q.id::text || ' ' || q.resource_id) FROM drivebay.ownership w"
+    "  WHERE w.resource_id = q.resource_id AND w.owner_node IS NOT NULL)"
+    " FROM r LEFT JOIN queued q ON true"
+)
+
+
+async def enqueue_call(
+    db: Connection,
+    node_id: str,
+    lease: datetime.timedelta,
+    resource_id: str,
+    operation: str,
+    args: dict[str, Any],
+) -> int:
+    """Queue a call accepted by ``node_id``; its id once committed. Raises
+    ``NoSuchName`` for an unknown resource and ``NotRunning`` when no live
+    node runs its driver (nothing queued then)."""
+    cursor = await db.execute(
+        _ENQUEUE,
+        {
+            "resource": resource_id,
+            "operation": operation,
+            "args": Jsonb(args),
+            "me": node_id,
+            "lease": lease,
+            "lock": QUEUE_LOCK,
+            "prefix": channel(""),
+        },
+    )
+    row = await cursor.fetchone()
+    if row is None:
+        raise NoSuchName(f"no such resource: {resource_id} (drivebayctl resources lists them)")
+    driver, pinned, op_id, _ = row
+    if op_id is None:
+        wanted = f"{driver}@{pinned}" if pinned else str(driver)
+        raise NotRunning(
+            f"no live node of the cluster runs {wanted}, which {resource_id} needs; "
+            "the call was not queued: install or start that driver on a node"
+        )
+    return int(op_id)
+
+
+async def finished(db: Connection, op_id: int) -> Finished | None:
+    """Operation ``op_id``'s state and result; None when it is gone (its
+    resource was removed)."""
+    cursor = await db.execute(
+        "SELECT state, result FROM drivebay.operation WHERE id = %s", (op_id,)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else Finished(str(row[0]), row[1])
+
+
+async def requeue(db: Connection, node_id: str, op_id: int, resource_id: str, epoch: int) -> bool:
+    """Put operation ``op_id``, marked dispatched under ``epoch`` but never
+    sent (the fence closed first), back to queued, under the guard of a
+    result write: only while ``node_id`` holds ``resource_id`` under that
+    epoch. The next owner then runs it rather than settle it. False:
+    nothing changed (another node claimed it: it settles the operation)."""
+    cursor = await db.execute(
+        "WITH owner AS (SELECT resource_id FROM drivebay.ownership"
+        "  WHERE resource_id = %(resource)s AND owner_node = %(me)s AND epoch = %(epoch)s"
+        "  FOR KEY SHARE)"
+        " UPDATE drivebay.operation o SET state = 'queued', dispatched_epoch = NULL,"
+        "  dispatched_at = NULL"
+        " FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
+        "  AND o.state = 'dispatched' AND o.dispatched_epoch = %(epoch)s"
+        " RETURNING o.id",
+        {"resource": resource_id, "me": node_id, "epoch": epoch, "op": op_id},
+    )
+    return await cursor.fetchone() is not None
+
+
+async def definition(db: Connection, resource_id: str) -> Resource | None:
+    """The stored definition of ``resource_id``; None when there is none."""
+    cursor = await db.execute(
+        "SELECT id, driver, pinned, properties FROM drivebay.resource WHERE id = %s",
+        (resource_id,),
+    )
+    row = await cursor.fetchone()
+    return None if row is None else Resource(*row)

@@ -1,0 +1,147 @@
+"""Answering a call this node accepted: waiting for its result in the queue.
+
+``Results.wait`` waits for operation ``op_id`` to be finished, bounded by
+the call's timeout, and returns its result or raises the error a single
+node would have raised (same type name, same message). Three things wake
+it, the first that comes: this node's own worker wrote the result
+(``settle``, no database round trip), the owner's result write notified
+this node's result channel (``run`` LISTENs on it, over a connection of its
+own), or, for a notification lost, a look at the operation every ``poll_s``.
+A call whose resource was removed meanwhile is answered "removed". One
+that has no result in time is answered ``CallTimeout`` naming its
+operation id: it stays queued and runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from drivebay.kernel.cluster.connection import Connection, connect, result_channel
+from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.queue_statements import Finished
+from drivebay.kernel.cluster.settings import ClusterSettings
+from drivebay.kernel.resources.actor import DriverAbsent, DriverFatal
+from drivebay.protocol import errors
+from drivebay.protocol.errors import DrivebayError, KernelError, OperationFailed, RequestError
+
+log = logging.getLogger("drivebay.cluster")
+
+# The kernel's own errors a result can carry, by the name clients see; any
+# other name is the driver's (an ``OperationFailed`` of that type).
+_KERNEL_ERRORS: dict[str, type[DrivebayError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.Busy,
+        errors.CallTimeout,
+        errors.DriverCrashed,
+        errors.DriverHung,
+        errors.HandoverFailed,
+        errors.NoSuchName,
+        errors.NotRunning,
+        errors.OutcomeUnknown,
+        errors.ProtocolError,
+        errors.RequestError,
+        DriverAbsent,
+        DriverFatal,
+    )
+}
+
+Look = Callable[[int], Awaitable[Finished | None]]  # the operation as the database has it
+
+
+def error_of(result: Any) -> DrivebayError:
+    """The error a failed operation's result (``{"type", "message"}``) stands for."""
+    found = result if isinstance(result, dict) else {}
+    name = str(found.get("type", "OperationFailed"))
+    message = str(found.get("message", ""))
+    cls = _KERNEL_ERRORS.get(name)
+    return cls(message) if cls is not None else OperationFailed(name, message)
+
+
+class Results:
+    """The calls this node accepted and waits on, by operation id."""
+
+    def __init__(self, settings: ClusterSettings, *, poll_s: float | None = None) -> None:
+        self.settings = settings
+        self.listening = asyncio.Event()  # set while the LISTEN is in place
+        self._poll_s = settings.renew_s if poll_s is None else poll_s
+        # op id -> woken with the outcome (written here) or None (look it up)
+        self._waiting: dict[int, asyncio.Future[Outcome | None]] = {}
+
+    def settle(self, op_id: int, outcome: Outcome) -> None:
+        """This node wrote ``op_id``'s result: answer its caller, if here."""
+        future = self._waiting.get(op_id)
+        if future is not None and not future.done():
+            future.set_result(outcome)
+
+    def _notified(self, op_id: int) -> None:
+        future = self._waiting.get(op_id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self, op_id: int, what: str, timeout: float, look: Look) -> Any:
+        """The result of ``op_id`` (``what``: the operation and its resource,
+        for messages), or its error; bounded by ``timeout`` seconds. Call it
+        right after the enqueue returns (no await in between), so that a
+        result written here finds its waiter."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        future: asyncio.Future[Outcome | None] = loop.create_future()
+        self._waiting[op_id] = future
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise errors.CallTimeout(
+                        f"operation #{op_id} ({what}) has no result after {timeout:g}s; it "
+                        "stays queued and runs once ('drivebayctl call' again would run it "
+                        "twice)"
+                    )
+                await asyncio.wait({future}, timeout=min(remaining, self._poll_s))
+                outcome = future.result() if future.done() else None
+                if outcome is None:
+                    async with asyncio.timeout(self.settings.renew_s):
+                        found = await look(op_id)
+                    if found is None:
+                        raise RequestError(f"{what}: the resource was removed")
+                    if found.state in ("done", "failed"):
+                        outcome = Outcome(found.state == "done", found.result)
+                if outcome is not None:
+                    if outcome.ok:
+                        return outcome.result
+                    raise error_of(outcome.result)
+                if future.done():
+                    future = self._waiting[op_id] = loop.create_future()
+        finally:
+            del self._waiting[op_id]
+
+    async def run(self) -> None:
+        """LISTEN on this node's result channel until cancelled; a failing
+        database is retried every ``renew_s`` (the waiters poll meanwhile)."""
+        while True:
+            try:
+                await self._listen()
+            except (psycopg.Error, KernelError, TimeoutError) as exc:
+                self.listening.clear()
+                log.debug("cluster results: %s; connecting again", exc)
+                await asyncio.sleep(self.settings.renew_s)
+
+    async def _listen(self) -> None:
+        async with asyncio.timeout(self.settings.renew_s):
+            db: Connection = await connect(self.settings)
+        async with db:
+            name = sql.Identifier(result_channel(self.settings.node_id))
+            async with asyncio.timeout(self.settings.renew_s):
+                await db.execute(sql.SQL("LISTEN {}").format(name))
+            self.listening.set()
+            for future in self._waiting.values():  # what was written while nobody listened
+                if not future.done():
+                    future.set_result(None)
+            async for note in db.notifies():
+                self._notified(int(note.payload))
