@@ -13,12 +13,16 @@ have been accepted).
 one line per execution): *lost* are calls answered OK that never ran,
 *duplicated* the runs of a call beyond its first (any call), *reordered* a
 run of a resource's call after one made later (by the time each ran).
+Calls answered with an error (``OutcomeUnknown`` for one a dead owner had
+sent) and calls cut by a node's death are counted by type; they are not
+lost when they never ran, but a second run of any call is a duplicate.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Sequence
@@ -71,6 +75,7 @@ class Issued:
     seqs: array.array[int] = field(default_factory=lambda: array.array("q"))
     outcome: bytearray = field(default_factory=bytearray)  # 0 pending, 1 OK, 2 failed, 3 unknown
     failures: list[str] = field(default_factory=list)
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)  # by type
 
     def make(self, resource: str, seq: int) -> int:
         self.resources.append(resource)
@@ -120,14 +125,16 @@ class Load:
             try:
                 client = await self.gateway.client(node, number // len(self.gateway.nodes))
                 await client.call(resource, "record", {"number": n, "seq": self._seqs[resource]})
-            except UNKNOWN:
+            except UNKNOWN as exc:
                 issued.outcome[n] = 3
+                issued.errors[type(exc).__name__] += 1
                 await self.gateway.drop(node)
                 where += 1  # try the next node
                 await asyncio.sleep(0.01)
                 continue
             except Exception as exc:
                 issued.outcome[n] = 2
+                issued.errors[getattr(exc, "type", "") or type(exc).__name__] += 1
                 issued.failures.append(f"{resource} call {n}: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(0.01)  # no spinning on a setup that refuses every call
                 continue
@@ -156,6 +163,7 @@ class LedgerCheck:
     duplicated: int  # runs beyond a call's first
     reordered: int  # a run after a later call of the same resource had run
     unexplained: int  # ledger lines naming no call made
+    errors: dict[str, int]  # answers that were errors, and calls cut, by type
     first_failures: list[str]
 
 
@@ -192,5 +200,6 @@ def check(ledger: Path, issued: Issued) -> LedgerCheck:
         duplicated=duplicated,
         reordered=reordered,
         unexplained=unexplained,
+        errors=dict(issued.errors),
         first_failures=issued.failures[:3],
     )
