@@ -56,9 +56,10 @@ class Gateway:
     async def drop(self, node: Node) -> None:
         """Forget ``node``'s connections (it was killed or restarted)."""
         for key in [k for k in self._clients if k[0] == node.name]:
-            client = self._clients.pop(key)
-            with contextlib.suppress(Exception):
-                await client.close()
+            client = self._clients.pop(key, None)  # another caller may have dropped it
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.close()
 
     async def close(self) -> None:
         for client in self._clients.values():
@@ -117,13 +118,19 @@ class Load:
             if node is None:
                 await asyncio.sleep(0.05)
                 continue
+            try:
+                client = await self.gateway.client(node, number // len(self.gateway.nodes))
+            except UNKNOWN:  # no connection: nothing was sent, the caller moves on
+                await self.gateway.drop(node)
+                where += 1
+                await asyncio.sleep(0.01)
+                continue
             resource = share[turn % len(share)]
             turn += 1
             self._seqs[resource] += 1
             n = issued.make(resource, self._seqs[resource])
             start = clock()
             try:
-                client = await self.gateway.client(node, number // len(self.gateway.nodes))
                 await client.call(resource, "record", {"number": n, "seq": self._seqs[resource]})
             except UNKNOWN as exc:
                 issued.outcome[n] = 3

@@ -26,11 +26,9 @@ by pid at the end, also on an error or Ctrl-C (``_cluster_nodes.Fleet``).
    balanced, so that it falls anywhere in the victim's renewal cycle: from
    the kill, its leases end within ``lease_s`` and the others claim them at
    their next round, within ``renew_s`` more.
-   With ``--under-load`` the load below runs through the nodes during the
-   5 failovers (callers of a dead node move to another node), and the
-   ledger gives lost / duplicated / reordered operations. This needs calls
-   to go through the cluster's queue; without it (a ``call`` of a resource
-   the daemon does not know fails) the figures say so.
+   The load below runs through the nodes during the 5 failovers (callers
+   of a dead node move to another node; ``--idle-failover``: no load), and
+   the ledger gives lost / duplicated / reordered operations over them.
 2. **Throughput.** ``--callers`` callers (each one call in flight, each
    over its own share of the resources, so a resource has one call at a
    time and its calls are made in sequence order) call ``record`` through:
@@ -575,9 +573,9 @@ def main() -> None:
     parser.add_argument("--lease-s", type=float, help="lease_s (renew_s and grace_s: a third)")
     parser.add_argument("--callers", type=int, help="calls in flight (one per resource)")
     parser.add_argument(
-        "--under-load",
+        "--idle-failover",
         action="store_true",
-        help="run the load through the nodes during the failovers (needs calls through the queue)",
+        help="fail over without the load (no lost / duplicated / reordered figures)",
     )
     parser.add_argument(
         "--only", choices=("failover", "throughput"), help="run one part of the benchmark"
@@ -589,7 +587,7 @@ def main() -> None:
         plan = dataclasses.replace(plan, timings=nodes_.Timings(args.lease_s, third, third))
     if args.callers:
         plan = dataclasses.replace(plan, callers=args.callers)
-    results = asyncio.run(run(plan, args.envs_dir, args.under_load, args.only))
+    results = asyncio.run(run(plan, args.envs_dir, not args.idle_failover, args.only))
     print(report(results))
     if args.json:
         _common.print_json_last(as_json(results))
