@@ -193,9 +193,9 @@ def check(ledger: Path, issued: Issued) -> LedgerCheck:
     for entries in by_resource.values():
         entries.sort()
         top = 0
-        for _, seq in entries:
-            reordered += seq < top
-            top = max(top, seq)
+        for _, ran_seq in entries:
+            reordered += ran_seq < top
+            top = max(top, ran_seq)
     ok = [n for n in range(made) if issued.outcome[n] == 1]
     return LedgerCheck(
         made=made,

@@ -165,6 +165,7 @@ class Node:
     cluster: dict[str, Any] | None
     process: asyncio.subprocess.Process | None = None
     below: dict[int, int] = field(default_factory=dict)  # pid -> start time, seen below it
+    killed: bool = False  # by kill9, until started again
 
     @property
     def socket(self) -> str:
@@ -177,7 +178,7 @@ class Node:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        return self.process is not None and self.process.returncode is None and not self.killed
 
     def write(self) -> Path:
         """The node's config and drivers dir (once)."""
@@ -204,6 +205,7 @@ class Node:
     async def start(self) -> None:
         """Start drivebayd and wait until the ledger driver is RUNNING."""
         config = self.write()
+        self.killed = False
         log_fd = os.open(self.root / "drivebayd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             self.process = await asyncio.create_subprocess_exec(
@@ -244,6 +246,7 @@ class Node:
         """``kill -9`` of drivebayd alone (what was below it ends by itself,
         or ``reap`` kills it)."""
         self.below |= descendants(self.pid)
+        self.killed = True  # callers route around it from now on
         os.kill(self.pid, signal.SIGKILL)
 
     async def reap(self) -> int:
@@ -259,7 +262,7 @@ class Node:
         if self.process is None:
             return
         if self.process.returncode is None:
-            self.below |= descendants(self.pid)
+            self.below |= descendants(self.process.pid)
         await _common.stop_process(self.process, STOP_S)
         await self.reap()
 

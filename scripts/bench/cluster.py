@@ -66,7 +66,6 @@ import dataclasses
 import random
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -255,11 +254,11 @@ async def measure(
             load.stop.set()
         if db is not None:
             await asyncio.sleep(QUIET_S)
-            after = await nodes_.transactions(db)
+            xacts_after = await nodes_.transactions(db)
             made = len(load.issued.resources)
             if made:
-                setup.pg_xacts_per_call = (after[0] - xacts_before[0]) / made
-                setup.pg_write_xacts_per_call = (after[1] - xacts_before[1] - 1) / made
+                setup.pg_xacts_per_call = (xacts_after[0] - xacts_before[0]) / made
+                setup.pg_write_xacts_per_call = (xacts_after[1] - xacts_before[1] - 1) / made
     finally:
         await gateway.close()
         if db is not None:
@@ -594,4 +593,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
