@@ -29,15 +29,20 @@ by pid at the end, also on an error or Ctrl-C (``_cluster_nodes.Fleet``).
    The load below runs through the nodes during the 5 failovers (callers
    of a dead node move to another node; ``--idle-failover``: no load), and
    the ledger gives lost / duplicated / reordered operations over them.
-2. **Throughput.** ``--callers`` callers (each one call in flight, each
-   over its own share of the resources, so a resource has one call at a
-   time and its calls are made in sequence order) call ``record`` through:
+2. **Throughput.** Callers (each one call in flight, each over its own
+   share of the resources, so a resource has one call at a time and its
+   calls are made in sequence order) call ``record`` through:
    a single node without ``cluster:`` (resources in SQLite, added with
    ``resource-add``); one node with ``cluster:``; three nodes, the callers
    spread over them (each call accepted by some node and run by the
-   owner). After a warm-up, ``--rounds`` windows each: calls/s is the
-   median of the windows, p50/p99 of every call answered in them; CPU µs
-   per call of each drivebayd from ``/proc/PID/stat`` over the windows;
+   owner). ``--callers`` (100) callers through ``cluster:`` nodes (their
+   CPU per call grows with the calls in flight, so many more callers give
+   fewer calls/s), ``--sqlite-callers`` (300) through the node without,
+   which needs more to saturate. After a warm-up, 3 windows of 5 s (2 of
+   2 s with ``--quick``): calls/s is the median of the windows, p50/p99 of
+   every call answered in them; CPU µs per call of each drivebayd, of the
+   processes below it (its drivers) and of PostgreSQL (the server and its
+   backends) from ``/proc/PID/stat`` over the windows;
    PostgreSQL transactions per call from ``pg_stat_database``
    (``xact_commit + xact_rollback``, read after the load and 11 s of
    quiet so every backend has reported, background rounds included) and
@@ -90,16 +95,17 @@ QUIET_S = 11.0  # PostgreSQL's backends report their counts within 10 s of going
 @dataclass(frozen=True)
 class Plan:
     timings: nodes_.Timings
-    callers: int
+    callers: int  # calls in flight through cluster: nodes
     warmup_s: float
     window_s: float
     rounds: int
+    sqlite_callers: int = 300  # through the node without cluster: (it takes more to saturate)
     resources: int = RESOURCES
     failovers: int = FAILOVERS
 
 
-FULL = Plan(nodes_.Timings(15.0, 5.0, 5.0), callers=300, warmup_s=2.0, window_s=5.0, rounds=3)
-QUICK = Plan(nodes_.Timings(3.0, 1.0, 1.0), callers=200, warmup_s=1.0, window_s=2.0, rounds=2)
+FULL = Plan(nodes_.Timings(15.0, 5.0, 5.0), callers=100, warmup_s=2.0, window_s=5.0, rounds=3)
+QUICK = Plan(nodes_.Timings(3.0, 1.0, 1.0), callers=100, warmup_s=1.0, window_s=2.0, rounds=2)
 
 
 def resource_ids(count: int) -> list[str]:
@@ -219,7 +225,8 @@ async def measure(
 ) -> None:
     """Warm-up, then ``plan.rounds`` windows of the load through ``nodes``."""
     gateway = load_.Gateway(nodes)
-    load = load_.Load(gateway, resources, plan.callers)
+    callers = plan.callers if fleet is not None else plan.sqlite_callers
+    load = load_.Load(gateway, resources, callers)
     db = await fleet.admin() if fleet is not None else None
     samples: list[tuple[int, float]] = []
     latencies: list[float] = []
@@ -459,8 +466,9 @@ def throughput_table(r: Results) -> list[str]:
             ]
         )
     lines = [
-        f"Throughput: {r.plan.callers} callers over {r.plan.resources:,} resources, one call in "
-        f"flight per resource, {r.plan.rounds} windows of {r.plan.window_s:g} s",
+        f"Throughput: {r.plan.callers} callers ({r.plan.sqlite_callers} without cluster:) over "
+        f"{r.plan.resources:,} resources, one call in flight per resource, {r.plan.rounds} "
+        f"windows of {r.plan.window_s:g} s",
         _common.format_table(
             [
                 "setup",
@@ -547,6 +555,7 @@ def as_json(r: Results) -> dict[str, Any]:
         },
         "setups": {s.key: dataclasses.asdict(s) for s in r.setups},
         "callers": r.plan.callers,
+        "sqlite_callers": r.plan.sqlite_callers,
         "wall_s": round(r.wall_s, 1),
         "machine": _common.machine(),
         "commit": _commit(),
@@ -570,7 +579,12 @@ def main() -> None:
         __doc__.splitlines()[0], "short leases (3/1/1 s), fewer callers and windows"
     )
     parser.add_argument("--lease-s", type=float, help="lease_s (renew_s and grace_s: a third)")
-    parser.add_argument("--callers", type=int, help="calls in flight (one per resource)")
+    parser.add_argument(
+        "--callers", type=int, help="calls in flight through cluster: nodes (one per resource)"
+    )
+    parser.add_argument(
+        "--sqlite-callers", type=int, help="calls in flight through the node without cluster:"
+    )
     parser.add_argument(
         "--idle-failover",
         action="store_true",
@@ -586,6 +600,8 @@ def main() -> None:
         plan = dataclasses.replace(plan, timings=nodes_.Timings(args.lease_s, third, third))
     if args.callers:
         plan = dataclasses.replace(plan, callers=args.callers)
+    if args.sqlite_callers:
+        plan = dataclasses.replace(plan, sqlite_callers=args.sqlite_callers)
     results = asyncio.run(run(plan, args.envs_dir, not args.idle_failover, args.only))
     print(report(results))
     if args.json:
