@@ -14,9 +14,13 @@ actor is closed and its instance detached, a local clean-up only.
 ``call`` on any node enqueues (committed before anything is answered; the
 owner is notified), wakes this node's worker when it owns the resource,
 then waits for the result (``results.Results``). The owner's worker sends
-through the resource's actor (``send``): in the actor's order, with the
-queue id as ``op_id``, the epoch, and the fence asked immediately before
-the call is written to the driver.
+through the resource's actor (``send``, ``owner_side``): in the actor's
+order, with the queue id as ``op_id``, the epoch, and the fence asked
+immediately before the call is written to the driver. ``set`` and ``pin``
+are queued as changes (``queue_statements.SET``, ``PIN``) that the owner's
+actor applies. ``rows`` lists every resource from the database
+(``book_rows``); ``run`` keeps that list fresh and hears of the results.
+The book's statements go over one connection of its own (``link``).
 """
 
 from __future__ import annotations
@@ -24,27 +28,43 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import psycopg
+import msgspec
 
-from drivebay.kernel.cluster.connection import Connection, connect
-from drivebay.kernel.cluster.dispatch import Outcome
-from drivebay.kernel.cluster.queue_statements import definition, enqueue_call, finished
+from drivebay.kernel.cluster.book_rows import page_of, row_of
+from drivebay.kernel.cluster.connection import Connection
+from drivebay.kernel.cluster.dispatch import Outcome, Send
+from drivebay.kernel.cluster.link import Link
+from drivebay.kernel.cluster.owner_side import apply_change, send_through, settling_of
+from drivebay.kernel.cluster.queue_statements import (
+    CHANGES,
+    PIN,
+    SET,
+    Finished,
+    Listed,
+    definition,
+    enqueue_call,
+    finished,
+    listing,
+)
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
-from drivebay.kernel.resources.actor import ResourceActor, Router
-from drivebay.kernel.resources.book import ResourceBook, SchemaLookup, checked_properties
+from drivebay.kernel.resources.actor import Router
+from drivebay.kernel.resources.book import (
+    ResourceBook,
+    SchemaLookup,
+    checked_properties,
+    no_such_resource,
+)
 from drivebay.kernel.resources.store import Resource, ResourceStore, check_resource_id
 from drivebay.protocol.errors import (
-    DriverError,
     Fenced,
     KernelError,
     OperationFailed,
     RequestError,
-    error_name,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +72,7 @@ if TYPE_CHECKING:
     from drivebay.kernel.events import EventLog
 
 log = logging.getLogger("drivebay.cluster")
+T = TypeVar("T")
 
 
 class ClusterBook(ResourceBook):
@@ -71,11 +92,14 @@ class ClusterBook(ResourceBook):
         super().__init__(store, router, schema, mailbox_size, wait_running_s, events)
         self.settings = settings
         self.node: ClusterNode | None = None
+        # (driver, pinned version) -> does it run here, or come back by itself?
+        self.serving: Callable[[str, str | None], bool] = lambda driver, pinned: True
         self.results = Results(settings)
         self._call_timeout = call_timeout
         self._calls: set[asyncio.Task[Any]] = set()
-        self._db: Connection | None = None
-        self._db_lock = asyncio.Lock()
+        self._link = Link(settings)
+        self._listed: list[Listed] = []  # every resource, as last read
+        self._drivers: dict[str, str] = {}  # resource -> driver, as last read
 
     # -- life ------------------------------------------------------------------------
 
@@ -88,15 +112,27 @@ class ClusterBook(ResourceBook):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
         await super().close()
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        await self._link.close()
+
+    async def run(self) -> None:
+        """Until cancelled (a task of ``daemon.DaemonCluster``): hear of the
+        results of this node's calls, and read the definitions again every
+        ``renew_s`` (for authorization's look-ups of a resource's driver)."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.results.run(), name="cluster results")
+            while True:
+                try:
+                    await self.refreshed()
+                except KernelError as exc:
+                    log.debug("cluster book: %s", exc)
+                await asyncio.sleep(self.settings.renew_s)
 
     async def gained(self, resource_id: str) -> bool:
         """This node owns ``resource_id`` now: its actor, from the stored
         definition, attached at once. False when it is not stored any more."""
-        async with asyncio.timeout(self.settings.renew_s):
-            resource = await definition(await self._connection(), resource_id)
+        resource = await self._link.run(
+            lambda db: definition(db, resource_id), "did not give the resource's definition"
+        )
         if resource is None:
             return False
         if resource_id in self.actors:  # kept from before (should not happen): start afresh
@@ -115,17 +151,36 @@ class ClusterBook(ResourceBook):
         if actor is not None:
             await actor.close(detach=True, reason="moved to another node")
 
-    # -- the owner's side ----------------------------------------------------------
+    # -- the owner's side (``owner_side``) -----------------------------------------
 
     async def send(self, op: QueuedOperation, epoch: int) -> Outcome:
         """Run ``op`` through its resource's actor (``dispatch.Send``).
         Raises ``Fenced`` when nothing was sent: the fence closed before the
-        call reached the driver, or this node has no actor for it yet."""
+        call reached the driver, the driver was stopped here, or this node
+        has no actor for it yet."""
         actor = self.actors.get(op.resource_id)
         node = self.node
         if actor is None or node is None:
             raise Fenced(f"resource {op.resource_id} has no actor on this node yet")
-        return await send_through(actor, op, epoch, node.membership.fence.may_dispatch)
+        if not self.serving(actor.driver, actor.pinned):  # given up at the next round
+            raise Fenced(f"resource {op.resource_id}: its driver was stopped on this node")
+        guard = node.membership.fence.may_dispatch
+        if op.operation in CHANGES:
+            if not guard():
+                raise Fenced(f"resource {op.resource_id}: this node may not act on it now")
+            return await apply_change(actor, op, self._router)
+        return await send_through(actor, op, epoch, guard)
+
+    def serves(self, resource_id: str) -> bool:
+        """False once the driver (pinned version) the resource needs was
+        stopped here (not while it restarts): the node then gives it up, for
+        a node that runs it to claim."""
+        actor = self.actors.get(resource_id)
+        return actor is None or self.serving(actor.driver, actor.pinned)
+
+    def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
+        """How an operation a dead owner sent is settled here (``settling_of``)."""
+        return settling_of(self.actors.get(resource_id))
 
     # -- commands --------------------------------------------------------------------
 
@@ -149,15 +204,82 @@ class ClusterBook(ResourceBook):
         self._tell("resource.removed", Resource(resource_id, ""))
 
     async def set(self, resource_id: str, assignments: Sequence[str]) -> Resource:
-        raise RequestError("resource set is not available in a cluster yet")
+        """Change properties: checked here, then queued as one operation
+        (``SET``) that the owner's actor applies between two operations and
+        stores with its result; nothing changes when the driver refuses."""
+        before = await self._definition_of(resource_id)
+        manifest = self._schema(before.driver, before.pinned)
+        properties = checked_properties(manifest, before.properties, assignments, resource_id)
+        try:
+            await self._call(resource_id, SET, {"properties": properties}, None)
+        except (OperationFailed, RequestError) as exc:
+            raise RequestError(
+                f"{before.driver} refused the new properties of {resource_id}: {exc}"
+            ) from exc
+        changed = msgspec.structs.replace(before, properties=properties)
+        keys = sorted({a.partition("=")[0].removesuffix(":") for a in assignments})
+        self._tell("resource.changed", changed, properties=keys)
+        return changed
 
     async def pin(self, resource_id: str, version: str | None) -> Resource:
-        raise RequestError("resource pin is not available in a cluster yet")
+        """Pin to ``version`` (None: follow the newest), as one operation
+        (``PIN``) the owner's actor applies (a move) and stores with its result."""
+        before = await self._definition_of(resource_id)
+        if version is not None:
+            self._schema(before.driver, version)  # raises when that version is not installed
+        try:
+            await self._call(resource_id, PIN, {"version": version}, None)
+        except (OperationFailed, RequestError) as exc:
+            raise RequestError(
+                f"could not move {resource_id} to {version or 'the newest version'}: {exc}"
+            ) from exc
+        self._tell("resource.changed", before, pinned=version)
+        return msgspec.structs.replace(before, pinned=version)
+
+    async def driver_named(self, resource_id: str) -> str:
+        return (await self._definition_of(resource_id)).driver
+
+    async def _definition_of(self, resource_id: str) -> Resource:
+        """The definition in the database; ``NoSuchName`` when there is none."""
+        found = await self._link.run(
+            lambda db: definition(db, resource_id), "did not give the resource's definition"
+        )
+        if found is None:
+            raise no_such_resource(resource_id)
+        return found
+
+    async def refreshed(self) -> None:
+        """Read every resource, its owner and its unfinished operations."""
+        listed = await self._link.run(listing, "did not list the resources")
+        self._listed = listed
+        self._drivers = {entry.resource.id: entry.resource.driver for entry in listed}
+
+    def driver_of(self, resource_id: str) -> str | None:
+        """The resource's driver as last read; "" when not known here (yet),
+        which a token limited to drivers is answered as a resource that does
+        not exist."""
+        actor = self.actors.get(resource_id)
+        return actor.driver if actor is not None else self._drivers.get(resource_id, "")
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every resource as last read (``refreshed``), ordered by id."""
+        return [self._listed_row(entry) for entry in self._listed]
+
+    def page(
+        self, limit: int | None, after: str | None
+    ) -> tuple[list[dict[str, Any]], str | None, int]:
+        return page_of(self._listed, limit, after, self._listed_row)
+
+    def _listed_row(self, entry: Listed) -> dict[str, Any]:
+        actor = self.actors.get(entry.resource.id)
+        return row_of(entry, actor, self.settings.node_id, self._row)
 
     def call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> asyncio.Future[Any]:
         """Queue the call in the cluster; the task's result is the operation's."""
+        if op in CHANGES:  # not a driver's operation (no identifier starts with @)
+            raise RequestError(f"no operation {op}: 'resource set' and 'pin' change a resource")
         task = asyncio.get_running_loop().create_task(
             self._call(resource_id, op, args, timeout), name=f"cluster call {resource_id}"
         )
@@ -168,75 +290,26 @@ class ClusterBook(ResourceBook):
     async def _call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> Any:
-        try:
-            async with asyncio.timeout(self.settings.renew_s):
-                db = await self._connection()
-                op_id = await enqueue_call(
-                    db, self.settings.node_id, _lease(self.settings), resource_id, op, args
-                )
-        except (psycopg.Error, TimeoutError) as exc:
-            self._drop_connection()
-            reason = " ".join(str(exc).split()) or "no answer in time"
-            raise KernelError(
-                f"the call was not queued: the cluster database did not take it ({reason}); "
-                "retry once it answers"
-            ) from exc
+        lease = _lease(self.settings)
+        op_id = await self._link.run(
+            lambda db: enqueue_call(db, self.settings.node_id, lease, resource_id, op, args),
+            "did not queue the call",
+        )
         node = self.node
         if node is not None:
             node.wake(resource_id)
         limit = self._call_timeout if timeout is None else timeout
-        return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look)
+        gone = f"resource {resource_id} was removed"
+        return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look, gone)
 
-    async def _look(self, op_id: int) -> Any:
-        return await finished(await self._connection(), op_id)
+    async def _look(self, op_id: int) -> Finished | None:
+        return await self._link.run(lambda db: finished(db, op_id), "did not answer")
 
-    # -- the database ----------------------------------------------------------------
+    async def _repository(self, act: Callable[[ClusterRepository], Awaitable[T]]) -> T:
+        async def with_repository(db: Connection) -> T:
+            return await act(ClusterRepository(db, self.settings.node_id, self.settings.lease_s))
 
-    async def _repository(self, act: Any) -> Any:
-        async with asyncio.timeout(self.settings.renew_s):
-            repository = ClusterRepository(
-                await self._connection(), self.settings.node_id, self.settings.lease_s
-            )
-            try:
-                return await act(repository)
-            except psycopg.Error as exc:
-                self._drop_connection()
-                raise KernelError(
-                    f"the cluster database did not take the change ({' '.join(str(exc).split())})"
-                    "; retry once it answers"
-                ) from exc
-
-    async def _connection(self) -> Connection:
-        async with self._db_lock:
-            if self._db is not None and (self._db.closed or self._db.broken):
-                await self._db.close()
-                self._db = None
-            if self._db is None:
-                self._db = await connect(self.settings)
-            return self._db
-
-    def _drop_connection(self) -> None:
-        if self._db is not None and self._db.broken:
-            self._db = None
-
-
-async def send_through(
-    actor: ResourceActor, op: QueuedOperation, epoch: int, guard: Callable[[], bool]
-) -> Outcome:
-    """``op`` through ``actor``'s mailbox, in its order, with the queue id as
-    ``op_id`` and ``epoch``; ``guard`` is asked immediately before the call
-    is written to the driver. Raises ``Fenced`` when it said no (nothing was
-    sent); any other error is the failed ``Outcome`` one node would answer."""
-    try:
-        future = actor.submit(
-            op.operation, op.args, None, op_id=str(op.id), epoch=epoch, guard=guard
-        )
-        return Outcome(ok=True, result=await future)
-    except Fenced:
-        raise
-    except (DriverError, RequestError) as exc:
-        message = exc.message if isinstance(exc, OperationFailed) else str(exc)
-        return Outcome(ok=False, result={"type": error_name(exc), "message": message})
+        return await self._link.run(with_repository, "did not take the change")
 
 
 def _lease(settings: ClusterSettings) -> datetime.timedelta:

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from drivebay.kernel.kernel import Kernel
 
 log = logging.getLogger("drivebay.cluster")
+# A driver in these states serves its resources here, or will by itself.
+SERVING = frozenset({State.RUNNING, State.STARTING, State.BUILDING, State.BACKOFF})
 
 
 class DaemonCluster:
@@ -76,14 +78,15 @@ class DaemonCluster:
             recorded=book.results.settle,
         )
         book.node = self.node
+        book.serving = self.serving
         log.info(
             "cluster: node %s joins with drivers %s",
             self.settings.node_id,
             ", ".join(drivers) or "none",
         )
         self._kernel.state_listeners.append(self._on_state)
-        # The results of this node's calls, heard of on its channel.
-        results = asyncio.get_running_loop().create_task(book.results.run(), name="results")
+        # The results of this node's calls, heard of on its channel; the definitions read.
+        results = asyncio.get_running_loop().create_task(book.run(), name="cluster book")
         try:
             await self.node.run()
         except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
@@ -103,6 +106,18 @@ class DaemonCluster:
             if slot.state is State.RUNNING and not slot.candidate
         )
         return sorted({key.partition("@")[0] for key in versions}), versions
+
+    def serving(self, driver: str, pinned: str | None) -> bool:
+        """Does a version of ``driver`` (``pinned``, if given) run here, or is
+        it on its way back by itself (starting, restarting after a crash)? Not
+        once it was stopped, failed or gave up: its resources are given up."""
+        return any(
+            slot.manifest.name == driver
+            and (pinned is None or slot.manifest.version == pinned)
+            and not slot.candidate
+            and slot.state in SERVING
+            for slot in self._kernel.slots.values()
+        )
 
     def _on_state(self, slot: DriverSlot, state: State) -> None:
         """A driver started or stopped: the node's registration follows at its next round."""

@@ -17,6 +17,8 @@ the driver's ``reconcile_operation`` when it has one, otherwise failed with
 when the fence closed before the call was written to the driver: nothing
 was sent, so the operation is put back to queued under the epoch's guard
 (``queue_statements.requeue``) for the next owner to run, not to settle.
+A change of the resource's definition (``queue_statements.CHANGES``) that
+took is written with its result in one statement (``write_change``).
 ``recorded`` hears of each result written (the node answers the calls it
 accepted itself without waiting for the notification). ``fault`` lets a
 test hold a dispatch at a named point (a pause of the node that lands
@@ -32,7 +34,7 @@ from typing import Any
 import msgspec
 
 from drivebay.kernel.cluster.lease import Fence
-from drivebay.kernel.cluster.queue_statements import requeue
+from drivebay.kernel.cluster.queue_statements import CHANGES, requeue, write_change
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.protocol.errors import Fenced
 
@@ -161,9 +163,19 @@ class ResourceQueue:
 
     async def _record(self, op: QueuedOperation, outcome: Outcome) -> Stop | None:
         await self._at("result", op)
-        written = await self._repository.write_result(
-            op.id, self.resource_id, self.epoch, ok=outcome.ok, result=outcome.result
-        )
+        if op.operation in CHANGES and outcome.ok:  # the new definition with the result
+            written = await write_change(
+                self._repository.db,
+                self._repository.node_id,
+                op.id,
+                self.resource_id,
+                self.epoch,
+                op.args,
+            )
+        else:
+            written = await self._repository.write_result(
+                op.id, self.resource_id, self.epoch, ok=outcome.ok, result=outcome.result
+            )
         if not written:
             return Stop.LOST
         if self._recorded is not None:

@@ -9,8 +9,8 @@ holding ``op_id``), becomes a failed ``Outcome`` (the type and message
 clients see), as a single node answers it.
 
 In ``drivebayd`` the queue workers send through the resource actors
-instead (``book.send_through``); ``reconcile`` and ``idempotent`` are not
-passed to them yet (docs/cluster.md).
+instead (``book.send_through``); ``ClusterBook.settling`` gives them
+``reconcile`` and ``idempotent`` of the version a resource is bound to.
 """
 
 from __future__ import annotations

@@ -51,6 +51,14 @@ class Keeper(Protocol):
     async def lost(self, resource_id: str) -> None:
         """Close the resource's actor (its worker has ended)."""
 
+    def serves(self, resource_id: str) -> bool:
+        """Does the driver the resource needs run on this node now? (A node
+        gives up the resources it no longer serves.)"""
+
+    def settling(self, resource_id: str) -> tuple[frozenset[str], Send | None]:
+        """How an operation a dead owner sent is settled for this resource:
+        its driver's idempotent operations and its ``reconcile`` (None: none)."""
+
 
 class ClusterNode:
     """Membership, inbox and one queue worker per owned resource; ``run``, then ``stop``."""
@@ -136,12 +144,25 @@ class ClusterNode:
             self._workers[resource_id] = (task, woken)
 
     async def _rebalance(self, repository: ClusterRepository) -> None:
-        """Give up what this node holds over its fair share, among resources
+        """Give up what this node holds over its fair share, and what its
+        keeper no longer serves (the driver stopped here), among resources
         whose queue is idle: their workers end first (no call in flight, none
-        started after), then the leases end so that other nodes claim them."""
+        started after), then the leases end so that other nodes claim them.
+        A busy one waits for a later round (a resource not served refuses
+        its next operation unsent, so its queue soon is idle)."""
+        keeper = self._keeper
+        unserved = (
+            {}
+            if keeper is None
+            else {
+                resource_id: epoch
+                for resource_id, epoch in self.membership.owned.items()
+                if not keeper.serves(resource_id)
+            }
+        )
         idle = {
             resource_id: epoch
-            for resource_id, epoch in (await repository.surplus()).items()
+            for resource_id, epoch in ((await repository.surplus()) | unserved).items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
         if not idle:
@@ -205,14 +226,17 @@ class ClusterNode:
                 repository = ClusterRepository(
                     await self._connection(), self.settings.node_id, self.settings.lease_s
                 )
+                idempotent, reconcile = self._idempotent, self._reconcile
+                if self._keeper is not None:
+                    idempotent, reconcile = self._keeper.settling(resource_id)
                 queue = ResourceQueue(
                     repository,
                     resource_id,
                     epoch,
                     self.membership.fence,
                     self._send,
-                    reconcile=self._reconcile,
-                    idempotent=self._idempotent,
+                    reconcile=reconcile,
+                    idempotent=idempotent,
                     recorded=self._recorded,
                 )
                 stop = await queue.drain()

@@ -85,9 +85,10 @@ class Results:
         if future is not None and not future.done():
             future.set_result(None)
 
-    async def wait(self, op_id: int, what: str, timeout: float, look: Look) -> Any:
+    async def wait(self, op_id: int, what: str, timeout: float, look: Look, gone: str) -> Any:
         """The result of ``op_id`` (``what``: the operation and its resource,
-        for messages), or its error; bounded by ``timeout`` seconds. Call it
+        for messages), or its error (``gone``: the message when the resource
+        was removed meanwhile); bounded by ``timeout`` seconds. Call it
         right after the enqueue returns (no await in between), so that a
         result written here finds its waiter."""
         loop = asyncio.get_running_loop()
@@ -109,7 +110,7 @@ class Results:
                     async with asyncio.timeout(self.settings.renew_s):
                         found = await look(op_id)
                     if found is None:
-                        raise RequestError(f"{what}: the resource was removed")
+                        raise RequestError(gone)
                     if found.state in ("done", "failed"):
                         outcome = Outcome(found.state == "done", found.result)
                 if outcome is not None:

@@ -207,8 +207,7 @@ def authorize(kernel: Kernel, principal: Principal, request: S.ControlRequest) -
 
     def driver_of(resource_id: str) -> str | None:
         book = kernel.book
-        actor = book.actors.get(resource_id) if book is not None else None
-        return actor.driver if actor is not None else None
+        return book.driver_of(resource_id) if book is not None else None
 
     check(principal, request, driver_of)
 

@@ -133,7 +133,8 @@ def print_resources(result: list[dict[str, Any]] | dict[str, Any]) -> None:
     for row in rows:
         version = row["version"] or "-"
         pin = f" (pinned {row['pinned']})" if row["pinned"] else ""
-        say(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}")
+        node = f"  (node {row['node']})" if row.get("node") else ""
+        say(f"{row['id']:<24} {row['driver'] + '@' + version + pin:<36} {row['state']}{node}")
     if isinstance(result, dict):
         more = f"; next page: --after {result['next']}" if result["next"] else ""
         say(f"({len(rows)} of {result['total']} resources{more})")

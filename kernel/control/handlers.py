@@ -538,6 +538,7 @@ def _book(k: Kernel) -> ResourceBook:
 @command(schema.ResourcesRequest)
 async def resources(k: Kernel, request: schema.ResourcesRequest) -> Outcome:
     book = _book(k)
+    await book.refreshed()
     if not request.paged:
         return book.rows(), EXIT_OK
     rows, after, total = book.page(request.limit, request.after)
@@ -568,7 +569,7 @@ async def resource_rm(k: Kernel, request: schema.ResourceRmRequest) -> Outcome:
 
 @command(schema.ResourcePinRequest)
 async def resource_pin(k: Kernel, request: schema.ResourcePinRequest) -> Outcome:
-    await k.ensure_version(_book(k).actor(request.id).driver, request.version)
+    await k.ensure_version(await _book(k).driver_named(request.id), request.version)
     resource = await _book(k).pin(request.id, request.version)
     k.kick()
     return schema.ResourcePinned(resource.id, resource.pinned), EXIT_OK

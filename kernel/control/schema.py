@@ -398,6 +398,8 @@ class ResourceRow(msgspec.Struct, frozen=True):
     state: str
     queued: int
     last_event: dict[str, Any] | None
+    # In a cluster only: the node whose lease on it has not ended (null: none).
+    node: str | None = None
 
 
 class ResourcePage(msgspec.Struct, frozen=True):

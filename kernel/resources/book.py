@@ -153,6 +153,15 @@ class ResourceBook:
                 counts[actor.bound] = counts.get(actor.bound, 0) + 1
         return counts
 
+    async def driver_named(self, resource_id: str) -> str:
+        """The driver of a stored resource; raises ``NoSuchName`` otherwise."""
+        return self.actor(resource_id).driver
+
+    def driver_of(self, resource_id: str) -> str | None:
+        """The driver of a stored resource (None: no such resource), for authorization."""
+        actor = self.actors.get(resource_id)
+        return actor.driver if actor is not None else None
+
     def _stored(self) -> list[ResourceActor]:
         return [a for a in self.actors.values() if a.resource_id not in self._adding]
 
@@ -315,6 +324,10 @@ class ResourceBook:
         """Queue an operation; await the future for its result (no coroutine
         of its own: this is the in-process hot path)."""
         return self.actor(resource_id).submit(op, args, timeout)
+
+    async def refreshed(self) -> None:
+        """Bring what ``rows`` and ``page`` show up to date (nothing to do here:
+        the actors are the resources)."""
 
     def rows(self) -> list[dict[str, Any]]:
         """Every stored resource's row, ordered by id."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from drivebay.kernel.cluster.book import send_through
 from drivebay.kernel.cluster.dispatch import Outcome, ResourceQueue, Stop
+from drivebay.kernel.cluster.owner_side import send_through
 from drivebay.kernel.cluster.repository import QueuedOperation
 from drivebay.kernel.drivers.lifecycle import State
 from drivebay.kernel.drivers.process import DriverProcess

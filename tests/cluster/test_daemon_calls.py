@@ -32,16 +32,37 @@ async def _slow(self, seconds):
 
 
 Ledger.slow = _slow
+_init = Ledger.__init__
+
+
+def _init_keeping(self, resource_id, properties, call_epoch):
+    if properties.get("label") == "refuse":
+        raise ValueError("this label is refused")
+    _init(self, resource_id, properties, call_epoch)
+    self.kept = dict(properties)
+
+
+async def _properties(self):
+    return self.kept
+
+
+Ledger.__init__ = _init_keeping
+Ledger.properties = _properties
 """
 
 
 def ledger_bundle(root: Path) -> Path:
-    """The ledger fixture as a bundle (``write`` idempotent), with ``slow``."""
+    """The ledger fixture as a bundle (``write`` idempotent), with ``slow``,
+    a ``label`` property (``refuse``: its attach fails) and ``properties``."""
     source = (FIXTURES / "ledger" / "src" / "ledger.py").read_text() + SLOW
     return make_bundle(
         root,
         name="ledger",
-        manifest_extra={"entrypoint": "ledger:Ledger", "idempotent": ["write"]},
+        manifest_extra={
+            "entrypoint": "ledger:Ledger",
+            "idempotent": ["write"],
+            "properties": [{"key": "label", "type": "string"}],
+        },
         src={"ledger.py": source},
     )
 
@@ -124,6 +145,19 @@ def test_a_call_on_either_node_runs_once_on_the_owners_actor(
     accepted = {(op[4], owned[op[1]][0]) for op in stored.values()}
     assert ("node-a", "node-b") in accepted and ("node-b", "node-a") in accepted
 
+    for daemon, me in ((a, "node-a"), (b, "node-b")):  # every resource, its node
+        listed = daemon.ctl("resources", "--json")
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["id"]: row for row in json.loads(listed.stdout)}
+        assert {r: row["node"] for r, row in rows.items()} == {r: o for r, (o, _) in owned.items()}
+        for row in rows.values():
+            here = row["node"] == me
+            assert row["state"] == ("attached" if here else "remote"), row
+            assert (row["version"] == "1.0.0") is here and row["queued"] == 0
+        text = daemon.ctl("resources").stdout.splitlines()
+        assert [line.split()[0] for line in text] == resources
+        assert all(f"(node {owned[line.split()[0]][0]})" in line for line in text), text
+
     plain = b.ctl("call", "r0", "write", "value=plain", "--json")
     assert plain.returncode == 0, plain.stderr
     assert json.loads(plain.stdout)["result"]["times"] == 1, plain.stdout
@@ -152,8 +186,8 @@ def test_errors_are_answered_as_one_node_answers_them(
     unknown = asyncio.run(failing(a, on_b, "nope", {}))
     assert unknown.type == "OperationFailed", unknown  # as one node answers it
     assert unknown.message == (
-        "UnknownOperation: driver has no operation 'nope' (operations: plain, slow, write, "
-        "write_sync)"
+        "UnknownOperation: driver has no operation 'nope' (operations: plain, properties, "
+        "slow, write, write_sync)"
     ), unknown.message
     raised = asyncio.run(failing(a, on_b, "write", {}))  # a missing argument: TypeError
     assert raised.type == "OperationFailed" and raised.message.startswith("TypeError: "), raised
@@ -178,3 +212,138 @@ def test_errors_are_answered_as_one_node_answers_them(
         30,
         "the slow call done after its caller gave up",
     )
+
+
+def test_the_owner_settles_what_a_dead_owner_left_through_its_driver(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    """Operations found dispatched under an earlier epoch (as a node that died
+    after sending them leaves them): ``write``, listed idempotent, runs again;
+    ``plain`` is asked of the driver's ``reconcile_operation``."""
+    a, _ = two_nodes(daemon_factory, database, tmp_path)
+    assert a.ctl("resource", "add", "r0", "--driver", "ledger").returncode == 0
+    owned = wait_for(lambda: owners(database)["r0"][0] and owners(database), 30, "r0 owned")
+    epoch = owned["r0"][1]
+    with psycopg.connect(database, autocommit=True) as db:
+        left = [
+            db.execute(
+                "INSERT INTO drivebay.operation (resource_id, operation, args, state,"
+                " accepted_by, dispatched_epoch) VALUES ('r0', %s, %s, 'dispatched',"
+                " 'node-gone', %s) RETURNING id",
+                (operation, json.dumps({"value": "v"}), epoch - 1),
+            ).fetchone()[0]  # type: ignore[index]
+            for operation in ("write", "plain")
+        ]
+
+    def settled() -> list[tuple[Any, ...]] | None:
+        found = [op for op in operations(database) if op[0] in left]
+        return found if all(op[3] in ("done", "failed") for op in found) else None
+
+    rerun, asked = wait_for(settled, 30, "both settled by the owner")
+    assert rerun[3] == "done" and rerun[5] == epoch
+    assert rerun[6] == {"op_id": str(left[0]), "times": 1, "epoch": epoch}
+    assert asked[3] == "failed" and asked[5] == epoch
+    assert asked[6]["type"] == "LookupError" and "never reached" in asked[6]["message"]
+
+
+def test_a_driver_stopped_on_a_node_hands_its_resources_to_another(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    a, _ = two_nodes(daemon_factory, database, tmp_path)
+    for resource in ("r0", "r1"):
+        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
+    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
+    (on_a,) = [r for r, (owner, _) in owned.items() if owner == "node-a"]
+    assert a.ctl("call", on_a, "write", "value=before").returncode == 0
+
+    stopped = a.ctl("stop", "ledger")
+    assert stopped.returncode == 0, stopped.stderr
+    moved = wait_for(
+        lambda: {o for o, _ in owners(database).values()} == {"node-b"} and owners(database),
+        30,
+        "node-b owns both",
+    )
+    assert moved[on_a][1] > owned[on_a][1]  # claimed again, under a greater epoch
+    ran = a.ctl("call", on_a, "write", "value=after", "--json")  # accepted by node-a
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["result"]["epoch"] == moved[on_a][1]  # run by node-b
+    rows = json.loads(a.ctl("resources", "--json").stdout)
+    assert {(row["id"], row["state"], row["node"]) for row in rows} == {
+        ("r0", "remote", "node-b"),
+        ("r1", "remote", "node-b"),
+    }
+
+
+def stored(database: str, resource: str) -> tuple[Any, ...] | None:
+    with psycopg.connect(database) as db:
+        return db.execute(
+            "SELECT pinned, properties FROM drivebay.resource WHERE id = %s", (resource,)
+        ).fetchone()
+
+
+def test_set_and_pin_reach_the_owners_actor_and_rm_answers_the_waiting_calls(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    a, b = two_nodes(daemon_factory, database, tmp_path)
+    for resource in ("r0", "r1"):
+        added = a.ctl("resource", "add", resource, "--driver", "ledger", "label=one")
+        assert added.returncode == 0, added.stderr
+    wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
+
+    def properties(daemon: Daemon, resource: str) -> Any:
+        ran = daemon.ctl("call", resource, "properties", "--json")
+        assert ran.returncode == 0, ran.stderr
+        return json.loads(ran.stdout)["result"]
+
+    for daemon, tag in ((a, "a"), (b, "b")):  # each changes both: its own and the other's
+        for resource in ("r0", "r1"):
+            label = f"{tag}-{resource}"
+            changed = daemon.ctl("resource", "set", resource, f"label={label}")
+            assert changed.returncode == 0, changed.stderr
+            assert stored(database, resource) == (None, {"label": label})
+            assert properties(a, resource) == {"label": label}  # the owner's instance has it
+
+    refused = b.ctl("resource", "set", "r0", "label=refuse")
+    assert refused.returncode == 1, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    assert "ledger refused the new properties of r0" in line and "this label is refused" in line
+    assert stored(database, "r0") == (None, {"label": "b-r0"})  # nothing changed
+    assert properties(b, "r0") == {"label": "b-r0"}
+
+    pinned = b.ctl("resource", "pin", "r0", "1.0.0")
+    assert pinned.returncode == 0, pinned.stderr
+    assert stored(database, "r0") == ("1.0.0", {"label": "b-r0"})
+    rows = {row["id"]: row for row in json.loads(a.ctl("resources", "--json").stdout)}
+    assert rows["r0"]["pinned"] == "1.0.0"
+    assert a.ctl("resource", "pin", "r0", "--unpin").returncode == 0
+    assert stored(database, "r0") == (None, {"label": "b-r0"})
+    changes = [op[3] for op in operations(database) if op[2].startswith("@")]
+    assert sorted(changes) == ["done"] * 6 + ["failed"]  # 4 sets, 2 pins; the refused set
+    assert a.ctl("call", "r0", "@set").returncode == 1  # not a driver's operation
+
+    async def waiting_then_removed() -> list[BaseException]:
+        async with AsyncClient(str(a.socket)) as client, asyncio.timeout(30):
+            calls = [
+                asyncio.ensure_future(client.call("r1", "slow", {"seconds": 2}, timeout=20)),
+                asyncio.ensure_future(client.call("r1", "write", {"value": "x"}, timeout=20)),
+            ]
+            await asyncio.sleep(0)  # both sent before the removal
+            while len([op for op in operations(database) if op[1] == "r1"]) < 2:
+                await asyncio.sleep(0.02)
+            removed = await asyncio.to_thread(b.ctl, "resource", "rm", "r1")
+            assert removed.returncode == 0, removed.stderr
+            answers = await asyncio.gather(*calls, return_exceptions=True)
+        return [answer for answer in answers if isinstance(answer, BaseException)]
+
+    failed = asyncio.run(waiting_then_removed())
+    assert len(failed) == 2, failed
+    assert all("resource r1 was removed" in str(error) for error in failed), failed
+    assert stored(database, "r1") is None
+    for daemon in (a, b):
+        assert [row["id"] for row in json.loads(daemon.ctl("resources", "--json").stdout)] == ["r0"]
