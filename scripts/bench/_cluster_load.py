@@ -170,6 +170,7 @@ class LedgerCheck:
     duplicated: int  # runs beyond a call's first
     reordered: int  # a run after a later call of the same resource had run
     unexplained: int  # ledger lines naming no call made
+    reconciled: int  # runs the driver's reconcile_operation made (the device never saw the call)
     errors: dict[str, int]  # answers that were errors, and calls cut, by type
     first_failures: list[str]
 
@@ -178,15 +179,16 @@ def check(ledger: Path, issued: Issued) -> LedgerCheck:
     made = len(issued.resources)
     runs = bytearray(made)
     by_resource: dict[str, list[tuple[int, int]]] = {}
-    unexplained = duplicated = 0
+    unexplained = duplicated = reconciled = 0
     text = ledger.read_bytes().decode() if ledger.exists() else ""
     for line in text.splitlines():
-        number, seq, resource, _node, _op_id, at = line.split()
+        number, seq, resource, node, _op_id, at = line.split()
         n = int(number)
         if not 0 <= n < made or issued.resources[n] != resource or issued.seqs[n] != int(seq):
             unexplained += 1
             continue
         duplicated += runs[n] > 0
+        reconciled += node.endswith("/reconcile")
         runs[n] = min(runs[n] + 1, 255)
         by_resource.setdefault(resource, []).append((int(at), int(seq)))
     reordered = 0
@@ -207,6 +209,7 @@ def check(ledger: Path, issued: Issued) -> LedgerCheck:
         duplicated=duplicated,
         reordered=reordered,
         unexplained=unexplained,
+        reconciled=reconciled,
         errors=dict(issued.errors),
         first_failures=issued.failures[:3],
     )

@@ -53,14 +53,19 @@ Targets (issue 16): failover under lease + grace + 2 s; three nodes
 >= 0.9x one node's calls/s; 0 lost and duplicated.
 
 ``--json``: one object on the last line of stdout; keys ``failover_s``
-(worst of the rounds), ``failovers_s``, ``lease_s``, ``renew_s``,
-``grace_s``, ``failover_target_s``, ``lost``, ``duplicated``,
+(worst of the rounds), ``failovers_s``, ``failover_median_s``,
+``lease_s``, ``renew_s``, ``grace_s``, ``failover_target_s``, ``lost``,
+``duplicated``,
 ``reordered`` (over the failovers under load; null when not measured),
 ``one_node_calls_per_s``, ``three_node_calls_per_s``,
 ``single_node_sqlite_calls_per_s`` (null when a setup could not call),
 ``setups`` (per setup: calls/s, p50_ms, p99_ms, cpu_us_per_call per node,
+below_cpu_us_per_call (its drivers), postgres_cpu_us_per_call,
 pg_xacts_per_call, pg_write_xacts_per_call, ledger), ``ratios``
-(``three_over_one``, ``one_over_sqlite``), ``machine``, ``commit``.
+(``three_over_one``, ``one_over_sqlite``), ``under_load`` (the
+failovers' ledger: made, answered OK, errors by type, runs the driver's
+``reconcile_operation`` made), ``callers``, ``sqlite_callers``,
+``machine``, ``commit``.
 """
 
 from __future__ import annotations
@@ -516,7 +521,8 @@ def report(r: Results) -> str:
             "-"
             if lost is None
             else f"{lost['lost']} / {lost['duplicated']} (reordered {lost['reordered']}, "
-            f"of {lost['made']:,} made, {lost['answered_ok']:,} answered OK)",
+            f"of {lost['made']:,} made, {lost['answered_ok']:,} answered OK, "
+            f"{lost['reconciled']} run by reconcile_operation)",
             "not measured"
             if lost is None
             else ("met" if lost["lost"] == lost["duplicated"] == 0 else "NOT met"),

@@ -34,7 +34,7 @@ def test_the_ledger_check_counts_lost_duplicated_reordered(
         "2 3 r1 node-a 12 300",
         "1 2 r1 node-b 11 400",  # ran after call 2 (seq 3): reordered
         "3 1 r2 node-a 13 100",
-        "3 1 r2 node-b 13 200",  # run twice: duplicated
+        "3 1 r2 node-b/reconcile 13 200",  # run twice: duplicated (by a reconcile)
         "9 1 r2 node-b 19 250",  # no such call made
     ]  # call 5 (r2, seq 3) answered OK, never ran: lost; call 4 unknown, never ran: not lost
     ledger = tmp_path / "ledger.txt"
@@ -42,6 +42,7 @@ def test_the_ledger_check_counts_lost_duplicated_reordered(
     found = bench_load.check(ledger, issued)
     assert (found.made, found.answered_ok, found.unknown, found.ran) == (6, 5, 1, 4)
     assert (found.lost, found.duplicated, found.reordered, found.unexplained) == (1, 1, 1, 1)
+    assert found.reconciled == 1
 
 
 def test_a_clean_ledger_has_nothing_to_say(bench_load: ModuleType, tmp_path: Path) -> None:
