@@ -31,6 +31,16 @@ def channel(node_id: str) -> str:
     return NOTIFY_PREFIX + node_id
 
 
+# The payload of a result notification: "<operation id> <state> <result as
+# JSON>", or only "<operation id>" when the result would not fit in a
+# notification (8000 bytes): then the node reads it.
+RESULT_PAYLOAD: Final = (
+    "CASE WHEN octet_length({op}.result::text) < 7000"
+    " THEN {op}.id::text || ' ' || {op}.state || ' ' || {op}.result::text"
+    " ELSE {op}.id::text END"
+)
+
+
 def result_channel(node_id: str) -> str:
     """The channel on which node ``node_id`` hears that a call it accepted has its result."""
     return RESULT_PREFIX + node_id

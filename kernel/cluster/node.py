@@ -10,8 +10,8 @@ guarded, so a result still counts only if no other node claimed the
 resource). After each membership round, a node holding more than its fair
 share of a driver's resources (it was up before the others) gives up the
 excess whose queues are idle, so that the nodes that joined later claim
-them. The workers share one connection of their own, opened again after a
-failure (the next wake retries). ``stop`` leaves the cluster and makes
+them. The workers share a few connections of their own (``link.Pool``),
+each opened again after a failure (the next wake retries). ``stop`` leaves the cluster and makes
 ``run`` return once the workers have ended.
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
@@ -31,9 +31,9 @@ from typing import Any, Protocol
 
 import psycopg
 
-from drivebay.kernel.cluster.connection import Connection, connect
 from drivebay.kernel.cluster.dispatch import Recorded, ResourceQueue, Send, Stop
 from drivebay.kernel.cluster.inbox import Inbox
+from drivebay.kernel.cluster.link import Pool
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -96,8 +96,7 @@ class ClusterNode:
         self._draining: set[asyncio.Task[Any]] = set()  # workers running their queue now
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
         self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
-        self._db: Connection | None = None
-        self._db_lock = asyncio.Lock()
+        self._pool = Pool(settings)  # the workers' connections
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task has ended."""
@@ -117,9 +116,7 @@ class ClusterNode:
                     inbox.cancel()
         finally:
             self._tasks = None
-            if self._db is not None:
-                await self._db.close()
-                self._db = None
+            await self._pool.close()
 
     def _changed(self, gained: dict[str, int], lost: set[str]) -> None:
         for resource_id in lost:
@@ -224,7 +221,7 @@ class ClusterNode:
                     if not kept:
                         continue  # removed: the next round says it is lost
                 repository = ClusterRepository(
-                    await self._connection(), self.settings.node_id, self.settings.lease_s
+                    await self._pool.connection(), self.settings.node_id, self.settings.lease_s
                 )
                 idempotent, reconcile = self._idempotent, self._reconcile
                 if self._keeper is not None:
@@ -247,13 +244,3 @@ class ClusterNode:
                 self._draining.discard(me)
             if stop is Stop.LOST:
                 return  # the membership's next round says so too
-
-    async def _connection(self) -> Connection:
-        async with self._db_lock:
-            if self._db is not None and (self._db.closed or self._db.broken):
-                await self._db.close()
-                self._db = None
-            if self._db is None:
-                async with asyncio.timeout(self.settings.renew_s):
-                    self._db = await connect(self.settings)
-            return self._db

@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgspec
 from psycopg.types.json import Jsonb
 
-from drivebay.kernel.cluster.connection import RESULT_PREFIX, Connection, channel
+from drivebay.kernel.cluster.connection import RESULT_PAYLOAD, RESULT_PREFIX, Connection, channel
 from drivebay.kernel.cluster.repository import QUEUE_LOCK
 from drivebay.kernel.resources.store import Resource
 from drivebay.protocol.errors import NoSuchName, NotRunning
@@ -174,12 +174,14 @@ async def write_change(
         "  finished_at = now()"
         "  FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
         "  AND o.state = 'dispatched' AND o.dispatched_epoch = %(epoch)s"
-        "  RETURNING o.id, o.accepted_by),"
+        "  RETURNING o.id, o.accepted_by, o.state, o.result),"
         " changed AS (UPDATE drivebay.resource SET"
         "  properties = CASE WHEN %(set)s THEN %(properties)s ELSE properties END,"
         "  pinned = CASE WHEN %(set)s THEN pinned ELSE %(version)s END, updated = now()"
         "  WHERE id = %(resource)s AND EXISTS (SELECT FROM done) RETURNING id)"
-        " SELECT d.id, pg_notify(%(done_prefix)s || d.accepted_by, d.id::text),"
+        " SELECT d.id, pg_notify(%(done_prefix)s || d.accepted_by, "
+        + RESULT_PAYLOAD.format(op="d")
+        + "),"
         " (SELECT count(*) FROM changed) FROM done d",
         {
             "resource": resource_id,

@@ -28,7 +28,12 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from drivebay.kernel.cluster.connection import RESULT_PREFIX, Connection, channel
+from drivebay.kernel.cluster.connection import (
+    RESULT_PAYLOAD,
+    RESULT_PREFIX,
+    Connection,
+    channel,
+)
 from drivebay.kernel.cluster.lease import claim_quota, surplus
 from drivebay.kernel.resources.store import Resource, check_resource_id
 from drivebay.protocol.errors import NoSuchName, RequestError
@@ -429,7 +434,9 @@ class ClusterRepository:
             "  finished_at = now()"
             " FROM owner WHERE o.id = %(op)s AND o.resource_id = owner.resource_id"
             "  AND o.state = 'dispatched' AND o.dispatched_epoch = %(epoch)s"
-            " RETURNING o.id, pg_notify(%(done)s || o.accepted_by, o.id::text)",
+            " RETURNING o.id, pg_notify(%(done)s || o.accepted_by, "
+            + RESULT_PAYLOAD.format(op="o")
+            + ")",
             {
                 "resource": resource_id,
                 "me": self.node_id,

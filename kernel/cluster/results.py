@@ -5,8 +5,9 @@ the call's timeout, and returns its result or raises the error a single
 node would have raised (same type name, same message). Three things wake
 it, the first that comes: this node's own worker wrote the result
 (``settle``, no database round trip), the owner's result write notified
-this node's result channel (``run`` LISTENs on it, over a connection of its
-own), or, for a notification lost, a look at the operation every ``poll_s``.
+this node's result channel with the result (``run`` LISTENs on it, over a
+connection of its own; a result too large for a notification is read), or,
+for a notification lost, a look at the operation every ``poll_s``.
 A call whose resource was removed meanwhile is answered "removed". One
 that has no result in time is answered ``CallTimeout`` naming its
 operation id: it stays queued and runs once.
@@ -19,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import psycopg
 from psycopg import sql
 
@@ -80,10 +82,19 @@ class Results:
         if future is not None and not future.done():
             future.set_result(outcome)
 
-    def _notified(self, op_id: int) -> None:
-        future = self._waiting.get(op_id)
-        if future is not None and not future.done():
-            future.set_result(None)
+    def _notified(self, payload: str) -> None:
+        """A result notification: ``<id> <state> <result JSON>``, or ``<id>``
+        alone for a result too large to carry (the waiter reads it)."""
+        op_id, _, rest = payload.partition(" ")
+        future = self._waiting.get(int(op_id))
+        if future is None or future.done():
+            return
+        state, _, text = rest.partition(" ")
+        try:
+            outcome = Outcome(state == "done", msgspec.json.decode(text)) if text else None
+        except msgspec.DecodeError:
+            outcome = None
+        future.set_result(outcome)
 
     async def wait(self, op_id: int, what: str, timeout: float, look: Look, gone: str) -> Any:
         """The result of ``op_id`` (``what``: the operation and its resource,
@@ -145,4 +156,4 @@ class Results:
                 if not future.done():
                     future.set_result(None)
             async for note in db.notifies():
-                self._notified(int(note.payload))
+                self._notified(note.payload)

@@ -15,9 +15,11 @@ import psycopg
 import pytest
 
 from drivebay.client import AsyncClient, OperationError
-from tests.cluster.test_daemon_nodes import clustered
+from tests.cluster.test_daemon_nodes import TIMINGS, clustered
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.test_authorization import over_tcp, sha
+from tests.e2e.test_http_api import free_port
 from tests.helpers import FIXTURES
 from tests.sandbox.bundles import make_bundle
 
@@ -85,8 +87,19 @@ def operations(database: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-def two_nodes(daemon_factory: Any, database: str, tmp_path: Path) -> tuple[Daemon, Daemon]:  # noqa: F811
-    a = clustered(daemon_factory, database, "node-a")
+def two_nodes(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+    settings_a: dict[str, Any] | None = None,
+) -> tuple[Daemon, Daemon]:
+    """node-a (with ``settings_a`` added to its config) and node-b, both
+    running the ledger driver."""
+    if settings_a:
+        cluster = {"database": database, "node_id": "node-a", **TIMINGS}
+        a = daemon_factory("node-a", {"cluster": cluster, **settings_a})
+    else:
+        a = clustered(daemon_factory, database, "node-a")
     b = clustered(daemon_factory, database, "node-b")
     for daemon, name in ((a, "sa"), (b, "sb")):
         staging = tmp_path / name
@@ -183,6 +196,11 @@ def test_errors_are_answered_as_one_node_answers_them(
                 await client.call(resource, op, args, timeout=timeout)
         return failed.value
 
+    async def large() -> Any:  # too large for a notification: read from the database
+        async with AsyncClient(str(a.socket)) as client, asyncio.timeout(30):
+            return await client.call(on_b, "plain", {"value": "x" * 9000}, timeout=10)
+
+    assert asyncio.run(large())["value"] == "x" * 9000
     unknown = asyncio.run(failing(a, on_b, "nope", {}))
     assert unknown.type == "OperationFailed", unknown  # as one node answers it
     assert unknown.message == (
@@ -347,3 +365,31 @@ def test_set_and_pin_reach_the_owners_actor_and_rm_answers_the_waiting_calls(
     assert stored(database, "r1") is None
     for daemon in (a, b):
         assert [row["id"] for row in json.loads(daemon.ctl("resources", "--json").stdout)] == ["r0"]
+
+
+def test_a_token_limited_to_other_drivers_cannot_reach_a_resource_another_node_owns(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    """Authorization on a node that does not own the resource knows its
+    driver from the database: a token limited to ``other*`` is told the
+    ledger resource does not exist (404), and nothing is queued."""
+    port = free_port()
+    tokens = [
+        {"sha256": sha("elsewhere-token"), "role": "operator", "drivers": ["other*"]},
+        {"sha256": sha("everywhere-token"), "role": "operator"},
+    ]
+    http = {"http": {"listen": f"127.0.0.1:{port}"}, "authorization": {"tokens": tokens}}
+    a, _ = two_nodes(daemon_factory, database, tmp_path, http)
+    for resource in ("r0", "r1"):
+        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
+    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
+    (on_b,) = [r for r, (owner, _) in owned.items() if owner == "node-b"]
+    target = f"/v1/resources/{on_b}/calls/write"
+
+    status, answer = over_tcp(port, "POST", target, "elsewhere-token", {"value": "no"})
+    assert status == 404, answer
+    assert [op for op in operations(database) if op[1] == on_b] == []
+    status, answer = over_tcp(port, "POST", target, "everywhere-token", {"value": "yes"})
+    assert status == 200 and answer["epoch"] == owned[on_b][1], answer
