@@ -74,10 +74,12 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import signal
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -580,6 +582,19 @@ def _commit() -> str:
     return ""
 
 
+async def stoppable(work: Coroutine[Any, Any, Results]) -> Results:
+    """``work``, cancelled by a SIGTERM (Ctrl-C already is, by asyncio), so
+    that it ends every process it started on the way out."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main() -> None:
     parser = _common.bench_parser(
         __doc__.splitlines()[0], "short leases (3/1/1 s), fewer callers and windows"
@@ -608,7 +623,13 @@ def main() -> None:
         plan = dataclasses.replace(plan, callers=args.callers)
     if args.sqlite_callers:
         plan = dataclasses.replace(plan, sqlite_callers=args.sqlite_callers)
-    results = asyncio.run(run(plan, args.envs_dir, not args.idle_failover, args.only))
+    try:
+        results = asyncio.run(
+            stoppable(run(plan, args.envs_dir, not args.idle_failover, args.only))
+        )
+    except asyncio.CancelledError:
+        _common.progress("cluster: stopped by SIGTERM; every process it started has ended")
+        raise SystemExit(128 + signal.SIGTERM) from None
     print(report(results))
     if args.json:
         _common.print_json_last(as_json(results))
