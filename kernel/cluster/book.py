@@ -200,8 +200,9 @@ class ClusterBook(ResourceBook):
     async def remove(self, resource_id: str) -> None:
         """Delete it from the cluster (its operations with it; their callers
         are answered "removed"); the owner's actor closes at its next round."""
+        before = await self._definition_of(resource_id)
         await self._repository(lambda r: r.remove_resource(resource_id))
-        self._tell("resource.removed", Resource(resource_id, ""))
+        self._tell("resource.removed", before)
 
     async def set(self, resource_id: str, assignments: Sequence[str]) -> Resource:
         """Change properties: checked here, then queued as one operation

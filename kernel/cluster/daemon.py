@@ -91,7 +91,11 @@ class DaemonCluster:
             await self.node.run()
         except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
             for exc in group.exceptions:
-                log.error("cluster: %s; this daemon serves alone until restarted", exc)
+                log.error(
+                    "cluster: %s; this node runs no resource queue until restarted "
+                    "(its calls still go to the cluster's queue)",
+                    exc,
+                )
         finally:
             self._kernel.state_listeners.remove(self._on_state)
             results.cancel()

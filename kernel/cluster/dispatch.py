@@ -36,7 +36,7 @@ import msgspec
 from drivebay.kernel.cluster.lease import Fence
 from drivebay.kernel.cluster.queue_statements import CHANGES, requeue, write_change
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
-from drivebay.protocol.errors import Fenced
+from drivebay.protocol.errors import Fenced, OutcomeUnknown
 
 
 class Outcome(msgspec.Struct, frozen=True):
@@ -80,7 +80,7 @@ def outcome_unknown(op: QueuedOperation) -> Outcome:
     return Outcome(
         ok=False,
         result={
-            "type": "OutcomeUnknown",
+            "type": OutcomeUnknown.__name__,
             "message": f"operation {op.operation} (#{op.id}) on {op.resource_id} was sent by a "
             "node that stopped before its result was recorded; check the resource, and list "
             "the operation as idempotent or give the driver reconcile_operation to settle it",

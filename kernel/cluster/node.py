@@ -11,8 +11,8 @@ resource). After each membership round, a node holding more than its fair
 share of a driver's resources (it was up before the others) gives up the
 excess whose queues are idle, so that the nodes that joined later claim
 them. The workers share a few connections of their own (``link.Pool``),
-each opened again after a failure (the next wake retries). ``stop`` leaves the cluster and makes
-``run`` return once the workers have ended.
+each opened again after a failure (the next wake retries). ``stop`` leaves
+the cluster and makes ``run`` return once the workers have ended.
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
 workers: a worker asks it for the resource's actor before its first drain
@@ -169,10 +169,6 @@ class ClusterNode:
         kept = {r: e for r, e in idle.items() if r not in released}
         if kept:  # an operation was left dispatched: settle it here first
             self.membership.take_back(kept)
-
-    def owns(self, resource_id: str) -> bool:
-        """Does a worker of this node run ``resource_id``'s queue now?"""
-        return resource_id in self._workers
 
     def wake(self, resource_id: str) -> None:
         """Drain ``resource_id``'s queue now, if this node owns it (a call

@@ -239,7 +239,8 @@ def test_the_owner_settles_what_a_dead_owner_left_through_its_driver(
 ) -> None:
     """Operations found dispatched under an earlier epoch (as a node that died
     after sending them leaves them): ``write``, listed idempotent, runs again;
-    ``plain`` is asked of the driver's ``reconcile_operation``."""
+    ``plain`` is asked of the driver's ``reconcile_operation``; a change of
+    properties is applied again and stored."""
     a, _ = two_nodes(daemon_factory, database, tmp_path)
     assert a.ctl("resource", "add", "r0", "--driver", "ledger").returncode == 0
     owned = wait_for(lambda: owners(database)["r0"][0] and owners(database), 30, "r0 owned")
@@ -250,20 +251,28 @@ def test_the_owner_settles_what_a_dead_owner_left_through_its_driver(
                 "INSERT INTO drivebay.operation (resource_id, operation, args, state,"
                 " accepted_by, dispatched_epoch) VALUES ('r0', %s, %s, 'dispatched',"
                 " 'node-gone', %s) RETURNING id",
-                (operation, json.dumps({"value": "v"}), epoch - 1),
+                (operation, json.dumps(args), epoch - 1),
             ).fetchone()[0]  # type: ignore[index]
-            for operation in ("write", "plain")
+            for operation, args in (
+                ("write", {"value": "v"}),
+                ("plain", {"value": "v"}),
+                ("@set", {"properties": {"label": "settled"}}),
+            )
         ]
 
     def settled() -> list[tuple[Any, ...]] | None:
         found = [op for op in operations(database) if op[0] in left]
         return found if all(op[3] in ("done", "failed") for op in found) else None
 
-    rerun, asked = wait_for(settled, 30, "both settled by the owner")
+    rerun, asked, change = wait_for(settled, 30, "all three settled by the owner")
     assert rerun[3] == "done" and rerun[5] == epoch
     assert rerun[6] == {"op_id": str(left[0]), "times": 1, "epoch": epoch}
     assert asked[3] == "failed" and asked[5] == epoch
     assert asked[6]["type"] == "LookupError" and "never reached" in asked[6]["message"]
+    assert change[3] == "done" and change[5] == epoch  # a change applies again: stored now
+    assert stored(database, "r0") == (None, {"label": "settled"})
+    ran = a.ctl("call", "r0", "properties", "--json")
+    assert json.loads(ran.stdout)["result"] == {"label": "settled"}, ran.stderr
 
 
 def test_a_driver_stopped_on_a_node_hands_its_resources_to_another(
@@ -345,18 +354,24 @@ def test_set_and_pin_reach_the_owners_actor_and_rm_answers_the_waiting_calls(
     assert sorted(changes) == ["done"] * 6 + ["failed"]  # 4 sets, 2 pins; the refused set
     assert a.ctl("call", "r0", "@set").returncode == 1  # not a driver's operation
 
+    def r1_states() -> list[str]:  # of the calls below
+        return [op[3] for op in operations(database) if op[1] == "r1" and op[2] in CALLS]
+
+    CALLS = ("slow", "write")
+
+    async def until(check: Any) -> None:
+        while not check():
+            await asyncio.sleep(0.02)
+
     async def waiting_then_removed() -> list[BaseException]:
         async with AsyncClient(str(a.socket)) as client, asyncio.timeout(30):
-            calls = [
-                asyncio.ensure_future(client.call("r1", "slow", {"seconds": 2}, timeout=20)),
-                asyncio.ensure_future(client.call("r1", "write", {"value": "x"}, timeout=20)),
-            ]
-            await asyncio.sleep(0)  # both sent before the removal
-            while len([op for op in operations(database) if op[1] == "r1"]) < 2:
-                await asyncio.sleep(0.02)
+            running = asyncio.ensure_future(client.call("r1", "slow", {"seconds": 3}, timeout=20))
+            await until(lambda: r1_states() == ["dispatched"])  # in the driver now
+            waiting = asyncio.ensure_future(client.call("r1", "write", {"value": "x"}, timeout=20))
+            await until(lambda: r1_states() == ["dispatched", "queued"])  # behind it
             removed = await asyncio.to_thread(b.ctl, "resource", "rm", "r1")
             assert removed.returncode == 0, removed.stderr
-            answers = await asyncio.gather(*calls, return_exceptions=True)
+            answers = await asyncio.gather(running, waiting, return_exceptions=True)
         return [answer for answer in answers if isinstance(answer, BaseException)]
 
     failed = asyncio.run(waiting_then_removed())
@@ -393,3 +408,49 @@ def test_a_token_limited_to_other_drivers_cannot_reach_a_resource_another_node_o
     assert [op for op in operations(database) if op[1] == on_b] == []
     status, answer = over_tcp(port, "POST", target, "everywhere-token", {"value": "yes"})
     assert status == 200 and answer["epoch"] == owned[on_b][1], answer
+
+
+def test_a_node_that_joins_takes_its_share_and_the_first_closes_those_actors(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    """node-a owns all four resources; node-b joins: node-a gives up two
+    (their actors closed, their instances detached: its driver serves two),
+    node-b attaches them, and calls on either node reach the new owners."""
+    a = clustered(daemon_factory, database, "node-a")
+    staging = tmp_path / "sa"
+    staging.mkdir()
+    a.drop(ledger_bundle(staging))
+    a.start()
+    a.wait_state("ledger", "RUNNING")
+    resources = [f"r{i}" for i in range(4)]
+    for resource in resources:
+        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
+    first = wait_for(
+        lambda: (
+            {o for o, _ in owners(database).values()} == {"node-a"}
+            and len(owners(database)) == 4
+            and owners(database)
+        ),
+        30,
+        "node-a owns all four",
+    )
+    assert a.status()["ledger"]["resources"] == 4
+
+    b = clustered(daemon_factory, database, "node-b")
+    staging = tmp_path / "sb"
+    staging.mkdir()
+    b.drop(ledger_bundle(staging))
+    b.start()
+    split = wait_for(lambda: all_owned(database, 4), 30, "two on each node")
+    moved = [r for r, (owner, _) in split.items() if owner == "node-b"]
+    assert len(moved) == 2
+    wait_for(lambda: a.status()["ledger"]["resources"] == 2, 30, "node-a's actors closed")
+    for resource in resources:
+        for daemon in (a, b):
+            ran = daemon.ctl("call", resource, "write", "value=v", "--json")
+            assert ran.returncode == 0, ran.stderr
+            assert json.loads(ran.stdout)["result"]["epoch"] == split[resource][1]
+        if resource in moved:
+            assert split[resource][1] > first[resource][1]

@@ -129,8 +129,8 @@ def test_a_node_whose_id_another_daemon_took_says_so_and_serves_alone(
         "second", {"cluster": {"database": database, "node_id": "node-a", **TIMINGS}}
     )
     second.start()  # registers node-a again: the first finds its id taken at its next round
-    wait_for(lambda: "serves alone" in first.log(), 30, "the first node stepping aside")
-    said = [line for line in first.log().splitlines() if "serves alone" in line]
+    wait_for(lambda: "runs no resource queue" in first.log(), 30, "the first node stepping aside")
+    said = [line for line in first.log().splitlines() if "runs no resource queue" in line]
     assert len(said) == 1 and "node-a" in said[0], said
     assert first.ctl("status").returncode in (0, 3)
     assert nodes(second)["node-a"]["state"] == "live"
