@@ -97,6 +97,7 @@ class ClusterBook(ResourceBook):
         self.serving: Callable[[str, str | None], bool] = lambda driver, pinned: True
         self.results = Results(settings)
         self._call_timeout = call_timeout
+        self.leave_after_s = 0.0  # how long callers may wait at shutdown (daemon's drain_s)
         self._calls: set[asyncio.Task[Any]] = set()
         self._link = Link(settings)
         self._listed: list[Listed] = []  # every resource, as last read
@@ -109,6 +110,15 @@ class ClusterBook(ResourceBook):
         return 0
 
     async def close(self) -> None:
+        """The callers still waiting (their operations queued, some run by
+        other nodes) get their results for up to ``leave_after_s``
+        (``timeouts.drain_s``), then are answered that their operation stays
+        queued (``Results.stop``): never a closed connection."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=self.leave_after_s)
+        self.results.stop()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=2 * self.settings.renew_s)
         for task in self._calls:
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
