@@ -101,6 +101,9 @@ class Membership:
             except (psycopg.Error, KernelError, TimeoutError) as exc:
                 self._failed(exc)
                 await self._pause(self.settings.renew_s)
+        if self.owned:  # stopped while the database failed: no leave, the leases expire
+            self.fence.fence()
+            self._change({}, set(self.owned))  # the workers end now
 
     async def _connected(self) -> None:
         async with asyncio.timeout(self.settings.renew_s):

@@ -17,9 +17,12 @@ from typing import Any
 import pytest
 
 from drivebay.client import AsyncClient, OperationError
+from tests.cluster.daemons import Tables, clustered
 from tests.cluster.test_daemon_calls import all_owned, operations, owners, two_nodes
+from tests.cluster.test_link_cut import own_server  # noqa: F401 -- fixture
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import FAST_CONFIG, wait_for
+from tests.postgres import ThrowawayPostgres
 
 
 def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
@@ -81,3 +84,25 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
         "node-b owns both",
     )
     assert moved[on_a][1] > epoch_a
+
+
+def test_a_node_whose_database_is_down_stops_without_waiting_out_its_bound(
+    own_server: ThrowawayPostgres,  # noqa: F811 -- first: it outlives the daemon
+    daemon_factory: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """It cannot leave (its leases will expire); its queue workers end at
+    once rather than hold the stop until the node's task is cancelled."""
+    database = own_server.url()
+    tables = Tables(database)
+    alone = clustered(daemon_factory, database, "alone", tmp_path / "staging")
+    alone.start()
+    tables.wait_running(["alone"], "mis")
+    for resource in ("r0", "r1"):
+        added = alone.ctl("resource", "add", resource, "--driver", "mis", "host=h")
+        assert added.returncode == 0, added.stderr
+    wait_for(lambda: len([o for o, _ in tables.owners().values() if o]) == 2, 30, "all owned")
+    own_server.shut_down()
+    wait_for(lambda: "cluster database" in alone.log(), 30, "the node sees the database gone")
+    assert alone.stop() == 0, alone.log()
+    assert "did not leave in time" not in alone.log(), alone.log()
