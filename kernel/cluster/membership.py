@@ -55,7 +55,7 @@ class Membership:
         versions: Iterable[str] = (),
         after_round: AfterRound | None = None,
         until_idle: UntilIdle | None = None,
-        leave_after_s: float = 0.0,
+        leave_after_s: Callable[[], float] = lambda: 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -67,7 +67,7 @@ class Membership:
         self._on_change = on_change
         self._after_round = after_round
         self._until_idle = until_idle
-        self._leave_after_s = leave_after_s
+        self._leave_after_s = leave_after_s  # read when leaving (a reload may change it)
         self._clock = clock
         self._stopping = asyncio.Event()
         self._incarnation: int | None = None
@@ -165,7 +165,8 @@ class Membership:
             return
         self._change({}, set(self.owned))
         idle = asyncio.ensure_future(self._until_idle())
-        deadline = self._clock() + self._leave_after_s
+        bound = self._leave_after_s()
+        deadline = self._clock() + bound
         try:
             while not idle.done():
                 left = deadline - self._clock()
@@ -173,7 +174,7 @@ class Membership:
                     log.warning(
                         "cluster: calls still in flight after %g s; node %s leaves, "
                         "the next owners settle them",
-                        self._leave_after_s,
+                        bound,
                         self.settings.node_id,
                     )
                     return

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import psycopg
@@ -80,7 +80,7 @@ class ClusterNode:
         keeper: Keeper | None = None,
         recorded: Recorded | None = None,
         fault: FaultPoint | None = None,
-        leave_after_s: float = 0.0,
+        leave_after_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.settings = settings
         self._keeper = keeper
