@@ -15,7 +15,7 @@ within ``renew_s + grace_s`` of its lease's end: their next round comes
 within ``renew_s``, and ``grace_s`` (0.5 s) is all the margin left for
 their scheduling and the claim statement. Together: the issue's bound,
 lease + grace + one round (3.0 s). Measured on 2 CPUs with two busy loops
-beside the test (load about 5; four runs): leases ended 1.70-1.87 s after
+beside the test (four runs): leases ended 1.70-1.87 s after
 the kill, claimed 0.01-0.48 s after their end (margin 0.52 s), failover
 1.86-2.28 s (margin 0.72 s). A survivor whose round starts more than
 ``grace_s`` late fails it: that is the bound, not a flake."""
