@@ -53,7 +53,7 @@ from drivebay.kernel.cluster.queue_statements import (
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
-from drivebay.kernel.resources.actor import Router
+from drivebay.kernel.resources.actor import DriverAbsent, Router
 from drivebay.kernel.resources.book import (
     ResourceBook,
     SchemaLookup,
@@ -67,6 +67,7 @@ from drivebay.protocol.errors import (
     OperationFailed,
     RequestError,
 )
+from drivebay.sandbox.bundles import Manifest
 
 if TYPE_CHECKING:
     from drivebay.kernel.cluster.node import ClusterNode
@@ -97,6 +98,7 @@ class ClusterBook(ResourceBook):
         self.serving: Callable[[str, str | None], bool] = lambda driver, pinned: True
         self.results = Results(settings)
         self._call_timeout = call_timeout
+        self.leave_after_s = 0.0  # how long callers may wait at shutdown (daemon's drain_s)
         self._calls: set[asyncio.Task[Any]] = set()
         self._link = Link(settings)
         self._listed: list[Listed] = []  # every resource, as last read
@@ -109,6 +111,15 @@ class ClusterBook(ResourceBook):
         return 0
 
     async def close(self) -> None:
+        """The callers still waiting (their operations queued, some run by
+        other nodes) get their results for up to ``leave_after_s``
+        (``timeouts.drain_s``), then are answered that their operation stays
+        queued (``Results.stop``): never a closed connection."""
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=self.leave_after_s)
+        self.results.stop()
+        if self._calls:
+            await asyncio.wait(set(self._calls), timeout=2 * self.settings.renew_s)
         for task in self._calls:
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
@@ -194,7 +205,7 @@ class ClusterBook(ResourceBook):
     ) -> Resource:
         """Validate (against the schema installed here), then store: the node
         that claims it attaches it."""
-        manifest = self._schema(driver, pinned)
+        manifest = self._schema_here(driver, pinned)
         check_resource_id(resource_id)
         properties = checked_properties(manifest, {}, assignments, resource_id)
         resource = Resource(id=resource_id, driver=driver, pinned=pinned, properties=properties)
@@ -214,7 +225,7 @@ class ClusterBook(ResourceBook):
         (``SET``) that the owner's actor applies between two operations and
         stores with its result; nothing changes when the driver refuses."""
         before = await self._definition_of(resource_id)
-        manifest = self._schema(before.driver, before.pinned)
+        manifest = self._schema_here(before.driver, before.pinned)
         properties = checked_properties(manifest, before.properties, assignments, resource_id)
         try:
             await self._call(resource_id, SET, {"properties": properties}, None)
@@ -232,7 +243,7 @@ class ClusterBook(ResourceBook):
         (``PIN``) the owner's actor applies (a move) and stores with its result."""
         before = await self._definition_of(resource_id)
         if version is not None:
-            self._schema(before.driver, version)  # raises when that version is not installed
+            self._schema_here(before.driver, version)  # raises when not installed here
         try:
             await self._call(resource_id, PIN, {"version": version}, None)
         except (OperationFailed, RequestError) as exc:
@@ -241,6 +252,18 @@ class ClusterBook(ResourceBook):
             ) from exc
         self._tell("resource.changed", before, pinned=version)
         return msgspec.structs.replace(before, pinned=version)
+
+    def _schema_here(self, driver: str, version: str | None) -> Manifest:
+        """The driver's manifest installed on this node; ``DriverAbsent`` in
+        one line saying that this node checks against its own copy."""
+        try:
+            return self._schema(driver, version)
+        except DriverAbsent as exc:
+            raise DriverAbsent(
+                f"on node {self.settings.node_id}: {exc} (the node that takes a resource "
+                "command checks it against its own copy of the driver: run the command on a "
+                "node that has it, or install it here)"
+            ) from exc
 
     async def driver_named(self, resource_id: str) -> str:
         return (await self._definition_of(resource_id)).driver

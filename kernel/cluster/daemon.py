@@ -78,6 +78,7 @@ class DaemonCluster:
             keeper=book,
             recorded=book.results.settle,
             fault=fault_points.from_environment(self.settings.node_id),
+            leave_after_s=lambda: self._kernel.config.timeouts.drain_s,
         )
         book.node = self.node
         book.serving = self.serving
@@ -142,13 +143,19 @@ class DaemonCluster:
 
     async def stopped(self) -> None:
         """``stop``, then wait for the task ``start`` made to end: leaving
-        takes at most a statement's timeout (``renew_s``) after the round in
-        progress; past twice that the task is cancelled (leases then expire)."""
+        takes the calls in flight (at most ``timeouts.drain_s``), then at
+        most a statement's timeout (``renew_s``) after the round in progress;
+        past twice that the task is cancelled (leases then expire)."""
+        drain_s = self._kernel.config.timeouts.drain_s
+        book = self._kernel.book
+        if isinstance(book, ClusterBook):  # its waiting callers get as long at its close
+            book.leave_after_s = drain_s
         self.stop()
         task = self._task
         if task is None:
             return
-        done, _ = await asyncio.wait({task}, timeout=2 * self.settings.renew_s + 1)
+        bound = drain_s + 2 * self.settings.renew_s + 1
+        done, _ = await asyncio.wait({task}, timeout=bound)
         if not done:
             log.warning(
                 "cluster: node %s did not leave in time; its leases will expire",

@@ -7,8 +7,11 @@ registers once per process, then each round sends one renewal and one claim
 and hands the changes to ``on_change``. ``fence`` says whether this node may
 dispatch now; it closes on its own ``lease_s - grace_s`` after the last
 renewal that got through, whatever the database is doing. ``stop`` makes
-``run`` leave the cluster (its leases end at once) and return; cancelling
-``run`` instead leaves the leases to expire.
+``run`` leave the cluster and return: first it lets the calls in flight
+end (``until_idle``, bounded by ``leave_after_s``; no new dispatch, the
+leases renewed meanwhile, so that no other node takes a resource over while
+its call still runs here), then its leases end at once. Cancelling ``run``
+instead leaves the leases to expire.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from drivebay.protocol.errors import KernelError
 log = logging.getLogger("drivebay.cluster")
 OnChange = Callable[[dict[str, int], set[str]], None]  # gained {resource: epoch}, lost ids
 AfterRound = Callable[[ClusterRepository], Awaitable[None]]
+UntilIdle = Callable[[], Awaitable[None]]  # returns once no call of this node is in flight
 
 
 class NodeIdTaken(KernelError):
@@ -50,6 +54,8 @@ class Membership:
         *,
         versions: Iterable[str] = (),
         after_round: AfterRound | None = None,
+        until_idle: UntilIdle | None = None,
+        leave_after_s: Callable[[], float] = lambda: 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -60,6 +66,8 @@ class Membership:
         self._versions = sorted(set(versions))
         self._on_change = on_change
         self._after_round = after_round
+        self._until_idle = until_idle
+        self._leave_after_s = leave_after_s  # read when leaving (a reload may change it)
         self._clock = clock
         self._stopping = asyncio.Event()
         self._incarnation: int | None = None
@@ -93,6 +101,9 @@ class Membership:
             except (psycopg.Error, KernelError, TimeoutError) as exc:
                 self._failed(exc)
                 await self._pause(self.settings.renew_s)
+        if self.owned:  # stopped while the database failed: no leave, the leases expire
+            self.fence.fence()
+            self._change({}, set(self.owned))  # the workers end now
 
     async def _connected(self) -> None:
         async with asyncio.timeout(self.settings.renew_s):
@@ -107,6 +118,7 @@ class Membership:
                 await bounded(self.settings.renew_s, self._round(repository))
                 self._recovered()
                 await self._pause(started + self.settings.renew_s - self._clock())
+            await self._settle_before_leaving(repository)
             await bounded(self.settings.renew_s, repository.leave())
             self.fence.fence()
             self._change({}, set(self.owned))
@@ -142,6 +154,35 @@ class Membership:
         if self._after_round is not None:
             await self._after_round(repository)
         self.rounds += 1
+
+    async def _settle_before_leaving(self, repository: ClusterRepository) -> None:
+        """Dispatch nothing more (every resource reported lost: its worker
+        ends after its call in flight, whose result write is guarded by the
+        epoch it still holds), and keep the leases renewed until the calls
+        in flight have ended or ``leave_after_s`` has passed; a call still
+        running then is settled by the heir, as after a kill."""
+        if self._until_idle is None or not self.owned:
+            return
+        self._change({}, set(self.owned))
+        idle = asyncio.ensure_future(self._until_idle())
+        bound = self._leave_after_s()
+        deadline = self._clock() + bound
+        try:
+            while not idle.done():
+                left = deadline - self._clock()
+                if left <= 0:
+                    log.warning(
+                        "cluster: calls still in flight after %g s; node %s leaves, "
+                        "the next owners settle them",
+                        bound,
+                        self.settings.node_id,
+                    )
+                    return
+                await bounded(self.settings.renew_s, repository.renew())
+                await asyncio.wait({idle}, timeout=min(left, self.settings.renew_s))
+        finally:
+            idle.cancel()
+            await asyncio.gather(idle, return_exceptions=True)
 
     def give_up(self, resource_ids: set[str]) -> None:
         """Stop owning these (reported as lost) before releasing them."""

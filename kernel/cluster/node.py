@@ -14,7 +14,8 @@ whose queues are idle, so that the other nodes claim them; a busy one
 starts no new drain, so that a later round finds it idle. The workers
 share a few connections of their own (``link.Pool``), each opened again
 after a failure (the next wake retries). ``stop`` leaves the cluster and
-makes ``run`` return once the workers have ended.
+makes ``run`` return once the workers have ended: the workers end first
+(their calls in flight finish, at most ``leave_after_s``), then the leases.
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
 workers: a worker asks it for the resource's actor before its first drain
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import psycopg
@@ -79,12 +80,19 @@ class ClusterNode:
         keeper: Keeper | None = None,
         recorded: Recorded | None = None,
         fault: FaultPoint | None = None,
+        leave_after_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.settings = settings
         self._keeper = keeper
         self._recorded = recorded
         self.membership = Membership(
-            settings, drivers, self._changed, versions=versions, after_round=self._rebalance
+            settings,
+            drivers,
+            self._changed,
+            versions=versions,
+            after_round=self._rebalance,
+            until_idle=self._workers_ended,
+            leave_after_s=leave_after_s,
         )
         self.inbox = Inbox(
             settings,
@@ -184,6 +192,13 @@ class ClusterNode:
         if kept:  # an operation was left dispatched: settle it here first
             self._handing_over -= set(kept)
             self.membership.take_back(kept)
+
+    async def _workers_ended(self) -> None:
+        """Returns once every worker told to end has ended (its call in flight
+        finished, its actor closed)."""
+        ending = set(self._ended.values())
+        if ending:
+            await asyncio.wait(ending)
 
     def wake(self, resource_id: str) -> None:
         """Drain ``resource_id``'s queue now, if this node owns it (a call

@@ -10,7 +10,8 @@ connection of its own; a result too large for a notification is read), or,
 for a notification lost, a look at the operation every ``poll_s``.
 A call whose resource was removed meanwhile is answered "removed". One
 that has no result in time is answered ``CallTimeout`` naming its
-operation id: it stays queued and runs once.
+operation id: it stays queued and runs once; so is one still waiting when
+``drivebayd`` stops (``stop``).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Results:
         self.settings = settings
         self.listening = asyncio.Event()  # set while the LISTEN is in place
         self._poll_s = settings.renew_s if poll_s is None else poll_s
+        self._stopped = False  # drivebayd stops: the callers still waiting are answered
         # op id -> woken with the outcome (written here) or None (look it up)
         self._waiting: dict[int, asyncio.Future[Outcome | None]] = {}
 
@@ -81,6 +83,15 @@ class Results:
         future = self._waiting.get(op_id)
         if future is not None and not future.done():
             future.set_result(outcome)
+
+    def stop(self) -> None:
+        """``drivebayd`` stops: each caller still waiting looks at its
+        operation once more, and is answered ``CallTimeout`` (it stays queued
+        and runs once, elsewhere) when it has no result yet."""
+        self._stopped = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(None)
 
     def _notified(self, payload: str) -> None:
         """A result notification: ``<id> <state> <result JSON>``, or ``<id>``
@@ -109,6 +120,12 @@ class Results:
         try:
             while True:
                 remaining = deadline - loop.time()
+                if self._stopped and not future.done():
+                    raise errors.CallTimeout(
+                        f"drivebayd on node {self.settings.node_id} is stopping: operation "
+                        f"#{op_id} ({what}) has no result yet; it stays queued and runs once on "
+                        "another node ('drivebayctl call' again would run it twice)"
+                    )
                 if remaining <= 0:
                     raise errors.CallTimeout(
                         f"operation #{op_id} ({what}) has no result after {timeout:g}s; it "

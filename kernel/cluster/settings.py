@@ -65,9 +65,16 @@ class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def shown_database(url: str) -> str:
-    """``url`` with its password (if any) replaced by ``***``, for logs and errors."""
+    """``url`` with its password (if any: after the user, or libpq's
+    ``password=`` query parameter) replaced by ``***``, for logs and errors."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if parts.password is not None:
+        url = url.replace(f":{parts.password}@", ":***@", 1)
+    base, mark, query = url.partition("?")
+    if not mark:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+    pieces = (
+        "password=***" if piece.partition("=")[0] == "password" else piece
+        for piece in query.split("&")
+    )
+    return f"{base}?{'&'.join(pieces)}"

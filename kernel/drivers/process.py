@@ -350,9 +350,13 @@ class DriverProcess(HandoverRequests):
         *,
         op_id: str = "",
         epoch: int = 0,
+        at_once: bool = False,
     ) -> tuple[int, asyncio.Future[Any]]:
         """``call`` without a task: send now, return the request id and the
         future of its result (the errors ``call`` raises, set on the future).
+        ``at_once``: the frame is handed to the transport now, not at the end
+        of the loop's pass with the others (a cluster owner's guarded call:
+        nothing may come between its fence check and the write).
 
         For callers that chain calls from callbacks (the resource actors) or
         keep a window of calls in flight. Nobody awaits the future for you:
@@ -366,7 +370,10 @@ class DriverProcess(HandoverRequests):
         if op in self._op_id_ops:
             op_id = self._op_id(op, args, request_id, op_id)
         message = Call(request_id, resource_id, op, args, limit, op_id, epoch)
-        return request_id, self._send_request(request_id, message, limit, (op, resource_id))
+        reply = self._send_request(request_id, message, limit, (op, resource_id))
+        if at_once:
+            self._channel.outbox.flush()
+        return request_id, reply
 
     def _check_depth(self, args: dict[str, Any], op: str) -> None:
         """Raises RequestError when ``args`` nest deeper than the child's codec takes."""

@@ -350,6 +350,7 @@ class ResourceActor:
                 item.timeout,
                 op_id=item.op_id,
                 epoch=item.epoch,
+                at_once=item.guard is not None,  # written right after the fence said yes
             )
         except Exception as exc:  # the process is gone, or a value it cannot take
             if isinstance(exc, DriverCrashed):

@@ -7,6 +7,7 @@ once, rather than settle it ``OutcomeUnknown``."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,48 @@ def test_a_fence_closed_before_the_actor_sends_puts_the_operation_back(
                 assert one[3] == {"op_id": str(first), "times": 1, "epoch": lease.epoch}
                 assert two[:3] == (second, "done", lease.epoch)
                 assert two[3] == {"value": "next", "epoch": lease.epoch}
+            finally:
+                await actor.close(detach=True)
+
+    run(main())
+
+
+def test_a_guarded_call_leaves_the_node_right_after_its_fence_check(
+    database: str, tmp_path: Any
+) -> None:
+    """Frames are written at the end of the event loop's pass, with the
+    others of that pass; a guarded call's is written at once: whatever runs
+    after the fence said yes (here a callback the guard schedules, the first
+    to run after the send) finds nothing of it left in the node, so that a
+    pause there cannot hold the call back past the fence."""
+
+    async def main() -> None:
+        spec = fixture_spec(tmp_path, name="ledger", entrypoint="ledger:Ledger")
+        async with cluster(database, "owner") as (owner,), started(spec) as proc:
+            slot = RunningSlot(proc)
+
+            async def router(actor: ResourceActor) -> Any:
+                return slot
+
+            actor = ResourceActor("r000", "ledger", {}, router, mailbox_size=4)
+            actor.launch()
+            held: list[Any] = []
+
+            def checked() -> bool:
+                batch = lambda: proc._channel.outbox._batch  # noqa: E731 -- read after the send
+                asyncio.get_running_loop().call_soon(lambda: held.append(batch()))
+                return True
+
+            try:
+                await actor.rebind(slot)  # type: ignore[arg-type]
+                await add(owner, 1)
+                (lease,) = await owner.claim()
+                await owner.enqueue("r000", "write", {"value": "v"})
+                queue = ResourceQueue(
+                    owner, "r000", lease.epoch, open_fence(), through(actor, checked)
+                )
+                assert await queue.drain() is Stop.DONE
+                assert held and not held[0], held  # nothing held back after the check
             finally:
                 await actor.close(detach=True)
 

@@ -70,3 +70,19 @@ def test_a_password_is_never_shown() -> None:
     with pytest.raises(ValueError, match="u:\\*\\*\\*@h") as caught:
         ClusterSettings("mysql://u:secret@h/db", "n1")
     assert "secret" not in str(caught.value)
+    # libpq also takes the password as a query parameter of the URL.
+    for url, shown in (
+        ("postgresql://h/db?password=secret", "postgresql://h/db?password=***"),
+        (
+            "postgresql://u:a%40b@h/db?sslmode=require&PASSWORD=x&password=sec%26ret",
+            "postgresql://u:***@h/db?sslmode=require&PASSWORD=x&password=***",
+        ),
+        (
+            "postgresql:///db?host=/tmp&password=pw&user=u",
+            "postgresql:///db?host=/tmp&password=***&user=u",
+        ),
+    ):
+        assert shown_database(url) == shown, url
+    with pytest.raises(ValueError) as caught:
+        ClusterSettings("mysql://h/db?password=secret", "n1")
+    assert "secret" not in str(caught.value)
