@@ -297,11 +297,14 @@ class ClusterBook(ResourceBook):
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> Any:
         lease = _lease(self.settings)
+        node = self.node
+        me = self.settings.node_id
         op_id = await self._link.run(
-            lambda db: enqueue_call(db, self.settings.node_id, lease, resource_id, op, args),
+            lambda db: enqueue_call(
+                db, me, lease, resource_id, op, args, wakes_itself=node is not None
+            ),
             "did not queue the call",
         )
-        node = self.node
         if node is not None:
             node.wake(resource_id)
         limit = self._call_timeout if timeout is None else timeout

@@ -46,7 +46,8 @@ _ENQUEUE = (
     "  WHERE r.runnable RETURNING id, resource_id)"
     " SELECT r.driver, r.pinned, q.id, (SELECT pg_notify(%(prefix)s || w.owner_node,"
     "  q.id::text || ' ' || q.resource_id) FROM drivebay.ownership w"
-    "  WHERE w.resource_id = q.resource_id AND w.owner_node IS NOT NULL)"
+    "  WHERE w.resource_id = q.resource_id AND w.owner_node IS NOT NULL"
+    "  AND (w.owner_node <> %(me)s OR NOT %(wakes_itself)s))"
     " FROM r LEFT JOIN queued q ON true"
 )
 
@@ -58,8 +59,12 @@ async def enqueue_call(
     resource_id: str,
     operation: str,
     args: dict[str, Any],
+    *,
+    wakes_itself: bool = False,
 ) -> int:
-    """Queue a call accepted by ``node_id``; its id once committed. Raises
+    """Queue a call accepted by ``node_id``; its id once committed. The
+    owner is notified, unless it is ``node_id`` and that node wakes its own
+    worker (``wakes_itself``: no notification to itself). Raises
     ``NoSuchName`` for an unknown resource and ``NotRunning`` when no live
     node runs its driver (nothing queued then)."""
     cursor = await db.execute(
@@ -72,6 +77,7 @@ async def enqueue_call(
             "lease": lease,
             "lock": QUEUE_LOCK,
             "prefix": channel(""),
+            "wakes_itself": wakes_itself,
         },
     )
     row = await cursor.fetchone()
