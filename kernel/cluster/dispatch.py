@@ -1,11 +1,15 @@
 """Running one resource's queued operations on the node that owns it.
 
 ``ResourceQueue.drain`` takes the resource's unfinished operations in their
-order, one at a time, under the epoch this node holds: each is marked
-dispatched (a guarded write), the fence is checked immediately before the
-call is sent, and its result is written (a guarded write). It stops at the
-first guard that fails (``Stop.LOST``: another node owns the resource now)
-or when the fence is closed (``Stop.FENCED``), without sending anything.
+order, one at a time, under the epoch this node holds, until none is left
+(or ``more`` says to stop: the worker is ending): each is marked dispatched
+and read in one guarded statement (``taking.take``), the fence is checked
+immediately before the call is sent, and its result is written in one
+guarded statement that also takes the next (``taking.finish``; the next is
+taken apart when the fence is closed by then, or a test holds the fault
+points). It stops at the first guard that fails (``Stop.LOST``: another
+node owns the resource now) or when the fence is closed (``Stop.FENCED``),
+without sending anything.
 
 An operation found dispatched under another epoch (its node died, or was
 fenced, between the dispatch mark and the result) is settled first, by
