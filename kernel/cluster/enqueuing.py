@@ -85,8 +85,9 @@ class Enqueuer:
         self._writer: asyncio.Task[None] | None = None
 
     async def enqueue(self, resource_id: str, operation: str, args: dict[str, Any]) -> int:
-        """Queue one call; its id once committed. Raises what
-        ``queue_statements.enqueue_call`` raises."""
+        """Queue one call; its id once committed. Raises ``NoSuchName`` (no
+        such resource), ``NotRunning`` (no live node runs its driver) or
+        ``KernelError`` (the database failed); nothing is queued then."""
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting.append(_Call(resource_id, operation, args, answer))
         if self._writer is None or self._writer.done():
@@ -114,24 +115,23 @@ class Enqueuer:
                 rows = await self._run(
                     functools.partial(self._statement, calls=calls), "did not queue the call"
                 )
-            except Exception as exc:
+                for call, (_, found, driver, pinned, op_id, _) in zip(calls, rows, strict=True):
+                    if call.answer.done():
+                        continue
+                    if not found:
+                        call.answer.set_exception(unknown_resource(call.resource_id))
+                    elif op_id is None:
+                        call.answer.set_exception(not_runnable(call.resource_id, driver, pinned))
+                    else:
+                        call.answer.set_result(int(op_id))
+            except Exception as exc:  # the statement failed (none queued): each call is told
                 for call in calls:
                     if not call.answer.done():
                         call.answer.set_exception(exc)
-                continue
             except BaseException:  # cancelled (close): they are told so
                 for call in calls:
                     call.answer.cancel()
                 raise
-            for call, (_, found, driver, pinned, op_id, _) in zip(calls, rows, strict=True):
-                if call.answer.done():
-                    continue
-                if not found:
-                    call.answer.set_exception(unknown_resource(call.resource_id))
-                elif op_id is None:
-                    call.answer.set_exception(not_runnable(call.resource_id, driver, pinned))
-                else:
-                    call.answer.set_result(int(op_id))
 
     async def _statement(self, db: Connection, *, calls: list[_Call]) -> list[tuple[Any, ...]]:
         cursor = await db.execute(
