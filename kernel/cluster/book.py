@@ -36,6 +36,7 @@ import msgspec
 from drivebay.kernel.cluster.book_rows import page_of, row_of
 from drivebay.kernel.cluster.connection import Connection
 from drivebay.kernel.cluster.dispatch import Outcome, Send
+from drivebay.kernel.cluster.enqueuing import Enqueuer
 from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Link
 from drivebay.kernel.cluster.owner_side import apply_change, send_through, settling_of
@@ -46,7 +47,6 @@ from drivebay.kernel.cluster.queue_statements import (
     Finished,
     Listed,
     definition,
-    enqueue_call,
     finished,
     listing,
 )
@@ -101,6 +101,9 @@ class ClusterBook(ResourceBook):
         self.leave_after_s = 0.0  # how long callers may wait at shutdown (daemon's drain_s)
         self._calls: set[asyncio.Task[Any]] = set()
         self._link = Link(settings)
+        self._enqueuer = Enqueuer(
+            self._link.run, settings.node_id, _lease(settings), wakes_itself=False
+        )
         self._listed: list[Listed] = []  # every resource, as last read
         self._drivers: dict[str, str] = {}  # resource -> driver, as last read
 
@@ -124,6 +127,7 @@ class ClusterBook(ResourceBook):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
         await super().close()
+        await self._enqueuer.close()
         await self._link.close()
 
     async def run(self) -> None:
@@ -319,12 +323,9 @@ class ClusterBook(ResourceBook):
     async def _call(
         self, resource_id: str, op: str, args: dict[str, Any], timeout: float | None
     ) -> Any:
-        lease = _lease(self.settings)
-        op_id = await self._link.run(
-            lambda db: enqueue_call(db, self.settings.node_id, lease, resource_id, op, args),
-            "did not queue the call",
-        )
         node = self.node
+        self._enqueuer.wakes_itself = node is not None
+        op_id = await self._enqueuer.enqueue(resource_id, op, args)
         if node is not None:
             node.wake(resource_id)
         limit = self._call_timeout if timeout is None else timeout

@@ -1,11 +1,15 @@
 """Running one resource's queued operations on the node that owns it.
 
 ``ResourceQueue.drain`` takes the resource's unfinished operations in their
-order, one at a time, under the epoch this node holds: each is marked
-dispatched (a guarded write), the fence is checked immediately before the
-call is sent, and its result is written (a guarded write). It stops at the
-first guard that fails (``Stop.LOST``: another node owns the resource now)
-or when the fence is closed (``Stop.FENCED``), without sending anything.
+order, one at a time, under the epoch this node holds, until none is left
+(or ``more`` says to stop: the worker is ending): each is marked dispatched
+and read in one guarded statement (``taking.take``), the fence is checked
+immediately before the call is sent, and its result is written in one
+guarded statement that also takes the next (``taking.finish``; the next is
+taken apart when the fence is closed by then, or a test holds the fault
+points). It stops at the first guard that fails (``Stop.LOST``: another
+node owns the resource now) or when the fence is closed (``Stop.FENCED``),
+without sending anything.
 
 An operation found dispatched under another epoch (its node died, or was
 fenced, between the dispatch mark and the result) is settled first, by
@@ -36,6 +40,7 @@ import msgspec
 from drivebay.kernel.cluster.lease import Gate
 from drivebay.kernel.cluster.queue_statements import CHANGES, requeue, write_change
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
+from drivebay.kernel.cluster.taking import Taken, finish, peek, take
 from drivebay.protocol.errors import Fenced, OutcomeUnknown
 
 
@@ -103,6 +108,7 @@ class ResourceQueue:
         idempotent: frozenset[str] = frozenset(),
         fault: FaultPoint | None = None,
         recorded: Recorded | None = None,
+        more: Callable[[], bool] | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.epoch = epoch
@@ -113,24 +119,35 @@ class ResourceQueue:
         self._idempotent = idempotent
         self._fault = fault
         self._recorded = recorded
+        self._more = more or (lambda: True)
 
     async def drain(self) -> Stop:
-        """Run every unfinished operation, in order; returns why it stopped."""
-        for op in await self._repository.open_operations(self.resource_id):
-            if not self._fence.may_dispatch():
-                return Stop.FENCED
-            if op.state == "dispatched":
-                stop = await self._settle(op)
-            else:
-                stop = await self._run(op)
-            if stop is not None:
-                return stop
-        return Stop.DONE
+        """Run the unfinished operations, in order, until none is left (or
+        ``more`` says to stop taking); returns why it stopped."""
+        step = await self._next()
+        while isinstance(step, Taken):
+            if step.op is None:
+                return Stop.DONE
+            step = await (self._run(step.op) if step.marked else self._settle(step.op))
+        return step
 
-    async def _run(self, op: QueuedOperation) -> Stop | None:
-        await self._at("dispatch", op)
-        if not await self._repository.mark_dispatched(op.id, self.resource_id, self.epoch):
-            return Stop.LOST
+    async def _next(self) -> Stop | Taken:
+        """The first unfinished operation, marked dispatched when it was
+        queued (``taking.take``), the fence checked first."""
+        if not self._more():
+            return Stop.DONE
+        if not self._fence.may_dispatch():
+            return Stop.FENCED
+        db, me = self._repository.db, self._repository.node_id
+        if self._fault is not None:  # a test's hold before the mark: which one it will be
+            head = await peek(db, self.resource_id)
+            if head is not None and head.state == "queued":
+                await self._at("dispatch", head)
+        taken = await take(db, me, self.resource_id, self.epoch)
+        return taken if taken.held else Stop.LOST
+
+    async def _run(self, op: QueuedOperation) -> Stop | Taken:
+        """``op``, just marked dispatched: the fence immediately before the send."""
         await self._at("send", op)
         if not self._fence.may_dispatch():  # immediately before the send
             return Stop.FENCED
@@ -143,7 +160,7 @@ class ResourceQueue:
             return Stop.FENCED
         return await self._record(op, outcome)
 
-    async def _settle(self, op: QueuedOperation) -> Stop | None:
+    async def _settle(self, op: QueuedOperation) -> Stop | Taken:
         if op.dispatched_epoch != self.epoch and not await self._repository.redispatch(
             op.id, self.resource_id, self.epoch
         ):
@@ -161,26 +178,38 @@ class ResourceQueue:
             return Stop.FENCED
         return await self._record(op, outcome)
 
-    async def _record(self, op: QueuedOperation, outcome: Outcome) -> Stop | None:
+    async def _record(self, op: QueuedOperation, outcome: Outcome) -> Stop | Taken:
+        """Write ``op``'s result and, in the same statement, take the next
+        operation (unless a test holds the dispatch points, the fence is
+        closed, or ``more`` says to stop: then the next is taken apart)."""
         await self._at("result", op)
+        db, me = self._repository.db, self._repository.node_id
+        taken: Taken | None = None
         if op.operation in CHANGES and outcome.ok:  # the new definition with the result
-            written = await write_change(
-                self._repository.db,
-                self._repository.node_id,
+            written = await write_change(db, me, op.id, self.resource_id, self.epoch, op.args)
+        else:
+            together = self._fault is None and self._more() and self._fence.may_dispatch()
+            taken = await finish(
+                db,
+                me,
                 op.id,
                 self.resource_id,
                 self.epoch,
-                op.args,
+                ok=outcome.ok,
+                result=outcome.result,
+                take=together,
+                notify_me=self._recorded is None,
             )
-        else:
-            written = await self._repository.write_result(
-                op.id, self.resource_id, self.epoch, ok=outcome.ok, result=outcome.result
-            )
+            written = taken is not None
+            if not together:
+                taken = None
         if not written:
             return Stop.LOST
         if self._recorded is not None:
             self._recorded(op.id, outcome)
-        return None
+        if taken is None:
+            return await self._next()
+        return taken if taken.held else Stop.LOST
 
     async def _at(self, point: str, op: QueuedOperation) -> None:
         if self._fault is not None:

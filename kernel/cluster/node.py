@@ -264,6 +264,8 @@ class ClusterNode:
                     idempotent=idempotent,
                     recorded=self._recorded,
                     fault=self._fault,
+                    # Lost, or to be given up: no new operation after the one in flight.
+                    more=lambda: me not in self._ending and resource_id not in self._handing_over,
                 )
                 stop = await queue.drain()
             except (psycopg.Error, KernelError, TimeoutError) as exc:

@@ -1,8 +1,8 @@
 """The cluster's SQL for calls through the queue, beside ``repository.py``.
 
-What a node needs to take a call from a client and to answer it: enqueue
-it (refused at once when no live node runs the resource's driver), read
-its result, put back an operation that was marked dispatched but never
+What a node needs to take a call from a client and to answer it (the
+enqueue itself is ``enqueuing.py``: the errors of a call refused, here),
+read its result, put back an operation that was marked dispatched but never
 sent (guarded like a result write), read one resource's definition for
 the actor its owner makes, list every resource with its owner, and write
 the result of a change of a resource (``SET``, ``PIN``) with its new
@@ -12,14 +12,12 @@ definition. Each is one autocommit statement over a connection of
 
 from __future__ import annotations
 
-import datetime
 from typing import Any, Final
 
 import msgspec
 from psycopg.types.json import Jsonb
 
-from drivebay.kernel.cluster.connection import RESULT_PAYLOAD, RESULT_PREFIX, Connection, channel
-from drivebay.kernel.cluster.repository import QUEUE_LOCK
+from drivebay.kernel.cluster.connection import RESULT_PAYLOAD, RESULT_PREFIX, Connection
 from drivebay.kernel.resources.store import Resource
 from drivebay.protocol.errors import NoSuchName, NotRunning
 
@@ -31,60 +29,18 @@ class Finished(msgspec.Struct, frozen=True):
     result: Any
 
 
-# The resource, whether a live node runs its driver (its pinned version), and
-# the call queued only then: in one statement, notified to the owner when it
-# commits (the advisory lock orders one resource's calls by their commit).
-_ENQUEUE = (
-    "WITH r AS (SELECT x.id, x.driver, x.pinned, EXISTS (SELECT FROM drivebay.node n"
-    "  WHERE n.state = 'live' AND (n.heartbeat > now() - %(lease)s OR n.node_id = %(me)s)"
-    "  AND CASE WHEN x.pinned IS NULL THEN x.driver = ANY (n.drivers)"
-    "  ELSE x.driver || '@' || x.pinned = ANY (n.versions) END) AS runnable"
-    "  FROM drivebay.resource x WHERE x.id = %(resource)s),"
-    " queued AS (INSERT INTO drivebay.operation (resource_id, operation, args, accepted_by)"
-    "  SELECT r.id, %(operation)s, %(args)s, %(me)s FROM r,"
-    "  (SELECT pg_advisory_xact_lock(%(lock)s, hashtext(%(resource)s))) AS l"
-    "  WHERE r.runnable RETURNING id, resource_id)"
-    " SELECT r.driver, r.pinned, q.id, (SELECT pg_notify(%(prefix)s || w.owner_node,"
-    "  q.id::text || ' ' || q.resource_id) FROM drivebay.ownership w"
-    "  WHERE w.resource_id = q.resource_id AND w.owner_node IS NOT NULL)"
-    " FROM r LEFT JOIN queued q ON true"
-)
+def unknown_resource(resource_id: str) -> NoSuchName:
+    """A call for a resource the cluster does not have (nothing queued)."""
+    return NoSuchName(f"no such resource: {resource_id} (drivebayctl resources lists them)")
 
 
-async def enqueue_call(
-    db: Connection,
-    node_id: str,
-    lease: datetime.timedelta,
-    resource_id: str,
-    operation: str,
-    args: dict[str, Any],
-) -> int:
-    """Queue a call accepted by ``node_id``; its id once committed. Raises
-    ``NoSuchName`` for an unknown resource and ``NotRunning`` when no live
-    node runs its driver (nothing queued then)."""
-    cursor = await db.execute(
-        _ENQUEUE,
-        {
-            "resource": resource_id,
-            "operation": operation,
-            "args": Jsonb(args),
-            "me": node_id,
-            "lease": lease,
-            "lock": QUEUE_LOCK,
-            "prefix": channel(""),
-        },
+def not_runnable(resource_id: str, driver: str, pinned: str | None) -> NotRunning:
+    """A call for a resource whose driver (pinned version) no live node runs."""
+    wanted = f"{driver}@{pinned}" if pinned else str(driver)
+    return NotRunning(
+        f"no live node of the cluster runs {wanted}, which {resource_id} needs; "
+        "the call was not queued: install or start that driver on a node"
     )
-    row = await cursor.fetchone()
-    if row is None:
-        raise NoSuchName(f"no such resource: {resource_id} (drivebayctl resources lists them)")
-    driver, pinned, op_id, _ = row
-    if op_id is None:
-        wanted = f"{driver}@{pinned}" if pinned else str(driver)
-        raise NotRunning(
-            f"no live node of the cluster runs {wanted}, which {resource_id} needs; "
-            "the call was not queued: install or start that driver on a node"
-        )
-    return int(op_id)
 
 
 async def finished(db: Connection, op_id: int) -> Finished | None:
