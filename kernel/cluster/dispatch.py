@@ -141,7 +141,9 @@ class ResourceQueue:
         db, me = self._repository.db, self._repository.node_id
         if self._fault is not None:  # a test's hold before the mark: which one it will be
             head = await peek(db, self.resource_id)
-            if head is not None and head.state == "queued":
+            if head is None:  # an operation queued from now on is taken at its wake, held first
+                return Stop.DONE
+            if head.state == "queued":
                 await self._at("dispatch", head)
         taken = await take(db, me, self.resource_id, self.epoch)
         return taken if taken.held else Stop.LOST
