@@ -16,11 +16,14 @@ import json
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from tests.sandbox.bundles import make_bundle
+
+if TYPE_CHECKING:
+    from tests.cluster.daemons import Tables
 
 SOURCE = """
 import json
@@ -192,3 +195,26 @@ def check_answers(errors: list[str], operations: dict[int, tuple[str, int | None
         assert found, f"a call answered with an error: {error}"
         assert operations[int(found[1])][0] == "failed", (error, operations[int(found[1])])
     return len(errors)
+
+
+def spread(tables: Tables, wanted: dict[str, int]) -> bool:
+    """Does each node own as many resources as ``wanted`` says (and no other node any)?"""
+    owners = [owner for owner, _ in tables.owners().values()]
+    return {n: owners.count(n) for n in set(owners)} == wanted
+
+
+def ledger_lines(ledger: Path, node: str) -> int:
+    """How many calls the drivers of ``node`` ran, by the shared ledger."""
+    return sum(1 for line in read_ledger(ledger) if line["node"] == node)
+
+
+def ran_on(
+    ledger: Path, node: str, resources: list[str], owners: dict[str, tuple[str | None, int]]
+) -> bool:
+    """Has ``node`` run a call of each of ``resources`` under the epoch ``owners`` gives it?"""
+    ran = {
+        line["resource"]
+        for line in read_ledger(ledger)
+        if line["node"] == node and line["epoch"] == owners[line["resource"]][1]
+    }
+    return set(resources) <= ran

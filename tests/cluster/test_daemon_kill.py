@@ -35,8 +35,10 @@ from tests.cluster.ledger_cluster import (
     check_stale_sends,
     history,
     install_audit,
+    ledger_lines,
     new_ledger,
     read_ledger,
+    spread,
 )
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import wait_for
@@ -66,13 +68,13 @@ def test_a_node_killed_under_load_loses_nothing_and_repeats_nothing(
     for resource in RESOURCES:
         added = survivors[0].ctl("resource", "add", resource, "--driver", "cled")
         assert added.returncode == 0, added.stderr
-    wait_for(lambda: _spread(tables, {"victim": 3, "b": 3, "c": 3}), 30, "three resources each")
+    wait_for(lambda: spread(tables, {"victim": 3, "b": 3, "c": 3}), 30, "three resources each")
     before = tables.owners()
     lost = sorted(r for r, (owner, _) in before.items() if owner == "victim")
 
     load = CallLoad([n.socket for n in survivors], RESOURCES).start()
     try:
-        wait_for(lambda: _lines(ledger, "victim") >= 9, 30, "calls run on the victim")
+        wait_for(lambda: ledger_lines(ledger, "victim") >= 9, 30, "calls run on the victim")
         assert victim.process is not None
         killed_at = time.time()
         victim.process.send_signal(signal.SIGKILL)
@@ -80,8 +82,10 @@ def test_a_node_killed_under_load_loses_nothing_and_repeats_nothing(
         wait_for(lambda: _owned_by(tables, ["b", "c"], RESOURCES), 30, "all owned again")
         after = tables.owners()
         assert all(after[r][1] > before[r][1] for r in lost), (before, after)
-        heard = _lines(ledger, "b") + _lines(ledger, "c")
-        wait_for(lambda: _lines(ledger, "b") + _lines(ledger, "c") >= heard + 18, 30, "load")
+        heard = ledger_lines(ledger, "b") + ledger_lines(ledger, "c")
+        wait_for(
+            lambda: ledger_lines(ledger, "b") + ledger_lines(ledger, "c") >= heard + 18, 30, "load"
+        )
     finally:
         load.stop()
 
@@ -122,18 +126,9 @@ def test_a_node_killed_under_load_loses_nothing_and_repeats_nothing(
         assert node.stop() == 0, node.log()
 
 
-def _spread(tables: Tables, wanted: dict[str, int]) -> bool:
-    owners = [owner for owner, _ in tables.owners().values()]
-    return {n: owners.count(n) for n in set(owners)} == wanted
-
-
 def _owned_by(tables: Tables, nodes: list[str], resources: list[str]) -> bool:
     owners = tables.owners()
     return all(owners.get(r, (None, 0))[0] in nodes for r in resources)
-
-
-def _lines(ledger: Path, node: str) -> int:
-    return sum(1 for line in read_ledger(ledger) if line["node"] == node)
 
 
 def _all_final(tables: Tables) -> dict[int, tuple[str, int | None, Any]] | None:

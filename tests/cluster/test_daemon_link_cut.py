@@ -20,8 +20,11 @@ from tests.cluster.ledger_cluster import (
     check_stale_sends,
     history,
     install_audit,
+    ledger_lines,
     new_ledger,
+    ran_on,
     read_ledger,
+    spread,
 )
 from tests.cluster.tcp_proxy import TcpProxy
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
@@ -55,31 +58,31 @@ def test_a_node_cut_off_stops_sending_and_rejoins_under_new_epochs(
         for resource in RESOURCES:
             added = other.ctl("resource", "add", resource, "--driver", "cled")
             assert added.returncode == 0, added.stderr
-        wait_for(lambda: _spread(tables, {"cut": 2, "other": 2}), 30, "two resources each")
+        wait_for(lambda: spread(tables, {"cut": 2, "other": 2}), 30, "two resources each")
         before = tables.owners()
         lost = sorted(r for r, (owner, _) in before.items() if owner == "cut")
 
         load = CallLoad([other.socket], RESOURCES, errors=errors).start()
         try:
-            wait_for(lambda: _lines(ledger, "cut") >= 6, 30, "calls run on the cut node")
+            wait_for(lambda: ledger_lines(ledger, "cut") >= 6, 30, "calls run on the cut node")
             proxy.blackhole()
             t_cut, cut_wall = time.monotonic(), time.time()
-            wait_for(lambda: _spread(tables, {"other": 4}), 30, "the other node owning all")
+            wait_for(lambda: spread(tables, {"other": 4}), 30, "the other node owning all")
             seen["taken_over_after_s"] = time.monotonic() - t_cut
             taken = tables.owners()
             assert all(taken[r][1] > before[r][1] for r in lost), (before, taken)
-            heard = _lines(ledger, "other")
-            wait_for(lambda: _lines(ledger, "other") >= heard + 8, 30, "calls go on")
+            heard = ledger_lines(ledger, "other")
+            wait_for(lambda: ledger_lines(ledger, "other") >= heard + 8, 30, "calls go on")
             proxy.restore()
             t_back, back_wall = time.monotonic(), time.time()
             load.stop()
-            wait_for(lambda: _spread(tables, {"cut": 2, "other": 2}), 30, "two each again")
+            wait_for(lambda: spread(tables, {"cut": 2, "other": 2}), 30, "two each again")
             seen["share_back_after_s"] = time.monotonic() - t_back
             again = tables.owners()
             back = sorted(r for r, (owner, _) in again.items() if owner == "cut")
             assert all(again[r][1] > taken[r][1] for r in back), (taken, again)
             load = CallLoad([cut.socket], RESOURCES, errors=errors).start()
-            wait_for(lambda: _ran_on(ledger, "cut", back, again), 30, "calls run on it again")
+            wait_for(lambda: ran_on(ledger, "cut", back, again), 30, "calls run on it again")
         finally:
             load.stop()
         assert cut.stop() == 0, cut.log()
@@ -97,23 +100,3 @@ def test_a_node_cut_off_stops_sending_and_rejoins_under_new_epochs(
     check_history(rows)
     check_stale_sends(lines, rows)
     print(f"\nblack-holed drivebayd: {seen}")
-
-
-def _spread(tables: Tables, wanted: dict[str, int]) -> bool:
-    owners = [owner for owner, _ in tables.owners().values()]
-    return {n: owners.count(n) for n in set(owners)} == wanted
-
-
-def _lines(ledger: Path, node: str) -> int:
-    return sum(1 for line in read_ledger(ledger) if line["node"] == node)
-
-
-def _ran_on(
-    ledger: Path, node: str, resources: list[str], owners: dict[str, tuple[str | None, int]]
-) -> bool:
-    ran = {
-        line["resource"]
-        for line in read_ledger(ledger)
-        if line["node"] == node and line["epoch"] == owners[line["resource"]][1]
-    }
-    return set(resources) <= ran

@@ -21,8 +21,11 @@ from tests.cluster.ledger_cluster import (
     check_stale_sends,
     history,
     install_audit,
+    ledger_lines,
     new_ledger,
+    ran_on,
     read_ledger,
+    spread,
 )
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import wait_for
@@ -49,30 +52,32 @@ def test_a_paused_node_sends_nothing_for_what_it_lost_and_rejoins(
     for resource in RESOURCES:
         added = other.ctl("resource", "add", resource, "--driver", "cled")
         assert added.returncode == 0, added.stderr
-    wait_for(lambda: _spread(tables, {"paused": 2, "other": 2}), 30, "two resources each")
+    wait_for(lambda: spread(tables, {"paused": 2, "other": 2}), 30, "two resources each")
     before = tables.owners()
     lost = sorted(r for r, (owner, _) in before.items() if owner == "paused")
 
     load = CallLoad([other.socket], RESOURCES, errors=errors).start()
     try:
-        wait_for(lambda: _lines(ledger, node="paused") >= 6, 30, "calls run on the paused node")
+        wait_for(
+            lambda: ledger_lines(ledger, node="paused") >= 6, 30, "calls run on the paused node"
+        )
         pause(paused)
         try:
-            wait_for(lambda: _spread(tables, {"other": 4}), 30, "the other node owning all")
+            wait_for(lambda: spread(tables, {"other": 4}), 30, "the other node owning all")
             taken = tables.owners()
             assert all(taken[r][1] > before[r][1] for r in lost), (before, taken)
-            heard = _lines(ledger, node="other")
-            wait_for(lambda: _lines(ledger, node="other") >= heard + 8, 30, "calls go on")
+            heard = ledger_lines(ledger, node="other")
+            wait_for(lambda: ledger_lines(ledger, node="other") >= heard + 8, 30, "calls go on")
         finally:
             resume(paused)
         load.stop()
         # It rejoins as an ordinary node: its share back, under new epochs.
-        wait_for(lambda: _spread(tables, {"paused": 2, "other": 2}), 30, "two each again")
+        wait_for(lambda: spread(tables, {"paused": 2, "other": 2}), 30, "two each again")
         again = tables.owners()
         back = sorted(r for r, (owner, _) in again.items() if owner == "paused")
         assert all(again[r][1] > taken[r][1] for r in back), (taken, again)
         load = CallLoad([paused.socket], RESOURCES, errors=errors).start()
-        wait_for(lambda: _ran_on(ledger, "paused", back, again), 30, "calls run on it again")
+        wait_for(lambda: ran_on(ledger, "paused", back, again), 30, "calls run on it again")
     finally:
         load.stop()
 
@@ -91,23 +96,3 @@ def test_a_paused_node_sends_nothing_for_what_it_lost_and_rejoins(
     print(f"\n{len(operations)} calls, {settled} settled by reconcile_operation")
     assert paused.stop() == 0, paused.log()
     assert other.stop() == 0, other.log()
-
-
-def _spread(tables: Tables, wanted: dict[str, int]) -> bool:
-    owners = [owner for owner, _ in tables.owners().values()]
-    return {n: owners.count(n) for n in set(owners)} == wanted
-
-
-def _lines(ledger: Path, node: str) -> int:
-    return sum(1 for line in read_ledger(ledger) if line["node"] == node)
-
-
-def _ran_on(
-    ledger: Path, node: str, resources: list[str], owners: dict[str, tuple[str | None, int]]
-) -> bool:
-    ran = {
-        line["resource"]
-        for line in read_ledger(ledger)
-        if line["node"] == node and line["epoch"] == owners[line["resource"]][1]
-    }
-    return set(resources) <= ran
