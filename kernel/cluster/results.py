@@ -8,6 +8,10 @@ it, the first that comes: this node's own worker wrote the result
 this node's result channel with the result (``run`` LISTENs on it, over a
 connection of its own; a result too large for a notification is read), or,
 for a notification lost, a look at the operation every ``poll_s``.
+A result can come before its waiter: the enqueue's answer and the owner's
+result notification arrive on two connections, in either order, so a
+result nobody waits for yet is kept (``EARLY_KEEP_S``) for the waiter
+that registers next (without this, such a call waited a whole ``poll_s``).
 A call whose resource was removed meanwhile is answered "removed". One
 that has no result in time is answered ``CallTimeout`` naming its
 operation id: it stays queued and runs once; so is one still waiting when
@@ -17,7 +21,9 @@ operation id: it stays queued and runs once; so is one still waiting when
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -57,6 +63,11 @@ _KERNEL_ERRORS: dict[str, type[DrivebayError]] = {
 
 Look = Callable[[int], Awaitable[Finished | None]]  # the operation as the database has it
 
+# How long a result that came before its waiter is kept. Its waiter registers
+# as soon as its enqueue answers (a loop pass or a few later); a result kept
+# longer belongs to a waiter that gave up (CallTimeout), and is dropped.
+EARLY_KEEP_S = 60.0
+
 
 def error_of(result: Any) -> DrivebayError:
     """The error a failed operation's result (``{"type", "message"}``) stands for."""
@@ -77,12 +88,32 @@ class Results:
         self._stopped = False  # drivebayd stops: the callers still waiting are answered
         # op id -> woken with the outcome (written here) or None (look it up)
         self._waiting: dict[int, asyncio.Future[Outcome | None]] = {}
+        # op id -> (when it came, its outcome or None: look it up), oldest first:
+        # results that came before their waiter registered
+        self._early: collections.OrderedDict[int, tuple[float, Outcome | None]] = (
+            collections.OrderedDict()
+        )
 
     def settle(self, op_id: int, outcome: Outcome) -> None:
-        """This node wrote ``op_id``'s result: answer its caller, if here."""
+        """This node wrote ``op_id``'s result: answer its caller."""
+        self._deliver(op_id, outcome)
+
+    def _deliver(self, op_id: int, outcome: Outcome | None) -> None:
         future = self._waiting.get(op_id)
-        if future is not None and not future.done():
+        if future is None:
+            self._keep_early(op_id, outcome)
+        elif not future.done():
             future.set_result(outcome)
+
+    def _keep_early(self, op_id: int, outcome: Outcome | None) -> None:
+        now = time.monotonic()
+        early = self._early
+        while early:
+            oldest = next(iter(early.values()))
+            if now - oldest[0] < EARLY_KEEP_S:
+                break
+            early.popitem(last=False)
+        early[op_id] = (now, outcome)
 
     def stop(self) -> None:
         """``drivebayd`` stops: each caller still waiting looks at its
@@ -97,15 +128,12 @@ class Results:
         """A result notification: ``<id> <state> <result JSON>``, or ``<id>``
         alone for a result too large to carry (the waiter reads it)."""
         op_id, _, rest = payload.partition(" ")
-        future = self._waiting.get(int(op_id))
-        if future is None or future.done():
-            return
         state, _, text = rest.partition(" ")
         try:
             outcome = Outcome(state == "done", msgspec.json.decode(text)) if text else None
         except msgspec.DecodeError:
             outcome = None
-        future.set_result(outcome)
+        self._deliver(int(op_id), outcome)
 
     async def wait(self, op_id: int, what: str, timeout: float, look: Look, gone: str) -> Any:
         """The result of ``op_id`` (``what``: the operation and its resource,
@@ -117,6 +145,8 @@ class Results:
         deadline = loop.time() + timeout
         future: asyncio.Future[Outcome | None] = loop.create_future()
         self._waiting[op_id] = future
+        if op_id in self._early:  # its result came first
+            future.set_result(self._early.pop(op_id)[1])
         try:
             while True:
                 remaining = deadline - loop.time()
