@@ -19,7 +19,9 @@ order, with the queue id as ``op_id``, the epoch, and the fence asked
 immediately before the call is written to the driver. ``set`` and ``pin``
 are queued as changes (``queue_statements.SET``, ``PIN``) that the owner's
 actor applies. ``rows`` lists every resource from the database
-(``book_rows``); ``run`` keeps that list fresh and hears of the results.
+(``book_rows``); ``run`` keeps that list fresh and runs the node's one
+listening connection (``listener``: results here, queued operations to the
+node's inbox).
 The book's statements go over one connection of its own (``link``).
 """
 
@@ -39,6 +41,7 @@ from drivebay.kernel.cluster.dispatch import Outcome, Send
 from drivebay.kernel.cluster.enqueuing import Enqueuer
 from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Link
+from drivebay.kernel.cluster.listener import Listener
 from drivebay.kernel.cluster.owner_side import apply_change, send_through, settling_of
 from drivebay.kernel.cluster.queue_statements import (
     CHANGES,
@@ -97,6 +100,7 @@ class ClusterBook(ResourceBook):
         # (driver, pinned version) -> does it run here, or come back by itself?
         self.serving: Callable[[str, str | None], bool] = lambda driver, pinned: True
         self.results = Results(settings)
+        self.listener = Listener(settings, self.results)  # this node's one LISTEN (``run``)
         self._call_timeout = call_timeout
         self.leave_after_s = 0.0  # how long callers may wait at shutdown (daemon's drain_s)
         self._calls: set[asyncio.Task[Any]] = set()
@@ -131,11 +135,12 @@ class ClusterBook(ResourceBook):
         await self._link.close()
 
     async def run(self) -> None:
-        """Until cancelled (a task of ``daemon.DaemonCluster``): hear of the
-        results of this node's calls, and read the definitions again every
+        """Until cancelled (a task of ``daemon.DaemonCluster``): listen for
+        this node (the results of its calls; the node's inbox attaches to
+        ``listener`` for its queued operations), and read the definitions again every
         ``renew_s`` (for authorization's look-ups of a resource's driver)."""
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.results.run(), name="cluster results")
+            tasks.create_task(self.listener.run(), name="cluster listener")
             while True:
                 try:
                     await self.refreshed()

@@ -5,8 +5,9 @@ when the config has ``cluster:`` and stopped at shutdown.
 runs a ``ClusterNode`` that registers the drivers (and ``name@version``s)
 running here, again whenever one starts or stops, and whose queue workers
 send through the actors of the kernel's ``ClusterBook`` (which it keeps:
-an actor per resource owned here), beside the task that hears of the
-results of the calls this node accepted (``results.Results.run``).
+an actor per resource owned here), beside the book's task that listens
+for this node (``listener.Listener``: the results of the calls it accepted,
+and the operations queued for its resources, handed to the node's inbox).
 ``stop`` leaves the cluster; ``stopped`` waits for that, bounded, and
 cancels what is left. A node that cannot take part (a refused schema, its
 node id taken) says so in one line; the daemon goes on answering, and its
@@ -79,6 +80,7 @@ class DaemonCluster:
             recorded=book.results.settle,
             fault=fault_points.from_environment(self.settings.node_id),
             leave_after_s=lambda: self._kernel.config.timeouts.drain_s,
+            listener=book.listener,
         )
         book.node = self.node
         book.serving = self.serving

@@ -38,6 +38,7 @@ from drivebay.kernel.cluster.dispatch import FaultPoint, Recorded, ResourceQueue
 from drivebay.kernel.cluster.inbox import Inbox
 from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Pool
+from drivebay.kernel.cluster.listener import Listener
 from drivebay.kernel.cluster.membership import Membership
 from drivebay.kernel.cluster.repository import ClusterRepository
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -81,6 +82,7 @@ class ClusterNode:
         recorded: Recorded | None = None,
         fault: FaultPoint | None = None,
         leave_after_s: Callable[[], float] = lambda: 0.0,
+        listener: Listener | None = None,
     ) -> None:
         self.settings = settings
         self._keeper = keeper
@@ -94,11 +96,14 @@ class ClusterNode:
             until_idle=self._workers_ended,
             leave_after_s=leave_after_s,
         )
+        self._pool = Pool(settings)  # the workers' connections (and the inbox's poll)
         self.inbox = Inbox(
             settings,
             self._wake,
             lambda: list(self.membership.owned),
             poll_s=settings.renew_s if poll_s is None else poll_s,
+            pool=self._pool,
+            listener=listener,
         )
         self._send = send
         self._reconcile = reconcile
@@ -110,7 +115,6 @@ class ClusterNode:
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
         self._handing_over: set[str] = set()  # to give up: no new drain (the last round's)
         self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
-        self._pool = Pool(settings)  # the workers' connections
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task has ended."""

@@ -25,7 +25,6 @@ from typing import Any, Final
 
 import msgspec
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from drivebay.kernel.cluster.connection import (
@@ -551,19 +550,3 @@ def no_such_node(node_id: str) -> NoSuchName:
 def _no_such(resource_id: str) -> NoSuchName:
     return NoSuchName(f"no resource {resource_id}; 'drivebayctl resources' lists them")
 
-
-async def listen(db: Connection, node_id: str) -> None:
-    """Subscribe ``db`` (a connection of its own) to ``node_id``'s channel."""
-    await db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel(node_id))))
-
-
-async def notified(db: Connection, timeout: float) -> list[tuple[int, str]]:
-    """The (operation id, resource id) of the notifications that arrive
-    first on ``db`` (after ``listen``) within ``timeout`` seconds; [] when
-    none did. A notification can be lost (a dropped connection): the owner
-    also reads ``open_operations`` on a timer."""
-    found: list[tuple[int, str]] = []
-    async for note in db.notifies(timeout=timeout, stop_after=1):
-        op_id, _, resource_id = note.payload.partition(" ")
-        found.append((int(op_id), resource_id))
-    return found

@@ -5,8 +5,8 @@ the call's timeout, and returns its result or raises the error a single
 node would have raised (same type name, same message). Three things wake
 it, the first that comes: this node's own worker wrote the result
 (``settle``, no database round trip), the owner's result write notified
-this node's result channel with the result (``run`` LISTENs on it, over a
-connection of its own; a result too large for a notification is read), or,
+this node's result channel with the result (``listener.Listener`` hears it
+and calls ``heard``; a result too large for a notification is read), or,
 for a notification lost, a look at the operation every ``poll_s``.
 A result can come before its waiter: the enqueue's answer and the owner's
 result notification arrive on two connections, in either order, so a
@@ -29,9 +29,7 @@ from typing import Any
 
 import msgspec
 import psycopg
-from psycopg import sql
 
-from drivebay.kernel.cluster.connection import Connection, connect, result_channel
 from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.queue_statements import Finished
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -83,7 +81,6 @@ class Results:
 
     def __init__(self, settings: ClusterSettings, *, poll_s: float | None = None) -> None:
         self.settings = settings
-        self.listening = asyncio.Event()  # set while the LISTEN is in place
         self._poll_s = settings.renew_s if poll_s is None else poll_s
         self._stopped = False  # drivebayd stops: the callers still waiting are answered
         # op id -> woken with the outcome (written here) or None (look it up)
@@ -124,7 +121,15 @@ class Results:
             if not future.done():
                 future.set_result(None)
 
-    def _notified(self, payload: str) -> None:
+    def relook(self) -> None:
+        """The result channel is listened to again (``listener.Listener``):
+        each waiter looks at its operation, whose notification may have
+        come while nobody listened."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(None)
+
+    def heard(self, payload: str) -> None:
         """A result notification: ``<id> <state> <result JSON>``, or ``<id>``
         alone for a result too large to carry (the waiter reads it)."""
         op_id, _, rest = payload.partition(" ")
@@ -185,28 +190,3 @@ class Results:
                     future = self._waiting[op_id] = loop.create_future()
         finally:
             del self._waiting[op_id]
-
-    async def run(self) -> None:
-        """LISTEN on this node's result channel until cancelled; a failing
-        database is retried every ``renew_s`` (the waiters poll meanwhile)."""
-        while True:
-            try:
-                await self._listen()
-            except (psycopg.Error, KernelError, TimeoutError) as exc:
-                self.listening.clear()
-                log.debug("cluster results: %s; connecting again", exc)
-                await asyncio.sleep(self.settings.renew_s)
-
-    async def _listen(self) -> None:
-        async with asyncio.timeout(self.settings.renew_s):
-            db: Connection = await connect(self.settings)
-        async with db:
-            name = sql.Identifier(result_channel(self.settings.node_id))
-            async with asyncio.timeout(self.settings.renew_s):
-                await db.execute(sql.SQL("LISTEN {}").format(name))
-            self.listening.set()
-            for future in self._waiting.values():  # what was written while nobody listened
-                if not future.done():
-                    future.set_result(None)
-            async for note in db.notifies():
-                self._notified(note.payload)

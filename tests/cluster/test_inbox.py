@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 
 from drivebay.kernel.cluster.inbox import Inbox
+from drivebay.kernel.cluster.link import Pool
 from tests.cluster.helpers import add, cluster, eventually, settings
 from tests.helpers import run
 
@@ -18,16 +19,18 @@ def test_a_notification_wakes_the_owner_s_queue(database: str) -> None:
             assert len(await owner.claim()) == 1
             woken: list[str] = []
             # A poll an hour away: only the notification can wake it here.
-            inbox = Inbox(settings(database, "owner"), woken.append, set, poll_s=3600)
+            pool = Pool(settings(database, "owner"))
+            inbox = Inbox(settings(database, "owner"), woken.append, set, poll_s=3600, pool=pool)
             task = asyncio.ensure_future(inbox.run())
             try:
-                await asyncio.wait_for(inbox.listening.wait(), 10)
+                await asyncio.wait_for(inbox.listener.listening.wait(), 10)
                 await front.enqueue("r000", "a", {})
                 await eventually(lambda: _equal(woken, ["r000"]))
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                await pool.close()
 
     run(main())
 
@@ -39,10 +42,13 @@ def test_the_poll_finds_a_call_queued_while_nobody_owned_the_resource(database: 
             await front.enqueue("r000", "a", {})  # nobody owns r000: nobody is notified
             owned: set[str] = set()
             woken: list[str] = []
-            inbox = Inbox(settings(database, "owner"), woken.append, lambda: owned, poll_s=0.1)
+            pool = Pool(settings(database, "owner"))
+            inbox = Inbox(
+                settings(database, "owner"), woken.append, lambda: owned, poll_s=0.1, pool=pool
+            )
             task = asyncio.ensure_future(inbox.run())
             try:
-                await asyncio.wait_for(inbox.listening.wait(), 10)
+                await asyncio.wait_for(inbox.listener.listening.wait(), 10)
                 await front.enqueue("r001", "b", {})  # front's share: nobody owns it either
                 owned.update(lease.resource_id for lease in await owner.claim())
                 assert owned == {"r000"}  # its fair share of two among two nodes
@@ -52,6 +58,7 @@ def test_the_poll_finds_a_call_queued_while_nobody_owned_the_resource(database: 
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+                await pool.close()
 
     run(main())
 

@@ -5,8 +5,10 @@ and every guarded write by a stale epoch changes nothing."""
 from __future__ import annotations
 
 import pytest
+from psycopg import sql
 
-from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation, listen, notified
+from drivebay.kernel.cluster.connection import channel
+from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
 from drivebay.protocol.errors import NoSuchName
 from tests.cluster.helpers import add, cluster, connected, expire_leases
 from tests.helpers import run
@@ -27,9 +29,11 @@ def test_an_enqueued_call_notifies_its_owner(database: str) -> None:
             await add(owner, 1)
             await owner.claim()
             async with connected(database, "owner") as listening:
-                await listen(listening, "owner")
+                owner_channel = sql.Identifier(channel("owner"))
+                await listening.execute(sql.SQL("LISTEN {}").format(owner_channel))
                 op_id = await front.enqueue("r000", "resize", {"gb": 2})
-                assert await notified(listening, timeout=10) == [(op_id, "r000")]
+                heard = [n.payload async for n in listening.notifies(timeout=10, stop_after=1)]
+                assert heard == [f"{op_id} r000"]
             assert await owner.open_operations("r000") == [
                 QueuedOperation(op_id, "r000", "resize", {"gb": 2}, "queued", None)
             ]

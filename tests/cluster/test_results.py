@@ -34,8 +34,8 @@ def test_a_notified_result_that_came_before_its_waiter_answers_it_at_once() -> N
     async def main() -> None:
         results = Results(SETTINGS)
         # The owner ran it and notified before this node's enqueue answered.
-        results._notified('7 done {"n": 1}')
-        results._notified('8 failed {"type": "ValueError", "message": "bad"}')
+        results.heard('7 done {"n": 1}')
+        results.heard('8 failed {"type": "ValueError", "message": "bad"}')
         assert await asyncio.wait_for(wait(results, 7), 10) == {"n": 1}
         with pytest.raises(OperationFailed, match="bad"):
             await asyncio.wait_for(wait(results, 8), 10)
@@ -57,7 +57,7 @@ def test_a_result_after_its_waiter_answers_it() -> None:
         results = Results(SETTINGS)
         waiter = wait(results, 11)
         await asyncio.sleep(0)  # the waiter registers (no time passes)
-        results._notified("11 done 5")
+        results.heard("11 done 5")
         assert await asyncio.wait_for(waiter, 10) == 5
 
     run(main())
@@ -67,8 +67,8 @@ def test_a_result_nobody_claims_is_dropped_after_a_while(monkeypatch: pytest.Mon
     async def main() -> None:
         results = Results(SETTINGS)
         monkeypatch.setattr(results_module, "EARLY_KEEP_S", 0.0)
-        results._notified("1 done 1")  # its waiter gave up long ago
-        results._notified("2 done 2")  # the next one finds the first too old
+        results.heard("1 done 1")  # its waiter gave up long ago
+        results.heard("2 done 2")  # the next one finds the first too old
         assert list(results._early) == [2]
 
     run(main())

@@ -1,0 +1,94 @@
+"""The one connection on which a node hears the cluster's notifications.
+
+Two kinds of news reach a node through PostgreSQL's LISTEN/NOTIFY: an
+operation was queued for a resource it owns (channel ``channel(node)``,
+payload ``<operation id> <resource id>``: the inbox wakes that resource's
+queue) and a call it accepted has its result (``result_channel(node)``:
+``results.Results.heard``). Both come over one connection, in one
+``notifies()`` loop that is never left: PostgreSQL (15) wakes every
+listening backend of the database at each notification, whatever its
+channels, so each listening connection costs the server a transaction per
+wake-up, and a loop re-entered per notification costs the node more.
+
+``run`` connects, LISTENs on both channels and hands out what it hears,
+until cancelled; a failing or unreachable database is retried every
+``renew_s``. After each LISTEN (the first, and each after a reconnection)
+the results' waiters look at their operations again and the attached inbox
+polls (``resumed``): what was notified while nobody listened is found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+
+from drivebay.kernel.cluster.connection import Connection, channel, connect, result_channel
+from drivebay.kernel.cluster.results import Results
+from drivebay.kernel.cluster.settings import ClusterSettings
+from drivebay.protocol.errors import KernelError
+
+log = logging.getLogger("drivebay.cluster")
+
+Queued = Callable[[str], None]  # wake the queue of this resource
+Resumed = Callable[[], None]  # listening again: look for what was missed
+
+
+class Listener:
+    """This node's notifications: queued operations to the attached inbox,
+    results to ``results`` (None: nobody here waits for results)."""
+
+    def __init__(self, settings: ClusterSettings, results: Results | None = None) -> None:
+        self.settings = settings
+        self.listening = asyncio.Event()  # set while the LISTEN is in place
+        self._results = results
+        self._queued: Queued | None = None
+        self._resumed: Resumed | None = None
+        self._queue_channel = channel(settings.node_id)
+
+    def attach(self, queued: Queued, resumed: Resumed) -> Callable[[], None]:
+        """Hand queued operations to ``queued`` (one inbox at a time) and
+        call ``resumed`` after each LISTEN; returns what detaches them."""
+        self._queued, self._resumed = queued, resumed
+
+        def detach() -> None:
+            if self._queued is queued:
+                self._queued = self._resumed = None
+
+        return detach
+
+    async def run(self) -> None:
+        """Until cancelled."""
+        while True:
+            try:
+                await self._listen()
+            except (psycopg.Error, KernelError, TimeoutError) as exc:
+                self.listening.clear()
+                log.debug("cluster listener: %s; connecting again", exc)
+                await asyncio.sleep(self.settings.renew_s)
+
+    async def _listen(self) -> None:
+        async with asyncio.timeout(self.settings.renew_s):
+            db: Connection = await connect(self.settings)
+        async with db:
+            names = [channel(self.settings.node_id), result_channel(self.settings.node_id)]
+            async with asyncio.timeout(self.settings.renew_s):
+                for name in names:
+                    await db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+            self.listening.set()
+            if self._results is not None:
+                self._results.relook()
+            if self._resumed is not None:
+                self._resumed()
+            async for note in db.notifies():
+                self._hand_out(note.channel, note.payload)
+
+    def _hand_out(self, on: str, payload: str) -> None:
+        if on == self._queue_channel:
+            if self._queued is not None:  # else: the inbox polls when it attaches
+                self._queued(payload.partition(" ")[2])
+        elif self._results is not None:
+            self._results.heard(payload)

@@ -1,0 +1,98 @@
+"""A node hears both kinds of notification over one connection: operations
+queued for its resources (to its inbox) and the results of the calls it
+accepted (to their waiters); after a reconnection, each waiter looks again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from drivebay.kernel.cluster.connection import result_channel
+from drivebay.kernel.cluster.listener import Listener
+from drivebay.kernel.cluster.queue_statements import Finished
+from drivebay.kernel.cluster.results import Results
+from tests.cluster.helpers import add, cluster, connected, eventually, settings
+from tests.helpers import run
+
+
+async def no_look(op_id: int) -> Finished | None:
+    raise AssertionError(f"operation #{op_id} was looked up: its notification was not heard")
+
+
+def test_one_connection_hears_queued_operations_and_results(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "owner", "front") as (owner, front):
+            await add(owner, 1)
+            assert len(await owner.claim()) == 1
+            # A poll an hour away: only a notification can answer here.
+            node = settings(database, "owner")
+            results = Results(node, poll_s=3600)
+            listener = Listener(node, results)
+            woken: list[str] = []
+            resumed: list[int] = []
+            detach = listener.attach(woken.append, lambda: resumed.append(1))
+            task = asyncio.ensure_future(listener.run())
+            try:
+                await asyncio.wait_for(listener.listening.wait(), 10)
+                assert resumed == [1]  # told once it listens: the inbox polls then
+                await front.enqueue("r000", "a", {})
+                await eventually(lambda: _equal(woken, ["r000"]))
+                waiter = asyncio.ensure_future(results.wait(41, "a on r000", 30, no_look, "gone"))
+                async with connected(database) as db:
+                    await db.execute(
+                        "SELECT pg_notify(%s, '41 done {\"ok\": 1}')", (result_channel("owner"),)
+                    )
+                assert await asyncio.wait_for(waiter, 10) == {"ok": 1}
+                detach()
+                await front.enqueue("r000", "b", {})  # heard, but no inbox is attached
+                waiter = asyncio.ensure_future(results.wait(42, "b on r000", 30, no_look, "gone"))
+                async with connected(database) as db:
+                    await db.execute(
+                        "SELECT pg_notify(%s, '42 done 2')", (result_channel("owner"),)
+                    )
+                assert await asyncio.wait_for(waiter, 10) == 2
+                assert woken == ["r000"]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    run(main())
+
+
+def test_after_a_reconnection_each_waiter_looks_at_its_operation(database: str) -> None:
+    async def main() -> None:
+        async with cluster(database, "front"):
+            node = settings(database, "front")
+            results = Results(node, poll_s=3600)
+            listener = Listener(node, results)
+            looked: list[int] = []
+
+            async def look(op_id: int) -> Finished | None:
+                looked.append(op_id)
+                return Finished("done", "written while nobody listened")
+
+            task = asyncio.ensure_future(listener.run())
+            try:
+                await asyncio.wait_for(listener.listening.wait(), 10)
+                waiter = asyncio.ensure_future(results.wait(7, "a on r000", 30, look, "gone"))
+                await asyncio.sleep(0)  # the waiter registers (no time passes)
+                async with connected(database) as db:  # the listening connection is cut
+                    cursor = await db.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = 'drivebayd front' AND pid <> pg_backend_pid()"
+                        " AND query LIKE 'LISTEN%%'"
+                    )
+                    assert await cursor.fetchall() == [(True,)]
+                assert await asyncio.wait_for(waiter, 30) == "written while nobody listened"
+                assert looked == [7]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    run(main())
+
+
+async def _equal(found: list[str], wanted: list[str]) -> bool:
+    return found == wanted
