@@ -37,6 +37,7 @@ from typing import Any
 
 import msgspec
 
+from drivebay.kernel.cluster.connection import stored_json
 from drivebay.kernel.cluster.lease import Gate
 from drivebay.kernel.cluster.queue_statements import CHANGES, requeue, write_change
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
@@ -49,6 +50,21 @@ class Outcome(msgspec.Struct, frozen=True):
 
     ok: bool
     result: Any
+
+
+def storable(op: QueuedOperation, outcome: Outcome) -> tuple[Outcome, msgspec.Raw]:
+    """``outcome`` and its result as the queue stores it (JSON); a result
+    JSON cannot hold (a msgpack extension type) becomes the error that says
+    so, rather than a write that fails and leaves the operation dispatched."""
+    try:
+        return outcome, stored_json(outcome.result)
+    except TypeError as exc:
+        error = {
+            "type": "ResultNotStorable",
+            "message": f"the result of {op.operation} cannot be stored in the cluster's queue "
+            f"({exc}); the driver should return JSON-like values",
+        }
+        return Outcome(False, error), stored_json(error)
 
 
 Send = Callable[[QueuedOperation, int], Awaitable[Outcome]]  # (operation, epoch)
@@ -186,6 +202,7 @@ class ResourceQueue:
         closed, or ``more`` says to stop: then the next is taken apart)."""
         await self._at("result", op)
         db, me = self._repository.db, self._repository.node_id
+        outcome, stored = storable(op, outcome)
         taken: Taken | None = None
         if op.operation in CHANGES and outcome.ok:  # the new definition with the result
             written = await write_change(db, me, op.id, self.resource_id, self.epoch, op.args)
@@ -198,7 +215,7 @@ class ResourceQueue:
                 self.resource_id,
                 self.epoch,
                 ok=outcome.ok,
-                result=outcome.result,
+                result=stored,
                 take=together,
                 notify_me=self._recorded is None,
             )

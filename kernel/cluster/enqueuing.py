@@ -31,9 +31,10 @@ from typing import Any, Final
 import msgspec
 from psycopg.types.json import Jsonb
 
-from drivebay.kernel.cluster.connection import Connection, channel
+from drivebay.kernel.cluster.connection import Connection, channel, stored_json
 from drivebay.kernel.cluster.queue_statements import not_runnable, unknown_resource
 from drivebay.kernel.cluster.repository import QUEUE_LOCK
+from drivebay.protocol.errors import RequestError
 
 BATCH: Final = 256  # calls in one statement at most
 
@@ -67,7 +68,7 @@ _ENQUEUE_MANY: Final = (
 class _Call(msgspec.Struct):
     resource_id: str
     operation: str
-    args: dict[str, Any]
+    args: msgspec.Raw  # as JSON
     answer: asyncio.Future[int]
 
 
@@ -86,10 +87,18 @@ class Enqueuer:
 
     async def enqueue(self, resource_id: str, operation: str, args: dict[str, Any]) -> int:
         """Queue one call; its id once committed. Raises ``NoSuchName`` (no
-        such resource), ``NotRunning`` (no live node runs its driver) or
-        ``KernelError`` (the database failed); nothing is queued then."""
+        such resource), ``NotRunning`` (no live node runs its driver),
+        ``RequestError`` (arguments JSON cannot hold) or ``KernelError`` (the
+        database failed); nothing is queued then."""
+        try:
+            stored = stored_json(args)
+        except TypeError as exc:
+            raise RequestError(
+                f"the arguments of {operation} on {resource_id} cannot be stored in the "
+                f"cluster's queue ({exc}); pass JSON-like values (text, numbers, lists, maps)"
+            ) from None
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Call(resource_id, operation, args, answer))
+        self._waiting.append(_Call(resource_id, operation, stored, answer))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(
                 self._write(), name="cluster enqueues"

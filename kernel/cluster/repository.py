@@ -549,4 +549,3 @@ def no_such_node(node_id: str) -> NoSuchName:
 
 def _no_such(resource_id: str) -> NoSuchName:
     return NoSuchName(f"no resource {resource_id}; 'drivebayctl resources' lists them")
-

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from drivebay.kernel.cluster import results as results_module
-from drivebay.kernel.cluster.dispatch import Outcome
+from drivebay.kernel.cluster.dispatch import Outcome, storable
 from drivebay.kernel.cluster.queue_statements import Finished
+from drivebay.kernel.cluster.repository import QueuedOperation
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.protocol.errors import OperationFailed
@@ -72,3 +74,14 @@ def test_a_result_nobody_claims_is_dropped_after_a_while(monkeypatch: pytest.Mon
         assert list(results._early) == [2]
 
     run(main())
+
+
+def test_a_result_json_cannot_hold_is_stored_as_the_error_that_says_so() -> None:
+    op = QueuedOperation(3, "r1", "read", {}, "dispatched", 1)
+    kept, stored = storable(op, Outcome(True, {"raw": b"\x00\x01"}))
+    assert kept == Outcome(True, {"raw": b"\x00\x01"})  # answered here as the driver said
+    assert msgspec.json.decode(stored) == {"raw": "AAE="}  # stored (and sent on) as base64
+    refused, stored = storable(op, Outcome(True, msgspec.msgpack.Ext(1, b"x")))
+    assert not refused.ok and refused.result["type"] == "ResultNotStorable"
+    assert "the result of read cannot be stored" in refused.result["message"]
+    assert msgspec.json.decode(stored) == refused.result

@@ -1,0 +1,58 @@
+"""Arguments and results cross the cluster's queue as JSON: bytes arrive as
+base64 text whichever node accepted the call; what JSON cannot hold (a
+msgpack extension type) is refused in one line, and queues nothing, and the
+calls queued beside it are not harmed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from drivebay.client import AsyncClient, OperationError
+from tests.cluster.test_daemon_calls import all_owned, operations, two_nodes
+from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
+from tests.e2e.harness import wait_for
+
+
+def test_bytes_cross_as_base64_and_an_extension_type_is_refused(
+    daemon_factory: Any,  # noqa: F811
+    database: str,
+    tmp_path: Path,
+) -> None:
+    a, _ = two_nodes(daemon_factory, database, tmp_path)
+    assert a.ctl("resource", "add", "r0", "--driver", "ledger").returncode == 0
+    assert a.ctl("resource", "add", "r1", "--driver", "ledger").returncode == 0
+    owned = wait_for(lambda: all_owned(database, 2), 30, "both resources owned")
+    on_b = next(resource for resource, (owner, _) in owned.items() if owner == "node-b")
+    on_a = next(resource for resource, (owner, _) in owned.items() if owner == "node-a")
+    text = base64.b64encode(b"\x00\xffdata").decode()
+
+    async def main() -> None:
+        async with AsyncClient(str(a.socket)) as client, asyncio.timeout(30):
+            # Through node-a: run by node-b (its answer comes through the
+            # database) and by node-a itself; the driver gets the text.
+            for resource in (on_b, on_a):
+                answer = await client.call(resource, "plain", {"value": b"\x00\xffdata"})
+                assert answer["value"] == text, answer
+            with pytest.raises(OperationError) as refused:
+                await client.call(on_b, "plain", {"value": msgspec.msgpack.Ext(5, b"x")})
+            assert refused.value.type == "RequestError", refused.value
+            assert "cannot be stored in the cluster's queue" in refused.value.message
+            assert "\n" not in refused.value.message
+            # Calls that arrive with it are queued as ever.
+            many = await asyncio.gather(
+                *(client.call(on_b, "plain", {"value": n}) for n in range(5)),
+                client.call(on_b, "plain", {"value": msgspec.msgpack.Ext(5, b"x")}),
+                return_exceptions=True,
+            )
+            assert [m["value"] for m in many[:5] if isinstance(m, dict)] == list(range(5))
+            assert isinstance(many[5], OperationError), many[5]
+
+    asyncio.run(main())
+    queued = [op for op in operations(database) if op[2] == "plain"]
+    assert len(queued) == 7 and {op[3] for op in queued} == {"done"}, queued
