@@ -46,6 +46,11 @@ RESULT_PAYLOAD: Final = (
 )
 
 
+# A resource was added (payload: its id): every node claims at once rather
+# than at its next round. As short as NOTIFY_PREFIX.
+CLAIM_CHANNEL: Final = "drivebay.claim"
+
+
 def result_channel(node_id: str) -> str:
     """The channel on which node ``node_id`` hears that a call it accepted has its result."""
     return RESULT_PREFIX + node_id

@@ -8,7 +8,8 @@ was queued while the resource had no owner, so nobody was notified); every
 ``poll_s``, and each time the listener LISTENs again, one query over the
 node's ``Pool`` finds which of the resources this node owns have unfinished
 operations, and wakes those too. A failing database is retried at the next
-poll; cancel the task to end it.
+poll; cancel the task to end it. The inbox also passes on the news that a
+resource was added (``added``: the node's membership claims at once).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Inbox:
         poll_s: float,
         pool: Pool,
         listener: Listener | None = None,
+        added: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self._wake = wake
@@ -51,10 +53,11 @@ class Inbox:
         self._own_listener = listener is None
         self.listener = Listener(settings) if listener is None else listener
         self._poll_now = asyncio.Event()
+        self._added = added  # a resource was added anywhere (the membership claims)
 
     async def run(self) -> None:
         """Until cancelled."""
-        detach = self.listener.attach(self._wake, self._poll_now.set)
+        detach = self.listener.attach(self._wake, self._poll_now.set, self._added)
         try:
             async with asyncio.TaskGroup() as tasks:
                 if self._own_listener:

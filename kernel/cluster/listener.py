@@ -1,10 +1,11 @@
 """The one connection on which a node hears the cluster's notifications.
 
-Two kinds of news reach a node through PostgreSQL's LISTEN/NOTIFY: an
+Three kinds of news reach a node through PostgreSQL's LISTEN/NOTIFY: an
 operation was queued for a resource it owns (channel ``channel(node)``,
 payload ``<operation id> <resource id>``: the inbox wakes that resource's
-queue) and a call it accepted has its result (``result_channel(node)``:
-``results.Results.heard``). Both come over one connection, in one
+queue), a call it accepted has its result (``result_channel(node)``:
+``results.Results.heard``), and a resource was added (``CLAIM_CHANNEL``,
+to every node: the membership claims at once). All come over one connection, in one
 ``notifies()`` loop that is never left: PostgreSQL (15) wakes every
 listening backend of the database at each notification, whatever its
 channels, so each listening connection costs the server a transaction per
@@ -26,7 +27,13 @@ from collections.abc import Callable
 import psycopg
 from psycopg import sql
 
-from drivebay.kernel.cluster.connection import Connection, channel, connect, result_channel
+from drivebay.kernel.cluster.connection import (
+    CLAIM_CHANNEL,
+    Connection,
+    channel,
+    connect,
+    result_channel,
+)
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
 from drivebay.protocol.errors import KernelError
@@ -35,6 +42,7 @@ log = logging.getLogger("drivebay.cluster")
 
 Queued = Callable[[str], None]  # wake the queue of this resource
 Resumed = Callable[[], None]  # listening again: look for what was missed
+Added = Callable[[], None]  # a resource was added: claim now
 
 
 class Listener:
@@ -47,16 +55,20 @@ class Listener:
         self._results = results
         self._queued: Queued | None = None
         self._resumed: Resumed | None = None
+        self._added: Added | None = None
         self._queue_channel = channel(settings.node_id)
 
-    def attach(self, queued: Queued, resumed: Resumed) -> Callable[[], None]:
-        """Hand queued operations to ``queued`` (one inbox at a time) and
-        call ``resumed`` after each LISTEN; returns what detaches them."""
-        self._queued, self._resumed = queued, resumed
+    def attach(
+        self, queued: Queued, resumed: Resumed, added: Added | None = None
+    ) -> Callable[[], None]:
+        """Hand queued operations to ``queued`` (one inbox at a time), call
+        ``resumed`` after each LISTEN and ``added`` when a resource was
+        added; returns what detaches them."""
+        self._queued, self._resumed, self._added = queued, resumed, added
 
         def detach() -> None:
             if self._queued is queued:
-                self._queued = self._resumed = None
+                self._queued = self._resumed = self._added = None
 
         return detach
 
@@ -74,7 +86,11 @@ class Listener:
         async with asyncio.timeout(self.settings.renew_s):
             db: Connection = await connect(self.settings)
         async with db:
-            names = [channel(self.settings.node_id), result_channel(self.settings.node_id)]
+            names = [
+                channel(self.settings.node_id),
+                result_channel(self.settings.node_id),
+                CLAIM_CHANNEL,
+            ]
             async with asyncio.timeout(self.settings.renew_s):
                 for name in names:
                     await db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
@@ -90,5 +106,8 @@ class Listener:
         if on == self._queue_channel:
             if self._queued is not None:  # else: the inbox polls when it attaches
                 self._queued(payload.partition(" ")[2])
+        elif on == CLAIM_CHANNEL:
+            if self._added is not None:  # else: no membership here to claim
+                self._added()
         elif self._results is not None:
             self._results.heard(payload)

@@ -4,8 +4,10 @@
 ``Membership.run`` is one task, owned by whoever starts it (the kernel's task
 group, once wired): it connects (again after any failure), migrates,
 registers once per process, then each round sends one renewal and one claim
-and hands the changes to ``on_change``. ``fence`` says whether this node may
-dispatch now; it closes on its own ``lease_s - grace_s`` after the last
+and hands the changes to ``on_change``; a round comes every ``renew_s``,
+or sooner (``claim_soon``) when a resource was added somewhere. ``fence``
+says whether this node may dispatch now; it closes on its own ``lease_s -
+grace_s`` after the last
 renewal that got through, whatever the database is doing. ``stop`` makes
 ``run`` leave the cluster and return: first it lets the calls in flight
 end (``until_idle``, bounded by ``leave_after_s``; no new dispatch, the
@@ -35,6 +37,8 @@ log = logging.getLogger("drivebay.cluster")
 OnChange = Callable[[dict[str, int], set[str]], None]  # gained {resource: epoch}, lost ids
 AfterRound = Callable[[ClusterRepository], Awaitable[None]]
 UntilIdle = Callable[[], Awaitable[None]]  # returns once no call of this node is in flight
+# A round asked for early (a resource was added) comes at most this soon after the last.
+EARLY_ROUND_GAP_S = 0.5
 
 
 class NodeIdTaken(KernelError):
@@ -70,6 +74,7 @@ class Membership:
         self._leave_after_s = leave_after_s  # read when leaving (a reload may change it)
         self._clock = clock
         self._stopping = asyncio.Event()
+        self._soon = asyncio.Event()  # end the pause before the next round (claim_soon, stop)
         self._incarnation: int | None = None
         self._failing = False  # said so in the log
         self._drivers_changed = False  # to be written at the next round
@@ -85,6 +90,18 @@ class Membership:
     def stop(self) -> None:
         """Ask ``run`` to leave the cluster and return."""
         self._stopping.set()
+        self._soon.set()
+
+    def claim_soon(self) -> None:
+        """A resource was added (``listener.Listener`` heard it): the next
+        round comes now rather than ``renew_s`` after the last one, but never
+        sooner than ``early_gap_s`` after it, whatever the number of adds."""
+        self._soon.set()
+
+    @property
+    def early_gap_s(self) -> float:
+        """The least time between the start of two rounds."""
+        return min(self.settings.renew_s / 5, EARLY_ROUND_GAP_S)
 
     async def run(self) -> None:
         """Take part until ``stop``: connect, and after any failure of the
@@ -117,7 +134,7 @@ class Membership:
                 started = self._clock()
                 await bounded(self.settings.renew_s, self._round(repository))
                 self._recovered()
-                await self._pause(started + self.settings.renew_s - self._clock())
+                await self._between_rounds(started)
             await self._settle_before_leaving(repository)
             await bounded(self.settings.renew_s, repository.leave())
             self.fence.fence()
@@ -198,6 +215,16 @@ class Membership:
         self.owned.update(gained)
         if gained or lost:
             self._on_change(gained, lost)
+
+    async def _between_rounds(self, started: float) -> None:
+        """Until ``renew_s`` after ``started``, or ``claim_soon`` (at least
+        ``early_gap_s`` after it), or ``stop``."""
+        await self._pause(started + self.early_gap_s - self._clock())
+        rest = started + self.settings.renew_s - self._clock()
+        if rest > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._soon.wait(), rest)
+        self._soon.clear()
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``, or less if ``stop`` is called meanwhile."""

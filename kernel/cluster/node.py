@@ -104,6 +104,7 @@ class ClusterNode:
             poll_s=settings.renew_s if poll_s is None else poll_s,
             pool=self._pool,
             listener=listener,
+            added=self.membership.claim_soon,
         )
         self._send = send
         self._reconcile = reconcile

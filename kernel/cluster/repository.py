@@ -28,6 +28,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from drivebay.kernel.cluster.connection import (
+    CLAIM_CHANNEL,
     RESULT_PAYLOAD,
     RESULT_PREFIX,
     Connection,
@@ -374,15 +375,24 @@ class ClusterRepository:
     # -- resources ---------------------------------------------------------------
 
     async def add_resource(self, resource: Resource) -> None:
-        """Store a new resource, owned by nobody yet. Raises ``RequestError``
-        when its id is malformed or taken."""
+        """Store a new resource, owned by nobody yet, and tell every node to
+        claim now (``CLAIM_CHANNEL``, when it commits). Raises
+        ``RequestError`` when its id is malformed or taken."""
         check_resource_id(resource.id)
         try:
             await self._db.execute(
                 "WITH added AS (INSERT INTO drivebay.resource (id, driver, pinned, properties)"
-                "  VALUES (%s, %s, %s, %s) RETURNING id)"
-                " INSERT INTO drivebay.ownership (resource_id) SELECT id FROM added",
-                (resource.id, resource.driver, resource.pinned, Jsonb(resource.properties)),
+                "  VALUES (%s, %s, %s, %s) RETURNING id),"
+                " owned AS (INSERT INTO drivebay.ownership (resource_id) SELECT id FROM added"
+                "  RETURNING resource_id)"
+                " SELECT pg_notify(%s, resource_id) FROM owned",
+                (
+                    resource.id,
+                    resource.driver,
+                    resource.pinned,
+                    Jsonb(resource.properties),
+                    CLAIM_CHANNEL,
+                ),
             )
         except psycopg.errors.UniqueViolation:
             raise RequestError(

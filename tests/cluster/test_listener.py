@@ -1,6 +1,7 @@
-"""A node hears both kinds of notification over one connection: operations
-queued for its resources (to its inbox) and the results of the calls it
-accepted (to their waiters); after a reconnection, each waiter looks again."""
+"""A node hears every kind of notification over one connection: operations
+queued for its resources (to its inbox), the results of the calls it
+accepted (to their waiters), and resources added (its membership claims at
+once); after a reconnection, each waiter looks again."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import asyncio
 import contextlib
 
 from drivebay.kernel.cluster.connection import result_channel
+from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.listener import Listener
+from drivebay.kernel.cluster.node import ClusterNode
 from drivebay.kernel.cluster.queue_statements import Finished
+from drivebay.kernel.cluster.repository import QueuedOperation
 from drivebay.kernel.cluster.results import Results
+from drivebay.kernel.cluster.settings import ClusterSettings
 from tests.cluster.helpers import add, cluster, connected, eventually, settings
 from tests.helpers import run
 
@@ -96,3 +101,36 @@ def test_after_a_reconnection_each_waiter_looks_at_its_operation(database: str) 
 
 async def _equal(found: list[str], wanted: list[str]) -> bool:
     return found == wanted
+
+
+def test_a_resource_added_anywhere_is_claimed_at_once_not_at_the_next_round(
+    database: str,
+) -> None:
+    async def send(op: QueuedOperation, epoch: int) -> Outcome:
+        return Outcome(ok=True, result=None)
+
+    async def main() -> None:
+        async with cluster(database, "admin", register=False) as (admin,):
+            # Rounds an hour apart: only the added resource's notification
+            # can bring the claim within the test's deadline.
+            slow = ClusterSettings(database, "claimer", lease_s=7200, renew_s=3600, grace_s=1)
+            node = ClusterNode(slow, ["disk"], send)
+            task = asyncio.ensure_future(node.run())
+            try:
+                await eventually(lambda: _joined(node), 30)
+                await asyncio.wait_for(node.inbox.listener.listening.wait(), 10)
+                await add(admin, 2)
+                await eventually(lambda: _owns(node, {"r000", "r001"}), 30)
+            finally:
+                node.stop()
+                await asyncio.wait_for(task, 30)
+
+    run(main())
+
+
+async def _joined(node: ClusterNode) -> bool:
+    return node.membership.rounds >= 1
+
+
+async def _owns(node: ClusterNode, wanted: set[str]) -> bool:
+    return set(node.membership.owned) == wanted
