@@ -119,6 +119,19 @@ def all_owned(database: str, count: int) -> dict[str, tuple[str | None, int]] | 
     return None
 
 
+def one_on_each(a: Daemon, database: str, *extra: str) -> tuple[str, str]:
+    """Resources r0 and r1 added through node ``a`` (``extra``: more
+    arguments of ``resource add``), once each node owns one: (node-a's,
+    node-b's)."""
+    for resource in ("r0", "r1"):
+        added = a.ctl("resource", "add", resource, "--driver", "ledger", *extra)
+        assert added.returncode == 0, added.stderr
+    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
+    on_a = next(r for r, (owner, _) in owned.items() if owner == "node-a")
+    on_b = next(r for r, (owner, _) in owned.items() if owner == "node-b")
+    return on_a, on_b
+
+
 def test_a_call_on_either_node_runs_once_on_the_owners_actor(
     daemon_factory: Any,  # noqa: F811
     database: str,
@@ -182,11 +195,7 @@ def test_errors_are_answered_as_one_node_answers_them(
     tmp_path: Path,
 ) -> None:
     a, b = two_nodes(daemon_factory, database, tmp_path)
-    assert a.ctl("resource", "add", "r0", "--driver", "ledger").returncode == 0
-    assert a.ctl("resource", "add", "r1", "--driver", "ledger").returncode == 0
-    owned = wait_for(lambda: all_owned(database, 2), 30, "both resources owned")
-    elsewhere = {owner: resource for resource, (owner, _) in owned.items()}
-    on_b = elsewhere["node-b"]  # called through node-a: its owner is the other node
+    _, on_b = one_on_each(a, database)  # called through node-a: its owner is the other node
 
     async def failing(
         daemon: Daemon, resource: str, op: str, args: dict[str, Any], timeout: float = 10
@@ -281,10 +290,8 @@ def test_a_driver_stopped_on_a_node_hands_its_resources_to_another(
     tmp_path: Path,
 ) -> None:
     a, _ = two_nodes(daemon_factory, database, tmp_path)
-    for resource in ("r0", "r1"):
-        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
-    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
-    (on_a,) = [r for r, (owner, _) in owned.items() if owner == "node-a"]
+    on_a, _ = one_on_each(a, database)
+    owned = owners(database)
     assert a.ctl("call", on_a, "write", "value=before").returncode == 0
 
     stopped = a.ctl("stop", "ledger")
@@ -318,10 +325,7 @@ def test_set_and_pin_reach_the_owners_actor_and_rm_answers_the_waiting_calls(
     tmp_path: Path,
 ) -> None:
     a, b = two_nodes(daemon_factory, database, tmp_path)
-    for resource in ("r0", "r1"):
-        added = a.ctl("resource", "add", resource, "--driver", "ledger", "label=one")
-        assert added.returncode == 0, added.stderr
-    wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
+    one_on_each(a, database, "label=one")
 
     def properties(daemon: Daemon, resource: str) -> Any:
         ran = daemon.ctl("call", resource, "properties", "--json")
@@ -397,10 +401,8 @@ def test_a_token_limited_to_other_drivers_cannot_reach_a_resource_another_node_o
     ]
     http = {"http": {"listen": f"127.0.0.1:{port}"}, "authorization": {"tokens": tokens}}
     a, _ = two_nodes(daemon_factory, database, tmp_path, http)
-    for resource in ("r0", "r1"):
-        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
-    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
-    (on_b,) = [r for r, (owner, _) in owned.items() if owner == "node-b"]
+    _, on_b = one_on_each(a, database)
+    owned = owners(database)
     target = f"/v1/resources/{on_b}/calls/write"
 
     status, answer = over_tcp(port, "POST", target, "elsewhere-token", {"value": "no"})

@@ -14,9 +14,8 @@ import msgspec
 import pytest
 
 from drivebay.client import AsyncClient, OperationError
-from tests.cluster.test_daemon_calls import all_owned, operations, two_nodes
+from tests.cluster.test_daemon_calls import one_on_each, operations, two_nodes
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
-from tests.e2e.harness import wait_for
 
 
 def test_bytes_cross_as_base64_and_an_extension_type_is_refused(
@@ -25,11 +24,7 @@ def test_bytes_cross_as_base64_and_an_extension_type_is_refused(
     tmp_path: Path,
 ) -> None:
     a, _ = two_nodes(daemon_factory, database, tmp_path)
-    assert a.ctl("resource", "add", "r0", "--driver", "ledger").returncode == 0
-    assert a.ctl("resource", "add", "r1", "--driver", "ledger").returncode == 0
-    owned = wait_for(lambda: all_owned(database, 2), 30, "both resources owned")
-    on_b = next(resource for resource, (owner, _) in owned.items() if owner == "node-b")
-    on_a = next(resource for resource, (owner, _) in owned.items() if owner == "node-a")
+    on_a, on_b = one_on_each(a, database)
     text = base64.b64encode(b"\x00\xffdata").decode()
 
     async def main() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from drivebay.client import AsyncClient, OperationError
 from tests.cluster.daemons import Tables, clustered
-from tests.cluster.test_daemon_calls import all_owned, operations, owners, two_nodes
+from tests.cluster.test_daemon_calls import one_on_each, operations, owners, two_nodes
 from tests.cluster.test_link_cut import own_server  # noqa: F401 -- fixture
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import FAST_CONFIG, wait_for
@@ -31,12 +31,8 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
     tmp_path: Path,
 ) -> None:
     a, _ = two_nodes(daemon_factory, database, tmp_path)
-    for resource in ("r0", "r1"):
-        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
-    owned = wait_for(lambda: all_owned(database, 2), 30, "one resource on each node")
-    on_a = next(r for r, (owner, _) in owned.items() if owner == "node-a")
-    on_b = next(r for r, (owner, _) in owned.items() if owner == "node-b")
-    epoch_a = owned[on_a][1]
+    on_a, on_b = one_on_each(a, database)
+    epoch_a = owners(database)[on_a][1]
 
     def in_flight() -> bool:
         ops = operations(database)
