@@ -199,4 +199,5 @@ def node_row(info: NodeInfo) -> NodeRow:
         last_heartbeat=info.last_heartbeat.timestamp(),
         resources=info.resources,
         lease_until=None if until is None else until.timestamp(),
+        draining=info.draining,
     )

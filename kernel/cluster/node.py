@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import psycopg
 
 from drivebay.kernel.cluster.dispatch import FaultPoint, Recorded, ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.drain_log import DrainLog
 from drivebay.kernel.cluster.inbox import Inbox
 from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Pool
@@ -115,6 +116,7 @@ class ClusterNode:
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
         self._handing_over: set[str] = set()  # to give up: no new drain (the last round's)
         self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
+        self._drain_log = DrainLog(settings.node_id)
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task has ended."""
@@ -177,15 +179,20 @@ class ClusterNode:
                 if not keeper.serves(resource_id)
             }
         )
-        given_up = (await repository.surplus()) | unserved
+        draining, given_up = await repository.handover()
+        given_up |= unserved
         self._handing_over = set(given_up)
         idle = {
             resource_id: epoch
             for resource_id, epoch in given_up.items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
-        if not idle:
-            return
+        released = await self._hand_over(repository, idle) if idle else set()
+        self._drain_log.round(draining, len(released), len(self.membership.owned))
+
+    async def _hand_over(self, repository: ClusterRepository, idle: dict[str, int]) -> set[str]:
+        """End the workers of ``idle`` (resource -> epoch), then their leases;
+        returns the resources released (the others are owned again)."""
         ending = [self._workers[resource_id][0] for resource_id in idle]
         self.membership.give_up(set(idle))  # their idle workers end, no statement after
         # Detached here (the keeper closes their actors) before another node
@@ -196,6 +203,7 @@ class ClusterNode:
         if kept:  # an operation was left dispatched: settle it here first
             self._handing_over -= set(kept)
             self.membership.take_back(kept)
+        return released
 
     async def _workers_ended(self) -> None:
         """Returns once every worker told to end has ended (its call in flight
