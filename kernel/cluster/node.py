@@ -134,6 +134,11 @@ class ClusterNode:
                     await self.membership.run()  # on stop it leaves: every worker ends
                 finally:
                     inbox.cancel()
+                    # Still running once the node has left (a call in flight past
+                    # ``leave_after_s``): its result can no longer count here; the
+                    # next owner settles it, as after a kill.
+                    for worker in self._ending:
+                        worker.cancel()
         finally:
             self._tasks = None
             await self._pool.close()

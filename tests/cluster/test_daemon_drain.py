@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import psycopg
 from drivebay.kernel.control.schema import RESULTS, DrainNodeRequest
 from tests.cluster.test_daemon_nodes import clustered, nodes
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
-from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
 from tests.e2e.test_http_api import Api, check_against_openapi
 from tests.e2e.test_resources import misbehave_bundle
 
@@ -138,6 +139,12 @@ def test_a_drained_node_hands_its_resources_to_the_other_and_comes_back(
     status, answer = http("POST", "/v1/nodes/node-x/drain")
     assert status == 404 and "no node node-x" in answer["detail"], answer
     check_against_openapi(http)
+
+    # Idle, it stops without waiting for anything (about 0.1 s here): well
+    # under drain_s (3 s), which it would wait with a call in flight.
+    started = time.monotonic()
+    assert b.stop() == 0, b.log()
+    assert time.monotonic() - started < FAST_CONFIG["timeouts"]["drain_s"], b.log()
 
 
 def test_drain_node_without_cluster_says_how_to_configure_one(
