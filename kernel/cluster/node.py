@@ -15,7 +15,9 @@ starts no new drain, so that a later round finds it idle. The workers
 share a few connections of their own (``link.Pool``), each opened again
 after a failure (the next wake retries). ``stop`` leaves the cluster and
 makes ``run`` return once the workers have ended: the workers end first
-(their calls in flight finish, at most ``leave_after_s``), then the leases.
+(their calls in flight finish, at most ``leave_after_s``), then the leases;
+a worker whose call is still running then is cancelled (its result could
+not count any more: the next owner settles the call).
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
 workers: a worker asks it for the resource's actor before its first drain
