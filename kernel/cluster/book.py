@@ -103,6 +103,7 @@ class ClusterBook(ResourceBook):
         self.listener = Listener(settings, self.results)  # this node's one LISTEN (``run``)
         self._call_timeout = call_timeout
         self.leave_after_s = 0.0  # how long callers may wait at shutdown (daemon's drain_s)
+        self._answer_until: float | None = None  # loop time: the end of that wait, once begun
         self._calls: set[asyncio.Task[Any]] = set()
         self._link = Link(settings)
         self._enqueuer = Enqueuer(
@@ -117,13 +118,23 @@ class ClusterBook(ResourceBook):
         """Nothing to restore: actors come with ownership (``gained``)."""
         return 0
 
+    async def answered(self) -> None:
+        """At shutdown: returns once no caller waits any more, at most
+        ``leave_after_s`` after the first time it was called; at once when
+        no caller waits."""
+        now = asyncio.get_running_loop().time()
+        if self._answer_until is None:
+            self._answer_until = now + self.leave_after_s
+        if self._calls and self._answer_until > now:
+            await asyncio.wait(set(self._calls), timeout=self._answer_until - now)
+
     async def close(self) -> None:
         """The callers still waiting (their operations queued, some run by
-        other nodes) get their results for up to ``leave_after_s``
-        (``timeouts.drain_s``), then are answered that their operation stays
-        queued (``Results.stop``): never a closed connection."""
-        if self._calls:
-            await asyncio.wait(set(self._calls), timeout=self.leave_after_s)
+        other nodes) get their results (``answered``: the daemon waits for
+        them first, while ``run`` still listens for them), then are answered
+        that their operation stays queued (``Results.stop``): never a closed
+        connection."""
+        await self.answered()
         self.results.stop()
         if self._calls:
             await asyncio.wait(set(self._calls), timeout=2 * self.settings.renew_s)

@@ -92,8 +92,10 @@ class DaemonCluster:
         self._kernel.state_listeners.append(self._on_state)
         # The results of this node's calls, heard of on its channel; the definitions read.
         results = asyncio.get_running_loop().create_task(book.run(), name="cluster book")
+        left = False
         try:
             await self.node.run()
+            left = self._stopping.is_set()
         except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
             for exc in group.exceptions:
                 log.error(
@@ -103,6 +105,8 @@ class DaemonCluster:
                 )
         finally:
             self._kernel.state_listeners.remove(self._on_state)
+            if left:  # the callers' results (run by other nodes now) still heard, bounded
+                await book.answered()
             results.cancel()
             await asyncio.wait({results})
             book.node = None
@@ -145,9 +149,12 @@ class DaemonCluster:
 
     async def stopped(self) -> None:
         """``stop``, then wait for the task ``start`` made to end: leaving
-        takes the calls in flight (at most ``timeouts.drain_s``), then at
-        most a statement's timeout (``renew_s``) after the round in progress;
-        past twice that the task is cancelled (leases then expire)."""
+        waits for the calls in flight here (until ``timeouts.drain_s`` after
+        now), the round in progress and the leave statement (each at most
+        ``renew_s``); then the callers still waiting (``ClusterBook.answered``,
+        at most ``drain_s``). Each wait only while something is in flight;
+        past ``2 * drain_s + 2 * renew_s + 1`` the task is cancelled (leases
+        then expire)."""
         drain_s = self._kernel.config.timeouts.drain_s
         book = self._kernel.book
         if isinstance(book, ClusterBook):  # its waiting callers get as long at its close
@@ -156,7 +163,7 @@ class DaemonCluster:
         task = self._task
         if task is None:
             return
-        bound = drain_s + 2 * self.settings.renew_s + 1
+        bound = 2 * drain_s + 2 * self.settings.renew_s + 1
         done, _ = await asyncio.wait({task}, timeout=bound)
         if not done:
             log.warning(
@@ -199,4 +206,5 @@ def node_row(info: NodeInfo) -> NodeRow:
         last_heartbeat=info.last_heartbeat.timestamp(),
         resources=info.resources,
         lease_until=None if until is None else until.timestamp(),
+        draining=info.draining,
     )

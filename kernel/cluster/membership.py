@@ -75,6 +75,7 @@ class Membership:
         self._clock = clock
         self._stopping = asyncio.Event()
         self._soon = asyncio.Event()  # end the pause before the next round (claim_soon, stop)
+        self._stopped_at: float | None = None  # when ``stop`` was called (``clock``)
         self._incarnation: int | None = None
         self._failing = False  # said so in the log
         self._drivers_changed = False  # to be written at the next round
@@ -89,6 +90,8 @@ class Membership:
 
     def stop(self) -> None:
         """Ask ``run`` to leave the cluster and return."""
+        if self._stopped_at is None:
+            self._stopped_at = self._clock()
         self._stopping.set()
         self._soon.set()
 
@@ -176,14 +179,15 @@ class Membership:
         """Dispatch nothing more (every resource reported lost: its worker
         ends after its call in flight, whose result write is guarded by the
         epoch it still holds), and keep the leases renewed until the calls
-        in flight have ended or ``leave_after_s`` has passed; a call still
-        running then is settled by the heir, as after a kill."""
+        in flight have ended or ``leave_after_s`` has passed since ``stop``
+        (the round in progress then counts); a call still running then is
+        settled by the heir, as after a kill."""
         if self._until_idle is None or not self.owned:
             return
         self._change({}, set(self.owned))
         idle = asyncio.ensure_future(self._until_idle())
         bound = self._leave_after_s()
-        deadline = self._clock() + bound
+        deadline = (self._clock() if self._stopped_at is None else self._stopped_at) + bound
         try:
             while not idle.done():
                 left = deadline - self._clock()

@@ -15,7 +15,9 @@ starts no new drain, so that a later round finds it idle. The workers
 share a few connections of their own (``link.Pool``), each opened again
 after a failure (the next wake retries). ``stop`` leaves the cluster and
 makes ``run`` return once the workers have ended: the workers end first
-(their calls in flight finish, at most ``leave_after_s``), then the leases.
+(their calls in flight finish, at most ``leave_after_s``), then the leases;
+a worker whose call is still running then is cancelled (its result could
+not count any more: the next owner settles the call).
 
 In ``drivebayd`` a ``Keeper`` (the cluster's resource book) follows the
 workers: a worker asks it for the resource's actor before its first drain
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 import psycopg
 
 from drivebay.kernel.cluster.dispatch import FaultPoint, Recorded, ResourceQueue, Send, Stop
+from drivebay.kernel.cluster.drain_log import DrainLog
 from drivebay.kernel.cluster.inbox import Inbox
 from drivebay.kernel.cluster.lease import LeaseGate
 from drivebay.kernel.cluster.link import Pool
@@ -116,6 +119,7 @@ class ClusterNode:
         self._ending: set[asyncio.Task[Any]] = set()  # workers of resources no longer owned
         self._handing_over: set[str] = set()  # to give up: no new drain (the last round's)
         self._ended: dict[str, asyncio.Task[Any]] = {}  # the last ending worker of each
+        self._drain_log = DrainLog(settings.node_id)
 
     def stop(self) -> None:
         """Leave the cluster; ``run`` returns once every task has ended."""
@@ -133,6 +137,11 @@ class ClusterNode:
                     await self.membership.run()  # on stop it leaves: every worker ends
                 finally:
                     inbox.cancel()
+                    # Still running once the node has left (a call in flight past
+                    # ``leave_after_s``): its result can no longer count here; the
+                    # next owner settles it, as after a kill.
+                    for worker in self._ending:
+                        worker.cancel()
         finally:
             self._tasks = None
             await self._pool.close()
@@ -178,15 +187,20 @@ class ClusterNode:
                 if not keeper.serves(resource_id)
             }
         )
-        given_up = (await repository.surplus()) | unserved
+        draining, given_up = await repository.handover()
+        given_up |= unserved
         self._handing_over = set(given_up)
         idle = {
             resource_id: epoch
             for resource_id, epoch in given_up.items()
             if resource_id in self._workers and self._workers[resource_id][0] not in self._draining
         }
-        if not idle:
-            return
+        released = await self._hand_over(repository, idle) if idle else set()
+        self._drain_log.round(draining, len(released), len(self.membership.owned))
+
+    async def _hand_over(self, repository: ClusterRepository, idle: dict[str, int]) -> set[str]:
+        """End the workers of ``idle`` (resource -> epoch), then their leases;
+        returns the resources released (the others are owned again)."""
         ending = [self._workers[resource_id][0] for resource_id in idle]
         self.membership.give_up(set(idle))  # their idle workers end, no statement after
         # Detached here (the keeper closes their actors) before another node
@@ -197,6 +211,7 @@ class ClusterNode:
         if kept:  # an operation was left dispatched: settle it here first
             self._handing_over -= set(kept)
             self.membership.take_back(kept)
+        return released
 
     async def _workers_ended(self) -> None:
         """Returns once every worker told to end has ended (its call in flight

@@ -53,14 +53,17 @@ class Lease(msgspec.Struct, frozen=True):
 
 class NodeInfo(msgspec.Struct, frozen=True):
     """A node as ``drivebayctl nodes`` shows it. ``state`` is ``live``,
-    ``draining`` or ``left`` as the node said, or ``silent`` when a live
-    node's heartbeat is older than a lease."""
+    ``draining`` or ``left`` as the database holds it, or ``silent`` when a
+    node that has not left has a heartbeat older than a lease (it died, or
+    cannot reach the database); ``draining`` is true while the node is
+    asked to drain, also when it is silent."""
 
     node_id: str
     state: str
     last_heartbeat: datetime.datetime
     resources: int  # leases not ended
     lease_until: datetime.datetime | None  # its latest lease
+    draining: bool = False
 
 
 class QueuedOperation(msgspec.Struct, frozen=True):
@@ -157,11 +160,12 @@ class ClusterRepository:
         """Every node that ever registered, by id."""
         cursor = await self._db.execute(
             "SELECT n.node_id,"
-            " CASE WHEN n.state = 'live' AND n.heartbeat <= now() - %s THEN 'silent'"
+            " CASE WHEN n.state <> 'left' AND n.heartbeat <= now() - %s THEN 'silent'"
             " ELSE n.state END,"
             " n.heartbeat,"
             " count(w.resource_id) FILTER (WHERE w.lease_until > now()),"
-            " max(w.lease_until) FILTER (WHERE w.lease_until > now())"
+            " max(w.lease_until) FILTER (WHERE w.lease_until > now()),"
+            " n.state = 'draining'"
             " FROM drivebay.node n LEFT JOIN drivebay.ownership w ON w.owner_node = n.node_id"
             " GROUP BY n.node_id ORDER BY n.node_id",
             (self._lease,),
@@ -305,23 +309,30 @@ class ClusterRepository:
         """Resource id -> epoch of what this node holds over its fair share of
         each driver (the last ids of each), for it to ``release``; all it
         holds when it is draining (``drain``)."""
+        return (await self.handover())[1]
+
+    async def handover(self) -> tuple[bool, dict[str, int]]:
+        """Whether this node is draining, and ``surplus``: everything it
+        holds when draining (the first statement says both), else what it
+        holds over its fair share."""
         cursor = await self._db.execute(
-            "SELECT w.resource_id, w.epoch FROM drivebay.ownership w"
-            " JOIN drivebay.node n ON n.node_id = w.owner_node"
-            " WHERE w.owner_node = %s AND n.incarnation = %s AND n.state = 'draining'"
-            " AND w.lease_until > now() ORDER BY w.resource_id",
+            "SELECT w.resource_id, w.epoch FROM drivebay.node n"
+            " LEFT JOIN drivebay.ownership w"
+            "  ON w.owner_node = n.node_id AND w.lease_until > now()"
+            " WHERE n.node_id = %s AND n.incarnation = %s AND n.state = 'draining'"
+            " ORDER BY w.resource_id",
             (self.node_id, self.incarnation),
         )
-        held = {str(resource_id): int(epoch) for resource_id, epoch in await cursor.fetchall()}
-        if held:
-            return held
+        rows = await cursor.fetchall()
+        if rows:  # draining (holding nothing: one row of nulls)
+            return True, {str(r): int(epoch) for r, epoch in rows if r is not None}
         over = {
             driver: n
             for driver, resources, nodes, mine, _ in await self._claim_counts()
             if (n := surplus(resources, nodes, mine))
         }
         if not over:
-            return {}
+            return False, {}
         cursor = await self._db.execute(
             "SELECT w.resource_id, w.epoch, r.driver FROM drivebay.ownership w"
             " JOIN drivebay.resource r ON r.id = w.resource_id"
@@ -334,7 +345,7 @@ class ClusterRepository:
             if over[driver] > 0:
                 over[driver] -= 1
                 chosen[str(resource_id)] = int(epoch)
-        return chosen
+        return False, chosen
 
     async def release(self, leases: dict[str, int]) -> set[str]:
         """End now the leases (resource id -> epoch) this node holds under

@@ -90,8 +90,14 @@ def print_nodes(result: Any) -> None:
     for row in result:
         until = row.get("lease_until")
         lease = "" if until is None else f"  leases until {_clock(until)}"
-        name, state, count = shown(row["node_id"]), row["state"], row["resources"]
+        name, state, count = shown(row["node_id"]), _state(row), row["resources"]
         say(f"{name:<20} {state:<8} beat {_clock(row['last_heartbeat'])}  {count} resources{lease}")
+
+
+def _state(row: dict[str, Any]) -> str:
+    """A node's state, ``silent (draining)`` for a draining node that does not renew."""
+    silent = row["state"] == "silent" and row.get("draining")
+    return "silent (draining)" if silent else str(row["state"])
 
 
 def print_drain(row: dict[str, Any]) -> None:
@@ -100,7 +106,7 @@ def print_drain(row: dict[str, Any]) -> None:
     if row["state"] == "live":
         say(f"{shown(row['node_id'])} is live: it claims its share again")
     elif row["state"] != "draining":
-        say(f"{shown(row['node_id'])} is {row['state']}: {count} resources")
+        say(f"{shown(row['node_id'])} is {_state(row)}: {count} resources")
     elif count:
         say(f"{shown(row['node_id'])} is draining: {count} resources still to hand over")
     else:

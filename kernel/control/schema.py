@@ -378,12 +378,20 @@ class NodeRow(msgspec.Struct, frozen=True):
     """A node of the cluster as its database lists it (docs/cluster.md)."""
 
     node_id: str
-    state: Annotated[str, msgspec.Meta(description="live, draining, left, or silent")]
+    state: Annotated[
+        str,
+        msgspec.Meta(
+            description="live, draining, left, or silent (not left, heartbeat older than a lease)"
+        ),
+    ]
     last_heartbeat: Annotated[float, msgspec.Meta(description="epoch seconds, database time")]
     resources: Annotated[int, msgspec.Meta(description="leases it holds that have not ended")]
     lease_until: Annotated[
         float | None, msgspec.Meta(description="its latest lease's end, epoch seconds")
     ]
+    draining: Annotated[
+        bool, msgspec.Meta(description="asked to drain (drain-node), also when silent")
+    ] = False
 
 
 class RepoRow(msgspec.Struct, frozen=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import psycopg
 from drivebay.kernel.control.schema import RESULTS, DrainNodeRequest
 from tests.cluster.test_daemon_nodes import clustered, nodes
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
-from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.harness import FAST_CONFIG, Daemon, wait_for
 from tests.e2e.test_http_api import Api, check_against_openapi
 from tests.e2e.test_resources import misbehave_bundle
 
@@ -33,6 +34,17 @@ def add_resources(database: str, driver: str, count: int) -> None:
                 "INSERT INTO drivebay.resource (id, driver) VALUES (%s, %s)", (f"r{i}", driver)
             )
             db.execute("INSERT INTO drivebay.ownership (resource_id) VALUES (%s)", (f"r{i}",))
+
+
+def drain_lines(log: str) -> list[str] | None:
+    """What the node said of its drain (the text after ``cluster: ``), once
+    it said it is live again."""
+    said = [
+        line.partition("cluster: ")[2]
+        for line in log.splitlines()
+        if "cluster: " in line and ("drain" in line.partition("cluster: ")[2])
+    ]
+    return said if said and "live again" in said[-1] else None
 
 
 def holding(daemon: Daemon, wanted: dict[str, int]) -> dict[str, dict[str, Any]] | None:
@@ -103,6 +115,19 @@ def test_a_drained_node_hands_its_resources_to_the_other_and_comes_back(
     assert undone.returncode == 0, undone.stderr
     assert undone.stdout.strip() == "node-b is live: it claims its share again"
     wait_for(functools.partial(holding, a, {"node-a": half, "node-b": half}), 30, "spread again")
+    said = wait_for(lambda: drain_lines(b.log()), 30, "node-b says it is live again")
+    assert said[0] == (
+        f"node node-b is draining: it claims nothing more and hands over its {half} "
+        "resources, each once its queue is idle"
+    ), said
+    handed = [line for line in said if line.startswith("draining: handed over ")]
+    assert sum(int(line.split()[3]) for line in handed) == half, said
+    assert handed[-1].endswith(" 0 still held (their queues are busy)"), said
+    assert said[1 + len(handed) :] == [  # once each, however many rounds went by
+        "node node-b drained: holds no resource; "
+        "'drivebayctl drain-node node-b --undo' makes it claim again",
+        "node node-b is live again (drain undone): it claims its share again",
+    ], said
 
     # The same over HTTP (the routes derived from the schema), checked against OpenAPI.
     http = Api(str(b.state / "http.sock"))
@@ -114,6 +139,12 @@ def test_a_drained_node_hands_its_resources_to_the_other_and_comes_back(
     status, answer = http("POST", "/v1/nodes/node-x/drain")
     assert status == 404 and "no node node-x" in answer["detail"], answer
     check_against_openapi(http)
+
+    # Idle, it stops without waiting for anything (about 0.1 s here): well
+    # under drain_s (3 s), which it would wait with a call in flight.
+    started = time.monotonic()
+    assert b.stop() == 0, b.log()
+    assert time.monotonic() - started < FAST_CONFIG["timeouts"]["drain_s"], b.log()
 
 
 def test_drain_node_without_cluster_says_how_to_configure_one(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from drivebay.client import AsyncClient, OperationError
 from tests.cluster.daemons import Tables, clustered
-from tests.cluster.test_daemon_calls import one_on_each, operations, owners, two_nodes
+from tests.cluster.test_daemon_calls import all_owned, operations, owners, two_nodes
 from tests.cluster.test_link_cut import own_server  # noqa: F401 -- fixture
 from tests.e2e.conftest import daemon_factory, envs_dir  # noqa: F401 -- fixtures
 from tests.e2e.harness import FAST_CONFIG, wait_for
@@ -31,12 +32,16 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
     tmp_path: Path,
 ) -> None:
     a, _ = two_nodes(daemon_factory, database, tmp_path)
-    on_a, on_b = one_on_each(a, database)
-    epoch_a = owners(database)[on_a][1]
+    for resource in ("r0", "r1", "r2", "r3"):
+        assert a.ctl("resource", "add", resource, "--driver", "ledger").returncode == 0
+    owned = wait_for(lambda: two_each(database), 30, "two resources on each node")
+    on_a, stuck_on = sorted(r for r, (owner, _) in owned.items() if owner == "node-a")
+    on_b = min(r for r, (owner, _) in owned.items() if owner == "node-b")
+    epoch_a = owned[on_a][1]
 
     def in_flight() -> bool:
         ops = operations(database)
-        return sum(op[2] == "slow" and op[3] == "dispatched" for op in ops) == 2
+        return sum(op[2] == "slow" and op[3] == "dispatched" for op in ops) == 3
 
     async def main() -> dict[str, Any]:
         async with AsyncClient(str(a.socket)) as client, asyncio.timeout(60):
@@ -47,6 +52,11 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
             after = asyncio.ensure_future(client.call(on_a, "write", {"value": "w"}, timeout=30))
             # Still running on node-b when node-a has waited drain_s for it.
             longer = asyncio.ensure_future(client.call(on_b, "slow", {"seconds": 7}, timeout=30))
+            # Running here past drain_s: node-a leaves without it (the heir
+            # settles it) rather than wait until its task is cancelled.
+            stuck = asyncio.ensure_future(
+                client.call(stuck_on, "slow", {"seconds": 30}, timeout=40)
+            )
             await asyncio.to_thread(wait_for, in_flight, 30, "both slow calls sent")
             assert a.process is not None
             a.process.send_signal(signal.SIGTERM)
@@ -55,6 +65,8 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
             with pytest.raises(OperationError) as stays:
                 await longer
             answers["longer"] = stays.value
+            with pytest.raises(OperationError):
+                await stuck
             code = await asyncio.to_thread(a.process.wait, 60)
             answers["exit"] = (code, time.monotonic() - stopped)
             return answers
@@ -70,6 +82,9 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
     assert longer[3] in ("queued", "dispatched", "done") and f"#{longer[0]}" in stays.message
     code, took = answers["exit"]
     assert code == 0 and took < FAST_CONFIG["timeouts"]["drain_s"] + 2 * 0.5 + 1 + 5, answers
+    log = a.log()
+    assert "calls still in flight after 3 s; node node-a leaves" in log, log
+    assert "did not leave in time" not in log, log
     by_op = {op[2]: op for op in operations(database) if op[1] == on_a}
     assert by_op["slow"][3] == "done" and by_op["slow"][5] == epoch_a, by_op
     assert by_op["write"][3] == "done" and by_op["write"][6]["times"] == 1, by_op
@@ -80,6 +95,12 @@ def test_a_node_stopped_with_calls_in_flight_finishes_them_before_it_leaves(
         "node-b owns both",
     )
     assert moved[on_a][1] > epoch_a
+
+
+def two_each(database: str) -> dict[str, tuple[str | None, int]] | None:
+    found = all_owned(database, 4)
+    held = Counter(owner for owner, _ in (found or {}).values())
+    return found if held == {"node-a": 2, "node-b": 2} else None
 
 
 def test_a_node_whose_database_is_down_stops_without_waiting_out_its_bound(

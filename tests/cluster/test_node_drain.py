@@ -11,12 +11,16 @@ import asyncio
 import itertools
 import time
 from collections import Counter
+from typing import Any
+
+import pytest
 
 from drivebay.kernel.cluster.dispatch import Outcome, Send
+from drivebay.kernel.cluster.drain import DrainTimedOut, drain_node
 from drivebay.kernel.cluster.node import ClusterNode
 from drivebay.kernel.cluster.repository import QueuedOperation
 from drivebay.kernel.cluster.settings import ClusterSettings
-from tests.cluster.helpers import add, cluster, eventually
+from tests.cluster.helpers import add, cluster, eventually, settings
 from tests.cluster.test_node import _all_final, _owned_by
 from tests.helpers import run
 
@@ -131,6 +135,54 @@ def test_a_drained_node_hands_over_a_queue_that_never_empties(database: str) -> 
             assert {n for r, _, n in ledger if r == resource} == {"n0", "n1"}
 
     run(main())
+
+
+def test_a_draining_node_that_died_is_listed_silent_and_still_draining(database: str) -> None:
+    """Its heartbeat set back as if it died while draining: ``nodes`` lists
+    it ``silent`` with ``draining`` kept; ``drain-node --wait`` counts its
+    leases until they end, then answers; ``--undo`` clears ``draining``."""
+
+    async def main() -> None:
+        async with cluster(database, "a", "b") as (a, b):
+            await add(a, 4)
+            await a.claim()
+            await b.claim()
+            await a.drain("b")
+            await a.db.execute(
+                "UPDATE drivebay.node SET heartbeat = now() - interval '1 h' WHERE node_id = 'b'"
+            )
+            listed = {n.node_id: n for n in await a.nodes()}
+            assert (listed["b"].state, listed["b"].draining, listed["b"].resources) == (
+                "silent",
+                True,
+                2,
+            )
+            assert (listed["a"].state, listed["a"].draining) == ("live", False)
+            asking = settings(database, "a")
+            with pytest.raises(DrainTimedOut, match="still holds 2 resources"):
+                await drain_node(asking, "b", wait=0)  # asked again: it stays draining
+            await a.db.execute(  # its leases end, as they do lease_s after it died
+                "UPDATE drivebay.ownership SET lease_until = now() - interval '1 ms'"
+                " WHERE owner_node = 'b'"
+            )
+            drained = await drain_node(asking, "b", wait=10)
+            assert (drained.state, drained.draining, drained.resources) == ("silent", True, 0)
+            undone = await drain_node(asking, "b", undo=True)
+            assert (undone.state, undone.draining) == ("silent", False)
+
+    run(main())
+
+
+def test_a_silent_draining_node_shows_both_in_the_plain_listing(capsys: Any) -> None:
+    from drivebay.kernel.control import ctl_render
+
+    row = {"node_id": "b", "state": "silent", "last_heartbeat": 0.0, "resources": 2}
+    ctl_render.print_nodes([{**row, "draining": True}, {**row, "node_id": "c"}])
+    ctl_render.print_drain({**row, "draining": True})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["b", "silent", "(draining)"]
+    assert lines[1].split()[:3] == ["c", "silent", "beat"]
+    assert lines[2] == "b is silent (draining): 2 resources"
 
 
 class Keeper:
