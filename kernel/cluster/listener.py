@@ -12,16 +12,25 @@ channels, so each listening connection costs the server a transaction per
 wake-up, and a loop re-entered per notification costs the node more.
 
 ``run`` connects, LISTENs on both channels and hands out what it hears,
-until cancelled; a failing or unreachable database is retried every
-``renew_s``. After each LISTEN (the first, and each after a reconnection)
-the results' waiters look at their operations again and the attached inbox
-polls (``resumed``): what was notified while nobody listened is found.
+until cancelled. A connection that drops is replaced at once (once per
+``renew_s``: its waiters look again then, not a poll later); a failing or
+unreachable database is retried every ``renew_s``. A link that stops
+answering without closing is not always seen by TCP keepalives (a proxy or
+middlebox between node and server answers them itself), so the loop is
+left when nothing was heard for ``renew_s`` and one statement, bounded by
+``renew_s``, checks the connection (notifications that come meanwhile are
+kept by psycopg for the next pass): a dead listening link is replaced
+within about three ``renew_s``. After each LISTEN (the first, and each
+after a reconnection) the results' waiters look at their operations again
+and the attached inbox polls (``resumed``): what was notified while nobody
+listened is found.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 
 import psycopg
@@ -30,6 +39,7 @@ from psycopg import sql
 from drivebay.kernel.cluster.connection import (
     CLAIM_CHANNEL,
     Connection,
+    bounded,
     channel,
     connect,
     result_channel,
@@ -74,33 +84,46 @@ class Listener:
 
     async def run(self) -> None:
         """Until cancelled."""
+        loop = asyncio.get_running_loop()
+        again_at = -math.inf  # a dropped connection is replaced at once from then
         while True:
             try:
                 await self._listen()
             except (psycopg.Error, KernelError, TimeoutError) as exc:
+                dropped = self.listening.is_set()  # it listened: replaced at once
                 self.listening.clear()
                 log.debug("cluster listener: %s; connecting again", exc)
-                await asyncio.sleep(self.settings.renew_s)
+                if not dropped or loop.time() < again_at:
+                    await asyncio.sleep(self.settings.renew_s)
+                again_at = loop.time() + self.settings.renew_s
 
     async def _listen(self) -> None:
-        async with asyncio.timeout(self.settings.renew_s):
+        renew_s = self.settings.renew_s
+        async with asyncio.timeout(renew_s):
             db: Connection = await connect(self.settings)
         async with db:
-            names = [
-                channel(self.settings.node_id),
-                result_channel(self.settings.node_id),
-                CLAIM_CHANNEL,
-            ]
-            async with asyncio.timeout(self.settings.renew_s):
-                for name in names:
-                    await db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
+            await bounded(renew_s, self._listen_on(db))
             self.listening.set()
             if self._results is not None:
                 self._results.relook()
             if self._resumed is not None:
                 self._resumed()
-            async for note in db.notifies():
-                self._hand_out(note.channel, note.payload)
+            while True:
+                heard = False
+                async for note in db.notifies(timeout=renew_s):
+                    heard = True
+                    self._hand_out(note.channel, note.payload)
+                if not heard:  # is the link still there?
+                    await bounded(renew_s, db.execute("SELECT 1"))
+
+    async def _listen_on(self, db: Connection) -> None:
+        names = (
+            channel(self.settings.node_id),
+            result_channel(self.settings.node_id),
+            CLAIM_CHANNEL,
+        )
+        for name in names:
+            await db.execute(sql.SQL("LISTEN {}").format(sql.Identifier(name)))
 
     def _hand_out(self, on: str, payload: str) -> None:
         if on == self._queue_channel:

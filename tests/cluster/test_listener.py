@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
-from drivebay.kernel.cluster.connection import result_channel
+from drivebay.kernel.cluster.connection import Connection, result_channel
 from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.listener import Listener
 from drivebay.kernel.cluster.node import ClusterNode
@@ -17,7 +18,9 @@ from drivebay.kernel.cluster.repository import QueuedOperation
 from drivebay.kernel.cluster.results import Results
 from drivebay.kernel.cluster.settings import ClusterSettings
 from tests.cluster.helpers import add, cluster, connected, eventually, settings
+from tests.cluster.tcp_proxy import TcpProxy
 from tests.helpers import run
+from tests.postgres import SUPERUSER, ThrowawayPostgres
 
 
 async def no_look(op_id: int) -> Finished | None:
@@ -128,9 +131,106 @@ def test_a_resource_added_anywhere_is_claimed_at_once_not_at_the_next_round(
     run(main())
 
 
+def test_a_dropped_listening_connection_is_replaced_at_once(database: str) -> None:
+    """Its backend terminated while calls wait: the listener LISTENs again
+    at once (not after ``renew_s``), so the waiters look again then."""
+
+    async def main() -> None:
+        async with cluster(database, "front"):
+            node = settings(database, "front", lease_s=300)  # renew_s: 60 s
+            results = Results(node, poll_s=3600)
+            listener = Listener(node, results)
+            resumed: list[int] = []
+            listener.attach(lambda _: None, lambda: resumed.append(1))
+            looked: list[int] = []
+
+            async def look(op_id: int) -> Finished | None:
+                looked.append(op_id)
+                return Finished("done", op_id)
+
+            task = asyncio.ensure_future(listener.run())
+            try:
+                await asyncio.wait_for(listener.listening.wait(), 10)
+                waiters = [
+                    asyncio.ensure_future(results.wait(n, "a on r000", 120, look, "gone"))
+                    for n in (1, 2, 3)
+                ]
+                await asyncio.sleep(0)  # they register (no time passes)
+                async with connected(database) as db:
+                    await _terminate_listener(db, "front")
+                # Well before renew_s (60 s): the new LISTEN, then each waiter looks.
+                assert await asyncio.wait_for(asyncio.gather(*waiters), 20) == [1, 2, 3]
+                assert resumed == [1, 1] and sorted(looked) == [1, 2, 3]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    run(main())
+
+
 async def _joined(node: ClusterNode) -> bool:
     return node.membership.rounds >= 1
 
 
 async def _owns(node: ClusterNode, wanted: set[str]) -> bool:
     return set(node.membership.owned) == wanted
+
+
+def test_a_blackholed_listening_link_is_noticed_and_listened_again_once_it_returns(
+    postgres: ThrowawayPostgres, database: str
+) -> None:
+    """Only the listener's link black-holed (the proxy's end still answers
+    TCP keepalives, as a middlebox does): a statement on the listening
+    connection when nothing was heard for ``renew_s`` finds the link dead;
+    once it returns, the listener LISTENs again and hears results."""
+    dbname = database.split("?")[0].rsplit("/", 1)[1]
+    seen: dict[str, float] = {}
+
+    async def main(proxy: TcpProxy) -> None:
+        async with cluster(database, "front"):
+            node = settings(proxy.url(dbname, SUPERUSER), "front", lease_s=2.5)  # renew_s 0.5
+            results = Results(node, poll_s=3600)
+            listener = Listener(node, results)
+            resumed: list[int] = []
+            listener.attach(lambda _: None, lambda: resumed.append(1))
+            task = asyncio.ensure_future(listener.run())
+            try:
+                await asyncio.wait_for(listener.listening.wait(), 10)
+                await asyncio.to_thread(proxy.blackhole)
+                cut = time.monotonic()
+                await eventually(lambda: _not_set(listener.listening), deadline=30)
+                seen["noticed_after_s"] = time.monotonic() - cut
+                await asyncio.to_thread(proxy.restore)
+                back = time.monotonic()
+                await asyncio.wait_for(listener.listening.wait(), 30)
+                seen["listening_again_after_s"] = time.monotonic() - back
+                assert len(resumed) >= 2
+                waiter = asyncio.ensure_future(results.wait(43, "a on r000", 30, no_look, "gone"))
+                async with connected(database) as db:
+                    await db.execute(
+                        "SELECT pg_notify(%s, '43 done 3')", (result_channel("front"),)
+                    )
+                assert await asyncio.wait_for(waiter, 10) == 3
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    with TcpProxy(f"{postgres.socket_dir}/.s.PGSQL.5432") as proxy:
+        run(main(proxy))
+    print(f"\nblackholed listening link: {seen}")
+
+
+async def _terminate_listener(db: Connection, node_id: str) -> None:
+    cursor = await db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = %s AND pid <> pg_backend_pid()"
+        " AND query LIKE 'LISTEN%%'",
+        (f"drivebayd {node_id}",),
+    )
+    assert await cursor.fetchall() == [(True,)]
+
+
+async def _not_set(event: asyncio.Event) -> bool:
+    return not event.is_set()
