@@ -341,12 +341,15 @@ class ClusterBook(ResourceBook):
     ) -> Any:
         node = self.node
         self._enqueuer.wakes_itself = node is not None
-        op_id = await self._enqueuer.enqueue(resource_id, op, args)
-        if node is not None:
-            node.wake(resource_id)
         limit = self._call_timeout if timeout is None else timeout
         gone = f"resource {resource_id} was removed"
-        return await self.results.wait(op_id, f"{op} on {resource_id}", limit, self._look, gone)
+        with self.results.expecting() as registered:  # its result may come before its waiter
+            op_id = await self._enqueuer.enqueue(resource_id, op, args)
+            if node is not None:
+                node.wake(resource_id)
+            return await self.results.wait(
+                op_id, f"{op} on {resource_id}", limit, self._look, gone, registered=registered
+            )
 
     async def _look(self, op_id: int) -> Finished | None:
         return await self._link.run(lambda db: finished(db, op_id), "did not answer")

@@ -9,9 +9,12 @@ this node's result channel with the result (``listener.Listener`` hears it
 and calls ``heard``; a result too large for a notification is read), or,
 for a notification lost, a look at the operation every ``poll_s``.
 A result can come before its waiter: the enqueue's answer and the owner's
-result notification arrive on two connections, in either order, so a
-result nobody waits for yet is kept (``EARLY_KEEP_S``) for the waiter
-that registers next (without this, such a call waited a whole ``poll_s``).
+result notification arrive on two connections, in either order. So a call
+is ``expecting`` from before its enqueue until its waiter registers, and a
+result nobody waits for is kept while a call that was expecting when it
+came still is (without this, such a call waited a whole ``poll_s``); any
+other is dropped at once: the results this node's worker writes for calls
+other nodes accepted, and those of waiters that gave up.
 A call whose resource was removed meanwhile is answered "removed". One
 that has no result in time is answered ``CallTimeout`` naming its
 operation id: it stays queued and runs once; so is one still waiting when
@@ -22,9 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -61,11 +64,6 @@ _KERNEL_ERRORS: dict[str, type[DrivebayError]] = {
 
 Look = Callable[[int], Awaitable[Finished | None]]  # the operation as the database has it
 
-# How long a result that came before its waiter is kept. Its waiter registers
-# as soon as its enqueue answers (a loop pass or a few later); a result kept
-# longer belongs to a waiter that gave up (CallTimeout), and is dropped.
-EARLY_KEEP_S = 60.0
-
 
 def error_of(result: Any) -> DrivebayError:
     """The error a failed operation's result (``{"type", "message"}``) stands for."""
@@ -85,9 +83,13 @@ class Results:
         self._stopped = False  # drivebayd stops: the callers still waiting are answered
         # op id -> woken with the outcome (written here) or None (look it up)
         self._waiting: dict[int, asyncio.Future[Outcome | None]] = {}
-        # op id -> (when it came, its outcome or None: look it up), oldest first:
-        # results that came before their waiter registered
-        self._early: collections.OrderedDict[int, tuple[float, Outcome | None]] = (
+        # The calls between their enqueue and their waiter (``expecting``), by
+        # the order they began in (oldest first), and how many ever began.
+        self._expecting: dict[int, None] = {}
+        self._begun = 0
+        # op id -> (calls begun when it came, its outcome or None: look it up),
+        # oldest first: results that came while a call was expecting
+        self._early: collections.OrderedDict[int, tuple[int, Outcome | None]] = (
             collections.OrderedDict()
         )
 
@@ -103,14 +105,37 @@ class Results:
             future.set_result(outcome)
 
     def _keep_early(self, op_id: int, outcome: Outcome | None) -> None:
-        now = time.monotonic()
+        if self._expecting:  # else no call here can claim it
+            self._early.pop(op_id, None)  # kept in the order they came
+            self._early[op_id] = (self._begun, outcome)
+
+    @contextlib.contextmanager
+    def expecting(self) -> Iterator[Callable[[], None]]:
+        """Around a call's enqueue and its ``wait`` (given what this yields
+        as ``registered``): a result that comes before the waiter registers
+        is kept for it."""
+        self._begun += 1
+        call = self._begun
+        self._expecting[call] = None
+
+        def registered() -> None:
+            if self._expecting.pop(call, 0) is None:
+                self._drop_unclaimable()
+
+        try:
+            yield registered
+        finally:
+            registered()
+
+    def _drop_unclaimable(self) -> None:
+        """Drop the results that came before every call still expecting began."""
+        oldest = next(iter(self._expecting), None)
         early = self._early
         while early:
-            oldest = next(iter(early.values()))
-            if now - oldest[0] < EARLY_KEEP_S:
+            came_after = next(iter(early.values()))[0]
+            if oldest is not None and came_after >= oldest:
                 break
             early.popitem(last=False)
-        early[op_id] = (now, outcome)
 
     def stop(self) -> None:
         """``drivebayd`` stops: each caller still waiting looks at its
@@ -140,18 +165,30 @@ class Results:
             outcome = None
         self._deliver(int(op_id), outcome)
 
-    async def wait(self, op_id: int, what: str, timeout: float, look: Look, gone: str) -> Any:
+    async def wait(
+        self,
+        op_id: int,
+        what: str,
+        timeout: float,
+        look: Look,
+        gone: str,
+        *,
+        registered: Callable[[], None] | None = None,
+    ) -> Any:
         """The result of ``op_id`` (``what``: the operation and its resource,
         for messages), or its error (``gone``: the message when the resource
         was removed meanwhile); bounded by ``timeout`` seconds. Call it
-        right after the enqueue returns (no await in between), so that a
-        result written here finds its waiter."""
+        right after the enqueue returns (no await in between), inside
+        ``expecting`` (``registered``: what it yields), so that a result that
+        came first finds its waiter."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         future: asyncio.Future[Outcome | None] = loop.create_future()
         self._waiting[op_id] = future
         if op_id in self._early:  # its result came first
             future.set_result(self._early.pop(op_id)[1])
+        if registered is not None:
+            registered()
         try:
             while True:
                 remaining = deadline - loop.time()
