@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
@@ -92,17 +93,60 @@ async def connect(settings: ClusterSettings) -> Connection:
         ) from exc
     # JSON (arguments, results, properties) through msgspec: faster than the
     # json module, and it takes every value a msgpack frame can carry but an
-    # extension type (bytes become base64 text; ``stored_json`` refuses the rest).
+    # extension type and NaN (bytes become base64 text; ``stored_json``
+    # refuses the rest).
     set_json_dumps(msgspec.json.encode, db)
-    set_json_loads(msgspec.json.decode, db)
+    set_json_loads(loaded_json, db)
     return db
 
 
 def stored_json(value: Any) -> msgspec.Raw:
     """``value`` encoded as the JSON the cluster stores (wrap it in ``Jsonb``):
-    bytes become base64 text. Raises ``TypeError`` for what JSON cannot hold
-    (a msgpack extension type); the caller says whose value it was."""
-    return msgspec.Raw(msgspec.json.encode(value))
+    bytes become base64 text, a date or time RFC 3339 text, a number key
+    text. Raises ``TypeError`` for what JSON cannot hold (a msgpack extension
+    type, NaN or infinity, which msgspec would write as null); the caller
+    says whose value it was."""
+    encoded = msgspec.json.encode(value)
+    if b"null" in encoded and _not_finite(value):
+        raise TypeError("NaN and infinity have no JSON form")
+    return msgspec.Raw(encoded)
+
+
+# PostgreSQL prints a jsonb number without its float form: 1e20 comes back as
+# 100000000000000000000. No integer past msgpack's 64 bits can have been
+# stored (none crosses a msgpack frame), so such a number is a float again;
+# left an integer, it could be sent to no driver and to no client.
+_LONG_NUMBER: Final = re.compile(rb"\d{20}")
+_SMALLEST: Final = -(2**63)
+_LARGEST: Final = 2**64 - 1
+
+
+def loaded_json(data: str | bytes) -> Any:
+    """What ``stored_json`` stored, as PostgreSQL gives it back: JSON whose
+    integers past 64 bits are floats again."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    value = msgspec.json.decode(raw)
+    return _floats_again(value) if _LONG_NUMBER.search(raw) else value
+
+
+def _floats_again(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _floats_again(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_floats_again(item) for item in value]
+    if type(value) is int and not _SMALLEST <= value <= _LARGEST:
+        return float(value)
+    return value
+
+
+def _not_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_not_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return any(_not_finite(item) for item in value)
+    return False
 
 
 async def bounded(seconds: float, statements: Awaitable[T]) -> T:

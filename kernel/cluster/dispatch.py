@@ -37,7 +37,7 @@ from typing import Any
 
 import msgspec
 
-from drivebay.kernel.cluster.connection import stored_json
+from drivebay.kernel.cluster.connection import loaded_json, stored_json
 from drivebay.kernel.cluster.lease import Gate
 from drivebay.kernel.cluster.queue_statements import CHANGES, requeue, write_change
 from drivebay.kernel.cluster.repository import ClusterRepository, QueuedOperation
@@ -53,11 +53,14 @@ class Outcome(msgspec.Struct, frozen=True):
 
 
 def storable(op: QueuedOperation, outcome: Outcome) -> tuple[Outcome, msgspec.Raw]:
-    """``outcome`` and its result as the queue stores it (JSON); a result
-    JSON cannot hold (a msgpack extension type) becomes the error that says
-    so, rather than a write that fails and leaves the operation dispatched."""
+    """``outcome`` as its caller gets it on any node (the result as the
+    queue stores it, read back), and its result as stored (JSON); a result
+    JSON cannot hold (a msgpack extension type, NaN) becomes the error that
+    says so, rather than a write that fails and leaves the operation
+    dispatched."""
     try:
-        return outcome, stored_json(outcome.result)
+        stored = stored_json(outcome.result)
+        return Outcome(outcome.ok, loaded_json(stored)), stored
     except TypeError as exc:
         error = {
             "type": "ResultNotStorable",

@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 import psycopg
 
+from drivebay.kernel.cluster.connection import loaded_json
 from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.queue_statements import Finished
 from drivebay.kernel.cluster.settings import ClusterSettings
@@ -160,8 +161,8 @@ class Results:
         op_id, _, rest = payload.partition(" ")
         state, _, text = rest.partition(" ")
         try:
-            outcome = Outcome(state == "done", msgspec.json.decode(text)) if text else None
-        except msgspec.DecodeError:
+            outcome = Outcome(state == "done", loaded_json(text)) if text else None
+        except (msgspec.DecodeError, UnicodeEncodeError):
             outcome = None
         self._deliver(int(op_id), outcome)
 

@@ -34,6 +34,13 @@ async def _slow(self, seconds):
 
 
 Ledger.slow = _slow
+
+
+async def _raw(self):  # what JSON holds otherwise: bytes, an integer key
+    return {"raw": b"\\x00\\xff", 7: "int key"}
+
+
+Ledger.raw = _raw
 _init = Ledger.__init__
 
 
@@ -55,7 +62,7 @@ Ledger.properties = _properties
 
 def ledger_bundle(root: Path) -> Path:
     """The ledger fixture as a bundle (``write`` idempotent), with ``slow``,
-    a ``label`` property (``refuse``: its attach fails) and ``properties``."""
+    ``raw``, a ``label`` property (``refuse``: its attach fails) and ``properties``."""
     source = (FIXTURES / "ledger" / "src" / "ledger.py").read_text() + SLOW
     return make_bundle(
         root,

@@ -39,6 +39,21 @@ def test_bytes_cross_as_base64_and_an_extension_type_is_refused(
             assert refused.value.type == "RequestError", refused.value
             assert "cannot be stored in the cluster's queue" in refused.value.message
             assert "\n" not in refused.value.message
+            for resource in (on_b, on_a):
+                # A float jsonb prints as an integer (1e20: 100000000000000000000)
+                # is a float again, as one node answers (an integer past 64 bits
+                # cannot even cross msgpack).
+                answer = await client.call(resource, "plain", {"value": 1e20})
+                assert answer["value"] == 1e20 and isinstance(answer["value"], float), answer
+                # NaN: refused, never stored as null.
+                with pytest.raises(OperationError) as refused:
+                    await client.call(resource, "plain", {"value": float("nan")})
+                assert refused.value.type == "RequestError", refused.value
+                # A result answered the same whichever node ran it: as stored.
+                assert await client.call(resource, "raw", {}) == {
+                    "raw": base64.b64encode(b"\x00\xff").decode(),
+                    "7": "int key",
+                }
             # Calls that arrive with it are queued as ever.
             many = await asyncio.gather(
                 *(client.call(on_b, "plain", {"value": n}) for n in range(5)),
@@ -50,4 +65,4 @@ def test_bytes_cross_as_base64_and_an_extension_type_is_refused(
 
     asyncio.run(main())
     queued = [op for op in operations(database) if op[2] == "plain"]
-    assert len(queued) == 7 and {op[3] for op in queued} == {"done"}, queued
+    assert len(queued) == 9 and {op[3] for op in queued} == {"done"}, queued

@@ -138,10 +138,14 @@ async def _rows(front: ClusterRepository, ids: list[int]) -> list[tuple[Any, ...
 
 def test_a_result_json_cannot_hold_is_stored_as_the_error_that_says_so() -> None:
     op = QueuedOperation(3, "r1", "read", {}, "dispatched", 1)
-    kept, stored = storable(op, Outcome(True, {"raw": b"\x00\x01"}))
-    assert kept == Outcome(True, {"raw": b"\x00\x01"})  # answered here as the driver said
-    assert msgspec.json.decode(stored) == {"raw": "AAE="}  # stored (and sent on) as base64
+    kept, stored = storable(op, Outcome(True, {"raw": b"\x00\x01", 7: 1e20}))
+    # Answered here as any other node answers: as stored (base64, a text key).
+    assert kept == Outcome(True, {"raw": "AAE=", "7": 1e20})
+    assert msgspec.json.decode(stored) == {"raw": "AAE=", "7": 1e20}
     refused, stored = storable(op, Outcome(True, msgspec.msgpack.Ext(1, b"x")))
     assert not refused.ok and refused.result["type"] == "ResultNotStorable"
     assert "the result of read cannot be stored" in refused.result["message"]
     assert msgspec.json.decode(stored) == refused.result
+    refused, stored = storable(op, Outcome(True, {"v": [1.0, float("nan")]}))
+    assert refused.result["type"] == "ResultNotStorable", refused  # not null
+    assert "NaN" in refused.result["message"]
