@@ -62,7 +62,8 @@ Ledger.properties = _properties
 
 def ledger_bundle(root: Path) -> Path:
     """The ledger fixture as a bundle (``write`` idempotent), with ``slow``,
-    ``raw``, a ``label`` property (``refuse``: its attach fails) and ``properties``."""
+    ``raw``, a ``label`` property (``refuse``: its attach fails), ``since``
+    (a date), ``size`` (a number) and ``properties``."""
     source = (FIXTURES / "ledger" / "src" / "ledger.py").read_text() + SLOW
     return make_bundle(
         root,
@@ -70,7 +71,11 @@ def ledger_bundle(root: Path) -> Path:
         manifest_extra={
             "entrypoint": "ledger:Ledger",
             "idempotent": ["write"],
-            "properties": [{"key": "label", "type": "string"}],
+            "properties": [
+                {"key": "label", "type": "string"},
+                {"key": "since", "type": "date"},
+                {"key": "size", "type": "number"},
+            ],
         },
         src={"ledger.py": source},
     )
@@ -361,8 +366,18 @@ def test_set_and_pin_reach_the_owners_actor_and_rm_answers_the_waiting_calls(
     assert rows["r0"]["pinned"] == "1.0.0"
     assert a.ctl("resource", "pin", "r0", "--unpin").returncode == 0
     assert stored(database, "r0") == (None, {"label": "b-r0"})
+    # A date, a float PostgreSQL prints as a long integer, the largest int64:
+    # through the queue, the owner's instance gets them as one node gives them.
+    for daemon, size in ((a, "1e20"), (b, "9223372036854775807")):
+        changed = daemon.ctl(
+            "resource", "set", "r0", "since=2025-12-31 10:00+01:00", f"size={size}"
+        )
+        assert changed.returncode == 0, changed.stderr
+        wanted = {"label": "b-r0", "since": "2025-12-31T10:00:00+01:00", "size": json.loads(size)}
+        assert properties(a, "r0") == properties(b, "r0") == wanted
+        assert isinstance(properties(b, "r0")["size"], type(json.loads(size)))
     changes = [op[3] for op in operations(database) if op[2].startswith("@")]
-    assert sorted(changes) == ["done"] * 6 + ["failed"]  # 4 sets, 2 pins; the refused set
+    assert sorted(changes) == ["done"] * 8 + ["failed"]  # 6 sets, 2 pins; the refused set
     assert a.ctl("call", "r0", "@set").returncode == 1  # not a driver's operation
 
     def r1_states() -> list[str]:  # of the calls below
