@@ -17,8 +17,8 @@ until cancelled. A connection that drops is replaced at once (once per
 unreachable database is retried every ``renew_s``. A link that stops
 answering without closing is not always seen by TCP keepalives (a proxy or
 middlebox between node and server answers them itself), so the loop is
-left when nothing was heard for ``renew_s`` and one statement, bounded by
-``renew_s``, checks the connection (notifications that come meanwhile are
+left when nothing was heard for ``renew_s`` and the LISTENs, again and
+bounded by ``renew_s``, check the connection (notifications that come meanwhile are
 kept by psycopg for the next pass): a dead listening link is replaced
 within about three ``renew_s``. After each LISTEN (the first, and each
 after a reconnection) the results' waiters look at their operations again
@@ -113,8 +113,8 @@ class Listener:
                 async for note in db.notifies(timeout=renew_s):
                     heard = True
                     self._hand_out(note.channel, note.payload)
-                if not heard:  # is the link still there?
-                    await bounded(renew_s, db.execute("SELECT 1"))
+                if not heard:  # is the link still there? (a LISTEN again changes nothing)
+                    await bounded(renew_s, self._listen_on(db))
 
     async def _listen_on(self, db: Connection) -> None:
         names = (

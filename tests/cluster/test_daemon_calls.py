@@ -99,6 +99,16 @@ def operations(database: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
+def terminate_listeners(database: str) -> int:
+    """End each node's listening connection (its last statement a LISTEN)."""
+    with psycopg.connect(database) as db:
+        rows = db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name LIKE 'drivebayd %%' AND query LIKE 'LISTEN%%'"
+        ).fetchall()
+    return sum(1 for (ended,) in rows if ended)
+
+
 def two_nodes(
     daemon_factory: Any,  # noqa: F811
     database: str,
@@ -169,7 +179,13 @@ def test_a_call_on_either_node_runs_once_on_the_owners_actor(
         return list(zip(order, answers, strict=True))
 
     async def both() -> list[tuple[str, dict[str, Any]]]:
-        answered = await asyncio.gather(calls(a, "a"), calls(b, "b"))
+        running = asyncio.gather(calls(a, "a"), calls(b, "b"))
+        # While they are in flight, each node's listening connection is cut:
+        # it listens again, and every call still gets its one answer.
+        while not await asyncio.to_thread(operations, database):
+            await asyncio.sleep(0.01)
+        assert await asyncio.to_thread(terminate_listeners, database) == 2
+        answered = await running
         return answered[0] + answered[1]
 
     answers = asyncio.run(both())
