@@ -241,7 +241,7 @@ def test_errors_are_answered_as_one_node_answers_them(
     unknown = asyncio.run(failing(a, on_b, "nope", {}))
     assert unknown.type == "OperationFailed", unknown  # as one node answers it
     assert unknown.message == (
-        "UnknownOperation: driver has no operation 'nope' (operations: plain, properties, "
+        "UnknownOperation: driver has no operation 'nope' (operations: plain, properties, raw, "
         "slow, write, write_sync)"
     ), unknown.message
     raised = asyncio.run(failing(a, on_b, "write", {}))  # a missing argument: TypeError
