@@ -124,7 +124,7 @@ _LARGEST: Final = 2**64 - 1
 def loaded_json(data: str | bytes) -> Any:
     """What ``stored_json`` stored, as PostgreSQL gives it back: JSON whose
     integers past 64 bits are floats again."""
-    raw = data.encode() if isinstance(data, str) else bytes(data)
+    raw = data if isinstance(data, bytes) else data.encode()
     value = msgspec.json.decode(raw)
     return _floats_again(value) if _LONG_NUMBER.search(raw) else value
 
