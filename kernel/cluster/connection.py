@@ -121,10 +121,12 @@ _SMALLEST: Final = -(2**63)
 _LARGEST: Final = 2**64 - 1
 
 
-def loaded_json(data: str | bytes) -> Any:
+def loaded_json(data: str | bytes | msgspec.Raw) -> Any:
     """What ``stored_json`` stored, as PostgreSQL gives it back: JSON whose
     integers past 64 bits are floats again."""
-    raw = data if isinstance(data, bytes) else data.encode()
+    raw = (
+        data if isinstance(data, bytes) else data.encode() if isinstance(data, str) else bytes(data)
+    )
     value = msgspec.json.decode(raw)
     return _floats_again(value) if _LONG_NUMBER.search(raw) else value
 
