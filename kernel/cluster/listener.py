@@ -5,13 +5,14 @@ operation was queued for a resource it owns (channel ``channel(node)``,
 payload ``<operation id> <resource id>``: the inbox wakes that resource's
 queue), a call it accepted has its result (``result_channel(node)``:
 ``results.Results.heard``), and a resource was added (``CLAIM_CHANNEL``,
-to every node: the membership claims at once). All come over one connection, in one
-``notifies()`` loop that is never left: PostgreSQL (15) wakes every
+to every node: the membership claims at once); anything else notified
+there is ignored. All come over one connection, in one ``notifies()``
+loop left only to check a link that was quiet (below): PostgreSQL (15) wakes every
 listening backend of the database at each notification, whatever its
 channels, so each listening connection costs the server a transaction per
 wake-up, and a loop re-entered per notification costs the node more.
 
-``run`` connects, LISTENs on both channels and hands out what it hears,
+``run`` connects, LISTENs on its channels and hands out what it hears,
 until cancelled. A connection that drops is replaced at once (once per
 ``renew_s``: its waiters look again then, not a poll later); a failing or
 unreachable database is retried every ``renew_s``. A link that stops
@@ -20,7 +21,7 @@ middlebox between node and server answers them itself), so the loop is
 left when nothing was heard for ``renew_s`` and the LISTENs, again and
 bounded by ``renew_s``, check the connection (notifications that come meanwhile are
 kept by psycopg for the next pass): a dead listening link is replaced
-within about three ``renew_s``. After each LISTEN (the first, and each
+within three to four ``renew_s``. After each LISTEN (the first, and each
 after a reconnection) the results' waiters look at their operations again
 and the attached inbox polls (``resumed``): what was notified while nobody
 listened is found.
@@ -127,8 +128,9 @@ class Listener:
 
     def _hand_out(self, on: str, payload: str) -> None:
         if on == self._queue_channel:
-            if self._queued is not None:  # else: the inbox polls when it attaches
-                self._queued(payload.partition(" ")[2])
+            resource_id = payload.partition(" ")[2]  # "": not ours (anyone may notify)
+            if self._queued is not None and resource_id:  # else: the inbox polls when it attaches
+                self._queued(resource_id)
         elif on == CLAIM_CHANNEL:
             if self._added is not None:  # else: no membership here to claim
                 self._added()

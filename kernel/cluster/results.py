@@ -160,6 +160,9 @@ class Results:
         alone for a result too large to carry (the waiter reads it)."""
         op_id, _, rest = payload.partition(" ")
         state, _, text = rest.partition(" ")
+        if not op_id.isdigit():  # not one of ours (anyone connected may notify)
+            log.debug("cluster results: a notification that is not a result: %.80r", payload)
+            return
         try:
             outcome = Outcome(state == "done", loaded_json(text)) if text else None
         except (msgspec.DecodeError, UnicodeEncodeError):

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 
-from drivebay.kernel.cluster.connection import Connection, result_channel
+from drivebay.kernel.cluster.connection import Connection, channel, result_channel
 from drivebay.kernel.cluster.dispatch import Outcome
 from drivebay.kernel.cluster.listener import Listener
 from drivebay.kernel.cluster.node import ClusterNode
@@ -51,6 +51,20 @@ def test_one_connection_hears_queued_operations_and_results(database: str) -> No
                         "SELECT pg_notify(%s, '41 done {\"ok\": 1}')", (result_channel("owner"),)
                     )
                 assert await asyncio.wait_for(waiter, 10) == {"ok": 1}
+                # A stray notification on its channels (anyone connected may
+                # send one) is ignored: the listener goes on.
+                async with connected(database) as db:
+                    for stray in ("", "x", "x done 1", "44 done {"):
+                        await db.execute(
+                            "SELECT pg_notify(%s, %s)", (result_channel("owner"), stray)
+                        )
+                    await db.execute("SELECT pg_notify(%s, 'x')", (channel("owner"),))
+                waiter = asyncio.ensure_future(results.wait(45, "a on r000", 30, no_look, "gone"))
+                async with connected(database) as db:
+                    await db.execute(
+                        "SELECT pg_notify(%s, '45 done 45')", (result_channel("owner"),)
+                    )
+                assert await asyncio.wait_for(waiter, 10) == 45
                 detach()
                 await front.enqueue("r000", "b", {})  # heard, but no inbox is attached
                 waiter = asyncio.ensure_future(results.wait(42, "b on r000", 30, no_look, "gone"))
