@@ -291,6 +291,13 @@ class ClusterNode:
             except (psycopg.Error, KernelError, TimeoutError) as exc:
                 log.debug("cluster queue %s: %s; the next wake tries again", resource_id, exc)
                 continue
+            except Exception:  # a bug: it ends this drain, not the node (nor its other queues)
+                log.exception(
+                    "cluster queue %s: internal error (a bug); the next wake settles the "
+                    "operation in flight as one a dead owner left",
+                    resource_id,
+                )
+                continue
             finally:
                 self._draining.discard(me)
             if stop is Stop.LOST:

@@ -144,3 +144,36 @@ async def _all_final(
     if len(rows) == len(accepted) and all(s in ("done", "failed") for s, _ in rows.values()):
         return rows
     return None
+
+
+def test_an_unexpected_error_in_a_queue_ends_that_drain_not_the_node(database: str) -> None:
+    sent: list[int] = []
+
+    async def send(op: QueuedOperation, epoch: int) -> Outcome:
+        sent.append(op.id)
+        if len(sent) == 1:
+            raise RuntimeError("a bug in the send path")
+        return Outcome(ok=True, result="ran")
+
+    async def main() -> None:
+        async with cluster(database, "front", drivers=()) as (front,):
+            await add(front, 2)
+            settings = ClusterSettings(database, "n0", lease_s=1.5, renew_s=0.25, grace_s=0.5)
+            node = ClusterNode(settings, ["disk"], send, poll_s=0.2)
+            task = asyncio.ensure_future(node.run())
+            try:
+                await eventually(lambda: _owned_by([node], ["r000", "r001"]))
+                first = await front.enqueue("r000", "op", {})  # its send raises
+                other = await front.enqueue("r001", "op", {})  # another queue runs on
+                after = await front.enqueue("r000", "op", {})  # the same queue runs on
+                finals = await eventually(lambda: _all_final(front, [first, other, after]))
+                assert not task.done()  # the node still runs
+                assert finals[first][0] == "failed"  # sent once, then settled: not run twice
+                assert finals[first][1]["type"] == "OutcomeUnknown", finals[first]
+                assert finals[other] == ("done", "ran") and finals[after] == ("done", "ran")
+                assert Counter(sent)[first] == 1
+            finally:
+                node.stop()
+                await asyncio.wait_for(task, 30)
+
+    run(main())
