@@ -45,9 +45,9 @@ by pid at the end, also on an error or Ctrl-C (``_cluster_nodes.Fleet``).
    backends) from ``/proc/PID/stat`` over the windows;
    PostgreSQL transactions per call from ``pg_stat_database``
    (``xact_commit + xact_rollback``, read after the load and 11 s of
-   quiet so every backend that ran a statement has reported, background
-   rounds included; a listening backend's wake-ups are not among them: it
-   reports when it goes idle after a statement, and runs none) and
+   quiet so every backend has reported, background rounds included: a
+   listening backend reports its wake-ups when it next runs a statement,
+   its LISTEN again after ``renew_s`` with nothing heard) and
    write transactions per call (transaction ids handed out: exact).
    The ledger of each setup gives lost / duplicated / reordered too.
 
