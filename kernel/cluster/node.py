@@ -289,14 +289,18 @@ class ClusterNode:
                 )
                 stop = await queue.drain()
             except (psycopg.Error, KernelError, TimeoutError) as exc:
+                if me.cancelling():  # it replaced the worker's cancellation: end as asked
+                    raise asyncio.CancelledError from exc
                 log.debug("cluster queue %s: %s; the next wake tries again", resource_id, exc)
                 continue
-            except Exception:  # a bug: it ends this drain, not the node (nor its other queues)
+            except Exception as exc:  # a bug: it ends this drain, not the node (nor other queues)
                 log.exception(
                     "cluster queue %s: internal error (a bug); the next wake settles the "
                     "operation in flight as one a dead owner left",
                     resource_id,
                 )
+                if me.cancelling():  # the error replaced the worker's cancellation
+                    raise asyncio.CancelledError from exc
                 continue
             finally:
                 self._draining.discard(me)

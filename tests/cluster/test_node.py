@@ -177,3 +177,44 @@ def test_an_unexpected_error_in_a_queue_ends_that_drain_not_the_node(database: s
                 await asyncio.wait_for(task, 30)
 
     run(main())
+
+
+def test_a_cancelled_call_whose_cleanup_raises_still_ends_its_worker(database: str) -> None:
+    """A node's run cancelled (past the daemon's stop bound, a second
+    SIGTERM) while a call runs: a send path that turns that cancellation
+    into an error (a bug) must not keep the worker alive, else run never
+    returns and the worker outlives the node."""
+    sent = asyncio.Event()
+
+    async def send(op: QueuedOperation, epoch: int) -> Outcome:
+        sent.set()
+        try:
+            await asyncio.Event().wait()  # runs until the node is cancelled
+        except asyncio.CancelledError:
+            raise RuntimeError("a bug: the cleanup of a cancelled call fails") from None
+        return Outcome(ok=True, result="never")
+
+    async def main() -> None:
+        async with cluster(database, "front", drivers=()) as (front,):
+            await add(front, 1)
+            settings = ClusterSettings(database, "n0", lease_s=1.5, renew_s=0.25, grace_s=0.5)
+            node = ClusterNode(settings, ["disk"], send, poll_s=3600)
+            task = asyncio.ensure_future(node.run())
+            try:
+                await eventually(lambda: _owned_by([node], ["r000"]))
+                await front.enqueue("r000", "op", {})
+                await asyncio.wait_for(sent.wait(), 10)
+                task.cancel()
+                # Without the fix the worker swallows its cancellation and waits
+                # for a wake that never comes: run does not return.
+                done, _ = await asyncio.wait({task}, timeout=20)
+                assert done, "the node's run did not return: a worker outlived its cancel"
+                assert task.cancelled()
+            finally:
+                if not task.done():
+                    for worker in asyncio.all_tasks():
+                        if worker.get_name().startswith("cluster queue"):
+                            worker.cancel()  # the leak guard then finds no task left
+                    await asyncio.gather(task, return_exceptions=True)
+
+    run(main())
