@@ -300,3 +300,48 @@ def test_hundreds_of_adds_at_once_are_claimed_evenly_in_rounds_at_most_an_early_
                 await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
     run(main())
+
+
+def test_a_draining_node_hears_adds_and_claims_none_of_them(database: str) -> None:
+    """A drained node still hears each add (it runs a round) but claims
+    nothing: the live nodes take every added resource, evenly."""
+
+    async def send(op: QueuedOperation, epoch: int) -> Outcome:
+        return Outcome(ok=True, result=None)
+
+    async def main() -> None:
+        async with cluster(database, "adder0", "adder1", register=False) as adders:
+            nodes = [
+                ClusterNode(
+                    ClusterSettings(database, f"n{i}", lease_s=7200, renew_s=3600, grace_s=1),
+                    ["disk"],
+                    send,
+                )
+                for i in range(3)
+            ]
+            tasks = [asyncio.ensure_future(node.run()) for node in nodes]
+            try:
+                for node in nodes:
+                    await eventually(lambda node=node: _joined(node), 30)
+                    await asyncio.wait_for(node.inbox.listener.listening.wait(), 10)
+                drained = nodes[2]
+                await adders[0].drain("n2")
+                rounds = drained.membership.rounds
+                await asyncio.gather(
+                    *(add(adder, 15, prefix=f"d{i}-") for i, adder in enumerate(adders))
+                )
+
+                async def taken() -> bool:
+                    return (
+                        sum(len(node.membership.owned) for node in nodes[:2]) == 30
+                        and drained.membership.rounds > rounds
+                    )
+
+                await eventually(taken, 30)
+                assert [len(node.membership.owned) for node in nodes] == [15, 15, 0]
+            finally:
+                for node in nodes:
+                    node.stop()
+                await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+    run(main())
