@@ -151,3 +151,43 @@ def test_a_member_whose_node_id_another_process_registered_stops(database: str) 
         assert not a.fence.may_dispatch() and a.owned == {}
 
     run(main())
+
+
+def test_adds_heard_while_the_database_is_down_bring_no_early_reconnection() -> None:
+    """``claim_soon`` (each add heard) while the database refuses: the member
+    tries again after ``renew_s`` as before, not once per add; ``stop`` then
+    ends it at once."""
+
+    async def main() -> None:
+        attempts = 0
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal attempts
+            attempts += 1
+            writer.close()
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            url = f"postgresql://nobody@127.0.0.1:{port}/none?sslmode=disable&connect_timeout=5"
+            settings = ClusterSettings(url, "a", lease_s=7200, renew_s=3600, grace_s=1)
+            a = Membership(settings, ["disk"], lambda gained, lost: None)
+            task = asyncio.ensure_future(a.run())
+            try:
+                await eventually(lambda: _failing(a), 10)
+                assert attempts == 1
+                for _ in range(1000):  # adds heard meanwhile, the loop free to act on each
+                    a.claim_soon()
+                    await asyncio.sleep(0)
+                assert attempts == 1 and not task.done()
+                a.stop()
+                await asyncio.wait_for(task, 10)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    run(main())
+
+
+async def _failing(membership: Membership) -> bool:
+    return membership._failing
