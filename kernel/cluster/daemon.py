@@ -105,11 +105,13 @@ class DaemonCluster:
                 )
         finally:
             self._kernel.state_listeners.remove(self._on_state)
-            if left:  # the callers' results (run by other nodes now) still heard, bounded
-                await book.answered()
-            results.cancel()
-            await asyncio.wait({results})
-            book.node = None
+            try:
+                if left:  # the callers' results (run by other nodes now) still heard, bounded
+                    await book.answered()
+            finally:  # also when a second stop cancels that wait
+                results.cancel()
+                await asyncio.wait({results})
+                book.node = None
 
     def _running(self) -> tuple[list[str], list[str]]:
         """The drivers and ``name@version``s running here now (not candidates)."""

@@ -148,10 +148,12 @@ async def _all_final(
 
 def test_an_unexpected_error_in_a_queue_ends_that_drain_not_the_node(database: str) -> None:
     sent: list[int] = []
+    raised: list[int] = []  # r000's first operation: its send raises
 
     async def send(op: QueuedOperation, epoch: int) -> Outcome:
         sent.append(op.id)
-        if len(sent) == 1:
+        if op.resource_id == "r000" and not raised:
+            raised.append(op.id)
             raise RuntimeError("a bug in the send path")
         return Outcome(ok=True, result="ran")
 
@@ -168,6 +170,7 @@ def test_an_unexpected_error_in_a_queue_ends_that_drain_not_the_node(database: s
                 after = await front.enqueue("r000", "op", {})  # the same queue runs on
                 finals = await eventually(lambda: _all_final(front, [first, other, after]))
                 assert not task.done()  # the node still runs
+                assert raised == [first]  # r000's operations are sent in order
                 assert finals[first][0] == "failed"  # sent once, then settled: not run twice
                 assert finals[first][1]["type"] == "OutcomeUnknown", finals[first]
                 assert finals[other] == ("done", "ran") and finals[after] == ("done", "ran")
