@@ -81,7 +81,24 @@ async def connect(settings: ClusterSettings) -> Connection:
     """A new autocommit connection to ``settings.database``.
 
     Raises ``KernelError`` with one line when the database cannot be reached
-    or refuses us (the URL's password is never shown)."""
+    or refuses us (the URL's password is never shown). Cancelled while it
+    connects (a node that stops, a caller's timeout), it closes what it
+    opened before it re-raises (within ``renew_s`` more), rather than leave
+    a half-open connection's socket to the garbage collector."""
+    opening = asyncio.ensure_future(_connect(settings))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({opening}, timeout=settings.renew_s)
+        if not done:
+            opening.cancel()
+            await asyncio.wait({opening})
+        elif not opening.cancelled() and opening.exception() is None:
+            await opening.result().close()
+        raise
+
+
+async def _connect(settings: ClusterSettings) -> Connection:
     try:  # parsing the URL is in here too: a malformed one is psycopg's ProgrammingError
         conninfo = make_conninfo(settings.database, **session_options(settings))
         db = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
