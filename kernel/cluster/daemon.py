@@ -92,17 +92,23 @@ class DaemonCluster:
         self._kernel.state_listeners.append(self._on_state)
         # The results of this node's calls, heard of on its channel; the definitions read.
         results = asyncio.get_running_loop().create_task(book.run(), name="cluster book")
-        left = False
+        left = refused = False
         try:
-            await self.node.run()
-            left = self._stopping.is_set()
-        except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
-            for exc in group.exceptions:
-                log.error(
-                    "cluster: %s; this node runs no resource queue until restarted "
-                    "(its calls still go to the cluster's queue)",
-                    exc,
-                )
+            try:
+                await self.node.run()
+                left = self._stopping.is_set()
+            except* KernelError as group:  # SchemaRefused, NodeIdTaken: no retry helps
+                for exc in group.exceptions:
+                    log.error(
+                        "cluster: %s; this node runs no resource queue until restarted "
+                        "(its calls still go to the cluster's queue)",
+                        exc,
+                    )
+                refused = True
+            if refused:  # the calls it accepts still hear their results, until stop
+                book.node = None
+                await self._stopping.wait()
+                left = True
         finally:
             self._kernel.state_listeners.remove(self._on_state)
             try:

@@ -134,4 +134,20 @@ def test_a_node_whose_id_another_daemon_took_says_so_and_serves_alone(
     assert len(said) == 1 and "node-a" in said[0], said
     assert first.ctl("status").returncode in (0, 3)
     assert nodes(second)["node-a"]["state"] == "live"
+    # The first still listens (the results of the calls it accepts reach it):
+    # both processes named node-a hold a listening connection.
+    wait_for(lambda: listening(database, "node-a") == 2, 30, "both node-a processes listening")
     assert first.stop() == 0, first.log()
+    wait_for(lambda: listening(database, "node-a") == 1, 30, "the stopped one's listener closed")
+
+
+def listening(database: str, node_id: str) -> int:
+    """How many connections of drivebayd processes named ``node_id`` LISTEN."""
+    with psycopg.connect(database) as db:
+        row = db.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            " AND query LIKE 'LISTEN%%'",
+            (f"drivebayd {node_id}",),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
