@@ -123,15 +123,11 @@ async def _equal(found: list[str], wanted: list[str]) -> bool:
 def test_a_resource_added_anywhere_is_claimed_at_once_not_at_the_next_round(
     database: str,
 ) -> None:
-    async def send(op: QueuedOperation, epoch: int) -> Outcome:
-        return Outcome(ok=True, result=None)
-
     async def main() -> None:
         async with cluster(database, "admin", register=False) as (admin,):
             # Rounds an hour apart: only the added resource's notification
             # can bring the claim within the test's deadline.
-            slow = ClusterSettings(database, "claimer", lease_s=7200, renew_s=3600, grace_s=1)
-            node = ClusterNode(slow, ["disk"], send)
+            node = hour_apart(database, "claimer")
             task = asyncio.ensure_future(node.run())
             try:
                 await eventually(lambda: _joined(node), 30)
@@ -258,19 +254,9 @@ def test_hundreds_of_adds_at_once_are_claimed_evenly_in_rounds_at_most_an_early_
     exactly its share (100), no resource twice or unowned, and no node runs
     rounds more often than one per ``early_gap_s``, however many adds it hears."""
 
-    async def send(op: QueuedOperation, epoch: int) -> Outcome:
-        return Outcome(ok=True, result=None)
-
     async def main() -> None:
         async with cluster(database, "adder0", "adder1", "adder2", register=False) as adders:
-            nodes = [
-                ClusterNode(
-                    ClusterSettings(database, f"n{i}", lease_s=7200, renew_s=3600, grace_s=1),
-                    ["disk"],
-                    send,
-                )
-                for i in range(3)
-            ]
+            nodes = [hour_apart(database, f"n{i}") for i in range(3)]
             started = time.monotonic()
             tasks = [asyncio.ensure_future(node.run()) for node in nodes]
             try:
@@ -306,19 +292,9 @@ def test_a_draining_node_hears_adds_and_claims_none_of_them(database: str) -> No
     """A drained node still hears each add (it runs a round) but claims
     nothing: the live nodes take every added resource, evenly."""
 
-    async def send(op: QueuedOperation, epoch: int) -> Outcome:
-        return Outcome(ok=True, result=None)
-
     async def main() -> None:
         async with cluster(database, "adder0", "adder1", register=False) as adders:
-            nodes = [
-                ClusterNode(
-                    ClusterSettings(database, f"n{i}", lease_s=7200, renew_s=3600, grace_s=1),
-                    ["disk"],
-                    send,
-                )
-                for i in range(3)
-            ]
+            nodes = [hour_apart(database, f"n{i}") for i in range(3)]
             tasks = [asyncio.ensure_future(node.run()) for node in nodes]
             try:
                 for node in nodes:
@@ -345,3 +321,14 @@ def test_a_draining_node_hears_adds_and_claims_none_of_them(database: str) -> No
                 await asyncio.wait_for(asyncio.gather(*tasks), 30)
 
     run(main())
+
+
+def hour_apart(database: str, node_id: str) -> ClusterNode:
+    """A node whose membership rounds are an hour apart (so only a claim
+    notification brings a round within a test), with drivers that answer None."""
+
+    async def send(op: QueuedOperation, epoch: int) -> Outcome:
+        return Outcome(ok=True, result=None)
+
+    settings = ClusterSettings(database, node_id, lease_s=7200, renew_s=3600, grace_s=1)
+    return ClusterNode(settings, ["disk"], send)

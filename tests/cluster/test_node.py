@@ -32,7 +32,7 @@ def test_a_node_cut_off_under_load_loses_nothing_and_repeats_nothing(database: s
             await asyncio.sleep(0.005)  # the driver at work: a kill may land here
             return Outcome(ok=True, result=node_id)
 
-        settings = ClusterSettings(database, node_id, lease_s=1.5, renew_s=0.25, grace_s=0.5)
+        settings = short_leases(database, node_id)
         return ClusterNode(settings, ["disk"], send, poll_s=0.2)
 
     async def main() -> None:
@@ -85,7 +85,7 @@ def test_nodes_that_join_later_get_their_share_and_nothing_is_lost(database: str
             await asyncio.sleep(0.002)
             return Outcome(ok=True, result=node_id)
 
-        settings = ClusterSettings(database, node_id, lease_s=1.5, renew_s=0.25, grace_s=0.5)
+        settings = short_leases(database, node_id)
         return ClusterNode(settings, ["disk"], send, poll_s=0.2)
 
     async def main() -> None:
@@ -160,8 +160,7 @@ def test_an_unexpected_error_in_a_queue_ends_that_drain_not_the_node(database: s
     async def main() -> None:
         async with cluster(database, "front", drivers=()) as (front,):
             await add(front, 2)
-            settings = ClusterSettings(database, "n0", lease_s=1.5, renew_s=0.25, grace_s=0.5)
-            node = ClusterNode(settings, ["disk"], send, poll_s=0.2)
+            node = ClusterNode(short_leases(database, "n0"), ["disk"], send, poll_s=0.2)
             task = asyncio.ensure_future(node.run())
             try:
                 await eventually(lambda: _owned_by([node], ["r000", "r001"]))
@@ -200,8 +199,7 @@ def test_a_cancelled_call_whose_cleanup_raises_still_ends_its_worker(database: s
     async def main() -> None:
         async with cluster(database, "front", drivers=()) as (front,):
             await add(front, 1)
-            settings = ClusterSettings(database, "n0", lease_s=1.5, renew_s=0.25, grace_s=0.5)
-            node = ClusterNode(settings, ["disk"], send, poll_s=3600)
+            node = ClusterNode(short_leases(database, "n0"), ["disk"], send, poll_s=3600)
             task = asyncio.ensure_future(node.run())
             try:
                 await eventually(lambda: _owned_by([node], ["r000"]))
@@ -221,3 +219,7 @@ def test_a_cancelled_call_whose_cleanup_raises_still_ends_its_worker(database: s
                     await asyncio.gather(task, return_exceptions=True)
 
     run(main())
+
+
+def short_leases(database: str, node_id: str) -> ClusterSettings:
+    return ClusterSettings(database, node_id, lease_s=1.5, renew_s=0.25, grace_s=0.5)
